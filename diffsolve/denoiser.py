@@ -1,0 +1,221 @@
+r"""Any network is a denoiser: one conversion table between prediction types (MATH §2).
+
+Every prediction type is an affine function of the state x and the clean-data estimate x̂0,
+
+    y = A_t x + B_t x̂0,
+
+with scalar coefficients given by the schedule (α, σ and their time derivatives α', σ'):
+
+    =========  ======================  =============================
+    type       A_t                     B_t
+    =========  ======================  =============================
+    eps        1/σ                     −α/σ
+    x0         0                       1
+    score      −1/σ²                   α/σ²
+    v          α/σ                     −(α² + σ²)/σ
+    velocity   σ'/σ                    α' − σ'α/σ
+    =========  ======================  =============================
+
+so converting from type p to type q is x̂0 = (y_p − A_p x)/B_p followed by y_q = A_q x + B_q x̂0.
+B_t never vanishes inside the schedule's range (for ``velocity``, B_t = α dλ/dt < 0), so each
+type converts to every other exactly. This table is the only place in diffsolve where the
+prediction type matters; solvers ask for ``x0``, ``eps`` or ``score`` and never branch on it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .schedules import Schedule, make_schedule
+
+__all__ = ["Denoiser", "PREDICTIONS", "TIME_LABELS", "NonFiniteError"]
+
+
+def _table(a, s, da, ds):
+    return {
+        "eps": (1.0 / s, -a / s),
+        "x0": (torch.zeros_like(a), torch.ones_like(a)),
+        "score": (-1.0 / (s * s), a / (s * s)),
+        "v": (a / s, -(a * a + s * s) / s),
+        "velocity": (ds / s, da - ds * a / s),
+    }
+
+
+PREDICTIONS = ("eps", "x0", "score", "v", "velocity")
+_ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow": "velocity", "x_0": "x0"}
+
+
+def _canonical(kind: str) -> str:
+    k = _ALIASES.get(kind, kind)
+    if k not in PREDICTIONS:
+        raise ValueError(
+            f"unknown prediction type {kind!r}; valid types: {', '.join(PREDICTIONS)} "
+            f"(aliases: {', '.join(f'{a}={b}' for a, b in _ALIASES.items())})"
+        )
+    return k
+
+
+def _label_sigma_over_alpha(schedule):
+    return lambda t: (schedule.log_sigma(t) - schedule.log_alpha(t)).exp()
+
+
+# The network's own time input, as a function of solver time t (float64).
+TIME_LABELS: dict[str, Callable[[Schedule], Callable[[Tensor], Tensor]]] = {
+    "default": lambda sch: sch.time_label,  # t, or the integer timestep for DDPMSchedule
+    "t": lambda sch: (lambda t: t),
+    "1000t": lambda sch: (lambda t: 1000.0 * t),
+    "sigma": lambda sch: sch.sigma,
+    "sigma_over_alpha": _label_sigma_over_alpha,  # EDM's σ̃ = σ/α = e^{−λ}
+    "c_noise": lambda sch: (lambda t: 0.25 * torch.log(_label_sigma_over_alpha(sch)(t))),  # EDM ¼ log σ̃
+    "log_snr": lambda sch: sch.log_snr,
+}
+
+
+class NonFiniteError(FloatingPointError):
+    """The network returned NaN or Inf."""
+
+
+class Denoiser(torch.nn.Module):
+    r"""Wrap a network ``net(x, label) -> y`` whose output ``y`` is one of :data:`PREDICTIONS`.
+
+    Args:
+        net: callable taking ``x`` of shape ``(B, *shape)`` in its own dtype and a time label of
+            shape ``(B,)``; it must return a tensor of the same shape as ``x``.
+        schedule: a :class:`~diffsolve.schedules.Schedule` (or its name).
+        prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"v"`` or ``"velocity"``.
+        time_label: how solver time t becomes the network's time input: a name in
+            :data:`TIME_LABELS` or a callable ``t -> label`` (float64 tensors).
+        net_dtype: dtype the network runs in; defaults to the dtype of its first floating
+            parameter, or to the dtype of ``x`` for a parameter-free callable. Arithmetic around
+            the network (the conversions) stays in the state's dtype (float64 in the solvers).
+        shape: optional shape of one sample (without batch), used by ``sample`` when no
+            shape is given.
+
+    Methods ``eps``, ``x0``, ``score``, ``v``, ``velocity`` take ``x`` of shape ``(B, *shape)`` and
+    ``t`` a scalar or a ``(B,)`` tensor; each makes one network call, counted in ``nfe``.
+    """
+
+    def __init__(self, net, schedule, prediction: str = "eps", time_label="default",
+                 net_dtype: torch.dtype | None = None, shape=None):
+        super().__init__()
+        if not callable(net):
+            raise TypeError(f"net must be callable, got {type(net).__name__}")
+        self.net = net
+        self.schedule = make_schedule(schedule)
+        self.prediction = _canonical(prediction)
+        if callable(time_label):
+            self.time_label = time_label
+        elif time_label in TIME_LABELS:
+            self.time_label = TIME_LABELS[time_label](self.schedule)
+        else:
+            raise ValueError(f"unknown time_label {time_label!r}; valid: {', '.join(TIME_LABELS)} or a callable")
+        if net_dtype is None and isinstance(net, torch.nn.Module):
+            net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+        self.net_dtype = net_dtype
+        self.shape = tuple(shape) if shape is not None else None
+        self.nfe = 0
+        self.where = ""  # set by the integration loop, e.g. "step 3/10"; used in error messages
+        self._pending: list[tuple[Tensor, str]] = []
+
+    # --- coefficients ------------------------------------------------------------------
+    def coefficients(self, t, kind: str, like: Tensor):
+        """(A_t, B_t) of prediction type ``kind`` at time(s) t, shaped to broadcast with ``like``."""
+        sch = self.schedule
+        t = sch.check_time(t)
+        if t.dim() > 0:
+            t = t.to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
+        la, ls = sch.log_alpha(t), sch.log_sigma(t)
+        a, s = la.exp(), ls.exp()
+        da, ds = a * sch.d_log_alpha(t), s * sch.d_log_sigma(t)
+        A, B = _table(a, s, da, ds)[_canonical(kind)]
+        return A.to(like.dtype), B.to(like.dtype)
+
+    def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
+        """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (MATH §2)."""
+        source, target = _canonical(source), _canonical(target)
+        if source == target:
+            return y
+        A_p, B_p = self.coefficients(t, source, x)
+        x0 = (y - A_p * x) / B_p
+        if target == "x0":
+            return x0
+        A_q, B_q = self.coefficients(t, target, x)
+        return A_q * x + B_q * x0
+
+    # --- network call ------------------------------------------------------------------
+    def raw(self, x: Tensor, t) -> Tensor:
+        """The network's own output at (x, t), in x's dtype. One counted evaluation."""
+        t = self.schedule.check_time(t)
+        batch = x.shape[0]
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        net_dtype = self.net_dtype or x.dtype
+        label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
+        label = self.time_label(t).to(device=x.device, dtype=label_dtype)
+        if label.dim() == 0:
+            label = label.expand(batch)
+        out = self.net(x.to(net_dtype), label)
+        self.nfe += 1
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the network returned shape {got} for input of shape {tuple(x.shape)}; "
+                             f"a denoiser's output must have the shape of its input")
+        self._check_finite(out, t)
+        return out.to(x.dtype)
+
+    def _check_finite(self, out: Tensor, t: Tensor):
+        where = f"network call {self.nfe}" + (f" ({self.where})" if self.where else "")
+        if out.device.type == "cpu":
+            if not bool(torch.isfinite(out).all()):
+                raise NonFiniteError(f"the network returned NaN or Inf at {where}, t={_fmt_t(t)}")
+        else:  # defer: one synchronisation in check_finite() instead of one per call
+            self._pending.append((torch.isfinite(out).all(), f"{where}, t={_fmt_t(t)}"))
+
+    def check_finite(self):
+        """Raise for the first deferred non-finite network output (accelerators only)."""
+        if not self._pending:
+            return
+        flags = torch.stack([f for f, _ in self._pending]).cpu()
+        msgs = [m for _, m in self._pending]
+        self._pending = []
+        bad = (~flags).nonzero()
+        if len(bad):
+            raise NonFiniteError(f"the network returned NaN or Inf at {msgs[int(bad[0])]}")
+
+    def predict(self, x: Tensor, t, kind: str) -> Tensor:
+        return self.convert(self.raw(x, t), x, t, self.prediction, kind)
+
+    def eps(self, x, t):
+        return self.predict(x, t, "eps")
+
+    def x0(self, x, t):
+        return self.predict(x, t, "x0")
+
+    def score(self, x, t):
+        return self.predict(x, t, "score")
+
+    def v(self, x, t):
+        return self.predict(x, t, "v")
+
+    def velocity(self, x, t):
+        return self.predict(x, t, "velocity")
+
+    def forward(self, x, t):
+        return self.x0(x, t)
+
+    def reset_nfe(self) -> int:
+        n, self.nfe = self.nfe, 0
+        return n
+
+    def extra_repr(self) -> str:
+        return f"prediction={self.prediction!r}, schedule={self.schedule!r}"
+
+
+def _fmt_t(t: Tensor) -> str:
+    if t.dim() == 0:
+        return f"{float(t):.6g}"
+    if t.device.type != "cpu":
+        return f"<{t.shape[0]} per-sample times>"
+    return f"[{float(t.min()):.6g} .. {float(t.max()):.6g}]"

@@ -1,0 +1,439 @@
+r"""Noise schedules: the pair (α_t, σ_t) of every Gaussian diffusion (MATH §1).
+
+    x_t = α_t x_0 + σ_t ε,        ε ~ N(0, I)                               (MATH 1.1)
+    λ_t = log(α_t / σ_t)          half log-SNR, strictly decreasing in t
+    f_t = d log α_t / dt,   g_t² = dσ_t²/dt − 2 f_t σ_t² = −2 σ_t² dλ_t/dt     (MATH 1.3)
+
+Every schedule works in float64 and in closed form: a subclass gives ``log_alpha``,
+``log_sigma`` and their time derivatives, and the exact inverse ``t_of_log_snr``. All methods
+accept a Python number or a tensor of times (any shape) and return float64 tensors of the same
+shape. Times outside ``[t_min, t_max]`` raise ``ValueError`` (checked for CPU tensors only, so a
+per-sample time on an accelerator never forces a host synchronisation).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Schedule",
+    "VPSchedule",
+    "CosineSchedule",
+    "DDPMSchedule",
+    "SubVPSchedule",
+    "VESchedule",
+    "EDMSchedule",
+    "FlowSchedule",
+    "SCHEDULES",
+    "make_schedule",
+]
+
+_F64 = torch.float64
+
+
+def _time(t, device=None) -> Tensor:
+    if isinstance(t, Tensor):
+        return t.to(dtype=_F64)
+    return torch.as_tensor(t, dtype=_F64, device=device)
+
+
+class Schedule:
+    """Base class. Subclasses implement ``log_alpha``, ``log_sigma``, ``d_log_alpha``,
+    ``d_log_sigma`` and ``t_of_log_snr``; everything else derives from them.
+
+    Attributes:
+        t_min, t_max: the valid time range; samplers integrate from ``t_max`` down to ``t_min``.
+    """
+
+    t_min: float
+    t_max: float
+    name: str = "schedule"
+
+    # --- to be implemented -------------------------------------------------------------
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _d_log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _d_log_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # --- public API ----------------------------------------------------------------------
+    def check_time(self, t) -> Tensor:
+        """Return ``t`` as float64; raise if a (CPU) time lies outside ``[t_min, t_max]``."""
+        t = _time(t)
+        if t.device.type == "cpu" and t.numel() > 0:
+            tol = 1e-12 * max(1.0, abs(self.t_max))
+            lo, hi = float(t.min()), float(t.max())
+            if lo < self.t_min - tol or hi > self.t_max + tol or math.isnan(lo) or math.isnan(hi):
+                raise ValueError(
+                    f"time outside the range of {self!r}: got t in [{lo:.6g}, {hi:.6g}], valid "
+                    f"range is [{self.t_min:.6g}, {self.t_max:.6g}]; clip your grid or build the "
+                    f"schedule with a wider range"
+                )
+        return t
+
+    def log_alpha(self, t) -> Tensor:
+        return self._log_alpha(self.check_time(t))
+
+    def log_sigma(self, t) -> Tensor:
+        return self._log_sigma(self.check_time(t))
+
+    def alpha(self, t) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t) -> Tensor:
+        return self.log_sigma(t).exp()
+
+    def log_snr(self, t) -> Tensor:
+        """λ_t = log(α_t/σ_t), the half log signal-to-noise ratio."""
+        t = self.check_time(t)
+        return self._log_alpha(t) - self._log_sigma(t)
+
+    def t_of_log_snr(self, lam) -> Tensor:
+        """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends."""
+        lam = _time(lam)
+        t = self._t_of_log_snr(lam)
+        return t.clamp(self.t_min, self.t_max)
+
+    def d_log_alpha(self, t) -> Tensor:
+        return self._d_log_alpha(self.check_time(t))
+
+    def d_log_sigma(self, t) -> Tensor:
+        return self._d_log_sigma(self.check_time(t))
+
+    def d_log_snr(self, t) -> Tensor:
+        """dλ/dt (negative)."""
+        t = self.check_time(t)
+        return self._d_log_alpha(t) - self._d_log_sigma(t)
+
+    def f(self, t) -> Tensor:
+        """Drift coefficient of the forward SDE (MATH 1.2): f_t = d log α_t / dt."""
+        return self.d_log_alpha(t)
+
+    def g2(self, t) -> Tensor:
+        """Squared diffusion coefficient (MATH 1.3): g_t² = −2 σ_t² dλ_t/dt."""
+        t = self.check_time(t)
+        return 2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._d_log_sigma(t) - self._d_log_alpha(t))
+
+    def g(self, t) -> Tensor:
+        return self.g2(t).sqrt()
+
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        t = self.check_time(t)
+        return self._log_alpha(t).exp(), self._log_sigma(t).exp()
+
+    def time_label(self, t) -> Tensor:
+        """The time input a network trained on this schedule expects by default (here: t)."""
+        return _time(t)
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.log_snr(self.t_max))
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.log_snr(self.t_min))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
+class _VarPreserving(Schedule):
+    """σ_t² = 1 − α_t²: only log α and its derivative are needed."""
+
+    def _log_sigma(self, t):
+        return 0.5 * torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+
+    def _d_log_sigma(self, t):
+        # d/dt ½ log(1 − α²) = −α²/(1 − α²) · d log α
+        la = self._log_alpha(t)
+        return self._d_log_alpha(t) * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
+
+    @staticmethod
+    def _log_alpha_of_log_snr(lam):
+        # α²/(1 − α²) = e^{2λ}  ⇒  log α = −½ softplus(−2λ)
+        return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+
+
+class VPSchedule(_VarPreserving):
+    """Variance-preserving SDE with linear β (Song et al. 2021, score SDE):
+    log α_t = −¼ t² (β₁ − β₀) − ½ t β₀,  σ_t = √(1 − α_t²),  f = −β_t/2, g² = β_t.
+
+    References:
+        Score-Based Generative Modeling through Stochastic Differential Equations,
+        Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, arXiv:2011.13456.
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        if not (0 <= beta_min < beta_max):
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        if not (0 < t_min < t_max):
+            raise ValueError(f"need 0 < t_min < t_max, got {t_min}, {t_max}")
+        self.b0, self.b1 = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def _log_alpha(self, t):
+        return -0.25 * t * t * (self.b1 - self.b0) - 0.5 * t * self.b0
+
+    def _d_log_alpha(self, t):
+        return -0.5 * (self.b0 + t * (self.b1 - self.b0))
+
+    def _t_of_log_alpha(self, la):
+        # ¼Δ t² + ½β₀ t + log α = 0, in the cancellation-free form t = −2 log α / (½β₀ + √(…))
+        d = self.b1 - self.b0
+        return -2.0 * la / (0.5 * self.b0 + torch.sqrt(0.25 * self.b0**2 - d * la))
+
+    def _t_of_log_snr(self, lam):
+        return self._t_of_log_alpha(self._log_alpha_of_log_snr(lam))
+
+
+class SubVPSchedule(VPSchedule):
+    """Sub-VP SDE (Song et al. 2021): α_t as in :class:`VPSchedule`, σ_t = 1 − α_t².
+
+    References: arXiv:2011.13456, §3.4.
+    """
+
+    name = "subvp"
+
+    def _log_sigma(self, t):
+        return torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+
+    def _d_log_sigma(self, t):
+        la = self._log_alpha(t)
+        return 2.0 * self._d_log_alpha(t) * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
+
+    def _t_of_log_snr(self, lam):
+        # α/(1 − α²) = e^λ ⇒ α = 2e^λ / (1 + √(1 + 4e^{2λ}))
+        la = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
+        return self._t_of_log_alpha(la)
+
+
+class CosineSchedule(_VarPreserving):
+    """Cosine schedule (Nichol & Dhariwal 2021): ᾱ(t) = cos²(φ_t)/cos²(φ_0),
+    φ_t = π/2 · (t + s)/(1 + s), α_t = √ᾱ(t). ``t_max`` is clipped below 1 (α_1 = 0), by default
+    at 0.9946 as DPM-Solver does.
+
+    References:
+        Improved Denoising Diffusion Probabilistic Models, Nichol, Dhariwal, arXiv:2102.09672.
+    """
+
+    name = "cosine"
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        if not (0 < t_min < t_max < 1):
+            raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+        self.s = float(s)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self._log_cos0 = math.log(math.cos(math.pi / 2 * self.s / (1 + self.s)))
+
+    def _phi(self, t):
+        return (math.pi / 2) * (t + self.s) / (1 + self.s)
+
+    def _log_alpha(self, t):
+        return torch.log(torch.cos(self._phi(t))) - self._log_cos0
+
+    def _d_log_alpha(self, t):
+        return -torch.tan(self._phi(t)) * (math.pi / 2) / (1 + self.s)
+
+    def _t_of_log_snr(self, lam):
+        la = self._log_alpha_of_log_snr(lam)
+        phi = torch.arccos(torch.exp(la + self._log_cos0))
+        return phi * (2 * (1 + self.s) / math.pi) - self.s
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation with linear extrapolation; xp increasing."""
+    xp, fp = xp.to(x.device), fp.to(x.device)
+    idx = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
+    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+
+
+class DDPMSchedule(_VarPreserving):
+    """Discrete-time DDPM schedule made continuous as DPM-Solver does: t_n = n/N for
+    n = 1..N carries ᾱ_n (``alphas_cumprod[n-1]``) and log α is interpolated piecewise-linearly
+    in t. The network's own label for time t is the (fractional) integer timestep t·N − 1, so
+    at grid points it receives exactly the timestep it was trained with.
+
+    Args:
+        betas: (N,) β_n, or
+        alphas_cumprod: (N,) ᾱ_n (exactly one of the two).
+        Default: the DDPM linear schedule, β from 1e-4 to 2e-2 over N = 1000 steps.
+
+    References:
+        Denoising Diffusion Probabilistic Models, Ho, Jain, Abbeel, arXiv:2006.11239;
+        DPM-Solver, Lu et al., arXiv:2206.00927 (discrete-to-continuous mapping).
+    """
+
+    name = "ddpm"
+
+    def __init__(self, betas=None, alphas_cumprod=None, num_train_timesteps: int = 1000,
+                 beta_start: float = 1e-4, beta_end: float = 2e-2):
+        if betas is not None and alphas_cumprod is not None:
+            raise ValueError("give either betas or alphas_cumprod, not both")
+        if alphas_cumprod is None:
+            if betas is None:
+                betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=_F64)
+            betas = torch.as_tensor(betas, dtype=_F64).flatten()
+            if (betas <= 0).any() or (betas >= 1).any():
+                raise ValueError("betas must lie in (0, 1)")
+            log_ac = torch.cumsum(torch.log1p(-betas), 0)
+        else:
+            ac = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten()
+            if (ac <= 0).any() or (ac >= 1).any():
+                raise ValueError("alphas_cumprod must lie in (0, 1)")
+            log_ac = torch.log(ac)
+        if len(log_ac) < 2 or not bool((log_ac[1:] < log_ac[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing with at least 2 entries")
+        n = len(log_ac)
+        self.num_train_timesteps = n
+        self.alphas_cumprod = log_ac.exp()
+        self._t = torch.arange(1, n + 1, dtype=_F64) / n
+        self._la = 0.5 * log_ac
+        self._slope = (self._la[1:] - self._la[:-1]) * n
+        self.t_min, self.t_max = 1.0 / n, 1.0
+
+    def _log_alpha(self, t):
+        return _interp(t, self._t, self._la)
+
+    def _d_log_alpha(self, t):
+        # right-continuous slope of the piecewise-linear log α; the last knot takes the last slope
+        idx = (torch.searchsorted(self._t.to(t.device), t.contiguous(), right=True) - 1).clamp(0, len(self._slope) - 1)
+        return self._slope.to(t.device)[idx]
+
+    def _t_of_log_snr(self, lam):
+        la = self._log_alpha_of_log_snr(lam)
+        return _interp(-la, -self._la, self._t)
+
+    def time_label(self, t) -> Tensor:
+        return _time(t) * self.num_train_timesteps - 1.0
+
+    def t_of_timestep(self, timestep) -> Tensor:
+        """Continuous time of an integer training timestep k ∈ {0..N−1}: t = (k + 1)/N."""
+        return (_time(timestep) + 1.0) / self.num_train_timesteps
+
+
+class VESchedule(Schedule):
+    """Variance-exploding SDE (SMLD): α_t = 1, σ_t = σ_min (σ_max/σ_min)^t, t ∈ [0, 1]; f = 0.
+
+    References: arXiv:2011.13456 (Song et al. 2021).
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._rate = math.log(self.sigma_max / self.sigma_min)
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def _log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _d_log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _log_sigma(self, t):
+        return math.log(self.sigma_min) + t * self._rate
+
+    def _d_log_sigma(self, t):
+        return torch.full_like(t, self._rate)
+
+    def _t_of_log_snr(self, lam):
+        return (-lam - math.log(self.sigma_min)) / self._rate
+
+
+class EDMSchedule(Schedule):
+    """EDM (Karras et al. 2022): α_t = 1, σ_t = t, t ∈ [σ_min, σ_max]; f = 0, g² = 2t.
+
+    References:
+        Elucidating the Design Space of Diffusion-Based Generative Models, Karras, Aittala,
+        Aila, Laine, arXiv:2206.00364.
+    """
+
+    name = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.t_min, self.t_max = float(sigma_min), float(sigma_max)
+
+    def _log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _d_log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def _log_sigma(self, t):
+        return torch.log(t)
+
+    def _d_log_sigma(self, t):
+        return 1.0 / t
+
+    def _t_of_log_snr(self, lam):
+        return torch.exp(-lam)
+
+
+class FlowSchedule(Schedule):
+    """Rectified flow / flow matching: α_t = 1 − t, σ_t = t, t ∈ [t_min, t_max] ⊂ (0, 1);
+    λ_t = log((1 − t)/t), t(λ) = sigmoid(−λ).
+
+    References:
+        Flow Straight and Fast, Liu, Gong, Liu, arXiv:2209.03003; Flow Matching for Generative
+        Modeling, Lipman et al., arXiv:2210.02747.
+    """
+
+    name = "flow"
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3):
+        if not (0 < t_min < t_max < 1):
+            raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def _log_alpha(self, t):
+        return torch.log1p(-t)
+
+    def _d_log_alpha(self, t):
+        return -1.0 / (1.0 - t)
+
+    def _log_sigma(self, t):
+        return torch.log(t)
+
+    def _d_log_sigma(self, t):
+        return 1.0 / t
+
+    def _t_of_log_snr(self, lam):
+        return torch.sigmoid(-lam)
+
+
+SCHEDULES = {
+    "vp": VPSchedule,
+    "cosine": CosineSchedule,
+    "ddpm": DDPMSchedule,
+    "subvp": SubVPSchedule,
+    "ve": VESchedule,
+    "edm": EDMSchedule,
+    "flow": FlowSchedule,
+}
+
+
+def make_schedule(schedule) -> Schedule:
+    """A :class:`Schedule` from an instance or a name in ``SCHEDULES``."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, str) and schedule in SCHEDULES:
+        return SCHEDULES[schedule]()
+    raise ValueError(f"unknown schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}")

@@ -1,0 +1,233 @@
+r"""The solver interface and the one integration loop.
+
+A solver is a small object with declared properties and two methods (diffrax's design):
+
+    state = solver.init(ctx, x)                    # before the first step
+    x, state = solver.step(ctx, i, x, state)       # from ctx.t[i] to ctx.t[i + 1]
+
+``ctx`` (:class:`StepContext`) holds *what is solved* (the denoiser, schedule and noise level ν_t),
+*which steps* (the float64 grid with α, σ, λ precomputed at every point, on the host, so per-step
+coefficients are plain Python floats and never synchronise an accelerator) and the noise source.
+Multistep history lives in ``state``. A solver never asks which prediction type the network has:
+it calls ``ctx.denoiser.x0``, ``.eps`` or ``.score``.
+
+:func:`integrate` is the loop every fixed-step solver runs through; ``sample`` and the benchmark
+runner are thin layers on top of it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..denoiser import Denoiser
+from ..noise import NoiseSource
+from ..processes import NoiseLevel
+from ..schedules import Schedule
+
+__all__ = ["Solver", "StepContext", "integrate", "SOLVERS", "register", "get_solver", "list_solvers"]
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides the state. Grid quantities are float64 host values.
+
+    Attributes:
+        denoiser: the network wrapper (counts NFE).
+        level: the noise level ν_t of the reverse family (``level.is_zero`` for the ODE).
+        t: (n+1,) float64 CPU tensor of times, strictly decreasing.
+        alpha, sigma, lam: lists of Python floats at each grid point.
+        noise: the noise source (``None`` for deterministic solves).
+    """
+
+    denoiser: Denoiser
+    level: NoiseLevel
+    t: Tensor
+    noise: NoiseSource | None = None
+    alpha: list = field(init=False)
+    sigma: list = field(init=False)
+    lam: list = field(init=False)
+
+    def __post_init__(self):
+        sch = self.schedule
+        self.alpha = sch.alpha(self.t).tolist()
+        self.sigma = sch.sigma(self.t).tolist()
+        self.lam = sch.log_snr(self.t).tolist()
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.denoiser.schedule
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    def time(self, i: int) -> float:
+        return float(self.t[i])
+
+    def h(self, i: int) -> float:
+        """Step size in λ from grid point i to i + 1 (positive)."""
+        return self.lam[i + 1] - self.lam[i]
+
+    def eta2_integral(self, i: int) -> float:
+        r"""H_i = ∫ η(λ)² dλ over step i, with η = ν/g (exactly η² h for a constant η).
+
+        Exponential integrators use e^{−H} where the constant-η formula (MATH 4.1) has e^{−η² h};
+        for a time-varying ν_t this is evaluated by 8-point Gauss–Legendre quadrature in λ.
+        """
+        if self.level.noise is None:
+            return self.level.eta ** 2 * self.h(i)
+        nodes, weights = _gauss_legendre(8)
+        l0, l1 = self.lam[i], self.lam[i + 1]
+        lam = torch.tensor([0.5 * (l0 + l1) + 0.5 * (l1 - l0) * n for n in nodes], dtype=torch.float64)
+        eta = self.level.eta_at(self.schedule.t_of_log_snr(lam))
+        return float(0.5 * (l1 - l0) * (torch.tensor(weights, dtype=torch.float64) * eta**2).sum())
+
+    def randn(self) -> Tensor:
+        if self.noise is None:
+            raise RuntimeError("this solver draws noise but no noise source was given")
+        return self.noise.randn()
+
+
+def _gauss_legendre(n: int):
+    import numpy as np
+
+    x, w = np.polynomial.legendre.leggauss(n)
+    return x.tolist(), w.tolist()
+
+
+class Solver:
+    """Base class of fixed-step solvers.
+
+    Class attributes:
+        name: registry name.
+        order: declared convergence order (global order for ODE solvers; weak order for SDE solvers).
+        stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
+        nfe_per_step: network evaluations per step.
+        min_steps: fewest steps the method accepts.
+    """
+
+    name: str = "solver"
+    order: float = 1.0
+    stochastic: bool = False
+    nfe_per_step: int = 1
+    min_steps: int = 1
+
+    def init(self, ctx: StepContext, x: Tensor) -> Any:
+        return None
+
+    def step(self, ctx: StepContext, i: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations for ``steps`` steps (excluding an optional final denoise)."""
+        return steps * self.nfe_per_step
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The largest number of steps whose cost is at most ``nfe`` evaluations."""
+        steps = max(nfe // self.nfe_per_step, 0)
+        while steps > 0 and self.nfe(steps) > nfe:
+            steps -= 1
+        while self.nfe(steps + 1) <= nfe:
+            steps += 1
+        if steps < self.min_steps:
+            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps "
+                             f"({self.nfe(self.min_steps)} evaluations); a budget of {nfe} is too small")
+        return steps
+
+    def check(self, ctx: StepContext):
+        """Validate the configuration against the problem before the first step."""
+        if ctx.steps < self.min_steps:
+            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps, got {ctx.steps}")
+        if not self.stochastic and not ctx.level.is_zero:
+            raise ValueError(f"solver {self.name!r} integrates the probability-flow ODE only (eta=0); "
+                             f"for eta > 0 pick a stochastic solver: "
+                             f"{', '.join(n for n, c in SOLVERS.items() if c.stochastic)}")
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"
+
+
+def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level: NoiseLevel,
+              noise: NoiseSource | None = None, denoise_final: bool = False,
+              trajectory: bool = False, callback: Callable | None = None):
+    """Run ``solver`` over the grid ``t`` from state ``x`` (at t[0]). The one loop of diffsolve.
+
+    Returns ``(x, traj)`` with ``traj`` the list of states at every grid point (``trajectory=True``)
+    or ``None``. ``denoise_final`` replaces the last state by x̂0(x, t_n) (one more evaluation).
+    """
+    ctx = StepContext(denoiser, level, t, noise)
+    solver.check(ctx)
+    traj = [x] if trajectory else None
+    state = solver.init(ctx, x)
+    n = ctx.steps
+    for i in range(n):
+        denoiser.where = f"step {i + 1}/{n} of {solver.name}, from t={ctx.time(i):.6g} to t={ctx.time(i + 1):.6g}"
+        x, state = solver.step(ctx, i, x, state)
+        if traj is not None:
+            traj.append(x)
+        if callback is not None:
+            callback(i, x)
+    if denoise_final:
+        denoiser.where = f"final denoise at t={ctx.time(n):.6g}"
+        x = denoiser.x0(x, t[n])
+        if traj is not None:
+            traj.append(x)
+    denoiser.where = ""
+    denoiser.check_finite()
+    return x, traj
+
+
+# --- registry ------------------------------------------------------------------------------
+SOLVERS: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: add a solver to :data:`SOLVERS` under ``cls.name``."""
+    if cls.name in SOLVERS and SOLVERS[cls.name] is not cls:
+        raise ValueError(f"solver name {cls.name!r} registered twice")
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def get_solver(solver, **options) -> Solver:
+    """A solver instance from an instance, a class or a registered name (``options`` to its constructor)."""
+    if isinstance(solver, Solver):
+        if options:
+            raise ValueError("solver options go to the constructor when passing a name; got an instance and options")
+        return solver
+    if isinstance(solver, type) and issubclass(solver, Solver):
+        return solver(**options)
+    if isinstance(solver, str) and solver in SOLVERS:
+        try:
+            return SOLVERS[solver](**options)
+        except TypeError as e:
+            raise TypeError(f"bad options for solver {solver!r}: {e}") from None
+    raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
+
+
+def list_solvers() -> list[dict]:
+    """Name, order, stochasticity and first docstring line of every registered solver."""
+    out = []
+    for name, cls in sorted(SOLVERS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out.append({"name": name, "order": cls.order, "stochastic": cls.stochastic,
+                    "nfe_per_step": cls.nfe_per_step, "summary": doc[0] if doc else ""})
+    return out
+
+
+def bcast(c, x: Tensor) -> Tensor:
+    """A scalar or per-sample (B,) coefficient shaped to broadcast against x."""
+    if isinstance(c, (int, float)):
+        return c
+    c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
+    return c.reshape(-1, *([1] * (x.dim() - 1))) if c.dim() == 1 else c
+
+
+def expm1_ratio(h: float) -> float:
+    """(e^h − 1)/h, accurate for small h."""
+    return math.expm1(h) / h if h != 0 else 1.0
