@@ -13,3 +13,24 @@ from .analytic import GaussianMixture
 from .sample import SampleResult, sample
 
 __version__ = "0.1.0"
+
+# Names whose modules load on first use (keeps `import diffsolve` light).
+_LAZY = {
+    "log_likelihood": ("diffsolve.likelihood", "log_likelihood"),
+    "LikelihoodResult": ("diffsolve.likelihood", "LikelihoodResult"),
+    "zoo": ("diffsolve.zoo", None),
+    "adapters": ("diffsolve.adapters", None),
+    "CFGDenoiser": ("diffsolve.guidance", "CFGDenoiser"),
+    "tune_steps": ("diffsolve.tune", "tune_steps"),
+    "bench": ("diffsolve.bench", None),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'diffsolve' has no attribute {name!r}")

@@ -1,8 +1,15 @@
 """Solvers by name: ``diffsolve.solvers.SOLVERS`` maps each name to its class.
 
-Each module defines solver classes and registers them with :func:`register`.
+Every module of this package defines solver classes and registers them with :func:`register`;
+all modules are imported here, so a new module needs no edit of this file.
 """
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from .base import SOLVERS, Solver, StepContext, get_solver, integrate, list_solvers, register
-from . import euler, ddim  # noqa: F401  (registration)
+
+for _m in _pkgutil.iter_modules(__path__):
+    if not _m.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["SOLVERS", "Solver", "StepContext", "get_solver", "integrate", "list_solvers", "register"]

@@ -62,6 +62,13 @@ class StepContext:
         return self.denoiser.schedule
 
     @property
+    def process(self):
+        """The reverse-family process (MATH 3.2) with this context's noise level."""
+        from ..processes import ReverseSDE
+
+        return ReverseSDE(self.denoiser, eta=self.level.eta, noise=self.level.noise)
+
+    @property
     def steps(self) -> int:
         return len(self.t) - 1
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-from ..processes import ReverseSDE
 from .base import Solver, bcast, register
 
 
@@ -31,9 +30,8 @@ class Euler(Solver):
 
     def step(self, ctx, i, x, state):
         t, s = ctx.t[i], ctx.t[i + 1]
-        process = ReverseSDE(ctx.denoiser, eta=ctx.level.eta, noise=ctx.level.noise)
         dt = float(s - t)
-        x = x + process.drift(x, t) * dt
+        x = x + ctx.process.drift(x, t) * dt
         if not ctx.level.is_zero:
             x = x + bcast(float(ctx.level.nu(t)) * math.sqrt(-dt), x) * ctx.randn()
         return x, state
