@@ -1,0 +1,334 @@
+r"""Embedded Runge–Kutta methods as data, and one engine that runs them with error control.
+
+An explicit s-stage method with an embedded error estimate is a Butcher tableau
+(c, A, b, b̂). One step from (t, y) with step h:
+
+    k_i   = F(t + c_i h, y + h Σ_{j<i} a_ij k_j),        i = 1..s
+    y⁺    = y + h Σ_i b_i k_i                          (order p)
+    e     = h Σ_i (b_i − b̂_i) k_i                      (local error estimate, O(h^{q+1}), q = min(p, p̂))
+
+The step is accepted when the scaled error r = ‖e / (atol + rtol·max(|y|, |y⁺|))‖ ≤ 1; the next
+step is h·clip(safety · r^{−α} · r_prev^{β}, 0.2, 10) (Hairer's PI controller, α = 1/(q+1) − 0.75β,
+β = 0.04; a rejection uses the I part only and never grows h). FSAL tableaus (first stage = last
+stage of the previous accepted step) cost s − 1 evaluations per step.
+
+``rk_solve(per_sample=False)`` controls one step size for the whole batch with the norm taken
+over every element (like torchdiffeq). ``per_sample=True`` gives each row its own time, step size
+and error control; each iteration evaluates ``func`` on the unfinished rows only.
+
+References:
+    Hairer, Nørsett, Wanner, Solving Ordinary Differential Equations I, 2nd ed. (1993), §II.4
+    (error control, starting step size) and §II.5 (Dormand–Prince); Kidger, On Neural Differential
+    Equations, arXiv:2202.02435 (tableaus as data, diffrax).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["ButcherTableau", "TABLEAUS", "rk_solve"]
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit embedded Runge–Kutta pair.
+
+    Attributes:
+        name: registry name.
+        c: (s,) stage times; a: lower-triangular rows a[i] of length i; b: (s,) weights of the
+            propagated solution (order ``order``); b_err: (s,) b − b̂, the weights of the error
+            estimate; error_order: order q of the lower method (the error is O(h^{q+1})).
+        fsal: the last stage is evaluated at (t + h, y⁺), so it is the next step's first stage.
+    """
+
+    name: str
+    c: tuple
+    a: tuple
+    b: tuple
+    b_err: tuple
+    order: int
+    error_order: int
+    fsal: bool
+    doc: str = ""
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    def check(self, tol: float = 1e-12):
+        """Consistency: Σ_j a_ij = c_i, Σ b = 1, Σ (b − b̂) = 0, FSAL rows."""
+        for i, row in enumerate(self.a):
+            assert len(row) == i and abs(sum(row) - self.c[i]) < tol, (self.name, i)
+        assert abs(sum(self.b) - 1) < tol and abs(sum(self.b_err)) < tol, self.name
+        if self.fsal:
+            assert self.c[-1] == 1 and all(abs(x - y) < tol for x, y in zip(self.a[-1], self.b)), self.name
+
+
+def _tab(name, c, a, b, b_hat, order, error_order, doc):
+    fsal = c[-1] == 1 and len(a[-1]) == len(b) - 1 and list(a[-1]) == list(b[:-1]) and b[-1] == 0
+    return ButcherTableau(name, tuple(map(float, c)), tuple(tuple(map(float, r)) for r in a),
+                          tuple(map(float, b)), tuple(float(x) - float(y) for x, y in zip(b, b_hat)),
+                          order, error_order, fsal, doc)
+
+
+_EULER_HEUN = _tab(
+    "euler_heun", [0, 1], [[], [1]], [0.5, 0.5], [1, 0], 2, 1,
+    """Heun's method (explicit trapezoid, order 2) with explicit Euler (order 1) as error estimate;
+    2 evaluations per step, not FSAL. References: Hairer, Nørsett & Wanner (1993), §II.1.""")
+
+_BOSH3 = _tab(
+    "bosh3", [0, 1 / 2, 3 / 4, 1],
+    [[], [1 / 2], [0, 3 / 4], [2 / 9, 1 / 3, 4 / 9]],
+    [2 / 9, 1 / 3, 4 / 9, 0], [7 / 24, 1 / 4, 1 / 3, 1 / 8], 3, 2,
+    """Bogacki–Shampine 3(2), FSAL: 3 evaluations per accepted step (MATLAB ode23). References:
+    Bogacki & Shampine, A 3(2) pair of Runge–Kutta formulas, Appl. Math. Lett. 2 (1989) 321–325.""")
+
+_DOPRI5 = _tab(
+    "dopri5", [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1],
+    [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+     [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+     [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+     [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]],
+    [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0],
+    [5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40], 5, 4,
+    """Dormand–Prince 5(4), FSAL: 6 evaluations per accepted step (MATLAB ode45, torchdiffeq
+    ``dopri5``). References: Dormand & Prince, A family of embedded Runge–Kutta formulae, J. Comput.
+    Appl. Math. 6 (1980) 19–26.""")
+
+_TSIT5 = _tab(
+    "tsit5", [0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1],
+    [[], [0.161], [-0.008480655492356989, 0.335480655492357],
+     [2.897153057105493, -6.359448489975075, 4.3622954328695815],
+     [5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525],
+     [5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383],
+     [0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+      2.324710524099774]],
+    [0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+     2.324710524099774, 0],
+    # b̂ = b − b_err with Tsitouras' error weights
+    [0.09646076681806523 + 0.00178001105222577714, 0.01 + 0.0008164344596567469,
+     0.4798896504144996 - 0.007880878010261995, 1.379008574103742 + 0.1447110071732629,
+     -3.290069515436081 - 0.5823571654525552, 2.324710524099774 + 0.45808210592918697, -1 / 66], 5, 4,
+    """Tsitouras 5(4), FSAL: 6 evaluations per accepted step; coefficients optimised for the
+    principal error of the 5th-order solution (the default of DifferentialEquations.jl and diffrax).
+    References: Tsitouras, Runge–Kutta pairs of order 5(4) satisfying only the first column
+    simplifying assumption, Comput. Math. Appl. 62 (2011) 770–775.""")
+
+TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in (_EULER_HEUN, _BOSH3, _DOPRI5, _TSIT5)}
+
+
+def get_tableau(method) -> ButcherTableau:
+    if isinstance(method, ButcherTableau):
+        return method
+    if method not in TABLEAUS:
+        raise ValueError(f"unknown Runge–Kutta method {method!r}; valid methods: {', '.join(TABLEAUS)} "
+                         f"(or a ButcherTableau)")
+    return TABLEAUS[method]
+
+
+def _row_norm(v: Tensor, kind: str) -> Tensor:
+    """(B, ...) -> (B,) RMS or max norm per row."""
+    v = v.reshape(v.shape[0], -1)
+    return v.pow(2).mean(1).sqrt() if kind == "rms" else v.abs().amax(1)
+
+
+def _bc(c: Tensor, y: Tensor) -> Tensor:
+    return c.reshape(-1, *([1] * (y.dim() - 1)))
+
+
+def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
+             method="dopri5", rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = False,
+             h0: float | None = None, max_steps: int = 10000, norm: str = "rms",
+             steps: int | None = None, safety: float = 0.9) -> tuple[Tensor, dict]:
+    r"""Integrate dy/dt = func(t, y) from t0 to t1 (either direction) with an embedded RK pair.
+
+    Args:
+        func: ``func(t, y) -> dy/dt``. With ``per_sample=False`` ``t`` is a 0-dim float64 tensor and
+            ``y`` the whole (B, ...) batch; with ``per_sample=True`` ``t`` is an (n,) float64 tensor
+            of per-row times and ``y`` the (n, ...) unfinished rows, so ``func`` must treat rows
+            independently (carry per-row constants in the state with zero derivative).
+        y0: (B, ...) initial state (float64 recommended).
+        t0, t1: Python floats; integration from t0 to t1.
+        method: a name in :data:`TABLEAUS` (``euler_heun``, ``bosh3``, ``dopri5``, ``tsit5``) or a
+            :class:`ButcherTableau`.
+        rtol, atol: tolerances (> 0 and ≥ 0) of the scaled error (see module docstring).
+        per_sample: one step size per row with the norm per row, instead of one shared step size
+            with the norm over the whole batch.
+        h0: initial |step|; default Hairer's heuristic (one extra evaluation).
+        max_steps: limit on step attempts per row (accepted + rejected); exceeding it raises.
+        norm: ``"rms"`` or ``"max"`` over the elements of a row (or of the batch when shared).
+        steps: fixed-step mode: exactly ``steps`` equal steps, no error control (order tests).
+        safety: safety factor of the controller.
+
+    Returns:
+        ``(y1, stats)``: y1 of y0's shape at t1; stats = {``nfe``: calls of func, ``row_evals``:
+        rows evaluated summed over calls, ``accepted``, ``rejected``: (B,) int64 per-row step
+        counts, ``t``: final time ((B,) tensor, or 0-dim when shared), ``method``}.
+
+    Host synchronisation: one per iteration (the termination test; in per-sample mode the same
+    ``nonzero`` also selects the active rows). Step sizes, times and controller state stay on
+    y0's device.
+    """
+    tab = get_tableau(method)
+    if not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
+    if not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+    if norm not in ("rms", "max"):
+        raise ValueError(f"norm must be 'rms' or 'max', got {norm!r}")
+    if not isinstance(y0, Tensor) or y0.dim() < 1 or y0.shape[0] == 0:
+        raise ValueError("y0 must be a tensor of shape (B, ...) with B >= 1")
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a positive integer (fixed-step mode), got {steps!r}")
+    t0, t1 = float(t0), float(t1)
+    dev, B = y0.device, y0.shape[0]
+    f64 = dict(dtype=torch.float64, device=dev)
+    G = B if per_sample else 1  # number of independently controlled groups
+    stats = {"nfe": 0, "row_evals": 0, "method": tab.name}
+
+    def call(t, y):
+        stats["nfe"] += 1
+        stats["row_evals"] += y.shape[0]
+        out = func(t if per_sample else t.reshape(()), y)
+        if out.shape != y.shape:
+            raise ValueError(f"func returned shape {tuple(out.shape)} for a state of shape {tuple(y.shape)}")
+        return out
+
+    def group_norm(v):  # (n, ...) -> (n,) per row, or (1,) over the batch
+        if per_sample:
+            return _row_norm(v, norm)
+        return _row_norm(v.reshape(1, -1), norm)
+
+    def gbc(c, y):  # per-group quantity broadcast to the rows of y
+        return _bc(c, y) if per_sample else c.reshape([1] * y.dim())
+
+    t = torch.full((G,), t0, **f64)
+    accepted = torch.zeros(B, dtype=torch.int64, device=dev)
+    rejected = torch.zeros(B, dtype=torch.int64, device=dev)
+    if t0 == t1:
+        stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
+        return y0.clone(), stats
+    direction = 1.0 if t1 > t0 else -1.0
+    span = abs(t1 - t0)
+    y = y0.clone()
+    k1 = call(t, y)
+
+    if steps is not None:  # fixed-step mode
+        h = torch.full((G,), direction * span / steps, **f64)
+        for n in range(int(steps)):
+            t_next = torch.full((G,), t1 if n == steps - 1 else t0 + (n + 1) * direction * span / steps, **f64)
+            y, _, k_last = _attempt(tab, call, t, t_next, h, y, k1, gbc)
+            t = t_next
+            k1 = k_last if tab.fsal else (call(t, y) if n < steps - 1 else None)
+        accepted += int(steps)
+        stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
+        return y, stats
+
+    k = tab.error_order + 1
+    beta = 0.04
+    alpha = 1.0 / k - 0.75 * beta
+    h = _initial_step(call, t, y, k1, direction, span, rtol, atol, k, group_norm, gbc) if h0 is None \
+        else torch.full((G,), abs(float(h0)), **f64)
+    h = h.clamp(max=span)
+    r_prev = torch.full((G,), 1e-4, **f64)
+    done = torch.zeros(G, dtype=torch.bool, device=dev)
+    t1_t = torch.full((G,), t1, **f64)
+    iters = 0
+    while True:
+        if per_sample:
+            idx = (~done).nonzero().squeeze(1)  # the one host synchronisation per iteration
+            n = idx.numel()
+            if n == 0:
+                break
+            full = n == G
+        else:
+            if bool(done[0]):
+                break
+            full, idx = True, None
+        iters += 1
+        if iters > max_steps:
+            raise RuntimeError(f"rk_solve({tab.name}) exceeded max_steps={max_steps} step attempts "
+                               f"(rtol={rtol}, atol={atol}); loosen the tolerances or raise max_steps")
+        sel = (lambda v: v) if full else (lambda v: v.index_select(0, idx))
+        t_a, h_a, y_a, k1_a, rp_a = sel(t), sel(h), sel(y), sel(k1), sel(r_prev)
+        if not tab.fsal and iters > 1:  # first stage of a non-FSAL step (reused from init at iteration 1)
+            k1_a = call(t_a, y_a)
+        remaining = (t1_t[: t_a.shape[0]] - t_a).abs()
+        last = h_a >= remaining
+        step = torch.where(last, remaining, h_a)
+        t_next = torch.where(last, t1_t[: t_a.shape[0]], t_a + direction * step)
+        y_new, err, k_last = _attempt(tab, call, t_a, t_next, direction * step, y_a, k1_a, gbc)
+        scale = atol + rtol * torch.maximum(y_a.abs(), y_new.abs())
+        r = group_norm(err / scale)
+        r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
+        ok = r <= 1.0
+        fac_acc = (safety * r.clamp(min=1e-10).pow(-alpha) * rp_a.pow(beta)).clamp(0.2, 10.0)
+        fac_rej = (safety * r.clamp(min=1e-10).pow(-1.0 / k)).clamp(0.2, 1.0)
+        h_new = step * torch.where(ok, fac_acc, fac_rej)
+        rp_new = torch.where(ok, r.clamp(min=1e-4), rp_a)
+        okb = gbc(ok, y_a)
+        y_out = torch.where(okb, y_new, y_a)
+        t_out = torch.where(ok, t_next, t_a)
+        k1_out = torch.where(okb, k_last, k1_a) if tab.fsal else k1_a
+        fin = ok & last
+        row_ok = ok.long() if per_sample else ok.long().expand(B)
+        if full:
+            y, t, h, r_prev, k1 = y_out, t_out, h_new, rp_new, k1_out
+            done = fin
+            accepted += row_ok
+            rejected += 1 - row_ok
+        else:
+            y = y.index_copy(0, idx, y_out)
+            t = t.index_copy(0, idx, t_out)
+            h = h.index_copy(0, idx, h_new)
+            r_prev = r_prev.index_copy(0, idx, rp_new)
+            k1 = k1.index_copy(0, idx, k1_out)
+            done = done.index_copy(0, idx, fin)
+            accepted = accepted.index_add(0, idx, row_ok)
+            rejected = rejected.index_add(0, idx, 1 - row_ok)
+    stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
+    return y, stats
+
+
+def _attempt(tab, call, t, t_next, h, y, k1, gbc):
+    """One RK step from (t, y) with signed step h per group; returns (y⁺, error estimate, last stage)."""
+    hb = gbc(h, y)
+    ks = [k1]
+    for i in range(1, tab.stages):
+        yi = y
+        for j, a in enumerate(tab.a[i]):
+            if a != 0.0:
+                yi = yi + (hb * a) * ks[j]
+        ti = t_next if tab.c[i] == 1.0 else t + tab.c[i] * h
+        if tab.fsal and i == tab.stages - 1:
+            ks.append(call(ti, yi))
+            y_new = yi  # the FSAL row of A equals b
+            break
+        ks.append(call(ti, yi))
+    else:
+        y_new = y
+        for bi, ki in zip(tab.b, ks):
+            if bi != 0.0:
+                y_new = y_new + (hb * bi) * ki
+    err = None
+    for ei, ki in zip(tab.b_err, ks):
+        if ei != 0.0:
+            err = (hb * ei) * ki if err is None else err + (hb * ei) * ki
+    return y_new, err, ks[-1]
+
+
+def _initial_step(call, t, y, f0, direction, span, rtol, atol, k, group_norm, gbc):
+    """Hairer, Nørsett & Wanner (1993) §II.4 starting step size, per group; one extra evaluation."""
+    scale = atol + rtol * y.abs()
+    d0, d1 = group_norm(y / scale), group_norm(f0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300))
+    h0 = h0.clamp(max=span)
+    f1 = call(t + direction * h0, y + gbc(direction * h0, y) * f0)
+    d2 = group_norm((f1 - f0) / scale) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax.clamp(min=1e-300)).pow(1.0 / k))
+    return torch.minimum(100 * h0, h1)
