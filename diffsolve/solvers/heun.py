@@ -1,0 +1,145 @@
+r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (MATH §4).
+
+With y = x/α and s = σ/α = e^{−λ} the probability-flow ODE (MATH 3.3) becomes
+
+    dy/ds = (y − D(y; s))/s,      D(y; s) = x̂0(α_t y, t),   t = t(s),                 (EDM eq. 3)
+
+so every schedule looks like EDM's α = 1, σ = s. A step from grid point i to i + 1 reads
+
+    d_i = (y_i − D(y_i; s_i))/s_i,          ŷ = y_i + (s_{i+1} − s_i) d_i             (Euler)
+    y_{i+1} = y_i + (s_{i+1} − s_i)·½(d_i + (ŷ − D(ŷ; s_{i+1}))/s_{i+1})              (Heun)
+
+and the state returns to x = α_{i+1} y_{i+1}. ``euler_ve`` is k-diffusion's ``sample_euler``; it
+equals DDIM(η = 0) step for step: x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) x̂0.
+
+EDM's Algorithm 1 takes a plain Euler step on its last step because that step ends at s = 0,
+where the Heun correction would divide by zero. diffsolve's grids end at t_min > 0 (s > 0), so
+every step here is a Heun step (2 evaluations); EDM's final Euler step from s_min to 0 is
+exactly ``y − s·(y − D)/s = D``, i.e. ``sample(..., denoise_final=True)``.
+
+Churn (EDM Algorithm 2). Before step i, if S_tmin ≤ s_i ≤ S_tmax, raise the noise level to
+ŝ = s_i(1 + γ_i), γ_i = min(S_churn/n, √2 − 1), by adding fresh noise (the forward process in y
+from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
+
+    ŷ_i = y_i + S_noise √(ŝ² − s_i²) z.
+
+This is an operator *splitting* (forward noise, then the ν = 0 ODE), not an integrator of the
+reverse family (MATH 3.2) for a given ν_t. To first order in the step it injects the variance of
+the ν = η g member with η_i² ≈ γ_i/h_i (h_i the step in λ), so its effective η depends on the
+grid and on the number of steps n; with S_noise ≠ 1 it does not preserve the marginals at all.
+Asking these solvers for ``eta > 0`` is therefore an error: use ``ancestral``, ``ddim``, ``euler``
+or ``pc`` for the reverse family with a given ν_t. ŝ is capped at s(t_max), the largest noise
+level the schedule (and the network) knows.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from .base import Solver, register
+
+__all__ = ["EulerVE", "Heun"]
+
+
+class _VESolver(Solver):
+    """Shared part: VE coordinates, D(y; s), and EDM's churn."""
+
+    stochastic = False
+
+    def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf,
+                 S_noise: float = 1.0):
+        for k, v in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
+            if not (float(v) >= 0.0 and math.isfinite(float(v))):
+                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
+        if not float(S_tmax) >= float(S_tmin):
+            raise ValueError(f"need S_tmax >= S_tmin, got S_tmin={S_tmin}, S_tmax={S_tmax}")
+        self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = float(S_churn), float(S_tmin), float(S_tmax), float(S_noise)
+
+    @property
+    def draws_noise(self) -> bool:
+        """True when churn is on (noise is drawn even though ν = 0)."""
+        return self.S_churn > 0.0
+
+    def check(self, ctx):
+        if not ctx.level.is_zero:
+            raise ValueError(
+                f"solver {self.name!r} integrates the probability-flow ODE (eta=0); its churn option "
+                f"(S_churn > 0) is a noise-injection splitting, not the reverse SDE with eta > 0. For "
+                f"eta > 0 use 'ancestral', 'ddim', 'euler' or 'pc'")
+        super().check(ctx)
+
+    @staticmethod
+    def _D(ctx, y: Tensor, t, a: float) -> Tensor:
+        """D(y; s) = x̂0(α_t y, t)."""
+        return ctx.denoiser.x0(a * y, t)
+
+    def _churn(self, ctx, i: int, y: Tensor):
+        """(y, s, t, α) at the start of step i, after EDM's optional noise injection."""
+        s = math.exp(-ctx.lam[i])
+        gamma = min(self.S_churn / ctx.steps, math.sqrt(2.0) - 1.0) if self.S_tmin <= s <= self.S_tmax else 0.0
+        if gamma <= 0.0:
+            return y, s, ctx.t[i], ctx.alpha[i]
+        sch = ctx.schedule
+        s_hat = min(s * (1.0 + gamma), math.exp(-sch.lambda_min))
+        t_hat = sch.t_of_log_snr(-math.log(s_hat))
+        y = y + (self.S_noise * math.sqrt(max(s_hat * s_hat - s * s, 0.0))) * ctx.randn()
+        return y, s_hat, t_hat, float(sch.alpha(t_hat))
+
+
+@register
+class EulerVE(_VESolver):
+    """Euler in VE coordinates (k-diffusion's ``euler``); one evaluation per step; order 1.
+
+    Update (y = x/α, s = σ/α): y ← y + (s_{i+1} − s_i)(y − D(y; s_i))/s_i. Equals DDIM(η=0).
+    ``x`` has shape (B, *shape); per-step scalars are float64 host values.
+
+    Args:
+        S_churn, S_tmin, S_tmax, S_noise: EDM's churn (module docstring); off by default.
+
+    References:
+        Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
+        arXiv:2206.00364 (eq. 3, Algorithm 2); Crowson, k-diffusion (``sample_euler``).
+    """
+
+    name = "euler_ve"
+    order = 1.0
+    nfe_per_step = 1
+
+    def step(self, ctx, i, x, state):
+        y, s, t, a = self._churn(ctx, i, x / ctx.alpha[i])
+        s1 = math.exp(-ctx.lam[i + 1])
+        d = (y - self._D(ctx, y, t, a)) / s
+        return ctx.alpha[i + 1] * (y + (s1 - s) * d), state
+
+
+@register
+class Heun(_VESolver):
+    """Heun's method (explicit trapezoidal rule) in VE coordinates, EDM Algorithms 1–2; order 2.
+
+    Two evaluations per step (every step: grids end at s_min > 0). Update (y = x/α, s = σ/α):
+
+        d = (y − D(y; s_i))/s_i,  ŷ = y + (s_{i+1} − s_i) d,
+        y ← y + (s_{i+1} − s_i)·½(d + (ŷ − D(ŷ; s_{i+1}))/s_{i+1}).
+
+    ``x`` has shape (B, *shape); per-step scalars are float64 host values.
+
+    Args:
+        S_churn, S_tmin, S_tmax, S_noise: EDM's churn (module docstring); off by default.
+
+    References:
+        Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
+        arXiv:2206.00364 (Algorithms 1 and 2).
+    """
+
+    name = "heun"
+    order = 2.0
+    nfe_per_step = 2
+
+    def step(self, ctx, i, x, state):
+        y, s, t, a = self._churn(ctx, i, x / ctx.alpha[i])
+        s1, a1 = math.exp(-ctx.lam[i + 1]), ctx.alpha[i + 1]
+        d = (y - self._D(ctx, y, t, a)) / s
+        y_e = y + (s1 - s) * d
+        d1 = (y_e - self._D(ctx, y_e, ctx.t[i + 1], a1)) / s1
+        return a1 * (y + (s1 - s) * 0.5 * (d + d1)), state
