@@ -1,0 +1,134 @@
+r"""UniPC: unified predictor–corrector exponential integrators in data prediction (MATH §4).
+
+Step i goes from λ_i to λ_{i+1}, h = λ_{i+1} − λ_i, z = −h; D_k = x̂0 evaluated at λ_k;
+r_k = (λ_{i−k} − λ_i)/h < 0 and ΔD_k = (D_{i−k} − D_i)/r_k for k = 1..p−1. With
+φ_1(z) = (e^z − 1)/z, φ_{k+1}(z) = (φ_k(z) − 1/k!)/z and B(h) = −h (``"bh1"``) or e^{−h} − 1 (``"bh2"``):
+
+    UniP-p (predictor, order p):
+        x̃_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i − α_{i+1} B(h) Σ_{k<p} a_k ΔD_k
+    UniC-p (corrector, order p + 1), with D̃_{i+1} = x̂0(x̃_{i+1}, t_{i+1}) and r_p = 1:
+        x_{i+1}  = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i
+                   − α_{i+1} B(h) [Σ_{k<p} c_k ΔD_k + c_p (D̃_{i+1} − D_i)]
+
+where R c = g, R_{jk} = r_k^{j−1} (j, k = 1..p), g_j = z φ_{j+1}(z) j!/B(h); a solves the leading
+(p−1)×(p−1) block (a = ½ for p = 2 and c = ½ for p = 1, as in the reference code; both equal the
+solved values up to O(h), which keeps the order). The corrector reuses D̃_{i+1}, the evaluation the
+next predictor needs anyway (it is stored in the history: later steps extrapolate from values at
+the *predicted* points, as the paper and diffusers do), so UniPC costs one evaluation per step.
+The last step has no evaluation after it, hence no corrector: the returned state is the
+predictor's x̃_n (a following ``denoise_final`` evaluates x̂0(x̃_n, t_n), which is diffusers'
+final step to σ = 0). ``final_corrector=True`` spends one more evaluation to correct x̃_n too.
+
+Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are as in
+:mod:`diffsolve.solvers.dpmpp`. diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
+ramps for any number of steps: reproduce it with ``lower_order_below=None``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import register
+from .dpmpp import _Multistep
+
+__all__ = ["UniPC"]
+
+
+def phi(k: int, z: float) -> float:
+    """φ_k(z) = Σ_n z^n/(n + k)! in float64 (series near 0, recursion elsewhere)."""
+    if abs(z) < 0.5:
+        term, total, n = 1.0 / math.factorial(k), 0.0, 0
+        while abs(term) > 1e-18 * max(abs(total), 1e-300) and n < 60:
+            total += term
+            n += 1
+            term *= z / (n + k)
+        return total
+    val = math.exp(z)
+    for j in range(k):
+        val = (val - 1.0 / math.factorial(j)) / z
+    return val
+
+
+def _solve(R: list, g: list) -> list:
+    return torch.linalg.solve(torch.tensor(R, dtype=torch.float64), torch.tensor(g, dtype=torch.float64)).tolist()
+
+
+@register
+class UniPC(_Multistep):
+    r"""UniPC-p: UniP-p predictor + UniC-p corrector (module docstring); 1 evaluation per step.
+
+    Global order p + 1 with the corrector (p without it) on the probability-flow ODE.
+
+    Args:
+        order: predictor order p ∈ {1, 2, 3} (default 2). At least p steps are required.
+        variant: ``"bh2"`` (default, B(h) = e^{−h} − 1) or ``"bh1"`` (B(h) = −h).
+        corrector: apply UniC (default True); False gives the plain UniP-p multistep predictor.
+        final_corrector: also correct the last state (one extra evaluation; default False).
+        lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
+
+    State: (λ list, x̂0 list) of the last p evaluations, the start of the last step and its order.
+
+    References:
+        UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models,
+        Zhao, Bai, Rao, Zhou, Lu, arXiv:2302.04867;
+        DPM-Solver++, Lu et al., arXiv:2211.01095 (data prediction).
+    """
+
+    name = "unipc"
+    order = 3.0
+    min_steps = 2
+
+    def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True,
+                 final_corrector: bool = False, lower_order_final: bool = True,
+                 lower_order_below: int | None = 15):
+        if variant not in ("bh1", "bh2"):
+            raise ValueError(f"unipc: unknown variant {variant!r}; valid: 'bh1', 'bh2'")
+        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below)
+        del self.solver_type, self.third_order
+        self.variant = variant
+        self.corrector = bool(corrector)
+        self.final_corrector = bool(final_corrector)
+        self.order = float(order + 1 if corrector else order)
+
+    def nfe(self, steps: int) -> int:
+        return steps + (1 if self.final_corrector and self.corrector and steps > 0 else 0)
+
+    def _update(self, ctx, j, x, lams, Ds, p, D_new=None):
+        """Predictor (D_new None) or corrector from grid point j to j + 1; history newest last at λ_j."""
+        h = ctx.h(j)
+        z = -h
+        B = z if self.variant == "bh1" else math.expm1(z)
+        m0 = Ds[-1]
+        out = (ctx.sigma[j + 1] / ctx.sigma[j]) * x + (-ctx.alpha[j + 1] * math.expm1(z)) * m0
+        rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
+        dD = [(Ds[-1 - k] - m0) / r for k, r in zip(range(1, p), rks)]
+        g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
+        R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
+        if D_new is None:
+            if p == 1:
+                return out
+            coef = [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
+            terms = dD
+        else:
+            coef = [0.5] if p == 1 else _solve(R, g)
+            terms = dD + [D_new - m0]
+        res = sum(c * d for c, d in zip(coef, terms))
+        return out + (-ctx.alpha[j + 1] * B) * res
+
+    def init(self, ctx, x):
+        return ([], [], None, 0)
+
+    def step(self, ctx, i, x, state):
+        lams, Ds, x_prev, p_prev = state
+        D = ctx.denoiser.x0(x, ctx.t[i])
+        if self.corrector and i > 0:
+            x = self._update(ctx, i - 1, x_prev, lams, Ds, p_prev, D_new=D)
+        lams = (lams + [ctx.lam[i]])[-self.solver_order:]
+        Ds = (Ds + [D])[-self.solver_order:]
+        p = self.step_order(ctx, i)
+        x_next = self._update(ctx, i, x, lams, Ds, p)
+        if self.final_corrector and self.corrector and i == ctx.steps - 1:
+            D_last = ctx.denoiser.x0(x_next, ctx.t[i + 1])
+            x_next = self._update(ctx, i, x, lams, Ds, p, D_new=D_last)
+        return x_next, (lams, Ds, x, p)
