@@ -71,12 +71,19 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     solver = get_solver(solver, **(solver_options or {}))
     schedule = denoiser.schedule
     level = NoiseLevel(schedule, eta=eta, noise=noise)
-    if (steps is None) == (nfe is None) and not (not isinstance(grid, str) and steps is None and nfe is None):
+    adaptive = getattr(solver, "adaptive", False)  # chooses its own steps: grid = [t_start, t_end] only
+    if adaptive and (steps is not None or nfe is not None or trajectory):
+        raise ValueError(f"solver {solver.name!r} is adaptive: give its tolerances in solver_options "
+                         f"instead of steps/nfe (trajectory is not supported)")
+    if adaptive:
+        t = make_grid(schedule, 1, grid if isinstance(grid, str) else None) if isinstance(grid, str) else make_grid(schedule, None, grid)[[0, -1]]
+    elif (steps is None) == (nfe is None) and not (not isinstance(grid, str) and steps is None and nfe is None):
         raise ValueError("give exactly one of steps (solver steps) or nfe (a budget of evaluations), "
                          "or an explicit grid array")
     if nfe is not None:
         steps = solver.steps_for_nfe(int(nfe) - int(denoise_final))
-    t = make_grid(schedule, steps, grid)
+    if not adaptive:
+        t = make_grid(schedule, steps, grid)
 
     seeds = parse_seeds(seeds) if seeds is not None else None
     if x is not None:
@@ -98,7 +105,13 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     x_init = x
 
     start = denoiser.nfe
-    out, traj = integrate(solver, denoiser, x, t, level=level, noise=source,
-                          denoise_final=denoise_final, trajectory=trajectory)
+    info = {}
+    if adaptive:
+        out, info = solver.solve(denoiser, x, float(t[0]), float(t[-1]), level=level, noise=source)
+        out = denoiser.x0(out, t[-1]) if denoise_final else out
+        traj = None
+    else:
+        out, traj = integrate(solver, denoiser, x, t, level=level, noise=source,
+                              denoise_final=denoise_final, trajectory=trajectory)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,
-                        trajectory=torch.stack(traj) if traj is not None else None)
+                        trajectory=torch.stack(traj) if traj is not None else None, info=info)

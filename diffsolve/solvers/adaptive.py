@@ -1,0 +1,343 @@
+r"""Adaptive solvers: diffsolve's embedded Runge–Kutta engine, torchdiffeq and torchsde.
+
+An adaptive solver chooses its own steps, so it does not run through the fixed-grid loop
+:func:`~diffsolve.solvers.base.integrate`; it has ``adaptive = True`` and one method
+
+    x, info = solver.solve(denoiser, x, t_start, t_end, level=level, noise=noise)
+
+which ``sample`` calls instead. ``info`` carries the step counts (per sample when the solver knows
+them). Network evaluations are counted at the denoiser, as everywhere.
+
+**ODE solvers and the time variable.** The probability-flow ODE (MATH 3.3), with ŝ = −ε̂/σ and
+g² = −2σ²λ', reads dx/dt = f_t x − σ_t λ'_t ε̂. A monotone change of variables changes only the
+solver's work (MATH §5):
+
+    ``"t"``                 τ = t,          y = x:     dy/dτ = f_t x − ½ g_t² ŝ(x, t)        (3.3)
+    ``"log_snr"``           τ = λ,          y = x:     dy/dτ = (f_t x − ½ g_t² ŝ(x, t)) / λ'_t
+    ``"sigma_over_alpha"``  τ = s = σ/α,    y = x/α:   dy/dτ = ε̂(α y, t)                  (EDM)
+
+The last one follows from d(x/α)/dt = −(σ/α) λ' ε̂ and ds/dt = −λ' s; it is the VE-coordinate
+ODE dy/ds = (y − D(y; s))/s of Karras et al. (MATH §4). t(τ) uses the schedule's exact inverse
+``t_of_log_snr``. ``benchmarks/adaptive_time_variable.py`` measures the evaluations each needs at
+equal error; the default is the winner.
+
+**SDE solvers** (``torchsde``): the reverse family (MATH 3.2) in increasing time τ = T − t with
+diagonal noise ν_t that depends on t only. Stratonovich methods integrate the same drift: the
+Itô–Stratonovich correction ½ Σ_j g_j ∂g/∂x vanishes when g does not depend on x.
+
+References:
+    Dormand & Prince (1980); Tsitouras (2011); Chen et al., Neural Ordinary Differential
+    Equations, arXiv:1806.07366 (torchdiffeq); Li et al., Scalable Gradients for Stochastic
+    Differential Equations, arXiv:2001.01328 (torchsde); Kidger et al., Efficient and Accurate
+    Gradients for Neural SDEs, arXiv:2105.13493 (BrownianInterval, reversible Heun); Song et al.,
+    arXiv:2011.13456 (probability-flow ODE solved with RK45); Karras et al., arXiv:2206.00364.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..noise import NoiseSource
+from ..processes import ProbabilityFlowODE, ReverseSDE
+from ..rk import TABLEAUS, rk_solve
+from .base import SOLVERS, Solver, bcast, register
+
+__all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Tsit5", "Bosh3", "AdaptiveHeun", "TorchDiffEq",
+           "TorchSDE", "PFODE", "TIME_VARIABLES"]
+
+TIME_VARIABLES = ("t", "log_snr", "sigma_over_alpha")
+DEFAULT_TIME_VARIABLE = "log_snr"
+
+
+class PFODE:
+    """The probability-flow ODE (MATH 3.3) in time variable τ with state y (module docstring).
+
+    ``func(tau, y)`` takes τ as a 0-dim or (B,) float64 tensor; ``tau_of``, ``t_of``,
+    ``to_state``, ``from_state`` map between (x, t) and (y, τ).
+    """
+
+    def __init__(self, denoiser, time_variable: str = DEFAULT_TIME_VARIABLE):
+        if time_variable not in TIME_VARIABLES:
+            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
+        self.denoiser, self.variable = denoiser, time_variable
+        self.schedule = denoiser.schedule
+        self.ode = ProbabilityFlowODE(denoiser)
+
+    def tau_of(self, t) -> Tensor:
+        sch, t = self.schedule, torch.as_tensor(t, dtype=torch.float64)
+        if self.variable == "t":
+            return t
+        lam = sch.log_snr(t)
+        return lam if self.variable == "log_snr" else torch.exp(-lam)
+
+    def t_of(self, tau: Tensor) -> Tensor:
+        if self.variable == "t":  # clamped like t_of_log_snr (torchdiffeq's first trial step may overshoot)
+            return tau.clamp(self.schedule.t_min, self.schedule.t_max)
+        lam = tau if self.variable == "log_snr" else -torch.log(tau)
+        return self.schedule.t_of_log_snr(lam)
+
+    def _alpha(self, t, like):
+        return bcast(self.schedule.alpha(t), like) if torch.as_tensor(t).dim() else float(self.schedule.alpha(t))
+
+    def to_state(self, x: Tensor, t) -> Tensor:
+        return x / self._alpha(t, x) if self.variable == "sigma_over_alpha" else x
+
+    def from_state(self, y: Tensor, t) -> Tensor:
+        return y * self._alpha(t, y) if self.variable == "sigma_over_alpha" else y
+
+    def func(self, tau: Tensor, y: Tensor) -> Tensor:
+        t = self.t_of(tau)
+        if self.variable == "sigma_over_alpha":
+            return self.denoiser.eps(self.from_state(y, t), t)
+        dx = self.ode.drift(y, t)
+        if self.variable == "log_snr":
+            dx = dx / bcast(self.schedule.d_log_snr(t), dx)
+        return dx
+
+
+class AdaptiveSolver(Solver):
+    """Base class of solvers that choose their own steps (``adaptive = True``).
+
+    Subclasses implement ``solve(denoiser, x, t_start, t_end, *, level, noise) -> (x, info)``.
+    """
+
+    adaptive = True
+    name = "adaptive"
+    nfe_per_step = 0
+
+    def solve(self, denoiser, x: Tensor, t_start: float, t_end: float, *, level, noise=None):
+        raise NotImplementedError
+
+    def nfe(self, steps):
+        raise TypeError(f"solver {self.name!r} is adaptive: its evaluations are not known in advance")
+
+    def steps_for_nfe(self, nfe):
+        raise ValueError(f"solver {self.name!r} is adaptive and chooses its own steps: give its tolerances "
+                         f"(solver_options=dict(rtol=..., atol=...)) instead of steps or nfe")
+
+    def check_level(self, level):
+        if not self.stochastic and not level.is_zero:
+            raise ValueError(f"solver {self.name!r} integrates the probability-flow ODE only (eta=0); "
+                             f"for eta > 0 pick a stochastic solver: "
+                             f"{', '.join(n for n, c in sorted(SOLVERS.items()) if c.stochastic)}")
+
+
+def _check_tols(rtol, atol):
+    if not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
+    if not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+
+
+class RungeKutta(AdaptiveSolver):
+    """Embedded Runge–Kutta pair with error control on the probability-flow ODE (ν = 0).
+
+    Options:
+        rtol, atol: tolerances of the scaled local error (see :func:`diffsolve.rk.rk_solve`).
+        per_sample: one step size and error control per sample instead of one for the batch.
+        time_variable: one of :data:`TIME_VARIABLES` (module docstring).
+        norm: ``"rms"`` or ``"max"``; max_steps: limit on step attempts.
+    """
+
+    method = "dopri5"
+
+    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = False,
+                 time_variable: str = DEFAULT_TIME_VARIABLE, norm: str = "rms", max_steps: int = 10000):
+        _check_tols(rtol, atol)
+        if time_variable not in TIME_VARIABLES:
+            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
+        self.rtol, self.atol, self.per_sample = float(rtol), float(atol), bool(per_sample)
+        self.time_variable, self.norm, self.max_steps = time_variable, norm, int(max_steps)
+
+    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
+        self.check_level(level)
+        ode = PFODE(denoiser, self.time_variable)
+        tau0, tau1 = float(ode.tau_of(float(t_start))), float(ode.tau_of(float(t_end)))
+        y, stats = rk_solve(ode.func, ode.to_state(x, float(t_start)), tau0, tau1, method=self.method,
+                            rtol=self.rtol, atol=self.atol, per_sample=self.per_sample,
+                            max_steps=self.max_steps, norm=self.norm)
+        x = ode.from_state(y, float(t_end))
+        return x, {"accepted": stats["accepted"], "rejected": stats["rejected"], "calls": stats["nfe"],
+                   "row_evals": stats["row_evals"], "method": self.method, "time_variable": self.time_variable}
+
+
+@register
+class Dopri5(RungeKutta):
+    """Dormand–Prince 5(4) with error control on the probability-flow ODE (diffsolve's RK engine)."""
+
+    name, method, order = "dopri5", "dopri5", 5
+
+
+@register
+class Tsit5(RungeKutta):
+    """Tsitouras 5(4) with error control on the probability-flow ODE (diffsolve's RK engine)."""
+
+    name, method, order = "tsit5", "tsit5", 5
+
+
+@register
+class Bosh3(RungeKutta):
+    """Bogacki–Shampine 3(2) with error control on the probability-flow ODE (diffsolve's RK engine)."""
+
+    name, method, order = "bosh3", "bosh3", 3
+
+
+@register
+class AdaptiveHeun(RungeKutta):
+    """Heun 2(1) (Euler error estimate) with error control on the probability-flow ODE."""
+
+    name, method, order = "adaptive_heun", "euler_heun", 2
+
+
+_TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams",
+                      "fixed_adams")
+
+
+@register
+class TorchDiffEq(AdaptiveSolver):
+    """Any ``torchdiffeq.odeint`` method on the probability-flow ODE, in the chosen time variable.
+
+    Options: method (default ``"dopri5"``), rtol, atol, time_variable, options (passed to odeint;
+    fixed-grid methods need ``options=dict(step_size=...)`` in units of the time variable).
+    """
+
+    name = "torchdiffeq"
+    order = 5
+
+    def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 time_variable: str = DEFAULT_TIME_VARIABLE, options: dict | None = None):
+        from torchdiffeq._impl.odeint import SOLVERS as TD
+
+        if method not in TD:
+            raise ValueError(f"unknown torchdiffeq method {method!r}; valid: {', '.join(TD)}")
+        if method in _TORCHDIFFEQ_FIXED and not (options or {}).get("step_size"):
+            raise ValueError(f"torchdiffeq method {method!r} is fixed-step: give options=dict(step_size=...)")
+        _check_tols(rtol, atol)
+        if time_variable not in TIME_VARIABLES:
+            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
+        self.method, self.rtol, self.atol = method, float(rtol), float(atol)
+        self.time_variable, self.options = time_variable, dict(options or {})
+
+    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
+        import torchdiffeq
+
+        self.check_level(level)
+        ode = PFODE(denoiser, self.time_variable)
+        taus = torch.stack([ode.tau_of(float(t_start)), ode.tau_of(float(t_end))]).to(x.device)
+        y = torchdiffeq.odeint(ode.func, ode.to_state(x, float(t_start)), taus, method=self.method,
+                               rtol=self.rtol, atol=self.atol, options=self.options or None)[-1]
+        return ode.from_state(y, float(t_end)), {"method": self.method, "time_variable": self.time_variable}
+
+
+# --- torchsde ------------------------------------------------------------------------------
+# method -> (SDE type it integrates, Lévy-area approximation it needs)
+_SDE_METHODS = {
+    "euler": ("ito", "none"),
+    "milstein": ("ito", "none"),
+    "srk": ("ito", "space-time"),
+    "reversible_heun": ("stratonovich", "none"),
+    "heun": ("stratonovich", "none"),
+    "midpoint": ("stratonovich", "none"),
+    "euler_heun": ("stratonovich", "none"),
+}
+
+
+class _Stratonovich(torch.nn.Module):
+    """The same drift read as a Stratonovich SDE: exact here since ν_t does not depend on x."""
+
+    noise_type, sde_type = "diagonal", "stratonovich"
+
+    def __init__(self, sde):
+        super().__init__()
+        self.sde = sde
+
+    def f(self, t, y):
+        return self.sde.f(t, y)
+
+    def g(self, t, y):
+        return self.sde.g(t, y)
+
+
+def _per_sample_brownian(t0, t1, entropies, dim, dtype, device, levy_area, dt):
+    """A batched Brownian motion made of one ``BrownianInterval`` per sample, each seeded by its own
+    entropy, so sample i's path does not depend on the batch (for the same query times)."""
+    from torchsde import BrownianInterval
+    from torchsde._brownian.brownian_base import BaseBrownian
+
+    class PerSampleBrownian(BaseBrownian):
+        def __init__(self):
+            self.bms = [BrownianInterval(t0=t0, t1=t1, size=(1, dim), dtype=dtype, device=device, entropy=e,
+                                         levy_area_approximation=levy_area, dt=dt) for e in entropies]
+
+        def __call__(self, ta, tb=None, return_U=False, return_A=False):
+            outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.bms]
+            if isinstance(outs[0], tuple):
+                return tuple(torch.cat(parts, 0) for parts in zip(*outs))
+            return torch.cat(outs, 0)
+
+        def __repr__(self):
+            return f"PerSampleBrownian(batch={len(self.bms)}, dim={dim})"
+
+        dtype = property(lambda self: dtype)
+        device = property(lambda self: torch.device(device))
+        shape = property(lambda self: torch.Size((len(self.bms), dim)))
+        levy_area_approximation = property(lambda self: levy_area)
+
+    return PerSampleBrownian()
+
+
+@register
+class TorchSDE(AdaptiveSolver):
+    """``torchsde.sdeint`` on the reverse family (MATH 3.2) with per-sample Brownian motions.
+
+    Options:
+        method: one of euler, milstein, srk (Itô) or reversible_heun, heun, midpoint, euler_heun
+            (Stratonovich; same drift, see module docstring).
+        steps: number of equal steps in t (fixed step, default 100); or
+        adaptive=True with rtol, atol (torchsde's step-doubling error control, initial step from
+            ``steps``). Sample i is identical alone or in a batch with fixed steps; adaptive steps
+            are chosen for the whole batch.
+
+    Each sample's Brownian path is a ``torchsde.BrownianInterval`` seeded from one draw of that
+    sample's noise stream (``seeds=`` in ``sample``).
+    """
+
+    name = "torchsde"
+    order = 1.0
+    stochastic = True
+
+    def __init__(self, method: str = "euler", steps: int = 100, adaptive: bool = False,
+                 rtol: float = 1e-3, atol: float = 1e-3):
+        if method not in _SDE_METHODS:
+            raise ValueError(f"unknown torchsde method {method!r}; valid: {', '.join(_SDE_METHODS)}")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        _check_tols(rtol, atol)
+        self.method, self.steps, self.adaptive_steps = method, int(steps), bool(adaptive)
+        self.rtol, self.atol = float(rtol), float(atol)
+
+    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
+        import torchsde
+
+        B, event = x.shape[0], tuple(x.shape[1:])
+        dim = math.prod(event)
+        sde = ReverseSDE(denoiser, eta=level.eta, noise=level.noise).torchsde(event)
+        sde_type, levy = _SDE_METHODS[self.method]
+        if sde_type == "stratonovich":
+            sde = _Stratonovich(sde)
+        T = denoiser.schedule.t_max
+        tau0, tau1 = T - float(t_start), T - float(t_end)
+        dt = (tau1 - tau0) / self.steps
+        if noise is None:
+            noise = NoiseSource(B, event, device=x.device)
+        # one draw of each sample's own stream seeds its Brownian path
+        bits = noise.randn().reshape(B, -1)[:, 0].to(device="cpu", dtype=torch.float64).view(torch.int64)
+        entropies = [abs(int(b)) % (2**63 - 1) for b in bits]
+        bm = _per_sample_brownian(tau0, tau1, entropies, dim, x.dtype, x.device, levy, dt)
+        ts = torch.tensor([tau0, tau1], dtype=x.dtype, device=x.device)
+        opts = {"grad_free": True} if self.method == "milstein" else None
+        ys = torchsde.sdeint(sde, x.reshape(B, dim), ts, bm=bm, method=self.method, dt=dt,
+                             adaptive=self.adaptive_steps, rtol=self.rtol, atol=self.atol, options=opts)
+        return ys[-1].reshape(x.shape), {"method": self.method, "adaptive": self.adaptive_steps, "dt": dt}
