@@ -91,24 +91,21 @@ class GaussianMixture:
             a, s = a[:, None], s[:, None]
         return a, s
 
-    def _project(self, v: Tensor, k: int) -> Tensor:
-        """Coordinates of v (n, d) in component k's eigenbasis."""
-        return v if self.eigvecs is None else v @ self.eigvecs[k].to(v.device)
-
-    def _unproject(self, v: Tensor, k: int) -> Tensor:
-        return v if self.eigvecs is None else v @ self.eigvecs[k].to(v.device).T
-
     def _components(self, x: Tensor, a, s):
-        """Per component: log N(x; α μ_k, C_k), and C_k^{-1}(x − α μ_k) in the data basis."""
-        logps, whitened = [], []
-        for k in range(self.K):
-            lam = a * a * self.eigvals[k].to(x.device) + s * s  # (n or 1, d) variances in eigenbasis
-            r = self._project(x - a * self.means[k].to(x.device), k)
-            maha = (r * r / lam).sum(-1)
-            logdet = torch.log(lam).sum(-1)
-            logps.append(-0.5 * (maha + logdet + self.d * math.log(2 * math.pi)))
-            whitened.append(self._unproject(r / lam, k))
-        return torch.stack(logps, -1), whitened
+        """All components at once: log N(x; α μ_k, C_k) as (n, K), and C_k^{-1}(x − α μ_k) as (K, n, d)."""
+        dev = x.device
+        lam = a * a * self.eigvals.to(dev)[:, None, :] + s * s  # (K, n or 1, d) variances in each eigenbasis
+        r = x[None] - a * self.means.to(dev)[:, None, :]  # (K, n, d)
+        if self.eigvecs is not None:
+            U = self.eigvecs.to(dev)
+            r = torch.bmm(r, U)
+        maha = (r * r / lam).sum(-1)
+        logdet = torch.log(lam).sum(-1)
+        logps = -0.5 * (maha + logdet + self.d * math.log(2 * math.pi))  # (K, n)
+        w = r / lam
+        if self.eigvecs is not None:
+            w = torch.bmm(w, U.transpose(1, 2))
+        return logps.T, w
 
     # --- public API ----------------------------------------------------------------------
     def log_prob(self, x, t=None, schedule: Schedule | str | None = None) -> Tensor:
@@ -124,7 +121,7 @@ class GaussianMixture:
         a, s = self._coeffs(xf, t, schedule)
         logps, whitened = self._components(xf, a, s)
         r = torch.softmax(logps + self.log_weights.to(xf.device), -1)
-        out = -sum(r[:, k, None] * whitened[k] for k in range(self.K))
+        out = -torch.einsum("nk,knd->nd", r, whitened)
         return out.reshape(x.shape)
 
     def x0(self, x, t, schedule) -> Tensor:
@@ -144,7 +141,7 @@ class GaussianMixture:
         for k in range(self.K):
             m = comp == k
             zk = z[m] * self.eigvals[k].sqrt()
-            x0[m] = self.means[k] + self._unproject(zk, k)
+            x0[m] = self.means[k] + (zk if self.eigvecs is None else zk @ self.eigvecs[k].T)
         if t is not None:
             sch = make_schedule(schedule)
             a, s = sch.alpha(t), sch.sigma(t)

@@ -23,7 +23,7 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
     """Solve the probability-flow ODE from ``x`` at ``t_start`` to ``t_end`` in float64.
 
     Args:
-        denoiser: the model (its NFE counter is restored afterwards).
+        denoiser: the model (its evaluations are counted in ``denoiser.nfe`` as usual).
         x: (B, *shape) state at ``t_start``.
         t_start, t_end: times (t_start > t_end for sampling; either direction works).
         rtol, atol: torchdiffeq tolerances (float64 state).
@@ -36,7 +36,6 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
 
     sch = denoiser.schedule
     ode = ProbabilityFlowODE(denoiser)
-    nfe0 = denoiser.nfe
     lam = sch.log_snr(torch.tensor([float(t_start), float(t_end)], dtype=torch.float64))
 
     def func(lam_now, y):
@@ -47,5 +46,4 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
     out = torchdiffeq.odeint(func, x, lam.to(x.device), rtol=rtol, atol=atol, method=method)[-1]
     if denoise_final:
         out = denoiser.x0(out, float(t_end))
-    denoiser.nfe = nfe0
     return out
