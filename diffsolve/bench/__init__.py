@@ -1,0 +1,25 @@
+"""``diffsolve bench``: solvers × NFE budgets on problems with exact ground truth and on trained models.
+
+    >>> from diffsolve.bench import BenchConfig, run_bench
+    >>> rows = run_bench(BenchConfig(problems=["ring2d"], solvers=["ddim"], nfe=[10], out="bench-results"))
+
+or from the shell: ``diffsolve bench`` (see ``diffsolve bench --help``). Modules: :mod:`.problems`
+(the problems), :mod:`.metrics` (quality metrics and reference solutions), :mod:`.runner` (the
+loop, the results file, resume), :mod:`.distributed` (torchrun sharding), :mod:`.plot`.
+"""
+from .metrics import (GaussianTarget, frechet_distance, gaussian_ode_solution, mean_log_prob, reference_solution,
+                      rms_error, sliced_wasserstein)
+from .problems import BUILTIN_PROBLEMS, Problem, get_problem, list_problems
+from .runner import DEFAULT_NFE, DEFAULT_SOLVERS, ROW_FIELDS, BenchConfig, read_rows, run_bench
+
+__all__ = ["BenchConfig", "run_bench", "read_rows", "ROW_FIELDS", "DEFAULT_SOLVERS", "DEFAULT_NFE",
+           "Problem", "get_problem", "list_problems", "BUILTIN_PROBLEMS", "rms_error", "sliced_wasserstein",
+           "frechet_distance", "GaussianTarget", "mean_log_prob", "gaussian_ode_solution", "reference_solution",
+           "plot_results"]
+
+
+def plot_results(results, png=None):
+    """See :func:`diffsolve.bench.plot.plot_results` (imports matplotlib only when called)."""
+    from .plot import plot_results as _plot
+
+    return _plot(results, png)

@@ -1,0 +1,148 @@
+r"""Many processes: shard the seeds, gather the samples (``torchrun --nproc-per-node N -m diffsolve bench``).
+
+torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init` then starts
+``torch.distributed`` with gloo (CPU) or nccl (CUDA, one device per local rank). Every process
+runs the same plan on a contiguous slice of the seeds. Because sample i depends on seeds[i] only
+(:class:`diffsolve.NoiseSource`) and fixed-step solvers treat samples independently, the gathered
+batch is the batch one process would have drawn, and rank 0 computes the same metrics from it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["DistContext", "init", "shard_bounds"]
+
+
+def shard_bounds(n: int, world_size: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) slices of n items over world_size ranks (the first n % W get one more)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    base, extra = divmod(n, world_size)
+    out, start = [], 0
+    for r in range(world_size):
+        end = start + base + (1 if r < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+@dataclass
+class DistContext:
+    """The process group as the benchmark sees it (a single process when ``world_size == 1``)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    backend: str | None = None
+    device: str = "cpu"
+    _owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def bounds(self, n: int) -> list[tuple[int, int]]:
+        return shard_bounds(n, self.world_size)
+
+    def shard(self, items: list) -> list:
+        """This rank's contiguous slice of ``items``."""
+        if len(items) < self.world_size:
+            raise ValueError(f"{len(items)} samples cannot be shared by {self.world_size} processes; "
+                             f"use at least one seed per process")
+        s, e = self.bounds(len(items))[self.rank]
+        return items[s:e]
+
+    def gather(self, x: Tensor, n_total: int) -> Tensor:
+        """Concatenate every rank's (n_r, ...) slice in rank order (result on every rank)."""
+        if not self.active:
+            return x
+        import torch.distributed as dist
+
+        sizes = [e - s for s, e in self.bounds(n_total)]
+        if x.shape[0] != sizes[self.rank]:
+            raise RuntimeError(f"rank {self.rank} holds {x.shape[0]} samples, expected {sizes[self.rank]}")
+        comm_dev = torch.device(self.device) if self.backend == "nccl" else torch.device("cpu")
+        m = max(sizes)
+        pad = torch.zeros(m, *x.shape[1:], dtype=x.dtype, device=comm_dev)
+        pad[: x.shape[0]] = x.to(comm_dev)
+        parts = [torch.empty_like(pad) for _ in range(self.world_size)]
+        dist.all_gather(parts, pad)
+        return torch.cat([p[:k] for p, k in zip(parts, sizes)]).to(x.device)
+
+    def reduce(self, value: float, op: str = "max") -> float:
+        """A float reduced over ranks (``"max"`` or ``"sum"``), the same on every rank."""
+        if not self.active:
+            return float(value)
+        import torch.distributed as dist
+
+        dev = torch.device(self.device) if self.backend == "nccl" else torch.device("cpu")
+        t = torch.tensor([float(value)], dtype=torch.float64, device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return float(t.item())
+
+    def broadcast_object(self, obj):
+        """``obj`` from rank 0 on every rank."""
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self):
+        if self.active:
+            import torch.distributed as dist
+
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[torch.device(self.device).index or 0])
+            else:
+                dist.barrier()
+
+    def close(self):
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._owns_group = False
+
+
+def init(device: str = "cpu") -> DistContext:
+    """A :class:`DistContext` from torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
+
+    Without ``WORLD_SIZE`` (or with 1) this is a single process and nothing is initialised.
+    With CUDA each process takes ``cuda:LOCAL_RANK``.
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ValueError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
+    device = str(device)
+    if world <= 1:
+        return DistContext(device=device)
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was requested but CUDA is not available")
+        n_dev = torch.cuda.device_count()
+        device = f"cuda:{local % n_dev}"
+        torch.cuda.set_device(torch.device(device))
+    backend = "nccl" if cuda else "gloo"
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+        owns = True
+    return DistContext(world_size=world, rank=rank, local_rank=local, backend=backend, device=device,
+                       _owns_group=owns)

@@ -1,0 +1,73 @@
+"""Quality against NFE from a results file: one log–log panel per problem, one line per solver.
+
+The quality shown is the error against the exact ODE solution (``rms_error``) where rows have it,
+else the Fréchet distance (exact Gaussian target or held-out data); the metric's floor (an exact
+batch of the same size) is drawn as a dashed line. matplotlib is optional (``pip install
+diffsolve[plot]``); without it :func:`plot_results` raises ImportError with that hint.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+__all__ = ["plot_results", "QUALITY_ORDER"]
+
+QUALITY_ORDER = ("rms_error", "frechet", "frechet_heldout", "sliced_w2", "sliced_w2_heldout")
+
+
+def _quality(rows: list[dict]) -> str | None:
+    for name in QUALITY_ORDER:
+        if any(r["metrics"].get(name) is not None for r in rows):
+            return name
+    return None
+
+
+def plot_results(results, png=None) -> Path:
+    """Draw ``quality_vs_nfe.png`` (or ``png``) from a ``results.jsonl``; returns the PNG path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("matplotlib is not installed; `pip install matplotlib` (or diffsolve[plot]) "
+                          "to get quality_vs_nfe.png — the results file is complete without it") from None
+    from .runner import read_rows
+
+    results = Path(results)
+    png = Path(png) if png is not None else results.with_name("quality_vs_nfe.png")
+    rows = read_rows(results)
+    panels = defaultdict(list)
+    for r in rows:
+        panels[(r["problem"], r["schedule"])].append(r)
+    if not panels:
+        raise ValueError(f"{results} has no rows to plot")
+    n = len(panels)
+    cols = min(n, 2)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4.2 * nrows), squeeze=False)
+    for ax, ((problem, schedule), prow) in zip(axes.flat, sorted(panels.items())):
+        metric = _quality(prow)
+        lines = defaultdict(list)
+        for r in prow:
+            v = r["metrics"].get(metric)
+            if v is not None and v > 0:
+                label = r["solver"] + (f" (eta={r['eta']:g})" if r["eta"] else "")
+                lines[label].append((r["nfe"], v))
+        for label, pts in sorted(lines.items()):
+            pts.sort()
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+        floors = [r["floors"].get(metric) for r in prow if r["floors"].get(metric)]
+        if floors:
+            ax.axhline(floors[0], color="gray", ls="--", lw=1, label="floor (exact batch)")
+        ax.set_title(f"{problem} ({schedule})")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(metric or "quality")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

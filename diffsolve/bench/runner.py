@@ -1,0 +1,617 @@
+r"""The benchmark runner: problems × solvers × η × NFE budgets → one JSON row per configuration.
+
+Each row is appended to ``results.jsonl`` and flushed as soon as it is finished, so a killed run
+loses at most the row in progress; ``resume=True`` skips the rows already there (matched on
+their ``key``) and refuses a file written with different run settings (seeds, grid, dtype, …).
+
+Per row: the counted NFE, wall time and samples/s (CUDA: after a warm-up, between
+``torch.cuda.synchronize()`` calls), the share of time spent inside the network (its calls
+timed, synchronised only when ``net_time`` is on), and the quality metrics of
+:mod:`diffsolve.bench.metrics` with their floors (the same metric for an exact batch of the same size).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..noise import parse_seeds
+from ..sample import sample
+from ..solvers.base import SOLVERS, get_solver
+from . import metrics as M
+from .distributed import DistContext, init as init_distributed
+from .problems import BUILTIN_PROBLEMS, Problem, get_problem, zoo_models
+
+__all__ = ["BenchConfig", "run_bench", "DEFAULT_SOLVERS", "DEFAULT_NFE", "default_problems",
+           "read_rows", "ROW_FIELDS", "Progress"]
+
+DEFAULT_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "euler")
+DEFAULT_NFE = (5, 10, 20, 50)
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
+              "n_samples", "seeds", "device", "dtype", "world_size", "metrics", "floors",
+              "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version", "torch_version",
+              "run", "finished_at")
+_DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
+
+
+def default_problems() -> list[str]:
+    """The analytic problems plus the bundled digits model when the zoo provides it."""
+    out = list(BUILTIN_PROBLEMS)
+    if "digits" in zoo_models():
+        out.append("digits")
+    return out
+
+
+@dataclass
+class BenchConfig:
+    """What to run (lists) and how (run settings, recorded in every row as ``run``).
+
+    ``solvers=None`` means :data:`DEFAULT_SOLVERS` restricted to the registered ones (missing
+    names and infeasible budgets are skipped with a note); an explicit list is strict.
+    ``seeds`` (e.g. ``"0-999"``) or ``n_samples`` override every problem's default sample count.
+    """
+
+    problems: Sequence[str] | None = None
+    solvers: Sequence[str] | None = None
+    nfe: Sequence[int] = DEFAULT_NFE
+    eta: Sequence[float] = (0.0,)
+    schedule: str | None = None
+    grid: str = "log_snr"
+    seeds: str | None = None
+    n_samples: int | None = None
+    device: str = "cpu"
+    dtype: str = "float64"
+    out: str = "bench-results"
+    resume: bool = False
+    overwrite: bool = False
+    plot: bool = True
+    quiet: bool = False
+    net_time: bool | None = None  # default: on for CPU, off for CUDA (it synchronises)
+    n_projections: int = 512
+    warmup: bool = True
+    stream = None  # where the table goes (default sys.stdout)
+
+    def run_settings(self) -> dict:
+        """The settings every row of one results file must share."""
+        return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid, "dtype": self.dtype,
+                "device": _device_kind(self.device), "schedule": self.schedule,
+                "n_projections": self.n_projections, "denoise_final": True}
+
+
+def _device_kind(device: str) -> str:
+    return str(torch.device(device).type)
+
+
+class Progress:
+    """One updating status line on stderr (a plain line every few seconds when not a terminal)."""
+
+    def __init__(self, quiet: bool = False, stream=None, every: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every, self.last, self.t0 = every, -1e9, time.perf_counter()
+        self.dirty = False
+
+    def update(self, msg: str, force: bool = False):
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        line = f"[{now - self.t0:6.1f}s] {msg}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.dirty = True
+        elif force or now - self.last >= self.every:
+            self.stream.write(line + "\n")
+            self.last = now
+        self.stream.flush()
+
+    def clear(self):
+        if self.tty and self.dirty and not self.quiet:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.dirty = False
+
+    def note(self, msg: str):
+        if not self.quiet:
+            self.clear()
+            self.stream.write(f"note: {msg}\n")
+            self.stream.flush()
+
+
+# --- results file -----------------------------------------------------------------------------
+def read_rows(path, repair: bool = False) -> list[dict]:
+    """The rows of a results file. A last line cut short by a killed run is dropped (and, with
+    ``repair``, removed from the file so appending continues cleanly)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    rows, good_end, pos = [], 0, 0
+    for line in raw.split(b"\n"):
+        end = pos + len(line) + 1
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if end >= len(raw):  # only the final, unterminated line may be cut short
+                    break
+                raise ValueError(f"{path} is not a diffsolve results file (bad JSON at byte {pos}); "
+                                 f"choose another --out directory") from None
+            if not isinstance(row, dict) or "key" not in row or "run" not in row:
+                raise ValueError(f"{path} is not a diffsolve results file (a line without 'key'/'run'); "
+                                 f"choose another --out directory")
+            rows.append(row)
+            good_end = min(end, len(raw))
+        elif end <= len(raw):
+            good_end = end
+        pos = end
+    if repair and good_end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return rows
+
+
+def _row_key(problem: str, schedule: str, solver: str, eta: float, nfe: int) -> str:
+    return f"{problem}|{schedule}|{solver}|eta={float(eta):g}|nfe={int(nfe)}"
+
+
+# --- planning -----------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    problem: str
+    solver: str
+    eta: float
+    nfe: int
+    steps: int
+    key: str = ""
+
+
+def _check_config(cfg: BenchConfig):
+    if not isinstance(cfg.nfe, (list, tuple)) or not cfg.nfe:
+        raise ValueError("give at least one NFE budget, e.g. --nfe 5,10,20,50")
+    for n in cfg.nfe:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"NFE budgets must be integers >= 2 (one step plus the final denoise), got {n!r}")
+    for e in cfg.eta:
+        if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
+            raise ValueError(f"eta must be a number >= 0, got {e!r}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {cfg.device!r}; use cpu or cuda")
+    from ..grids import GRIDS
+
+    if cfg.grid not in GRIDS:
+        raise ValueError(f"unknown grid {cfg.grid!r}; valid grids: {', '.join(GRIDS)}")
+    if cfg.n_samples is not None and (isinstance(cfg.n_samples, bool) or not isinstance(cfg.n_samples, int)
+                                      or cfg.n_samples < 2):
+        raise ValueError(f"n_samples must be an integer >= 2, got {cfg.n_samples!r}")
+    if cfg.seeds is not None and cfg.n_samples is not None:
+        raise ValueError("give either seeds or n_samples, not both")
+    if cfg.seeds is not None and len(parse_seeds(cfg.seeds)) < 2:
+        raise ValueError("give at least 2 seeds (metrics compare sample sets)")
+    if not (isinstance(cfg.n_projections, int) and cfg.n_projections >= 1):
+        raise ValueError(f"n_projections must be a positive integer, got {cfg.n_projections!r}")
+
+
+def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:
+    strict = cfg.solvers is not None
+    if strict:
+        names = list(cfg.solvers)
+        unknown = [s for s in names if s not in SOLVERS]
+        if unknown:
+            raise ValueError(f"unknown solver{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                             f"valid solvers: {', '.join(sorted(SOLVERS))}")
+    else:
+        names = [s for s in DEFAULT_SOLVERS if s in SOLVERS]
+        missing = [s for s in DEFAULT_SOLVERS if s not in SOLVERS]
+        if missing:
+            notes.append(f"default solvers not registered (skipped): {', '.join(missing)}")
+    items = []
+    for p in problems:
+        for name in names:
+            solver = get_solver(name)
+            if solver.nfe_per_step == 0:
+                msg = f"solver {name!r} chooses its own steps (adaptive); bench runs fixed NFE budgets"
+                if strict:
+                    raise ValueError(msg + "; leave it out of --solvers")
+                notes.append(msg + " (skipped)")
+                continue
+            for eta in cfg.eta:
+                if eta > 0 and not solver.stochastic:
+                    msg = (f"solver {name!r} integrates the ODE only (eta=0); eta={eta:g} needs a stochastic "
+                           f"solver: {', '.join(n for n, c in sorted(SOLVERS.items()) if c.stochastic)}")
+                    if strict:
+                        raise ValueError(msg)
+                    notes.append(msg + " (skipped)")
+                    continue
+                for nfe in cfg.nfe:
+                    try:
+                        steps = solver.steps_for_nfe(int(nfe) - 1)  # one evaluation for the final denoise
+                    except ValueError:
+                        need = solver.nfe(solver.min_steps) + 1
+                        msg = (f"NFE {nfe} is too small for {name}: it needs at least {solver.min_steps} steps, "
+                               f"i.e. {need} evaluations with the final denoise")
+                        if strict:
+                            raise ValueError(msg + "; raise --nfe or drop the solver") from None
+                        notes.append(msg + " (skipped)")
+                        continue
+                    key = _row_key(p.name, p.schedule_name, name, eta, nfe)
+                    items.append(_Item(p.name, name, float(eta), int(nfe), steps, key))
+    if not items:
+        raise ValueError("nothing to run: no (problem, solver, eta, NFE) combination is feasible")
+    return items
+
+
+# --- timing -------------------------------------------------------------------------------------
+class _NetTimer(torch.nn.Module):
+    """Wraps a denoiser's network and accumulates the time spent in its calls."""
+
+    def __init__(self, net, sync: bool):
+        super().__init__()
+        self.inner = net
+        self.sync = sync
+        self.enabled = True
+        self.seconds = 0.0
+
+    def forward(self, x, label):
+        if not self.enabled:
+            return self.inner(x, label)
+        if self.sync:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        out = self.inner(x, label)
+        if self.sync:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- per-problem state --------------------------------------------------------------------------
+class _ProblemState:
+    """Seeds, shards, the denoiser, the reference solution and the metric targets of one problem."""
+
+    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: Progress):
+        self.problem, self.cfg, self.dist, self.progress = problem, cfg, dist, progress
+        if cfg.seeds is not None:
+            self.seeds = parse_seeds(cfg.seeds)
+        else:
+            self.seeds = list(range(cfg.n_samples or problem.n_samples))
+        self.n = len(self.seeds)
+        self.local_seeds = dist.shard(self.seeds)
+        self.device = dist.device
+        self.dtype = DTYPES[cfg.dtype]
+        self.den = problem.denoiser()
+        net_time = cfg.net_time if cfg.net_time is not None else torch.device(self.device).type == "cpu"
+        if net_time:
+            if not isinstance(self.den.net, _NetTimer):
+                self.den.net = _NetTimer(self.den.net, sync=torch.device(self.device).type == "cuda")
+            self.timer = self.den.net
+        else:
+            self.timer = None
+        self.sch = self.den.schedule
+        self._ref: dict = {}
+        self._targets = None
+        self.warmed = set()
+
+    @property
+    def shape(self):
+        return tuple(self.problem.shape)
+
+    def x_T(self, t_start: float) -> Tensor:
+        """This rank's starting points at t_start, drawn exactly as ``sample`` draws them."""
+        from ..noise import NoiseSource
+
+        src = NoiseSource(len(self.local_seeds), self.shape, seeds=self.local_seeds, device=self.device,
+                          dtype=self.dtype)
+        return float(self.sch.sigma(t_start)) * src.randn()
+
+    def reference(self, t_start: float, t_end: float) -> Tensor:
+        """The exact ODE solution from every x_T (at t_start) to t_end, then the final denoise
+        (gathered on every rank; cached per time span)."""
+        span = (float(t_start), float(t_end))
+        if span not in self._ref:
+            p = self.problem
+            how = "closed form" if p.exact and p.mixture.K == 1 else f"dopri5, tol {p.reference_tol:g}"
+            self.progress.update(f"{p.name}: reference ODE solution for {self.n} samples ({how})", force=True)
+            ref_den = p.denoiser()  # its own NFE counter; its timer (if shared) is paused below
+            timer = ref_den.net if isinstance(ref_den.net, _NetTimer) else None
+            if timer is not None:
+                timer.enabled = False
+            try:
+                with torch.no_grad():
+                    local = M.reference_solution(ref_den, self.x_T(span[0]), span[0], span[1],
+                                                 denoise_final=True, tol=p.reference_tol, mixture=p.mixture)
+            finally:
+                if timer is not None:
+                    timer.enabled = True
+            self._ref[span] = self.dist.gather(local.to(torch.float64), self.n).cpu()
+        return self._ref[span]
+
+    def targets(self) -> dict:
+        """Exact batches / held-out data and the Gaussian targets (rank 0 only)."""
+        if self._targets is None:
+            p, n = self.problem, self.n
+            t = {}
+            if p.exact:
+                t["batch"] = p.exact_samples(n, _DATA_SEED_B)        # what samples are compared with
+                t["batch_floor"] = p.exact_samples(n, _DATA_SEED_A)  # an exact batch in the sampler's place
+                t["gauss"] = M.GaussianTarget.from_mixture(p.mixture)
+            elif p.heldout is not None:
+                held = p.heldout()
+                t["batch"] = held
+                t["gauss"] = M.GaussianTarget.from_samples(held)
+                train = p.train() if p.train is not None else None
+                if train is not None:
+                    g = torch.Generator().manual_seed(_DATA_SEED_A)
+                    idx = torch.randperm(train.shape[0], generator=g)[: min(n, train.shape[0])]
+                    t["batch_floor"] = train[idx]
+            self._targets = t
+        return self._targets
+
+    def metrics(self, x: Tensor, span: tuple | None) -> tuple[dict, dict]:
+        """(metrics, floors) of the gathered samples x (float64, CPU); ``span`` = (t_start, t_end)
+        of a deterministic run (its error against the exact ODE solution is measured), else None."""
+        p = self.problem
+        m, f = {}, {}
+        if span is not None:
+            m["rms_error"] = M.rms_error(x, self.reference(*span))
+            f["rms_error"] = None
+        t = self.targets()
+        proj = self.cfg.n_projections
+        if p.exact:
+            m["sliced_w2"] = M.sliced_wasserstein(x, t["batch"], proj)
+            f["sliced_w2"] = M.sliced_wasserstein(t["batch_floor"], t["batch"], proj)
+            m["frechet"] = M.frechet_distance(x, t["gauss"])
+            f["frechet"] = M.frechet_distance(t["batch_floor"], t["gauss"])
+            m["log_p0"] = M.mean_log_prob(x, p.mixture)
+            f["log_p0"] = M.mean_log_prob(t["batch_floor"], p.mixture)
+        elif "batch" in t:
+            xp = p.to_pixels(x)
+            m["frechet_heldout"] = M.frechet_distance(xp, t["gauss"])
+            m["sliced_w2_heldout"] = M.sliced_wasserstein(xp, t["batch"], proj)
+            if "batch_floor" in t:
+                f["frechet_heldout"] = M.frechet_distance(t["batch_floor"], t["gauss"])
+                f["sliced_w2_heldout"] = M.sliced_wasserstein(t["batch_floor"], t["batch"], proj)
+        return m, f
+
+
+# --- the table ------------------------------------------------------------------------------------
+_COLS = [("solver", 10, "s"), ("eta", 4, "g"), ("nfe", 4, "d"), ("steps", 5, "d"), ("rms_err", 9, "e"),
+         ("sw2", 9, "e"), ("frechet", 9, "e"), ("log_p0", 9, "f"), ("wall_s", 7, "f"), ("samp/s", 8, "f"),
+         ("net%", 5, "f")]
+
+
+def _fmt(v, width, kind):
+    if v is None:
+        return "-".rjust(width)
+    if kind == "s":
+        return str(v).ljust(width)
+    if kind == "d":
+        return f"{int(v):>{width}d}"
+    if kind == "g":
+        return f"{float(v):>{width}g}"
+    if kind == "e":
+        return f"{float(v):>{width}.2e}"
+    if kind == "f":
+        v = float(v)
+        digits = 3 if abs(v) < 10 else (1 if abs(v) < 1e4 else 0)
+        return f"{v:>{width}.{digits}f}"[-width:] if len(f"{v:.{digits}f}") <= width else f"{v:>{width}.1e}"
+    return str(v)
+
+
+def _table_values(row: dict) -> list:
+    m = row["metrics"]
+    sw = m.get("sliced_w2", m.get("sliced_w2_heldout"))
+    fd = m.get("frechet", m.get("frechet_heldout"))
+    share = row.get("net_time_share")
+    return [row["solver"], row["eta"], row["nfe"], row["steps"], m.get("rms_error"), sw, fd, m.get("log_p0"),
+            row["wall_time_s"], row["samples_per_s"], None if share is None else 100 * share]
+
+
+def _header() -> str:
+    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _COLS)
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _COLS))
+
+
+def _problem_banner(st: _ProblemState, floors: dict) -> str:
+    p = st.problem
+    kind = "exact ground truth" if p.exact else ("held-out data" if p.heldout else "no ground truth")
+    lines = [f"\n{p.name} ({p.description}; schedule {p.schedule_name}; {st.n} samples; {kind})", _header()]
+    fl = [None] * len(_COLS)
+    fl[0] = "floor"
+    for i, name in enumerate(("sliced_w2", "frechet", "log_p0"), start=5):
+        for k in (name, name + "_heldout"):
+            if floors.get(k) is not None:
+                fl[i] = floors[k]
+    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _COLS)))
+    return "\n".join(lines)
+
+
+# --- the run --------------------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig) -> list[dict]:
+    """Run the benchmark described by ``cfg``; returns the rows written by this run.
+
+    Writes ``<out>/results.jsonl`` (append + flush per row) and ``<out>/quality_vs_nfe.png``.
+    Under torchrun every process runs this; rank 0 writes.
+    """
+    import diffsolve
+
+    _check_config(cfg)
+    stream = cfg.stream or sys.stdout
+    dist = init_distributed(cfg.device)
+    try:
+        return _run(cfg, dist, stream, diffsolve.__version__)
+    finally:
+        dist.close()
+
+
+def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict]:
+    progress = Progress(quiet=cfg.quiet or not dist.is_main)
+    notes: list[str] = []
+    names = list(cfg.problems) if cfg.problems else default_problems()
+    problems = [get_problem(n, schedule=cfg.schedule, device=dist.device) for n in names]
+    if len({p.name for p in problems}) != len(problems):
+        raise ValueError(f"a problem is listed twice: {', '.join(names)}")
+    items = _plan(cfg, problems, notes)
+    for p in problems:
+        n = len(parse_seeds(cfg.seeds)) if cfg.seeds is not None else (cfg.n_samples or p.n_samples)
+        if n < dist.world_size:
+            raise ValueError(f"{n} samples of {p.name} cannot be shared by {dist.world_size} processes")
+
+    out = Path(cfg.out)
+    results = out / "results.jsonl"
+    run = cfg.run_settings()
+    done: set = set()
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
+        if results.exists() and results.stat().st_size > 0:
+            if cfg.overwrite:
+                results.unlink()
+            elif not cfg.resume:
+                raise ValueError(f"{results} already exists; pass --resume to continue it, --overwrite to "
+                                 f"replace it, or choose another --out directory")
+            else:
+                rows = read_rows(results, repair=True)
+                for r in rows:
+                    if r.get("run") != run:
+                        diff = {k: (r.get("run", {}).get(k), v) for k, v in run.items()
+                                if r.get("run", {}).get(k) != v}
+                        what = "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
+                        raise ValueError(f"cannot resume {results}: it was written with a different configuration "
+                                         f"({what}); use the same settings, --overwrite, or another --out")
+                done = {r["key"] for r in rows}
+        try:
+            with open(results, "a"):
+                pass
+        except OSError as e:
+            raise ValueError(f"cannot write {results}: {e.strerror or e}") from None
+    done = dist.broadcast_object(done)
+
+    todo = [it for it in items if it.key not in done]
+    for msg in notes:
+        progress.note(msg)
+    if done and dist.is_main and not cfg.quiet:
+        progress.note(f"resuming {results}: {len(items) - len(todo)} of {len(items)} rows already done")
+
+    written = []
+    t_start = time.perf_counter()
+    by_problem = {p.name: p for p in problems}
+    for pname in dict.fromkeys(it.problem for it in todo):
+        st = _ProblemState(by_problem[pname], cfg, dist, progress)
+        p_items = [it for it in todo if it.problem == pname]
+        banner_done = False
+        for it in p_items:
+            k = len(written) + 1
+            progress.update(f"[{k}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
+            row = _run_row(st, it, dist, version, run, progress)
+            if dist.is_main:
+                with open(results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                if not cfg.quiet:
+                    progress.clear()
+                    if not banner_done:
+                        print(_problem_banner(st, row["floors"]), file=stream)
+                        banner_done = True
+                    print(format_row(row), file=stream, flush=True)
+            written.append(row)
+    progress.clear()
+    if dist.is_main:
+        elapsed = time.perf_counter() - t_start
+        if not cfg.quiet:
+            print(f"\n{len(written)} rows in {elapsed:.1f} s -> {results}", file=stream)
+        if cfg.plot:
+            from .plot import plot_results
+
+            try:
+                png = plot_results(results, out / "quality_vs_nfe.png")
+                if not cfg.quiet:
+                    print(f"plot -> {png}", file=stream)
+            except ImportError as e:
+                progress.note(f"no plot: {e}")
+    return written
+
+
+def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
+             progress: Progress) -> dict:
+    cfg, p = st.cfg, st.problem
+    kw = dict(solver=it.solver, nfe=it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype, device=st.device)
+    n_local = len(st.local_seeds)
+    with torch.no_grad():
+        if cfg.warmup and it.solver not in st.warmed:
+            w = st.local_seeds[: min(4, n_local)]
+            sample(st.den, shape=(len(w), *st.shape), seeds=w, **kw)
+            st.warmed.add(it.solver)
+        if st.timer is not None:
+            st.timer.seconds = 0.0
+        _sync(st.device)
+        dist.barrier()
+        t0 = time.perf_counter()
+        res = sample(st.den, shape=(n_local, *st.shape), seeds=st.local_seeds, **kw)
+        _sync(st.device)
+        wall_local = time.perf_counter() - t0
+    net_local = st.timer.seconds if st.timer is not None else None
+    wall = dist.reduce(wall_local, "max")
+    share = None
+    if net_local is not None:
+        share = dist.reduce(net_local, "sum") / max(dist.reduce(wall_local, "sum"), 1e-12)
+    nfe = int(dist.reduce(res.nfe, "max"))
+    x = dist.gather(res.x.to(torch.float64), st.n).cpu()
+    span = (float(res.t[0]), float(res.t[-1])) if it.eta == 0 else None
+    metrics, floors = ({}, {})
+    if dist.is_main:
+        progress.update(f"{p.name} {it.solver} nfe={it.nfe}: metrics")
+        metrics, floors = st.metrics(x, span)
+    elif span is not None:
+        st.reference(*span)  # collective: every rank takes part in the gather
+    dist.barrier()
+    return {
+        "key": it.key, "problem": p.name, "schedule": p.schedule_name, "solver": it.solver, "eta": it.eta,
+        "grid": cfg.grid, "nfe_budget": it.nfe, "steps": len(res.t) - 1, "nfe": nfe, "n_samples": st.n,
+        "seeds": _seed_spec(st.seeds), "device": str(st.device) if dist.world_size == 1 else _device_kind(st.device),
+        "dtype": cfg.dtype, "world_size": dist.world_size, "metrics": metrics, "floors": floors,
+        "wall_time_s": wall, "samples_per_s": st.n / wall if wall > 0 else None, "net_time_share": share,
+        "diffsolve_version": version, "torch_version": torch.__version__, "run": run,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _seed_spec(seeds: list[int]) -> str:
+    """Compact EDM-style spec of a seed list ("0-999" or "1,5,10-12")."""
+    parts, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
