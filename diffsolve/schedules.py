@@ -73,7 +73,7 @@ class Schedule:
         t = _time(t)
         if t.device.type == "cpu" and t.numel() > 0:
             tol = 1e-12 * max(1.0, abs(self.t_max))
-            lo, hi = float(t.min()), float(t.max())
+            lo, hi = float(t.detach().min()), float(t.detach().max())
             if lo < self.t_min - tol or hi > self.t_max + tol or math.isnan(lo) or math.isnan(hi):
                 raise ValueError(
                     f"time outside the range of {self!r}: got t in [{lo:.6g}, {hi:.6g}], valid "
@@ -215,9 +215,9 @@ class SubVPSchedule(VPSchedule):
         return 2.0 * self._d_log_alpha(t) * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
 
     def _t_of_log_snr(self, lam):
-        # α/(1 − α²) = e^λ ⇒ α = 2e^λ / (1 + √(1 + 4e^{2λ}))
-        la = lam + math.log(2.0) - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
-        return self._t_of_log_alpha(la)
+        # α/(1 − α²) = e^λ ⇒ 1/α = u + √(u² + 1), u = e^{−λ}/2, i.e. log α = −asinh(u): free of
+        # the cancellation of λ + log 2 − log(1 + √(1 + 4e^{2λ})) near t_min (α → 1)
+        return self._t_of_log_alpha(-torch.asinh(0.5 * torch.exp(-lam)))
 
 
 class CosineSchedule(_VarPreserving):
@@ -241,15 +241,32 @@ class CosineSchedule(_VarPreserving):
     def _phi(self, t):
         return (math.pi / 2) * (t + self.s) / (1 + self.s)
 
+    # cos φ = sin(π/2 − φ), π/2 − φ = π/2 · (1 − t)/(1 + s): accurate near t_max, where φ → π/2
     def _log_alpha(self, t):
-        return torch.log(torch.cos(self._phi(t))) - self._log_cos0
+        return torch.log(torch.sin((math.pi / 2) * (1.0 - t) / (1 + self.s))) - self._log_cos0
 
     def _d_log_alpha(self, t):
-        return -torch.tan(self._phi(t)) * (math.pi / 2) / (1 + self.s)
+        return -(math.pi / 2) / (1 + self.s) / torch.tan((math.pi / 2) * (1.0 - t) / (1 + self.s))
+
+    # σ² = 1 − cos²φ/c₀² = sin(φ − φ₀) sin(φ + φ₀)/c₀²: no cancellation near t_min, where
+    # −expm1(2 log α) loses ~1e-11 relative because cos φ ≈ 1
+    def _log_sigma(self, t):
+        phi, phi0 = self._phi(t), (math.pi / 2) * self.s / (1 + self.s)
+        return 0.5 * (torch.log(torch.sin(phi - phi0)) + torch.log(torch.sin(phi + phi0))) - self._log_cos0
+
+    def _d_log_sigma(self, t):
+        phi, phi0 = self._phi(t), (math.pi / 2) * self.s / (1 + self.s)
+        dphi = (math.pi / 2) / (1 + self.s)
+        return 0.5 * dphi * (1.0 / torch.tan(phi - phi0) + 1.0 / torch.tan(phi + phi0))
 
     def _t_of_log_snr(self, lam):
-        la = self._log_alpha_of_log_snr(lam)
-        phi = torch.arccos(torch.exp(la + self._log_cos0))
+        # cos φ = c₀α and sin φ = √(sin²φ₀ + c₀²σ²), with α² = sigmoid(2λ), σ² = sigmoid(−2λ):
+        # atan2 stays well conditioned near t_min, where arccos(c₀α) loses ~1e-12 relative
+        phi0 = (math.pi / 2) * self.s / (1 + self.s)
+        c0, s0 = math.cos(phi0), math.sin(phi0)
+        cos_phi = c0 * torch.sigmoid(2.0 * lam).sqrt()
+        sin_phi = torch.sqrt(s0 * s0 + c0 * c0 * torch.sigmoid(-2.0 * lam))
+        phi = torch.atan2(sin_phi, cos_phi)
         return phi * (2 * (1 + self.s) / math.pi) - self.s
 
 
@@ -290,8 +307,9 @@ class DDPMSchedule(_VarPreserving):
             if (betas <= 0).any() or (betas >= 1).any():
                 raise ValueError("betas must lie in (0, 1)")
             log_ac = torch.cumsum(torch.log1p(-betas), 0)
+            ac = log_ac.exp()
         else:
-            ac = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten()
+            ac = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten().clone()
             if (ac <= 0).any() or (ac >= 1).any():
                 raise ValueError("alphas_cumprod must lie in (0, 1)")
             log_ac = torch.log(ac)
@@ -299,7 +317,7 @@ class DDPMSchedule(_VarPreserving):
             raise ValueError("alphas_cumprod must be strictly decreasing with at least 2 entries")
         n = len(log_ac)
         self.num_train_timesteps = n
-        self.alphas_cumprod = log_ac.exp()
+        self.alphas_cumprod = ac  # as given (exp(log ᾱ) may differ from ᾱ in the last bit)
         self._t = torch.arange(1, n + 1, dtype=_F64) / n
         self._la = 0.5 * log_ac
         self._slope = (self._la[1:] - self._la[:-1]) * n

@@ -1,0 +1,316 @@
+"""Schedules (MATH §1): α, σ, λ, the inverse t(λ), f and g² of every schedule, in float64.
+
+Property tests (hypothesis, derandomised) over every schedule of the table in MATH §1, plus
+high-precision references (mpmath, 40 digits) for the closed forms.
+"""
+import math
+
+import mpmath
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from diffsolve.schedules import (SCHEDULES, CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule,
+                                 SubVPSchedule, VESchedule, VPSchedule, make_schedule)
+
+F64 = torch.float64
+PROPS = settings(max_examples=60, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _scaled_linear_alphas_cumprod():
+    # Stable Diffusion's discrete schedule ("scaled_linear"), in float32 as diffusers stores it
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, 0)
+
+
+FACTORIES = {
+    "vp": VPSchedule,
+    "vp_1e-5": lambda: VPSchedule(t_min=1e-5),
+    "cosine": CosineSchedule,
+    "ddpm_betas": DDPMSchedule,
+    "ddpm_alphas_cumprod": lambda: DDPMSchedule(alphas_cumprod=_scaled_linear_alphas_cumprod()),
+    "subvp": SubVPSchedule,
+    "ve": VESchedule,
+    "edm": EDMSchedule,
+    "flow": FlowSchedule,
+}
+_CACHE = {}
+
+
+def sched(name):
+    if name not in _CACHE:
+        _CACHE[name] = FACTORIES[name]()
+    return _CACHE[name]
+
+
+NAMES = list(FACTORIES)
+unit = st.floats(0.0, 1.0, allow_nan=False)
+
+
+def _time(s, u):
+    """Map u ∈ [0, 1] into [t_min, t_max] (endpoints included)."""
+    t = s.t_min + u * (s.t_max - s.t_min)
+    return min(max(t, s.t_min), s.t_max)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPS
+@given(u=unit)
+def test_alpha_sigma_positive_finite(name, u):
+    """α_t > 0 and σ_t > 0, finite, at every t of the range (MATH 1.1)."""
+    s = sched(name)
+    t = _time(s, u)
+    a, sg = s.alpha_sigma(t)
+    assert a.dtype == F64 and sg.dtype == F64
+    assert 0 < float(a) < math.inf and 0 < float(sg) < math.inf
+    assert math.isfinite(float(s.log_snr(t))) and math.isfinite(float(s.g2(t))) and float(s.g2(t)) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPS
+@given(u1=unit, u2=unit)
+def test_log_snr_strictly_decreasing(name, u1, u2):
+    """λ_t = log(α_t/σ_t) decreases strictly in t (MATH §1)."""
+    s = sched(name)
+    t1, t2 = sorted((_time(s, u1), _time(s, u2)))
+    assume(t2 - t1 > 1e-9 * (s.t_max - s.t_min))
+    assert float(s.log_snr(t1)) > float(s.log_snr(t2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_log_snr_strictly_decreasing_dense(name):
+    """λ strictly decreasing on a dense grid of 200 001 times, and dλ/dt < 0 there (MATH §1)."""
+    s = sched(name)
+    t = torch.linspace(s.t_min, s.t_max, 200_001, dtype=F64)
+    t[-1] = s.t_max
+    lam = s.log_snr(t)
+    assert bool((lam[1:] < lam[:-1]).all())
+    assert bool((s.d_log_snr(t) < 0).all())
+    assert s.lambda_max == float(lam[0]) and s.lambda_min == float(lam[-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPS
+@given(u=unit)
+def test_t_of_log_snr_inverts_log_snr(name, u):
+    """t(λ(t)) = t to a few float64 ulps (MATH §1: the exact inverse t(λ))."""
+    s = sched(name)
+    t = _time(s, u)
+    back = float(s.t_of_log_snr(s.log_snr(t)))
+    assert abs(back - t) <= 2e-14 * abs(t) + 4e-16 * abs(s.t_max), (t, back)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPS
+@given(u=unit)
+def test_log_snr_of_t_of_log_snr(name, u):
+    """λ(t(λ)) = λ up to the conditioning |dλ/dt| · ulp(t) (MATH §1)."""
+    s = sched(name)
+    lam = s.lambda_min + u * (s.lambda_max - s.lambda_min)
+    t = s.t_of_log_snr(lam)
+    back = float(s.log_snr(t))
+    cond = abs(float(s.d_log_snr(t))) * 4e-16 * max(abs(float(t)), 1e-300)
+    assert abs(back - lam) <= 1e-14 * max(1.0, abs(lam)) + 4 * cond, (lam, back)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_t_of_log_snr_per_sample_and_clamped(name):
+    """Any tensor shape; λ beyond the range maps to the range's ends."""
+    s = sched(name)
+    t = torch.linspace(s.t_min, s.t_max, 12, dtype=F64).reshape(3, 4)
+    t[-1, -1] = s.t_max
+    back = s.t_of_log_snr(s.log_snr(t))
+    assert back.shape == (3, 4) and back.dtype == F64
+    torch.testing.assert_close(back, t, rtol=2e-14, atol=4e-16 * s.t_max)
+    ends = s.t_of_log_snr(torch.tensor([s.lambda_max + 5.0, s.lambda_min - 5.0], dtype=F64))
+    assert ends.tolist() == [s.t_min, s.t_max]
+
+
+def _grad(fn, t):
+    tt = torch.tensor(t, dtype=F64, requires_grad=True)
+    y = fn(tt)
+    return torch.autograd.grad(y, tt)[0] if y.requires_grad else torch.zeros((), dtype=F64)  # constant
+
+
+def _is_ddpm(s):
+    return isinstance(s, DDPMSchedule)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@PROPS
+@given(u=unit)
+def test_f_and_g2_are_the_derivatives(name, u):
+    """f_t = d log α/dt and g_t² = dσ²/dt − 2 f_t σ_t² (MATH 1.2, 1.3), derivatives by autograd
+    of the schedule's own closed form (itself checked against mpmath below). Also
+    d log σ/dt, and g² = −2σ² dλ/dt (the second form of MATH 1.3)."""
+    s = sched(name)
+    t = _time(s, u)
+    if _is_ddpm(s):  # piecewise linear: stay off the knots, where the derivative jumps
+        k = t * s.num_train_timesteps
+        assume(abs(k - round(k)) > 1e-6)
+    dla, dls, ds2 = (_grad(fn, t) for fn in (s.log_alpha, s.log_sigma, lambda x: s.sigma(x) ** 2))
+    sig2 = float(s.sigma(t)) ** 2
+    f, g2 = float(s.f(t)), float(s.g2(t))
+    assert f == pytest.approx(float(dla), rel=1e-12, abs=1e-14)
+    assert float(s.d_log_sigma(t)) == pytest.approx(float(dls), rel=1e-12, abs=1e-14)
+    assert g2 == pytest.approx(float(ds2) - 2 * f * sig2, rel=1e-11, abs=1e-14 * max(1.0, abs(float(ds2))))
+    assert g2 == pytest.approx(-2 * sig2 * float(s.d_log_snr(t)), rel=1e-13)
+    assert float(s.g(t)) ** 2 == pytest.approx(g2, rel=1e-14)
+
+
+@pytest.mark.parametrize("name", ["vp", "cosine", "subvp", "ve", "flow"])
+def test_derivatives_high_order_finite_differences(name):
+    """Same identities by an 8th-order central difference, independent of autograd (MATH 1.3)."""
+    s = sched(name)
+    h = 1e-4 * (s.t_max - s.t_min)
+    c = [4 / 5, -1 / 5, 4 / 105, -1 / 280]
+    t = torch.linspace(s.t_min + 5 * h, s.t_max - 0.05 * (s.t_max - s.t_min), 41, dtype=F64)
+
+    def d(fn):
+        return sum(ck * (fn(t + (k + 1) * h) - fn(t - (k + 1) * h)) for k, ck in enumerate(c)) / h
+
+    torch.testing.assert_close(s.f(t), d(s.log_alpha), rtol=1e-8, atol=1e-9)
+    s2 = lambda x: s.sigma(x) ** 2  # noqa: E731
+    torch.testing.assert_close(s.g2(t), d(s2) - 2 * s.f(t) * s2(t), rtol=1e-8, atol=1e-9)
+
+
+def test_vp_linear_closed_form_f_g2():
+    """VP linear: f = −β_t/2 and g² = β_t, β_t = β₀ + t(β₁ − β₀) (MATH §1 table)."""
+    s = VPSchedule()
+    t = torch.linspace(s.t_min, s.t_max, 101, dtype=F64)
+    beta = 0.1 + t * 19.9
+    torch.testing.assert_close(s.f(t), -beta / 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.g2(t), beta, rtol=1e-12, atol=0)
+    e = EDMSchedule()
+    t = torch.linspace(e.t_min, e.t_max, 101, dtype=F64)
+    torch.testing.assert_close(e.g2(t), 2 * t, rtol=1e-14, atol=0)
+    assert bool((e.f(t) == 0).all()) and bool((VESchedule().f(t / 80) == 0).all())
+
+
+def _mp_reference(name, s, t):
+    t = mpmath.mpf(t)
+    if name.startswith("vp") or name == "subvp":
+        a = mpmath.e ** (-t * t * (s.b1 - s.b0) / 4 - t * s.b0 / 2)
+        sg = mpmath.sqrt(1 - a * a) if name != "subvp" else 1 - a * a
+    elif name == "cosine":
+        phi = lambda u: mpmath.pi / 2 * (u + s.s) / (1 + s.s)  # noqa: E731
+        a = mpmath.cos(phi(t)) / mpmath.cos(phi(0))
+        sg = mpmath.sqrt(1 - a * a)
+    elif name == "ve":
+        a, sg = mpmath.mpf(1), s.sigma_min * (mpmath.mpf(s.sigma_max) / s.sigma_min) ** t
+    elif name == "edm":
+        a, sg = mpmath.mpf(1), t
+    else:  # flow
+        a, sg = 1 - t, t
+    return a, sg
+
+
+@pytest.mark.parametrize("name", ["vp", "vp_1e-5", "cosine", "subvp", "ve", "edm", "flow"])
+def test_closed_forms_match_high_precision(name):
+    """α, σ and λ against 40-digit mpmath evaluations of the MATH §1 table: float64-accurate
+    (relative error of α, σ ≤ 4e-15, absolute error of λ ≤ 4e-15) across the whole range."""
+    s = sched(name)
+    mpmath.mp.dps = 40
+    ts = torch.linspace(s.t_min, s.t_max, 121, dtype=F64).tolist()
+    ts[-1] = s.t_max
+    for t in ts + [s.t_min * 1.5, s.t_max * (1 - 1e-4)]:
+        a_ref, s_ref = _mp_reference(name, s, t)
+        a, sg = s.alpha_sigma(t)
+        assert abs(float(a) - a_ref) <= 4e-15 * a_ref, (t, float(a), a_ref)
+        assert abs(float(sg) - s_ref) <= 4e-15 * s_ref, (t, float(sg), s_ref)
+        assert abs(float(s.log_snr(t)) - mpmath.log(a_ref / s_ref)) <= 4e-15 * max(1, abs(float(s.log_snr(t))))
+
+
+def test_table_identities():
+    """Variance preserving: α² + σ² = 1; sub-VP: σ = 1 − α²; flow: α + σ = 1; EDM: σ = t (MATH §1)."""
+    for name in ["vp", "cosine", "ddpm_betas", "ddpm_alphas_cumprod"]:
+        s = sched(name)
+        t = torch.linspace(s.t_min, s.t_max, 501, dtype=F64)
+        a, sg = s.alpha_sigma(t)
+        torch.testing.assert_close(a * a + sg * sg, torch.ones_like(t), rtol=0, atol=8e-16)
+    s = sched("subvp")
+    t = torch.linspace(s.t_min, s.t_max, 501, dtype=F64)
+    a, sg = s.alpha_sigma(t)
+    torch.testing.assert_close(sg, 1 - a * a, rtol=0, atol=2e-16)  # 1 − α² cancels near t_min
+    s = sched("flow")
+    t = torch.linspace(s.t_min, s.t_max - 1e-12, 501, dtype=F64)
+    a, sg = s.alpha_sigma(t)
+    torch.testing.assert_close(a + sg, torch.ones_like(t), rtol=0, atol=4e-16)
+    torch.testing.assert_close(sg, t, rtol=8e-16, atol=0)
+    s = sched("edm")
+    t = torch.linspace(s.t_min, s.t_max - 1e-9, 501, dtype=F64)
+    torch.testing.assert_close(s.sigma(t), t, rtol=8e-16, atol=0)
+
+
+# --- DDPM: discrete timesteps ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["ddpm_betas", "ddpm_alphas_cumprod"])
+def test_ddpm_timesteps_exact(name):
+    """At t_k = (k+1)/N: the network label is exactly k, log α = ½ log ᾱ_k bit for bit, and
+    α² = ᾱ_k to ≤ 4 ulp (α = exp(log α); bitwise equality is impossible for a float α, since
+    even fl(√a)² ≠ a in general).
+    A schedule built from ``alphas_cumprod`` returns them unchanged (MATH §1 table, DDPM row)."""
+    s = sched(name)
+    N = s.num_train_timesteps
+    k = torch.arange(N)
+    t = s.t_of_timestep(k)
+    assert torch.equal(s.time_label(t), k.to(F64))
+    assert [float(s.time_label(s.t_of_timestep(int(i)))) for i in (0, 1, 499, N - 1)] == [0.0, 1.0, 499.0, N - 1.0]
+    ac = s.alphas_cumprod
+    assert torch.equal(s.log_alpha(t), s._la)  # the stored ½ log ᾱ, bit for bit
+    torch.testing.assert_close(s.log_alpha(t), 0.5 * torch.log(ac), rtol=0, atol=6e-17)
+    ulp = torch.nextafter(ac, torch.full_like(ac, 2.0)) - ac
+    assert bool(((s.alpha(t) ** 2 - ac).abs() <= 4 * ulp).all())
+    assert s.t_min == float(t[0]) and s.t_max == float(t[-1]) == 1.0
+    if name == "ddpm_alphas_cumprod":
+        assert torch.equal(ac, _scaled_linear_alphas_cumprod().to(F64))
+    else:
+        betas = torch.linspace(1e-4, 2e-2, 1000, dtype=F64)
+        torch.testing.assert_close(ac, torch.cumprod(1 - betas, 0), rtol=1e-13, atol=0)
+
+
+def test_ddpm_between_knots_is_log_linear():
+    """Between two training timesteps log α is linear in t (DPM-Solver's interpolation)."""
+    s = sched("ddpm_betas")
+    k = torch.tensor([0, 10, 500, 998])
+    t0, t1 = s.t_of_timestep(k), s.t_of_timestep(k + 1)
+    for w in (0.25, 0.5, 0.9):
+        mid = s.log_alpha(t0 + w * (t1 - t0))
+        lin = (1 - w) * s.log_alpha(t0) + w * s.log_alpha(t1)
+        torch.testing.assert_close(mid, lin, rtol=1e-13, atol=1e-16)
+    assert torch.allclose(s.time_label(0.5 * (t0 + t1)), k.to(F64) + 0.5, rtol=0, atol=1e-9)
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_time_outside_range_names_the_range(name):
+    s = sched(name)
+    for bad in (s.t_max + 1e-6 * max(1, s.t_max), s.t_min - 1e-3, float("nan")):
+        with pytest.raises(ValueError, match=r"valid range is \["):
+            s.alpha(bad)
+    with pytest.raises(ValueError, match=f"{s.t_min:.6g}"):
+        s.sigma(torch.tensor([s.t_min, s.t_max + 1.0], dtype=F64))
+    s.alpha(torch.tensor([s.t_min, s.t_max], dtype=F64))  # the ends themselves are fine
+
+
+def test_bad_schedule_parameters():
+    with pytest.raises(ValueError, match="beta_min < beta_max"):
+        VPSchedule(beta_min=5, beta_max=1)
+    with pytest.raises(ValueError, match="t_min < t_max"):
+        VPSchedule(t_min=0.5, t_max=0.1)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        EDMSchedule(sigma_min=1, sigma_max=0.5)
+    with pytest.raises(ValueError, match="t_min < t_max < 1"):
+        FlowSchedule(t_max=1.0)
+    with pytest.raises(ValueError, match="either betas or alphas_cumprod"):
+        DDPMSchedule(betas=[0.1, 0.2], alphas_cumprod=[0.9, 0.7])
+    with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\)"):
+        DDPMSchedule(betas=[0.1, 1.2])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        DDPMSchedule(alphas_cumprod=[0.9, 0.95, 0.5])
+    with pytest.raises(ValueError, match="valid names: vp, cosine"):
+        make_schedule("linear")
+    assert isinstance(make_schedule("edm"), EDMSchedule) and set(SCHEDULES) >= {"vp", "flow", "ddpm"}
