@@ -1,0 +1,262 @@
+"""The Denoiser's one conversion table between prediction types (MATH §2).
+
+Ground truth: draw (x0, ε), set x = α x0 + σ ε (MATH 1.1) and write every prediction from the
+table of MATH §2 directly (ε, x0, score = −ε/σ, v = αε − σx0, velocity = α'x0 + σ'ε); the
+Denoiser's conversions must reproduce them and invert each other to float64 round-off.
+"""
+import math
+
+import pytest
+import torch
+
+from diffsolve.analytic import GaussianMixture
+from diffsolve.denoiser import PREDICTIONS, Denoiser, NonFiniteError
+from diffsolve.schedules import (CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule, SubVPSchedule,
+                                 VESchedule, VPSchedule)
+
+F64 = torch.float64
+SCHEDULES = {
+    "vp": VPSchedule(), "cosine": CosineSchedule(), "ddpm": DDPMSchedule(),
+    "ddpm_ac": DDPMSchedule(alphas_cumprod=torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=F64), 0)),
+    "subvp": SubVPSchedule(), "ve": VESchedule(), "edm": EDMSchedule(), "flow": FlowSchedule(),
+}
+
+
+def _times(s):
+    return [s.t_min, s.t_min + 1e-3 * (s.t_max - s.t_min), 0.5 * (s.t_min + s.t_max), s.t_max]
+
+
+def _truth(s, x0, eps, t):
+    """Every prediction at x = αx0 + σε from the MATH §2 table; t scalar or (B,)."""
+    t = torch.as_tensor(t, dtype=F64)
+    shape = (-1,) + (1,) * (x0.dim() - 1) if t.dim() else ()
+    a, sg = s.alpha(t).reshape(shape), s.sigma(t).reshape(shape)
+    da, dsg = a * s.f(t).reshape(shape), sg * s.d_log_sigma(t).reshape(shape)
+    x = a * x0 + sg * eps
+    return x, {"eps": eps, "x0": x0, "score": -eps / sg, "v": a * eps - sg * x0, "velocity": da * x0 + dsg * eps}
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+def _scale(d, x, x0, t, q):
+    """|A_q||x| + |B_q||x̂0|: the size of the two terms of y_q = A_q x + B_q x̂0 (module
+    docstring of diffsolve.denoiser). Round-off in y_q is relative to this, not to |y_q|: for
+    the score at small σ the two terms cancel to O(1) from O(1/σ²)."""
+    A, B = d.coefficients(t, q, x)
+    return float((A.abs() * x.abs() + B.abs() * x0.abs()).max())
+
+
+def _err(y, ref, scale):
+    return float((y - ref).abs().max()) / scale
+
+
+def _identity_denoiser(s):
+    return Denoiser(lambda x, t: x, s, "eps", net_dtype=F64)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_type_converts_to_every_other_exactly(name):
+    """convert(y_p → q) equals the MATH §2 value of q, and q → p returns y_p, for all 25 pairs, at
+    scalar t (both ends of the range and inside) and per-sample t: error ≤ 1e-12 relative to the
+    size of the table's terms (see ``_scale``; plain relative error where they do not cancel)."""
+    s = SCHEDULES[name]
+    d = _identity_denoiser(s)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, 5, dtype=F64, generator=g)
+    eps = torch.randn(4, 3, 5, dtype=F64, generator=g)
+    per_sample = torch.tensor(_times(s), dtype=F64)
+    for t in _times(s) + [per_sample]:
+        x, truth = _truth(s, x0, eps, t)
+        for p in PREDICTIONS:
+            for q in PREDICTIONS:
+                y_q = d.convert(truth[p], x, t, p, q)
+                assert y_q.dtype == F64 and y_q.shape == x.shape
+                e = _err(y_q, truth[q], _scale(d, x, x0, t, q))
+                assert e < 1e-12, (name, t, p, q, e)
+                back = d.convert(y_q, x, t, q, p)
+                e = _err(back, truth[p], _scale(d, x, x0, t, p))
+                assert e < 1e-12, (name, t, p, q, e)
+
+
+def test_per_sample_times_match_scalar_times():
+    """Sample i of a per-sample conversion equals the scalar-t conversion of sample i alone."""
+    s = SCHEDULES["cosine"]
+    d = _identity_denoiser(s)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 4, 3, 3, dtype=F64, generator=g)
+    t = torch.tensor([0.9, 0.2, 0.5, 0.01], dtype=F64)
+    out = d.convert(y, x, t, "v", "score")
+    for i in range(4):
+        torch.testing.assert_close(out[i:i + 1], d.convert(y[i:i + 1], x[i:i + 1], float(t[i]), "v", "score"),
+                                   rtol=1e-15, atol=0)
+
+
+def test_aliases():
+    """Aliases of diffusers / flow codebases map onto the five canonical types."""
+    s = SCHEDULES["vp"]
+    d = _identity_denoiser(s)
+    x, y = torch.randn(2, 3, 2, dtype=F64)
+    for alias, canon in [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "v"), ("flow", "velocity")]:
+        assert torch.equal(d.convert(y, x, 0.3, alias, "score"), d.convert(y, x, 0.3, canon, "score"))
+    assert Denoiser(lambda x, t: x, s, "v_prediction").prediction == "v"
+
+
+@pytest.mark.parametrize("net_dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_low_precision_output_converted_in_state_dtype(net_dtype):
+    """The network runs in its dtype; its output is upcast and every conversion is done in the
+    state's float64 (Denoiser docstring; STYLE 'numerics')."""
+    s = SCHEDULES["vp"]
+    seen = {}
+
+    def net(x, label):
+        seen["x"], seen["label"] = x.dtype, label.dtype
+        return torch.sin(3 * x) + label[:, None]  # any function; computed in net_dtype
+
+    d = Denoiser(net, s, "eps", net_dtype=net_dtype)
+    x = torch.randn(8, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
+    t = torch.linspace(0.05, 0.95, 8, dtype=F64)
+    raw = d.raw(x, t)
+    assert seen["x"] == net_dtype and raw.dtype == F64
+    assert seen["label"] == (net_dtype if net_dtype == torch.float32 else torch.float32)
+    assert torch.equal(raw, net(x.to(net_dtype), t.to(seen["label"])).to(F64))
+    a, sg = s.alpha(t)[:, None], s.sigma(t)[:, None]
+    x0 = d.x0(x, t)
+    assert x0.dtype == F64
+    torch.testing.assert_close(x0, (x - sg * raw) / a, rtol=1e-14, atol=0)
+    in_net_dtype = ((x.to(net_dtype) - sg.to(net_dtype) * raw.to(net_dtype)) / a.to(net_dtype)).to(F64)
+    assert _rel(in_net_dtype, x0) > 1e-2 * torch.finfo(net_dtype).eps  # the test can tell them apart
+
+
+def test_net_dtype_from_parameters():
+    lin = torch.nn.Linear(3, 3).to(torch.float32)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x, t):
+            return self.lin(x)
+
+    d = Denoiser(Net(), "vp", "x0")
+    assert d.net_dtype == torch.float32
+    out = d.eps(torch.randn(2, 3, dtype=F64), 0.5)
+    assert out.dtype == F64
+
+
+@pytest.mark.parametrize("name", ["vp", "cosine", "ddpm", "subvp", "ve", "edm", "flow"])
+def test_exact_denoisers_of_every_type_agree(name):
+    """The analytic mixture's exact network of each prediction type yields the same x0, eps,
+    score, v and velocity as every other type, and x0/score equal the mixture's closed forms
+    (MATH §2, §6)."""
+    s = SCHEDULES[name]
+    gm = GaussianMixture.random(d=3, n_modes=3, seed=3)
+    g = torch.Generator().manual_seed(4)
+    t = torch.tensor([s.t_min, 0.3 * s.t_min + 0.7 * s.t_max, 0.5 * (s.t_min + s.t_max), s.t_max], dtype=F64)
+    x = gm.sample(4, t, s, generator=g)
+    outs = {}
+    for p in PREDICTIONS:
+        d = gm.denoiser(s, p)
+        outs[p] = {q: getattr(d, q)(x, t) for q in PREDICTIONS}
+        assert d.nfe == 5
+    ref = outs["eps"]
+    x0 = gm.x0(x, t, s)
+    for q in PREDICTIONS:
+        scale = _scale(d, x, x0, t, q)
+        for p in PREDICTIONS:
+            assert _err(outs[p][q], ref[q], scale) < 1e-12, (p, q, _err(outs[p][q], ref[q], scale))
+        if q == "score":
+            assert _err(ref[q], gm.score(x, t, s), scale) < 1e-12
+        if q == "x0":
+            assert _err(ref[q], x0, scale) < 1e-12
+
+
+def test_time_labels():
+    """The network's own time input (MATH §2, last paragraph): DDPM's integer timestep at
+    training knots, σ, EDM's ¼ log σ̃, 1000t, λ."""
+    got = {}
+
+    def net(x, label):
+        got["label"] = label.double()
+        return x
+
+    ddpm = DDPMSchedule()
+    t = ddpm.t_of_timestep(torch.tensor([0, 1, 500, 999]))
+    Denoiser(net, ddpm, "eps", net_dtype=F64).raw(torch.zeros(4, 2, dtype=F64), t)
+    assert got["label"].tolist() == [0.0, 1.0, 500.0, 999.0]
+    vp = SCHEDULES["vp"]
+    t = torch.tensor([0.1, 0.7], dtype=F64)
+    for label, expect in [("t", t), ("1000t", 1000 * t), ("sigma", vp.sigma(t)), ("log_snr", vp.log_snr(t)),
+                          ("sigma_over_alpha", vp.sigma(t) / vp.alpha(t)),
+                          ("c_noise", 0.25 * torch.log(vp.sigma(t) / vp.alpha(t)))]:
+        Denoiser(net, vp, "eps", time_label=label, net_dtype=F64).raw(torch.zeros(2, 2, dtype=F64), t)
+        torch.testing.assert_close(got["label"], expect, rtol=1e-14, atol=1e-15)
+    Denoiser(net, vp, "eps", time_label=lambda t: 7 * t, net_dtype=F64).raw(torch.zeros(2, 3, dtype=F64), 0.5)
+    assert got["label"].tolist() == [3.5, 3.5]  # a scalar t is expanded to the batch
+
+
+def test_nfe_counts_network_calls():
+    s = SCHEDULES["vp"]
+    d = Denoiser(lambda x, t: x, s, "v", net_dtype=F64)
+    x = torch.randn(3, 2, dtype=F64)
+    d.x0(x, 0.5), d.eps(x, 0.5), d.score(x, 0.5), d.convert(x, x, 0.5, "v", "eps")
+    assert d.nfe == 3 and d.reset_nfe() == 3 and d.nfe == 0
+    assert torch.equal(d(x, 0.5), d.x0(x, 0.5))
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+def test_unknown_prediction_lists_valid_types():
+    with pytest.raises(ValueError, match="valid types: eps, x0, score, v, velocity"):
+        Denoiser(lambda x, t: x, "vp", "noise")
+    d = _identity_denoiser(SCHEDULES["vp"])
+    x = torch.zeros(1, 2, dtype=F64)
+    with pytest.raises(ValueError, match="unknown prediction type 'mu'"):
+        d.convert(x, x, 0.5, "eps", "mu")
+    with pytest.raises(ValueError, match="unknown time_label"):
+        Denoiser(lambda x, t: x, "vp", "eps", time_label="seconds")
+    with pytest.raises(TypeError, match="net must be callable"):
+        Denoiser(3, "vp", "eps")
+
+
+def test_time_outside_range():
+    d = _identity_denoiser(SCHEDULES["vp"])
+    x = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"valid range is \[0\.001, 1\]"):
+        d.x0(x, 1.5)
+    with pytest.raises(ValueError, match=r"valid range"):
+        d.x0(x, torch.tensor([0.5, 0.0], dtype=F64))
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(2,\)"):
+        d.x0(x, torch.tensor([0.5, 0.4, 0.3], dtype=F64))
+    assert d.nfe == 0
+
+
+def test_output_shape_mismatch():
+    d = Denoiser(lambda x, t: x[:, :1], "vp", "eps", net_dtype=F64)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 1\) for input of shape \(2, 3\)"):
+        d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+    d = Denoiser(lambda x, t: x.tolist(), "vp", "eps", net_dtype=F64)
+    with pytest.raises(ValueError, match="returned shape list"):
+        d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_output_names_call_and_time(bad):
+    calls = []
+
+    def net(x, t):
+        calls.append(1)
+        return x + (bad if len(calls) == 2 else 0.0)
+
+    d = Denoiser(net, "vp", "eps", net_dtype=F64)
+    x = torch.zeros(2, 3, dtype=F64)
+    d.eps(x, 0.5)
+    d.where = "step 2/10 of euler"
+    with pytest.raises(NonFiniteError, match=r"network call 2 \(step 2/10 of euler\), t=0\.25"):
+        d.eps(x, 0.25)
+    with pytest.raises(FloatingPointError, match=r"t=\[0\.2 \.\. 0\.7\]"):
+        calls.clear(), calls.append(1)
+        d.x0(x, torch.tensor([0.7, 0.2], dtype=F64))
+    d.check_finite()  # nothing deferred on the CPU
