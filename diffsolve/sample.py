@@ -12,6 +12,7 @@ from .grids import make_grid
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
 from .solvers.base import Solver, get_solver, integrate
+from .tune import load_grid
 
 __all__ = ["sample", "SampleResult"]
 
@@ -54,8 +55,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS`` or a :class:`Solver` instance.
-        steps: number of solver steps; or ``nfe``: a budget of network evaluations (including
-            the final denoise), from which the number of steps is derived.
+        steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tune.TunedGrid` or the
+            path of its JSON file); or ``nfe``: a budget of network evaluations (including the
+            final denoise), from which the number of steps is derived.
         grid: a grid kind (see :mod:`diffsolve.grids`) or an explicit decreasing array of times.
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
         seeds: one seed per sample (int list or ``"0-63"``): sample i then depends on seeds[i]
@@ -70,13 +72,17 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                         f"wrap your network with Denoiser(net, schedule, prediction=...)")
     solver = get_solver(solver, **(solver_options or {}))
     schedule = denoiser.schedule
+    for spec in (steps, grid):  # a tuned grid (diffsolve.tune_steps) given as steps= or grid=
+        tuned = load_grid(spec)
+        if tuned is not None:
+            grid, steps, nfe = tuned, None, None
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     adaptive = getattr(solver, "adaptive", False)  # chooses its own steps: grid = [t_start, t_end] only
     if adaptive and (steps is not None or nfe is not None or trajectory):
         raise ValueError(f"solver {solver.name!r} is adaptive: give its tolerances in solver_options "
                          f"instead of steps/nfe (trajectory is not supported)")
-    if adaptive:
-        t = make_grid(schedule, 1, grid if isinstance(grid, str) else None) if isinstance(grid, str) else make_grid(schedule, None, grid)[[0, -1]]
+    if adaptive:  # only the grid's end points matter
+        t = make_grid(schedule, 1, "time") if isinstance(grid, str) else make_grid(schedule, None, grid)[[0, -1]]
     elif (steps is None) == (nfe is None) and not (not isinstance(grid, str) and steps is None and nfe is None):
         raise ValueError("give exactly one of steps (solver steps) or nfe (a budget of evaluations), "
                          "or an explicit grid array")

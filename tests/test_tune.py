@@ -1,0 +1,69 @@
+"""tune_steps: tuned grids are valid, never worse than their start on the pilot set, reusable."""
+import json
+import math
+
+import pytest
+import torch
+
+import diffsolve as ds
+from diffsolve.tune import TunedGrid, tune_steps
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ds.GaussianMixture.ring().denoiser(ds.VPSchedule(), "eps")
+
+
+@pytest.fixture(scope="module")
+def tuned(model):
+    return tune_steps(model, "dpmpp_2m", nfe=6, pilot=24, fresh=24, max_evals=60)
+
+
+def test_grid_is_valid(model, tuned):
+    t = tuned.grid
+    sch = model.schedule
+    assert len(t) == tuned.nfe  # nfe-1 steps (+1 final denoise) -> nfe points
+    assert float(t[0]) == sch.t_max and float(t[-1]) >= sch.t_min
+    assert bool((t[1:] < t[:-1]).all())
+    ds.grids.validate_grid(sch, t)
+
+
+def test_never_worse_than_start_on_pilot(tuned):
+    assert tuned.pilot_error <= tuned.init_error
+    assert math.isfinite(tuned.fresh_error) and math.isfinite(tuned.init_fresh_error)
+    assert tuned.tuning_nfe > 0 and tuned.evaluations > 0
+
+
+def test_error_reported_is_reproducible(model, tuned):
+    """The pilot error stored in the file is what sample() gives with the saved grid."""
+    from diffsolve.reference import ode_reference
+
+    x = model.schedule.sigma(model.schedule.t_max).item() * ds.NoiseSource(24, (2,), seeds=tuned.pilot_seeds).randn()
+    ref = ode_reference(model, x, model.schedule.t_max, model.schedule.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
+    out = ds.sample(model, x, solver="dpmpp_2m", steps=tuned)
+    assert out.nfe == tuned.nfe
+    err = float(((out.x - ref) ** 2).mean().sqrt())
+    assert err == pytest.approx(tuned.pilot_error, rel=1e-6)
+
+
+def test_save_load_and_reuse(model, tuned, tmp_path):
+    path = tuned.save(tmp_path / "grid.json")
+    again = TunedGrid.load(path)
+    assert again.t == tuned.t and again.solver == "dpmpp_2m"
+    r = ds.sample(model, shape=(4, 2), solver="dpmpp_2m", steps=str(path))
+    assert torch.equal(r.t, tuned.grid)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"t": [1.0]}))
+    with pytest.raises(ValueError, match="missing"):
+        TunedGrid.load(bad)
+    with pytest.raises(FileNotFoundError):
+        TunedGrid.load(tmp_path / "nope.json")
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="fixed-step"):
+        tune_steps(model, "dopri5", nfe=6)
+    with pytest.raises(ValueError, match="fresh seeds must differ"):
+        tune_steps(model, "ddim", nfe=4, pilot="0-3", fresh="3-5")
+    with pytest.raises(ValueError, match="at least"):
+        tune_steps(model, "dpmpp_3m", nfe=1)
