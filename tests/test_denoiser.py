@@ -15,6 +15,12 @@ from diffsolve.schedules import (CosineSchedule, DDPMSchedule, EDMSchedule, Flow
                                  VESchedule, VPSchedule)
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small tensors: one thread is much faster than two on a loaded 2-core machine
+    torch.set_num_threads(1)
 SCHEDULES = {
     "vp": VPSchedule(), "cosine": CosineSchedule(), "ddpm": DDPMSchedule(),
     "ddpm_ac": DDPMSchedule(alphas_cumprod=torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=F64), 0)),

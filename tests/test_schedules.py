@@ -15,6 +15,12 @@ from diffsolve.schedules import (SCHEDULES, CosineSchedule, DDPMSchedule, EDMSch
                                  SubVPSchedule, VESchedule, VPSchedule, make_schedule)
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small tensors: one thread is much faster than two on a loaded 2-core machine
+    torch.set_num_threads(1)
 PROPS = settings(max_examples=60, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
