@@ -129,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
     rg.add_argument("--overwrite", action="store_true", help="start OUT/results.jsonl afresh")
     b.add_argument("--no-plot", action="store_true", help="do not draw quality_vs_nfe.png")
+    b.add_argument("--save-samples", action="store_true", help="also save each row's samples to OUT/samples/*.pt")
     nt = b.add_mutually_exclusive_group()
     nt.add_argument("--net-time", dest="net_time", action="store_true", default=None,
                     help="time the network's calls (synchronises CUDA around each; default on for CPU)")
     nt.add_argument("--no-net-time", dest="net_time", action="store_false")
+    b.add_argument("--reference-tol", type=float, help="rtol = atol of the reference ODE solve "
+                   "(default 1e-8 for mixtures, 1e-5 for models; single Gaussians use the closed form)")
     b.add_argument("--projections", type=_positive_int, default=512, help="sliced-Wasserstein projections (512)")
     _add_common(b)
 
@@ -291,7 +294,8 @@ def cmd_bench(args) -> int:
                       eta=list(args.eta), schedule=args.schedule, grid=args.grid, seeds=args.seeds,
                       n_samples=args.n_samples, device=args.device, dtype=args.dtype, out=args.out,
                       resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot, quiet=args.quiet,
-                      net_time=args.net_time, n_projections=args.projections)
+                      net_time=args.net_time, n_projections=args.projections,
+                      save_samples=args.save_samples, reference_tol=args.reference_tol)
     run_bench(cfg)
     return 0
 

@@ -39,8 +39,8 @@ DEFAULT_NFE = (5, 10, 20, 50)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
               "n_samples", "seeds", "device", "dtype", "world_size", "metrics", "floors",
-              "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version", "torch_version",
-              "run", "finished_at")
+              "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
+              "torch_version", "run", "finished_at")
 _DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
 
 
@@ -79,13 +79,15 @@ class BenchConfig:
     net_time: bool | None = None  # default: on for CPU, off for CUDA (it synchronises)
     n_projections: int = 512
     warmup: bool = True
+    reference_tol: float | None = None  # rtol = atol of the reference solve (default: per problem)
+    save_samples: bool = False  # also write <out>/samples/<key>.pt (float64, in seed order)
     stream = None  # where the table goes (default sys.stdout)
 
     def run_settings(self) -> dict:
         """The settings every row of one results file must share."""
         return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid, "dtype": self.dtype,
                 "device": _device_kind(self.device), "schedule": self.schedule,
-                "n_projections": self.n_projections, "denoise_final": True}
+                "n_projections": self.n_projections, "reference_tol": self.reference_tol, "denoise_final": True}
 
 
 def _device_kind(device: str) -> str:
@@ -206,6 +208,8 @@ def _check_config(cfg: BenchConfig):
         raise ValueError("give either seeds or n_samples, not both")
     if cfg.seeds is not None and len(parse_seeds(cfg.seeds)) < 2:
         raise ValueError("give at least 2 seeds (metrics compare sample sets)")
+    if cfg.reference_tol is not None and not (isinstance(cfg.reference_tol, float) and 0 < cfg.reference_tol < 1):
+        raise ValueError(f"reference_tol must be a number in (0, 1), got {cfg.reference_tol!r}")
     if not (isinstance(cfg.n_projections, int) and cfg.n_projections >= 1):
         raise ValueError(f"n_projections must be a positive integer, got {cfg.n_projections!r}")
 
@@ -333,7 +337,8 @@ class _ProblemState:
         span = (float(t_start), float(t_end))
         if span not in self._ref:
             p = self.problem
-            how = "closed form" if p.exact and p.mixture.K == 1 else f"dopri5, tol {p.reference_tol:g}"
+            tol = self.cfg.reference_tol or p.reference_tol
+            how = "closed form" if p.exact and p.mixture.K == 1 else f"dopri5, tol {tol:g}"
             self.progress.update(f"{p.name}: reference ODE solution for {self.n} samples ({how})", force=True)
             ref_den = p.denoiser()  # its own NFE counter; its timer (if shared) is paused below
             timer = ref_den.net if isinstance(ref_den.net, _NetTimer) else None
@@ -342,12 +347,18 @@ class _ProblemState:
             try:
                 with torch.no_grad():
                     local = M.reference_solution(ref_den, self.x_T(span[0]), span[0], span[1],
-                                                 denoise_final=True, tol=p.reference_tol, mixture=p.mixture)
+                                                 denoise_final=True, tol=tol, mixture=p.mixture)
             finally:
                 if timer is not None:
                     timer.enabled = True
             self._ref[span] = self.dist.gather(local.to(torch.float64), self.n).cpu()
         return self._ref[span]
+
+    def reference_name(self) -> str:
+        p = self.problem
+        if p.exact and p.mixture.K == 1:
+            return "closed form"
+        return f"dopri5 in log-SNR, per-sample rtol=atol={self.cfg.reference_tol or p.reference_tol:g}"
 
     def targets(self) -> dict:
         """Exact batches / held-out data and the Gaussian targets (rank 0 only)."""
@@ -531,8 +542,11 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
         for it in p_items:
             k = len(written) + 1
             progress.update(f"[{k}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
-            row = _run_row(st, it, dist, version, run, progress)
+            row, x = _run_row(st, it, dist, version, run, progress)
             if dist.is_main:
+                if cfg.save_samples:
+                    (out / "samples").mkdir(exist_ok=True)
+                    torch.save(x, out / "samples" / (_safe_name(it.key) + ".pt"))
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
                     f.flush()
@@ -599,10 +613,15 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
         "grid": cfg.grid, "nfe_budget": it.nfe, "steps": len(res.t) - 1, "nfe": nfe, "n_samples": st.n,
         "seeds": _seed_spec(st.seeds), "device": str(st.device) if dist.world_size == 1 else _device_kind(st.device),
         "dtype": cfg.dtype, "world_size": dist.world_size, "metrics": metrics, "floors": floors,
+        "reference": st.reference_name() if span is not None else None,
         "wall_time_s": wall, "samples_per_s": st.n / wall if wall > 0 else None, "net_time_share": share,
         "diffsolve_version": version, "torch_version": torch.__version__, "run": run,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    }, x
+
+
+def _safe_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in key)
 
 
 def _seed_spec(seeds: list[int]) -> str:

@@ -1,0 +1,162 @@
+"""The benchmark runner: row schema, append-and-flush, resume, configuration checks, plot."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffsolve
+from diffsolve.bench import ROW_FIELDS, BenchConfig, read_rows, run_bench
+from diffsolve.bench import metrics as M
+from diffsolve.bench.problems import get_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(out, **kw):
+    base = dict(problems=["ring2d"], solvers=["ddim", "euler"], nfe=[4, 8], n_samples=24, out=str(out),
+                plot=False, quiet=True, reference_tol=1e-7, n_projections=64, warmup=False)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rows = run_bench(_cfg(out, save_samples=True))
+    return out, rows
+
+
+def test_row_schema(full_run):
+    out, rows = full_run
+    stored = read_rows(out / "results.jsonl")
+    assert stored == json.loads(json.dumps(rows))  # what was returned is what was written
+    assert [r["key"] for r in stored] == [f"ring2d|ddpm|{s}|eta=0|nfe={n}" for s in ("ddim", "euler") for n in (4, 8)]
+    for r in stored:
+        assert set(r) == set(ROW_FIELDS)
+        assert r["nfe"] == r["nfe_budget"]  # 1 evaluation per step + the final denoise
+        assert r["steps"] == r["nfe"] - 1
+        assert r["n_samples"] == 24 and r["seeds"] == "0-23" and r["world_size"] == 1
+        assert r["device"] == "cpu" and r["dtype"] == "float64" and r["diffsolve_version"] == diffsolve.__version__
+        assert set(r["metrics"]) == {"rms_error", "sliced_w2", "frechet", "log_p0"}
+        assert set(r["floors"]) == set(r["metrics"])
+        assert all(isinstance(v, float) for v in r["metrics"].values())
+        assert r["floors"]["rms_error"] is None and r["floors"]["sliced_w2"] > 0
+        assert r["wall_time_s"] > 0 and r["samples_per_s"] == pytest.approx(24 / r["wall_time_s"])
+        assert 0 < r["net_time_share"] <= 1
+        assert r["reference"].startswith("dopri5")
+
+
+def test_row_metrics_are_the_metrics_of_the_samples(full_run):
+    # recompute one row's metrics from its saved samples and an independent sample() call
+    out, rows = full_run
+    r = rows[1]
+    x = torch.load(out / "samples" / "ring2d_ddpm_ddim_eta=0_nfe=8.pt")
+    p = get_problem("ring2d")
+    again = diffsolve.sample(p.denoiser(), shape=(24, 2), seeds="0-23", solver="ddim", nfe=8)
+    torch.testing.assert_close(x, again.x, rtol=0, atol=0)
+    ref = M.reference_solution(p.denoiser(), again.x_init, float(again.t[0]), float(again.t[-1]), tol=1e-7)
+    assert r["metrics"]["rms_error"] == pytest.approx(M.rms_error(x, ref), rel=1e-9)
+    assert r["metrics"]["log_p0"] == pytest.approx(M.mean_log_prob(x, p.mixture), rel=1e-12)
+    # more steps, smaller error (first order: roughly halves from NFE 4 to 8)
+    assert rows[1]["metrics"]["rms_error"] < 0.75 * rows[0]["metrics"]["rms_error"]
+
+
+def test_resume_after_truncation_loses_nothing_and_duplicates_nothing(full_run, tmp_path):
+    out, rows = full_run
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    res = tmp_path / "results.jsonl"
+    res.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while writing row 3
+    new = run_bench(_cfg(tmp_path, resume=True))
+    assert [r["key"] for r in new] == [r["key"] for r in rows[2:]]
+    stored = read_rows(res)
+    keys = [r["key"] for r in stored]
+    assert keys == [r["key"] for r in rows] and len(set(keys)) == len(keys)
+    for a, b in zip(stored, rows):  # deterministic: same metrics as the uninterrupted run
+        assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-12)
+    # resuming a complete file runs nothing and changes nothing
+    before = res.read_text()
+    assert run_bench(_cfg(tmp_path, resume=True)) == []
+    assert res.read_text() == before
+
+
+def test_resume_refuses_a_different_configuration(full_run, tmp_path):
+    out, _ = full_run
+    (tmp_path / "results.jsonl").write_text((out / "results.jsonl").read_text())
+    with pytest.raises(ValueError, match=r"different configuration.*n_samples: file has 24, this run 16"):
+        run_bench(_cfg(tmp_path, resume=True, n_samples=16))
+    with pytest.raises(ValueError, match="already exists; pass --resume"):
+        run_bench(_cfg(tmp_path))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "results.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match="not a diffsolve results file"):
+        run_bench(_cfg(tmp_path / "junk", resume=True))
+
+
+def test_killed_run_resumes(tmp_path):
+    # a real kill: SIGKILL the process after its first row is on disk, then resume
+    args = [sys.executable, "-m", "diffsolve", "bench", "--problems", "ring2d", "--solvers", "ddim",
+            "--nfe", ",".join(str(n) for n in range(4, 41)), "--n-samples", "16", "--reference-tol", "1e-6", "--projections", "32",
+            "--no-plot", "--quiet", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    res = tmp_path / "results.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if res.exists() and res.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    n_before = len(read_rows(res))
+    assert 1 <= n_before < 37
+    done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    keys = [r["key"] for r in read_rows(res)]
+    assert keys == [f"ring2d|ddpm|ddim|eta=0|nfe={n}" for n in range(4, 41)]
+
+
+def test_stochastic_rows_have_no_ode_error_and_plot(tmp_path):
+    rows = run_bench(_cfg(tmp_path, solvers=["ddim"], eta=[1.0], nfe=[6], plot=True))
+    (r,) = rows
+    assert r["eta"] == 1.0 and "rms_error" not in r["metrics"] and r["reference"] is None
+    assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000
+
+
+def test_plot_without_matplotlib_says_so(full_run, monkeypatch):
+    out, _ = full_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    from diffsolve.bench.plot import plot_results
+
+    with pytest.raises(ImportError, match="matplotlib is not installed"):
+        plot_results(out / "results.jsonl")
+
+
+def test_default_plan_skips_what_cannot_run(tmp_path):
+    # default solvers: unregistered ones and infeasible budgets are skipped with a note, not an error
+    from diffsolve.bench.runner import DEFAULT_SOLVERS, _plan
+    from diffsolve.solvers import SOLVERS
+
+    notes = []
+    items = _plan(BenchConfig(nfe=[2, 5]), [get_problem("ring2d")], notes)
+    ran = {it.solver for it in items}
+    assert ran == {s for s in DEFAULT_SOLVERS if s in SOLVERS}
+    if "dpmpp_3m" in SOLVERS:
+        assert any("NFE 2 is too small for dpmpp_3m" in n for n in notes)
+        assert all(it.nfe == 5 for it in items if it.solver == "dpmpp_3m")
+    with pytest.raises(ValueError, match="too small"):
+        _plan(BenchConfig(solvers=["dpmpp_3m" if "dpmpp_3m" in SOLVERS else "ddim"], nfe=[2 if "dpmpp_3m" in SOLVERS else 1]),
+              [get_problem("ring2d")], [])
+
+
+def test_model_problem_rows(tmp_path):
+    models = diffsolve.zoo.available() if hasattr(diffsolve, "zoo") else {}
+    if "digits" not in models:
+        pytest.skip("the digits model is not bundled")
+    (r,) = run_bench(_cfg(tmp_path, problems=["digits"], solvers=["ddim"], nfe=[10], n_samples=32))
+    assert {"rms_error", "frechet_heldout", "sliced_w2_heldout"} <= set(r["metrics"])
+    assert r["floors"]["frechet_heldout"] > 0 and r["schedule"] == "cosine"
