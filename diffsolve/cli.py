@@ -213,14 +213,16 @@ def _check_grid(name):
 
 
 def _problem_from_args(args, device):
-    from .bench.problems import get_problem
+    from .bench.problems import get_model, get_problem
 
     if args.problem is None and args.model is None:
         raise CLIError("give --problem NAME (exact ground truth) or --model NAME; see `diffsolve list`")
     _check_schedule(args.schedule)
     if args.model is not None and args.schedule is not None:
         raise CLIError("--schedule applies to analytic problems; a model keeps the schedule it was trained with")
-    return get_problem(args.problem or args.model, schedule=args.schedule, device=device)
+    if args.model is not None:
+        return get_model(args.model, device=device)
+    return get_problem(args.problem, schedule=args.schedule, device=device)
 
 
 def _check_writable(path: Path, suffixes):
@@ -284,6 +286,10 @@ def cmd_bench(args) -> int:
         for s in args.solvers:
             _check_solver(s)
     problems = list(args.problems or [])
+    from .bench.problems import get_model
+
+    for m in args.model:
+        get_model(m)  # a clear "unknown model" error before anything runs
     if args.model:
         if not problems:
             from .bench.runner import default_problems

@@ -28,7 +28,7 @@ from ..analytic import GaussianMixture
 from ..denoiser import Denoiser
 from ..schedules import SCHEDULES, Schedule, make_schedule
 
-__all__ = ["Problem", "BUILTIN_PROBLEMS", "get_problem", "list_problems", "DEFAULT_SCHEDULE"]
+__all__ = ["Problem", "BUILTIN_PROBLEMS", "get_problem", "get_model", "list_problems", "DEFAULT_SCHEDULE"]
 
 DEFAULT_SCHEDULE = "ddpm"
 _F64 = torch.float64
@@ -182,6 +182,13 @@ def _model_problem(spec: str, device=None) -> Problem:
     return Problem(name=spec, description=desc, shape=tuple(den.shape), n_samples=n,
                    schedule_name=_schedule_name(den.schedule), make_denoiser=lambda: den, heldout=heldout,
                    train=train, to_pixels=to_pixels, reference_tol=1e-5, kind="model")
+
+
+def get_model(spec: str, device=None) -> Problem:
+    """A trained-model problem from a zoo name or ``package.module:factory`` (clear error otherwise)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a model must be a zoo name or package.module:factory, got {spec!r}")
+    return _model_problem(spec, device=device)
 
 
 def get_problem(name: str, schedule: str | None = None, device=None) -> Problem:

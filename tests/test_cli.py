@@ -1,0 +1,139 @@
+"""The command line: validated options, clear errors (exit 2, no traceback), sample / likelihood / list."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffsolve
+from diffsolve.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["bench", "--solvers", "nope"], "unknown solver 'nope'; valid solvers: "),
+    (["bench", "--problems", "nope"], "unknown problem 'nope'; valid problems: ring2d, mix64, gauss3072"),
+    (["bench", "--model", "nope", "--problems", "ring2d"], "unknown model 'nope'"),
+    (["bench", "--schedule", "nope"], "unknown schedule 'nope'; valid schedules: vp, cosine, ddpm"),
+    (["bench", "--grid", "nope"], "unknown grid 'nope'; valid grids: time, log_snr"),
+    (["bench", "--dtype", "float8"], "unknown dtype 'float8'; valid dtypes: float64, float32"),
+    (["bench", "--device", "cuda:0"] if not torch.cuda.is_available() else ["bench", "--device", "tpu"],
+     "cuda is not available" if not torch.cuda.is_available() else "unsupported device"),
+    (["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "1"], "NFE budgets must be integers >= 2"),
+    (["bench", "--problems", "ring2d", "--solvers", "heun", "--nfe", "2"], "NFE 2 is too small for heun"),
+    (["bench", "--problems", "ring2d", "--solvers", "dpmpp_2m", "--eta", "1"], "integrates the ODE only"),
+    (["sample", "--problem", "ring2d", "--out", "x.txt"], "must end in .pt or .npy"),
+    (["sample", "--model", "nope", "--out", "x.pt"], "unknown model 'nope'"),
+    (["sample", "--problem", "ring2d", "--solver", "nope", "--out", "x.pt"], "unknown solver 'nope'"),
+    (["sample", "--out", "x.pt"], "give --problem NAME"),
+    (["likelihood", "--problem", "ring2d", "--data", "missing.npy"], "does not exist"),
+    (["list", "nope"], "valid choices: solvers, schedules, problems, models, grids, all"),
+])
+def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert needle.lower() in err.lower(), err
+    assert "Traceback" not in err and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("argv", [["bench", "--seeds", "5-1"], ["bench", "--nfe", "5,x"],
+                                  ["sample", "--problem", "ring2d", "--nfe", "0", "--out", "x.pt"],
+                                  ["bench", "--eta", "-1"], ["frobnicate"]])
+def test_malformed_options_exit_2(argv, capsys):
+    try:
+        code = main(argv)  # caught by our validation ...
+    except SystemExit as e:  # ... or by argparse's type checks
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_unwritable_output_paths(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "4",
+                        "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "cannot create the output directory" in err
+    code, _, err = run(["sample", "--problem", "ring2d", "--out", str(blocker / "x.npy")], capsys)
+    assert code == 2 and "not a directory" in err or "cannot create directory" in err
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        if os.access(tmp_path / "ro", os.W_OK):  # running as root: permissions do not bind
+            pytest.skip("directory permissions are not enforced for this user")
+        code, _, err = run(["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "4",
+                            "--out", str(tmp_path / "ro")], capsys)
+        assert code == 2 and "cannot write" in err
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_list(capsys):
+    code, out, _ = run(["list", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) == {"solvers", "schedules", "problems", "models", "grids"}
+    assert {s["name"] for s in data["solvers"]} == set(diffsolve.solvers.SOLVERS)
+    assert [p["name"] for p in data["problems"]][:3] == ["ring2d", "mix64", "gauss3072"]
+    code, out, _ = run(["list", "schedules"], capsys)
+    assert code == 0 and "ddpm" in out and "edm" in out
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_sample_writes_what_sample_returns(suffix, capsys, tmp_path):
+    path = tmp_path / f"x{suffix}"
+    code, _, err = run(["sample", "--problem", "mix64", "--solver", "ddim", "--nfe", "6", "--seeds", "3-9",
+                        "--schedule", "vp", "--out", str(path)], capsys)
+    assert code == 0, err
+    x = torch.from_numpy(np.load(path)) if suffix == ".npy" else torch.load(path)
+    from diffsolve.bench.problems import get_problem
+
+    want = diffsolve.sample(get_problem("mix64", schedule="vp").denoiser(), shape=(7, 64), seeds="3-9",
+                            solver="ddim", nfe=6).x
+    torch.testing.assert_close(x, want, rtol=0, atol=0)
+
+
+def test_likelihood_matches_the_exact_density(capsys, tmp_path):
+    pytest.importorskip("diffsolve.likelihood")
+    x = diffsolve.GaussianMixture.ring().sample(6, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "x.npy", x.numpy())
+    code, out, err = run(["likelihood", "--problem", "ring2d", "--schedule", "vp", "--data", str(tmp_path / "x.npy"),
+                          "--divergence", "exact", "--rtol", "1e-7", "--atol", "1e-7", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == 6
+    assert res["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=2e-3)
+    code, _, err = run(["likelihood", "--problem", "mix64", "--data", str(tmp_path / "x.npy")], capsys)
+    assert code == 2 and "do not match the problem's sample shape" in err
+
+
+def test_python_m_and_console_script_entry(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ok = subprocess.run([sys.executable, "-m", "diffsolve", "list", "problems"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "ring2d" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "diffsolve", "bench", "--solvers", "ddim,nope"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "error: unknown solver 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_prints_a_table(capsys, tmp_path):
+    code, out, err = run(["bench", "--problems", "gauss3072", "--solvers", "ddim", "--nfe", "3,6",
+                          "--n-samples", "8", "--out", str(tmp_path), "--no-plot"], capsys)
+    assert code == 0, err
+    assert "gauss3072" in out and "floor" in out and "rms_err" in out
+    assert len([line for line in out.splitlines() if line.startswith("ddim")]) == 2
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
