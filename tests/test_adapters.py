@@ -1,0 +1,247 @@
+"""Adapters: diffusers (against diffusers' own scheduler loops), EDM / k-diffusion, score_sde,
+plain callables and load_factory (MATH §2)."""
+import math
+import textwrap
+
+import pytest
+import torch
+
+import diffsolve
+from diffsolve import adapters
+from diffsolve.analytic import GaussianMixture
+from diffsolve.schedules import CosineSchedule, DDPMSchedule, EDMSchedule, VPSchedule
+from diffsolve.solvers import SOLVERS
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def _tiny_unet(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
+               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+               norm_num_groups=4)
+    cfg.update(kw)
+    unet = diffusers.UNet2DModel(**cfg).eval().requires_grad_(False)
+    # random init leaves conv_out small; make the output O(1) so the comparison is meaningful
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(10.0)
+    return unet
+
+
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def saved_pipeline(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"unet_{request.param}")
+    unet = _tiny_unet()
+    unet.save_pretrained(tmp / "unet")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                    beta_end=0.012, prediction_type=request.param, clip_sample=False)
+    sched.save_pretrained(tmp / "scheduler")
+    return tmp, request.param
+
+
+def _diffusers_loop(unet, sched, x):
+    for t in sched.timesteps:
+        out = unet(x, t).sample
+        x = sched.step(out, t, x).prev_sample
+    return x
+
+
+def _x_T(seed=1):
+    return torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _rel_err(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def test_from_pretrained_builds_denoiser(saved_pipeline):
+    path, pt = saved_pipeline
+    den = adapters.from_pretrained(path)
+    assert isinstance(den, diffsolve.Denoiser)
+    assert isinstance(den.schedule, DDPMSchedule) and den.schedule.num_train_timesteps == 1000
+    assert den.prediction == {"epsilon": "eps", "v_prediction": "v"}[pt]
+    assert den.shape == (2, 8, 8)
+    ref = diffusers.DDIMScheduler.from_pretrained(path / "scheduler").alphas_cumprod.double()
+    torch.testing.assert_close(den.schedule.alphas_cumprod, ref, rtol=1e-12, atol=0)
+    # at a grid point the network receives exactly its integer training timestep
+    x = _x_T()
+    k = 417
+    t = den.schedule.t_of_timestep(k)
+    torch.testing.assert_close(den.raw(x, t), den.net.model(x, torch.tensor(k)).sample, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+def test_ddim_reproduces_diffusers(saved_pipeline, steps):
+    path, _ = saved_pipeline
+    den = adapters.from_pretrained(path)
+    sched = diffusers.DDIMScheduler.from_pretrained(path / "scheduler")
+    sched.set_timesteps(steps)
+    x_T = _x_T()
+    ref = _diffusers_loop(den.net.model, sched, x_T.clone())
+    grid = den.schedule.t_of_timestep(sched.timesteps.double())  # last diffusers step (to ᾱ=1) = denoise_final
+    res = diffsolve.sample(den, x_T.double(), solver="ddim", grid=grid, denoise_final=True)
+    assert res.nfe == steps
+    assert _rel_err(res.x, ref) < 1e-5
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpmpp_2m_reproduces_diffusers(saved_pipeline, steps):
+    if "dpmpp_2m" not in SOLVERS:
+        pytest.skip("solver dpmpp_2m is not registered yet")
+    path, _ = saved_pipeline
+    den = adapters.from_pretrained(path)
+    sched = diffusers.DPMSolverMultistepScheduler.from_pretrained(
+        path / "scheduler", algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+        lower_order_final=True, euler_at_final=False, use_karras_sigmas=False, thresholding=False)
+    sched.set_timesteps(steps)
+    x_T = _x_T(2)
+    ref = _diffusers_loop(den.net.model, sched, x_T.clone())
+    grid = den.schedule.t_of_timestep(sched.timesteps.double())
+    res = diffsolve.sample(den, x_T.double(), solver="dpmpp_2m", grid=grid, denoise_final=True)
+    assert res.nfe == steps
+    assert _rel_err(res.x, ref) < 1e-5
+
+
+def test_schedule_from_config_matches_scheduler():
+    for cfg in [dict(beta_schedule="linear"), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+                dict(beta_schedule="squaredcos_cap_v2"), dict(num_train_timesteps=100, beta_schedule="linear")]:
+        sched = diffusers.DDIMScheduler(**cfg)
+        s_obj, _ = adapters.schedule_from_diffusers(sched)
+        s_cfg, pred = adapters.schedule_from_diffusers(dict(sched.config))
+        torch.testing.assert_close(s_obj.alphas_cumprod, s_cfg.alphas_cumprod, rtol=1e-12, atol=0)
+        assert pred == "eps"
+    with pytest.raises(ValueError, match="prediction_type"):
+        adapters.schedule_from_diffusers({"prediction_type": "flow_prediction"})
+    with pytest.raises(TypeError, match="scheduler"):
+        adapters.schedule_from_diffusers(3.0)
+
+
+def test_from_diffusers_learned_variance_and_conditioning():
+    unet = _tiny_unet(out_channels=4, num_class_embeds=3)
+    sched = diffusers.DDPMScheduler(variance_type="learned_range")
+    den = adapters.from_diffusers(unet, sched)
+    x = _x_T()
+    t = den.schedule.t_of_timestep(500)
+    cond = torch.tensor([0, 1, 2])
+    out = den.net(x, torch.full((3,), 500.0), cond)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, unet(x, 500, class_labels=cond).sample[:, :2])
+    with pytest.raises(ValueError):
+        adapters.from_diffusers(unet, sched, cond_key=None).net(x, torch.full((3,), 500.0), cond)
+    # through classifier-free guidance: one batched call with class labels [c; ∅]
+    g = diffsolve.CFGDenoiser(den, 2.0, cond, uncond=torch.tensor([0]))
+    u = unet(x, 500, class_labels=torch.zeros(3, dtype=torch.long)).sample[:, :2]
+    c = unet(x, 500, class_labels=cond).sample[:, :2]
+    torch.testing.assert_close(g.raw(x, t), u + 2.0 * (c - u), rtol=1e-5, atol=1e-5)
+    assert g.nfe == 1 and g.rows == 6
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        adapters.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        adapters.from_pretrained(tmp_path / "empty")
+    unet = _tiny_unet()
+    unet.save_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="scheduler"):
+        adapters.from_pretrained(tmp_path / "m")
+    # weights of a different architecture under this config: a clear error, no partial load
+    _tiny_unet(block_out_channels=(8, 24)).save_pretrained(tmp_path / "other")
+    (tmp_path / "m" / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tmp_path / "other" / "diffusion_pytorch_model.safetensors").read_bytes())
+    with pytest.raises(Exception, match="(?i)size|shape|mismatch|fit"):
+        adapters.from_pretrained(tmp_path / "m", scheduler=diffusers.DDIMScheduler())
+
+
+# --- EDM / k-diffusion / score_sde ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixture.random(d=6, n_modes=3, seed=0)
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(), VPSchedule(), EDMSchedule()])
+def test_edm_denoiser_in_any_schedule(mixture, schedule):
+    """net'(x, t) = D(x/α, σ/α) with prediction x0 (MATH §2, last row) gives the exact posterior mean."""
+    edm = EDMSchedule(1e-4, 1e3)
+
+    def D(y, s):  # exact EDM denoiser of the mixture: E[x0 | y = x0 + s ε]
+        return mixture.x0(y, s, edm)
+
+    den = adapters.from_edm(D, schedule)
+    exact = mixture.denoiser(schedule, "x0")
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in torch.linspace(schedule.t_min, schedule.t_max, 7, dtype=torch.float64)[1:-1]:
+        xt = float(schedule.alpha(t)) * mixture.sample(5, generator=torch.Generator().manual_seed(1)) + float(schedule.sigma(t)) * x
+        torch.testing.assert_close(den.x0(xt, t), exact.x0(xt, t), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(den.eps(xt, t), exact.eps(xt, t), rtol=1e-7, atol=1e-7)
+
+
+def test_edm_precond_and_k_diffusion(mixture):
+    """EDMPrecond(F) with F = (D − c_skip y)/c_out at c_in y is D again; k-diffusion uses the same D."""
+    edm = EDMSchedule(1e-4, 1e3)
+    sd = 0.7
+
+    def F(z, c_noise):
+        s = torch.exp(4 * c_noise).reshape(-1, 1)
+        y = z * (s * s + sd * sd).sqrt()
+        c_skip, c_out = sd**2 / (s * s + sd**2), s * sd / (s * s + sd**2).sqrt()
+        return (mixture.x0(y, s.reshape(-1), edm) - c_skip * y) / c_out
+
+    D = adapters.EDMPrecond(F, sigma_data=sd)
+    y = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    s = torch.tensor([0.01, 0.3, 2.0, 40.0], dtype=torch.float64)
+    torch.testing.assert_close(D(y, s), mixture.x0(y, s, edm), rtol=1e-9, atol=1e-9)
+
+    class KModel(torch.nn.Module):
+        sigma_min, sigma_max = 0.01, 50.0
+
+        def forward(self, x, sigma, cond=None):
+            return mixture.x0(x, sigma, edm)
+
+    den = adapters.from_k_diffusion(KModel())
+    assert (den.schedule.t_min, den.schedule.t_max) == (0.01, 50.0)
+    res = diffsolve.sample(den, shape=(4, 6), solver="ddim", steps=30, grid="karras", seeds=range(4))
+    assert torch.isfinite(res.x).all()
+
+
+def test_score_sde_and_callable(mixture):
+    sch = VPSchedule()
+    den = adapters.from_score_sde(lambda x, t: mixture.score(x, t, sch), sch)
+    exact = mixture.denoiser(sch, "eps")
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(den.eps(x, 0.5), exact.eps(x, 0.5))
+    den2 = adapters.from_callable(lambda x, lam: mixture.x0(x, sch.t_of_log_snr(lam), sch), sch, "x0", time_label="log_snr")
+    torch.testing.assert_close(den2.eps(x, 0.3), exact.eps(x, 0.3))
+
+
+# --- load_factory ----------------------------------------------------------------------------
+def test_load_factory(tmp_path, monkeypatch):
+    src = textwrap.dedent("""
+        import diffsolve
+        from diffsolve.analytic import GaussianMixture
+        def make(n_modes=8):
+            return GaussianMixture.ring(n_modes=n_modes).denoiser("vp", "eps")
+        INSTANCE = make()
+        NOT_CALLABLE = 3
+        def wrong():
+            return "a string"
+    """)
+    (tmp_path / "my_models.py").write_text(src)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(adapters.load_factory("my_models:make"), diffsolve.Denoiser)
+    assert isinstance(adapters.load_factory("my_models:make", n_modes=4), diffsolve.Denoiser)
+    assert isinstance(adapters.load_factory("my_models:INSTANCE"), diffsolve.Denoiser)
+    assert isinstance(adapters.load_factory(f"{tmp_path / 'my_models.py'}:make"), diffsolve.Denoiser)
+    with pytest.raises(ValueError, match="package.module:factory"):
+        adapters.load_factory("my_models.make")
+    with pytest.raises(ValueError, match="no module named"):
+        adapters.load_factory("no_such_pkg_xyz.sub:make")
+    with pytest.raises(ValueError, match="has no attribute 'nope'.*make"):
+        adapters.load_factory("my_models:nope")
+    with pytest.raises(TypeError, match="not a factory"):
+        adapters.load_factory("my_models:NOT_CALLABLE")
+    with pytest.raises(TypeError, match="not a diffsolve.Denoiser"):
+        adapters.load_factory("my_models:wrong")
+    with pytest.raises(ValueError, match="no such Python file"):
+        adapters.load_factory(f"{tmp_path / 'missing.py'}:make")
