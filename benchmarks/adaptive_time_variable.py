@@ -1,0 +1,97 @@
+"""Which time variable should adaptive RK integrate the probability-flow ODE in? And per-sample or
+shared error control?
+
+For each problem (analytic Gaussian mixtures, so the drift is exact), each time variable of
+``diffsolve.solvers.adaptive`` ("t", "log_snr", "sigma_over_alpha") and each tolerance, solve the
+probability-flow ODE from the same x_T with diffsolve's dopri5 and report the network evaluations
+(NFE, counted at the denoiser) and the error against a tight-tolerance torchdiffeq reference
+(``diffsolve.reference.ode_reference``, rtol = atol = 1e-10): the worst per-sample RMS error and
+the mean one. A second table compares shared and per-sample control (row evaluations = work).
+
+    python benchmarks/adaptive_time_variable.py            # ~ a few minutes on 2 cores
+    python benchmarks/adaptive_time_variable.py --quick    # fewer tolerances and samples
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from diffsolve import GaussianMixture, make_schedule
+from diffsolve.reference import ode_reference
+from diffsolve.rk import rk_solve
+from diffsolve.solvers.adaptive import TIME_VARIABLES, PFODE
+
+
+def problems(batch):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for sched in ("vp", "edm"):
+        sch = make_schedule(sched)
+        for name, gm in (("ring-2d", GaussianMixture.ring()), ("mixture-64d", GaussianMixture.random(d=64, n_modes=8, seed=0))):
+            x = float(sch.sigma(sch.t_max)) * torch.randn(batch, gm.d, generator=g, dtype=torch.float64)
+            out.append((f"{name}/{sched}", gm.denoiser(sch, "eps"), sch, x))
+    return out
+
+
+def solve(den, sch, x, variable, tol, per_sample, method="dopri5"):
+    ode = PFODE(den, variable)
+    tau0, tau1 = float(ode.tau_of(sch.t_max)), float(ode.tau_of(sch.t_min))
+    start = den.nfe
+    y, st = rk_solve(ode.func, ode.to_state(x, sch.t_max), tau0, tau1, method=method, rtol=tol, atol=tol,
+                     per_sample=per_sample)
+    return ode.from_state(y, sch.t_min), den.nfe - start, st
+
+
+def err(a, b):
+    e = (a - b).pow(2).mean(1).sqrt()
+    return e.max().item(), e.mean().item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    tols = (1e-3, 1e-5) if args.quick else (1e-3, 1e-4, 1e-5, 1e-6)
+    batch = args.batch or (8 if args.quick else 32)
+    t0 = time.time()
+    rows = []
+    print(f"dopri5, shared control, batch {batch}; error = per-sample RMS vs reference (max / mean)")
+    print(f"{'problem':18s} {'tol':>7s} " + " ".join(f"{v + ' nfe':>22s} {'max err':>9s} {'mean err':>9s}" for v in TIME_VARIABLES))
+    for name, den, sch, x in problems(batch):
+        ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
+        for tol in tols:
+            line = f"{name:18s} {tol:7.0e} "
+            for v in TIME_VARIABLES:
+                y, nfe, _ = solve(den, sch, x, v, tol, False)
+                mx, mean = err(y, ref)
+                rows.append((name, tol, v, nfe, mx, mean))
+                line += f"{nfe:22d} {mx:9.2e} {mean:9.2e}"
+            print(line, flush=True)
+    print()
+    print("shared vs per-sample control (dopri5, log_snr): NFE = calls, row evals = work")
+    print(f"{'problem':18s} {'tol':>7s} {'shared calls':>12s} {'row evals':>10s} {'max err':>9s}   "
+          f"{'per-sample calls':>16s} {'row evals':>10s} {'max err':>9s}")
+    for name, den, sch, x in problems(batch):
+        ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
+        for tol in tols:
+            out = []
+            for ps in (False, True):
+                y, nfe, st = solve(den, sch, x, "log_snr", tol, ps)
+                out.append((nfe, st["row_evals"], err(y, ref)[0]))
+            (n0, r0, e0), (n1, r1, e1) = out
+            print(f"{name:18s} {tol:7.0e} {n0:12d} {r0:10d} {e0:9.2e}   {n1:16d} {r1:10d} {e1:9.2e}", flush=True)
+    print()
+    # total NFE per variable over all problems and tolerances, and the error it bought
+    for v in TIME_VARIABLES:
+        sel = [r for r in rows if r[2] == v]
+        print(f"{v:18s} total NFE {sum(r[3] for r in sel):6d}   geometric-mean max error "
+              f"{torch.tensor([r[4] for r in sel]).log().mean().exp().item():.2e}")
+    print(f"({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
