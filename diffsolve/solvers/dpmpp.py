@@ -89,7 +89,9 @@ class _Multistep(Solver):
         if third_order not in ("exact", "dpm_solver"):
             raise ValueError(f"{self.name}: unknown third_order {third_order!r}; valid: 'exact', 'dpm_solver'")
         self.solver_order = order
-        self.order = float(order)  # declared global order (SDE subclasses override: weak order)
+        # declared global order (SDE subclasses override it: weak order); DPM-Solver's halved
+        # third-order term leaves a second-order method (measured in tests/test_dpmpp_unipc.py)
+        self.order = 2.0 if (order == 3 and third_order == "dpm_solver") else float(order)
         self.min_steps = order
         self.solver_type = solver_type
         self.third_order = third_order
@@ -256,7 +258,8 @@ class DPMSolverPP2S(Solver):
     Global order 2 on the probability-flow ODE. No state.
 
     Args:
-        r: position of the intermediate point as a fraction of the λ-step, 0 < r < 1.
+        r: position of the intermediate point as a fraction of the λ-step, 0 < r ≤ 1 (r = 1 with
+            ``"midpoint"`` is one step of UniPC-1 with bh2 and a final corrector).
         solver_type: ``"midpoint"`` (Algorithm 1 of the paper) or ``"taylor"``.
 
     References: DPM-Solver++, Lu et al., arXiv:2211.01095 (Algorithm 1); DPM-Solver, arXiv:2206.00927.
@@ -267,8 +270,8 @@ class DPMSolverPP2S(Solver):
     nfe_per_step = 2
 
     def __init__(self, r: float = 0.5, solver_type: str = "midpoint"):
-        if not 0.0 < r < 1.0:
-            raise ValueError(f"dpmpp_2s: r must lie in (0, 1), got {r!r}")
+        if not 0.0 < r <= 1.0:
+            raise ValueError(f"dpmpp_2s: r must lie in (0, 1], got {r!r}")
         if solver_type not in ("midpoint", "taylor"):
             raise ValueError(f"dpmpp_2s: unknown solver_type {solver_type!r}; valid: 'midpoint', 'taylor'")
         self.r, self.solver_type = float(r), solver_type
