@@ -1,0 +1,150 @@
+"""Step grids (MATH §4, last paragraph): uniform in t, in λ, Karras ρ = 7, quadratic, diffusers'
+discrete spacings, user arrays."""
+import math
+
+import pytest
+import torch
+
+from diffsolve.grids import GRIDS, make_grid, validate_grid
+from diffsolve.schedules import (CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule, SubVPSchedule,
+                                 VESchedule, VPSchedule)
+
+F64 = torch.float64
+CONTINUOUS = {"vp": VPSchedule(), "cosine": CosineSchedule(), "ddpm": DDPMSchedule(), "subvp": SubVPSchedule(),
+              "ve": VESchedule(), "edm": EDMSchedule(), "flow": FlowSchedule()}
+DDPM = CONTINUOUS["ddpm"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", list(CONTINUOUS))
+@pytest.mark.parametrize("kind", ["time", "log_snr", "karras", "quadratic"])
+def test_grid_shape_ends_and_monotone(name, kind):
+    """steps + 1 float64 times, strictly decreasing, exactly t_max first and t_min last."""
+    s = CONTINUOUS[name]
+    for steps in (1, 2, 7, 50):
+        t = make_grid(s, steps, kind)
+        assert t.dtype == F64 and t.device.type == "cpu" and t.shape == (steps + 1,)
+        assert float(t[0]) == s.t_max and float(t[-1]) == s.t_min
+        assert bool((t[1:] < t[:-1]).all())
+        assert bool((s.log_snr(t)[1:] > s.log_snr(t)[:-1]).all())
+
+
+@pytest.mark.parametrize("name", list(CONTINUOUS))
+def test_grid_spacings(name):
+    """time: uniform in t; log_snr: uniform in λ; quadratic: uniform in √t; karras: uniform in
+    (σ/α)^{1/ρ} (MATH §4)."""
+    s = CONTINUOUS[name]
+    n = 20
+
+    def uniform(v, rtol):
+        d = v[1:] - v[:-1]
+        torch.testing.assert_close(d, d.mean().expand_as(d), rtol=rtol, atol=1e-13 * float(v.abs().max()))
+
+    uniform(make_grid(s, n, "time"), 1e-12)
+    uniform(s.log_snr(make_grid(s, n, "log_snr")), 1e-10)
+    uniform(make_grid(s, n, "quadratic").sqrt(), 1e-12)
+    uniform(torch.exp(-s.log_snr(make_grid(s, n, "karras"))) ** (1 / 7), 1e-9)
+
+
+def test_karras_matches_edm_formula():
+    """EDM: σ_i = (σ_max^{1/ρ} + i/n (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, i = 0..n (Karras et al. 2022,
+    eq. 5), for ρ = 7 and ρ = 3."""
+    s = EDMSchedule(0.002, 80.0)
+    for rho in (7.0, 3.0):
+        for n in (1, 5, 18, 40):
+            i = torch.arange(n + 1, dtype=F64)
+            ref = (80.0 ** (1 / rho) + i / n * (0.002 ** (1 / rho) - 80.0 ** (1 / rho))) ** rho
+            torch.testing.assert_close(make_grid(s, n, "karras", rho=rho), ref, rtol=1e-14, atol=0)
+
+
+def test_t_start_t_end():
+    s = CONTINUOUS["vp"]
+    t = make_grid(s, 10, "log_snr", t_start=0.6, t_end=0.1)
+    assert float(t[0]) == 0.6 and float(t[-1]) == 0.1 and len(t) == 11
+    with pytest.raises(ValueError, match="need t_end < t_start"):
+        make_grid(s, 10, "time", t_start=0.1, t_end=0.6)
+    with pytest.raises(ValueError, match="valid range"):
+        make_grid(s, 10, "time", t_start=1.5)
+
+
+# --- discrete spacings (diffusers) ---------------------------------------------------------
+
+def _diffusers_timesteps(kind, n):
+    from diffusers import DDIMScheduler
+
+    sch = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=kind, steps_offset=1 if kind == "leading" else 0)
+    sch.set_timesteps(n)
+    return sch.timesteps.tolist()
+
+
+@pytest.mark.parametrize("kind", ["leading", "trailing", "linspace"])
+def test_discrete_spacings_match_diffusers(kind):
+    """Every grid point is an exact training timestep k (its label t·N − 1 is the integer k), and
+    the timesteps equal diffusers' DDIMScheduler.timesteps: for "leading" (steps_offset = 1, as
+    Stable Diffusion) and "trailing" the grid is diffusers' n timesteps followed by t_min
+    (timestep 0); diffusers' "linspace" with n + 1 timesteps already ends at timestep 0, so it is
+    the grid of n steps."""
+    for steps in (1, 2, 3, 7, 10, 20, 25, 50, 100, 250, 500):
+        t = make_grid(DDPM, steps, kind)
+        k = DDPM.time_label(t)
+        assert torch.equal(k, k.round()) and float(t[-1]) == DDPM.t_min
+        assert torch.equal(DDPM.t_of_timestep(k), t)
+        ref = _diffusers_timesteps(kind, steps + 1 if kind == "linspace" else steps)
+        ours = [int(v) for v in k.tolist()]
+        assert ours == (ref if kind == "linspace" else ref + [0]), (kind, steps, ours[:5], ref[:5])
+        assert len(t) == steps + 1
+        assert bool((t[1:] < t[:-1]).all())
+
+
+def test_discrete_spacing_errors():
+    with pytest.raises(ValueError, match="needs a discrete DDPMSchedule"):
+        make_grid(CONTINUOUS["vp"], 10, "leading")
+    with pytest.raises(ValueError, match="at most 999 steps"):
+        make_grid(DDPM, 1000, "trailing")
+
+
+# --- user arrays ----------------------------------------------------------------------------
+
+def test_user_array_accepted():
+    s = CONTINUOUS["vp"]
+    t = make_grid(s, None, [1.0, 0.5, 0.1, 0.001])
+    assert t.dtype == F64 and t.tolist() == [1.0, 0.5, 0.1, 0.001]
+    t32 = torch.tensor([0.9, 0.5, 0.25], dtype=torch.float32)
+    assert validate_grid(s, t32).dtype == F64
+    assert torch.equal(validate_grid(s, torch.tensor([0.9, 0.1], dtype=F64)), torch.tensor([0.9, 0.1], dtype=F64))
+
+
+def test_user_array_errors():
+    s = CONTINUOUS["vp"]
+    with pytest.raises(ValueError, match=r"strictly decreasing.*an increase at index 1: t\[1\]=0\.3, t\[2\]=0\.5"):
+        validate_grid(s, [0.9, 0.3, 0.5, 0.1])
+    with pytest.raises(ValueError, match=r"a repeated time \(zero-size step\) at index 1"):
+        validate_grid(s, [0.9, 0.5, 0.5, 0.1])
+    with pytest.raises(ValueError, match=r"valid range is \[0\.001, 1\]"):
+        validate_grid(s, [1.2, 0.5, 0.1])
+    with pytest.raises(ValueError, match=r"valid range is \[0\.001, 1\]"):
+        validate_grid(s, [0.9, 0.5, 0.0])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        validate_grid(s, [0.9, math.nan, 0.1])
+    with pytest.raises(ValueError, match="1-D with at least 2 points"):
+        validate_grid(s, [0.5])
+    with pytest.raises(ValueError, match="1-D with at least 2 points"):
+        validate_grid(s, [[0.9, 0.5], [0.4, 0.1]])
+    edm = CONTINUOUS["edm"]
+    below = math.nextafter(80.0, 0.0)  # adjacent floats: Δλ = Δσ/σ is below λ's resolution
+    assert float(edm.log_snr(80.0)) == float(edm.log_snr(below))
+    with pytest.raises(ValueError, match="zero size in log-SNR"):
+        validate_grid(edm, [80.0, below, 1.0])
+
+
+def test_bad_kind_and_steps():
+    s = CONTINUOUS["vp"]
+    with pytest.raises(ValueError, match="valid grids: " + ", ".join(GRIDS)):
+        make_grid(s, 10, "uniform")
+    for bad in (0, -3, 2.5, None):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            make_grid(s, bad, "time")
