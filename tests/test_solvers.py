@@ -373,3 +373,13 @@ def test_network_going_nan_names_step_and_time(name):
     # multi-stage solver) or starts from (a single-stage one) the first grid time below 0.3
     assert step in (first_bad, first_bad + 1), msg
     assert float(t[first_bad]) - 1e-6 <= t_bad < 0.3, msg
+
+
+if __name__ == "__main__":  # python tests/test_solvers.py: the table of measured orders
+    torch.set_num_threads(1)
+    print(f"{'solver':14s} {'declared':>8s} {'ODE order':>9s} {'weak η=1':>8s} {'weak η=0.5':>10s}")
+    for n in FIXED:
+        s = make(n)
+        ode = "-" if draws_noise_at_eta0(n) else f"{slope(ORDER_STEPS, ode_errors(s)):.2f}"
+        weak = [f"{slope(ORDER_STEPS, weak_errors(s, eta)):.2f}" if s.stochastic else "-" for eta in (1.0, 0.5)]
+        print(f"{n:14s} {s.order:8.1f} {ode:>9s} {weak[0]:>8s} {weak[1]:>10s}", flush=True)
