@@ -210,7 +210,9 @@ class SDEDPMSolverPP2M(_Multistep):
     c_1 = (1 − e^{−h−H}) h/2 (``"midpoint"``) or h − (1 − e^{−h−H})/κ (``"taylor"``). η = 1 is the
     published SDE-DPM-Solver++(2M) (diffusers' ``algorithm_type="sde-dpmsolver++"``); η = 0 is
     exactly :class:`DPMSolverPP2M`. Any ν_t (``eta`` or a callable ``noise``) is supported through H.
-    Weak order 2 is not claimed: declared ``order`` 1 (weak); ODE order 2 at η = 0.
+    Declared ``order`` 1 (weak order, conservative): on Gaussian data the exact variance error of
+    the output law falls as steps^−2 (``benchmarks/solvers_order.py``), but weak order 2 is not
+    proven for general data. At η = 0 it is the order-2 ODE solver.
 
     State: as :class:`DPMSolverPP2M`. Noise z ~ N(0, I) from the context's source, one per step.
 
