@@ -14,6 +14,7 @@ the mean one. A second table compares shared and per-sample control (row evaluat
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from diffsolve import GaussianMixture, make_schedule
 from diffsolve.reference import ode_reference
 from diffsolve.rk import rk_solve
-from diffsolve.solvers.adaptive import TIME_VARIABLES, PFODE
+from diffsolve.solvers.adaptive import DEFAULT_TIME_VARIABLE, TIME_VARIABLES, PFODE
 
 
 def problems(batch):
@@ -49,19 +50,32 @@ def err(a, b):
     return e.max().item(), e.mean().item()
 
 
+def nfe_at(curve, target):
+    """NFE needed for max error = target, by log-log interpolation along the tolerance sweep."""
+    pts = sorted(curve)
+    for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
+        if (e0 - target) * (e1 - target) <= 0 and e0 != e1:
+            w = (math.log(target) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return math.exp((1 - w) * math.log(n0) + w * math.log(n1))
+    return float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--skip-per-sample", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    tols = (1e-3, 1e-5) if args.quick else (1e-3, 1e-4, 1e-5, 1e-6)
-    batch = args.batch or (8 if args.quick else 32)
+    tols = (1e-3, 1e-5) if args.quick else (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    targets = (1e-3, 1e-4)
+    batch = args.batch or (8 if args.quick else 16)
     t0 = time.time()
     rows = []
     print(f"dopri5, shared control, batch {batch}; error = per-sample RMS vs reference (max / mean)")
     print(f"{'problem':18s} {'tol':>7s} " + " ".join(f"{v + ' nfe':>22s} {'max err':>9s} {'mean err':>9s}" for v in TIME_VARIABLES))
-    for name, den, sch, x in problems(batch):
+    probs = problems(batch)
+    for name, den, sch, x in probs:
         ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
         for tol in tols:
             line = f"{name:18s} {tol:7.0e} "
@@ -72,24 +86,30 @@ def main():
                 line += f"{nfe:22d} {mx:9.2e} {mean:9.2e}"
             print(line, flush=True)
     print()
-    print("shared vs per-sample control (dopri5, log_snr): NFE = calls, row evals = work")
+    print("NFE needed for a given max error (log-log interpolation over the tolerance sweep)")
+    print(f"{'problem':18s} " + " ".join(f"{v + ' @' + format(e, '.0e'):>24s}" for v in TIME_VARIABLES for e in targets))
+    for name, *_ in probs:
+        cells = []
+        for v in TIME_VARIABLES:
+            curve = [(r[3], r[4]) for r in rows if r[0] == name and r[2] == v]
+            cells += [f"{nfe_at(curve, e):24.0f}" for e in targets]
+        print(f"{name:18s} " + " ".join(cells), flush=True)
+    print(f"({time.time() - t0:.0f} s)")
+    if args.skip_per_sample:
+        return
+    print()
+    print("shared vs per-sample control (dopri5, default time variable): calls = NFE, row evals = work")
     print(f"{'problem':18s} {'tol':>7s} {'shared calls':>12s} {'row evals':>10s} {'max err':>9s}   "
           f"{'per-sample calls':>16s} {'row evals':>10s} {'max err':>9s}")
-    for name, den, sch, x in problems(batch):
+    for name, den, sch, x in probs:
         ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
         for tol in tols:
             out = []
             for ps in (False, True):
-                y, nfe, st = solve(den, sch, x, "log_snr", tol, ps)
+                y, nfe, st = solve(den, sch, x, DEFAULT_TIME_VARIABLE, tol, ps)
                 out.append((nfe, st["row_evals"], err(y, ref)[0]))
             (n0, r0, e0), (n1, r1, e1) = out
             print(f"{name:18s} {tol:7.0e} {n0:12d} {r0:10d} {e0:9.2e}   {n1:16d} {r1:10d} {e1:9.2e}", flush=True)
-    print()
-    # total NFE per variable over all problems and tolerances, and the error it bought
-    for v in TIME_VARIABLES:
-        sel = [r for r in rows if r[2] == v]
-        print(f"{v:18s} total NFE {sum(r[3] for r in sel):6d}   geometric-mean max error "
-              f"{torch.tensor([r[4] for r in sel]).log().mean().exp().item():.2e}")
     print(f"({time.time() - t0:.0f} s)")
 
 

@@ -296,7 +296,7 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
 
 def _attempt(tab, call, t, t_next, h, y, k1, gbc):
     """One RK step from (t, y) with signed step h per group; returns (y⁺, error estimate, last stage)."""
-    hb = gbc(h, y)
+    hb = gbc(h, y).to(y.dtype)  # times stay float64; the state keeps its dtype
     ks = [k1]
     for i in range(1, tab.stages):
         yi = y
