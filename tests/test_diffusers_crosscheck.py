@@ -147,3 +147,36 @@ def test_unipc(problem, variant, order, steps):
     if order == 3 and steps >= 15:  # diffsolve's default ramps only below 15 steps, diffusers' always
         default = run_diffsolve("unipc", den, xT, ts, order=3, variant=variant)[:len(ref)]
         assert max_rel_diff(default, ref) > 1e-4
+
+
+class _GivenNoise:
+    """Noise source replaying a fixed list of draws (diffsolve side of the SDE check)."""
+
+    def __init__(self, zs):
+        self.zs, self.j = zs, 0
+
+    def randn(self):
+        self.j += 1
+        return self.zs[self.j - 1]
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_sde_dpmpp_2m(problem, solver_type):
+    """SDE-DPM-Solver++(2M) = diffsolve's dpmpp_2m_sde at η = 1 (ν = g), fed the same Gaussian draws."""
+    sch, den, net, xT = problem
+    steps = 12
+    g = torch.Generator().manual_seed(5)
+    zs = [torch.randn(xT.shape, dtype=torch.float64, generator=g).float().double() for _ in range(steps)]
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=N, algorithm_type="sde-dpmsolver++",
+                                                  solver_order=2, solver_type=solver_type, final_sigmas_type="zero")
+    sched.set_timesteps(steps)
+    _float64_tables(sched, True)
+    x, ref = xT.clone(), []
+    for j, k in enumerate(sched.timesteps):
+        x = sched.step(net(x, int(k)), k, x, variance_noise=zs[j]).prev_sample.to(torch.float64)
+        ref.append(x)
+    t = sch.t_of_timestep(sched.timesteps.to(torch.float64))
+    s = get_solver("dpmpp_2m_sde", solver_type={"midpoint": "midpoint", "heun": "taylor"}[solver_type])
+    _, traj = integrate(s, den, xT, t, level=NoiseLevel(sch, eta=1.0), noise=_GivenNoise(zs),
+                        denoise_final=True, trajectory=True)
+    assert max_rel_diff(traj[1:], ref) < 1e-6
