@@ -93,6 +93,17 @@ def test_heun_zero_churn_and_out_of_range_churn_are_plain_heun():
     assert torch.isfinite(churned).all() and (churned - plain).abs().max() > 1e-3
 
 
+def test_heun_with_churn_samples_the_data():
+    """EDM's stochastic sampler (churn: noise up to ŝ, ODE step down) still samples p_0: its
+    samples' mean exact log p_0 is within 0.4 nat of −H(p_0) (SE ≈ 0.06 with 256 samples; measured
+    loss ≈ 0.1 at 32 steps, 0.3 at 16; a wrong noise scale S_noise = 1.5 or 0.5 is off by 2.3 or 0.6)."""
+    den = RING.denoiser("edm", "x0")
+    ref = float(RING.log_prob(RING.sample(20000, generator=torch.Generator().manual_seed(1))).mean())
+    r = ds.sample(den, shape=(256, 2), solver="heun", steps=32, grid="karras", seeds="0-255",
+                  solver_options={"S_churn": 10.0, "S_tmin": 0.05, "S_tmax": 50.0})
+    assert abs(float(RING.log_prob(r.x).mean()) - ref) < 0.4
+
+
 def test_pc_without_corrector_is_its_predictor():
     den = RING.denoiser("vp", "eps")
     x = x_T(den)
