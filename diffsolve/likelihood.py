@@ -26,9 +26,11 @@ k-diffusion). The scaling c is a pure reparametrisation: log p_x is recovered ex
 (Rademacher or Gaussian, E[zzᵀ] = I) held fixed along the trajectory (FFJORD); each probe's integral
 Δ_j is carried separately, so the result's ``stderr`` is the standard error of their mean.
 
-**NFE.** Counted at the denoiser: ``nfe`` is the number of *forward* network calls a sample took
-part in. Each call here also makes one backward pass (k batched VJPs for Hutchinson, d for exact),
-so its cost is roughly that of 2–3 forward calls for k = 1.
+**NFE.** ``nfe`` is the number of right-hand-side evaluations a sample took part in, i.e. of
+*forward* network calls: each evaluates the network on k copies of the rows (Hutchinson; d copies
+for the exact divergence, in chunks of 256) and makes one backward pass giving the k vector–
+Jacobian products, so for k = 1 its cost is about that of 2–3 plain forward calls. (The
+denoiser's own counter counts one call per chunk of copies.)
 
 **Stopping at t_min.** The result is log p_{t_end}(x), the density of x read as a sample of the
 slightly noised marginal at ``t_end`` (default ``schedule.t_min``), not of p_0: the schedules have
@@ -64,8 +66,11 @@ _F64 = torch.float64
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
 # time variable -> state scaling c_t (chosen by measurement, see benchmarks/likelihood.md)
-TIME_VARIABLES = {"t": "one", "log_snr": "alpha", "sigma_over_alpha": "alpha"}
+TIME_VARIABLES = {"t": "one", "log_snr": "one", "sigma_over_alpha": "alpha"}
 _EXACT_CHUNK = 256  # basis vectors per batched VJP in the exact divergence
+# The row index rides in the state (per-sample solves call func on a subset of rows) scaled by an
+# exact power of two, so that it weighs nothing in the solver's norms (initial step, error).
+_IDX_SCALE = 2.0 ** -100
 
 
 # --- time variables ---------------------------------------------------------------------------
@@ -244,34 +249,39 @@ def prior_gap(z: Tensor, exact_log_p_T: Callable[[Tensor], Tensor], prior="gauss
 
 
 # --- divergence -------------------------------------------------------------------------------
-def _batched_vjp(out: Tensor, x: Tensor, vs: Tensor) -> Tensor:
-    """(k, B, ...) products vᵀ ∂out/∂x for each v in vs; rows of a batch are independent."""
-    try:
-        return torch.autograd.grad(out, x, grad_outputs=vs, is_grads_batched=True, retain_graph=True)[0]
-    except RuntimeError:  # a network op without a vmap rule: one backward per vector
-        return torch.stack([torch.autograd.grad(out, x, grad_outputs=v, retain_graph=True)[0] for v in vs])
+def _vjp_replicated(denoiser: Denoiser, x: Tensor, t: Tensor, vs: Tensor):
+    """ε̂ at the m copies of x in one network call and vᵀ ∂ε̂/∂x for each v in vs (m, B, ...).
+
+    Rows of a batch are independent, so replicating the batch m times and taking one backward
+    pass with the m vectors as output gradients gives the m vector–Jacobian products at once (the
+    network sees m·B rows in one call).
+    """
+    m, B = vs.shape[0], x.shape[0]
+    xr = x.detach()[None].expand(m, *x.shape).reshape(m * B, *x.shape[1:]).requires_grad_(True)
+    tr = t if t.dim() == 0 else t.repeat(m)
+    with torch.enable_grad():
+        e = denoiser.eps(xr, tr)
+        g = torch.autograd.grad(e, xr, grad_outputs=vs.reshape(m * B, *x.shape[1:]).to(e.dtype))[0]
+    return e[:B].detach(), g.reshape(m, B, -1).detach()
 
 
 def _eps_and_divergence(denoiser: Denoiser, x: Tensor, t: Tensor, probes: Tensor | None):
-    """ε̂(x, t) and (B, k) estimates of ∇_x·ε̂: exact (k = 1) when probes is None."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        e = denoiser.eps(x, t)
-        B, d = x.shape[0], x[0].numel()
-        if probes is None:
-            div = torch.zeros(B, dtype=x.dtype, device=x.device)
-            for i0 in range(0, d, _EXACT_CHUNK):
-                n = min(_EXACT_CHUNK, d - i0)
-                basis = torch.zeros(n, B, d, dtype=e.dtype, device=e.device)
-                ar = torch.arange(n, device=e.device)
-                basis[ar, :, i0 + ar] = 1.0
-                g = _batched_vjp(e, x, basis.reshape(n, *x.shape)).reshape(n, B, d)
-                div = div + g[ar, :, i0 + ar].sum(0)
-            div = div[:, None]
-        else:
-            g = _batched_vjp(e, x, probes)
-            div = (g * probes).reshape(probes.shape[0], B, d).sum(-1).T  # (B, k)
-    return e.detach(), div.detach()
+    """ε̂(x, t) and (B, k) estimates of ∇_x·ε̂: exact (k = 1) when probes is None, else zᵀ(∂ε̂/∂x)z."""
+    B, d = x.shape[0], x[0].numel()
+    if probes is not None:
+        e, g = _vjp_replicated(denoiser, x, t, probes)
+        return e, (g * probes.reshape(g.shape)).sum(-1).T
+    div = torch.zeros(B, dtype=x.dtype, device=x.device)
+    e = None
+    for i0 in range(0, d, _EXACT_CHUNK):
+        n = min(_EXACT_CHUNK, d - i0)
+        ar = torch.arange(n, device=x.device)
+        basis = torch.zeros(n, B, d, dtype=x.dtype, device=x.device)
+        basis[ar, :, i0 + ar] = 1.0
+        e_i, g = _vjp_replicated(denoiser, x, t, basis)
+        e = e_i if e is None else e
+        div = div + g[ar, :, i0 + ar].sum(0)
+    return e, div[:, None]
 
 
 # --- the ODE ----------------------------------------------------------------------------------
@@ -288,7 +298,7 @@ class _LikelihoodODE:
         n, d, k = state.shape[0], self.d, self.k
         co, sch = self.co, self.den.schedule
         t = co.t(u.to(_F64))
-        idx = state[:, -1].round().long()
+        idx = (state[:, -1] / _IDX_SCALE).round().long()
         self.calls.index_add_(0, idx.cpu(), torch.ones(n, dtype=torch.int64))
         tt = t
         c = co.log_c(tt).exp()
@@ -338,6 +348,14 @@ def _check_x(denoiser, x, allow_int=False):
         raise ValueError(f"x contains NaN or Inf (samples {bad[:10]}{'...' if len(bad) > 10 else ''})")
 
 
+def _time_variable(name, per_sample):
+    if name == "auto":
+        return "t" if per_sample else "log_snr"
+    if name not in TIME_VARIABLES:
+        raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
+    return name
+
+
 def _solve_settings(method, rtol, atol, fixed_steps, norm):
     if method not in TABLEAUS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(TABLEAUS)}")
@@ -379,8 +397,8 @@ def _chunked(ode, state, u0, u1, chunk_size, *, method, rtol, atol, per_sample, 
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
-                   probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
-                   per_sample: bool = False, time_variable: str = "sigma_over_alpha",
+                   probe: str = "rademacher", rtol: float = 1e-4, atol: float = 1e-4, method: str = "dopri5",
+                   per_sample: bool = False, time_variable: str = "auto",
                    fixed_steps: int | None = None, prior="gaussian", t_end: float | None = None,
                    dequantize=None, seeds=None, chunk_size: int | None = None,
                    dtype: torch.dtype = torch.float64, norm: str = "max",
@@ -402,8 +420,11 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             ``euler_heun``).
         per_sample: one step size and error control per sample (needed when samples differ in
             difficulty) instead of one shared step for the batch (or chunk).
-        time_variable: ``"sigma_over_alpha"`` (default, VE coordinates dy/ds = ε̂), ``"log_snr"`` or
-            ``"t"`` (score-SDE style).
+        time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
+            dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
+            ``log_snr`` with a shared step, ``t`` with ``per_sample=True`` — the choices that
+            needed the fewest NFE at equal accuracy in benchmarks/likelihood.md (λ is much the
+            best for flow schedules; per-row error control in λ was unreliable in 2-D).
         fixed_steps: instead of adaptive steps, exactly this many equal steps in the time variable
             (no error control): every sample and every process of a distributed job then makes the
             same number of network calls, 1 + 6·fixed_steps for dopri5/tsit5.
@@ -432,8 +453,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         raise ValueError(f"unknown probe {probe!r}; valid: {', '.join(PROBES)}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    if time_variable not in TIME_VARIABLES:
-        raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
+    time_variable = _time_variable(time_variable, per_sample)
     rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -475,7 +495,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     c0 = float(co.log_c(t0_t).exp())
     state = torch.zeros(B, d + k + 1, dtype=dtype, device=x.device)
     state[:, :d] = x.reshape(B, d) / c0
-    state[:, -1] = torch.arange(B, dtype=dtype)
+    state[:, -1] = torch.arange(B, dtype=dtype) * _IDX_SCALE
     ode = _LikelihoodODE(denoiser, co, shape, k, V, with_divergence=True)
 
     out, stats = _chunked(ode, state, u0, u1, chunk_size, method=method, rtol=rtol, atol=atol,
@@ -501,3 +521,71 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
                 accepted=stats["accepted"], rejected=stats["rejected"], norm=norm, per_probe_delta=deltas)
     return LikelihoodResult(log_prob=log_prob, bits_per_dim=-log_prob / (d * math.log(2)), stderr=stderr,
                             nfe=nfe, z=z, prior_log_prob=prior_lp, delta_log_prob=delta, x=x.to(_F64), info=info)
+
+
+# --- encode / decode --------------------------------------------------------------------------
+@dataclass
+class RoundTrip:
+    """What :func:`round_trip` returns: latents ``z``, reconstructions ``x_rec`` and per-sample
+    ``error`` (max |x_rec − x|) and ``rms_error``; ``nfe`` forward calls per sample (both ways)."""
+
+    z: Tensor
+    x_rec: Tensor
+    error: Tensor
+    rms_error: Tensor
+    nfe: Tensor
+
+
+def _flow(denoiser, x, t_from, t_to, *, rtol, atol, method, per_sample, time_variable, fixed_steps,
+          chunk_size, norm, max_steps):
+    time_variable = _time_variable(time_variable, per_sample)
+    rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
+    sch = denoiser.schedule
+    co = _Coordinates(sch, time_variable)
+    B, shape = x.shape[0], tuple(x.shape[1:])
+    d = math.prod(shape)
+    c_from = float(co.log_c(torch.tensor(t_from, dtype=_F64)).exp())
+    c_to = float(co.log_c(torch.tensor(t_to, dtype=_F64)).exp())
+    state = torch.zeros(B, d + 1, dtype=_F64, device=x.device)
+    state[:, :d] = x.reshape(B, d).to(_F64) / c_from
+    state[:, -1] = torch.arange(B, dtype=_F64) * _IDX_SCALE
+    ode = _LikelihoodODE(denoiser, co, shape, 0, None, with_divergence=False)
+    out, _ = _chunked(ode, state, co.u(t_from), co.u(t_to), chunk_size, method=method, rtol=rtol, atol=atol,
+                      per_sample=per_sample, fixed_steps=fixed_steps, norm=norm, max_steps=max_steps)
+    denoiser.check_finite()
+    return (c_to * out[:, :d]).reshape(B, *shape), ode.calls
+
+
+def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
+           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
+    """Data x at ``t_end`` (default t_min) → latent z at t_max along the probability-flow ODE
+    (MATH 3.3), without the divergence. Returns (z, nfe per sample); same settings as
+    :func:`log_likelihood`."""
+    _check_x(denoiser, x)
+    t_end = _t_end(denoiser.schedule, t_end)
+    return _flow(denoiser, x, t_end, denoiser.schedule.t_max, rtol=rtol, atol=atol, method=method,
+                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
+                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
+
+
+def decode(denoiser: Denoiser, z: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
+           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
+    """Latent z at t_max → data at ``t_end`` (the inverse of :func:`encode`). Returns (x, nfe)."""
+    _check_x(denoiser, z)
+    t_end = _t_end(denoiser.schedule, t_end)
+    return _flow(denoiser, z, denoiser.schedule.t_max, t_end, rtol=rtol, atol=atol, method=method,
+                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
+                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
+
+
+def round_trip(denoiser: Denoiser, x: Tensor, **kwargs) -> RoundTrip:
+    """Encode then decode ``x`` with the same settings (keyword arguments of :func:`encode`) and
+    report the reconstruction error: a check that the solver inverts the flow at this tolerance."""
+    z, n1 = encode(denoiser, x, **kwargs)
+    x_rec, n2 = decode(denoiser, z, **kwargs)
+    diff = (x_rec - x.to(_F64)).reshape(x.shape[0], -1)
+    return RoundTrip(z=z, x_rec=x_rec, error=diff.abs().amax(1), rms_error=diff.pow(2).mean(1).sqrt(), nfe=n1 + n2)
