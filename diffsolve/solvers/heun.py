@@ -25,8 +25,10 @@ from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
 
 This is an operator *splitting* (forward noise, then the ν = 0 ODE), not an integrator of the
 reverse family (MATH 3.2) for a given ν_t. To first order in the step it injects the variance of
-the ν = η g member with η_i² ≈ γ_i/h_i (h_i the step in λ), so its effective η depends on the
-grid and on the number of steps n; with S_noise ≠ 1 it does not preserve the marginals at all.
+the ν = η g member with η_i² ≈ γ_i/h_i (h_i the step in λ): on a grid uniform in λ over a range
+Δλ that is η² ≈ S_churn/Δλ while γ_i < √2 − 1, so the effective η depends on the grid (and on n
+once γ is capped), and is zero outside [S_tmin, S_tmax]; with S_noise ≠ 1 the splitting does not
+preserve the marginals at all.
 Asking these solvers for ``eta > 0`` is therefore an error: use ``ancestral``, ``ddim``, ``euler``
 or ``pc`` for the reverse family with a given ν_t. ŝ is capped at s(t_max), the largest noise
 level the schedule (and the network) knows.
