@@ -149,6 +149,12 @@ def test_every_schedule_and_prediction(schedule):
         for pred in ("x0", "score", "v", "velocity"):
             other = solve(name, gm.denoiser(schedule, pred), xT, 4, **opts)
             assert float((other - base).abs().max()) < 1e-8 * max(1.0, float(base.abs().max())), (name, pred)
+    # the SDE variants on this schedule: η = 0 is the ODE solver; η = 1 follows the same path in law
+    sde0 = solve("dpmpp_3m_sde", gm.denoiser(schedule, "v"), xT, 8, eta=0.0)
+    assert torch.equal(sde0, solve("dpmpp_3m", gm.denoiser(schedule, "v"), xT, 8))
+    src = ds.NoiseSource(4, (2,), seeds=[0, 1, 2, 3], dtype=F64)
+    sde1 = solve("dpmpp_2m_sde", gm.denoiser(schedule, "velocity"), xT, 8, eta=1.0, noise_source=src)
+    assert bool(torch.isfinite(sde1).all()) and not torch.equal(sde1, sde0)
 
 
 # --- SDE variants: exact output law on Gaussian data -------------------------------------------

@@ -43,23 +43,24 @@ __all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2S", "SDEDPMSolverPP2M"
 
 def weights(h: float, H: float = 0.0) -> tuple[float, float, float]:
     """(W_0, W_1, W_2) of (4.2) for λ-step h > 0 and noise integral H = ∫ η² dλ ≥ 0, in float64."""
-    kh = h + H
-    k = kh / h
-    w0 = -math.expm1(-kh)
-    if kh < 1e-3:  # series: avoid cancellation in h − W_0/κ and the W_2 combination
-        w1 = h * (kh / 2 - kh * kh / 6 + kh ** 3 / 24)
-        w2 = h * h * (kh / 6 - kh * kh / 24 + kh ** 3 / 120)
-    else:
-        w1 = h - w0 / k
-        w2 = h * h / 2 - h / k + w0 / (k * k)
-    return w0, w1, w2
+    x = h + H  # κh
+    w0 = -math.expm1(-x)
+    if x < 0.5:  # series, free of the cancellation in h − W_0/κ and in W_2:
+        # W_1/h = Σ_{n≥1} (−1)^{n+1} x^n/(n+1)!,  W_2/h² = Σ_{n≥1} (−1)^{n+1} x^n/(n+2)!
+        s1 = s2 = 0.0
+        term = 1.0  # (−1)^{n+1} x^n / n!
+        for n in range(1, 30):
+            term *= (x if n == 1 else -x) / n
+            s1 += term / (n + 1)
+            s2 += term / ((n + 1) * (n + 2))
+        return w0, h * s1, h * h * s2
+    k = x / h
+    return w0, h - w0 / k, h * h / 2 - h / k + w0 / (k * k)
 
 
 def derivatives(lams: list, Ds: list) -> list:
-    """[D, D', D''/1] at lams[-1] of the polynomial in λ through (lams[j], Ds[j]) (1 to 3 points).
-
-    Returned as [D^{(0)}, D^{(1)}, D^{(2)}] (true derivatives, so D'' = 2 × 2nd divided difference).
-    """
+    """[D, D', D''] at lams[-1] of the polynomial in λ through the points (lams[j], Ds[j]), 1 to 3
+    of them (true derivatives: D'' is twice the second divided difference)."""
     n = len(Ds)
     D0 = Ds[-1]
     if n == 1:

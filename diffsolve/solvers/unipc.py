@@ -37,7 +37,7 @@ __all__ = ["UniPC"]
 
 def phi(k: int, z: float) -> float:
     """φ_k(z) = Σ_n z^n/(n + k)! in float64 (series near 0, recursion elsewhere)."""
-    if abs(z) < 0.5:
+    if abs(z) < 1.0:
         term, total, n = 1.0 / math.factorial(k), 0.0, 0
         while abs(term) > 1e-18 * max(abs(total), 1e-300) and n < 60:
             total += term
