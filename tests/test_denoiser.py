@@ -266,3 +266,19 @@ def test_non_finite_output_names_call_and_time(bad):
         calls.clear(), calls.append(1)
         d.x0(x, torch.tensor([0.7, 0.2], dtype=F64))
     d.check_finite()  # nothing deferred on the CPU
+
+
+def test_non_finite_output_on_device(device):
+    """On the CPU a non-finite output raises at once; on an accelerator the check is deferred to
+    ``check_finite()`` (one host synchronisation for the whole solve) and still names the call."""
+    d = Denoiser(lambda x, t: x * (math.nan if float(t[0]) < 0.3 else 1.0), "vp", "eps", net_dtype=F64)
+    x = torch.ones(2, 3, dtype=F64, device=device)
+    d.eps(x, 0.5)
+    if device.type == "cpu":
+        with pytest.raises(NonFiniteError, match=r"network call 2, t=0\.25"):
+            d.eps(x, 0.25)
+    else:
+        d.eps(x, 0.25)
+        with pytest.raises(NonFiniteError, match=r"network call 2, t=0\.25"):
+            d.check_finite()
+    d.check_finite()  # nothing left pending
