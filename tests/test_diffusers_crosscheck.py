@@ -13,7 +13,6 @@ to float32 inside ``step``. ``exact=True`` replaces the scheduler's ``sigmas`` /
 by float64 values of the same table (DDIM and UniPC then run fully in float64); the native float32
 tables agree to ~1e-6.
 """
-import numpy as np
 import pytest
 import torch
 
@@ -112,6 +111,13 @@ def test_dpmpp_multistep(problem, order, steps, exact):
     out = run_diffsolve("dpmpp_2m", den, xT, ts, order=order, third_order="dpm_solver")
     tol = 1e-5 if not exact else 1e-6  # diffusers casts the sample to float32 inside step()
     assert max_rel_diff(out, ref) < tol
+    if order == 3 and steps < 15:  # diffusers without the ramp = diffsolve without it
+        sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=N, algorithm_type="dpmsolver++",
+                                                      solver_order=3, final_sigmas_type="zero",
+                                                      lower_order_final=False)
+        ts, ref_nr = run_diffusers(sched, net, xT, steps, exact=exact)
+        out_nr = run_diffsolve("dpmpp_3m", den, xT, ts, third_order="dpm_solver", lower_order_final=False)
+        assert max_rel_diff(out_nr, ref_nr) < tol
     if order == 3:
         # the options matter: the exact third-order term, and (< 15 steps) the final-order ramp
         assert max_rel_diff(run_diffsolve("dpmpp_2m", den, xT, ts, order=3), ref) > 1e-4

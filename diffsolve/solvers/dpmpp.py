@@ -101,9 +101,9 @@ class _Multistep(Solver):
 
     def check(self, ctx):
         if ctx.steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} of order {self.solver_order} is a multistep method and needs at least "
-                             f"{self.min_steps} steps, got {ctx.steps}; use more steps or a lower order "
-                             f"(order=...)")
+            raise ValueError(f"solver {self.name!r} of order {self.solver_order} is a multistep method and needs "
+                             f"at least {self.min_steps} steps, got {ctx.steps}; use more steps or a lower "
+                             f"order (order=...)")
         super().check(ctx)
 
     def step_order(self, ctx, i: int) -> int:
