@@ -58,7 +58,12 @@ def _solve(R: list, g: list) -> list:
 class UniPC(_Multistep):
     r"""UniPC-p: UniP-p predictor + UniC-p corrector (module docstring); 1 evaluation per step.
 
-    Global order p + 1 with the corrector (p without it) on the probability-flow ODE.
+    Global order p + 1 with the corrector (p without it) on the probability-flow ODE. The warm-up's
+    first corrector is UniC-1 (local error O(h³)), so for p = 3 an O(h³) term with a tiny constant
+    (it stems from the high-noise end) remains: fourth order shows from ~100 λ-uniform steps on
+    (``tests/test_dpmpp_unipc.py``, ``benchmarks/solvers_order.py``). UniP-1 is DDIM, UniP-2
+    (bh2) is DPM-Solver++(2M), UniP-3 is DPM-Solver++(3M) with ``third_order="exact"``; one UniPC-1
+    (bh2) step with its corrector is DPM-Solver++(2S) with r = 1.
 
     Args:
         order: predictor order p ∈ {1, 2, 3} (default 2). At least p steps are required.
