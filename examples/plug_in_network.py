@@ -56,7 +56,7 @@ def main(argv=None):
 
     edm = EDMSchedule(sigma_min=float(torch.exp(-cosine.log_snr(cosine.t_min))),
                       sigma_max=float(torch.exp(-cosine.log_snr(cosine.t_max))))
-    den_edm = adapters.from_edm(D, edm, shape=(1, 8, 8))
+    den_edm = adapters.from_edm(D, edm, shape=(1, 8, 8), net_dtype=torch.float32)  # D runs in float32
     grid_cos = diffsolve.make_grid(cosine, steps, "log_snr")
     grid_edm = edm.t_of_log_snr(cosine.log_snr(grid_cos))
     grid_edm[0], grid_edm[-1] = edm.t_max, edm.t_min

@@ -67,11 +67,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-n", type=int, default=1000, help="samples for the quality check")
+    p.add_argument("--eval-steps", type=int, default=50, help="DDIM steps for the quality check")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for digits.safetensors/.json")
     p.add_argument("--fast", action="store_true", help="tiny smoke run (60 steps, small net)")
     args = p.parse_args(argv)
     if args.fast:
-        args.steps, args.width, args.depth, args.eval_n = 60, 32, 1, 50
+        args.steps, args.width, args.depth, args.eval_n, args.eval_steps = 60, 32, 1, 50, 10
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -136,9 +137,9 @@ def main(argv=None):
     den = diffsolve.zoo.load(path)
     clf = classifier(k, y)
     n = args.eval_n
-    uncond, _ = quality(den, clf, n, 50)
+    uncond, _ = quality(den, clf, n, args.eval_steps)
     labels = torch.arange(n) % 10
-    cond, _ = quality(den, clf, n, 50, cond=labels)
+    cond, _ = quality(den, clf, n, args.eval_steps, cond=labels)
     meta["metrics"] = {"classifier": "LogisticRegression(C=0.1) on the 1500 training images",
                        "classifier_test_accuracy": float(clf.score(digits("test")[0].reshape(-1, 64).numpy(),
                                                                    digits("test")[1].numpy())),
