@@ -51,7 +51,7 @@ def save_grid(pixels: torch.Tensor, path, rows: int, labels=None):
     for i in range(rows):
         for j in range(cols):
             img[1 + 9 * i: 9 + 9 * i, 1 + 9 * j: 9 + 9 * j] = pixels[i * cols + j, 0].float()
-    fig, ax = plt.subplots(figsize=(cols * 0.45 + (1.4 if labels else 0.2), rows * 0.45 + 0.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(cols * 0.45 + (0.45 if labels else 0.2), rows * 0.45 + 0.2), dpi=100)
     ax.imshow(16 - img.numpy(), cmap="gray", vmin=0, vmax=16, interpolation="nearest")
     ax.set_xticks([])
     if labels:
