@@ -88,7 +88,7 @@ def main(argv=None):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     n_train = len(k)
     for step in range(args.steps):
         idx = torch.randint(0, n_train, (args.batch,), generator=gen)
@@ -112,7 +112,7 @@ def main(argv=None):
                 pe.mul_(d).add_(pn, alpha=1 - d)
         if step % 1000 == 0 or step == args.steps - 1:
             print(f"step {step:6d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s", flush=True)
-    train_time = time.time() - t0
+    train_time, cpu_time = time.time() - t0, time.process_time() - c0
 
     command = "python examples/train_digits.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {
@@ -129,7 +129,7 @@ def main(argv=None):
                  "split": f"train = images[:{DIGITS_TRAIN}], test = images[{DIGITS_TRAIN}:] (297)"},
         "training": {"command": command, "seed": args.seed, "steps": args.steps, "batch": args.batch,
                      "lr": args.lr, "ema": args.ema, "p_uncond": args.p_uncond, "threads": args.threads,
-                     "time_s": round(train_time, 1), "torch": torch.__version__},
+                     "time_s": round(train_time, 1), "cpu_time_s": round(cpu_time, 1), "torch": torch.__version__},
     }
     path, _ = save_model(args.out / "digits", ema, meta)
 
