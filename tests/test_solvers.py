@@ -139,7 +139,8 @@ def test_samples_do_not_depend_on_prediction_type(name):
         outs[prediction] = ds.sample(den, shape=(8, 2), solver=solver, steps=steps, eta=eta,
                                      generator=torch.Generator().manual_seed(5)).x
     for prediction in PREDICTIONS[1:]:
-        torch.testing.assert_close(outs[prediction], outs["eps"], rtol=1e-7, atol=1e-7, msg=f"{name} {schedule} {prediction}")
+        torch.testing.assert_close(outs[prediction], outs["eps"], rtol=1e-7, atol=1e-7,
+                                   msg=f"{name} {schedule} {prediction}")
 
 
 # --- measured convergence order ---------------------------------------------------------------
@@ -296,7 +297,8 @@ def test_weak_convergence_order(name, eta):
     p = slope(ORDER_STEPS, errs)
     hi = max(solver.order, getattr(solver, "ode_order", solver.order)) + 0.3
     assert solver.order - 0.3 <= p <= hi, \
-        f"{name} eta={eta}: measured weak order {p:.2f}, declared {solver.order} (at most {hi - 0.3} here); errors {errs}"
+        f"{name} eta={eta}: measured weak order {p:.2f}, declared {solver.order} " \
+        f"(at most {hi - 0.3} here); errors {errs}"
 
 
 # --- bad input through diffsolve.sample ---------------------------------------------------------

@@ -56,7 +56,8 @@ class _VESolver(Solver):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
         if not float(S_tmax) >= float(S_tmin):
             raise ValueError(f"need S_tmax >= S_tmin, got S_tmin={S_tmin}, S_tmax={S_tmax}")
-        self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = float(S_churn), float(S_tmin), float(S_tmax), float(S_noise)
+        self.S_churn, self.S_noise = float(S_churn), float(S_noise)
+        self.S_tmin, self.S_tmax = float(S_tmin), float(S_tmax)
 
     @property
     def draws_noise(self) -> bool:

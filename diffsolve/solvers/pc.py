@@ -41,7 +41,9 @@ _PREDICTORS = {"euler": lambda: Euler(), "ddim": lambda: DDIM(variant="exact")}
 
 @register
 class PredictorCorrector(Solver):
-    """Predictor–corrector sampler: reverse-family predictor + Langevin corrector; 1 + corrector_steps evaluations per step.
+    """Predictor–corrector sampler: reverse-family predictor + Langevin corrector; weak order 1.
+
+    1 + ``corrector_steps`` evaluations per step.
 
     Args:
         snr: the corrector's signal-to-noise ratio r (> 0; the paper uses 0.16 for VE and 0.01
