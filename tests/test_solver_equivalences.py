@@ -1,5 +1,7 @@
 """Solvers that must agree (MATH §4) and members of the ν_t family that must share marginals (MATH §3).
 
+- step for step against k-diffusion (Crowson), same noise: ``heun`` (also with churn) =
+  ``sample_heun``, ``euler_ve`` = ``sample_euler``, ``ancestral`` = ``sample_euler_ancestral``;
 - step for step: DDIM(η=0) = DPM-Solver++ order 1 = Euler in VE coordinates (``euler_ve``);
   DDIM(η=1) = ancestral sampling with the same noise (MATH 4.1, "η = 1 is DDPM ancestral");
   ancestral(η) = DDIM(η) as published for every η ≤ 1; DDIM's two variants coincide at η ∈ {0, 1};
@@ -10,7 +12,11 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import sys
+import types
 
 import pytest
 import torch
@@ -130,6 +136,72 @@ def test_heun_matches_edm_algorithm_1_by_hand():
         d1 = (y_e - RING.x0(y_e, s1, "edm")) / s1
         y = y + (s1 - s0) * 0.5 * (d + d1)
     torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
+
+
+# --- step for step against k-diffusion --------------------------------------------------------
+def k_diffusion_sampling():
+    """``k_diffusion.sampling`` without the package's ``__init__`` (which needs clip and torchvision).
+
+    Its ``utils`` imports ``torchvision.transforms.functional`` at import time only; empty stand-in
+    modules are placed in ``sys.modules`` for the import and removed right after, so no other test
+    sees them.
+    """
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        pytest.skip("k-diffusion is not installed")
+    stubs = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+    before = set(sys.modules)
+    try:
+        for name in stubs:
+            if name not in sys.modules:
+                sys.modules[name] = types.ModuleType(name)
+        sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+        sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+        if "k_diffusion" not in sys.modules:
+            pkg = types.ModuleType("k_diffusion")
+            pkg.__path__ = [os.path.dirname(spec.origin)]
+            sys.modules["k_diffusion"] = pkg
+        import k_diffusion.sampling as K
+    except ImportError as e:
+        pytest.skip(f"k_diffusion.sampling does not import here: {e}")
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith(("torchvision", "k_diffusion")):
+                del sys.modules[name]
+    return K
+
+
+@pytest.mark.parametrize("name,kname,options", [
+    ("heun", "sample_heun", {}),
+    ("euler_ve", "sample_euler", {}),
+    ("ancestral", "sample_euler_ancestral", {"eta": 1.0}),
+    ("ancestral", "sample_euler_ancestral", {"eta": 0.5}),
+    ("heun", "sample_heun", {"s_churn": 10.0, "s_tmin": 0.01, "s_tmax": 50.0}),
+    ("heun", "sample_heun", {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 10.0, "s_noise": 1.003}),
+])
+def test_matches_k_diffusion(name, kname, options):
+    """EDM schedule (α = 1, σ = t), Karras grid ending at σ_min > 0 (so k-diffusion's Heun takes
+    Heun steps throughout), k-diffusion fed the same per-sample noise stream."""
+    K = k_diffusion_sampling()
+    den = RING.denoiser("edm", "x0")
+    sch = den.schedule
+    t = ds.make_grid(sch, 12, "karras")
+    x = x_T(den, n=6)
+    eta = options.get("eta", 0.0)
+    churn = {k[0].upper() + k[1:]: v for k, v in options.items() if k.startswith("s_")}
+    k_noise = NoiseSource(6, (2,), seeds=list(range(6)))
+    kwargs = dict(options, disable=True)
+    if name == "ancestral":
+        kwargs["noise_sampler"] = lambda sigma, sigma_next: k_noise.randn()
+    saved = torch.randn_like  # k-diffusion's churn draws with torch.randn_like
+    torch.randn_like = lambda like, **kw: k_noise.randn()
+    try:
+        ref = getattr(K, kname)(lambda y, sigma: RING.x0(y, sigma, sch), x.clone(), t.clone(), **kwargs)
+    finally:
+        torch.randn_like = saved
+    ours, _ = integrate(SOLVERS[name](**churn), den, x, t, level=NoiseLevel(sch, eta),
+                        noise=NoiseSource(6, (2,), seeds=list(range(6))))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
 # --- in distribution: exact moments of a Gaussian ------------------------------------------------

@@ -31,7 +31,8 @@ once γ is capped), and is zero outside [S_tmin, S_tmax]; with S_noise ≠ 1 the
 preserve the marginals at all.
 Asking these solvers for ``eta > 0`` is therefore an error: use ``ancestral``, ``ddim``, ``euler``
 or ``pc`` for the reverse family with a given ν_t. ŝ is capped at s(t_max), the largest noise
-level the schedule (and the network) knows.
+level the schedule (and the network) knows (EDM's and k-diffusion's code do not cap it; they
+agree with this one step for step, same noise, whenever S_tmax < s(t_max)).
 """
 from __future__ import annotations
 
@@ -80,13 +81,16 @@ class _VESolver(Solver):
     def _churn(self, ctx, i: int, y: Tensor):
         """(y, s, t, α) at the start of step i, after EDM's optional noise injection."""
         s = math.exp(-ctx.lam[i])
+        # one draw per step whenever churn is on, used or not, as EDM's and k-diffusion's code do:
+        # the same seeds then give the same samples as those implementations
+        z = ctx.randn() if self.S_churn > 0.0 else None
         gamma = min(self.S_churn / ctx.steps, math.sqrt(2.0) - 1.0) if self.S_tmin <= s <= self.S_tmax else 0.0
         if gamma <= 0.0:
             return y, s, ctx.t[i], ctx.alpha[i]
         sch = ctx.schedule
         s_hat = min(s * (1.0 + gamma), math.exp(-sch.lambda_min))
         t_hat = sch.t_of_log_snr(-math.log(s_hat))
-        y = y + (self.S_noise * math.sqrt(max(s_hat * s_hat - s * s, 0.0))) * ctx.randn()
+        y = y + (self.S_noise * math.sqrt(max(s_hat * s_hat - s * s, 0.0))) * z
         return y, s_hat, t_hat, float(sch.alpha(t_hat))
 
 
