@@ -118,19 +118,35 @@ class Denoiser(torch.nn.Module):
         self.nfe = 0
         self.where = ""  # set by the integration loop, e.g. "step 3/10"; used in error messages
         self._pending: list[tuple[Tensor, str]] = []
+        self._coef_cache: dict = {}
 
     # --- coefficients ------------------------------------------------------------------
     def coefficients(self, t, kind: str, like: Tensor):
         """(A_t, B_t) of prediction type ``kind`` at time(s) t, shaped to broadcast with ``like``."""
         sch = self.schedule
         t = sch.check_time(t)
+        kind = _canonical(kind)
+        if t.dim() == 0 and t.device.type == "cpu":
+            # scalar times repeat (every solver stage, every sample batch): memoise them
+            key = (kind, float(t), like.dtype)
+            hit = self._coef_cache.get(key)
+            if hit is None:
+                hit = tuple(c.to(like.dtype) for c in self._coefficients(t, kind))
+                if len(self._coef_cache) > 4096:
+                    self._coef_cache.clear()
+                self._coef_cache[key] = hit
+            return hit
         if t.dim() > 0:
             t = t.to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
-        la, ls = sch.log_alpha(t), sch.log_sigma(t)
-        a, s = la.exp(), ls.exp()
-        da, ds = a * sch.d_log_alpha(t), s * sch.d_log_sigma(t)
-        A, B = _table(a, s, da, ds)[_canonical(kind)]
+        A, B = self._coefficients(t, kind)
         return A.to(like.dtype), B.to(like.dtype)
+
+    def _coefficients(self, t: Tensor, kind: str):
+        sch = self.schedule
+        la, ls = sch._log_alpha(t), sch._log_sigma(t)
+        a, s = la.exp(), ls.exp()
+        da, ds = a * sch._d_log_alpha(t), s * sch._d_log_sigma(t)
+        return _table(a, s, da, ds)[kind]
 
     def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
         """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (MATH §2)."""

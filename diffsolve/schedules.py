@@ -327,8 +327,9 @@ class DDPMSchedule(_VarPreserving):
         return _interp(t, self._t, self._la)
 
     def _d_log_alpha(self, t):
-        # right-continuous slope of the piecewise-linear log α; the last knot takes the last slope
-        idx = (torch.searchsorted(self._t.to(t.device), t.contiguous(), right=True) - 1).clamp(0, len(self._slope) - 1)
+        # left-continuous slope of the piecewise-linear log α: at a knot, the segment below it,
+        # which is the one a step towards the data integrates over
+        idx = (torch.searchsorted(self._t.to(t.device), t.contiguous()) - 1).clamp(0, len(self._slope) - 1)
         return self._slope.to(t.device)[idx]
 
     def _t_of_log_snr(self, lam):
