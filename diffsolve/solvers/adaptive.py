@@ -26,7 +26,7 @@ steps: the step must shrink geometrically in s) and the same as ``t`` on EDM (s 
 ``log_snr`` is the default: best or tied on three problems of four, and never far behind.
 
 Shared control (``per_sample=False``, the default) evaluates the batch together: as few or fewer
-network calls; ``per_sample=True`` spends 5–20 % fewer row evaluations on these mixtures (3.7x
+network calls; ``per_sample=True`` spends 0–20 % fewer row evaluations on these mixtures (3.7x
 fewer when one sample is much harder, with every sample's error within tolerance, where the shared
 RMS norm lets the hard sample's error grow ~√B), and makes each sample independent of its batch.
 
