@@ -22,9 +22,9 @@ Result (--batch 8), NFE for max error 1e-3 / 1e-4:
 Conclusion: integrate in λ = log_snr (the default): best or tied on 3 of 4 problems, ~35 % fewer
 evaluations than t on EDM, 20 % more than t on the VP 64-d mixture. σ/α costs 2–3x on VP
 (rejected steps: the step must shrink geometrically in s) and equals t on EDM (s = t). Per-sample
-control spends 0–20 % fewer row evaluations (VP up to 20 %, EDM ~0) than shared control at equal tolerance with about the
-same number of calls; errors are mixed (larger at loose, smaller at tight tolerances), so shared
-control stays the default.
+control spends 0–20 % fewer row evaluations (VP up to 20 %, EDM ~0) than shared control at equal
+tolerance with about the same number of calls; errors are mixed (larger at loose, smaller at tight
+tolerances), so shared control stays the default.
 """
 from __future__ import annotations
 
