@@ -112,6 +112,7 @@ class Solver:
     Class attributes:
         name: registry name.
         order: declared convergence order (global order for ODE solvers; weak order for SDE solvers).
+        ode_order: (optional) order on the probability-flow ODE (η = 0) where it differs from ``order``.
         stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
         nfe_per_step: network evaluations per step.
         min_steps: fewest steps the method accepts.

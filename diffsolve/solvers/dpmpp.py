@@ -230,6 +230,7 @@ class SDEDPMSolverPP2M(_Multistep):
 
     def __init__(self, order: int = 2, **options):
         super().__init__(order, **options)
+        self.ode_order = self.order  # order at η = 0 (it is then exactly the ODE solver)
         self.order = 1.0  # weak order claimed for η > 0; see docstring
 
 
