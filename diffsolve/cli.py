@@ -9,13 +9,14 @@ r"""The ``diffsolve`` command line: ``bench``, ``sample``, ``likelihood``, ``lis
     diffsolve list solvers --json
 
 Bad input (unknown names, impossible budgets, unwritable paths) prints ``error: …`` and exits
-with status 2, never a traceback.
+with status 2, never a traceback (set ``DIFFSOLVE_DEBUG=1`` to see one).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--net-time", dest="net_time", action="store_true", default=None,
                     help="time the network's calls (synchronises CUDA around each; default on for CPU)")
     nt.add_argument("--no-net-time", dest="net_time", action="store_false")
+    b.add_argument("--threads", type=_positive_int, help="CPU threads per process (default 1 on CPU unless "
+                   "OMP_NUM_THREADS is set: the built-in problems are small)")
     b.add_argument("--reference-tol", type=float, help="rtol = atol of the reference ODE solve "
                    "(default 1e-8 for mixtures, 1e-5 for models; single Gaussians use the closed form)")
     b.add_argument("--projections", type=_positive_int, default=512, help="sliced-Wasserstein projections (512)")
@@ -301,7 +304,8 @@ def cmd_bench(args) -> int:
                       n_samples=args.n_samples, device=args.device, dtype=args.dtype, out=args.out,
                       resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot, quiet=args.quiet,
                       net_time=args.net_time, n_projections=args.projections,
-                      save_samples=args.save_samples, reference_tol=args.reference_tol)
+                      save_samples=args.save_samples, reference_tol=args.reference_tol,
+                      threads=args.threads)
     run_bench(cfg)
     return 0
 
@@ -441,7 +445,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError) as e:  # includes CLIError and the library's validation errors
+    except (ValueError, TypeError, ImportError, FloatingPointError) as e:
+        # CLIError, the library's validation errors, a missing optional package, a network returning NaN
+        if os.environ.get("DIFFSOLVE_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:

@@ -38,7 +38,7 @@ DEFAULT_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "euler")
 DEFAULT_NFE = (5, 10, 20, 50)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
-              "n_samples", "seeds", "device", "dtype", "world_size", "metrics", "floors",
+              "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
 _DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
@@ -79,6 +79,7 @@ class BenchConfig:
     net_time: bool | None = None  # default: on for CPU, off for CUDA (it synchronises)
     n_projections: int = 512
     warmup: bool = True
+    threads: int | None = None  # CPU threads per process; default 1 on CPU unless OMP_NUM_THREADS is set
     reference_tol: float | None = None  # rtol = atol of the reference solve (default: per problem)
     save_samples: bool = False  # also write <out>/samples/<key>.pt (float64, in seed order)
     stream = None  # where the table goes (default sys.stdout)
@@ -474,11 +475,23 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
 
     _check_config(cfg)
     stream = cfg.stream or sys.stdout
+    _set_threads(cfg)
     dist = init_distributed(cfg.device)
     try:
         return _run(cfg, dist, stream, diffsolve.__version__)
     finally:
         dist.close()
+
+
+def _set_threads(cfg: BenchConfig):
+    """One intra-op thread per process by default on CPU (what torchrun does too): the problems'
+    tensors are small, and on a loaded machine extra OpenMP threads spin instead of working."""
+    if cfg.threads is not None:
+        if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")
+        torch.set_num_threads(cfg.threads)
+    elif _device_kind(cfg.device) == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
 
 def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict]:
@@ -612,7 +625,7 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
         "key": it.key, "problem": p.name, "schedule": p.schedule_name, "solver": it.solver, "eta": it.eta,
         "grid": cfg.grid, "nfe_budget": it.nfe, "steps": len(res.t) - 1, "nfe": nfe, "n_samples": st.n,
         "seeds": _seed_spec(st.seeds), "device": str(st.device) if dist.world_size == 1 else _device_kind(st.device),
-        "dtype": cfg.dtype, "world_size": dist.world_size, "metrics": metrics, "floors": floors,
+        "dtype": cfg.dtype, "world_size": dist.world_size, "threads": torch.get_num_threads(), "metrics": metrics, "floors": floors,
         "reference": st.reference_name() if span is not None else None,
         "wall_time_s": wall, "samples_per_s": st.n / wall if wall > 0 else None, "net_time_share": share,
         "diffsolve_version": version, "torch_version": torch.__version__, "run": run,
