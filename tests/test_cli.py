@@ -137,3 +137,34 @@ def test_bench_prints_a_table(capsys, tmp_path):
     assert "gauss3072" in out and "floor" in out and "rms_err" in out
     assert len([line for line in out.splitlines() if line.startswith("ddim")]) == 2
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+FACTORY = '''
+import diffsolve
+
+
+def make():
+    """An exact 3-D Gaussian-mixture denoiser posing as a user model."""
+    gm = diffsolve.GaussianMixture([1.0, 2.0], [[0.0, 1.0, 0.0], [1.0, -1.0, 0.5]], 0.2)
+    return gm.denoiser("vp", prediction="v")
+'''
+
+
+def test_user_model_factory(capsys, tmp_path):
+    pytest.importorskip("diffsolve.adapters")
+    (tmp_path / "mymodel.py").write_text(FACTORY)
+    spec = f"{tmp_path / 'mymodel.py'}:make"
+    code, _, err = run(["sample", "--model", spec, "--solver", "dpmpp_2m", "--nfe", "8", "--seeds", "0-4",
+                        "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 0, err
+    assert torch.load(tmp_path / "x.pt").shape == (5, 3)
+    code, out, err = run(["bench", "--problems", spec, "--solvers", "ddim", "--nfe", "4,8", "--n-samples", "6",
+                          "--reference-tol", "1e-6", "--out", str(tmp_path / "b"), "--no-plot"], capsys)
+    assert code == 0, err
+    from diffsolve.bench import read_rows
+
+    rows = read_rows(tmp_path / "b" / "results.jsonl")
+    assert [r["schedule"] for r in rows] == ["vp", "vp"] and set(rows[0]["metrics"]) == {"rms_error"}
+    assert rows[1]["metrics"]["rms_error"] < rows[0]["metrics"]["rms_error"]
+    code, _, err = run(["sample", "--model", f"{tmp_path / 'nofile.py'}:make", "--out", str(tmp_path / "y.pt")], capsys)
+    assert code == 2 and "no such Python file" in err

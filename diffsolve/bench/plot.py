@@ -60,6 +60,11 @@ def plot_results(results, png=None) -> Path:
         floors = [r["floors"].get(metric) for r in prow if r["floors"].get(metric)]
         if floors:
             ax.axhline(floors[0], color="gray", ls="--", lw=1, label="floor (exact batch)")
+        nfes = sorted({p[0] for pts in lines.values() for p in pts})
+        if nfes:
+            ax.set_xticks(nfes)
+            ax.set_xticklabels([str(k) for k in nfes])
+            ax.minorticks_off()
         ax.set_title(f"{problem} ({schedule})")
         ax.set_xlabel("NFE")
         ax.set_ylabel(metric or "quality")
