@@ -75,7 +75,8 @@ class BenchConfig:
     resume: bool = False
     overwrite: bool = False
     plot: bool = True
-    quiet: bool = False
+    quiet: bool = False  # no progress or notes on stderr
+    print_table: bool = True  # the table on stdout (rank 0)
     net_time: bool | None = None  # default: on for CPU, off for CUDA (it synchronises)
     n_projections: int = 512
     warmup: bool = True
@@ -564,7 +565,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
                     f.write(json.dumps(row) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
-                if not cfg.quiet:
+                if cfg.print_table:
                     progress.clear()
                     if not banner_done:
                         print(_problem_banner(st, row["floors"]), file=stream)
@@ -574,14 +575,14 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
     progress.clear()
     if dist.is_main:
         elapsed = time.perf_counter() - t_start
-        if not cfg.quiet:
+        if cfg.print_table:
             print(f"\n{len(written)} rows in {elapsed:.1f} s -> {results}", file=stream)
         if cfg.plot:
             from .plot import plot_results
 
             try:
                 png = plot_results(results, out / "quality_vs_nfe.png")
-                if not cfg.quiet:
+                if cfg.print_table:
                     print(f"plot -> {png}", file=stream)
             except ImportError as e:
                 progress.note(f"no plot: {e}")
