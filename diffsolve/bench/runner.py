@@ -162,6 +162,9 @@ def read_rows(path, repair: bool = False) -> list[dict]:
     if repair and good_end < len(raw):
         with open(path, "r+b") as f:
             f.truncate(good_end)
+    if repair and good_end > 0 and raw[good_end - 1:good_end] != b"\n":
+        with open(path, "ab") as f:  # a complete last row without its newline: terminate it
+            f.write(b"\n")
     return rows
 
 
