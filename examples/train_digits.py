@@ -6,7 +6,7 @@
 Recipe (all fixed by --seed, CPU, one thread so the run is reproducible bit for bit on one
 machine): training split = first 1500 images; pixels dequantized uniformly onto [−1, 1]
 (diffsolve.zoo.data); t ~ U[t_min, t_max] of the cosine VP schedule; loss ‖ε̂ − ε‖²; class label
-replaced by the null class with probability 0.15 (for classifier-free guidance); AdamW with warm-up
+replaced by the null class with probability 0.3 (for classifier-free guidance); AdamW with warm-up
 and cosine decay; the weights saved are an exponential moving average (decay 0.999).
 At the end it samples the model (DDIM, 50 steps) and measures sample quality with a logistic
 regression classifier trained on the real training split; the numbers go into the metadata.
@@ -57,12 +57,12 @@ def quality(den, clf, n: int, steps: int, cond=None, seed0: int = 10_000) -> dic
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=7000, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=9000, help="optimiser steps")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--p-uncond", type=float, default=0.15, help="label dropout probability")
+    p.add_argument("--p-uncond", type=float, default=0.3, help="label dropout probability")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

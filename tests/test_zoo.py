@@ -64,8 +64,9 @@ def test_digit_samples_are_recognised(clf):
     prob = _classify(clf, out.x)
     conf = prob.max(1).values
     counts = torch.bincount(prob.argmax(1), minlength=10)
-    assert float(conf.mean()) > 0.85 * float(ref), (float(conf.mean()), float(ref))
-    assert float((conf > 0.5).float().mean()) > 0.85
+    # measured: 0.92 (real held-out digits: 0.95)
+    assert float(conf.mean()) > 0.9 * float(ref), (float(conf.mean()), float(ref))
+    assert float((conf > 0.5).float().mean()) > 0.9
     assert int(counts.min()) >= 0.02 * n, counts.tolist()  # every class present, none starved
 
 
@@ -80,7 +81,7 @@ def test_class_conditional_and_guidance(clf):
         pred = _classify(clf, out.x).argmax(1)
         acc[w] = float((pred == labels).float().mean())
         assert guided.nfe == 26
-    assert acc[1.0] > 0.85 and acc[3.0] > 0.95 and acc[3.0] >= acc[1.0], acc
+    assert acc[1.0] > 0.95 and acc[3.0] > 0.97 and acc[3.0] >= acc[1.0], acc
 
 
 def _sliced_w1(a, b, n_proj=128):
@@ -117,7 +118,7 @@ def test_digits_bits_per_dim_held_out():
     shuffled = k.reshape(12, 64)[:, perm].reshape(12, 1, 8, 8)
     res_s = diffsolve.log_likelihood(den, shuffled, dequantize=deq, seeds=range(12), rtol=1e-3, atol=1e-3)
     bpd, bpd_s = float(res.bits_per_dim.mean()), float(res_s.bits_per_dim.mean())
-    assert bpd < math.log2(17) - 1.0, bpd
+    assert bpd < math.log2(17) - 1.2, bpd  # measured 2.57 on all 297 (uniform code: 4.09)
     assert bpd_s > bpd + 1.0, (bpd, bpd_s)
 
 
