@@ -1,0 +1,133 @@
+r"""Per-step overhead of the sampling loop outside the network: diffsolve vs diffusers.
+
+The network is near-free (``eps = 0.1·x``), so what is timed is the solver's own work: grid and
+coefficient arithmetic, the prediction-type conversion, the update, Python overhead.
+For every (batch, solver, state dtype):
+
+    overhead per step = (time of the whole sampling call − time of the same number of bare
+                         network calls on the same input) / steps
+
+- diffsolve: ``diffsolve.sample(denoiser, x, solver=..., steps=n, grid="log_snr",
+  denoise_final=False, dtype=...)`` (set-up included: grid, StepContext, solver init).
+- diffusers: ``scheduler.set_timesteps(n)`` then the standard loop
+  ``for t in timesteps: x = scheduler.step(net(scale_model_input(x, t), t), t, x).prev_sample``
+  (DDIMScheduler(clip_sample=False), DPMSolverMultistepScheduler(solver_order=2),
+  UniPCMultistepScheduler(solver_order=2)), with the sample in float32 (the usual) or float64.
+
+Timings are CPU time of this process (``time.process_time``, 1 torch thread), not wall time: on a
+shared, oversubscribed machine wall time mostly measures the other processes. Repeats are
+interleaved; the minimum over repeats and the median are printed.
+
+Usage:
+    python benchmarks/overhead.py                 # both batch sizes, 50 steps
+    python benchmarks/overhead.py --steps 20 --repeats 9
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+import diffsolve as ds
+
+PAIRS = [("ddim", "DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=True)),
+         ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+         ("unipc", "UniPCMultistepScheduler", dict(solver_order=2))]
+BATCHES = {"small (1, 2)": (1, 2), "large (64, 3, 64, 64)": (64, 3, 64, 64)}
+DDPM = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+def net(x, t):
+    return x * 0.1
+
+
+def time_net(x, n):
+    lab = torch.full((x.shape[0],), 500.0, dtype=x.dtype)
+    t0 = time.process_time()
+    for _ in range(n):
+        net(x, lab)
+    return time.process_time() - t0
+
+
+def run_diffsolve(solver, x, n, dtype):
+    den = ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dtype)
+    t0 = time.process_time()
+    ds.sample(den, x, solver=solver, steps=n, grid="log_snr", denoise_final=False, dtype=dtype)
+    return time.process_time() - t0
+
+
+def run_diffusers(cls_name, cfg, x, n):
+    import diffusers
+
+    sch = getattr(diffusers, cls_name)(**DDPM, **cfg)
+    t0 = time.process_time()
+    sch.set_timesteps(n)
+    for t in sch.timesteps:
+        xin = sch.scale_model_input(x, t)
+        x = sch.step(net(xin, t), t, x).prev_sample
+    return time.process_time() - t0
+
+
+def measure(shape, n, repeats):
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(*shape, dtype=torch.float64, generator=g)
+    x32 = x64.float()
+    cases = []
+    for solver, cls, cfg in PAIRS:
+        for dt, x in ((torch.float64, x64), (torch.float32, x32)):
+            cases.append((f"diffsolve {solver}", str(dt).replace("torch.", ""), x,
+                          lambda s=solver, x=x, dt=dt: run_diffsolve(s, x, n, dt)))
+        for dt, x in ((torch.float32, x32), (torch.float64, x64)):
+            cases.append((f"diffusers {cls}", str(dt).replace("torch.", ""), x,
+                          lambda c=cls, g=cfg, x=x: run_diffusers(c, g, x, n)))
+    times = {i: [] for i in range(len(cases))}
+    nets = {str(x64.dtype): [], str(x32.dtype): []}
+    for fn in [c[3] for c in cases]:  # warm-up
+        fn()
+    for _ in range(repeats):  # interleaved, so machine load hits every case alike
+        for i, c in enumerate(cases):
+            times[i].append(c[3]())
+        for x in (x64, x32):
+            nets[str(x.dtype)].append(time_net(x, n))
+    for i, (name, dt, x, _) in enumerate(cases):
+        tn = min(nets[str(x.dtype)])
+        tmin, tmed = min(times[i]), statistics.median(times[i])
+        rows.append(dict(method=name, dtype=dt, min_us=(tmin - tn) / n * 1e6, med_us=(tmed - tn) / n * 1e6))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", nargs="+", default=list(BATCHES), choices=list(BATCHES))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    for b in args.batches:
+        rows = measure(BATCHES[b], args.steps, args.repeats)
+        print(f"\n### batch {b}, {args.steps} steps: overhead per step outside the network (µs)\n")
+        print("| solver | diffsolve f64 state | diffsolve f32 state | diffusers f32 | diffusers f64 | "
+              "best diffsolve / diffusers f32 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        by = {(r["method"], r["dtype"]): r for r in rows}
+        for solver, cls, _ in PAIRS:
+            a = by[(f"diffsolve {solver}", "float64")]
+            b32 = by[(f"diffsolve {solver}", "float32")]
+            c = by[(f"diffusers {cls}", "float32")]
+            d = by[(f"diffusers {cls}", "float64")]
+            best = min(a["min_us"], b32["min_us"])
+
+            def f(r):
+                return f"{r['min_us']:.0f} ({r['med_us']:.0f})"
+            print(f"| {solver} / {cls} | {f(a)} | {f(b32)} | {f(c)} | {f(d)} | {best / c['min_us']:.2f} |")
+        print("\nmin over repeats (median in parentheses), network time subtracted")
+
+
+if __name__ == "__main__":
+    main()
