@@ -1,4 +1,4 @@
-r"""The ``diffsolve`` command line: ``bench``, ``sample``, ``likelihood``, ``list``.
+r"""The ``diffsolve`` command line: ``bench``, ``sample``, ``likelihood``, ``tune``, ``list``.
 
     diffsolve bench                                   # default: key solvers × NFE 5,10,20,50
     diffsolve bench --problems mix64 --solvers ddim,dpmpp_2m --nfe 10,20 --seeds 0-499
@@ -6,6 +6,8 @@ r"""The ``diffsolve`` command line: ``bench``, ``sample``, ``likelihood``, ``lis
     diffsolve sample --problem ring2d --solver dpmpp_2m --nfe 20 --seeds 0-63 --out x.npy
     diffsolve sample --model digits --solver unipc --nfe 10 --seeds 0-15 --out digits.pt
     diffsolve likelihood --problem ring2d --n 64       # vs the exact log p
+    diffsolve tune --problem mix64 --solver unipc --nfe 10 --out grid.json
+    diffsolve sample --problem mix64 --solver unipc --grid grid.json --seeds 0-63 --out x.npy
     diffsolve list solvers --json
 
 Bad input (unknown names, impossible budgets, unwritable paths) prints ``error: …`` and exits
@@ -167,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common(lk)
 
+    tn = sub.add_parser("tune", help="tune a step grid to a model, a solver and an NFE budget",
+                        description="Optimise the time grid of a deterministic solver at a fixed NFE against a "
+                                    "high-accuracy reference solve on pilot seeds, judge it on fresh seeds, and "
+                                    "save it as JSON for `sample --grid FILE` / `bench --grid FILE`.")
+    _add_model_choice(tn)
+    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver (default unipc)")
+    tn.add_argument("--nfe", type=_positive_int, required=True, help="budget of network evaluations (final denoise included)")
+    tn.add_argument("--pilot", type=_positive_int, default=256, help="pilot samples, seeds 0..N-1 (default 256)")
+    tn.add_argument("--fresh", type=int, default=1024, help="fresh samples to judge the grid on (default 1024; 0 skips)")
+    tn.add_argument("--max-evals", type=_positive_int, default=300, help="solves the search may spend (default 300)")
+    tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
+    tn.add_argument("--no-denoise-final", action="store_true", help="end at t_min without the final x̂0 evaluation")
+    tn.add_argument("--out", required=True, help="output .json file")
+    _add_common(tn)
+
     ls = sub.add_parser("list", help="list solvers, schedules, problems, models, grids")
     ls.add_argument("what", nargs="?", default="all",
                     help="solvers, schedules, problems, models, grids or all (default)")
@@ -211,8 +228,12 @@ def _check_solver(name):
 def _check_grid(name):
     from .grids import GRIDS
 
-    if name not in GRIDS:
-        raise CLIError(_choices_msg("grid", name, GRIDS))
+    if name.endswith(".json"):  # a grid saved by `diffsolve tune`
+        from .tune import TunedGrid
+
+        TunedGrid.load(name)
+    elif name not in GRIDS:
+        raise CLIError(_choices_msg("grid", name, GRIDS) + ", or a tuned-grid .json file from `diffsolve tune`")
 
 
 def _problem_from_args(args, device):
@@ -322,12 +343,16 @@ def cmd_sample(args) -> int:
     _check_writable(out, (".pt", ".npy"))
     problem = _problem_from_args(args, device)
     den = problem.denoiser()
-    if args.nfe is None and args.steps is None:
+    tuned = args.grid.endswith(".json")
+    if tuned and (args.nfe is not None or args.steps is not None):
+        raise CLIError("a tuned grid fixes the number of steps; drop --nfe/--steps")
+    if args.nfe is None and args.steps is None and not tuned:
         args.nfe = 20
     t0 = time.perf_counter()
     if not args.quiet:
         print(f"sampling {problem.name} with {args.solver} "
-              f"({'NFE ' + str(args.nfe) if args.nfe else str(args.steps) + ' steps'}, eta={args.eta:g}) "
+              f"({'grid ' + args.grid if tuned else 'NFE ' + str(args.nfe) if args.nfe else str(args.steps) + ' steps'}, "
+              f"eta={args.eta:g}) "
               f"seeds {args.seeds} ...", file=sys.stderr, flush=True)
     with torch.no_grad():
         res = sample(den, seeds=args.seeds, solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta,
@@ -428,7 +453,37 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "sample": cmd_sample, "likelihood": cmd_likelihood, "list": cmd_list}
+def cmd_tune(args) -> int:
+    import torch
+
+    from .tune import tune_steps
+
+    device, dtype = _check_device_dtype(args)
+    _check_solver(args.solver)
+    if args.init != "auto":
+        _check_grid(args.init)
+    out = Path(args.out)
+    _check_writable(out, (".json",))
+    if args.fresh < 0:
+        raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
+    problem = _problem_from_args(args, device)
+    den = problem.denoiser()
+    if not args.quiet:
+        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {args.pilot} pilot seeds, "
+              f"{args.fresh} fresh, up to {args.max_evals} solves ...", file=sys.stderr, flush=True)
+    with torch.no_grad():
+        res = tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
+                         max_evals=args.max_evals, denoise_final=not args.no_denoise_final,
+                         model=problem.name, device=device, verbose=not args.quiet)
+    res.save(out)
+    print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> {res.pilot_error:.4g}; "
+          f"fresh {res.init_fresh_error:.4g} -> {res.fresh_error:.4g}; tuning cost {res.tuning_nfe} network calls, "
+          f"{res.tuning_seconds:.1f} s -> {out}")
+    return 0
+
+
+COMMANDS = {"bench": cmd_bench, "sample": cmd_sample, "likelihood": cmd_likelihood, "tune": cmd_tune,
+            "list": cmd_list}
 
 
 def main(argv=None) -> int:

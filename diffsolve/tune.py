@@ -131,7 +131,7 @@ def _params_from_grid(schedule, t: Tensor, tune_end: bool):
 def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64, fresh=256,
                shape=None, denoise_final: bool = True, init="auto", tune_end: bool | None = None,
                max_evals: int = 300, solver_options: dict | None = None, model: str = "",
-               rtol: float = 1e-8, atol: float = 1e-8, verbose: bool = False) -> TunedGrid:
+               rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False) -> TunedGrid:
     r"""Optimise the time grid of ``solver`` at a budget of ``nfe`` evaluations for ``denoiser``.
 
     Args:
@@ -145,6 +145,7 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         tune_end: let the final time move (only meaningful with ``denoise_final``; default: same).
         max_evals: budget of objective evaluations for the search.
         rtol, atol: tolerances of the reference solves.
+        device: where the samples live (the network's device); default CPU.
 
     Returns:
         :class:`TunedGrid` (save it with ``.save(path)``; use it with ``sample(..., steps=grid)``).
@@ -176,8 +177,8 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     T = schedule.t_max
 
     def start(seeds):
-        src = NoiseSource(len(seeds), shape, seeds=seeds)
-        return float(schedule.sigma(T)) * src.randn()
+        src = NoiseSource(len(seeds), shape, seeds=seeds)  # drawn on the CPU: same x_T on every device
+        return (float(schedule.sigma(T)) * src.randn()).to(device)
 
     def reference(x):
         return ode_reference(denoiser, x, T, schedule.t_min, rtol=rtol, atol=atol, denoise_final=denoise_final)

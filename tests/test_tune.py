@@ -67,3 +67,26 @@ def test_bad_input(model):
         tune_steps(model, "ddim", nfe=4, pilot="0-3", fresh="3-5")
     with pytest.raises(ValueError, match="at least"):
         tune_steps(model, "dpmpp_3m", nfe=1)
+
+
+def test_cli_tune_then_sample_and_bench(tmp_path):
+    from diffsolve.cli import main
+
+    grid = tmp_path / "g.json"
+    assert main(["tune", "--problem", "ring2d", "--solver", "ddim", "--nfe", "4", "--pilot", "8", "--fresh", "8",
+                 "--max-evals", "12", "--out", str(grid), "--quiet"]) == 0
+    tg = TunedGrid.load(grid)
+    assert tg.solver == "ddim" and tg.nfe == 4 and tg.pilot_error <= tg.init_error
+    assert main(["sample", "--problem", "ring2d", "--solver", "ddim", "--grid", str(grid), "--seeds", "0-3",
+                 "--out", str(tmp_path / "x.pt"), "--quiet"]) == 0
+    x = torch.load(tmp_path / "x.pt")
+    assert x.shape == (4, 2)
+    assert main(["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "4", "--grid", str(grid),
+                 "--n-samples", "16", "--out", str(tmp_path / "b"), "--no-plot", "--quiet"]) == 0
+    row = json.loads((tmp_path / "b" / "results.jsonl").read_text().splitlines()[-1])
+    assert row["nfe"] == 4
+    # a tuned grid is for one solver and one budget
+    assert main(["bench", "--problems", "ring2d", "--solvers", "unipc", "--nfe", "4", "--grid", str(grid),
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert main(["tune", "--problem", "ring2d", "--solver", "dopri5", "--nfe", "4", "--out", str(tmp_path / "d.json"),
+                 "--quiet"]) == 2

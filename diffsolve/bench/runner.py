@@ -204,8 +204,15 @@ def _check_config(cfg: BenchConfig):
         raise ValueError(f"unsupported device {cfg.device!r}; use cpu or cuda")
     from ..grids import GRIDS
 
-    if cfg.grid not in GRIDS:
-        raise ValueError(f"unknown grid {cfg.grid!r}; valid grids: {', '.join(GRIDS)}")
+    if str(cfg.grid).endswith(".json"):  # a tuned grid (diffsolve tune): fixes the solver and the budget
+        from ..tune import TunedGrid
+
+        tuned = TunedGrid.load(cfg.grid)
+        if list(cfg.solvers or []) != [tuned.solver] or list(cfg.nfe or []) != [tuned.nfe]:
+            raise ValueError(f"the tuned grid {cfg.grid} is for solver {tuned.solver!r} at NFE {tuned.nfe}; "
+                             f"run with --solvers {tuned.solver} --nfe {tuned.nfe}")
+    elif cfg.grid not in GRIDS:
+        raise ValueError(f"unknown grid {cfg.grid!r}; valid grids: {', '.join(GRIDS)} or a tuned-grid .json file")
     if cfg.n_samples is not None and (isinstance(cfg.n_samples, bool) or not isinstance(cfg.n_samples, int)
                                       or cfg.n_samples < 2):
         raise ValueError(f"n_samples must be an integer >= 2, got {cfg.n_samples!r}")
