@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--fresh", type=int, default=1024, help="fresh samples to judge the grid on (default 1024; 0 skips)")
     tn.add_argument("--max-evals", type=_positive_int, default=300, help="solves the search may spend (default 300)")
     tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
-    tn.add_argument("--no-denoise-final", action="store_true", help="end at t_min without the final x̂0 evaluation")
+    tn.add_argument("--denoise-final", default="yes", choices=("yes", "no", "auto"),
+                    help="end with the x̂0 evaluation (yes, default), without (no), or tune both and keep the better (auto)")
     tn.add_argument("--out", required=True, help="output .json file")
     _add_common(tn)
 
@@ -473,7 +474,8 @@ def cmd_tune(args) -> int:
               f"{args.fresh} fresh, up to {args.max_evals} solves ...", file=sys.stderr, flush=True)
     with torch.no_grad():
         res = tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
-                         max_evals=args.max_evals, denoise_final=not args.no_denoise_final,
+                         max_evals=args.max_evals,
+                         denoise_final={"yes": True, "no": False, "auto": "auto"}[args.denoise_final],
                          model=problem.name, device=device, verbose=not args.quiet)
     res.save(out)
     print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> {res.pilot_error:.4g}; "

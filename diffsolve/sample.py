@@ -57,7 +57,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         solver: a name in ``diffsolve.solvers.SOLVERS`` or a :class:`Solver` instance.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tune.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
-            final denoise), from which the number of steps is derived.
+            final denoise), from which the number of steps is derived. A tuned grid also fixes
+            ``denoise_final`` to the value it was tuned with.
         grid: a grid kind (see :mod:`diffsolve.grids`) or an explicit decreasing array of times.
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
         seeds: one seed per sample (int list or ``"0-63"``): sample i then depends on seeds[i]
@@ -74,8 +75,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     schedule = denoiser.schedule
     for spec in (steps, grid):  # a tuned grid (diffsolve.tune_steps) given as steps= or grid=
         tuned = load_grid(spec)
-        if tuned is not None:
-            grid, steps, nfe = tuned, None, None
+        if tuned is not None:  # it fixes the times and whether the run ends with x̂0
+            grid, steps, nfe, denoise_final = tuned.grid, None, None, tuned.denoise_final
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     adaptive = getattr(solver, "adaptive", False)  # chooses its own steps: grid = [t_start, t_end] only
     if adaptive and (steps is not None or nfe is not None or trajectory):

@@ -90,3 +90,13 @@ def test_cli_tune_then_sample_and_bench(tmp_path):
                  "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert main(["tune", "--problem", "ring2d", "--solver", "dopri5", "--nfe", "4", "--out", str(tmp_path / "d.json"),
                  "--quiet"]) == 2
+
+
+def test_auto_denoise_keeps_the_better_and_sample_honours_it(model):
+    g = tune_steps(model, "ddim", nfe=4, pilot=8, fresh=0, max_evals=10, denoise_final="auto")
+    alone = [tune_steps(model, "ddim", nfe=4, pilot=8, fresh=0, max_evals=10, denoise_final=d) for d in (True, False)]
+    assert g.pilot_error == min(a.pilot_error for a in alone)
+    r = ds.sample(model, shape=(3, 2), solver="ddim", steps=g)
+    assert r.nfe == 4 and len(r.t) == (4 if g.denoise_final else 5)
+    with pytest.raises(ValueError, match="denoise_final"):
+        tune_steps(model, "ddim", nfe=4, denoise_final="maybe")
