@@ -12,14 +12,18 @@ through the ODE solver.
 
 **Time variable and state.** Any monotone change of time u = u(t) leaves (5.2) exact and changes
 only the solver's work (MATH §5). We integrate in u ∈ {``t``, ``log_snr`` (λ), ``sigma_over_alpha``
-(s = σ/α = e^{−λ})} with the scaled state y = x / c_t, c_t ∈ {1, α_t, σ_t} (one choice per time
-variable, :data:`TIME_VARIABLES`):
+(s = σ/α = e^{−λ})} with the state y = x / c_t, c_t = 1 for ``t`` and ``log_snr`` and c_t = α_t for
+``sigma_over_alpha`` (:data:`TIME_VARIABLES`; the scalings were chosen by measurement):
 
     dy/du = [(f_t − c'_t/c_t) y − (σ_t λ'_t / c_t) ε̂(c_t y, t)] dt/du
     dΔ/du = −σ_t λ'_t ∇_x·ε̂(x, t) dt/du
 
-For ``sigma_over_alpha`` with c = α this is the ODE dy/ds = ε̂ in VE coordinates (EDM,
-k-diffusion). The scaling c is a pure reparametrisation: log p_x is recovered exactly.
+For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
+scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is λ
+with a shared step size and raw t with per-sample steps: the fewest NFE at equal accuracy on the
+analytic mixtures (VP, VE, flow; benchmarks/likelihood.md). With per-row error control, λ lost
+accuracy on some 2-D rows (the local error estimate of a lone row missed the error made in the
+mode-switching region); a shared step takes the maximum over rows and does not.
 
 **Divergence.** ``exact``: the trace of ∂ε̂/∂x by d vector–Jacobian products with the basis vectors
 (batched with ``is_grads_batched``; fine for small d). ``hutchinson``: zᵀ(∂ε̂/∂x)z for k probes z
