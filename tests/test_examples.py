@@ -27,6 +27,14 @@ def test_training_scripts(tmp_path, capsys, script, model):
     assert "saved" in capsys.readouterr().out
 
 
+def test_training_is_reproducible(tmp_path):
+    """Same seed, same weights, bit for bit (the metadata records the weights' SHA-256)."""
+    for sub in ("a", "b"):
+        run("train_2d.py", "--fast", "--eval-n", "10", "--out", str(tmp_path / sub))
+    sha = [diffsolve.zoo.metadata(tmp_path / s / "two_moons.safetensors")["sha256"] for s in ("a", "b")]
+    assert sha[0] == sha[1]
+
+
 def test_plug_in_network(capsys):
     run("plug_in_network.py", "--fast")
     out = capsys.readouterr().out

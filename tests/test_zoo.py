@@ -96,8 +96,9 @@ def test_two_moons_samples_match_data_distribution():
     out = diffsolve.sample(den, seeds=range(n), solver="ddim", steps=50)
     data, ref = two_moons(n, seed=1), two_moons(n, seed=2)
     w_model, w_data = _sliced_w1(out.x, data), _sliced_w1(ref, data)
-    # measured at training: 0.050 with 4000 samples (100 DDIM steps) vs 0.006 between data sets
-    assert w_model < 0.08 and w_model < 10 * w_data + 0.03, (w_model, w_data)
+    # measured: 0.014-0.023 with 4000 samples (100 DDIM steps) vs 0.006 between data sets
+    assert w_model < 0.04 and w_model < 5 * w_data + 0.01, (w_model, w_data)
+    assert float(out.x.norm(dim=1).max()) < 3.5  # no sample flies off from the tails of x_T
     # and far from a Gaussian with the data's mean and covariance
     g = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     gauss = data.mean(0) + g @ torch.linalg.cholesky(torch.cov(data.T)).T

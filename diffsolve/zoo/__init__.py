@@ -10,7 +10,7 @@ Models (``available()`` lists them with a description):
 - ``"digits"``: scikit-learn's 8×8 digits, class-conditional with a null class (label dropout),
   ε-prediction under the cosine VP schedule, time input λ = log(α/σ). Unconditional by default;
   use :class:`diffsolve.CFGDenoiser` for class-conditional / guided sampling.
-- ``"two_moons"``: a 2-D two-moons density, ε-prediction under the cosine VP schedule, for
+- ``"two_moons"``: a 2-D two-moons density, v-prediction under the cosine VP schedule, for
   density and trajectory pictures.
 
 Each model is ``weights/NAME.safetensors`` plus ``weights/NAME.json`` (architecture, schedule,

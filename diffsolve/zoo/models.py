@@ -8,7 +8,8 @@ Every network here has the call signature diffsolve expects, ``net(x, label, con
 - ``cond``: optional (B,) integer class labels; ``None`` or the null class ``num_classes`` means
   unconditional (the networks are trained with label dropout, so classifier-free guidance works).
 
-They return ε̂ of the same shape as ``x`` (``prediction="eps"``).
+They return a prediction of the same shape as ``x``, of the type stored in the model's metadata
+(``"eps"`` for digits, ``"v"`` for two_moons).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class _Block(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """ε-prediction network on flattened samples: Linear → ``depth`` FiLM residual blocks → Linear.
+    """Network on flattened samples: Linear → ``depth`` FiLM residual blocks → LayerNorm → Linear.
 
     Args:
         shape: shape of one sample, e.g. ``(1, 8, 8)`` or ``(2,)``.
