@@ -444,7 +444,8 @@ def cmd_list(args) -> int:
             print("  (none)")
         for it in items:
             if kind == "solvers":
-                extra = f"order {it['order']:g}, {'SDE' if it['stochastic'] else 'ODE'}, {it['nfe_per_step']} NFE/step"
+                cost = "adaptive steps" if it.get("adaptive") else f"{it['nfe_per_step']} NFE/step"
+                extra = f"order {it['order']:g}, {'SDE' if it['stochastic'] else 'ODE'}, {cost}"
                 print(f"  {it['name']:<14} {extra:<32} {it['summary']}")
             elif kind == "problems":
                 shape = "x".join(map(str, it["shape"])) if it["shape"] else "-"

@@ -223,8 +223,9 @@ def list_solvers() -> list[dict]:
     out = []
     for name, cls in sorted(SOLVERS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
-        out.append({"name": name, "order": cls.order, "stochastic": cls.stochastic,
-                    "nfe_per_step": cls.nfe_per_step, "summary": doc[0] if doc else ""})
+        adaptive = bool(getattr(cls, "adaptive", False))
+        out.append({"name": name, "order": cls.order, "stochastic": cls.stochastic, "adaptive": adaptive,
+                    "nfe_per_step": None if adaptive else cls.nfe_per_step, "summary": doc[0] if doc else ""})
     return out
 
 
