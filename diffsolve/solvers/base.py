@@ -41,12 +41,15 @@ class StepContext:
         t: (n+1,) float64 CPU tensor of times, strictly decreasing.
         alpha, sigma, lam: lists of Python floats at each grid point.
         noise: the noise source (``None`` for deterministic solves).
+        denoise_final: whether the loop ends with x̂0(x, t_n) after the last step (solvers that
+            lower their order towards the end take it into account).
     """
 
     denoiser: Denoiser
     level: NoiseLevel
     t: Tensor
     noise: NoiseSource | None = None
+    denoise_final: bool = False
     alpha: list = field(init=False)
     sigma: list = field(init=False)
     lam: list = field(init=False)
@@ -168,7 +171,7 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     Returns ``(x, traj)`` with ``traj`` the list of states at every grid point (``trajectory=True``)
     or ``None``. ``denoise_final`` replaces the last state by x̂0(x, t_n) (one more evaluation).
     """
-    ctx = StepContext(denoiser, level, t, noise)
+    ctx = StepContext(denoiser, level, t, noise, denoise_final)
     solver.check(ctx)
     traj = [x] if trajectory else None
     state = solver.init(ctx, x)

@@ -28,7 +28,8 @@ the method only second order; it exists to reproduce those implementations step 
 Warm-up: step i uses at most order i + 1 (only i + 1 evaluations exist). ``lower_order_final``:
 when enabled and ``steps + 1 < lower_order_below`` (``None``: for any number of steps), step i
 uses order ≤ steps + 1 − i, i.e. the last step is of order ≤ 2, as if the final denoise
-x̂0(x, t_min) were a first-order step to σ = 0. This is diffusers' rule with
+x̂0(x, t_min) were a first-order step to σ = 0; a run without the final denoise ramps one step
+earlier, so its last step (on DDPM-like grids the longest in λ) is of order 1. This is diffusers' rule with
 ``final_sigmas_type="zero"`` (the step to σ = 0 there is diffsolve's ``denoise_final``) and the
 DPM-Solver++ paper's advice for few steps (< 15) on guided sampling.
 """
@@ -111,7 +112,8 @@ class _Multistep(Solver):
         p = min(self.solver_order, i + 1)
         n = ctx.steps
         if self.lower_order_final and (self.lower_order_below is None or n + 1 < self.lower_order_below):
-            p = min(p, n + 1 - i)
+            # the final denoise counts as the last, first-order, step; without it step n-1 is the last
+            p = min(p, n + 1 - i if ctx.denoise_final else n - i)
         return p
 
     def init(self, ctx, x):
