@@ -60,7 +60,7 @@ def plot_results(results, png=None) -> Path:
         floors = [r["floors"].get(metric) for r in prow if r["floors"].get(metric)]
         if floors:
             ax.axhline(floors[0], color="gray", ls="--", lw=1, label="floor (exact batch)")
-        nfes = sorted({p[0] for pts in lines.values() for p in pts})
+        nfes = sorted({r["nfe_budget"] for r in prow})  # the budgets asked for (Heun uses one less)
         if nfes:
             ax.set_xticks(nfes)
             ax.set_xticklabels([str(k) for k in nfes])
