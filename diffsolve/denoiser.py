@@ -119,23 +119,25 @@ class Denoiser(torch.nn.Module):
         self.where = ""  # set by the integration loop, e.g. "step 3/10"; used in error messages
         self._pending: list[tuple[Tensor, str]] = []
         self._coef_cache: dict = {}
+        self._label_cache: dict = {}
 
     # --- coefficients ------------------------------------------------------------------
     def coefficients(self, t, kind: str, like: Tensor):
         """(A_t, B_t) of prediction type ``kind`` at time(s) t, shaped to broadcast with ``like``."""
-        sch = self.schedule
-        t = sch.check_time(t)
         kind = _canonical(kind)
-        if t.dim() == 0 and t.device.type == "cpu":
+        scalar = _scalar_time(t)
+        if scalar is not None:
             # scalar times repeat (every solver stage, every sample batch): memoise them
-            key = (kind, float(t), like.dtype)
+            key = (kind, scalar, like.dtype)
             hit = self._coef_cache.get(key)
             if hit is None:
+                t = self.schedule.check_time(t)
                 hit = tuple(c.to(like.dtype) for c in self._coefficients(t, kind))
                 if len(self._coef_cache) > 4096:
                     self._coef_cache.clear()
                 self._coef_cache[key] = hit
             return hit
+        t = self.schedule.check_time(t)
         if t.dim() > 0:
             t = t.to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
         A, B = self._coefficients(t, kind)
@@ -163,15 +165,23 @@ class Denoiser(torch.nn.Module):
     # --- network call ------------------------------------------------------------------
     def raw(self, x: Tensor, t) -> Tensor:
         """The network's own output at (x, t), in x's dtype. One counted evaluation."""
-        t = self.schedule.check_time(t)
         batch = x.shape[0]
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch):
-            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         net_dtype = self.net_dtype or x.dtype
         label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
-        label = self.time_label(t).to(device=x.device, dtype=label_dtype)
-        if label.dim() == 0:
-            label = label.expand(batch)
+        scalar = _scalar_time(t)
+        key = (scalar, batch, x.device, label_dtype)
+        label = self._label_cache.get(key) if scalar is not None else None
+        if label is None:  # validate and build the label; scalar times are memoised (fixed grids repeat them)
+            t = self.schedule.check_time(t)
+            if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch):
+                raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+            label = self.time_label(t).to(device=x.device, dtype=label_dtype)
+            if label.dim() == 0:
+                label = label.expand(batch)
+            if scalar is not None:
+                if len(self._label_cache) > 4096:
+                    self._label_cache.clear()
+                self._label_cache[key] = label
         out = self.net(x.to(net_dtype), label)
         self.nfe += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -232,7 +242,17 @@ class Denoiser(torch.nn.Module):
         return f"prediction={self.prediction!r}, schedule={self.schedule!r}"
 
 
-def _fmt_t(t: Tensor) -> str:
+def _scalar_time(t) -> float | None:
+    """t as a Python float if it is one host scalar (a memoisation key), else None."""
+    if isinstance(t, (int, float)):
+        return float(t)
+    if isinstance(t, Tensor) and t.dim() == 0 and t.device.type == "cpu" and not t.requires_grad:
+        return float(t)
+    return None
+
+
+def _fmt_t(t) -> str:
+    t = torch.as_tensor(t, dtype=torch.float64)
     if t.dim() == 0:
         return f"{float(t):.6g}"
     if t.device.type != "cpu":
