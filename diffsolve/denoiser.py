@@ -116,7 +116,9 @@ class Denoiser(torch.nn.Module):
         self.net_dtype = net_dtype
         self.shape = tuple(shape) if shape is not None else None
         self.nfe = 0
-        self.where = ""  # set by the integration loop, e.g. "step 3/10"; used in error messages
+        # where the integration loop is, for error messages: a string, or the loop's cheap
+        # (solver name, step index, number of steps, host times) tuple, formatted only when needed
+        self._where: list = [""]
         self._pending: list[tuple[Tensor, str]] = []
         self._coef_cache: dict = {}
         self._label_cache: dict = {}
@@ -191,8 +193,22 @@ class Denoiser(torch.nn.Module):
         self._check_finite(out, t)
         return out.to(x.dtype)
 
+    @property
+    def where(self) -> str:
+        w = self._where[0]
+        if isinstance(w, tuple):
+            name, i, n, times = w
+            if i >= n:
+                return f"final denoise at t={times[n]:.6g}"
+            return f"step {i + 1}/{n} of {name}, from t={times[i]:.6g} to t={times[i + 1]:.6g}"
+        return w
+
+    @where.setter
+    def where(self, value):
+        self._where[0] = value
+
     def _check_finite(self, out: Tensor, t: Tensor):
-        where = f"network call {self.nfe}" + (f" ({self.where})" if self.where else "")
+        where = f"network call {self.nfe}" + (f" ({self.where})" if self._where[0] else "")
         # NaN and ±Inf propagate through a float64 sum (which cannot overflow for finite network
         # outputs): one pass over the output instead of isfinite().all()'s several
         finite = torch.isfinite(out.sum(dtype=torch.float64))

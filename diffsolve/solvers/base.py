@@ -176,19 +176,20 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     traj = [x] if trajectory else None
     state = solver.init(ctx, x)
     n = ctx.steps
+    where, times = denoiser._where, ctx.t.tolist()  # location for error messages, formatted on demand
     for i in range(n):
-        denoiser.where = f"step {i + 1}/{n} of {solver.name}, from t={ctx.time(i):.6g} to t={ctx.time(i + 1):.6g}"
+        where[0] = (solver.name, i, n, times)
         x, state = solver.step(ctx, i, x, state)
         if traj is not None:
             traj.append(x)
         if callback is not None:
             callback(i, x)
     if denoise_final:
-        denoiser.where = f"final denoise at t={ctx.time(n):.6g}"
+        where[0] = (solver.name, n, n, times)
         x = denoiser.x0(x, t[n])
         if traj is not None:
             traj.append(x)
-    denoiser.where = ""
+    where[0] = ""
     denoiser.check_finite()
     return x, traj
 
