@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..analytic import GaussianMixture
 from ..denoiser import Denoiser
+from ..reference import ode_reference
 from ..schedules import Schedule
 
 __all__ = ["rms_error", "sliced_wasserstein", "projections", "GaussianTarget", "frechet_distance",
@@ -191,32 +192,15 @@ def reference_solution(denoiser: Denoiser, x: Tensor, t_start: float, t_end: flo
     r"""The probability-flow ODE solution from x at ``t_start`` to ``t_end`` (float64), followed by
     the same final denoise x̂0(x, t_end) the sampler applied (when ``denoise_final``).
 
-    A single-Gaussian ``mixture`` uses :func:`gaussian_ode_solution` (exact). Otherwise dopri5 with
-    per-sample error control (rtol = atol = ``tol``) integrates the data-scale state y = x/α in
-    λ = log(α/σ), where the ODE reads dy/dλ = x̂0(α y, t(λ)) − y (smooth and non-stiff over the
-    whole range; the change of variable is exact, MATH §5).
+    A single-Gaussian ``mixture`` uses :func:`gaussian_ode_solution` (exact); otherwise
+    :func:`diffsolve.reference.ode_reference` (dopri5 in λ with per-sample error control,
+    rtol = atol = ``tol``).
     """
-    sch = denoiser.schedule
     x = x.to(_F64)
     if mixture is not None and mixture.K == 1:
-        out = gaussian_ode_solution(mixture, sch, x, t_start, t_end)
+        out = gaussian_ode_solution(mixture, denoiser.schedule, x, t_start, t_end)
     else:
-        from ..rk import rk_solve
-
-        tt = torch.tensor([float(t_start), float(t_end)], dtype=_F64)
-        lam0, lam1 = sch.log_snr(tt).tolist()
-        a0, a1 = sch.alpha(tt).tolist()
-        lo, hi = min(t_start, t_end), max(t_start, t_end)
-        extra = [1] * (x.dim() - 1)
-
-        def func(lam, y):
-            t = sch.t_of_log_snr(lam.detach().to("cpu", _F64).reshape(-1)).clamp(lo, hi)
-            alpha = sch.alpha(t).to(y.device).reshape(-1, *extra)
-            return denoiser.x0(alpha * y, t) - y
-
-        y, _ = rk_solve(func, x / a0, lam0, lam1, method="dopri5", rtol=tol, atol=tol,
-                        per_sample=True, max_steps=100000)
-        out = a1 * y
+        out = ode_reference(denoiser, x, t_start, t_end, rtol=tol, atol=tol)
     if denoise_final:
         out = denoiser.x0(out, float(t_end))
     return out
