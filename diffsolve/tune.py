@@ -13,7 +13,7 @@ with the grid parametrised in λ = log(α/σ) so that every θ gives a valid gri
 
 and, when the run ends with the final denoise x̂0(x, t_n), the end point λ_end itself is free
 in (λ_0, λ(t_min)] (a larger final noise level is often better at very small budgets).
-The search is derivative-free (Nelder–Mead on θ, started from the best fixed grid), so it works
+The search is derivative-free (Nelder–Mead on θ with restarts, started from the best fixed grid), so it works
 for any solver and any network without differentiating through either, and it keeps the best grid
 seen: the result is never worse than its starting grid on the pilot set. The tuned grid is then
 judged on fresh seeds, which the result reports beside the pilot error.
@@ -246,15 +246,19 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
             best.update(err=e, t=t)
         return math.log(e) if e > 0 else -1e6
 
-    simplex = [p0.numpy()]
-    for k in range(len(p0)):
-        q = p0.clone()
-        q[k] += 0.5
-        simplex.append(q.numpy())
-    budget = max(max_evals - evaluations, 0)
-    if budget > 0:
-        scipy.optimize.minimize(objective, p0.numpy(), method="Nelder-Mead",
-                                options={"maxfev": budget, "initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-5})
+    # Nelder–Mead, restarted from the best point with a fresh, smaller simplex whenever it
+    # converges early (a restart escapes the simplex collapse that stalls it in 5-12 dimensions)
+    scale, p = 0.5, p0
+    while max_evals - evaluations > len(p0) + 1:
+        simplex = [p.numpy()] + [(p + scale * torch.eye(len(p), dtype=torch.float64)[k]).numpy()
+                                 for k in range(len(p))]
+        res = scipy.optimize.minimize(objective, p.numpy(), method="Nelder-Mead",
+                                      options={"maxfev": max_evals - evaluations, "initial_simplex": simplex,
+                                               "xatol": 1e-4, "fatol": 1e-5})
+        p = torch.as_tensor(res.x, dtype=torch.float64)
+        scale *= 0.5
+        if scale < 0.02:
+            break
 
     result = TunedGrid(t=best["t"].tolist(), solver=sol.name, nfe=int(nfe), denoise_final=denoise_final,
                        model=model, schedule=repr(schedule), solver_options=dict(solver_options or {}),
