@@ -78,18 +78,20 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         if tuned is not None:  # it fixes the times and whether the run ends with x̂0
             grid, steps, nfe, denoise_final = tuned.grid, None, None, tuned.denoise_final
     level = NoiseLevel(schedule, eta=eta, noise=noise)
-    adaptive = getattr(solver, "adaptive", False)  # chooses its own steps: grid = [t_start, t_end] only
-    if adaptive and (steps is not None or nfe is not None or trajectory):
-        raise ValueError(f"solver {solver.name!r} is adaptive: give its tolerances in solver_options "
-                         f"instead of steps/nfe (trajectory is not supported)")
-    if adaptive:  # only the grid's end points matter
-        t = make_grid(schedule, 1, "time") if isinstance(grid, str) else make_grid(schedule, None, grid)[[0, -1]]
-    elif (steps is None) == (nfe is None) and not (not isinstance(grid, str) and steps is None and nfe is None):
-        raise ValueError("give exactly one of steps (solver steps) or nfe (a budget of evaluations), "
-                         "or an explicit grid array")
-    if nfe is not None:
-        steps = solver.steps_for_nfe(int(nfe) - int(denoise_final))
-    if not adaptive:
+    explicit = not isinstance(grid, str)  # an array of times (or a tuned grid): it fixes the steps
+    if getattr(solver, "adaptive", False):  # it chooses its own steps: only the end points matter
+        if steps is not None or nfe is not None or trajectory:
+            raise ValueError(f"solver {solver.name!r} is adaptive: give its tolerances in solver_options "
+                             f"instead of steps/nfe (trajectory is not supported)")
+        t = make_grid(schedule, None, grid)[[0, -1]] if explicit else make_grid(schedule, 1, "time")
+    else:
+        if explicit and (steps is not None or nfe is not None):
+            raise ValueError("an explicit grid of times fixes the number of steps; drop steps/nfe")
+        if not explicit and (steps is None) == (nfe is None):
+            raise ValueError("give exactly one of steps (solver steps) or nfe (a budget of evaluations), "
+                             "or an explicit grid array")
+        if nfe is not None:
+            steps = solver.steps_for_nfe(int(nfe) - int(denoise_final))
         t = make_grid(schedule, steps, grid)
 
     seeds = parse_seeds(seeds) if seeds is not None else None
@@ -113,7 +115,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
 
     start = denoiser.nfe
     info = {}
-    if adaptive:
+    if getattr(solver, "adaptive", False):
         out, info = solver.solve(denoiser, x, float(t[0]), float(t[-1]), level=level, noise=source)
         out = denoiser.x0(out, t[-1]) if denoise_final else out
         traj = None
