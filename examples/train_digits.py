@@ -24,6 +24,7 @@ import torch
 import diffsolve
 from diffsolve.schedules import CosineSchedule
 from diffsolve.zoo import ResidualMLP, save_model
+from diffsolve.zoo.models import train_step
 from diffsolve.zoo.data import DIGITS_LEVELS, DIGITS_TRAIN, digits, digits_to_model, digits_to_pixels
 
 DEFAULT_OUT = Path(diffsolve.__file__).resolve().parent / "zoo" / "weights"
@@ -101,15 +102,7 @@ def main(argv=None):
         lam = schedule.log_snr(t).float()
         cond = torch.where(torch.rand(args.batch, generator=gen) < args.p_uncond, torch.full_like(y[idx], 10), y[idx])
         loss = (net(xt, lam, cond) - eps.float()).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.mul_(d).add_(pn, alpha=1 - d)
+        train_step(loss, net, ema, opt, sched, step, args.ema)
         if step % 1000 == 0 or step == args.steps - 1:
             print(f"step {step:6d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s", flush=True)
     train_time, cpu_time = time.time() - t0, time.process_time() - c0

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogSNREmbedding", "ResidualMLP", "ARCHITECTURES"]
+__all__ = ["LogSNREmbedding", "ResidualMLP", "ARCHITECTURES", "train_step"]
 
 
 class LogSNREmbedding(nn.Module):
@@ -110,3 +110,18 @@ class ResidualMLP(nn.Module):
 
 
 ARCHITECTURES = {"ResidualMLP": ResidualMLP}
+
+
+def train_step(loss: Tensor, net: nn.Module, ema: nn.Module, opt, lr_schedule, step: int, ema_decay: float):
+    """One optimiser step of the bundled models' training scripts: backward, gradient clipping at
+    norm 1, optimiser and learning-rate step, then the EMA update with warm-up
+    d = min(ema_decay, (1 + step)/(10 + step))."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    lr_schedule.step()
+    with torch.no_grad():
+        d = min(ema_decay, (1 + step) / (10 + step))
+        for pe, pn in zip(ema.parameters(), net.parameters()):
+            pe.mul_(d).add_(pn, alpha=1 - d)
