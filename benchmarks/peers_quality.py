@@ -52,6 +52,8 @@ SOLVER_OPTIONS = {
     "unipc": [{"variant": "bh1"}, {"order": 3}, {"order": 3, "variant": "bh1"}, {"lower_order_final": False},
               {"order": 3, "lower_order_final": False}, {"order": 3, "lower_order_below": None},
               {"final_corrector": True}],
+    "deis": [{"order": 2}, {"order": 4}, {"variable": "rho"}, {"order": 4, "variable": "rho"},
+             {"lower_order_final": False}, {"order": 4, "lower_order_final": False}],
 }
 # 'leading' starts late (unranked), so it is not run for diffsolve
 DIFFSOLVE_GRIDS = tuple(g for g in ds.grids.GRIDS if g != "leading")

@@ -186,3 +186,26 @@ def test_sde_dpmpp_2m(problem, solver_type):
     _, traj = integrate(s, den, xT, t, level=NoiseLevel(sch, eta=1.0), noise=_GivenNoise(zs),
                         denoise_final=True, trajectory=True)
     assert max_rel_diff(traj[1:], ref) < 1e-6
+
+
+@pytest.mark.parametrize("order,steps", [(1, 10), (2, 10), (3, 10), (3, 25)])
+def test_deis(problem, order, steps):
+    """DEISMultistepScheduler (logρ) = diffsolve's deis. diffusers' last step goes to timestep 0's σ
+    (t_min), not to σ = 0: the diffsolve grid ends at t_min and has no final denoise."""
+    sch, den, net, xT = problem
+    sched = diffusers.DEISMultistepScheduler(num_train_timesteps=N, solver_order=order)
+    sched.set_timesteps(steps)
+    ac = sched.alphas_cumprod.double()
+    sched.alphas_cumprod = ac
+    s = ((1 - ac) / ac).sqrt()
+    sched.sigmas = torch.cat([s[sched.timesteps], s[:1]])  # float64 copy of its float32 table
+    x, ref = xT.clone(), []
+    for k in sched.timesteps:
+        x = sched.step(net(x, int(k)), k, x).prev_sample.to(torch.float64)
+        ref.append(x)
+    t = torch.cat([sch.t_of_timestep(sched.timesteps.to(torch.float64)), torch.tensor([sch.t_min], dtype=torch.float64)])
+    _, traj = integrate(get_solver("deis", order=order), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True)
+    assert max_rel_diff(traj[1:], ref) < 1e-10
+    if order == 3:  # the noise-prediction method is not DPM-Solver++ in disguise
+        _, other = integrate(get_solver("dpmpp_3m"), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True)
+        assert max_rel_diff(other[1:], ref) > 1e-4

@@ -145,6 +145,9 @@ def test_samples_do_not_depend_on_prediction_type(name):
 
 # --- measured convergence order ---------------------------------------------------------------
 ORDER_STEPS = (16, 32, 64)  # ≥ 15: DPM-Solver++'s lower_order_final switch stays off
+# solvers whose error is asymptotic only from more steps (measured: DEIS-3 in log ρ has local slopes
+# 2.5, 2.8, 3.0, 3.0 between 16, 32, …, 256 steps)
+LATE_ORDER_STEPS = {"deis": (32, 64, 128)}
 
 
 def slope(steps, errs) -> float:
@@ -187,8 +190,9 @@ def test_ode_convergence_order(name):
     if draws_noise_at_eta0(name):
         pytest.skip(f"{name} draws noise even at eta=0 (tested for its weak order)")
     solver = make(name)
-    errs = ode_errors(solver)
-    p = slope(ORDER_STEPS, errs)
+    steps = LATE_ORDER_STEPS.get(name, ORDER_STEPS)
+    errs = ode_errors(solver, steps)
+    p = slope(steps, errs)
     # ``order`` of a stochastic solver is its weak order; one whose order as an ODE solver (η = 0)
     # differs declares it as ``ode_order``
     declared = getattr(solver, "ode_order", solver.order)

@@ -85,7 +85,7 @@ class _Multistep(Solver):
     def __init__(self, order: int, solver_type: str = "midpoint", third_order: str = "exact",
                  lower_order_final: bool = True, lower_order_below: int | None = 15):
         if order not in range(1, self._max_order + 1):
-            raise ValueError(f"{self.name}: order must be 1, 2 or 3, got {order!r}")
+            raise ValueError(f"{self.name}: order must be one of {list(range(1, self._max_order + 1))}, got {order!r}")
         if solver_type not in ("midpoint", "taylor"):
             raise ValueError(f"{self.name}: unknown solver_type {solver_type!r}; valid: 'midpoint', 'taylor'")
         if third_order not in ("exact", "dpm_solver"):
