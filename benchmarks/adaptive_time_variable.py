@@ -53,7 +53,7 @@ def problems(batch):
 
 def solve(den, sch, x, variable, tol, per_sample, method="dopri5"):
     ode = PFODE(den, variable)
-    tau0, tau1 = float(ode.tau_of(sch.t_max)), float(ode.tau_of(sch.t_min))
+    tau0, tau1 = float(ode.u_of(sch.t_max)), float(ode.u_of(sch.t_min))
     start = den.nfe
     y, st = rk_solve(ode.func, ode.to_state(x, sch.t_max), tau0, tau1, method=method, rtol=tol, atol=tol,
                      per_sample=per_sample)

@@ -261,7 +261,7 @@ def tables(log, problems, budgets):
         # per family
         fams = sorted({r["family"] for r in pr if r["side"] != "floor"},
                       key=lambda f: (not f.startswith("diffsolve"), f))
-        lines.append(f"\nBest configuration per family (rms; full-start configurations only):\n")
+        lines.append("\nBest configuration per family (rms; full-start configurations only):\n")
         lines.append("| family | " + " | ".join(f"NFE {b}" for b in budgets) + " | best config at the largest NFE |")
         lines.append("|---|" + "---:|" * len(budgets) + "---|")
         for f in fams:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-import diffsolve as ds
 from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel

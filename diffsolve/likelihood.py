@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
+from .processes import PFODE, TIME_VARIABLES
 from .rk import TABLEAUS, rk_solve
 
 __all__ = ["log_likelihood", "LikelihoodResult", "Dequantization", "encode", "decode", "round_trip",
@@ -69,54 +70,10 @@ __all__ = ["log_likelihood", "LikelihoodResult", "Dequantization", "encode", "de
 _F64 = torch.float64
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
-# time variable -> state scaling c_t (chosen by measurement, see benchmarks/likelihood.md)
-TIME_VARIABLES = {"t": "one", "log_snr": "one", "sigma_over_alpha": "alpha"}
 _EXACT_CHUNK = 256  # basis vectors per batched VJP in the exact divergence
 # The row index rides in the state (per-sample solves call func on a subset of rows) scaled by an
 # exact power of two, so that it weighs nothing in the solver's norms (initial step, error).
 _IDX_SCALE = 2.0 ** -100
-
-
-# --- time variables ---------------------------------------------------------------------------
-class _Coordinates:
-    """u ↔ t, dt/du and the state scaling c_t for one time variable."""
-
-    def __init__(self, schedule, time_variable: str, scale: str | None = None):
-        if time_variable not in TIME_VARIABLES:
-            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
-        self.sch, self.name = schedule, time_variable
-        self.scale = scale or TIME_VARIABLES[time_variable]
-
-    def u(self, t: float) -> float:
-        t = torch.tensor(float(t), dtype=_F64)
-        if self.name == "t":
-            return float(t)
-        lam = self.sch.log_snr(t)
-        return float(lam) if self.name == "log_snr" else float(torch.exp(-lam))
-
-    def t(self, u: Tensor) -> Tensor:
-        if self.name == "t":
-            return u.clamp(self.sch.t_min, self.sch.t_max)
-        lam = u if self.name == "log_snr" else -torch.log(u)
-        return self.sch.t_of_log_snr(lam)
-
-    def dt_du(self, t: Tensor) -> Tensor:
-        if self.name == "t":
-            return torch.ones_like(t)
-        dlam = self.sch.d_log_snr(t)
-        if self.name == "log_snr":
-            return 1.0 / dlam
-        return -torch.exp(self.sch.log_snr(t)) / dlam  # s = e^{−λ}: ds/dt = −s λ'
-
-    def log_c(self, t: Tensor) -> Tensor:
-        if self.scale == "one":
-            return torch.zeros_like(t)
-        return self.sch.log_alpha(t) if self.scale == "alpha" else self.sch.log_sigma(t)
-
-    def d_log_c(self, t: Tensor) -> Tensor:
-        if self.scale == "one":
-            return torch.zeros_like(t)
-        return self.sch.d_log_alpha(t) if self.scale == "alpha" else self.sch.d_log_sigma(t)
 
 
 # --- dequantization -------------------------------------------------------------------------
@@ -299,31 +256,23 @@ class _LikelihoodODE:
         self.calls = None  # (B,) forward calls per row
 
     def __call__(self, u: Tensor, state: Tensor) -> Tensor:
-        n, d, k = state.shape[0], self.d, self.k
-        co, sch = self.co, self.den.schedule
-        t = co.t(u.to(_F64))
+        n, d, k, co = state.shape[0], self.d, self.k, self.co
+        t = co.t_of(u)
         idx = (state[:, -1] / _IDX_SCALE).round().long()
         self.calls.index_add_(0, idx.cpu(), torch.ones(n, dtype=torch.int64))
-        tt = t
-        c = co.log_c(tt).exp()
-        cb = c if c.dim() == 0 else c[:, None]
         y = state[:, :d]
-        x = (cb * y).reshape(n, *self.shape)
-        sigma, dlam, dtdu = sch.sigma(tt), sch.d_log_snr(tt), co.dt_du(tt)
-        lin = (sch.d_log_alpha(tt) - co.d_log_c(tt)) * dtdu
-        coef = -sigma * dlam * dtdu
-        bc = (lambda v: v) if tt.dim() == 0 else (lambda v: v[:, None])
+        x = co.from_state(y, t).reshape(n, *self.shape)
         if self.with_div:
             probes = None if self.probes is None else self.probes[:, idx.to(self.probes.device)]
             eps, div = _eps_and_divergence(self.den, x, t, probes)
         else:
             with torch.no_grad():
                 eps, div = self.den.eps(x, t), None
-        dy = bc(lin) * y + bc(coef / c) * eps.reshape(n, d).to(state.dtype)
         out = torch.zeros_like(state)
-        out[:, :d] = dy
+        out[:, :d] = co.rate(y, t, eps.reshape(n, d))
         if self.with_div:
-            out[:, d:d + k] = bc(coef) * div.to(state.dtype)
+            K = co.coefficients(t)[1]
+            out[:, d:d + k] = (K if K.dim() == 0 else K[:, None]).to(state.dtype) * div.to(state.dtype)
         return out
 
 
@@ -493,12 +442,11 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         if probe == "rademacher":
             V = torch.sign(V)
 
-    co = _Coordinates(sch, time_variable)
-    u0, u1 = co.u(t_end), co.u(sch.t_max)
+    co = PFODE(denoiser, time_variable)
+    u0, u1 = float(co.u_of(t_end)), float(co.u_of(sch.t_max))
     t0_t, tT_t = torch.tensor(t_end, dtype=_F64), torch.tensor(sch.t_max, dtype=_F64)
-    c0 = float(co.log_c(t0_t).exp())
     state = torch.zeros(B, d + k + 1, dtype=dtype, device=x.device)
-    state[:, :d] = x.reshape(B, d) / c0
+    state[:, :d] = x.reshape(B, d) / float(co.c(t_end))
     state[:, -1] = torch.arange(B, dtype=dtype) * _IDX_SCALE
     ode = _LikelihoodODE(denoiser, co, shape, k, V, with_divergence=True)
 
@@ -507,8 +455,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     nfe = ode.calls
     denoiser.check_finite()
 
-    cT = float(co.log_c(tT_t).exp())
-    z = (cT * out[:, :d]).to(_F64).reshape(B, *shape)
+    z = (float(co.c(sch.t_max)) * out[:, :d]).to(_F64).reshape(B, *shape)
     deltas = out[:, d:d + k].to(_F64)  # (B, k) per-probe integrals
     linear = d * float(sch.log_alpha(tT_t) - sch.log_alpha(t0_t))
     prior_lp = prior_fn(z).to(_F64).reshape(-1)
@@ -544,18 +491,17 @@ def _flow(denoiser, x, t_from, t_to, *, rtol, atol, method, per_sample, time_var
           chunk_size, norm, max_steps):
     time_variable = _time_variable(time_variable, per_sample)
     rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
-    sch = denoiser.schedule
-    co = _Coordinates(sch, time_variable)
+    co = PFODE(denoiser, time_variable)
     B, shape = x.shape[0], tuple(x.shape[1:])
     d = math.prod(shape)
-    c_from = float(co.log_c(torch.tensor(t_from, dtype=_F64)).exp())
-    c_to = float(co.log_c(torch.tensor(t_to, dtype=_F64)).exp())
+    c_from, c_to = float(co.c(t_from)), float(co.c(t_to))
     state = torch.zeros(B, d + 1, dtype=_F64, device=x.device)
     state[:, :d] = x.reshape(B, d).to(_F64) / c_from
     state[:, -1] = torch.arange(B, dtype=_F64) * _IDX_SCALE
     ode = _LikelihoodODE(denoiser, co, shape, 0, None, with_divergence=False)
-    out, _ = _chunked(ode, state, co.u(t_from), co.u(t_to), chunk_size, method=method, rtol=rtol, atol=atol,
-                      per_sample=per_sample, fixed_steps=fixed_steps, norm=norm, max_steps=max_steps)
+    u0, u1 = float(co.u_of(t_from)), float(co.u_of(t_to))
+    out, _ = _chunked(ode, state, u0, u1, chunk_size, method=method, rtol=rtol, atol=atol, per_sample=per_sample,
+                      fixed_steps=fixed_steps, norm=norm, max_steps=max_steps)
     denoiser.check_finite()
     return (c_to * out[:, :d]).reshape(B, *shape), ode.calls
 

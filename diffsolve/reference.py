@@ -35,24 +35,15 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
     Returns:
         (B, *shape) float64 tensor.
     """
+    from .processes import PFODE
     from .rk import rk_solve
 
-    sch = denoiser.schedule
+    ode = PFODE(denoiser, "log_snr", scale="alpha")  # dy/dλ = x̂0 − y = −(σ/α) ε̂, y = x/α
     x = x.to(torch.float64)
-    tt = torch.tensor([float(t_start), float(t_end)], dtype=torch.float64)
-    lam0, lam1 = sch.log_snr(tt).tolist()
-    a0, a1 = sch.alpha(tt).tolist()
-    lo, hi = min(t_start, t_end), max(t_start, t_end)
-    extra = [1] * (x.dim() - 1)
-
-    def func(lam, y):
-        t = sch.t_of_log_snr(lam.detach().to("cpu", torch.float64).reshape(-1)).clamp(lo, hi)
-        alpha = sch.alpha(t).to(y.device).reshape(-1, *extra)
-        return denoiser.x0(alpha * y, t) - y
-
-    y, _ = rk_solve(func, x / a0, lam0, lam1, method=method, rtol=rtol, atol=atol, per_sample=True,
-                    max_steps=100000)
-    out = a1 * y
+    u0, u1 = float(ode.u_of(float(t_start))), float(ode.u_of(float(t_end)))
+    y, _ = rk_solve(ode.func, ode.to_state(x, float(t_start)), u0, u1, method=method, rtol=rtol, atol=atol,
+                    per_sample=True, max_steps=100000)
+    out = ode.from_state(y, float(t_end))
     if denoise_final:
         out = denoiser.x0(out, float(t_end))
     return out

@@ -1,6 +1,5 @@
 """Adapters: diffusers (against diffusers' own scheduler loops), EDM / k-diffusion, score_sde,
 plain callables and load_factory (MATH §2)."""
-import math
 import textwrap
 
 import pytest

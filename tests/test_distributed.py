@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffsolve.bench import BenchConfig, read_rows, run_bench
+from diffsolve.bench import read_rows
 from diffsolve.bench.distributed import DistContext, shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]

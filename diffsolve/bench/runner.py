@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 

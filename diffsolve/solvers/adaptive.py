@@ -49,61 +49,14 @@ import torch
 from torch import Tensor
 
 from ..noise import NoiseSource
-from ..processes import ProbabilityFlowODE, ReverseSDE
-from ..rk import TABLEAUS, rk_solve
-from .base import SOLVERS, Solver, bcast, register
+from ..processes import PFODE, TIME_VARIABLES, ReverseSDE
+from ..rk import rk_solve
+from .base import SOLVERS, Solver, register
 
 __all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Tsit5", "Bosh3", "AdaptiveHeun", "TorchDiffEq",
            "TorchSDE", "PFODE", "TIME_VARIABLES"]
 
-TIME_VARIABLES = ("t", "log_snr", "sigma_over_alpha")
 DEFAULT_TIME_VARIABLE = "log_snr"
-
-
-class PFODE:
-    """The probability-flow ODE (MATH 3.3) in time variable τ with state y (module docstring).
-
-    ``func(tau, y)`` takes τ as a 0-dim or (B,) float64 tensor; ``tau_of``, ``t_of``,
-    ``to_state``, ``from_state`` map between (x, t) and (y, τ).
-    """
-
-    def __init__(self, denoiser, time_variable: str = DEFAULT_TIME_VARIABLE):
-        if time_variable not in TIME_VARIABLES:
-            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
-        self.denoiser, self.variable = denoiser, time_variable
-        self.schedule = denoiser.schedule
-        self.ode = ProbabilityFlowODE(denoiser)
-
-    def tau_of(self, t) -> Tensor:
-        sch, t = self.schedule, torch.as_tensor(t, dtype=torch.float64)
-        if self.variable == "t":
-            return t
-        lam = sch.log_snr(t)
-        return lam if self.variable == "log_snr" else torch.exp(-lam)
-
-    def t_of(self, tau: Tensor) -> Tensor:
-        if self.variable == "t":  # clamped like t_of_log_snr (torchdiffeq's first trial step may overshoot)
-            return tau.clamp(self.schedule.t_min, self.schedule.t_max)
-        lam = tau if self.variable == "log_snr" else -torch.log(tau)
-        return self.schedule.t_of_log_snr(lam)
-
-    def _alpha(self, t, like):
-        return bcast(self.schedule.alpha(t), like) if torch.as_tensor(t).dim() else float(self.schedule.alpha(t))
-
-    def to_state(self, x: Tensor, t) -> Tensor:
-        return x / self._alpha(t, x) if self.variable == "sigma_over_alpha" else x
-
-    def from_state(self, y: Tensor, t) -> Tensor:
-        return y * self._alpha(t, y) if self.variable == "sigma_over_alpha" else y
-
-    def func(self, tau: Tensor, y: Tensor) -> Tensor:
-        t = self.t_of(tau)
-        if self.variable == "sigma_over_alpha":
-            return self.denoiser.eps(self.from_state(y, t), t)
-        dx = self.ode.drift(y, t)
-        if self.variable == "log_snr":
-            dx = dx / bcast(self.schedule.d_log_snr(t), dx)
-        return dx
 
 
 class AdaptiveSolver(Solver):
@@ -163,7 +116,7 @@ class RungeKutta(AdaptiveSolver):
     def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
         self.check_level(level)
         ode = PFODE(denoiser, self.time_variable)
-        tau0, tau1 = float(ode.tau_of(float(t_start))), float(ode.tau_of(float(t_end)))
+        tau0, tau1 = float(ode.u_of(float(t_start))), float(ode.u_of(float(t_end)))
         y, stats = rk_solve(ode.func, ode.to_state(x, float(t_start)), tau0, tau1, method=self.method,
                             rtol=self.rtol, atol=self.atol, per_sample=self.per_sample,
                             max_steps=self.max_steps, norm=self.norm)
@@ -234,7 +187,7 @@ class TorchDiffEq(AdaptiveSolver):
 
         self.check_level(level)
         ode = PFODE(denoiser, self.time_variable)
-        taus = torch.stack([ode.tau_of(float(t_start)), ode.tau_of(float(t_end))]).to(x.device)
+        taus = torch.stack([ode.u_of(float(t_start)), ode.u_of(float(t_end))]).to(x.device)
         y = torchdiffeq.odeint(ode.func, ode.to_state(x, float(t_start)), taus, method=self.method,
                                rtol=self.rtol, atol=self.atol, options=self.options or None)[-1]
         return ode.from_state(y, float(t_end)), {"method": self.method, "time_variable": self.time_variable}
