@@ -170,16 +170,8 @@ def _measure(prob, fn):
     return row, time.time() - t
 
 
-def run_problem(name, budgets, log, which, batch=None, grids=None):
-    prob = P.make_problem(name, batch=batch)
-    key0 = f"{name}|floor"
-    if key0 not in log.done:
-        sch = prob.schedule
-        s0 = prob.s_of_t(sch.t_max)
-        ref = P.reference(prob, s0, s0)
-        log.write(dict(key=key0, problem=name, side="floor", family="floor", config="exact ODE to t_min + x̂0",
-                       budget=0, rms=P.floor_error(prob), dist=P.distribution_error(prob, ref),
-                       full_start=True, nfe=0))
+def build_jobs(prob, name, budgets, which, grids=None) -> list[tuple]:
+    """(key, side, family, label, budget, fn) of every configuration; ``fn()`` runs it on ``prob``."""
     jobs = []
     if "diffsolve" in which:
         dup = eta0_duplicates(prob)
@@ -202,6 +194,20 @@ def run_problem(name, budgets, log, which, batch=None, grids=None):
                 for b in budgets:
                     jobs.append((f"{name}|k-diffusion|{lab}|{b}", "k-diffusion", f"k-diffusion {smp}", lab, b,
                                  (lambda s=smp, k=kind, b=b: P.run_kdiff(prob, s, k, b))))
+    return jobs
+
+
+def run_problem(name, budgets, log, which, batch=None, grids=None):
+    prob = P.make_problem(name, batch=batch)
+    key0 = f"{name}|floor"
+    if key0 not in log.done:
+        sch = prob.schedule
+        s0 = prob.s_of_t(sch.t_max)
+        ref = P.reference(prob, s0, s0)
+        log.write(dict(key=key0, problem=name, side="floor", family="floor", config="exact ODE to t_min + x̂0",
+                       budget=0, rms=P.floor_error(prob), dist=P.distribution_error(prob, ref),
+                       full_start=True, nfe=0))
+    jobs = build_jobs(prob, name, budgets, which, grids)
     todo = [j for j in jobs if j[0] not in log.done]
     print(f"[{name}] {len(jobs)} runs, {len(todo)} to do", flush=True)
     t_start = time.time()

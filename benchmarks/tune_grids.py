@@ -41,10 +41,23 @@ def problem(name):
     return get_problem(name).denoiser()
 
 
-def fixed_errors(den, solver, nfe, seeds, denoise_final):
+def parse_solver(spec: str) -> tuple[str, dict]:
+    """'unipc:order=3:variant=bh1' -> ('unipc', {'order': 3, 'variant': 'bh1'})."""
+    name, *opts = spec.split(":")
+    out = {}
+    for o in opts:
+        k, v = o.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return name, out
+
+
+def fixed_errors(den, solver, nfe, seeds, denoise_final, options=None):
     """Fresh RMS error of every fixed grid (same target as tune_steps)."""
     sch = den.schedule
-    sol = get_solver(solver)
+    sol = get_solver(solver, **(options or {}))
     x = float(sch.sigma(sch.t_max)) * NoiseSource(len(seeds), den.shape, seeds=seeds).randn()
     ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
     steps = sol.steps_for_nfe(nfe - int(denoise_final))
@@ -72,7 +85,8 @@ def best_peer(prob, nfe):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", default="ring2d,mix64,digits")
-    ap.add_argument("--solvers", default="unipc,dpmpp_2m")
+    ap.add_argument("--solvers", default="unipc,dpmpp_2m",
+                    help="comma-separated; options after a colon, e.g. unipc:order=3 or deis:order=2:variable=rho")
     ap.add_argument("--nfe", default="4,5,6,8,10")
     ap.add_argument("--pilot", type=int, default=256)
     ap.add_argument("--fresh", type=int, default=1024)
@@ -90,19 +104,20 @@ def main():
         out.unlink()
     for prob in args.problems.split(","):
         den = problem(prob)
-        for solver in args.solvers.split(","):
+        for spec in args.solvers.split(","):
+            solver, options = parse_solver(spec)
             for nfe in map(int, args.nfe.split(",")):
-                key = f"{prob}|{solver}|{nfe}"
+                key = f"{prob}|{spec}|{nfe}"
                 if key in done:
                     continue
                 t0 = time.perf_counter()
                 g = tune_steps(den, solver, nfe, pilot=args.pilot, fresh=args.fresh, max_evals=args.max_evals,
-                               denoise_final="auto", model=prob)
+                               denoise_final="auto", model=prob, solver_options=options)
                 fresh_seeds = g.fresh_seeds
                 fixed = {f"{k}{'+x0' if d else ''}": v for d in (True, False)
-                         for k, v in fixed_errors(den, solver, nfe, fresh_seeds, d).items()}
+                         for k, v in fixed_errors(den, solver, nfe, fresh_seeds, d, options).items()}
                 peer = best_peer(prob, nfe)
-                row = {"key": key, "problem": prob, "solver": solver, "nfe": nfe, "tuned_fresh": g.fresh_error,
+                row = {"key": key, "problem": prob, "solver": solver, "options": options, "nfe": nfe, "tuned_fresh": g.fresh_error,
                        "tuned_pilot": g.pilot_error, "init_grid": g.init_grid, "init_fresh": g.init_fresh_error,
                        "denoise_final": g.denoise_final, "fixed_fresh": fixed,
                        "best_fixed": min(fixed.values()), "best_fixed_grid": min(fixed, key=fixed.get),
@@ -111,7 +126,7 @@ def main():
                        "pilot": args.pilot, "fresh": args.fresh, "wall_s": time.perf_counter() - t0}
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"{prob:8s} {solver:9s} nfe={nfe:2d}  tuned {g.fresh_error:.4f}  best fixed "
+                print(f"{prob:8s} {spec:9s} nfe={nfe:2d}  tuned {g.fresh_error:.4f}  best fixed "
                       f"{row['best_fixed']:.4f} ({row['best_fixed_grid']})  peer "
                       f"{'-' if peer is None else format(peer['rms'], '.4f')}  [{g.tuning_nfe} calls, "
                       f"{g.tuning_seconds:.0f} s]", flush=True)

@@ -145,6 +145,32 @@ class Denoiser(torch.nn.Module):
         A, B = self._coefficients(t, kind)
         return A.to(like.dtype), B.to(like.dtype)
 
+    def prime(self, t: Tensor, like: Tensor):
+        """Fill the memo caches (conversion coefficients, time labels) for every time of a grid in
+        one vectorised pass, so the loop over the grid only looks them up. ``like``: the state
+        (its batch size, dtype and device key the caches). The values are those a per-call
+        computation gives, up to the last bit of vectorised arithmetic."""
+        t = self.schedule.check_time(torch.as_tensor(t, dtype=torch.float64).detach().cpu().reshape(-1))
+        times = t.tolist()
+        batch, dtype = like.shape[0], like.dtype
+        net_dtype = self.net_dtype or dtype
+        label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
+        if all((s, batch, like.device, label_dtype) in self._label_cache
+               and (self.prediction, s, dtype) in self._coef_cache for s in times):
+            return  # a grid seen before (e.g. the next batch)
+        if len(self._label_cache) + len(times) > 4096:
+            self._label_cache.clear()
+        labels = torch.as_tensor(self.time_label(t)).to(device=like.device, dtype=label_dtype)
+        if labels.shape == t.shape:  # (a user's label function may not take a vector: then no priming)
+            for s, lab in zip(times, labels):
+                self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
+        if len(self._coef_cache) + 4 * len(times) > 4096:
+            self._coef_cache.clear()
+        for kind in dict.fromkeys((self.prediction, "x0", "eps", "score")):
+            A, B = (c.to(dtype) for c in self._coefficients(t, kind))
+            for s, a, b in zip(times, A.expand(len(times)), B.expand(len(times))):
+                self._coef_cache[(kind, s, dtype)] = (a, b)
+
     def _coefficients(self, t: Tensor, kind: str):
         sch = self.schedule
         la, ls = sch._log_alpha(t), sch._log_sigma(t)

@@ -173,6 +173,7 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     """
     ctx = StepContext(denoiser, level, t, noise, denoise_final)
     solver.check(ctx)
+    denoiser.prime(ctx.t, x)  # labels and conversion coefficients of the whole grid, vectorised
     traj = [x] if trajectory else None
     state = solver.init(ctx, x)
     n = ctx.steps

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .base import register
 from .dpmpp import _Multistep
 
@@ -51,7 +49,21 @@ def phi(k: int, z: float) -> float:
 
 
 def _solve(R: list, g: list) -> list:
-    return torch.linalg.solve(torch.tensor(R, dtype=torch.float64), torch.tensor(g, dtype=torch.float64)).tolist()
+    """Solve the (at most 3×3) system R c = g in float64 by Gaussian elimination with partial
+    pivoting (plain Python: a torch or numpy call costs more than the arithmetic)."""
+    n = len(g)
+    M = [list(map(float, row)) + [float(b)] for row, b in zip(R, g)]
+    for k in range(n):
+        piv = max(range(k, n), key=lambda r: abs(M[r][k]))
+        M[k], M[piv] = M[piv], M[k]
+        for r in range(k + 1, n):
+            f = M[r][k] / M[k][k]
+            for c in range(k, n + 1):
+                M[r][c] -= f * M[k][c]
+    c = [0.0] * n
+    for k in reversed(range(n)):
+        c[k] = (M[k][n] - sum(M[k][j] * c[j] for j in range(k + 1, n))) / M[k][k]
+    return c
 
 
 @register
