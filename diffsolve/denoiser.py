@@ -125,19 +125,19 @@ class Denoiser(torch.nn.Module):
 
     # --- coefficients ------------------------------------------------------------------
     def coefficients(self, t, kind: str, like: Tensor):
-        """(A_t, B_t) of prediction type ``kind`` at time(s) t, shaped to broadcast with ``like``."""
+        """(A_t, B_t) of prediction type ``kind`` at time(s) t: Python floats (float64 arithmetic)
+        for one host-scalar t, else tensors shaped to broadcast with ``like``."""
         kind = _canonical(kind)
         scalar = _scalar_time(t)
         if scalar is not None:
             # scalar times repeat (every solver stage, every sample batch): memoise them
-            key = (kind, scalar, like.dtype)
-            hit = self._coef_cache.get(key)
+            hit = self._coef_cache.get((kind, scalar))
             if hit is None:
                 t = self.schedule.check_time(t)
-                hit = tuple(c.to(like.dtype) for c in self._coefficients(t, kind))
+                hit = tuple(float(c) for c in self._coefficients(t, kind))
                 if len(self._coef_cache) > 4096:
                     self._coef_cache.clear()
-                self._coef_cache[key] = hit
+                self._coef_cache[(kind, scalar)] = hit
             return hit
         t = self.schedule.check_time(t)
         if t.dim() > 0:
@@ -156,7 +156,7 @@ class Denoiser(torch.nn.Module):
         net_dtype = self.net_dtype or dtype
         label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
         if all((s, batch, like.device, label_dtype) in self._label_cache
-               and (self.prediction, s, dtype) in self._coef_cache for s in times):
+               and (self.prediction, s) in self._coef_cache for s in times):
             return  # a grid seen before (e.g. the next batch)
         if len(self._label_cache) + len(times) > 4096:
             self._label_cache.clear()
@@ -167,9 +167,8 @@ class Denoiser(torch.nn.Module):
         if len(self._coef_cache) + 4 * len(times) > 4096:
             self._coef_cache.clear()
         for kind in dict.fromkeys((self.prediction, "x0", "eps", "score")):
-            A, B = (c.to(dtype) for c in self._coefficients(t, kind))
-            for s, a, b in zip(times, A.expand(len(times)), B.expand(len(times))):
-                self._coef_cache[(kind, s, dtype)] = (a, b)
+            A, B = (c.expand(len(times)).tolist() for c in self._coefficients(t, kind))
+            self._coef_cache.update(((kind, s), (a, b)) for s, a, b in zip(times, A, B))
 
     def _coefficients(self, t: Tensor, kind: str):
         sch = self.schedule
@@ -184,6 +183,19 @@ class Denoiser(torch.nn.Module):
         if source == target:
             return y
         A_p, B_p = self.coefficients(t, source, x)
+        if isinstance(A_p, float):  # one host-scalar time: fused passes over the data
+            # (in place only on tensors created here: y may be referenced by the caller)
+            if B_p != 1.0:
+                x0 = y * (1.0 / B_p)
+                if A_p != 0.0:
+                    x0.add_(x, alpha=-A_p / B_p)
+            else:
+                x0 = y if A_p == 0.0 else torch.add(y, x, alpha=-A_p)
+            if target == "x0":
+                return x0
+            A_q, B_q = self.coefficients(t, target, x)
+            out = x0 * B_q
+            return out.add_(x, alpha=A_q) if A_q != 0.0 else out
         x0 = (y - A_p * x) / B_p
         if target == "x0":
             return x0
@@ -235,14 +247,14 @@ class Denoiser(torch.nn.Module):
 
     def _check_finite(self, out: Tensor, t: Tensor):
         where = f"network call {self.nfe}" + (f" ({self.where})" if self._where[0] else "")
-        # NaN and ±Inf propagate through a float64 sum (which cannot overflow for finite network
-        # outputs): one pass over the output instead of isfinite().all()'s several
-        finite = torch.isfinite(out.sum(dtype=torch.float64))
+        # NaN and ±Inf propagate through a sum: one pass over the output instead of isfinite().all()'s
+        # several. On the host, a non-finite sum of finite values (overflow) is told apart by the
+        # full check; on accelerators the sum accumulates in float64 and the check is deferred.
         if out.device.type == "cpu":
-            if not bool(finite):
+            if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
                 raise NonFiniteError(f"the network returned NaN or Inf at {where}, t={_fmt_t(t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call
-            self._pending.append((finite, f"{where}, t={_fmt_t(t)}"))
+            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), f"{where}, t={_fmt_t(t)}"))
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""

@@ -46,7 +46,7 @@ class DDIM(Solver):
         a_s, s_t, s_s, h = ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1], ctx.h(i)
         H = ctx.eta2_integral(i)
         if self.variant == "exact":
-            x = (s_s / s_t) * math.exp(-H) * x + (-a_s * math.expm1(-h - H)) * x0
+            x = (x * ((s_s / s_t) * math.exp(-H))).add_(x0, alpha=-a_s * math.expm1(-h - H))
             c = s_s * math.sqrt(-math.expm1(-2.0 * H))
         else:
             eta = math.sqrt(H / h)
