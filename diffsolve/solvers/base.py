@@ -234,6 +234,16 @@ def list_solvers() -> list[dict]:
     return out
 
 
+def lincomb(x: Tensor, a: float, terms, coefs) -> Tensor:
+    """a·x + Σ_k c_k T_k with Python-float coefficients: one multiply and one in-place add per term
+    (no temporaries per term; every solver update is such a combination)."""
+    out = x * a
+    for c, T in zip(coefs, terms):
+        if c != 0.0:
+            out.add_(T, alpha=c)
+    return out
+
+
 def bcast(c, x: Tensor) -> Tensor:
     """A scalar or per-sample (B,) coefficient shaped to broadcast against x."""
     if isinstance(c, (int, float)):

@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .base import register
+from .base import lincomb, register
 from .dpmpp import _Multistep
 
 __all__ = ["DEIS"]
@@ -121,7 +121,5 @@ class DEIS(_Multistep):
     def step(self, ctx, i, x, state):
         C, eps = state
         eps = ([ctx.denoiser.eps(x, ctx.t[i])] + eps)[: self.solver_order]  # newest first
-        x = (ctx.alpha[i + 1] / ctx.alpha[i]) * x
-        for c, e in zip(C[i], eps):
-            x = x + (ctx.alpha[i + 1] * c) * e
-        return x, (C, eps)
+        a = ctx.alpha[i + 1]
+        return lincomb(x, a / ctx.alpha[i], eps, [a * c for c in C[i]]), (C, eps)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, register
+from .base import Solver, lincomb, register
 
 __all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2S", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M"]
 
@@ -120,18 +120,20 @@ class _Multistep(Solver):
         return ([], [])  # λ values and x̂0 values of previous evaluations (newest last)
 
     def _update(self, ctx, i, x, lams, Ds, p, H):
-        """x_{i+1} from x_i and derivative estimates of order p (4.2); no noise."""
+        """x_{i+1} from x_i and derivative estimates of order p (4.2); no noise. The update is linear
+        in the stored x̂0 values: its weights are found in float64 by applying the divided
+        differences to unit vectors, then applied in one fused combination."""
         h = ctx.h(i)
         w0, w1, w2 = weights(h, H)
-        der = derivatives(lams[-p:], Ds[-p:])
-        x = (ctx.sigma[i + 1] / ctx.sigma[i] * math.exp(-H)) * x + (ctx.alpha[i + 1] * w0) * der[0]
+        c = [ctx.alpha[i + 1] * w0]
         if p >= 2:
-            c1 = w0 * h / 2 if (self.solver_type == "midpoint" and p == 2) else w1
-            x = x + (ctx.alpha[i + 1] * c1) * der[1]
+            c.append(ctx.alpha[i + 1] * (w0 * h / 2 if (self.solver_type == "midpoint" and p == 2) else w1))
         if p >= 3:
-            c2 = w2 / 2 if self.third_order == "dpm_solver" else w2
-            x = x + (ctx.alpha[i + 1] * c2) * der[2]
-        return x
+            c.append(ctx.alpha[i + 1] * (w2 / 2 if self.third_order == "dpm_solver" else w2))
+        lam = lams[-p:]
+        coefs = [sum(ck * dk for ck, dk in zip(c, derivatives(lam, [float(k == j) for k in range(p)])))
+                 for j in range(p)]
+        return lincomb(x, ctx.sigma[i + 1] / ctx.sigma[i] * math.exp(-H), Ds[-p:], coefs)
 
     def step(self, ctx, i, x, state):
         lams, Ds = state

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from .base import register
+from .base import lincomb, register
 from .dpmpp import _Multistep
 
 __all__ = ["UniPC"]
@@ -112,26 +112,27 @@ class UniPC(_Multistep):
         return steps + (1 if self.final_corrector and self.corrector and steps > 0 else 0)
 
     def _update(self, ctx, j, x, lams, Ds, p, D_new=None):
-        """Predictor (D_new None) or corrector from grid point j to j + 1; history newest last at λ_j."""
+        """Predictor (D_new None) or corrector from grid point j to j + 1; history newest last at λ_j.
+        Written out as one linear combination of x, the stored x̂0 values and D_new (float64
+        weights, one fused pass per term)."""
         h = ctx.h(j)
         z = -h
         B = z if self.variant == "bh1" else math.expm1(z)
-        m0 = Ds[-1]
-        out = (ctx.sigma[j + 1] / ctx.sigma[j]) * x + (-ctx.alpha[j + 1] * math.expm1(z)) * m0
+        a = ctx.alpha[j + 1]
         rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
-        dD = [(Ds[-1 - k] - m0) / r for k, r in zip(range(1, p), rks)]
         g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
         R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
         if D_new is None:
-            if p == 1:
-                return out
-            coef = [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
-            terms = dD
+            coef = [] if p == 1 else [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
         else:
             coef = [0.5] if p == 1 else _solve(R, g)
-            terms = dD + [D_new - m0]
-        res = sum(c * d for c, d in zip(coef, terms))
-        return out + (-ctx.alpha[j + 1] * B) * res
+        # out = (σ_{j+1}/σ_j) x − a(e^z − 1) m0 − a B [Σ_k c_k (D_{−1−k} − m0)/r_k + c_p (D_new − m0)]
+        w = [-a * B * c / r for c, r in zip(coef, rks)]  # on Ds[-2], Ds[-3], ...
+        w_new = -a * B * coef[-1] if D_new is not None else 0.0
+        w_m0 = -a * math.expm1(z) - sum(w) - w_new
+        terms = [Ds[-1]] + [Ds[-1 - k] for k in range(1, p)] + ([D_new] if D_new is not None else [])
+        coefs = [w_m0] + w + ([w_new] if D_new is not None else [])
+        return lincomb(x, ctx.sigma[j + 1] / ctx.sigma[j], terms, coefs)
 
     def init(self, ctx, x):
         return ([], [], None, 0)
