@@ -166,16 +166,19 @@ class Denoiser(torch.nn.Module):
                 self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
         if len(self._coef_cache) + 4 * len(times) > 4096:
             self._coef_cache.clear()
+        table = self._coefficients(t)
         for kind in dict.fromkeys((self.prediction, "x0", "eps", "score")):
-            A, B = (c.expand(len(times)).tolist() for c in self._coefficients(t, kind))
+            A, B = (c.expand(len(times)).tolist() for c in table[kind])
             self._coef_cache.update(((kind, s), (a, b)) for s, a, b in zip(times, A, B))
 
-    def _coefficients(self, t: Tensor, kind: str):
+    def _coefficients(self, t: Tensor, kind: str | None = None):
+        """(A, B) of ``kind`` at t, or the table of every kind (``kind=None``)."""
         sch = self.schedule
         la, ls = sch._log_alpha(t), sch._log_sigma(t)
         a, s = la.exp(), ls.exp()
         da, ds = a * sch._d_log_alpha(t), s * sch._d_log_sigma(t)
-        return _table(a, s, da, ds)[kind]
+        table = _table(a, s, da, ds)
+        return table if kind is None else table[kind]
 
     def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
         """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (MATH §2)."""
@@ -223,7 +226,7 @@ class Denoiser(torch.nn.Module):
                     self._label_cache.clear()
                 self._label_cache[key] = label
         out = self.net(x.to(net_dtype), label)
-        self.nfe += 1
+        self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned shape {got} for input of shape {tuple(x.shape)}; "
@@ -233,39 +236,34 @@ class Denoiser(torch.nn.Module):
 
     @property
     def where(self) -> str:
-        w = self._where[0]
-        if isinstance(w, tuple):
-            name, i, n, times = w
-            if i >= n:
-                return f"final denoise at t={times[n]:.6g}"
-            return f"step {i + 1}/{n} of {name}, from t={times[i]:.6g} to t={times[i + 1]:.6g}"
-        return w
+        return _format_where(self._where[0])
 
     @where.setter
     def where(self, value):
         self._where[0] = value
 
     def _check_finite(self, out: Tensor, t: Tensor):
-        where = f"network call {self.nfe}" + (f" ({self.where})" if self._where[0] else "")
         # NaN and ±Inf propagate through a sum: one pass over the output instead of isfinite().all()'s
         # several. On the host, a non-finite sum of finite values (overflow) is told apart by the
         # full check; on accelerators the sum accumulates in float64 and the check is deferred.
+        # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
             if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
-                raise NonFiniteError(f"the network returned NaN or Inf at {where}, t={_fmt_t(t)}")
+                raise NonFiniteError(f"the network returned NaN or Inf at "
+                                     f"{_location(self.nfe, self._where[0], t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call
-            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), f"{where}, t={_fmt_t(t)}"))
+            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (self.nfe, self._where[0], t)))
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""
         if not self._pending:
             return
         flags = torch.stack([f for f, _ in self._pending]).cpu()
-        msgs = [m for _, m in self._pending]
+        locs = [m for _, m in self._pending]
         self._pending = []
         bad = (~flags).nonzero()
         if len(bad):
-            raise NonFiniteError(f"the network returned NaN or Inf at {msgs[int(bad[0])]}")
+            raise NonFiniteError(f"the network returned NaN or Inf at {_location(*locs[int(bad[0])])}")
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         return self.convert(self.raw(x, t), x, t, self.prediction, kind)
@@ -303,6 +301,19 @@ def _scalar_time(t) -> float | None:
     if isinstance(t, Tensor) and t.dim() == 0 and t.device.type == "cpu" and not t.requires_grad:
         return float(t)
     return None
+
+
+def _format_where(w) -> str:
+    if isinstance(w, tuple):
+        name, i, n, times = w
+        if i >= n:
+            return f"final denoise at t={times[n]:.6g}"
+        return f"step {i + 1}/{n} of {name}, from t={times[i]:.6g} to t={times[i + 1]:.6g}"
+    return w
+
+
+def _location(nfe: int, w, t) -> str:
+    return f"network call {nfe}" + (f" ({_format_where(w)})" if w else "") + f", t={_fmt_t(t)}"
 
 
 def _fmt_t(t) -> str:

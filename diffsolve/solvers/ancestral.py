@@ -45,7 +45,7 @@ class Ancestral(Solver):
 
     def step(self, ctx, i, x, state):
         s0, s1, h = math.exp(-ctx.lam[i]), math.exp(-ctx.lam[i + 1]), ctx.h(i)
-        D = ctx.denoiser.x0(x, ctx.t[i])
+        D = ctx.denoiser.x0(x, ctx.time(i))
         eta = math.sqrt(ctx.eta2_integral(i) / h)
         s_up = min(s1, eta * s1 * math.sqrt(-math.expm1(-2.0 * h)))
         s_down = math.sqrt(max(s1 * s1 - s_up * s_up, 0.0))

@@ -38,7 +38,7 @@ class StepContext:
     Attributes:
         denoiser: the network wrapper (counts NFE).
         level: the noise level ν_t of the reverse family (``level.is_zero`` for the ODE).
-        t: (n+1,) float64 CPU tensor of times, strictly decreasing.
+        t: (n+1,) float64 CPU tensor of times, strictly decreasing; ``times``: the same as floats.
         alpha, sigma, lam: lists of Python floats at each grid point.
         noise: the noise source (``None`` for deterministic solves).
         denoise_final: whether the loop ends with x̂0(x, t_n) after the last step (solvers that
@@ -50,6 +50,7 @@ class StepContext:
     t: Tensor
     noise: NoiseSource | None = None
     denoise_final: bool = False
+    times: list = field(init=False)
     alpha: list = field(init=False)
     sigma: list = field(init=False)
     lam: list = field(init=False)
@@ -59,6 +60,7 @@ class StepContext:
         self.alpha = sch.alpha(self.t).tolist()
         self.sigma = sch.sigma(self.t).tolist()
         self.lam = sch.log_snr(self.t).tolist()
+        self.times = self.t.tolist()
 
     @property
     def schedule(self) -> Schedule:
@@ -76,7 +78,8 @@ class StepContext:
         return len(self.t) - 1
 
     def time(self, i: int) -> float:
-        return float(self.t[i])
+        """t_i as a Python float (what solvers pass to the denoiser: no tensor indexing per step)."""
+        return self.times[i]
 
     def h(self, i: int) -> float:
         """Step size in λ from grid point i to i + 1 (positive)."""
@@ -177,7 +180,7 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     traj = [x] if trajectory else None
     state = solver.init(ctx, x)
     n = ctx.steps
-    where, times = denoiser._where, ctx.t.tolist()  # location for error messages, formatted on demand
+    where, times = denoiser._where, ctx.times  # location for error messages, formatted on demand
     for i in range(n):
         where[0] = (solver.name, i, n, times)
         x, state = solver.step(ctx, i, x, state)

@@ -42,7 +42,7 @@ class DDIM(Solver):
         self.variant = variant
 
     def step(self, ctx, i, x, state):
-        x0 = ctx.denoiser.x0(x, ctx.t[i])
+        x0 = ctx.denoiser.x0(x, ctx.time(i))
         a_s, s_t, s_s, h = ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1], ctx.h(i)
         H = ctx.eta2_integral(i)
         if self.variant == "exact":

@@ -120,6 +120,6 @@ class DEIS(_Multistep):
 
     def step(self, ctx, i, x, state):
         C, eps = state
-        eps = ([ctx.denoiser.eps(x, ctx.t[i])] + eps)[: self.solver_order]  # newest first
+        eps = ([ctx.denoiser.eps(x, ctx.time(i))] + eps)[: self.solver_order]  # newest first
         a = ctx.alpha[i + 1]
         return lincomb(x, a / ctx.alpha[i], eps, [a * c for c in C[i]]), (C, eps)

@@ -137,7 +137,7 @@ class _Multistep(Solver):
 
     def step(self, ctx, i, x, state):
         lams, Ds = state
-        D = ctx.denoiser.x0(x, ctx.t[i])
+        D = ctx.denoiser.x0(x, ctx.time(i))
         lams = (lams + [ctx.lam[i]])[-self.solver_order:]
         Ds = (Ds + [D])[-self.solver_order:]
         H = ctx.eta2_integral(i) if self.stochastic else 0.0
@@ -292,7 +292,7 @@ class DPMSolverPP2S(Solver):
         lam_u = ctx.lam[i] + r * h
         t_u = sch.t_of_log_snr(torch.tensor(lam_u, dtype=torch.float64))
         a_u, s_u = (float(v) for v in sch.alpha_sigma(t_u))
-        D = ctx.denoiser.x0(x, ctx.t[i])
+        D = ctx.denoiser.x0(x, ctx.time(i))
         u = (s_u / ctx.sigma[i]) * x + (-a_u * math.expm1(-r * h)) * D
         Du = ctx.denoiser.x0(u, t_u)
         w0, w1, _ = weights(h)

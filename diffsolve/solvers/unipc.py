@@ -139,7 +139,7 @@ class UniPC(_Multistep):
 
     def step(self, ctx, i, x, state):
         lams, Ds, x_prev, p_prev = state
-        D = ctx.denoiser.x0(x, ctx.t[i])
+        D = ctx.denoiser.x0(x, ctx.time(i))
         if self.corrector and i > 0:
             x = self._update(ctx, i - 1, x_prev, lams, Ds, p_prev, D_new=D)
         lams = (lams + [ctx.lam[i]])[-self.solver_order:]
@@ -147,6 +147,6 @@ class UniPC(_Multistep):
         p = self.step_order(ctx, i)
         x_next = self._update(ctx, i, x, lams, Ds, p)
         if self.final_corrector and self.corrector and i == ctx.steps - 1:
-            D_last = ctx.denoiser.x0(x_next, ctx.t[i + 1])
+            D_last = ctx.denoiser.x0(x_next, ctx.time(i + 1))
             x_next = self._update(ctx, i, x, lams, Ds, p, D_new=D_last)
         return x_next, (lams, Ds, x, p)
