@@ -160,8 +160,11 @@ class Denoiser(torch.nn.Module):
             return  # a grid seen before (e.g. the next batch)
         if len(self._label_cache) + len(times) > 4096:
             self._label_cache.clear()
-        labels = torch.as_tensor(self.time_label(t)).to(device=like.device, dtype=label_dtype)
-        if labels.shape == t.shape:  # (a user's label function may not take a vector: then no priming)
+        try:  # a user's label function may not take a vector: then labels are built per call
+            labels = torch.as_tensor(self.time_label(t)).to(device=like.device, dtype=label_dtype)
+        except Exception:
+            labels = None
+        if labels is not None and labels.shape == t.shape:
             for s, lab in zip(times, labels):
                 self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
         if len(self._coef_cache) + 4 * len(times) > 4096:

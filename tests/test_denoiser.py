@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import diffsolve as ds
 from diffsolve.analytic import GaussianMixture
 from diffsolve.denoiser import PREDICTIONS, Denoiser, NonFiniteError
 from diffsolve.schedules import (CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule, SubVPSchedule,
@@ -284,3 +285,28 @@ def test_non_finite_output_on_device(device):
         with pytest.raises(NonFiniteError, match=r"network call 2, t=0\.25"):
             d.check_finite()
     d.check_finite()  # nothing left pending
+
+
+def test_prime_fills_caches_and_keeps_results():
+    """Denoiser.prime (called by the loop) gives the same samples as per-call coefficients and
+    labels, and a time-label function that only takes scalars still works (no priming of labels)."""
+    gm = ds.GaussianMixture.ring(std=0.3)
+    exact = gm.denoiser("ddpm", "eps")
+    sch = exact.schedule
+    calls = []
+
+    def scalar_only_label(t):
+        calls.append(1)
+        return torch.tensor(float(t) * 999.0, dtype=F64)  # float(t) fails for a vector
+
+    def net(x, lab):
+        return exact.net(x, lab / 999.0)
+
+    x = float(sch.sigma(sch.t_max)) * torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    a = ds.sample(ds.Denoiser(net, sch, "eps", time_label=scalar_only_label), x, solver="unipc", steps=8).x
+    n_scalar = len(calls)
+    den = ds.Denoiser(net, sch, "eps", time_label=lambda t: t * 999.0)
+    b = ds.sample(den, x, solver="unipc", steps=8).x
+    assert n_scalar >= 8  # built per call
+    assert len(den._label_cache) >= 9 and len(den._coef_cache) >= 9  # primed: the grid's points
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
