@@ -34,7 +34,7 @@ import peers_quality as Q  # noqa: E402
 import diffsolve as ds  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TUNE_NAMES = {"ring": "ring2d", "mix64": "mix64"}  # peers_quality problem -> tune_grids problem
+TUNE_NAMES = {"ring": "ring2d", "mix64": "mix64", "gauss3072": "gauss3072"}  # peers_quality problem -> tune_grids problem
 PEERS = ("diffusers", "k-diffusion")
 
 

@@ -186,8 +186,8 @@ class PFODE:
     ``scale`` overrides c (``"one"``, ``"alpha"``): e.g. ``("log_snr", "alpha")`` is
     dy/dλ = x̂0 − y, the form the reference solves use. t(u) uses the schedule's exact inverse
     ``t_of_log_snr``, clamped to [t_min, t_max] (a first trial step or the rounding of an end point
-may overshoot).
-    Times may be 0-dim or per-row (B,) float64 tensors; coefficients broadcast against y.
+    may overshoot). Times may be 0-dim or per-row (B,) float64 tensors; coefficients broadcast
+    against y.
     The one place diffsolve changes variables in the ODE: adaptive solvers, reference solves and
     the likelihood all use it.
     """
