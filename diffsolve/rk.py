@@ -43,6 +43,9 @@ class ButcherTableau:
             propagated solution (order ``order``); b_err: (s,) b − b̂, the weights of the error
             estimate; error_order: order q of the lower method (the error is O(h^{q+1})).
         fsal: the last stage is evaluated at (t + h, y⁺), so it is the next step's first stage.
+        b_err3: optional second error weights (DOP853's 3rd-order estimate): the scaled error is
+            then r = r₅² / √(r₅² + 0.01 r₃²) with r₅, r₃ the norms of the two estimates (Hairer,
+            Nørsett & Wanner, §II.10), an estimate of order ``error_order`` + 1.
     """
 
     name: str
@@ -54,6 +57,7 @@ class ButcherTableau:
     error_order: int
     fsal: bool
     doc: str = ""
+    b_err3: tuple | None = None
 
     @property
     def stages(self) -> int:
@@ -99,6 +103,24 @@ _DOPRI5 = _tab(
     ``dopri5``). References: Dormand & Prince, A family of embedded Runge–Kutta formulae, J. Comput.
     Appl. Math. 6 (1980) 19–26.""")
 
+def _dop853() -> ButcherTableau:
+    """DOP853 with the coefficients scipy ships (scipy.integrate's DOP853 uses the same table)."""
+    from scipy.integrate._ivp import dop853_coefficients as co
+
+    s = co.N_STAGES  # 12 stages + the FSAL stage at (t + h, y⁺)
+    c = [float(x) for x in co.C[:s]] + [1.0]
+    a = [[float(x) for x in co.A[i, :i]] for i in range(s)] + [[float(x) for x in co.B]]
+    b = [float(x) for x in co.B] + [0.0]
+    return ButcherTableau(
+        "dop853", tuple(c), tuple(tuple(r) for r in a), tuple(b), tuple(float(x) for x in co.E5),
+        8, 7, True,
+        """Dormand–Prince 8(5,3), FSAL: 12 evaluations per accepted step; the error estimate combines
+        a 5th- and a 3rd-order embedded solution (module docstring). References: Hairer, Nørsett &
+        Wanner (1993), §II.10 (DOP853); Prince & Dormand, High order embedded Runge–Kutta formulae,
+        J. Comput. Appl. Math. 7 (1981) 67–75.""",
+        tuple(float(x) for x in co.E3))
+
+
 _TSIT5 = _tab(
     "tsit5", [0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1],
     [[], [0.161], [-0.008480655492356989, 0.335480655492357],
@@ -118,7 +140,7 @@ _TSIT5 = _tab(
     References: Tsitouras, Runge–Kutta pairs of order 5(4) satisfying only the first column
     simplifying assumption, Comput. Math. Appl. 62 (2011) 770–775.""")
 
-TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in (_EULER_HEUN, _BOSH3, _DOPRI5, _TSIT5)}
+TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in (_EULER_HEUN, _BOSH3, _DOPRI5, _TSIT5, _dop853())}
 
 
 def get_tableau(method) -> ButcherTableau:
@@ -153,8 +175,8 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
             independently (carry per-row constants in the state with zero derivative).
         y0: (B, ...) initial state (float64 recommended).
         t0, t1: Python floats; integration from t0 to t1.
-        method: a name in :data:`TABLEAUS` (``euler_heun``, ``bosh3``, ``dopri5``, ``tsit5``) or a
-            :class:`ButcherTableau`.
+        method: a name in :data:`TABLEAUS` (``euler_heun``, ``bosh3``, ``dopri5``, ``tsit5``,
+            ``dop853``) or a :class:`ButcherTableau`.
         rtol, atol: tolerances (> 0 and ≥ 0) of the scaled error (see module docstring).
         per_sample: one step size per row with the norm per row, instead of one shared step size
             with the norm over the whole batch.
@@ -221,7 +243,7 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
         h = torch.full((G,), direction * span / steps, **f64)
         for n in range(int(steps)):
             t_next = torch.full((G,), t1 if n == steps - 1 else t0 + (n + 1) * direction * span / steps, **f64)
-            y, _, k_last = _attempt(tab, call, t, t_next, h, y, k1, gbc)
+            y, _, k_last, _ = _attempt(tab, call, t, t_next, h, y, k1, gbc)
             t = t_next
             k1 = k_last if tab.fsal else (call(t, y) if n < steps - 1 else None)
         accepted += int(steps)
@@ -261,9 +283,12 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
         last = h_a >= remaining
         step = torch.where(last, remaining, h_a)
         t_next = torch.where(last, t1_t[: t_a.shape[0]], t_a + direction * step)
-        y_new, err, k_last = _attempt(tab, call, t_a, t_next, direction * step, y_a, k1_a, gbc)
+        y_new, err, k_last, err3 = _attempt(tab, call, t_a, t_next, direction * step, y_a, k1_a, gbc)
         scale = atol + rtol * torch.maximum(y_a.abs(), y_new.abs())
         r = group_norm(err / scale)
+        if err3 is not None:  # DOP853's combined estimate (module docstring)
+            r3 = group_norm(err3 / scale)
+            r = r * r / (r * r + 0.01 * r3 * r3).sqrt().clamp(min=1e-300)
         r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
         ok = r <= 1.0
         fac_acc = (safety * r.clamp(min=1e-10).pow(-alpha) * rp_a.pow(beta)).clamp(0.2, 10.0)
@@ -295,7 +320,8 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
 
 
 def _attempt(tab, call, t, t_next, h, y, k1, gbc):
-    """One RK step from (t, y) with signed step h per group; returns (y⁺, error estimate, last stage)."""
+    """One RK step from (t, y) with signed step h per group; returns (y⁺, error estimate, last stage,
+    second error estimate or None)."""
     hb = gbc(h, y).to(y.dtype)  # times stay float64; the state keeps its dtype
     ks = [k1]
     for i in range(1, tab.stages):
@@ -314,11 +340,16 @@ def _attempt(tab, call, t, t_next, h, y, k1, gbc):
         for bi, ki in zip(tab.b, ks):
             if bi != 0.0:
                 y_new = y_new + (hb * bi) * ki
+    return y_new, _combine(tab.b_err, ks, hb), ks[-1], (_combine(tab.b_err3, ks, hb) if tab.b_err3 else None)
+
+
+def _combine(weights, ks, hb):
+    """h Σ_i w_i k_i (an error estimate)."""
     err = None
-    for ei, ki in zip(tab.b_err, ks):
+    for ei, ki in zip(weights, ks):
         if ei != 0.0:
             err = (hb * ei) * ki if err is None else err + (hb * ei) * ki
-    return y_new, err, ks[-1]
+    return err
 
 
 def _initial_step(call, t, y, f0, direction, span, rtol, atol, k, group_norm, gbc):

@@ -53,7 +53,7 @@ from ..processes import PFODE, TIME_VARIABLES, ReverseSDE
 from ..rk import rk_solve
 from .base import SOLVERS, Solver, register
 
-__all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Tsit5", "Bosh3", "AdaptiveHeun", "TorchDiffEq",
+__all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Dop853", "Tsit5", "Bosh3", "AdaptiveHeun", "TorchDiffEq",
            "TorchSDE", "PFODE", "TIME_VARIABLES"]
 
 DEFAULT_TIME_VARIABLE = "log_snr"
@@ -137,6 +137,13 @@ class Tsit5(RungeKutta):
     """Tsitouras 5(4) with error control on the probability-flow ODE (diffsolve's RK engine)."""
 
     name, method, order = "tsit5", "tsit5", 5
+
+
+@register
+class Dop853(RungeKutta):
+    """Dormand–Prince 8(5,3) with error control on the probability-flow ODE (diffsolve's RK engine)."""
+
+    name, method, order = "dop853", "dop853", 8
 
 
 @register
