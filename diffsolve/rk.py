@@ -140,7 +140,20 @@ _TSIT5 = _tab(
     References: Tsitouras, Runge–Kutta pairs of order 5(4) satisfying only the first column
     simplifying assumption, Comput. Math. Appl. 62 (2011) 770–775.""")
 
-TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in (_EULER_HEUN, _BOSH3, _DOPRI5, _TSIT5, _dop853())}
+class _Tableaus(dict):
+    """name -> ButcherTableau; an entry may be a factory, built on first access (DOP853 reads its
+    coefficients from scipy.integrate, whose import costs more than the rest of diffsolve's)."""
+
+    def __getitem__(self, name):
+        v = super().__getitem__(name)
+        if not isinstance(v, ButcherTableau):
+            v = v()
+            self[name] = v
+        return v
+
+
+TABLEAUS: dict[str, ButcherTableau] = _Tableaus(
+    {t.name: t for t in (_EULER_HEUN, _BOSH3, _DOPRI5, _TSIT5)}, dop853=_dop853)
 
 
 def get_tableau(method) -> ButcherTableau:
