@@ -287,3 +287,29 @@ def test_bad_noise_levels(problem):
         ReverseSDE(den).drift(torch.zeros(2, 2, dtype=F64), 1.5)
     edm_den = GaussianMixture.ring().denoiser(EDMSchedule(), "x0")
     assert float(ReverseSDE(edm_den).diffusion(4.0)) == pytest.approx(math.sqrt(8.0), rel=1e-14)  # g² = 2t
+
+
+@pytest.mark.parametrize("schedule", ["vp", "cosine", "ve", "edm", "flow"])
+def test_pfode_change_of_variables(schedule):
+    """processes.PFODE against the forms it claims (its docstring): raw t is the probability-flow
+    drift (MATH 3.3); (λ, y = x/α) is dy/dλ = x̂0 − y; (σ/α, y = x/α) is dy/ds = ε̂; and u ↔ t
+    round-trips."""
+    from diffsolve.processes import PFODE
+
+    gm = GaussianMixture.ring(std=0.4)
+    den = gm.denoiser(schedule, "v")
+    sch = den.schedule
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for tt in (0.3 * sch.t_min + 0.7 * sch.t_max, 0.5 * (sch.t_min + sch.t_max), 0.9 * sch.t_min + 0.1 * sch.t_max):
+        t = torch.tensor(tt, dtype=torch.float64)
+        a = float(sch.alpha(t))
+        cases = {("t", None): ProbabilityFlowODE(den).drift(x, t),
+                 ("log_snr", "alpha"): den.x0(x, t) - x / a,
+                 ("sigma_over_alpha", None): den.eps(x, t)}
+        for (var, scale), want in cases.items():
+            ode = PFODE(den, var, scale)
+            u = ode.u_of(t)
+            torch.testing.assert_close(ode.t_of(u), t, rtol=1e-12, atol=1e-12)
+            y = ode.to_state(x, t)
+            torch.testing.assert_close(ode.from_state(y, t), x, rtol=1e-14, atol=1e-14)
+            torch.testing.assert_close(ode.func(u, y), want, rtol=1e-10, atol=1e-10)
