@@ -13,7 +13,7 @@ Rows (with each run's per-sample squared errors, 3 significant digits) go to
 ``results/confirm_<problem>.jsonl``; re-running resumes.
 
     python benchmarks/confirm_quality.py --problems mix64 --nfe 5 10 --batch 2048 \
-        --tuned benchmarks/results/tune_grids_mix64_p1024.jsonl
+        --tuned benchmarks/results/tune_grids_mix64_p1024.jsonl benchmarks/results/tune_grids_mix64_p4096.jsonl
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def table(rows, name, budgets, original):
             else:
                 r, lo, hi = ratio_ci(x["sq_err"], p["sq_err"])
                 cells.append(f"{r:.2f} [{lo:.2f}, {hi:.2f}]")
-        orig = original.get(p["key"].replace("|confirm", ""), {}).get("rms")
+        orig = original.get(p["key"].split("|confirm")[0], {}).get("rms")
         lines.append(f"| {b} | {d['config'] if d else '—'} | {Q._fmt(d and d['rms'])} | "
                      f"{t['config'] if t else '—'} | {Q._fmt(t and t['rms'])} | {p['config']} | "
                      f"{Q._fmt(p['rms'])} | {cells[0]} | {cells[1]} | {Q._fmt(orig)} |")
@@ -137,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=4, help="configurations per side and NFE")
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=777, help="generator seed of the new batch (peers_quality uses 1234)")
-    ap.add_argument("--tuned", default=None, help="a tune_grids.py JSONL: its grids are confirmed too")
+    ap.add_argument("--tuned", nargs="*", default=[], help="tune_grids.py JSONL files: their grids are confirmed too")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -149,9 +149,10 @@ def main(argv=None):
         done = latest_rows(out)
         prob = P.make_problem(name, batch=args.batch, seed=args.seed)
         jobs = [j for j in Q.build_jobs(prob, name, args.nfe, ["diffsolve", "peers"]) if j[0] in want]
-        if args.tuned:
-            jobs += tuned_jobs(prob, name, args.nfe, args.tuned)
-        todo = [j for j in jobs if f"{j[0]}|confirm" not in done]
+        for path in args.tuned:
+            jobs += tuned_jobs(prob, name, args.nfe, path)
+        tag = f"|confirm|{args.batch}|{args.seed}"
+        todo = [j for j in jobs if j[0] + tag not in done]
         print(f"[{name}] {len(jobs)} configurations, {len(todo)} to run on {args.batch} new start points", flush=True)
         for key, side, fam, lab, b, fn in todo:
             t0 = time.time()
@@ -159,13 +160,13 @@ def main(argv=None):
                 row = run(prob, fn)
             except Exception as e:
                 row = dict(error=f"{type(e).__name__}: {str(e)[:200]}")
-            row.update(key=f"{key}|confirm", problem=name, side=side, family=fam, config=lab, budget=b,
+            row.update(key=key + tag, problem=name, side=side, family=fam, config=lab, budget=b,
                        batch=args.batch, seed=args.seed, time_s=round(time.time() - t0, 2))
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             done[row["key"]] = row
             print(f"  {b:3d} {lab[:90]:90s} {Q._fmt(row.get('rms'))}", flush=True)
-        print(table(list(done.values()), name, args.nfe, original))
+        print(table([r for r in done.values() if r["key"].endswith(tag)], name, args.nfe, original))
 
 
 if __name__ == "__main__":
