@@ -243,8 +243,9 @@ class PFODE:
         return _bcast(lin, y) * y + _bcast(k / self.c(t), y) * eps.to(y.dtype)
 
     def func(self, u: Tensor, y: Tensor) -> Tensor:
-        """dy/du at (u, y): one network evaluation (the ``func(t, y)`` of torchdiffeq and rk_solve)."""
-        t = self.t_of(u.detach().to("cpu"))
+        """dy/du at (u, y): one network evaluation (the ``func(t, y)`` of torchdiffeq and rk_solve).
+        u stays on its device (no host synchronisation per evaluation)."""
+        t = self.t_of(u.detach())
         return self.rate(y, t, self.denoiser.eps(self.from_state(y, t), t))
 
 
