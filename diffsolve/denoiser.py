@@ -23,6 +23,7 @@ prediction type matters; solvers ask for ``x0``, ``eps`` or ``score`` and never 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -169,7 +170,9 @@ class Denoiser(torch.nn.Module):
                 self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
         if len(self._coef_cache) + 4 * len(times) > 4096:
             self._coef_cache.clear()
-        table = self._coefficients(t)
+        g = self.schedule.tabulate(t)
+        a, s = g.log_alpha.exp(), g.log_sigma.exp()
+        table = _table(a, s, a * g.d_log_alpha, s * g.d_log_sigma)
         for kind in dict.fromkeys((self.prediction, "x0", "eps", "score")):
             A, B = (c.expand(len(times)).tolist() for c in table[kind])
             self._coef_cache.update(((kind, s), (a, b)) for s, a, b in zip(times, A, B))
@@ -228,14 +231,14 @@ class Denoiser(torch.nn.Module):
                 if len(self._label_cache) > 4096:
                     self._label_cache.clear()
                 self._label_cache[key] = label
-        out = self.net(x.to(net_dtype), label)
+        out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network returned shape {got} for input of shape {tuple(x.shape)}; "
                              f"a denoiser's output must have the shape of its input")
         self._check_finite(out, t)
-        return out.to(x.dtype)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     @property
     def where(self) -> str:
@@ -251,7 +254,7 @@ class Denoiser(torch.nn.Module):
         # full check; on accelerators the sum accumulates in float64 and the check is deferred.
         # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
-            if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+            if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
                 raise NonFiniteError(f"the network returned NaN or Inf at "
                                      f"{_location(self.nfe, self._where[0], t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call

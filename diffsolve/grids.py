@@ -16,6 +16,7 @@ All grids are float64 CPU tensors, strictly decreasing, inside the schedule's ra
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from .schedules import DDPMSchedule, Schedule
 __all__ = ["make_grid", "validate_grid", "GRIDS"]
 
 _F64 = torch.float64
+_GRIDS: "weakref.WeakKeyDictionary[Schedule, dict]" = weakref.WeakKeyDictionary()
 GRIDS = ("time", "log_snr", "karras", "quadratic", "leading", "trailing", "linspace")
 
 
@@ -41,8 +43,7 @@ def validate_grid(schedule: Schedule, t) -> Tensor:
         what = "a repeated time (zero-size step)" if d[k] == 0 else "an increase"
         raise ValueError(f"the time grid must be strictly decreasing (from noise to data); it has {what} "
                          f"at index {k}: t[{k}]={float(t[k]):.8g}, t[{k + 1}]={float(t[k + 1]):.8g}")
-    schedule.check_time(t)
-    lam = schedule.log_snr(t)
+    lam = schedule.tabulate(t).log_snr  # checks the range (memoised: a grid seen before is valid)
     if bool((lam[1:] <= lam[:-1]).any()):
         raise ValueError("the grid has steps of zero size in log-SNR (times closer than the schedule resolves)")
     return t
@@ -62,6 +63,16 @@ def make_grid(schedule: Schedule, steps: int | None = None, kind="log_snr", *, r
     """
     if not isinstance(kind, str):
         return validate_grid(schedule, kind)
+    memo = _GRIDS.setdefault(schedule, {})
+    key = (steps, kind, rho, t_start, t_end)
+    if key not in memo:  # the same grid is asked for call after call: build and validate it once
+        if len(memo) >= 256:
+            memo.clear()
+        memo[key] = _make_grid(schedule, steps, kind, rho, t_start, t_end)
+    return memo[key].clone()
+
+
+def _make_grid(schedule, steps, kind, rho, t_start, t_end) -> Tensor:
     if kind not in GRIDS:
         raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)}, or an array of times")
     if steps is None or int(steps) != steps or steps < 1:
@@ -80,11 +91,10 @@ def make_grid(schedule: Schedule, steps: int | None = None, kind="log_snr", *, r
             raise ValueError("the quadratic grid needs t >= 0")
         t = (math.sqrt(T) + (math.sqrt(t0) - math.sqrt(T)) * u) ** 2
     elif kind == "log_snr":
-        lo, hi = schedule.log_snr(T), schedule.log_snr(t0)
+        lo, hi = schedule.log_snr(torch.tensor([T, t0], dtype=_F64)).tolist()
         t = schedule.t_of_log_snr(lo + (hi - lo) * u)
     elif kind == "karras":
-        s_max = float(torch.exp(-schedule.log_snr(T)))
-        s_min = float(torch.exp(-schedule.log_snr(t0)))
+        s_max, s_min = torch.exp(-schedule.log_snr(torch.tensor([T, t0], dtype=_F64))).tolist()
         s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         t = schedule.t_of_log_snr(-torch.log(s))
     else:

@@ -42,13 +42,15 @@ class NoiseSource:
             self._gen = None
         else:
             self._gens = None
-            self._gen = generator if generator is not None else torch.Generator(self.device).manual_seed(0)
+            self._gen = generator  # the default one is created at the first draw (deterministic runs never draw)
         self.seeds = seeds
 
     def randn(self) -> Tensor:
         """One standard normal draw for the whole batch, float64 precision where requested."""
         self.draws += 1
         if self._gens is None:
+            if self._gen is None:
+                self._gen = torch.Generator(self.device).manual_seed(0)
             return torch.randn(self.batch, *self.event_shape, generator=self._gen,
                                device=self._gen.device, dtype=self.dtype).to(self.device)
         return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=self.dtype)

@@ -13,6 +13,8 @@ per-sample time on an accelerator never forces a host synchronisation).
 from __future__ import annotations
 
 import math
+import weakref
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,6 +30,7 @@ __all__ = [
     "FlowSchedule",
     "SCHEDULES",
     "make_schedule",
+    "GridTable",
 ]
 
 _F64 = torch.float64
@@ -37,6 +40,23 @@ def _time(t, device=None) -> Tensor:
     if isinstance(t, Tensor):
         return t.to(dtype=_F64)
     return torch.as_tensor(t, dtype=_F64, device=device)
+
+
+class GridTable(NamedTuple):
+    """A schedule tabulated on a grid of times: float64 CPU tensors of the grid's shape."""
+
+    t: Tensor
+    log_alpha: Tensor
+    log_sigma: Tensor
+    d_log_alpha: Tensor
+    d_log_sigma: Tensor
+
+    @property
+    def log_snr(self) -> Tensor:
+        return self.log_alpha - self.log_sigma
+
+
+_TABLES: "weakref.WeakKeyDictionary[Schedule, dict]" = weakref.WeakKeyDictionary()
 
 
 class Schedule:
@@ -67,6 +87,13 @@ class Schedule:
     def _t_of_log_snr(self, lam: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _log_snr(self, t: Tensor) -> Tensor:
+        return self._log_alpha(t) - self._log_sigma(t)
+
+    def _table(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log α, log σ, d log α/dt, d log σ/dt) at t; subclasses may share intermediate work."""
+        return self._log_alpha(t), self._log_sigma(t), self._d_log_alpha(t), self._d_log_sigma(t)
+
     # --- public API ----------------------------------------------------------------------
     def check_time(self, t) -> Tensor:
         """Return ``t`` as float64; raise if a (CPU) time lies outside ``[t_min, t_max]``."""
@@ -82,6 +109,25 @@ class Schedule:
                 )
         return t
 
+    def tabulate(self, t: Tensor) -> GridTable:
+        """log α, log σ and their time derivatives at the times of a 1-D float64 CPU grid ``t``.
+
+        Memoised per (schedule, grid): samplers reuse one grid call after call, and for tabulated
+        schedules (``DDPMSchedule``) this is most of a short run's set-up. Treat the result as
+        read-only.
+        """
+        t = torch.as_tensor(t, dtype=_F64).detach().cpu()
+        memo = _TABLES.setdefault(self, {})
+        key = (t.shape, t.numpy().tobytes())
+        hit = memo.get(key)
+        if hit is None:
+            t = self.check_time(t.clone())
+            hit = GridTable(t, *self._table(t))
+            if len(memo) >= 256:
+                memo.clear()
+            memo[key] = hit
+        return hit
+
     def log_alpha(self, t) -> Tensor:
         return self._log_alpha(self.check_time(t))
 
@@ -96,8 +142,7 @@ class Schedule:
 
     def log_snr(self, t) -> Tensor:
         """λ_t = log(α_t/σ_t), the half log signal-to-noise ratio."""
-        t = self.check_time(t)
-        return self._log_alpha(t) - self._log_sigma(t)
+        return self._log_snr(self.check_time(t))
 
     def t_of_log_snr(self, lam) -> Tensor:
         """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends."""
@@ -151,13 +196,20 @@ class Schedule:
 class _VarPreserving(Schedule):
     """σ_t² = 1 − α_t²: only log α and its derivative are needed."""
 
+    @staticmethod
+    def _log_sigma_of_log_alpha(la):
+        return 0.5 * torch.log(-torch.expm1(2.0 * la))
+
+    @staticmethod
+    def _d_log_sigma_of(la, dla):
+        # d/dt ½ log(1 − α²) = −α²/(1 − α²) · d log α
+        return dla * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
+
     def _log_sigma(self, t):
-        return 0.5 * torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+        return self._log_sigma_of_log_alpha(self._log_alpha(t))
 
     def _d_log_sigma(self, t):
-        # d/dt ½ log(1 − α²) = −α²/(1 − α²) · d log α
-        la = self._log_alpha(t)
-        return self._d_log_alpha(t) * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
+        return self._d_log_sigma_of(self._log_alpha(t), self._d_log_alpha(t))
 
     @staticmethod
     def _log_alpha_of_log_snr(lam):
@@ -270,12 +322,37 @@ class CosineSchedule(_VarPreserving):
         return phi * (2 * (1 + self.s) / math.pi) - self.s
 
 
-def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Piecewise-linear interpolation with linear extrapolation; xp increasing."""
-    xp, fp = xp.to(x.device), fp.to(x.device)
-    idx = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
-    x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
-    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+class _PiecewiseLinear:
+    """f(x) interpolated linearly between knots (xp increasing, float64), extrapolated linearly
+    beyond them; exact at the knots. ``slope(x)`` is left-continuous: at a knot, the slope of the
+    segment below it."""
+
+    def __init__(self, xp: Tensor, fp: Tensor):
+        slopes = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
+        # slope j belongs to the segment starting at knot j; the last knot extrapolates with the last one
+        self.xp, self.fp, self.slopes = xp, fp, torch.cat([slopes, slopes[-1:]])
+        self._last = len(xp) - 1
+        self._on = {}  # copies on other devices
+
+    def _arrays(self, device):
+        if device.type == "cpu":
+            return self.xp, self.fp, self.slopes
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = tuple(a.to(device) for a in (self.xp, self.fp, self.slopes))
+        return self._on[key]
+
+    def _segment(self, x, xp, right):
+        return (torch.searchsorted(xp, x.contiguous(), right=right) - 1).clamp_(0, self._last)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        xp, fp, slopes = self._arrays(x.device)
+        j = self._segment(x, xp, right=True)  # at a knot: the segment starting there (exact value)
+        return fp[j] + slopes[j] * (x - xp[j])
+
+    def slope(self, x: Tensor) -> Tensor:
+        xp, _, slopes = self._arrays(x.device)
+        return slopes[self._segment(x, xp, right=False)]
 
 
 class DDPMSchedule(_VarPreserving):
@@ -318,23 +395,30 @@ class DDPMSchedule(_VarPreserving):
         n = len(log_ac)
         self.num_train_timesteps = n
         self.alphas_cumprod = ac  # as given (exp(log ᾱ) may differ from ᾱ in the last bit)
-        self._t = torch.arange(1, n + 1, dtype=_F64) / n
-        self._la = 0.5 * log_ac
-        self._slope = (self._la[1:] - self._la[:-1]) * n
+        knots, la = torch.arange(1, n + 1, dtype=_F64) / n, 0.5 * log_ac
+        self._la_of_t = _PiecewiseLinear(knots, la)
+        self._t_of_neg_la = _PiecewiseLinear(-la, knots)  # the exact inverse (−log α increases)
         self.t_min, self.t_max = 1.0 / n, 1.0
 
     def _log_alpha(self, t):
-        return _interp(t, self._t, self._la)
+        return self._la_of_t(t)
 
     def _d_log_alpha(self, t):
         # left-continuous slope of the piecewise-linear log α: at a knot, the segment below it,
         # which is the one a step towards the data integrates over
-        idx = (torch.searchsorted(self._t.to(t.device), t.contiguous()) - 1).clamp(0, len(self._slope) - 1)
-        return self._slope.to(t.device)[idx]
+        return self._la_of_t.slope(t)
 
     def _t_of_log_snr(self, lam):
-        la = self._log_alpha_of_log_snr(lam)
-        return _interp(-la, -self._la, self._t)
+        return self._t_of_neg_la(-self._log_alpha_of_log_snr(lam))
+
+    # one interpolation where the generic forms would repeat it
+    def _log_snr(self, t):
+        la = self._log_alpha(t)
+        return la - self._log_sigma_of_log_alpha(la)
+
+    def _table(self, t):
+        la, dla = self._log_alpha(t), self._d_log_alpha(t)
+        return la, self._log_sigma_of_log_alpha(la), dla, self._d_log_sigma_of(la, dla)
 
     def time_label(self, t) -> Tensor:
         return _time(t) * self.num_train_timesteps - 1.0

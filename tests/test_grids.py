@@ -148,3 +148,43 @@ def test_bad_kind_and_steps():
     for bad in (0, -3, 2.5, None):
         with pytest.raises(ValueError, match="steps must be a positive integer"):
             make_grid(s, bad, "time")
+
+
+@pytest.mark.parametrize("name", list(CONTINUOUS))
+def test_memoised_grid_and_table(name):
+    """make_grid and Schedule.tabulate are memoised per schedule: a repeated request returns the
+    same values as a fresh schedule's first computation; the caller's copy of a grid can be
+    modified without changing later grids; the table is the schedule's own functions at the grid."""
+    s = CONTINUOUS[name]
+    fresh = type(s)()
+    for kind in ("log_snr", "karras", "time"):
+        first = make_grid(s, 9, kind)
+        first[3] = 0.7 * first[2] + 0.3 * first[4]  # the caller's copy
+        again = make_grid(s, 9, kind)
+        assert torch.equal(again, make_grid(fresh, 9, kind)) and not torch.equal(again, first)
+        table = s.tabulate(again)
+        assert table is s.tabulate(again.clone())  # keyed by the values, not the tensor
+        for got, want in zip(table[1:], (s.log_alpha(again), s.log_sigma(again), s.d_log_alpha(again),
+                                         s.d_log_sigma(again))):
+            assert torch.equal(got, want)
+        torch.testing.assert_close(table.log_snr, s.log_snr(again), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="outside the range"):
+        s.tabulate(torch.tensor([s.t_max + 1.0, s.t_min], dtype=F64))
+
+
+def test_ddpm_interpolation_knots_and_slopes():
+    """DDPM's piecewise-linear log α: exact at every knot (including the last), linear between
+    knots, extrapolated with the end slopes; d log α/dt is the left-continuous segment slope."""
+    s = DDPM
+    N = s.num_train_timesteps
+    k = torch.arange(1, N + 1, dtype=F64) / N
+    la = s._la_of_t.fp
+    assert torch.equal(s.log_alpha(k), la)
+    mid = 0.5 * (k[1:] + k[:-1])
+    torch.testing.assert_close(s.log_alpha(mid), 0.5 * (la[1:] + la[:-1]), rtol=0, atol=1e-15)
+    seg = (la[1:] - la[:-1]) * N
+    torch.testing.assert_close(s.d_log_alpha(k[1:]), seg, rtol=1e-12, atol=0)  # the segment below each knot
+    torch.testing.assert_close(s.d_log_alpha(mid), seg, rtol=1e-12, atol=0)
+    assert float(s.d_log_alpha(k[0])) == pytest.approx(float(seg[0]), rel=1e-12)
+    # the inverse map hits the knots back
+    torch.testing.assert_close(s.t_of_log_snr(s.log_snr(k)), k, rtol=1e-12, atol=0)

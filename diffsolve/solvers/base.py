@@ -56,10 +56,10 @@ class StepContext:
     lam: list = field(init=False)
 
     def __post_init__(self):
-        sch = self.schedule
-        self.alpha = sch.alpha(self.t).tolist()
-        self.sigma = sch.sigma(self.t).tolist()
-        self.lam = sch.log_snr(self.t).tolist()
+        table = self.schedule.tabulate(self.t)
+        self.alpha = table.log_alpha.exp().tolist()
+        self.sigma = table.log_sigma.exp().tolist()
+        self.lam = table.log_snr.tolist()
         self.times = self.t.tolist()
 
     @property
