@@ -10,6 +10,11 @@ configuration at the same NFE is shown beside.
 
     python benchmarks/tune_grids.py                          # ring2d, mix64, digits; NFE 4,5,6,8,10
     python benchmarks/tune_grids.py --problems mix64 --solvers unipc --nfe 5,10 --pilot 256
+    python benchmarks/tune_grids.py --problems mix64 --solvers learned --nfe 5,10 --pilot 4096 \
+        --grids-from benchmarks/results/tune_grids_mix64_p4096.jsonl --out benchmarks/results/tune_learned.jsonl
+
+Solver ``learned`` runs ``diffsolve.tune_solver``: per-step predictor/corrector weights fitted on a
+fixed grid (the best tuned grid of ``--grids-from``, or one tuned for UniPC first).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
 from diffsolve.solvers.base import get_solver, integrate
-from diffsolve.tune import FIXED_GRIDS, tune_steps
+from diffsolve.tune import FIXED_GRIDS, TunedGrid, tune_solver, tune_steps
 
 HERE = Path(__file__).parent
 PEER_FILES = {"ring2d": "peers_quality_ring.jsonl", "mix64": "peers_quality_mix64.jsonl",
@@ -69,6 +74,17 @@ def fixed_errors(den, solver, nfe, seeds, denoise_final, options=None):
     return out
 
 
+def start_grid(path, prob, nfe):
+    """The tuned grid with the lowest fresh error for (problem, NFE) in a tune_grids JSONL file."""
+    rows = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if r["problem"] == prob and r["nfe"] == nfe and r["solver"] != "learned"]
+    if not rows:
+        raise SystemExit(f"no tuned grid for {prob} at NFE {nfe} in {path}")
+    r = min(rows, key=lambda r: r["tuned_fresh"])
+    return TunedGrid(t=r["t"], solver=r["solver"], nfe=nfe, denoise_final=r["denoise_final"],
+                     solver_options=r.get("options") or {})
+
+
 def best_peer(prob, nfe):
     f = HERE / "results" / PEER_FILES.get(prob, "-")
     if not f.is_file():
@@ -91,6 +107,10 @@ def main():
     ap.add_argument("--pilot", type=int, default=256)
     ap.add_argument("--fresh", type=int, default=1024)
     ap.add_argument("--max-evals", type=int, default=250)
+    ap.add_argument("--grids-from", help="solver 'learned' (tune_solver: fitted weights on a fixed grid): take "
+                                         "the best tuned grid per problem and NFE from this JSONL (default: "
+                                         "tune one for unipc first)")
+    ap.add_argument("--iterations", type=int, default=300, help="Adam iterations of tune_solver")
     ap.add_argument("--out", default=str(HERE / "results" / "tune_grids.jsonl"))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
@@ -111,11 +131,18 @@ def main():
                 if key in done:
                     continue
                 t0 = time.perf_counter()
-                g = tune_steps(den, solver, nfe, pilot=args.pilot, fresh=args.fresh, max_evals=args.max_evals,
-                               denoise_final="auto", model=prob, solver_options=options)
+                if solver == "learned":
+                    grid = start_grid(args.grids_from, prob, nfe) if args.grids_from else "auto"
+                    g = tune_solver(den, nfe, grid=grid, pilot=args.pilot, fresh=args.fresh,
+                                    iterations=args.iterations, max_evals=args.max_evals, model=prob, **options)
+                    options = g.solver_options
+                else:
+                    g = tune_steps(den, solver, nfe, pilot=args.pilot, fresh=args.fresh, max_evals=args.max_evals,
+                                   denoise_final="auto", model=prob, solver_options=options)
                 fresh_seeds = g.fresh_seeds
+                base = {} if solver == "learned" else options  # learned: default weights (2M) on the fixed grids
                 fixed = {f"{k}{'+x0' if d else ''}": v for d in (True, False)
-                         for k, v in fixed_errors(den, solver, nfe, fresh_seeds, d, options).items()}
+                         for k, v in fixed_errors(den, solver, nfe, fresh_seeds, d, base).items()}
                 peer = best_peer(prob, nfe)
                 row = {"key": key, "problem": prob, "solver": solver, "options": options, "nfe": nfe, "tuned_fresh": g.fresh_error,
                        "tuned_pilot": g.pilot_error, "init_grid": g.init_grid, "init_fresh": g.init_fresh_error,
@@ -124,6 +151,8 @@ def main():
                        "peer": None if peer is None else {"config": peer["config"], "rms": peer["rms"]},
                        "tuning_nfe": g.tuning_nfe, "tuning_s": g.tuning_seconds, "t": g.t,
                        "pilot": args.pilot, "fresh": args.fresh, "wall_s": time.perf_counter() - t0}
+                if solver == "learned":
+                    row.update(validation=g.validation_error, init_pilot=g.init_error)
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"{prob:8s} {spec:9s} nfe={nfe:2d}  tuned {g.fresh_error:.4f}  best fixed "

@@ -22,6 +22,7 @@ _LAZY = {
     "adapters": ("diffsolve.adapters", None),
     "CFGDenoiser": ("diffsolve.guidance", "CFGDenoiser"),
     "tune_steps": ("diffsolve.tune", "tune_steps"),
+    "tune_solver": ("diffsolve.tune", "tune_solver"),
     "bench": ("diffsolve.bench", None),
 }
 

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples and save them (.pt or .npy)")
     _add_model_choice(s)
-    s.add_argument("--solver", default="dpmpp_2m", help="solver name (default dpmpp_2m; `diffsolve list solvers`)")
+    s.add_argument("--solver", help="solver name (default dpmpp_2m, or the solver a tuned --grid file was "
+                                    "tuned for; `diffsolve list solvers`)")
     sn = s.add_mutually_exclusive_group()
     sn.add_argument("--nfe", type=_positive_int, help="budget of network evaluations (final denoise included)")
     sn.add_argument("--steps", type=_positive_int, help="number of solver steps")
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "high-accuracy reference solve on pilot seeds, judge it on fresh seeds, and "
                                     "save it as JSON for `sample --grid FILE` / `bench --grid FILE`.")
     _add_model_choice(tn)
-    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver (default unipc)")
+    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver (default unipc); "
+                    "'learned': fit the per-step weights of the learned multistep solver on a grid tuned "
+                    "for UniPC (tune_solver; the network must be differentiable)")
     tn.add_argument("--nfe", type=_positive_int, required=True, help="budget of network evaluations (final denoise included)")
     tn.add_argument("--pilot", type=_positive_int, default=256, help="pilot samples, seeds 0..N-1 (default 256)")
     tn.add_argument("--fresh", type=int, default=1024, help="fresh samples to judge the grid on (default 1024; 0 skips)")
@@ -182,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
     tn.add_argument("--denoise-final", default="yes", choices=("yes", "no", "auto"),
                     help="end with the x̂0 evaluation (yes, default), without (no), or tune both and keep the better (auto)")
+    tn.add_argument("--iterations", type=_positive_int, default=300,
+                    help="--solver learned: Adam iterations fitting the weights (default 300)")
     tn.add_argument("--out", required=True, help="output .json file")
     _add_common(tn)
 
@@ -338,20 +343,23 @@ def cmd_sample(args) -> int:
     from .sample import sample
 
     device, dtype = _check_device_dtype(args)
-    _check_solver(args.solver)
+    tuned = args.grid.endswith(".json")
+    if args.solver is None and not tuned:
+        args.solver = "dpmpp_2m"
+    if args.solver is not None:
+        _check_solver(args.solver)
     _check_grid(args.grid)
     out = Path(args.out)
     _check_writable(out, (".pt", ".npy"))
     problem = _problem_from_args(args, device)
     den = problem.denoiser()
-    tuned = args.grid.endswith(".json")
     if tuned and (args.nfe is not None or args.steps is not None):
         raise CLIError("a tuned grid fixes the number of steps; drop --nfe/--steps")
     if args.nfe is None and args.steps is None and not tuned:
         args.nfe = 20
     t0 = time.perf_counter()
     if not args.quiet:
-        print(f"sampling {problem.name} with {args.solver} "
+        print(f"sampling {problem.name} with {args.solver or 'the tuned solver'} "
               f"({'grid ' + args.grid if tuned else 'NFE ' + str(args.nfe) if args.nfe else str(args.steps) + ' steps'}, "
               f"eta={args.eta:g}) "
               f"seeds {args.seeds} ...", file=sys.stderr, flush=True)
@@ -458,7 +466,7 @@ def cmd_list(args) -> int:
 def cmd_tune(args) -> int:
     import torch
 
-    from .tune import tune_steps
+    from .tune import tune_solver, tune_steps
 
     device, dtype = _check_device_dtype(args)
     _check_solver(args.solver)
@@ -473,11 +481,18 @@ def cmd_tune(args) -> int:
     if not args.quiet:
         print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {args.pilot} pilot seeds, "
               f"{args.fresh} fresh, up to {args.max_evals} solves ...", file=sys.stderr, flush=True)
-    with torch.no_grad():
-        res = tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
-                         max_evals=args.max_evals,
-                         denoise_final={"yes": True, "no": False, "auto": "auto"}[args.denoise_final],
-                         model=problem.name, device=device, verbose=not args.quiet)
+    denoise_final = {"yes": True, "no": False, "auto": "auto"}[args.denoise_final]
+    if args.solver == "learned":
+        if denoise_final == "auto":
+            raise CLIError("--solver learned needs --denoise-final yes or no")
+        res = tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, fresh=args.fresh, iterations=args.iterations,
+                          max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
+                          device=device, verbose=not args.quiet)
+    else:
+        with torch.no_grad():
+            res = tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
+                             max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
+                             device=device, verbose=not args.quiet)
     res.save(out)
     print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> {res.pilot_error:.4g}; "
           f"fresh {res.init_fresh_error:.4g} -> {res.fresh_error:.4g}; tuning cost {res.tuning_nfe} network calls, "

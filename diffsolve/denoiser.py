@@ -254,7 +254,7 @@ class Denoiser(torch.nn.Module):
         # full check; on accelerators the sum accumulates in float64 and the check is deferred.
         # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
-            if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
+            if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
                 raise NonFiniteError(f"the network returned NaN or Inf at "
                                      f"{_location(self.nfe, self._where[0], t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call

@@ -41,7 +41,7 @@ class SampleResult:
 
 
 def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] | None = None,
-           solver="dpmpp_2m", steps: int | None = None, nfe: int | None = None, grid="log_snr",
+           solver=None, steps: int | None = None, nfe: int | None = None, grid="log_snr",
            eta: float | None = None, noise: Callable | None = None, seeds=None,
            generator: torch.Generator | None = None, denoise_final: bool = True,
            dtype: torch.dtype = torch.float64, device=None, trajectory: bool = False,
@@ -54,7 +54,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             from the noise source.
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
-        solver: a name in ``diffsolve.solvers.SOLVERS`` or a :class:`Solver` instance.
+        solver: a name in ``diffsolve.solvers.SOLVERS`` or a :class:`Solver` instance; default
+            ``"dpmpp_2m"``, or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tune.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived. A tuned grid also fixes
@@ -71,12 +72,14 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     if not isinstance(denoiser, Denoiser):
         raise TypeError(f"denoiser must be a diffsolve.Denoiser, got {type(denoiser).__name__}; "
                         f"wrap your network with Denoiser(net, schedule, prediction=...)")
-    solver = get_solver(solver, **(solver_options or {}))
     schedule = denoiser.schedule
     for spec in (steps, grid):  # a tuned grid (diffsolve.tune_steps) given as steps= or grid=
         tuned = load_grid(spec)
         if tuned is not None:  # it fixes the times and whether the run ends with x̂0
             grid, steps, nfe, denoise_final = tuned.grid, None, None, tuned.denoise_final
+            if solver in (None, tuned.solver) and solver_options is None:  # and the solver it was tuned for
+                solver, solver_options = tuned.solver, tuned.solver_options
+    solver = get_solver("dpmpp_2m" if solver is None else solver, **(solver_options or {}))
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     explicit = not isinstance(grid, str)  # an array of times (or a tuned grid): it fixes the steps
     if getattr(solver, "adaptive", False):  # it chooses its own steps: only the end points matter

@@ -36,7 +36,7 @@ from .processes import NoiseLevel
 from .reference import ode_reference
 from .solvers.base import get_solver, integrate
 
-__all__ = ["TunedGrid", "tune_steps", "load_grid", "FIXED_GRIDS"]
+__all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 
 FIXED_GRIDS = ("log_snr", "karras", "time", "quadratic")
 
@@ -47,6 +47,8 @@ class TunedGrid:
 
     ``pilot_error`` / ``fresh_error``: RMS error per coordinate of the solver with this grid against
     the reference, on the pilot seeds and on fresh seeds; ``init_*``: the same for the starting grid.
+    ``solver_options`` are passed to the solver (for :func:`tune_solver`: the fitted weights);
+    ``validation_error``: the error on the held-out pilots that chose the fitted weights.
     ``tuning_nfe``: network evaluations spent by the search (batched calls; each call evaluates
     all pilot samples), ``tuning_seconds``: its wall time.
     """
@@ -63,6 +65,7 @@ class TunedGrid:
     pilot_error: float = math.nan
     init_fresh_error: float = math.nan
     fresh_error: float = math.nan
+    validation_error: float = math.nan
     pilot_seeds: list = field(default_factory=list)
     fresh_seeds: list = field(default_factory=list)
     evaluations: int = 0
@@ -277,4 +280,144 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         print(f"tune_steps: pilot {init_err:.4g} ({init_name}) -> {result.pilot_error:.4g}; "
               f"fresh {result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; "
               f"{evaluations} solves, {result.tuning_seconds:.1f} s")
+    return result
+
+
+def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: str = "unipc", history: int = 3,
+                pilot=1024, fresh=1024, validation: float = 0.25, iterations: int = 300, lr: float = 0.01,
+                check_every: int = 10, shape=None, denoise_final: bool = False, max_evals: int = 300,
+                model: str = "", rtol: float = 1e-8, atol: float = 1e-8, device=None,
+                verbose: bool = False) -> TunedGrid:
+    r"""Fit the per-step weights of :class:`~diffsolve.solvers.learned.LearnedMultistep` to a model,
+    a grid and a budget (the solver's predictor and corrector weights; the grid stays fixed).
+
+    The pilot seeds are split into a training part and a held-out part (``validation``). Adam
+    minimises the mean squared error of the run against the reference solves on the training
+    part, differentiating through the solver and the network (so the network must be
+    differentiable in x: any torch module); every ``check_every`` iterations the held-out error is
+    measured, and the weights with the lowest held-out error are kept — the starting weights
+    (DPM-Solver++(2M) on this grid) included, so the result is never worse than its start there.
+    Fresh seeds then judge it, as in :func:`tune_steps`.
+
+    Args:
+        grid: the fixed grid: ``"auto"`` (tune one for ``grid_solver`` with :func:`tune_steps` on the
+            same pilots, ``max_evals`` solves), a :class:`TunedGrid` or its JSON path (its
+            ``denoise_final`` is used), a grid kind, or an array of times.
+        history: evaluations each step combines (k of the solver).
+        pilot, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`.
+        validation: fraction of the pilot seeds held out to choose the iterate.
+        iterations, lr: Adam iterations (one solve of the training pilots each) and step size.
+
+    Returns:
+        :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
+        ``sample(denoiser, steps=result)`` runs it.
+    """
+    from . import __version__
+    from .solvers.learned import LearnedMultistep
+
+    start_time = time.perf_counter()
+    schedule = denoiser.schedule
+    if not 0.0 < validation < 1.0:
+        raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
+    if iterations < 0 or check_every < 1 or not lr > 0:
+        raise ValueError("need iterations >= 0, check_every >= 1 and lr > 0")
+    nfe_start, grid_nfe = denoiser.nfe, 0
+    tuned_grid, grid_name = load_grid(grid), None
+    if tuned_grid is None and isinstance(grid, str) and grid == "auto":
+        tuned_grid = tune_steps(denoiser, grid_solver, nfe, pilot=pilot, fresh=0, shape=shape,
+                                denoise_final=denoise_final, max_evals=max_evals, model=model, rtol=rtol,
+                                atol=atol, device=device, verbose=verbose)
+        grid_name, grid_nfe = f"tuned for {grid_solver}", tuned_grid.tuning_nfe
+    if tuned_grid is not None:
+        t, denoise_final = tuned_grid.grid, tuned_grid.denoise_final
+        grid_name = grid_name or f"tuned for {tuned_grid.solver}"
+    else:
+        base = LearnedMultistep(history=history)
+        t = make_grid(schedule, base.steps_for_nfe(int(nfe) - int(denoise_final)), grid)
+        grid_name = grid if isinstance(grid, str) else "user"
+    steps = len(t) - 1
+    if steps + int(denoise_final) != int(nfe):
+        raise ValueError(f"the grid has {steps} steps{' + the final x̂0' if denoise_final else ''}, "
+                         f"not a budget of {nfe} evaluations")
+    shape = tuple(shape) if shape is not None else denoiser.shape
+    if shape is None:
+        raise ValueError("give shape=(...) of one sample; the denoiser does not know it")
+    pilot_seeds = list(range(pilot)) if isinstance(pilot, int) else parse_seeds(pilot)
+    if isinstance(fresh, int):
+        fresh_seeds = list(range(max(pilot_seeds) + 1, max(pilot_seeds) + 1 + fresh)) if fresh else []
+    else:
+        fresh_seeds = parse_seeds(fresh)
+    if set(fresh_seeds) & set(pilot_seeds):
+        raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+    n_val = max(1, int(round(validation * len(pilot_seeds))))
+    if len(pilot_seeds) - n_val < 1:
+        raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
+    level, T = NoiseLevel(schedule, eta=0.0), schedule.t_max
+
+    def start(seeds):
+        src = NoiseSource(len(seeds), shape, seeds=seeds)
+        return (float(schedule.sigma(T)) * src.randn()).to(device)
+
+    def reference(x):
+        return ode_reference(denoiser, x, T, schedule.t_min, rtol=rtol, atol=atol, denoise_final=True)
+
+    def run(p, c, x):
+        sol = LearnedMultistep(predictor=p, corrector=c, history=history)
+        return integrate(sol, denoiser, x, t, level=level, denoise_final=denoise_final)[0]
+
+    def rms(p, c, x, ref) -> float:
+        with torch.no_grad():
+            e = float(((run(p, c, x) - ref) ** 2).mean().sqrt())
+        return e if math.isfinite(e) else math.inf
+
+    x_pilot = start(pilot_seeds)
+    ref_pilot = reference(x_pilot)
+    x_train, ref_train = x_pilot[:-n_val], ref_pilot[:-n_val]
+    x_val, ref_val = x_pilot[-n_val:], ref_pilot[-n_val:]
+
+    # starting weights: DPM-Solver++(2M) on this grid, no correction
+    lam = schedule.log_snr(t)
+    h = (lam[1:] - lam[:-1]).tolist()
+    p0 = torch.zeros(steps, history - 1, dtype=torch.float64)
+    for i in range(1, steps):
+        p0[i, 0] = h[i] / (2.0 * h[i - 1])
+    c0 = torch.zeros(steps, history, dtype=torch.float64)
+    P, C = p0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+    init_err = rms(p0, c0, x_val, ref_val)
+    best = {"err": init_err, "p": p0, "c": c0, "iteration": 0}
+    opt = torch.optim.Adam([P, C], lr=lr)
+    for it in range(1, iterations + 1):
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = ((run(P, C, x_train) - ref_train) ** 2).mean()
+            if not torch.isfinite(loss):
+                break  # diverged: keep the best iterate so far
+            loss.backward()
+        opt.step()
+        if it % check_every == 0 or it == iterations:
+            e = rms(P.detach(), C.detach(), x_val, ref_val)
+            if e < best["err"]:
+                best.update(err=e, p=P.detach().clone(), c=C.detach().clone(), iteration=it)
+            if verbose:
+                print(f"tune_solver: iteration {it}: train {math.sqrt(float(loss)):.4g}, held out {e:.4g}")
+    p_best, c_best = best["p"], best["c"]
+    options = {"predictor": p_best.tolist(), "corrector": c_best.tolist(), "history": history}
+    result = TunedGrid(t=t.tolist(), solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final,
+                       model=model, schedule=repr(schedule), solver_options=options,
+                       init_grid=f"{grid_name}, DPM-Solver++(2M) weights",
+                       init_error=rms(p0, c0, x_pilot, ref_pilot), pilot_error=rms(p_best, c_best, x_pilot, ref_pilot),
+                       validation_error=best["err"], pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds,
+                       evaluations=best["iteration"], version=__version__)
+    if fresh_seeds:
+        x_fresh = start(fresh_seeds)
+        ref_fresh = reference(x_fresh)
+        result.init_fresh_error = rms(p0, c0, x_fresh, ref_fresh)
+        result.fresh_error = rms(p_best, c_best, x_fresh, ref_fresh)
+    result.tuning_nfe = denoiser.nfe - nfe_start + grid_nfe
+    denoiser.nfe = nfe_start
+    result.tuning_seconds = time.perf_counter() - start_time
+    if verbose:
+        print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
+              f"{init_err:.4g} -> {best['err']:.4g}, iteration {best['iteration']}); fresh "
+              f"{result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; {result.tuning_seconds:.1f} s")
     return result

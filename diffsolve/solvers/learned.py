@@ -1,0 +1,154 @@
+r"""A multistep predictor–corrector in data prediction whose weights are free, per step (MATH §4).
+
+Every data-prediction multistep method here (DDIM, DPM-Solver++ 2M/3M, UniPC) advances with the
+exponential step of MATH (4.1) applied to a combination D of the stored x̂0 values; they differ only
+in the weights of that combination, which they derive from a polynomial model of x̂0(λ). Below ten
+evaluations that model is poor, and the weights that minimise the error of the whole run are
+different. This solver takes them as data, so they can be fitted to a model and a grid
+(:func:`diffsolve.tune.tune_solver`; the idea of learning solver coefficients against a teacher solve
+is S4S, Frankel et al., arXiv:2502.17423).
+
+Step i from t_i to t_{i+1}, h_i = λ_{i+1} − λ_i, X_j = x̂0(x_j, t_j) (x_j: the state where X_j was
+evaluated), k = ``history``:
+
+    predictor:  D_i = X_i + Σ_{m=1}^{k−1} p_{i,m} (X_i − X_{i−m})
+                x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
+
+    corrector (steps i < n − 1; X_{i+1} = x̂0(x_{i+1}, t_{i+1}) is the next step's evaluation anyway):
+                D_i ← D_i + c_{i,0} (X_{i+1} − X_i) + Σ_{m=1}^{k−1} c_{i,m} (X_i − X_{i−m})
+                x_{i+1} ← (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
+
+and the next step starts from the corrected x_{i+1} with X_{i+1} as evaluated (as UniPC does), so
+the run costs one evaluation per step. Written with differences, the weights of each D sum to one
+for any p, c: a constant x̂0 is integrated exactly (first-order consistency is built in).
+
+Defaults (``predictor=None``, ``corrector=None``): p_{i,1} = h_i / (2 h_{i−1}), every other weight 0 —
+DPM-Solver++(2M) in its midpoint form without the lower-order final step, a second-order method
+(the declared order). Fitted weights trade that order for accuracy at one budget and one grid: a
+run with them is only defined on the grid they were fitted on (its number of steps is checked).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Solver, lincomb, register
+
+__all__ = ["LearnedMultistep"]
+
+
+def _table(values, steps: int, width: int, what: str):
+    """``values`` as a (steps, width) nested list of floats, or a float64 tensor kept as it is (it
+    may carry gradients: :func:`diffsolve.tune.tune_solver` differentiates through the run)."""
+    if isinstance(values, Tensor):
+        if values.shape != (steps, width):
+            raise ValueError(f"{what} has shape {tuple(values.shape)}; this run needs ({steps}, {width}) "
+                             f"(steps x weights per step)")
+        return values if values.requires_grad else values.tolist()
+    rows = [list(map(float, r)) for r in values]
+    if len(rows) != steps or any(len(r) != width for r in rows):
+        raise ValueError(f"{what} has {len(rows)} rows of lengths {sorted({len(r) for r in rows})}; this run "
+                         f"needs {steps} rows of {width} (the weights were fitted to a grid of another size?)")
+    if not all(math.isfinite(v) for r in rows for v in r):
+        raise ValueError(f"{what} contains NaN or Inf")
+    return rows
+
+
+def _combine(x: Tensor, a: float, terms: list, coefs: list) -> Tensor:
+    """a·x + Σ c_k T_k: fused for float weights, plain autograd arithmetic for tensor weights."""
+    if not any(isinstance(c, Tensor) for c in coefs):
+        return lincomb(x, a, terms, coefs)
+    out = x * a
+    for c, T in zip(coefs, terms):
+        out = out + c * T
+    return out
+
+
+@register
+class LearnedMultistep(Solver):
+    """Exponential multistep predictor–corrector with free per-step weights; one evaluation per step.
+
+    Args:
+        predictor: (steps, history − 1) weights p_{i,m} (nested lists or a float64 tensor); ``None``:
+            DPM-Solver++(2M)'s p_{i,1} = h_i/(2h_{i−1}).
+        corrector: (steps, history) weights c_{i,0..k−1}; ``None``: no correction. Row n − 1 is
+            unused (the last step has no evaluation after it); weights reaching before the first
+            evaluation (m > i) are ignored.
+        history: k, the number of stored evaluations a step combines (2 or more).
+
+    Shapes: x is (B, *shape); the weights are shared by every sample.
+
+    References:
+        S4S: Solving for a Diffusion Model Solver, Frankel et al., arXiv:2502.17423 (fitted weights);
+        DPM-Solver++, Lu et al., arXiv:2211.01095 (the exponential data-prediction step and 2M);
+        UniPC, Zhao et al., arXiv:2302.04867 (the corrector that reuses the next evaluation).
+    """
+
+    name = "learned"
+    order = 2.0
+    min_steps = 1
+
+    def __init__(self, predictor=None, corrector=None, history: int = 3):
+        if int(history) != history or history < 2:
+            raise ValueError(f"history must be an integer >= 2, got {history!r}")
+        self.history = int(history)
+        self.predictor = predictor
+        self.corrector = corrector
+
+    def check(self, ctx):
+        super().check(ctx)
+        k, n = self.history, ctx.steps
+        if self.predictor is not None:
+            _table(self.predictor, n, k - 1, "predictor")
+        if self.corrector is not None:
+            _table(self.corrector, n, k, "corrector")
+
+    def init(self, ctx, x):
+        n, k = ctx.steps, self.history
+        if self.predictor is None:
+            p = [[0.0] * (k - 1) for _ in range(n)]
+            for i in range(1, n):
+                p[i][0] = ctx.h(i) / (2.0 * ctx.h(i - 1))
+        else:
+            p = _table(self.predictor, n, k - 1, "predictor")
+        c = None if self.corrector is None else _table(self.corrector, n, k, "corrector")
+        return {"p": p, "c": c, "X": []}
+
+    def _weights(self, p_row, c_row, i: int, corrected: bool) -> list:
+        """Weights of D_i on [X_{i−k+1}, …, X_i] (+ X_{i+1} when ``corrected``), summing to one."""
+        k = self.history
+        m_max = min(k - 1, i)
+        w = [0.0] * m_max + [1.0]  # w[-1] belongs to X_i, w[-1 - m] to X_{i−m}
+        for m in range(1, m_max + 1):
+            w[-1] = w[-1] + p_row[m - 1]
+            w[-1 - m] = w[-1 - m] - p_row[m - 1]
+        if corrected:
+            for m in range(1, m_max + 1):
+                w[-1] = w[-1] + c_row[m]
+                w[-1 - m] = w[-1 - m] - c_row[m]
+            w[-1] = w[-1] - c_row[0]
+            w.append(c_row[0])
+        return w
+
+    def step(self, ctx, i, x, state):
+        X = state["X"]
+        if i == 0:
+            X.append(ctx.denoiser.x0(x, ctx.time(0)))
+        a = ctx.sigma[i + 1] / ctx.sigma[i]
+        b = ctx.alpha[i + 1] * -math.expm1(-ctx.h(i))
+        hist = X[-min(self.history, i + 1):]
+        p_row = state["p"][i]
+        w = self._weights(p_row, None, i, corrected=False)
+        x_next = _combine(x, a, hist, [b * wj for wj in w])
+        if i < ctx.steps - 1:  # the next step's evaluation, at the predicted point
+            X_next = ctx.denoiser.x0(x_next, ctx.time(i + 1))
+            c_row = None if state["c"] is None else state["c"][i]
+            if c_row is not None and any(isinstance(v, Tensor) or v != 0.0 for v in c_row):
+                w = self._weights(p_row, c_row, i, corrected=True)
+                x_next = _combine(x, a, hist + [X_next], [b * wj for wj in w])
+            X.append(X_next)
+            if len(X) > self.history:
+                del X[0]
+        return x_next, state
