@@ -26,7 +26,7 @@ from .schedules import DDPMSchedule, Schedule
 __all__ = ["make_grid", "validate_grid", "GRIDS"]
 
 _F64 = torch.float64
-_GRIDS: "weakref.WeakKeyDictionary[Schedule, dict]" = weakref.WeakKeyDictionary()
+_GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 GRIDS = ("time", "log_snr", "karras", "quadratic", "leading", "trailing", "linspace")
 
 

@@ -56,7 +56,7 @@ class GridTable(NamedTuple):
         return self.log_alpha - self.log_sigma
 
 
-_TABLES: "weakref.WeakKeyDictionary[Schedule, dict]" = weakref.WeakKeyDictionary()
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Schedule:

@@ -349,7 +349,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         fresh_seeds = parse_seeds(fresh)
     if set(fresh_seeds) & set(pilot_seeds):
         raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
-    n_val = max(1, int(round(validation * len(pilot_seeds))))
+    n_val = max(1, round(validation * len(pilot_seeds)))
     if len(pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
     level, T = NoiseLevel(schedule, eta=0.0), schedule.t_max

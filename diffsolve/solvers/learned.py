@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from .base import Solver, lincomb, register
