@@ -135,7 +135,6 @@ def main():
                     grid = start_grid(args.grids_from, prob, nfe) if args.grids_from else "auto"
                     g = tune_solver(den, nfe, grid=grid, pilot=args.pilot, fresh=args.fresh,
                                     iterations=args.iterations, max_evals=args.max_evals, model=prob, **options)
-                    options = g.solver_options
                 else:
                     g = tune_steps(den, solver, nfe, pilot=args.pilot, fresh=args.fresh, max_evals=args.max_evals,
                                    denoise_final="auto", model=prob, solver_options=options)
@@ -144,7 +143,7 @@ def main():
                 fixed = {f"{k}{'+x0' if d else ''}": v for d in (True, False)
                          for k, v in fixed_errors(den, solver, nfe, fresh_seeds, d, base).items()}
                 peer = best_peer(prob, nfe)
-                row = {"key": key, "problem": prob, "solver": solver, "options": options, "nfe": nfe, "tuned_fresh": g.fresh_error,
+                row = {"key": key, "problem": prob, "solver": solver, "options": g.solver_options, "nfe": nfe, "tuned_fresh": g.fresh_error,
                        "tuned_pilot": g.pilot_error, "init_grid": g.init_grid, "init_fresh": g.init_fresh_error,
                        "denoise_final": g.denoise_final, "fixed_fresh": fixed,
                        "best_fixed": min(fixed.values()), "best_fixed_grid": min(fixed, key=fixed.get),

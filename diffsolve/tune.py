@@ -297,6 +297,8 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     differentiable in x: any torch module); every ``check_every`` iterations the held-out error is
     measured, and the weights with the lowest held-out error are kept — the starting weights
     (DPM-Solver++(2M) on this grid) included, so the result is never worse than its start there.
+    The fit is not convex: it runs from two starts (2M; and 2M choosing the evaluation points while
+    the state advances by DDIM steps), ``iterations`` each, and keeps the better.
     Fresh seeds then judge it, as in :func:`tune_steps`.
 
     Args:
@@ -306,7 +308,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         history: evaluations each step combines (k of the solver).
         pilot, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`.
         validation: fraction of the pilot seeds held out to choose the iterate.
-        iterations, lr: Adam iterations (one solve of the training pilots each) and step size.
+        iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
 
     Returns:
         :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
@@ -375,39 +377,49 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     x_train, ref_train = x_pilot[:-n_val], ref_pilot[:-n_val]
     x_val, ref_val = x_pilot[-n_val:], ref_pilot[-n_val:]
 
-    # starting weights: DPM-Solver++(2M) on this grid, no correction
+    # two starts, the better one kept by its held-out error: DPM-Solver++(2M) on this grid ("2m"), and
+    # the same predictor choosing where the next evaluation happens while the corrector advances
+    # the state with X_i alone (c_{i,m} = −p_{i,m}, c_{i,0} = 0: a DDIM step; "2m+ddim")
     lam = schedule.log_snr(t)
     h = (lam[1:] - lam[:-1]).tolist()
     p0 = torch.zeros(steps, history - 1, dtype=torch.float64)
     for i in range(1, steps):
         p0[i, 0] = h[i] / (2.0 * h[i - 1])
     c0 = torch.zeros(steps, history, dtype=torch.float64)
-    P, C = p0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+    c1 = c0.clone()
+    c1[:-1, 1:] = -p0[:-1]
+    starts = {"2m": (p0, c0), "2m+ddim": (p0, c1)}
     init_err = rms(p0, c0, x_val, ref_val)
-    best = {"err": init_err, "p": p0, "c": c0, "iteration": 0}
-    opt = torch.optim.Adam([P, C], lr=lr)
-    for it in range(1, iterations + 1):
-        opt.zero_grad()
-        with torch.enable_grad():
-            loss = ((run(P, C, x_train) - ref_train) ** 2).mean()
-            if not torch.isfinite(loss):
-                break  # diverged: keep the best iterate so far
-            loss.backward()
-        opt.step()
-        if it % check_every == 0 or it == iterations:
-            e = rms(P.detach(), C.detach(), x_val, ref_val)
-            if e < best["err"]:
-                best.update(err=e, p=P.detach().clone(), c=C.detach().clone(), iteration=it)
-            if verbose:
-                print(f"tune_solver: iteration {it}: train {math.sqrt(float(loss)):.4g}, held out {e:.4g}")
+    best = {"err": init_err, "p": p0, "c": c0, "iteration": 0, "start": "2m"}
+    for name, (p_init, c_init) in starts.items():
+        P, C = p_init.clone().requires_grad_(True), c_init.clone().requires_grad_(True)
+        e = rms(p_init, c_init, x_val, ref_val)
+        if e < best["err"]:
+            best.update(err=e, p=p_init, c=c_init, iteration=0, start=name)
+        opt = torch.optim.Adam([P, C], lr=lr)
+        for it in range(1, iterations + 1):
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = ((run(P, C, x_train) - ref_train) ** 2).mean()
+                if not torch.isfinite(loss):
+                    break  # diverged: keep the best iterate so far
+                loss.backward()
+            opt.step()
+            if it % check_every == 0 or it == iterations:
+                e = rms(P.detach(), C.detach(), x_val, ref_val)
+                if e < best["err"]:
+                    best.update(err=e, p=P.detach().clone(), c=C.detach().clone(), iteration=it, start=name)
+                if verbose:
+                    print(f"tune_solver: start {name}, iteration {it}: train {math.sqrt(float(loss)):.4g}, "
+                          f"held out {e:.4g}")
     p_best, c_best = best["p"], best["c"]
     options = {"predictor": p_best.tolist(), "corrector": c_best.tolist(), "history": history}
     result = TunedGrid(t=t.tolist(), solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final,
                        model=model, schedule=repr(schedule), solver_options=options,
-                       init_grid=f"{grid_name}, DPM-Solver++(2M) weights",
+                       init_grid=f"{grid_name}; weights from start {best['start']} (init_*: 2M weights)",
                        init_error=rms(p0, c0, x_pilot, ref_pilot), pilot_error=rms(p_best, c_best, x_pilot, ref_pilot),
                        validation_error=best["err"], pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds,
-                       evaluations=best["iteration"], version=__version__)
+                       evaluations=len(starts) * iterations, version=__version__)
     if fresh_seeds:
         x_fresh = start(fresh_seeds)
         ref_fresh = reference(x_fresh)
@@ -418,6 +430,6 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     result.tuning_seconds = time.perf_counter() - start_time
     if verbose:
         print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
-              f"{init_err:.4g} -> {best['err']:.4g}, iteration {best['iteration']}); fresh "
+              f"{init_err:.4g} -> {best['err']:.4g}, start {best['start']}, iteration {best['iteration']}); fresh "
               f"{result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; {result.tuning_seconds:.1f} s")
     return result
