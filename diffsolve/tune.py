@@ -284,17 +284,19 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
 
 
 def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: str = "unipc", history: int = 3,
-                pilot=1024, fresh=1024, validation: float = 0.25, iterations: int = 300, lr: float = 0.01,
+                shifts: bool = True, pilot=1024, fresh=1024, validation: float = 0.25, iterations: int = 300,
+                lr: float = 0.01,
                 check_every: int = 10, shape=None, denoise_final: bool = False, max_evals: int = 300,
                 model: str = "", rtol: float = 1e-8, atol: float = 1e-8, device=None,
                 verbose: bool = False) -> TunedGrid:
     r"""Fit the per-step weights of :class:`~diffsolve.solvers.learned.LearnedMultistep` to a model,
-    a grid and a budget (the solver's predictor and corrector weights; the grid stays fixed).
+    a grid and a budget (the solver's predictor and corrector weights and, with ``shifts``, the
+    λ-shifts of the times the network is told; the grid stays fixed).
 
     The pilot seeds are split into a training part and a held-out part (``validation``). Adam
     minimises the mean squared error of the run against the reference solves on the training
     part, differentiating through the solver and the network (so the network must be
-    differentiable in x: any torch module); every ``check_every`` iterations the held-out error is
+    differentiable in x, and with ``shifts`` in its time input: any torch module); every ``check_every`` iterations the held-out error is
     measured, and the weights with the lowest held-out error are kept — the starting weights
     (DPM-Solver++(2M) on this grid) included, so the result is never worse than its start there.
     The fit is not convex: it runs from two starts (2M; and 2M choosing the evaluation points while
@@ -306,6 +308,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
             same pilots, ``max_evals`` solves), a :class:`TunedGrid` or its JSON path (its
             ``denoise_final`` is used), a grid kind, or an array of times.
         history: evaluations each step combines (k of the solver).
+        shifts: also fit the evaluation-time shifts δ (start: 0).
         pilot, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`.
         validation: fraction of the pilot seeds held out to choose the iterate.
         iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
@@ -363,13 +366,13 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     def reference(x):
         return ode_reference(denoiser, x, T, schedule.t_min, rtol=rtol, atol=atol, denoise_final=True)
 
-    def run(p, c, x):
-        sol = LearnedMultistep(predictor=p, corrector=c, history=history)
+    def run(p, c, d, x):
+        sol = LearnedMultistep(predictor=p, corrector=c, history=history, shift=d if shifts else None)
         return integrate(sol, denoiser, x, t, level=level, denoise_final=denoise_final)[0]
 
-    def rms(p, c, x, ref) -> float:
+    def rms(p, c, d, x, ref) -> float:
         with torch.no_grad():
-            e = float(((run(p, c, x) - ref) ** 2).mean().sqrt())
+            e = float(((run(p, c, d, x) - ref) ** 2).mean().sqrt())
         return e if math.isfinite(e) else math.inf
 
     x_pilot = start(pilot_seeds)
@@ -388,43 +391,49 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     c0 = torch.zeros(steps, history, dtype=torch.float64)
     c1 = c0.clone()
     c1[:-1, 1:] = -p0[:-1]
+    d0 = torch.zeros(steps, dtype=torch.float64)
     starts = {"2m": (p0, c0), "2m+ddim": (p0, c1)}
-    init_err = rms(p0, c0, x_val, ref_val)
-    best = {"err": init_err, "p": p0, "c": c0, "iteration": 0, "start": "2m"}
+    init_err = rms(p0, c0, d0, x_val, ref_val)
+    best = {"err": init_err, "p": p0, "c": c0, "d": d0, "iteration": 0, "start": "2m"}
     for name, (p_init, c_init) in starts.items():
         P, C = p_init.clone().requires_grad_(True), c_init.clone().requires_grad_(True)
-        e = rms(p_init, c_init, x_val, ref_val)
+        D = d0.clone().requires_grad_(shifts)
+        e = rms(p_init, c_init, d0, x_val, ref_val)
         if e < best["err"]:
-            best.update(err=e, p=p_init, c=c_init, iteration=0, start=name)
-        opt = torch.optim.Adam([P, C], lr=lr)
+            best.update(err=e, p=p_init, c=c_init, d=d0, iteration=0, start=name)
+        opt = torch.optim.Adam([P, C, D] if shifts else [P, C], lr=lr)
         for it in range(1, iterations + 1):
             opt.zero_grad()
             with torch.enable_grad():
-                loss = ((run(P, C, x_train) - ref_train) ** 2).mean()
+                loss = ((run(P, C, D, x_train) - ref_train) ** 2).mean()
                 if not torch.isfinite(loss):
                     break  # diverged: keep the best iterate so far
                 loss.backward()
             opt.step()
             if it % check_every == 0 or it == iterations:
-                e = rms(P.detach(), C.detach(), x_val, ref_val)
+                e = rms(P.detach(), C.detach(), D.detach(), x_val, ref_val)
                 if e < best["err"]:
-                    best.update(err=e, p=P.detach().clone(), c=C.detach().clone(), iteration=it, start=name)
+                    best.update(err=e, p=P.detach().clone(), c=C.detach().clone(), d=D.detach().clone(),
+                                iteration=it, start=name)
                 if verbose:
                     print(f"tune_solver: start {name}, iteration {it}: train {math.sqrt(float(loss)):.4g}, "
                           f"held out {e:.4g}")
-    p_best, c_best = best["p"], best["c"]
+    p_best, c_best, d_best = best["p"], best["c"], best["d"]
     options = {"predictor": p_best.tolist(), "corrector": c_best.tolist(), "history": history}
+    if shifts:
+        options["shift"] = d_best.tolist()
     result = TunedGrid(t=t.tolist(), solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final,
                        model=model, schedule=repr(schedule), solver_options=options,
                        init_grid=f"{grid_name}; weights from start {best['start']} (init_*: 2M weights)",
-                       init_error=rms(p0, c0, x_pilot, ref_pilot), pilot_error=rms(p_best, c_best, x_pilot, ref_pilot),
+                       init_error=rms(p0, c0, d0, x_pilot, ref_pilot),
+                       pilot_error=rms(p_best, c_best, d_best, x_pilot, ref_pilot),
                        validation_error=best["err"], pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds,
                        evaluations=len(starts) * iterations, version=__version__)
     if fresh_seeds:
         x_fresh = start(fresh_seeds)
         ref_fresh = reference(x_fresh)
-        result.init_fresh_error = rms(p0, c0, x_fresh, ref_fresh)
-        result.fresh_error = rms(p_best, c_best, x_fresh, ref_fresh)
+        result.init_fresh_error = rms(p0, c0, d0, x_fresh, ref_fresh)
+        result.fresh_error = rms(p_best, c_best, d_best, x_fresh, ref_fresh)
     result.tuning_nfe = denoiser.nfe - nfe_start + grid_nfe
     denoiser.nfe = nfe_start
     result.tuning_seconds = time.perf_counter() - start_time

@@ -61,13 +61,21 @@ def test_any_weights_integrate_a_constant_x0_exactly(history):
 def test_tensor_weights_match_float_weights_and_carry_gradients(model):
     x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     p, q = _random_weights(5, 3, seed=7)
-    a = ds.sample(model, x, solver=LearnedMultistep(p.tolist(), q.tolist()), steps=5, denoise_final=False).x
-    P, Q = p.clone().requires_grad_(True), q.clone().requires_grad_(True)
-    b = ds.sample(model, x, solver=LearnedMultistep(P, Q), steps=5, denoise_final=False).x
+    d = torch.tensor([0.3, -0.2, 0.1, 0.0, 0.25], dtype=F64)
+    a = ds.sample(model, x, solver=LearnedMultistep(p.tolist(), q.tolist(), shift=d.tolist()), steps=5,
+                  denoise_final=False).x
+    P, Q, D = (v.clone().requires_grad_(True) for v in (p, q, d))
+    b = ds.sample(model, x, solver=LearnedMultistep(P, Q, shift=D), steps=5, denoise_final=False).x
     torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
     b.square().sum().backward()
     assert P.grad is not None and bool(P.grad[1:, 0].ne(0).all()) and bool(P.grad[0].eq(0).all())
     assert bool(Q.grad[:4, 0].ne(0).all()) and bool(Q.grad[4].eq(0).all())  # the last step has no corrector
+    assert bool(D.grad.ne(0).all())  # every evaluation's time input
+    # a shift moves the time the network is told, nothing else: shift 0 is the unshifted run
+    zero = ds.sample(model, x, solver=LearnedMultistep(p.tolist(), q.tolist(), shift=[0.0] * 5), steps=5,
+                     denoise_final=False).x
+    plain = ds.sample(model, x, solver=LearnedMultistep(p.tolist(), q.tolist()), steps=5, denoise_final=False).x
+    assert torch.equal(zero, plain) and not torch.allclose(zero, a)
 
 
 def test_weights_of_the_wrong_size_are_refused(model):
@@ -77,6 +85,8 @@ def test_weights_of_the_wrong_size_are_refused(model):
         ds.sample(model, shape=(2, 2), solver=LearnedMultistep(corrector=torch.zeros(5, 2, dtype=F64)), steps=5)
     with pytest.raises(ValueError, match="NaN"):
         ds.sample(model, shape=(2, 2), solver=LearnedMultistep(predictor=[[math.nan, 0.0]] * 5), steps=5)
+    with pytest.raises(ValueError, match="shift has 4 rows"):
+        ds.sample(model, shape=(2, 2), solver=LearnedMultistep(shift=[0.0] * 4), steps=5)
     with pytest.raises(ValueError, match="history"):
         LearnedMultistep(history=1)
 

@@ -8,8 +8,10 @@ different. This solver takes them as data, so they can be fitted to a model and 
 (:func:`diffsolve.tune.tune_solver`; the idea of learning solver coefficients against a teacher solve
 is S4S, Frankel et al., arXiv:2502.17423).
 
-Step i from t_i to t_{i+1}, h_i = λ_{i+1} − λ_i, X_j = x̂0(x_j, t_j) (x_j: the state where X_j was
-evaluated), k = ``history``:
+Step i from t_i to t_{i+1}, h_i = λ_{i+1} − λ_i, X_j = x̂0(x_j, t(λ_j + δ_j)) (x_j: the state where
+X_j was evaluated; δ_j: an optional shift of the time the network is told, in λ — zero by default,
+fitted like the weights; the idea of decoupling the network's time input from the grid is LD3's,
+Tong et al., arXiv:2405.15506), k = ``history``:
 
     predictor:  D_i = X_i + Σ_{m=1}^{k−1} p_{i,m} (X_i − X_{i−m})
                 x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .base import Solver, lincomb, register
@@ -76,6 +79,7 @@ class LearnedMultistep(Solver):
             unused (the last step has no evaluation after it); weights reaching before the first
             evaluation (m > i) are ignored.
         history: k, the number of stored evaluations a step combines (2 or more).
+        shift: (steps,) λ-shifts δ_j of the evaluation times (list or float64 tensor); ``None``: 0.
 
     Shapes: x is (B, *shape); the weights are shared by every sample.
 
@@ -89,12 +93,13 @@ class LearnedMultistep(Solver):
     order = 2.0
     min_steps = 1
 
-    def __init__(self, predictor=None, corrector=None, history: int = 3):
+    def __init__(self, predictor=None, corrector=None, history: int = 3, shift=None):
         if int(history) != history or history < 2:
             raise ValueError(f"history must be an integer >= 2, got {history!r}")
         self.history = int(history)
         self.predictor = predictor
         self.corrector = corrector
+        self.shift = shift
 
     def check(self, ctx):
         super().check(ctx)
@@ -103,6 +108,9 @@ class LearnedMultistep(Solver):
             _table(self.predictor, n, k - 1, "predictor")
         if self.corrector is not None:
             _table(self.corrector, n, k, "corrector")
+        if self.shift is not None:
+            _table(self.shift.reshape(-1, 1) if isinstance(self.shift, Tensor) else [[v] for v in self.shift],
+                   n, 1, "shift")
 
     def init(self, ctx, x):
         n, k = ctx.steps, self.history
@@ -113,7 +121,18 @@ class LearnedMultistep(Solver):
         else:
             p = _table(self.predictor, n, k - 1, "predictor")
         c = None if self.corrector is None else _table(self.corrector, n, k, "corrector")
-        return {"p": p, "c": c, "X": []}
+        times = list(ctx.times[:-1])  # where evaluation j is told it is
+        if self.shift is not None:
+            sch = ctx.schedule
+            if isinstance(self.shift, Tensor) and self.shift.requires_grad:
+                lam = torch.tensor(ctx.lam[:-1], dtype=torch.float64) + self.shift.reshape(-1)
+                times = list(sch.t_of_log_snr(lam).unbind())  # 0-dim tensors carrying gradients
+            else:
+                shift = [float(v) for v in (self.shift.reshape(-1).tolist() if isinstance(self.shift, Tensor)
+                                            else self.shift)]
+                times = [ctx.times[j] if shift[j] == 0.0 else float(sch.t_of_log_snr(ctx.lam[j] + shift[j]))
+                         for j in range(n)]
+        return {"p": p, "c": c, "X": [], "times": times}
 
     def _weights(self, p_row, c_row, i: int, corrected: bool) -> list:
         """Weights of D_i on [X_{i−k+1}, …, X_i] (+ X_{i+1} when ``corrected``), summing to one."""
@@ -134,7 +153,7 @@ class LearnedMultistep(Solver):
     def step(self, ctx, i, x, state):
         X = state["X"]
         if i == 0:
-            X.append(ctx.denoiser.x0(x, ctx.time(0)))
+            X.append(ctx.denoiser.x0(x, state["times"][0]))
         a = ctx.sigma[i + 1] / ctx.sigma[i]
         b = ctx.alpha[i + 1] * -math.expm1(-ctx.h(i))
         hist = X[-min(self.history, i + 1):]
@@ -142,7 +161,7 @@ class LearnedMultistep(Solver):
         w = self._weights(p_row, None, i, corrected=False)
         x_next = _combine(x, a, hist, [b * wj for wj in w])
         if i < ctx.steps - 1:  # the next step's evaluation, at the predicted point
-            X_next = ctx.denoiser.x0(x_next, ctx.time(i + 1))
+            X_next = ctx.denoiser.x0(x_next, state["times"][i + 1])
             c_row = None if state["c"] is None else state["c"][i]
             if c_row is not None and any(isinstance(v, Tensor) or v != 0.0 for v in c_row):
                 w = self._weights(p_row, c_row, i, corrected=True)
