@@ -131,6 +131,35 @@ def _params_from_grid(schedule, t: Tensor, tune_end: bool):
     return theta, end
 
 
+class _Pilots:
+    """Pilot and fresh seeds, their start points x_T and reference solutions (the tuning target:
+    the probability-flow ODE to t_min followed by the exact x̂0), shared by both tuners."""
+
+    def __init__(self, denoiser, shape, pilot, fresh, rtol, atol, device):
+        self.shape = tuple(shape) if shape is not None else denoiser.shape
+        if self.shape is None:
+            raise ValueError("give shape=(...) of one sample; the denoiser does not know it")
+        self.pilot_seeds = list(range(pilot)) if isinstance(pilot, int) else parse_seeds(pilot)
+        if isinstance(fresh, int):
+            first = max(self.pilot_seeds) + 1
+            self.fresh_seeds = list(range(first, first + fresh)) if fresh else []
+        else:
+            self.fresh_seeds = parse_seeds(fresh)
+        if set(self.fresh_seeds) & set(self.pilot_seeds):
+            raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+        self.denoiser, self.rtol, self.atol, self.device = denoiser, rtol, atol, device
+
+    def start(self, seeds) -> Tensor:
+        sch = self.denoiser.schedule
+        src = NoiseSource(len(seeds), self.shape, seeds=seeds)  # drawn on the CPU: same x_T on every device
+        return (float(sch.sigma(sch.t_max)) * src.randn()).to(self.device)
+
+    def reference(self, x) -> Tensor:
+        sch = self.denoiser.schedule
+        return ode_reference(self.denoiser, x, sch.t_max, sch.t_min, rtol=self.rtol, atol=self.atol,
+                             denoise_final=True)
+
+
 def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64, fresh=256,
                shape=None, denoise_final: bool | str = True, init="auto", tune_end: bool | None = None,
                max_evals: int = 300, solver_options: dict | None = None, model: str = "",
@@ -182,25 +211,9 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     tune_end = denoise_final if tune_end is None else bool(tune_end)
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
-    shape = tuple(shape) if shape is not None else denoiser.shape
-    if shape is None:
-        raise ValueError("give shape=(...) of one sample; the denoiser does not know it")
-    pilot_seeds = list(range(pilot)) if isinstance(pilot, int) else parse_seeds(pilot)
-    if isinstance(fresh, int):
-        fresh_seeds = list(range(max(pilot_seeds) + 1, max(pilot_seeds) + 1 + fresh)) if fresh else []
-    else:
-        fresh_seeds = parse_seeds(fresh)
-    if set(fresh_seeds) & set(pilot_seeds):
-        raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
+    pilot_seeds, fresh_seeds, start, reference = pilots.pilot_seeds, pilots.fresh_seeds, pilots.start, pilots.reference
     level = NoiseLevel(schedule, eta=0.0)
-    T = schedule.t_max
-
-    def start(seeds):
-        src = NoiseSource(len(seeds), shape, seeds=seeds)  # drawn on the CPU: same x_T on every device
-        return (float(schedule.sigma(T)) * src.randn()).to(device)
-
-    def reference(x):
-        return ode_reference(denoiser, x, T, schedule.t_min, rtol=rtol, atol=atol, denoise_final=True)
 
     nfe_start = denoiser.nfe
     x_pilot = start(pilot_seeds)
@@ -231,7 +244,7 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         print(f"tune_steps: {sol.name} nfe={nfe} steps={steps}; fixed grids: "
               + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
 
-    lam0 = float(schedule.log_snr(T))
+    lam0 = float(schedule.log_snr(schedule.t_max))
     lam_max = float(schedule.log_snr(schedule.t_min))
     theta0, end0 = _params_from_grid(schedule, init_t, tune_end)
     p0 = torch.cat([theta0, torch.tensor([end0], dtype=torch.float64)]) if tune_end else theta0
@@ -344,27 +357,12 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     if steps + int(denoise_final) != int(nfe):
         raise ValueError(f"the grid has {steps} steps{' + the final x̂0' if denoise_final else ''}, "
                          f"not a budget of {nfe} evaluations")
-    shape = tuple(shape) if shape is not None else denoiser.shape
-    if shape is None:
-        raise ValueError("give shape=(...) of one sample; the denoiser does not know it")
-    pilot_seeds = list(range(pilot)) if isinstance(pilot, int) else parse_seeds(pilot)
-    if isinstance(fresh, int):
-        fresh_seeds = list(range(max(pilot_seeds) + 1, max(pilot_seeds) + 1 + fresh)) if fresh else []
-    else:
-        fresh_seeds = parse_seeds(fresh)
-    if set(fresh_seeds) & set(pilot_seeds):
-        raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
+    pilot_seeds, fresh_seeds, start, reference = pilots.pilot_seeds, pilots.fresh_seeds, pilots.start, pilots.reference
     n_val = max(1, round(validation * len(pilot_seeds)))
     if len(pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
-    level, T = NoiseLevel(schedule, eta=0.0), schedule.t_max
-
-    def start(seeds):
-        src = NoiseSource(len(seeds), shape, seeds=seeds)
-        return (float(schedule.sigma(T)) * src.randn()).to(device)
-
-    def reference(x):
-        return ode_reference(denoiser, x, T, schedule.t_min, rtol=rtol, atol=atol, denoise_final=True)
+    level = NoiseLevel(schedule, eta=0.0)
 
     def run(p, c, d, x):
         sol = LearnedMultistep(predictor=p, corrector=c, history=history, shift=d if shifts else None)
