@@ -63,7 +63,8 @@ def tuned_jobs(prob, name, budgets, path):
         if r["problem"] != TUNE_NAMES.get(name) or r["nfe"] not in budgets:
             continue
         opts = r.get("options") or {}
-        lab = (f"{r['solver']}{''.join(f',{k}={v}' for k, v in opts.items())} tuned grid "
+        shown = {k: v for k, v in opts.items() if not isinstance(v, list)}  # fitted weights: not in the label
+        lab = (f"{r['solver']}{''.join(f',{k}={v}' for k, v in shown.items())} tuned grid "
                f"({r.get('pilot', '?')} pilots) denoise_final={r['denoise_final']}")
         t = torch.tensor(r["t"], dtype=torch.float64)
 

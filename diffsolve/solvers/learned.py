@@ -16,7 +16,8 @@ Tong et al., arXiv:2405.15506), k = ``history``:
     predictor:  D_i = X_i + Σ_{m=1}^{k−1} p_{i,m} (X_i − X_{i−m})
                 x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
 
-    corrector (steps i < n − 1; X_{i+1} = x̂0(x_{i+1}, t_{i+1}) is the next step's evaluation anyway):
+    corrector (steps i < n − 1; X_{i+1}, evaluated at the predicted x_{i+1}, is the next step's
+    evaluation anyway):
                 D_i ← D_i + c_{i,0} (X_{i+1} − X_i) + Σ_{m=1}^{k−1} c_{i,m} (X_i − X_{i−m})
                 x_{i+1} ← (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
 
