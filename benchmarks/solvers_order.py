@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import diffsolve as ds  # noqa: E402
 from diffsolve.grids import make_grid  # noqa: E402
+from diffsolve.noise import ImpulseNoise  # noqa: E402
 from diffsolve.processes import NoiseLevel  # noqa: E402
 from diffsolve.reference import ode_reference  # noqa: E402
 from diffsolve.solvers.base import get_solver, integrate  # noqa: E402
@@ -87,17 +88,6 @@ def ode_table(kind, steps, only=None):
               f"  {es[0]:.2e}  {es[-1]:.2e}")
 
 
-class _Impulses:
-    def __init__(self, steps):
-        self.steps, self.j = steps, 0
-
-    def randn(self):
-        z = torch.zeros(self.steps + 2, 1, dtype=F64)
-        z[2 + self.j] = 1.0
-        self.j += 1
-        return z
-
-
 def variance_error(name, opts, steps, eta):
     mu, v = 0.7, 0.04
     gm = ds.GaussianMixture(torch.ones(1), torch.tensor([[mu]]), torch.tensor([[v]]))
@@ -106,7 +96,7 @@ def variance_error(name, opts, steps, eta):
     x = torch.zeros(steps + 2, 1, dtype=F64)
     x[1] = 1.0
     out, _ = integrate(get_solver(name, **opts), den, x, make_grid(sch, steps, "log_snr"),
-                       level=NoiseLevel(sch, eta), noise=_Impulses(steps))
+                       level=NoiseLevel(sch, eta), noise=ImpulseNoise(steps))
     c = out[0, 0]
     A, B = out[1, 0] - c, out[2:, 0] - c
     aT, sT = float(sch.alpha(sch.t_max)), float(sch.sigma(sch.t_max))

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSource", "parse_seeds"]
+__all__ = ["NoiseSource", "ImpulseNoise", "parse_seeds"]
 
 
 class NoiseSource:
@@ -55,6 +55,29 @@ class NoiseSource:
                                device=self._gen.device, dtype=self.dtype).to(self.device)
         return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=self.dtype)
                             for g in self._gens])
+
+
+class ImpulseNoise:
+    """A noise source for the impulse-response trick: draw j returns zeros of shape
+    ``(offset + draws, 1)`` with a one in row ``offset + j``.
+
+    A sampler that is affine in its state and its noise (any solver on an affine denoiser, e.g. a
+    Gaussian model) maps (x_T, z_0, …, z_{n−1}) to c + A x_T + Σ_j B_j z_j; run on a batch whose row
+    0 starts at x_T = 0 and row 1 at x_T = 1 (the other rows at 0), row 0 gives c, row 1 gives
+    c + A and row offset + j gives c + B_j: the exact law of the output from ``draws + offset``
+    deterministic rows (used by the weak-order measurements).
+    """
+
+    def __init__(self, draws: int, offset: int = 2, dtype=torch.float64):
+        self.draws, self.offset, self.dtype, self.j = int(draws), int(offset), dtype, 0
+
+    def randn(self) -> Tensor:
+        if self.j >= self.draws:
+            raise RuntimeError(f"ImpulseNoise was built for {self.draws} draws")
+        z = torch.zeros(self.offset + self.draws, 1, dtype=self.dtype)
+        z[self.offset + self.j] = 1.0
+        self.j += 1
+        return z
 
 
 def parse_seeds(spec) -> list[int]:

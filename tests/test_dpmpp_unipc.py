@@ -11,6 +11,7 @@ import torch
 
 import diffsolve as ds
 from diffsolve.grids import make_grid
+from diffsolve.noise import ImpulseNoise
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
 from diffsolve.solvers.base import get_solver, integrate
@@ -158,19 +159,6 @@ def test_every_schedule_and_prediction(schedule):
 
 
 # --- SDE variants: exact output law on Gaussian data -------------------------------------------
-class _Impulses:
-    """Noise source for the impulse-response trick: row 2 + j gets z = 1 at step j, all else 0."""
-
-    def __init__(self, steps):
-        self.steps, self.j = steps, 0
-
-    def randn(self):
-        z = torch.zeros(self.steps + 2, 1, dtype=F64)
-        z[2 + self.j] = 1.0
-        self.j += 1
-        return z
-
-
 def gaussian_variance_error(solver, steps, eta=None, noise=None, **options):
     """|Var(output) − Var(p_{t_min})| exactly, for data N(μ, v) in 1-D.
 
@@ -183,7 +171,7 @@ def gaussian_variance_error(solver, steps, eta=None, noise=None, **options):
     den = gm.denoiser(sch, "eps")
     x = torch.zeros(steps + 2, 1, dtype=F64)
     x[1] = 1.0
-    out = solve(solver, den, x, steps, eta=eta, noise=noise, noise_source=_Impulses(steps), **options)
+    out = solve(solver, den, x, steps, eta=eta, noise=noise, noise_source=ImpulseNoise(steps), **options)
     c = out[0, 0]
     A, B = out[1, 0] - c, out[2:, 0] - c
     (aT, sT), (a0, s0) = (float(sch.alpha(sch.t_max)), float(sch.sigma(sch.t_max))), \
