@@ -311,9 +311,12 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     part, differentiating through the solver and the network (so the network must be
     differentiable in x, and with ``shifts`` in its time input: any torch module); every ``check_every`` iterations the held-out error is
     measured, and the weights with the lowest held-out error are kept — the starting weights
-    (DPM-Solver++(2M) on this grid) included, so the result is never worse than its start there.
-    The fit is not convex: it runs from two starts (2M; and 2M choosing the evaluation points while
-    the state advances by DDIM steps), ``iterations`` each, and keeps the better.
+    included, so the result is never worse than its starts there.
+    The fit is not convex: it runs from up to three starts — 2M; 2M choosing the evaluation points
+    while the state advances by DDIM steps; and, for a tuned grid, the weights of the solver it was
+    tuned for when that solver is in the family (DPM-Solver++ 1–3M, UniPC; read off by
+    :func:`~diffsolve.solvers.learned.weights_of`), so the result is then never worse than that
+    solver on its own grid (held-out pilots) — ``iterations`` each, and keeps the best.
     Fresh seeds then judge it, as in :func:`tune_steps`.
 
     Args:
@@ -331,7 +334,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         ``sample(denoiser, steps=result)`` runs it.
     """
     from . import __version__
-    from .solvers.learned import LearnedMultistep
+    from .solvers.learned import LearnedMultistep, weights_of
 
     start_time = time.perf_counter()
     schedule = denoiser.schedule
@@ -391,8 +394,17 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     c1[:-1, 1:] = -p0[:-1]
     d0 = torch.zeros(steps, dtype=torch.float64)
     starts = {"2m": (p0, c0), "2m+ddim": (p0, c1)}
-    init_err = rms(p0, c0, d0, x_val, ref_val)
-    best = {"err": init_err, "p": p0, "c": c0, "d": d0, "iteration": 0, "start": "2m"}
+    if tuned_grid is not None:  # and the weights of the solver the grid was tuned for, where it is in the family
+        try:
+            own = weights_of(get_solver(tuned_grid.solver, **tuned_grid.solver_options), schedule, t, history)
+            starts[tuned_grid.solver] = tuple(torch.tensor(w, dtype=torch.float64) for w in own)
+        except ValueError as e:
+            if verbose:
+                print(f"tune_solver: no start from {tuned_grid.solver}: {e}")
+    base = tuned_grid.solver if tuned_grid is not None and tuned_grid.solver in starts else "2m"
+    pb, cb = starts[base]  # the reference point of init_*: the grid's own solver, or 2M
+    init_err = rms(pb, cb, d0, x_val, ref_val)
+    best = {"err": init_err, "p": pb, "c": cb, "d": d0, "iteration": 0, "start": base}
     for name, (p_init, c_init) in starts.items():
         P, C = p_init.clone().requires_grad_(True), c_init.clone().requires_grad_(True)
         D = d0.clone().requires_grad_(shifts)
@@ -422,15 +434,15 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         options["shift"] = d_best.tolist()
     result = TunedGrid(t=t.tolist(), solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final,
                        model=model, schedule=repr(schedule), solver_options=options,
-                       init_grid=f"{grid_name}; weights from start {best['start']} (init_*: 2M weights)",
-                       init_error=rms(p0, c0, d0, x_pilot, ref_pilot),
+                       init_grid=f"{grid_name}; weights from start {best['start']} (init_*: {base} weights)",
+                       init_error=rms(pb, cb, d0, x_pilot, ref_pilot),
                        pilot_error=rms(p_best, c_best, d_best, x_pilot, ref_pilot),
                        validation_error=best["err"], pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds,
                        evaluations=len(starts) * iterations, version=__version__)
     if fresh_seeds:
         x_fresh = start(fresh_seeds)
         ref_fresh = reference(x_fresh)
-        result.init_fresh_error = rms(p0, c0, d0, x_fresh, ref_fresh)
+        result.init_fresh_error = rms(pb, cb, d0, x_fresh, ref_fresh)
         result.fresh_error = rms(p_best, c_best, d_best, x_fresh, ref_fresh)
     result.tuning_nfe = denoiser.nfe - nfe_start + grid_nfe
     denoiser.nfe = nfe_start

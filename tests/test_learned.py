@@ -148,3 +148,31 @@ def test_cli_tune_learned_then_sample_and_bench(tmp_path):
     assert row["nfe"] == 4
     assert main(["tune", "--problem", "ring2d", "--solver", "learned", "--nfe", "4", "--denoise-final", "auto",
                  "--out", str(tmp_path / "a.json"), "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("name,options,history", [("ddim", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3),
+                                                  ("unipc", {}, 3), ("unipc", {"variant": "bh1"}, 3),
+                                                  ("unipc", {"order": 3}, 4)])
+def test_weights_of_reproduces_data_prediction_multistep_solvers(model, name, options, history):
+    """weights_of reads a solver's per-step weights off a probe network; LearnedMultistep with them
+    is that solver (warm-up, lower-order final steps and UniPC's corrector included)."""
+    from diffsolve.solvers import get_solver
+    from diffsolve.solvers.learned import weights_of
+
+    x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    for steps, kind in ((5, "quadratic"), (9, "log_snr")):
+        t = ds.make_grid(model.schedule, steps, kind)
+        p, c = weights_of(get_solver(name, **options), model.schedule, t, history)
+        a = ds.sample(model, x, solver=get_solver(name, **options), grid=t, denoise_final=False).x
+        b = ds.sample(model, x, solver=LearnedMultistep(p, c, history=history), grid=t, denoise_final=False).x
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,options", [("deis", {}), ("unipc", {"order": 3})])
+def test_weights_of_refuses_solvers_outside_the_family(model, name, options):
+    from diffsolve.solvers import get_solver
+    from diffsolve.solvers.learned import weights_of
+
+    t = ds.make_grid(model.schedule, 6, "log_snr")
+    with pytest.raises(ValueError, match="not a data-prediction multistep method"):
+        weights_of(get_solver(name, **options), model.schedule, t, history=3)

@@ -171,3 +171,68 @@ class LearnedMultistep(Solver):
             if len(X) > self.history:
                 del X[0]
         return x_next, state
+
+
+def weights_of(solver, schedule, t, history: int = 3) -> tuple[list, list]:
+    """The (predictor, corrector) weights with which :class:`LearnedMultistep` reproduces another
+    data-prediction multistep solver (DDIM, DPM-Solver++ 1–3M, UniPC) on the grid ``t`` (η = 0).
+
+    Read off, not derived: the solver runs on a probe network in R^{n+1} whose j-th evaluation
+    returns the unit vector e_{j+1} whatever its input, from x_T = e_0. Its states (and the points
+    where it evaluates) are then exact combinations of the unit vectors, and a step's weights are
+    the coordinates of (x_{i+1} − (σ_{i+1}/σ_i) x_i) / (α_{i+1}(1 − e^{−h_i})). The result is checked
+    by running :class:`LearnedMultistep` with it on the same probe; a solver outside the family
+    (one whose step is not of that form, e.g. DEIS in noise prediction, or that looks further back
+    than ``history``) raises ``ValueError``.
+    """
+    from ..denoiser import Denoiser
+    from ..processes import NoiseLevel
+    from .base import get_solver, integrate
+
+    solver = get_solver(solver)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    n, k = len(t) - 1, history
+    level = NoiseLevel(schedule, eta=0.0)
+    x_T = torch.zeros(1, n + 1, dtype=torch.float64)
+    x_T[0, 0] = 1.0
+
+    def probe_run(sol):
+        inputs = []
+
+        def net(x, label):
+            if len(inputs) >= n:
+                raise ValueError(f"solver {sol.name!r} evaluates more than once per step")
+            inputs.append(x.clone())
+            out = torch.zeros_like(x)
+            out[:, len(inputs)] = 1.0
+            return out
+
+        den = Denoiser(net, schedule, prediction="x0", net_dtype=torch.float64)
+        _, traj = integrate(sol, den, x_T, t, level=level, trajectory=True)
+        return [s[0] for s in traj], [s[0] for s in inputs]
+
+    states, inputs = probe_run(solver)
+    sig, alp = schedule.sigma(t).tolist(), schedule.alpha(t).tolist()
+    lam = schedule.log_snr(t).tolist()
+    P = [[0.0] * (k - 1) for _ in range(n)]
+    C = [[0.0] * k for _ in range(n)]
+
+    def weights(target, i):  # coordinates of target − a x_i in units of b, on e_1..e_n
+        a, b = sig[i + 1] / sig[i], alp[i + 1] * -math.expm1(-(lam[i + 1] - lam[i]))
+        return ((target - a * states[i]) / b).tolist()[1:]
+
+    for i in range(n):
+        wp = weights(inputs[i + 1] if i < n - 1 else states[i + 1], i)
+        for m in range(1, min(k - 1, i) + 1):
+            P[i][m - 1] = -wp[i - m]
+        if i < n - 1:
+            wc = weights(states[i + 1], i)
+            C[i][0] = wc[i + 1]
+            for m in range(1, min(k - 1, i) + 1):
+                C[i][m] = -wc[i - m] - P[i][m - 1]
+    again, _ = probe_run(LearnedMultistep(P, C, history=k))
+    scale = max(float(s.abs().max()) for s in states)
+    if max(float((a - b).abs().max()) for a, b in zip(again, states)) > 1e-9 * scale:
+        raise ValueError(f"solver {solver.name!r} is not a data-prediction multistep method over the last "
+                         f"{k} evaluations; LearnedMultistep cannot start from its weights")
+    return P, C
