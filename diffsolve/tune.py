@@ -342,6 +342,11 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
     if iterations < 0 or check_every < 1 or not lr > 0:
         raise ValueError("need iterations >= 0, check_every >= 1 and lr > 0")
+    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
+    pilot_seeds, fresh_seeds, start, reference = pilots.pilot_seeds, pilots.fresh_seeds, pilots.start, pilots.reference
+    n_val = max(1, round(validation * len(pilot_seeds)))
+    if len(pilot_seeds) - n_val < 1:
+        raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
     nfe_start, grid_nfe = denoiser.nfe, 0
     tuned_grid, grid_name = load_grid(grid), None
     if tuned_grid is None and isinstance(grid, str) and grid == "auto":
@@ -360,11 +365,6 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     if steps + int(denoise_final) != int(nfe):
         raise ValueError(f"the grid has {steps} steps{' + the final x̂0' if denoise_final else ''}, "
                          f"not a budget of {nfe} evaluations")
-    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
-    pilot_seeds, fresh_seeds, start, reference = pilots.pilot_seeds, pilots.fresh_seeds, pilots.start, pilots.reference
-    n_val = max(1, round(validation * len(pilot_seeds)))
-    if len(pilot_seeds) - n_val < 1:
-        raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
     level = NoiseLevel(schedule, eta=0.0)
 
     def run(p, c, d, x):
