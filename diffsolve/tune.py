@@ -334,7 +334,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         ``sample(denoiser, steps=result)`` runs it.
     """
     from . import __version__
-    from .solvers.learned import LearnedMultistep, weights_of
+    from .solvers.learned import LearnedMultistep, default_predictor, weights_of
 
     start_time = time.perf_counter()
     schedule = denoiser.schedule
@@ -384,11 +384,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     # two starts, the better one kept by its held-out error: DPM-Solver++(2M) on this grid ("2m"), and
     # the same predictor choosing where the next evaluation happens while the corrector advances
     # the state with X_i alone (c_{i,m} = −p_{i,m}, c_{i,0} = 0: a DDIM step; "2m+ddim")
-    lam = schedule.log_snr(t)
-    h = (lam[1:] - lam[:-1]).tolist()
-    p0 = torch.zeros(steps, history - 1, dtype=torch.float64)
-    for i in range(1, steps):
-        p0[i, 0] = h[i] / (2.0 * h[i - 1])
+    p0 = torch.tensor(default_predictor(schedule.log_snr(t).tolist(), history), dtype=torch.float64)
     c0 = torch.zeros(steps, history, dtype=torch.float64)
     c1 = c0.clone()
     c1[:-1, 1:] = -p0[:-1]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .base import Solver, lincomb, register
 
-__all__ = ["LearnedMultistep"]
+__all__ = ["LearnedMultistep", "weights_of", "default_predictor"]
 
 
 def _table(values, steps: int, width: int, what: str):
@@ -57,6 +57,16 @@ def _table(values, steps: int, width: int, what: str):
     if not all(math.isfinite(v) for r in rows for v in r):
         raise ValueError(f"{what} contains NaN or Inf")
     return rows
+
+
+def default_predictor(lam: list, history: int) -> list:
+    """DPM-Solver++(2M)'s predictor weights on a grid with log-SNR values ``lam``:
+    p_{i,1} = h_i/(2 h_{i−1}) (midpoint form), all others 0."""
+    n = len(lam) - 1
+    p = [[0.0] * (history - 1) for _ in range(n)]
+    for i in range(1, n):
+        p[i][0] = (lam[i + 1] - lam[i]) / (2.0 * (lam[i] - lam[i - 1]))
+    return p
 
 
 def _combine(x: Tensor, a: float, terms: list, coefs: list) -> Tensor:
@@ -115,12 +125,7 @@ class LearnedMultistep(Solver):
 
     def init(self, ctx, x):
         n, k = ctx.steps, self.history
-        if self.predictor is None:
-            p = [[0.0] * (k - 1) for _ in range(n)]
-            for i in range(1, n):
-                p[i][0] = ctx.h(i) / (2.0 * ctx.h(i - 1))
-        else:
-            p = _table(self.predictor, n, k - 1, "predictor")
+        p = default_predictor(ctx.lam, k) if self.predictor is None else _table(self.predictor, n, k - 1, "predictor")
         c = None if self.corrector is None else _table(self.corrector, n, k, "corrector")
         times = list(ctx.times[:-1])  # where evaluation j is told it is
         if self.shift is not None:
