@@ -21,6 +21,7 @@ interleaved; the minimum over repeats and the median are printed.
 Usage:
     python benchmarks/overhead.py                 # both batch sizes, 50 steps
     python benchmarks/overhead.py --steps 20 --repeats 9
+    python benchmarks/overhead.py --steps 2 --batches "small (1, 2)" --warm   # one Denoiser reused
 """
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def time_net(x, n):
     return time.process_time() - t0
 
 
-def run_diffsolve(solver, x, n, dtype):
-    den = ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dtype)
+def run_diffsolve(solver, x, n, dtype, den=None):
+    """One timed sampling call; with ``den`` (warm mode) the same Denoiser and schedule every call."""
+    den = den or ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dtype)
     t0 = time.process_time()
     ds.sample(den, x, solver=solver, steps=n, grid="log_snr", denoise_final=False, dtype=dtype)
     return time.process_time() - t0
@@ -71,7 +73,7 @@ def run_diffusers(cls_name, cfg, x, n):
     return time.process_time() - t0
 
 
-def measure(shape, n, repeats):
+def measure(shape, n, repeats, warm=False):
     rows = []
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(*shape, dtype=torch.float64, generator=g)
@@ -79,8 +81,9 @@ def measure(shape, n, repeats):
     cases = []
     for solver, cls, cfg in PAIRS:
         for dt, x in ((torch.float64, x64), (torch.float32, x32)):
+            den = ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dt) if warm else None
             cases.append((f"diffsolve {solver}", str(dt).replace("torch.", ""), x,
-                          lambda s=solver, x=x, dt=dt: run_diffsolve(s, x, n, dt)))
+                          lambda s=solver, x=x, dt=dt, den=den: run_diffsolve(s, x, n, dt, den)))
         for dt, x in ((torch.float32, x32), (torch.float64, x64)):
             cases.append((f"diffusers {cls}", str(dt).replace("torch.", ""), x,
                           lambda c=cls, g=cfg, x=x: run_diffusers(c, g, x, n)))
@@ -106,12 +109,15 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batches", nargs="+", default=list(BATCHES), choices=list(BATCHES))
+    ap.add_argument("--warm", action="store_true", help="diffsolve reuses one Denoiser (and schedule) across "
+                    "calls, as a user sampling batch after batch does: memoised grids, tables and caches")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     for b in args.batches:
-        rows = measure(BATCHES[b], args.steps, args.repeats)
-        print(f"\n### batch {b}, {args.steps} steps: overhead per step outside the network (µs)\n")
+        rows = measure(BATCHES[b], args.steps, args.repeats, args.warm)
+        print(f"\n### batch {b}, {args.steps} steps{', diffsolve warm' if args.warm else ''}: "
+              f"overhead per step outside the network (µs)\n")
         print("| solver | diffsolve f64 state | diffsolve f32 state | diffusers f32 | diffusers f64 | "
               "best diffsolve / diffusers f32 |")
         print("|---|---:|---:|---:|---:|---:|")
