@@ -170,20 +170,17 @@ class Denoiser(torch.nn.Module):
                 self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
         if len(self._coef_cache) + 4 * len(times) > 4096:
             self._coef_cache.clear()
-        g = self.schedule.tabulate(t)
-        a, s = g.log_alpha.exp(), g.log_sigma.exp()
-        table = _table(a, s, a * g.d_log_alpha, s * g.d_log_sigma)
+        table = self._coefficients(t, tabulated=self.schedule.tabulate(t))
         for kind in dict.fromkeys((self.prediction, "x0", "eps", "score")):
             A, B = (c.expand(len(times)).tolist() for c in table[kind])
             self._coef_cache.update(((kind, s), (a, b)) for s, a, b in zip(times, A, B))
 
-    def _coefficients(self, t: Tensor, kind: str | None = None):
-        """(A, B) of ``kind`` at t, or the table of every kind (``kind=None``)."""
-        sch = self.schedule
-        la, ls = sch._log_alpha(t), sch._log_sigma(t)
+    def _coefficients(self, t: Tensor, kind: str | None = None, tabulated=None):
+        """(A, B) of ``kind`` at t, or the table of every kind (``kind=None``); ``tabulated``: the
+        schedule's :class:`~diffsolve.schedules.GridTable` at t when the caller has it."""
+        _, la, ls, dla, dls = tabulated if tabulated is not None else (t, *self.schedule._table(t))
         a, s = la.exp(), ls.exp()
-        da, ds = a * sch._d_log_alpha(t), s * sch._d_log_sigma(t)
-        table = _table(a, s, da, ds)
+        table = _table(a, s, a * dla, s * dls)
         return table if kind is None else table[kind]
 
     def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
