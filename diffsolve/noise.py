@@ -45,16 +45,23 @@ class NoiseSource:
             self._gen = generator  # the default one is created at the first draw (deterministic runs never draw)
         self.seeds = seeds
 
-    def randn(self) -> Tensor:
-        """One standard normal draw for the whole batch, float64 precision where requested."""
+    def randn(self, rows: Sequence[int] | None = None) -> Tensor:
+        """One standard normal draw for the whole batch, float64 precision where requested.
+
+        With ``rows`` (sample indices), a draw for those samples only, shape (len(rows), *event_shape):
+        with per-sample seeds only their streams advance, so what sample i gets depends on how often
+        *it* drew, never on the other samples (adaptive per-sample loops draw for the active rows).
+        """
         self.draws += 1
         if self._gens is None:
             if self._gen is None:
                 self._gen = torch.Generator(self.device).manual_seed(0)
-            return torch.randn(self.batch, *self.event_shape, generator=self._gen,
+            n = self.batch if rows is None else len(rows)
+            return torch.randn(n, *self.event_shape, generator=self._gen,
                                device=self._gen.device, dtype=self.dtype).to(self.device)
+        gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]
         return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=self.dtype)
-                            for g in self._gens])
+                            for g in gens])
 
 
 class ImpulseNoise:

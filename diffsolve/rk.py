@@ -178,7 +178,8 @@ def _bc(c: Tensor, y: Tensor) -> Tensor:
 def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
              method="dopri5", rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = False,
              h0: float | None = None, max_steps: int = 10000, norm: str = "rms",
-             steps: int | None = None, safety: float = 0.9) -> tuple[Tensor, dict]:
+             steps: int | None = None, safety: float = 0.9,
+             error_mask: Tensor | None = None) -> tuple[Tensor, dict]:
     r"""Integrate dy/dt = func(t, y) from t0 to t1 (either direction) with an embedded RK pair.
 
     Args:
@@ -198,6 +199,11 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
         norm: ``"rms"`` or ``"max"`` over the elements of a row (or of the batch when shared).
         steps: fixed-step mode: exactly ``steps`` equal steps, no error control (order tests).
         safety: safety factor of the controller.
+        error_mask: optional bool tensor of a row's shape (``y0.shape[1:]``): only the elements where
+            it is True enter the error norms (step acceptance, step size, starting step). Components
+            left out still integrate with the method's weights but never steer the steps — for a
+            quadrature riding along whose integrand is random (fresh Hutchinson probes per call),
+            so that the steps, hence the estimate's weights, do not depend on the randomness.
 
     Returns:
         ``(y1, stats)``: y1 of y0's shape at t1; stats = {``nfe``: calls of func, ``row_evals``:
@@ -219,6 +225,12 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
         raise ValueError("y0 must be a tensor of shape (B, ...) with B >= 1")
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer (fixed-step mode), got {steps!r}")
+    if error_mask is not None:
+        if error_mask.dtype != torch.bool or tuple(error_mask.shape) != tuple(y0.shape[1:]) \
+                or not bool(error_mask.any()):
+            raise ValueError(f"error_mask must be a bool tensor of shape {tuple(y0.shape[1:])} (a row of y0) "
+                             f"with at least one True element")
+        error_mask = error_mask.reshape(-1).to(y0.device)
     t0, t1 = float(t0), float(t1)
     dev, B = y0.device, y0.shape[0]
     f64 = dict(dtype=torch.float64, device=dev)
@@ -234,9 +246,9 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
         return out
 
     def group_norm(v):  # (n, ...) -> (n,) per row, or (1,) over the batch
-        if per_sample:
-            return _row_norm(v, norm)
-        return _row_norm(v.reshape(1, -1), norm)
+        if error_mask is not None:
+            v = v.reshape(v.shape[0], -1)[:, error_mask]
+        return _row_norm(v if per_sample else v.reshape(1, -1), norm)
 
     def gbc(c, y):  # per-group quantity broadcast to the rows of y
         return _bc(c, y) if per_sample else c.reshape([1] * y.dim())

@@ -113,6 +113,28 @@ def test_per_sample_calls_only_active_rows_with_row_times():
     assert min(seen) == 1 and st["row_evals"] == sum(seen) and st["nfe"] == len(seen)
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_error_mask_keeps_a_component_from_steering_the_steps(per_sample):
+    """A third component with a wild right-hand side (± noise) is integrated with the method's weights
+    but, left out of the norm by error_mask, does not change a single step of the other two."""
+    gen = torch.Generator().manual_seed(0)
+
+    def f3(t, y):
+        wild = 1e3 * torch.randn(y.shape[0], 1, generator=gen, dtype=F64)
+        return torch.cat([_linear(t, y[:, :2]), wild], 1)
+
+    mask = torch.tensor([True, True, False])
+    y3, st3 = rk_solve(f3, torch.cat([Y0, torch.zeros(3, 1, dtype=F64)], 1), 0.0, 2.0, rtol=1e-6, atol=1e-6,
+                       per_sample=per_sample, error_mask=mask)
+    y2, st2 = rk_solve(_linear, Y0, 0.0, 2.0, rtol=1e-6, atol=1e-6, per_sample=per_sample)
+    assert torch.equal(y3[:, :2], y2) and torch.equal(st3["accepted"], st2["accepted"])
+    assert torch.equal(st3["rejected"], st2["rejected"]) and bool((y3[:, 2].abs() > 0).all())
+    with pytest.raises(ValueError, match="error_mask"):
+        rk_solve(_linear, Y0, 0.0, 1.0, error_mask=torch.tensor([True, True, True]))
+    with pytest.raises(ValueError, match="error_mask"):
+        rk_solve(_linear, Y0, 0.0, 1.0, error_mask=torch.tensor([False, False]))
+
+
 def test_rk_solve_bad_input():
     with pytest.raises(ValueError, match="rtol"):
         rk_solve(_linear, Y0, 0.0, 1.0, rtol=0.0)

@@ -67,54 +67,81 @@ def test_time_variables_and_fixed_steps():
     assert (r.log_prob - truth).abs().max() / 2 < 1e-2
 
 
-def _z_scores(gm, schedule, probe, R, seed):
+def _z_scores(gm, schedule, probe, R, seed, fresh=False):
     sch = make_schedule(schedule)
     den = gm.denoiser(sch, "eps")
     x0 = gm.sample(1, generator=torch.Generator().manual_seed(seed))
     exact = log_likelihood(den, x0, divergence="exact", rtol=1e-6, atol=1e-6)
     x = x0.expand(R, *x0.shape[1:]).clone()  # R independent repeats: one row each, per-sample seeds
-    r = log_likelihood(den, x, probes=16, probe=probe, seeds=list(range(100, 100 + R)), rtol=1e-6, atol=1e-6)
+    r = log_likelihood(den, x, probes=16, probe=probe, seeds=list(range(100, 100 + R)), rtol=1e-6, atol=1e-6,
+                       fresh_probes=fresh)
     assert torch.allclose(r.z[0], exact.z[0], atol=1e-4)  # the latent does not depend on the estimator
     return (r.log_prob - exact.log_prob) / r.stderr, r, exact
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
-def test_hutchinson_unbiased(probe):
+def test_hutchinson_unbiased(probe, fresh):
     """E[zᵀJz] = tr J (MATH §5): the mean over all probes matches the exact divergence within its
-    standard error."""
-    _, r, exact = _z_scores(RING, "vp", probe, 48, 2)
+    standard error — for probes held fixed and for fresh probes at every evaluation."""
+    _, r, exact = _z_scores(RING, "vp", probe, 48, 2, fresh)
     per_probe = r.info["per_probe_delta"].flatten()
     est, se = float(per_probe.mean()), float(per_probe.std() / math.sqrt(per_probe.numel()))
     assert abs(est - float(exact.info["per_probe_delta"][0, 0])) < 4 * se
     assert 0 < se < 0.6  # per-probe spread is large in 2-D (≈ 12 nats for Gaussian probes)
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
-def test_hutchinson_stderr_calibrated(probe):
+def test_hutchinson_stderr_calibrated(probe, fresh):
     """(estimate − exact)/stderr over independent repeats looks standard normal (t with 15 dof:
     variance 1.15). In 64-D: in 2-D a probe's estimate is a quadratic form in 2 variables (±c with
     one random sign for Rademacher, a skewed χ² mix for Gaussian), too far from normal for a
     t-statistic of 16 probes."""
     R = 32
-    zs, _, _ = _z_scores(RAND64, "vp", probe, R, 2)
+    zs, _, _ = _z_scores(RAND64, "vp", probe, R, 2, fresh)
     assert abs(float(zs.mean())) < 4 / math.sqrt(R), zs
     assert 0.4 < float(zs.pow(2).mean()) < 2.0, zs
 
 
-def test_hutchinson_64d_and_per_sample_seeds():
+@pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
+def test_hutchinson_64d_and_per_sample_seeds(fresh):
     sch = make_schedule("ve")
     den = RAND64.denoiser(sch, "x0")
     x = RAND64.sample(3, generator=torch.Generator().manual_seed(4))
-    r = log_likelihood(den, x, probes=8, seeds=[5, 6, 7], per_sample=True)
+    kw = dict(probes=8, per_sample=True, fresh_probes=fresh)
+    r = log_likelihood(den, x, seeds=[5, 6, 7], **kw)
     truth = RAND64.log_prob(x, sch.t_min, sch) + prior_gap(r.z, _exact_prior(RAND64, sch), schedule=sch)
     assert bool(((r.log_prob - truth).abs() < 5 * r.stderr + 0.05).all())
+    assert r.info["fresh_probes"] is fresh
     # sample i does not depend on the batch it is in (per-sample seeds and step control)
-    r1 = log_likelihood(den, x[1:2], probes=8, seeds=[6], per_sample=True)
+    r1 = log_likelihood(den, x[1:2], seeds=[6], **kw)
     assert torch.allclose(r1.log_prob, r.log_prob[1:2], rtol=0, atol=1e-9)
     assert r1.nfe[0] == r.nfe[1]
     # chunking does not change per-sample results
-    r2 = log_likelihood(den, x, probes=8, seeds=[5, 6, 7], per_sample=True, chunk_size=2)
+    r2 = log_likelihood(den, x, seeds=[5, 6, 7], chunk_size=2, **kw)
     assert torch.allclose(r2.log_prob, r.log_prob, rtol=0, atol=1e-9)
+
+
+def test_fresh_probes_same_steps_and_smaller_spread():
+    """Fresh probes: the steps follow the state only (repeats of one point take the same steps to the
+    same latent, whatever their probes), and with one Rademacher probe the error against the exact
+    divergence is well below that of a probe held fixed (2-D ring: ≈ 0.4 nats/dim for a fixed one)."""
+    sch = make_schedule("vp")
+    den = RING.denoiser(sch, "eps")
+    kw = dict(per_sample=True, rtol=1e-3, atol=1e-3)
+    x = RING.sample(1, generator=torch.Generator().manual_seed(8)).expand(8, 2).clone()
+    fresh = log_likelihood(den, x, fresh_probes=True, seeds=range(8), **kw)
+    fixed = log_likelihood(den, x, seeds=range(8), **kw)
+    assert bool((fresh.nfe == fresh.nfe[0]).all()) and bool((fresh.z == fresh.z[0]).all())
+    assert not bool((fixed.nfe == fixed.nfe[0]).all())  # a fixed probe's Δ steers the steps
+    x = RING.sample(128, generator=torch.Generator().manual_seed(9))
+    exact = log_likelihood(den, x, divergence="exact", **kw).log_prob
+    fresh = log_likelihood(den, x, fresh_probes=True, seeds=range(128), **kw)
+    fixed = log_likelihood(den, x, seeds=range(128), **kw)
+    assert float(fresh.nfe.float().mean()) < float(fixed.nfe.float().mean())  # Δ left the norm: fewer steps
+    ratio = float((fresh.log_prob - exact).pow(2).mean().sqrt() / (fixed.log_prob - exact).pow(2).mean().sqrt())
+    assert ratio < 0.7, ratio
 
 
 def test_per_sample_saves_work_on_a_hard_sample():
@@ -225,6 +252,10 @@ def test_bad_input():
             log_likelihood(den, x, **kw)
     with pytest.raises(TypeError, match="dtype"):
         log_likelihood(den, x, dtype=torch.float16)
+    with pytest.raises(ValueError, match="fresh_probes applies to divergence='hutchinson'"):
+        log_likelihood(den, x, divergence="exact", fresh_probes=True)
+    with pytest.raises(TypeError, match="fresh_probes"):
+        log_likelihood(den, x, fresh_probes="yes")
     grid = torch.tensor([[0.0, 1.0], [0.5, 0.25]], dtype=torch.float64)  # on the 5-level grid of [0, 1]
     with pytest.raises(ValueError, match="outside the dequantization range"):
         log_likelihood(den, grid * 2, dequantize=dict(levels=5, range=(0, 1)))
