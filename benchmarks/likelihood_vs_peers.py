@@ -4,6 +4,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
 
     python benchmarks/likelihood_vs_peers.py                  # full run (256 points per problem)
     python benchmarks/likelihood_vs_peers.py --n 32 --quick   # smoke run
+    python benchmarks/likelihood_vs_peers.py --frontier       # probe noise: total error vs network work
 
 Problems: analytic mixtures (MATH §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
@@ -135,6 +136,23 @@ PEERS = {
     "diffsolve hutchinson per-sample": lambda gm, sch, x, tol, seed: ours_ll(gm, sch, x, tol, seed, per_sample=True),
     "diffsolve exact": lambda gm, sch, x, tol, seed: ours_ll(gm, sch, x, tol, seed, divergence="exact"),
 }
+# The --frontier section: total error against exact log p vs network work, Rademacher probes.
+# Peers have one probe per run: k probes = the mean of k runs with different seeds (k × their NFE).
+FRONTIER_PEERS = {"k-diffusion (σ, dopri5)": kdiff_ll, "score_sde (t, RK45)": score_sde_ll}
+FRONTIER_TOLS = (1e-1, 1e-2, 1e-3)
+FRONTIER_PROBES = (1, 2, 4, 8)
+FRONTIER_STEPS = (2, 3, 4, 6, 8)
+# diffsolve: (name, settings, in the summary); a setting is (label, log_likelihood keywords)
+_ADAPTIVE = [(f"tol {t:.0e}", dict(rtol=t, atol=t)) for t in FRONTIER_TOLS]
+FRONTIER_OURS = [
+    ("diffsolve fixed probes, per-sample", [(lb, dict(kw, per_sample=True)) for lb, kw in _ADAPTIVE], False),
+    ("diffsolve fresh probes, per-sample", [(lb, dict(kw, per_sample=True, fresh_probes=True))
+                                            for lb, kw in _ADAPTIVE], True),
+    ("diffsolve fresh probes, fixed steps (bosh3, λ)",
+     [(f"{n} steps", dict(fixed_steps=n, method="bosh3", fresh_probes=True)) for n in FRONTIER_STEPS], True),
+    ("diffsolve exact, per-sample", [(lb, dict(kw, per_sample=True, divergence="exact")) for lb, kw in _ADAPTIVE],
+     True),  # work = NFE × d
+]
 
 
 def run_method(name, fn, gm, sch, x, truth, tols, seed, ref_tol):
@@ -203,16 +221,84 @@ def time_variable_sweep(n, seed, tols=(1e-3, 1e-4, 1e-5)):
     print()
 
 
+def frontier(n, seed, quick=False):
+    """Total error against exact log p vs network work (forward rows per sample: NFE × probes, NFE × d
+    for the exact divergence); then, for every peer point, the least work at which a diffsolve
+    estimator (fresh probes or exact) is at least as accurate."""
+    tols, ks = (FRONTIER_TOLS[:2], FRONTIER_PROBES[:2]) if quick else (FRONTIER_TOLS, FRONTIER_PROBES)
+    print("## Probe noise: total error vs network work (exact prior, Rademacher probes)\n")
+    for pname, gm in [("ring 2-D", GaussianMixture.ring()), ("random 64-D", GaussianMixture.random(d=64, seed=0))]:
+        for sname in (["vp"] if quick or gm.d > 2 else ["vp", "ve"]):
+            sch = make_schedule(sname)
+            x = gm.sample(n, generator=torch.Generator().manual_seed(seed + 1))
+            truth = gm.log_prob(x, sch.t_min, sch)
+            print(f"### {pname}, {sname} ({n} points)\n")
+            print("| method | setting | probes | total err/dim | NFE/sample | work/sample | wall s |")
+            print("|---|---|---|---|---|---|---|")
+            pts = {}
+
+            def show(name, setting, k, err, nfe, wall, rows_per_call=None):
+                work = nfe * (rows_per_call or k)
+                pts.setdefault(name, []).append((setting, k, err, nfe, work))
+                print(f"| {name} | {setting} | {k if rows_per_call is None else '–'} | {err:.3e} | {nfe:.0f} | "
+                      f"{work:.0f} | {wall:.2f} |", flush=True)
+
+            for name, fn in FRONTIER_PEERS.items():
+                for tol in tols:
+                    lps, nfes, wall = [], [], 0.0
+                    for r in range(max(ks)):  # run r: seed + r; k probes = the first k runs
+                        t0 = time.perf_counter()
+                        lp, nfe = fn(gm, sch, x, tol, seed + r)[:2]
+                        wall += time.perf_counter() - t0
+                        lps.append(lp)
+                        nfes.append(nfe)
+                        if r + 1 in ks:
+                            err = float((torch.stack(lps).mean(0) - truth).abs().mean()) / gm.d
+                            show(name, f"tol {tol:.0e}", r + 1, err, sum(nfes) / len(nfes), wall)
+            for name, settings, _ in FRONTIER_OURS:
+                for label, kw in (settings[:2] if quick else settings):
+                    exact = kw.get("divergence") == "exact"
+                    kw = dict(kw)
+                    tol = kw.pop("rtol", 1e-3)
+                    kw.pop("atol", None)
+                    for k in ((1,) if exact else ks):
+                        t0 = time.perf_counter()
+                        lp, nfe = ours_ll(gm, sch, x, tol, seed, probes=k, **kw)[:2]
+                        show(name, label, k, float((lp - truth).abs().mean()) / gm.d, nfe, time.perf_counter() - t0,
+                             gm.d if exact else None)
+            print("\n| peer point (setting, probes) | peer err/dim, work | diffsolve: least work at ≤ that err"
+                  " | work ratio |")
+            print("|---|---|---|---|")
+            ours = [(w, e, st, kk, name) for name, _, summary in FRONTIER_OURS if summary
+                    for st, kk, e, nf, w in pts[name]]
+            for peer in FRONTIER_PEERS:
+                for setting, k, err, nfe, work in pts[peer]:
+                    ok = [o for o in ours if o[1] <= err]
+                    if ok:
+                        w, e, st, kk, name = min(ok)
+                        how = f"{name.removeprefix('diffsolve ')}, {st}" + ("" if "exact" in name else f", {kk} probes")
+                        print(f"| {peer}, {setting}, {k} | {err:.4f}, {work:.0f} | {w:.0f} (err {e:.4f}; {how}) | "
+                              f"{w / work:.2f} |")
+                    else:
+                        print(f"| {peer}, {setting}, {k} | {err:.4f}, {work:.0f} | none as accurate | – |")
+            print(flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="points per problem")
     ap.add_argument("--quick", action="store_true", help="fewer tolerances and problems")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-variables", action="store_true", help="only the time-variable sweep (16 points)")
+    ap.add_argument("--frontier", action="store_true",
+                    help="only the probe-noise section: total error vs network work, fresh probes vs the peers")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.time_variables:
         time_variable_sweep(min(args.n, 16), args.seed)
+        return
+    if args.frontier:
+        frontier(args.n, args.seed, args.quick)
         return
     tols = [1e-3, 1e-4] if args.quick else [1e-3, 1e-4, 1e-5]
     problems = [("ring 2-D", GaussianMixture.ring()), ("random 64-D", GaussianMixture.random(d=64, n_modes=8, seed=0))]

@@ -38,6 +38,8 @@ def run(argv, capsys):
     (["sample", "--problem", "ring2d", "--solver", "nope", "--out", "x.pt"], "unknown solver 'nope'"),
     (["sample", "--out", "x.pt"], "give --problem NAME"),
     (["likelihood", "--problem", "ring2d", "--data", "missing.npy"], "does not exist"),
+    (["likelihood", "--problem", "ring2d", "--divergence", "exact", "--fresh-probes", "--quiet"],
+     "fresh_probes applies to divergence='hutchinson'"),
     (["list", "nope"], "valid choices: solvers, schedules, problems, models, grids, all"),
 ])
 def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path, monkeypatch):
@@ -116,6 +118,10 @@ def test_likelihood_matches_the_exact_density(capsys, tmp_path):
     res = json.loads(out)
     assert res["n"] == 6
     assert res["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=2e-3)
+    code, out, err = run(["likelihood", "--problem", "ring2d", "--schedule", "vp", "--data", str(tmp_path / "x.npy"),
+                          "--probes", "4", "--fresh-probes", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=1.0)
     code, _, err = run(["likelihood", "--problem", "mix64", "--data", str(tmp_path / "x.npy")], capsys)
     assert code == 2 and "do not match the problem's sample shape" in err
 
