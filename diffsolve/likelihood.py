@@ -34,8 +34,8 @@ solver's error norm (``rk_solve(error_mask=...)``), so the steps, and with them 
 weights w_e = h·b_i of the evaluations, depend on the trajectory of y only, never on the probes;
 given that trajectory, Δ_j = Σ_e w_e z_eᵀ J_e z_e is an unbiased estimate of the same Runge–Kutta
 quadrature of the exact divergence, with variance Σ_e w_e² Var(z_eᵀ J_e z_e) instead of
-Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (≈ 2.2× smaller standard
-deviation on the analytic mixtures at no extra network work; benchmarks/likelihood.md). The k
+Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (1.4–2.3× smaller error on
+the analytic mixtures at no extra network work; benchmarks/likelihood.md). The k
 integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning.
 
 **NFE.** ``nfe`` is the number of right-hand-side evaluations a sample took part in, i.e. of
@@ -365,7 +365,8 @@ def _chunked(ode, state, u0, u1, chunk_size, *, method, rtol, atol, per_sample, 
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
-                   probe: str = "rademacher", fresh_probes: bool = False, rtol: float = 1e-4, atol: float = 1e-4, method: str = "dopri5",
+                   probe: str = "rademacher", fresh_probes: bool = False, rtol: float = 1e-4,
+                   atol: float = 1e-4, method: str = "dopri5",
                    per_sample: bool = False, time_variable: str = "auto",
                    fixed_steps: int | None = None, prior="gaussian", t_end: float | None = None,
                    dequantize=None, seeds=None, chunk_size: int | None = None,
@@ -459,6 +460,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     x = x.to(dtype)
     exact = divergence == "exact"
     k = 1 if exact else probes
+
     def draw(rows=None):  # (k, n, *shape) probes for the given rows (all when None)
         V = torch.stack([src.randn(rows) for _ in range(k)]).to(dtype)
         return torch.sign(V) if probe == "rademacher" else V
@@ -498,8 +500,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         stderr = deltas.std(1) / math.sqrt(k) if k > 1 else torch.full((B,), float("nan"), dtype=_F64)
     info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,
                 method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=time_variable,
-                fixed_steps=fixed_steps,
-                t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=stats["row_evals"],
+                fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=stats["row_evals"],
                 accepted=stats["accepted"], rejected=stats["rejected"], norm=norm, per_probe_delta=deltas)
     return LikelihoodResult(log_prob=log_prob, bits_per_dim=-log_prob / (d * math.log(2)), stderr=stderr,
                             nfe=nfe, z=z, prior_log_prob=prior_lp, delta_log_prob=delta, x=x.to(_F64), info=info)

@@ -230,7 +230,7 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
                 or not bool(error_mask.any()):
             raise ValueError(f"error_mask must be a bool tensor of shape {tuple(y0.shape[1:])} (a row of y0) "
                              f"with at least one True element")
-        error_mask = error_mask.reshape(-1).to(y0.device)
+        error_mask = error_mask.reshape(-1).nonzero().squeeze(1).to(y0.device)  # indices: no sync per step
     t0, t1 = float(t0), float(t1)
     dev, B = y0.device, y0.shape[0]
     f64 = dict(dtype=torch.float64, device=dev)
@@ -247,7 +247,7 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
 
     def group_norm(v):  # (n, ...) -> (n,) per row, or (1,) over the batch
         if error_mask is not None:
-            v = v.reshape(v.shape[0], -1)[:, error_mask]
+            v = v.reshape(v.shape[0], -1).index_select(1, error_mask)
         return _row_norm(v if per_sample else v.reshape(1, -1), norm)
 
     def gbc(c, y):  # per-group quantity broadcast to the rows of y
