@@ -19,11 +19,14 @@ only the solver's work (MATH §5). We integrate in u ∈ {``t``, ``log_snr`` (λ
     dΔ/du = −σ_t λ'_t ∇_x·ε̂(x, t) dt/du
 
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
-scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is λ
-with a shared step size and raw t with per-sample steps: the fewest NFE at equal accuracy on the
-analytic mixtures (VP, VE, flow; benchmarks/likelihood.md). With per-row error control, λ lost
-accuracy on some 2-D rows (the local error estimate of a lone row missed the error made in the
-mode-switching region); a shared step takes the maximum over rows and does not.
+scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
+t on variance-preserving schedules (α² + σ² = 1: VP, cosine, DDPM) and λ otherwise: the fewest NFE
+at equal accuracy on the analytic mixtures in 2 and 64 dimensions, shared and per-sample steps
+(benchmarks/likelihood.md: on VP, t needs 0.75–0.9× λ's NFE; on a flow schedule t needs about
+twice λ's; on VE, t is λ up to an affine map). With per-row error control at loose tolerances
+(1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
+error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
+there, at more NFE.
 
 **Divergence.** ``exact``: the trace of ∂ε̂/∂x by d vector–Jacobian products with the basis vectors
 (batched with ``is_grads_batched``; fine for small d). ``hutchinson``: zᵀ(∂ε̂/∂x)z for k probes z
@@ -315,9 +318,15 @@ def _check_x(denoiser, x, allow_int=False):
         raise ValueError(f"x contains NaN or Inf (samples {bad[:10]}{'...' if len(bad) > 10 else ''})")
 
 
-def _time_variable(name, per_sample):
-    if name == "auto":
-        return "t" if per_sample else "log_snr"
+def _variance_preserving(schedule) -> bool:
+    """α_t² + σ_t² = 1 on the schedule's range (VP, cosine, DDPM; not sub-VP, VE, EDM or flow)."""
+    t = torch.linspace(schedule.t_min, schedule.t_max, 9, dtype=_F64)
+    return bool(((schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2 - 1).abs() < 1e-6).all())
+
+
+def _time_variable(name, per_sample, schedule):
+    if name == "auto":  # the measured choice (module docstring, benchmarks/likelihood.md)
+        return "t" if _variance_preserving(schedule) else "log_snr"
     if name not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
     return name
@@ -395,9 +404,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             difficulty) instead of one shared step for the batch (or chunk).
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
             dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
-            ``log_snr`` with a shared step, ``t`` with ``per_sample=True`` — the choices that
-            needed the fewest NFE at equal accuracy in benchmarks/likelihood.md (λ is much the
-            best for flow schedules; per-row error control in λ was unreliable in 2-D).
+            ``t`` on a variance-preserving schedule, ``log_snr`` otherwise — the choices that
+            needed the fewest NFE at equal accuracy in benchmarks/likelihood.md.
         fixed_steps: instead of adaptive steps, exactly this many equal steps in the time variable
             (no error control): every sample and every process of a distributed job then makes the
             same number of network calls, 1 + 6·fixed_steps for dopri5/tsit5.
@@ -430,7 +438,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
     if fresh_probes and divergence == "exact":
         raise ValueError("fresh_probes applies to divergence='hutchinson'; the exact divergence uses no probes")
-    time_variable = _time_variable(time_variable, per_sample)
+    time_variable = _time_variable(time_variable, per_sample, denoiser.schedule)
     rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -521,7 +529,7 @@ class RoundTrip:
 
 def _flow(denoiser, x, t_from, t_to, *, rtol, atol, method, per_sample, time_variable, fixed_steps,
           chunk_size, norm, max_steps):
-    time_variable = _time_variable(time_variable, per_sample)
+    time_variable = _time_variable(time_variable, per_sample, denoiser.schedule)
     rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
     co = PFODE(denoiser, time_variable)
     B, shape = x.shape[0], tuple(x.shape[1:])
