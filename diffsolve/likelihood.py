@@ -22,7 +22,7 @@ For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
 t on variance-preserving schedules (α² + σ² = 1: VP, cosine, DDPM) and λ otherwise: the fewest NFE
 at equal accuracy on the analytic mixtures in 2 and 64 dimensions, shared and per-sample steps
-(benchmarks/likelihood.md: on VP, t needs 0.75–0.9× λ's NFE; on a flow schedule t needs about
+(benchmarks/likelihood.md: on VP, t needs 0.73–0.91× λ's NFE; on a flow schedule t needs about
 twice λ's; on VE, t is λ up to an affine map). With per-row error control at loose tolerances
 (1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
 error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
