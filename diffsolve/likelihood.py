@@ -39,7 +39,10 @@ given that trajectory, Δ_j = Σ_e w_e z_eᵀ J_e z_e is an unbiased estimate of
 quadrature of the exact divergence, with variance Σ_e w_e² Var(z_eᵀ J_e z_e) instead of
 Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (1.4–2.3× smaller error on
 the analytic mixtures at no extra network work; benchmarks/likelihood.md). The k
-integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning.
+integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning. The price:
+Δ's own integration error is then controlled only through the steps the state takes, so it is
+larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
+probes), worth knowing when averaging very many probes.
 
 **NFE.** ``nfe`` is the number of right-hand-side evaluations a sample took part in, i.e. of
 *forward* network calls: each evaluates the network on k copies of the rows (Hutchinson; d copies
