@@ -133,7 +133,8 @@ def _params_from_grid(schedule, t: Tensor, tune_end: bool):
 
 class _Pilots:
     """Pilot and fresh seeds, their start points x_T and reference solutions (the tuning target:
-    the probability-flow ODE to t_min followed by the exact x̂0), shared by both tuners."""
+    the probability-flow ODE to t_min followed by the exact x̂0), and the closing judgement on the
+    fresh seeds with the tuning cost; shared by both tuners."""
 
     def __init__(self, denoiser, shape, pilot, fresh, rtol, atol, device):
         self.shape = tuple(shape) if shape is not None else denoiser.shape
@@ -148,6 +149,7 @@ class _Pilots:
         if set(self.fresh_seeds) & set(self.pilot_seeds):
             raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
         self.denoiser, self.rtol, self.atol, self.device = denoiser, rtol, atol, device
+        self.nfe_start, self.start_time = denoiser.nfe, time.perf_counter()
 
     def start(self, seeds) -> Tensor:
         sch = self.denoiser.schedule
@@ -158,6 +160,19 @@ class _Pilots:
         sch = self.denoiser.schedule
         return ode_reference(self.denoiser, x, sch.t_max, sch.t_min, rtol=self.rtol, atol=self.atol,
                              denoise_final=True)
+
+    def finish(self, result, init_error, best_error, extra_nfe: int = 0):
+        """Judge the starting point and the result on the fresh seeds (``init_error``, ``best_error``:
+        (x_T, reference) -> RMS error), record the tuning cost (network calls since construction
+        plus ``extra_nfe``, wall time) and restore the denoiser's call counter."""
+        if self.fresh_seeds:
+            x = self.start(self.fresh_seeds)
+            ref = self.reference(x)
+            result.init_fresh_error, result.fresh_error = init_error(x, ref), best_error(x, ref)
+        result.tuning_nfe = self.denoiser.nfe - self.nfe_start + extra_nfe
+        self.denoiser.nfe = self.nfe_start
+        result.tuning_seconds = time.perf_counter() - self.start_time
+        return result
 
 
 def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64, fresh=256,
@@ -202,7 +217,6 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         return best
     if not isinstance(denoise_final, bool):
         raise ValueError(f"denoise_final must be True, False or 'auto', got {denoise_final!r}")
-    start_time = time.perf_counter()
     sol = get_solver(solver, **(solver_options or {}))
     if getattr(sol, "adaptive", False) or not hasattr(sol, "step"):
         raise ValueError(f"tune_steps needs a fixed-step solver; {sol.name!r} chooses its own steps")
@@ -215,7 +229,6 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     pilot_seeds, fresh_seeds, start, reference = pilots.pilot_seeds, pilots.fresh_seeds, pilots.start, pilots.reference
     level = NoiseLevel(schedule, eta=0.0)
 
-    nfe_start = denoiser.nfe
     x_pilot = start(pilot_seeds)
     ref_pilot = reference(x_pilot)
     evaluations = 0
@@ -280,15 +293,8 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
                        model=model, schedule=repr(schedule), solver_options=dict(solver_options or {}),
                        init_grid=init_name, init_error=init_err, pilot_error=best["err"],
                        pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds, version=__version__)
-    if fresh_seeds:
-        x_fresh = start(fresh_seeds)
-        ref_fresh = reference(x_fresh)
-        result.init_fresh_error = error(init_t, x_fresh, ref_fresh)
-        result.fresh_error = error(best["t"], x_fresh, ref_fresh)
     result.evaluations = evaluations
-    result.tuning_nfe = denoiser.nfe - nfe_start
-    denoiser.nfe = nfe_start
-    result.tuning_seconds = time.perf_counter() - start_time
+    pilots.finish(result, lambda x, ref: error(init_t, x, ref), lambda x, ref: error(best["t"], x, ref))
     if verbose:
         print(f"tune_steps: pilot {init_err:.4g} ({init_name}) -> {result.pilot_error:.4g}; "
               f"fresh {result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; "
@@ -336,7 +342,6 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     from . import __version__
     from .solvers.learned import LearnedMultistep, default_predictor, weights_of
 
-    start_time = time.perf_counter()
     schedule = denoiser.schedule
     if not 0.0 < validation < 1.0:
         raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
@@ -347,7 +352,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     n_val = max(1, round(validation * len(pilot_seeds)))
     if len(pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
-    nfe_start, grid_nfe = denoiser.nfe, 0
+    grid_nfe = 0
     tuned_grid, grid_name = load_grid(grid), None
     if tuned_grid is None and isinstance(grid, str) and grid == "auto":
         tuned_grid = tune_steps(denoiser, grid_solver, nfe, pilot=pilot, fresh=0, shape=shape,
@@ -435,14 +440,8 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
                        pilot_error=rms(p_best, c_best, d_best, x_pilot, ref_pilot),
                        validation_error=best["err"], pilot_seeds=pilot_seeds, fresh_seeds=fresh_seeds,
                        evaluations=len(starts) * iterations, version=__version__)
-    if fresh_seeds:
-        x_fresh = start(fresh_seeds)
-        ref_fresh = reference(x_fresh)
-        result.init_fresh_error = rms(pb, cb, d0, x_fresh, ref_fresh)
-        result.fresh_error = rms(p_best, c_best, d_best, x_fresh, ref_fresh)
-    result.tuning_nfe = denoiser.nfe - nfe_start + grid_nfe
-    denoiser.nfe = nfe_start
-    result.tuning_seconds = time.perf_counter() - start_time
+    pilots.finish(result, lambda x, ref: rms(pb, cb, d0, x, ref), lambda x, ref: rms(p_best, c_best, d_best, x, ref),
+                  extra_nfe=grid_nfe)
     if verbose:
         print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
               f"{init_err:.4g} -> {best['err']:.4g}, start {best['start']}, iteration {best['iteration']}); fresh "
