@@ -145,6 +145,7 @@ FRONTIER_PEERS = {"k-diffusion (σ, dopri5)": kdiff_ll, "score_sde (t, RK45)": s
 FRONTIER_TOLS = (1e-1, 1e-2, 1e-3)
 FRONTIER_PROBES = (1, 2, 4, 8)
 FRONTIER_STEPS = (2, 3, 4, 6, 8)
+FRONTIER_HEUN_STEPS = (1, 2, 3, 4)
 # diffsolve: (name, settings, in the summary); a setting is (label, log_likelihood keywords)
 _ADAPTIVE = [(f"tol {t:.0e}", dict(rtol=t, atol=t)) for t in FRONTIER_TOLS]
 FRONTIER_OURS = [
@@ -153,6 +154,10 @@ FRONTIER_OURS = [
                                             for lb, kw in _ADAPTIVE], True),
     ("diffsolve fresh probes, fixed steps (bosh3, λ)",
      [(f"{n} steps", dict(fixed_steps=n, method="bosh3", fresh_probes=True)) for n in FRONTIER_STEPS], True),
+    # the cheapest budgets: Heun's 2-stage method (2 NFE per step), time variable as `auto` picks it
+    ("diffsolve fresh probes, fixed steps (heun, auto)",
+     [(f"{n} steps", dict(fixed_steps=n, method="euler_heun", fresh_probes=True, time_variable="auto"))
+      for n in FRONTIER_HEUN_STEPS], True),
     ("diffsolve exact, per-sample", [(lb, dict(kw, per_sample=True, divergence="exact")) for lb, kw in _ADAPTIVE],
      True),  # work = NFE × d
 ]
