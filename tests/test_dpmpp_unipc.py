@@ -60,6 +60,8 @@ ORDER_CASES = [  # (solver, options, declared order, step counts in the asymptot
     ("unipc", {"order": 2}, 3, (20, 40, 80, 160)),
     ("unipc", {"order": 2, "variant": "bh1"}, 3, (20, 40, 80, 160)),
     ("unipc", {"order": 2, "corrector": False}, 2, (20, 40, 80, 160)),
+    ("unipc", {"order": 2, "predict_x0": False}, 3, (20, 40, 80, 160)),
+    ("unipc", {"order": 1, "predict_x0": False, "variant": "bh1"}, 2, (20, 40, 80, 160)),
     # UniPC-3's warm-up corrector is only third order; its (tiny, high-noise) contribution leaves
     # the fourth-order regime visible from ~100 steps on.
     ("unipc", {"order": 3}, 4, (113, 160, 226, 320)),
@@ -128,8 +130,10 @@ def test_sde_at_eta0_is_ode_solver(mixture, sde, ode, solver_type):
 
 
 # --- every schedule, every prediction type -----------------------------------------------------
-SOLVER_SET = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_2s", {}), ("unipc", {}), ("unipc", {"order": 3})]
-PREDICTION_SET = [("dpmpp_3m", {}), ("dpmpp_2s", {}), ("unipc", {"order": 3})]  # all code paths
+SOLVER_SET = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_2s", {}), ("unipc", {}), ("unipc", {"order": 3}),
+              ("unipc", {"predict_x0": False})]
+PREDICTION_SET = [("dpmpp_3m", {}), ("dpmpp_2s", {}), ("unipc", {"order": 3}),
+                  ("unipc", {"order": 3, "predict_x0": False})]  # all code paths
 
 
 @pytest.mark.parametrize("schedule", ["vp", "cosine", "ddpm", "subvp", "ve", "edm", "flow"])
@@ -236,6 +240,8 @@ def test_bad_input():
             solve(name, den, x, 5, noise=lambda t: 0.1 * torch.ones_like(torch.as_tensor(t)))
     with pytest.raises(ValueError, match="unknown variant 'bh3'"):
         get_solver("unipc", variant="bh3")
+    with pytest.raises(TypeError, match="predict_x0"):
+        get_solver("unipc", predict_x0="eps")
     with pytest.raises(ValueError, match=r"order must be one of \[1, 2, 3\]"):
         get_solver("dpmpp_2m", order=4)
     with pytest.raises(ValueError, match=r"order must be one of \[1, 2, 3\]"):

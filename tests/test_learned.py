@@ -168,7 +168,8 @@ def test_weights_of_reproduces_data_prediction_multistep_solvers(model, name, op
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,options", [("deis", {}), ("unipc", {"order": 3})])
+@pytest.mark.parametrize("name,options", [("deis", {}), ("unipc", {"order": 3}),
+                                          ("unipc", {"predict_x0": False})])
 def test_weights_of_refuses_solvers_outside_the_family(model, name, options):
     from diffsolve.solvers import get_solver
     from diffsolve.solvers.learned import weights_of

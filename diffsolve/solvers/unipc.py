@@ -1,4 +1,4 @@
-r"""UniPC: unified predictor–corrector exponential integrators in data prediction (MATH §4).
+r"""UniPC: unified predictor–corrector exponential integrators in data or noise prediction (MATH §4).
 
 Step i goes from λ_i to λ_{i+1}, h = λ_{i+1} − λ_i, z = −h; D_k = x̂0 evaluated at λ_k;
 r_k = (λ_{i−k} − λ_i)/h < 0 and ΔD_k = (D_{i−k} − D_i)/r_k for k = 1..p−1. With
@@ -22,6 +22,16 @@ final step to σ = 0). ``final_corrector=True`` spends one more evaluation to co
 Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are as in
 :mod:`diffsolve.solvers.dpmpp`. diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
 ramps for any number of steps: reproduce it with ``lower_order_below=None``.
+
+**Noise prediction** (``predict_x0=False``, diffusers' option of the same name): the same formulas
+with D_k = ε̂ at λ_k, z = +h, and the roles of α and σ exchanged,
+
+    x̃_{i+1} = (α_{i+1}/α_i) x_i − σ_{i+1}(e^{h} − 1) D_i − σ_{i+1} B(h) Σ_{k<p} a_k ΔD_k
+
+(B(h) = h or e^{h} − 1), and likewise for the corrector. It extrapolates ε̂ in λ instead of x̂0,
+which integrates the high-noise part of low-variance data directions almost exactly (ε̂ is nearly
+constant there; see :mod:`diffsolve.solvers.deis`). The solver asks the denoiser for x̂0 or ε̂;
+the network's own prediction type is converted in one place (:class:`~diffsolve.Denoiser`).
 """
 from __future__ import annotations
 
@@ -82,6 +92,8 @@ class UniPC(_Multistep):
         variant: ``"bh2"`` (default, B(h) = e^{−h} − 1) or ``"bh1"`` (B(h) = −h).
         corrector: apply UniC (default True); False gives the plain UniP-p multistep predictor.
         final_corrector: also correct the last state (one extra evaluation; default False).
+        predict_x0: integrate in data prediction (default True) or, False, in noise prediction
+            (module docstring).
         lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
 
     State: (λ list, x̂0 list) of the last p evaluations, the start of the last step and its order.
@@ -97,7 +109,7 @@ class UniPC(_Multistep):
     min_steps = 2
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True,
-                 final_corrector: bool = False, lower_order_final: bool = True,
+                 final_corrector: bool = False, predict_x0: bool = True, lower_order_final: bool = True,
                  lower_order_below: int | None = 15):
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"unipc: unknown variant {variant!r}; valid: 'bh1', 'bh2'")
@@ -106,6 +118,9 @@ class UniPC(_Multistep):
         self.variant = variant
         self.corrector = bool(corrector)
         self.final_corrector = bool(final_corrector)
+        if not isinstance(predict_x0, bool):
+            raise TypeError(f"unipc: predict_x0 must be True or False, got {predict_x0!r}")
+        self.predict_x0 = predict_x0
         self.order = float(order + 1 if corrector else order)
 
     def nfe(self, steps: int) -> int:
@@ -113,12 +128,17 @@ class UniPC(_Multistep):
 
     def _update(self, ctx, j, x, lams, Ds, p, D_new=None):
         """Predictor (D_new None) or corrector from grid point j to j + 1; history newest last at λ_j.
-        Written out as one linear combination of x, the stored x̂0 values and D_new (float64
+        Written out as one linear combination of x, the stored x̂0 (or ε̂) values and D_new (float64
         weights, one fused pass per term)."""
         h = ctx.h(j)
-        z = -h
+        if self.predict_x0:
+            z, a, ratio = -h, ctx.alpha[j + 1], ctx.sigma[j + 1] / ctx.sigma[j]
+        else:
+            z, a, ratio = h, ctx.sigma[j + 1], ctx.alpha[j + 1] / ctx.alpha[j]
+            if not math.isfinite(ratio):
+                raise ValueError("unipc(predict_x0=False): the grid starts at α = 0 (ε̂-form steps divide by "
+                                 "α); start it at t < t_max or use predict_x0=True")
         B = z if self.variant == "bh1" else math.expm1(z)
-        a = ctx.alpha[j + 1]
         rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
         g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
         R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
@@ -126,20 +146,23 @@ class UniPC(_Multistep):
             coef = [] if p == 1 else [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
         else:
             coef = [0.5] if p == 1 else _solve(R, g)
-        # out = (σ_{j+1}/σ_j) x − a(e^z − 1) m0 − a B [Σ_k c_k (D_{−1−k} − m0)/r_k + c_p (D_new − m0)]
+        # out = ratio·x − a(e^z − 1) m0 − a B [Σ_k c_k (D_{−1−k} − m0)/r_k + c_p (D_new − m0)]
         w = [-a * B * c / r for c, r in zip(coef, rks)]  # on Ds[-2], Ds[-3], ...
         w_new = -a * B * coef[-1] if D_new is not None else 0.0
         w_m0 = -a * math.expm1(z) - sum(w) - w_new
         terms = [Ds[-1]] + [Ds[-1 - k] for k in range(1, p)] + ([D_new] if D_new is not None else [])
         coefs = [w_m0] + w + ([w_new] if D_new is not None else [])
-        return lincomb(x, ctx.sigma[j + 1] / ctx.sigma[j], terms, coefs)
+        return lincomb(x, ratio, terms, coefs)
+
+    def _evaluate(self, ctx, x, i):
+        return (ctx.denoiser.x0 if self.predict_x0 else ctx.denoiser.eps)(x, ctx.time(i))
 
     def init(self, ctx, x):
         return ([], [], None, 0)
 
     def step(self, ctx, i, x, state):
         lams, Ds, x_prev, p_prev = state
-        D = ctx.denoiser.x0(x, ctx.time(i))
+        D = self._evaluate(ctx, x, i)
         if self.corrector and i > 0:
             x = self._update(ctx, i - 1, x_prev, lams, Ds, p_prev, D_new=D)
         lams = (lams + [ctx.lam[i]])[-self.solver_order:]
@@ -147,6 +170,6 @@ class UniPC(_Multistep):
         p = self.step_order(ctx, i)
         x_next = self._update(ctx, i, x, lams, Ds, p)
         if self.final_corrector and self.corrector and i == ctx.steps - 1:
-            D_last = ctx.denoiser.x0(x_next, ctx.time(i + 1))
+            D_last = self._evaluate(ctx, x_next, i + 1)
             x_next = self._update(ctx, i, x, lams, Ds, p, D_new=D_last)
         return x_next, (lams, Ds, x, p)
