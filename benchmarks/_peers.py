@@ -267,6 +267,10 @@ def diffusers_configs() -> list[tuple[str, str, dict, int]]:
                         out.append((f"diffusers UniPC-{order}", "UniPCMultistepScheduler",
                                     dict(solver_order=order, solver_type=st, timestep_spacing=spacing,
                                          use_karras_sigmas=karras, final_sigmas_type=final), 1))
+                        # noise-prediction UniPC (diffusers' predict_x0=False)
+                        out.append((f"diffusers UniPC-{order} ε", "UniPCMultistepScheduler",
+                                    dict(solver_order=order, solver_type=st, timestep_spacing=spacing,
+                                         use_karras_sigmas=karras, final_sigmas_type=final, predict_x0=False), 1))
         for spacing in sp:
             for karras in (False, True):
                 out.append((f"diffusers DEIS-{order}", "DEISMultistepScheduler",

@@ -51,7 +51,9 @@ SOLVER_OPTIONS = {
     "dpmpp_2s": [{"solver_type": "taylor"}],
     "unipc": [{"variant": "bh1"}, {"order": 3}, {"order": 3, "variant": "bh1"}, {"lower_order_final": False},
               {"order": 3, "lower_order_final": False}, {"order": 3, "lower_order_below": None},
-              {"final_corrector": True}],
+              {"final_corrector": True}, {"predict_x0": False}, {"order": 3, "predict_x0": False},
+              {"order": 3, "variant": "bh1", "predict_x0": False},
+              {"order": 3, "predict_x0": False, "lower_order_final": False}],
     "deis": [{"order": 2}, {"order": 4}, {"variable": "rho"}, {"order": 4, "variable": "rho"},
              {"lower_order_final": False}, {"order": 4, "lower_order_final": False}],
 }
