@@ -96,7 +96,7 @@ class UniPC(_Multistep):
             (module docstring).
         lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
 
-    State: (λ list, x̂0 list) of the last p evaluations, the start of the last step and its order.
+    State: (λ list, x̂0 or ε̂ list) of the last p evaluations, the start of the last step and its order.
 
     References:
         UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models,
