@@ -30,7 +30,7 @@ from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
-from diffsolve.solvers.base import get_solver, integrate
+from diffsolve.solvers.base import get_solver, integrate, parse_solver_spec
 from diffsolve.tune import FIXED_GRIDS, TunedGrid, tune_solver, tune_steps
 
 HERE = Path(__file__).parent
@@ -44,19 +44,6 @@ def problem(name):
     if name in ("digits", "two_moons"):
         return get_model(name).denoiser()
     return get_problem(name).denoiser()
-
-
-def parse_solver(spec: str) -> tuple[str, dict]:
-    """'unipc:order=3:variant=bh1' -> ('unipc', {'order': 3, 'variant': 'bh1'})."""
-    name, *opts = spec.split(":")
-    out = {}
-    for o in opts:
-        k, v = o.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return name, out
 
 
 def fixed_errors(den, solver, nfe, seeds, denoise_final, options=None):
@@ -125,7 +112,7 @@ def main():
     for prob in args.problems.split(","):
         den = problem(prob)
         for spec in args.solvers.split(","):
-            solver, options = parse_solver(spec)
+            solver, options = parse_solver_spec(spec)
             for nfe in map(int, args.nfe.split(",")):
                 key = f"{prob}|{spec}|{nfe}"
                 if key in done:

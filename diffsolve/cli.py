@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: ring2d,mix64,gauss3072 and the digits model if bundled)")
     b.add_argument("--model", action="append", default=[], help="add a model (zoo name or package.module:factory); "
                    "repeatable")
-    b.add_argument("--solvers", type=_csv(str, "solver"), help="comma-separated solvers (default: ddim,dpmpp_2m,"
-                   "dpmpp_3m,unipc,heun,euler, those registered)")
+    b.add_argument("--solvers", type=_csv(str, "solver"), help="comma-separated solvers, each a name or "
+                   "name:key=value:... with its options, e.g. dpmpp_2m,unipc:order=3:variant=bh1 (default: "
+                   "ddim,dpmpp_2m,dpmpp_3m,unipc,heun,euler, those registered; options: `diffsolve list solvers`)")
     b.add_argument("--nfe", type=_csv(int, "integer"), help="comma-separated NFE budgets, final denoise "
                    "included (default 5,10,20,50)")
     b.add_argument("--eta", type=_csv(float, "number"), default=[0.0],
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--seeds", type=_seeds, help="seeds for every problem, e.g. 0-999 (default: 0..n-1 with a "
                     "per-problem n)")
     sg.add_argument("--n-samples", type=_positive_int, help="samples per problem (seeds 0..n-1)")
+    b.add_argument("--no-denoise-final", action="store_true", help="end at t_min without the final x̂0 "
+                   "evaluation (the budget buys one more step; the reference ends there too)")
     b.add_argument("--out", default="bench-results", help="output directory (default ./bench-results)")
     rg = b.add_mutually_exclusive_group()
     rg.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
@@ -146,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples and save them (.pt or .npy)")
     _add_model_choice(s)
-    s.add_argument("--solver", help="solver name (default dpmpp_2m, or the solver a tuned --grid file was "
-                                    "tuned for; `diffsolve list solvers`)")
+    s.add_argument("--solver", help="solver name or name:key=value:... spec, e.g. unipc:order=3 "
+                                    "(default dpmpp_2m, or the solver a tuned --grid file was tuned for; "
+                                    "`diffsolve list solvers`)")
     sn = s.add_mutually_exclusive_group()
     sn.add_argument("--nfe", type=_positive_int, help="budget of network evaluations (final denoise included)")
     sn.add_argument("--steps", type=_positive_int, help="number of solver steps")
@@ -178,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "high-accuracy reference solve on pilot seeds, judge it on fresh seeds, and "
                                     "save it as JSON for `sample --grid FILE` / `bench --grid FILE`.")
     _add_model_choice(tn)
-    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver (default unipc); "
+    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver, a name or "
+                    "name:key=value:... spec (default unipc); "
                     "'learned': fit the per-step weights of the learned multistep solver on a grid tuned "
                     "for UniPC (tune_solver; the network must be differentiable)")
     tn.add_argument("--nfe", type=_positive_int, required=True, help="budget of network evaluations (final denoise included)")
@@ -227,11 +232,15 @@ def _check_schedule(name):
         raise CLIError(_choices_msg("schedule", name, list(SCHEDULES)))
 
 
-def _check_solver(name):
-    from .solvers import SOLVERS
+def _check_solver(spec):
+    """A solver name or ``name:key=value:...`` spec (the options are checked by building it)."""
+    from .solvers import SOLVERS, get_solver, parse_solver_spec
 
+    name = parse_solver_spec(spec)[0]
     if name not in SOLVERS:
         raise CLIError(_choices_msg("solver", name, sorted(SOLVERS)))
+    get_solver(spec)
+    return name
 
 
 def _check_grid(name):
@@ -330,7 +339,8 @@ def cmd_bench(args) -> int:
             problems = default_problems()
         problems += [m for m in args.model if m not in problems]
     cfg = BenchConfig(problems=problems or None, solvers=args.solvers, nfe=list(args.nfe or DEFAULT_NFE),
-                      eta=list(args.eta), schedule=args.schedule, grid=args.grid, seeds=args.seeds,
+                      eta=list(args.eta), schedule=args.schedule, grid=args.grid,
+                      denoise_final=False if args.no_denoise_final else None, seeds=args.seeds,
                       n_samples=args.n_samples, device=args.device, dtype=args.dtype, out=args.out,
                       resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot, quiet=args.quiet,
                       net_time=args.net_time, n_projections=args.projections,
@@ -459,6 +469,8 @@ def cmd_list(args) -> int:
                 cost = "adaptive steps" if it.get("adaptive") else f"{it['nfe_per_step']} NFE/step"
                 extra = f"order {it['order']:g}, {'SDE' if it['stochastic'] else 'ODE'}, {cost}"
                 print(f"  {it['name']:<14} {extra:<32} {it['summary']}")
+                if it["options"]:
+                    print(f"  {'':<14} options: {it['options']}")
             elif kind == "problems":
                 shape = "x".join(map(str, it["shape"])) if it["shape"] else "-"
                 print(f"  {it['name']:<14} {it['kind']:<9} {shape:<9} {it['description']}")
@@ -473,7 +485,9 @@ def cmd_tune(args) -> int:
     from .tune import tune_solver, tune_steps
 
     device, dtype = _check_device_dtype(args)
-    _check_solver(args.solver)
+    name = _check_solver(args.solver)
+    if name == "learned" and args.solver != name:
+        raise CLIError("--solver learned takes no options: tune fits its weights")
     if args.init != "auto":
         _check_grid(args.init)
     out = Path(args.out)
@@ -486,7 +500,7 @@ def cmd_tune(args) -> int:
         print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {args.pilot} pilot seeds, "
               f"{args.fresh} fresh, up to {args.max_evals} solves ...", file=sys.stderr, flush=True)
     denoise_final = {"yes": True, "no": False, "auto": "auto"}[args.denoise_final]
-    if args.solver == "learned":
+    if name == "learned":
         if denoise_final == "auto":
             raise CLIError("--solver learned needs --denoise-final yes or no")
         res = tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, fresh=args.fresh, iterations=args.iterations,

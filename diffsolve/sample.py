@@ -54,7 +54,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             from the noise source.
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
-        solver: a name in ``diffsolve.solvers.SOLVERS`` or a :class:`Solver` instance; default
+        solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
+            (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default
             ``"dpmpp_2m"``, or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tune.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the

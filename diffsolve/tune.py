@@ -34,7 +34,7 @@ from .grids import make_grid, validate_grid
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
 from .reference import ode_reference
-from .solvers.base import get_solver, integrate
+from .solvers.base import get_solver, integrate, parse_solver_spec
 
 __all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 
@@ -183,7 +183,8 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
 
     Args:
         denoiser: the model; the probability-flow ODE (η = 0) is tuned.
-        solver: a deterministic fixed-step solver (name or instance).
+        solver: a deterministic fixed-step solver: its name or a ``"name:key=value"`` spec
+            (:func:`~diffsolve.solvers.parse_solver_spec`); options can also go in ``solver_options``.
         nfe: total evaluations per sample, including the final denoise when ``denoise_final``.
         denoise_final: end with x̂0(x, t_n) (one evaluation of the budget), or not, or ``"auto"``:
             tune both and keep the better on the pilot set (at very small budgets the evaluation is
@@ -217,7 +218,13 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         return best
     if not isinstance(denoise_final, bool):
         raise ValueError(f"denoise_final must be True, False or 'auto', got {denoise_final!r}")
+    if not isinstance(solver, str):  # the result records the solver by name and options
+        raise TypeError(f"tune_steps takes the solver by name or spec ('unipc', 'unipc:order=3:variant=bh1') "
+                        f"and its options in solver_options, so that the tuned grid can rebuild it; "
+                        f"got {type(solver).__name__}")
+    spec_options = parse_solver_spec(solver)[1]
     sol = get_solver(solver, **(solver_options or {}))
+    solver_options = {**spec_options, **(solver_options or {})}
     if getattr(sol, "adaptive", False) or not hasattr(sol, "step"):
         raise ValueError(f"tune_steps needs a fixed-step solver; {sol.name!r} chooses its own steps")
     schedule = denoiser.schedule

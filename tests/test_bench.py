@@ -66,6 +66,26 @@ def test_row_metrics_are_the_metrics_of_the_samples(full_run):
     assert rows[1]["metrics"]["rms_error"] < 0.75 * rows[0]["metrics"]["rms_error"]
 
 
+def test_solver_specs_and_no_final_denoise(tmp_path):
+    # a solver with options ("name:key=value") is labelled by its canonical spec; without the final
+    # denoise the budget buys one more step and the reference ends at t_min too
+    rows = run_bench(_cfg(tmp_path, solvers=["unipc:variant=bh1:order=3", "ddim"], nfe=[6], denoise_final=False,
+                          save_samples=True))
+    assert [r["solver"] for r in rows] == ["unipc:order=3:variant=bh1", "ddim"]
+    assert rows[0]["key"] == "ring2d|ddpm|unipc:order=3:variant=bh1|eta=0|nfe=6"
+    assert all(r["steps"] == r["nfe"] == 6 and r["run"]["denoise_final"] is False for r in rows)
+    p = get_problem("ring2d")
+    again = diffsolve.sample(p.denoiser(), shape=(24, 2), seeds="0-23", solver="unipc:order=3:variant=bh1", nfe=6,
+                             denoise_final=False)
+    x = torch.load(tmp_path / "samples" / "ring2d_ddpm_unipc_order=3_variant=bh1_eta=0_nfe=6.pt")
+    torch.testing.assert_close(x, again.x, rtol=0, atol=0)
+    ref = M.reference_solution(p.denoiser(), again.x_init, float(again.t[0]), float(again.t[-1]), tol=1e-7,
+                               denoise_final=False)
+    assert rows[0]["metrics"]["rms_error"] == pytest.approx(M.rms_error(x, ref), rel=1e-9)
+    with pytest.raises(ValueError, match="different configuration.*denoise_final: file has False, this run True"):
+        run_bench(_cfg(tmp_path, solvers=["ddim"], nfe=[6], resume=True))
+
+
 def test_resume_after_truncation_loses_nothing_and_duplicates_nothing(full_run, tmp_path):
     out, rows = full_run
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
@@ -138,19 +158,19 @@ def test_plot_without_matplotlib_says_so(full_run, monkeypatch):
 
 def test_default_plan_skips_what_cannot_run(tmp_path):
     # default solvers: unregistered ones and infeasible budgets are skipped with a note, not an error
-    from diffsolve.bench.runner import DEFAULT_SOLVERS, _plan
+    from diffsolve.bench.runner import DEFAULT_SOLVERS, _check_config, _plan
     from diffsolve.solvers import SOLVERS
 
     notes = []
-    items = _plan(BenchConfig(nfe=[2, 5]), [get_problem("ring2d")], notes)
+    items = _plan(_check_config(BenchConfig(nfe=[2, 5])), [get_problem("ring2d")], notes)
     ran = {it.solver for it in items}
     assert ran == {s for s in DEFAULT_SOLVERS if s in SOLVERS}
     if "dpmpp_3m" in SOLVERS:
         assert any("NFE 2 is too small for dpmpp_3m" in n for n in notes)
         assert all(it.nfe == 5 for it in items if it.solver == "dpmpp_3m")
     with pytest.raises(ValueError, match="too small"):
-        _plan(BenchConfig(solvers=["dpmpp_3m" if "dpmpp_3m" in SOLVERS else "ddim"], nfe=[2 if "dpmpp_3m" in SOLVERS else 1]),
-              [get_problem("ring2d")], [])
+        _plan(_check_config(BenchConfig(solvers=["dpmpp_3m" if "dpmpp_3m" in SOLVERS else "ddim"],
+                                        nfe=[2 if "dpmpp_3m" in SOLVERS else 1])), [get_problem("ring2d")], [])
 
 
 def test_model_problem_rows(tmp_path):

@@ -145,7 +145,7 @@ def test_cli_tune_learned_then_sample_and_bench(tmp_path):
     assert main(["bench", "--problems", "ring2d", "--solvers", "learned", "--nfe", "4", "--grid", str(w),
                  "--n-samples", "16", "--out", str(tmp_path / "b"), "--no-plot", "--quiet"]) == 0
     row = json.loads((tmp_path / "b" / "results.jsonl").read_text().splitlines()[-1])
-    assert row["nfe"] == 4
+    assert row["nfe"] == 4 and row["steps"] == 4 and row["run"]["denoise_final"] is False  # as tuned
     assert main(["tune", "--problem", "ring2d", "--solver", "learned", "--nfe", "4", "--denoise-final", "auto",
                  "--out", str(tmp_path / "a.json"), "--quiet"]) == 2
 

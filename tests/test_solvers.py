@@ -396,3 +396,33 @@ if __name__ == "__main__":  # python tests/test_solvers.py: the table of measure
         ode = "-" if draws_noise_at_eta0(n) else f"{slope(ORDER_STEPS, ode_errors(s)):.2f}"
         weak = [f"{slope(ORDER_STEPS, weak_errors(s, eta)):.2f}" if s.stochastic else "-" for eta in (1.0, 0.5)]
         print(f"{n:14s} {s.order:8.1f} {ode:>9s} {weak[0]:>8s} {weak[1]:>10s}", flush=True)
+
+
+def test_solver_spec_strings():
+    """'name:key=value:...' configures a solver wherever a name is accepted (sample, bench, tune, CLI)."""
+    from diffsolve.solvers import parse_solver_spec, solver_spec
+
+    assert parse_solver_spec("unipc: order=3 :variant=bh1:predict_x0=False:lower_order_below=null") == (
+        "unipc", {"order": 3, "variant": "bh1", "predict_x0": False, "lower_order_below": None})
+    assert parse_solver_spec("dpmpp_2m") == ("dpmpp_2m", {})
+    assert solver_spec("unipc", {"variant": "bh1", "order": 3, "predict_x0": False}) == \
+        "unipc:order=3:predict_x0=false:variant=bh1"
+    name, opts = parse_solver_spec(solver_spec("deis", {"order": 2, "variable": "rho"}))
+    assert (name, opts) == ("deis", {"order": 2, "variable": "rho"})
+    sol = ds.solvers.get_solver("unipc:order=3:variant=bh1:predict_x0=false")
+    assert (sol.solver_order, sol.variant, sol.predict_x0) == (3, "bh1", False)
+    den = RING.denoiser("vp", "eps")
+    a = ds.sample(den, shape=(3, 2), seeds=[1, 2, 3], solver="deis:order=2", nfe=6)
+    b = ds.sample(den, shape=(3, 2), seeds=[1, 2, 3], solver="deis", solver_options={"order": 2}, nfe=6)
+    c = ds.sample(den, shape=(3, 2), seeds=[1, 2, 3], solver="deis", nfe=6)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    with pytest.raises(ValueError, match="'order' is not key=value"):
+        ds.solvers.get_solver("unipc:order")
+    with pytest.raises(ValueError, match="given twice"):
+        ds.solvers.get_solver("unipc:order=2:order=3")
+    with pytest.raises(ValueError, match="given both in the spec"):
+        ds.solvers.get_solver("unipc:order=2", order=3)
+    with pytest.raises(TypeError, match=r"bad options for solver 'unipc'.*its options are order=2, variant='bh2'"):
+        ds.solvers.get_solver("unipc:ordr=3")
+    with pytest.raises(ValueError, match="unknown solver 'nope'; valid solvers"):
+        ds.solvers.get_solver("nope:order=3")

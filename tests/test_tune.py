@@ -100,3 +100,13 @@ def test_auto_denoise_keeps_the_better_and_sample_honours_it(model):
     assert r.nfe == 4 and len(r.t) == (4 if g.denoise_final else 5)
     with pytest.raises(ValueError, match="denoise_final"):
         tune_steps(model, "ddim", nfe=4, denoise_final="maybe")
+
+
+def test_spec_options_are_recorded(model):
+    # the tuned grid rebuilds the solver it was tuned for, options included
+    g = tune_steps(model, "unipc:order=3", nfe=5, pilot=8, fresh=0, max_evals=8, solver_options={"variant": "bh1"})
+    assert g.solver == "unipc" and g.solver_options == {"order": 3, "variant": "bh1"}
+    r = ds.sample(model, shape=(3, 2), seeds=[0, 1, 2], steps=g)
+    assert (r.solver.solver_order, r.solver.variant) == (3, "bh1")
+    with pytest.raises(TypeError, match="by name or spec"):
+        tune_steps(model, ds.solvers.get_solver("unipc", order=3), nfe=5)

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..noise import parse_seeds
 from ..sample import sample
-from ..solvers.base import SOLVERS, get_solver
+from ..solvers.base import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from . import metrics as M
 from .distributed import DistContext, init as init_distributed
 from .problems import BUILTIN_PROBLEMS, Problem, get_problem, zoo_models
@@ -66,6 +66,8 @@ class BenchConfig:
     eta: Sequence[float] = (0.0,)
     schedule: str | None = None
     grid: str = "log_snr"
+    denoise_final: bool | None = None  # end every run with x̂0(x, t_min) (one evaluation of the budget);
+    # None: True, or what a tuned grid was tuned with
     seeds: str | None = None
     n_samples: int | None = None
     device: str = "cpu"
@@ -88,7 +90,8 @@ class BenchConfig:
         """The settings every row of one results file must share."""
         return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid, "dtype": self.dtype,
                 "device": _device_kind(self.device), "schedule": self.schedule,
-                "n_projections": self.n_projections, "reference_tol": self.reference_tol, "denoise_final": True}
+                "n_projections": self.n_projections, "reference_tol": self.reference_tol,
+                "denoise_final": self.denoise_final}
 
 
 def _device_kind(device: str) -> str:
@@ -182,12 +185,26 @@ class _Item:
     key: str = ""
 
 
-def _check_config(cfg: BenchConfig):
+def _check_config(cfg: BenchConfig) -> BenchConfig:
+    """Validate ``cfg``; returns it with ``denoise_final`` resolved (a tuned grid's own, else True)."""
     if not isinstance(cfg.nfe, (list, tuple)) or not cfg.nfe:
         raise ValueError("give at least one NFE budget, e.g. --nfe 5,10,20,50")
+    if cfg.denoise_final is not None and not isinstance(cfg.denoise_final, bool):
+        raise ValueError(f"denoise_final must be True, False or None, got {cfg.denoise_final!r}")
+    tuned = None
+    if str(cfg.grid).endswith(".json"):  # a tuned grid (diffsolve tune): fixes the solver, budget and end
+        from ..tune import TunedGrid
+
+        tuned = TunedGrid.load(cfg.grid)
+        if cfg.denoise_final not in (None, tuned.denoise_final):
+            raise ValueError(f"the tuned grid {cfg.grid} was tuned {'with' if tuned.denoise_final else 'without'} "
+                             f"the final denoise; leave denoise_final to it")
+    cfg = replace(cfg, denoise_final=tuned.denoise_final if tuned else cfg.denoise_final is not False)
+    least = 1 + int(cfg.denoise_final)
     for n in cfg.nfe:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"NFE budgets must be integers >= 2 (one step plus the final denoise), got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+            raise ValueError(f"NFE budgets must be integers >= {least} (one step"
+                             f"{' plus the final denoise' if cfg.denoise_final else ''}), got {n!r}")
     for e in cfg.eta:
         if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
             raise ValueError(f"eta must be a number >= 0, got {e!r}")
@@ -203,11 +220,10 @@ def _check_config(cfg: BenchConfig):
         raise ValueError(f"unsupported device {cfg.device!r}; use cpu or cuda")
     from ..grids import GRIDS
 
-    if str(cfg.grid).endswith(".json"):  # a tuned grid (diffsolve tune): fixes the solver and the budget
-        from ..tune import TunedGrid
-
-        tuned = TunedGrid.load(cfg.grid)
-        if list(cfg.solvers or []) != [tuned.solver] or list(cfg.nfe or []) != [tuned.nfe]:
+    if tuned is not None:
+        given = [parse_solver_spec(s) for s in cfg.solvers or []]
+        if (len(given) != 1 or given[0][0] != tuned.solver or given[0][1] not in ({}, tuned.solver_options)
+                or list(cfg.nfe or []) != [tuned.nfe]):
             raise ValueError(f"the tuned grid {cfg.grid} is for solver {tuned.solver!r} at NFE {tuned.nfe}; "
                              f"run with --solvers {tuned.solver} --nfe {tuned.nfe}")
     elif cfg.grid not in GRIDS:
@@ -223,16 +239,20 @@ def _check_config(cfg: BenchConfig):
         raise ValueError(f"reference_tol must be a number in (0, 1), got {cfg.reference_tol!r}")
     if not (isinstance(cfg.n_projections, int) and cfg.n_projections >= 1):
         raise ValueError(f"n_projections must be a positive integer, got {cfg.n_projections!r}")
+    return cfg
 
 
 def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:
     strict = cfg.solvers is not None
     if strict:
-        names = list(cfg.solvers)
-        unknown = [s for s in names if s not in SOLVERS]
+        specs = [parse_solver_spec(s) for s in cfg.solvers]
+        unknown = [n for n, _ in specs if n not in SOLVERS]
         if unknown:
             raise ValueError(f"unknown solver{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                              f"valid solvers: {', '.join(sorted(SOLVERS))}")
+        names = [solver_spec(n, o) for n, o in specs]  # canonical labels: the rows' "solver" field
+        if len(set(names)) < len(names):
+            raise ValueError(f"a solver is listed twice: {', '.join(cfg.solvers)}")
     else:
         names = [s for s in DEFAULT_SOLVERS if s in SOLVERS]
         missing = [s for s in DEFAULT_SOLVERS if s not in SOLVERS]
@@ -258,11 +278,11 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
                     continue
                 for nfe in cfg.nfe:
                     try:
-                        steps = solver.steps_for_nfe(int(nfe) - 1)  # one evaluation for the final denoise
+                        steps = solver.steps_for_nfe(int(nfe) - int(cfg.denoise_final))  # the final denoise costs 1
                     except ValueError:
-                        need = solver.nfe(solver.min_steps) + 1
+                        need = solver.nfe(solver.min_steps) + int(cfg.denoise_final)
                         msg = (f"NFE {nfe} is too small for {name}: it needs at least {solver.min_steps} steps, "
-                               f"i.e. {need} evaluations with the final denoise")
+                               f"i.e. {need} evaluations{' with the final denoise' if cfg.denoise_final else ''}")
                         if strict:
                             raise ValueError(msg + "; raise --nfe or drop the solver") from None
                         notes.append(msg + " (skipped)")
@@ -343,8 +363,8 @@ class _ProblemState:
         return float(self.sch.sigma(t_start)) * src.randn()
 
     def reference(self, t_start: float, t_end: float) -> Tensor:
-        """The exact ODE solution from every x_T (at t_start) to t_end, then the final denoise
-        (gathered on every rank; cached per time span)."""
+        """The exact ODE solution from every x_T (at t_start) to t_end, then the final denoise when
+        the runs end with one (gathered on every rank; cached per time span)."""
         span = (float(t_start), float(t_end))
         if span not in self._ref:
             p = self.problem
@@ -358,7 +378,8 @@ class _ProblemState:
             try:
                 with torch.no_grad():
                     local = M.reference_solution(ref_den, self.x_T(span[0]), span[0], span[1],
-                                                 denoise_final=True, tol=tol, mixture=p.mixture)
+                                                 denoise_final=self.cfg.denoise_final, tol=tol,
+                                                 mixture=p.mixture)
             finally:
                 if timer is not None:
                     timer.enabled = True
@@ -452,25 +473,31 @@ def _table_values(row: dict) -> list:
             row["wall_time_s"], row["samples_per_s"], None if share is None else 100 * share]
 
 
-def _header() -> str:
-    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _COLS)
+def _columns(solver_width: int = 10) -> list:
+    """The table's columns, the solver column widened to ``solver_width`` (long option specs)."""
+    return [("solver", max(solver_width, _COLS[0][1]), "s")] + _COLS[1:]
 
 
-def format_row(row: dict) -> str:
-    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _COLS))
+def _header(solver_width: int = 10) -> str:
+    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _columns(solver_width))
 
 
-def _problem_banner(st: _ProblemState, floors: dict) -> str:
+def format_row(row: dict, solver_width: int = 10) -> str:
+    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _columns(solver_width)))
+
+
+def _problem_banner(st: _ProblemState, floors: dict, solver_width: int = 10) -> str:
     p = st.problem
     kind = "exact ground truth" if p.exact else ("held-out data" if p.heldout else "no ground truth")
-    lines = [f"\n{p.name} ({p.description}; schedule {p.schedule_name}; {st.n} samples; {kind})", _header()]
+    lines = [f"\n{p.name} ({p.description}; schedule {p.schedule_name}; {st.n} samples; {kind})",
+             _header(solver_width)]
     fl = [None] * len(_COLS)
     fl[0] = "floor"
     for i, name in enumerate(("sliced_w2", "frechet", "log_p0"), start=5):
         for k in (name, name + "_heldout"):
             if floors.get(k) is not None:
                 fl[i] = floors[k]
-    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _COLS)))
+    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _columns(solver_width))))
     return "\n".join(lines)
 
 
@@ -483,8 +510,8 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
     """
     import diffsolve
 
-    _check_config(cfg)
     stream = cfg.stream or sys.stdout
+    cfg = _check_config(cfg)
     _set_threads(cfg)
     dist = init_distributed(cfg.device)
     try:
@@ -557,6 +584,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
 
     written = []
     t_start = time.perf_counter()
+    width = max([len(it.solver) for it in todo], default=0)
     by_problem = {p.name: p for p in problems}
     for pname in dict.fromkeys(it.problem for it in todo):
         st = _ProblemState(by_problem[pname], cfg, dist, progress)
@@ -577,9 +605,9 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
                 if cfg.print_table:
                     progress.clear()
                     if not banner_done:
-                        print(_problem_banner(st, row["floors"]), file=stream)
+                        print(_problem_banner(st, row["floors"], width), file=stream)
                         banner_done = True
-                    print(format_row(row), file=stream, flush=True)
+                    print(format_row(row, width), file=stream, flush=True)
             written.append(row)
     progress.clear()
     if dist.is_main:
@@ -601,7 +629,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
 def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
              progress: Progress) -> dict:
     cfg, p = st.cfg, st.problem
-    kw = dict(solver=it.solver, nfe=it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype, device=st.device)
+    kw = dict(solver=it.solver, nfe=it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype, device=st.device,
+              denoise_final=cfg.denoise_final)
     n_local = len(st.local_seeds)
     with torch.no_grad():
         if cfg.warmup and it.solver not in st.warmed:

@@ -6,10 +6,12 @@ all modules are imported here, so a new module needs no edit of this file.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from .base import SOLVERS, Solver, StepContext, get_solver, integrate, list_solvers, register
+from .base import (SOLVERS, Solver, StepContext, get_solver, integrate, list_solvers, parse_solver_spec, register,
+                   solver_spec)
 
 for _m in _pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["SOLVERS", "Solver", "StepContext", "get_solver", "integrate", "list_solvers", "register"]
+__all__ = ["SOLVERS", "Solver", "StepContext", "get_solver", "integrate", "list_solvers", "parse_solver_spec",
+           "register", "solver_spec"]

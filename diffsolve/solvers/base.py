@@ -16,6 +16,8 @@ runner are thin layers on top of it.
 """
 from __future__ import annotations
 
+import inspect
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,7 +30,8 @@ from ..noise import NoiseSource
 from ..processes import NoiseLevel
 from ..schedules import Schedule
 
-__all__ = ["Solver", "StepContext", "integrate", "SOLVERS", "register", "get_solver", "list_solvers"]
+__all__ = ["Solver", "StepContext", "integrate", "SOLVERS", "register", "get_solver", "list_solvers",
+           "parse_solver_spec", "solver_spec"]
 
 
 @dataclass
@@ -210,30 +213,79 @@ def register(cls: type[Solver]) -> type[Solver]:
     return cls
 
 
+def parse_solver_spec(spec: str) -> tuple[str, dict]:
+    """``"name:key=value:key=value"`` → ``(name, {key: value})``, the command line's way to configure a
+    solver (``"unipc:order=3:predict_x0=false"``). Values are read as JSON (``3``, ``1e-3``, ``true``,
+    ``null``), Python's ``True``/``False``/``None``, or else kept as strings (``variant=bh1``)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a solver spec is a string 'name:key=value:...', got {type(spec).__name__}")
+    name, *parts = spec.strip().split(":")
+    options: dict = {}
+    for part in parts:
+        key, eq, text = part.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise ValueError(f"bad solver spec {spec!r}: {part!r} is not key=value; write e.g. "
+                             f"'unipc:order=3:variant=bh1'")
+        if key in options:
+            raise ValueError(f"bad solver spec {spec!r}: option {key!r} given twice")
+        text = text.strip()
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = {"True": True, "False": False, "None": None}.get(text, text)
+    return name.strip(), options
+
+
+def solver_spec(name: str, options: dict | None = None) -> str:
+    """The canonical spec string of a solver name and options (keys sorted): inverse of
+    :func:`parse_solver_spec`, used as the solver's label in benchmark rows."""
+    def fmt(v):
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return name + "".join(f":{k}={fmt(v)}" for k, v in sorted((options or {}).items()))
+
+
+def solver_options_help(cls: type[Solver]) -> str:
+    """``key=default`` for every constructor option of a solver class."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return ", ".join(f"{p.name}={p.default!r}" for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def get_solver(solver, **options) -> Solver:
-    """A solver instance from an instance, a class or a registered name (``options`` to its constructor)."""
+    """A solver instance from an instance, a class, a registered name or a ``"name:key=value"`` spec
+    (:func:`parse_solver_spec`); ``options`` go to the constructor."""
     if isinstance(solver, Solver):
         if options:
             raise ValueError("solver options go to the constructor when passing a name; got an instance and options")
         return solver
     if isinstance(solver, type) and issubclass(solver, Solver):
         return solver(**options)
-    if isinstance(solver, str) and solver in SOLVERS:
-        try:
-            return SOLVERS[solver](**options)
-        except TypeError as e:
-            raise TypeError(f"bad options for solver {solver!r}: {e}") from None
+    if isinstance(solver, str):
+        name, spec_options = parse_solver_spec(solver)
+        if name in SOLVERS:
+            clash = sorted(set(spec_options) & set(options))
+            if clash:
+                raise ValueError(f"solver option{'s' if len(clash) > 1 else ''} {', '.join(clash)} given both in "
+                                 f"the spec {solver!r} and as keyword arguments; give each once")
+            try:
+                return SOLVERS[name](**spec_options, **options)
+            except TypeError as e:
+                raise TypeError(f"bad options for solver {name!r}: {e}; its options are "
+                                f"{solver_options_help(SOLVERS[name])}") from None
+        solver = name
     raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
 
 
 def list_solvers() -> list[dict]:
-    """Name, order, stochasticity and first docstring line of every registered solver."""
+    """Name, order, stochasticity, first docstring line and constructor options of every registered solver."""
     out = []
     for name, cls in sorted(SOLVERS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
         adaptive = bool(getattr(cls, "adaptive", False))
         out.append({"name": name, "order": cls.order, "stochastic": cls.stochastic, "adaptive": adaptive,
-                    "nfe_per_step": None if adaptive else cls.nfe_per_step, "summary": doc[0] if doc else ""})
+                    "nfe_per_step": None if adaptive else cls.nfe_per_step, "summary": doc[0] if doc else "",
+                    "options": solver_options_help(cls)})
     return out
 
 
