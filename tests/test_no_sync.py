@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import diffsolve as ds
+from diffsolve.denoiser import PREDICTIONS
 from diffsolve.processes import NoiseLevel
 from diffsolve.schedules import SCHEDULES
 from diffsolve.solvers.base import integrate
@@ -40,7 +41,7 @@ def test_meta_tensors_refuse_every_synchronising_read():
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_loop_never_reads_the_device(schedule, prediction):
     den = ds.Denoiser(_Net(), SCHEDULES[schedule](), prediction=prediction)
     checks = []
