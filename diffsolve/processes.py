@@ -29,7 +29,8 @@ __all__ = ["NoiseLevel", "ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "PFOD
 class NoiseLevel:
     """ν_t of the Fokker–Planck family: ``eta`` (ν_t = η g_t, η ≥ 0) or a callable ``noise(t)``.
 
-    ``nu(t)`` and ``nu2(t)`` return float64 tensors; a negative value raises ``ValueError``.
+    ``nu(t)`` and ``nu2(t)`` return float64 tensors; a negative value raises ``ValueError``. ``noise``
+    is called on a tensor of times; one that only takes a single time is called once per time.
     ``eta_at(t)`` = ν_t / g_t, the local ratio that exponential integrators use.
     """
 
@@ -53,11 +54,27 @@ class NoiseLevel:
         t = self.schedule.check_time(t)
         if self.noise is None:
             return self.eta * self.schedule.g(t)
-        nu = torch.as_tensor(self.noise(t), dtype=torch.float64)
+        nu = self._call(t)
         if nu.device.type == "cpu" and bool((nu < 0).any() | nu.isnan().any()):
             raise ValueError(f"the noise level ν_t must be >= 0, but noise(t) returned {nu.min().item():.4g} "
                              f"at t in [{float(t.min()):.4g}, {float(t.max()):.4g}]")
         return nu
+
+    def _call(self, t: Tensor) -> Tensor:
+        """``noise(t)`` on a tensor of times; a callable written for one time at a time (``float(t)``,
+        ``if t > 0.5``) is called once per time instead."""
+        try:
+            nu = torch.as_tensor(self.noise(t), dtype=torch.float64)
+            if nu.dim() == 0 or nu.shape == t.shape:
+                return nu
+        except Exception:  # noqa: BLE001 -- a genuine error is raised again by the per-time calls
+            if t.dim() == 0:
+                raise
+        nu = [torch.as_tensor(self.noise(s), dtype=torch.float64) for s in t.reshape(-1)]
+        if any(v.numel() != 1 for v in nu):
+            raise ValueError(f"noise(t) must return one value ν_t per time t; for a single time it returned "
+                             f"shape {tuple(next(v for v in nu if v.numel() != 1).shape)}")
+        return torch.stack([v.reshape(()) for v in nu]).reshape(t.shape)
 
     def nu2(self, t) -> Tensor:
         return self.nu(t) ** 2

@@ -256,6 +256,22 @@ def test_noise_level():
     assert not lv.is_zero
 
 
+def test_noise_callable_for_one_time_at_a_time():
+    """A ν_t written for a single time (``float(t)``, ``if t > …``) gives the same samples as its
+    vectorised twin with every solver that draws noise (some integrate ν over a step at several
+    times at once)."""
+    den = GaussianMixture.ring().denoiser(VP, "eps")
+    pairs = [(lambda t: 0.5 * math.sqrt(float(t)), lambda t: 0.5 * torch.as_tensor(t, dtype=F64).sqrt()),
+             (lambda t: 1.0 if t > 0.5 else 0.2, lambda t: 0.2 + 0.8 * (torch.as_tensor(t, dtype=F64) > 0.5).to(F64))]
+    for scalar, vector in pairs:
+        for name in ("euler", "ddim", "ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+            a = diffsolve.sample(den, shape=(3, 2), solver=name, steps=8, noise=scalar, seeds="0-2")
+            b = diffsolve.sample(den, shape=(3, 2), solver=name, steps=8, noise=vector, seeds="0-2")
+            torch.testing.assert_close(a.x, b.x, rtol=1e-13, atol=1e-13, msg=name)
+    with pytest.raises(ValueError, match="one value ν_t per time"):
+        NoiseLevel(VP, noise=lambda t: torch.ones(3)).nu(torch.tensor([0.1, 0.8], dtype=F64))
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 def test_bad_noise_levels(problem):
