@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--nfe", type=_positive_int, help="budget of network evaluations (final denoise included)")
     sn.add_argument("--steps", type=_positive_int, help="number of solver steps")
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="noise level ν = η g (default 0)")
-    s.add_argument("--grid", default="log_snr", help="step grid kind (default log_snr)")
+    s.add_argument("--grid", help="step grid kind (default log_snr) or a tuned-grid .json file; adaptive "
+                                  "solvers size their own steps (options in the spec, e.g. dopri5:rtol=1e-4, "
+                                  "torchsde:steps=50:grid=karras)")
     s.add_argument("--seeds", type=_seeds, default="0-63", help="one seed per sample, e.g. 0-63 (default)")
     s.add_argument("--no-denoise-final", action="store_true", help="skip the final x̂0 evaluation")
     s.add_argument("--out", required=True, help="output file: .pt (torch.save) or .npy")
@@ -356,24 +358,32 @@ def cmd_sample(args) -> int:
     from .sample import sample
 
     device, dtype = _check_device_dtype(args)
-    tuned = args.grid.endswith(".json")
+    tuned = args.grid is not None and args.grid.endswith(".json")
     if args.solver is None and not tuned:
         args.solver = "dpmpp_2m"
+    adaptive = False
     if args.solver is not None:
-        _check_solver(args.solver)
-    _check_grid(args.grid)
+        from .solvers import SOLVERS
+
+        adaptive = getattr(SOLVERS[_check_solver(args.solver)], "adaptive", False)
+    if adaptive and (args.nfe is not None or args.steps is not None or args.grid is not None):
+        raise CLIError(f"solver {args.solver!r} chooses its own steps: drop --nfe/--steps/--grid and give its "
+                       f"options in the spec instead, e.g. dopri5:rtol=1e-4:atol=1e-4 or "
+                       f"torchsde:method=srk:steps=50:grid=karras (`diffsolve list solvers`)")
+    if args.grid is not None:
+        _check_grid(args.grid)
     out = Path(args.out)
     _check_writable(out, (".pt", ".npy"))
     problem = _problem_from_args(args, device)
     den = problem.denoiser()
     if tuned and (args.nfe is not None or args.steps is not None):
         raise CLIError("a tuned grid fixes the number of steps; drop --nfe/--steps")
-    if args.nfe is None and args.steps is None and not tuned:
+    if args.nfe is None and args.steps is None and not tuned and not adaptive:
         args.nfe = 20
     t0 = time.perf_counter()
     if not args.quiet:
         print(f"sampling {problem.name} with {args.solver or 'the tuned solver'} "
-              f"({'grid ' + args.grid if tuned else 'NFE ' + str(args.nfe) if args.nfe else str(args.steps) + ' steps'}, "
+              f"({'grid ' + args.grid if tuned else 'NFE ' + str(args.nfe) if args.nfe else str(args.steps) + ' steps' if args.steps else 'steps sized by the solver'}, "
               f"eta={args.eta:g}) "
               f"seeds {args.seeds} ...", file=sys.stderr, flush=True)
     with torch.no_grad():

@@ -169,9 +169,11 @@ class ReverseSDE(_Process):
         c = -0.5 * (sch.g2(t) + self.level.nu2(t))
         return _bcast(sch.f(t), x) * x + _bcast(c, x) * self.denoiser.score(x, t)
 
-    def torchsde(self, shape):
-        """torchsde SDE object in increasing time τ = t_max − t; state flattened to (batch, dim)."""
-        return _TorchSDE(self, shape, reverse=True)
+    def torchsde(self, shape, grid=None):
+        """torchsde SDE object in increasing time τ = t_max − t; state flattened to (batch, dim).
+        With a decreasing ``grid`` of times t_0 > … > t_n: in the grid index u ∈ [0, n] instead
+        (class ``_TorchSDE``), so that a step du = 1 is one grid step."""
+        return _TorchSDE(self, shape, reverse=True, grid=grid)
 
 
 class ProbabilityFlowODE(ReverseSDE):
@@ -267,24 +269,43 @@ class PFODE:
 
 
 class _TorchSDE(torch.nn.Module):
-    """torchsde adapter: Itô SDE with diagonal noise on a flattened (batch, dim) state."""
+    r"""torchsde adapter: Itô SDE with diagonal noise on a flattened (batch, dim) state.
+
+    Time: τ = t (forward) or τ = t_max − t (reverse), increasing as torchsde needs. With a ``grid``
+    t_0, …, t_n (the order the process runs through them): the grid index u ∈ [0, n], with t(u)
+    linear on each [k, k + 1]. With c_k = |t_{k+1} − t_k| = dτ/du there, the drift is multiplied by
+    c_k and ν by √c_k (a Brownian motion in u), so Euler–Maruyama with du = 1 is Euler–Maruyama on
+    the grid, and higher-order or adaptive methods follow the grid's spacing.
+    """
 
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, process: _Process, shape, reverse: bool):
+    def __init__(self, process: _Process, shape, reverse: bool, grid=None):
         super().__init__()
         self.process, self.shape, self.reverse = process, tuple(shape), reverse
         self.T = process.schedule.t_max
+        self.grid = None if grid is None else torch.as_tensor(grid, dtype=torch.float64).cpu()
 
     def _t(self, tau):
+        """(process time t, dτ/du) at the solver's time."""
         tau = torch.as_tensor(tau, dtype=torch.float64).cpu()
-        return (self.T - tau if self.reverse else tau).clamp(self.process.schedule.t_min, self.process.schedule.t_max)
+        sch = self.process.schedule
+        if self.grid is None:
+            speed = torch.ones((), dtype=torch.float64)
+            t = self.T - tau if self.reverse else tau
+        else:
+            k = int(tau.clamp(0, len(self.grid) - 2).floor())  # torchsde's loop reads times on the host anyway
+            t0, t1 = self.grid[k], self.grid[k + 1]
+            t, speed = t0 + (tau - k) * (t1 - t0), (t1 - t0).abs()
+        return t.clamp(sch.t_min, sch.t_max), speed
 
     def f(self, tau, y):
         x = y.reshape(y.shape[0], *self.shape)
-        d = self.process.drift(x, self._t(tau)).reshape(y.shape)
+        t, speed = self._t(tau)
+        d = self.process.drift(x, t).reshape(y.shape) * float(speed)
         return -d if self.reverse else d
 
     def g(self, tau, y):
-        return self.process.diffusion(self._t(tau)).to(y.dtype).to(y.device).expand_as(y).clone()
+        t, speed = self._t(tau)
+        return (self.process.diffusion(t) * speed.sqrt()).to(y.dtype).to(y.device).expand_as(y).clone()

@@ -41,7 +41,7 @@ class SampleResult:
 
 
 def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] | None = None,
-           solver=None, steps: int | None = None, nfe: int | None = None, grid="log_snr",
+           solver=None, steps: int | None = None, nfe: int | None = None, grid=None,
            eta: float | None = None, noise: Callable | None = None, seeds=None,
            generator: torch.Generator | None = None, denoise_final: bool = True,
            dtype: torch.dtype = torch.float64, device=None, trajectory: bool = False,
@@ -61,7 +61,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived. A tuned grid also fixes
             ``denoise_final`` to the value it was tuned with.
-        grid: a grid kind (see :mod:`diffsolve.grids`) or an explicit decreasing array of times.
+        grid: a grid kind (see :mod:`diffsolve.grids`; default ``"log_snr"``) or an explicit decreasing
+            array of times. An adaptive solver chooses its own steps: an array gives it only the start
+            and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
         seeds: one seed per sample (int list or ``"0-63"``): sample i then depends on seeds[i]
             only, whatever the batch. Or ``generator``: one generator for the batch.
@@ -82,13 +84,15 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                 solver, solver_options = tuned.solver, tuned.solver_options
     solver = get_solver("dpmpp_2m" if solver is None else solver, **(solver_options or {}))
     level = NoiseLevel(schedule, eta=eta, noise=noise)
-    explicit = not isinstance(grid, str)  # an array of times (or a tuned grid): it fixes the steps
+    explicit = grid is not None and not isinstance(grid, str)  # an array of times (or a tuned grid): it fixes the steps
     if getattr(solver, "adaptive", False):  # it chooses its own steps: only the end points matter
-        if steps is not None or nfe is not None or trajectory:
-            raise ValueError(f"solver {solver.name!r} is adaptive: give its tolerances in solver_options "
-                             f"instead of steps/nfe (trajectory is not supported)")
+        if steps is not None or nfe is not None or trajectory or (grid is not None and not explicit):
+            what = "trajectory is not supported" if trajectory else f"size its steps with {solver.sizing}"
+            raise ValueError(f"solver {solver.name!r} chooses its own steps, so steps/nfe/grid kinds do not "
+                             f"apply: {what} (an array grid= sets the start and end times)")
         t = make_grid(schedule, None, grid)[[0, -1]] if explicit else make_grid(schedule, 1, "time")
     else:
+        grid = "log_snr" if grid is None else grid
         if explicit and (steps is not None or nfe is not None):
             raise ValueError("an explicit grid of times fixes the number of steps; drop steps/nfe")
         if not explicit and (steps is None) == (nfe is None):

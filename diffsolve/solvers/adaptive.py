@@ -48,6 +48,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..grids import GRIDS, make_grid
 from ..noise import NoiseSource
 from ..processes import PFODE, TIME_VARIABLES, ReverseSDE
 from ..rk import rk_solve
@@ -68,6 +69,7 @@ class AdaptiveSolver(Solver):
     adaptive = True
     name = "adaptive"
     nfe_per_step = 0
+    sizing = "its tolerances, solver_options=dict(rtol=..., atol=...)"  # how a user sets its work
 
     def solve(self, denoiser, x: Tensor, t_start: float, t_end: float, *, level, noise=None):
         raise NotImplementedError
@@ -76,8 +78,8 @@ class AdaptiveSolver(Solver):
         raise TypeError(f"solver {self.name!r} is adaptive: its evaluations are not known in advance")
 
     def steps_for_nfe(self, nfe):
-        raise ValueError(f"solver {self.name!r} is adaptive and chooses its own steps: give its tolerances "
-                         f"(solver_options=dict(rtol=..., atol=...)) instead of steps or nfe")
+        raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self.sizing} "
+                         f"instead of steps or nfe")
 
     def check_level(self, level):
         if not self.stochastic and not level.is_zero:
@@ -264,30 +266,39 @@ class TorchSDE(AdaptiveSolver):
     Options:
         method: one of euler, milstein, srk (Itô) or reversible_heun, heun, midpoint, euler_heun
             (Stratonovich; same drift, see module docstring).
-        steps: number of equal steps in t (fixed step, default 100); or
-        adaptive=True with rtol, atol (torchsde's step-doubling error control, initial step from
-            ``steps``). Sample i is identical alone or in a batch with fixed steps; adaptive steps
-            are chosen for the whole batch.
+        steps, grid: fixed steps (the default): ``steps`` steps (default 100) on a grid of that
+            kind (:mod:`diffsolve.grids`; default ``"log_snr"`` as for every fixed-step solver,
+            ``"time"`` for equal steps in t) between the start and end times. torchsde runs in the
+            grid index u (one step du = 1 per grid step; ``processes._TorchSDE``), so Euler here is
+            Euler–Maruyama on the grid. Or
+        adaptive=True with rtol, atol: torchsde's step-doubling error control in τ = t_max − t
+            (initial step 1/``steps`` of the range; ``grid`` unused: in the grid index the
+            coefficients jump at the grid points, measured 2–3× the evaluations). Sample i is
+            identical alone or in a batch with fixed steps; adaptive steps are chosen for the whole
+            batch.
 
     Each sample's Brownian path is a ``torchsde.BrownianInterval`` seeded from one draw of that
     sample's noise stream (``seeds=`` in ``sample``). torchsde's Euler makes one drift call per step
-    plus one. Measured on a 2-D Gaussian (VP, η = 1): ``reversible_heun`` damps the dissipative
-    reverse SDE weakly (variance 1.85x / 1.18x the exact one at 40 / 160 steps, against 1.12x for
-    ``heun`` at 40 steps); ``milstein`` equals ``euler`` here since ∂ν/∂x = 0.
+    plus one. Measured on a 2-D Gaussian (VP, η = 1, equal steps in t): ``reversible_heun`` damps the
+    dissipative reverse SDE weakly (variance 1.85x / 1.18x the exact one at 40 / 160 steps, against
+    1.12x for ``heun`` at 40 steps); ``milstein`` equals ``euler`` here since ∂ν/∂x = 0.
     """
 
     name = "torchsde"
     order = 1.0
     stochastic = True
+    sizing = "solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...)"
 
-    def __init__(self, method: str = "euler", steps: int = 100, adaptive: bool = False,
+    def __init__(self, method: str = "euler", steps: int = 100, grid: str = "log_snr", adaptive: bool = False,
                  rtol: float = 1e-3, atol: float = 1e-3):
         if method not in _SDE_METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; valid: {', '.join(_SDE_METHODS)}")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r} for torchsde; valid: {', '.join(GRIDS)}")
         _check_tols(rtol, atol)
-        self.method, self.steps, self.adaptive_steps = method, int(steps), bool(adaptive)
+        self.method, self.steps, self.grid, self.adaptive_steps = method, int(steps), grid, bool(adaptive)
         self.rtol, self.atol = float(rtol), float(atol)
 
     def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
@@ -295,21 +306,27 @@ class TorchSDE(AdaptiveSolver):
 
         B, event = x.shape[0], tuple(x.shape[1:])
         dim = math.prod(event)
-        sde = ReverseSDE(denoiser, eta=level.eta, noise=level.noise).torchsde(event)
+        if self.adaptive_steps:  # in τ = t_max − t: a smooth time, as step-size control needs
+            grid, T = None, denoiser.schedule.t_max
+            u0, u1 = T - float(t_start), T - float(t_end)
+        else:  # in the grid index
+            grid = make_grid(denoiser.schedule, self.steps, self.grid, t_start=float(t_start), t_end=float(t_end))
+            u0, u1 = 0.0, float(len(grid) - 1)
+        sde = ReverseSDE(denoiser, eta=level.eta, noise=level.noise).torchsde(event, grid=grid)
         sde_type, levy = _SDE_METHODS[self.method]
         if sde_type == "stratonovich":
             sde = _Stratonovich(sde)
-        T = denoiser.schedule.t_max
-        tau0, tau1 = T - float(t_start), T - float(t_end)
-        dt = (tau1 - tau0) / self.steps
+        ts = torch.tensor([u0, u1], dtype=x.dtype, device=x.device)
+        u0, u1 = float(ts[0]), float(ts[1])  # the Brownian paths span exactly the times torchsde asks for
+        dt = (u1 - u0) / self.steps if self.adaptive_steps else 1.0
         if noise is None:
             noise = NoiseSource(B, event, device=x.device)
         # one draw of each sample's own stream seeds its Brownian path
         bits = noise.randn().reshape(B, -1)[:, 0].to(device="cpu", dtype=torch.float64).view(torch.int64)
         entropies = [abs(int(b)) % (2**63 - 1) for b in bits]
-        bm = _per_sample_brownian(tau0, tau1, entropies, dim, x.dtype, x.device, levy, dt)
-        ts = torch.tensor([tau0, tau1], dtype=x.dtype, device=x.device)
+        bm = _per_sample_brownian(u0, u1, entropies, dim, x.dtype, x.device, levy, dt)
         opts = {"grad_free": True} if self.method == "milstein" else None
         ys = torchsde.sdeint(sde, x.reshape(B, dim), ts, bm=bm, method=self.method, dt=dt,
                              adaptive=self.adaptive_steps, rtol=self.rtol, atol=self.atol, options=opts)
-        return ys[-1].reshape(x.shape), {"method": self.method, "adaptive": self.adaptive_steps, "dt": dt}
+        return ys[-1].reshape(x.shape), {"method": self.method, "adaptive": self.adaptive_steps,
+                                         "grid": None if self.adaptive_steps else self.grid, "steps": self.steps}
