@@ -247,9 +247,20 @@ def solver_spec(name: str, options: dict | None = None) -> str:
 
 
 def solver_options_help(cls: type[Solver]) -> str:
-    """``key=default`` for every constructor option of a solver class."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    return ", ".join(f"{p.name}={p.default!r}" for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    """``key=default`` for every constructor option of a solver class, including those a constructor
+    passes on to its base class through ``**options``."""
+    seen, out = set(), []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in seen:
+                seen.add(p.name)
+                out.append(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return ", ".join(out)
 
 
 def get_solver(solver, **options) -> Solver:
