@@ -24,7 +24,11 @@ variable is DDIM (MATH 4.1 with η = 0). Warm-up and the final-order ramp (``low
 
 Order: p, with a pre-asymptotic wobble for order 4. The warm-up (step j of order j + 1, as in every
 multistep solver here and in the references) leaves a global O(h²) term from the first,
-Euler-like step, with a tiny constant (ε̂ barely changes at the high-noise end). Measured by
+Euler-like step, with a tiny constant when the solve starts at high noise (ε̂ barely changes
+there); from a moderate-noise start it dominates: for orders 3 and 4 the local slopes over 32–512
+steps from t = 0.5 fall towards 2 (log ρ 2.4 → 2.0, ρ 2.9 → 2.1; ``python benchmarks/solvers_order.py
+--t-start 0.5 --steps 32,64,128,256,512 --solvers deis``; :mod:`diffsolve.solvers.dpmpp`, "Global
+order and the warm-up"). From t_max, measured by
 ``python benchmarks/solvers_order.py --steps 32,64,128,256,512,1024 --solvers deis`` (VP ring,
 reference at 1e-11): local slopes of order 4 are 4.50, 3.20, 3.58, 3.90, 3.77 (log ρ) and 3.28,
 3.65, 3.83, 3.91, 3.92 (ρ); order 3: 2.89–3.03 (log ρ), 2.59–2.97 (ρ).

@@ -32,6 +32,17 @@ x̂0(x, t_min) were a first-order step to σ = 0; a run without the final denois
 earlier, so its last step (on DDPM-like grids the longest in λ) is of order 1. This is diffusers' rule with
 ``final_sigmas_type="zero"`` (the step to σ = 0 there is diffsolve's ``denoise_final``) and the
 DPM-Solver++ paper's advice for few steps (< 15) on guided sampling.
+
+Global order and the warm-up. The first step is first order (local error O(h²)) and is never
+corrected, so the global error of an order-p method (p ≥ 3) has an O(h²) term from it, as in the
+reference implementations (diffusers, k-diffusion). Its constant is the change of x̂0 over the first
+step: negligible from σ_max ≫ data scale (full-range VP/EDM grids: measured orders 3.0–3.3), not
+from a moderate-noise start (img2img, a user grid from t = 0.5): there dpmpp_3m, ``deis`` of
+order 3 or 4 and ``unipc(order=3, corrector=False)`` measure 2.1–2.2 over 32–512 steps and tend to 2
+(``python benchmarks/solvers_order.py --t-start 0.5 --steps 32,64,128,256,512``); UniPC's corrector
+lifts the first step to second order, so UniPC keeps its orders up to 3 (order 3 + corrector: 3.8
+instead of 4). More accurate start-up steps (extra evaluations, or a corrector on the first step
+only) are not implemented.
 """
 from __future__ import annotations
 
@@ -156,7 +167,8 @@ class DPMSolverPP2M(_Multistep):
         x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) [(1 + 1/(2r)) D_i − 1/(2r) D_{i−1}]
 
     ``order=1`` is DDIM(η=0) (MATH 4.1); ``order=3`` is DPM-Solver++(3M) (module docstring, 4.2).
-    Global order ``order`` on the probability-flow ODE (MATH 3.3).
+    Global order ``order`` on the probability-flow ODE (MATH 3.3); for order 3 only when the first,
+    first-order step starts at high noise (module docstring, "Global order and the warm-up").
 
     Args:
         order: 1, 2 (default) or 3. At least ``order`` steps are required.
