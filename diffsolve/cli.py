@@ -378,6 +378,12 @@ def cmd_sample(args) -> int:
     den = problem.denoiser()
     if tuned and (args.nfe is not None or args.steps is not None):
         raise CLIError("a tuned grid fixes the number of steps; drop --nfe/--steps")
+    if tuned and args.no_denoise_final:
+        from .tune import TunedGrid
+
+        if TunedGrid.load(args.grid).denoise_final:
+            raise CLIError(f"{args.grid} was tuned with the final denoise, which it keeps; drop --no-denoise-final "
+                           f"or tune a grid with --denoise-final no")
     if args.nfe is None and args.steps is None and not tuned and not adaptive:
         args.nfe = 20
     t0 = time.perf_counter()
@@ -556,6 +562,11 @@ def main(argv=None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USAGE
+    except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
+        if os.environ.get("DIFFSOLVE_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted (rows finished so far are in the results file; rerun with --resume)",
               file=sys.stderr)

@@ -236,6 +236,10 @@ def _vjp_replicated(denoiser: Denoiser, x: Tensor, t: Tensor, vs: Tensor):
     tr = t if t.dim() == 0 else t.repeat(m)
     with torch.enable_grad():
         e = denoiser.eps(xr, tr)
+        if not e.requires_grad:
+            raise ValueError("the log-likelihood needs ∂ε̂/∂x by autograd, but the network's output does not depend "
+                             "on its input through autograd (does it run under torch.no_grad(), detach its "
+                             "output, or go through numpy?)")
         g = torch.autograd.grad(e, xr, grad_outputs=vs.reshape(m * B, *x.shape[1:]).to(e.dtype))[0]
     return e[:B].detach(), g.reshape(m, B, -1).detach()
 

@@ -117,6 +117,34 @@ def test_resume_refuses_a_different_configuration(full_run, tmp_path):
         run_bench(_cfg(tmp_path / "junk", resume=True))
 
 
+def test_resume_refuses_a_changed_tuned_grid_and_a_foreign_one_line_file(tmp_path):
+    from diffsolve.tune import tune_steps
+
+    den = get_problem("ring2d").denoiser()
+    grid = tune_steps(den, solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
+    path = tmp_path / "g.json"
+    grid.save(path)
+    cfg = dict(solvers=["ddim"], nfe=[4], grid=str(path))
+    run_bench(_cfg(tmp_path / "o", **cfg))
+    data = json.loads(path.read_text())
+    data["t"][1] = 0.5 * (data["t"][1] + data["t"][2])  # the same file name, other contents
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="grid_sha256"):
+        run_bench(_cfg(tmp_path / "o", resume=True, **cfg))
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "results.jsonl").write_text("hello\n")  # terminated: not a cut-short row
+    with pytest.raises(ValueError, match="not a diffsolve results file"):
+        run_bench(_cfg(tmp_path / "f", resume=True))
+    assert (tmp_path / "f" / "results.jsonl").read_text() == "hello\n"
+
+
+def test_repeated_budgets_run_once_and_noisy_solvers_have_no_ode_error(tmp_path):
+    rows = run_bench(_cfg(tmp_path, solvers=["ddim", "pc"], nfe=[6, 6], eta=[0.0, 0]))
+    assert [r["key"] for r in rows] == ["ring2d|ddpm|ddim|eta=0|nfe=6", "ring2d|ddpm|pc|eta=0|nfe=6"]
+    # pc's Langevin corrector draws noise at eta = 0: no error against the ODE solution
+    assert "rms_error" in rows[0]["metrics"] and "rms_error" not in rows[1]["metrics"]
+
+
 def test_killed_run_resumes(tmp_path):
     # a real kill: SIGKILL the process after its first row is on disk, then resume
     args = [sys.executable, "-m", "diffsolve", "bench", "--problems", "ring2d", "--solvers", "ddim",

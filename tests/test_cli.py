@@ -49,6 +49,8 @@ def run(argv, capsys):
     (["likelihood", "--problem", "ring2d", "--divergence", "exact", "--fresh-probes", "--quiet"],
      "fresh_probes applies to divergence='hutchinson'"),
     (["list", "nope"], "valid choices: solvers, schedules, problems, models, grids, all"),
+    (["sample", "--problem", "ring2d", "--solver", "dopri5", "--nfe", "10", "--out", "x.pt"],
+     "chooses its own steps: drop --nfe/--steps/--grid"),
 ])
 def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -182,3 +184,45 @@ def test_user_model_factory(capsys, tmp_path):
     assert rows[1]["metrics"]["rms_error"] < rows[0]["metrics"]["rms_error"]
     code, _, err = run(["sample", "--model", f"{tmp_path / 'nofile.py'}:make", "--out", str(tmp_path / "y.pt")], capsys)
     assert code == 2 and "no such Python file" in err
+
+
+def test_adaptive_solvers_sample_from_the_command_line(capsys, tmp_path):
+    for spec, eta in (("dopri5:rtol=1e-4:atol=1e-4", "0"), ("torchsde:steps=20:grid=karras", "1")):
+        code, _, err = run(["sample", "--problem", "ring2d", "--solver", spec, "--eta", eta, "--seeds", "0-3",
+                            "--out", str(tmp_path / "x.pt")], capsys)
+        assert code == 0, err
+        assert torch.load(tmp_path / "x.pt").shape == (4, 2)
+
+
+def test_tuned_grid_keeps_its_final_denoise(capsys, tmp_path):
+    from diffsolve.bench.problems import get_problem
+
+    grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
+    grid.save(tmp_path / "g.json")
+    code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), "--no-denoise-final",
+                        "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and "tuned with the final denoise" in err
+
+
+BROKEN = '''
+import torch, diffsolve
+
+def oom():
+    def net(x, t):
+        raise RuntimeError("CUDA out of memory (simulated)")
+    return diffsolve.Denoiser(net, diffsolve.VPSchedule(), prediction="eps", shape=(2,))
+
+def detached():
+    return diffsolve.Denoiser(lambda x, t: torch.zeros_like(x), diffsolve.VPSchedule(), prediction="eps", shape=(2,))
+'''
+
+
+def test_network_errors_are_one_line(capsys, tmp_path):
+    (tmp_path / "nets.py").write_text(BROKEN)
+    code, _, err = run(["sample", "--model", f"{tmp_path / 'nets.py'}:oom", "--nfe", "4", "--seeds", "0-1",
+                        "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 1 and "RuntimeError: CUDA out of memory (simulated)" in err and "Traceback" not in err
+    np.save(tmp_path / "d.npy", np.zeros((2, 2)))
+    code, _, err = run(["likelihood", "--model", f"{tmp_path / 'nets.py'}:detached", "--data", str(tmp_path / "d.npy"),
+                        "--quiet"], capsys)
+    assert code == 2 and "needs ∂ε̂/∂x by autograd" in err

@@ -11,6 +11,7 @@ timed, synchronised only when ``net_time`` is on), and the quality metrics of
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,10 +89,20 @@ class BenchConfig:
 
     def run_settings(self) -> dict:
         """The settings every row of one results file must share."""
-        return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid, "dtype": self.dtype,
+        return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid,
+                "grid_sha256": _file_digest(self.grid) if str(self.grid).endswith(".json") else None,
+                "dtype": self.dtype,
                 "device": _device_kind(self.device), "schedule": self.schedule,
                 "n_projections": self.n_projections, "reference_tol": self.reference_tol,
                 "denoise_final": self.denoise_final}
+
+
+def _file_digest(path) -> str | None:
+    """SHA-256 of a tuned-grid file: a resumed run must not reuse rows made with other contents."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _device_kind(device: str) -> str:
@@ -149,7 +160,7 @@ def read_rows(path, repair: bool = False) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                if end >= len(raw):  # only the final, unterminated line may be cut short
+                if end > len(raw):  # only the final, unterminated line may be cut short
                     break
                 raise ValueError(f"{path} is not a diffsolve results file (bad JSON at byte {pos}); "
                                  f"choose another --out directory") from None
@@ -268,7 +279,7 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
                     raise ValueError(msg + "; leave it out of --solvers")
                 notes.append(msg + " (skipped)")
                 continue
-            for eta in cfg.eta:
+            for eta in dict.fromkeys(float(e) for e in cfg.eta):  # a value given twice runs once
                 if eta > 0 and not solver.stochastic:
                     msg = (f"solver {name!r} integrates the ODE only (eta=0); eta={eta:g} needs a stochastic "
                            f"solver: {', '.join(n for n, c in sorted(SOLVERS.items()) if c.stochastic)}")
@@ -276,7 +287,7 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
                         raise ValueError(msg)
                     notes.append(msg + " (skipped)")
                     continue
-                for nfe in cfg.nfe:
+                for nfe in dict.fromkeys(int(n) for n in cfg.nfe):
                     try:
                         steps = solver.steps_for_nfe(int(nfe) - int(cfg.denoise_final))  # the final denoise costs 1
                     except ValueError:
@@ -561,10 +572,9 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
                                  f"replace it, or choose another --out directory")
             else:
                 rows = read_rows(results, repair=True)
-                for r in rows:
-                    if r.get("run") != run:
-                        diff = {k: (r.get("run", {}).get(k), v) for k, v in run.items()
-                                if r.get("run", {}).get(k) != v}
+                for r in rows:  # a setting a file predates reads as None
+                    diff = {k: (r.get("run", {}).get(k), v) for k, v in run.items() if r.get("run", {}).get(k) != v}
+                    if diff:
                         what = "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
                         raise ValueError(f"cannot resume {results}: it was written with a different configuration "
                                          f"({what}); use the same settings, --overwrite, or another --out")
@@ -652,7 +662,10 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
         share = dist.reduce(net_local, "sum") / max(dist.reduce(wall_local, "sum"), 1e-12)
     nfe = int(dist.reduce(res.nfe, "max"))
     x = dist.gather(res.x.to(torch.float64), st.n).cpu()
-    span = (float(res.t[0]), float(res.t[-1])) if it.eta == 0 else None
+    # the error against the exact ODE solution means something only for a run that draws no noise
+    # (pc's Langevin corrector and EDM churn draw noise even at eta = 0)
+    deterministic = it.eta == 0 and not getattr(get_solver(it.solver), "draws_noise", False)
+    span = (float(res.t[0]), float(res.t[-1])) if deterministic else None
     metrics, floors = ({}, {})
     if dist.is_main:
         progress.update(f"{p.name} {it.solver} nfe={it.nfe}: metrics")

@@ -289,13 +289,15 @@ def get_solver(solver, **options) -> Solver:
 
 
 def list_solvers() -> list[dict]:
-    """Name, order, stochasticity, first docstring line and constructor options of every registered solver."""
+    """Name, order, stochasticity, first docstring line and constructor options of every registered
+    solver; order and evaluations per step are those of its default options."""
     out = []
     for name, cls in sorted(SOLVERS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
         adaptive = bool(getattr(cls, "adaptive", False))
-        out.append({"name": name, "order": cls.order, "stochastic": cls.stochastic, "adaptive": adaptive,
-                    "nfe_per_step": None if adaptive else cls.nfe_per_step, "summary": doc[0] if doc else "",
+        default = cls()  # order and nfe_per_step may depend on the options (unipc's order, pc's corrector steps)
+        out.append({"name": name, "order": default.order, "stochastic": cls.stochastic, "adaptive": adaptive,
+                    "nfe_per_step": None if adaptive else default.nfe_per_step, "summary": doc[0] if doc else "",
                     "options": solver_options_help(cls)})
     return out
 
