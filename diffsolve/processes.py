@@ -275,7 +275,7 @@ class _TorchSDE(torch.nn.Module):
     t_0, …, t_n (the order the process runs through them): the grid index u ∈ [0, n], with t(u)
     linear on each [k, k + 1]. With c_k = |t_{k+1} − t_k| = dτ/du there, the drift is multiplied by
     c_k and ν by √c_k (a Brownian motion in u), so Euler–Maruyama with du = 1 is Euler–Maruyama on
-    the grid, and higher-order or adaptive methods follow the grid's spacing.
+    the grid; higher-order methods evaluate inside a step along the same linear t(u).
     """
 
     noise_type = "diagonal"

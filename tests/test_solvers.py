@@ -321,8 +321,10 @@ def test_too_few_steps(den, name):
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         ds.sample(den, shape=(2, 2), solver=make(name), steps=0)
     solver = make(name)
-    with pytest.raises(ValueError, match="at least"):
-        ds.sample(den, shape=(2, 2), solver=solver, nfe=solver.nfe(solver.min_steps))  # + final denoise
+    need = solver.nfe(solver.min_steps)
+    with pytest.raises(ValueError, match=rf"nfe={need} is too small.*i\.e\. {need + 1} evaluations with the final"):
+        ds.sample(den, shape=(2, 2), solver=solver, nfe=need)  # + final denoise
+    assert ds.sample(den, shape=(2, 2), solver=solver, nfe=need, denoise_final=False).nfe == need
 
 
 def test_grid_outside_range(den):

@@ -289,8 +289,8 @@ class TorchSDE(AdaptiveSolver):
     stochastic = True
     sizing = "solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...)"
 
-    def __init__(self, method: str = "euler", steps: int = 100, grid: str = "log_snr", adaptive: bool = False,
-                 rtol: float = 1e-3, atol: float = 1e-3):
+    def __init__(self, method: str = "euler", steps: int = 100, adaptive: bool = False,
+                 rtol: float = 1e-3, atol: float = 1e-3, grid: str = "log_snr"):
         if method not in _SDE_METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; valid: {', '.join(_SDE_METHODS)}")
         if int(steps) != steps or steps < 1:
