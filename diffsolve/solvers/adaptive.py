@@ -273,7 +273,8 @@ class TorchSDE(AdaptiveSolver):
             Euler–Maruyama on the grid. Or
         adaptive=True with rtol, atol: torchsde's step-doubling error control in τ = t_max − t
             (initial step 1/``steps`` of the range; ``grid`` unused: in the grid index the
-            coefficients jump at the grid points, measured 2–3× the evaluations). Sample i is
+            coefficients jump at every grid point, which step-doubling control pays for with
+            rejected steps). Sample i is
             identical alone or in a batch with fixed steps; adaptive steps are chosen for the whole
             batch.
 

@@ -36,7 +36,8 @@ DPM-Solver++ paper's advice for few steps (< 15) on guided sampling.
 Global order and the warm-up. The first step is first order (local error O(h²)) and is never
 corrected, so the global error of an order-p method (p ≥ 3) has an O(h²) term from it, as in the
 reference implementations (diffusers, k-diffusion). Its constant is the change of x̂0 over the first
-step: negligible from σ_max ≫ data scale (full-range VP/EDM grids: measured orders 3.0–3.3), not
+step: negligible from σ_max ≫ data scale (full-range VP grid: ``python benchmarks/solvers_order.py``
+measures 2.92 for dpmpp_3m, 3.09 with ``--problem random``), not
 from a moderate-noise start (img2img, a user grid from t = 0.5): there dpmpp_3m, ``deis`` of
 order 3 or 4 and ``unipc(order=3, corrector=False)`` measure 2.1–2.2 over 32–512 steps and tend to 2
 (``python benchmarks/solvers_order.py --t-start 0.5 --steps 32,64,128,256,512``); UniPC's corrector
