@@ -210,7 +210,7 @@ def run_diffsolve(prob: Problem, solver: str, grid: str, denoise_final: bool, bu
     """One diffsolve run at an NFE budget (the final denoise counts). Returns the output and
     its start (VE scale c, s0) for the reference."""
     sol = ds.solvers.get_solver(solver, **(options or {}))
-    steps = sol.steps_for_nfe(budget - int(denoise_final))
+    steps = sol.steps_for_nfe(budget, denoise_final)
     t = ds.make_grid(prob.schedule, steps, grid)
     t0 = float(t[0])
     sig0 = float(prob.schedule.sigma(t[0]))

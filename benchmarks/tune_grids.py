@@ -52,7 +52,7 @@ def fixed_errors(den, solver, nfe, seeds, denoise_final, options=None):
     sol = get_solver(solver, **(options or {}))
     x = float(sch.sigma(sch.t_max)) * NoiseSource(len(seeds), den.shape, seeds=seeds).randn()
     ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
-    steps = sol.steps_for_nfe(nfe - int(denoise_final))
+    steps = sol.steps_for_nfe(nfe, denoise_final)
     out = {}
     for kind in FIXED_GRIDS:
         y, _ = integrate(sol, den, x, make_grid(sch, steps, kind), level=NoiseLevel(sch, 0.0),

@@ -99,14 +99,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             raise ValueError("give exactly one of steps (solver steps) or nfe (a budget of evaluations), "
                              "or an explicit grid array")
         if nfe is not None:
-            try:
-                steps = solver.steps_for_nfe(int(nfe) - int(denoise_final))
-            except ValueError:
-                need = solver.nfe(solver.min_steps) + int(denoise_final)
-                raise ValueError(f"nfe={nfe} is too small for solver {solver.name!r}: it needs at least "
-                                 f"{solver.min_steps} steps, i.e. {need} evaluations"
-                                 f"{' with the final denoise (denoise_final=False saves one)' if denoise_final else ''}"
-                                 ) from None
+            steps = solver.steps_for_nfe(nfe, denoise_final)
         t = make_grid(schedule, steps, grid)
 
     seeds = parse_seeds(seeds) if seeds is not None else None

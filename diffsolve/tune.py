@@ -228,7 +228,7 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     if getattr(sol, "adaptive", False) or not hasattr(sol, "step"):
         raise ValueError(f"tune_steps needs a fixed-step solver; {sol.name!r} chooses its own steps")
     schedule = denoiser.schedule
-    steps = sol.steps_for_nfe(int(nfe) - int(denoise_final))
+    steps = sol.steps_for_nfe(nfe, denoise_final)
     tune_end = denoise_final if tune_end is None else bool(tune_end)
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
@@ -371,7 +371,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         grid_name = grid_name or f"tuned for {tuned_grid.solver}"
     else:
         base = LearnedMultistep(history=history)
-        t = make_grid(schedule, base.steps_for_nfe(int(nfe) - int(denoise_final)), grid)
+        t = make_grid(schedule, base.steps_for_nfe(nfe, denoise_final), grid)
         grid_name = grid if isinstance(grid, str) else "user"
     steps = len(t) - 1
     if steps + int(denoise_final) != int(nfe):

@@ -194,7 +194,7 @@ def test_default_plan_skips_what_cannot_run(tmp_path):
     ran = {it.solver for it in items}
     assert ran == {s for s in DEFAULT_SOLVERS if s in SOLVERS}
     if "dpmpp_3m" in SOLVERS:
-        assert any("NFE 2 is too small for dpmpp_3m" in n for n in notes)
+        assert any("NFE 2 is too small for solver 'dpmpp_3m'" in n for n in notes)
         assert all(it.nfe == 5 for it in items if it.solver == "dpmpp_3m")
     with pytest.raises(ValueError, match="too small"):
         _plan(_check_config(BenchConfig(solvers=["dpmpp_3m" if "dpmpp_3m" in SOLVERS else "ddim"],

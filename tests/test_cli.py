@@ -38,7 +38,7 @@ def run(argv, capsys):
      "NFE budgets must be integers >= 1"),
     (["tune", "--problem", "ring2d", "--solver", "learned:history=2", "--nfe", "5", "--out", "g.json"],
      "takes no options"),
-    (["bench", "--problems", "ring2d", "--solvers", "heun", "--nfe", "2"], "NFE 2 is too small for heun"),
+    (["bench", "--problems", "ring2d", "--solvers", "heun", "--nfe", "2"], "NFE 2 is too small for solver 'heun'"),
     (["bench", "--problems", "ring2d", "--solvers", "dpmpp_2m", "--eta", "1"], "integrates the ODE only"),
     (["sample", "--problem", "ring2d", "--out", "x.txt"], "must end in .pt or .npy"),
     (["sample", "--model", "nope", "--out", "x.pt"], "unknown model 'nope'"),

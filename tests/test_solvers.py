@@ -185,6 +185,14 @@ def ode_errors(solver: Solver, steps=ORDER_STEPS) -> list[float]:
 
 
 @pytest.mark.parametrize("name", FIXED)
+def test_declared_draws_noise(name):
+    """``draws_noise`` (read by the benchmark: no ODE error for such runs) matches what the solver does."""
+    assert make(name).draws_noise == draws_noise_at_eta0(name)
+    if name in ("heun", "euler_ve"):
+        assert SOLVERS[name](S_churn=1.0).draws_noise
+
+
+@pytest.mark.parametrize("name", FIXED)
 def test_ode_convergence_order(name):
     """Pathwise order of every solver that integrates the probability-flow ODE at η = 0."""
     if draws_noise_at_eta0(name):
@@ -322,7 +330,7 @@ def test_too_few_steps(den, name):
         ds.sample(den, shape=(2, 2), solver=make(name), steps=0)
     solver = make(name)
     need = solver.nfe(solver.min_steps)
-    with pytest.raises(ValueError, match=rf"nfe={need} is too small.*i\.e\. {need + 1} evaluations with the final"):
+    with pytest.raises(ValueError, match=rf"NFE {need} is too small.*i\.e\. {need + 1} evaluations with the final"):
         ds.sample(den, shape=(2, 2), solver=solver, nfe=need)  # + final denoise
     assert ds.sample(den, shape=(2, 2), solver=solver, nfe=need, denoise_final=False).nfe == need
 

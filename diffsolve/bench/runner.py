@@ -289,11 +289,9 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
                     continue
                 for nfe in dict.fromkeys(int(n) for n in cfg.nfe):
                     try:
-                        steps = solver.steps_for_nfe(int(nfe) - int(cfg.denoise_final))  # the final denoise costs 1
-                    except ValueError:
-                        need = solver.nfe(solver.min_steps) + int(cfg.denoise_final)
-                        msg = (f"NFE {nfe} is too small for {name}: it needs at least {solver.min_steps} steps, "
-                               f"i.e. {need} evaluations{' with the final denoise' if cfg.denoise_final else ''}")
+                        steps = solver.steps_for_nfe(nfe, cfg.denoise_final)  # the final denoise costs 1
+                    except ValueError as e:
+                        msg = str(e)
                         if strict:
                             raise ValueError(msg + "; raise --nfe or drop the solver") from None
                         notes.append(msg + " (skipped)")
@@ -664,7 +662,7 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
     x = dist.gather(res.x.to(torch.float64), st.n).cpu()
     # the error against the exact ODE solution means something only for a run that draws no noise
     # (pc's Langevin corrector and EDM churn draw noise even at eta = 0)
-    deterministic = it.eta == 0 and not getattr(get_solver(it.solver), "draws_noise", False)
+    deterministic = it.eta == 0 and not get_solver(it.solver).draws_noise
     span = (float(res.t[0]), float(res.t[-1])) if deterministic else None
     metrics, floors = ({}, {})
     if dist.is_main:

@@ -77,7 +77,7 @@ class AdaptiveSolver(Solver):
     def nfe(self, steps):
         raise TypeError(f"solver {self.name!r} is adaptive: its evaluations are not known in advance")
 
-    def steps_for_nfe(self, nfe):
+    def steps_for_nfe(self, nfe, denoise_final=False):
         raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self.sizing} "
                          f"instead of steps or nfe")
 

@@ -123,6 +123,7 @@ class Solver:
         order: declared convergence order (global order for ODE solvers; weak order for SDE solvers).
         ode_order: (optional) order on the probability-flow ODE (η = 0) where it differs from ``order``.
         stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
+        draws_noise: True if it draws noise even on the probability-flow ODE (η = 0).
         nfe_per_step: network evaluations per step.
         min_steps: fewest steps the method accepts.
     """
@@ -130,6 +131,7 @@ class Solver:
     name: str = "solver"
     order: float = 1.0
     stochastic: bool = False
+    draws_noise: bool = False  # draws noise even at η = 0 (pc's Langevin corrector, EDM churn)
     nfe_per_step: int = 1
     min_steps: int = 1
 
@@ -143,16 +145,20 @@ class Solver:
         """Network evaluations for ``steps`` steps (excluding an optional final denoise)."""
         return steps * self.nfe_per_step
 
-    def steps_for_nfe(self, nfe: int) -> int:
-        """The largest number of steps whose cost is at most ``nfe`` evaluations."""
-        steps = max(nfe // self.nfe_per_step, 0)
-        while steps > 0 and self.nfe(steps) > nfe:
+    def steps_for_nfe(self, nfe: int, denoise_final: bool = False) -> int:
+        """The largest number of steps whose cost is at most ``nfe`` evaluations, of which one goes
+        to the final denoise when ``denoise_final``."""
+        budget = int(nfe) - int(denoise_final)
+        steps = max(budget // self.nfe_per_step, 0)
+        while steps > 0 and self.nfe(steps) > budget:
             steps -= 1
-        while self.nfe(steps + 1) <= nfe:
+        while self.nfe(steps + 1) <= budget:
             steps += 1
         if steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps "
-                             f"({self.nfe(self.min_steps)} evaluations); a budget of {nfe} is too small")
+            need = self.nfe(self.min_steps) + int(denoise_final)
+            raise ValueError(f"NFE {nfe} is too small for solver {self.name!r}: it needs at least {self.min_steps} "
+                             f"steps, i.e. {need} evaluations"
+                             f"{' with the final denoise (without it, one fewer)' if denoise_final else ''}")
         return steps
 
     def check(self, ctx: StepContext):
