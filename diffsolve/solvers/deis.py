@@ -28,7 +28,8 @@ Euler-like step, with a tiny constant when the solve starts at high noise (ε̂ 
 there); from a moderate-noise start it dominates: for orders 3 and 4 the local slopes over 32–512
 steps from t = 0.5 fall towards 2 (log ρ 2.4 → 2.0, ρ 2.9 → 2.1; ``python benchmarks/solvers_order.py
 --t-start 0.5 --steps 32,64,128,256,512 --solvers deis``; :mod:`diffsolve.solvers.dpmpp`, "Global
-order and the warm-up"). From t_max, measured by
+order and the warm-up"); ``corrected_start=True`` restores order 3 there (3.0 for order 3, 3.1–3.3
+for order 4). From t_max, measured by
 ``python benchmarks/solvers_order.py --steps 32,64,128,256,512,1024 --solvers deis`` (VP ring,
 reference at 1e-11): local slopes of order 4 are 4.50, 3.20, 3.58, 3.90, 3.77 (log ρ) and 3.28,
 3.65, 3.83, 3.91, 3.92 (ρ); order 3: 2.89–3.03 (log ρ), 2.59–2.97 (ρ).
@@ -86,6 +87,9 @@ class DEIS(_Multistep):
         order: p ∈ {1, 2, 3, 4} (default 3). At least p steps are required.
         variable: ``"log_rho"`` (default) or ``"rho"``.
         lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
+        corrected_start: redo the first step with the line through ε̂_0, ε̂_1 once ε̂_1 is known,
+            x_1 += α_1 C (ε̂_1 − ε̂_0) with C the two-point weight of ε̂_1 over step 0 (no extra
+            evaluation; see :mod:`diffsolve.solvers.dpmpp`, "Global order and the warm-up"); default False.
 
     State: the last p values of ε̂, each of shape (B, *shape). Grid weights: computed in ``init``.
 
@@ -101,17 +105,27 @@ class DEIS(_Multistep):
     _max_order = 4
 
     def __init__(self, order: int = 3, variable: str = "log_rho", lower_order_final: bool = True,
-                 lower_order_below: int | None = 15):
+                 lower_order_below: int | None = 15, corrected_start: bool = False):
         if variable not in ("log_rho", "rho"):
             raise ValueError(f"deis: unknown variable {variable!r}; valid: 'log_rho', 'rho'")
-        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below)
+        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below,
+                         corrected_start=corrected_start)
         del self.solver_type, self.third_order
         self.variable = variable
+
+    def _tau(self, ctx) -> list[float]:
+        return [-lam for lam in ctx.lam] if self.variable == "log_rho" else [math.exp(-lam) for lam in ctx.lam]
+
+    def start_weight(self, ctx) -> float:
+        """c of the corrected first step, x_1 += c (ε̂_1 − ε̂_0): α_1 C_{0,0} of the two-point rule
+        through (τ_1, τ_0) over step 0 (its weights sum to C of the one-point rule)."""
+        tau = self._tau(ctx)
+        return ctx.alpha[1] * lagrange_weights(tau[1::-1], tau[0], tau[1], self.variable == "log_rho")[0]
 
     def weights(self, ctx) -> list[list[float]]:
         """C_{ij} for every step i of the grid (newest evaluation first), float64 host values."""
         log_rho = self.variable == "log_rho"
-        tau = [-lam for lam in ctx.lam] if log_rho else [math.exp(-lam) for lam in ctx.lam]
+        tau = self._tau(ctx)
         if not all(math.isfinite(v) for v in tau):
             raise ValueError("deis: the grid reaches σ = 0 or α = 0 (ρ = σ/α is not finite and positive "
                              "there); end the grid at t_min > 0 and use denoise_final for the last jump")
@@ -126,6 +140,9 @@ class DEIS(_Multistep):
 
     def step(self, ctx, i, x, state):
         C, eps = state
-        eps = ([ctx.denoiser.eps(x, ctx.time(i))] + eps)[: self.solver_order]  # newest first
+        E = ctx.denoiser.eps(x, ctx.time(i))
+        if i == 1 and self.corrected_start:
+            x = x + self.start_weight(ctx) * (E - eps[0])
+        eps = ([E] + eps)[: self.solver_order]  # newest first
         a = ctx.alpha[i + 1]
         return lincomb(x, a / ctx.alpha[i], eps, [a * c for c in C[i]]), (C, eps)
