@@ -47,7 +47,8 @@ DEFAULT_OUT = os.path.join(HERE, "results", "peers_quality_{problem}.jsonl")
 # solver options tried besides each solver's defaults (only those its constructor accepts)
 SOLVER_OPTIONS = {
     "dpmpp_2m": [{"lower_order_final": False}, {"solver_type": "taylor"}],
-    "dpmpp_3m": [{"lower_order_final": False}, {"third_order": "dpm_solver"}, {"lower_order_below": None}],
+    "dpmpp_3m": [{"lower_order_final": False}, {"third_order": "dpm_solver"}, {"lower_order_below": None},
+                 {"corrected_start": True}],
     "dpmpp_2s": [{"solver_type": "taylor"}],
     "unipc": [{"variant": "bh1"}, {"order": 3}, {"order": 3, "variant": "bh1"}, {"lower_order_final": False},
               {"order": 3, "lower_order_final": False}, {"order": 3, "lower_order_below": None},
@@ -55,7 +56,8 @@ SOLVER_OPTIONS = {
               {"order": 3, "variant": "bh1", "predict_x0": False},
               {"order": 3, "predict_x0": False, "lower_order_final": False}],
     "deis": [{"order": 2}, {"order": 4}, {"variable": "rho"}, {"order": 4, "variable": "rho"},
-             {"lower_order_final": False}, {"order": 4, "lower_order_final": False}],
+             {"lower_order_final": False}, {"order": 4, "lower_order_final": False},
+             {"corrected_start": True}, {"order": 4, "lower_order_final": False, "corrected_start": True}],
 }
 # 'leading' starts late (unranked), so it is not run for diffsolve
 DIFFSOLVE_GRIDS = tuple(g for g in ds.grids.GRIDS if g != "leading")
