@@ -329,7 +329,8 @@ def load_factory(spec: str, **kwargs) -> Denoiser:
             raise TypeError(f"{spec!r} is a Denoiser instance; it takes no arguments")
         return obj
     if not callable(obj):
-        raise TypeError(f"{spec!r} is a {type(obj).__name__}, not a factory (callable) or a Denoiser")
+        raise TypeError(f"{spec!r} is an object of type {type(obj).__name__}, not a factory (callable) or a "
+                        f"Denoiser")
     result = obj(**kwargs)
     if not isinstance(result, Denoiser):
         raise TypeError(f"factory {spec!r} returned {type(result).__name__}, not a diffsolve.Denoiser; "

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._text import count
+
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
@@ -69,7 +71,7 @@ def _seeds(text):
     from .noise import parse_seeds
 
     try:
-        seeds = parse_seeds(text)
+        seeds = parse_seeds(text, distinct=True)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if not seeds:
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results", help="output directory (default ./bench-results)")
     rg = b.add_mutually_exclusive_group()
     rg.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.jsonl")
-    rg.add_argument("--overwrite", action="store_true", help="start OUT/results.jsonl afresh")
+    rg.add_argument("--overwrite", action="store_true", help="start afresh: remove what a previous run wrote in OUT "
+                    "(results.jsonl, quality_vs_nfe.png, samples/*.pt)")
     b.add_argument("--no-plot", action="store_true", help="do not draw quality_vs_nfe.png")
     b.add_argument("--save-samples", action="store_true", help="also save each row's samples to OUT/samples/*.pt")
     nt = b.add_mutually_exclusive_group()
@@ -314,7 +317,8 @@ def _load_data(path: str):
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
             raise CLIError(f"cannot read {path!r} as a tensor saved by torch.save: {e}") from None
         if not isinstance(x, torch.Tensor):
-            raise CLIError(f"{path!r} holds a {type(x).__name__}, expected a tensor")
+            raise CLIError(f"{path!r} holds an object of type {type(x).__name__}, expected a tensor saved by "
+                           f"torch.save")
         return x
     raise CLIError(f"data file {path!r} must be .npy or .pt")
 
@@ -397,8 +401,8 @@ def cmd_sample(args) -> int:
                      grid=args.grid, dtype=dtype, device=device, denoise_final=not args.no_denoise_final)
     _save(res.x, out)
     if not args.quiet:
-        print(f"{res.x.shape[0]} samples of shape {tuple(res.x.shape[1:])}, {res.nfe} network evaluations, "
-              f"{time.perf_counter() - t0:.1f} s -> {out}", file=sys.stderr)
+        print(f"{count(res.x.shape[0], 'sample')} of shape {tuple(res.x.shape[1:])}, "
+              f"{count(res.nfe, 'network evaluation')}, {time.perf_counter() - t0:.1f} s -> {out}", file=sys.stderr)
     return 0
 
 
@@ -424,8 +428,8 @@ def cmd_likelihood(args) -> int:
     else:
         raise CLIError(f"{problem.name} has no exact data; give --data FILE (.npy or .pt)")
     if not args.quiet:
-        print(f"log-likelihood of {x.shape[0]} points under {problem.name} ({args.divergence} divergence) ...",
-              file=sys.stderr, flush=True)
+        print(f"log-likelihood of {count(x.shape[0], 'point')} under {problem.name} ({args.divergence} "
+              f"divergence) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     res = log_likelihood(den, x.to(device), divergence=args.divergence, probes=args.probes,
                          fresh_probes=args.fresh_probes, rtol=args.rtol, atol=args.atol, dtype=dtype,
@@ -506,6 +510,10 @@ def cmd_tune(args) -> int:
         raise CLIError("--solver learned takes no options: tune fits its weights")
     if args.init != "auto":
         _check_grid(args.init)
+        if args.init.endswith(".json") and name != "learned":
+            raise CLIError(f"--init {args.init}: a tuned-grid file is a starting grid only for --solver learned "
+                           f"(which keeps it); for {args.solver!r} give a grid kind (e.g. log_snr or karras; "
+                           f"`diffsolve list grids`) or auto")
     out = Path(args.out)
     _check_writable(out, (".json",))
     if args.fresh < 0:
@@ -513,8 +521,9 @@ def cmd_tune(args) -> int:
     problem = _problem_from_args(args, device)
     den = problem.denoiser()
     if not args.quiet:
-        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {args.pilot} pilot seeds, "
-              f"{args.fresh} fresh, up to {args.max_evals} solves ...", file=sys.stderr, flush=True)
+        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {count(args.pilot, 'pilot seed')}, "
+              f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')} "
+              f"...", file=sys.stderr, flush=True)
     denoise_final = {"yes": True, "no": False, "auto": "auto"}[args.denoise_final]
     if name == "learned":
         if denoise_final == "auto":
@@ -529,7 +538,7 @@ def cmd_tune(args) -> int:
                              device=device, verbose=not args.quiet)
     res.save(out)
     print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> {res.pilot_error:.4g}; "
-          f"fresh {res.init_fresh_error:.4g} -> {res.fresh_error:.4g}; tuning cost {res.tuning_nfe} network calls, "
+          f"{res.fresh_summary()}; tuning cost {count(res.tuning_nfe, 'network call')}, "
           f"{res.tuning_seconds:.1f} s -> {out}")
     return 0
 

@@ -30,8 +30,9 @@ _GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 GRIDS = ("time", "log_snr", "karras", "quadratic", "leading", "trailing", "linspace")
 
 
-def validate_grid(schedule: Schedule, t) -> Tensor:
-    """Check a user grid: 1-D, at least 2 points, finite, strictly decreasing, inside the range."""
+def validate_grid(schedule: Schedule | None, t) -> Tensor:
+    """Check a user grid: 1-D, at least 2 points, finite, strictly decreasing, inside the range
+    (``schedule=None``: all but the range, for a grid whose schedule is not known yet)."""
     t = torch.as_tensor(t, dtype=_F64).detach().cpu()
     if t.dim() != 1 or len(t) < 2:
         raise ValueError(f"a time grid must be 1-D with at least 2 points (start and end), got shape {tuple(t.shape)}")
@@ -43,6 +44,8 @@ def validate_grid(schedule: Schedule, t) -> Tensor:
         what = "a repeated time (zero-size step)" if d[k] == 0 else "an increase"
         raise ValueError(f"the time grid must be strictly decreasing (from noise to data); it has {what} "
                          f"at index {k}: t[{k}]={float(t[k]):.8g}, t[{k + 1}]={float(t[k + 1]):.8g}")
+    if schedule is None:
+        return t
     lam = schedule.tabulate(t).log_snr  # checks the range (memoised: a grid seen before is valid)
     if bool((lam[1:] <= lam[:-1]).any()):
         raise ValueError("the grid has steps of zero size in log-SNR (times closer than the schedule resolves)")

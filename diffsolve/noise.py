@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._text import count
+
 __all__ = ["NoiseSource", "ImpulseNoise", "parse_seeds"]
 
 
@@ -37,7 +39,8 @@ class NoiseSource:
         if seeds is not None:
             seeds = [int(s) for s in seeds]
             if len(seeds) != self.batch:
-                raise ValueError(f"got {len(seeds)} seeds for a batch of {self.batch}; give one seed per sample")
+                raise ValueError(f"got {count(len(seeds), 'seed')} for a batch of {self.batch}; give one seed per "
+                                 f"sample")
             self._gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
             self._gen = None
         else:
@@ -87,8 +90,26 @@ class ImpulseNoise:
         return z
 
 
-def parse_seeds(spec) -> list[int]:
-    """Seeds from an int, a sequence, or an EDM-style string such as ``"0-63"`` or ``"1,5,10-12"``."""
+def parse_seeds(spec, distinct: bool = False) -> list[int]:
+    """Seeds from an int, a sequence, or an EDM-style string such as ``"0-63"`` or ``"1,5,10-12"``.
+
+    ``distinct``: refuse a seed given twice (where each seed defines one sample, a repeat only
+    duplicates that sample)."""
+    seeds = _parse_seeds(spec)
+    if distinct and len(set(seeds)) < len(seeds):
+        seen, repeated = set(), {}
+        for s in seeds:
+            if s in seen:
+                repeated[s] = None
+            seen.add(s)
+        where = f" in {spec!r}" if isinstance(spec, str) else ""
+        raise ValueError(f"seed{'s' if len(repeated) > 1 else ''} {', '.join(map(str, repeated))} "
+                         f"{'are' if len(repeated) > 1 else 'is'} repeated{where}: each seed defines one sample, "
+                         f"so a repeat only duplicates it; give each seed once, e.g. 0-63")
+    return seeds
+
+
+def _parse_seeds(spec) -> list[int]:
     if isinstance(spec, int):
         return [spec]
     if isinstance(spec, str):

@@ -65,8 +65,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             array of times. An adaptive solver chooses its own steps: an array gives it only the start
             and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
-        seeds: one seed per sample (int list or ``"0-63"``): sample i then depends on seeds[i]
-            only, whatever the batch. Or ``generator``: one generator for the batch.
+        seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
+            on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation).
         dtype: dtype of the solver state (float64 by default; the network runs in its own).
         trajectory: keep the state at every grid point.
@@ -102,7 +102,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             steps = solver.steps_for_nfe(nfe, denoise_final)
         t = make_grid(schedule, steps, grid)
 
-    seeds = parse_seeds(seeds) if seeds is not None else None
+    seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
     if x is not None:
         batch_shape = tuple(x.shape)
         device = x.device if device is None else torch.device(device)

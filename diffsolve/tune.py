@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._text import count
 from .denoiser import Denoiser
 from .grids import make_grid, validate_grid
 from .noise import NoiseSource, parse_seeds
@@ -77,10 +78,19 @@ class TunedGrid:
     def grid(self) -> Tensor:
         return torch.tensor(self.t, dtype=torch.float64)
 
+    def fresh_summary(self) -> str:
+        """The fresh-seed judgement for reports: the errors of the start and of the result on the
+        fresh seeds, or that there were none (``fresh=0``)."""
+        if not self.fresh_seeds:
+            return "fresh: not measured (no fresh seeds)"
+        return f"fresh {self.init_fresh_error:.4g} -> {self.fresh_error:.4g}"
+
     def save(self, path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
+        data = asdict(self)  # an error not measured (NaN, e.g. fresh=0) is written as null: valid JSON
+        data.update({k: None for k in _ERRORS if isinstance(data[k], float) and not math.isfinite(data[k])})
+        path.write_text(json.dumps(data, indent=1))
         return path
 
     @classmethod
@@ -92,11 +102,61 @@ class TunedGrid:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not a tuned-grid JSON file: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a tuned-grid file: it holds a JSON {type(data).__name__}, "
+                             f"not an object; make one with `diffsolve tune`")
         missing = {"t", "solver", "nfe", "denoise_final"} - set(data)
         if missing:
             raise ValueError(f"{path} is not a tuned-grid file: missing {sorted(missing)}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        data.update({k: math.nan for k in _ERRORS if k in data and data[k] is None})  # null: not measured
+        _check_fields(path, data)
+        return cls(**data)
+
+
+_ERRORS = ("init_error", "pilot_error", "init_fresh_error", "fresh_error", "validation_error")
+
+
+def _check_fields(path, data: dict):
+    """The fields of a tuned-grid file that decide how it runs: a valid grid ``t`` (finite, strictly
+    decreasing; its range is checked against the schedule when it runs), a JSON boolean
+    ``denoise_final``, a solver that can be built, and the ``nfe`` that the grid costs that solver."""
+    t, solver, nfe, denoise_final = data["t"], data["solver"], data["nfe"], data["denoise_final"]
+    if not isinstance(denoise_final, bool):
+        raise ValueError(f"{path}: 'denoise_final' must be true or false (a JSON boolean), got "
+                         f"{json.dumps(denoise_final)}; write true if the run ends with the final x̂0 "
+                         f"evaluation, else false")
+    if not isinstance(t, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in t):
+        raise ValueError(f"{path}: 't' must be a list of numbers (the times from noise to data), got "
+                         f"{json.dumps(t)[:80]}; make the file with `diffsolve tune`")
+    try:
+        validate_grid(None, t)
+    except ValueError as e:
+        raise ValueError(f"{path}: 't' is not a valid time grid: {e}") from None
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"{path}: 'nfe' must be a positive integer (network evaluations per sample), got "
+                         f"{json.dumps(nfe)}")
+    if not isinstance(solver, str) or not isinstance(data.get("solver_options", {}), dict):
+        raise ValueError(f"{path}: 'solver' must be a solver name and 'solver_options' an object of its "
+                         f"options, got {json.dumps(solver)} and {json.dumps(data.get('solver_options'))[:80]}")
+    try:
+        sol = get_solver(solver, **data.get("solver_options", {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot build its solver: {e}") from None
+    if getattr(sol, "adaptive", False):
+        raise ValueError(f"{path}: solver {sol.name!r} chooses its own steps; a tuned grid is for a fixed-step "
+                         f"solver (`diffsolve list solvers`)")
+    steps, extra = len(t) - 1, int(denoise_final)
+    try:
+        fits = sol.steps_for_nfe(nfe, denoise_final) == steps
+    except ValueError:
+        fits = False
+    if not fits:
+        cost = sol.nfe(steps) + extra
+        raise ValueError(f"{path}: 'nfe' is {nfe}, but its grid 't' has {count(steps, 'step')}, which "
+                         f"{sol.name!r} runs in {cost} evaluations{' with the final denoise' if extra else ''}; "
+                         f"set 'nfe' to {cost} or make the file again with `diffsolve tune`")
 
 
 def load_grid(spec) -> TunedGrid | None:
@@ -255,7 +315,7 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     else:
         t_init = validate_grid(schedule, init)
         if len(t_init) - 1 != steps:
-            raise ValueError(f"init grid has {len(t_init) - 1} steps; {sol.name} at nfe={nfe} needs {steps}")
+            raise ValueError(f"init grid has {count(len(t_init) - 1, 'step')}; {sol.name} at nfe={nfe} needs {steps}")
         candidates = {"user": t_init}
     scores = {k: error(t, x_pilot, ref_pilot) for k, t in candidates.items()}
     init_name = min(scores, key=scores.get)
@@ -304,7 +364,7 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     pilots.finish(result, lambda x, ref: error(init_t, x, ref), lambda x, ref: error(best["t"], x, ref))
     if verbose:
         print(f"tune_steps: pilot {init_err:.4g} ({init_name}) -> {result.pilot_error:.4g}; "
-              f"fresh {result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; "
+              f"{result.fresh_summary()}; "
               f"{evaluations} solves, {result.tuning_seconds:.1f} s")
     return result
 
@@ -375,8 +435,9 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         grid_name = grid if isinstance(grid, str) else "user"
     steps = len(t) - 1
     if steps + int(denoise_final) != int(nfe):
-        raise ValueError(f"the grid has {steps} steps{' + the final x̂0' if denoise_final else ''}, "
-                         f"not a budget of {nfe} evaluations")
+        raise ValueError(f"the grid has {count(steps, 'step')}{' + the final x̂0' if denoise_final else ''}, "
+                         f"not a budget of {nfe} evaluations; the learned solver takes one evaluation per step, "
+                         f"so tune it at NFE {steps + int(denoise_final)} on this grid or give a grid for NFE {nfe}")
     level = NoiseLevel(schedule, eta=0.0)
 
     def run(p, c, d, x):
@@ -451,6 +512,6 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
                   extra_nfe=grid_nfe)
     if verbose:
         print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
-              f"{init_err:.4g} -> {best['err']:.4g}, start {best['start']}, iteration {best['iteration']}); fresh "
-              f"{result.init_fresh_error:.4g} -> {result.fresh_error:.4g}; {result.tuning_seconds:.1f} s")
+              f"{init_err:.4g} -> {best['err']:.4g}, start {best['start']}, iteration {best['iteration']}); "
+              f"{result.fresh_summary()}; {result.tuning_seconds:.1f} s")
     return result

@@ -1,5 +1,6 @@
 """The command line: validated options, clear errors (exit 2, no traceback), sample / likelihood / list."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -226,3 +227,99 @@ def test_network_errors_are_one_line(capsys, tmp_path):
     code, _, err = run(["likelihood", "--model", f"{tmp_path / 'nets.py'}:detached", "--data", str(tmp_path / "d.npy"),
                         "--quiet"], capsys)
     assert code == 2 and "needs ∂ε̂/∂x by autograd" in err
+
+
+def _bench(out, *extra):
+    return ["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "4", "--n-samples", "8",
+            "--reference-tol", "1e-6", "--projections", "16", "--out", str(out), "--quiet", *extra]
+
+
+def test_tune_init_file_is_checked_up_front(capsys, tmp_path):
+    from diffsolve.bench.problems import get_problem
+    from diffsolve.tune import TunedGrid
+
+    sch = get_problem("ring2d").denoiser().schedule
+    TunedGrid(t=diffsolve.make_grid(sch, 3, "log_snr").tolist(), solver="ddim", nfe=4,
+              denoise_final=True).save(tmp_path / "g.json")
+    code, _, err = run(["tune", "--problem", "ring2d", "--solver", "ddim", "--nfe", "4", "--init",
+                        str(tmp_path / "g.json"), "--out", str(tmp_path / "h.json")], capsys)
+    assert code == 2 and err.startswith("error: --init") and "only for --solver learned" in err
+    assert "tuning" not in err and not (tmp_path / "h.json").exists()  # refused before any work
+
+
+def test_tune_fresh_0_reports_not_measured_and_writes_valid_json(capsys, tmp_path):
+    code, out, err = run(["tune", "--problem", "ring2d", "--solver", "ddim", "--nfe", "4", "--pilot", "4",
+                          "--fresh", "0", "--max-evals", "6", "--out", str(tmp_path / "g.json")], capsys)
+    assert code == 0, err
+    assert "nan" not in out + err and "fresh: not measured" in out and "no fresh check" in err
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    data = json.loads((tmp_path / "g.json").read_text(), parse_constant=refuse)  # strict JSON: no NaN
+    assert data["fresh_error"] is None and data["init_fresh_error"] is None and data["fresh_seeds"] == []
+    from diffsolve.tune import TunedGrid
+
+    assert math.isnan(TunedGrid.load(tmp_path / "g.json").fresh_error)
+
+
+def test_repeated_seeds_are_refused(capsys, tmp_path):
+    for argv in (["sample", "--problem", "ring2d", "--seeds", "1,1,2", "--out", str(tmp_path / "x.pt")],
+                 _bench(tmp_path / "b", "--seeds", "0-3,2")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "is repeated" in err and "give each seed once" in err
+    with pytest.raises(SystemExit):
+        main(["sample", "--problem", "ring2d", "--seeds", "1,1,2,3,3", "--out", str(tmp_path / "x.pt")])
+    assert "seeds 1, 3 are repeated in '1,1,2,3,3'" in capsys.readouterr().err
+    from diffsolve.bench.problems import get_problem
+
+    with pytest.raises(ValueError, match="seed 3 is repeated"):  # the Python API too
+        diffsolve.sample(get_problem("ring2d").denoiser(), seeds=[3, 4, 3], solver="ddim", nfe=4)
+    from diffsolve.bench import BenchConfig, run_bench
+
+    with pytest.raises(ValueError, match="seed 2 is repeated"):
+        run_bench(BenchConfig(problems=["ring2d"], solvers=["ddim"], nfe=[4], seeds="0-3,2", out=str(tmp_path / "c")))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_overwrite_leaves_nothing_of_the_previous_run(capsys, tmp_path):
+    out = tmp_path / "b"
+    code, _, err = run(_bench(out, "--save-samples"), capsys)
+    assert code == 0, err
+    assert (out / "quality_vs_nfe.png").exists() and list((out / "samples").glob("*.pt"))
+    (out / "notes.txt").write_text("mine")  # not written by the run: kept
+    code, _, err = run(_bench(out, "--overwrite", "--no-plot"), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.jsonl"]
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_with_the_default_schedule_named_or_not(capsys, tmp_path):
+    out = tmp_path / "b"
+    code, _, err = run(_bench(out), capsys)
+    assert code == 0, err
+    code, _, err = run(_bench(out, "--resume", "--schedule", "ddpm"), capsys)
+    assert code == 0, err
+    # a file from before the schedule was recorded resolved (None) resumes too, named or not
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["run"]["schedule"] for r in rows] == ["ddpm"]
+    rows[0]["run"]["schedule"] = None
+    (out / "results.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    for extra in ([], ["--schedule", "ddpm"]):
+        code, _, err = run(_bench(out, "--resume", *extra), capsys)
+        assert code == 0, err
+    code, _, err = run(_bench(out, "--resume", "--schedule", "vp"), capsys)
+    assert code == 2 and "schedule: file has 'ddpm', this run 'vp'" in err
+
+
+def test_wording_singular_and_articles(capsys, tmp_path):
+    code, _, err = run(["sample", "--problem", "ring2d", "--solver", "ddim", "--nfe", "2", "--seeds", "7",
+                        "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 0, err
+    assert "1 sample of shape (2,), 2 network evaluations" in err
+    torch.save(3, tmp_path / "three.pt")
+    code, _, err = run(["likelihood", "--problem", "ring2d", "--data", str(tmp_path / "three.pt")], capsys)
+    assert code == 2 and "holds an object of type int, expected a tensor" in err

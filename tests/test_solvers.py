@@ -434,5 +434,7 @@ def test_solver_spec_strings():
         ds.solvers.get_solver("unipc:order=2", order=3)
     with pytest.raises(TypeError, match=r"bad options for solver 'unipc'.*its options are order=2, variant='bh2'"):
         ds.solvers.get_solver("unipc:ordr=3")
+    with pytest.raises(TypeError, match=r"bad options for solver 'euler'.*; it takes no options$"):
+        ds.solvers.get_solver("euler:foo=1")
     with pytest.raises(ValueError, match="unknown solver 'nope'; valid solvers"):
         ds.solvers.get_solver("nope:order=3")

@@ -110,3 +110,34 @@ def test_spec_options_are_recorded(model):
     assert (r.solver.solver_order, r.solver.variant) == (3, "bh1")
     with pytest.raises(TypeError, match="by name or spec"):
         tune_steps(model, ds.solvers.get_solver("unipc", order=3), nfe=5)
+
+
+def test_load_checks_the_fields_that_decide_the_run(tuned, tmp_path):
+    path = tuned.save(tmp_path / "grid.json")
+    assert TunedGrid.load(path).t == tuned.t  # a saved file loads unchanged
+    good = json.loads(path.read_text())
+    for change, needle in [
+        ({"denoise_final": "no"}, "'denoise_final' must be true or false (a JSON boolean), got \"no\""),
+        ({"denoise_final": 0}, "'denoise_final' must be true or false"),
+        ({"nfe": tuned.nfe + 1}, (f"'nfe' is {tuned.nfe + 1}, but its grid 't' has {tuned.nfe - 1} steps, which "
+                                  f"'dpmpp_2m' runs in {tuned.nfe} evaluations with the final denoise; set 'nfe' "
+                                  f"to {tuned.nfe}")),
+        ({"denoise_final": False}, f"set 'nfe' to {tuned.nfe - 1}"),  # the same grid without x̂0 costs one less
+        ({"nfe": "6"}, "'nfe' must be a positive integer"),
+        ({"t": tuned.t[:1] + tuned.t[2:3] + tuned.t[1:2] + tuned.t[3:]},
+         "'t' is not a valid time grid: the time grid must be strictly decreasing"),
+        ({"t": [float("nan")] + tuned.t[1:]}, "'t' is not a valid time grid: the time grid contains NaN"),
+        ({"t": ["1.0"] + tuned.t[1:]}, "'t' must be a list of numbers"),
+        ({"t": 1.0}, "'t' must be a list of numbers"),
+        ({"solver": "dopri5"}, "chooses its own steps"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**good, **change}))
+        with pytest.raises(ValueError) as e:
+            TunedGrid.load(bad)
+        assert str(e.value).startswith(f"{bad}: ") and needle in str(e.value), str(e.value)
+    # the command line reports it as a one-line error naming the file and the field
+    from diffsolve.cli import main
+
+    bad.write_text(json.dumps({**good, "denoise_final": "no"}))
+    assert main(["sample", "--problem", "ring2d", "--grid", str(bad), "--out", str(tmp_path / "x.pt")]) == 2

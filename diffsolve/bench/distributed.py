@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._text import count
+
 __all__ = ["DistContext", "init", "shard_bounds"]
 
 
@@ -55,7 +57,7 @@ class DistContext:
     def shard(self, items: list) -> list:
         """This rank's contiguous slice of ``items``."""
         if len(items) < self.world_size:
-            raise ValueError(f"{len(items)} samples cannot be shared by {self.world_size} processes; "
+            raise ValueError(f"{count(len(items), 'sample')} cannot be shared by {self.world_size} processes; "
                              f"use at least one seed per process")
         s, e = self.bounds(len(items))[self.rank]
         return items[s:e]

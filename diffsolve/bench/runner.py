@@ -24,12 +24,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .._text import count
 from ..noise import parse_seeds
 from ..sample import sample
 from ..solvers.base import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from . import metrics as M
 from .distributed import DistContext, init as init_distributed
-from .problems import BUILTIN_PROBLEMS, Problem, get_problem, zoo_models
+from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, get_problem, zoo_models
 
 __all__ = ["BenchConfig", "run_bench", "DEFAULT_SOLVERS", "DEFAULT_NFE", "default_problems",
            "read_rows", "ROW_FIELDS", "Progress"]
@@ -41,6 +42,7 @@ ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
+PLOT_NAME, SAMPLES_DIR = "quality_vs_nfe.png", "samples"  # beside results.jsonl in the output directory
 _DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
 
 
@@ -92,7 +94,7 @@ class BenchConfig:
         return {"seeds": self.seeds, "n_samples": self.n_samples, "grid": self.grid,
                 "grid_sha256": _file_digest(self.grid) if str(self.grid).endswith(".json") else None,
                 "dtype": self.dtype,
-                "device": _device_kind(self.device), "schedule": self.schedule,
+                "device": _device_kind(self.device), "schedule": self.schedule or DEFAULT_SCHEDULE,
                 "n_projections": self.n_projections, "reference_tol": self.reference_tol,
                 "denoise_final": self.denoise_final}
 
@@ -244,7 +246,7 @@ def _check_config(cfg: BenchConfig) -> BenchConfig:
         raise ValueError(f"n_samples must be an integer >= 2, got {cfg.n_samples!r}")
     if cfg.seeds is not None and cfg.n_samples is not None:
         raise ValueError("give either seeds or n_samples, not both")
-    if cfg.seeds is not None and len(parse_seeds(cfg.seeds)) < 2:
+    if cfg.seeds is not None and len(parse_seeds(cfg.seeds, distinct=True)) < 2:
         raise ValueError("give at least 2 seeds (metrics compare sample sets)")
     if cfg.reference_tol is not None and not (isinstance(cfg.reference_tol, float) and 0 < cfg.reference_tol < 1):
         raise ValueError(f"reference_tol must be a number in (0, 1), got {cfg.reference_tol!r}")
@@ -551,7 +553,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
     for p in problems:
         n = len(parse_seeds(cfg.seeds)) if cfg.seeds is not None else (cfg.n_samples or p.n_samples)
         if n < dist.world_size:
-            raise ValueError(f"{n} samples of {p.name} cannot be shared by {dist.world_size} processes")
+            raise ValueError(f"{count(n, 'sample')} of {p.name} cannot be shared by {dist.world_size} processes")
 
     out = Path(cfg.out)
     results = out / "results.jsonl"
@@ -562,16 +564,19 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
+        if cfg.overwrite:
+            _remove_outputs(out)
         if results.exists() and results.stat().st_size > 0:
-            if cfg.overwrite:
-                results.unlink()
-            elif not cfg.resume:
+            if not cfg.resume:
                 raise ValueError(f"{results} already exists; pass --resume to continue it, --overwrite to "
                                  f"replace it, or choose another --out directory")
             else:
                 rows = read_rows(results, repair=True)
                 for r in rows:  # a setting a file predates reads as None
-                    diff = {k: (r.get("run", {}).get(k), v) for k, v in run.items() if r.get("run", {}).get(k) != v}
+                    recorded = dict(r.get("run", {}))
+                    if recorded.get("schedule") is None:  # files recorded the default schedule as None
+                        recorded["schedule"] = DEFAULT_SCHEDULE
+                    diff = {k: (recorded.get(k), v) for k, v in run.items() if recorded.get(k) != v}
                     if diff:
                         what = "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
                         raise ValueError(f"cannot resume {results}: it was written with a different configuration "
@@ -588,7 +593,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
     for msg in notes:
         progress.note(msg)
     if done and dist.is_main and not cfg.quiet:
-        progress.note(f"resuming {results}: {len(items) - len(todo)} of {len(items)} rows already done")
+        progress.note(f"resuming {results}: {len(items) - len(todo)} of {count(len(items), 'row')} already done")
 
     written = []
     t_start = time.perf_counter()
@@ -604,8 +609,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
             row, x = _run_row(st, it, dist, version, run, progress)
             if dist.is_main:
                 if cfg.save_samples:
-                    (out / "samples").mkdir(exist_ok=True)
-                    torch.save(x, out / "samples" / (_safe_name(it.key) + ".pt"))
+                    (out / SAMPLES_DIR).mkdir(exist_ok=True)
+                    torch.save(x, out / SAMPLES_DIR / (_safe_name(it.key) + ".pt"))
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
                     f.flush()
@@ -621,17 +626,32 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
     if dist.is_main:
         elapsed = time.perf_counter() - t_start
         if cfg.print_table:
-            print(f"\n{len(written)} rows in {elapsed:.1f} s -> {results}", file=stream)
+            print(f"\n{count(len(written), 'row')} in {elapsed:.1f} s -> {results}", file=stream)
         if cfg.plot:
             from .plot import plot_results
 
             try:
-                png = plot_results(results, out / "quality_vs_nfe.png")
+                png = plot_results(results, out / PLOT_NAME)
                 if cfg.print_table:
                     print(f"plot -> {png}", file=stream)
             except ImportError as e:
                 progress.note(f"no plot: {e}")
     return written
+
+
+def _remove_outputs(out: Path):
+    """What a run writes in ``out`` (results.jsonl, quality_vs_nfe.png, samples/*.pt), removed before an
+    overwriting run so that nothing of the previous run is left; nothing else there is touched."""
+    for f in (out / "results.jsonl", out / PLOT_NAME):
+        if f.is_file() or f.is_symlink():
+            f.unlink()
+    samples = out / SAMPLES_DIR
+    if samples.is_dir() and not samples.is_symlink():
+        for f in samples.glob("*.pt"):
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+        if not any(samples.iterdir()):
+            samples.rmdir()
 
 
 def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict,

@@ -288,8 +288,9 @@ def get_solver(solver, **options) -> Solver:
             try:
                 return SOLVERS[name](**spec_options, **options)
             except TypeError as e:
-                raise TypeError(f"bad options for solver {name!r}: {e}; its options are "
-                                f"{solver_options_help(SOLVERS[name])}") from None
+                known = solver_options_help(SOLVERS[name])
+                raise TypeError(f"bad options for solver {name!r}: {e}; "
+                                + (f"its options are {known}" if known else "it takes no options")) from None
         solver = name
     raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
 
