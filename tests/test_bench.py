@@ -145,6 +145,25 @@ def test_repeated_budgets_run_once_and_noisy_solvers_have_no_ode_error(tmp_path)
     assert "rms_error" in rows[0]["metrics"] and "rms_error" not in rows[1]["metrics"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the output directory is held with fcntl.flock")
+def test_a_second_run_into_a_held_directory_stops_and_a_bad_plan_creates_nothing(tmp_path):
+    """Two runs writing one results.jsonl would interleave rows: the second stops before writing;
+    once the first is over the directory is free again. A plan that fails creates no directory."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".bench.lock", "a") as held:  # what a running bench holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="another diffsolve bench run is writing to"):
+            run_bench(_cfg(out, solvers=["ddim"], nfe=[4]))
+    assert not (out / "results.jsonl").exists()
+    assert len(run_bench(_cfg(out, solvers=["ddim"], nfe=[4]))) == 1
+    with pytest.raises(ValueError, match="too small"):
+        run_bench(_cfg(tmp_path / "never", solvers=["dpmpp_3m"], nfe=[2]))
+    assert not (tmp_path / "never").exists()
+
+
 def test_killed_run_resumes(tmp_path):
     # a real kill: SIGKILL the process after its first row is on disk, then resume
     args = [sys.executable, "-m", "diffsolve", "bench", "--problems", "ring2d", "--solvers", "ddim",

@@ -293,7 +293,8 @@ def test_overwrite_leaves_nothing_of_the_previous_run(capsys, tmp_path):
     (out / "notes.txt").write_text("mine")  # not written by the run: kept
     code, _, err = run(_bench(out, "--overwrite", "--no-plot"), capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.jsonl"]
+    # .bench.lock: the (empty) file a running bench holds so that a second run into OUT stops
+    assert sorted(p.name for p in out.iterdir()) == [".bench.lock", "notes.txt", "results.jsonl"]
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
 
 

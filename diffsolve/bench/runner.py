@@ -11,6 +11,7 @@ timed, synchronised only when ``net_time`` is on), and the quality metrics of
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -516,8 +517,9 @@ def _problem_banner(st: _ProblemState, floors: dict, solver_width: int = 10) -> 
 def run_bench(cfg: BenchConfig) -> list[dict]:
     """Run the benchmark described by ``cfg``; returns the rows written by this run.
 
-    Writes ``<out>/results.jsonl`` (append + flush per row) and ``<out>/quality_vs_nfe.png``.
-    Under torchrun every process runs this; rank 0 writes.
+    Writes ``<out>/results.jsonl`` (append + flush per row) and ``<out>/quality_vs_nfe.png``, and
+    holds ``<out>/.bench.lock`` while it runs, so that a second run into ``<out>`` stops instead of
+    interleaving rows. Under torchrun every process runs this; rank 0 writes.
     """
     import diffsolve
 
@@ -526,9 +528,41 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
     _set_threads(cfg)
     dist = init_distributed(cfg.device)
     try:
-        return _run(cfg, dist, stream, diffsolve.__version__)
+        with contextlib.ExitStack() as hold:  # _run claims the output directory once its plan is valid
+            return _run(cfg, dist, stream, diffsolve.__version__, hold)
     finally:
         dist.close()
+
+
+@contextlib.contextmanager
+def _claim_output(out: Path, is_main: bool):
+    """The output directory, created and held by this run (on rank 0) until it ends: a second run
+    into the same directory stops with a message instead of interleaving its rows with this one's.
+    The hold is an advisory ``flock`` on ``OUT/.bench.lock``, released by the OS even if the
+    process is killed (no stale locks); on systems without ``fcntl`` there is no hold."""
+    if not is_main:
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        f = open(out / ".bench.lock", "a")
+    except OSError as e:
+        raise ValueError(f"cannot write in the output directory {str(out)!r}: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another diffsolve bench run is writing to {str(out)!r}; wait for it to finish, "
+                             f"or choose another --out directory") from None
+        yield
 
 
 def _set_threads(cfg: BenchConfig):
@@ -542,7 +576,7 @@ def _set_threads(cfg: BenchConfig):
         torch.set_num_threads(1)
 
 
-def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict]:
+def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contextlib.ExitStack) -> list[dict]:
     progress = Progress(quiet=cfg.quiet or not dist.is_main)
     notes: list[str] = []
     names = list(cfg.problems) if cfg.problems else default_problems()
@@ -559,11 +593,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str) -> list[dict
     results = out / "results.jsonl"
     run = cfg.run_settings()
     done: set = set()
+    hold.enter_context(_claim_output(out, dist.is_main))
     if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
         if cfg.overwrite:
             _remove_outputs(out)
         if results.exists() and results.stat().st_size > 0:
