@@ -401,8 +401,16 @@ def cmd_sample(args) -> int:
                      grid=args.grid, dtype=dtype, device=device, denoise_final=not args.no_denoise_final)
     _save(res.x, out)
     if not args.quiet:
+        under = ""
+        if args.nfe is not None and res.nfe < args.nfe:  # a step costs more than one evaluation
+            from .solvers import get_solver
+
+            per = get_solver(args.solver).nfe_per_step
+            under = (f" (the budget was {args.nfe}; {args.solver!r} spends {per} per step, so "
+                     f"{res.nfe} is the most it can use)")
         print(f"{count(res.x.shape[0], 'sample')} of shape {tuple(res.x.shape[1:])}, "
-              f"{count(res.nfe, 'network evaluation')}, {time.perf_counter() - t0:.1f} s -> {out}", file=sys.stderr)
+              f"{count(res.nfe, 'network evaluation')}{under}, {time.perf_counter() - t0:.1f} s -> {out}",
+              file=sys.stderr)
     return 0
 
 

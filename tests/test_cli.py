@@ -324,3 +324,12 @@ def test_wording_singular_and_articles(capsys, tmp_path):
     torch.save(3, tmp_path / "three.pt")
     code, _, err = run(["likelihood", "--problem", "ring2d", "--data", str(tmp_path / "three.pt")], capsys)
     assert code == 2 and "holds an object of type int, expected a tensor" in err
+
+
+def test_sample_says_when_it_spends_less_than_the_budget(capsys, tmp_path):
+    argv = ["sample", "--problem", "ring2d", "--seeds", "0-3", "--out", str(tmp_path / "x.pt")]
+    code, _, err = run(argv + ["--solver", "dpmpp_2s", "--nfe", "10"], capsys)
+    assert code == 0, err
+    assert "9 network evaluations (the budget was 10; 'dpmpp_2s' spends 2 per step" in err
+    code, _, err = run(argv + ["--solver", "dpmpp_2s", "--nfe", "9"], capsys)
+    assert code == 0 and "9 network evaluations," in err and "budget" not in err
