@@ -22,6 +22,7 @@ Usage:
     python benchmarks/peers_quality.py                       # all problems, NFE 5 10 20 50
     python benchmarks/peers_quality.py --problems ring --nfe 5 10
     python benchmarks/peers_quality.py --table                # tables from the JSONL only
+    python benchmarks/peers_quality.py --option-effect corrected_start=True   # one option's effect
 """
 from __future__ import annotations
 
@@ -305,6 +306,32 @@ def tables(log, problems, budgets):
     return "\n".join(lines)
 
 
+def option_effect(log, name, option, budgets) -> str:
+    """For every diffsolve configuration that also ran with ``option`` (e.g. ``corrected_start=True``)
+    added: rms with the option / rms without, summarised per option set and budget over grids and
+    end treatments (from the JSONL rows only)."""
+    rms = {r["config"]: {} for r in log.rows if r.get("side") == "diffsolve"}
+    for r in log.rows:
+        if r.get("side") == "diffsolve" and r.get("full_start") and r.get("rms") is not None:
+            rms[r["config"]][r["budget"]] = r["rms"]
+    pairs = {}  # (options without the option, budget) -> [(ratio, grid and end)]
+    for cfg, by_budget in rms.items():
+        head, _, rest = cfg.partition(" grid=")
+        if "," + option not in head:
+            continue
+        base = f"{head.replace(',' + option, '')} grid={rest}"
+        for b in budgets:
+            if b in by_budget and b in rms.get(base, {}):
+                pairs.setdefault((head.replace("," + option, ""), b), []).append((by_budget[b] / rms[base][b], rest))
+    lines = [f"\n### {name}: rms with {option} / rms without (same configuration)\n",
+             "| configuration | NFE | lower with it | smallest ratio | largest ratio |", "|---|---:|---:|---|---|"]
+    for (head, b), v in sorted(pairs.items()):
+        v.sort()
+        lines.append(f"| {head} | {b} | {sum(r < 1 for r, _ in v)} of {len(v)} | {v[0][0]:.2f} ({v[0][1]}) "
+                     f"| {v[-1][0]:.2f} ({v[-1][1]}) |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", nargs="+", default=list(P.PROBLEMS), choices=list(P.PROBLEMS))
@@ -318,11 +345,16 @@ def main(argv=None):
                     help="drop these rows from the JSONL file and run them again (e.g. after solver changes)")
     ap.add_argument("--table", action="store_true", help="only print tables from the JSONL file")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--option-effect", default=None, metavar="KEY=VALUE",
+                    help="only print, from the JSONL file, the ratio of rms with this solver option to without it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     out = []
     for name in args.problems:
+        if args.option_effect:
+            out.append(option_effect(Log(args.out.format(problem=name), False), name, args.option_effect, args.nfe))
+            continue
         log = Log(args.out.format(problem=name), args.fresh and not args.table, () if args.table else tuple(args.redo))
         if not args.table:
             run_problem(name, args.nfe, log, args.which, batch=args.batch, grids=args.grids)
