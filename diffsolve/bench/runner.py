@@ -43,7 +43,8 @@ ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
-PLOT_NAME, SAMPLES_DIR = "quality_vs_nfe.png", "samples"  # beside results.jsonl in the output directory
+# what a run writes in its output directory
+RESULTS_NAME, PLOT_NAME, SAMPLES_DIR = "results.jsonl", "quality_vs_nfe.png", "samples"
 _DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
 
 
@@ -590,7 +591,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
             raise ValueError(f"{count(n, 'sample')} of {p.name} cannot be shared by {dist.world_size} processes")
 
     out = Path(cfg.out)
-    results = out / "results.jsonl"
+    results = out / RESULTS_NAME
     run = cfg.run_settings()
     done: set = set()
     hold.enter_context(_claim_output(out, dist.is_main))
@@ -673,7 +674,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
 def _remove_outputs(out: Path):
     """What a run writes in ``out`` (results.jsonl, quality_vs_nfe.png, samples/*.pt), removed before an
     overwriting run so that nothing of the previous run is left; nothing else there is touched."""
-    for f in (out / "results.jsonl", out / PLOT_NAME):
+    for f in (out / RESULTS_NAME, out / PLOT_NAME):
         if f.is_file() or f.is_symlink():
             f.unlink()
     samples = out / SAMPLES_DIR
