@@ -4,13 +4,17 @@
     >>> rows = run_bench(BenchConfig(problems=["ring2d"], solvers=["ddim"], nfe=[10], out="bench-results"))
 
 or from the shell: ``diffsolve bench`` (see ``diffsolve bench --help``). Modules: :mod:`.problems`
-(the problems), :mod:`.metrics` (quality metrics and reference solutions), :mod:`.runner` (the
-loop, the results file, resume), :mod:`.distributed` (torchrun sharding), :mod:`.plot`.
+(the problems), :mod:`.metrics` (quality metrics and reference solutions), :mod:`.config` (what to
+run: the configuration, its validation, the plan), :mod:`.results` (rows, the results file, resume,
+the output-directory lock), :mod:`.report` (the table and progress), :mod:`.runner` (running the
+plan), :mod:`.distributed` (torchrun sharding), :mod:`.plot`.
 """
+from .config import DEFAULT_NFE, DEFAULT_SOLVERS, BenchConfig
 from .metrics import (GaussianTarget, frechet_distance, gaussian_ode_solution, mean_log_prob, reference_solution,
                       rms_error, sliced_wasserstein)
 from .problems import BUILTIN_PROBLEMS, Problem, get_problem, list_problems
-from .runner import DEFAULT_NFE, DEFAULT_SOLVERS, ROW_FIELDS, BenchConfig, read_rows, run_bench
+from .results import ROW_FIELDS, read_rows
+from .runner import run_bench
 
 __all__ = ["BenchConfig", "run_bench", "read_rows", "ROW_FIELDS", "DEFAULT_SOLVERS", "DEFAULT_NFE",
            "Problem", "get_problem", "list_problems", "BUILTIN_PROBLEMS", "rms_error", "sliced_wasserstein",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from .results import PLOT_NAME, read_rows
+
 __all__ = ["plot_results", "QUALITY_ORDER"]
 
 QUALITY_ORDER = ("rms_error", "frechet", "frechet_heldout", "sliced_w2", "sliced_w2_heldout")
@@ -32,10 +34,9 @@ def plot_results(results, png=None) -> Path:
     except ImportError:
         raise ImportError("matplotlib is not installed; `pip install matplotlib` (or diffsolve[plot]) "
                           "to get quality_vs_nfe.png — the results file is complete without it") from None
-    from .runner import read_rows
 
     results = Path(results)
-    png = Path(png) if png is not None else results.with_name("quality_vs_nfe.png")
+    png = Path(png) if png is not None else results.with_name(PLOT_NAME)
     rows = read_rows(results)
     panels = defaultdict(list)
     for r in rows:

@@ -1,0 +1,132 @@
+"""What a benchmark run prints: the progress line and notes on stderr, the table on stdout.
+
+The table has one block per problem (a banner with the metric floors, then one line per row, each
+printed as soon as its row is written) and a closing line naming the results file and plot.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from .._text import count
+from .problems import Problem
+
+__all__ = ["Progress", "Table", "format_row", "problem_banner", "summary"]
+
+
+class Progress:
+    """One updating status line on stderr (a plain line every few seconds when not a terminal)."""
+
+    def __init__(self, quiet: bool = False, stream=None, every: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every, self.last, self.t0 = every, -1e9, time.perf_counter()
+        self.dirty = False
+
+    def update(self, msg: str, force: bool = False):
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        line = f"[{now - self.t0:6.1f}s] {msg}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.dirty = True
+        elif force or now - self.last >= self.every:
+            self.stream.write(line + "\n")
+            self.last = now
+        self.stream.flush()
+
+    def clear(self):
+        if self.tty and self.dirty and not self.quiet:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.dirty = False
+
+    def note(self, msg: str):
+        if not self.quiet:
+            self.clear()
+            self.stream.write(f"note: {msg}\n")
+            self.stream.flush()
+
+
+# --- the table ------------------------------------------------------------------------------------
+_COLS = [("solver", 10, "s"), ("eta", 4, "g"), ("nfe", 4, "d"), ("steps", 5, "d"), ("rms_err", 9, "e"),
+         ("sw2", 9, "e"), ("frechet", 9, "e"), ("log_p0", 9, "f"), ("wall_s", 7, "f"), ("samp/s", 8, "f"),
+         ("net%", 5, "f")]
+
+
+def _fmt(v, width, kind):
+    if v is None:
+        return "-".rjust(width)
+    if kind == "s":
+        return str(v).ljust(width)
+    if kind == "d":
+        return f"{int(v):>{width}d}"
+    if kind == "g":
+        return f"{float(v):>{width}g}"
+    if kind == "e":
+        return f"{float(v):>{width}.2e}"
+    if kind == "f":
+        v = float(v)
+        digits = 3 if abs(v) < 10 else (1 if abs(v) < 1e4 else 0)
+        return f"{v:>{width}.{digits}f}"[-width:] if len(f"{v:.{digits}f}") <= width else f"{v:>{width}.1e}"
+    return str(v)
+
+
+def _table_values(row: dict) -> list:
+    m = row["metrics"]
+    sw = m.get("sliced_w2", m.get("sliced_w2_heldout"))
+    fd = m.get("frechet", m.get("frechet_heldout"))
+    share = row.get("net_time_share")
+    return [row["solver"], row["eta"], row["nfe"], row["steps"], m.get("rms_error"), sw, fd, m.get("log_p0"),
+            row["wall_time_s"], row["samples_per_s"], None if share is None else 100 * share]
+
+
+def _columns(solver_width: int = 10) -> list:
+    """The table's columns, the solver column widened to ``solver_width`` (long option specs)."""
+    return [("solver", max(solver_width, _COLS[0][1]), "s")] + _COLS[1:]
+
+
+def _header(solver_width: int = 10) -> str:
+    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _columns(solver_width))
+
+
+def format_row(row: dict, solver_width: int = 10) -> str:
+    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _columns(solver_width)))
+
+
+def problem_banner(p: Problem, n: int, floors: dict, solver_width: int = 10) -> str:
+    """The lines above a problem's rows: what it is, the column names, and the metrics' floors."""
+    kind = "exact ground truth" if p.exact else ("held-out data" if p.heldout else "no ground truth")
+    lines = [f"\n{p.name} ({p.description}; schedule {p.schedule_name}; {n} samples; {kind})",
+             _header(solver_width)]
+    fl = [None] * len(_COLS)
+    fl[0] = "floor"
+    for i, name in enumerate(("sliced_w2", "frechet", "log_p0"), start=5):
+        for k in (name, name + "_heldout"):
+            if floors.get(k) is not None:
+                fl[i] = floors[k]
+    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _columns(solver_width))))
+    return "\n".join(lines)
+
+
+class Table:
+    """The table on ``stream``: a problem's banner before its first row, then one line per row."""
+
+    def __init__(self, stream, solver_width: int, progress: Progress):
+        self.stream, self.width, self.progress = stream, solver_width, progress
+        self._shown: set = set()  # the problems whose banner is out
+
+    def add(self, row: dict, problem: Problem, n: int):
+        """Print ``row`` (of ``problem``, ``n`` samples), after the problem's banner the first time."""
+        self.progress.clear()
+        if problem.name not in self._shown:
+            print(problem_banner(problem, n, row["floors"], self.width), file=self.stream)
+            self._shown.add(problem.name)
+        print(format_row(row, self.width), file=self.stream, flush=True)
+
+
+def summary(n_rows: int, elapsed: float, results) -> str:
+    """The closing line: how many rows this run wrote, in how long, and where."""
+    return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s -> {results}"
