@@ -50,8 +50,14 @@ def run(argv, capsys):
     (["likelihood", "--problem", "ring2d", "--divergence", "exact", "--fresh-probes", "--quiet"],
      "fresh_probes applies to divergence='hutchinson'"),
     (["list", "nope"], "valid choices: solvers, schedules, problems, models, grids, all"),
-    (["sample", "--problem", "ring2d", "--solver", "dopri5", "--nfe", "10", "--out", "x.pt"],
-     "chooses its own steps: drop --nfe/--steps/--grid"),
+    # rules of sampling: diffsolve.sample's message, reported as the command's error
+    # (refused once the model is loaded: --quiet leaves the error the only line)
+    (["sample", "--problem", "ring2d", "--solver", "dopri5", "--nfe", "10", "--out", "x.pt", "-q"],
+     "chooses its own steps"),
+    (["sample", "--problem", "ring2d", "--solver", "dopri5", "--steps", "10", "--out", "x.pt", "-q"],
+     "chooses its own steps"),
+    (["sample", "--problem", "ring2d", "--solver", "dopri5", "--grid", "karras", "--out", "x.pt", "-q"],
+     "chooses its own steps"),
 ])
 def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -203,6 +209,30 @@ def test_tuned_grid_keeps_its_final_denoise(capsys, tmp_path):
     code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), "--no-denoise-final",
                         "--out", str(tmp_path / "x.pt")], capsys)
     assert code == 2 and "tuned with the final denoise" in err
+
+
+def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
+    """The grid fixes the steps: diffsolve.sample refuses --nfe/--steps beside it, and says so."""
+    from diffsolve.bench.problems import get_problem
+
+    grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
+    grid.save(tmp_path / "g.json")
+    for budget in (["--nfe", "4"], ["--steps", "3"]):
+        code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), *budget,
+                            "--out", str(tmp_path / "x.pt"), "--quiet"], capsys)
+        assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+        assert "grid" in err and "fix" in err and budget[0][2:] in err, err
+        assert not (tmp_path / "x.pt").exists()
+
+
+def test_sample_without_a_solver_runs_the_library_default(capsys, tmp_path):
+    code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "5", "--seeds", "0-2",
+                        "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 0, err
+    from diffsolve.bench.problems import get_problem
+
+    want = diffsolve.sample(get_problem("ring2d").denoiser(), seeds="0-2", nfe=5).x
+    torch.testing.assert_close(torch.load(tmp_path / "x.pt"), want, rtol=0, atol=0)
 
 
 BROKEN = '''

@@ -1,0 +1,220 @@
+"""What the commands share: option types, the options several commands declare (device and dtype,
+model or problem, seeds, a budget), the checks of the command line itself (names, paths) and
+:func:`run_command`, which turns a user error into one ``error: …`` line and an exit status.
+
+The rules of sampling (default solver, budgets, adaptive solvers, tuned grids) are not here: the
+commands pass what the user gave to the library and report the library's message.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+DTYPES = ("float64", "float32")
+
+
+class CLIError(ValueError):
+    """A user error detected by the command line itself."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose own errors have the same ``error:`` style and exit status 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def choices_msg(kind, value, valid):
+    return f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}"
+
+
+# --- option types ---------------------------------------------------------------------------------
+def csv(kind=str, what="value"):
+    """A comma-separated list of ``kind``."""
+    def parse(text):
+        items = [s.strip() for s in str(text).split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s, got {text!r}")
+        try:
+            return [kind(s) for s in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s, got {text!r}") from None
+    return parse
+
+
+def positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def seeds(text):
+    """A seed spec such as ``0-63`` (kept as text; each seed once)."""
+    from ..noise import parse_seeds
+
+    try:
+        parsed = parse_seeds(text, distinct=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not parsed:
+        raise argparse.ArgumentTypeError(f"no seeds in {text!r}; use e.g. 0-63")
+    return text
+
+
+# --- options several commands declare --------------------------------------------------------------
+def add_device_options(p, dtype_default="float64"):
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--dtype", default=dtype_default, help="solver state dtype: float64 or float32 "
+                   f"(default {dtype_default}; the network runs in its own dtype)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or notes on stderr")
+
+
+def add_schedule_option(p):
+    p.add_argument("--schedule", help="schedule of the analytic problems (default ddpm; see `diffsolve list "
+                                      "schedules`)")
+
+
+def add_model_options(p):
+    """``--problem`` or ``--model``, and ``--schedule``: read by :func:`problem_from_args`."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--problem", help="built-in problem with exact ground truth (see `diffsolve list problems`)")
+    g.add_argument("--model", help="a bundled model (see `diffsolve list models`) or package.module:factory")
+    add_schedule_option(p)
+
+
+def add_seeds_option(p, help, default=None):
+    p.add_argument("--seeds", type=seeds, default=default, help=help)
+
+
+def add_nfe_option(p, required=False):
+    p.add_argument("--nfe", type=positive_int, required=required,
+                   help="budget of network evaluations (final denoise included)")
+
+
+# --- checks of the command line itself --------------------------------------------------------------
+def check_device_dtype(args):
+    """The torch device and dtype named by ``--device`` and ``--dtype``."""
+    import torch
+
+    if args.dtype not in DTYPES:
+        raise CLIError(choices_msg("dtype", args.dtype, DTYPES))
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise CLIError(f"unknown device {args.device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"unsupported device {args.device!r}; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {args.device!r} requested but CUDA is not available here; use --device cpu")
+    return dev, getattr(torch, args.dtype)
+
+
+def check_schedule(name):
+    from ..schedules import SCHEDULES
+
+    if name is not None and name not in SCHEDULES:
+        raise CLIError(choices_msg("schedule", name, list(SCHEDULES)))
+
+
+def check_solver(spec) -> str:
+    """The name in a solver name or ``name:key=value:...`` spec, checked by building it (the library
+    names what is wrong)."""
+    from ..solvers import get_solver, parse_solver_spec
+
+    get_solver(spec)
+    return parse_solver_spec(spec)[0]
+
+
+def is_grid_file(name) -> bool:
+    """Whether a ``--grid``/``--init`` value names a tuned-grid file rather than a grid kind."""
+    return name is not None and name.endswith(".json")
+
+
+def check_grid(name):
+    """A grid kind, or a tuned-grid file from `diffsolve tune` (read now, so a bad file stops us early)."""
+    from ..grids import GRIDS
+
+    if is_grid_file(name):
+        from ..tune import TunedGrid
+
+        TunedGrid.load(name)
+    elif name not in GRIDS:
+        raise CLIError(choices_msg("grid", name, GRIDS) + ", or a tuned-grid .json file from `diffsolve tune`")
+
+
+def problem_from_args(args, device):
+    """The problem named by ``--problem`` or ``--model`` (see :func:`add_model_options`)."""
+    from ..bench import get_problem
+    from ..bench.problems import get_model
+
+    if args.problem is None and args.model is None:
+        raise CLIError("give --problem NAME (exact ground truth) or --model NAME; see `diffsolve list`")
+    check_schedule(args.schedule)
+    if args.model is not None and args.schedule is not None:
+        raise CLIError("--schedule applies to analytic problems; a model keeps the schedule it was trained with")
+    if args.model is not None:
+        return get_model(args.model, device=device)
+    return get_problem(args.problem, schedule=args.schedule, device=device)
+
+
+def check_writable(path: Path, suffixes):
+    """Refuse an output file we could not write, before any work (its directory is created)."""
+    if path.suffix not in suffixes:
+        raise CLIError(f"output file {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.exists() and path.is_dir():
+        raise CLIError(f"{str(path)!r} is a directory; give a file name ending in {' or '.join(suffixes)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"cannot create directory {str(parent)!r} for {str(path)!r}: {e.strerror or e}") from None
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
+
+
+# --- errors to exit statuses --------------------------------------------------------------------------
+def run_command(command, args) -> int:
+    """Run ``command(args)``; a user error (ours or the library's) is one ``error: …`` line, status 2."""
+    debug = bool(os.environ.get("DIFFSOLVE_DEBUG"))
+    try:
+        return command(args)
+    except (ValueError, TypeError, ImportError, FloatingPointError) as e:
+        # CLIError, the library's validation errors, a missing optional package, a network returning NaN
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted (rows finished so far are in the results file; rerun with --resume)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,94 @@
+"""``diffsolve tune``: a step grid tuned to a model, a solver and an NFE budget
+(:func:`diffsolve.tune_steps`), or the weights of the learned solver (:func:`diffsolve.tune_solver`),
+saved as JSON for ``sample --grid FILE`` / ``bench --grid FILE``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .._text import count
+from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, check_device_dtype,
+                      check_grid, check_solver, check_writable, is_grid_file, positive_int, problem_from_args)
+
+DENOISE_FINAL = {"yes": True, "no": False, "auto": "auto"}
+
+
+def add_parser(subparsers):
+    tn = subparsers.add_parser("tune", help="tune a step grid to a model, a solver and an NFE budget",
+                               description="Optimise the time grid of a deterministic solver at a fixed NFE "
+                                           "against a high-accuracy reference solve on pilot seeds, judge it on "
+                                           "fresh seeds, and save it as JSON for `sample --grid FILE` / "
+                                           "`bench --grid FILE`.")
+    add_model_options(tn)
+    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver, a name or "
+                    "name:key=value:... spec (default unipc); "
+                    "'learned': fit the per-step weights of the learned multistep solver on a grid tuned "
+                    "for UniPC (tune_solver; the network must be differentiable)")
+    add_nfe_option(tn, required=True)
+    tn.add_argument("--pilot", type=positive_int, default=256, help="pilot samples, seeds 0..N-1 (default 256)")
+    tn.add_argument("--fresh", type=int, default=1024,
+                    help="fresh samples to judge the grid on (default 1024; 0 skips)")
+    tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
+    tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
+    tn.add_argument("--denoise-final", default="yes", choices=tuple(DENOISE_FINAL),
+                    help="end with the x̂0 evaluation (yes, default), without (no), or tune both and keep the "
+                         "better (auto)")
+    tn.add_argument("--iterations", type=positive_int, default=300,
+                    help="--solver learned: Adam iterations fitting the weights (default 300)")
+    tn.add_argument("--out", required=True, help="output .json file")
+    add_device_options(tn)
+    tn.set_defaults(run=run)
+    return tn
+
+
+def _check_args(args) -> str:
+    """The checks of the options among themselves, before any work; the solver's name."""
+    name = check_solver(args.solver)
+    if name == "learned" and args.solver != name:
+        raise CLIError("--solver learned takes no options: tune fits its weights")
+    if args.init != "auto":
+        check_grid(args.init)
+        if is_grid_file(args.init) and name != "learned":
+            raise CLIError(f"--init {args.init}: a tuned-grid file is a starting grid only for --solver learned "
+                           f"(which keeps it); for {args.solver!r} give a grid kind (e.g. log_snr or karras; "
+                           f"`diffsolve list grids`) or auto")
+    check_writable(Path(args.out), (".json",))
+    if args.fresh < 0:
+        raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
+    return name
+
+
+def _tune(args, name, den, problem, device):
+    import torch
+
+    from ..tune import tune_solver, tune_steps
+
+    denoise_final = DENOISE_FINAL[args.denoise_final]
+    if name == "learned":
+        if denoise_final == "auto":
+            raise CLIError("--solver learned needs --denoise-final yes or no")
+        return tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, fresh=args.fresh,
+                           iterations=args.iterations, max_evals=args.max_evals, denoise_final=denoise_final,
+                           model=problem.name, device=device, verbose=not args.quiet)
+    with torch.no_grad():
+        return tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
+                          max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
+                          device=device, verbose=not args.quiet)
+
+
+def run(args) -> int:
+    device, _ = check_device_dtype(args)
+    name = _check_args(args)
+    out = Path(args.out)
+    problem = problem_from_args(args, device)
+    den = problem.denoiser()
+    if not args.quiet:
+        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {count(args.pilot, 'pilot seed')}, "
+              f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')} "
+              f"...", file=sys.stderr, flush=True)
+    res = _tune(args, name, den, problem, device)
+    res.save(out)
+    print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> "
+          f"{res.pilot_error:.4g}; {res.fresh_summary()}; tuning cost {count(res.tuning_nfe, 'network call')}, "
+          f"{res.tuning_seconds:.1f} s -> {out}")
+    return 0
