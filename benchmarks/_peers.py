@@ -30,11 +30,21 @@ grids, diffusers' final_sigmas_type="sigma_min") or jumps to σ = 0 with a first
 (x̂0 at its last timestep) is charged for what that costs. ``floor`` rows record the error of
 the *exact* "ODE to t_min, then x̂0(t_min)" map against the reference: no method that ends at
 the DDPM schedule's t_min can do better than that.
+
+Use
+---
+The helper module of peers_quality.py, confirm_quality.py and digits_peers.py, imported as a
+sibling module (``import _peers as P``: ``python benchmarks/<script>.py`` puts benchmarks/ on
+``sys.path``; no script imports another). Besides the problems, references, metrics and the three
+libraries' runners, it holds the configuration lists and job builder of peers_quality.py
+(``build_jobs``; confirm_quality.py re-runs the best of them) and the row helpers ``ranked``
+and ``fmt`` both scripts' tables use.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 import types
 from dataclasses import dataclass, field
@@ -378,3 +388,121 @@ def run_kdiff(prob: Problem, sampler: str, sigmas_kind: str, budget: int) -> dic
         n -= 1
     s0 = float(sig[0])
     return dict(out=out, nfe=nfe, steps=n, t0=prob.t_of_s(s0), c=s0, s0=s0, t_last=None)
+
+
+# --------------------------------------------------------------------------------------------
+# the configurations and their rows (peers_quality.py runs them all; confirm_quality.py re-runs
+# the best of its JSONL on a new batch)
+# --------------------------------------------------------------------------------------------
+QUALITY_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "peers_quality_{problem}.jsonl")
+
+# solver options tried besides each solver's defaults (only those its constructor accepts)
+SOLVER_OPTIONS = {
+    "dpmpp_2m": [{"lower_order_final": False}, {"solver_type": "taylor"}],
+    "dpmpp_3m": [{"lower_order_final": False}, {"third_order": "dpm_solver"}, {"lower_order_below": None},
+                 {"corrected_start": True}],
+    "dpmpp_2s": [{"solver_type": "taylor"}],
+    "unipc": [{"variant": "bh1"}, {"order": 3}, {"order": 3, "variant": "bh1"}, {"lower_order_final": False},
+              {"order": 3, "lower_order_final": False}, {"order": 3, "lower_order_below": None},
+              {"final_corrector": True}, {"predict_x0": False}, {"order": 3, "predict_x0": False},
+              {"order": 3, "variant": "bh1", "predict_x0": False},
+              {"order": 3, "predict_x0": False, "lower_order_final": False}],
+    "deis": [{"order": 2}, {"order": 4}, {"variable": "rho"}, {"order": 4, "variable": "rho"},
+             {"lower_order_final": False}, {"order": 4, "lower_order_final": False},
+             {"corrected_start": True}, {"order": 4, "lower_order_final": False, "corrected_start": True}],
+}
+# 'leading' starts late (unranked), so it is not run for diffsolve
+DIFFSOLVE_GRIDS = tuple(g for g in ds.grids.GRIDS if g != "leading")
+# at eta = 0 these reduce to another registered solver (checked at run time: if the outputs
+# differ, the solver is benchmarked in full)
+ETA0_DUPLICATES = {"dpmpp_2m_sde": "dpmpp_2m", "dpmpp_3m_sde": "dpmpp_3m", "ancestral": "ddim"}
+
+
+def diffsolve_configs(grids=None, skip=()) -> list[tuple[str, dict, str, bool]]:
+    """(solver, options, grid, denoise_final) for every registered fixed-step solver that can run
+    the probability-flow ODE without drawing noise (adaptive solvers and samplers that draw noise
+    at eta = 0, like the Langevin predictor-corrector, are skipped; so are ``skip``)."""
+    out = []
+    grids = grids or DIFFSOLVE_GRIDS
+    for name, cls in sorted(ds.solvers.SOLVERS.items()):
+        if getattr(cls, "adaptive", False) or name in skip:
+            continue
+        try:
+            if getattr(cls(), "draws_noise", False) is True:  # an instance: it may be a property
+                continue
+        except Exception:
+            continue
+        opts = [{}]
+        for extra in SOLVER_OPTIONS.get(name, []):
+            try:
+                cls(**extra)
+            except Exception:
+                continue
+            opts.append(extra)
+        for o in opts:
+            for g in grids:
+                for df in (True, False):
+                    out.append((name, o, g, df))
+    return out
+
+
+def eta0_duplicates(prob) -> list[str]:
+    """The solvers of ETA0_DUPLICATES whose eta = 0 output equals their counterpart's (NFE 10)."""
+    dup = []
+    for name, twin in ETA0_DUPLICATES.items():
+        if name not in ds.solvers.SOLVERS or twin not in ds.solvers.SOLVERS:
+            continue
+        try:
+            a = run_diffsolve(prob, name, "log_snr", True, 10)["out"]
+            b = run_diffsolve(prob, twin, "log_snr", True, 10)["out"]
+        except Exception:
+            continue
+        if rms(a, b) <= 1e-12 * (1 + float(b.abs().max())):
+            dup.append(name)
+    return dup
+
+
+def config_label(solver, opts, grid, df) -> str:
+    o = "".join(f",{k}={v}" for k, v in opts.items())
+    return f"{solver}{o} grid={grid} denoise_final={df}"
+
+
+def build_jobs(prob, name, budgets, which, grids=None) -> list[tuple]:
+    """(key, side, family, label, budget, fn) of every configuration; ``fn()`` runs it on ``prob``."""
+    jobs = []
+    if "diffsolve" in which:
+        dup = eta0_duplicates(prob)
+        if dup:
+            print(f"[{name}] at eta=0 identical to their ODE twins, not re-run: {', '.join(dup)}", flush=True)
+        for solver, opts, grid, df in diffsolve_configs(grids, skip=dup):
+            for b in budgets:
+                lab = config_label(solver, opts, grid, df)
+                jobs.append((f"{name}|diffsolve|{lab}|{b}", "diffsolve", f"diffsolve {solver}", lab, b,
+                             (lambda s=solver, o=opts, g=grid, d=df, b=b: run_diffsolve(prob, s, g, d, b, o))))
+    if "peers" in which:
+        for fam, cls, cfg, per in diffusers_configs():
+            lab = f"{cls}(" + ",".join(f"{k}={v}" for k, v in cfg.items()) + ")"
+            for b in budgets:
+                jobs.append((f"{name}|diffusers|{lab}|{b}", "diffusers", fam, lab, b,
+                             (lambda c=cls, g=cfg, p=per, b=b: run_diffusers(prob, c, g, b, p))))
+        for smp in K_SAMPLERS:
+            for kind in K_SIGMAS:
+                lab = f"k-diffusion {smp} sigmas={kind}"
+                for b in budgets:
+                    jobs.append((f"{name}|k-diffusion|{lab}|{b}", "k-diffusion", f"k-diffusion {smp}", lab, b,
+                                 (lambda s=smp, k=kind, b=b: run_kdiff(prob, s, k, b))))
+    return jobs
+
+
+def ranked(r) -> bool:
+    """Whether a row is ranked: a full-start run with a finite rms and no error."""
+    return r.get("rms") is not None and r.get("error") is None and math.isfinite(r["rms"]) and r.get("full_start", True)
+
+
+def fmt(x) -> str:
+    """A table cell: 3 significant digits, '—' for none, 'diverged' for inf/nan."""
+    if x is None:
+        return "—"
+    if not math.isfinite(x):
+        return "diverged"
+    return f"{x:.3g}"

@@ -21,17 +21,14 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _peers as P  # noqa: E402
-import peers_quality as Q  # noqa: E402
+import diffsolve as ds
 
-import diffsolve as ds  # noqa: E402
+import _peers as P  # shared helpers: a sibling module (run as python benchmarks/<script>.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TUNE_NAMES = {"ring": "ring2d", "mix64": "mix64", "gauss3072": "gauss3072"}  # peers_quality problem -> tune_grids problem
@@ -51,7 +48,7 @@ def top_keys(rows, budget, k):
     """The k best full-start keys per side group at ``budget`` (by the original batch's rms)."""
     out = set()
     for group in (("diffsolve",), PEERS):
-        ok = [r for r in rows.values() if r["side"] in group and r["budget"] == budget and Q._ok(r)]
+        ok = [r for r in rows.values() if r["side"] in group and r["budget"] == budget and P.ranked(r)]
         out.update(r["key"] for r in sorted(ok, key=lambda r: r["rms"])[:k])
     return out
 
@@ -125,9 +122,9 @@ def table(rows, name, budgets, original):
                 r, lo, hi = ratio_ci(x["sq_err"], p["sq_err"])
                 cells.append(f"{r:.2f} [{lo:.2f}, {hi:.2f}]")
         orig = original.get(p["key"].split("|confirm")[0], {}).get("rms")
-        lines.append(f"| {b} | {d['config'] if d else '—'} | {Q._fmt(d and d['rms'])} | "
-                     f"{t['config'] if t else '—'} | {Q._fmt(t and t['rms'])} | {p['config']} | "
-                     f"{Q._fmt(p['rms'])} | {cells[0]} | {cells[1]} | {Q._fmt(orig)} |")
+        lines.append(f"| {b} | {d['config'] if d else '—'} | {P.fmt(d and d['rms'])} | "
+                     f"{t['config'] if t else '—'} | {P.fmt(t and t['rms'])} | {p['config']} | "
+                     f"{P.fmt(p['rms'])} | {cells[0]} | {cells[1]} | {P.fmt(orig)} |")
     return "\n".join(lines)
 
 
@@ -144,12 +141,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     for name in args.problems:
-        original = latest_rows(Q.DEFAULT_OUT.format(problem=name))
+        original = latest_rows(P.QUALITY_OUT.format(problem=name))
         want = set().union(*(top_keys(original, b, args.top) for b in args.nfe))
         out = os.path.join(HERE, "results", f"confirm_{name}.jsonl")
         done = latest_rows(out)
         prob = P.make_problem(name, batch=args.batch, seed=args.seed)
-        jobs = [j for j in Q.build_jobs(prob, name, args.nfe, ["diffsolve", "peers"]) if j[0] in want]
+        jobs = [j for j in P.build_jobs(prob, name, args.nfe, ["diffsolve", "peers"]) if j[0] in want]
         for path in args.tuned:
             jobs += tuned_jobs(prob, name, args.nfe, path)
         tag = f"|confirm|{args.batch}|{args.seed}"
@@ -166,7 +163,7 @@ def main(argv=None):
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             done[row["key"]] = row
-            print(f"  {b:3d} {lab[:90]:90s} {Q._fmt(row.get('rms'))}", flush=True)
+            print(f"  {b:3d} {lab[:90]:90s} {P.fmt(row.get('rms'))}", flush=True)
         print(table([r for r in done.values() if r["key"].endswith(tag)], name, args.nfe, original))
 
 

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _peers as P  # noqa: E402
+from diffsolve.bench.problems import get_model
+from diffsolve.noise import NoiseSource
+from diffsolve.reference import ode_reference
 
-from diffsolve.bench.problems import get_model  # noqa: E402
-from diffsolve.noise import NoiseSource  # noqa: E402
-from diffsolve.reference import ode_reference  # noqa: E402
+import _peers as P  # shared helpers: a sibling module (run as python benchmarks/<script>.py)
 
 F64 = torch.float64
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -31,40 +31,14 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _peers as P  # noqa: E402
-
-import diffsolve as ds  # noqa: E402
+import _peers as P  # shared helpers: a sibling module (run as python benchmarks/<script>.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "results", "peers_quality_{problem}.jsonl")
-
-# solver options tried besides each solver's defaults (only those its constructor accepts)
-SOLVER_OPTIONS = {
-    "dpmpp_2m": [{"lower_order_final": False}, {"solver_type": "taylor"}],
-    "dpmpp_3m": [{"lower_order_final": False}, {"third_order": "dpm_solver"}, {"lower_order_below": None},
-                 {"corrected_start": True}],
-    "dpmpp_2s": [{"solver_type": "taylor"}],
-    "unipc": [{"variant": "bh1"}, {"order": 3}, {"order": 3, "variant": "bh1"}, {"lower_order_final": False},
-              {"order": 3, "lower_order_final": False}, {"order": 3, "lower_order_below": None},
-              {"final_corrector": True}, {"predict_x0": False}, {"order": 3, "predict_x0": False},
-              {"order": 3, "variant": "bh1", "predict_x0": False},
-              {"order": 3, "predict_x0": False, "lower_order_final": False}],
-    "deis": [{"order": 2}, {"order": 4}, {"variable": "rho"}, {"order": 4, "variable": "rho"},
-             {"lower_order_final": False}, {"order": 4, "lower_order_final": False},
-             {"corrected_start": True}, {"order": 4, "lower_order_final": False, "corrected_start": True}],
-}
-# 'leading' starts late (unranked), so it is not run for diffsolve
-DIFFSOLVE_GRIDS = tuple(g for g in ds.grids.GRIDS if g != "leading")
-# at eta = 0 these reduce to another registered solver (checked at run time: if the outputs
-# differ, the solver is benchmarked in full)
-ETA0_DUPLICATES = {"dpmpp_2m_sde": "dpmpp_2m", "dpmpp_3m_sde": "dpmpp_3m", "ancestral": "ddim"}
 
 
 def _git() -> str:
@@ -72,55 +46,6 @@ def _git() -> str:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
     except Exception:
         return "?"
-
-
-def diffsolve_configs(grids=None, skip=()) -> list[tuple[str, dict, str, bool]]:
-    """(solver, options, grid, denoise_final) for every registered fixed-step solver that can run
-    the probability-flow ODE without drawing noise (adaptive solvers and samplers that draw noise
-    at eta = 0, like the Langevin predictor-corrector, are skipped; so are ``skip``)."""
-    out = []
-    grids = grids or DIFFSOLVE_GRIDS
-    for name, cls in sorted(ds.solvers.SOLVERS.items()):
-        if getattr(cls, "adaptive", False) or name in skip:
-            continue
-        try:
-            if getattr(cls(), "draws_noise", False) is True:  # an instance: it may be a property
-                continue
-        except Exception:
-            continue
-        opts = [{}]
-        for extra in SOLVER_OPTIONS.get(name, []):
-            try:
-                cls(**extra)
-            except Exception:
-                continue
-            opts.append(extra)
-        for o in opts:
-            for g in grids:
-                for df in (True, False):
-                    out.append((name, o, g, df))
-    return out
-
-
-def eta0_duplicates(prob) -> list[str]:
-    """The solvers of ETA0_DUPLICATES whose eta = 0 output equals their counterpart's (NFE 10)."""
-    dup = []
-    for name, twin in ETA0_DUPLICATES.items():
-        if name not in ds.solvers.SOLVERS or twin not in ds.solvers.SOLVERS:
-            continue
-        try:
-            a = P.run_diffsolve(prob, name, "log_snr", True, 10)["out"]
-            b = P.run_diffsolve(prob, twin, "log_snr", True, 10)["out"]
-        except Exception:
-            continue
-        if P.rms(a, b) <= 1e-12 * (1 + float(b.abs().max())):
-            dup.append(name)
-    return dup
-
-
-def config_label(solver, opts, grid, df) -> str:
-    o = "".join(f",{k}={v}" for k, v in opts.items())
-    return f"{solver}{o} grid={grid} denoise_final={df}"
 
 
 class Log:
@@ -175,33 +100,6 @@ def _measure(prob, fn):
     return row, time.time() - t
 
 
-def build_jobs(prob, name, budgets, which, grids=None) -> list[tuple]:
-    """(key, side, family, label, budget, fn) of every configuration; ``fn()`` runs it on ``prob``."""
-    jobs = []
-    if "diffsolve" in which:
-        dup = eta0_duplicates(prob)
-        if dup:
-            print(f"[{name}] at eta=0 identical to their ODE twins, not re-run: {', '.join(dup)}", flush=True)
-        for solver, opts, grid, df in diffsolve_configs(grids, skip=dup):
-            for b in budgets:
-                lab = config_label(solver, opts, grid, df)
-                jobs.append((f"{name}|diffsolve|{lab}|{b}", "diffsolve", f"diffsolve {solver}", lab, b,
-                             (lambda s=solver, o=opts, g=grid, d=df, b=b: P.run_diffsolve(prob, s, g, d, b, o))))
-    if "peers" in which:
-        for fam, cls, cfg, per in P.diffusers_configs():
-            lab = f"{cls}(" + ",".join(f"{k}={v}" for k, v in cfg.items()) + ")"
-            for b in budgets:
-                jobs.append((f"{name}|diffusers|{lab}|{b}", "diffusers", fam, lab, b,
-                             (lambda c=cls, g=cfg, p=per, b=b: P.run_diffusers(prob, c, g, b, p))))
-        for smp in P.K_SAMPLERS:
-            for kind in P.K_SIGMAS:
-                lab = f"k-diffusion {smp} sigmas={kind}"
-                for b in budgets:
-                    jobs.append((f"{name}|k-diffusion|{lab}|{b}", "k-diffusion", f"k-diffusion {smp}", lab, b,
-                                 (lambda s=smp, k=kind, b=b: P.run_kdiff(prob, s, k, b))))
-    return jobs
-
-
 def run_problem(name, budgets, log, which, batch=None, grids=None):
     prob = P.make_problem(name, batch=batch)
     key0 = f"{name}|floor"
@@ -212,7 +110,7 @@ def run_problem(name, budgets, log, which, batch=None, grids=None):
         log.write(dict(key=key0, problem=name, side="floor", family="floor", config="exact ODE to t_min + x̂0",
                        budget=0, rms=P.floor_error(prob), dist=P.distribution_error(prob, ref),
                        full_start=True, nfe=0))
-    jobs = build_jobs(prob, name, budgets, which, grids)
+    jobs = P.build_jobs(prob, name, budgets, which, grids)
     todo = [j for j in jobs if j[0] not in log.done]
     print(f"[{name}] {len(jobs)} runs, {len(todo)} to do", flush=True)
     t_start = time.time()
@@ -227,21 +125,9 @@ def run_problem(name, budgets, log, which, batch=None, grids=None):
 # --------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------
-def _ok(r):
-    return r.get("rms") is not None and r.get("error") is None and math.isfinite(r["rms"]) and r.get("full_start", True)
-
-
 def _best(rows):
-    rows = [r for r in rows if _ok(r)]
+    rows = [r for r in rows if P.ranked(r)]
     return min(rows, key=lambda r: r["rms"]) if rows else None
-
-
-def _fmt(x):
-    if x is None:
-        return "—"
-    if not math.isfinite(x):
-        return "diverged"
-    return f"{x:.3g}"
 
 
 def tables(log, problems, budgets):
@@ -266,9 +152,9 @@ def tables(log, problems, budgets):
             d = _best([r for r in pr if r["side"] == "diffsolve" and r["budget"] == b])
             p = _best([r for r in pr if r["side"] in ("diffusers", "k-diffusion") and r["budget"] == b])
             ratio = d["rms"] / p["rms"] if d and p else None
-            lines.append(f"| {b} | {d['config'] if d else '—'} | {_fmt(d and d['rms'])} | {_fmt(d and d['dist'])} | "
-                         f"{p['config'] if p else '—'} | {_fmt(p and p['rms'])} | {_fmt(p and p['dist'])} | "
-                         f"{_fmt(ratio)} |")
+            lines.append(f"| {b} | {d['config'] if d else '—'} | {P.fmt(d and d['rms'])} | {P.fmt(d and d['dist'])} | "
+                         f"{p['config'] if p else '—'} | {P.fmt(p and p['rms'])} | {P.fmt(p and p['dist'])} | "
+                         f"{P.fmt(ratio)} |")
         # per family
         fams = sorted({r["family"] for r in pr if r["side"] != "floor"},
                       key=lambda f: (not f.startswith("diffsolve"), f))
@@ -279,7 +165,7 @@ def tables(log, problems, budgets):
             cells, last = [], None
             for b in budgets:
                 r = _best([r for r in pr if r["family"] == f and r["budget"] == b])
-                cells.append(_fmt(r and r["rms"]))
+                cells.append(P.fmt(r and r["rms"]))
                 last = r or last
             lines.append(f"| {f} | " + " | ".join(cells) + f" | {last['config'] if last else '—'} |")
         # monotonicity of every diffsolve configuration
@@ -291,7 +177,7 @@ def tables(log, problems, budgets):
         for cfg, m in sorted(by_cfg.items()):
             seq = [m.get(b) for b in budgets if b in m]
             if any(not math.isfinite(x) for x in seq) or any(seq[i + 1] > seq[i] for i in range(len(seq) - 1)):
-                bad.append(f"- {cfg}: " + ", ".join(f"{b}→{_fmt(m[b])}" for b in budgets if b in m))
+                bad.append(f"- {cfg}: " + ", ".join(f"{b}→{P.fmt(m[b])}" for b in budgets if b in m))
         lines.append(f"\ndiffsolve configurations whose rms is not monotone decreasing in NFE "
                      f"({len(bad)} of {len(by_cfg)}):\n")
         lines.extend(bad or ["- none"])
@@ -339,7 +225,7 @@ def main(argv=None):
     ap.add_argument("--which", nargs="+", default=["diffsolve", "peers"], choices=["diffsolve", "peers"])
     ap.add_argument("--grids", nargs="+", default=None, help="diffsolve grids (default: all)")
     ap.add_argument("--batch", type=int, default=None, help="override the problem's batch size")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="JSONL file per problem ({problem} is replaced); appended, resumed")
+    ap.add_argument("--out", default=P.QUALITY_OUT, help="JSONL file per problem ({problem} is replaced); appended, resumed")
     ap.add_argument("--fresh", action="store_true", help="delete the JSONL file first")
     ap.add_argument("--redo", nargs="+", default=[], choices=["diffsolve", "peers"],
                     help="drop these rows from the JSONL file and run them again (e.g. after solver changes)")

@@ -14,7 +14,7 @@ import diffsolve as ds
 from diffsolve.processes import NoiseLevel
 from diffsolve.solvers.base import get_solver, integrate
 from diffsolve.solvers.deis import lagrange_weights
-from test_solvers import ode_errors, slope
+from helpers import ode_errors, slope
 
 F64 = torch.float64
 
@@ -58,8 +58,8 @@ def test_order_one_is_ddim(variable):
 @pytest.mark.parametrize("variable", ["log_rho", "rho"])
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_measured_order(order, variable):
-    """Local slope of log error against log steps on the ring ODE problem of test_solvers (λ-uniform
-    grid, 32 to 256 steps) reaches the declared order within ±0.3. Local slopes, because order 4
+    """Local slope of log error against log steps on the ring ODE problem of helpers.ode_problem
+    (λ-uniform grid, 32 to 256 steps) reaches the declared order within ±0.3. Local slopes, because order 4
     wobbles before it settles (the ρ variable is asymptotic late, and the first-order warm-up step
     leaves an O(h²) term with a tiny constant; module docstring): on this problem the local slopes
     of order 4 in log ρ are 4.8, 4.1, 3.3 between 32 and 256 steps."""

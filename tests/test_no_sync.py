@@ -15,7 +15,7 @@ from diffsolve.processes import NoiseLevel
 from diffsolve.schedules import SCHEDULES
 from diffsolve.solvers.base import integrate
 
-from test_solvers import FIXED
+from helpers import FIXED
 
 SHAPE = (3, 2)
 

@@ -12,7 +12,7 @@ import torch
 import diffsolve as ds
 from diffsolve.solvers import SOLVERS
 
-from test_solvers import FIXED, make
+from helpers import FIXED, make
 
 RING = ds.GaussianMixture.ring()
 CASES = [(name, {}) for name in FIXED] + [("heun", {"S_churn": 10.0}), ("euler_ve", {"S_churn": 5.0})]

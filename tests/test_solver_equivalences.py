@@ -12,11 +12,7 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import sys
-import types
 
 import pytest
 import torch
@@ -25,6 +21,8 @@ import diffsolve as ds
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
 from diffsolve.solvers import SOLVERS, integrate
+
+from helpers import k_diffusion_sampling, weak_errors
 
 F64 = torch.float64
 RING = ds.GaussianMixture.ring()
@@ -139,38 +137,6 @@ def test_heun_matches_edm_algorithm_1_by_hand():
 
 
 # --- step for step against k-diffusion --------------------------------------------------------
-def k_diffusion_sampling():
-    """``k_diffusion.sampling`` without the package's ``__init__`` (which needs clip and torchvision).
-
-    Its ``utils`` imports ``torchvision.transforms.functional`` at import time only; empty stand-in
-    modules are placed in ``sys.modules`` for the import and removed right after, so no other test
-    sees them.
-    """
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        pytest.skip("k-diffusion is not installed")
-    stubs = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
-    before = set(sys.modules)
-    try:
-        for name in stubs:
-            if name not in sys.modules:
-                sys.modules[name] = types.ModuleType(name)
-        sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
-        sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
-        if "k_diffusion" not in sys.modules:
-            pkg = types.ModuleType("k_diffusion")
-            pkg.__path__ = [os.path.dirname(spec.origin)]
-            sys.modules["k_diffusion"] = pkg
-        import k_diffusion.sampling as K
-    except ImportError as e:
-        pytest.skip(f"k_diffusion.sampling does not import here: {e}")
-    finally:
-        for name in set(sys.modules) - before:
-            if name.startswith(("torchvision", "k_diffusion")):
-                del sys.modules[name]
-    return K
-
-
 @pytest.mark.parametrize("name,kname,options", [
     ("heun", "sample_heun", {}),
     ("euler_ve", "sample_euler", {}),
@@ -206,9 +172,7 @@ def test_matches_k_diffusion(name, kname, options):
 
 # --- in distribution: exact moments of a Gaussian ------------------------------------------------
 def gaussian_moment_error(solver, eta, steps, schedule="vp"):
-    """Exact weak error (mean and variance at t_min) on a Gaussian; see tests/test_solvers.py."""
-    from test_solvers import weak_errors
-
+    """Exact weak error (mean and variance at t_min) on a Gaussian; see tests/helpers.py."""
     return weak_errors(solver, eta, schedule=schedule, steps=(steps,))[0]
 
 
