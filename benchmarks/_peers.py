@@ -3,7 +3,7 @@ that drive diffusers' schedulers, k-diffusion's samplers and diffsolve with the 
 
 The model
 ---------
-Every method evaluates one exact network: the posterior mean of a Gaussian mixture (MATH §6)
+Every method evaluates one exact network: the posterior mean of a Gaussian mixture (docs/math.md §6)
 under the DDPM linear schedule (``diffsolve.DDPMSchedule()``), exposed as an ε-prediction
 ``diffsolve.Denoiser`` (``gm.denoiser(schedule, "eps")``). Its ``nfe`` counter counts every real
 network call of every method.

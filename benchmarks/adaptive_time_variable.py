@@ -36,8 +36,7 @@ import torch
 
 from diffsolve import GaussianMixture, make_schedule
 from diffsolve.reference import ode_reference
-from diffsolve.rk import rk_solve
-from diffsolve.solvers.adaptive import DEFAULT_TIME_VARIABLE, TIME_VARIABLES, PFODE
+from diffsolve.ode import TIME_VARIABLES, ProbabilityFlowODE
 
 
 def problems(batch):
@@ -52,12 +51,10 @@ def problems(batch):
 
 
 def solve(den, sch, x, variable, tol, per_sample, method="dopri5"):
-    ode = PFODE(den, variable)
-    tau0, tau1 = float(ode.u_of(sch.t_max)), float(ode.u_of(sch.t_min))
     start = den.nfe
-    y, st = rk_solve(ode.func, ode.to_state(x, sch.t_max), tau0, tau1, method=method, rtol=tol, atol=tol,
-                     per_sample=per_sample)
-    return ode.from_state(y, sch.t_min), den.nfe - start, st
+    sol = ProbabilityFlowODE(den, variable).solve(x, sch.t_max, sch.t_min, method=method, rtol=tol, atol=tol,
+                                                  per_sample=per_sample)
+    return sol.x, den.nfe - start, {"row_evals": sol.row_evals}
 
 
 def err(a, b):
@@ -113,7 +110,7 @@ def main():
     if args.skip_per_sample:
         return
     print()
-    print("shared vs per-sample control (dopri5, default time variable): calls = NFE, row evals = work")
+    print("shared vs per-sample control (dopri5, default time variable 'auto'): calls = NFE, row evals = work")
     print(f"{'problem':18s} {'tol':>7s} {'shared calls':>12s} {'row evals':>10s} {'max err':>9s}   "
           f"{'per-sample calls':>16s} {'row evals':>10s} {'max err':>9s}")
     for name, den, sch, x in probs:
@@ -121,7 +118,7 @@ def main():
         for tol in tols:
             out = []
             for ps in (False, True):
-                y, nfe, st = solve(den, sch, x, DEFAULT_TIME_VARIABLE, tol, ps)
+                y, nfe, st = solve(den, sch, x, "auto", tol, ps)
                 out.append((nfe, st["row_evals"], err(y, ref)[0]))
             (n0, r0, e0), (n1, r1, e1) = out
             print(f"{name:18s} {tol:7.0e} {n0:12d} {r0:10d} {e0:9.2e}   {n1:16d} {r1:10d} {e1:9.2e}", flush=True)

@@ -6,7 +6,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
     python benchmarks/likelihood_vs_peers.py --n 32 --quick   # smoke run
     python benchmarks/likelihood_vs_peers.py --frontier       # probe noise: total error vs network work
 
-Problems: analytic mixtures (MATH §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
+Problems: analytic mixtures (docs/math.md §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
 log p_T (so only the integration and the divergence estimator are measured).
 

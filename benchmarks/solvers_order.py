@@ -1,4 +1,4 @@
-"""Measured convergence orders of the DPM-Solver++ and UniPC solvers (MATH §4).
+"""Measured convergence orders of the DPM-Solver++ and UniPC solvers (docs/math.md §4).
 
 Question: does each solver reach its declared order on the probability-flow ODE, and from how many
 steps on? Error = RMS distance to the exact ODE solution from the same x_T (dopri5 in λ at
@@ -31,7 +31,8 @@ from diffsolve.grids import make_grid  # noqa: E402
 from diffsolve.noise import ImpulseNoise  # noqa: E402
 from diffsolve.processes import NoiseLevel  # noqa: E402
 from diffsolve.reference import ode_reference  # noqa: E402
-from diffsolve.solvers.base import get_solver, integrate  # noqa: E402
+from diffsolve.solvers import get_solver  # noqa: E402
+from diffsolve.loop import integrate  # noqa: E402
 
 F64 = torch.float64
 
@@ -92,7 +93,7 @@ def ode_table(kind, steps, only=None, t_start=None):
         s = get_solver(name, **opts)
         es = []
         for n in steps:
-            x, _ = integrate(s, den, xT, make_grid(sch, n, "log_snr", t_start=t_start), level=NoiseLevel(sch, 0.0))
+            x = integrate(s, den, xT, make_grid(sch, n, "log_snr", t_start=t_start), level=NoiseLevel(sch, 0.0)).x
             es.append(float((x - ref).pow(2).mean().sqrt()))
         local = [-math.log(es[k + 1] / es[k]) / math.log(steps[k + 1] / steps[k]) for k in range(len(steps) - 1)]
         label = name + ("(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
@@ -107,8 +108,8 @@ def variance_error(name, opts, steps, eta):
     den = gm.denoiser(sch, "eps")
     x = torch.zeros(steps + 2, 1, dtype=F64)
     x[1] = 1.0
-    out, _ = integrate(get_solver(name, **opts), den, x, make_grid(sch, steps, "log_snr"),
-                       level=NoiseLevel(sch, eta), noise=ImpulseNoise(steps))
+    out = integrate(get_solver(name, **opts), den, x, make_grid(sch, steps, "log_snr"),
+                       level=NoiseLevel(sch, eta), source=ImpulseNoise(steps)).x
     c = out[0, 0]
     A, B = out[1, 0] - c, out[2:, 0] - c
     aT, sT = float(sch.alpha(sch.t_max)), float(sch.sigma(sch.t_max))

@@ -30,7 +30,8 @@ from diffsolve.grids import make_grid
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
-from diffsolve.solvers.base import get_solver, integrate, parse_solver_spec
+from diffsolve.solvers import get_solver, parse_solver_spec
+from diffsolve.loop import integrate
 from diffsolve.tune import FIXED_GRIDS, TunedGrid, tune_solver, tune_steps
 
 HERE = Path(__file__).parent
@@ -55,8 +56,8 @@ def fixed_errors(den, solver, nfe, seeds, denoise_final, options=None):
     steps = sol.steps_for_nfe(nfe, denoise_final)
     out = {}
     for kind in FIXED_GRIDS:
-        y, _ = integrate(sol, den, x, make_grid(sch, steps, kind), level=NoiseLevel(sch, 0.0),
-                         denoise_final=denoise_final)
+        y = integrate(sol, den, x, make_grid(sch, steps, kind), level=NoiseLevel(sch, 0.0),
+                         denoise_final=denoise_final).x
         out[kind] = float(((y - ref) ** 2).mean().sqrt())
     return out
 

@@ -1,6 +1,6 @@
 r"""Plug pretrained networks into diffsolve: each adapter returns a :class:`~diffsolve.Denoiser`.
 
-Any network predicts one of the types of MATH §2 from (x_t, its own time label); an adapter states
+Any network predicts one of the types of docs/math.md §2 from (x_t, its own time label); an adapter states
 which type, which schedule (α_t, σ_t) and which time label, and nothing else changes:
 
 =====================  =========================================  ============  ======================
@@ -9,7 +9,7 @@ source                 network call                               prediction    
 diffusers UNet         ``unet(x, timestep, class_labels=c).sample``  eps/v/x0     integer timestep
                        with the scheduler's ᾱ_n (DDPMSchedule)    (config)      k = t·N − 1
 EDM / k-diffusion      ``D(y, s)`` in VE coordinates              x0            s = σ/α = e^{−λ}
-                       y = x/α (MATH §2, last row)
+                       y = x/α (docs/math.md §2, last row)
 score_sde              ``score(x, t)``                            score         t (or any)
 any callable           ``f(x, label)``                            any           any
 =====================  =========================================  ============  ======================
@@ -224,7 +224,7 @@ class EDMPrecond(torch.nn.Module):
 
 class VECoordinates(torch.nn.Module):
     r"""``net'(x, s) = D(x/α, s)``: an EDM denoiser D(y; s) used at state x_t = α_t y with
-    s = σ_t/α_t (MATH §2, last row). α is recovered from s through the schedule:
+    s = σ_t/α_t (docs/math.md §2, last row). α is recovered from s through the schedule:
     α = α(t(λ = −ln s)), in float64."""
 
     def __init__(self, D, schedule: Schedule, cond_key: str | None = None):
@@ -250,7 +250,7 @@ def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_
     """A Denoiser for an EDM / k-diffusion denoiser ``D(y, sigma) -> x̂0`` (VE coordinates).
 
     With any schedule (α, σ), the network used is net'(x, t) = D(x/α_t, σ_t/α_t) with prediction
-    x0 (MATH §2). The default schedule is EDM's (α = 1, σ = t ∈ [0.002, 80]). A raw EDM network F
+    x0 (docs/math.md §2). The default schedule is EDM's (α = 1, σ = t ∈ [0.002, 80]). A raw EDM network F
     can be wrapped first with :class:`EDMPrecond`. A condition reaches D as a third positional
     argument, or as the keyword ``cond_key``.
     """

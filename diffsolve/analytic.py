@@ -1,4 +1,4 @@
-r"""Analytic ground truth: Gaussian mixtures under any schedule (MATH §6).
+r"""Analytic ground truth: Gaussian mixtures under any schedule (docs/math.md §6).
 
 Data p_0 = Σ_k w_k N(μ_k, Σ_k) gives, for x_t = α_t x_0 + σ_t ε,
 

@@ -1,4 +1,4 @@
-r"""Any network is a denoiser: one conversion table between prediction types (MATH §2).
+r"""Any network is a denoiser: one conversion table between prediction types (docs/math.md §2).
 
 Every prediction type is an affine function of the state x and the clean-data estimate x̂0,
 
@@ -184,7 +184,7 @@ class Denoiser(torch.nn.Module):
         return table if kind is None else table[kind]
 
     def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
-        """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (MATH §2)."""
+        """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (docs/math.md §2)."""
         source, target = _canonical(source), _canonical(target)
         if source == target:
             return y

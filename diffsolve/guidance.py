@@ -9,7 +9,7 @@ condition ∅ in ONE batched call (rows [x; x], conditions [c; ∅]); the guided
 with guidance scale w (w = 0: unconditional, w = 1: conditional, w > 1: guided; Ho & Salimans
 write (1 + w')ε̂_c − w'ε̂_∅, i.e. w' = w − 1). The combination is applied to the network's own
 output, whatever its prediction type: every prediction type is y = A_t x + B_t x̂0 at fixed
-(x, t) (MATH §2, :mod:`diffsolve.denoiser`) and the weights (1 − w, w) sum to one, so guiding ε̂,
+(x, t) (docs/math.md §2, :mod:`diffsolve.denoiser`) and the weights (1 − w, w) sum to one, so guiding ε̂,
 x̂0, v or the score gives exactly the same x̂0 — guidance "in ε" and "in x0" are the same thing.
 
 Cost: ``nfe`` counts network calls (one batched call = 1 NFE, as for an unguided model); the

@@ -1,17 +1,17 @@
-r"""Exact log-likelihood through the probability-flow ODE (MATH §5).
+r"""Exact log-likelihood through the probability-flow ODE (docs/math.md §5).
 
-Along a trajectory of the probability-flow ODE dx/dt = F_t(x) = f_t x − ½ g_t² ŝ(x, t) (MATH 3.3),
+Along a trajectory of the probability-flow ODE dx/dt = F_t(x) = f_t x − ½ g_t² ŝ(x, t) (docs/math.md (3.3)),
 
-    d/dt log p_t(x_t) = −∇·F_t(x_t)                                               (MATH 5.1)
-    log p_{t0}(x_{t0}) = log p_T(x_T) + ∫_{t0}^{T} ∇·F_t(x_t) dt                    (MATH 5.2)
-    ∇·F_t = f_t d − ½ g_t² ∇·ŝ = f_t d − σ_t λ'_t ∇·ε̂                               (MATH 5.3)
+    d/dt log p_t(x_t) = −∇·F_t(x_t)                                               (docs/math.md (5.1))
+    log p_{t0}(x_{t0}) = log p_T(x_T) + ∫_{t0}^{T} ∇·F_t(x_t) dt                    (docs/math.md (5.2))
+    ∇·F_t = f_t d − ½ g_t² ∇·ŝ = f_t d − σ_t λ'_t ∇·ε̂                               (docs/math.md (5.3))
 
-using ∇·ŝ = −∇·ε̂/σ and g² = −2σ²λ' (MATH 1.3). The term f_t d does not depend on x, so it is
+using ∇·ŝ = −∇·ε̂/σ and g² = −2σ²λ' (docs/math.md (1.3)). The term f_t d does not depend on x, so it is
 integrated in closed form, ∫ f_t d dt = d (log α_T − log α_{t0}); only the network term goes
 through the ODE solver.
 
 **Time variable and state.** Any monotone change of time u = u(t) leaves (5.2) exact and changes
-only the solver's work (MATH §5). We integrate in u ∈ {``t``, ``log_snr`` (λ), ``sigma_over_alpha``
+only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_snr`` (λ), ``sigma_over_alpha``
 (s = σ/α = e^{−λ})} with the state y = x / c_t, c_t = 1 for ``t`` and ``log_snr`` and c_t = α_t for
 ``sigma_over_alpha`` (:data:`TIME_VARIABLES`; the scalings were chosen by measurement):
 
@@ -33,7 +33,7 @@ there, at more NFE.
 (Rademacher or Gaussian, E[zzᵀ] = I) held fixed along the trajectory (FFJORD); each probe's integral
 Δ_j is carried separately, so the result's ``stderr`` is the standard error of their mean.
 With ``fresh_probes=True`` every network evaluation draws new probes instead. Δ then leaves the
-solver's error norm (``rk_solve(error_mask=...)``), so the steps, and with them the quadrature
+solver's error norm (``ProbabilityFlowODE.solve(divergence_in_norm=False)``), so the steps, and with them the quadrature
 weights w_e = h·b_i of the evaluations, depend on the trajectory of y only, never on the probes;
 given that trajectory, Δ_j = Σ_e w_e z_eᵀ J_e z_e is an unbiased estimate of the same Runge–Kutta
 quadrature of the exact divergence, with variance Σ_e w_e² Var(z_eᵀ J_e z_e) instead of
@@ -75,8 +75,9 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
-from .processes import PFODE, TIME_VARIABLES
-from .rk import TABLEAUS, rk_solve
+from .checks import check_data, data_end_time
+from .dequantize import Dequantization
+from .ode import TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode, round_trip
 
 __all__ = ["log_likelihood", "LikelihoodResult", "Dequantization", "encode", "decode", "round_trip",
            "RoundTrip", "prior_gap", "gaussian_prior", "TIME_VARIABLES", "DIVERGENCES", "PROBES"]
@@ -85,77 +86,6 @@ _F64 = torch.float64
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
 _EXACT_CHUNK = 256  # basis vectors per batched VJP in the exact divergence
-# The row index rides in the state (per-sample solves call func on a subset of rows) scaled by an
-# exact power of two, so that it weighs nothing in the solver's norms (initial step, error).
-_IDX_SCALE = 2.0 ** -100
-
-
-# --- dequantization -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dequantization:
-    """Discrete data with ``levels`` = K values on the grid a + (b − a)·k/(K − 1), k = 0..K−1
-    (e.g. uint8 images scaled to [0, 1] or [−1, 1]); integer tensors are read as k directly.
-
-    The dequantized point is x = a + (b − a)(k + u)/K, u ~ U[0, 1)^d: an affine map of the
-    level-unit variable y = k + u onto [a, b), so log p_Y(y) = log p_X(x) + d log((b − a)/K) and
-    −E_u[log p_Y]/(d ln 2) upper-bounds the discrete model's bits/dim (MATH §5).
-    """
-
-    levels: int
-    range: tuple = (0.0, 1.0)
-
-    def __post_init__(self):
-        K = self.levels
-        if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-            raise ValueError(f"dequantize levels must be an integer >= 2, got {K!r}")
-        a, b = (float(v) for v in self.range)
-        if not (math.isfinite(a) and math.isfinite(b) and a < b):
-            raise ValueError(f"dequantize range must be (a, b) with a < b, got {self.range!r}")
-        object.__setattr__(self, "range", (a, b))
-
-    @classmethod
-    def make(cls, spec) -> "Dequantization | None":
-        if spec is None or isinstance(spec, cls):
-            return spec
-        if isinstance(spec, dict):
-            unknown = set(spec) - {"levels", "range"}
-            if unknown or "levels" not in spec:
-                raise ValueError(f"dequantize dict needs keys 'levels' (K) and optionally 'range' ((a, b)); "
-                                 f"got keys {sorted(spec)}")
-            return cls(spec["levels"], tuple(spec.get("range", (0.0, 1.0))))
-        if hasattr(spec, "levels"):
-            return cls(spec.levels, tuple(getattr(spec, "range", (0.0, 1.0))))
-        raise TypeError("dequantize must be None, a dict(levels=K, range=(a, b)) or a Dequantization")
-
-    def level_index(self, x: Tensor) -> Tensor:
-        """k (float64) of data on the grid; raises if x is off the grid or outside [a, b]."""
-        K, (a, b) = self.levels, self.range
-        if not x.is_floating_point():
-            k = x.to(_F64)
-            if bool((k < 0).any() | (k > K - 1).any()):
-                raise ValueError(f"integer data must be levels in 0..{K - 1}, got values in "
-                                 f"[{int(x.min())}, {int(x.max())}]")
-            return k
-        x = x.to(_F64)
-        lo, hi = float(x.min()), float(x.max())
-        step = (b - a) / (K - 1)
-        if lo < a - 1e-6 * step or hi > b + 1e-6 * step:
-            raise ValueError(f"data values lie in [{lo:.6g}, {hi:.6g}], outside the dequantization range "
-                             f"[{a:g}, {b:g}]; set dequantize range to the data's range")
-        k = (x - a) / step
-        off = float((k - k.round()).abs().max())
-        if off > 1e-4:
-            raise ValueError(f"data are not on the {K}-level grid a + (b - a)k/(K - 1) of [{a:g}, {b:g}] "
-                             f"(max distance {off:.3g} grid steps); check levels and range")
-        return k.round()
-
-    def apply(self, k: Tensor, u: Tensor) -> Tensor:
-        a, b = self.range
-        return a + (b - a) * (k + u) / self.levels
-
-    def log_jacobian(self, d: int) -> float:
-        a, b = self.range
-        return d * math.log((b - a) / self.levels)
 
 
 # --- result -----------------------------------------------------------------------------------
@@ -172,7 +102,7 @@ class LikelihoodResult:
         nfe: (B,) int64, forward network calls each sample took part in (each with a backward).
         z: (B, *shape) latent at t_max.
         prior_log_prob: log p_T(z) under the prior.
-        delta_log_prob: log_prob − prior_log_prob (the integral of MATH 5.2, plus the
+        delta_log_prob: log_prob − prior_log_prob (the integral of docs/math.md (5.2), plus the
             dequantization term).
         x: (B, *shape) the point whose density was computed (the dequantized data if any).
         info: settings and solver statistics.
@@ -213,7 +143,7 @@ def prior_gap(z: Tensor, exact_log_p_T: Callable[[Tensor], Tensor], prior="gauss
     """The prior's own error at the latents ``z``: log p_T(z) − prior(z), per sample.
 
     Adding it to ``log_prob`` gives the estimate with the exact prior; its mean over z ~ p_T is
-    KL(p_T ‖ prior) (MATH §5), so averaging it over the latents of data samples separates the
+    KL(p_T ‖ prior) (docs/math.md §5), so averaging it over the latents of data samples separates the
     prior's error from the solver's.
     """
     if prior == "gaussian":
@@ -263,121 +193,57 @@ def _eps_and_divergence(denoiser: Denoiser, x: Tensor, t: Tensor, probes: Tensor
     return e, div[:, None]
 
 
-# --- the ODE ----------------------------------------------------------------------------------
-class _LikelihoodODE:
-    """Right-hand side on the flat state [y (d), Δ (k), row index (1)]; rows independent."""
+class _DivergenceEstimate:
+    """ε̂ and k estimates of ∇_x·ε̂ per row from one network evaluation (the ``divergence`` of
+    :meth:`diffsolve.ode.ProbabilityFlowODE.solve`). ``probes``: None (exact divergence), a
+    (k, B, *shape) tensor held fixed, or a callable rows (n,) -> (k, n, *shape) drawing fresh probes
+    for those rows at every evaluation."""
 
-    def __init__(self, denoiser, coords, shape, k, probes, with_divergence=True):
-        # probes: None (exact divergence), a (k, B, *shape) tensor held fixed, or a callable
-        # rows (n,) -> (k, n, *shape) drawing fresh probes for those rows at every evaluation
-        self.den, self.co, self.shape = denoiser, coords, tuple(shape)
-        self.d = math.prod(self.shape)
-        self.k, self.probes, self.with_div = k, probes, with_divergence
-        self.calls = None  # (B,) forward calls per row
+    def __init__(self, denoiser: Denoiser, k: int, probes):
+        self.denoiser, self.k, self.probes = denoiser, k, probes
 
-    def __call__(self, u: Tensor, state: Tensor) -> Tensor:
-        n, d, k, co = state.shape[0], self.d, self.k, self.co
-        t = co.t_of(u)
-        idx = (state[:, -1] / _IDX_SCALE).round().long()
-        self.calls.index_add_(0, idx.cpu(), torch.ones(n, dtype=torch.int64))
-        y = state[:, :d]
-        x = co.from_state(y, t).reshape(n, *self.shape)
-        if self.with_div:
-            probes = self.probes
-            if callable(probes):
-                probes = probes(idx)
-            elif probes is not None:
-                probes = probes[:, idx.to(probes.device)]
-            eps, div = _eps_and_divergence(self.den, x, t, probes)
-        else:
-            with torch.no_grad():
-                eps, div = self.den.eps(x, t), None
-        out = torch.zeros_like(state)
-        out[:, :d] = co.rate(y, t, eps.reshape(n, d))
-        if self.with_div:
-            K = co.coefficients(t)[1]
-            out[:, d:d + k] = (K if K.dim() == 0 else K[:, None]).to(state.dtype) * div.to(state.dtype)
-        return out
+    def __call__(self, x: Tensor, t: Tensor, rows: Tensor):
+        probes = self.probes
+        if callable(probes):
+            probes = probes(rows)
+        elif probes is not None:
+            probes = probes[:, rows.to(probes.device)]
+        return _eps_and_divergence(self.denoiser, x, t, probes)
 
 
-def _check_tolerance(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    return float(v)
+def _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior):
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; valid: {', '.join(PROBES)}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be a positive integer, got {probes!r}")
+    if not isinstance(fresh_probes, bool):
+        raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
+    if fresh_probes and divergence == "exact":
+        raise ValueError("fresh_probes applies to divergence='hutchinson'; the exact divergence uses no probes")
+    if dtype not in (torch.float64, torch.float32):
+        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    if prior != "gaussian" and not callable(prior):
+        raise ValueError(f"prior must be 'gaussian' or a callable z -> log p_T(z), got {prior!r}")
 
 
-def _check_x(denoiser, x, allow_int=False):
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(f"denoiser must be a diffsolve.Denoiser, got {type(denoiser).__name__}; "
-                        f"wrap your network with Denoiser(net, schedule, prediction=...)")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (batch, *sample_shape), got {type(x).__name__}")
-    if not x.is_floating_point() and not (allow_int and x.dtype in
-                                           (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}"
-                        + ("" if allow_int else "; integer data need dequantize=dict(levels=K, range=(a, b))"))
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must have shape (batch, *sample_shape) with batch >= 1, got {tuple(x.shape)}")
-    if denoiser.shape is not None and tuple(x.shape[1:]) != denoiser.shape:
-        raise ValueError(f"x has sample shape {tuple(x.shape[1:])} but the denoiser expects {denoiser.shape}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"x contains NaN or Inf (samples {bad[:10]}{'...' if len(bad) > 10 else ''})")
+def _random_source(seeds, x: Tensor) -> NoiseSource:
+    """Dequantization noise first, then the k probes (per sample with seeds)."""
+    B, shape = x.shape[0], tuple(x.shape[1:])
+    if isinstance(seeds, torch.Generator):
+        return NoiseSource(B, shape, generator=seeds, device=x.device, dtype=_F64)
+    return NoiseSource(B, shape, seeds=parse_seeds(seeds) if seeds is not None else None, device=x.device,
+                       dtype=_F64)
 
 
-def _variance_preserving(schedule) -> bool:
-    """α_t² + σ_t² = 1 on the schedule's range (VP, cosine, DDPM; not sub-VP, VE, EDM or flow)."""
-    t = torch.linspace(schedule.t_min, schedule.t_max, 9, dtype=_F64)
-    return bool(((schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2 - 1).abs() < 1e-6).all())
+def _probes(src: NoiseSource, k: int, probe: str, fresh: bool, dtype):
+    """Hutchinson probes: (k, B, *shape) held fixed, or a callable drawing them per evaluation."""
+    def draw(rows=None):  # (k, n, *shape) probes for the given rows (all when None)
+        V = torch.stack([src.randn(rows) for _ in range(k)]).to(dtype)
+        return torch.sign(V) if probe == "rademacher" else V
 
-
-def _time_variable(name, per_sample, schedule):
-    if name == "auto":  # the measured choice (module docstring, benchmarks/likelihood.md)
-        return "t" if _variance_preserving(schedule) else "log_snr"
-    if name not in TIME_VARIABLES:
-        raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
-    return name
-
-
-def _solve_settings(method, rtol, atol, fixed_steps, norm):
-    if method not in TABLEAUS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(TABLEAUS)}")
-    rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
-    if fixed_steps is not None and (isinstance(fixed_steps, bool) or not isinstance(fixed_steps, int)
-                                    or fixed_steps < 1):
-        raise ValueError(f"fixed_steps must be a positive integer or None, got {fixed_steps!r}")
-    if norm not in ("rms", "max"):
-        raise ValueError(f"norm must be 'rms' or 'max', got {norm!r}")
-    return rtol, atol
-
-
-def _t_end(schedule, t_end):
-    t_end = schedule.t_min if t_end is None else float(t_end)
-    if not (schedule.t_min - 1e-12 <= t_end < schedule.t_max):
-        raise ValueError(f"t_end must lie in [t_min, t_max) = [{schedule.t_min:g}, {schedule.t_max:g}), got {t_end}")
-    return max(t_end, schedule.t_min)
-
-
-def _chunked(ode, state, u0, u1, chunk_size, *, method, rtol, atol, per_sample, fixed_steps, norm, max_steps,
-             error_mask=None):
-    """rk_solve over chunks of rows; the last state column is the global row index."""
-    B = state.shape[0]
-    ode.calls = torch.zeros(B, dtype=torch.int64)
-    cs = chunk_size or B
-    outs, stats = [], dict(row_evals=0, accepted=[], rejected=[])
-    for i in range(0, B, cs):
-        if fixed_steps is not None:
-            out, st = rk_solve(ode, state[i:i + cs], u0, u1, method=method, steps=fixed_steps)
-        else:
-            out, st = rk_solve(ode, state[i:i + cs], u0, u1, method=method, rtol=rtol, atol=atol,
-                               per_sample=per_sample, norm=norm, max_steps=max_steps, error_mask=error_mask)
-        outs.append(out)
-        stats["row_evals"] += st["row_evals"]
-        stats["accepted"].append(st["accepted"])
-        stats["rejected"].append(st["rejected"])
-    stats["accepted"] = torch.cat(stats["accepted"])
-    stats["rejected"] = torch.cat(stats["rejected"])
-    return torch.cat(outs), stats
+    return (lambda rows: draw(rows.tolist())) if fresh else draw()
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
@@ -388,7 +254,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
                    dequantize=None, seeds=None, chunk_size: int | None = None,
                    dtype: torch.dtype = torch.float64, norm: str = "max",
                    max_steps: int = 10000) -> LikelihoodResult:
-    r"""Log-density of ``x`` under the model, by the probability-flow ODE (MATH 5.1–5.3).
+    r"""Log-density of ``x`` under the model, by the probability-flow ODE (docs/math.md (5.1)–(5.3)).
 
     Integrates the ODE of the module docstring from ``t_end`` (data) to ``t_max`` (noise) together
     with the divergence integral Δ and returns log p_{t_end}(x) = log p_T(z) + d(log α_T − log α_{t_end})
@@ -420,7 +286,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             callable z (B, *shape) -> (B,) log p_T(z), e.g. an analytic mixture's exact log p_T.
         t_end: data-side end time (default ``schedule.t_min``); the result is log p_{t_end}(x).
         dequantize: None, ``dict(levels=K, range=(a, b))`` or a :class:`Dequantization`: x is
-            dequantized uniformly and log_prob is log p_Y in level units (MATH §5).
+            dequantized uniformly and log_prob is log p_Y in level units (docs/math.md §5).
         seeds: per-sample seeds (sequence of B ints or ``"0-63"``), so the probes and dequantization
             noise of sample i do not depend on the batch; or a ``torch.Generator`` for the batch;
             default a generator seeded 0.
@@ -434,155 +300,46 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         :class:`LikelihoodResult`.
     """
     deq = Dequantization.make(dequantize)
-    _check_x(denoiser, x, allow_int=deq is not None)
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; valid: {', '.join(PROBES)}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    if not isinstance(fresh_probes, bool):
-        raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
-    if fresh_probes and divergence == "exact":
-        raise ValueError("fresh_probes applies to divergence='hutchinson'; the exact divergence uses no probes")
-    time_variable = _time_variable(time_variable, per_sample, denoiser.schedule)
-    rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
-    if dtype not in (torch.float64, torch.float32):
-        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    check_data(denoiser, x, allow_int=deq is not None)
+    _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior)
+    solve = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, fixed_steps=fixed_steps,
+                 max_steps=max_steps, chunk_size=chunk_size)
+    check_settings(time_variable=time_variable, **solve)
     sch = denoiser.schedule
-    t_end = _t_end(sch, t_end)
-    B, shape = x.shape[0], tuple(x.shape[1:])
-    d = math.prod(shape)
-    if prior == "gaussian":
-        prior_fn = gaussian_prior(sch)
-    elif callable(prior):
-        prior_fn = prior
-    else:
-        raise ValueError(f"prior must be 'gaussian' or a callable z -> log p_T(z), got {prior!r}")
-
-    # Randomness: dequantization noise first, then the k probes (per sample with seeds).
-    if isinstance(seeds, torch.Generator):
-        src = NoiseSource(B, shape, generator=seeds, device=x.device, dtype=_F64)
-    else:
-        src = NoiseSource(B, shape, seeds=parse_seeds(seeds) if seeds is not None else None,
-                          device=x.device, dtype=_F64)
+    t_end = data_end_time(sch, t_end)
+    src = _random_source(seeds, x)
     if deq is not None:
-        k_lv = deq.level_index(x)
         u = torch.special.ndtr(src.randn())  # U[0, 1) from a normal draw of the same stream
-        x = deq.apply(k_lv, u)
+        x = deq.apply(deq.level_index(x), u)
     x = x.to(dtype)
     exact = divergence == "exact"
     k = 1 if exact else probes
+    estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
+    ode = ProbabilityFlowODE(denoiser, time_variable)
+    # fresh probes: the random Δ must not steer the steps (module docstring)
+    sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
+    info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,
+                method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=sol.time_variable,
+                fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=sol.row_evals,
+                accepted=sol.accepted, rejected=sol.rejected, norm=norm)
+    return _result(sol, x, t_end, sch, prior, deq, exact, info)
 
-    def draw(rows=None):  # (k, n, *shape) probes for the given rows (all when None)
-        V = torch.stack([src.randn(rows) for _ in range(k)]).to(dtype)
-        return torch.sign(V) if probe == "rademacher" else V
 
-    V = None
-    if not exact:
-        V = (lambda idx: draw(idx.tolist())) if fresh_probes else draw()  # fixed: (k, B, *shape)
-
-    co = PFODE(denoiser, time_variable)
-    u0, u1 = float(co.u_of(t_end)), float(co.u_of(sch.t_max))
-    t0_t, tT_t = torch.tensor(t_end, dtype=_F64), torch.tensor(sch.t_max, dtype=_F64)
-    state = torch.zeros(B, d + k + 1, dtype=dtype, device=x.device)
-    state[:, :d] = x.reshape(B, d) / float(co.c(t_end))
-    state[:, -1] = torch.arange(B, dtype=dtype) * _IDX_SCALE
-    ode = _LikelihoodODE(denoiser, co, shape, k, V, with_divergence=True)
-
-    mask = None
-    if fresh_probes:  # the random Δ must not steer the steps (module docstring)
-        mask = torch.ones(d + k + 1, dtype=torch.bool)
-        mask[d:d + k] = False
-    out, stats = _chunked(ode, state, u0, u1, chunk_size, method=method, rtol=rtol, atol=atol,
-                          per_sample=per_sample, fixed_steps=fixed_steps, norm=norm, max_steps=max_steps,
-                          error_mask=mask)
-    nfe = ode.calls
-    denoiser.check_finite()
-
-    z = (float(co.c(sch.t_max)) * out[:, :d]).to(_F64).reshape(B, *shape)
-    deltas = out[:, d:d + k].to(_F64)  # (B, k) per-probe integrals
-    linear = d * float(sch.log_alpha(tT_t) - sch.log_alpha(t0_t))
-    prior_lp = prior_fn(z).to(_F64).reshape(-1)
+def _result(sol, x: Tensor, t_end: float, sch, prior, deq, exact: bool, info: dict) -> LikelihoodResult:
+    """log p_{t_end}(x) = log p_T(z) + d (log α_T − log α_{t_end}) + Δ (module docstring)."""
+    B, d = x.shape[0], x[0].numel()
+    z, deltas = sol.x.to(_F64), sol.delta.to(_F64)  # (B, k) per-probe integrals
+    k = deltas.shape[1]
+    prior_lp = (gaussian_prior(sch) if prior == "gaussian" else prior)(z).to(_F64).reshape(-1)
     if prior_lp.shape != (B,):
         raise ValueError(f"prior returned shape {tuple(prior_lp.shape)}; it must return ({B},) log-densities")
+    t0, tT = torch.tensor(t_end, dtype=_F64), torch.tensor(sch.t_max, dtype=_F64)
+    linear = d * float(sch.log_alpha(tT) - sch.log_alpha(t0))
     delta = deltas.mean(1) + linear + (deq.log_jacobian(d) if deq is not None else 0.0)
     log_prob = prior_lp + delta
     stderr = None
     if not exact:
         stderr = deltas.std(1) / math.sqrt(k) if k > 1 else torch.full((B,), float("nan"), dtype=_F64)
-    info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,
-                method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=time_variable,
-                fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=stats["row_evals"],
-                accepted=stats["accepted"], rejected=stats["rejected"], norm=norm, per_probe_delta=deltas)
     return LikelihoodResult(log_prob=log_prob, bits_per_dim=-log_prob / (d * math.log(2)), stderr=stderr,
-                            nfe=nfe, z=z, prior_log_prob=prior_lp, delta_log_prob=delta, x=x.to(_F64), info=info)
-
-
-# --- encode / decode --------------------------------------------------------------------------
-@dataclass
-class RoundTrip:
-    """What :func:`round_trip` returns: latents ``z``, reconstructions ``x_rec`` and per-sample
-    ``error`` (max |x_rec − x|) and ``rms_error``; ``nfe`` forward calls per sample (both ways)."""
-
-    z: Tensor
-    x_rec: Tensor
-    error: Tensor
-    rms_error: Tensor
-    nfe: Tensor
-
-
-def _flow(denoiser, x, t_from, t_to, *, rtol, atol, method, per_sample, time_variable, fixed_steps,
-          chunk_size, norm, max_steps):
-    time_variable = _time_variable(time_variable, per_sample, denoiser.schedule)
-    rtol, atol = _solve_settings(method, rtol, atol, fixed_steps, norm)
-    co = PFODE(denoiser, time_variable)
-    B, shape = x.shape[0], tuple(x.shape[1:])
-    d = math.prod(shape)
-    c_from, c_to = float(co.c(t_from)), float(co.c(t_to))
-    state = torch.zeros(B, d + 1, dtype=_F64, device=x.device)
-    state[:, :d] = x.reshape(B, d).to(_F64) / c_from
-    state[:, -1] = torch.arange(B, dtype=_F64) * _IDX_SCALE
-    ode = _LikelihoodODE(denoiser, co, shape, 0, None, with_divergence=False)
-    u0, u1 = float(co.u_of(t_from)), float(co.u_of(t_to))
-    out, _ = _chunked(ode, state, u0, u1, chunk_size, method=method, rtol=rtol, atol=atol, per_sample=per_sample,
-                      fixed_steps=fixed_steps, norm=norm, max_steps=max_steps)
-    denoiser.check_finite()
-    return (c_to * out[:, :d]).reshape(B, *shape), ode.calls
-
-
-def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
-           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
-           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
-           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
-    """Data x at ``t_end`` (default t_min) → latent z at t_max along the probability-flow ODE
-    (MATH 3.3), without the divergence. Returns (z, nfe per sample); same settings as
-    :func:`log_likelihood`."""
-    _check_x(denoiser, x)
-    t_end = _t_end(denoiser.schedule, t_end)
-    return _flow(denoiser, x, t_end, denoiser.schedule.t_max, rtol=rtol, atol=atol, method=method,
-                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
-                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
-
-
-def decode(denoiser: Denoiser, z: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
-           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
-           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
-           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
-    """Latent z at t_max → data at ``t_end`` (the inverse of :func:`encode`). Returns (x, nfe)."""
-    _check_x(denoiser, z)
-    t_end = _t_end(denoiser.schedule, t_end)
-    return _flow(denoiser, z, denoiser.schedule.t_max, t_end, rtol=rtol, atol=atol, method=method,
-                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
-                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
-
-
-def round_trip(denoiser: Denoiser, x: Tensor, **kwargs) -> RoundTrip:
-    """Encode then decode ``x`` with the same settings (keyword arguments of :func:`encode`) and
-    report the reconstruction error: a check that the solver inverts the flow at this tolerance."""
-    z, n1 = encode(denoiser, x, **kwargs)
-    x_rec, n2 = decode(denoiser, z, **kwargs)
-    diff = (x_rec - x.to(_F64)).reshape(x.shape[0], -1)
-    return RoundTrip(z=z, x_rec=x_rec, error=diff.abs().amax(1), rms_error=diff.pow(2).mean(1).sqrt(), nfe=n1 + n2)
+                            nfe=sol.calls.cpu(), z=z, prior_log_prob=prior_lp, delta_log_prob=delta, x=x.to(_F64),
+                            info=dict(info, per_probe_delta=deltas))

@@ -1,9 +1,9 @@
-r"""The Fokker–Planck family of processes with the marginals p_t of a schedule (MATH §3, seed 001).
+r"""The Fokker–Planck family of processes with the marginals p_t of a schedule (docs/math.md §3, seed 001).
 
 For any noise level ν_t ≥ 0,
 
-    forward family   dx = [f_t x − ½(g_t² − ν_t²) ∇log p_t(x)] dt + ν_t dw         (MATH 3.1)
-    reverse family   dx = [f_t x − ½(g_t² + ν_t²) ∇log p_t(x)] dt + ν_t dw̄        (MATH 3.2)
+    forward family   dx = [f_t x − ½(g_t² − ν_t²) ∇log p_t(x)] dt + ν_t dw         (docs/math.md (3.1))
+    reverse family   dx = [f_t x − ½(g_t² + ν_t²) ∇log p_t(x)] dt + ν_t dw̄        (docs/math.md (3.2))
 
 all share the marginals p_t. ν = g gives the forward SDE (1.2) and Anderson's reverse SDE; ν = 0
 the probability-flow ODE (3.3). ν_t is given as ``eta`` (ν_t = η g_t) or as any callable
@@ -23,7 +23,7 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .schedules import Schedule, make_schedule
 
-__all__ = ["NoiseLevel", "ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "PFODE", "TIME_VARIABLES"]
+__all__ = ["NoiseLevel", "ForwardSDE", "ReverseSDE", "bcast_time"]
 
 
 class NoiseLevel:
@@ -88,7 +88,9 @@ class NoiseLevel:
         return f"NoiseLevel(eta={self.eta})" if self.noise is None else f"NoiseLevel(noise={self.noise!r})"
 
 
-def _bcast(c: Tensor, x: Tensor) -> Tensor:
+def bcast_time(c: Tensor, x: Tensor) -> Tensor:
+    """A float64 coefficient of the time(s), 0-dim or per row (B,), cast and shaped to broadcast
+    against x of shape (B, ...)."""
     c = c.to(device=x.device, dtype=x.dtype)
     return c.reshape(-1, *([1] * (x.dim() - 1))) if c.dim() == 1 else c
 
@@ -119,9 +121,9 @@ class _Process:
 
 
 class ForwardSDE(_Process):
-    """Forward family (MATH 3.1) from data (t_min) to noise (t_max).
+    """Forward family (docs/math.md (3.1)) from data (t_min) to noise (t_max).
 
-    With the default ν = g (``eta=1``) this is the forward SDE dx = f x dt + g dw (MATH 1.2) and no
+    With the default ν = g (``eta=1``) this is the forward SDE dx = f x dt + g dw (docs/math.md (1.2)) and no
     score is needed; any other ν needs a ``denoiser`` for the score term.
     """
 
@@ -138,10 +140,10 @@ class ForwardSDE(_Process):
 
     def drift(self, x, t):
         sch = self.schedule
-        out = _bcast(sch.f(t), x) * x
+        out = bcast_time(sch.f(t), x) * x
         if self._needs_score:
             c = -0.5 * (sch.g2(t) - self.level.nu2(t))
-            out = out + _bcast(c, x) * self.denoiser.score(x, t)
+            out = out + bcast_time(c, x) * self.denoiser.score(x, t)
         return out
 
     def torchsde(self, shape):
@@ -150,7 +152,7 @@ class ForwardSDE(_Process):
 
 
 class ReverseSDE(_Process):
-    """Reverse family (MATH 3.2), integrated from t_max down to t_min.
+    """Reverse family (docs/math.md (3.2)), integrated from t_max down to t_min.
 
     Args:
         denoiser: the network as a :class:`~diffsolve.Denoiser`.
@@ -167,105 +169,13 @@ class ReverseSDE(_Process):
         """f_t x − ½(g_t² + ν_t²) ŝ(x, t): the velocity dx/dt in (decreasing) process time."""
         sch = self.schedule
         c = -0.5 * (sch.g2(t) + self.level.nu2(t))
-        return _bcast(sch.f(t), x) * x + _bcast(c, x) * self.denoiser.score(x, t)
+        return bcast_time(sch.f(t), x) * x + bcast_time(c, x) * self.denoiser.score(x, t)
 
     def torchsde(self, shape, grid=None):
         """torchsde SDE object in increasing time τ = t_max − t; state flattened to (batch, dim).
         With a decreasing ``grid`` of times t_0 > … > t_n: in the grid index u ∈ [0, n] instead
         (class ``_TorchSDE``), so that a step du = 1 is one grid step."""
         return _TorchSDE(self, shape, reverse=True, grid=grid)
-
-
-class ProbabilityFlowODE(ReverseSDE):
-    """The probability-flow ODE dx/dt = f_t x − ½ g_t² ∇log p_t(x) (MATH 3.3): ν = 0."""
-
-    def __init__(self, denoiser: Denoiser):
-        super().__init__(denoiser, eta=0.0)
-
-
-# time variable -> state scaling c_t (the pairs chosen by measurement: benchmarks/adaptive_time_variable.py,
-# benchmarks/likelihood.md)
-TIME_VARIABLES = {"t": "one", "log_snr": "one", "sigma_over_alpha": "alpha"}
-
-
-class PFODE:
-    r"""The probability-flow ODE (MATH 3.3) in a time variable u with the state y = x / c_t.
-
-    With ŝ = −ε̂/σ and g² = −2σ²λ' (MATH 1.3), dx/dt = f_t x − σ_t λ'_t ε̂. For a monotone change of
-    time u = u(t) and a scaling c_t:
-
-        dy/du = L_u y + (K_u / c_t) ε̂(c_t y, t),   L_u = (f_t − c'_t/c_t) dt/du,   K_u = −σ_t λ'_t dt/du
-
-    and the divergence of the x-drift per unit u is f_t d dt/du + K_u ∇_x·ε̂ (MATH 5.3).
-
-        ``"t"``                 u = t,          c = 1
-        ``"log_snr"``           u = λ,          c = 1
-        ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates)
-
-    ``scale`` overrides c (``"one"``, ``"alpha"``): e.g. ``("log_snr", "alpha")`` is
-    dy/dλ = x̂0 − y, the form the reference solves use. t(u) uses the schedule's exact inverse
-    ``t_of_log_snr``, clamped to [t_min, t_max] (a first trial step or the rounding of an end point
-    may overshoot). Times may be 0-dim or per-row (B,) float64 tensors; coefficients broadcast
-    against y.
-    The one place diffsolve changes variables in the ODE: adaptive solvers, reference solves and
-    the likelihood all use it.
-    """
-
-    def __init__(self, denoiser: Denoiser, time_variable: str = "log_snr", scale: str | None = None):
-        if time_variable not in TIME_VARIABLES:
-            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
-        if scale not in (None, "one", "alpha"):
-            raise ValueError(f"unknown scale {scale!r}; valid: 'one', 'alpha'")
-        self.denoiser, self.variable = denoiser, time_variable
-        self.schedule = denoiser.schedule
-        self.scale = scale or TIME_VARIABLES[time_variable]
-
-    def u_of(self, t) -> Tensor:
-        sch, t = self.schedule, torch.as_tensor(t, dtype=torch.float64)
-        if self.variable == "t":
-            return t
-        lam = sch.log_snr(t)
-        return lam if self.variable == "log_snr" else torch.exp(-lam)
-
-    def t_of(self, u: Tensor) -> Tensor:
-        u, sch = torch.as_tensor(u, dtype=torch.float64), self.schedule
-        if self.variable != "t":
-            u = sch.t_of_log_snr(u if self.variable == "log_snr" else -torch.log(u))
-        return u.clamp(sch.t_min, sch.t_max)
-
-    def dt_du(self, t: Tensor) -> Tensor:
-        if self.variable == "t":
-            return torch.ones_like(t)
-        dlam = self.schedule.d_log_snr(t)
-        return 1.0 / dlam if self.variable == "log_snr" else -torch.exp(self.schedule.log_snr(t)) / dlam
-
-    def c(self, t) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return torch.ones_like(t) if self.scale == "one" else self.schedule.alpha(t)
-
-    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(L_u, K_u) at t (class docstring), float64, shaped like t."""
-        sch = self.schedule
-        dtdu = self.dt_du(t)
-        dlogc = torch.zeros_like(t) if self.scale == "one" else sch.d_log_alpha(t)
-        return (sch.d_log_alpha(t) - dlogc) * dtdu, -sch.sigma(t) * sch.d_log_snr(t) * dtdu
-
-    def to_state(self, x: Tensor, t) -> Tensor:
-        return x if self.scale == "one" else x / _bcast(self.c(t), x)
-
-    def from_state(self, y: Tensor, t) -> Tensor:
-        return y if self.scale == "one" else y * _bcast(self.c(t), y)
-
-    def rate(self, y: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """dy/du given ε̂ at (c_t y, t)."""
-        lin, k = self.coefficients(t)
-        return _bcast(lin, y) * y + _bcast(k / self.c(t), y) * eps.to(y.dtype)
-
-    def func(self, u: Tensor, y: Tensor) -> Tensor:
-        """dy/du at (u, y): one network evaluation (the ``func(t, y)`` of torchdiffeq and rk_solve).
-        u stays on its device (no host synchronisation per evaluation)."""
-        t = self.t_of(u.detach())
-        return self.rate(y, t, self.denoiser.eps(self.from_state(y, t), t))
 
 
 class _TorchSDE(torch.nn.Module):

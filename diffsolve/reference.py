@@ -1,14 +1,14 @@
-r"""High-accuracy reference solutions of the probability-flow ODE (MATH 3.3).
+r"""High-accuracy reference solutions of the probability-flow ODE (docs/math.md (3.3)).
 
 Used to measure a sampler's error "against the exact ODE solution from the same x_T": with an
-analytic denoiser (MATH §6) the drift is exact, so a tight-tolerance adaptive solve is the exact
+analytic denoiser (docs/math.md §6) the drift is exact, so a tight-tolerance adaptive solve is the exact
 solution up to its tolerance. The ODE is integrated for the data-scale state y = x/α in
-λ = log(α/σ), where it reads (an exact change of variables of MATH 3.3)
+λ = log(α/σ), where it reads (an exact change of variables of docs/math.md (3.3))
 
     dy/dλ = x̂0(α_t y, t) − y,     t = t(λ),
 
 smooth and non-stiff over the whole range, with dopri5 and per-sample error control
-(:func:`diffsolve.rk.rk_solve`), so each sample's reference does not depend on its batch.
+(:meth:`diffsolve.ode.ProbabilityFlowODE.solve`), so each sample's reference does not depend on its batch.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
+from .ode import ProbabilityFlowODE
 
 __all__ = ["ode_reference"]
 
@@ -35,15 +36,9 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
     Returns:
         (B, *shape) float64 tensor.
     """
-    from .processes import PFODE
-    from .rk import rk_solve
-
-    ode = PFODE(denoiser, "log_snr", scale="alpha")  # dy/dλ = x̂0 − y = −(σ/α) ε̂, y = x/α
-    x = x.to(torch.float64)
-    u0, u1 = float(ode.u_of(float(t_start))), float(ode.u_of(float(t_end)))
-    y, _ = rk_solve(ode.func, ode.to_state(x, float(t_start)), u0, u1, method=method, rtol=rtol, atol=atol,
-                    per_sample=True, max_steps=100000)
-    out = ode.from_state(y, float(t_end))
+    ode = ProbabilityFlowODE(denoiser, "log_snr", scale="alpha")  # dy/dλ = x̂0 − y = −(σ/α) ε̂, y = x/α
+    out = ode.solve(x.to(torch.float64), float(t_start), float(t_end), method=method, rtol=rtol, atol=atol,
+                    per_sample=True, max_steps=100000).x
     if denoise_final:
         out = denoiser.x0(out, float(t_end))
     return out

@@ -23,6 +23,7 @@ References:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["ButcherTableau", "TABLEAUS", "rk_solve"]
+__all__ = ["ButcherTableau", "TABLEAUS", "rk_solve", "check_settings", "get_tableau"]
 
 
 @dataclass(frozen=True)
@@ -175,35 +176,55 @@ def _bc(c: Tensor, y: Tensor) -> Tensor:
     return c.reshape(-1, *([1] * (y.dim() - 1)))
 
 
-def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, *,
+def check_settings(method="dopri5", rtol: float = 1e-5, atol: float = 1e-5, norm: str = "rms",
+                   steps: int | None = None, max_steps: int = 10000) -> ButcherTableau:
+    """The one validation of the engine's settings (every caller's settings reach it): returns the
+    tableau. rtol and atol must be finite and > 0 (an absolute part keeps the scaled error defined
+    where a component is 0, e.g. a likelihood's Δ at the start); norm ``"rms"`` or ``"max"``;
+    ``steps`` (fixed-step mode) and ``max_steps`` positive integers."""
+    tab = get_tableau(method)
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    if norm not in ("rms", "max"):
+        raise ValueError(f"norm must be 'rms' or 'max', got {norm!r}")
+    for name, v in (("steps", steps), ("max_steps", max_steps)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer{' or None' if name == 'steps' else ''}, got {v!r}")
+    return tab
+
+
+def rk_solve(func: Callable[..., Tensor], y0: Tensor, t0: float, t1: float, *,
              method="dopri5", rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = False,
              h0: float | None = None, max_steps: int = 10000, norm: str = "rms",
              steps: int | None = None, safety: float = 0.9,
-             error_mask: Tensor | None = None) -> tuple[Tensor, dict]:
+             error_mask: Tensor | None = None, rows: bool = False) -> tuple[Tensor, dict]:
     r"""Integrate dy/dt = func(t, y) from t0 to t1 (either direction) with an embedded RK pair.
 
     Args:
         func: ``func(t, y) -> dy/dt``. With ``per_sample=False`` ``t`` is a 0-dim float64 tensor and
             ``y`` the whole (B, ...) batch; with ``per_sample=True`` ``t`` is an (n,) float64 tensor
             of per-row times and ``y`` the (n, ...) unfinished rows, so ``func`` must treat rows
-            independently (carry per-row constants in the state with zero derivative).
+            independently. With ``rows=True`` it is called ``func(t, y, rows)``, ``rows`` the (n,)
+            int64 indices (on y0's device) of y's rows in y0.
         y0: (B, ...) initial state (float64 recommended).
         t0, t1: Python floats; integration from t0 to t1.
         method: a name in :data:`TABLEAUS` (``euler_heun``, ``bosh3``, ``dopri5``, ``tsit5``,
             ``dop853``) or a :class:`ButcherTableau`.
-        rtol, atol: tolerances (> 0 and ≥ 0) of the scaled error (see module docstring).
+        rtol, atol: tolerances (> 0) of the scaled error (see module docstring; :func:`check_settings`).
         per_sample: one step size per row with the norm per row, instead of one shared step size
             with the norm over the whole batch.
         h0: initial |step|; default Hairer's heuristic (one extra evaluation).
         max_steps: limit on step attempts per row (accepted + rejected); exceeding it raises.
         norm: ``"rms"`` or ``"max"`` over the elements of a row (or of the batch when shared).
-        steps: fixed-step mode: exactly ``steps`` equal steps, no error control (order tests).
+        steps: fixed-step mode: exactly ``steps`` equal steps, no error control.
         safety: safety factor of the controller.
         error_mask: optional bool tensor of a row's shape (``y0.shape[1:]``): only the elements where
             it is True enter the error norms (step acceptance, step size, starting step). Components
             left out still integrate with the method's weights but never steer the steps — for a
             quadrature riding along whose integrand is random (fresh Hutchinson probes per call),
             so that the steps, hence the estimate's weights, do not depend on the randomness.
+        rows: pass the row indices to ``func`` (above).
 
     Returns:
         ``(y1, stats)``: y1 of y0's shape at t1; stats = {``nfe``: calls of func, ``row_evals``:
@@ -214,134 +235,163 @@ def rk_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1
     ``nonzero`` also selects the active rows). Step sizes, times and controller state stay on
     y0's device.
     """
-    tab = get_tableau(method)
-    if not (isinstance(rtol, (int, float)) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
-    if not (isinstance(atol, (int, float)) and atol >= 0):
-        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
-    if norm not in ("rms", "max"):
-        raise ValueError(f"norm must be 'rms' or 'max', got {norm!r}")
+    tab = check_settings(method, rtol, atol, norm, steps, max_steps)
     if not isinstance(y0, Tensor) or y0.dim() < 1 or y0.shape[0] == 0:
         raise ValueError("y0 must be a tensor of shape (B, ...) with B >= 1")
-    if steps is not None and (int(steps) != steps or steps < 1):
-        raise ValueError(f"steps must be a positive integer (fixed-step mode), got {steps!r}")
-    if error_mask is not None:
-        if error_mask.dtype != torch.bool or tuple(error_mask.shape) != tuple(y0.shape[1:]) \
-                or not bool(error_mask.any()):
-            raise ValueError(f"error_mask must be a bool tensor of shape {tuple(y0.shape[1:])} (a row of y0) "
-                             f"with at least one True element")
-        error_mask = error_mask.reshape(-1).nonzero().squeeze(1).to(y0.device)  # indices: no sync per step
+    run = _Run(tab, func, y0, per_sample, norm, _mask_indices(error_mask, y0), rows)
     t0, t1 = float(t0), float(t1)
-    dev, B = y0.device, y0.shape[0]
-    f64 = dict(dtype=torch.float64, device=dev)
-    G = B if per_sample else 1  # number of independently controlled groups
-    stats = {"nfe": 0, "row_evals": 0, "method": tab.name}
+    if t0 == t1:
+        return y0.clone(), run.stats(torch.full((run.G,), t0, **run.f64))
+    if steps is not None:
+        return run.fixed(y0, t0, t1, steps)
+    return run.adaptive(y0, t0, t1, rtol, atol, h0, max_steps, safety)
 
-    def call(t, y):
-        stats["nfe"] += 1
-        stats["row_evals"] += y.shape[0]
-        out = func(t if per_sample else t.reshape(()), y)
+
+def _mask_indices(error_mask: Tensor | None, y0: Tensor) -> Tensor | None:
+    if error_mask is None:
+        return None
+    if error_mask.dtype != torch.bool or tuple(error_mask.shape) != tuple(y0.shape[1:]) \
+            or not bool(error_mask.any()):
+        raise ValueError(f"error_mask must be a bool tensor of shape {tuple(y0.shape[1:])} (a row of y0) "
+                         f"with at least one True element")
+    return error_mask.reshape(-1).nonzero().squeeze(1).to(y0.device)  # indices: no sync per step
+
+
+class _Run:
+    """One call of :func:`rk_solve`: the counted right-hand side, the norms of its control groups
+    (one group for the batch, or one per row) and the per-row step counters."""
+
+    def __init__(self, tab, func, y0, per_sample, norm, mask, rows):
+        self.tab, self.func, self.per_sample, self.norm, self.mask, self.rows = tab, func, per_sample, norm, mask, rows
+        self.dev, self.B = y0.device, y0.shape[0]
+        self.f64 = dict(dtype=torch.float64, device=self.dev)
+        self.G = self.B if per_sample else 1  # number of independently controlled groups
+        self.all_rows = torch.arange(self.B, device=self.dev)
+        self.accepted = torch.zeros(self.B, dtype=torch.int64, device=self.dev)
+        self.rejected = torch.zeros(self.B, dtype=torch.int64, device=self.dev)
+        self.nfe = self.row_evals = 0
+
+    def call(self, t, y, idx=None):
+        self.nfe += 1
+        self.row_evals += y.shape[0]
+        t = t if self.per_sample else t.reshape(())
+        if self.rows:
+            out = self.func(t, y, self.all_rows if idx is None else idx)
+        else:
+            out = self.func(t, y)
         if out.shape != y.shape:
             raise ValueError(f"func returned shape {tuple(out.shape)} for a state of shape {tuple(y.shape)}")
         return out
 
-    def group_norm(v):  # (n, ...) -> (n,) per row, or (1,) over the batch
-        if error_mask is not None:
-            v = v.reshape(v.shape[0], -1).index_select(1, error_mask)
-        return _row_norm(v if per_sample else v.reshape(1, -1), norm)
+    def group_norm(self, v):  # (n, ...) -> (n,) per row, or (1,) over the batch
+        if self.mask is not None:
+            v = v.reshape(v.shape[0], -1).index_select(1, self.mask)
+        return _row_norm(v if self.per_sample else v.reshape(1, -1), self.norm)
 
-    def gbc(c, y):  # per-group quantity broadcast to the rows of y
-        return _bc(c, y) if per_sample else c.reshape([1] * y.dim())
+    def gbc(self, c, y):  # per-group quantity broadcast to the rows of y
+        return _bc(c, y) if self.per_sample else c.reshape([1] * y.dim())
 
-    t = torch.full((G,), t0, **f64)
-    accepted = torch.zeros(B, dtype=torch.int64, device=dev)
-    rejected = torch.zeros(B, dtype=torch.int64, device=dev)
-    if t0 == t1:
-        stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
-        return y0.clone(), stats
-    direction = 1.0 if t1 > t0 else -1.0
-    span = abs(t1 - t0)
-    y = y0.clone()
-    k1 = call(t, y)
+    def stats(self, t):
+        return {"nfe": self.nfe, "row_evals": self.row_evals, "method": self.tab.name, "accepted": self.accepted,
+                "rejected": self.rejected, "t": t if self.per_sample else t[0]}
 
-    if steps is not None:  # fixed-step mode
-        h = torch.full((G,), direction * span / steps, **f64)
+    def fixed(self, y, t0, t1, steps):
+        """Exactly ``steps`` equal steps, no error control."""
+        direction, span = (1.0 if t1 > t0 else -1.0), abs(t1 - t0)
+        t = torch.full((self.G,), t0, **self.f64)
+        h = torch.full((self.G,), direction * span / steps, **self.f64)
+        k1 = self.call(t, y)
         for n in range(int(steps)):
-            t_next = torch.full((G,), t1 if n == steps - 1 else t0 + (n + 1) * direction * span / steps, **f64)
-            y, _, k_last, _ = _attempt(tab, call, t, t_next, h, y, k1, gbc)
+            t_next = torch.full((self.G,), t1 if n == steps - 1 else t0 + (n + 1) * direction * span / steps,
+                                **self.f64)
+            y, _, k_last, _ = _attempt(self.tab, self.call, t, t_next, h, y, k1, self.gbc)
             t = t_next
-            k1 = k_last if tab.fsal else (call(t, y) if n < steps - 1 else None)
-        accepted += int(steps)
-        stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
-        return y, stats
+            k1 = k_last if self.tab.fsal else (self.call(t, y) if n < steps - 1 else None)
+        self.accepted += int(steps)
+        return y, self.stats(t)
 
-    k = tab.error_order + 1
-    beta = 0.04
-    alpha = 1.0 / k - 0.75 * beta
-    h = _initial_step(call, t, y, k1, direction, span, rtol, atol, k, group_norm, gbc) if h0 is None \
-        else torch.full((G,), abs(float(h0)), **f64)
-    h = h.clamp(max=span)
-    r_prev = torch.full((G,), 1e-4, **f64)
-    done = torch.zeros(G, dtype=torch.bool, device=dev)
-    t1_t = torch.full((G,), t1, **f64)
-    iters = 0
-    while True:
-        if per_sample:
-            idx = (~done).nonzero().squeeze(1)  # the one host synchronisation per iteration
-            n = idx.numel()
-            if n == 0:
+    def adaptive(self, y0, t0, t1, rtol, atol, h0, max_steps, safety):
+        """Error-controlled steps until every group reaches t1 (module docstring)."""
+        tab, G, f64 = self.tab, self.G, self.f64
+        direction, span = (1.0 if t1 > t0 else -1.0), abs(t1 - t0)
+        t, y = torch.full((G,), t0, **f64), y0.clone()
+        k1 = self.call(t, y)
+        k = tab.error_order + 1
+        h = _initial_step(self.call, t, y, k1, direction, span, rtol, atol, k, self.group_norm, self.gbc) \
+            if h0 is None else torch.full((G,), abs(float(h0)), **f64)
+        ctl = _Controller(rtol, atol, k, safety, direction, torch.full((G,), t1, **f64))
+        carry = [t, h.clamp(max=span), torch.full((G,), 1e-4, **f64), y, k1]  # t, h, r_prev, y, first stage
+        done = torch.zeros(G, dtype=torch.bool, device=self.dev)
+        for iters in itertools.count(1):
+            idx = (~done).nonzero().squeeze(1) if self.per_sample else None  # the one host sync per iteration
+            if bool(done[0]) if idx is None else idx.numel() == 0:
                 break
-            full = n == G
-        else:
-            if bool(done[0]):
-                break
-            full, idx = True, None
-        iters += 1
-        if iters > max_steps:
-            raise RuntimeError(f"rk_solve({tab.name}) exceeded max_steps={max_steps} step attempts "
-                               f"(rtol={rtol}, atol={atol}); loosen the tolerances or raise max_steps")
-        sel = (lambda v: v) if full else (lambda v: v.index_select(0, idx))
-        t_a, h_a, y_a, k1_a, rp_a = sel(t), sel(h), sel(y), sel(k1), sel(r_prev)
-        if not tab.fsal and iters > 1:  # first stage of a non-FSAL step (reused from init at iteration 1)
-            k1_a = call(t_a, y_a)
-        remaining = (t1_t[: t_a.shape[0]] - t_a).abs()
+            if iters > max_steps:
+                raise RuntimeError(f"rk_solve({tab.name}) exceeded max_steps={max_steps} step attempts "
+                                   f"(rtol={rtol}, atol={atol}); loosen the tolerances or raise max_steps")
+            full = idx is None or idx.numel() == G
+            active = carry if full else [v.index_select(0, idx) for v in carry]
+            new, fin, row_ok = self._attempt_active(ctl, active, iters, None if full else idx)
+            done = self._commit(carry, new, fin, row_ok, done, None if full else idx)
+        return carry[3], self.stats(carry[0])
+
+    def _attempt_active(self, ctl, active, iters, idx):
+        """One step attempt of the active groups; returns their new carry, finished flags and
+        per-row acceptance."""
+        t_a, h_a, rp_a, y_a, k1_a = active
+        if not self.tab.fsal and iters > 1:  # first stage of a non-FSAL step (reused from init at iteration 1)
+            k1_a = self.call(t_a, y_a, idx)
+        call = self.call if idx is None else (lambda t, y: self.call(t, y, idx))
+        remaining = (ctl.t1[: t_a.shape[0]] - t_a).abs()
         last = h_a >= remaining
         step = torch.where(last, remaining, h_a)
-        t_next = torch.where(last, t1_t[: t_a.shape[0]], t_a + direction * step)
-        y_new, err, k_last, err3 = _attempt(tab, call, t_a, t_next, direction * step, y_a, k1_a, gbc)
-        scale = atol + rtol * torch.maximum(y_a.abs(), y_new.abs())
+        t_next = torch.where(last, ctl.t1[: t_a.shape[0]], t_a + ctl.direction * step)
+        y_new, err, k_last, err3 = _attempt(self.tab, call, t_a, t_next, ctl.direction * step, y_a, k1_a, self.gbc)
+        ok, h_new, rp_new = ctl.judge(self.group_norm, y_a, y_new, err, err3, step, rp_a)
+        okb = self.gbc(ok, y_a)
+        new = [torch.where(ok, t_next, t_a), h_new, rp_new, torch.where(okb, y_new, y_a),
+               torch.where(okb, k_last, k1_a) if self.tab.fsal else k1_a]
+        return new, ok & last, (ok.long() if self.per_sample else ok.long().expand(self.B))
+
+    def _commit(self, carry, new, fin, row_ok, done, idx):
+        """Write the active groups' results back (in place in ``carry``); returns the done flags."""
+        if idx is None:
+            carry[:] = new
+            self.accepted += row_ok
+            self.rejected += 1 - row_ok
+            return fin
+        for j, v in enumerate(new):
+            carry[j] = carry[j].index_copy(0, idx, v)
+        self.accepted = self.accepted.index_add(0, idx, row_ok)
+        self.rejected = self.rejected.index_add(0, idx, 1 - row_ok)
+        return done.index_copy(0, idx, fin)
+
+
+@dataclass
+class _Controller:
+    """Step acceptance and Hairer's PI step-size controller (module docstring)."""
+
+    rtol: float
+    atol: float
+    k: int  # error order + 1
+    safety: float
+    direction: float
+    t1: Tensor
+    beta: float = 0.04
+
+    def judge(self, group_norm, y, y_new, err, err3, step, r_prev):
+        """(accepted?, next |step|, r_prev for the next step) per group."""
+        scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
         r = group_norm(err / scale)
         if err3 is not None:  # DOP853's combined estimate (module docstring)
             r3 = group_norm(err3 / scale)
             r = r * r / (r * r + 0.01 * r3 * r3).sqrt().clamp(min=1e-300)
         r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
         ok = r <= 1.0
-        fac_acc = (safety * r.clamp(min=1e-10).pow(-alpha) * rp_a.pow(beta)).clamp(0.2, 10.0)
-        fac_rej = (safety * r.clamp(min=1e-10).pow(-1.0 / k)).clamp(0.2, 1.0)
-        h_new = step * torch.where(ok, fac_acc, fac_rej)
-        rp_new = torch.where(ok, r.clamp(min=1e-4), rp_a)
-        okb = gbc(ok, y_a)
-        y_out = torch.where(okb, y_new, y_a)
-        t_out = torch.where(ok, t_next, t_a)
-        k1_out = torch.where(okb, k_last, k1_a) if tab.fsal else k1_a
-        fin = ok & last
-        row_ok = ok.long() if per_sample else ok.long().expand(B)
-        if full:
-            y, t, h, r_prev, k1 = y_out, t_out, h_new, rp_new, k1_out
-            done = fin
-            accepted += row_ok
-            rejected += 1 - row_ok
-        else:
-            y = y.index_copy(0, idx, y_out)
-            t = t.index_copy(0, idx, t_out)
-            h = h.index_copy(0, idx, h_new)
-            r_prev = r_prev.index_copy(0, idx, rp_new)
-            k1 = k1.index_copy(0, idx, k1_out)
-            done = done.index_copy(0, idx, fin)
-            accepted = accepted.index_add(0, idx, row_ok)
-            rejected = rejected.index_add(0, idx, 1 - row_ok)
-    stats.update(accepted=accepted, rejected=rejected, t=t if per_sample else t[0])
-    return y, stats
+        alpha = 1.0 / self.k - 0.75 * self.beta
+        fac_acc = (self.safety * r.clamp(min=1e-10).pow(-alpha) * r_prev.pow(self.beta)).clamp(0.2, 10.0)
+        fac_rej = (self.safety * r.clamp(min=1e-10).pow(-1.0 / self.k)).clamp(0.2, 1.0)
+        return ok, step * torch.where(ok, fac_acc, fac_rej), torch.where(ok, r.clamp(min=1e-4), r_prev)
 
 
 def _attempt(tab, call, t, t_next, h, y, k1, gbc):

@@ -1,8 +1,8 @@
-r"""Noise schedules: the pair (α_t, σ_t) of every Gaussian diffusion (MATH §1).
+r"""Noise schedules: the pair (α_t, σ_t) of every Gaussian diffusion (docs/math.md §1).
 
-    x_t = α_t x_0 + σ_t ε,        ε ~ N(0, I)                               (MATH 1.1)
+    x_t = α_t x_0 + σ_t ε,        ε ~ N(0, I)                               (docs/math.md (1.1))
     λ_t = log(α_t / σ_t)          half log-SNR, strictly decreasing in t
-    f_t = d log α_t / dt,   g_t² = dσ_t²/dt − 2 f_t σ_t² = −2 σ_t² dλ_t/dt     (MATH 1.3)
+    f_t = d log α_t / dt,   g_t² = dσ_t²/dt − 2 f_t σ_t² = −2 σ_t² dλ_t/dt     (docs/math.md (1.3))
 
 Every schedule works in float64 and in closed form: a subclass gives ``log_alpha``,
 ``log_sigma`` and their time derivatives, and the exact inverse ``t_of_log_snr``. All methods
@@ -162,11 +162,11 @@ class Schedule:
         return self._d_log_alpha(t) - self._d_log_sigma(t)
 
     def f(self, t) -> Tensor:
-        """Drift coefficient of the forward SDE (MATH 1.2): f_t = d log α_t / dt."""
+        """Drift coefficient of the forward SDE (docs/math.md (1.2)): f_t = d log α_t / dt."""
         return self.d_log_alpha(t)
 
     def g2(self, t) -> Tensor:
-        """Squared diffusion coefficient (MATH 1.3): g_t² = −2 σ_t² dλ_t/dt."""
+        """Squared diffusion coefficient (docs/math.md (1.3)): g_t² = −2 σ_t² dλ_t/dt."""
         t = self.check_time(t)
         return 2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._d_log_sigma(t) - self._d_log_alpha(t))
 

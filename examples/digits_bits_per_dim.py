@@ -7,7 +7,7 @@
 
 Pixel levels k ∈ {0..16} are dequantized uniformly, x = −1 + 2(k + u)/17 (the same map the model
 was trained on), and bits/dim = −E_u[log p_Y(k + u)]/(64 ln 2), an upper bound on the discrete
-model's bits/dim (MATH §5). Reference points: a uniform code over 17 levels costs log2 17 = 4.09
+model's bits/dim (docs/math.md §5). Reference points: a uniform code over 17 levels costs log2 17 = 4.09
 bits/dim; the same images with their pixels shuffled (same histogram, no digit structure) are
 scored too, and the training images for the generalisation gap.
 """

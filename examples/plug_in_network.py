@@ -6,7 +6,7 @@ classifier-free guidance — each is just a diffsolve.Denoiser, so every solver 
 1. The bundled digits network used as a bare callable ``net(x, log_snr)`` predicting ε.
 2. The same network rewritten as an EDM denoiser D(y; s) (VE coordinates, s = σ/α) and plugged
    back through ``adapters.from_edm`` on the EDM schedule: DDIM on the same log-SNR grid is the same
-   map in VE coordinates, so the samples agree to float32 round-off (MATH §2, last row).
+   map in VE coordinates, so the samples agree to float32 round-off (docs/math.md §2, last row).
 3. A diffusers UNet2DModel (random weights here, just to show the call) through
    ``adapters.from_diffusers`` with its scheduler.
 4. Class-conditional digits with classifier-free guidance (``CFGDenoiser``).

@@ -22,7 +22,8 @@ import diffsolve as ds
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
-from diffsolve.solvers import SOLVERS, Solver, integrate
+from diffsolve.solvers import SOLVERS, Solver
+from diffsolve.loop import integrate
 
 F64 = torch.float64
 # Song et al.'s VP setting; at the default snr = 0.16 the per-sample norm ratio ‖z‖/‖ŝ‖ of a
@@ -83,7 +84,7 @@ def ode_errors(solver: Solver, steps=ORDER_STEPS) -> list[float]:
     errs = []
     for n in steps:
         t = ds.make_grid(den.schedule, n, "log_snr")
-        x, _ = integrate(solver, den, xT, t, level=NoiseLevel(den.schedule, 0.0))
+        x = integrate(solver, den, xT, t, level=NoiseLevel(den.schedule, 0.0)).x
         errs.append(float(((x - ref) ** 2).mean().sqrt()))
     return errs
 
@@ -130,7 +131,7 @@ def weak_moments(solver: Solver, den, steps: int, eta: float, mc_samples: int = 
         x[1] += sd_T
         x[-1] += sd_T * u
         probe = ProbeNoise(K + 3, 2)
-        out, _ = integrate(solver, den, x, t, level=level, noise=probe)
+        out = integrate(solver, den, x, t, level=level, source=probe).x
         if probe.draws <= K:
             break
         K = probe.draws
@@ -146,7 +147,7 @@ def weak_moments(solver: Solver, den, steps: int, eta: float, mc_samples: int = 
     den = gm.denoiser(sch, "eps")
     g = torch.Generator().manual_seed(steps)
     xT = gm.sample(mc_samples, sch.t_max, sch, generator=g)
-    out, _ = integrate(solver, den, xT, t, level=level, noise=NoiseSource(mc_samples, (2 * reps,), generator=g))
+    out = integrate(solver, den, xT, t, level=level, source=NoiseSource(mc_samples, (2 * reps,), generator=g)).x
     out = out.reshape(mc_samples, reps, 2)
     return out.mean((0, 1)), out.var(0).mean(0)
 

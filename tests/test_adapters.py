@@ -1,5 +1,5 @@
 """Adapters: diffusers (against diffusers' own scheduler loops), EDM / k-diffusion, score_sde,
-plain callables and load_factory (MATH §2)."""
+plain callables and load_factory (docs/math.md §2)."""
 import textwrap
 
 import pytest
@@ -161,7 +161,7 @@ def mixture():
 
 @pytest.mark.parametrize("schedule", [CosineSchedule(), VPSchedule(), EDMSchedule()])
 def test_edm_denoiser_in_any_schedule(mixture, schedule):
-    """net'(x, t) = D(x/α, σ/α) with prediction x0 (MATH §2, last row) gives the exact posterior mean."""
+    """net'(x, t) = D(x/α, σ/α) with prediction x0 (docs/math.md §2, last row) gives the exact posterior mean."""
     edm = EDMSchedule(1e-4, 1e3)
 
     def D(y, s):  # exact EDM denoiser of the mixture: E[x0 | y = x0 + s ε]

@@ -1,5 +1,5 @@
 """Adaptive solvers: the embedded RK engine (diffsolve.rk) and the solvers of
-diffsolve/solvers/adaptive.py (dopri5 & co., torchdiffeq, torchsde) on analytic problems (MATH §6).
+diffsolve/solvers/adaptive.py (dopri5 & co., torchdiffeq, torchsde) on analytic problems (docs/math.md §6).
 """
 import math
 
@@ -10,7 +10,7 @@ import diffsolve as ds
 from diffsolve import GaussianMixture
 from diffsolve.reference import ode_reference
 from diffsolve.rk import TABLEAUS, rk_solve
-from diffsolve.solvers.adaptive import TIME_VARIABLES
+from diffsolve.ode import TIME_VARIABLES
 
 F64 = torch.float64
 
@@ -210,7 +210,7 @@ def _gaussian():
 
 def _euler_maruyama_moments(sch, mu, v, eta, steps, grid="time"):
     """Exact mean and variance after `steps` Euler–Maruyama steps (on the grid of that kind) of the
-    reverse SDE (MATH 3.2) for Gaussian data, where the drift is linear: b = a(t) x + c(t)."""
+    reverse SDE (docs/math.md (3.2)) for Gaussian data, where the drift is linear: b = a(t) x + c(t)."""
     t = ds.make_grid(sch, steps, grid)
     m = torch.zeros(2, dtype=F64)
     V = float(sch.sigma(sch.t_max)) ** 2 * torch.ones(2, dtype=F64)
@@ -265,7 +265,7 @@ def test_torchsde_euler_milstein_and_fine_grid():
     steps = 30
     r = ds.sample(den, shape=(4, 2), seeds="0-3", solver="torchsde", eta=1.0, denoise_final=False,
                   solver_options=dict(method="euler", steps=steps))
-    # the Euler–Maruyama moments approach the exact p_{t_min} moments (MATH §6) as steps grow
+    # the Euler–Maruyama moments approach the exact p_{t_min} moments (docs/math.md §6) as steps grow
     a, s = [float(z) for z in sch.alpha_sigma(sch.t_min)]
     m_fine, V_fine = _euler_maruyama_moments(sch, mu, v, 1.0, 2000)
     torch.testing.assert_close(m_fine, a * mu, rtol=0, atol=5e-3)

@@ -1,4 +1,4 @@
-"""The analytic Gaussian mixture (MATH §6): p_t = Σ_k w_k N(α_t μ_k, α_t² Σ_k + σ_t² I).
+"""The analytic Gaussian mixture (docs/math.md §6): p_t = Σ_k w_k N(α_t μ_k, α_t² Σ_k + σ_t² I).
 
 Every closed form is checked against something computed another way: the score against autograd
 of log p_t, x0 against the dense-matrix posterior mean and Tweedie's formula with that autograd
@@ -52,7 +52,7 @@ def _times(s):
 @pytest.mark.parametrize("mix", list(MIXTURES))
 @pytest.mark.parametrize("s", [VP, EDM, FLOW], ids=["vp", "edm", "flow"])
 def test_score_is_gradient_of_log_prob(mix, s):
-    """score(x, t) = ∇_x log p_t(x) (MATH §6) by autograd, scalar and per-sample t, points drawn
+    """score(x, t) = ∇_x log p_t(x) (docs/math.md §6) by autograd, scalar and per-sample t, points drawn
     from p_t itself and from far outside it."""
     gm = MIXTURES[mix]()
     g = torch.Generator().manual_seed(6)
@@ -85,7 +85,7 @@ def _dense_posterior_mean(gm, x, t, s):
 @pytest.mark.parametrize("mix", list(MIXTURES))
 def test_x0_is_posterior_mean_and_tweedie(mix):
     """x0(x, t) = E[x0 | x_t = x] computed with dense matrices; = Tweedie (x + σ² ∇log p_t)/α with
-    the autograd score; and log_prob matches torch.distributions (MATH §6)."""
+    the autograd score; and log_prob matches torch.distributions (docs/math.md §6)."""
     gm = MIXTURES[mix]()
     g = torch.Generator().manual_seed(7)
     for s in (VP, EDM):
@@ -172,7 +172,7 @@ def test_log_prob_1d_integrates_to_one(t):
 
 
 def test_log_prob_2d_integrates_to_one():
-    """The ring's p_t integrates to 1 on a 2-D grid at several t (MATH §6)."""
+    """The ring's p_t integrates to 1 on a 2-D grid at several t (docs/math.md §6)."""
     gm = GaussianMixture.ring()
     for t, half, n in ((None, 3.0, 601), (0.05, 4.0, 601), (0.5, 7.0, 281)):
         u = torch.linspace(-half, half, n, dtype=F64)

@@ -1,7 +1,7 @@
-"""The Denoiser's one conversion table between prediction types (MATH §2).
+"""The Denoiser's one conversion table between prediction types (docs/math.md §2).
 
-Ground truth: draw (x0, ε), set x = α x0 + σ ε (MATH 1.1) and write every prediction from the
-table of MATH §2 directly (ε, x0, score = −ε/σ, v = αε − σx0, velocity = α'x0 + σ'ε); the
+Ground truth: draw (x0, ε), set x = α x0 + σ ε (docs/math.md (1.1)) and write every prediction from the
+table of docs/math.md §2 directly (ε, x0, score = −ε/σ, v = αε − σx0, velocity = α'x0 + σ'ε); the
 Denoiser's conversions must reproduce them and invert each other to float64 round-off.
 """
 import math
@@ -34,7 +34,7 @@ def _times(s):
 
 
 def _truth(s, x0, eps, t):
-    """Every prediction at x = αx0 + σε from the MATH §2 table; t scalar or (B,)."""
+    """Every prediction at x = αx0 + σε from the docs/math.md §2 table; t scalar or (B,)."""
     t = torch.as_tensor(t, dtype=F64)
     shape = (-1,) + (1,) * (x0.dim() - 1) if t.dim() else ()
     a, sg = s.alpha(t).reshape(shape), s.sigma(t).reshape(shape)
@@ -65,7 +65,7 @@ def _identity_denoiser(s):
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_every_type_converts_to_every_other_exactly(name):
-    """convert(y_p → q) equals the MATH §2 value of q, and q → p returns y_p, for all 25 pairs, at
+    """convert(y_p → q) equals the docs/math.md §2 value of q, and q → p returns y_p, for all 25 pairs, at
     scalar t (both ends of the range and inside) and per-sample t: error ≤ 1e-12 relative to the
     size of the table's terms (see ``_scale``; plain relative error where they do not cancel)."""
     s = SCHEDULES[name]
@@ -159,7 +159,7 @@ def test_net_dtype_from_parameters():
 def test_exact_denoisers_of_every_type_agree(name):
     """The analytic mixture's exact network of each prediction type yields the same x0, eps,
     score, v and velocity as every other type, and x0/score equal the mixture's closed forms
-    (MATH §2, §6)."""
+    (docs/math.md §2, §6)."""
     s = SCHEDULES[name]
     gm = GaussianMixture.random(d=3, n_modes=3, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -183,7 +183,7 @@ def test_exact_denoisers_of_every_type_agree(name):
 
 
 def test_time_labels():
-    """The network's own time input (MATH §2, last paragraph): DDPM's integer timestep at
+    """The network's own time input (docs/math.md §2, last paragraph): DDPM's integer timestep at
     training knots, σ, EDM's ¼ log σ̃, 1000t, λ."""
     got = {}
 

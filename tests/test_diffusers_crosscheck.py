@@ -1,4 +1,4 @@
-"""Step-for-step agreement with diffusers' schedulers on the same exact ε-network (MATH §2, §4, §6).
+"""Step-for-step agreement with diffusers' schedulers on the same exact ε-network (docs/math.md §2, §4, §6).
 
 The network is the analytic mixture's exact ε in float64, called the diffusers way: with an integer
 training timestep k (DDPMSchedule maps it to t = (k + 1)/N, the Denoiser's default time label).
@@ -18,7 +18,8 @@ import torch
 
 import diffsolve as ds
 from diffsolve.processes import NoiseLevel
-from diffsolve.solvers.base import get_solver, integrate
+from diffsolve.solvers import get_solver
+from diffsolve.loop import integrate
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -72,7 +73,7 @@ def run_diffsolve(solver, den, xT, timesteps, denoise_final=True, **options):
     sch = den.schedule
     t = sch.t_of_timestep(timesteps.to(torch.float64))
     s = get_solver(solver, **options)
-    x, traj = integrate(s, den, xT, t, level=NoiseLevel(sch, 0.0), denoise_final=denoise_final, trajectory=True)
+    x, traj, _ = integrate(s, den, xT, t, level=NoiseLevel(sch, 0.0), denoise_final=denoise_final, trajectory=True)
     return traj[1:]
 
 
@@ -199,8 +200,8 @@ def test_sde_dpmpp_2m(problem, solver_type):
         ref.append(x)
     t = sch.t_of_timestep(sched.timesteps.to(torch.float64))
     s = get_solver("dpmpp_2m_sde", solver_type={"midpoint": "midpoint", "heun": "taylor"}[solver_type])
-    _, traj = integrate(s, den, xT, t, level=NoiseLevel(sch, eta=1.0), noise=_GivenNoise(zs),
-                        denoise_final=True, trajectory=True)
+    traj = integrate(s, den, xT, t, level=NoiseLevel(sch, eta=1.0), source=_GivenNoise(zs),
+                        denoise_final=True, trajectory=True).trajectory
     assert max_rel_diff(traj[1:], ref) < 1e-6
 
 
@@ -220,8 +221,8 @@ def test_deis(problem, order, steps):
         x = sched.step(net(x, int(k)), k, x).prev_sample.to(torch.float64)
         ref.append(x)
     t = torch.cat([sch.t_of_timestep(sched.timesteps.to(torch.float64)), torch.tensor([sch.t_min], dtype=torch.float64)])
-    _, traj = integrate(get_solver("deis", order=order), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True)
+    traj = integrate(get_solver("deis", order=order), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True).trajectory
     assert max_rel_diff(traj[1:], ref) < 1e-10
     if order == 3:  # the noise-prediction method is not DPM-Solver++ in disguise
-        _, other = integrate(get_solver("dpmpp_3m"), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True)
+        other = integrate(get_solver("dpmpp_3m"), den, xT, t, level=NoiseLevel(sch, 0.0), trajectory=True).trajectory
         assert max_rel_diff(other[1:], ref) > 1e-4

@@ -1,7 +1,7 @@
 """DPM-Solver++ (2M/3M/2S, SDE 2M/3M) and UniPC: measured orders, equivalences, every schedule and
 prediction type, the SDE variants' exact output law on Gaussian data, bad input.
 
-Errors are measured against the exact probability-flow ODE solution from the same x_T (MATH 3.3, §6;
+Errors are measured against the exact probability-flow ODE solution from the same x_T (docs/math.md (3.3), §6;
 a dopri5 solve in λ at rtol = atol = 1e-11 with the analytic mixture's exact denoiser).
 """
 import math
@@ -14,7 +14,8 @@ from diffsolve.grids import make_grid
 from diffsolve.noise import ImpulseNoise
 from diffsolve.processes import NoiseLevel
 from diffsolve.reference import ode_reference
-from diffsolve.solvers.base import get_solver, integrate
+from diffsolve.solvers import get_solver
+from diffsolve.loop import integrate
 
 F64 = torch.float64
 
@@ -23,12 +24,12 @@ def solve(solver, den, x, steps, eta=0.0, noise=None, grid="log_snr", noise_sour
     sch = den.schedule
     s = get_solver(solver, **options)
     t = make_grid(sch, steps, grid)
-    out, _ = integrate(s, den, x, t, level=NoiseLevel(sch, eta=None if noise is not None else eta, noise=noise),
-                       noise=noise_source)
+    out = integrate(s, den, x, t, level=NoiseLevel(sch, eta=None if noise is not None else eta, noise=noise),
+                       source=noise_source).x
     return out
 
 
-# --- measured convergence order (MATH 4.2) ------------------------------------------------------
+# --- measured convergence order (docs/math.md (4.2)) ------------------------------------------------------
 @pytest.fixture(scope="module")
 def ring_problem():
     """Well-conditioned 2-D ring (4 modes, std 0.3), VP schedule, λ-uniform grids, no final denoise."""
@@ -113,8 +114,8 @@ def test_unipc1_corrector_is_dpmpp_2s_r1(mixture):
     sch = den.schedule
     t = torch.tensor([sch.t_max, 0.3], dtype=F64)
     lvl = NoiseLevel(sch, 0.0)
-    a, _ = integrate(get_solver("unipc", order=1, final_corrector=True), den, x, t, level=lvl)
-    b, _ = integrate(get_solver("dpmpp_2s", r=1.0), den, x, t, level=lvl)
+    a = integrate(get_solver("unipc", order=1, final_corrector=True), den, x, t, level=lvl).x
+    b = integrate(get_solver("dpmpp_2s", r=1.0), den, x, t, level=lvl).x
     assert float((a - b).abs().max()) < 1e-12
     assert get_solver("unipc", order=1, final_corrector=True).nfe(1) == 2
 
@@ -149,7 +150,7 @@ def test_every_schedule_and_prediction(schedule):
         err = float((solve(name, den, xT, 25, **opts) - ref).abs().max()) / scale
         assert err < 0.25 * e_ddim, (name, opts, err, e_ddim)  # higher order pays off at 25 steps
     for name, opts in PREDICTION_SET:
-        # the prediction type changes nothing but round-off (MATH §2: one conversion table)
+        # the prediction type changes nothing but round-off (docs/math.md §2: one conversion table)
         base = solve(name, gm.denoiser(schedule, "eps"), xT, 4, **opts)
         for pred in ("x0", "score", "v", "velocity"):
             other = solve(name, gm.denoiser(schedule, pred), xT, 4, **opts)
@@ -310,7 +311,7 @@ def test_corrected_start_keeps_order_3_from_a_moderate_noise_start(solver, optio
         out = []
         for n in steps:
             t = make_grid(sch, n, "log_snr", t_start=0.5)
-            y, _ = integrate(get_solver(solver, **options, **extra), den, xs, t, level=NoiseLevel(sch, 0.0))
+            y = integrate(get_solver(solver, **options, **extra), den, xs, t, level=NoiseLevel(sch, 0.0)).x
             out.append(float((y - ref).pow(2).mean().sqrt()))
         return out
 

@@ -1,4 +1,4 @@
-"""Step grids (MATH §4, last paragraph): uniform in t, in λ, Karras ρ = 7, quadratic, diffusers'
+"""Step grids (docs/math.md §4, last paragraph): uniform in t, in λ, Karras ρ = 7, quadratic, diffusers'
 discrete spacings, user arrays."""
 import math
 
@@ -36,7 +36,7 @@ def test_grid_shape_ends_and_monotone(name, kind):
 @pytest.mark.parametrize("name", list(CONTINUOUS))
 def test_grid_spacings(name):
     """time: uniform in t; log_snr: uniform in λ; quadratic: uniform in √t; karras: uniform in
-    (σ/α)^{1/ρ} (MATH §4)."""
+    (σ/α)^{1/ρ} (docs/math.md §4)."""
     s = CONTINUOUS[name]
     n = 20
 

@@ -1,5 +1,5 @@
 """LearnedMultistep (free per-step weights) and tune_solver (fitting them): the default weights are
-DPM-Solver++(2M), any weights integrate a frozen x̂0 exactly (MATH 4.1), tensor and float weights
+DPM-Solver++(2M), any weights integrate a frozen x̂0 exactly (docs/math.md (4.1)), tensor and float weights
 give the same run, and a fitted run is never worse than its start on the held-out pilots."""
 import math
 
@@ -43,7 +43,7 @@ def test_default_weights_are_dpmpp_2m(model, steps, prediction):
 
 @pytest.mark.parametrize("history", [2, 3, 4])
 def test_any_weights_integrate_a_constant_x0_exactly(history):
-    """With x̂0 ≡ c the ODE solution is x_t = α_t c + (σ_t/σ_T)(x_T − α_T c) (MATH 4.1 with frozen x̂0);
+    """With x̂0 ≡ c the ODE solution is x_t = α_t c + (σ_t/σ_T)(x_T − α_T c) (docs/math.md (4.1) with frozen x̂0);
     the weights of every combination sum to one, so any predictor and corrector reproduce it."""
     sch = ds.VPSchedule()
     c = torch.tensor([0.7, -1.3], dtype=F64)

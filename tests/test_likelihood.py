@@ -1,6 +1,6 @@
-"""Exact likelihood through the probability-flow ODE (MATH §5, equations 5.1–5.3).
+"""Exact likelihood through the probability-flow ODE (docs/math.md §5, equations 5.1–5.3).
 
-Ground truth: analytic Gaussian mixtures (MATH §6), whose log p_t is known in closed form.
+Ground truth: analytic Gaussian mixtures (docs/math.md §6), whose log p_t is known in closed form.
 """
 import math
 
@@ -23,7 +23,7 @@ def _exact_prior(gm, sch):
 @pytest.mark.parametrize("gm,n", [(RING, 8), (RAND64, 3)], ids=["ring2d", "random64d"])
 @pytest.mark.parametrize("schedule", ["vp", "ve", "flow"])
 def test_exact_divergence_matches_analytic_log_prob(gm, n, schedule):
-    """MATH 5.2 with the exact divergence and the exact prior: error ≤ 1e-3 nats/dim at defaults."""
+    """docs/math.md (5.2) with the exact divergence and the exact prior: error ≤ 1e-3 nats/dim at defaults."""
     sch = make_schedule(schedule)
     den = gm.denoiser(sch, "eps")
     x = gm.sample(n, generator=torch.Generator().manual_seed(3))
@@ -94,7 +94,7 @@ def _z_scores(gm, schedule, probe, R, seed, fresh=False):
 @pytest.mark.parametrize("fresh", [False, True], ids=["fixed", "fresh"])
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_unbiased(probe, fresh):
-    """E[zᵀJz] = tr J (MATH §5): the mean over all probes matches the exact divergence within its
+    """E[zᵀJz] = tr J (docs/math.md §5): the mean over all probes matches the exact divergence within its
     standard error — for probes held fixed and for fresh probes at every evaluation."""
     _, r, exact = _z_scores(RING, "vp", probe, 48, 2, fresh)
     per_probe = r.info["per_probe_delta"].flatten()
@@ -180,7 +180,7 @@ def _cell_masses(levels, a, b, m, s):
 
 
 def test_dequantized_bits_per_dim_bounds_the_discrete_model():
-    """MATH §5: −E_u log p_Y ≥ −log P(k), close to it for a smooth density on a coarse grid."""
+    """docs/math.md §5: −E_u log p_Y ≥ −log P(k), close to it for a smooth density on a coarse grid."""
     sch = make_schedule("vp")
     mu, var = torch.tensor([0.2, -0.3]), torch.tensor([0.16, 0.09])
     gm = GaussianMixture([1.0], mu[None], var[None])

@@ -1,4 +1,4 @@
-"""Benchmark metrics against their exact values (MATH §6)."""
+"""Benchmark metrics against their exact values (docs/math.md §6)."""
 import math
 
 import numpy as np
@@ -126,7 +126,7 @@ def test_mean_log_prob_and_rms():
 @pytest.mark.parametrize("schedule", ["ddpm"])
 def test_gaussian_closed_form_equals_adaptive_reference(schedule):
     # Two independent routes to the exact ODE solution of a single Gaussian: the closed form in its
-    # eigenbasis and the dopri5 solve in λ through the exact denoiser (MATH 3.3).
+    # eigenbasis and the dopri5 solve in λ through the exact denoiser (docs/math.md (3.3)).
     d = 5
     g = _gen(11)
     a = torch.randn(d, d, dtype=F64, generator=g)

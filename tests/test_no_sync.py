@@ -13,7 +13,7 @@ import diffsolve as ds
 from diffsolve.denoiser import PREDICTIONS
 from diffsolve.processes import NoiseLevel
 from diffsolve.schedules import SCHEDULES
-from diffsolve.solvers.base import integrate
+from diffsolve.loop import integrate
 
 from helpers import FIXED
 
@@ -57,8 +57,8 @@ def test_loop_never_reads_the_device(schedule, prediction):
         eta = 0.5 if solver.stochastic and name not in ("ddim", "euler") else 0.0
         x = torch.zeros(*SHAPE, device="meta", dtype=torch.float64)
         nfe = den.nfe
-        out, _ = integrate(solver, den, x, t, level=NoiseLevel(den.schedule, eta=eta), noise=_MetaNoise(),
-                           denoise_final=True)
+        out = integrate(solver, den, x, t, level=NoiseLevel(den.schedule, eta=eta), source=_MetaNoise(),
+                           denoise_final=True).x
         assert out.device.type == "meta" and out.shape == SHAPE, name
         assert checks[-1] == den.nfe - nfe > 0, name
     # the public entry point too (it draws nothing for a deterministic solver given x)

@@ -1,9 +1,9 @@
-"""The Fokker–Planck family (MATH §3, seed 001), measured on an exact 2-D mixture.
+"""The Fokker–Planck family (docs/math.md §3, seed 001), measured on an exact 2-D mixture.
 
-Every member of the reverse family (MATH 3.2), integrated by a fine Euler–Maruyama loop from exact
-samples of p_{t1}, must reach exact p_{t2}; so must the forward family (MATH 3.1) in increasing
-time; the probability-flow ODE (MATH 3.3) run forward then backward returns its start. "Reach p_t"
-is tested with statistics whose exact values are known (first and second moments of p_t, MATH §6)
+Every member of the reverse family (docs/math.md (3.2)), integrated by a fine Euler–Maruyama loop from exact
+samples of p_{t1}, must reach exact p_{t2}; so must the forward family (docs/math.md (3.1)) in increasing
+time; the probability-flow ODE (docs/math.md (3.3)) run forward then backward returns its start. "Reach p_t"
+is tested with statistics whose exact values are known (first and second moments of p_t, docs/math.md §6)
 or estimated from exact samples (mean exact log p_t), each compared within a few standard errors
 computed from the samples. Power: the same test flags a reverse drift with −½(g² − ν²) instead of
 −½(g² + ν²) (|z| ≈ 40) and even a 20 % error in the ν² term (|z| ≈ 10).
@@ -16,7 +16,8 @@ import torch
 import diffsolve
 from diffsolve.analytic import GaussianMixture
 from diffsolve.grids import make_grid
-from diffsolve.processes import ForwardSDE, NoiseLevel, ProbabilityFlowODE, ReverseSDE
+from diffsolve.ode import ProbabilityFlowODE
+from diffsolve.processes import ForwardSDE, NoiseLevel, ReverseSDE
 from diffsolve.schedules import EDMSchedule, VPSchedule
 
 F64 = torch.float64
@@ -52,7 +53,7 @@ def _stats(gm, x, t):
 
 def _z(gm, ref, x, t):
     """z-scores of the statistics of x against exact samples of p_t (log p) and against the
-    exact moments of p_t: α μ̄ and α²Σ̄ + σ²I + α²μ̄μ̄ᵀ (MATH §6)."""
+    exact moments of p_t: α μ̄ and α²Σ̄ + σ²I + α²μ̄μ̄ᵀ (docs/math.md §6)."""
     st = _stats(gm, x, t)
     a, s = float(VP.alpha(t)), float(VP.sigma(t))
     m = a * gm.mean()
@@ -74,7 +75,7 @@ MEMBERS = {"eta=0": dict(eta=0.0), "eta=0.5": dict(eta=0.5), "eta=1": dict(eta=1
 
 @pytest.mark.parametrize("member", list(MEMBERS))
 def test_reverse_family_reaches_exact_marginal(problem, member):
-    """Reverse family (MATH 3.2) for ν ∈ {0, ½g, g, 2g, 0.5 + 2t}: Euler–Maruyama via
+    """Reverse family (docs/math.md (3.2)) for ν ∈ {0, ½g, g, 2g, 0.5 + 2t}: Euler–Maruyama via
     ``diffsolve.sample(solver="euler")`` from exact samples of p_{0.6} to t = 0.1 matches exact
     p_{0.1} in mean log p and first and second moments (|z| < 4.5 each)."""
     gm, ref = problem
@@ -107,8 +108,8 @@ def test_wrong_reverse_drift_is_detected(problem):
     gm, ref = problem
     g = torch.Generator().manual_seed(2)
     grid = make_grid(VP, STEPS, "log_snr", t_start=T1, t_end=T2)
-    right = lambda g2, nu2: -0.5 * (g2 + nu2)  # noqa: E731  MATH 3.2
-    wrong = lambda g2, nu2: -0.5 * (g2 - nu2)  # noqa: E731  MATH 3.1's coefficient
+    right = lambda g2, nu2: -0.5 * (g2 + nu2)  # noqa: E731  docs/math.md (3.2)
+    wrong = lambda g2, nu2: -0.5 * (g2 - nu2)  # noqa: E731  docs/math.md (3.1)'s coefficient
     off = lambda g2, nu2: -0.5 * (g2 + 1.2 * nu2)  # noqa: E731
     z = _z(gm, ref, _reverse_em(gm, gm.sample(N, T1, VP, generator=g), grid, 1.0, right, g), T2)
     assert float(z.abs().max()) < Z_MAX, z.tolist()
@@ -128,7 +129,7 @@ def _forward_em(process, x, grid, g):
 
 @pytest.mark.parametrize("kind", ["nu=g", "eta=0.5", "nu=0.5+2t"])
 def test_forward_family_reaches_exact_marginal(problem, kind):
-    """Forward family (MATH 3.1), Euler–Maruyama in increasing t to 0.6, matches exact p_{0.6}:
+    """Forward family (docs/math.md (3.1)), Euler–Maruyama in increasing t to 0.6, matches exact p_{0.6}:
     ``ForwardSDE(schedule)`` (ν = g: the forward SDE 1.2, no score) from exact data samples (t_min
     = 1e-6), and ν = ½g, ν = 0.5 + 2t (with the score) from exact samples of p_{0.1}."""
     gm, ref = problem
@@ -162,7 +163,7 @@ def test_forward_sde_drift_without_score_is_wrong_at_half_noise(problem):
 
 
 def test_probability_flow_ode_forward_then_backward_returns_start(problem):
-    """MATH 3.3 is one ODE for both directions: dopri5 (rtol = atol = 1e-9) from exact samples of
+    """docs/math.md (3.3) is one ODE for both directions: dopri5 (rtol = atol = 1e-9) from exact samples of
     p_{0.1} up to t = 0.6 reaches exact p_{0.6} (same statistics as above), and integrating back
     down returns the start to 5e-7 (measured: 8e-8)."""
     from torchdiffeq import odeint
@@ -220,7 +221,7 @@ def test_torchsde_forward_sde_marginals():
 
 
 def test_drifts_are_the_math_formulas(problem):
-    """drift(x, t) equals MATH 3.1 / 3.2 / 3.3 written out with the exact score, for scalar and
+    """drift(x, t) equals docs/math.md (3.1) / 3.2 / 3.3 written out with the exact score, for scalar and
     per-sample t; the probability-flow ODE is the ν = 0 member of both families."""
     gm, _ = problem
     den = gm.denoiser(VP, "velocity")
@@ -244,7 +245,7 @@ def test_drifts_are_the_math_formulas(problem):
 
 
 def test_noise_level():
-    """ν_t = η g_t or a callable; eta_at = ν/g (used by exponential integrators, MATH 4.1)."""
+    """ν_t = η g_t or a callable; eta_at = ν/g (used by exponential integrators, docs/math.md (4.1))."""
     t = torch.tensor([0.2, 0.8], dtype=F64)
     lv = NoiseLevel(VP, eta=0.7)
     torch.testing.assert_close(lv.nu(t), 0.7 * VP.g(t), rtol=1e-15, atol=0)
@@ -307,11 +308,9 @@ def test_bad_noise_levels(problem):
 
 @pytest.mark.parametrize("schedule", ["vp", "cosine", "ve", "edm", "flow"])
 def test_pfode_change_of_variables(schedule):
-    """processes.PFODE against the forms it claims (its docstring): raw t is the probability-flow
-    drift (MATH 3.3); (λ, y = x/α) is dy/dλ = x̂0 − y; (σ/α, y = x/α) is dy/ds = ε̂; and u ↔ t
-    round-trips."""
-    from diffsolve.processes import PFODE
-
+    """ProbabilityFlowODE's changes of variables against the forms it claims (diffsolve.ode's
+    docstring): raw t is the probability-flow drift (docs/math.md (3.3)); (λ, y = x/α) is dy/dλ = x̂0 − y;
+    (σ/α, y = x/α) is dy/ds = ε̂; and u ↔ t round-trips."""
     gm = GaussianMixture.ring(std=0.4)
     den = gm.denoiser(schedule, "v")
     sch = den.schedule
@@ -323,7 +322,7 @@ def test_pfode_change_of_variables(schedule):
                  ("log_snr", "alpha"): den.x0(x, t) - x / a,
                  ("sigma_over_alpha", None): den.eps(x, t)}
         for (var, scale), want in cases.items():
-            ode = PFODE(den, var, scale)
+            ode = ProbabilityFlowODE(den, var, scale)
             u = ode.u_of(t)
             torch.testing.assert_close(ode.t_of(u), t, rtol=1e-12, atol=1e-12)
             y = ode.to_state(x, t)

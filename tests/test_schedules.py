@@ -1,6 +1,6 @@
-"""Schedules (MATH §1): α, σ, λ, the inverse t(λ), f and g² of every schedule, in float64.
+"""Schedules (docs/math.md §1): α, σ, λ, the inverse t(λ), f and g² of every schedule, in float64.
 
-Property tests (hypothesis, derandomised) over every schedule of the table in MATH §1, plus
+Property tests (hypothesis, derandomised) over every schedule of the table in docs/math.md §1, plus
 high-precision references (mpmath, 40 digits) for the closed forms.
 """
 import math
@@ -65,7 +65,7 @@ def _time(s, u):
 @PROPS
 @given(u=unit)
 def test_alpha_sigma_positive_finite(name, u):
-    """α_t > 0 and σ_t > 0, finite, at every t of the range (MATH 1.1)."""
+    """α_t > 0 and σ_t > 0, finite, at every t of the range (docs/math.md (1.1))."""
     s = sched(name)
     t = _time(s, u)
     a, sg = s.alpha_sigma(t)
@@ -78,7 +78,7 @@ def test_alpha_sigma_positive_finite(name, u):
 @PROPS
 @given(u1=unit, u2=unit)
 def test_log_snr_strictly_decreasing(name, u1, u2):
-    """λ_t = log(α_t/σ_t) decreases strictly in t (MATH §1)."""
+    """λ_t = log(α_t/σ_t) decreases strictly in t (docs/math.md §1)."""
     s = sched(name)
     t1, t2 = sorted((_time(s, u1), _time(s, u2)))
     assume(t2 - t1 > 1e-9 * (s.t_max - s.t_min))
@@ -87,7 +87,7 @@ def test_log_snr_strictly_decreasing(name, u1, u2):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_log_snr_strictly_decreasing_dense(name):
-    """λ strictly decreasing on a dense grid of 200 001 times, and dλ/dt < 0 there (MATH §1)."""
+    """λ strictly decreasing on a dense grid of 200 001 times, and dλ/dt < 0 there (docs/math.md §1)."""
     s = sched(name)
     t = torch.linspace(s.t_min, s.t_max, 200_001, dtype=F64)
     t[-1] = s.t_max
@@ -101,7 +101,7 @@ def test_log_snr_strictly_decreasing_dense(name):
 @PROPS
 @given(u=unit)
 def test_t_of_log_snr_inverts_log_snr(name, u):
-    """t(λ(t)) = t to a few float64 ulps (MATH §1: the exact inverse t(λ))."""
+    """t(λ(t)) = t to a few float64 ulps (docs/math.md §1: the exact inverse t(λ))."""
     s = sched(name)
     t = _time(s, u)
     back = float(s.t_of_log_snr(s.log_snr(t)))
@@ -112,7 +112,7 @@ def test_t_of_log_snr_inverts_log_snr(name, u):
 @PROPS
 @given(u=unit)
 def test_log_snr_of_t_of_log_snr(name, u):
-    """λ(t(λ)) = λ up to the conditioning |dλ/dt| · ulp(t) (MATH §1)."""
+    """λ(t(λ)) = λ up to the conditioning |dλ/dt| · ulp(t) (docs/math.md §1)."""
     s = sched(name)
     lam = s.lambda_min + u * (s.lambda_max - s.lambda_min)
     t = s.t_of_log_snr(lam)
@@ -148,9 +148,9 @@ def _is_ddpm(s):
 @PROPS
 @given(u=unit)
 def test_f_and_g2_are_the_derivatives(name, u):
-    """f_t = d log α/dt and g_t² = dσ²/dt − 2 f_t σ_t² (MATH 1.2, 1.3), derivatives by autograd
+    """f_t = d log α/dt and g_t² = dσ²/dt − 2 f_t σ_t² (docs/math.md (1.2), 1.3), derivatives by autograd
     of the schedule's own closed form (itself checked against mpmath below). Also
-    d log σ/dt, and g² = −2σ² dλ/dt (the second form of MATH 1.3)."""
+    d log σ/dt, and g² = −2σ² dλ/dt (the second form of docs/math.md (1.3))."""
     s = sched(name)
     t = _time(s, u)
     if _is_ddpm(s):  # piecewise linear: stay off the knots, where the derivative jumps
@@ -168,7 +168,7 @@ def test_f_and_g2_are_the_derivatives(name, u):
 
 @pytest.mark.parametrize("name", ["vp", "cosine", "subvp", "ve", "flow"])
 def test_derivatives_high_order_finite_differences(name):
-    """Same identities by an 8th-order central difference, independent of autograd (MATH 1.3)."""
+    """Same identities by an 8th-order central difference, independent of autograd (docs/math.md (1.3))."""
     s = sched(name)
     h = 1e-4 * (s.t_max - s.t_min)
     c = [4 / 5, -1 / 5, 4 / 105, -1 / 280]
@@ -183,7 +183,7 @@ def test_derivatives_high_order_finite_differences(name):
 
 
 def test_vp_linear_closed_form_f_g2():
-    """VP linear: f = −β_t/2 and g² = β_t, β_t = β₀ + t(β₁ − β₀) (MATH §1 table)."""
+    """VP linear: f = −β_t/2 and g² = β_t, β_t = β₀ + t(β₁ − β₀) (docs/math.md §1 table)."""
     s = VPSchedule()
     t = torch.linspace(s.t_min, s.t_max, 101, dtype=F64)
     beta = 0.1 + t * 19.9
@@ -215,7 +215,7 @@ def _mp_reference(name, s, t):
 
 @pytest.mark.parametrize("name", ["vp", "vp_1e-5", "cosine", "subvp", "ve", "edm", "flow"])
 def test_closed_forms_match_high_precision(name):
-    """α, σ and λ against 40-digit mpmath evaluations of the MATH §1 table: float64-accurate
+    """α, σ and λ against 40-digit mpmath evaluations of the docs/math.md §1 table: float64-accurate
     (relative error of α, σ ≤ 4e-15, absolute error of λ ≤ 4e-15) across the whole range."""
     s = sched(name)
     mpmath.mp.dps = 40
@@ -230,7 +230,7 @@ def test_closed_forms_match_high_precision(name):
 
 
 def test_table_identities():
-    """Variance preserving: α² + σ² = 1; sub-VP: σ = 1 − α²; flow: α + σ = 1; EDM: σ = t (MATH §1)."""
+    """Variance preserving: α² + σ² = 1; sub-VP: σ = 1 − α²; flow: α + σ = 1; EDM: σ = t (docs/math.md §1)."""
     for name in ["vp", "cosine", "ddpm_betas", "ddpm_alphas_cumprod"]:
         s = sched(name)
         t = torch.linspace(s.t_min, s.t_max, 501, dtype=F64)
@@ -257,7 +257,7 @@ def test_ddpm_timesteps_exact(name):
     """At t_k = (k+1)/N: the network label is exactly k, log α = ½ log ᾱ_k bit for bit, and
     α² = ᾱ_k to ≤ 4 ulp (α = exp(log α); bitwise equality is impossible for a float α, since
     even fl(√a)² ≠ a in general).
-    A schedule built from ``alphas_cumprod`` returns them unchanged (MATH §1 table, DDPM row)."""
+    A schedule built from ``alphas_cumprod`` returns them unchanged (docs/math.md §1 table, DDPM row)."""
     s = sched(name)
     N = s.num_train_timesteps
     k = torch.arange(N)

@@ -1,9 +1,9 @@
-"""Solvers that must agree (MATH §4) and members of the ν_t family that must share marginals (MATH §3).
+"""Solvers that must agree (docs/math.md §4) and members of the ν_t family that must share marginals (docs/math.md §3).
 
 - step for step against k-diffusion (Crowson), same noise: ``heun`` (also with churn) =
   ``sample_heun``, ``euler_ve`` = ``sample_euler``, ``ancestral`` = ``sample_euler_ancestral``;
 - step for step: DDIM(η=0) = DPM-Solver++ order 1 = Euler in VE coordinates (``euler_ve``);
-  DDIM(η=1) = ancestral sampling with the same noise (MATH 4.1, "η = 1 is DDPM ancestral");
+  DDIM(η=1) = ancestral sampling with the same noise (docs/math.md (4.1), "η = 1 is DDPM ancestral");
   ancestral(η) = DDIM(η) as published for every η ≤ 1; DDIM's two variants coincide at η ∈ {0, 1};
   Heun with zero churn ignores the churn bounds; pc with no corrector step is its predictor;
 - in distribution: DDIM "exact" and "published" at η = 0.5, and the η ∈ {0, 0.5, 1} members of the
@@ -20,7 +20,8 @@ import torch
 import diffsolve as ds
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
-from diffsolve.solvers import SOLVERS, integrate
+from diffsolve.solvers import SOLVERS
+from diffsolve.loop import integrate
 
 from helpers import k_diffusion_sampling, weak_errors
 
@@ -33,7 +34,7 @@ def run(solver, den, x, steps, eta=0.0, seeds=None, grid="log_snr"):
     t = ds.make_grid(den.schedule, steps, grid)
     seeds = list(range(len(x))) if seeds is None else seeds
     src = NoiseSource(len(x), tuple(x.shape[1:]), seeds=seeds)
-    out, _ = integrate(solver, den, x, t, level=NoiseLevel(den.schedule, eta), noise=src)
+    out = integrate(solver, den, x, t, level=NoiseLevel(den.schedule, eta), source=src).x
     return out
 
 
@@ -72,7 +73,7 @@ def test_ancestral_equals_published_ddim(eta):
     anc = run(SOLVERS["ancestral"](), den, x, 10, eta=eta)
     published = run(SOLVERS["ddim"](variant="published"), den, x, 10, eta=eta)
     torch.testing.assert_close(published, anc, rtol=1e-9, atol=1e-9)
-    # the exact variant (MATH 4.1) differs at 0 < η < 1 (first order in h only)
+    # the exact variant (docs/math.md (4.1)) differs at 0 < η < 1 (first order in h only)
     assert (run(SOLVERS["ddim"](), den, x, 10, eta=eta) - anc).abs().max() > 1e-4
 
 
@@ -86,7 +87,7 @@ def test_ancestral_time_varying_noise_uses_effective_eta():
     outs = []
     for solver in (SOLVERS["ancestral"](), SOLVERS["ddim"](variant="published")):
         src = NoiseSource(len(x), (2,), seeds=list(range(len(x))))
-        outs.append(integrate(solver, den, x, t, level=NoiseLevel(sch, noise=noise), noise=src)[0])
+        outs.append(integrate(solver, den, x, t, level=NoiseLevel(sch, noise=noise), source=src).x)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-9)
 
 
@@ -125,7 +126,7 @@ def test_heun_matches_edm_algorithm_1_by_hand():
     den = RING.denoiser("edm", "x0")
     x = x_T(den, n=4)
     t = torch.tensor([80.0, 3.0, 0.002], dtype=F64)
-    out, _ = integrate(SOLVERS["heun"](), den, x, t, level=NoiseLevel(den.schedule, 0.0))
+    out = integrate(SOLVERS["heun"](), den, x, t, level=NoiseLevel(den.schedule, 0.0)).x
     y = x.clone()
     for i in range(2):
         s0, s1 = float(t[i]), float(t[i + 1])
@@ -165,8 +166,8 @@ def test_matches_k_diffusion(name, kname, options):
         ref = getattr(K, kname)(lambda y, sigma: RING.x0(y, sigma, sch), x.clone(), t.clone(), **kwargs)
     finally:
         torch.randn_like = saved
-    ours, _ = integrate(SOLVERS[name](**churn), den, x, t, level=NoiseLevel(sch, eta),
-                        noise=NoiseSource(6, (2,), seeds=list(range(6))))
+    ours = integrate(SOLVERS[name](**churn), den, x, t, level=NoiseLevel(sch, eta),
+                        source=NoiseSource(6, (2,), seeds=list(range(6)))).x
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -212,14 +213,14 @@ def mean_logp(solver, eta, n=4000, steps=96):
     x = RING.sample(n, sch.t_max, sch, generator=torch.Generator().manual_seed(10))
     t = ds.make_grid(sch, steps, "log_snr")
     src = NoiseSource(n, (2,), generator=torch.Generator().manual_seed(20))
-    out, _ = integrate(solver, den, x, t, level=NoiseLevel(sch, eta), noise=src)
+    out = integrate(solver, den, x, t, level=NoiseLevel(sch, eta), source=src).x
     lp = RING.log_prob(out, sch.t_min, sch)
     return float(lp.mean()), float(lp.std()) / math.sqrt(n)
 
 
 @pytest.mark.parametrize("variant", ["exact", "published"])
 def test_ddim_variants_share_marginals_ring(variant):
-    """DDIM "exact" (MATH 4.1) and "published" at η = 0.5 converge to p_{t_min}: the mean exact
+    """DDIM "exact" (docs/math.md (4.1)) and "published" at η = 0.5 converge to p_{t_min}: the mean exact
     log-density of their samples matches −H(p_{t_min}) within 4 standard errors at 96 steps."""
     ref = ring_logp_reference(ds.make_schedule("vp"))
     est, se = mean_logp(SOLVERS["ddim"](variant=variant), 0.5, steps=96)

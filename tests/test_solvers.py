@@ -1,10 +1,10 @@
-"""Generic tests of every registered fixed-step solver (MATH §3–4, ground truth of MATH §6).
+"""Generic tests of every registered fixed-step solver (docs/math.md §3–4, ground truth of docs/math.md §6).
 
 Each test iterates over ``diffsolve.solvers.SOLVERS`` (adaptive solvers excluded), so a solver added
 later is covered without editing this file:
 
 - it samples near the data on every schedule, with every prediction type, and counts its NFE;
-- its samples do not depend on the network's prediction type (one conversion table, MATH §2);
+- its samples do not depend on the network's prediction type (one conversion table, docs/math.md §2);
 - measured convergence order (least-squares slope of log error against log steps, 16/32/64
   steps) = declared order ± 0.3: pathwise against a tight reference ODE solution from the same
   x_T for every solver that draws no noise at η = 0 (declared ``ode_order`` if the solver has
@@ -26,7 +26,8 @@ import diffsolve as ds
 from diffsolve.denoiser import PREDICTIONS, NonFiniteError
 from diffsolve.noise import NoiseSource
 from diffsolve.processes import NoiseLevel
-from diffsolve.solvers import SOLVERS, integrate
+from diffsolve.solvers import SOLVERS
+from diffsolve.loop import integrate
 
 from helpers import F64, FIXED, ORDER_STEPS, WEAK_MEAN, WEAK_VAR, make, ode_errors, slope, weak_errors, weak_moments
 
@@ -55,7 +56,7 @@ def draws_noise_at_eta0(name: str) -> bool:
         solver = make(name)
         src = NoiseSource(2, (2,), generator=torch.Generator().manual_seed(0))
         t = ds.make_grid(den.schedule, max(4, solver.min_steps), "log_snr")
-        integrate(solver, den, torch.ones(2, 2, dtype=F64), t, level=NoiseLevel(den.schedule, 0.0), noise=src)
+        integrate(solver, den, torch.ones(2, 2, dtype=F64), t, level=NoiseLevel(den.schedule, 0.0), source=src)
         _DRAWS[name] = src.draws > 0
     return _DRAWS[name]
 

@@ -107,7 +107,7 @@ def test_two_moons_samples_match_data_distribution():
 
 @pytest.mark.skipif(importlib.util.find_spec("diffsolve.likelihood") is None, reason="diffsolve.likelihood not written")
 def test_digits_bits_per_dim_held_out():
-    """Held-out bits/dim (uniform dequantization, MATH §5) beat the uniform 17-level code by a wide
+    """Held-out bits/dim (uniform dequantization, docs/math.md §5) beat the uniform 17-level code by a wide
     margin, and images with their pixels shuffled (same pixel histogram, no digit structure) score
     far worse."""
     den = zoo.load("digits")

@@ -1,7 +1,7 @@
-r"""Quality metrics of a sampler's output, with exact ground truth where it exists (MATH §6).
+r"""Quality metrics of a sampler's output, with exact ground truth where it exists (docs/math.md §6).
 
 - :func:`rms_error`: root-mean-square error per coordinate against the exact probability-flow ODE
-  solution (MATH 3.3) from the same x_T (deterministic samplers only);
+  solution (docs/math.md (3.3)) from the same x_T (deterministic samplers only);
 - :func:`sliced_wasserstein`: sliced 2-Wasserstein distance
   SW₂(P, Q)² = E_θ[W₂²(θ·P, θ·Q)], θ uniform on the unit sphere, each 1-D W₂ exact between
   empirical measures (sorted projections), fixed projection seed;
@@ -166,7 +166,7 @@ def gaussian_ode_solution(mixture: GaussianMixture, schedule: Schedule, x: Tenso
     r"""Exact probability-flow ODE map for a single Gaussian N(μ, U diag(s) Uᵀ).
 
     In the eigenbasis z = Uᵀ(x − α_t μ) each coordinate evolves as dz/dt = ½ (d log v/dt) z with
-    v_t = α_t² s + σ_t² (MATH 3.3 with the exact score), so z_t / √v_t is constant:
+    v_t = α_t² s + σ_t² (docs/math.md (3.3) with the exact score), so z_t / √v_t is constant:
     x(t₁) = α₁ μ + U[√(v₁/v₀) ⊙ Uᵀ(x(t₀) − α₀ μ)].
     """
     if mixture.K != 1:

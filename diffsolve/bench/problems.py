@@ -1,4 +1,4 @@
-r"""Benchmark problems: analytic mixtures with exact ground truth (MATH §6) and trained models.
+r"""Benchmark problems: analytic mixtures with exact ground truth (docs/math.md §6) and trained models.
 
 Built-in analytic problems (every quantity the metrics need is known exactly):
 

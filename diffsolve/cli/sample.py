@@ -40,17 +40,6 @@ def add_parser(subparsers):
     return s
 
 
-def _check_final_denoise(args):
-    """``--no-denoise-final`` with a grid tuned with the final denoise: refused, since
-    :func:`diffsolve.sample` would keep the grid's final denoise without a word."""
-    if is_grid_file(args.grid) and args.no_denoise_final:
-        from ..tune import TunedGrid
-
-        if TunedGrid.load(args.grid).denoise_final:
-            raise CLIError(f"{args.grid} was tuned with the final denoise, which it keeps; drop --no-denoise-final "
-                           f"or tune a grid with --denoise-final no")
-
-
 def _save(x, path: Path):
     if path.suffix == ".npy":
         import numpy as np
@@ -95,7 +84,6 @@ def run(args) -> int:
         check_grid(args.grid)
     out = Path(args.out)
     check_writable(out, OUT_SUFFIXES)
-    _check_final_denoise(args)
     problem = problem_from_args(args, device)
     den = problem.denoiser()
     t0 = time.perf_counter()
@@ -103,7 +91,7 @@ def run(args) -> int:
         _announce(args, problem)
     with torch.no_grad():
         res = sample(den, seeds=args.seeds, solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta,
-                     grid=args.grid, dtype=dtype, device=device, denoise_final=not args.no_denoise_final)
+                     grid=args.grid, dtype=dtype, device=device, denoise_final=False if args.no_denoise_final else None)
     _save(res.x, out)
     if not args.quiet:
         _report(args, res, out, time.perf_counter() - t0)

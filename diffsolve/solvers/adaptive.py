@@ -1,36 +1,41 @@
 r"""Adaptive solvers: diffsolve's embedded Runge–Kutta engine, torchdiffeq and torchsde.
 
-An adaptive solver chooses its own steps, so it does not run through the fixed-grid loop
-:func:`~diffsolve.solvers.base.integrate`; it has ``adaptive = True`` and one method
+An adaptive solver chooses its own steps: it has ``adaptive = True`` and, instead of
+``init``/``step``, one method
 
-    x, info = solver.solve(denoiser, x, t_start, t_end, level=level, noise=noise)
+    x, info = solver.solve(ctx, x)        # from ctx.t[0] to ctx.t[-1]
 
-which ``sample`` calls instead. ``info`` carries the step counts (per sample when the solver knows
-them). Network evaluations are counted at the denoiser, as everywhere.
+which the one loop (:func:`diffsolve.loop.integrate`) calls. ``ctx`` is the
+:class:`~diffsolve.solvers.base.StepContext` of a two-point grid (the end points); ``info`` carries
+the step counts (per sample when the solver knows them). Network evaluations are counted at the
+denoiser, as everywhere.
 
-**ODE solvers and the time variable.** The probability-flow ODE (MATH 3.3), with ŝ = −ε̂/σ and
-g² = −2σ²λ', reads dx/dt = f_t x − σ_t λ'_t ε̂. A monotone change of variables changes only the
-solver's work (MATH §5):
+**ODE solvers and the time variable.** The Runge–Kutta solvers integrate the probability-flow ODE
+through its one solve, :meth:`diffsolve.ode.ProbabilityFlowODE.solve`, in a time variable chosen by
+``time_variable`` (default ``"auto"``: ``t`` on variance-preserving schedules, ``log_snr``
+otherwise; :mod:`diffsolve.ode`). With ŝ = −ε̂/σ and g² = −2σ²λ', the ODE (docs/math.md (3.3))
+reads dx/dt = f_t x − σ_t λ'_t ε̂; a monotone change of variables changes only the solver's work
+(docs/math.md §5):
 
     ``"t"``                 τ = t,          y = x:     dy/dτ = f_t x − ½ g_t² ŝ(x, t)        (3.3)
     ``"log_snr"``           τ = λ,          y = x:     dy/dτ = (f_t x − ½ g_t² ŝ(x, t)) / λ'_t
     ``"sigma_over_alpha"``  τ = s = σ/α,    y = x/α:   dy/dτ = ε̂(α y, t)                  (EDM)
 
 The last one follows from d(x/α)/dt = −(σ/α) λ' ε̂ and ds/dt = −λ' s; it is the VE-coordinate
-ODE dy/ds = (y − D(y; s))/s of Karras et al. (MATH §4). t(τ) uses the schedule's exact inverse
+ODE dy/ds = (y − D(y; s))/s of Karras et al. (docs/math.md §4). t(τ) uses the schedule's exact inverse
 ``t_of_log_snr``. ``benchmarks/adaptive_time_variable.py`` measures the evaluations each needs at
 equal error (dopri5, max per-sample error 1e-3 / 1e-4 against a tight reference): ``log_snr``
 74/112 (ring, VP), 96/123 (64-d mixture, VP), 89/128 (ring, EDM), 85/131 (mixture, EDM); ``t``
 74/113, 75/101, 133/201, 133/168; ``sigma_over_alpha`` 224/270, 153/186 on VP (many rejected
 steps: the step must shrink geometrically in s) and the same as ``t`` on EDM (s = t there).
-``log_snr`` is the default: best or tied on three problems of four, and never far behind.
+``log_snr`` is best or tied on three problems of four; ``t`` ties or beats it on VP. Hence ``auto``.
 
 Shared control (``per_sample=False``, the default) evaluates the batch together: as few or fewer
 network calls; ``per_sample=True`` spends 0–20 % fewer row evaluations on these mixtures (3.7x
 fewer when one sample is much harder, with every sample's error within tolerance, where the shared
 RMS norm lets the hard sample's error grow ~√B), and makes each sample independent of its batch.
 
-**SDE solvers** (``torchsde``): the reverse family (MATH 3.2) in increasing time τ = T − t with
+**SDE solvers** (``torchsde``): the reverse family (docs/math.md (3.2)) in increasing time τ = T − t with
 diagonal noise ν_t that depends on t only. Stratonovich methods integrate the same drift: the
 Itô–Stratonovich correction ½ Σ_j g_j ∂g/∂x vanishes when g does not depend on x.
 
@@ -50,20 +55,21 @@ from torch import Tensor
 
 from ..grids import GRIDS, make_grid
 from ..noise import NoiseSource
-from ..processes import PFODE, TIME_VARIABLES, ReverseSDE
-from ..rk import rk_solve
-from .base import SOLVERS, Solver, register
+from ..ode import ProbabilityFlowODE, check_settings
+from ..processes import ReverseSDE
+from ..rk import TABLEAUS
+from .base import Solver
+from .registry import register
 
 __all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Dop853", "Tsit5", "Bosh3", "AdaptiveHeun", "TorchDiffEq",
-           "TorchSDE", "PFODE", "TIME_VARIABLES"]
-
-DEFAULT_TIME_VARIABLE = "log_snr"
+           "TorchSDE"]
 
 
 class AdaptiveSolver(Solver):
     """Base class of solvers that choose their own steps (``adaptive = True``).
 
-    Subclasses implement ``solve(denoiser, x, t_start, t_end, *, level, noise) -> (x, info)``.
+    Subclasses implement ``solve(ctx, x) -> (x, info)`` from ``ctx.times[0]`` to ``ctx.times[-1]``,
+    with ``x`` of shape (B, *shape).
     """
 
     adaptive = True
@@ -71,7 +77,7 @@ class AdaptiveSolver(Solver):
     nfe_per_step = 0
     sizing = "its tolerances, solver_options=dict(rtol=..., atol=...)"  # how a user sets its work
 
-    def solve(self, denoiser, x: Tensor, t_start: float, t_end: float, *, level, noise=None):
+    def solve(self, ctx, x: Tensor):
         raise NotImplementedError
 
     def nfe(self, steps):
@@ -81,85 +87,68 @@ class AdaptiveSolver(Solver):
         raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self.sizing} "
                          f"instead of steps or nfe")
 
-    def check_level(self, level):
-        if not self.stochastic and not level.is_zero:
-            raise ValueError(f"solver {self.name!r} integrates the probability-flow ODE only (eta=0); "
-                             f"for eta > 0 pick a stochastic solver: "
-                             f"{', '.join(n for n, c in sorted(SOLVERS.items()) if c.stochastic)}")
+    def grid_for(self, schedule, *, steps=None, nfe=None, grid=None, denoise_final=False) -> Tensor:
+        """The end points only: a decreasing array ``grid`` gives its first and last time, else the
+        schedule's whole range; a number of steps, a budget or a grid kind is refused."""
+        explicit = grid is not None and not isinstance(grid, str)
+        if steps is not None or nfe is not None or (grid is not None and not explicit):
+            raise ValueError(f"solver {self.name!r} chooses its own steps, so steps/nfe/grid kinds do not apply: "
+                             f"size its steps with {self.sizing} (an array grid= sets the start and end times)")
+        return make_grid(schedule, None, grid)[[0, -1]] if explicit else make_grid(schedule, 1, "time")
 
-
-def _check_tols(rtol, atol):
-    if not (isinstance(rtol, (int, float)) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number, got {rtol!r}")
-    if not (isinstance(atol, (int, float)) and atol >= 0):
-        raise ValueError(f"atol must be a number >= 0, got {atol!r}")
+    def check(self, ctx):
+        pass
 
 
 class RungeKutta(AdaptiveSolver):
-    """Embedded Runge–Kutta pair with error control on the probability-flow ODE (ν = 0).
+    """An embedded Runge–Kutta pair with error control on the probability-flow ODE (ν = 0).
+
+    Update: one step of the pair's tableau (docs/math.md, the Runge–Kutta section; :mod:`diffsolve.rk`),
+    accepted when the scaled error estimate is ≤ 1, the next step size from a PI controller. The
+    state is (B, *shape); the ODE is integrated in ``time_variable`` through
+    :meth:`diffsolve.ode.ProbabilityFlowODE.solve`.
 
     Options:
-        rtol, atol: tolerances of the scaled local error (see :func:`diffsolve.rk.rk_solve`).
+        rtol, atol: tolerances (> 0) of the scaled local error (see :func:`diffsolve.rk.rk_solve`).
         per_sample: one step size and error control per sample instead of one for the batch.
-        time_variable: one of :data:`TIME_VARIABLES` (module docstring).
+        time_variable: ``"auto"`` (default), ``"t"``, ``"log_snr"`` or ``"sigma_over_alpha"`` (module docstring).
         norm: ``"rms"`` or ``"max"``; max_steps: limit on step attempts.
+
+    References: see the tableau of each subclass (``diffsolve.rk.TABLEAUS[method].doc``);
+    Hairer, Nørsett & Wanner, Solving Ordinary Differential Equations I (1993), §II.4.
     """
 
     method = "dopri5"
 
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, per_sample: bool = False,
-                 time_variable: str = DEFAULT_TIME_VARIABLE, norm: str = "rms", max_steps: int = 10000):
-        _check_tols(rtol, atol)
-        if time_variable not in TIME_VARIABLES:
-            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
-        self.rtol, self.atol, self.per_sample = float(rtol), float(atol), bool(per_sample)
-        self.time_variable, self.norm, self.max_steps = time_variable, norm, int(max_steps)
+                 time_variable: str = "auto", norm: str = "rms", max_steps: int = 10000):
+        check_settings(method=self.method, rtol=rtol, atol=atol, norm=norm, max_steps=max_steps,
+                       time_variable=time_variable, per_sample=per_sample)
+        self.rtol, self.atol, self.per_sample = float(rtol), float(atol), per_sample
+        self.time_variable, self.norm, self.max_steps = time_variable, norm, max_steps
 
-    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
-        self.check_level(level)
-        ode = PFODE(denoiser, self.time_variable)
-        tau0, tau1 = float(ode.u_of(float(t_start))), float(ode.u_of(float(t_end)))
-        y, stats = rk_solve(ode.func, ode.to_state(x, float(t_start)), tau0, tau1, method=self.method,
-                            rtol=self.rtol, atol=self.atol, per_sample=self.per_sample,
-                            max_steps=self.max_steps, norm=self.norm)
-        x = ode.from_state(y, float(t_end))
-        return x, {"accepted": stats["accepted"], "rejected": stats["rejected"], "calls": stats["nfe"],
-                   "row_evals": stats["row_evals"], "method": self.method, "time_variable": self.time_variable}
+    def solve(self, ctx, x):
+        ode = ProbabilityFlowODE(ctx.denoiser, self.time_variable)
+        sol = ode.solve(x, ctx.times[0], ctx.times[-1], method=self.method, rtol=self.rtol, atol=self.atol,
+                        per_sample=self.per_sample, max_steps=self.max_steps, norm=self.norm)
+        return sol.x, {"accepted": sol.accepted, "rejected": sol.rejected, "calls": int(sol.calls.max()),
+                       "row_evals": sol.row_evals, "method": self.method, "time_variable": sol.time_variable}
 
 
-@register
-class Dopri5(RungeKutta):
-    """Dormand–Prince 5(4) with error control on the probability-flow ODE (diffsolve's RK engine)."""
-
-    name, method, order = "dopri5", "dopri5", 5
-
-
-@register
-class Tsit5(RungeKutta):
-    """Tsitouras 5(4) with error control on the probability-flow ODE (diffsolve's RK engine)."""
-
-    name, method, order = "tsit5", "tsit5", 5
-
-
-@register
-class Dop853(RungeKutta):
-    """Dormand–Prince 8(5,3) with error control on the probability-flow ODE (diffsolve's RK engine)."""
-
-    name, method, order = "dop853", "dop853", 8
-
-
-@register
-class Bosh3(RungeKutta):
-    """Bogacki–Shampine 3(2) with error control on the probability-flow ODE (diffsolve's RK engine)."""
-
-    name, method, order = "bosh3", "bosh3", 3
-
-
-@register
-class AdaptiveHeun(RungeKutta):
-    """Heun 2(1) (Euler error estimate) with error control on the probability-flow ODE."""
-
-    name, method, order = "adaptive_heun", "euler_heun", 2
+# The Runge–Kutta solvers, one per tableau: (solver name, class name, tableau, declared order, title).
+_RK_SOLVERS = (
+    ("dopri5", "Dopri5", "dopri5", 5, "Dormand–Prince 5(4)"),
+    ("tsit5", "Tsit5", "tsit5", 5, "Tsitouras 5(4)"),
+    ("dop853", "Dop853", "dop853", 8, "Dormand–Prince 8(5,3)"),
+    ("bosh3", "Bosh3", "bosh3", 3, "Bogacki–Shampine 3(2)"),
+    ("adaptive_heun", "AdaptiveHeun", "euler_heun", 2, "Heun 2(1) (Euler error estimate)"),
+)
+for _name, _cls, _method, _order, _title in _RK_SOLVERS:
+    assert _method in TABLEAUS
+    globals()[_cls] = register(type(_cls, (RungeKutta,), {
+        "name": _name, "method": _method, "order": _order, "__module__": __name__,
+        "__doc__": f"{_title} with error control on the probability-flow ODE (diffsolve's RK engine).\n\n"
+                   f"    Tableau ``diffsolve.rk.TABLEAUS[{_method!r}]``; options and update: :class:`RungeKutta`.\n"}))
 
 
 _TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams",
@@ -170,36 +159,40 @@ _TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_ad
 class TorchDiffEq(AdaptiveSolver):
     """Any ``torchdiffeq.odeint`` method on the probability-flow ODE, in the chosen time variable.
 
+    Update: torchdiffeq's step of ``method`` on dy/du = ``ProbabilityFlowODE.func`` (the state
+    (B, *shape) in ``time_variable``; module docstring), with torchdiffeq's error control over the
+    whole batch.
+
     Options: method (default ``"dopri5"``), rtol, atol, time_variable, options (passed to odeint;
     fixed-grid methods need ``options=dict(step_size=...)`` in units of the time variable).
+
+    References: Chen et al., Neural Ordinary Differential Equations, arXiv:1806.07366 (torchdiffeq).
     """
 
     name = "torchdiffeq"
     order = 5
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                 time_variable: str = DEFAULT_TIME_VARIABLE, options: dict | None = None):
+                 time_variable: str = "auto", options: dict | None = None):
         from torchdiffeq._impl.odeint import SOLVERS as TD
 
         if method not in TD:
             raise ValueError(f"unknown torchdiffeq method {method!r}; valid: {', '.join(TD)}")
         if method in _TORCHDIFFEQ_FIXED and not (options or {}).get("step_size"):
             raise ValueError(f"torchdiffeq method {method!r} is fixed-step: give options=dict(step_size=...)")
-        _check_tols(rtol, atol)
-        if time_variable not in TIME_VARIABLES:
-            raise ValueError(f"unknown time_variable {time_variable!r}; valid: {', '.join(TIME_VARIABLES)}")
+        check_settings(rtol=rtol, atol=atol, time_variable=time_variable)
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.time_variable, self.options = time_variable, dict(options or {})
 
-    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
+    def solve(self, ctx, x):
         import torchdiffeq
 
-        self.check_level(level)
-        ode = PFODE(denoiser, self.time_variable)
-        taus = torch.stack([ode.u_of(float(t_start)), ode.u_of(float(t_end))]).to(x.device)
-        y = torchdiffeq.odeint(ode.func, ode.to_state(x, float(t_start)), taus, method=self.method,
+        ode = ProbabilityFlowODE(ctx.denoiser, self.time_variable)
+        t_start, t_end = ctx.times[0], ctx.times[-1]
+        taus = torch.stack([ode.u_of(t_start), ode.u_of(t_end)]).to(x.device)
+        y = torchdiffeq.odeint(ode.func, ode.to_state(x, t_start), taus, method=self.method,
                                rtol=self.rtol, atol=self.atol, options=self.options or None)[-1]
-        return ode.from_state(y, float(t_end)), {"method": self.method, "time_variable": self.time_variable}
+        return ode.from_state(y, t_end), {"method": self.method, "time_variable": ode.variable}
 
 
 # --- torchsde ------------------------------------------------------------------------------
@@ -261,7 +254,7 @@ def _per_sample_brownian(t0, t1, entropies, dim, dtype, device, levy_area, dt):
 
 @register
 class TorchSDE(AdaptiveSolver):
-    """``torchsde.sdeint`` on the reverse family (MATH 3.2) with per-sample Brownian motions.
+    """``torchsde.sdeint`` on the reverse family (docs/math.md (3.2)) with per-sample Brownian motions.
 
     Options:
         method: one of euler, milstein, srk (Itô) or reversible_heun, heun, midpoint, euler_heun
@@ -298,13 +291,15 @@ class TorchSDE(AdaptiveSolver):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r} for torchsde; valid: {', '.join(GRIDS)}")
-        _check_tols(rtol, atol)
+        check_settings(rtol=rtol, atol=atol)
         self.method, self.steps, self.grid, self.adaptive_steps = method, int(steps), grid, bool(adaptive)
         self.rtol, self.atol = float(rtol), float(atol)
 
-    def solve(self, denoiser, x, t_start, t_end, *, level, noise=None):
+    def solve(self, ctx, x):
         import torchsde
 
+        denoiser, level, noise = ctx.denoiser, ctx.level, ctx.source
+        t_start, t_end = ctx.times[0], ctx.times[-1]
         B, event = x.shape[0], tuple(x.shape[1:])
         dim = math.prod(event)
         if self.adaptive_steps:  # in τ = t_max − t: a smooth time, as step-size control needs

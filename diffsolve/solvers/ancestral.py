@@ -1,4 +1,4 @@
-r"""Ancestral sampling with the σ_down / σ_up split (k-diffusion's ``euler_ancestral``), MATH §3–4.
+r"""Ancestral sampling with the σ_down / σ_up split (k-diffusion's ``euler_ancestral``), docs/math.md §3–4.
 
 In VE coordinates y = x/α, s = σ/α = e^{−λ}, a step from s_i to s_{i+1} (h = λ_{i+1} − λ_i)
 splits the target noise level into a deterministic part and fresh noise,
@@ -12,16 +12,17 @@ Relation to DDIM: in x = α y this is x_{i+1} = α_{i+1} x̂0 + √(σ_{i+1}² �
 c = α_{i+1} s_up = η σ_{i+1} √(1 − e^{−2h}), which is DDIM(η) as published (``ddim`` with
 ``variant="published"``) for every η ≤ 1 (the min binds only beyond). At η = 1, c² is the DDPM
 posterior variance β̃ (for VP schedules σ_s²/σ_t²·(1 − α_t²/α_s²)) and the step is Ho et al.'s
-ancestral sampling, equal to the exact step (MATH 4.1) and so to ``ddim`` with η = 1 — a test. At
+ancestral sampling, equal to the exact step (docs/math.md (4.1)) and so to ``ddim`` with η = 1 — a test. At
 η = 0 it is ``euler_ve`` = DDIM. A time-varying ν_t enters through the step's effective
-η = √(H/h), H = ∫ η² dλ, as in DDIM. As an integrator of the reverse family (MATH 3.2) with
+η = √(H/h), H = ∫ η² dλ, as in DDIM. As an integrator of the reverse family (docs/math.md (3.2)) with
 ν = η g it has weak order 1.
 """
 from __future__ import annotations
 
 import math
 
-from .base import Solver, register
+from .base import Solver
+from .registry import register
 
 __all__ = ["Ancestral"]
 

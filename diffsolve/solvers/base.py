@@ -1,4 +1,4 @@
-r"""The solver interface and the one integration loop.
+r"""The solver interface: what a solver declares, what a step sees.
 
 A solver is a small object with declared properties and two methods (diffrax's design):
 
@@ -7,31 +7,33 @@ A solver is a small object with declared properties and two methods (diffrax's d
 
 ``ctx`` (:class:`StepContext`) holds *what is solved* (the denoiser, schedule and noise level ν_t),
 *which steps* (the float64 grid with α, σ, λ precomputed at every point, on the host, so per-step
-coefficients are plain Python floats and never synchronise an accelerator) and the noise source.
+coefficients are plain Python floats and never synchronise an accelerator) and the random source.
 Multistep history lives in ``state``. A solver never asks which prediction type the network has:
 it calls ``ctx.denoiser.x0``, ``.eps`` or ``.score``.
 
-:func:`integrate` is the loop every fixed-step solver runs through; ``sample`` and the benchmark
-runner are thin layers on top of it.
+A solver that chooses its own steps (``adaptive = True``, :mod:`diffsolve.solvers.adaptive`)
+implements ``solve(ctx, x) -> (x, info)`` instead, over ``ctx``'s first and last time. The one
+loop, :func:`diffsolve.loop.integrate`, runs both kinds; the registry of names is
+:mod:`diffsolve.solvers.registry`.
 """
 from __future__ import annotations
 
-import inspect
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..denoiser import Denoiser
+from ..grids import make_grid
 from ..noise import NoiseSource
 from ..processes import NoiseLevel
 from ..schedules import Schedule
 
-__all__ = ["Solver", "StepContext", "integrate", "SOLVERS", "register", "get_solver", "list_solvers",
-           "parse_solver_spec", "solver_spec"]
+__all__ = ["Solver", "StepContext", "lincomb", "bcast", "expm1_ratio", "DEFAULT_NFE"]
+
+DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
 
 
 @dataclass
@@ -43,7 +45,8 @@ class StepContext:
         level: the noise level ν_t of the reverse family (``level.is_zero`` for the ODE).
         t: (n+1,) float64 CPU tensor of times, strictly decreasing; ``times``: the same as floats.
         alpha, sigma, lam: lists of Python floats at each grid point.
-        noise: the noise source (``None`` for deterministic solves).
+        source: the random source z ~ N(0, I) of stochastic steps (``None`` for deterministic
+            solves; not to be confused with the noise *level* ν_t).
         denoise_final: whether the loop ends with x̂0(x, t_n) after the last step (solvers that
             lower their order towards the end take it into account).
     """
@@ -51,7 +54,7 @@ class StepContext:
     denoiser: Denoiser
     level: NoiseLevel
     t: Tensor
-    noise: NoiseSource | None = None
+    source: NoiseSource | None = None
     denoise_final: bool = False
     times: list = field(init=False)
     alpha: list = field(init=False)
@@ -71,7 +74,7 @@ class StepContext:
 
     @property
     def process(self):
-        """The reverse-family process (MATH 3.2) with this context's noise level."""
+        """The reverse-family process (docs/math.md (3.2)) with this context's noise level."""
         from ..processes import ReverseSDE
 
         return ReverseSDE(self.denoiser, eta=self.level.eta, noise=self.level.noise)
@@ -91,8 +94,8 @@ class StepContext:
     def eta2_integral(self, i: int) -> float:
         r"""H_i = ∫ η(λ)² dλ over step i, with η = ν/g (exactly η² h for a constant η).
 
-        Exponential integrators use e^{−H} where the constant-η formula (MATH 4.1) has e^{−η² h};
-        for a time-varying ν_t this is evaluated by 8-point Gauss–Legendre quadrature in λ.
+        Exponential integrators use e^{−H} where the constant-η formula (docs/math.md (4.1)) has
+        e^{−η² h}; for a time-varying ν_t this is evaluated by 8-point Gauss–Legendre quadrature in λ.
         """
         if self.level.noise is None:
             return self.level.eta ** 2 * self.h(i)
@@ -103,9 +106,9 @@ class StepContext:
         return float(0.5 * (l1 - l0) * (torch.tensor(weights, dtype=torch.float64) * eta**2).sum())
 
     def randn(self) -> Tensor:
-        if self.noise is None:
-            raise RuntimeError("this solver draws noise but no noise source was given")
-        return self.noise.randn()
+        if self.source is None:
+            raise RuntimeError("this solver draws noise but no random source was given")
+        return self.source.randn()
 
 
 def _gauss_legendre(n: int):
@@ -116,15 +119,19 @@ def _gauss_legendre(n: int):
 
 
 class Solver:
-    """Base class of fixed-step solvers.
+    """Base class of solvers.
 
     Class attributes:
         name: registry name.
-        order: declared convergence order (global order for ODE solvers; weak order for SDE solvers).
+        order: declared convergence order of the method as configured (global order for ODE
+            solvers; weak order for SDE solvers). A constructor option that picks the method's
+            polynomial order is named ``order`` too where the papers do (``dpmpp_2m(order=3)``);
+            the solver then declares the order it reaches (UniPC-p with its corrector: p + 1).
         ode_order: (optional) order on the probability-flow ODE (η = 0) where it differs from ``order``.
         stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
         draws_noise: True if it draws noise even on the probability-flow ODE (η = 0).
-        nfe_per_step: network evaluations per step.
+        adaptive: True if it chooses its own steps (then ``solve`` replaces ``init``/``step``).
+        nfe_per_step: network evaluations per step (0: not known in advance).
         min_steps: fewest steps the method accepts.
     """
 
@@ -132,6 +139,7 @@ class Solver:
     order: float = 1.0
     stochastic: bool = False
     draws_noise: bool = False  # draws noise even at η = 0 (pc's Langevin corrector, EDM churn)
+    adaptive: bool = False
     nfe_per_step: int = 1
     min_steps: int = 1
 
@@ -161,152 +169,32 @@ class Solver:
                              f"{' with the final denoise (without it, one fewer)' if denoise_final else ''}")
         return steps
 
+    def grid_for(self, schedule: Schedule, *, steps: int | None = None, nfe: int | None = None, grid=None,
+              denoise_final: bool = False) -> Tensor:
+        """The float64 grid this solver runs on: ``steps`` steps, or as many as the budget ``nfe``
+        allows (default :data:`DEFAULT_NFE`), on a grid kind (default ``"log_snr"``); or an explicit
+        decreasing array ``grid`` (which fixes the steps). At most one of the three sizes the run."""
+        explicit = grid is not None and not isinstance(grid, str)
+        if explicit and (steps is not None or nfe is not None):
+            raise ValueError("an explicit grid of times fixes the number of steps; drop steps/nfe")
+        if explicit:
+            return make_grid(schedule, None, grid)
+        if steps is not None and nfe is not None:
+            raise ValueError("give one of steps (solver steps) or nfe (a budget of evaluations), not both")
+        if steps is None and nfe is None:
+            nfe = DEFAULT_NFE
+        if nfe is not None:
+            steps = self.steps_for_nfe(nfe, denoise_final)
+        return make_grid(schedule, steps, "log_snr" if grid is None else grid)
+
     def check(self, ctx: StepContext):
-        """Validate the configuration against the problem before the first step."""
+        """Validate the configuration against the grid before the first step."""
         if ctx.steps < self.min_steps:
             raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps, got {ctx.steps}")
-        if not self.stochastic and not ctx.level.is_zero:
-            raise ValueError(f"solver {self.name!r} integrates the probability-flow ODE only (eta=0); "
-                             f"for eta > 0 pick a stochastic solver: "
-                             f"{', '.join(n for n, c in SOLVERS.items() if c.stochastic)}")
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({opts})"
-
-
-def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level: NoiseLevel,
-              noise: NoiseSource | None = None, denoise_final: bool = False,
-              trajectory: bool = False, callback: Callable | None = None):
-    """Run ``solver`` over the grid ``t`` from state ``x`` (at t[0]). The one loop of diffsolve.
-
-    Returns ``(x, traj)`` with ``traj`` the list of states at every grid point (``trajectory=True``)
-    or ``None``. ``denoise_final`` replaces the last state by x̂0(x, t_n) (one more evaluation).
-    """
-    ctx = StepContext(denoiser, level, t, noise, denoise_final)
-    solver.check(ctx)
-    denoiser.prime(ctx.t, x)  # labels and conversion coefficients of the whole grid, vectorised
-    traj = [x] if trajectory else None
-    state = solver.init(ctx, x)
-    n = ctx.steps
-    where, times = denoiser._where, ctx.times  # location for error messages, formatted on demand
-    for i in range(n):
-        where[0] = (solver.name, i, n, times)
-        x, state = solver.step(ctx, i, x, state)
-        if traj is not None:
-            traj.append(x)
-        if callback is not None:
-            callback(i, x)
-    if denoise_final:
-        where[0] = (solver.name, n, n, times)
-        x = denoiser.x0(x, t[n])
-        if traj is not None:
-            traj.append(x)
-    where[0] = ""
-    denoiser.check_finite()
-    return x, traj
-
-
-# --- registry ------------------------------------------------------------------------------
-SOLVERS: dict[str, type[Solver]] = {}
-
-
-def register(cls: type[Solver]) -> type[Solver]:
-    """Class decorator: add a solver to :data:`SOLVERS` under ``cls.name``."""
-    if cls.name in SOLVERS and SOLVERS[cls.name] is not cls:
-        raise ValueError(f"solver name {cls.name!r} registered twice")
-    SOLVERS[cls.name] = cls
-    return cls
-
-
-def parse_solver_spec(spec: str) -> tuple[str, dict]:
-    """``"name:key=value:key=value"`` → ``(name, {key: value})``, the command line's way to configure a
-    solver (``"unipc:order=3:predict_x0=false"``). Values are read as JSON (``3``, ``1e-3``, ``true``,
-    ``null``), Python's ``True``/``False``/``None``, or else kept as strings (``variant=bh1``)."""
-    if not isinstance(spec, str):
-        raise TypeError(f"a solver spec is a string 'name:key=value:...', got {type(spec).__name__}")
-    name, *parts = spec.strip().split(":")
-    options: dict = {}
-    for part in parts:
-        key, eq, text = part.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise ValueError(f"bad solver spec {spec!r}: {part!r} is not key=value; write e.g. "
-                             f"'unipc:order=3:variant=bh1'")
-        if key in options:
-            raise ValueError(f"bad solver spec {spec!r}: option {key!r} given twice")
-        text = text.strip()
-        try:
-            options[key] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key] = {"True": True, "False": False, "None": None}.get(text, text)
-    return name.strip(), options
-
-
-def solver_spec(name: str, options: dict | None = None) -> str:
-    """The canonical spec string of a solver name and options (keys sorted): inverse of
-    :func:`parse_solver_spec`, used as the solver's label in benchmark rows."""
-    def fmt(v):
-        return v if isinstance(v, str) else json.dumps(v)
-
-    return name + "".join(f":{k}={fmt(v)}" for k, v in sorted((options or {}).items()))
-
-
-def solver_options_help(cls: type[Solver]) -> str:
-    """``key=default`` for every constructor option of a solver class, including those a constructor
-    passes on to its base class through ``**options``."""
-    seen, out = set(), []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        for p in params:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in seen:
-                seen.add(p.name)
-                out.append(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name)
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return ", ".join(out)
-
-
-def get_solver(solver, **options) -> Solver:
-    """A solver instance from an instance, a class, a registered name or a ``"name:key=value"`` spec
-    (:func:`parse_solver_spec`); ``options`` go to the constructor."""
-    if isinstance(solver, Solver):
-        if options:
-            raise ValueError("solver options go to the constructor when passing a name; got an instance and options")
-        return solver
-    if isinstance(solver, type) and issubclass(solver, Solver):
-        return solver(**options)
-    if isinstance(solver, str):
-        name, spec_options = parse_solver_spec(solver)
-        if name in SOLVERS:
-            clash = sorted(set(spec_options) & set(options))
-            if clash:
-                raise ValueError(f"solver option{'s' if len(clash) > 1 else ''} {', '.join(clash)} given both in "
-                                 f"the spec {solver!r} and as keyword arguments; give each once")
-            try:
-                return SOLVERS[name](**spec_options, **options)
-            except TypeError as e:
-                known = solver_options_help(SOLVERS[name])
-                raise TypeError(f"bad options for solver {name!r}: {e}; "
-                                + (f"its options are {known}" if known else "it takes no options")) from None
-        solver = name
-    raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
-
-
-def list_solvers() -> list[dict]:
-    """Name, order, stochasticity, first docstring line and constructor options of every registered
-    solver; order and evaluations per step are those of its default options."""
-    out = []
-    for name, cls in sorted(SOLVERS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()
-        adaptive = bool(getattr(cls, "adaptive", False))
-        default = cls()  # order and nfe_per_step may depend on the options (unipc's order, pc's corrector steps)
-        out.append({"name": name, "order": default.order, "stochastic": cls.stochastic, "adaptive": adaptive,
-                    "nfe_per_step": None if adaptive else default.nfe_per_step, "summary": doc[0] if doc else "",
-                    "options": solver_options_help(cls)})
-    return out
 
 
 def lincomb(x: Tensor, a: float, terms, coefs) -> Tensor:

@@ -2,7 +2,7 @@ r"""DDIM with a noise level: the exact first-order step of the reverse family fo
 
 From t to s < t, h = λ_s − λ_t > 0, x̂0 = x̂0(x_t, t), ε̂ = (x_t − α_t x̂0)/σ_t:
 
-``variant="exact"`` (MATH 4.1, exact for frozen x̂0, any ν_t through H = ∫ η² dλ, η = ν/g):
+``variant="exact"`` (docs/math.md (4.1), exact for frozen x̂0, any ν_t through H = ∫ η² dλ, η = ν/g):
 
     x_s = (σ_s/σ_t) e^{−H} x_t + α_s (1 − e^{−h−H}) x̂0 + σ_s √(1 − e^{−2H}) z
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, register
+from .base import Solver
+from .registry import register
 
 
 @register
@@ -25,7 +26,7 @@ class DDIM(Solver):
     """DDIM(η): first-order exponential integrator in data prediction; one evaluation per step.
 
     Args:
-        variant: ``"exact"`` (MATH 4.1, default) or ``"published"`` (the DDIM paper's σ_t(η)).
+        variant: ``"exact"`` (docs/math.md (4.1), default) or ``"published"`` (the DDIM paper's σ_t(η)).
 
     References:
         Denoising Diffusion Implicit Models, Song, Meng, Ermon, arXiv:2010.02502;

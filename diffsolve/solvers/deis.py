@@ -1,6 +1,6 @@
-r"""DEIS: multistep exponential integrators in noise prediction (MATH §4, ε̂ form).
+r"""DEIS: multistep exponential integrators in noise prediction (docs/math.md §4, ε̂ form).
 
-In y = x/α and ρ = σ/α = e^{−λ} the probability-flow ODE (MATH 3.3) is dy/dρ = ε̂(x, t) exactly,
+In y = x/α and ρ = σ/α = e^{−λ} the probability-flow ODE (docs/math.md (3.3)) is dy/dρ = ε̂(x, t) exactly,
 whatever the schedule. Over step i (ρ_i → ρ_{i+1} < ρ_i), replacing ε̂ by the polynomial through
 the last p evaluations (τ_{i−j}, ε̂_{i−j}), j = 0..p−1, in a variable τ of ρ, and integrating it
 exactly:
@@ -19,15 +19,15 @@ exactly:
 The weights C_{ij} of the whole grid are computed once, in float64, before the first step
 (Gauss–Legendre quadrature: exact for ``"rho"``; for ``"log_rho"``, 24 nodes integrate e^{τ}·poly
 to round-off for any step shorter than ~15 in λ, far beyond a usable grid). Order 1 in either
-variable is DDIM (MATH 4.1 with η = 0). Warm-up and the final-order ramp (``lower_order_final``,
-``lower_order_below``) are those of :mod:`diffsolve.solvers.dpmpp`.
+variable is DDIM (docs/math.md (4.1) with η = 0). Warm-up and the final-order ramp (``lower_order_final``,
+``lower_order_below``) are those of every multistep solver (:mod:`diffsolve.solvers.multistep`).
 
 Order: p, with a pre-asymptotic wobble for order 4. The warm-up (step j of order j + 1, as in every
 multistep solver here and in the references) leaves a global O(h²) term from the first,
 Euler-like step, with a tiny constant when the solve starts at high noise (ε̂ barely changes
 there); from a moderate-noise start it dominates: for orders 3 and 4 the local slopes over 32–512
 steps from t = 0.5 fall towards 2 (log ρ 2.4 → 2.0, ρ 2.9 → 2.1; ``python benchmarks/solvers_order.py
---t-start 0.5 --steps 32,64,128,256,512 --solvers deis``; :mod:`diffsolve.solvers.dpmpp`, "Global
+--t-start 0.5 --steps 32,64,128,256,512 --solvers deis``; :mod:`diffsolve.solvers.multistep`, "Global
 order and the warm-up"); ``corrected_start=True`` restores order 3 there (3.0 for order 3, 3.1–3.3
 for order 4). From t_max, measured by
 ``python benchmarks/solvers_order.py --steps 32,64,128,256,512,1024 --solvers deis`` (VP ring,
@@ -46,8 +46,9 @@ import math
 
 import numpy as np
 
-from .base import lincomb, register
-from .dpmpp import _Multistep
+from .base import lincomb
+from .multistep import History, Multistep
+from .registry import register
 
 __all__ = ["DEIS"]
 
@@ -73,7 +74,7 @@ def lagrange_weights(nodes, a: float, b: float, exp_weight: bool) -> list:
 
 
 @register
-class DEIS(_Multistep):
+class DEIS(Multistep):
     r"""DEIS / DPM-Solver (noise prediction), multistep orders 1–4; 1 evaluation per step.
 
     Update (module docstring), ρ = σ/α, ε̂_k = ε̂(x_k, t_k):
@@ -81,17 +82,19 @@ class DEIS(_Multistep):
         x_{i+1} = (α_{i+1}/α_i) x_i + α_{i+1} Σ_{j<p} C_{ij} ε̂_{i−j},   C_{ij} = ∫_{ρ_i}^{ρ_{i+1}} ℓ_j dρ
 
     with ℓ_j the Lagrange basis in τ = log ρ (``variable="log_rho"``, default) or τ = ρ (``"rho"``).
-    Global order p on the probability-flow ODE (MATH 3.3). Order 1 is DDIM(η = 0).
+    Global order p on the probability-flow ODE (docs/math.md (3.3)). Order 1 is DDIM(η = 0).
 
     Args:
         order: p ∈ {1, 2, 3, 4} (default 3). At least p steps are required.
         variable: ``"log_rho"`` (default) or ``"rho"``.
-        lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
+        lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.multistep`).
         corrected_start: redo the first step with the line through ε̂_0, ε̂_1 once ε̂_1 is known,
             x_1 += α_1 C (ε̂_1 − ε̂_0) with C the two-point weight of ε̂_1 over step 0 (no extra
-            evaluation; see :mod:`diffsolve.solvers.dpmpp`, "Global order and the warm-up"); default False.
+            evaluation; see :mod:`diffsolve.solvers.multistep`, "Corrected start"); default False.
 
-    State: the last p values of ε̂, each of shape (B, *shape). Grid weights: computed in ``init``.
+    State: the grid's weights C (computed in ``init``) and a
+    :class:`~diffsolve.solvers.multistep.History` of the last p (λ, ε̂) pairs, oldest first, each
+    ε̂ of shape (B, *shape).
 
     References:
         Zhang & Chen, Fast Sampling of Diffusion Models with Exponential Integrator, arXiv:2204.13902
@@ -108,10 +111,9 @@ class DEIS(_Multistep):
                  lower_order_below: int | None = 15, corrected_start: bool = False):
         if variable not in ("log_rho", "rho"):
             raise ValueError(f"deis: unknown variable {variable!r}; valid: 'log_rho', 'rho'")
-        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below,
-                         corrected_start=corrected_start)
-        del self.solver_type, self.third_order
+        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below)
         self.variable = variable
+        self.corrected_start = bool(corrected_start)
 
     def _tau(self, ctx) -> list[float]:
         return [-lam for lam in ctx.lam] if self.variable == "log_rho" else [math.exp(-lam) for lam in ctx.lam]
@@ -136,13 +138,14 @@ class DEIS(_Multistep):
         return out
 
     def init(self, ctx, x):
-        return (self.weights(ctx), [])
+        return self.weights(ctx), History()  # the grid's C_{ij}, computed once, and the history
+
+    def evaluate(self, ctx, x, i):
+        return ctx.denoiser.eps(x, ctx.time(i))
 
     def step(self, ctx, i, x, state):
-        C, eps = state
-        E = ctx.denoiser.eps(x, ctx.time(i))
-        if i == 1 and self.corrected_start:
-            x = x + self.start_weight(ctx) * (E - eps[0])
-        eps = ([E] + eps)[: self.solver_order]  # newest first
+        C, history = state
+        x, history = self.observe(ctx, i, x, history)
         a = ctx.alpha[i + 1]
-        return lincomb(x, a / ctx.alpha[i], eps, [a * c for c in C[i]]), (C, eps)
+        newest_first = history.values[::-1]  # the order of C's rows
+        return lincomb(x, a / ctx.alpha[i], newest_first, [a * c for c in C[i]]), (C, history)

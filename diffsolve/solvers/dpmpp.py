@@ -1,12 +1,12 @@
-r"""DPM-Solver++ in data prediction: multistep (1M/2M/3M), singlestep 2S and SDE 2M/3M (MATH §4).
+r"""DPM-Solver++ in data prediction: multistep (1M/2M/3M), singlestep 2S and SDE 2M/3M (docs/math.md §4).
 
-Variation of constants for the reverse family (MATH 3.2) with ν = η g, written in λ = log(α/σ):
+Variation of constants for the reverse family (docs/math.md (3.2)) with ν = η g, written in λ = log(α/σ):
 over one step from t to s < t, h = λ_s − λ_t > 0, H = ∫ η² dλ over the step (η² h for a constant η),
 
     x_s = (σ_s/σ_t) e^{−H} x_t + α_s ∫_0^h w(u) x̂0(λ_s − u) du + σ_s √(1 − e^{−2H}) z,
-    w(u) = (1 + η²) e^{−u − H(u)},  ∫_0^h w(u) du = 1 − e^{−h−H}                        (MATH 4.1)
+    w(u) = (1 + η²) e^{−u − H(u)},  ∫_0^h w(u) du = 1 − e^{−h−H}                        (docs/math.md (4.1))
 
-(H(u) = ∫_{λ_s−u}^{λ_s} η² dλ). A frozen x̂0 = D0 gives MATH (4.1) exactly. Replacing x̂0 by the
+(H(u) = ∫_{λ_s−u}^{λ_s} η² dλ). A frozen x̂0 = D0 gives docs/math.md (4.1) exactly. Replacing x̂0 by the
 polynomial in λ through the last k evaluations, x̂0(λ_t + v) ≈ Σ_j v^j D^{(j)}/j!, gives the
 order-k multistep methods:
 
@@ -25,45 +25,19 @@ Algorithm 2 and diffusers' default) uses W_0 · h/2 instead of W_1 (equal to O(h
 ``DPMSolverMultistepScheduler`` do (that choice makes the third-order term wrong by a factor 2 and
 the method only second order; it exists to reproduce those implementations step for step).
 
-Warm-up: step i uses at most order i + 1 (only i + 1 evaluations exist). ``lower_order_final``:
-when enabled and ``steps + 1 < lower_order_below`` (``None``: for any number of steps), step i
-uses order ≤ steps + 1 − i, i.e. the last step is of order ≤ 2, as if the final denoise
-x̂0(x, t_min) were a first-order step to σ = 0; a run without the final denoise ramps one step
-earlier, so its last step (on DDPM-like grids the longest in λ) is of order 1. This is diffusers' rule with
-``final_sigmas_type="zero"`` (the step to σ = 0 there is diffsolve's ``denoise_final``) and the
-DPM-Solver++ paper's advice for few steps (< 15) on guided sampling.
-
-Global order and the warm-up. The first step is first order (local error O(h²)) and is never
-corrected, so the global error of an order-p method (p ≥ 3) has an O(h²) term from it, as in the
-reference implementations (diffusers, k-diffusion). Its constant is the change of x̂0 over the first
-step: negligible from σ_max ≫ data scale (full-range VP grid: ``python benchmarks/solvers_order.py``
-measures 2.92 for dpmpp_3m, 3.09 with ``--problem random``), not
-from a moderate-noise start (img2img, a user grid from t = 0.5): there dpmpp_3m, ``deis`` of
-order 3 or 4 and ``unipc(order=3, corrector=False)`` measure 2.1–2.2 over 32–512 steps and tend to 2
-(``python benchmarks/solvers_order.py --t-start 0.5 --steps 32,64,128,256,512``); UniPC's corrector
-lifts the first step to second order, so UniPC keeps its orders up to 3 (order 3 + corrector: 3.8
-instead of 4).
-
-``corrected_start=True`` removes that term at no extra evaluation: once x̂0 has been evaluated at
-the second grid point (D_1 = x̂0(x_1, t_1), x_1 the first-order result), the first step is redone
-with the line through (λ_0, D_0), (λ_1, D_1) instead of the constant D_0, i.e.
-
-    x_1 ← x_1 + α_1 (c_1/h_0)(D_1 − D_0),    c_1 = the second-order weight of (4.2) for step 0
-
-(W_0 h/2 for ``"midpoint"``: exactly UniPC's bh2 corrector UniC-1 on the first step; W_1 for
-``"taylor"``), before step 1 extrapolates from x_1. The first step's local error becomes O(h³), so
-orders up to 3 are reached from any start (``--t-start 0.5`` above: dpmpp_3m 3.0, ``deis`` order 3
-3.0, order 4 3.1–3.3; order 4 would need an extra evaluation, since D_1 itself is taken at the
-uncorrected x_1). It is off by default: with it the solvers no longer reproduce diffusers and
-k-diffusion step for step, and on grids whose first step is very long (the quadratic grid at
-NFE 5) the line through two far-apart evaluations can be worse than the constant. The trajectory
-records the uncorrected x_1 (the state the solver had after step 0).
+Warm-up, the final-order ramp (``lower_order_final``, ``lower_order_below``), the effect of the
+first-order first step on the global order and ``corrected_start`` are shared by every multistep
+solver: :mod:`diffsolve.solvers.multistep`. Here the corrected start's weight is α_1 c_1/h_0, c_1
+the second-order weight of (4.2) for step 0 (W_0 h/2 for ``"midpoint"``: exactly UniPC's bh2
+corrector UniC-1 on the first step; W_1 for ``"taylor"``).
 """
 from __future__ import annotations
 
 import math
 
-from .base import Solver, lincomb, register
+from .base import Solver, lincomb
+from .multistep import Multistep
+from .registry import register
 
 __all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2S", "SDEDPMSolverPP2M", "SDEDPMSolverPP3M"]
 
@@ -103,62 +77,40 @@ def derivatives(lams: list, Ds: list) -> list:
     return [D0, d01 + (l0 - l1) * d012, 2.0 * d012]
 
 
-class _Multistep(Solver):
-    """Shared multistep machinery: history of (λ, x̂0) in the state, warm-up, final-order ramp."""
-
-    _max_order = 3
+class _DPMSolverPP(Multistep):
+    """DPM-Solver++ multistep in data prediction (ODE and SDE forms): the update (4.2) of order p
+    from the stored x̂0 values, plus fresh noise when ν > 0."""
 
     def __init__(self, order: int, solver_type: str = "midpoint", third_order: str = "exact",
                  lower_order_final: bool = True, lower_order_below: int | None = 15,
                  corrected_start: bool = False):
-        if order not in range(1, self._max_order + 1):
-            raise ValueError(f"{self.name}: order must be one of {list(range(1, self._max_order + 1))}, got {order!r}")
+        super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below)
         if solver_type not in ("midpoint", "taylor"):
             raise ValueError(f"{self.name}: unknown solver_type {solver_type!r}; valid: 'midpoint', 'taylor'")
         if third_order not in ("exact", "dpm_solver"):
             raise ValueError(f"{self.name}: unknown third_order {third_order!r}; valid: 'exact', 'dpm_solver'")
-        self.solver_order = order
         # declared global order (SDE subclasses override it: weak order); DPM-Solver's halved
         # third-order term leaves a second-order method (measured in tests/test_dpmpp_unipc.py)
         self.order = 2.0 if (order == 3 and third_order == "dpm_solver") else float(order)
-        self.min_steps = order
         self.solver_type = solver_type
         self.third_order = third_order
-        self.lower_order_final = bool(lower_order_final)
-        self.lower_order_below = lower_order_below
         self.corrected_start = bool(corrected_start)
 
-    def check(self, ctx):
-        if ctx.steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} of order {self.solver_order} is a multistep method and needs "
-                             f"at least {self.min_steps} steps, got {ctx.steps}; use more steps or a lower "
-                             f"order (order=...)")
-        super().check(ctx)
-
-    def step_order(self, ctx, i: int) -> int:
-        """Order used on step i: warm-up at the start, optional ramp-down at the end."""
-        p = min(self.solver_order, i + 1)
-        n = ctx.steps
-        if self.lower_order_final and (self.lower_order_below is None or n + 1 < self.lower_order_below):
-            # the final denoise counts as the last, first-order, step; without it step n-1 is the last
-            p = min(p, n + 1 - i if ctx.denoise_final else n - i)
-        return p
-
-    def init(self, ctx, x):
-        return ([], [])  # λ values and x̂0 values of previous evaluations (newest last)
+    def evaluate(self, ctx, x, i):
+        return ctx.denoiser.x0(x, ctx.time(i))
 
     def start_weight(self, ctx) -> float:
-        """c of the corrected first step, x_1 += c (E_1 − E_0) (module docstring, "Global order and
-        the warm-up"): the weight of the newest node in the two-point rule over step 0, here
-        α_1 c_1/h_0 with c_1 the second-order weight of :meth:`_update`."""
+        """c of the corrected first step, x_1 += c (D_1 − D_0): α_1 c_1/h_0 with c_1 the
+        second-order weight of :meth:`update` over step 0."""
         h = ctx.h(0)
         w0, w1, _ = weights(h, ctx.eta2_integral(0) if self.stochastic else 0.0)
         return ctx.alpha[1] * (w0 * h / 2 if self.solver_type == "midpoint" else w1) / h
 
-    def _update(self, ctx, i, x, lams, Ds, p, H):
-        """x_{i+1} from x_i and derivative estimates of order p (4.2); no noise. The update is linear
-        in the stored x̂0 values: its weights are found in float64 by applying the divided
-        differences to unit vectors, then applied in one fused combination."""
+    def update(self, ctx, i, x, history, p):
+        """x_{i+1} from x_i and the derivative estimates of order p (4.2), then the noise term. The
+        update is linear in the stored x̂0 values: its weights are found in float64 by applying the
+        divided differences to unit vectors, then applied in one fused combination."""
+        H = ctx.eta2_integral(i) if self.stochastic else 0.0
         h = ctx.h(i)
         w0, w1, w2 = weights(h, H)
         c = [ctx.alpha[i + 1] * w0]
@@ -166,47 +118,39 @@ class _Multistep(Solver):
             c.append(ctx.alpha[i + 1] * (w0 * h / 2 if (self.solver_type == "midpoint" and p == 2) else w1))
         if p >= 3:
             c.append(ctx.alpha[i + 1] * (w2 / 2 if self.third_order == "dpm_solver" else w2))
-        lam = lams[-p:]
+        lam = list(history.lams[-p:])
         coefs = [sum(ck * dk for ck, dk in zip(c, derivatives(lam, [float(k == j) for k in range(p)])))
                  for j in range(p)]
-        return lincomb(x, ctx.sigma[i + 1] / ctx.sigma[i] * math.exp(-H), Ds[-p:], coefs)
-
-    def step(self, ctx, i, x, state):
-        lams, Ds = state
-        D = ctx.denoiser.x0(x, ctx.time(i))
-        if i == 1 and self.corrected_start:
-            x = x + self.start_weight(ctx) * (D - Ds[-1])
-        lams = (lams + [ctx.lam[i]])[-self.solver_order:]
-        Ds = (Ds + [D])[-self.solver_order:]
-        H = ctx.eta2_integral(i) if self.stochastic else 0.0
-        x = self._update(ctx, i, x, lams, Ds, self.step_order(ctx, i), H)
+        x = lincomb(x, ctx.sigma[i + 1] / ctx.sigma[i] * math.exp(-H), history.values[-p:], coefs)
         if H > 0:
             x = x + (ctx.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * H))) * ctx.randn()
-        return x, (lams, Ds)
+        return x
 
 
 @register
-class DPMSolverPP2M(_Multistep):
+class DPMSolverPP2M(_DPMSolverPP):
     r"""DPM-Solver++(2M): multistep exponential integrator in data prediction; 1 evaluation per step.
 
     Update (order 2, ``solver_type="midpoint"``), h = λ_{i+1} − λ_i, r = h_{i−1}/h, D_i = x̂0(x_i, t_i):
 
         x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) [(1 + 1/(2r)) D_i − 1/(2r) D_{i−1}]
 
-    ``order=1`` is DDIM(η=0) (MATH 4.1); ``order=3`` is DPM-Solver++(3M) (module docstring, 4.2).
-    Global order ``order`` on the probability-flow ODE (MATH 3.3); for order 3 only when the first,
-    first-order step starts at high noise (module docstring, "Global order and the warm-up").
+    ``order=1`` is DDIM(η=0) (docs/math.md (4.1)); ``order=3`` is DPM-Solver++(3M) (module docstring, 4.2).
+    Global order ``order`` on the probability-flow ODE (docs/math.md (3.3)); for order 3 only when the first,
+    first-order step starts at high noise (:mod:`diffsolve.solvers.multistep`, "Global order and the warm-up").
 
     Args:
         order: 1, 2 (default) or 3. At least ``order`` steps are required.
         solver_type: ``"midpoint"`` (default, paper/diffusers) or ``"taylor"`` (diffusers' "heun").
         third_order: ``"exact"`` (default) or ``"dpm_solver"`` (reproduces the reference code).
         lower_order_final, lower_order_below: final-order ramp (module docstring); default: with
-            fewer than 14 steps the last step is of order ≤ 2 (affects order 3 only).
-        corrected_start: redo the first step with the second evaluation (module docstring, "Global
-            order and the warm-up"); default False.
+            fewer than 14 steps the last step is of order ≤ 2 (affects order 3 only;
+            :mod:`diffsolve.solvers.multistep`).
+        corrected_start: redo the first step with the second evaluation (:mod:`diffsolve.solvers.multistep`,
+            "Corrected start"); default False.
 
-    State: (λ list, x̂0 list) of the last ``order`` evaluations, each x̂0 of shape (B, *shape).
+    State: a :class:`~diffsolve.solvers.multistep.History` of the last ``order`` (λ, x̂0) pairs,
+    oldest first, each x̂0 of shape (B, *shape).
 
     References:
         DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps,
@@ -245,7 +189,7 @@ class DPMSolverPP3M(DPMSolverPP2M):
 
 
 @register
-class SDEDPMSolverPP2M(_Multistep):
+class SDEDPMSolverPP2M(_DPMSolverPP):
     r"""SDE-DPM-Solver++(2M): multistep exponential integrator for the reverse family with ν > 0.
 
     Update (module docstring, 4.2; H = ∫ η² dλ over the step, η = ν/g; κ = 1 + H/h):

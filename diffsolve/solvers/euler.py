@@ -1,4 +1,4 @@
-r"""Euler and Euler–Maruyama on the reverse family in raw time t (MATH 3.2, 3.3).
+r"""Euler and Euler–Maruyama on the reverse family in raw time t (docs/math.md (3.2), 3.3).
 
     x_{t_{i+1}} = x_{t_i} + b(x_{t_i}, t_i) Δ_i + ν_{t_i} √|Δ_i| z_i,   Δ_i = t_{i+1} − t_i < 0,
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, bcast, register
+from .base import Solver, bcast
+from .registry import register
 
 
 @register

@@ -1,6 +1,6 @@
-r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (MATH §4).
+r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (docs/math.md §4).
 
-With y = x/α and s = σ/α = e^{−λ} the probability-flow ODE (MATH 3.3) becomes
+With y = x/α and s = σ/α = e^{−λ} the probability-flow ODE (docs/math.md (3.3)) becomes
 
     dy/ds = (y − D(y; s))/s,      D(y; s) = x̂0(α_t y, t),   t = t(s),                 (EDM eq. 3)
 
@@ -24,7 +24,7 @@ from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
     ŷ_i = y_i + S_noise √(ŝ² − s_i²) z.
 
 This is an operator *splitting* (forward noise, then the ν = 0 ODE), not an integrator of the
-reverse family (MATH 3.2) for a given ν_t. To first order in the step it injects the variance of
+reverse family (docs/math.md (3.2)) for a given ν_t. To first order in the step it injects the variance of
 the ν = η g member with η_i² ≈ γ_i/h_i (h_i the step in λ): on a grid uniform in λ over a range
 Δλ that is η² ≈ S_churn/Δλ while γ_i < √2 − 1, so the effective η depends on the grid (and on n
 once γ is capped), and is zero outside [S_tmin, S_tmax]; with S_noise ≠ 1 the splitting does not
@@ -40,7 +40,8 @@ import math
 
 from torch import Tensor
 
-from .base import Solver, register
+from .base import Solver
+from .registry import register
 
 __all__ = ["EulerVE", "Heun"]
 

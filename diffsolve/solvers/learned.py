@@ -1,7 +1,7 @@
-r"""A multistep predictor–corrector in data prediction whose weights are free, per step (MATH §4).
+r"""A multistep predictor–corrector in data prediction whose weights are free, per step (docs/math.md §4).
 
 Every data-prediction multistep method here (DDIM, DPM-Solver++ 2M/3M, UniPC) advances with the
-exponential step of MATH (4.1) applied to a combination D of the stored x̂0 values; they differ only
+exponential step of docs/math.md (4.1) applied to a combination D of the stored x̂0 values; they differ only
 in the weights of that combination, which they derive from a polynomial model of x̂0(λ). Below ten
 evaluations that model is poor, and the weights that minimise the error of the whole run are
 different. This solver takes them as data, so they can be fitted to a model and a grid
@@ -37,7 +37,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Solver, lincomb, register
+from .base import Solver, lincomb
+from .registry import register
 
 __all__ = ["LearnedMultistep", "weights_of", "default_predictor"]
 
@@ -192,7 +193,8 @@ def weights_of(solver, schedule, t, history: int = 3) -> tuple[list, list]:
     """
     from ..denoiser import Denoiser
     from ..processes import NoiseLevel
-    from .base import get_solver, integrate
+    from ..loop import integrate
+    from .registry import get_solver
 
     solver = get_solver(solver)
     t = torch.as_tensor(t, dtype=torch.float64)
@@ -213,7 +215,7 @@ def weights_of(solver, schedule, t, history: int = 3) -> tuple[list, list]:
             return out
 
         den = Denoiser(net, schedule, prediction="x0", net_dtype=torch.float64)
-        _, traj = integrate(sol, den, x_T, t, level=level, trajectory=True)
+        traj = integrate(sol, den, x_T, t, level=level, trajectory=True).trajectory
         return [s[0] for s in traj], [s[0] for s in inputs]
 
     states, inputs = probe_run(solver)

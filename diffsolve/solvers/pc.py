@@ -2,9 +2,9 @@ r"""Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3): a rever
 
 Each step from t_i to t_{i+1} is
 
-1. **predictor**: one step of the reverse family (MATH 3.2) with the sampler's noise level ν_t:
+1. **predictor**: one step of the reverse family (docs/math.md (3.2)) with the sampler's noise level ν_t:
    ``"euler"`` (Euler–Maruyama; at η = 1 the paper's reverse-diffusion predictor to first order)
-   or ``"ddim"`` (the exact first-order step MATH 4.1);
+   or ``"ddim"`` (the exact first-order step docs/math.md (4.1));
 2. **corrector**: ``corrector_steps`` steps of unadjusted Langevin dynamics targeting p_{t_{i+1}},
 
        x ← x + ε ŝ(x, t_{i+1}) + √(2ε) z,    ε = 2 a_i (snr ‖z‖ / ‖ŝ‖)²,   z ~ N(0, I),
@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, bcast, register
+from .base import Solver, bcast
+from .registry import register
 from .ddim import DDIM
 from .euler import Euler
 

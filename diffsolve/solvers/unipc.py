@@ -1,4 +1,4 @@
-r"""UniPC: unified predictor–corrector exponential integrators in data or noise prediction (MATH §4).
+r"""UniPC: unified predictor–corrector exponential integrators in data or noise prediction (docs/math.md §4).
 
 Step i goes from λ_i to λ_{i+1}, h = λ_{i+1} − λ_i, z = −h; D_k = x̂0 evaluated at λ_k;
 r_k = (λ_{i−k} − λ_i)/h < 0 and ΔD_k = (D_{i−k} − D_i)/r_k for k = 1..p−1. With
@@ -19,8 +19,8 @@ The last step has no evaluation after it, hence no corrector: the returned state
 predictor's x̃_n (a following ``denoise_final`` evaluates x̂0(x̃_n, t_n), which is diffusers'
 final step to σ = 0). ``final_corrector=True`` spends one more evaluation to correct x̃_n too.
 
-Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are as in
-:mod:`diffsolve.solvers.dpmpp`. diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
+Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are those of
+every multistep solver (:mod:`diffsolve.solvers.multistep`). diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
 ramps for any number of steps: reproduce it with ``lower_order_below=None``.
 
 **Noise prediction** (``predict_x0=False``, diffusers' option of the same name): the same formulas
@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import math
 
-from .base import lincomb, register
-from .dpmpp import _Multistep
+from .base import lincomb
+from .multistep import History, Multistep
+from .registry import register
 
 __all__ = ["UniPC"]
 
@@ -77,7 +78,7 @@ def _solve(R: list, g: list) -> list:
 
 
 @register
-class UniPC(_Multistep):
+class UniPC(Multistep):
     r"""UniPC-p: UniP-p predictor + UniC-p corrector (module docstring); 1 evaluation per step.
 
     Global order p + 1 with the corrector (p without it) on the probability-flow ODE. The warm-up's
@@ -94,9 +95,10 @@ class UniPC(_Multistep):
         final_corrector: also correct the last state (one extra evaluation; default False).
         predict_x0: integrate in data prediction (default True) or, False, in noise prediction
             (module docstring).
-        lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.dpmpp`).
+        lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.multistep`).
 
-    State: (λ list, x̂0 or ε̂ list) of the last p evaluations, the start of the last step and its order.
+    State: a :class:`~diffsolve.solvers.multistep.History` of the last p (λ, x̂0 or ε̂) pairs
+    (oldest first), the start of the last step and its order.
 
     References:
         UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models,
@@ -114,7 +116,6 @@ class UniPC(_Multistep):
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"unipc: unknown variant {variant!r}; valid: 'bh1', 'bh2'")
         super().__init__(order, lower_order_final=lower_order_final, lower_order_below=lower_order_below)
-        del self.solver_type, self.third_order
         self.variant = variant
         self.corrector = bool(corrector)
         self.final_corrector = bool(final_corrector)
@@ -126,7 +127,7 @@ class UniPC(_Multistep):
     def nfe(self, steps: int) -> int:
         return steps + (1 if self.final_corrector and self.corrector and steps > 0 else 0)
 
-    def _update(self, ctx, j, x, lams, Ds, p, D_new=None):
+    def update(self, ctx, j, x, history, p, D_new=None):
         """Predictor (D_new None) or corrector from grid point j to j + 1; history newest last at λ_j.
         Written out as one linear combination of x, the stored x̂0 (or ε̂) values and D_new (float64
         weights, one fused pass per term)."""
@@ -139,6 +140,7 @@ class UniPC(_Multistep):
                 raise ValueError("unipc(predict_x0=False): the grid starts at α = 0 (ε̂-form steps divide by "
                                  "α); start it at t < t_max or use predict_x0=True")
         B = z if self.variant == "bh1" else math.expm1(z)
+        lams, Ds = history
         rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
         g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
         R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
@@ -154,22 +156,21 @@ class UniPC(_Multistep):
         coefs = [w_m0] + w + ([w_new] if D_new is not None else [])
         return lincomb(x, ratio, terms, coefs)
 
-    def _evaluate(self, ctx, x, i):
+    def evaluate(self, ctx, x, i):
         return (ctx.denoiser.x0 if self.predict_x0 else ctx.denoiser.eps)(x, ctx.time(i))
 
     def init(self, ctx, x):
-        return ([], [], None, 0)
+        return (History(), None, 0)
 
     def step(self, ctx, i, x, state):
-        lams, Ds, x_prev, p_prev = state
-        D = self._evaluate(ctx, x, i)
+        history, x_prev, p_prev = state
+        D = self.evaluate(ctx, x, i)
         if self.corrector and i > 0:
-            x = self._update(ctx, i - 1, x_prev, lams, Ds, p_prev, D_new=D)
-        lams = (lams + [ctx.lam[i]])[-self.solver_order:]
-        Ds = (Ds + [D])[-self.solver_order:]
+            x = self.update(ctx, i - 1, x_prev, history, p_prev, D_new=D)
+        history = history.push(ctx.lam[i], D, self.solver_order)
         p = self.step_order(ctx, i)
-        x_next = self._update(ctx, i, x, lams, Ds, p)
+        x_next = self.update(ctx, i, x, history, p)
         if self.final_corrector and self.corrector and i == ctx.steps - 1:
-            D_last = self._evaluate(ctx, x_next, i + 1)
-            x_next = self._update(ctx, i, x, lams, Ds, p, D_new=D_last)
-        return x_next, (lams, Ds, x, p)
+            D_last = self.evaluate(ctx, x_next, i + 1)
+            x_next = self.update(ctx, i, x, history, p, D_new=D_last)
+        return x_next, (history, x, p)

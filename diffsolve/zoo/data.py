@@ -3,7 +3,7 @@ r"""Data conventions of the bundled models (the same functions train and evaluat
 Digits (scikit-learn's 8×8 digits, 1797 images, pixel levels k ∈ {0..16}, K = 17 levels):
 
 - split: the first 1500 images are the training set, the last 297 the held-out test set;
-- model space: uniform dequantization onto [−1, 1] (MATH §5, a = −1, b = 1, K = 17),
+- model space: uniform dequantization onto [−1, 1] (docs/math.md §5, a = −1, b = 1, K = 17),
 
       x = −1 + 2 (k + u) / 17,   u ~ U[0, 1)^64,
 

@@ -1,0 +1,219 @@
+r"""The one integration loop: every solver, fixed-step or adaptive, ODE or SDE, runs through here.
+
+:func:`integrate` checks the solver against the problem once, then either steps a fixed-step solver
+over the grid (``init`` once, ``step`` per grid interval) or hands an adaptive solver the grid's end
+points (``solve``); both may end with the final denoise x̂0(x, t_n). ``sample``, the tuners and the
+benchmark runner are thin layers on top of it.
+
+The loop reads nothing back from the device per step: grid quantities are float64 host values
+precomputed by :class:`~diffsolve.solvers.base.StepContext`, and non-finite network outputs on an
+accelerator are flagged on the device and read once, after the loop (``tests/test_no_sync.py``
+runs every fixed-step solver on data-less ``meta`` tensors to prove it).
+
+:func:`drive` runs the same loop with the network *outside* it: a generator that yields each
+network evaluation the solver needs and receives the network's output, so a caller that owns the
+network call (a diffusers pipeline, a serving loop) can drive any solver one evaluation at a time.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Generator, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .denoiser import Denoiser
+from .noise import NoiseSource
+from .processes import NoiseLevel
+from .solvers.base import Solver, StepContext
+from .solvers.registry import stochastic_solver_names
+
+__all__ = ["integrate", "Solution", "drive", "Evaluation"]
+
+
+class Solution(NamedTuple):
+    """What :func:`integrate` returns.
+
+    Attributes:
+        x: (B, *shape) state at the last grid time (after the final denoise, if asked for).
+        trajectory: states at every grid point, each (B, *shape) (and after the final denoise),
+            when asked for; else None. Fixed-step solvers only.
+        info: the solver's own statistics (adaptive solvers: accepted and rejected steps, ...).
+    """
+
+    x: Tensor
+    trajectory: list | None = None
+    info: dict | None = None
+
+
+def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level: NoiseLevel,
+              source: NoiseSource | None = None, denoise_final: bool = False, trajectory: bool = False,
+              callback: Callable | None = None) -> Solution:
+    """Run ``solver`` from state ``x`` at t[0] over the decreasing float64 grid ``t``.
+
+    A fixed-step solver steps from t[i] to t[i + 1] for every i; an adaptive one integrates from
+    t[0] to t[-1] with the steps it chooses. ``denoise_final`` replaces the last state by
+    x̂0(x, t[-1]) (one more evaluation).
+
+    Args:
+        solver: a :class:`~diffsolve.solvers.base.Solver` instance.
+        denoiser: the network as a :class:`~diffsolve.Denoiser` (evaluations are counted there).
+        x: (B, *shape) state at t[0], in the dtype the solver state should have.
+        t: (n + 1,) strictly decreasing float64 times.
+        level: the noise level ν_t of the reverse family (``NoiseLevel(schedule, 0.0)``: the
+            probability-flow ODE).
+        source: the random source of stochastic solvers (per-sample seeds or a generator).
+        trajectory: keep the state at every grid point (fixed-step solvers).
+        callback: ``callback(i, x)`` after each fixed step.
+    """
+    ctx = StepContext(denoiser, level, t, source, denoise_final)
+    _check(solver, ctx, trajectory)
+    denoiser.prime(ctx.t, x)  # labels and conversion coefficients of the whole grid, vectorised
+    if solver.adaptive:
+        x, info = solver.solve(ctx, x)
+        traj = None
+    else:
+        x, traj = _steps(solver, ctx, x, trajectory, callback)
+        info = {}
+    n, where = ctx.steps, denoiser._where  # location for error messages, formatted on demand
+    if denoise_final:
+        where[0] = (solver.name, n, n, ctx.times)
+        x = denoiser.x0(x, t[n])
+        if traj is not None:
+            traj.append(x)
+    where[0] = ""
+    denoiser.check_finite()
+    return Solution(x, traj, info)
+
+
+def _check(solver: Solver, ctx: StepContext, trajectory: bool):
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a diffsolve Solver instance, got {type(solver).__name__}; "
+                        f"build one with diffsolve.solvers.get_solver(name)")
+    solver.check(ctx)  # the solver's own checks first: their messages are the most specific
+    if not solver.stochastic and not ctx.level.is_zero:
+        raise ValueError(f"solver {solver.name!r} integrates the probability-flow ODE only (eta=0); "
+                         f"for eta > 0 pick a stochastic solver: {', '.join(stochastic_solver_names())}")
+    if solver.adaptive and trajectory:
+        raise ValueError(f"solver {solver.name!r} chooses its own steps: it keeps no trajectory on a grid; "
+                         f"use a fixed-step solver for trajectory=True")
+
+
+def _steps(solver: Solver, ctx: StepContext, x: Tensor, trajectory: bool, callback):
+    """The fixed-step loop: ``init`` once, ``step`` per grid interval."""
+    traj = [x] if trajectory else None
+    state = solver.init(ctx, x)
+    n = ctx.steps
+    where, times = ctx.denoiser._where, ctx.times
+    for i in range(n):
+        where[0] = (solver.name, i, n, times)
+        x, state = solver.step(ctx, i, x, state)
+        if traj is not None:
+            traj.append(x)
+        if callback is not None:
+            callback(i, x)
+    return x, traj
+
+
+# --- driven from outside: one network evaluation at a time --------------------------------------
+@dataclass
+class Evaluation:
+    """A network evaluation the loop needs, yielded by :func:`drive`.
+
+    Attributes:
+        x: (B, *shape) the network's input, in its dtype.
+        label: (B,) the network's own time input (the denoiser's ``time_label`` of t).
+        index: 0 for the first evaluation of the solve, then 1, 2, ...
+    """
+
+    x: Tensor
+    label: Tensor
+    index: int
+
+
+@dataclass
+class _Handoff:
+    to_caller: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    to_loop: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    count: int = 0
+
+
+class _Cancelled(Exception):
+    """The caller stopped driving the loop (the generator was closed)."""
+
+
+_CANCEL = object()
+
+
+def drive(solver: Solver, schedule, x: Tensor, t: Tensor, *, prediction: str = "eps", time_label="default",
+          net_dtype: torch.dtype | None = None, level: NoiseLevel | None = None,
+          source: NoiseSource | None = None, denoise_final: bool = False
+          ) -> Generator[Evaluation, Tensor, Solution]:
+    """:func:`integrate` with the network called by the caller, one evaluation at a time.
+
+    A generator: each ``yield`` is an :class:`Evaluation` (the network's input and time label);
+    ``send`` it the network's output (shape of ``Evaluation.x``, of type ``prediction``); its return
+    value (``StopIteration.value``, or ``yield from``'s value) is the :class:`Solution`. The same
+    loop and the same solver code run as in :func:`integrate` (in a worker thread that waits while
+    the caller evaluates the network), so the result equals ``integrate`` with that network, bit
+    for bit. Closing the generator early stops the solve.
+
+    Example::
+
+        gen = drive(get_solver("unipc"), schedule, x_T, t, prediction="eps")
+        request = next(gen)
+        try:
+            while True:
+                request = gen.send(unet(request.x, request.label))
+        except StopIteration as stop:
+            x0 = stop.value.x
+
+    Args: as :func:`integrate`, with the denoiser's ``schedule``, ``prediction``, ``time_label``
+    and ``net_dtype`` (:class:`~diffsolve.Denoiser`) instead of the denoiser; ``level`` defaults to
+    the probability-flow ODE.
+    """
+    hand = _Handoff()
+
+    def remote_net(x_in: Tensor, label: Tensor) -> Tensor:
+        hand.to_caller.put(("eval", Evaluation(x_in, label, hand.count)))
+        hand.count += 1
+        out = hand.to_loop.get()
+        if out is _CANCEL:
+            raise _Cancelled
+        return out
+
+    denoiser = Denoiser(remote_net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype)
+    level = NoiseLevel(denoiser.schedule, 0.0) if level is None else level
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def work():
+        try:
+            with (torch.inference_mode() if inference else nullcontext()), torch.set_grad_enabled(grad):
+                result = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final)
+            hand.to_caller.put(("done", result))
+        except _Cancelled:
+            pass
+        except BaseException as e:  # noqa: BLE001 -- raised again in the caller's frame
+            hand.to_caller.put(("error", e))
+
+    worker = threading.Thread(target=work, name="diffsolve-drive", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, payload = hand.to_caller.get()
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload
+            out = yield payload
+            if not isinstance(out, Tensor):
+                raise TypeError(f"send the network's output tensor for evaluation {payload.index} "
+                                f"(shape {tuple(payload.x.shape)}), got {type(out).__name__}")
+            hand.to_loop.put(out)
+    finally:
+        if worker.is_alive():
+            hand.to_loop.put(_CANCEL)
+            worker.join()

@@ -1,0 +1,328 @@
+r"""The probability-flow ODE and its one solve (docs/math.md (3.3), §5).
+
+With ŝ = −ε̂/σ and g² = −2σ²λ' (docs/math.md (1.3)) the ODE reads dx/dt = f_t x − σ_t λ'_t ε̂. For a
+monotone change of time u = u(t) and a state scaling y = x / c_t:
+
+    dy/du = L_u y + (K_u / c_t) ε̂(c_t y, t),   L_u = (f_t − c'_t/c_t) dt/du,   K_u = −σ_t λ'_t dt/du
+
+and the divergence of the x-drift per unit u is f_t d dt/du + K_u ∇_x·ε̂ (docs/math.md (5.3)). The
+time variables (``time_variable``):
+
+    ``"t"``                 u = t,          c = 1
+    ``"log_snr"``           u = λ,          c = 1
+    ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates)
+    ``"auto"``              ``t`` on a variance-preserving schedule (α² + σ² = 1: VP, cosine,
+                            DDPM), ``log_snr`` otherwise
+
+``"auto"`` is the default everywhere (sampling, the reference solve, encode/decode, the
+likelihood): it needed the fewest evaluations at equal accuracy in both measurements, sampling
+(``benchmarks/adaptive_time_variable.py``: on VP ``t`` ties λ on a 2-D ring, 74/113 against 74/112
+evaluations at errors 1e-3/1e-4, and beats it on a 64-D mixture, 75/101 against 96/123; on EDM λ
+needs 85–89/128–131 and ``t`` 133/168–201) and the likelihood (``benchmarks/likelihood.md``). On VE,
+t is λ up to an affine map; on a flow schedule t needs about twice λ's evaluations.
+
+:meth:`ProbabilityFlowODE.solve` is the one place the ODE meets the Runge–Kutta engine
+(:func:`diffsolve.rk.rk_solve`): adaptive sampling, reference solves, encode/decode and the
+likelihood all call it, with the settings validated once (:func:`check_settings`). It integrates
+batches in chunks of rows, passes each call the rows it evaluates (per-sample step control calls
+the network on the unfinished rows only), counts forward calls per row, and, for the likelihood,
+carries the divergence integral Δ along (``divergence=``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from .checks import check_data, data_end_time
+from .denoiser import Denoiser
+from .processes import ReverseSDE, bcast_time
+from .rk import check_settings as _check_rk
+from .rk import rk_solve
+
+__all__ = ["ProbabilityFlowODE", "PFODE", "ODESolution", "TIME_VARIABLES", "check_settings", "resolve_time_variable",
+           "encode", "decode", "round_trip", "RoundTrip"]
+
+_F64 = torch.float64
+# time variable -> state scaling c_t (the pairs chosen by measurement: module docstring)
+TIME_VARIABLES = {"t": "one", "log_snr": "one", "sigma_over_alpha": "alpha"}
+
+
+def variance_preserving(schedule) -> bool:
+    """α_t² + σ_t² = 1 on the schedule's range (VP, cosine, DDPM; not sub-VP, VE, EDM or flow)."""
+    t = torch.linspace(schedule.t_min, schedule.t_max, 9, dtype=_F64)
+    return bool(((schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2 - 1).abs() < 1e-6).all())
+
+
+def resolve_time_variable(name: str, schedule) -> str:
+    """A name of :data:`TIME_VARIABLES`, with ``"auto"`` resolved for ``schedule`` (module docstring)."""
+    if name == "auto":
+        return "t" if variance_preserving(schedule) else "log_snr"
+    if name not in TIME_VARIABLES:
+        raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
+    return name
+
+
+def check_settings(*, method="dopri5", rtol=1e-5, atol=1e-5, norm="rms", fixed_steps=None, max_steps=10000,
+                   time_variable="auto", chunk_size=None, per_sample=False) -> None:
+    """The one validation of a probability-flow solve's settings (the defaults are those of
+    :meth:`ProbabilityFlowODE.solve`); callers that do work before solving call it first."""
+    _check_rk(method, rtol, atol, norm, None, max_steps)
+    if fixed_steps is not None and (isinstance(fixed_steps, bool) or not isinstance(fixed_steps, int)
+                                    or fixed_steps < 1):
+        raise ValueError(f"fixed_steps must be a positive integer or None, got {fixed_steps!r}")
+    if time_variable != "auto" and time_variable not in TIME_VARIABLES:
+        raise ValueError(f"unknown time_variable {time_variable!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be True or False, got {per_sample!r}")
+
+
+class Divergence(Protocol):
+    """What :meth:`ProbabilityFlowODE.solve` needs to carry Δ: ``k`` estimates per row and a call
+    ``(x (n, *shape), t, rows (n,)) -> (ε̂ (n, *shape), ∇·ε̂ estimates (n, k))`` made of one
+    network evaluation."""
+
+    k: int
+
+    def __call__(self, x: Tensor, t: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass
+class ODESolution:
+    """What :meth:`ProbabilityFlowODE.solve` returns.
+
+    Attributes:
+        x: (B, *shape) state at ``t_end`` (the dtype of the input).
+        delta: (B, k) the integrals ∫ K_u ∇·ε̂ du from ``t_start`` to ``t_end`` (``divergence`` given), else None.
+        calls: (B,) int64 forward calls each row took part in.
+        accepted, rejected: (B,) int64 step counts per row; row_evals: rows evaluated in all.
+        time_variable: the time variable used (``"auto"`` resolved).
+    """
+
+    x: Tensor
+    delta: Tensor | None
+    calls: Tensor
+    accepted: Tensor
+    rejected: Tensor
+    row_evals: int
+    time_variable: str
+
+
+class ProbabilityFlowODE(ReverseSDE):
+    r"""The probability-flow ODE dx/dt = f_t x − ½ g_t² ∇log p_t(x) (docs/math.md (3.3)): the member
+    ν = 0 of the reverse family, in a time variable u with the state y = x / c_t (module docstring).
+
+    Args:
+        denoiser: the network as a :class:`~diffsolve.Denoiser`.
+        time_variable: ``"auto"`` (default), ``"t"``, ``"log_snr"`` or ``"sigma_over_alpha"``.
+        scale: overrides c (``"one"``, ``"alpha"``): ``("log_snr", "alpha")`` is dy/dλ = x̂0 − y, the
+            form the reference solves use.
+
+    ``drift(x, t)`` is the velocity in t (any time variable); ``func(u, y)`` is dy/du, one network
+    evaluation (torchdiffeq's ``func(t, y)``). t(u) uses the schedule's exact inverse
+    ``t_of_log_snr``, clamped to [t_min, t_max] (a first trial step or the rounding of an end point
+    may overshoot). Times may be 0-dim or per-row (B,) float64 tensors; coefficients broadcast
+    against y of shape (B, *shape) or (B, d).
+
+    References:
+        Song et al., Score-Based Generative Modeling through Stochastic Differential Equations,
+        arXiv:2011.13456 (the probability-flow ODE, solved with RK45);
+        Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
+        arXiv:2206.00364 (VE coordinates).
+    """
+
+    def __init__(self, denoiser: Denoiser, time_variable: str = "auto", scale: str | None = None):
+        super().__init__(denoiser, eta=0.0)
+        if scale not in (None, "one", "alpha"):
+            raise ValueError(f"unknown scale {scale!r}; valid: 'one', 'alpha'")
+        self.variable = resolve_time_variable(time_variable, self.schedule)
+        self.scale = scale or TIME_VARIABLES[self.variable]
+
+    # --- the change of variables ----------------------------------------------------------
+    def u_of(self, t) -> Tensor:
+        sch, t = self.schedule, torch.as_tensor(t, dtype=_F64)
+        if self.variable == "t":
+            return t
+        lam = sch.log_snr(t)
+        return lam if self.variable == "log_snr" else torch.exp(-lam)
+
+    def t_of(self, u: Tensor) -> Tensor:
+        u, sch = torch.as_tensor(u, dtype=_F64), self.schedule
+        if self.variable != "t":
+            u = sch.t_of_log_snr(u if self.variable == "log_snr" else -torch.log(u))
+        return u.clamp(sch.t_min, sch.t_max)
+
+    def dt_du(self, t: Tensor) -> Tensor:
+        if self.variable == "t":
+            return torch.ones_like(t)
+        dlam = self.schedule.d_log_snr(t)
+        return 1.0 / dlam if self.variable == "log_snr" else -torch.exp(self.schedule.log_snr(t)) / dlam
+
+    def c(self, t) -> Tensor:
+        t = torch.as_tensor(t, dtype=_F64)
+        return torch.ones_like(t) if self.scale == "one" else self.schedule.alpha(t)
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_u, K_u) at t (module docstring), float64, shaped like t."""
+        sch = self.schedule
+        dtdu = self.dt_du(t)
+        dlogc = torch.zeros_like(t) if self.scale == "one" else sch.d_log_alpha(t)
+        return (sch.d_log_alpha(t) - dlogc) * dtdu, -sch.sigma(t) * sch.d_log_snr(t) * dtdu
+
+    def to_state(self, x: Tensor, t) -> Tensor:
+        return x if self.scale == "one" else x / bcast_time(self.c(t), x)
+
+    def from_state(self, y: Tensor, t) -> Tensor:
+        return y if self.scale == "one" else y * bcast_time(self.c(t), y)
+
+    def rate(self, y: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """dy/du given ε̂ at (c_t y, t)."""
+        lin, k = self.coefficients(t)
+        return bcast_time(lin, y) * y + bcast_time(k / self.c(t), y) * eps.to(y.dtype)
+
+    def func(self, u: Tensor, y: Tensor) -> Tensor:
+        """dy/du at (u, y): one network evaluation. u stays on its device (no host synchronisation)."""
+        t = self.t_of(u.detach())
+        return self.rate(y, t, self.denoiser.eps(self.from_state(y, t), t))
+
+    # --- the solve ----------------------------------------------------------------------------
+    def solve(self, x: Tensor, t_start: float, t_end: float, *, method: str = "dopri5", rtol: float = 1e-5,
+              atol: float = 1e-5, norm: str = "rms", per_sample: bool = False, fixed_steps: int | None = None,
+              max_steps: int = 10000, chunk_size: int | None = None, divergence: Divergence | None = None,
+              divergence_in_norm: bool = True) -> ODESolution:
+        """Integrate from ``x`` at ``t_start`` to ``t_end`` (either direction).
+
+        Args:
+            x: (B, *shape) state at ``t_start`` (its dtype is the solver state's).
+            method, rtol, atol, norm, max_steps: the Runge–Kutta engine's settings
+                (:func:`diffsolve.rk.rk_solve`); rtol, atol > 0.
+            per_sample: one step size and error control per row instead of one for the batch (chunk).
+            fixed_steps: exactly this many equal steps in u instead (no error control).
+            chunk_size: integrate at most this many rows at a time (memory).
+            divergence: carry Δ_j = ∫ K_u ∇·ε̂ du for the k estimates it returns (the likelihood);
+                its ε̂ replaces the plain network call.
+            divergence_in_norm: let Δ enter the error norm (False for random estimates: the steps
+                must then depend on the trajectory only).
+        """
+        check_settings(method=method, rtol=rtol, atol=atol, norm=norm, fixed_steps=fixed_steps,
+                       max_steps=max_steps, chunk_size=chunk_size, per_sample=per_sample)
+        B = x.shape[0]
+        u0, u1 = float(self.u_of(float(t_start))), float(self.u_of(float(t_end)))
+        y0 = self._pack(x, t_start, divergence)
+        mask = None
+        if divergence is not None and not divergence_in_norm:
+            mask = torch.ones(y0.shape[1], dtype=torch.bool)
+            mask[-divergence.k:] = False
+        calls = torch.zeros(B, dtype=torch.int64, device=x.device)
+        settings = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, max_steps=max_steps,
+                        error_mask=mask) if fixed_steps is None else dict(method=method, steps=fixed_steps)
+        outs, accepted, rejected, row_evals = [], [], [], 0
+        for start in range(0, B, chunk_size or B):
+            rhs = self._rhs(divergence, calls, start, x.shape[1:])
+            out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
+            outs.append(out)
+            accepted.append(st["accepted"])
+            rejected.append(st["rejected"])
+            row_evals += st["row_evals"]
+        y1 = torch.cat(outs)
+        self.denoiser.check_finite()
+        x1, delta = self._unpack(y1, t_end, divergence, x.shape)
+        return ODESolution(x1, delta, calls, torch.cat(accepted), torch.cat(rejected), row_evals, self.variable)
+
+    def _pack(self, x: Tensor, t, divergence) -> Tensor:
+        y = self.to_state(x, float(t))
+        if divergence is None:
+            return y
+        return torch.cat([y.reshape(x.shape[0], -1), y.new_zeros(x.shape[0], divergence.k)], 1)
+
+    def _unpack(self, y: Tensor, t, divergence, shape) -> tuple[Tensor, Tensor | None]:
+        if divergence is None:
+            return self.from_state(y, float(t)), None
+        k = divergence.k
+        return self.from_state(y[:, :-k].reshape(shape), float(t)), y[:, -k:]
+
+    def _rhs(self, divergence, calls: Tensor, offset: int, event) -> Callable:
+        """The right-hand side on a chunk's state, counting each row's calls."""
+        def rhs(u: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+            rows = rows + offset
+            calls.index_add_(0, rows, torch.ones_like(rows))
+            if divergence is None:
+                return self.func(u, y)
+            t = self.t_of(u.detach())
+            k, n = divergence.k, y.shape[0]
+            x = self.from_state(y[:, :-k], t).reshape(n, *event)
+            eps, div = divergence(x, t, rows)
+            K = self.coefficients(t)[1]
+            d_delta = (K if K.dim() == 0 else K[:, None]).to(y.dtype) * div.to(y.dtype)
+            return torch.cat([self.rate(y[:, :-k], t, eps.reshape(n, -1)), d_delta], 1)
+
+        return rhs
+
+
+class PFODE(ProbabilityFlowODE):
+    """Deprecated name of :class:`ProbabilityFlowODE` (one class for the ODE); it warns."""
+
+    def __init__(self, denoiser: Denoiser, time_variable: str = "log_snr", scale: str | None = None):
+        import warnings
+
+        warnings.warn("PFODE is deprecated: use diffsolve.ProbabilityFlowODE (same arguments; its default "
+                      "time_variable is 'auto')", DeprecationWarning, stacklevel=2)
+        super().__init__(denoiser, time_variable, scale)
+
+
+# --- encode / decode --------------------------------------------------------------------------
+@dataclass
+class RoundTrip:
+    """What :func:`round_trip` returns: latents ``z``, reconstructions ``x_rec`` and per-sample
+    ``error`` (max |x_rec − x|) and ``rms_error``; ``nfe`` forward calls per sample (both ways)."""
+
+    z: Tensor
+    x_rec: Tensor
+    error: Tensor
+    rms_error: Tensor
+    nfe: Tensor
+
+
+def _flow(denoiser, x, t_from, t_to, **settings) -> tuple[Tensor, Tensor]:
+    time_variable = settings.pop("time_variable")
+    sol = ProbabilityFlowODE(denoiser, time_variable).solve(x.to(torch.float64), t_from, t_to, **settings)
+    return sol.x, sol.calls.cpu()
+
+
+def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
+           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
+    """Data x at ``t_end`` (default t_min) → latent z at t_max along the probability-flow ODE
+    (docs/math.md (3.3)), without the divergence. Returns (z, nfe per sample); same settings as
+    :func:`log_likelihood`."""
+    check_data(denoiser, x)
+    t_end = data_end_time(denoiser.schedule, t_end)
+    return _flow(denoiser, x, t_end, denoiser.schedule.t_max, rtol=rtol, atol=atol, method=method,
+                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
+                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
+
+
+def decode(denoiser: Denoiser, z: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
+           norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
+    """Latent z at t_max → data at ``t_end`` (the inverse of :func:`encode`). Returns (x, nfe)."""
+    check_data(denoiser, z)
+    t_end = data_end_time(denoiser.schedule, t_end)
+    return _flow(denoiser, z, denoiser.schedule.t_max, t_end, rtol=rtol, atol=atol, method=method,
+                 per_sample=per_sample, time_variable=time_variable, fixed_steps=fixed_steps,
+                 chunk_size=chunk_size, norm=norm, max_steps=max_steps)
+
+
+def round_trip(denoiser: Denoiser, x: Tensor, **kwargs) -> RoundTrip:
+    """Encode then decode ``x`` with the same settings (keyword arguments of :func:`encode`) and
+    report the reconstruction error: a check that the solver inverts the flow at this tolerance."""
+    z, n1 = encode(denoiser, x, **kwargs)
+    x_rec, n2 = decode(denoiser, z, **kwargs)
+    diff = (x_rec - x.to(torch.float64)).reshape(x.shape[0], -1)
+    return RoundTrip(z=z, x_rec=x_rec, error=diff.abs().amax(1), rms_error=diff.pow(2).mean(1).sqrt(), nfe=n1 + n2)
