@@ -79,7 +79,7 @@ def test_driven_loop_reports_the_loops_own_errors():
     den, x = _problem()
     t = make_grid(den.schedule, 8, "log_snr")
     gen = drive(get_solver("dpmpp_2m"), den.schedule, x, t, time_label="t", net_dtype=F64)
-    request = next(gen)
+    next(gen)
     with pytest.raises(ValueError, match="shape"):
         gen.send(torch.zeros(3, 3, dtype=F64))  # not the shape of the input
     gen = drive(get_solver("dpmpp_2m"), den.schedule, x, t, time_label="t", net_dtype=F64,

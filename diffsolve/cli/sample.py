@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .._text import count
-from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, add_seeds_option,
+from ._common import (add_device_options, add_model_options, add_nfe_option, add_seeds_option,
                       check_device_dtype, check_grid, check_solver, check_writable, is_grid_file, nonneg_float,
                       positive_int, problem_from_args)
 

@@ -1,0 +1,192 @@
+"""The schedule interface: closed-form α_t, σ_t, λ_t, f_t, g_t² in float64 (docs/math.md §1)."""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_F64 = torch.float64
+
+
+def _time(t, device=None) -> Tensor:
+    if isinstance(t, Tensor):
+        return t.to(dtype=_F64)
+    return torch.as_tensor(t, dtype=_F64, device=device)
+
+
+class GridTable(NamedTuple):
+    """A schedule tabulated on a grid of times: float64 CPU tensors of the grid's shape."""
+
+    t: Tensor
+    log_alpha: Tensor
+    log_sigma: Tensor
+    d_log_alpha: Tensor
+    d_log_sigma: Tensor
+
+    @property
+    def log_snr(self) -> Tensor:
+        return self.log_alpha - self.log_sigma
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class Schedule:
+    """Base class. Subclasses implement ``log_alpha``, ``log_sigma``, ``d_log_alpha``,
+    ``d_log_sigma`` and ``t_of_log_snr``; everything else derives from them.
+
+    Attributes:
+        t_min, t_max: the valid time range; samplers integrate from ``t_max`` down to ``t_min``.
+    """
+
+    t_min: float
+    t_max: float
+    name: str = "schedule"
+
+    # --- to be implemented -------------------------------------------------------------
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _log_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _d_log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _d_log_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        return self._log_alpha(t) - self._log_sigma(t)
+
+    def _table(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log α, log σ, d log α/dt, d log σ/dt) at t; subclasses may share intermediate work."""
+        return self._log_alpha(t), self._log_sigma(t), self._d_log_alpha(t), self._d_log_sigma(t)
+
+    # --- public API ----------------------------------------------------------------------
+    def check_time(self, t) -> Tensor:
+        """Return ``t`` as float64; raise if a (CPU) time lies outside ``[t_min, t_max]``."""
+        t = _time(t)
+        if t.device.type == "cpu" and t.numel() > 0:
+            tol = 1e-12 * max(1.0, abs(self.t_max))
+            lo, hi = float(t.detach().min()), float(t.detach().max())
+            if lo < self.t_min - tol or hi > self.t_max + tol or math.isnan(lo) or math.isnan(hi):
+                raise ValueError(
+                    f"time outside the range of {self!r}: got t in [{lo:.6g}, {hi:.6g}], valid "
+                    f"range is [{self.t_min:.6g}, {self.t_max:.6g}]; clip your grid or build the "
+                    f"schedule with a wider range"
+                )
+        return t
+
+    def tabulate(self, t: Tensor) -> GridTable:
+        """log α, log σ and their time derivatives at the times of a 1-D float64 CPU grid ``t``.
+
+        Memoised per (schedule, grid): samplers reuse one grid call after call, and for tabulated
+        schedules (``DDPMSchedule``) this is most of a short run's set-up. Treat the result as
+        read-only.
+        """
+        t = torch.as_tensor(t, dtype=_F64).detach().cpu()
+        memo = _TABLES.setdefault(self, {})
+        key = (t.shape, t.numpy().tobytes())
+        hit = memo.get(key)
+        if hit is None:
+            t = self.check_time(t.clone())
+            hit = GridTable(t, *self._table(t))
+            if len(memo) >= 256:
+                memo.clear()
+            memo[key] = hit
+        return hit
+
+    def log_alpha(self, t) -> Tensor:
+        return self._log_alpha(self.check_time(t))
+
+    def log_sigma(self, t) -> Tensor:
+        return self._log_sigma(self.check_time(t))
+
+    def alpha(self, t) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t) -> Tensor:
+        return self.log_sigma(t).exp()
+
+    def log_snr(self, t) -> Tensor:
+        """λ_t = log(α_t/σ_t), the half log signal-to-noise ratio."""
+        return self._log_snr(self.check_time(t))
+
+    def t_of_log_snr(self, lam) -> Tensor:
+        """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends."""
+        lam = _time(lam)
+        t = self._t_of_log_snr(lam)
+        return t.clamp(self.t_min, self.t_max)
+
+    def d_log_alpha(self, t) -> Tensor:
+        return self._d_log_alpha(self.check_time(t))
+
+    def d_log_sigma(self, t) -> Tensor:
+        return self._d_log_sigma(self.check_time(t))
+
+    def d_log_snr(self, t) -> Tensor:
+        """dλ/dt (negative)."""
+        t = self.check_time(t)
+        return self._d_log_alpha(t) - self._d_log_sigma(t)
+
+    def f(self, t) -> Tensor:
+        """Drift coefficient of the forward SDE (docs/math.md (1.2)): f_t = d log α_t / dt."""
+        return self.d_log_alpha(t)
+
+    def g2(self, t) -> Tensor:
+        """Squared diffusion coefficient (docs/math.md (1.3)): g_t² = −2 σ_t² dλ_t/dt."""
+        t = self.check_time(t)
+        return 2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._d_log_sigma(t) - self._d_log_alpha(t))
+
+    def g(self, t) -> Tensor:
+        return self.g2(t).sqrt()
+
+    def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        t = self.check_time(t)
+        return self._log_alpha(t).exp(), self._log_sigma(t).exp()
+
+    def time_label(self, t) -> Tensor:
+        """The time input a network trained on this schedule expects by default (here: t)."""
+        return _time(t)
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.log_snr(self.t_max))
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.log_snr(self.t_min))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
+class _VarPreserving(Schedule):
+    """σ_t² = 1 − α_t²: only log α and its derivative are needed."""
+
+    @staticmethod
+    def _log_sigma_of_log_alpha(la):
+        return 0.5 * torch.log(-torch.expm1(2.0 * la))
+
+    @staticmethod
+    def _d_log_sigma_of(la, dla):
+        # d/dt ½ log(1 − α²) = −α²/(1 − α²) · d log α
+        return dla * torch.exp(2.0 * la) / torch.expm1(2.0 * la)
+
+    def _log_sigma(self, t):
+        return self._log_sigma_of_log_alpha(self._log_alpha(t))
+
+    def _d_log_sigma(self, t):
+        return self._d_log_sigma_of(self._log_alpha(t), self._d_log_alpha(t))
+
+    @staticmethod
+    def _log_alpha_of_log_snr(lam):
+        # α²/(1 − α²) = e^{2λ}  ⇒  log α = −½ softplus(−2λ)
+        return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
