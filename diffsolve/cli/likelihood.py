@@ -19,13 +19,13 @@ def add_parser(subparsers):
     lk.add_argument("--data", help=".npy or .pt file of samples (default: exact data of the problem)")
     lk.add_argument("--n", type=positive_int, default=64, help="number of exact data points (default 64)")
     lk.add_argument("--seed", type=int, default=0, help="seed of the exact data and the probes (default 0)")
-    lk.add_argument("--divergence", default="hutchinson", help="hutchinson (default) or exact")
-    lk.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per sample (default 1)")
+    lk.add_argument("--divergence", help="hutchinson or exact (default: the library's, hutchinson)")
+    lk.add_argument("--probes", type=positive_int, help="Hutchinson probes per sample (default: the library's, 1)")
     lk.add_argument("--fresh-probes", action="store_true",
                     help="draw new Hutchinson probes at every network call instead of holding them fixed "
                          "(same cost, unbiased, smaller variance; benchmarks/likelihood.md)")
-    lk.add_argument("--rtol", type=float, default=1e-5)
-    lk.add_argument("--atol", type=float, default=1e-5)
+    lk.add_argument("--rtol", type=float, help="relative tolerance of the ODE solve (default: the library's)")
+    lk.add_argument("--atol", type=float, help="absolute tolerance of the ODE solve (default: the library's)")
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_options(lk)
     lk.set_defaults(run=run)
@@ -101,12 +101,12 @@ def run(args) -> int:
     den = problem.denoiser()
     x = _points(args, problem)
     if not args.quiet:
-        print(f"log-likelihood of {count(x.shape[0], 'point')} under {problem.name} ({args.divergence} "
+        print(f"log-likelihood of {count(x.shape[0], 'point')} under {problem.name} ({args.divergence or 'default'} "
               f"divergence) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    res = log_likelihood(den, x.to(device), divergence=args.divergence, probes=args.probes,
-                         fresh_probes=args.fresh_probes, rtol=args.rtol, atol=args.atol, dtype=dtype,
-                         seeds=list(range(args.seed, args.seed + x.shape[0])))
+    given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol") if getattr(args, k) is not None}
+    res = log_likelihood(den, x.to(device), fresh_probes=args.fresh_probes, dtype=dtype,
+                         seeds=list(range(args.seed, args.seed + x.shape[0])), **given)
     out = _summary(problem, den, res, time.perf_counter() - t0)
     if args.json:
         print(json.dumps(out))
