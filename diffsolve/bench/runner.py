@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from .._text import count
+from .._version import __version__
 from ..noise import parse_seeds
 from ..sample import sample
 from ..solvers import get_solver
+from ..tuned import load_grid
 from . import metrics as M
 # names that lived here before the split stay importable from here (tests, benchmarks, the CLI)
 from .config import (DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
@@ -192,15 +194,13 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
     holds ``<out>/.bench.lock`` while it runs, so that a second run into ``<out>`` stops instead of
     interleaving rows. Under torchrun every process runs this; rank 0 writes.
     """
-    import diffsolve
-
     stream = cfg.stream or sys.stdout
     cfg = _check_config(cfg)
     _set_threads(cfg)
     dist = init_distributed(cfg.device)
     try:
         with contextlib.ExitStack() as hold:  # _run claims the output directory once its plan is valid
-            return _run(cfg, dist, stream, diffsolve.__version__, hold)
+            return _run(cfg, dist, stream, __version__, hold)
     finally:
         dist.close()
 
@@ -289,8 +289,9 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
              progress: Progress) -> tuple[dict, Tensor]:
     """Sample one row's configuration (timed), measure its metrics; returns (row, gathered samples)."""
     cfg, p = st.cfg, st.problem
-    kw = dict(solver=it.solver, nfe=it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype, device=st.device,
-              denoise_final=cfg.denoise_final)
+    tuned = load_grid(cfg.grid) is not None  # a tuned grid fixes the budget (checked against it.nfe in config)
+    kw = dict(solver=it.solver, nfe=None if tuned else it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype,
+              device=st.device, denoise_final=cfg.denoise_final)
     n_local = len(st.local_seeds)
     with torch.no_grad():
         if cfg.warmup and it.solver not in st.warmed:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from .. import __version__
+        from .._version import __version__
 
         print(f"diffsolve {__version__}")
         return 0
