@@ -1,16 +1,16 @@
 r"""The probability-flow ODE and its one solve (docs/math.md (3.3), §5).
 
 With ŝ = −ε̂/σ and g² = −2σ²λ' (docs/math.md (1.3)) the ODE reads dx/dt = f_t x − σ_t λ'_t ε̂. For a
-monotone change of time u = u(t) and a state scaling y = x / c_t:
+monotone change of time u = u(t) and a state scaling y = x / c_t (docs/math.md (9.2)):
 
     dy/du = L_u y + (K_u / c_t) ε̂(c_t y, t),   L_u = (f_t − c'_t/c_t) dt/du,   K_u = −σ_t λ'_t dt/du
 
 and the divergence of the x-drift per unit u is f_t d dt/du + K_u ∇_x·ε̂ (docs/math.md (5.3)). The
 time variables (``time_variable``):
 
-    ``"t"``                 u = t,          c = 1
-    ``"log_snr"``           u = λ,          c = 1
-    ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates)
+    ``"t"``                 u = t,          c = 1:   dx/dt = f_t x − σ_t λ'_t ε̂          (docs/math.md (8.2))
+    ``"log_snr"``           u = λ,          c = 1:   dx/dλ = (f_t/λ'_t) x − σ_t ε̂        (docs/math.md (9.3))
+    ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates, (9.5))
     ``"auto"``              ``t`` on a variance-preserving schedule (α² + σ² = 1: VP, cosine,
                             DDPM), ``log_snr`` otherwise
 
@@ -97,7 +97,8 @@ class ODESolution:
 
     Attributes:
         x: (B, *shape) state at ``t_end`` (the dtype of the input).
-        delta: (B, k) the integrals ∫ K_u ∇·ε̂ du from ``t_start`` to ``t_end`` (``divergence`` given), else None.
+        delta: (B, k) the integrals Δ_j = ∫ K_u ∇·ε̂ du from ``t_start`` to ``t_end``, one per divergence
+            estimate (docs/math.md (20.1); ``divergence`` given), else None.
         calls: (B,) int64 forward calls each row took part in.
         accepted, rejected: (B,) int64 step counts per row; row_evals: rows evaluated in all.
         time_variable: the time variable used (``"auto"`` resolved).
@@ -114,7 +115,13 @@ class ODESolution:
 
 class ProbabilityFlowODE(ReverseSDE):
     r"""The probability-flow ODE dx/dt = f_t x − ½ g_t² ∇log p_t(x) (docs/math.md (3.3)): the member
-    ν = 0 of the reverse family, in a time variable u with the state y = x / c_t (module docstring).
+    ν = 0 of the reverse family, in a time variable u with the state y = x / c_t (module docstring):
+
+        dy/du = L_u y + (K_u/c_t) ε̂(c_t y, t),   L_u = (f_t − c'_t/c_t) dt/du,   K_u = −σ_t λ'_t dt/du
+
+    (docs/math.md (9.2); (9.3)–(9.5) for the named time variables). It defines the right-hand side
+    only; :meth:`solve` integrates it with the Runge–Kutta engine (docs/math.md §19) and returns an
+    :class:`ODESolution`. No state is kept between calls.
 
     Args:
         denoiser: the network as a :class:`~diffsolve.Denoiser`.

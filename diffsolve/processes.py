@@ -5,13 +5,25 @@ For any noise level ν_t ≥ 0,
     forward family   dx = [f_t x − ½(g_t² − ν_t²) ∇log p_t(x)] dt + ν_t dw         (docs/math.md (3.1))
     reverse family   dx = [f_t x − ½(g_t² + ν_t²) ∇log p_t(x)] dt + ν_t dw̄        (docs/math.md (3.2))
 
-all share the marginals p_t. ν = g gives the forward SDE (1.2) and Anderson's reverse SDE; ν = 0
-the probability-flow ODE (3.3). ν_t is given as ``eta`` (ν_t = η g_t) or as any callable
-t ↦ ν_t ≥ 0. The network's score replaces ∇log p_t.
+all share the marginals p_t of x_t = α_t x_0 + σ_t ε (docs/math.md (1.1)), with f_t = d log α_t/dt
+and g_t² = dσ_t²/dt − 2 f_t σ_t² (docs/math.md (1.3)). ν = g gives the forward SDE (docs/math.md
+(1.2)) and Anderson's reverse SDE; ν = 0 the probability-flow ODE (docs/math.md (3.3)). ν_t is
+given as ``eta`` (ν_t = η g_t) or as any callable t ↦ ν_t ≥ 0. The network's score ŝ replaces
+∇log p_t; in terms of ε̂ (ŝ = −ε̂/σ) the reverse drift is f_t x − (1 + η_t²) σ_t λ'_t ε̂
+(docs/math.md (9.1)).
 
 Each process has ``drift(x, t)`` and ``diffusion(t)`` in the process's own time t, and adapters
-for torchdiffeq (``func(t, y)``) and torchsde (``f``, ``g`` in increasing time τ = T − t for the
-reverse family, on a flattened ``(batch, dim)`` state, diagonal noise).
+for torchdiffeq (``torchdiffeq_func(shape)``) and torchsde (``torchsde(shape)``: ``f``, ``g`` in
+increasing time τ = t_max − t for the reverse family, or in a grid index, docs/math.md (9.6), on a
+flattened ``(batch, dim)`` state, diagonal noise).
+
+References:
+    Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, Score-Based Generative Modeling through
+    Stochastic Differential Equations, arXiv:2011.13456 (forward and reverse SDEs, probability-flow
+    ODE); Anderson, Reverse-time diffusion equation models, Stochastic Processes and their
+    Applications 12(3) (1982) 313–326 (time reversal); Su, 生成扩散模型漫谈(六) (2022),
+    https://spaces.ac.cn/archives/9228 (seed 001: the family of (3.1)/(3.2)); Karras et al.,
+    arXiv:2206.00364, eq. 6 (the same family in VE coordinates).
 """
 from __future__ import annotations
 
@@ -29,9 +41,18 @@ __all__ = ["NoiseLevel", "ForwardSDE", "ReverseSDE", "bcast_time"]
 class NoiseLevel:
     """ν_t of the Fokker–Planck family: ``eta`` (ν_t = η g_t, η ≥ 0) or a callable ``noise(t)``.
 
-    ``nu(t)`` and ``nu2(t)`` return float64 tensors; a negative value raises ``ValueError``. ``noise``
-    is called on a tensor of times; one that only takes a single time is called once per time.
-    ``eta_at(t)`` = ν_t / g_t, the local ratio that exponential integrators use.
+    ν_t is the diffusion coefficient of the family's members (docs/math.md (3.1), (3.2); notation
+    of docs/math.md §0): ν = 0 is the probability-flow ODE, ν = g (η = 1) the forward SDE and
+    Anderson's reverse SDE. It depends on t only, so it is shared by every sample of a batch.
+
+    ``nu(t)`` and ``nu2(t)`` return float64 tensors shaped like ``t`` (a float, a 0-dim or a (B,)
+    tensor of times; 0-dim if a callable returns one value for all); a negative value raises
+    ``ValueError``. ``noise`` is called on a tensor of times; one that only takes a single time is
+    called once per time. ``eta_at(t)`` = ν_t / g_t, the local ratio that exponential integrators
+    use (its square integrated over a step in λ is the H of docs/math.md (11.3)). ``is_zero``:
+    ν ≡ 0 given as ``eta=0``.
+
+    References: Song et al., arXiv:2011.13456; Su (2022, seed 001; docs/math.md §3).
     """
 
     def __init__(self, schedule: Schedule, eta: float | None = None, noise: Callable | None = None):
@@ -121,10 +142,18 @@ class _Process:
 
 
 class ForwardSDE(_Process):
-    """Forward family (docs/math.md (3.1)) from data (t_min) to noise (t_max).
+    """Forward family (docs/math.md (3.1)) from data (t_min) to noise (t_max), t increasing.
 
-    With the default ν = g (``eta=1``) this is the forward SDE dx = f x dt + g dw (docs/math.md (1.2)) and no
-    score is needed; any other ν needs a ``denoiser`` for the score term.
+        drift(x, t) = f_t x − ½(g_t² − ν_t²) ŝ(x, t),    diffusion(t) = ν_t
+
+    With the default ν = g (``eta=1``) this is the forward SDE dx = f x dt + g dw (docs/math.md
+    (1.2)) and no score is needed; any other ν needs a ``denoiser`` for the score term.
+
+    Shapes: x and ``drift(x, t)`` are (B, *shape); t is a float, a 0-dim or a per-row (B,) float64
+    tensor (coefficients broadcast per row); f, g², ν are float64 and depend on t only.
+
+    References: Song et al., Score-Based Generative Modeling through Stochastic Differential
+    Equations, arXiv:2011.13456 (ν = g); Su (2022, seed 001; docs/math.md §3) for ν ≠ g.
     """
 
     def __init__(self, schedule: Schedule | str | Denoiser, denoiser: Denoiser | None = None,
@@ -152,12 +181,24 @@ class ForwardSDE(_Process):
 
 
 class ReverseSDE(_Process):
-    """Reverse family (docs/math.md (3.2)), integrated from t_max down to t_min.
+    """Reverse family (docs/math.md (3.2)), integrated from t_max down to t_min (dt < 0).
+
+        drift(x, t) = f_t x − ½(g_t² + ν_t²) ŝ(x, t) = f_t x − (1 + η_t²) σ_t λ'_t ε̂(x, t),
+        diffusion(t) = ν_t                                                  (docs/math.md (9.1))
+
+    with Brownian increments in reversed time (a step of length |Δt| draws ν_t √|Δt| z).
 
     Args:
         denoiser: the network as a :class:`~diffsolve.Denoiser`.
-        eta: ν_t = η g_t (η = 1: Anderson's reverse SDE; η = 0: the probability-flow ODE).
+        eta: ν_t = η g_t (η = 1, the default: Anderson's reverse SDE; η = 0: the probability-flow ODE).
         noise: a callable t ↦ ν_t ≥ 0 instead of ``eta``.
+
+    Shapes: x and ``drift(x, t)`` are (B, *shape); t is a float, a 0-dim or a per-row (B,) float64
+    tensor (coefficients broadcast per row); f, g², ν are float64 and depend on t only.
+
+    References: Anderson, Reverse-time diffusion equation models, Stochastic Processes and their
+    Applications 12(3) (1982) 313–326; Song et al., arXiv:2011.13456 (the reverse SDE with a
+    learned score); Su (2022, seed 001; docs/math.md §3) for ν ≠ g.
     """
 
     def __init__(self, denoiser: Denoiser, eta: float | None = None, noise: Callable | None = None):

@@ -14,16 +14,16 @@ denoiser, as everywhere.
 through its one solve, :meth:`diffsolve.ode.ProbabilityFlowODE.solve`, in a time variable chosen by
 ``time_variable`` (default ``"auto"``: ``t`` on variance-preserving schedules, ``log_snr``
 otherwise; :mod:`diffsolve.ode`). With ŝ = −ε̂/σ and g² = −2σ²λ', the ODE (docs/math.md (3.3))
-reads dx/dt = f_t x − σ_t λ'_t ε̂; a monotone change of variables changes only the solver's work
-(docs/math.md §5):
+reads dx/dt = f_t x − σ_t λ'_t ε̂ (docs/math.md (8.2)); a monotone change of variables changes only
+the solver's work (docs/math.md §9, (9.2)):
 
     ``"t"``                 τ = t,          y = x:     dy/dτ = f_t x − ½ g_t² ŝ(x, t)        (3.3)
-    ``"log_snr"``           τ = λ,          y = x:     dy/dτ = (f_t x − ½ g_t² ŝ(x, t)) / λ'_t
-    ``"sigma_over_alpha"``  τ = s = σ/α,    y = x/α:   dy/dτ = ε̂(α y, t)                  (EDM)
+    ``"log_snr"``           τ = λ,          y = x:     dy/dτ = (f_t x − ½ g_t² ŝ(x, t)) / λ'_t  (9.3)
+    ``"sigma_over_alpha"``  τ = s = σ/α,    y = x/α:   dy/dτ = ε̂(α y, t)                  (9.5), EDM
 
 The last one follows from d(x/α)/dt = −(σ/α) λ' ε̂ and ds/dt = −λ' s; it is the VE-coordinate
-ODE dy/ds = (y − D(y; s))/s of Karras et al. (docs/math.md §4). t(τ) uses the schedule's exact inverse
-``t_of_log_snr``. ``benchmarks/adaptive_time_variable.py`` measures the evaluations each needs at
+ODE dy/ds = (y − D(y; s))/s of Karras et al. (docs/math.md (9.5), §15). t(τ) uses the schedule's
+exact inverse ``t_of_log_snr``. ``benchmarks/adaptive_time_variable.py`` measures the evaluations each needs at
 equal error (dopri5, max per-sample error 1e-3 / 1e-4 against a tight reference): ``log_snr``
 74/112 (ring, VP), 96/123 (64-d mixture, VP), 89/128 (ring, EDM), 85/131 (mixture, EDM); ``t``
 74/113, 75/101, 133/201, 133/168; ``sigma_over_alpha`` 224/270, 153/186 on VP (many rejected
@@ -35,9 +35,10 @@ network calls; ``per_sample=True`` spends 0–20 % fewer row evaluations on thes
 fewer when one sample is much harder, with every sample's error within tolerance, where the shared
 RMS norm lets the hard sample's error grow ~√B), and makes each sample independent of its batch.
 
-**SDE solvers** (``torchsde``): the reverse family (docs/math.md (3.2)) in increasing time τ = T − t with
-diagonal noise ν_t that depends on t only. Stratonovich methods integrate the same drift: the
-Itô–Stratonovich correction ½ Σ_j g_j ∂g/∂x vanishes when g does not depend on x.
+**SDE solvers** (``torchsde``): the reverse family (docs/math.md (3.2)) in increasing time
+τ = T − t, or in the grid index for fixed steps (docs/math.md (9.6)), with diagonal noise ν_t that
+depends on t only. Stratonovich methods integrate the same drift: the Itô–Stratonovich correction
+½ Σ_j g_j ∂g/∂x vanishes when g does not depend on x.
 
 References:
     Dormand & Prince (1980); Tsitouras (2011); Chen et al., Neural Ordinary Differential
@@ -68,8 +69,10 @@ __all__ = ["AdaptiveSolver", "RungeKutta", "Dopri5", "Dop853", "Tsit5", "Bosh3",
 class AdaptiveSolver(Solver):
     """Base class of solvers that choose their own steps (``adaptive = True``).
 
-    Subclasses implement ``solve(ctx, x) -> (x, info)`` from ``ctx.times[0]`` to ``ctx.times[-1]``,
-    with ``x`` of shape (B, *shape).
+    Subclasses implement ``solve(ctx, x) -> (x, info)`` from ``ctx.times[0]`` to ``ctx.times[-1]``:
+    ``x`` is (B, *shape) at the start and the result has the same shape at the end; ``info`` is a
+    dict of step counts and settings. There is no per-step ``state``: the steps happen inside
+    ``solve``. Update rule and references: those of each subclass.
     """
 
     adaptive = True
@@ -103,10 +106,18 @@ class AdaptiveSolver(Solver):
 class RungeKutta(AdaptiveSolver):
     """An embedded Runge–Kutta pair with error control on the probability-flow ODE (ν = 0).
 
-    Update: one step of the pair's tableau (docs/math.md, the Runge–Kutta section; :mod:`diffsolve.rk`),
-    accepted when the scaled error estimate is ≤ 1, the next step size from a PI controller. The
-    state is (B, *shape); the ODE is integrated in ``time_variable`` through
-    :meth:`diffsolve.ode.ProbabilityFlowODE.solve`.
+    One attempted step from (u, y) with signed step h in the time variable u (docs/math.md (19.1)),
+    F(u, y) = :meth:`~diffsolve.ode.ProbabilityFlowODE.func` (dy/du of docs/math.md (9.2)–(9.5)):
+
+        k_j = F(u + c_j h, y + h Σ_{l<j} a_{jl} k_l),   y⁺ = y + h Σ_j b_j k_j,   e = h Σ_j (b_j − b̂_j) k_j,
+
+    accepted when r = ‖e / (atol + rtol·max(|y|, |y⁺|))‖ ≤ 1 (docs/math.md (19.2); DOP853: (19.3));
+    next step size from the PI controller (19.4), first step from (19.5).
+
+    Shapes: x is (B, *shape); the ODE state y is x or x/α (by ``time_variable``), of the same shape.
+    ``per_sample=False``: one time, step size and error norm for the batch; ``per_sample=True``: one
+    per sample. ``info``: ``accepted``, ``rejected`` ((B,) step counts), ``calls`` (forward calls of
+    the busiest row), ``row_evals``, ``method``, ``time_variable``.
 
     Options:
         rtol, atol: tolerances (> 0) of the scaled local error (see :func:`diffsolve.rk.rk_solve`).
@@ -114,8 +125,9 @@ class RungeKutta(AdaptiveSolver):
         time_variable: ``"auto"`` (default), ``"t"``, ``"log_snr"`` or ``"sigma_over_alpha"`` (module docstring).
         norm: ``"rms"`` or ``"max"``; max_steps: limit on step attempts.
 
-    References: see the tableau of each subclass (``diffsolve.rk.TABLEAUS[method].doc``);
-    Hairer, Nørsett & Wanner, Solving Ordinary Differential Equations I (1993), §II.4.
+    References: the tableau's paper (each subclass; ``diffsolve.rk.TABLEAUS[method].doc``);
+    Hairer, Nørsett & Wanner, Solving Ordinary Differential Equations I (1993), §II.4 (error
+    control, starting step).
     """
 
     method = "dopri5"
@@ -135,20 +147,37 @@ class RungeKutta(AdaptiveSolver):
                        "row_evals": sol.row_evals, "method": self.method, "time_variable": sol.time_variable}
 
 
-# The Runge–Kutta solvers, one per tableau: (solver name, class name, tableau, declared order, title).
+# The Runge–Kutta solvers, one per tableau: (solver name, class name, tableau, declared order, title, stages,
+# FSAL, reference). Stages, FSAL and reference are those of diffsolve.rk.TABLEAUS[tableau] (its ``doc``),
+# written out because reading the DOP853 entry would import scipy.integrate.
 _RK_SOLVERS = (
-    ("dopri5", "Dopri5", "dopri5", 5, "Dormand–Prince 5(4)"),
-    ("tsit5", "Tsit5", "tsit5", 5, "Tsitouras 5(4)"),
-    ("dop853", "Dop853", "dop853", 8, "Dormand–Prince 8(5,3)"),
-    ("bosh3", "Bosh3", "bosh3", 3, "Bogacki–Shampine 3(2)"),
-    ("adaptive_heun", "AdaptiveHeun", "euler_heun", 2, "Heun 2(1) (Euler error estimate)"),
+    ("dopri5", "Dopri5", "dopri5", 5, "Dormand–Prince 5(4)", 7, True,
+     ("Dormand & Prince, A family of embedded Runge–Kutta formulae,\n"
+      "        J. Comput. Appl. Math. 6 (1980) 19–26")),
+    ("tsit5", "Tsit5", "tsit5", 5, "Tsitouras 5(4)", 7, True,
+     ("Tsitouras, Runge–Kutta pairs of order 5(4) satisfying only the first column simplifying\n"
+      "        assumption, Comput. Math. Appl. 62 (2011) 770–775")),
+    ("dop853", "Dop853", "dop853", 8, "Dormand–Prince 8(5,3)", 13, True,
+     ("Prince & Dormand, High order embedded Runge–Kutta formulae, J. Comput. Appl. Math. 7 (1981)\n"
+      "        67–75; Hairer, Nørsett & Wanner (1993), §II.10 (DOP853; error estimate docs/math.md (19.3))")),
+    ("bosh3", "Bosh3", "bosh3", 3, "Bogacki–Shampine 3(2)", 4, True,
+     "Bogacki & Shampine, A 3(2) pair of Runge–Kutta formulas, Appl. Math. Lett. 2 (1989) 321–325"),
+    ("adaptive_heun", "AdaptiveHeun", "euler_heun", 2, "Heun 2(1) (Euler error estimate)", 2, False,
+     "Hairer, Nørsett & Wanner (1993), §II.1 (Heun's method)"),
 )
-for _name, _cls, _method, _order, _title in _RK_SOLVERS:
+for _name, _cls, _method, _order, _title, _stages, _fsal, _ref in _RK_SOLVERS:
     assert _method in TABLEAUS
+    _cost = (f"{_stages} stages, FSAL (the last stage is the next step's first):\n    {_stages - 1}" if _fsal
+             else f"{_stages} stages, not FSAL:\n    {_stages}")
     globals()[_cls] = register(type(_cls, (RungeKutta,), {
         "name": _name, "method": _method, "order": _order, "__module__": __name__,
-        "__doc__": f"{_title} with error control on the probability-flow ODE (diffsolve's RK engine).\n\n"
-                   f"    Tableau ``diffsolve.rk.TABLEAUS[{_method!r}]``; options and update: :class:`RungeKutta`.\n"}))
+        "__doc__": f"{_title}: embedded Runge–Kutta pair of order {_order}, error-controlled, on the "
+                   f"probability-flow ODE.\n\n"
+                   f"    Tableau ``diffsolve.rk.TABLEAUS[{_method!r}]``; {_cost} evaluations per accepted step.\n"
+                   f"    Step, error control, options, shapes and ``info``: :class:`RungeKutta` (docs/math.md\n"
+                   f"    (19.1)–(19.5)).\n\n"
+                   f"    References:\n        {_ref};\n"
+                   f"        Hairer, Nørsett & Wanner, Solving Ordinary Differential Equations I (1993), §II.4.\n"}))
 
 
 _TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams",
@@ -159,14 +188,19 @@ _TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_ad
 class TorchDiffEq(AdaptiveSolver):
     """Any ``torchdiffeq.odeint`` method on the probability-flow ODE, in the chosen time variable.
 
-    Update: torchdiffeq's step of ``method`` on dy/du = ``ProbabilityFlowODE.func`` (the state
-    (B, *shape) in ``time_variable``; module docstring), with torchdiffeq's error control over the
-    whole batch.
+    Update: torchdiffeq's step of ``method`` on dy/du = :meth:`~diffsolve.ode.ProbabilityFlowODE.func`
+    (docs/math.md (9.2)–(9.5); u and y = x or x/α by ``time_variable``, module docstring), with
+    torchdiffeq's error control (or its fixed step) shared by the whole batch. Declared order 5:
+    that of the default ``dopri5``; another method has its own.
+
+    Shapes: x and y are (B, *shape); one time and step size for the batch. ``info``: ``method``,
+    ``time_variable``.
 
     Options: method (default ``"dopri5"``), rtol, atol, time_variable, options (passed to odeint;
     fixed-grid methods need ``options=dict(step_size=...)`` in units of the time variable).
 
-    References: Chen et al., Neural Ordinary Differential Equations, arXiv:1806.07366 (torchdiffeq).
+    References: Chen, Rubanova, Bettencourt, Duvenaud, Neural Ordinary Differential Equations,
+    arXiv:1806.07366 (torchdiffeq); Dormand & Prince (1980) for the default method.
     """
 
     name = "torchdiffeq"
@@ -256,6 +290,19 @@ def _per_sample_brownian(t0, t1, entropies, dim, dtype, device, levy_area, dt):
 class TorchSDE(AdaptiveSolver):
     """``torchsde.sdeint`` on the reverse family (docs/math.md (3.2)) with per-sample Brownian motions.
 
+    Update: torchsde's ``method`` on the reverse family written in an increasing clock u
+    (docs/math.md (9.6)), b the reverse-family drift (docs/math.md (9.1)):
+
+        dx = −b(x, t(u)) c_k du + ν_{t(u)} √c_k dW_u
+
+    with fixed steps, u is the grid index (t linear on [k, k + 1], c_k = |t_{k+1} − t_k|, du = 1 per
+    grid step; Euler is then Euler–Maruyama, docs/math.md (11.1), on the grid); with
+    ``adaptive=True``, u = τ = t_max − t and c_k = 1.
+
+    Shapes: x is (B, *shape), flattened to (B, d) for torchsde; ν_t is a scalar shared by the batch
+    (diagonal noise); each sample has its own Brownian path. ``info``: ``method``, ``adaptive``,
+    ``grid``, ``steps``.
+
     Options:
         method: one of euler, milstein, srk (Itô) or reversible_heun, heun, midpoint, euler_heun
             (Stratonovich; same drift, see module docstring).
@@ -276,6 +323,12 @@ class TorchSDE(AdaptiveSolver):
     plus one. Measured on a 2-D Gaussian (VP, η = 1, equal steps in t): ``reversible_heun`` damps the
     dissipative reverse SDE weakly (variance 1.85x / 1.18x the exact one at 40 / 160 steps, against
     1.12x for ``heun`` at 40 steps); ``milstein`` equals ``euler`` here since ∂ν/∂x = 0.
+
+    References:
+        Li, Wong, Chen, Duvenaud, Scalable Gradients for Stochastic Differential Equations,
+        arXiv:2001.01328 (torchsde); Kidger, Foster, Li, Lyons, Efficient and Accurate Gradients for
+        Neural SDEs, arXiv:2105.13493 (BrownianInterval, reversible Heun); Kloeden & Platen,
+        Numerical Solution of Stochastic Differential Equations (1992).
     """
 
     name = "torchsde"

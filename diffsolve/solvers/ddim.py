@@ -1,17 +1,20 @@
 r"""DDIM with a noise level: the exact first-order step of the reverse family for a frozen x̂0.
 
-From t to s < t, h = λ_s − λ_t > 0, x̂0 = x̂0(x_t, t), ε̂ = (x_t − α_t x̂0)/σ_t:
+From t to s < t, h = λ_s − λ_t > 0, x̂0 = x̂0(x_t, t), ε̂ = (x_t − α_t x̂0)/σ_t, and H = ∫ η² dλ over
+the step (η = ν/g; H = η² h for a constant η; docs/math.md (11.3)):
 
-``variant="exact"`` (docs/math.md (4.1), exact for frozen x̂0, any ν_t through H = ∫ η² dλ, η = ν/g):
+``variant="exact"`` (docs/math.md (4.1) and (11.2); exact for frozen x̂0, any ν_t):
 
     x_s = (σ_s/σ_t) e^{−H} x_t + α_s (1 − e^{−h−H}) x̂0 + σ_s √(1 − e^{−2H}) z
 
-``variant="published"`` (Song et al.'s DDIM(η), first-order accurate in h for every η):
+``variant="published"`` (Song et al.'s DDIM(η), docs/math.md (11.4); first-order accurate in h for
+every η):
 
     c = η σ_s √(1 − e^{−2h}),   x_s = α_s x̂0 + √(σ_s² − c²) ε̂ + c z
 
 Both coincide at η ∈ {0, 1}; η = 0 is DDIM, η = 1 DDPM ancestral sampling. For a time-varying
-ν_t the published form uses the step's effective η = √(H/h).
+ν_t the published form uses the step's effective η = √(H/h); for η > 1 (c > σ_s) the code clips
+σ_s² − c² at 0.
 """
 from __future__ import annotations
 
@@ -25,12 +28,27 @@ from .registry import register
 class DDIM(Solver):
     """DDIM(η): first-order exponential integrator in data prediction; one evaluation per step.
 
+    Step t_i → t_{i+1} (h = λ_{i+1} − λ_i, H = H_i of docs/math.md (11.3), x̂0 = x̂0(x_i, t_i),
+    ε̂ = (x_i − α_i x̂0)/σ_i, z ~ N(0, I)):
+
+        exact:      x_{i+1} = (σ_{i+1}/σ_i) e^{−H} x_i + α_{i+1}(1 − e^{−h−H}) x̂0
+                              + σ_{i+1} √(1 − e^{−2H}) z                        (docs/math.md (11.2))
+        published:  x_{i+1} = α_{i+1} x̂0 + √(σ_{i+1}² − c²) ε̂ + c z,
+                    c = η σ_{i+1} √(1 − e^{−2h}),  η = √(H/h)                   (docs/math.md (11.4))
+
+    η = 0 (the probability-flow ODE, no noise drawn): both are x_{i+1} = α_{i+1} x̂0 + σ_{i+1} ε̂.
+    Weak order 1 (global order 1 at η = 0).
+
+    Shapes: x, x̂0, ε̂ and z are (B, *shape); α, σ, λ and H are float64 scalars shared by the batch;
+    z comes from the context's per-sample noise streams. No state (``state`` is passed through).
+
     Args:
         variant: ``"exact"`` (docs/math.md (4.1), default) or ``"published"`` (the DDIM paper's σ_t(η)).
 
     References:
-        Denoising Diffusion Implicit Models, Song, Meng, Ermon, arXiv:2010.02502;
-        DPM-Solver++, Lu et al., arXiv:2211.01095 (the data-prediction form).
+        Song, Meng, Ermon, Denoising Diffusion Implicit Models, arXiv:2010.02502;
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+        Probabilistic Models, arXiv:2211.01095 (the data-prediction exponential form).
     """
 
     name = "ddim"

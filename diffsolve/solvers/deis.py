@@ -1,13 +1,13 @@
-r"""DEIS: multistep exponential integrators in noise prediction (docs/math.md §4, ε̂ form).
+r"""DEIS: multistep exponential integrators in noise prediction (docs/math.md §13).
 
 In y = x/α and ρ = σ/α = e^{−λ} the probability-flow ODE (docs/math.md (3.3)) is dy/dρ = ε̂(x, t) exactly,
 whatever the schedule. Over step i (ρ_i → ρ_{i+1} < ρ_i), replacing ε̂ by the polynomial through
 the last p evaluations (τ_{i−j}, ε̂_{i−j}), j = 0..p−1, in a variable τ of ρ, and integrating it
-exactly:
+exactly (docs/math.md (13.1)):
 
     x_{i+1} = (α_{i+1}/α_i) x_i + α_{i+1} Σ_j C_{ij} ε̂_{i−j},   C_{ij} = ∫_{ρ_i}^{ρ_{i+1}} ℓ_j(τ(ρ)) dρ,
 
-ℓ_j the Lagrange basis polynomial of node τ_{i−j}. Two choices of τ:
+ℓ_j the Lagrange basis polynomial of node τ_{i−j}. Two choices of τ (docs/math.md (13.2)):
 
 - ``variable="log_rho"`` (default; DEIS's "logρ", diffusers' ``DEISMultistepScheduler``):
   τ = log ρ = −λ, C_{ij} = ∫ e^{τ} ℓ_j(τ) dτ. This is DPM-Solver's multistep method in noise
@@ -20,7 +20,8 @@ The weights C_{ij} of the whole grid are computed once, in float64, before the f
 (Gauss–Legendre quadrature: exact for ``"rho"``; for ``"log_rho"``, 24 nodes integrate e^{τ}·poly
 to round-off for any step shorter than ~15 in λ, far beyond a usable grid). Order 1 in either
 variable is DDIM (docs/math.md (4.1) with η = 0). Warm-up and the final-order ramp (``lower_order_final``,
-``lower_order_below``) are those of every multistep solver (:mod:`diffsolve.solvers.multistep`).
+``lower_order_below``) are those of every multistep solver (:mod:`diffsolve.solvers.multistep`;
+docs/math.md (12.7)); the corrected start is docs/math.md (13.3).
 
 Order: p, with a pre-asymptotic wobble for order 4. The warm-up (step j of order j + 1, as in every
 multistep solver here and in the references) leaves a global O(h²) term from the first,
@@ -75,13 +76,15 @@ def lagrange_weights(nodes, a: float, b: float, exp_weight: bool) -> list:
 
 @register
 class DEIS(Multistep):
-    r"""DEIS / DPM-Solver (noise prediction), multistep orders 1–4; 1 evaluation per step.
+    r"""DEIS / DPM-Solver in noise prediction: multistep exponential integrator, orders 1–4; 1 evaluation per step.
 
-    Update (module docstring), ρ = σ/α, ε̂_k = ε̂(x_k, t_k):
+    Step t_i → t_{i+1} of order p = p_i (docs/math.md (13.1), (12.7)), ρ = σ/α = e^{−λ},
+    ε̂_k = ε̂(x_k, t_k):
 
         x_{i+1} = (α_{i+1}/α_i) x_i + α_{i+1} Σ_{j<p} C_{ij} ε̂_{i−j},   C_{ij} = ∫_{ρ_i}^{ρ_{i+1}} ℓ_j dρ
 
-    with ℓ_j the Lagrange basis in τ = log ρ (``variable="log_rho"``, default) or τ = ρ (``"rho"``).
+    with ℓ_j the Lagrange basis of the nodes τ_i, …, τ_{i−p+1} in τ = log ρ = −λ
+    (``variable="log_rho"``, default) or τ = ρ (``"rho"``) (docs/math.md (13.2)).
     Global order p on the probability-flow ODE (docs/math.md (3.3)). Order 1 is DDIM(η = 0).
 
     Args:
@@ -89,12 +92,14 @@ class DEIS(Multistep):
         variable: ``"log_rho"`` (default) or ``"rho"``.
         lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.multistep`).
         corrected_start: redo the first step with the line through ε̂_0, ε̂_1 once ε̂_1 is known,
-            x_1 += α_1 C (ε̂_1 − ε̂_0) with C the two-point weight of ε̂_1 over step 0 (no extra
-            evaluation; see :mod:`diffsolve.solvers.multistep`, "Corrected start"); default False.
+            x_1 += α_1 C (ε̂_1 − ε̂_0) with C the two-point weight of ε̂_1 over step 0 (docs/math.md
+            (13.3); no extra evaluation; see :mod:`diffsolve.solvers.multistep`, "Corrected
+            start"); default False.
 
-    State: the grid's weights C (computed in ``init``) and a
-    :class:`~diffsolve.solvers.multistep.History` of the last p (λ, ε̂) pairs, oldest first, each
-    ε̂ of shape (B, *shape).
+    Shapes: x and every ε̂_k are (B, *shape); the weights C_{ij} are float64 scalars shared by the
+    batch. State: ``(C, history)``: the grid's weights C (a list of per-step lists, newest node
+    first, computed in ``init``) and a :class:`~diffsolve.solvers.multistep.History` of the last p
+    (λ, ε̂) pairs, oldest first.
 
     References:
         Zhang & Chen, Fast Sampling of Diffusion Models with Exponential Integrator, arXiv:2204.13902

@@ -1,10 +1,10 @@
-r"""DPM-Solver++ in data prediction: multistep (1M/2M/3M), singlestep 2S and SDE 2M/3M (docs/math.md §4).
+r"""DPM-Solver++ in data prediction: multistep (1M/2M/3M), singlestep 2S and SDE 2M/3M (docs/math.md §4, §12).
 
 Variation of constants for the reverse family (docs/math.md (3.2)) with ν = η g, written in λ = log(α/σ):
 over one step from t to s < t, h = λ_s − λ_t > 0, H = ∫ η² dλ over the step (η² h for a constant η),
 
     x_s = (σ_s/σ_t) e^{−H} x_t + α_s ∫_0^h w(u) x̂0(λ_s − u) du + σ_s √(1 − e^{−2H}) z,
-    w(u) = (1 + η²) e^{−u − H(u)},  ∫_0^h w(u) du = 1 − e^{−h−H}                        (docs/math.md (4.1))
+    w(u) = (1 + η(λ_s − u)²) e^{−u − H(u)},  ∫_0^h w(u) du = 1 − e^{−h−H}                (docs/math.md §4)
 
 (H(u) = ∫_{λ_s−u}^{λ_s} η² dλ). A frozen x̂0 = D0 gives docs/math.md (4.1) exactly. Replacing x̂0 by the
 polynomial in λ through the last k evaluations, x̂0(λ_t + v) ≈ Σ_j v^j D^{(j)}/j!, gives the
@@ -12,11 +12,12 @@ order-k multistep methods:
 
     x_s = (σ_s/σ_t) e^{−H} x_t + α_s Σ_{j<k} W_j D^{(j)} + σ_s √(1 − e^{−2H}) z,
     W_j = ∫_0^h κ e^{−κu} (h − u)^j / j! du,  κ = (h + H)/h = 1 + η²:
-    W_0 = 1 − e^{−κh},  W_1 = h − W_0/κ,  W_2 = h²/2 − h/κ + W_0/κ²                       (4.2)
+    W_0 = 1 − e^{−κh},  W_1 = h − W_0/κ,  W_2 = h²/2 − h/κ + W_0/κ²          (docs/math.md (4.2))
 
 (for a time-varying ν the step's effective κ = 1 + H/h is used: exact for a constant η, and W_j
 is then correct to the order the step needs). With η = 0 (κ = 1), e.g. W_1 = h − 1 + e^{−h}.
-The derivatives D^{(j)} are divided differences in λ of the stored x̂0 values.
+The derivatives D^{(j)} are divided differences in λ of the stored x̂0 values (docs/math.md
+(12.1)); the resulting update of order p is docs/math.md (12.2).
 
 ``solver_type`` chooses the second-order term: ``"midpoint"`` (the DPM-Solver++ paper's
 Algorithm 2 and diffusers' default) uses W_0 · h/2 instead of W_1 (equal to O(h³)); ``"taylor"``
@@ -27,9 +28,9 @@ the method only second order; it exists to reproduce those implementations step 
 
 Warm-up, the final-order ramp (``lower_order_final``, ``lower_order_below``), the effect of the
 first-order first step on the global order and ``corrected_start`` are shared by every multistep
-solver: :mod:`diffsolve.solvers.multistep`. Here the corrected start's weight is α_1 c_1/h_0, c_1
-the second-order weight of (4.2) for step 0 (W_0 h/2 for ``"midpoint"``: exactly UniPC's bh2
-corrector UniC-1 on the first step; W_1 for ``"taylor"``).
+solver: :mod:`diffsolve.solvers.multistep`. Here the corrected start's weight (docs/math.md (12.8))
+is α_1 c_1/h_0, c_1 the second-order weight of (4.2) for step 0 (W_0 h/2 for ``"midpoint"``:
+exactly UniPC's bh2 corrector UniC-1 on the first step; W_1 for ``"taylor"``).
 """
 from __future__ import annotations
 
@@ -131,11 +132,18 @@ class _DPMSolverPP(Multistep):
 class DPMSolverPP2M(_DPMSolverPP):
     r"""DPM-Solver++(2M): multistep exponential integrator in data prediction; 1 evaluation per step.
 
-    Update (order 2, ``solver_type="midpoint"``), h = λ_{i+1} − λ_i, r = h_{i−1}/h, D_i = x̂0(x_i, t_i):
+    Step t_i → t_{i+1} of order p = p_i (docs/math.md (12.2), (12.7)), h = λ_{i+1} − λ_i,
+    D_k = x̂0(x_k, t_k), D, D', D'' the λ-derivatives at λ_i of the polynomial through the last p
+    values (docs/math.md (12.1)), W_j from docs/math.md (4.2) at κ = 1:
+
+        x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (c_0 D + c_1 D' + c_2 D''),   c_0 = W_0 = 1 − e^{−h},
+        c_1 = W_0 h/2 (p = 2, ``"midpoint"``) or W_1,   c_2 = W_2 (``"exact"``) or W_2/2 (``"dpm_solver"``)
+
+    For p = 2, midpoint, r = h_{i−1}/h (docs/math.md (12.3)):
 
         x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) [(1 + 1/(2r)) D_i − 1/(2r) D_{i−1}]
 
-    ``order=1`` is DDIM(η=0) (docs/math.md (4.1)); ``order=3`` is DPM-Solver++(3M) (module docstring, 4.2).
+    ``order=1`` is DDIM(η=0) (docs/math.md (4.1)); ``order=3`` is DPM-Solver++(3M) (docs/math.md (12.4)).
     Global order ``order`` on the probability-flow ODE (docs/math.md (3.3)); for order 3 only when the first,
     first-order step starts at high noise (:mod:`diffsolve.solvers.multistep`, "Global order and the warm-up").
 
@@ -147,16 +155,17 @@ class DPMSolverPP2M(_DPMSolverPP):
             fewer than 14 steps the last step is of order ≤ 2 (affects order 3 only;
             :mod:`diffsolve.solvers.multistep`).
         corrected_start: redo the first step with the second evaluation (:mod:`diffsolve.solvers.multistep`,
-            "Corrected start"); default False.
+            "Corrected start"; docs/math.md (12.8)); default False.
 
-    State: a :class:`~diffsolve.solvers.multistep.History` of the last ``order`` (λ, x̂0) pairs,
-    oldest first, each x̂0 of shape (B, *shape).
+    Shapes: x and every D_k are (B, *shape); λ, h and the weights are float64 scalars shared by the
+    batch. State: a :class:`~diffsolve.solvers.multistep.History` of the last ``order`` (λ, x̂0)
+    pairs, oldest first.
 
     References:
-        DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps,
-        Lu, Zhou, Bao, Chen, Li, Zhu, arXiv:2206.00927;
-        DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models,
-        Lu, Zhou, Bao, Chen, Li, Zhu, arXiv:2211.01095 (Algorithm 2).
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic
+        Model Sampling in Around 10 Steps, arXiv:2206.00927;
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+        Probabilistic Models, arXiv:2211.01095 (Algorithm 2).
     """
 
     name = "dpmpp_2m"
@@ -169,15 +178,18 @@ class DPMSolverPP2M(_DPMSolverPP):
 
 @register
 class DPMSolverPP3M(DPMSolverPP2M):
-    r"""DPM-Solver++(3M): third-order multistep in data prediction; 1 evaluation per step.
+    r"""DPM-Solver++(3M): third-order multistep exponential integrator in data prediction; 1 evaluation per step.
 
-    Update (4.2) with the quadratic through (λ_{i−2..i}, D_{i−2..i}), h = λ_{i+1} − λ_i:
+    Step of order 3 (docs/math.md (12.4); ``third_order="exact"``), h = λ_{i+1} − λ_i, D, D', D''
+    the λ-derivatives at λ_i of the quadratic through (λ_{i−2..i}, D_{i−2..i}) (docs/math.md (12.1)):
 
         x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}[(1 − e^{−h}) D + (h − 1 + e^{−h}) D' + (h²/2 − h + 1 − e^{−h}) D'']
 
-    Same options and state as :class:`DPMSolverPP2M` (default ``order=3``).
+    (``"dpm_solver"`` halves the D'' term). Warm-up and final steps use lower orders
+    (docs/math.md (12.7)), as :class:`DPMSolverPP2M` with ``order=3``, whose options, shapes and
+    state it shares (default ``order=3``).
 
-    References: arXiv:2206.00927, arXiv:2211.01095.
+    References: Lu et al., DPM-Solver, arXiv:2206.00927; Lu et al., DPM-Solver++, arXiv:2211.01095.
     """
 
     name = "dpmpp_3m"
@@ -192,7 +204,8 @@ class DPMSolverPP3M(DPMSolverPP2M):
 class SDEDPMSolverPP2M(_DPMSolverPP):
     r"""SDE-DPM-Solver++(2M): multistep exponential integrator for the reverse family with ν > 0.
 
-    Update (module docstring, 4.2; H = ∫ η² dλ over the step, η = ν/g; κ = 1 + H/h):
+    Step t_i → t_{i+1} (docs/math.md (12.5); the order-2 case of (12.2)), H = H_i = ∫ η² dλ over
+    the step (docs/math.md (11.3)), η = ν/g, κ = 1 + H/h, D_k = x̂0(x_k, t_k), z ~ N(0, I):
 
         x_{i+1} = (σ_{i+1}/σ_i) e^{−H} x_i + α_{i+1}(1 − e^{−h−H}) D_i
                   + α_{i+1} c_1 (D_i − D_{i−1})/h_{i−1} + σ_{i+1} √(1 − e^{−2H}) z,
@@ -204,10 +217,11 @@ class SDEDPMSolverPP2M(_DPMSolverPP):
     the output law falls as steps^−2 (``benchmarks/solvers_order.py``), but weak order 2 is not
     proven for general data. At η = 0 it is the order-2 ODE solver.
 
-    State: as :class:`DPMSolverPP2M`. Noise z ~ N(0, I) from the context's source, one per step.
+    Shapes and state: as :class:`DPMSolverPP2M`; z is (B, *shape), one draw per step from the
+    context's per-sample noise streams (none when H = 0).
 
     References:
-        DPM-Solver++, Lu et al., arXiv:2211.01095 (Appendix: SDE-DPM-Solver++(2M));
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (SDE-DPM-Solver++(2M));
         Gonzalez et al., SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from
         Diffusion Models, arXiv:2305.14267.
     """
@@ -225,10 +239,19 @@ class SDEDPMSolverPP2M(_DPMSolverPP):
 
 @register
 class SDEDPMSolverPP3M(SDEDPMSolverPP2M):
-    r"""SDE-DPM-Solver++(3M): :class:`SDEDPMSolverPP2M` with the third-order term of (4.2),
-    W_2 = h²/2 − h/κ + (1 − e^{−κh})/κ². η = 0 is exactly :class:`DPMSolverPP3M`.
+    r"""SDE-DPM-Solver++(3M): order-3 multistep exponential integrator for the reverse family with ν > 0.
 
-    References: arXiv:2211.01095; arXiv:2305.14267.
+    Step of order 3 (docs/math.md (12.2) with H = H_i, κ = 1 + H/h; D, D', D'' from the quadratic
+    through the last three x̂0 values, docs/math.md (12.1)):
+
+        x_{i+1} = (σ_{i+1}/σ_i) e^{−H} x_i + α_{i+1} (W_0 D + W_1 D' + W_2 D'') + σ_{i+1} √(1 − e^{−2H}) z,
+        W_0 = 1 − e^{−κh},  W_1 = h − W_0/κ,  W_2 = h²/2 − h/κ + W_0/κ²
+
+    (W_2 halved for ``third_order="dpm_solver"``); warm-up and final steps of order ≤ 2 are those
+    of :class:`SDEDPMSolverPP2M`. η = 0 is exactly :class:`DPMSolverPP3M`. Options, shapes and
+    state as :class:`SDEDPMSolverPP2M` (default ``order=3``); declared weak order 1.
+
+    References: Lu et al., DPM-Solver++, arXiv:2211.01095; Gonzalez et al., SEEDS, arXiv:2305.14267.
     """
 
     name = "dpmpp_3m_sde"
@@ -242,20 +265,25 @@ class SDEDPMSolverPP3M(SDEDPMSolverPP2M):
 class DPMSolverPP2S(Solver):
     r"""DPM-Solver++(2S): singlestep second-order exponential integrator; 2 evaluations per step.
 
-    Update, h = λ_{i+1} − λ_i, intermediate point λ_u = λ_i + r h (r = ½: the λ-midpoint):
+    Step t_i → t_{i+1} (docs/math.md (12.6)), h = λ_{i+1} − λ_i, intermediate point λ_u = λ_i + r h
+    (r = ½: the λ-midpoint), t_u = t(λ_u):
 
-        D_i = x̂0(x_i, t_i),   u = (σ_u/σ_i) x_i + α_u (1 − e^{−rh}) D_i,   D_u = x̂0(u, t_u)
-        x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) [(1 − 1/(2r)) D_i + 1/(2r) D_u]   (midpoint)
+        D_i = x̂0(x_i, t_i),   u = (σ_u/σ_i) x_i + α_u (1 − e^{−rh}) D_i,   D_u = x̂0(u, t_u),
+        x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} [(1 − e^{−h}) D_i + (c_1/(rh)) (D_u − D_i)],
 
-    or, ``solver_type="taylor"``, the last bracket replaced by (1 − e^{−h}) D_i + (h − 1 + e^{−h})(D_u − D_i)/(rh).
-    Global order 2 on the probability-flow ODE. No state.
+    c_1 = (1 − e^{−h}) h/2 (``"midpoint"``: the bracket is (1 − e^{−h})[(1 − 1/(2r)) D_i + 1/(2r) D_u])
+    or h − 1 + e^{−h} (``"taylor"``). Global order 2 on the probability-flow ODE.
+
+    Shapes: x, u, D_i and D_u are (B, *shape); λ, α, σ and the weights are float64 scalars shared by
+    the batch. No state.
 
     Args:
         r: position of the intermediate point as a fraction of the λ-step, 0 < r ≤ 1 (r = 1 with
             ``"midpoint"`` is one step of UniPC-1 with bh2 and a final corrector).
         solver_type: ``"midpoint"`` (Algorithm 1 of the paper) or ``"taylor"``.
 
-    References: DPM-Solver++, Lu et al., arXiv:2211.01095 (Algorithm 1); DPM-Solver, arXiv:2206.00927.
+    References: Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (Algorithm 1);
+    Lu et al., DPM-Solver, arXiv:2206.00927.
     """
 
     name = "dpmpp_2s"

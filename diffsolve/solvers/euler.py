@@ -1,10 +1,10 @@
-r"""Euler and Euler–Maruyama on the reverse family in raw time t (docs/math.md (3.2), 3.3).
+r"""Euler and Euler–Maruyama on the reverse family in raw time t (docs/math.md (3.2), (11.1)).
 
     x_{t_{i+1}} = x_{t_i} + b(x_{t_i}, t_i) Δ_i + ν_{t_i} √|Δ_i| z_i,   Δ_i = t_{i+1} − t_i < 0,
 
-with b(x, t) = f_t x − ½(g_t² + ν_t²) ŝ(x, t) the reverse-family drift and z_i ~ N(0, I). With ν = 0
-this is the explicit Euler method on the probability-flow ODE (global order 1); with ν > 0 it is
-Euler–Maruyama (strong order ½, weak order 1).
+with b(x, t) = f_t x − ½(g_t² + ν_t²) ŝ(x, t) the reverse-family drift (docs/math.md (9.1)) and
+z_i ~ N(0, I). With ν = 0 this is the explicit Euler method on the probability-flow ODE
+(docs/math.md (3.3); global order 1); with ν > 0 it is Euler–Maruyama (strong order ½, weak order 1).
 """
 from __future__ import annotations
 
@@ -18,11 +18,20 @@ from .registry import register
 class Euler(Solver):
     """Euler (ν = 0) / Euler–Maruyama (ν > 0) in raw time t; one evaluation per step.
 
-    State: none. Update: x ← x + b(x, t_i)(t_{i+1} − t_i) + ν_{t_i} √(t_i − t_{i+1}) z.
+    Step t_i → t_{i+1} (docs/math.md (11.1)), Δ_i = t_{i+1} − t_i < 0, z ~ N(0, I):
+
+        x_{i+1} = x_i + [f_{t_i} x_i − ½(g_{t_i}² + ν_{t_i}²) ŝ(x_i, t_i)] Δ_i + ν_{t_i} √|Δ_i| z
+
+    (the bracket is :meth:`diffsolve.processes.ReverseSDE.drift`, docs/math.md (9.1)). Global
+    order 1 at ν = 0; strong order ½, weak order 1 for ν > 0.
+
+    Shapes: x, ŝ and z are (B, *shape); f, g², ν and Δ are float64 scalars shared by the batch; z
+    comes from the context's per-sample noise streams (none is drawn for ``eta=0``). No state.
 
     References:
-        Kloeden & Platen, Numerical Solution of Stochastic Differential Equations (1992);
-        Song et al., Score-Based Generative Modeling through SDEs, arXiv:2011.13456.
+        Kloeden & Platen, Numerical Solution of Stochastic Differential Equations, Springer (1992);
+        Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, Score-Based Generative Modeling through
+        Stochastic Differential Equations, arXiv:2011.13456.
     """
 
     name = "euler"

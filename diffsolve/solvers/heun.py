@@ -1,13 +1,13 @@
-r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (docs/math.md §4).
+r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (docs/math.md §15).
 
 With y = x/α and s = σ/α = e^{−λ} the probability-flow ODE (docs/math.md (3.3)) becomes
 
-    dy/ds = (y − D(y; s))/s,      D(y; s) = x̂0(α_t y, t),   t = t(s),                 (EDM eq. 3)
+    dy/ds = (y − D(y; s))/s,      D(y; s) = x̂0(α_t y, t),   t = t(s),    (EDM eq. 3; docs/math.md (9.5))
 
 so every schedule looks like EDM's α = 1, σ = s. A step from grid point i to i + 1 reads
 
-    d_i = (y_i − D(y_i; s_i))/s_i,          ŷ = y_i + (s_{i+1} − s_i) d_i             (Euler)
-    y_{i+1} = y_i + (s_{i+1} − s_i)·½(d_i + (ŷ − D(ŷ; s_{i+1}))/s_{i+1})              (Heun)
+    d_i = (y_i − D(y_i; s_i))/s_i,          ŷ = y_i + (s_{i+1} − s_i) d_i             (Euler, (15.1))
+    y_{i+1} = y_i + (s_{i+1} − s_i)·½(d_i + (ŷ − D(ŷ; s_{i+1}))/s_{i+1})              (Heun, (15.2))
 
 and the state returns to x = α_{i+1} y_{i+1}. ``euler_ve`` is k-diffusion's ``sample_euler``; it
 equals DDIM(η = 0) step for step: x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) x̂0.
@@ -17,9 +17,9 @@ where the Heun correction would divide by zero. diffsolve's grids end at t_min >
 every step here is a Heun step (2 evaluations); EDM's final Euler step from s_min to 0 is
 exactly ``y − s·(y − D)/s = D``, i.e. ``sample(..., denoise_final=True)``.
 
-Churn (EDM Algorithm 2). Before step i, if S_tmin ≤ s_i ≤ S_tmax, raise the noise level to
-ŝ = s_i(1 + γ_i), γ_i = min(S_churn/n, √2 − 1), by adding fresh noise (the forward process in y
-from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
+Churn (EDM Algorithm 2; docs/math.md (15.3), (15.4)). Before step i, if S_tmin ≤ s_i ≤ S_tmax,
+raise the noise level to ŝ = s_i(1 + γ_i), γ_i = min(S_churn/n, √2 − 1), by adding fresh noise
+(the forward process in y from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
 
     ŷ_i = y_i + S_noise √(ŝ² − s_i²) z.
 
@@ -97,17 +97,25 @@ class _VESolver(Solver):
 
 @register
 class EulerVE(_VESolver):
-    """Euler in VE coordinates (k-diffusion's ``euler``); one evaluation per step; order 1.
+    """Euler in VE coordinates (k-diffusion's ``euler``, EDM's Euler step); one evaluation per step; order 1.
 
-    Update (y = x/α, s = σ/α): y ← y + (s_{i+1} − s_i)(y − D(y; s_i))/s_i. Equals DDIM(η=0).
-    ``x`` has shape (B, *shape); per-step scalars are float64 host values.
+    Step t_i → t_{i+1} (docs/math.md (15.1)), y = x/α, s = σ/α = e^{−λ}, D(y; s) = x̂0(α_t y, t):
+
+        y_{i+1} = y_i + (s_{i+1} − s_i)(y_i − D(y_i; s_i))/s_i,    x_{i+1} = α_{i+1} y_{i+1}
+
+    after the optional churn (docs/math.md (15.3): (y_i, s_i) replaced by (ŷ_i, ŝ)). Without churn
+    it equals DDIM(η = 0) step for step.
+
+    Shapes: x, y, D and the churn noise z are (B, *shape); s, α, γ are float64 scalars shared by the
+    batch; z comes from the context's per-sample noise streams (one draw per step when
+    ``S_churn > 0``). No state.
 
     Args:
         S_churn, S_tmin, S_tmax, S_noise: EDM's churn (module docstring); off by default.
 
     References:
-        Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
-        arXiv:2206.00364 (eq. 3, Algorithm 2); Crowson, k-diffusion (``sample_euler``).
+        Karras, Aittala, Aila, Laine, Elucidating the Design Space of Diffusion-Based Generative
+        Models, arXiv:2206.00364 (eq. 3, Algorithm 2); Crowson, k-diffusion (``sample_euler``).
     """
 
     name = "euler_ve"
@@ -125,19 +133,24 @@ class EulerVE(_VESolver):
 class Heun(_VESolver):
     """Heun's method (explicit trapezoidal rule) in VE coordinates, EDM Algorithms 1–2; order 2.
 
-    Two evaluations per step (every step: grids end at s_min > 0). Update (y = x/α, s = σ/α):
+    Two evaluations per step (every step: grids end at s_min > 0). Step t_i → t_{i+1}
+    (docs/math.md (15.2)), y = x/α, s = σ/α = e^{−λ}, D(y; s) = x̂0(α_t y, t):
 
-        d = (y − D(y; s_i))/s_i,  ŷ = y + (s_{i+1} − s_i) d,
-        y ← y + (s_{i+1} − s_i)·½(d + (ŷ − D(ŷ; s_{i+1}))/s_{i+1}).
+        d = (y_i − D(y_i; s_i))/s_i,   ŷ = y_i + (s_{i+1} − s_i) d,
+        y_{i+1} = y_i + (s_{i+1} − s_i)·½(d + (ŷ − D(ŷ; s_{i+1}))/s_{i+1}),   x_{i+1} = α_{i+1} y_{i+1}
 
-    ``x`` has shape (B, *shape); per-step scalars are float64 host values.
+    after the optional churn (docs/math.md (15.3): (y_i, s_i) replaced by (ŷ_i, ŝ)).
+
+    Shapes: x, y, ŷ, D and the churn noise z are (B, *shape); s, α, γ are float64 scalars shared by
+    the batch; z comes from the context's per-sample noise streams (one draw per step when
+    ``S_churn > 0``). No state.
 
     Args:
         S_churn, S_tmin, S_tmax, S_noise: EDM's churn (module docstring); off by default.
 
     References:
-        Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
-        arXiv:2206.00364 (Algorithms 1 and 2).
+        Karras, Aittala, Aila, Laine, Elucidating the Design Space of Diffusion-Based Generative
+        Models, arXiv:2206.00364 (Algorithms 1 and 2).
     """
 
     name = "heun"

@@ -1,4 +1,4 @@
-r"""A multistep predictor–corrector in data prediction whose weights are free, per step (docs/math.md §4).
+r"""A multistep predictor–corrector in data prediction whose weights are free, per step (docs/math.md §17).
 
 Every data-prediction multistep method here (DDIM, DPM-Solver++ 2M/3M, UniPC) advances with the
 exponential step of docs/math.md (4.1) applied to a combination D of the stored x̂0 values; they differ only
@@ -11,7 +11,7 @@ is S4S, Frankel et al., arXiv:2502.17423).
 Step i from t_i to t_{i+1}, h_i = λ_{i+1} − λ_i, X_j = x̂0(x_j, t(λ_j + δ_j)) (x_j: the state where
 X_j was evaluated; δ_j: an optional shift of the time the network is told, in λ — zero by default,
 fitted like the weights; the idea of decoupling the network's time input from the grid is LD3's,
-Tong et al., arXiv:2405.15506), k = ``history``:
+Tong et al., arXiv:2405.15506), k = ``history`` (docs/math.md (17.1), (17.2)):
 
     predictor:  D_i = X_i + Σ_{m=1}^{k−1} p_{i,m} (X_i − X_{i−m})
                 x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
@@ -25,10 +25,11 @@ and the next step starts from the corrected x_{i+1} with X_{i+1} as evaluated (a
 the run costs one evaluation per step. Written with differences, the weights of each D sum to one
 for any p, c: a constant x̂0 is integrated exactly (first-order consistency is built in).
 
-Defaults (``predictor=None``, ``corrector=None``): p_{i,1} = h_i / (2 h_{i−1}), every other weight 0 —
-DPM-Solver++(2M) in its midpoint form without the lower-order final step, a second-order method
-(the declared order). Fitted weights trade that order for accuracy at one budget and one grid: a
-run with them is only defined on the grid they were fitted on (its number of steps is checked).
+Defaults (``predictor=None``, ``corrector=None``; docs/math.md (17.3)): p_{i,1} = h_i / (2 h_{i−1}),
+every other weight 0 — DPM-Solver++(2M) (docs/math.md (12.3)) in its midpoint form without the
+lower-order final step, a second-order method (the declared order). Fitted weights trade that order
+for accuracy at one budget and one grid: a run with them is only defined on the grid they were
+fitted on (its number of steps is checked).
 """
 from __future__ import annotations
 
@@ -82,7 +83,18 @@ def _combine(x: Tensor, a: float, terms: list, coefs: list) -> Tensor:
 
 @register
 class LearnedMultistep(Solver):
-    """Exponential multistep predictor–corrector with free per-step weights; one evaluation per step.
+    """Exponential multistep predictor–corrector with free per-step weights (fitted by ``tune_solver``).
+
+    Step t_i → t_{i+1} (docs/math.md (17.1), (17.2)), h_i = λ_{i+1} − λ_i, k = ``history``,
+    X_j = x̂0(x_j, t(λ_j + δ_j)) the j-th evaluation (x_j the point where it was made):
+
+        D_i = X_i + Σ_{m=1}^{k−1} p_{i,m} (X_i − X_{i−m})
+              [+ c_{i,0} (X_{i+1} − X_i) + Σ_{m=1}^{k−1} c_{i,m} (X_i − X_{i−m})   if corrected, i < n − 1]
+        x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1} (1 − e^{−h_i}) D_i
+
+    X_{i+1} is evaluated at the predicted x_{i+1} and reused by step i + 1; terms with m > i are
+    skipped. Default weights: DPM-Solver++(2M), p_{i,1} = h_i/(2h_{i−1}) (docs/math.md (17.3));
+    declared order 2 (fitted weights give up the order for accuracy on their grid). η = 0 only.
 
     Args:
         predictor: (steps, history − 1) weights p_{i,m} (nested lists or a float64 tensor); ``None``:
@@ -93,12 +105,17 @@ class LearnedMultistep(Solver):
         history: k, the number of stored evaluations a step combines (2 or more).
         shift: (steps,) λ-shifts δ_j of the evaluation times (list or float64 tensor); ``None``: 0.
 
-    Shapes: x is (B, *shape); the weights are shared by every sample.
+    Shapes: x and every X_j are (B, *shape); the weights, shifts and grid coefficients are shared by
+    every sample (float64; tensors with gradients stay tensors, for :func:`~diffsolve.tune.tune_solver`).
+    State: a dict with ``"p"``, ``"c"`` (the weight tables), ``"X"`` (the last ≤ k evaluations,
+    oldest first) and ``"times"`` (the n times t(λ_j + δ_j) the network is told).
 
     References:
-        S4S: Solving for a Diffusion Model Solver, Frankel et al., arXiv:2502.17423 (fitted weights);
-        DPM-Solver++, Lu et al., arXiv:2211.01095 (the exponential data-prediction step and 2M);
-        UniPC, Zhao et al., arXiv:2302.04867 (the corrector that reuses the next evaluation).
+        Frankel et al., S4S: Solving for a Diffusion Model Solver, arXiv:2502.17423 (fitted weights);
+        Tong et al., Learning to Discretize Denoising Diffusion ODEs (LD3), arXiv:2405.15506 (time
+        shifts); Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (the exponential
+        data-prediction step and 2M); Zhao, Bai, Rao, Zhou, Lu, UniPC, arXiv:2302.04867 (the
+        corrector that reuses the next evaluation).
     """
 
     name = "learned"

@@ -1,11 +1,11 @@
 r"""What every multistep solver shares: the history, the warm-up, the final-order ramp and the
-corrected start (docs/math.md §4).
+corrected start (docs/math.md §4, (12.7), (12.8), (13.3)).
 
 A multistep solver of order p keeps the last p network evaluations D_j (x̂0 or ε̂, whichever the
 solver extrapolates) with their log-SNR λ_j in its state, newest last, and builds each step from
 the polynomial through them.
 
-**Warm-up.** Step i can use at most order i + 1 (only i + 1 evaluations exist).
+**Warm-up** (docs/math.md (12.7)). Step i can use at most order i + 1 (only i + 1 evaluations exist).
 
 **Final-order ramp** (``lower_order_final``): when enabled and ``steps + 1 < lower_order_below``
 (``None``: for any number of steps), step i uses order ≤ steps + 1 − i, i.e. the last step is of
@@ -25,7 +25,8 @@ order 3 or 4 and ``unipc(order=3, corrector=False)`` measure 2.1–2.2 over 32�
 to 2 (``python benchmarks/solvers_order.py --t-start 0.5 --steps 32,64,128,256,512``); UniPC's
 corrector lifts the first step to second order, so UniPC keeps its orders up to 3.
 
-**Corrected start** (``corrected_start=True``, solvers without a corrector of their own): once D
+**Corrected start** (``corrected_start=True``, solvers without a corrector of their own;
+docs/math.md (12.8), (13.3)): once D
 has been evaluated at the second grid point (D_1 at x_1, the first-order result), the first step
 is redone with the line through (λ_0, D_0), (λ_1, D_1) instead of the constant D_0,
 
@@ -51,8 +52,12 @@ __all__ = ["Multistep", "History"]
 
 
 class History(NamedTuple):
-    """The last evaluations of a multistep solver, oldest first: ``lams[j]`` is the log-SNR where
-    ``values[j]`` ((B, *shape) each) was evaluated."""
+    """The last evaluations of a multistep solver, oldest first: ``lams[j]`` (a float) is the
+    log-SNR λ where ``values[j]`` (x̂0 or ε̂, a (B, *shape) tensor) was evaluated.
+
+    Immutable; ``push(lam, value, keep)`` returns a new history holding the newest ``keep``
+    entries (``keep`` = the solver's order p).
+    """
 
     lams: tuple = ()
     values: tuple = ()
@@ -64,6 +69,16 @@ class History(NamedTuple):
 class Multistep(Solver):
     """Base class of the multistep solvers (``dpmpp_*``, ``deis``, ``unipc``): the shared options.
 
+    Step i from t_i to t_{i+1} (:meth:`step`): evaluate D_i (x̂0 or ε̂) at (x_i, t_i); on step 1
+    apply the corrected start x_1 ← x_1 + c (D_1 − D_0) if enabled (docs/math.md (12.8), (13.3));
+    push (λ_i, D_i) onto the :class:`History`; then ``update`` takes the subclass's step of order
+    p_i = :meth:`step_order` (docs/math.md (12.7)) from the last p_i evaluations. The update rule
+    itself is the subclass's (docs/math.md (12.2), (13.1), (14.2)); UniPC's own ``step`` also
+    applies its corrector before the push.
+
+    Shapes: x and every D_j are (B, *shape); λ, the step order and all weights are float64 scalars
+    shared by the batch. State: the :class:`History` (subclasses may add to it).
+
     Args:
         order: the method's polynomial order p (1 … ``_max_order``); at least p steps are needed.
         lower_order_final, lower_order_below: the final-order ramp (module docstring).
@@ -71,6 +86,10 @@ class Multistep(Solver):
     Subclasses implement ``evaluate(ctx, x, i)`` (the quantity they extrapolate) and
     ``update(ctx, i, x, history, p)`` (the step of order p from the newest evaluation); those with
     ``corrected_start`` also ``start_weight(ctx)``.
+
+    References:
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (multistep warm-up; lower
+        order for the last steps); the final-order rule follows diffusers' multistep schedulers.
     """
 
     _max_order = 3

@@ -1,11 +1,12 @@
 r"""Predictor–corrector sampling (Song et al. 2021, Algorithms 2–3): a reverse-family step, then Langevin.
 
-Each step from t_i to t_{i+1} is
+Each step from t_i to t_{i+1} is (docs/math.md §16)
 
 1. **predictor**: one step of the reverse family (docs/math.md (3.2)) with the sampler's noise level ν_t:
-   ``"euler"`` (Euler–Maruyama; at η = 1 the paper's reverse-diffusion predictor to first order)
-   or ``"ddim"`` (the exact first-order step docs/math.md (4.1));
-2. **corrector**: ``corrector_steps`` steps of unadjusted Langevin dynamics targeting p_{t_{i+1}},
+   ``"euler"`` (Euler–Maruyama, docs/math.md (11.1); at η = 1 the paper's reverse-diffusion
+   predictor to first order) or ``"ddim"`` (the exact first-order step, docs/math.md (4.1), (11.2));
+2. **corrector**: ``corrector_steps`` steps of unadjusted Langevin dynamics targeting p_{t_{i+1}}
+   (docs/math.md (16.1)),
 
        x ← x + ε ŝ(x, t_{i+1}) + √(2ε) z,    ε = 2 a_i (snr ‖z‖ / ‖ŝ‖)²,   z ~ N(0, I),
 
@@ -16,9 +17,10 @@ Each step from t_i to t_{i+1} is
 Order. The predictor has weak order 1. The Langevin corrector with the paper's step-size rule
 has a step ε ≈ 2 snr² Var_t that does not shrink with the grid, so it leaves a bias of relative
 size O(snr²) in the marginals that more steps do not remove (for a Gaussian p_t = N(m, V) the
-Langevin chain's stationary variance is V/(1 − ε/2V)). ``order = 1`` describes the convergence
-for snr → 0 or in the range of steps where the predictor's error dominates. The sampler draws
-noise in the corrector even for η = 0 (``eta=0`` gives a probability-flow predictor).
+Langevin chain's stationary variance is V/(1 − ε/2V), docs/math.md (16.2)). ``order = 1``
+describes the convergence for snr → 0 or in the range of steps where the predictor's error
+dominates. The sampler draws noise in the corrector even for η = 0 (``eta=0`` gives a
+probability-flow predictor).
 
 Dimension. The rule was designed for images (d ~ 10³–10⁵), where ‖z‖ and ‖ŝ‖ concentrate. In a
 few dimensions the per-sample ratio ‖z‖/‖ŝ‖ is heavy-tailed (ŝ ≈ 0 near a mode's centre or a
@@ -44,7 +46,17 @@ _PREDICTORS = {"euler": lambda: Euler(), "ddim": lambda: DDIM(variant="exact")}
 class PredictorCorrector(Solver):
     """Predictor–corrector sampler: reverse-family predictor + Langevin corrector; weak order 1.
 
-    1 + ``corrector_steps`` evaluations per step.
+    1 + ``corrector_steps`` evaluations per step. Step t_i → t_{i+1} (docs/math.md §16):
+
+        x ← the predictor's step from (x_i, t_i) to t_{i+1}: ``euler`` (docs/math.md (11.1)) or
+            ``ddim`` with ``variant="exact"`` (docs/math.md (11.2)), with the sampler's ν_t;
+        then ``corrector_steps`` times, with a fresh z ~ N(0, I) each (docs/math.md (16.1)):
+            ε = 2 a_i (r ‖z‖ / ‖ŝ(x, t_{i+1})‖)²,   x ← x + ε ŝ(x, t_{i+1}) + √(2ε) z,
+            a_i = (α_i/α_{i+1})²
+
+    Shapes: x, ŝ and z are (B, *shape); the norms are per sample over all its entries, so ε is a
+    (B, 1, …) tensor, one step size per sample; a_i is a float64 scalar shared by the batch; z
+    comes from the context's per-sample noise streams (drawn even at η = 0). No state.
 
     Args:
         snr: the corrector's signal-to-noise ratio r (> 0; the paper uses 0.16 for VE and 0.01
@@ -52,11 +64,9 @@ class PredictorCorrector(Solver):
         corrector_steps: Langevin steps per step (≥ 0; 0 gives the bare predictor).
         predictor: ``"euler"`` or ``"ddim"``.
 
-    ``x`` has shape (B, *shape); ε has shape (B, 1, …) (one step size per sample).
-
     References:
-        Song et al., Score-Based Generative Modeling through Stochastic Differential Equations,
-        arXiv:2011.13456 (Algorithms 2, 3, 4 and 5).
+        Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, Score-Based Generative Modeling through
+        Stochastic Differential Equations, arXiv:2011.13456 (Algorithms 2, 3, 4 and 5).
     """
 
     name = "pc"

@@ -1,30 +1,31 @@
-r"""UniPC: unified predictor–corrector exponential integrators in data or noise prediction (docs/math.md §4).
+r"""UniPC: unified predictor–corrector exponential integrators in data or noise prediction (docs/math.md §14).
 
 Step i goes from λ_i to λ_{i+1}, h = λ_{i+1} − λ_i, z = −h; D_k = x̂0 evaluated at λ_k;
 r_k = (λ_{i−k} − λ_i)/h < 0 and ΔD_k = (D_{i−k} − D_i)/r_k for k = 1..p−1. With
-φ_1(z) = (e^z − 1)/z, φ_{k+1}(z) = (φ_k(z) − 1/k!)/z and B(h) = −h (``"bh1"``) or e^{−h} − 1 (``"bh2"``):
+φ_1(z) = (e^z − 1)/z, φ_{k+1}(z) = (φ_k(z) − 1/k!)/z and B(h) = −h (``"bh1"``) or e^{−h} − 1 (``"bh2"``)
+(docs/math.md (14.1); B(h) = z or e^z − 1 there):
 
-    UniP-p (predictor, order p):
+    UniP-p (predictor, order p; docs/math.md (14.2)):
         x̃_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i − α_{i+1} B(h) Σ_{k<p} a_k ΔD_k
-    UniC-p (corrector, order p + 1), with D̃_{i+1} = x̂0(x̃_{i+1}, t_{i+1}) and r_p = 1:
+    UniC-p (corrector, order p + 1; docs/math.md (14.3)), with D̃_{i+1} = x̂0(x̃_{i+1}, t_{i+1}) and r_p = 1:
         x_{i+1}  = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i
                    − α_{i+1} B(h) [Σ_{k<p} c_k ΔD_k + c_p (D̃_{i+1} − D_i)]
 
-where R c = g, R_{jk} = r_k^{j−1} (j, k = 1..p), g_j = z φ_{j+1}(z) j!/B(h); a solves the leading
-(p−1)×(p−1) block (a = ½ for p = 2 and c = ½ for p = 1, as in the reference code; both equal the
-solved values up to O(h), which keeps the order). The corrector reuses D̃_{i+1}, the evaluation the
-next predictor needs anyway (it is stored in the history: later steps extrapolate from values at
-the *predicted* points, as the paper and diffusers do), so UniPC costs one evaluation per step.
-The last step has no evaluation after it, hence no corrector: the returned state is the
-predictor's x̃_n (a following ``denoise_final`` evaluates x̂0(x̃_n, t_n), which is diffusers'
-final step to σ = 0). ``final_corrector=True`` spends one more evaluation to correct x̃_n too.
+where (docs/math.md (14.4)) R c = g, R_{jk} = r_k^{j−1} (j, k = 1..p), g_j = z φ_{j+1}(z) j!/B(h); a
+solves the leading (p−1)×(p−1) block (a = ½ for p = 2 and c = ½ for p = 1, as in the reference code;
+both equal the solved values up to O(h), which keeps the order). The corrector reuses D̃_{i+1}, the
+evaluation the next predictor needs anyway (it is stored in the history: later steps extrapolate
+from values at the *predicted* points, as the paper and diffusers do), so UniPC costs one evaluation
+per step. The last step has no evaluation after it, hence no corrector: the returned state is the
+predictor's x̃_n (a following ``denoise_final`` evaluates x̂0(x̃_n, t_n), which is diffusers' final
+step to σ = 0). ``final_corrector=True`` spends one more evaluation to correct x̃_n too.
 
 Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are those of
 every multistep solver (:mod:`diffsolve.solvers.multistep`). diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
 ramps for any number of steps: reproduce it with ``lower_order_below=None``.
 
-**Noise prediction** (``predict_x0=False``, diffusers' option of the same name): the same formulas
-with D_k = ε̂ at λ_k, z = +h, and the roles of α and σ exchanged,
+**Noise prediction** (``predict_x0=False``, diffusers' option of the same name; docs/math.md
+(14.5)): the same formulas with D_k = ε̂ at λ_k, z = +h, and the roles of α and σ exchanged,
 
     x̃_{i+1} = (α_{i+1}/α_i) x_i − σ_{i+1}(e^{h} − 1) D_i − σ_{i+1} B(h) Σ_{k<p} a_k ΔD_k
 
@@ -79,7 +80,20 @@ def _solve(R: list, g: list) -> list:
 
 @register
 class UniPC(Multistep):
-    r"""UniPC-p: UniP-p predictor + UniC-p corrector (module docstring); 1 evaluation per step.
+    r"""UniPC-p: multistep exponential integrator, UniP-p predictor + UniC-p corrector; 1 evaluation per step.
+
+    Step t_i → t_{i+1} in data prediction (docs/math.md (14.1)–(14.3)), h = λ_{i+1} − λ_i,
+    D_k = x̂0 at λ_k, r_k = (λ_{i−k} − λ_i)/h, ΔD_k = (D_{i−k} − D_i)/r_k, B(h) = e^{−h} − 1 (bh2)
+    or −h (bh1), a and c from docs/math.md (14.4):
+
+        x̃_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i − α_{i+1} B(h) Σ_{k<p} a_k ΔD_k     (UniP)
+        x_{i+1} = (σ_{i+1}/σ_i) x_i + α_{i+1}(1 − e^{−h}) D_i
+                  − α_{i+1} B(h) [Σ_{k<p} c_k ΔD_k + c_p (D̃_{i+1} − D_i)]                  (UniC)
+
+    with D̃_{i+1} = x̂0(x̃_{i+1}, t_{i+1}), step i + 1's one evaluation: the corrector runs at the
+    start of step i + 1 (from the stored x_i) and D̃_{i+1} enters the history as D_{i+1}. The last
+    step is left uncorrected unless ``final_corrector``. ``predict_x0=False``: D_k = ε̂ and α, σ
+    exchange roles (docs/math.md (14.5)). Step i's order p_i: docs/math.md (12.7).
 
     Global order p + 1 with the corrector (p without it) on the probability-flow ODE. The warm-up's
     first corrector is UniC-1 (local error O(h³)), so for p = 3 an O(h³) term with a tiny constant
@@ -97,13 +111,15 @@ class UniPC(Multistep):
             (module docstring).
         lower_order_final, lower_order_below: final-order ramp (see :mod:`diffsolve.solvers.multistep`).
 
-    State: a :class:`~diffsolve.solvers.multistep.History` of the last p (λ, x̂0 or ε̂) pairs
-    (oldest first), the start of the last step and its order.
+    Shapes: x, x̃ and every D_k are (B, *shape); λ, r_k, B(h), a, c are float64 scalars shared by
+    the batch. State: ``(history, x_i, p_i)``: a :class:`~diffsolve.solvers.multistep.History` of
+    the last p (λ, x̂0 or ε̂) pairs (oldest first), the start x_i of the last step (what the
+    corrector redoes it from) and that step's order.
 
     References:
-        UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models,
-        Zhao, Bai, Rao, Zhou, Lu, arXiv:2302.04867;
-        DPM-Solver++, Lu et al., arXiv:2211.01095 (data prediction).
+        Zhao, Bai, Rao, Zhou, Lu, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling
+        of Diffusion Models, arXiv:2302.04867;
+        Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (data prediction).
     """
 
     name = "unipc"
