@@ -337,3 +337,11 @@ def load_factory(spec: str, **kwargs) -> Denoiser:
                         f"wrap the network with diffsolve.Denoiser(net, schedule, prediction=...) or an "
                         f"adapter in diffsolve.adapters (from_diffusers, from_edm, from_score_sde)")
     return result
+
+
+def __getattr__(name):
+    if name in ("DiffsolveScheduler", "DiffsolveSchedulerOutput"):  # needs diffusers: imported on first use
+        from . import scheduler
+
+        return getattr(scheduler, name)
+    raise AttributeError(f"module 'diffsolve.adapters' has no attribute {name!r}")

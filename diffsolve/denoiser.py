@@ -259,6 +259,8 @@ class Denoiser(torch.nn.Module):
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""
+        if self._pending and self._pending[0][0].device.type == "meta":  # data-less tensors: nothing to read
+            self._pending = []
         if not self._pending:
             return
         flags = torch.stack([f for f, _ in self._pending]).cpu()

@@ -126,11 +126,13 @@ class Evaluation:
     Attributes:
         x: (B, *shape) the network's input, in its dtype.
         label: (B,) the network's own time input (the denoiser's ``time_label`` of t).
+        t: the solver time of the evaluation (a float, or a float64 tensor of per-row times).
         index: 0 for the first evaluation of the solve, then 1, 2, ...
     """
 
     x: Tensor
     label: Tensor
+    t: object
     index: int
 
 
@@ -139,6 +141,7 @@ class _Handoff:
     to_caller: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     to_loop: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     count: int = 0
+    t: object = None  # the time of the evaluation under way
 
 
 class _Cancelled(Exception):
@@ -178,14 +181,19 @@ def drive(solver: Solver, schedule, x: Tensor, t: Tensor, *, prediction: str = "
     hand = _Handoff()
 
     def remote_net(x_in: Tensor, label: Tensor) -> Tensor:
-        hand.to_caller.put(("eval", Evaluation(x_in, label, hand.count)))
+        hand.to_caller.put(("eval", Evaluation(x_in, label, hand.t, hand.count)))
         hand.count += 1
         out = hand.to_loop.get()
         if out is _CANCEL:
             raise _Cancelled
         return out
 
-    denoiser = Denoiser(remote_net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype)
+    class _Remote(Denoiser):
+        def raw(self, x_in: Tensor, t) -> Tensor:
+            hand.t = t
+            return super().raw(x_in, t)
+
+    denoiser = _Remote(remote_net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype)
     level = NoiseLevel(denoiser.schedule, 0.0) if level is None else level
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 

@@ -1,0 +1,309 @@
+r"""``DiffsolveScheduler``: any fixed-step diffsolve solver as the scheduler of a diffusers pipeline.
+
+A diffusers pipeline owns the network call: it loops ``for t in scheduler.timesteps``, evaluates
+the network at ``(latents, t)`` and hands the output to ``scheduler.step``, which returns the
+latents for the next call. This scheduler runs diffsolve's one loop with the network outside it
+(:func:`diffsolve.loop.drive`): each ``step`` sends the network output to the solver and returns
+the input of the solver's next evaluation, so a pipeline runs any fixed-step solver, with its own
+grid, noise level and seeds, unchanged, and the result equals ``diffsolve.sample`` with that
+network bit for bit (up to the dtype the pipeline keeps its latents in).
+
+**The budget.** ``num_inference_steps`` is read as the budget of *network evaluations* (NFE), the
+final denoise included: a two-evaluation solver (``heun``, ``dpmpp_2s``) takes about half as many
+steps, and ``len(scheduler.timesteps)`` is the number of network calls the pipeline makes.
+``timesteps`` lists the network's time input of every evaluation, known before the first call (the
+solver is run once on data-less ``meta`` tensors to find them).
+
+**Conventions.** The latents are the state x_t = α_t x_0 + σ_t ε of the model's own training
+schedule (``init_noise_sigma`` = √(α² + σ²) at the first time, 1 for variance-preserving models;
+``scale_model_input`` is the identity). The schedule and the prediction type come from the
+config (``beta_schedule``, ``trained_betas``, ``rescale_betas_zero_snr``, ``prediction_type``);
+the solver, grid and noise level from this scheduler's own options.
+
+References:
+    von Platen et al., Diffusers: State-of-the-art diffusion models (github.com/huggingface/diffusers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .adapters import schedule_from_diffusers
+from .denoiser import Denoiser
+from .loop import drive
+from .noise import NoiseSource, parse_seeds
+from .processes import NoiseLevel
+from .solvers import get_solver
+from .tuned import load_grid
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from diffusers.utils import BaseOutput
+except ImportError as e:  # pragma: no cover - diffusers is an optional extra
+    raise ImportError("DiffsolveScheduler needs diffusers: pip install 'diffsolve[diffusers]'") from e
+
+__all__ = ["DiffsolveScheduler", "DiffsolveSchedulerOutput"]
+
+# diffusers config fields that change what the network's output means and that diffsolve cannot
+# express yet (with the value that is harmless): refused when set otherwise, by name.
+_UNSUPPORTED = {"clip_sample": False, "thresholding": False}
+# the fields of a flow-matching config (FlowMatchEulerDiscreteScheduler): not expressible yet
+_FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+
+
+@dataclass
+class _Plan:
+    """What ``set_timesteps`` fixes: the grid, the evaluations' times and labels, the budget."""
+
+    t: Tensor  # (n + 1,) float64 grid
+    times: list  # solver time of every evaluation
+    labels: Tensor  # (NFE,) the network's time input of every evaluation
+
+
+class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
+    r"""A diffusers scheduler that runs a diffsolve solver (module docstring).
+
+    ``pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="unipc")``
+
+    Args (the diffusers config fields; from ``from_config``):
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+        rescale_betas_zero_snr: the model's training schedule (a :class:`~diffsolve.DDPMSchedule`).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        timestep_spacing, steps_offset: used by ``grid="diffusers"`` only.
+    Args (diffsolve's own):
+        solver: a fixed-step solver name or spec ``"name:key=value:..."`` (default ``"dpmpp_2m"``).
+        grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"`` (the
+            config's ``timestep_spacing``), or the path of a tuned grid (``diffsolve tune``), which
+            fixes the solver, the times and the final denoise.
+        eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); or
+        noise: a callable t ↦ ν_t.
+        denoise_final: end with x̂0 at the last grid time (one evaluation of the budget; default True).
+        seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
+            pipeline passes to ``step``.
+
+    Shapes: ``sample`` and ``model_output`` are (B, *shape); ``timestep`` a scalar.
+
+    Raises ``ValueError`` for a config field diffsolve cannot express (named), an adaptive solver,
+    a budget too small for the solver, and ``step`` called before ``set_timesteps`` or with a
+    timestep other than the solver's next evaluation.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
+                 rescale_betas_zero_snr: bool = False, timestep_spacing: str = "linspace", steps_offset: int = 0,
+                 clip_sample: bool = False, thresholding: bool = False, solver: str = "dpmpp_2m",
+                 grid: str = "log_snr", eta: float = 0.0, denoise_final: bool = True, seeds=None):
+        for name, harmless in _UNSUPPORTED.items():
+            if locals()[name] != harmless:
+                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
+                                 f"{locals()[name]!r} yet; set it to {harmless!r} in the config")
+        self.schedule, self.prediction = schedule_from_diffusers(
+            dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                 beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
+                 rescale_betas_zero_snr=rescale_betas_zero_snr))
+        self._noise: Callable | None = None
+        self._tuned = load_grid(grid) if grid not in (None, "diffusers") else None
+        spec = self._tuned.solver if self._tuned is not None else solver
+        options = self._tuned.solver_options if self._tuned is not None else {}
+        self.solver = get_solver(spec, **(options or {}))
+        self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
+        self.level = NoiseLevel(self.schedule, eta=eta)
+        self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
+        self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction)
+        self.plan: _Plan | None = None
+        self.timesteps = None
+        self.num_inference_steps = None
+        self._begin = 0
+        self._reset_run()
+        self.init_noise_sigma = 1.0
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``, after checking the whole source config (defaults
+        included): a flow-matching config or a field diffsolve cannot express is refused by name."""
+        full = dict(config or {})
+        flow = [k for k in _FLOW_FIELDS if k in full]
+        if flow:
+            raise ValueError(f"DiffsolveScheduler does not run flow-matching configs yet (fields {', '.join(flow)}); "
+                             f"use diffsolve.sample with a FlowSchedule denoiser")
+        for name, harmless in _UNSUPPORTED.items():
+            if full.get(name, harmless) != harmless and name not in kwargs:
+                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
+                                 f"{full[name]!r} yet; pass {name}={harmless!r} to from_config to sample without it")
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # --- the plan --------------------------------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
+                      mu: float | None = None):
+        """Fix the run: a budget of ``num_inference_steps`` network evaluations, or explicit
+        ``timesteps`` (network time inputs, decreasing): the grid, whose last time is the final
+        denoise's when ``denoise_final`` (so a one-evaluation solver evaluates exactly at these
+        timesteps, as diffusers' DDIM with ``set_alpha_to_one`` does), else followed by a last step
+        to the schedule's t_min. ``sigmas`` and ``mu`` belong to flow-matching schedules and are
+        refused."""
+        if sigmas is not None or mu is not None:
+            raise ValueError("sigmas= and mu= are for flow-matching schedules, which DiffsolveScheduler does not run yet")
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("give exactly one of num_inference_steps (a budget of network evaluations) or timesteps")
+        t = self._grid(num_inference_steps, timesteps)
+        self.plan = self._dry_run(t)
+        self.timesteps = self.plan.labels.to(device) if device is not None else self.plan.labels
+        self.num_inference_steps = len(self.timesteps)
+        self.init_noise_sigma = float((self.schedule.alpha(t[0]) ** 2 + self.schedule.sigma(t[0]) ** 2).sqrt())
+        self._begin = 0
+        self._reset_run()
+
+    def _grid(self, nfe, timesteps) -> Tensor:
+        sch, final = self.schedule, self.config.denoise_final
+        if timesteps is not None:  # the evaluations' times; the last is the final denoise's, or else
+            t = sch.t_of_timestep(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
+            if not final and float(t[-1]) > sch.t_min:  # the last step ends at the schedule's t_min
+                t = torch.cat([t, torch.tensor([sch.t_min], dtype=torch.float64)])
+            return self.solver.grid_for(sch, grid=t)
+        if self._tuned is not None:
+            if int(nfe) != self._tuned.nfe:
+                raise ValueError(f"the tuned grid {self.config.grid} was tuned for {self._tuned.nfe} evaluations, "
+                                 f"not num_inference_steps={nfe}")
+            return self._tuned.grid
+        kind = self.config.timestep_spacing if self.config.grid == "diffusers" else self.config.grid
+        if kind == "leading" and self.config.steps_offset != 1:
+            raise ValueError(f"grid 'leading' is diffusers' leading spacing with steps_offset=1; the config has "
+                             f"steps_offset={self.config.steps_offset}: pass timesteps= explicitly")
+        return self.solver.grid_for(sch, nfe=nfe, grid=kind, denoise_final=final)
+
+    def _dry_run(self, t: Tensor) -> _Plan:
+        """The solver on data-less ``meta`` tensors: the times and labels of its evaluations."""
+        x = torch.empty(1, 1, dtype=torch.float64, device="meta")
+        gen = drive(self.solver, self.schedule, x, t, prediction=self.prediction, level=self.level,
+                    source=_MetaSource(), denoise_final=self.config.denoise_final)
+        times, labels = [], []
+        try:
+            request = next(gen)
+            while True:
+                times.append(request.t)
+                labels.append(request.label.to("cpu") if request.label.device.type != "meta" else None)
+                request = gen.send(torch.zeros_like(request.x))
+        except StopIteration:
+            pass
+        label_fn = self._converter.time_label
+        labels = torch.stack([torch.as_tensor(label_fn(torch.as_tensor(s, dtype=torch.float64))).reshape(())
+                              for s in times])
+        return _Plan(t, times, labels)
+
+    # --- the run ---------------------------------------------------------------------------------
+    def _reset_run(self):
+        self._gen = None
+        self._request = None
+        self._index = 0
+        self._last = None
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Start at evaluation ``begin_index`` (img2img, inpainting): the solve restarts from the grid
+        time of that evaluation, which must begin a step (diffusers passes t_start · order)."""
+        begin_index = int(begin_index)
+        if begin_index == 0:
+            self._begin = 0
+            return
+        if self.plan is None:
+            raise ValueError("call set_timesteps before set_begin_index")
+        start = self.plan.times[begin_index]
+        t = self.plan.t[self.plan.t <= float(start) + 1e-12]
+        sub = self._dry_run(self.solver.grid_for(self.schedule, grid=t))
+        if not torch.allclose(sub.labels, self.plan.labels[begin_index:], rtol=0, atol=1e-6):
+            raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start at a "
+                             f"multiple of the solver's evaluations per step")
+        self._restart_plan, self._begin = sub, begin_index
+
+    @property
+    def begin_index(self):
+        return self._begin
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The identity: the network takes the state x_t itself."""
+        return sample
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True):
+        """Hand the network's output at ``(sample, timestep)`` to the solver; returns the input of
+        its next evaluation as ``prev_sample`` (the final sample after the last one) and x̂0 of this
+        evaluation as ``pred_original_sample``."""
+        if self.plan is None:
+            raise ValueError("step() called before set_timesteps(); call set_timesteps first")
+        if self._gen is None:
+            self._start(sample, generator)
+        elif self._last is not None and sample is not self._last and not torch.equal(sample, self._last):
+            raise ValueError("the pipeline changed the latents between steps; DiffsolveScheduler keeps the solver's "
+                             "own state and cannot take an edited one (inpainting with a non-inpainting model)")
+        request = self._request
+        self._check_timestep(timestep, request)
+        x0 = self._converter.convert(model_output.to(torch.float64), request.x.to(torch.float64), request.t,
+                                     self.prediction, "x0")
+        try:
+            self._request = self._gen.send(model_output)
+            prev = self._request.x
+        except StopIteration as stop:
+            prev = stop.value.x
+            self._reset_run()
+        prev = prev.to(sample.dtype)
+        if self._gen is not None:
+            self._last = prev
+        self._index += 1
+        if not return_dict:
+            return (prev,)
+        return DiffsolveSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
+
+    def _start(self, sample: Tensor, generator):
+        plan = self.plan if self._begin == 0 else self._restart_plan
+        B, event = sample.shape[0], tuple(sample.shape[1:])
+        if self.seeds is not None:
+            source = NoiseSource(B, event, seeds=self.seeds, device=sample.device)
+        elif isinstance(generator, (list, tuple)):
+            raise ValueError("a list of generators is not supported; pass seeds=[...] to DiffsolveScheduler for "
+                             "per-sample noise")
+        else:
+            source = NoiseSource(B, event, generator=generator, device=sample.device)
+        self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=self.prediction,
+                          net_dtype=sample.dtype, level=self.level, source=source,
+                          denoise_final=self.config.denoise_final)
+        self._request = next(self._gen)
+        self._index = self._begin
+
+    def _check_timestep(self, timestep, request):
+        want = float(self.plan.labels[self._index])
+        got = float(torch.as_tensor(timestep).reshape(-1)[0])
+        if abs(got - want) > 1e-4 * max(1.0, abs(want)):
+            raise ValueError(f"step() called with timestep {got:g}, but the solver's evaluation {self._index} is at "
+                             f"timestep {want:g}; call step once per entry of scheduler.timesteps, in order")
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
+        """x_t = α_t x_0 + σ_t ε at the times whose network labels are ``timesteps``."""
+        t = self.schedule.t_of_timestep(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
+        a, s = (v.to(original_samples.device, original_samples.dtype) for v in self.schedule.alpha_sigma(t))
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)
+        return a.reshape(shape) * original_samples + s.reshape(shape) * noise
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+
+@dataclass
+class DiffsolveSchedulerOutput(BaseOutput):
+    """``step``'s result: ``prev_sample``, the next network input (or the final sample), and
+    ``pred_original_sample``, x̂0 of the evaluation just made; both (B, *shape)."""
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor | None = None
+
+
+class _MetaSource:
+    """A random source of data-less tensors (the dry run draws without numbers)."""
+
+    def randn(self, rows=None):
+        return torch.empty(1, 1, dtype=torch.float64, device="meta")
