@@ -97,7 +97,7 @@ def ode_table(kind, steps, only=None, t_start=None):
             es.append(float((x - ref).pow(2).mean().sqrt()))
         local = [-math.log(es[k + 1] / es[k]) / math.log(steps[k + 1] / steps[k]) for k in range(len(steps) - 1)]
         label = name + ("(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
-        print(f"{label:44s} {s.order:8.1f} {slope(steps, es):8.2f}   {' '.join(f'{v:.2f}' for v in local):22s}"
+        print(f"{label:44s} {s.declared_order:8.1f} {slope(steps, es):8.2f}   {' '.join(f'{v:.2f}' for v in local):22s}"
               f"  {es[0]:.2e}  {es[-1]:.2e}")
 
 
@@ -123,7 +123,7 @@ def sde_table(steps):
         for name, opts in SDE_SOLVERS:
             es = [variance_error(name, opts, n, eta) for n in steps]
             label = f"{name}{opts if opts else ''} eta={eta}"
-            print(f"{label:52s} declared(weak) {get_solver(name, **opts).order:.1f}  measured {slope(steps, es):.2f}"
+            print(f"{label:52s} declared(weak) {get_solver(name, **opts).declared_order:.1f}  measured {slope(steps, es):.2f}"
                   f"   err {' '.join(f'{e:.1e}' for e in es)}")
 
 

@@ -73,7 +73,7 @@ ORDER_CASES = [  # (solver, options, declared order, step counts in the asymptot
                          ids=[f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}" for c in ORDER_CASES])
 def test_measured_order(ring_problem, solver, options, order, steps):
     den, xT, ref = ring_problem
-    assert get_solver(solver, **options).order == order
+    assert get_solver(solver, **options).declared_order == order
     slope, local, errs = measured_order(den, xT, ref, solver, steps, **options)
     assert abs(slope - order) < 0.3, (slope, local, errs)
     assert all(abs(s - order) < 0.5 for s in local), (local, errs)  # asymptotic: no drift in the slope

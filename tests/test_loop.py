@@ -115,3 +115,17 @@ def test_tuned_grid_refuses_a_budget_beside_it(tmp_path):
     for kwargs in (dict(grid=str(path), nfe=8), dict(steps=str(path), nfe=8), dict(grid=str(path), steps=3)):
         with pytest.raises(ValueError, match="fixes the times and the budget"):
             sample(den, x, **kwargs)
+
+
+def test_renamed_spellings_still_work_with_a_warning():
+    """One name for each thing (declared order vs the constructor's polynomial order; one class
+    for the probability-flow ODE): the old spellings warn and give the same thing."""
+    from diffsolve.ode import PFODE, ProbabilityFlowODE
+
+    solver = get_solver("unipc", order=2)
+    with pytest.warns(DeprecationWarning, match="declared_order"):
+        assert solver.order == solver.declared_order == 3.0
+    den, _ = _problem()
+    with pytest.warns(DeprecationWarning, match="ProbabilityFlowODE"):
+        old = PFODE(den, "log_snr")
+    assert isinstance(old, ProbabilityFlowODE) and old.variable == "log_snr"

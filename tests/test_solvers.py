@@ -146,7 +146,7 @@ def test_ode_convergence_order(name):
     p = slope(steps, errs)
     # ``order`` of a stochastic solver is its weak order; one whose order as an ODE solver (η = 0)
     # differs declares it as ``ode_order``
-    declared = getattr(solver, "ode_order", solver.order)
+    declared = getattr(solver, "ode_order", solver.declared_order)
     assert abs(p - declared) <= 0.3, f"{name}: measured order {p:.2f}, declared {declared}; errors {errs}"
 
 
@@ -176,9 +176,9 @@ def test_weak_convergence_order(name, eta):
         pytest.skip("Monte Carlo weak order (non-affine solver) measured at eta=1 only, to save time")
     errs = weak_errors(solver, eta)
     p = slope(ORDER_STEPS, errs)
-    hi = max(solver.order, getattr(solver, "ode_order", solver.order)) + 0.3
-    assert solver.order - 0.3 <= p <= hi, \
-        f"{name} eta={eta}: measured weak order {p:.2f}, declared {solver.order} " \
+    hi = max(solver.declared_order, getattr(solver, "ode_order", solver.declared_order)) + 0.3
+    assert solver.declared_order - 0.3 <= p <= hi, \
+        f"{name} eta={eta}: measured weak order {p:.2f}, declared {solver.declared_order} " \
         f"(at most {hi - 0.3} here); errors {errs}"
 
 
@@ -274,7 +274,7 @@ if __name__ == "__main__":  # python tests/test_solvers.py: the table of measure
         s = make(n)
         ode = "-" if draws_noise_at_eta0(n) else f"{slope(ORDER_STEPS, ode_errors(s)):.2f}"
         weak = [f"{slope(ORDER_STEPS, weak_errors(s, eta)):.2f}" if s.stochastic else "-" for eta in (1.0, 0.5)]
-        print(f"{n:14s} {s.order:8.1f} {ode:>9s} {weak[0]:>8s} {weak[1]:>10s}", flush=True)
+        print(f"{n:14s} {s.declared_order:8.1f} {ode:>9s} {weak[0]:>8s} {weak[1]:>10s}", flush=True)
 
 
 def test_solver_spec_strings():

@@ -170,7 +170,7 @@ for _name, _cls, _method, _order, _title, _stages, _fsal, _ref in _RK_SOLVERS:
     _cost = (f"{_stages} stages, FSAL (the last stage is the next step's first):\n    {_stages - 1}" if _fsal
              else f"{_stages} stages, not FSAL:\n    {_stages}")
     globals()[_cls] = register(type(_cls, (RungeKutta,), {
-        "name": _name, "method": _method, "order": _order, "__module__": __name__,
+        "name": _name, "method": _method, "declared_order": _order, "__module__": __name__,
         "__doc__": f"{_title}: embedded Runge–Kutta pair of order {_order}, error-controlled, on the "
                    f"probability-flow ODE.\n\n"
                    f"    Tableau ``diffsolve.rk.TABLEAUS[{_method!r}]``; {_cost} evaluations per accepted step.\n"
@@ -204,7 +204,7 @@ class TorchDiffEq(AdaptiveSolver):
     """
 
     name = "torchdiffeq"
-    order = 5
+    declared_order = 5
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  time_variable: str = "auto", options: dict | None = None):
@@ -332,7 +332,7 @@ class TorchSDE(AdaptiveSolver):
     """
 
     name = "torchsde"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
     sizing = "solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...)"
 

@@ -51,7 +51,7 @@ class Ancestral(Solver):
     """
 
     name = "ancestral"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
 
     def step(self, ctx, i, x, state):

@@ -19,6 +19,7 @@ loop, :func:`diffsolve.loop.integrate`, runs both kinds; the registry of names i
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,11 +124,14 @@ class Solver:
 
     Class attributes:
         name: registry name.
-        order: declared convergence order of the method as configured (global order for ODE
-            solvers; weak order for SDE solvers). A constructor option that picks the method's
-            polynomial order is named ``order`` too where the papers do (``dpmpp_2m(order=3)``);
-            the solver then declares the order it reaches (UniPC-p with its corrector: p + 1).
-        ode_order: (optional) order on the probability-flow ODE (η = 0) where it differs from ``order``.
+        declared_order: the convergence order the solver claims as configured (global order for
+            ODE solvers; weak order for SDE solvers), which the tests measure. It differs from the
+            constructor option ``order`` of the multistep solvers, the degree of the method's
+            polynomial (``dpmpp_2m(order=3)``, ``unipc(order=2)``, as the papers and diffusers name
+            it): UniPC-p with its corrector declares p + 1. (``solver.order``, its former name,
+            still reads it, with a DeprecationWarning.)
+        ode_order: (optional) order on the probability-flow ODE (η = 0) where it differs from
+            ``declared_order``.
         stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
         draws_noise: True if it draws noise even on the probability-flow ODE (η = 0).
         adaptive: True if it chooses its own steps (then ``solve`` replaces ``init``/``step``).
@@ -136,12 +140,19 @@ class Solver:
     """
 
     name: str = "solver"
-    order: float = 1.0
+    declared_order: float = 1.0
     stochastic: bool = False
     draws_noise: bool = False  # draws noise even at η = 0 (pc's Langevin corrector, EDM churn)
     adaptive: bool = False
     nfe_per_step: int = 1
     min_steps: int = 1
+
+    @property
+    def order(self) -> float:
+        """Deprecated: :attr:`declared_order` (the constructor's ``order`` is another thing)."""
+        warnings.warn("Solver.order is deprecated: read Solver.declared_order (the constructor option 'order' "
+                      "of multistep solvers is the method's polynomial order)", DeprecationWarning, stacklevel=2)
+        return self.declared_order
 
     def init(self, ctx: StepContext, x: Tensor) -> Any:
         return None

@@ -52,7 +52,7 @@ class DDIM(Solver):
     """
 
     name = "ddim"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
 
     def __init__(self, variant: str = "exact"):

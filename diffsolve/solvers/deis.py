@@ -108,7 +108,7 @@ class DEIS(Multistep):
     """
 
     name = "deis"
-    order = 3.0
+    declared_order = 3.0
     min_steps = 3
     _max_order = 4
 

@@ -92,7 +92,7 @@ class _DPMSolverPP(Multistep):
             raise ValueError(f"{self.name}: unknown third_order {third_order!r}; valid: 'exact', 'dpm_solver'")
         # declared global order (SDE subclasses override it: weak order); DPM-Solver's halved
         # third-order term leaves a second-order method (measured in tests/test_dpmpp_unipc.py)
-        self.order = 2.0 if (order == 3 and third_order == "dpm_solver") else float(order)
+        self.declared_order = 2.0 if (order == 3 and third_order == "dpm_solver") else float(order)
         self.solver_type = solver_type
         self.third_order = third_order
         self.corrected_start = bool(corrected_start)
@@ -169,7 +169,7 @@ class DPMSolverPP2M(_DPMSolverPP):
     """
 
     name = "dpmpp_2m"
-    order = 2.0
+    declared_order = 2.0
     min_steps = 2
 
     def __init__(self, order: int = 2, **options):
@@ -193,7 +193,7 @@ class DPMSolverPP3M(DPMSolverPP2M):
     """
 
     name = "dpmpp_3m"
-    order = 3.0
+    declared_order = 3.0
     min_steps = 3
 
     def __init__(self, order: int = 3, **options):
@@ -227,14 +227,14 @@ class SDEDPMSolverPP2M(_DPMSolverPP):
     """
 
     name = "dpmpp_2m_sde"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
     min_steps = 2
 
     def __init__(self, order: int = 2, **options):
         super().__init__(order, **options)
-        self.ode_order = self.order  # order at η = 0 (it is then exactly the ODE solver)
-        self.order = 1.0  # weak order claimed for η > 0; see docstring
+        self.ode_order = self.declared_order  # order at η = 0 (it is then exactly the ODE solver)
+        self.declared_order = 1.0  # weak order claimed for η > 0; see docstring
 
 
 @register
@@ -287,7 +287,7 @@ class DPMSolverPP2S(Solver):
     """
 
     name = "dpmpp_2s"
-    order = 2.0
+    declared_order = 2.0
     nfe_per_step = 2
 
     def __init__(self, r: float = 0.5, solver_type: str = "midpoint"):

@@ -35,7 +35,7 @@ class Euler(Solver):
     """
 
     name = "euler"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
 
     def step(self, ctx, i, x, state):

@@ -119,7 +119,7 @@ class EulerVE(_VESolver):
     """
 
     name = "euler_ve"
-    order = 1.0
+    declared_order = 1.0
     nfe_per_step = 1
 
     def step(self, ctx, i, x, state):
@@ -154,7 +154,7 @@ class Heun(_VESolver):
     """
 
     name = "heun"
-    order = 2.0
+    declared_order = 2.0
     nfe_per_step = 2
 
     def step(self, ctx, i, x, state):

@@ -119,7 +119,7 @@ class LearnedMultistep(Solver):
     """
 
     name = "learned"
-    order = 2.0
+    declared_order = 2.0
     min_steps = 1
 
     def __init__(self, predictor=None, corrector=None, history: int = 3, shift=None):

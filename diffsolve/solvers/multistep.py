@@ -99,7 +99,7 @@ class Multistep(Solver):
         if order not in range(1, self._max_order + 1):
             raise ValueError(f"{self.name}: order must be one of {list(range(1, self._max_order + 1))}, got {order!r}")
         self.solver_order = order
-        self.order = float(order)
+        self.declared_order = float(order)
         self.min_steps = order
         self.lower_order_final = bool(lower_order_final)
         self.lower_order_below = lower_order_below

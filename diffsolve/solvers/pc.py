@@ -70,7 +70,7 @@ class PredictorCorrector(Solver):
     """
 
     name = "pc"
-    order = 1.0
+    declared_order = 1.0
     stochastic = True
     draws_noise = True
 

@@ -109,7 +109,7 @@ def list_solvers() -> list[dict]:
     for name, cls in sorted(SOLVERS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
         default = cls()  # order and nfe_per_step may depend on the options (unipc's order, pc's corrector steps)
-        out.append({"name": name, "order": default.order, "stochastic": cls.stochastic, "adaptive": cls.adaptive,
+        out.append({"name": name, "order": default.declared_order, "stochastic": cls.stochastic, "adaptive": cls.adaptive,
                     "nfe_per_step": default.nfe_per_step or None, "summary": doc[0] if doc else "",
                     "options": solver_options_help(cls)})
     return out

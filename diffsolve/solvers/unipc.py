@@ -123,7 +123,7 @@ class UniPC(Multistep):
     """
 
     name = "unipc"
-    order = 3.0
+    declared_order = 3.0
     min_steps = 2
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True,
@@ -138,7 +138,7 @@ class UniPC(Multistep):
         if not isinstance(predict_x0, bool):
             raise TypeError(f"unipc: predict_x0 must be True or False, got {predict_x0!r}")
         self.predict_x0 = predict_x0
-        self.order = float(order + 1 if corrector else order)
+        self.declared_order = float(order + 1 if corrector else order)
 
     def nfe(self, steps: int) -> int:
         return steps + (1 if self.final_corrector and self.corrector and steps > 0 else 0)
