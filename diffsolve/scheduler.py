@@ -130,7 +130,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """As diffusers' ``from_config``, after checking the whole source config (defaults
         included): a flow-matching config or a field diffsolve cannot express is refused by name."""
         full = dict(config or {})
-        flow = [k for k in _FLOW_FIELDS if k in full]
+        # a flow-matching config: FlowMatchEulerDiscreteScheduler's (a shift, no betas) or a DPM-Solver's
+        # with use_flow_sigmas (DDPM-family configs of recent diffusers carry unused flow fields too)
+        flow = [k for k in _FLOW_FIELDS if k in full] if "beta_start" not in full or full.get("use_flow_sigmas") else []
         if flow:
             raise ValueError(f"DiffsolveScheduler does not run flow-matching configs yet (fields {', '.join(flow)}); "
                              f"use diffsolve.sample with a FlowSchedule denoiser")
@@ -214,12 +216,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return
         if self.plan is None:
             raise ValueError("call set_timesteps before set_begin_index")
+        per_step = self.solver.nfe_per_step
+        if not 0 < begin_index < len(self.plan.times) or begin_index % per_step:
+            raise ValueError(f"the run cannot start at evaluation {begin_index} of {len(self.plan.times)}: solver "
+                             f"{self.solver.name!r} spends {per_step} evaluations per step and a solve can only start "
+                             f"where a step starts (img2img/inpainting start at num_inference_steps - "
+                             f"int(num_inference_steps * strength)); choose a strength or budget that makes it a "
+                             f"multiple of {per_step}, or a one-evaluation solver")
         start = self.plan.times[begin_index]
         t = self.plan.t[self.plan.t <= float(start) + 1e-12]
         sub = self._dry_run(self.solver.grid_for(self.schedule, grid=t))
-        if not torch.allclose(sub.labels, self.plan.labels[begin_index:], rtol=0, atol=1e-6):
-            raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start at a "
-                             f"multiple of the solver's evaluations per step")
+        rest = self.plan.labels[begin_index:]
+        if len(sub.labels) != len(rest) or not torch.allclose(sub.labels, rest, rtol=0, atol=1e-6):
+            raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start the run "
+                             f"at a step boundary")
         self._restart_plan, self._begin = sub, begin_index
 
     @property
