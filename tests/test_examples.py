@@ -50,3 +50,11 @@ def test_compare_samplers(tmp_path, capsys):
 def test_digits_bits_per_dim(capsys):
     run("digits_bits_per_dim.py", "--fast")
     assert "held-out (4 images)" in capsys.readouterr().out
+
+
+def test_diffusers_pipeline(capsys):
+    pytest.importorskip("transformers")
+    run("diffusers_pipeline.py")
+    out = capsys.readouterr().out
+    assert "1. unipc" in out and "10 network evaluations" in out
+    assert float(out.split("diffusers' DDIM ")[1].split()[0]) < 1e-4

@@ -1,0 +1,131 @@
+"""Error per network evaluation inside a diffusers pipeline: diffsolve's solvers through the
+drop-in ``DiffsolveScheduler`` against every deterministic diffusers scheduler at its defaults.
+
+A tiny randomly initialised Stable Diffusion pipeline (text-conditional UNet, latents 4×8×8,
+classifier-free guidance 3.0, prompt embeddings drawn at random; built from configs, offline) is
+run from the same initial noise at budgets of 5, 8, 10, 15 and 20 network evaluations. The error
+is the relative L2 distance of the final latents to a reference: diffsolve's dpmpp_3m at 1000
+evaluations through the same pipeline (its distance to diffusers' DDIM at 1000 steps is printed
+too, as a check that both converge to the same ODE solution). NFE is counted at the UNet (a
+forward hook; each call evaluates the conditional and unconditional halves together), so a
+two-evaluation scheduler (Heun, KDPM2) is run with about half the steps.
+
+What a random network says: the ODE of a random UNet is smooth but has nothing of a trained
+model's structure (no data manifold, no sharp x̂0 late in the trajectory), so the ranking here
+shows how the solvers integrate *an* ODE through the real pipeline code, not how they rank on a
+trained Stable Diffusion. Use the exact problems of ``benchmarks/quality.md`` for that.
+
+    python benchmarks/diffusers_pipelines.py            # ~1-2 min on two CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+import diffusers  # noqa: E402
+from diffusers.utils import logging as dlogging  # noqa: E402
+
+from diffsolve.adapters import DiffsolveScheduler  # noqa: E402
+
+dlogging.set_verbosity_error()
+
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                    set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+PEERS = ("DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+         "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
+         "DEISMultistepScheduler", "UniPCMultistepScheduler")
+OURS = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "unipc:order=3", "heun", "ddim")
+
+
+def tiny_sd(seed: int = 0):
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                                  down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                                  norm_num_groups=8, sample_size=8)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+                                             scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Counter:
+    def __init__(self, module):
+        self.n = 0
+        module.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
+
+
+def run(pipe, counter, scheduler, steps, embeds, batch_seed=1):
+    pipe.scheduler = scheduler
+    counter.n = 0
+    with torch.no_grad():
+        out = pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], guidance_scale=3.0, height=8, width=8,
+                   num_inference_steps=steps, output_type="latent",
+                   generator=torch.Generator().manual_seed(batch_seed)).images
+    return out.double(), counter.n
+
+
+def peer_steps(name, config, budget):
+    """The most steps whose network calls stay within the budget (diffusers counts steps)."""
+    best = None
+    for steps in range(1, budget + 1):
+        s = getattr(diffusers, name).from_config(config)
+        s.set_timesteps(steps)
+        if len(s.timesteps) <= budget:
+            best = steps
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nfe", default="5,8,10,15,20")
+    ap.add_argument("--batch", type=int, default=4)
+    args = ap.parse_args()
+    budgets = [int(v) for v in args.nfe.split(",")]
+    t0 = time.time()
+    pipe = tiny_sd()
+    counter = Counter(pipe.unet)
+    g = torch.Generator().manual_seed(0)
+    embeds = (torch.randn(args.batch, 5, 16, generator=g), torch.zeros(args.batch, 5, 16))
+    config = pipe.scheduler.config
+    ref, n_ref = run(pipe, counter, DiffsolveScheduler.from_config(config, solver="dpmpp_3m"), 1000, embeds)
+    ddim_ref, _ = run(pipe, counter, diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing"), 999,
+                      embeds)
+    print(f"reference: diffsolve dpmpp_3m at {n_ref} NFE; diffusers DDIM at 999 steps differs from it by "
+          f"{float((ddim_ref - ref).norm() / ref.norm()):.2e} (relative)")
+    print(f"{'scheduler (NFE actually spent at each budget)':56s} " + " ".join(f"{b:>10d}" for b in budgets))
+    rows = []
+    for name in PEERS:
+        errs, spent = [], []
+        for b in budgets:
+            steps = peer_steps(name, config, b)
+            out, n = run(pipe, counter, getattr(diffusers, name).from_config(config), steps, embeds)
+            errs.append(float((out - ref).norm() / ref.norm()))
+            spent.append(n)
+        rows.append((f"diffusers {name}", errs, spent))
+    for spec in OURS:
+        errs, spent = [], []
+        for b in budgets:
+            out, n = run(pipe, counter, DiffsolveScheduler.from_config(config, solver=spec), b, embeds)
+            errs.append(float((out - ref).norm() / ref.norm()))
+            spent.append(n)
+        rows.append((f"diffsolve {spec}", errs, spent))
+    for label, errs, spent in rows:
+        print(f"{label + ' (' + ','.join(map(str, spent)) + ')':56s} " + " ".join(f"{e:10.2e}" for e in errs))
+    best_peer = [min(r[1][j] for r in rows if r[0].startswith("diffusers")) for j in range(len(budgets))]
+    best_ours = [min(r[1][j] for r in rows if r[0].startswith("diffsolve")) for j in range(len(budgets))]
+    print(f"{'best diffsolve / best diffusers':56s} " + " ".join(f"{o / p:10.2f}" for o, p in zip(best_ours, best_peer)))
+    print(f"({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
