@@ -6,8 +6,10 @@ which type, which schedule (α_t, σ_t) and which time label, and nothing else c
 =====================  =========================================  ============  ======================
 source                 network call                               prediction    time label
 =====================  =========================================  ============  ======================
-diffusers UNet         ``unet(x, timestep, class_labels=c).sample``  eps/v/x0     integer timestep
-                       with the scheduler's ᾱ_n (DDPMSchedule)    (config)      k = t·N − 1
+diffusers UNet, DiT,   ``model(x, timestep=k, **conditions)``     eps/v/x0      integer timestep
+PixArt (DDPM family)   with the scheduler's ᾱ_n (DDPMSchedule)    (config)      k = t·N − 1
+diffusers SD3, FLUX    ``model(x, timestep=k, **conditions)``     velocity      k = 1000·σ (SD3),
+(flow matching)        on FlowSchedule (x = (1 − σ) x_0 + σ ε)    (ε − x_0)     σ (FLUX)
 EDM / k-diffusion      ``D(y, s)`` in VE coordinates              x0            s = σ/α = e^{−λ}
                        y = x/α (docs/math.md §2, last row)
 score_sde              ``score(x, t)``                            score         t (or any)
@@ -17,7 +19,9 @@ any callable           ``f(x, label)``                            any           
 For a diffusers model at a grid point t_n = (k + 1)/N the network receives exactly its training
 timestep k (:meth:`DDPMSchedule.t_of_timestep`), so diffsolve's DDIM / DPM-Solver++ on the grid
 ``t_of_timestep(scheduler.timesteps)`` with a final denoise reproduce diffusers' own loops (tested
-in ``tests/test_adapters.py``).
+in ``tests/test_adapters.py``). The diffusers adapters (UNets and transformers, conditions by
+keyword, learned-variance outputs, flow-matching configs and their σ spacing) live in
+:mod:`diffsolve._diffusers` and are re-exported here.
 
 :func:`load_factory` resolves ``"package.module:factory"`` (or ``"path/to/file.py:factory"``) for the
 command line; the factory returns a ``Denoiser``.
@@ -26,174 +30,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ._diffusers import (flow_sigmas_from_diffusers, from_diffusers, from_pretrained, is_flow_config,
+                         schedule_from_diffusers)
 from .denoiser import Denoiser
-from .schedules import DDPMSchedule, EDMSchedule, Schedule, make_schedule
+from .schedules import EDMSchedule, Schedule, make_schedule
 
-__all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "from_edm", "from_k_diffusion",
-           "EDMPrecond", "VECoordinates", "from_score_sde", "from_callable", "load_factory"]
-
-_DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-
-
-# --- diffusers -----------------------------------------------------------------------------
-def _import_diffusers():
-    try:
-        import diffusers
-    except ImportError:
-        raise ImportError("this adapter needs diffusers: pip install 'diffsolve[diffusers]'") from None
-    return diffusers
-
-
-def _config_dict(scheduler_or_config) -> tuple[dict, object | None]:
-    """(config dict, scheduler object or None) from a scheduler, a config mapping or a JSON path."""
-    if isinstance(scheduler_or_config, (str, Path)):
-        path = Path(scheduler_or_config)
-        if path.is_dir():
-            path = path / "scheduler_config.json"
-        if not path.exists():
-            raise FileNotFoundError(f"scheduler config {path} not found")
-        return json.loads(path.read_text()), None
-    config = getattr(scheduler_or_config, "config", None)
-    if config is not None:
-        return dict(config), scheduler_or_config
-    if isinstance(scheduler_or_config, dict) or hasattr(scheduler_or_config, "keys"):
-        return dict(scheduler_or_config), None
-    raise TypeError(f"expected a diffusers scheduler, its config (a dict) or the path of "
-                    f"scheduler_config.json, got {type(scheduler_or_config).__name__}")
-
-
-def schedule_from_diffusers(scheduler_or_config) -> tuple[DDPMSchedule, str]:
-    """(DDPMSchedule, diffsolve prediction type) of a diffusers scheduler or its config.
-
-    ᾱ_n is taken from the scheduler's ``alphas_cumprod`` (exactly the values its sampling loop
-    uses), or computed by diffusers' ``DDPMScheduler`` from the config (``beta_schedule``,
-    ``trained_betas``, ...). A zero terminal ᾱ (``rescale_betas_zero_snr``) is replaced by 2⁻²⁴,
-    as diffusers' own samplers do.
-    """
-    config, scheduler = _config_dict(scheduler_or_config)
-    kind = config.get("prediction_type", "epsilon")
-    if kind not in _DIFFUSERS_PREDICTIONS:
-        raise ValueError(f"unsupported diffusers prediction_type {kind!r}; supported: "
-                         f"{', '.join(_DIFFUSERS_PREDICTIONS)}")
-    ac = getattr(scheduler, "alphas_cumprod", None) if scheduler is not None else None
-    if ac is None:
-        if "alphas_cumprod" in config:
-            ac = config["alphas_cumprod"]
-        else:
-            diffusers = _import_diffusers()
-            keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                    "rescale_betas_zero_snr")
-            ac = diffusers.DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
-    ac = torch.as_tensor(ac, dtype=torch.float64).detach().cpu().clone()
-    if ac[-1] == 0:  # zero terminal SNR: diffusers samples from 2^-24 instead
-        ac[-1] = 2.0 ** -24
-    return DDPMSchedule(alphas_cumprod=ac), _DIFFUSERS_PREDICTIONS[kind]
-
-
-class _DiffusersNet(torch.nn.Module):
-    """``net(x, label, cond)`` around a diffusers-style model returning ``.sample``."""
-
-    def __init__(self, model, cond_key: str | None, out_channels: int | None):
-        super().__init__()
-        self.model = model
-        self.cond_key = cond_key
-        self.out_channels = out_channels
-
-    def forward(self, x: Tensor, label: Tensor, cond=None) -> Tensor:
-        kwargs = {}
-        if cond is not None:
-            if self.cond_key is None:
-                raise ValueError("this adapter was built with cond_key=None; it takes no condition")
-            kwargs[self.cond_key] = cond
-        out = self.model(x, label, **kwargs)
-        out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-        if self.out_channels is not None and out.shape[1] != self.out_channels:
-            out = out[:, : self.out_channels]  # learned variance: the mean prediction comes first
-        return out
-
-
-def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | None = "class_labels",
-                   net_dtype: torch.dtype | None = None) -> Denoiser:
-    """A Denoiser for a diffusers ``UNet2DModel`` (or any module with its call signature
-    ``model(x, timestep, **cond) -> output with .sample``) trained with the given scheduler.
-
-    Args:
-        unet: the network.
-        scheduler_or_config: a diffusers scheduler, its config dict, or the path of its
-            ``scheduler_config.json``; gives ᾱ_n and ``prediction_type`` (epsilon / v_prediction /
-            sample).
-        shape: one sample's shape; default (in_channels, sample_size, sample_size) from the
-            model's config.
-        cond_key: the keyword a condition is passed by (``class_labels`` for class-conditional
-            UNet2DModel); used by :class:`~diffsolve.CFGDenoiser`.
-
-    The network is fed the (fractional) timestep t·N − 1, exactly its integer training timestep at
-    the grid points of :meth:`DDPMSchedule.t_of_timestep`. Models with learned variance
-    (``out_channels = 2·in_channels``) keep the first half of their output.
-    """
-    if not callable(unet):
-        raise TypeError(f"unet must be a callable module, got {type(unet).__name__}")
-    schedule, prediction = schedule_from_diffusers(scheduler_or_config)
-    cfg = getattr(unet, "config", None)
-    in_ch = getattr(cfg, "in_channels", None) if cfg is not None else None
-    if shape is None and cfg is not None and in_ch is not None and getattr(cfg, "sample_size", None) is not None:
-        size = cfg.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (in_ch, *size)
-    out_ch = getattr(cfg, "out_channels", None) if cfg is not None else None
-    keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
-    net = _DiffusersNet(unet, cond_key, keep)
-    return Denoiser(net, schedule, prediction=prediction, time_label="default", net_dtype=net_dtype, shape=shape)
-
-
-def from_pretrained(path, *, scheduler=None, subfolder: str | None = None, torch_dtype=None,
-                    cond_key: str | None = "class_labels", shape=None) -> Denoiser:
-    """Load a diffusers model saved with ``save_pretrained`` (offline) and wrap it.
-
-    ``path`` is a pipeline folder (``unet/`` and ``scheduler/`` inside), or a model folder (its
-    ``config.json``) with the scheduler in ``scheduler`` (object, config dict or path; default
-    ``path/scheduler_config.json`` or ``path/../scheduler``). The model class is the
-    ``_class_name`` of its config. Missing, unused or mis-shaped weights are errors.
-    """
-    diffusers = _import_diffusers()
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
-    model_dir = root / subfolder if subfolder else root
-    if subfolder is None and not (root / "config.json").exists() and (root / "unet" / "config.json").exists():
-        model_dir = root / "unet"
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in {model_dir}: expected a folder written by "
-                                f"save_pretrained (a pipeline folder with unet/, or the model folder)")
-    if scheduler is None:
-        for cand in (model_dir / "scheduler_config.json", root / "scheduler" / "scheduler_config.json",
-                     model_dir.parent / "scheduler" / "scheduler_config.json"):
-            if cand.exists():
-                scheduler = cand
-                break
-        else:
-            raise FileNotFoundError(f"no scheduler config found next to {model_dir}; pass scheduler= "
-                                    f"(a diffusers scheduler, its config dict or scheduler_config.json)")
-    class_name = json.loads((model_dir / "config.json").read_text()).get("_class_name")
-    cls = getattr(diffusers, class_name, None) if class_name else None
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ValueError(f"{model_dir / 'config.json'} names model class {class_name!r}, which diffusers "
-                         f"{diffusers.__version__} does not provide")
-    kwargs = {"local_files_only": True, "output_loading_info": True}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
-    model, info = cls.from_pretrained(str(model_dir), **kwargs)
-    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-    if bad:
-        raise ValueError(f"the weights in {model_dir} do not fit {class_name}: {bad}")
-    return from_diffusers(model.eval().requires_grad_(False), scheduler, cond_key=cond_key, shape=shape)
+__all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "flow_sigmas_from_diffusers",
+           "is_flow_config", "from_edm", "from_k_diffusion", "EDMPrecond", "VECoordinates", "from_score_sde",
+           "from_callable", "load_factory"]
 
 
 # --- EDM / k-diffusion -------------------------------------------------------------------------

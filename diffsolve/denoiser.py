@@ -20,6 +20,10 @@ so converting from type p to type q is x̂0 = (y_p − A_p x)/B_p followed by y_
 B_t never vanishes inside the schedule's range (for ``velocity``, B_t = α dλ/dt < 0), so each
 type converts to every other exactly. This table is the only place in diffsolve where the
 prediction type matters; solvers ask for ``x0``, ``eps`` or ``score`` and never branch on it.
+
+A denoiser may carry a ``threshold`` T (x̂0 clipping or dynamic thresholding,
+:mod:`diffsolve.thresholding`): its x̂0 is T(x̂0) and every other prediction comes from T(x̂0)
+through the same table (docs/math.md (25.3)), so solvers do not branch on that either.
 """
 from __future__ import annotations
 
@@ -93,16 +97,25 @@ class Denoiser(torch.nn.Module):
             the network (the conversions) stays in the state's dtype (float64 in the solvers).
         shape: optional shape of one sample (without batch), used by ``sample`` when no
             shape is given.
+        threshold: optional map x̂0 ↦ T(x̂0) applied to the network's x̂0 before any other
+            prediction is derived from it (docs/math.md (25.3)): a
+            :class:`~diffsolve.thresholding.Clip`, a :class:`~diffsolve.thresholding.DynamicThreshold`
+            or any callable keeping the shape; ``None`` (default): none. Settable later
+            (``denoiser.threshold = ...``).
 
     Methods ``eps``, ``x0``, ``score``, ``v``, ``velocity`` take ``x`` of shape ``(B, *shape)`` and
     ``t`` a scalar or a ``(B,)`` tensor; each makes one network call, counted in ``nfe``.
     """
 
     def __init__(self, net, schedule, prediction: str = "eps", time_label="default",
-                 net_dtype: torch.dtype | None = None, shape=None):
+                 net_dtype: torch.dtype | None = None, shape=None, threshold=None):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be callable, got {type(net).__name__}")
+        if threshold is not None and not callable(threshold):
+            raise TypeError(f"threshold must be a callable x0 -> x0 (diffsolve.thresholding.Clip or "
+                            f"DynamicThreshold) or None, got {type(threshold).__name__}")
+        self.threshold = threshold
         self.net = net
         self.schedule = make_schedule(schedule)
         self.prediction = _canonical(prediction)
@@ -271,7 +284,16 @@ class Denoiser(torch.nn.Module):
             raise NonFiniteError(f"the network returned NaN or Inf at {_location(*locs[int(bad[0])])}")
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
-        return self.convert(self.raw(x, t), x, t, self.prediction, kind)
+        return self.from_output(self.raw(x, t), x, t, kind)
+
+    def from_output(self, y: Tensor, x: Tensor, t, kind: str) -> Tensor:
+        """The prediction of type ``kind`` at (x, t) given the network's own output ``y`` there: the
+        conversion table, through the thresholded x̂0 when the denoiser has a ``threshold``
+        (docs/math.md (8.1), (25.3)). No network call."""
+        if self.threshold is None:
+            return self.convert(y, x, t, self.prediction, kind)
+        x0 = self.threshold(self.convert(y, x, t, self.prediction, "x0"))
+        return self.convert(x0, x, t, "x0", kind)
 
     def eps(self, x, t):
         return self.predict(x, t, "eps")
@@ -296,7 +318,8 @@ class Denoiser(torch.nn.Module):
         return n
 
     def extra_repr(self) -> str:
-        return f"prediction={self.prediction!r}, schedule={self.schedule!r}"
+        extra = f", threshold={self.threshold!r}" if self.threshold is not None else ""
+        return f"prediction={self.prediction!r}, schedule={self.schedule!r}" + extra
 
 
 def _scalar_time(t) -> float | None:

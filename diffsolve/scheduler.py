@@ -31,12 +31,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ._diffusers import flow_grid, refuse_flow_options
 from .adapters import schedule_from_diffusers
 from .denoiser import Denoiser
 from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
 from .solvers import get_solver
+from .thresholding import threshold_from_config
 from .tuned import load_grid
 
 try:
@@ -48,11 +50,12 @@ except ImportError as e:  # pragma: no cover - diffusers is an optional extra
 
 __all__ = ["DiffsolveScheduler", "DiffsolveSchedulerOutput"]
 
-# diffusers config fields that change what the network's output means and that diffsolve cannot
-# express yet (with the value that is harmless): refused when set otherwise, by name.
-_UNSUPPORTED = {"clip_sample": False, "thresholding": False}
-# the fields of a flow-matching config (FlowMatchEulerDiscreteScheduler): not expressible yet
+# the fields that mark a flow-matching config (FlowMatchEulerDiscreteScheduler's), run on a FlowSchedule
 _FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+_FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "num_train_timesteps")
+# x̂0 clipping / thresholding (diffsolve.thresholding)
+_THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio",
+                     "sample_max_value")
 
 
 @dataclass
@@ -74,6 +77,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: the model's training schedule (a :class:`~diffsolve.DDPMSchedule`).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
         timestep_spacing, steps_offset: used by ``grid="diffusers"`` only.
+        clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value:
+            x̂0 clipping / thresholding, a property of the denoiser's x̂0 (:mod:`diffsolve.thresholding`).
+        shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
+        time_shift_type: a flow-matching config (SD3, FLUX), run on a :class:`~diffsolve.FlowSchedule`
+            (``from_config`` sets ``prediction_type="flow_prediction"``, ``grid="diffusers"``: diffusers'
+            shifted σ, :func:`diffsolve._diffusers.flow_grid`); ``set_timesteps`` takes ``sigmas`` and ``mu``
+            as diffusers' does. ``solver="euler"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
     Args (diffsolve's own):
         solver: a fixed-step solver name or spec ``"name:key=value:..."`` (default ``"dpmpp_2m"``).
         grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"`` (the
@@ -100,15 +110,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "linspace", steps_offset: int = 0,
                  clip_sample: bool = False, thresholding: bool = False, solver: str = "dpmpp_2m",
-                 grid: str = "log_snr", eta: float = 0.0, denoise_final: bool = True, seeds=None):
-        for name, harmless in _UNSUPPORTED.items():
-            if locals()[name] != harmless:
-                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
-                                 f"{locals()[name]!r} yet; set it to {harmless!r} in the config")
+                 grid: str = "log_snr", eta: float = 0.0, denoise_final: bool = True, seeds=None,
+                 clip_sample_range: float = 1.0, dynamic_thresholding_ratio: float = 0.995,
+                 sample_max_value: float = 1.0, shift: float = 1.0, use_dynamic_shifting: bool = False,
+                 base_shift: float = 0.5, max_shift: float = 1.15, base_image_seq_len: int = 256,
+                 max_image_seq_len: int = 4096, time_shift_type: str = "exponential"):
         self.schedule, self.prediction = schedule_from_diffusers(
             dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                  beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
-                 rescale_betas_zero_snr=rescale_betas_zero_snr))
+                 rescale_betas_zero_snr=rescale_betas_zero_snr, shift=shift, time_shift_type=time_shift_type))
+        threshold = threshold_from_config(dict(
+            clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value))
         self._noise: Callable | None = None
         self._tuned = load_grid(grid) if grid not in (None, "diffusers") else None
         spec = self._tuned.solver if self._tuned is not None else solver
@@ -117,7 +130,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
         self.level = NoiseLevel(self.schedule, eta=eta)
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
-        self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction)
+        self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
         self.plan: _Plan | None = None
         self.timesteps = None
         self.num_inference_steps = None
@@ -132,14 +145,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         full = dict(config or {})
         # a flow-matching config: FlowMatchEulerDiscreteScheduler's (a shift, no betas) or a DPM-Solver's
         # with use_flow_sigmas (DDPM-family configs of recent diffusers carry unused flow fields too)
-        flow = [k for k in _FLOW_FIELDS if k in full] if "beta_start" not in full or full.get("use_flow_sigmas") else []
+        if full.get("use_flow_sigmas"):
+            raise ValueError("DiffsolveScheduler does not reproduce the σ spacing of use_flow_sigmas=True (flow_shift); "
+                             "give a FlowMatchEulerDiscreteScheduler config with shift=<flow_shift> instead")
+        flow = "beta_start" not in full and any(k in full for k in _FLOW_FIELDS)
         if flow:
-            raise ValueError(f"DiffsolveScheduler does not run flow-matching configs yet (fields {', '.join(flow)}); "
-                             f"use diffsolve.sample with a FlowSchedule denoiser")
-        for name, harmless in _UNSUPPORTED.items():
-            if full.get(name, harmless) != harmless and name not in kwargs:
-                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
-                                 f"{full[name]!r} yet; pass {name}={harmless!r} to from_config to sample without it")
+            refuse_flow_options(full, "DiffsolveScheduler")
+            kwargs.setdefault("prediction_type", "flow_prediction")
+            kwargs.setdefault("grid", "diffusers")
+        # what the source scheduler does, its defaults included (diffusers' from_config drops defaulted fields)
+        for name in _THRESHOLD_FIELDS + (_FLOW_GRID_FIELDS if flow else ()):
+            if name in full and name not in kwargs:
+                kwargs[name] = full[name]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the plan --------------------------------------------------------------------------------
@@ -149,13 +166,25 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         ``timesteps`` (network time inputs, decreasing): the grid, whose last time is the final
         denoise's when ``denoise_final`` (so a one-evaluation solver evaluates exactly at these
         timesteps, as diffusers' DDIM with ``set_alpha_to_one`` does), else followed by a last step
-        to the schedule's t_min. ``sigmas`` and ``mu`` belong to flow-matching schedules and are
-        refused."""
-        if sigmas is not None or mu is not None:
-            raise ValueError("sigmas= and mu= are for flow-matching schedules, which DiffsolveScheduler does not run yet")
-        if (num_inference_steps is None) == (timesteps is None):
+        to the schedule's t_min. Flow-matching configs also take ``sigmas`` (the grid, shifted as
+        diffusers shifts them) and the dynamic shift ``mu`` (required with ``use_dynamic_shifting``,
+        ignored without, as in diffusers)."""
+        flow = self.config.prediction_type == "flow_prediction"
+        if (sigmas is not None or mu is not None) and not flow:
+            raise ValueError("sigmas= and mu= are for flow-matching configs (FlowMatchEulerDiscreteScheduler's); "
+                             "this is a DDPM-family config: give num_inference_steps or timesteps")
+        if sigmas is not None:
+            if timesteps is not None or num_inference_steps not in (None, len(sigmas)):
+                raise ValueError("sigmas fix the grid: give them without timesteps (and num_inference_steps, if "
+                                 "given, equal to len(sigmas))")
+            num_inference_steps = None
+        elif (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps (a budget of network evaluations) or timesteps")
-        t = self._grid(num_inference_steps, timesteps)
+        if flow and timesteps is None and (sigmas is not None or self.config.grid == "diffusers"):
+            t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
+                          denoise_final=self.config.denoise_final)
+        else:
+            t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)
         self.timesteps = self.plan.labels.to(device) if device is not None else self.plan.labels
         self.num_inference_steps = len(self.timesteps)
@@ -253,10 +282,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                              "own state and cannot take an edited one (inpainting with a non-inpainting model)")
         request = self._request
         self._check_timestep(timestep, request)
-        x0 = self._converter.convert(model_output.to(torch.float64), request.x.to(torch.float64), request.t,
-                                     self.prediction, "x0")
-        try:
-            self._request = self._gen.send(model_output)
+        x0 = self._converter.from_output(model_output.to(torch.float64), request.x.to(torch.float64), request.t, "x0")
+        try:  # with a threshold the solver takes the thresholded x̂0 (its loop then runs on prediction "x0")
+            self._request = self._gen.send(x0 if self._converter.threshold is not None else model_output)
             prev = self._request.x
         except StopIteration as stop:
             prev = stop.value.x
@@ -279,7 +307,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                              "per-sample noise")
         else:
             source = NoiseSource(B, event, generator=generator, device=sample.device)
-        self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=self.prediction,
+        handoff = "x0" if self._converter.threshold is not None else self.prediction
+        self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
                           net_dtype=sample.dtype, level=self.level, source=source,
                           denoise_final=self.config.denoise_final)
         self._request = next(self._gen)
@@ -298,6 +327,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         a, s = (v.to(original_samples.device, original_samples.dtype) for v in self.schedule.alpha_sigma(t))
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
         return a.reshape(shape) * original_samples + s.reshape(shape) * noise
+
+    def scale_noise(self, sample: Tensor, timestep, noise: Tensor) -> Tensor:
+        """Flow-matching pipelines' name for :meth:`add_noise`: x = (1 − σ) x_0 + σ ε at σ = timestep/1000."""
+        return self.add_noise(sample, noise, timestep)
 
     def __len__(self):
         return self.config.num_train_timesteps

@@ -110,7 +110,10 @@ def test_schedule_from_config_matches_scheduler():
         torch.testing.assert_close(s_obj.alphas_cumprod, s_cfg.alphas_cumprod, rtol=1e-12, atol=0)
         assert pred == "eps"
     with pytest.raises(ValueError, match="prediction_type"):
-        adapters.schedule_from_diffusers({"prediction_type": "flow_prediction"})
+        adapters.schedule_from_diffusers({"prediction_type": "unknown_prediction"})
+    # flow matching: a FlowSchedule with a velocity network (tests/test_flow_matching.py)
+    sch, pred = adapters.schedule_from_diffusers({"prediction_type": "flow_prediction"})
+    assert isinstance(sch, diffsolve.FlowSchedule) and pred == "velocity"
     with pytest.raises(TypeError, match="scheduler"):
         adapters.schedule_from_diffusers(3.0)
 

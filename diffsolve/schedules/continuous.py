@@ -1,4 +1,4 @@
-"""Continuous-time schedules in closed form: VP, sub-VP, cosine, VE, EDM, flow (docs/math.md §1, §7)."""
+"""Continuous-time schedules in closed form: VP, sub-VP, cosine, VE, EDM, flow (docs/math.md §1, §7, §25)."""
 from __future__ import annotations
 
 import math
@@ -177,21 +177,111 @@ class EDMSchedule(Schedule):
         return torch.exp(-lam)
 
 
+def shift_sigma(sigma, shift: float):
+    """σ ↦ s σ / (1 + (s − 1) σ), the timestep shift of SD3 / FLUX (docs/math.md (25.6)); float64.
+    It maps [0, 1] onto itself, fixes 0 and 1, and translates the log-SNR: λ ↦ λ − log s."""
+    shift = _shift_value(shift, "shift")
+    sigma = torch.as_tensor(sigma, dtype=_F64)
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def unshift_sigma(sigma, shift: float):
+    """The inverse of :func:`shift_sigma`: σ' ↦ σ' / (s − (s − 1) σ')."""
+    shift = _shift_value(shift, "shift")
+    sigma = torch.as_tensor(sigma, dtype=_F64)
+    return sigma / (shift - (shift - 1.0) * sigma)
+
+
+def shift_of_mu(mu: float, time_shift_type: str = "exponential") -> float:
+    """The shift s of a dynamic shift μ (docs/math.md (25.7)): s = e^μ (``"exponential"``, FLUX) or
+    s = μ (``"linear"``); diffusers' e^μ/(e^μ + 1/σ − 1) and μ/(μ + 1/σ − 1) are (25.6) with this s."""
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        raise ValueError(f"mu must be a finite number, got {mu!r}")
+    if time_shift_type == "exponential":
+        return math.exp(mu)
+    if time_shift_type == "linear":
+        return _shift_value(float(mu), "mu (linear time shift)")
+    raise ValueError(f"unknown time_shift_type {time_shift_type!r}; valid: 'exponential', 'linear'")
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """FLUX's dynamic shift μ for an image of ``image_seq_len`` latent tokens: linear in the sequence
+    length through (base_seq_len, base_shift) and (max_seq_len, max_shift) (docs/math.md (25.7);
+    diffusers' pipelines compute it from the scheduler config's ``base_image_seq_len``,
+    ``max_image_seq_len``, ``base_shift``, ``max_shift``)."""
+    if max_seq_len == base_seq_len:
+        raise ValueError(f"max_seq_len and base_seq_len must differ, both are {base_seq_len}")
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return float(base_shift + slope * (image_seq_len - base_seq_len))
+
+
+def _shift_value(shift, what: str) -> float:
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"{what} must be a positive finite number, got {shift!r}")
+    return float(shift)
+
+
+# σ = 1 (α = 0, λ = −∞) is represented by t_max = 1 − δ when 1 − t_max is at most this
+_ONE_TOL = 1e-6
+
+
 class FlowSchedule(Schedule):
-    """Rectified flow / flow matching: α_t = 1 − t, σ_t = t, t ∈ [t_min, t_max] ⊂ (0, 1);
-    λ_t = log((1 − t)/t), t(λ) = sigmoid(−λ).
+    r"""Rectified flow / flow matching: α_t = 1 − t, σ_t = t, t ∈ [t_min, t_max] ⊂ (0, 1);
+    λ_t = log((1 − t)/t), t(λ) = sigmoid(−λ) (docs/math.md §7, §25).
+
+    The time is σ itself: x_σ = (1 − σ) x_0 + σ ε, and a ``velocity`` network predicts
+    dx/dσ = ε − x_0, which is diffusers' flow-matching model output (docs/math.md (25.5)).
+
+    **The timestep shift is a property of the grid, not of the schedule.** SD3 and FLUX sample on
+    σ' = s σ/(1 + (s − 1) σ) (:func:`shift_sigma`, s = ``shift`` or s = e^μ from the dynamic
+    shift μ of :func:`calculate_shift`). The shift leaves the marginals x_σ and the network's input
+    (label 1000·σ) unchanged and only translates the log-SNR, λ ↦ λ − log s (docs/math.md
+    (25.6)): it chooses *which* noise levels are visited. Making it a reparametrised time
+    t ↦ σ_t would change what "Euler" means (Euler in t is not Euler in σ, which is what
+    diffusers' ``FlowMatchEulerDiscreteScheduler`` does and what a straight flow favours), and μ
+    depends on the image size, not on the model. So t stays σ, and ``shift`` / μ enter through
+    :meth:`grid` (or diffusers' own spacing, :func:`diffsolve.adapters.flow_sigmas_from_diffusers`).
+    Exponential integrators are unaffected either way (they see only λ, and a grid uniform in λ
+    stays uniform under a shift).
+
+    **σ = 1.** Flow models start from pure noise at σ = 1, where α = 0 and λ = −∞. A schedule
+    built with 1 − t_max ≤ 1e-6 reads its t_max as σ = 1: solvers step from t_max = 1 − δ (α = δ,
+    λ = log δ finite), which moves the state by O(δ) relative (docs/math.md (25.8)), while the
+    network's label there is that of σ = 1 exactly (``time_label``, ``t_of_timestep`` map 1 to
+    t_max). ``from_diffusers`` uses δ = 1e-9.
+
+    Args:
+        t_min, t_max: the time range, 0 < t_min < t_max < 1 (default 1e-3, 1 − 1e-3).
+        shift: the model's static timestep shift s > 0 (SD3: 3.0), used by :meth:`grid`.
+        time_shift_type: how a dynamic shift μ becomes s: ``"exponential"`` (s = e^μ, FLUX) or
+            ``"linear"`` (s = μ).
+        num_train_timesteps: N; when given the network's label is N·σ (diffusers' timestep,
+            1000·σ) and :meth:`t_of_timestep` inverts it; default None: the label is t.
 
     References:
         Flow Straight and Fast, Liu, Gong, Liu, arXiv:2209.03003; Flow Matching for Generative
-        Modeling, Lipman et al., arXiv:2210.02747.
+        Modeling, Lipman et al., arXiv:2210.02747; Scaling Rectified Flow Transformers for
+        High-Resolution Image Synthesis (SD3), Esser et al., arXiv:2403.03206 (the shift, §5.3.2).
     """
 
     name = "flow"
 
-    def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3):
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3, *, shift: float = 1.0,
+                 time_shift_type: str = "exponential", num_train_timesteps: int | None = None):
         if not (0 < t_min < t_max < 1):
             raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
+        self.shift = _shift_value(shift, "shift")
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"unknown time_shift_type {time_shift_type!r}; valid: 'exponential', 'linear'")
+        self.time_shift_type = time_shift_type
+        if num_train_timesteps is not None and (isinstance(num_train_timesteps, bool) or
+                                                int(num_train_timesteps) != num_train_timesteps or
+                                                num_train_timesteps < 1):
+            raise ValueError(f"num_train_timesteps must be a positive integer or None, got {num_train_timesteps!r}")
+        self.num_train_timesteps = None if num_train_timesteps is None else int(num_train_timesteps)
+        self.starts_at_one = 1.0 - self.t_max <= _ONE_TOL
 
     def _log_alpha(self, t):
         return torch.log1p(-t)
@@ -207,3 +297,54 @@ class FlowSchedule(Schedule):
 
     def _t_of_log_snr(self, lam):
         return torch.sigmoid(-lam)
+
+    # --- σ, labels and grids ---------------------------------------------------------------
+    def nominal_sigma(self, t) -> torch.Tensor:
+        """The noise level t stands for: t, except t_max, which stands for σ = 1 when the schedule
+        starts at one (``starts_at_one``)."""
+        t = torch.as_tensor(t, dtype=_F64) if not isinstance(t, torch.Tensor) else t.to(_F64)
+        if not self.starts_at_one:
+            return t
+        return torch.where(t >= self.t_max, torch.ones_like(t), t)
+
+    def t_of_sigma(self, sigma) -> torch.Tensor:
+        """The time of noise level σ: σ itself, with σ ∈ (t_max, 1] read as t_max when the schedule
+        starts at one (float64)."""
+        sigma = torch.as_tensor(sigma, dtype=_F64)
+        if not self.starts_at_one:
+            return sigma
+        return torch.where((sigma > self.t_max) & (sigma <= 1.0), torch.full_like(sigma, self.t_max), sigma)
+
+    def time_label(self, t) -> torch.Tensor:
+        """N·σ (diffusers' timestep) when ``num_train_timesteps`` is set, else t."""
+        if self.num_train_timesteps is None:
+            return torch.as_tensor(t, dtype=_F64) if not isinstance(t, torch.Tensor) else t.to(_F64)
+        return self.nominal_sigma(t) * self.num_train_timesteps
+
+    def t_of_timestep(self, timestep) -> torch.Tensor:
+        """Time of a network label k = N·σ: t = k/N (σ = 1 read as t_max when the schedule starts at one)."""
+        if self.num_train_timesteps is None:
+            raise ValueError("this FlowSchedule has no num_train_timesteps: its network label is t itself")
+        return self.t_of_sigma(torch.as_tensor(timestep, dtype=_F64) / self.num_train_timesteps)
+
+    def shifted(self, sigma, mu: float | None = None) -> torch.Tensor:
+        """σ' of (25.6) with the schedule's ``shift``, or with s from the dynamic shift ``mu``
+        (25.7) when given."""
+        return shift_sigma(sigma, self.shift if mu is None else shift_of_mu(mu, self.time_shift_type))
+
+    def grid(self, steps: int, *, mu: float | None = None) -> torch.Tensor:
+        """``steps`` steps from σ = 1 (t_max) to t_min, uniform in the unshifted σ:
+        σ_i = shifted(u_i), u uniform from 1 to shifted⁻¹(t_min) (docs/math.md (25.6)); a float64
+        grid to pass as ``grid=``. ``mu``: the dynamic shift instead of ``shift``."""
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        s = self.shift if mu is None else shift_of_mu(mu, self.time_shift_type)
+        u_end = float(unshift_sigma(self.t_min, s))
+        t = shift_sigma(torch.linspace(1.0, u_end, int(steps) + 1, dtype=_F64), s)
+        t[0], t[-1] = self.t_max, self.t_min
+        return t
+
+    def __repr__(self) -> str:
+        extra = f", shift={self.shift:g}" if self.shift != 1.0 else ""
+        extra += f", num_train_timesteps={self.num_train_timesteps}" if self.num_train_timesteps else ""
+        return f"FlowSchedule(t_min={self.t_min:.12g}, t_max={self.t_max:.12g}{extra})"

@@ -1,0 +1,349 @@
+r"""The diffusers side of :mod:`diffsolve.adapters` (re-exported there): scheduler configs as
+schedules, diffusers' flow-matching σ spacing, and UNets / transformers as denoisers.
+
+**Schedulers.** A DDPM-family config (``beta_schedule``, ``trained_betas``, ``prediction_type``, ...)
+is a :class:`~diffsolve.DDPMSchedule` with an ``eps`` / ``v`` / ``x0`` network; a flow-matching
+config (``FlowMatchEulerDiscreteScheduler``: SD3, FLUX, ...; or ``prediction_type="flow_prediction"``)
+is a :class:`~diffsolve.FlowSchedule` with a ``velocity`` network: x_σ = (1 − σ) x_0 + σ ε, the
+network's output is dx/dσ = ε − x_0 (diffusers' ``x0 = sample − σ · model_output``; docs/math.md
+(25.5)), its label is 1000·σ, and sampling starts at σ = 1, represented by t_max = 1 − 10⁻⁹
+(docs/math.md (25.8)).
+
+**Networks.** Any module called as ``model(x, timestep=label, **conditions)`` returning a tensor,
+a tuple or an output with ``.sample``: ``UNet2DModel``, ``UNet2DConditionModel``,
+``DiTTransformer2DModel``, ``Transformer2DModel``, ``PixArtTransformer2DModel``,
+``SD3Transformer2DModel``, ``FluxTransformer2DModel``, ... Conditions travel by keyword: fixed ones
+(``conditions=``, passed unchanged to every call: FLUX's ``img_ids`` / ``txt_ids``, PixArt's
+``added_cond_kwargs``, an unguided model's prompt embeddings) and, through
+:class:`~diffsolve.CFGDenoiser`, guided ones (cond / uncond dicts, batched in one call).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .denoiser import Denoiser
+from .schedules import DDPMSchedule, FlowSchedule, Schedule
+from .schedules.continuous import shift_sigma
+from .thresholding import threshold_from_config
+
+_DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+# a flow-matching config without prediction_type is recognised by these fields
+_FLOW_MARKERS = ("shift", "use_dynamic_shifting", "base_image_seq_len", "time_shift_type")
+# FlowMatchEulerDiscreteScheduler options diffsolve does not reproduce, with their harmless value
+FLOW_UNSUPPORTED = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                    "use_beta_sigmas": False, "invert_sigmas": False, "stochastic_sampling": False}
+FLOW_DELTA = 1e-9  # σ = 1 is the time 1 − FLOW_DELTA (docs/math.md (25.8))
+
+
+def _import_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise ImportError("this adapter needs diffusers: pip install 'diffsolve[diffusers]'") from None
+    return diffusers
+
+
+def _config_dict(scheduler_or_config) -> tuple[dict, object | None]:
+    """(config dict, scheduler object or None) from a scheduler, a config mapping or a JSON path."""
+    if isinstance(scheduler_or_config, (str, Path)):
+        path = Path(scheduler_or_config)
+        if path.is_dir():
+            path = path / "scheduler_config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"scheduler config {path} not found")
+        return json.loads(path.read_text()), None
+    config = getattr(scheduler_or_config, "config", None)
+    if config is not None:
+        return dict(config), scheduler_or_config
+    if isinstance(scheduler_or_config, dict) or hasattr(scheduler_or_config, "keys"):
+        return dict(scheduler_or_config), None
+    raise TypeError(f"expected a diffusers scheduler, its config (a dict) or the path of "
+                    f"scheduler_config.json, got {type(scheduler_or_config).__name__}")
+
+
+def is_flow_config(config: dict) -> bool:
+    """Whether a diffusers scheduler config describes a flow-matching model: ``prediction_type``
+    ``"flow_prediction"``, or no ``prediction_type`` and a ``FlowMatch*`` class or its fields."""
+    if "prediction_type" in config:
+        return config["prediction_type"] == "flow_prediction"
+    return str(config.get("_class_name", "")).startswith("FlowMatch") or any(k in config for k in _FLOW_MARKERS)
+
+
+def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
+    """(schedule, diffsolve prediction type) of a diffusers scheduler or its config.
+
+    DDPM family: a :class:`DDPMSchedule` whose ᾱ_n is the scheduler's ``alphas_cumprod`` (exactly
+    the values its sampling loop uses), or computed by diffusers' ``DDPMScheduler`` from the config
+    (``beta_schedule``, ``trained_betas``, ...); a zero terminal ᾱ (``rescale_betas_zero_snr``) is
+    replaced by 2⁻²⁴, as diffusers' own samplers do. Prediction ``eps``, ``v`` or ``x0``.
+
+    Flow matching (:func:`is_flow_config`): a :class:`FlowSchedule` with ``num_train_timesteps`` N
+    (label N·σ), the config's static ``shift`` and ``time_shift_type``, t_max = 1 − 10⁻⁹ standing
+    for σ = 1, and t_min = min(1/N, shifted 1/N) (the smallest σ diffusers' default spacing reaches
+    is larger); prediction ``velocity``.
+    """
+    config, scheduler = _config_dict(scheduler_or_config)
+    if is_flow_config(config):
+        return _flow_schedule(config), "velocity"
+    kind = config.get("prediction_type", "epsilon")
+    if kind not in _DIFFUSERS_PREDICTIONS:
+        raise ValueError(f"unsupported diffusers prediction_type {kind!r}; supported: "
+                         f"{', '.join(_DIFFUSERS_PREDICTIONS)}, flow_prediction")
+    ac = getattr(scheduler, "alphas_cumprod", None) if scheduler is not None else None
+    if ac is None:
+        if "alphas_cumprod" in config:
+            ac = config["alphas_cumprod"]
+        else:
+            diffusers = _import_diffusers()
+            keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                    "rescale_betas_zero_snr")
+            ac = diffusers.DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
+    ac = torch.as_tensor(ac, dtype=torch.float64).detach().cpu().clone()
+    if ac[-1] == 0:  # zero terminal SNR: diffusers samples from 2^-24 instead
+        ac[-1] = 2.0 ** -24
+    return DDPMSchedule(alphas_cumprod=ac), _DIFFUSERS_PREDICTIONS[kind]
+
+
+def _flow_schedule(config: dict) -> FlowSchedule:
+    n = int(config.get("num_train_timesteps", 1000))
+    shift = float(config.get("shift", 1.0) or 1.0)
+    t_min = min(1.0 / n, float(shift_sigma(1.0 / n, shift)))
+    return FlowSchedule(t_min=t_min, t_max=1.0 - FLOW_DELTA, shift=shift, num_train_timesteps=n,
+                        time_shift_type=config.get("time_shift_type", "exponential") or "exponential")
+
+
+def refuse_flow_options(config: dict, what: str = "diffsolve"):
+    """Raise ``ValueError`` naming each FlowMatchEulerDiscreteScheduler option set to a value that
+    changes the σ spacing or the update in a way diffsolve does not reproduce."""
+    bad = [f"{k}={config[k]!r}" for k, harmless in FLOW_UNSUPPORTED.items()
+           if config.get(k, harmless) not in (harmless, None, False)]
+    if bad:
+        raise ValueError(f"{what} does not reproduce the flow-matching config fields {', '.join(bad)}; set them to "
+                         f"their defaults ({', '.join(f'{k}={v!r}' for k, v in FLOW_UNSUPPORTED.items())}) or "
+                         f"pass sigmas= explicitly")
+
+
+def flow_sigmas_from_diffusers(scheduler_or_config, num_inference_steps: int | None = None, *, sigmas=None,
+                               mu: float | None = None) -> Tensor:
+    """The σ values at which ``FlowMatchEulerDiscreteScheduler.set_timesteps`` places its network
+    evaluations (without the terminal 0), as float64 holding diffusers' float32 values.
+
+    Either ``num_inference_steps``: the config's σ_min = s(1/N) (1/N with dynamic shifting) in float32,
+    u = ``linspace(1, σ_min, n)`` in float64, then the shift; or ``sigmas``: the given values
+    (float32), then the shift — diffusers shifts user sigmas too. The shift is the config's static
+    ``shift`` s, or with ``use_dynamic_shifting`` the dynamic shift ``mu`` (required; exponential:
+    e^μ/(e^μ + 1/σ − 1), linear: μ/(μ + 1/σ − 1), which are (25.6) with s = e^μ or μ; docs/math.md
+    (25.6)–(25.7)). Options that change the spacing otherwise are refused by name.
+    """
+    import numpy as np
+
+    config, _ = _config_dict(scheduler_or_config)
+    refuse_flow_options(config)
+    n_train = int(config.get("num_train_timesteps", 1000))
+    shift = float(config.get("shift", 1.0) or 1.0)
+    dynamic = bool(config.get("use_dynamic_shifting", False))
+    if dynamic and mu is None:
+        raise ValueError("this flow-matching config has use_dynamic_shifting=True: pass mu= (e.g. "
+                         "diffsolve.schedules.continuous.calculate_shift(image_seq_len, ...))")
+    if sigmas is None:
+        if num_inference_steps is None or isinstance(num_inference_steps, bool) or int(num_inference_steps) < 1:
+            raise ValueError(f"give num_inference_steps >= 1 or sigmas, got {num_inference_steps!r}")
+        low = torch.tensor([1.0], dtype=torch.float32) / n_train  # the training σ's smallest value
+        if not dynamic:
+            low = shift * low / (1 + (shift - 1) * low)
+        u = np.linspace(1.0 * n_train, float(low) * n_train, int(num_inference_steps)) / n_train
+    else:
+        u = np.asarray(torch.as_tensor(sigmas, dtype=torch.float64).cpu().reshape(-1)).astype(np.float32)
+        if u.size == 0 or not np.all(np.isfinite(u)) or np.any(u <= 0) or np.any(u > 1):
+            raise ValueError(f"sigmas must be finite values in (0, 1], got {u.tolist()}")
+    if not dynamic:
+        out = shift * u / (1 + (shift - 1) * u)
+    else:
+        kind = config.get("time_shift_type", "exponential")
+        if kind not in ("exponential", "linear"):
+            raise ValueError(f"unknown time_shift_type {kind!r}; valid: 'exponential', 'linear'")
+        s = math.exp(mu) if kind == "exponential" else float(mu)
+        out = s / (s + (1 / u - 1))
+    return torch.from_numpy(np.asarray(out)).to(torch.float32).to(torch.float64)
+
+
+def flow_grid(config, schedule: FlowSchedule, solver, nfe: int | None = None, *, sigmas=None, mu=None,
+              denoise_final: bool = True) -> Tensor:
+    """The grid of a flow-matching run as diffusers places it (``DiffsolveScheduler``'s ``"diffusers"``
+    grid): the σ of :func:`flow_sigmas_from_diffusers`, for the budget ``nfe`` (n = the solver's steps
+    + 1 with ``denoise_final``, else its steps) or the given ``sigmas``, σ = 1 read as the schedule's
+    t_max. With ``denoise_final`` the last σ is the final denoise's (where diffusers steps to σ = 0:
+    x − σ v = x̂0 exactly), else a last step to t_min follows (docs/math.md §25)."""
+    if sigmas is None:
+        n = solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
+        sig = flow_sigmas_from_diffusers(config, n, mu=mu)
+    else:
+        sig = flow_sigmas_from_diffusers(config, sigmas=sigmas, mu=mu)
+    t = schedule.t_of_sigma(sig)
+    if not denoise_final and float(t[-1]) > schedule.t_min:
+        t = torch.cat([t, torch.tensor([schedule.t_min], dtype=torch.float64)])
+    return solver.grid_for(schedule, grid=t)
+
+
+# --- networks -----------------------------------------------------------------------------------
+def _to(c, device):
+    if isinstance(c, dict):
+        return {k: _to(v, device) for k, v in c.items()}
+    return c.to(device) if isinstance(c, Tensor) and c.device != device else c
+
+
+def _takes_timestep_keyword(model) -> bool:
+    fn = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "timestep" in params
+
+
+class _DiffusersNet(torch.nn.Module):
+    """``net(x, label, cond=None, **conditions)`` around a diffusers model: ``model(x,
+    timestep=label, **fixed, **conditions)`` (timestep positional for a model whose signature has
+    no ``timestep``), its ``.sample``, and the first ``out_channels`` channels of a learned-variance
+    output."""
+
+    def __init__(self, model, cond_key: str | None, out_channels: int | None, conditions: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.cond_key = cond_key
+        self.out_channels = out_channels
+        if conditions is not None and not isinstance(conditions, dict):
+            raise TypeError(f"conditions must be a dict of keyword arguments, got {type(conditions).__name__}")
+        self.conditions = dict(conditions or {})
+        self._keyword = _takes_timestep_keyword(model)
+
+    def forward(self, x: Tensor, label: Tensor, cond=None, **conditions) -> Tensor:
+        kwargs = dict(self.conditions)
+        if cond is not None:
+            if self.cond_key is None:
+                raise ValueError("this adapter was built with cond_key=None; it takes no positional condition "
+                                 "(give keyword conditions instead)")
+            conditions = {self.cond_key: cond, **conditions}
+        clash = sorted(set(conditions) & set(kwargs))
+        if clash:
+            raise ValueError(f"condition(s) {', '.join(clash)} given both as fixed conditions of the adapter and "
+                             f"per call (guidance); give each in one place")
+        kwargs.update(conditions)
+        kwargs = _to(kwargs, x.device)
+        out = self.model(x, timestep=label, **kwargs) if self._keyword else self.model(x, label, **kwargs)
+        out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+        if self.out_channels is not None and out.dim() > 1 and out.shape[1] == 2 * self.out_channels:
+            out = out[:, : self.out_channels]  # learned variance: the mean prediction comes first
+        return out
+
+
+def _model_dims(model):
+    """(in_channels, out_channels, sample_size) from a diffusers model's config (None where absent)."""
+    cfg = getattr(model, "config", None)
+    get = (lambda k: getattr(cfg, k, None) if not isinstance(cfg, dict) else cfg.get(k)) if cfg is not None else (
+        lambda k: None)
+    in_ch = get("in_channels")
+    out_ch = get("out_channels") or getattr(model, "out_channels", None)
+    return in_ch, out_ch if isinstance(out_ch, int) else None, get("sample_size")
+
+
+def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | None = "class_labels",
+                   net_dtype: torch.dtype | None = None, conditions: dict | None = None, time_label="auto",
+                   threshold=None) -> Denoiser:
+    """A Denoiser for a diffusers UNet or transformer trained with the given scheduler.
+
+    Args:
+        unet: the network, called as ``model(x, timestep=label, **conditions)`` (module docstring):
+            ``UNet2DModel``, ``UNet2DConditionModel``, DiT, PixArt, SD3, FLUX, ...
+        scheduler_or_config: a diffusers scheduler, its config dict, or the path of its
+            ``scheduler_config.json``: a DDPM-family one (``prediction_type`` epsilon /
+            v_prediction / sample) or a flow-matching one (:func:`schedule_from_diffusers`).
+        shape: one sample's shape; default (in_channels, sample_size, sample_size) from the
+            model's config when it has both (FLUX's packed (tokens, channels) latents: give it).
+        cond_key: the keyword a positional condition is passed by (``class_labels`` for a
+            class-conditional UNet2DModel / DiT); used by :class:`~diffsolve.CFGDenoiser` with a
+            tensor condition. Dict conditions are keywords already.
+        conditions: fixed keyword conditions passed unchanged to every call (e.g. FLUX's
+            ``img_ids``, ``txt_ids``, ``guidance``; PixArt's ``added_cond_kwargs``; the
+            ``encoder_hidden_states`` of an unguided text-conditional model, one row per sample).
+        time_label: ``"auto"``: the integer timestep (DDPM family), 1000·σ (flow matching), σ for
+            ``FluxTransformer2DModel`` (which multiplies its timestep by 1000 itself); or any
+            :class:`~diffsolve.Denoiser` time label.
+        threshold: None (default), ``"config"`` (the scheduler config's ``clip_sample`` /
+            ``thresholding``, :func:`~diffsolve.thresholding.threshold_from_config`), or a threshold
+            (:mod:`diffsolve.thresholding`).
+
+    DDPM family: the network is fed the (fractional) timestep t·N − 1, exactly its integer training
+    timestep at the grid points of :meth:`DDPMSchedule.t_of_timestep`. Models with learned variance
+    (``out_channels = 2·in_channels``: DiT, IF, PixArt-α variants) keep the first half of their
+    output channels, as diffusers' pipelines do.
+    """
+    if not callable(unet):
+        raise TypeError(f"unet must be a callable module, got {type(unet).__name__}")
+    schedule, prediction = schedule_from_diffusers(scheduler_or_config)
+    in_ch, out_ch, size = _model_dims(unet)
+    if shape is None and in_ch is not None and size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (in_ch, *size)
+    keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
+    if time_label == "auto":
+        flux = isinstance(schedule, FlowSchedule) and type(unet).__name__.startswith("Flux")
+        time_label = schedule.nominal_sigma if flux else "default"
+    if isinstance(threshold, str):
+        if threshold != "config":
+            raise ValueError(f"threshold must be None, 'config' or a threshold object, got {threshold!r}")
+        threshold = threshold_from_config(_config_dict(scheduler_or_config)[0])
+    net = _DiffusersNet(unet, cond_key, keep, conditions)
+    return Denoiser(net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype, shape=shape,
+                    threshold=threshold)
+
+
+def from_pretrained(path, *, scheduler=None, subfolder: str | None = None, torch_dtype=None,
+                    cond_key: str | None = "class_labels", shape=None, conditions: dict | None = None,
+                    time_label="auto", threshold=None) -> Denoiser:
+    """Load a diffusers model saved with ``save_pretrained`` (offline) and wrap it (:func:`from_diffusers`).
+
+    ``path`` is a pipeline folder (``unet/`` or ``transformer/``, and ``scheduler/`` inside), or a
+    model folder (its ``config.json``) with the scheduler in ``scheduler`` (object, config dict or
+    path; default ``path/scheduler_config.json`` or ``path/../scheduler``). The model class is the
+    ``_class_name`` of its config. Missing, unused or mis-shaped weights are errors.
+    """
+    diffusers = _import_diffusers()
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    model_dir = root / subfolder if subfolder else root
+    if subfolder is None and not (root / "config.json").exists():
+        model_dir = next((root / d for d in ("unet", "transformer") if (root / d / "config.json").exists()), root)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {model_dir}: expected a folder written by save_pretrained "
+                                f"(a pipeline folder with unet/ or transformer/, or the model folder)")
+    if scheduler is None:
+        for cand in (model_dir / "scheduler_config.json", root / "scheduler" / "scheduler_config.json",
+                     model_dir.parent / "scheduler" / "scheduler_config.json"):
+            if cand.exists():
+                scheduler = cand
+                break
+        else:
+            raise FileNotFoundError(f"no scheduler config found next to {model_dir}; pass scheduler= "
+                                    f"(a diffusers scheduler, its config dict or scheduler_config.json)")
+    class_name = json.loads((model_dir / "config.json").read_text()).get("_class_name")
+    cls = getattr(diffusers, class_name, None) if class_name else None
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(f"{model_dir / 'config.json'} names model class {class_name!r}, which diffusers "
+                         f"{diffusers.__version__} does not provide")
+    kwargs = {"local_files_only": True, "output_loading_info": True}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    model, info = cls.from_pretrained(str(model_dir), **kwargs)
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    if bad:
+        raise ValueError(f"the weights in {model_dir} do not fit {class_name}: {bad}")
+    return from_diffusers(model.eval().requires_grad_(False), scheduler, cond_key=cond_key, shape=shape,
+                          conditions=conditions, time_label=time_label, threshold=threshold)
