@@ -8,10 +8,34 @@ Kinds (``make_grid(schedule, steps, kind)``):
 - ``"quadratic"`` uniform in √t (DPM-Solver's ``time_quadratic``, for t > 0);
 - ``"leading"``, ``"trailing"``, ``"linspace"``: the discrete-timestep spacings of diffusers'
   schedulers (``DDPMSchedule`` only), followed by the end point t_min; every grid point is
-  an exact training timestep;
+  an exact training timestep (below);
 - a user array (or tensor) of times, validated.
 
 All grids are float64 CPU tensors, strictly decreasing, inside the schedule's range.
+
+**diffusers' spacings.** :func:`diffusers_timesteps` computes the timesteps of a diffusers
+scheduler class exactly as its ``set_timesteps`` does (numpy, the same rounding); the classes
+differ (N training timesteps, n timesteps asked for, ``r = N/n``):
+
+==========  =======================================  =========================================
+spacing     DDIM, DDPM, Euler, EulerAncestral, Heun  DPMSolverMultistep/Singlestep, DEIS, UniPC
+==========  =======================================  =========================================
+linspace    round(linspace(0, N−1, n)) (ends at 0;   round(linspace(0, N−1, n + 1)) without its
+            Euler/Heun: not rounded, float32)        last point 0
+leading     ⌊N/n⌋·(0..n−1) + steps_offset            ⌊N/(n+1)⌋·(1..n) + steps_offset
+trailing    round(N − r·(0..n−1)) − 1                the same
+==========  =======================================  =========================================
+
+(DPMSolverSinglestep has linspace only.) diffusers computes trailing as ``arange(N, 0, −r)``,
+which for some n (61, 103, 121, … at N = 1000) rounds into one extra timestep −1; the n
+timesteps meant are returned here. :func:`diffusers_grid` turns them into a grid, and
+``DiffsolveScheduler(grid="diffusers")`` uses it with the class of the config it was made from.
+
+``make_grid``'s discrete kinds give ``steps`` steps: DDIM's timesteps for n = ``steps`` (leading
+with steps_offset = 1, as Stable Diffusion; trailing) or n = ``steps`` + 1 (linspace, which ends
+at timestep 0 = t_min), followed by t_min. Where DDIM's trailing timesteps for n = ``steps`` end at
+timestep 0 already (N/n < 1.5), those for n = ``steps`` + 1 are taken, so the grid still has
+``steps`` steps (it used to lose one).
 """
 from __future__ import annotations
 
@@ -23,7 +47,7 @@ from torch import Tensor
 
 from .schedules import DDPMSchedule, Schedule
 
-__all__ = ["make_grid", "validate_grid", "GRIDS"]
+__all__ = ["make_grid", "validate_grid", "GRIDS", "diffusers_timesteps", "diffusers_grid", "DIFFUSERS_SPACING"]
 
 _F64 = torch.float64
 _GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,20 +132,85 @@ def _make_grid(schedule, steps, kind, rho, t_start, t_end) -> Tensor:
 
 
 def _discrete(schedule: Schedule, steps: int, kind: str, T: float, t0: float) -> Tensor:
-    """diffusers' timestep spacings: ``steps`` training timesteps, then the end point t0."""
+    """diffusers' timestep spacings: ``steps`` steps over DDIM's training timesteps, then the end point t0."""
     if not isinstance(schedule, DDPMSchedule):
         raise ValueError(f"the {kind!r} spacing needs a discrete DDPMSchedule; use 'time', 'log_snr' or 'karras'")
     N = schedule.num_train_timesteps
     if steps > N - 1:
         raise ValueError(f"at most {N - 1} steps with a discrete spacing over {N} training timesteps")
-    if kind == "leading":
-        ratio = N // steps
-        k = torch.arange(steps, dtype=_F64).flip(0) * ratio + 1  # steps_offset=1, as Stable Diffusion
-        k = k.clamp(max=N - 1)
-    elif kind == "trailing":
-        k = torch.round(torch.arange(N, 0, -N / steps, dtype=_F64)) - 1
-    else:  # linspace
-        k = torch.round(torch.linspace(0, N - 1, steps + 1, dtype=_F64)).flip(0)[:-1]
+    n = steps + 1 if kind == "linspace" else steps
+    k = diffusers_timesteps(n, kind, num_train_timesteps=N, steps_offset=1 if kind == "leading" else 0)
+    if kind == "trailing" and float(k[-1]) == 0.0:  # N/n < 1.5: the n timesteps end at t_min already
+        k = diffusers_timesteps(n + 1, kind, num_train_timesteps=N)
     t = schedule.t_of_timestep(k)
     t = t[t > t0]
     return torch.cat([t, torch.tensor([t0], dtype=_F64)])
+
+
+# --- diffusers' spacings, class by class ----------------------------------------------------------
+_DDIM_STYLE = ("DDIMScheduler", "DDPMScheduler")
+_EULER_STYLE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
+_DPM_STYLE = ("DPMSolverMultistepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler")
+_LINSPACE_ONLY = ("DPMSolverSinglestepScheduler",)
+# class name -> which formulas its set_timesteps uses (module docstring)
+DIFFUSERS_SPACING = {**{c: "ddim" for c in _DDIM_STYLE}, **{c: "euler" for c in _EULER_STYLE},
+                     **{c: "dpmsolver" for c in _DPM_STYLE + _LINSPACE_ONLY}}
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def diffusers_timesteps(n: int, spacing: str = "linspace", *, num_train_timesteps: int = 1000,
+                        steps_offset: int = 0, scheduler: str = "DDIMScheduler") -> Tensor:
+    """The ``n`` timesteps (decreasing, float64) that diffusers' ``scheduler`` class chooses in
+    ``set_timesteps(n)`` with this ``timestep_spacing`` and ``steps_offset`` (module docstring).
+    Integers, except the Euler/Heun classes' linspace (fractional, float32 as there)."""
+    import numpy as np
+
+    style = DIFFUSERS_SPACING.get(scheduler)
+    if style is None:
+        raise ValueError(f"no timestep spacing known for diffusers class {scheduler!r}; known: "
+                         f"{', '.join(sorted(DIFFUSERS_SPACING))}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep_spacing {spacing!r}; diffusers' spacings are {', '.join(SPACINGS)}")
+    N, n = int(num_train_timesteps), int(n)
+    if not 1 <= n <= N - (style == "dpmsolver"):
+        raise ValueError(f"{scheduler} takes 1 to {N - (style == 'dpmsolver')} timesteps over {N} training "
+                         f"timesteps, got {n}")
+    if scheduler in _LINSPACE_ONLY:
+        spacing = "linspace"  # it has no timestep_spacing option
+    if spacing == "trailing":  # numpy's arange(N, 0, -N/n) as diffusers, without the round-off's extra point
+        delta = (N - N / n) - N  # arange fills start + i·(second − start)
+        k = np.round(N + np.arange(n) * delta) - 1
+    elif spacing == "leading" and style == "dpmsolver":
+        k = (np.arange(0, n + 1) * (N // (n + 1))).round()[::-1][:-1] + steps_offset
+    elif spacing == "leading":
+        k = (np.arange(0, n) * (N // n)).round()[::-1] + steps_offset
+    elif style == "dpmsolver":
+        k = np.linspace(0, N - 1, n + 1).round()[::-1][:-1]
+    elif style == "euler":
+        k = np.linspace(0, N - 1, n, dtype=np.float32)[::-1].astype(np.float64)
+    else:
+        k = np.linspace(0, N - 1, n).round()[::-1]
+    k = torch.from_numpy(np.array(k, dtype=np.float64, copy=True))
+    if float(k.min()) < 0 or float(k.max()) > N - 1 or bool((k[1:] >= k[:-1]).any()):
+        raise ValueError(f"{scheduler}'s {spacing!r} spacing with steps_offset={steps_offset} gives timesteps "
+                         f"outside 0..{N - 1} or repeated for n = {n}: {k.tolist()[:3]} ... {k.tolist()[-3:]}")
+    return k
+
+
+def diffusers_grid(schedule: Schedule, n: int, spacing: str = "linspace", *, steps_offset: int = 0,
+                   scheduler: str = "DDIMScheduler", end_at_t_min: bool = False) -> Tensor:
+    """The grid of a diffusers scheduler's ``n`` timesteps (:func:`diffusers_timesteps`) on a
+    ``DDPMSchedule`` (t = (k + 1)/N), followed by t_min when ``end_at_t_min`` (unless the last
+    timestep is 0 already). Without it, the last grid time is that of the last timestep: where the
+    diffusers scheduler steps from there to σ = 0, diffsolve's ``denoise_final`` does."""
+    if not isinstance(schedule, DDPMSchedule):
+        raise ValueError("diffusers' timestep spacings need a discrete DDPMSchedule")
+    k = diffusers_timesteps(n, spacing, num_train_timesteps=schedule.num_train_timesteps,
+                            steps_offset=steps_offset, scheduler=scheduler)
+    t = schedule.t_of_timestep(k)
+    if end_at_t_min and float(t[-1]) > schedule.t_min:
+        t = torch.cat([t, torch.tensor([schedule.t_min], dtype=_F64)])
+    if len(t) < 2:
+        raise ValueError(f"{n} timestep{'s' if n > 1 else ''} of {scheduler} make no step here: ask for more, or "
+                         f"end at t_min")
+    return validate_grid(schedule, t)

@@ -34,6 +34,7 @@ from torch import Tensor
 from ._diffusers import flow_grid, refuse_flow_options
 from .adapters import schedule_from_diffusers
 from .denoiser import Denoiser
+from .grids import diffusers_grid
 from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
@@ -56,6 +57,11 @@ _FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "
 # x̂0 clipping / thresholding (diffsolve.thresholding)
 _THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio",
                      "sample_max_value")
+# the fields of EDM-preconditioned configs (EDMEulerScheduler, EDMDPMSolverMultistepScheduler): not expressible
+_EDM_FIELDS = ("sigma_data", "sigma_schedule")
+# diffusers config fields that change the network's time input, with the values DiffsolveScheduler
+# runs (the sampler's own options, karras sigmas and the like, are replaced by solver and grid)
+_REFUSED_FIELDS = {"timestep_type": ("discrete",)}
 
 
 @dataclass
@@ -77,6 +83,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: the model's training schedule (a :class:`~diffsolve.DDPMSchedule`).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
         timestep_spacing, steps_offset: used by ``grid="diffusers"`` only.
+        diffusers_class: the diffusers scheduler class whose spacing ``grid="diffusers"`` follows
+            (their formulas differ: :func:`diffsolve.grids.diffusers_timesteps`); ``from_config``
+            sets it from the source config's ``_class_name``; default DPMSolverMultistepScheduler's.
         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value:
             x̂0 clipping / thresholding, a property of the denoiser's x̂0 (:mod:`diffsolve.thresholding`).
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
@@ -86,9 +95,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             as diffusers' does. ``solver="euler"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
     Args (diffsolve's own):
         solver: a fixed-step solver name or spec ``"name:key=value:..."`` (default ``"dpmpp_2m"``).
-        grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"`` (the
-            config's ``timestep_spacing``), or the path of a tuned grid (``diffsolve tune``), which
-            fixes the solver, the times and the final denoise.
+        grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"``, or the
+            path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
+            denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``
+            chooses with the config's ``timestep_spacing`` and ``steps_offset``, n = the solver's
+            steps for the budget + 1 with ``denoise_final`` (whose evaluation is at the last
+            timestep, where diffusers steps to σ = 0), else n = its steps, followed by t_min (where
+            diffusers' last step goes to ᾱ of timestep 0). :mod:`diffsolve.parity` lists the
+            options that reproduce each diffusers scheduler.
         eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); or
         noise: a callable t ↦ ν_t.
         denoise_final: end with x̂0 at the last grid time (one evaluation of the budget; default True).
@@ -111,10 +125,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "linspace", steps_offset: int = 0,
                  clip_sample: bool = False, thresholding: bool = False, solver: str = "dpmpp_2m",
                  grid: str = "log_snr", eta: float = 0.0, denoise_final: bool = True, seeds=None,
-                 clip_sample_range: float = 1.0, dynamic_thresholding_ratio: float = 0.995,
-                 sample_max_value: float = 1.0, shift: float = 1.0, use_dynamic_shifting: bool = False,
-                 base_shift: float = 0.5, max_shift: float = 1.15, base_image_seq_len: int = 256,
-                 max_image_seq_len: int = 4096, time_shift_type: str = "exponential"):
+                 diffusers_class: str | None = None, clip_sample_range: float = 1.0,
+                 dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, shift: float = 1.0,
+                 use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
+                 base_image_seq_len: int = 256, max_image_seq_len: int = 4096, time_shift_type: str = "exponential"):
         self.schedule, self.prediction = schedule_from_diffusers(
             dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                  beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
@@ -127,7 +141,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         spec = self._tuned.solver if self._tuned is not None else solver
         options = self._tuned.solver_options if self._tuned is not None else {}
         self.solver = get_solver(spec, **(options or {}))
-        self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
+        try:
+            self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
+        except ValueError as e:
+            raise ValueError(f"DiffsolveScheduler runs fixed-step solvers only (a pipeline makes one network call "
+                             f"per entry of scheduler.timesteps, all known before the first): {e}") from None
         self.level = NoiseLevel(self.schedule, eta=eta)
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
         self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
@@ -157,7 +175,23 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         for name in _THRESHOLD_FIELDS + (_FLOW_GRID_FIELDS if flow else ()):
             if name in full and name not in kwargs:
                 kwargs[name] = full[name]
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        edm = [k for k in _EDM_FIELDS if k in full]
+        if edm:
+            raise ValueError(f"DiffsolveScheduler does not run EDM-preconditioned configs (fields {', '.join(edm)}: "
+                             f"{full.get('_class_name', 'an EDM scheduler')} scales the network's input, time and "
+                             f"output); use diffsolve.adapters.from_edm with diffsolve.sample")
+        for name, harmless in _REFUSED_FIELDS.items():
+            if name in full and full[name] not in harmless:
+                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
+                                 f"{full[name]!r} (it changes the network's time input); supported: "
+                                 f"{', '.join(map(repr, harmless))}")
+        source = full.get("_class_name")
+        if "diffusers_class" not in kwargs and "diffusers_class" not in full and source not in (None, cls.__name__):
+            kwargs["diffusers_class"] = source
+        # every value of the source config is the source's (its class's defaults included): diffusers would
+        # replace those it lists as defaults by DiffsolveScheduler's own (another training schedule)
+        full.pop("_use_default_values", None)
+        return super().from_config(full, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the plan --------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
@@ -204,11 +238,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"the tuned grid {self.config.grid} was tuned for {self._tuned.nfe} evaluations, "
                                  f"not num_inference_steps={nfe}")
             return self._tuned.grid
-        kind = self.config.timestep_spacing if self.config.grid == "diffusers" else self.config.grid
-        if kind == "leading" and self.config.steps_offset != 1:
-            raise ValueError(f"grid 'leading' is diffusers' leading spacing with steps_offset=1; the config has "
-                             f"steps_offset={self.config.steps_offset}: pass timesteps= explicitly")
-        return self.solver.grid_for(sch, nfe=nfe, grid=kind, denoise_final=final)
+        if self.config.grid == "diffusers":  # the n timesteps of the source class (class docstring)
+            n = self.solver.steps_for_nfe(nfe, final) + int(final)
+            t = diffusers_grid(sch, n, self.config.timestep_spacing, steps_offset=self.config.steps_offset,
+                               scheduler=self.config.diffusers_class or "DPMSolverMultistepScheduler",
+                               end_at_t_min=not final)
+            return self.solver.grid_for(sch, grid=t)
+        return self.solver.grid_for(sch, nfe=nfe, grid=self.config.grid, denoise_final=final)
 
     def _dry_run(self, t: Tensor) -> _Plan:
         """The solver on data-less ``meta`` tensors: the times and labels of its evaluations."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver
 from .registry import register
 
@@ -44,26 +46,54 @@ class DDIM(Solver):
 
     Args:
         variant: ``"exact"`` (docs/math.md (4.1), default) or ``"published"`` (the DDIM paper's σ_t(η)).
+        stride: ``None`` (default): every step ends at the next grid time. A time δ > 0: step i
+            ends at s_i = max(t_i − δ, t_{i+1}) instead, by the update above with s_i in place of
+            t_{i+1} (α, σ, λ, H taken at s_i), and step i + 1 starts from that state as if it were
+            the state at t_{i+1} (no evaluation is spent on the gap). This reproduces diffusers'
+            ``DDIMScheduler``, whose step from timestep k goes to k − ⌊N/n⌋ (N training timesteps,
+            n inference timesteps) whatever the next timestep is: on a DDPMSchedule δ = ⌊N/n⌋/N.
+            For the ``leading`` spacing the two agree (the option changes nothing); for ``linspace``
+            (and ``trailing`` when n does not divide N) the next timestep lies below k − ⌊N/n⌋ and
+            diffusers' sampler is then inconsistent: its states never reach the noise level the
+            network is told (an error that more steps do not remove). Only for a constant η.
 
     References:
         Song, Meng, Ermon, Denoising Diffusion Implicit Models, arXiv:2010.02502;
         Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
-        Probabilistic Models, arXiv:2211.01095 (the data-prediction exponential form).
+        Probabilistic Models, arXiv:2211.01095 (the data-prediction exponential form);
+        von Platen et al., Diffusers, github.com/huggingface/diffusers (``DDIMScheduler``: ``stride``).
     """
 
     name = "ddim"
     declared_order = 1.0
     stochastic = True
 
-    def __init__(self, variant: str = "exact"):
+    def __init__(self, variant: str = "exact", stride: float | None = None):
         if variant not in ("exact", "published"):
             raise ValueError(f"unknown DDIM variant {variant!r}; valid: 'exact', 'published'")
+        if stride is not None and not (isinstance(stride, (int, float)) and 0.0 < float(stride) < math.inf):
+            raise ValueError(f"ddim: stride must be a time > 0 (or None), got {stride!r}")
         self.variant = variant
+        self.stride = None if stride is None else float(stride)
+
+    def check(self, ctx):
+        if self.stride is not None and ctx.level.noise is not None:
+            raise ValueError("ddim: stride needs a constant noise level eta (diffusers' DDIM), not a callable noise")
+        super().check(ctx)
+
+    def _end(self, ctx, i: int) -> tuple[float, float, float, float]:
+        """(α, σ, h, H) at the end of step i: the next grid time, or t_i − stride (``stride``)."""
+        s = ctx.times[i] - self.stride if self.stride is not None else -math.inf
+        if s <= ctx.times[i + 1] + 1e-12 * abs(ctx.times[i]):  # the next grid time, up to round-off
+            return ctx.alpha[i + 1], ctx.sigma[i + 1], ctx.h(i), ctx.eta2_integral(i)
+        a_s, s_s = (float(v) for v in ctx.schedule.alpha_sigma(torch.tensor(s, dtype=torch.float64)))
+        h = math.log(a_s / s_s) - ctx.lam[i]
+        return a_s, s_s, h, ctx.level.eta ** 2 * h
 
     def step(self, ctx, i, x, state):
         x0 = ctx.denoiser.x0(x, ctx.time(i))
-        a_s, s_t, s_s, h = ctx.alpha[i + 1], ctx.sigma[i], ctx.sigma[i + 1], ctx.h(i)
-        H = ctx.eta2_integral(i)
+        a_s, s_s, h, H = self._end(ctx, i)
+        s_t = ctx.sigma[i]
         if self.variant == "exact":
             x = (x * ((s_s / s_t) * math.exp(-H))).add_(x0, alpha=-a_s * math.expm1(-h - H))
             c = s_s * math.sqrt(-math.expm1(-2.0 * H))

@@ -274,32 +274,75 @@ class DPMSolverPP2S(Solver):
     c_1 = (1 − e^{−h}) h/2 (``"midpoint"``: the bracket is (1 − e^{−h})[(1 − 1/(2r)) D_i + 1/(2r) D_u])
     or h − 1 + e^{−h} (``"taylor"``). Global order 2 on the probability-flow ODE.
 
+    **Intermediate points on the grid** (``intermediate="grid"``; diffusers'
+    ``DPMSolverSinglestepScheduler`` of order 2): the grid lists the intermediate points too, and
+    steps are taken in pairs. Step i opens a pair with the first-order (DDIM) step to t_{i+1},
+    which is u (the state returned at t_{i+1}); step i + 1 evaluates D_u = x̂0(u, t_{i+1}) and
+    closes the pair with the update above from (x_i, D_i) to t_{i+2}, h = λ_{i+2} − λ_i,
+    r = (λ_{i+1} − λ_i)/h. One evaluation per grid step. A last step that has no partner is a
+    lone DDIM step; with ``lower_order_final`` and no final denoise an even number of steps also
+    ends with two DDIM steps instead of a pair (diffusers' order list for ``lower_order_final=True``
+    with ``final_sigmas_type="sigma_min"``).
+
     Shapes: x, u, D_i and D_u are (B, *shape); λ, α, σ and the weights are float64 scalars shared by
-    the batch. No state.
+    the batch. No state (``intermediate="grid"``: within a pair, (x_i, D_i, i) of its first step).
 
     Args:
         r: position of the intermediate point as a fraction of the λ-step, 0 < r ≤ 1 (r = 1 with
-            ``"midpoint"`` is one step of UniPC-1 with bh2 and a final corrector).
+            ``"midpoint"`` is one step of UniPC-1 with bh2 and a final corrector); unused with
+            ``intermediate="grid"``.
         solver_type: ``"midpoint"`` (Algorithm 1 of the paper) or ``"taylor"``.
+        intermediate: ``"ratio"`` (default: at λ_i + r h, two evaluations per step) or ``"grid"``
+            (the next grid point; above).
+        lower_order_final: with ``intermediate="grid"``: the end rule above (default False).
 
     References: Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (Algorithm 1);
-    Lu et al., DPM-Solver, arXiv:2206.00927.
+    Lu et al., DPM-Solver, arXiv:2206.00927; von Platen et al., Diffusers,
+    github.com/huggingface/diffusers (``DPMSolverSinglestepScheduler``: ``intermediate="grid"``).
     """
 
     name = "dpmpp_2s"
     declared_order = 2.0
     nfe_per_step = 2
 
-    def __init__(self, r: float = 0.5, solver_type: str = "midpoint"):
+    def __init__(self, r: float = 0.5, solver_type: str = "midpoint", intermediate: str = "ratio",
+                 lower_order_final: bool = False):
         if not 0.0 < r <= 1.0:
             raise ValueError(f"dpmpp_2s: r must lie in (0, 1], got {r!r}")
         if solver_type not in ("midpoint", "taylor"):
             raise ValueError(f"dpmpp_2s: unknown solver_type {solver_type!r}; valid: 'midpoint', 'taylor'")
+        if intermediate not in ("ratio", "grid"):
+            raise ValueError(f"dpmpp_2s: unknown intermediate {intermediate!r}; valid: 'ratio', 'grid'")
         self.r, self.solver_type = float(r), solver_type
+        self.intermediate, self.lower_order_final = intermediate, bool(lower_order_final)
+        if intermediate == "grid":
+            self.nfe_per_step = 1  # the intermediate point is a grid point: one evaluation per grid step
+
+    def _opens_pair(self, ctx, i: int) -> bool:
+        n = ctx.steps
+        if i == n - 1:
+            return False
+        return not (self.lower_order_final and not ctx.denoise_final and n % 2 == 0 and i == n - 2)
+
+    def _grid_step(self, ctx, i, x, state):
+        """``intermediate="grid"``: open a pair (or take a lone DDIM step), or close the open pair."""
+        D = ctx.denoiser.x0(x, ctx.time(i))
+        if state is None:
+            x_next = (ctx.sigma[i + 1] / ctx.sigma[i]) * x + (-ctx.alpha[i + 1] * math.expm1(-ctx.h(i))) * D
+            return x_next, ((x, D, i) if self._opens_pair(ctx, i) else None)
+        x_j, D_j, j = state
+        h = ctx.lam[i + 1] - ctx.lam[j]
+        r = (ctx.lam[i] - ctx.lam[j]) / h
+        w0, w1, _ = weights(h)
+        a = ctx.alpha[i + 1]
+        c = a * (w0 * h / 2 if self.solver_type == "midpoint" else w1) / (r * h)
+        return lincomb(x_j, ctx.sigma[i + 1] / ctx.sigma[j], [D_j, D], [a * w0 - c, c]), None
 
     def step(self, ctx, i, x, state):
         import torch
 
+        if self.intermediate == "grid":
+            return self._grid_step(ctx, i, x, state)
         h, r = ctx.h(i), self.r
         sch = ctx.schedule
         lam_u = ctx.lam[i] + r * h

@@ -1,0 +1,386 @@
+"""Parity with diffusers' schedulers, step for step, through the drop-in DiffsolveScheduler.
+
+Every case of ``benchmarks/diffusers_parity.py`` (scheduler × config × prediction type × timestep
+spacing): diffusers' own scheduler loop and the loop of its twin (``diffsolve.parity.diffusers_twin``)
+run side by side on a small random float64 UNet2DModel from the same x_T and, for the stochastic
+ones, the same noise (generators seeded alike). diffusers runs in float64 (its module sees float32 as
+float64), so equality shows as round-off: asserted ≤ 1e-6 relative on the data-space output. The
+twin's options, the new solver options (ddim's stride, dpmpp_2s's grid intermediate), diffusers'
+spacings (grids.diffusers_timesteps) and the drop-in scheduler's errors are tested here too.
+"""
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffsolve.grids import DIFFUSERS_SPACING, diffusers_grid, diffusers_timesteps, make_grid  # noqa: E402
+from diffsolve.loop import integrate  # noqa: E402
+from diffsolve.parity import DIFFUSERS_EQUIVALENTS, diffusers_twin  # noqa: E402
+from diffsolve.processes import NoiseLevel  # noqa: E402
+from diffsolve.scheduler import DiffsolveScheduler  # noqa: E402
+from diffsolve.schedules import DDPMSchedule  # noqa: E402
+from diffsolve.solvers import get_solver  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diffusers_parity.py"
+_spec = importlib.util.spec_from_file_location("diffusers_parity", SCRIPT)
+dp = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("diffusers_parity", dp)  # its dataclasses look their module up there
+_spec.loader.exec_module(dp)
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return dp.make_net(), dp.make_x_T()
+
+
+def _columns():
+    out = []
+    for case in dp.cases():
+        for name, config in case.columns():
+            out.append(pytest.param(case, config, id=f"{case.label}-{name}".replace(" ", "_")))
+    return out
+
+
+@pytest.mark.parametrize("case,config", _columns())
+def test_twin_equals_diffusers(problem, case, config):
+    """n = 7: the DDIM stride (7 does not divide 1000), odd singlestep pairs, fractional Euler linspace."""
+    net, x_T = problem
+    with torch.no_grad():
+        diff, twin = dp.measure(case, config, net, x_T, 7)
+    if twin.approximate:  # Euler/Heun linspace: σ interpolated differently (test_euler_linspace_...)
+        assert diff < 1e-4, (diff, twin)
+    else:
+        assert diff <= TOL, (diff, twin.options)
+
+
+# n at which a rule changes: DDIM's stride (n divides N or not), the even singlestep rule,
+# diffusers' final-order ramp below 15 timesteps (with and without the final step to σ = 0)
+SPECIAL = [("DDIMScheduler", dict(timestep_spacing="linspace", clip_sample=False), (10, 3)),
+           ("DDIMScheduler", dict(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False), (10, 3)),
+           ("DDIMScheduler", dict(timestep_spacing="trailing", clip_sample=False, prediction_type="v_prediction"),
+            (6, 30)),
+           ("DPMSolverSinglestepScheduler", dict(final_sigmas_type="sigma_min", lower_order_final=True), (8, 9)),
+           ("DPMSolverSinglestepScheduler", dict(final_sigmas_type="sigma_min"), (8,)),
+           ("DPMSolverSinglestepScheduler", dict(solver_type="heun"), (8, 9)),
+           ("DPMSolverMultistepScheduler", dict(solver_order=3, final_sigmas_type="sigma_min"), (14, 15, 16)),
+           ("DPMSolverMultistepScheduler", dict(solver_order=3), (14, 15, 16)),
+           ("DEISMultistepScheduler", dict(solver_order=3), (14, 15, 16)),
+           ("UniPCMultistepScheduler", dict(solver_order=3), (14, 16)),
+           ("EulerDiscreteScheduler", dict(timestep_spacing="linspace"), (10,)),
+           ("HeunDiscreteScheduler", dict(timestep_spacing="linspace", prediction_type="v_prediction"), (10,))]
+
+
+@pytest.mark.parametrize("cls,config,ns", SPECIAL, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(SPECIAL)])
+def test_twin_equals_diffusers_other_n(problem, cls, config, ns):
+    net, x_T = problem
+    for n in ns:
+        with torch.no_grad():
+            diff, twin = dp.compare(getattr(diffusers, cls), config, net, x_T, n)
+        assert not twin.approximate and diff <= TOL, (n, diff, twin.options)
+
+
+@pytest.mark.parametrize("cls,config,eta", [
+    ("DDIMScheduler", dict(steps_offset=1, clip_sample=False), 0.0),
+    ("DDIMScheduler", dict(timestep_spacing="linspace", clip_sample=False), 0.5),
+    ("DDPMScheduler", dict(clip_sample=False), 0.0),
+    ("DPMSolverMultistepScheduler", dict(solver_order=3), 0.0),
+    ("DPMSolverSinglestepScheduler", {}, 0.0),
+    ("DEISMultistepScheduler", dict(timestep_spacing="trailing"), 0.0),
+    ("UniPCMultistepScheduler", dict(prediction_type="v_prediction"), 0.0),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="trailing"), 0.0),
+    ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="leading"), 0.0),
+    ("HeunDiscreteScheduler", dict(timestep_spacing="trailing"), 0.0),
+    ("EDMEulerScheduler", {}, 0.0),
+    ("EDMDPMSolverMultistepScheduler", {}, 0.0)])
+def test_twin_within_float32_pipeline_tolerance(problem, cls, config, eta):
+    """diffusers as shipped (float32 σ tables; some steps in float32): within the 1e-4 a float32
+    pipeline asks for; the float32 round-off shows (not float64's equality)."""
+    net, x_T = problem
+    with torch.no_grad():
+        diff, _ = dp.compare(getattr(diffusers, cls), config, net, x_T, 10, eta=eta, float64=False)
+    assert diff < 1e-4
+
+
+def test_euler_linspace_difference_is_the_sigma_interpolation(problem):
+    """Euler's fractional linspace timesteps (n = 7) are the only approximate case: diffusers
+    interpolates σ linearly between training timesteps, DDPMSchedule log α. Given DDPMSchedule's σ
+    at those timesteps, diffusers' Euler equals its twin to round-off."""
+    net, x_T = problem
+    cls = diffusers.EulerDiscreteScheduler
+    ref = cls(timestep_spacing="linspace")
+    twin = diffusers_twin(ref, 7)
+    assert twin.approximate
+    sch = DDPMSchedule(alphas_cumprod=ref.alphas_cumprod.double())
+    with dp.float64_tables(cls), torch.no_grad():
+        dp._to_float64(ref)
+        ref.set_timesteps(7)
+        assert not torch.equal(ref.timesteps, ref.timesteps.round())  # fractional
+        a, s = sch.alpha_sigma(sch.t_of_timestep(ref.timesteps.double()))
+        patched = ref.sigmas.clone()
+        patched[:-1] = s / a
+        set_timesteps = ref.set_timesteps
+        ref.set_timesteps = lambda n: (set_timesteps(n), setattr(ref, "sigmas", patched))
+        want = dp.run_diffusers(ref, net, x_T, 7)
+    ours = DiffsolveScheduler.from_config(ref.config, **twin.options)
+    with torch.no_grad():
+        got = dp.run_twin(ours, net, x_T, 7)
+    assert dp.max_rel_diff(got, want) <= TOL
+
+
+# --- the twin's options --------------------------------------------------------------------------
+def test_equivalents_cover_the_rules():
+    """Every class the mapping names has a twin rule or an EDM route; the rules give a DiffsolveScheduler."""
+    for cls in DIFFUSERS_EQUIVALENTS:
+        ref = getattr(diffusers, cls)()
+        if cls.startswith("EDM"):
+            with pytest.raises(ValueError, match="preconditions the network"):
+                diffusers_twin(ref, 10)
+            with pytest.raises(ValueError, match="EDM-preconditioned"):
+                DiffsolveScheduler.from_config(ref.config)
+            continue
+        twin = diffusers_twin(ref, 10)
+        assert diffusers_twin(dict(ref.config, _class_name=cls), 10) == twin  # a saved config names its class
+        s = DiffsolveScheduler.from_config(ref.config, **twin.options)
+        s.set_timesteps(twin.budget(10))
+        assert len(s.timesteps) == twin.budget(10) or (cls, twin.options["denoise_final"]) == ("DDIMScheduler", False)
+
+
+def test_ddim_twin_options():
+    config = diffusers.DDIMScheduler(timestep_spacing="linspace", set_alpha_to_one=True)
+    assert diffusers_twin(config, 10).options["solver"] == "ddim:stride=0.1"
+    assert diffusers_twin(config, 10, eta=0.3).options == dict(
+        solver="ddim:variant=published:stride=0.1", grid="diffusers", denoise_final=True, eta=0.3,
+        diffusers_class="DDIMScheduler")
+    leading = diffusers.DDIMScheduler(steps_offset=1)
+    assert diffusers_twin(leading, 10).options["solver"] == "ddim"  # leading: consecutive timesteps
+    # trailing with n = 7: the last step goes from timestep 142 to timestep 0, not to σ = 0
+    trailing = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    assert diffusers_twin(trailing, 7).options["denoise_final"] is False
+    assert diffusers_twin(trailing, 10).options["denoise_final"] is True
+    with pytest.raises(ValueError, match="give n"):
+        diffusers_twin(config)
+
+
+@pytest.mark.parametrize("cls,config,field", [
+    ("DDPMScheduler", dict(variance_type="fixed_large"), "variance_type"),
+    ("DDPMScheduler", dict(variance_type="learned_range"), "variance_type"),
+    ("DPMSolverMultistepScheduler", dict(use_karras_sigmas=True), "use_karras_sigmas"),
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver"), "algorithm_type"),
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=3), "solver_order"),
+    ("DPMSolverMultistepScheduler", dict(lambda_min_clipped=-5.1), "lambda_min_clipped"),
+    ("DPMSolverMultistepScheduler", dict(final_sigmas_type="sigma_min", euler_at_final=True), "euler_at_final"),
+    ("DPMSolverSinglestepScheduler", dict(solver_order=3), "solver_order"),
+    ("UniPCMultistepScheduler", dict(disable_corrector=[0]), "disable_corrector"),
+    ("EulerDiscreteScheduler", dict(use_exponential_sigmas=True), "use_exponential_sigmas"),
+    ("EulerDiscreteScheduler", dict(interpolation_type="log_linear"), "interpolation_type"),
+    ("HeunDiscreteScheduler", dict(use_beta_sigmas=True), "use_beta_sigmas")])
+def test_twin_refuses_what_it_cannot_reproduce(cls, config, field):
+    try:
+        scheduler = getattr(diffusers, cls)(**config)
+    except (ImportError, ValueError) as e:  # e.g. beta sigmas need scipy
+        pytest.skip(f"diffusers cannot build it here: {e}")
+    with pytest.raises(ValueError, match=field):
+        diffusers_twin(scheduler, 10)
+
+
+def test_approximate_twins_say_why():
+    clipped = diffusers.DDIMScheduler(clip_sample=True)
+    assert "use_clipped_model_output" in diffusers_twin(clipped, 10).approximate
+    assert not diffusers_twin(clipped, 10, use_clipped_model_output=True).approximate
+    assert "zero terminal SNR" in diffusers_twin(diffusers.DDIMScheduler(rescale_betas_zero_snr=True,
+                                                                         clip_sample=False), 10).approximate
+    assert "fractional" in diffusers_twin(diffusers.EulerDiscreteScheduler(), 7).approximate
+    assert not diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="trailing"), 7).approximate
+    eps = diffusers_twin(diffusers.UniPCMultistepScheduler(predict_x0=False, thresholding=True), 10)
+    assert eps.options["thresholding"] is False  # diffusers ignores it there
+
+
+def test_sde_third_order_of_diffusers_is_not_third_order():
+    """Why SDE-DPM-Solver++ of order 3 is refused: diffusers' D2 weight tends to −1 (an O(h²)
+    term), where an order-3 update needs O(h) (its own ODE form: h/6)."""
+    h = 1e-3
+    sde = (1.0 - math.exp(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5
+    ode = -((math.exp(-h) - 1.0 + h) / h ** 2 - 0.5)
+    assert abs(sde + 1.0) < 1e-2 and abs(ode - h / 6) < 1e-6
+
+
+# --- diffusers' spacings -------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", sorted(DIFFUSERS_SPACING))
+def test_diffusers_timesteps_match_each_class(cls):
+    C = getattr(diffusers, cls)
+    for spacing, offset in dp.SPACINGS + (("leading", 2),):
+        kwargs = {} if cls == "DPMSolverSinglestepScheduler" else dict(timestep_spacing=spacing, steps_offset=offset)
+        s = C(**kwargs)
+        for n in (1, 2, 3, 7, 10, 20, 25, 48, 50, 100, 333, 500, 700, 998):
+            try:
+                s.set_timesteps(n)
+            except ValueError:
+                continue
+            ref = s.timesteps.double()
+            if cls == "HeunDiscreteScheduler":
+                ref = torch.cat([ref[:1], ref[1::2]])
+            if float(ref.min()) < 0:  # diffusers' trailing arange rounds into an extra timestep -1 here
+                assert spacing == "trailing" and len(ref) == n + 1
+                ref = ref[:-1]
+            if float(ref.max()) > 999:  # diffusers' leading with a steps_offset past the last timestep
+                with pytest.raises(ValueError, match="outside 0..999"):
+                    diffusers_timesteps(n, spacing, steps_offset=offset, scheduler=cls)
+                continue
+            assert torch.equal(diffusers_timesteps(n, spacing, steps_offset=offset, scheduler=cls), ref), (spacing, n)
+
+
+def test_trailing_grid_keeps_its_steps():
+    """make_grid's trailing kind for N/n < 1.5: DDIM's n timesteps end at timestep 0 = t_min; the grid
+    takes n + 1 of them and still has ``steps`` steps (it used to lose one)."""
+    sch = DDPMSchedule()
+    for steps in (667, 700, 800, 998, 999):
+        t = make_grid(sch, steps, "trailing")
+        assert len(t) == steps + 1 and float(t[-1]) == sch.t_min
+        k = sch.time_label(t)
+        assert torch.equal(k, k.round())
+    assert len(make_grid(sch, 500, "trailing")) == 501
+
+
+def test_diffusers_grid_and_errors():
+    sch = DDPMSchedule()
+    t = diffusers_grid(sch, 10, "linspace", scheduler="DDIMScheduler", end_at_t_min=True)
+    assert len(t) == 10 and float(t[-1]) == sch.t_min  # ends at timestep 0 already
+    t = diffusers_grid(sch, 10, "linspace", scheduler="DPMSolverMultistepScheduler", end_at_t_min=True)
+    assert len(t) == 11
+    with pytest.raises(ValueError, match="no timestep spacing known"):
+        diffusers_timesteps(10, scheduler="PNDMScheduler")
+    with pytest.raises(ValueError, match="unknown timestep_spacing"):
+        diffusers_timesteps(10, "uniform")
+    with pytest.raises(ValueError, match="outside"):
+        diffusers_timesteps(999, "leading", steps_offset=1, scheduler="DPMSolverMultistepScheduler")
+
+
+# --- the solver options parity needs ----------------------------------------------------------------
+def _solve(spec, t, x, eta=0.0, denoise_final=False, sch=None):
+    from diffsolve.denoiser import Denoiser
+    from diffsolve.noise import NoiseSource
+
+    sch = sch or DDPMSchedule()
+    den = Denoiser(lambda x, label: torch.tanh(x) * (1 + label[:, None] / 1000), sch, prediction="eps")
+    source = NoiseSource(x.shape[0], x.shape[1:], seeds=range(x.shape[0]))
+    return integrate(get_solver(spec), den, x, t, level=NoiseLevel(sch, eta), source=source,
+                     denoise_final=denoise_final, trajectory=True)
+
+
+def test_ddim_stride():
+    sch = DDPMSchedule()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    leading = sch.t_of_timestep(torch.tensor([900.0, 800, 700, 600]))
+    for eta, variant in ((0.0, "exact"), (0.6, "published")):
+        plain = _solve(f"ddim:variant={variant}", leading, x, eta).x
+        assert torch.equal(_solve(f"ddim:variant={variant}:stride=0.1", leading, x, eta).x, plain)
+    # linspace-like: each step ends 100 timesteps down, then restarts from the next timestep
+    t = sch.t_of_timestep(torch.tensor([999.0, 888, 777]))
+    out = _solve("ddim:stride=0.1", t, x).trajectory
+    ref = _solve("ddim", sch.t_of_timestep(torch.tensor([999.0, 899])), x).x
+    assert torch.allclose(out[1], ref, rtol=1e-14, atol=0)
+    ref2 = _solve("ddim", sch.t_of_timestep(torch.tensor([888.0, 788])), out[1]).x
+    assert torch.allclose(out[2], ref2, rtol=1e-14, atol=0)
+    assert not torch.allclose(_solve("ddim", t, x).x, out[2])
+    with pytest.raises(ValueError, match="stride must be"):
+        get_solver("ddim:stride=-1")
+    with pytest.raises(ValueError, match="constant noise level"):
+        from diffsolve.denoiser import Denoiser
+
+        den = Denoiser(lambda x, label: x, sch, prediction="eps")
+        integrate(get_solver("ddim:stride=0.1"), den, x, t, level=NoiseLevel(sch, noise=lambda s: 0.1 + 0 * s))
+
+
+def test_dpmpp_2s_grid_intermediate():
+    """A pair of grid steps t0 → t_u → t1 is one 2S step from t0 to t1 with r = (λ_u − λ_0)/h; a
+    lone last step is DDIM; lower_order_final splits an even last pair into two DDIM steps."""
+    sch = DDPMSchedule()
+    x = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = sch.t_of_timestep(torch.tensor([999.0, 700, 400, 200, 50]))
+    lam = sch.log_snr(t).tolist()
+    for kind in ("midpoint", "taylor"):
+        out = _solve(f"dpmpp_2s:intermediate=grid:solver_type={kind}", t, x).trajectory
+        r = (lam[1] - lam[0]) / (lam[2] - lam[0])
+        two = _solve(f"dpmpp_2s:r={r!r}:solver_type={kind}", t[[0, 2]], x).x
+        assert torch.allclose(out[2], two, rtol=1e-12, atol=0)
+        assert torch.allclose(out[1], _solve("ddim", t[:2], x).x, rtol=1e-14, atol=0)
+    assert get_solver("dpmpp_2s:intermediate=grid").nfe(4) == 4 and get_solver("dpmpp_2s").nfe(4) == 8
+    odd = _solve("dpmpp_2s:intermediate=grid", t[:4], x).trajectory  # 3 steps: a pair, then a lone DDIM step
+    assert torch.allclose(odd[3], _solve("ddim", t[2:4], odd[2]).x, rtol=1e-14, atol=0)
+    even = _solve("dpmpp_2s:intermediate=grid:lower_order_final=true", t, x).trajectory
+    assert torch.allclose(even[4], _solve("ddim", t[3:5], even[3]).x, rtol=1e-14, atol=0)
+    assert torch.allclose(even[3], _solve("ddim", t[2:4], even[2]).x, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="unknown intermediate"):
+        get_solver("dpmpp_2s:intermediate=middle")
+
+
+# --- bad input through the drop-in scheduler ------------------------------------------------------
+def _scheduler(**kw):
+    return DiffsolveScheduler.from_config(diffusers.DDIMScheduler().config, **kw)
+
+
+def test_step_before_set_timesteps():
+    s = _scheduler()
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="before set_timesteps"):
+        s.step(x, 999, x)
+
+
+def test_step_with_out_of_order_timestep():
+    s = _scheduler(solver="ddim")
+    s.set_timesteps(5)
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"timestep .* in order"):
+        s.step(x, s.timesteps[1], x)
+
+
+def test_budget_too_small():
+    with pytest.raises(ValueError, match="too small for solver 'dpmpp_3m'"):
+        _scheduler(solver="dpmpp_3m").set_timesteps(2)
+    with pytest.raises(ValueError, match="too small for solver 'heun'"):
+        _scheduler(solver="heun").set_timesteps(2)
+
+
+def test_unknown_and_adaptive_solvers():
+    with pytest.raises(ValueError, match="unknown solver 'dpmpp_9m'"):
+        _scheduler(solver="dpmpp_9m")
+    with pytest.raises(ValueError, match="fixed-step solvers only.*'dopri5' chooses its own steps"):
+        _scheduler(solver="dopri5")
+
+
+def test_config_fields_it_cannot_express():
+    with pytest.raises(ValueError, match="EDM-preconditioned.*sigma_data"):
+        DiffsolveScheduler.from_config(diffusers.EDMEulerScheduler().config)
+    with pytest.raises(ValueError, match="timestep_type='continuous'"):
+        DiffsolveScheduler.from_config(diffusers.EulerDiscreteScheduler(prediction_type="v_prediction",
+                                                                        timestep_type="continuous").config)
+
+
+def test_from_config_keeps_the_source_schedule():
+    """A config built with its class's defaults (HeunDiscrete: β from 0.00085 to 0.012) keeps them:
+    diffusers' from_config would replace 'default' fields by DiffsolveScheduler's own."""
+    ref = diffusers.HeunDiscreteScheduler()
+    s = DiffsolveScheduler.from_config(ref.config)
+    assert torch.equal(s.schedule.alphas_cumprod, ref.alphas_cumprod.double())
+    saved = DiffsolveScheduler.from_config(dict(ref.config, _class_name="HeunDiscreteScheduler"))
+    assert saved.config.diffusers_class == "HeunDiscreteScheduler"  # a saved config names its class
+
+
+def test_grid_diffusers_follows_the_source_class():
+    """grid='diffusers' gives the source class's timesteps (the class a saved config names): DDIM's
+    and DPM-Solver's linspace differ."""
+    for cls, want in (("DDIMScheduler", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]),
+                      ("DPMSolverMultistepScheduler", [999, 899, 799, 699, 599, 500, 400, 300, 200, 100])):
+        ref = getattr(diffusers, cls)(timestep_spacing="linspace")
+        ref.set_timesteps(10)
+        saved = dict(ref.config, _class_name=cls)
+        s = DiffsolveScheduler.from_config(saved, solver="ddim", grid="diffusers")
+        s.set_timesteps(10)
+        assert s.timesteps.tolist() == ref.timesteps.tolist() == want
