@@ -31,8 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._diffusers import flow_grid, refuse_flow_options
-from .adapters import schedule_from_diffusers
+from ._diffusers import flow_grid, refuse_flow_options, schedule_from_diffusers
 from .denoiser import Denoiser
 from .grids import diffusers_grid
 from .loop import drive
