@@ -243,8 +243,14 @@ class Denoiser(torch.nn.Module):
                 self._label_cache[key] = label
         out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
+        if not isinstance(out, Tensor) or out.shape != x.shape or not out.is_floating_point():
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            if got == tuple(x.shape):  # complex, integer or boolean values (a real float is the only prediction)
+                name = type(self.net).__name__ if isinstance(self.net, torch.nn.Module) else getattr(
+                    self.net, "__qualname__", type(self.net).__name__)
+                raise TypeError(f"the network {name} returned {out.dtype} values for input of dtype {x.dtype}; a "
+                                f"denoiser's output must be real floating point: return a float tensor"
+                                f"{' (out.real if the imaginary part is zero)' if out.is_complex() else ''}")
             raise ValueError(f"the network returned shape {got} for input of shape {tuple(x.shape)}; "
                              f"a denoiser's output must have the shape of its input")
         self._check_finite(out, t)

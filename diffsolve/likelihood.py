@@ -75,7 +75,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
-from .checks import check_data, data_end_time
+from .checks import check_data, check_state_dtype, data_end_time
 from .dequantize import Dequantization
 from .ode import TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode, round_trip
 
@@ -222,8 +222,7 @@ def _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior):
         raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
     if fresh_probes and divergence == "exact":
         raise ValueError("fresh_probes applies to divergence='hutchinson'; the exact divergence uses no probes")
-    if dtype not in (torch.float64, torch.float32):
-        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    check_state_dtype(dtype)
     if prior != "gaussian" and not callable(prior):
         raise ValueError(f"prior must be 'gaussian' or a callable z -> log p_T(z), got {prior!r}")
 
@@ -300,7 +299,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         :class:`LikelihoodResult`.
     """
     deq = Dequantization.make(dequantize)
-    check_data(denoiser, x, allow_int=deq is not None)
+    check_data(denoiser, x, allow_int=deq is not None,
+               int_hint="integer data need dequantize=dict(levels=K, range=(a, b))")
     _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior)
     solve = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, fixed_steps=fixed_steps,
                  max_steps=max_steps, chunk_size=chunk_size)

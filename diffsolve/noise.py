@@ -7,15 +7,19 @@ alone or inside a batch of any size. With a single ``generator`` the whole batch
 """
 from __future__ import annotations
 
+import bisect
+import numbers
 import re
-from typing import Sequence
+import sys
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ._text import count
+from .checks import check_batch_memory, check_device, check_int, check_net_dtype, check_shape, check_seed, is_integer
 
-__all__ = ["NoiseSource", "ImpulseNoise", "parse_seeds"]
+__all__ = ["NoiseSource", "ImpulseNoise", "parse_seeds", "seed_list", "Seeds"]
 
 
 class NoiseSource:
@@ -24,7 +28,7 @@ class NoiseSource:
     Args:
         batch: number of samples.
         event_shape: shape of one sample.
-        seeds: optional sequence of ``batch`` integers, one independent stream per sample.
+        seeds: optional ``batch`` seeds (see :func:`parse_seeds`), one independent stream per sample.
         generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds).
         device, dtype: of the tensors returned.
     """
@@ -33,14 +37,22 @@ class NoiseSource:
                  generator: torch.Generator | None = None, device=None, dtype=torch.float64):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
-        self.batch, self.event_shape = int(batch), tuple(event_shape)
-        self.device, self.dtype = torch.device(device or "cpu"), dtype
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                            f"{type(generator).__name__}; for per-sample seeds use seeds=[...]")
+        self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
+        self.device = check_device(device, allow_meta=True) or torch.device("cpu")
+        self.dtype = check_net_dtype(dtype, "dtype", allow_none=False)
         self.draws = 0
         if seeds is not None:
-            seeds = [int(s) for s in seeds]
+            seeds = parse_seeds(seeds)  # a Seeds sequence (from parse_seeds) was checked when it was made
             if len(seeds) != self.batch:
                 raise ValueError(f"got {count(len(seeds), 'seed')} for a batch of {self.batch}; give one seed per "
                                  f"sample")
+            if self.device.type == "meta":
+                raise ValueError("per-sample seeds draw on a device with data; the meta device has none")
+        check_batch_memory(self.batch, self.event_shape, self.dtype, self.device, generators=seeds is not None)
+        if seeds is not None:
             self._gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
             self._gen = None
         else:
@@ -90,41 +102,186 @@ class ImpulseNoise:
         return z
 
 
-def parse_seeds(spec, distinct: bool = False) -> list[int]:
-    """Seeds from an int, a sequence, or an EDM-style string such as ``"0-63"`` or ``"1,5,10-12"``.
+class Seeds(Sequence):
+    """A lazy, checked sequence of seeds: what :func:`parse_seeds` returns.
+
+    Made of parts, each a ``range`` or a tuple of ints, so ``"0-199999999"`` costs nothing until its
+    seeds are used: ``len``, indexing (negative too), slicing (a ``Seeds`` again, still lazy),
+    iteration, ``in`` and equality with lists, tuples and ranges work as for the list of its seeds.
+    Every seed was checked (an integer in [0, 2⁶³)) when it was made; ``distinct`` says whether it
+    was also checked for repeats.
+    """
+
+    __slots__ = ("_parts", "_ends", "distinct")
+
+    def __init__(self, parts=(), distinct: bool = False):
+        try:
+            self._parts = tuple(p for p in parts if len(p))
+        except OverflowError:  # a range longer than sys.maxsize
+            raise ValueError("more than 2**63 seeds: give fewer (each seed is a sample)") from None
+        ends, n = [], 0
+        for p in self._parts:
+            n += len(p)
+            ends.append(n)
+        if n > sys.maxsize:
+            raise ValueError(f"{n} seeds are more than can be counted: give fewer (each seed is a sample)")
+        self._ends = ends
+        self.distinct = distinct
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._slice(i)
+        if not is_integer(i):
+            raise TypeError(f"seed indices must be integers or slices, got {type(i).__name__}")
+        n = len(self)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"seed index {i} out of range for {n} seeds")
+        k = bisect.bisect_right(self._ends, j)
+        return self._parts[k][j - (self._ends[k - 1] if k else 0)]
+
+    def _slice(self, sl: slice) -> "Seeds":
+        idx = range(len(self))[sl]
+        if len(self._parts) == 1:
+            return Seeds((self._parts[0][sl],), self.distinct)
+        if idx.step != 1:
+            return Seeds((tuple(self[j] for j in idx),), self.distinct)
+        parts, begin = [], 0
+        for p, end in zip(self._parts, self._ends):
+            lo, hi = max(idx.start - begin, 0), min(idx.stop - begin, len(p))
+            if lo < hi:
+                parts.append(p[lo:hi])
+            begin = end
+        return Seeds(parts, self.distinct)
+
+    def __iter__(self):
+        for p in self._parts:
+            yield from p
+
+    def __contains__(self, value) -> bool:
+        return any(value in p for p in self._parts)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, (Seeds, list, tuple, range)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def tolist(self) -> list[int]:
+        return list(self)
+
+    @property
+    def spec(self) -> str:
+        """The compact text form: ``"0-63"``, ``"1,5,10-12"``."""
+        out = []
+        for p in self._parts:
+            if isinstance(p, range) and p.step == 1 and len(p) > 1:
+                out.append(f"{p.start}-{p[-1]}")
+            else:
+                out.extend(map(str, p))
+        return ",".join(out)
+
+    def __repr__(self) -> str:
+        spec = self.spec
+        return f"Seeds({spec if len(spec) <= 80 else spec[:77] + '...'!r})"
+
+
+def parse_seeds(spec, distinct: bool = False) -> Seeds:
+    """Seeds from an int, a sequence of ints (list, tuple, range, integer array or tensor) or an EDM-style
+    string such as ``"0-63"`` or ``"1,5,10-12"``, as a lazy :class:`Seeds` sequence (a range of 10⁸
+    seeds costs nothing until used). Every seed must be an integer (not a float, not a bool) in
+    [0, 2⁶³).
 
     ``distinct``: refuse a seed given twice (where each seed defines one sample, a repeat only
-    duplicates that sample)."""
-    seeds = _parse_seeds(spec)
-    if distinct and len(set(seeds)) < len(seeds):
-        seen, repeated = set(), {}
-        for s in seeds:
-            if s in seen:
-                repeated[s] = None
-            seen.add(s)
-        where = f" in {spec!r}" if isinstance(spec, str) else ""
-        raise ValueError(f"seed{'s' if len(repeated) > 1 else ''} {', '.join(map(str, repeated))} "
-                         f"{'are' if len(repeated) > 1 else 'is'} repeated{where}: each seed defines one sample, "
-                         f"so a repeat only duplicates it; give each seed once, e.g. 0-63")
+    duplicates that sample); a range is distinct by construction, so only overlaps are looked for."""
+    seeds = spec if isinstance(spec, Seeds) else _parse_seeds(spec)
+    if distinct and not seeds.distinct:
+        repeated = _repeats(seeds._parts)
+        if repeated:
+            where = f" in {spec!r}" if isinstance(spec, str) else ""
+            many = len(repeated) > 1 or repeated[0][1] - repeated[0][0] > 1
+            shown = ", ".join(str(a) if b - a == 1 else f"{a}-{b - 1}" for a, b in repeated[:10])
+            raise ValueError(f"seed{'s' if many else ''} {shown}{', ...' if len(repeated) > 10 else ''} "
+                             f"{'are' if many else 'is'} repeated{where}: each seed defines one sample, so a repeat "
+                             f"only duplicates it; give each seed once, e.g. 0-63")
+        seeds = Seeds(seeds._parts, distinct=True)
     return seeds
 
 
-def _parse_seeds(spec) -> list[int]:
-    if isinstance(spec, int):
-        return [spec]
-    if isinstance(spec, str):
-        out = []
-        for part in spec.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)-(\d+)", part)
-            if m:
-                lo, hi = int(m.group(1)), int(m.group(2))
-                if hi < lo:
-                    raise ValueError(f"bad seed range {part!r}: end before start")
-                out.extend(range(lo, hi + 1))
-            elif re.fullmatch(r"\d+", part):
-                out.append(int(part))
+def seed_list(spec, name: str = "seeds", minimum: int = 0, first: int = 0) -> list[int]:
+    """A number of seeds (``first``, ``first`` + 1, ...) or the seeds themselves (:func:`parse_seeds`), as a
+    list of at least ``minimum`` distinct ints."""
+    if is_integer(spec) or isinstance(spec, (bool, float)):
+        return list(range(first, first + check_int(name, spec, minimum, " (a number of samples) or seeds ('0-63')")))
+    seeds = list(parse_seeds(spec, distinct=True))
+    if len(seeds) < minimum:
+        raise ValueError(f"{name}: got {count(len(seeds), 'seed')}, need at least {minimum}")
+    return seeds
+
+
+def _repeats(parts) -> list[tuple[int, int]]:
+    """The seeds that occur more than once, as sorted disjoint [a, b) intervals. Each part is distinct in
+    itself when it is a range; intervals of consecutive seeds are swept, so a range costs O(1)."""
+    if len(parts) == 1 and (isinstance(parts[0], range) or len(set(parts[0])) == len(parts[0])):
+        return []  # one range, or one list without repeats (the common cases: no sort)
+    spans = []
+    for p in parts:
+        if isinstance(p, range) and abs(p.step) == 1:
+            spans.append((min(p[0], p[-1]), max(p[0], p[-1]) + 1))
+        else:
+            spans.extend((s, s + 1) for s in p)
+    spans.sort()
+    out, reach = [], -1
+    for a, b in spans:
+        if a < reach:
+            lo, hi = a, min(b, reach)
+            if out and lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
             else:
-                raise ValueError(f"bad seed specification {part!r}; use e.g. '0-63' or '1,5,10-12'")
-        return out
-    return [int(s) for s in spec]
+                out.append((lo, hi))
+        reach = max(reach, b)
+    return out
+
+
+def _parse_seeds(spec) -> Seeds:
+    if isinstance(spec, str):
+        return _parse_text(spec)
+    if isinstance(spec, range):
+        if len(spec):
+            for end in (spec[0], spec[-1]):
+                check_seed(end, f" (in {spec!r})")
+        return Seeds((spec,))
+    if isinstance(spec, bool) or isinstance(spec, numbers.Number):
+        return Seeds(((check_seed(spec),),))
+    if isinstance(spec, (set, frozenset, dict, bytes, bytearray)) or not hasattr(spec, "__iter__"):
+        unordered = " (unordered)" if isinstance(spec, (set, frozenset)) else ""
+        raise TypeError(f"seeds must be an int, a list or range of ints, or a string such as '0-63' or "
+                        f"'1,5,10-12'; got {type(spec).__name__}{unordered}")
+    if isinstance(spec, Tensor) or type(spec).__module__ == "numpy":
+        if spec.ndim > 1:
+            raise ValueError(f"seeds must be one-dimensional, got an array of shape {tuple(spec.shape)}")
+        spec = spec.tolist()
+        spec = spec if isinstance(spec, list) else [spec]
+    return Seeds((tuple(check_seed(s, f" at position {i}") for i, s in enumerate(spec)),))
+
+
+def _parse_text(spec: str) -> Seeds:
+    parts = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"([0-9]+)-([0-9]+)", part) or re.fullmatch(r"([0-9]+)", part)
+        if not m:
+            raise ValueError(f"bad seed specification {part!r}{f' in {spec!r}' if part != spec else ''}; use e.g. "
+                             f"'0-63' or '1,5,10-12' (whole numbers >= 0)")
+        if any(len(g) > 19 for g in m.groups()):  # beyond 2**63 (and int() of a huge string is slow)
+            raise ValueError(f"seed {max(m.groups(), key=len)[:30]}... in {spec!r} is out of range: seeds are integers "
+                             f"in [0, 2**63 - 1]")
+        lo, hi = (check_seed(int(g), f" in {spec!r}") for g in (m.groups() * 2)[:2])
+        if hi < lo:
+            raise ValueError(f"bad seed range {part!r}: end before start; write it as {hi}-{lo}")
+        parts.append(range(lo, hi + 1))
+    return Seeds(parts)

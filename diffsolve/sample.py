@@ -2,11 +2,14 @@ r"""``sample``: draw samples with any solver on any member of the ν_t family (d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
+                     check_options, check_shape, check_state_dtype, check_tuned_schedule)
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -71,32 +74,38 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default True
             (with a tuned grid: the grid's own setting).
-        dtype: dtype of the solver state (float64 by default; the network runs in its own).
+        dtype: dtype of the solver state, torch.float64 (default) or torch.float32; the network runs
+            in its own dtype (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(f"denoiser must be a diffsolve.Denoiser, got {type(denoiser).__name__}; "
-                        f"wrap your network with Denoiser(net, schedule, prediction=...)")
+    if x is not None:  # the denoiser, then the data and the device they run on
+        check_data(denoiser, x, allow_meta=True)
+        device = x.device if device is None else check_device(device, allow_meta=x.is_meta)
+        if x.is_meta != (device.type == "meta"):
+            raise ValueError(f"x is on the {x.device} device and device={str(device)!r}: a meta tensor has no data to "
+                             f"move; give x with data, or leave device out (a dry run on meta tensors)")
+    else:
+        device = check_device(device)
+        check_denoiser(denoiser, device)
     schedule = denoiser.schedule
-    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(solver, solver_options, grid, steps, nfe,
-                                                                         denoise_final)
+    dtype = check_state_dtype(dtype)
+    check_flag("trajectory", trajectory)
+    check_flag("denoise_final", denoise_final, allow_none=True)
+    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
+                                                                         nfe, denoise_final)
+    _check_sizes(steps, nfe, grid, solver_options, eta)
     solver = get_solver("dpmpp_2m" if solver is None else solver, **(solver_options or {}))
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final)
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
     if x is not None:
+        if shape is not None and check_shape("shape", shape, batch=True) != tuple(x.shape):
+            raise ValueError(f"shape={tuple(shape)} does not match x of shape {tuple(x.shape)}; give one of them")
         batch_shape = tuple(x.shape)
-        device = x.device if device is None else torch.device(device)
     else:
-        if shape is None:
-            if seeds is None or denoiser.shape is None:
-                raise ValueError("give x, or shape=(batch, ...), or seeds with a denoiser that knows its sample shape")
-            shape = (len(seeds), *denoiser.shape)
-        batch_shape = tuple(int(s) for s in shape)
-    if len(batch_shape) < 2:
-        raise ValueError(f"shape must be (batch, *sample_shape), got {batch_shape}")
+        batch_shape = _batch_shape(denoiser, shape, seeds)
     source = NoiseSource(batch_shape[0], batch_shape[1:], seeds=seeds, generator=generator,
                          device=device, dtype=dtype)
     if x is None:
@@ -111,14 +120,45 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                         trajectory=torch.stack(traj) if traj is not None else None, info=info)
 
 
-def _tuned_grid(solver, solver_options, grid, steps, nfe, denoise_final):
+def _check_sizes(steps, nfe, grid, solver_options, eta):
+    """The budget (integers >= 1), the grid given as values, the solver's options and the noise level."""
+    hint = " (a number of solver steps), or a tuned grid (TunedGrid or its .json path)"
+    if steps is not None:
+        check_int("steps", steps, hint=hint)
+    if nfe is not None:
+        check_int("nfe", nfe, hint=" (a budget of network evaluations, the final denoise included)")
+    check_grid_values("grid", grid)
+    check_options("solver_options", solver_options)
+    if eta is not None:  # (η² must be a float: beyond 1e150 it overflows)
+        check_number("eta", eta, minimum=0.0, maximum=1e150)
+
+
+def _batch_shape(denoiser: Denoiser, shape, seeds) -> tuple:
+    """(batch, *sample_shape) from ``shape``, or from the seeds and the denoiser's sample shape."""
+    if seeds is not None and len(seeds) == 0:
+        raise ValueError("seeds is empty; give one seed per sample, e.g. seeds='0-63'")
+    if shape is None:
+        if seeds is None or denoiser.shape is None:
+            raise ValueError("give x, or shape=(batch, ...), or seeds with a denoiser that knows its sample shape "
+                             "(Denoiser(..., shape=...))")
+        return (len(seeds), *denoiser.shape)
+    batch_shape = check_shape("shape", shape, batch=True)
+    if denoiser.shape is not None and batch_shape[1:] != denoiser.shape:
+        raise ValueError(f"shape={batch_shape} gives samples of shape {batch_shape[1:]}, but the denoiser's samples "
+                         f"have shape {denoiser.shape}; give shape=(batch, {', '.join(map(str, denoiser.shape))})")
+    return batch_shape
+
+
+def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final):
     """A tuned grid given as ``steps=`` or ``grid=`` fixes the times, whether the run ends with x̂0
     and, unless another solver is named, the solver and its options. A budget or a number of
-    steps beside it is refused: the grid fixes them."""
+    steps beside it is refused: the grid fixes them; so is a model with another schedule."""
     for name, spec in (("steps", steps), ("grid", grid)):
         tuned = load_grid(spec)
         if tuned is None:
             continue
+        check_tuned_schedule(tuned, schedule, f"the tuned grid given as {name}="
+                             + (f" ({spec})" if isinstance(spec, (str, Path)) else ""))
         other = {"steps": steps, "grid": grid, "nfe": nfe}
         other.pop(name)
         given = [k for k, v in other.items() if v is not None]

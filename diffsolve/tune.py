@@ -29,10 +29,12 @@ from torch import Tensor
 
 from ._text import count
 from ._version import __version__
+from .checks import (check_flag, check_grid_values, check_int, check_number, check_options, check_tuned_schedule,
+                     check_tuning)
 from .denoiser import Denoiser
 from .grids import make_grid, validate_grid
 from .loop import integrate
-from .noise import NoiseSource, parse_seeds
+from .noise import NoiseSource, seed_list
 from .processes import NoiseLevel
 from .reference import ode_reference
 from .solvers import get_solver, parse_solver_spec
@@ -48,15 +50,8 @@ class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
 
-    def __init__(self, denoiser, shape, pilot, fresh, rtol, atol, device):
-        self.shape = tuple(shape) if shape is not None else denoiser.shape
-        if self.shape is None:
-            raise ValueError("give shape=(...) of one sample; the denoiser does not know it")
-        self.pilot_seeds = list(range(pilot)) if isinstance(pilot, int) else parse_seeds(pilot)
-        first = max(self.pilot_seeds) + 1 if isinstance(fresh, int) else 0  # a number of fresh seeds: the next ones
-        self.fresh_seeds = list(range(first, first + fresh)) if isinstance(fresh, int) else parse_seeds(fresh)
-        if set(self.fresh_seeds) & set(self.pilot_seeds):
-            raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+    def __init__(self, denoiser, checked: tuple, rtol, atol):
+        self.shape, self.pilot_seeds, self.fresh_seeds, device = checked
         self.denoiser, self.rtol, self.atol, self.device = denoiser, rtol, atol, device
         self.level = NoiseLevel(denoiser.schedule, eta=0.0)
         self.nfe_start, self.start_time, self.solves = denoiser.nfe, time.perf_counter(), 0
@@ -79,7 +74,9 @@ class _Pilots:
     def result(self, error, judged: tuple, extra_nfe: int = 0, **fields) -> TunedGrid:
         """The :class:`TunedGrid` of ``fields``, schedule, seeds, version, the fresh-seed errors of the start
         and the result (``judged``; ``error(which, x, ref)``) and the tuning cost; resets the counter."""
-        result = TunedGrid(schedule=repr(self.denoiser.schedule), pilot_seeds=self.pilot_seeds,
+        sch = self.denoiser.schedule
+        lam = sch.log_snr(torch.tensor(fields["t"], dtype=torch.float64)).tolist()  # the schedule, for the checks
+        result = TunedGrid(schedule=repr(sch), log_snr=lam, pilot_seeds=self.pilot_seeds,
                            fresh_seeds=self.fresh_seeds, version=__version__, **fields)
         if self.fresh_seeds:
             x, ref = self.targets(self.fresh_seeds)
@@ -88,6 +85,16 @@ class _Pilots:
         self.denoiser.nfe = self.nfe_start
         result.tuning_seconds = time.perf_counter() - self.start_time
         return result
+
+
+def _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, min_pilot: int = 1) -> tuple:
+    """What both tuners are given, checked once: (sample shape, pilot seeds, fresh seeds, device)."""
+    shape, device = check_tuning(denoiser, nfe, shape, max_evals, rtol, atol, device)
+    pilots = seed_list(pilot, "pilot", min_pilot)
+    fresh = seed_list(fresh, "fresh", first=max(pilots) + 1)  # a number of fresh seeds: those after the pilots
+    if set(fresh) & set(pilots):
+        raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
+    return shape, pilots, fresh, device
 
 
 def _fixed_step_solver(solver, solver_options: dict | None):
@@ -206,23 +213,34 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     Returns:
         :class:`TunedGrid` (save it with ``.save(path)``; use it with ``sample(..., steps=grid)``).
     """
-    if denoise_final == "auto":
-        kw = dict(pilot=pilot, fresh=fresh, shape=shape, init=init, max_evals=max_evals, solver_options=solver_options,
-                  model=model, rtol=rtol, atol=atol, device=device, verbose=verbose)
-        runs = [tune_steps(denoiser, solver, nfe, denoise_final=d, tune_end=tune_end if d else None, **kw)
+    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device)
+    check_flag("denoise_final", denoise_final, choices=("auto",))
+    check_flag("tune_end", tune_end, allow_none=True)
+    check_options("solver_options", solver_options)
+    check_grid_values("init", init)
+    return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
+                       max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
+                       verbose=verbose)
+
+
+def _tune_steps(denoiser: Denoiser, solver, nfe: int, checked: tuple, *, denoise_final, init, tune_end,
+                max_evals: int, solver_options, model: str, rtol: float, atol: float, verbose: bool) -> TunedGrid:
+    """:func:`tune_steps` on checked arguments."""
+    if isinstance(denoise_final, str):  # "auto": both, the better one kept
+        kw = dict(init=init, max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
+                  verbose=verbose)
+        runs = [_tune_steps(denoiser, solver, nfe, checked, denoise_final=d, tune_end=tune_end if d else None, **kw)
                 for d in (True, False)]
         best = min(runs, key=lambda r: r.pilot_error)  # charged with the cost of both
         for k in ("tuning_nfe", "tuning_seconds", "evaluations"):
             setattr(best, k, sum(getattr(r, k) for r in runs))
         return best
-    if not isinstance(denoise_final, bool):
-        raise ValueError(f"denoise_final must be True, False or 'auto', got {denoise_final!r}")
     sol, solver_options = _fixed_step_solver(solver, solver_options)
     steps = sol.steps_for_nfe(nfe, denoise_final)
     tune_end = denoise_final if tune_end is None else bool(tune_end)
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
-    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
+    pilots = _Pilots(denoiser, checked, rtol, atol)
     search = _GridSearch(pilots, sol, denoise_final, tune_end)
     init_name, init_t, init_err, scores = search.choose_start(init, steps, nfe)
     if verbose:
@@ -243,8 +261,10 @@ def _fixed_grid(schedule, nfe: int, grid, history: int, denoise_final: bool):
     """The grid of :func:`tune_solver` (times, denoise_final, name, TunedGrid or None), checked to cost ``nfe``."""
     tuned = load_grid(grid)
     if tuned is not None:
+        check_tuned_schedule(tuned, schedule, f"the tuned grid{f' {grid}' if isinstance(grid, str) else ''}")
         t, denoise_final, name = tuned.grid, tuned.denoise_final, f"tuned for {tuned.solver}"
     else:
+        check_grid_values("grid", grid)
         t = make_grid(schedule, LearnedMultistep(history=history).steps_for_nfe(nfe, denoise_final), grid)
         name = grid if isinstance(grid, str) else "user"
     steps, extra = len(t) - 1, int(denoise_final)
@@ -364,18 +384,23 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
         ``sample(denoiser, steps=result)`` runs it.
     """
-    if not 0.0 < validation < 1.0:
-        raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
-    if iterations < 0 or check_every < 1 or not lr > 0:
-        raise ValueError("need iterations >= 0, check_every >= 1 and lr > 0")
-    pilots = _Pilots(denoiser, shape, pilot, fresh, rtol, atol, device)
+    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, min_pilot=2)
+    check_number("validation", validation, positive=True, maximum=1.0)
+    check_int("iterations", iterations, 0)
+    check_int("check_every", check_every)
+    check_int("history", history, 2, " (evaluations a step combines; the 2M start takes two)")
+    check_number("lr", lr, positive=True)
+    check_flag("shifts", shifts)
+    check_flag("denoise_final", denoise_final)
+    pilots = _Pilots(denoiser, checked, rtol, atol)
     n_val = max(1, round(validation * len(pilots.pilot_seeds)))
     if len(pilots.pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
     grid_nfe, grid_name = 0, None
     if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
-        grid = tune_steps(denoiser, grid_solver, nfe, pilot=pilot, fresh=0, shape=shape, denoise_final=denoise_final,
-                          max_evals=max_evals, model=model, rtol=rtol, atol=atol, device=device, verbose=verbose)
+        grid = _tune_steps(denoiser, grid_solver, nfe, (*checked[:2], [], checked[3]), denoise_final=denoise_final,
+                           init="auto", tune_end=None, max_evals=max_evals, solver_options=None, model=model, rtol=rtol,
+                           atol=atol, verbose=verbose)
         grid_nfe, grid_name = grid.tuning_nfe, f"tuned for {grid_solver}"
     t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
     fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)

@@ -35,6 +35,11 @@ class TunedGrid:
     weights); ``validation_error``: the error on the held-out pilots that chose the fitted weights.
     ``tuning_nfe``: network evaluations spent by the search (batched calls; each call evaluates
     all pilot samples), ``tuning_seconds``: its wall time.
+
+    ``schedule`` (the repr of the model's schedule) and ``log_snr`` (λ at each time of ``t`` under it)
+    record the schedule the grid was tuned on: a run with another schedule, or the same kind with
+    other parameters, is refused (:func:`diffsolve.checks.check_tuned_schedule`). Files written before
+    ``log_snr`` was recorded load with an empty list (their range is still checked).
     """
 
     t: list
@@ -43,6 +48,7 @@ class TunedGrid:
     denoise_final: bool
     model: str = ""
     schedule: str = ""
+    log_snr: list = field(default_factory=list)
     solver_options: dict = field(default_factory=dict)
     init_grid: str = ""
     init_error: float = math.nan
@@ -120,6 +126,12 @@ def _check_fields(path, data: dict):
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"{path}: 'nfe' must be a positive integer (network evaluations per sample), got "
                          f"{json.dumps(nfe)}")
+    lam, sch = data.get("log_snr", []), data.get("schedule", "")
+    if not isinstance(sch, str) or not isinstance(lam, list) or (lam and (len(lam) != len(t) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in lam))):
+        raise ValueError(f"{path}: 'schedule' must be a string and 'log_snr' a list of finite numbers, one per time of "
+                         f"'t' (or empty), got {json.dumps(sch)[:40]} and {json.dumps(lam)[:60]}; make the file "
+                         f"with `diffsolve tune`")
     if not isinstance(solver, str) or not isinstance(data.get("solver_options", {}), dict):
         raise ValueError(f"{path}: 'solver' must be a solver name and 'solver_options' an object of its "
                          f"options, got {json.dumps(solver)} and {json.dumps(data.get('solver_options'))[:80]}")

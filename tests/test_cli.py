@@ -140,7 +140,7 @@ def test_likelihood_matches_the_exact_density(capsys, tmp_path):
     assert code == 0, err
     assert json.loads(out)["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=1.0)
     code, _, err = run(["likelihood", "--problem", "mix64", "--data", str(tmp_path / "x.npy")], capsys)
-    assert code == 2 and "do not match the problem's sample shape" in err
+    assert code == 2 and err.startswith(f"error: --data {tmp_path / 'x.npy'} has sample shape (2,)") and "(batch, 64)" in err
 
 
 def test_python_m_and_console_script_entry(tmp_path):

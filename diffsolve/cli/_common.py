@@ -113,20 +113,18 @@ def add_nfe_option(p, required=False):
 
 # --- checks of the command line itself --------------------------------------------------------------
 def check_device_dtype(args):
-    """The torch device and dtype named by ``--device`` and ``--dtype``."""
+    """The torch device and dtype named by ``--device`` and ``--dtype`` (:mod:`diffsolve.checks`)."""
     import torch
 
+    from ..checks import check_device
+
     if args.dtype not in DTYPES:
-        raise CLIError(choices_msg("dtype", args.dtype, DTYPES))
-    try:
-        dev = torch.device(args.device)
-    except RuntimeError:
-        raise CLIError(f"unknown device {args.device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise CLIError(f"unsupported device {args.device!r}; use cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"device {args.device!r} requested but CUDA is not available here; use --device cpu")
-    return dev, getattr(torch, args.dtype)
+        named = getattr(torch, str(args.dtype), None)
+        half = isinstance(named, torch.dtype) and named.is_floating_point and named.itemsize < 4
+        raise CLIError(choices_msg("dtype", args.dtype, DTYPES) + (
+            f" (--dtype is the solver state's, which loses its accuracy in {args.dtype}; the network runs in its "
+            f"own dtype, half precision included)" if half else ""))
+    return check_device(args.device, "--device"), getattr(torch, args.dtype)
 
 
 def check_schedule(name):
@@ -177,20 +175,20 @@ def problem_from_args(args, device):
     return get_problem(args.problem, schedule=args.schedule, device=device)
 
 
-def check_writable(path: Path, suffixes):
-    """Refuse an output file we could not write, before any work (its directory is created)."""
-    if path.suffix not in suffixes:
-        raise CLIError(f"output file {str(path)!r} must end in {' or '.join(suffixes)}")
-    if path.exists() and path.is_dir():
-        raise CLIError(f"{str(path)!r} is a directory; give a file name ending in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CLIError(f"cannot create directory {str(parent)!r} for {str(path)!r}: {e.strerror or e}") from None
-    if not parent.is_dir():
-        raise CLIError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
+def check_writable(path, suffixes) -> Path:
+    """Refuse an output file we could not write, before any work (its directory is created): every
+    command that writes calls this first (:func:`diffsolve.checks.check_writable`)."""
+    from ..checks import check_writable as check
+
+    return check(path, suffixes)
+
+
+def checked_denoiser(problem, device):
+    """The problem's denoiser, checked once (:func:`diffsolve.checks.check_denoiser`): a factory's result is
+    a Denoiser with a valid shape and dtype whose network has weights."""
+    from ..checks import check_denoiser
+
+    return check_denoiser(problem.denoiser(), device)
 
 
 # --- errors to exit statuses --------------------------------------------------------------------------

@@ -6,11 +6,10 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 from .._text import count
-from ._common import (CLIError, add_device_options, add_model_options, check_device_dtype, positive_int,
-                      problem_from_args)
+from ._common import (CLIError, add_device_options, add_model_options, check_device_dtype, checked_denoiser,
+                      positive_int, problem_from_args)
 
 
 def add_parser(subparsers):
@@ -32,40 +31,13 @@ def add_parser(subparsers):
     return lk
 
 
-def _load_data(path: str):
-    import torch
-
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"data file {path!r} does not exist")
-    if p.suffix == ".npy":
-        import numpy as np
-
-        try:
-            return torch.from_numpy(np.load(p, allow_pickle=False))
-        except (ValueError, OSError) as e:
-            raise CLIError(f"cannot read {path!r} as a .npy array: {e}") from None
-    if p.suffix == ".pt":
-        try:
-            x = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise CLIError(f"cannot read {path!r} as a tensor saved by torch.save: {e}") from None
-        if not isinstance(x, torch.Tensor):
-            raise CLIError(f"{path!r} holds an object of type {type(x).__name__}, expected a tensor saved by "
-                           f"torch.save")
-        return x
-    raise CLIError(f"data file {path!r} must be .npy or .pt")
-
-
-def _points(args, problem):
+def _points(args, problem, den):
     """The points to evaluate: ``--data``, or the problem's exact data."""
-    import torch
+    if args.data:  # the file, then its samples against the model (before the run is announced)
+        from ..checks import check_data, load_tensor_file
 
-    if args.data:
-        x = _load_data(args.data).to(torch.float64)
-        if tuple(x.shape[1:]) != tuple(problem.shape):
-            raise CLIError(f"data of shape {tuple(x.shape)} do not match the problem's sample shape "
-                           f"(N, {', '.join(map(str, problem.shape))})")
+        x = load_tensor_file(args.data, "--data file")
+        check_data(den, x, name=f"--data {args.data}")
         return x
     if problem.exact:
         return problem.exact_samples(args.n, args.seed)
@@ -92,21 +64,24 @@ def _summary(problem, den, res, seconds: float) -> dict:
 
 
 def run(args) -> int:
+    from ..checks import check_seed
+
+    check_seed(args.seed, " (--seed)")
     device, dtype = check_device_dtype(args)
     try:
         from ..likelihood import log_likelihood
     except ImportError as e:
         raise CLIError(f"log-likelihoods need diffsolve.likelihood, which is not available: {e}") from None
     problem = problem_from_args(args, device)
-    den = problem.denoiser()
-    x = _points(args, problem)
+    den = checked_denoiser(problem, device)
+    x = _points(args, problem, den)
     if not args.quiet:
         print(f"log-likelihood of {count(x.shape[0], 'point')} under {problem.name} ({args.divergence or 'default'} "
               f"divergence) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol") if getattr(args, k) is not None}
     res = log_likelihood(den, x.to(device), fresh_probes=args.fresh_probes, dtype=dtype,
-                         seeds=list(range(args.seed, args.seed + x.shape[0])), **given)
+                         seeds=range(args.seed, args.seed + x.shape[0]), **given)
     out = _summary(problem, den, res, time.perf_counter() - t0)
     if args.json:
         print(json.dumps(out))

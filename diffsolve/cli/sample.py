@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .._text import count
 from ._common import (add_device_options, add_model_options, add_nfe_option, add_seeds_option,
-                      check_device_dtype, check_grid, check_solver, check_writable, is_grid_file, nonneg_float,
-                      positive_int, problem_from_args)
+                      check_device_dtype, check_grid, check_solver, check_writable, checked_denoiser, is_grid_file,
+                      nonneg_float, positive_int, problem_from_args)
 
 OUT_SUFFIXES = (".pt", ".npy")
 
@@ -77,15 +77,14 @@ def run(args) -> int:
 
     from .. import sample
 
+    out = check_writable(Path(args.out), OUT_SUFFIXES)  # first: a run must not end in an unwritable path
     device, dtype = check_device_dtype(args)
     if args.solver is not None:
         check_solver(args.solver)
     if args.grid is not None:
         check_grid(args.grid)
-    out = Path(args.out)
-    check_writable(out, OUT_SUFFIXES)
     problem = problem_from_args(args, device)
-    den = problem.denoiser()
+    den = checked_denoiser(problem, device)
     t0 = time.perf_counter()
     if not args.quiet:
         _announce(args, problem)

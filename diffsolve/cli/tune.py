@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .._text import count
 from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, check_device_dtype,
-                      check_grid, check_solver, check_writable, is_grid_file, positive_int, problem_from_args)
+                      check_grid, check_solver, check_writable, checked_denoiser, is_grid_file, positive_int,
+                      problem_from_args)
 
 DENOISE_FINAL = {"yes": True, "no": False, "auto": "auto"}
 
@@ -42,7 +43,8 @@ def add_parser(subparsers):
 
 
 def _check_args(args) -> str:
-    """The checks of the options among themselves, before any work; the solver's name."""
+    """The checks of the options among themselves, before any work (the output path first); the solver's name."""
+    check_writable(Path(args.out), (".json",))
     name = check_solver(args.solver)
     if name == "learned" and args.solver != name:
         raise CLIError("--solver learned takes no options: tune fits its weights")
@@ -52,7 +54,6 @@ def _check_args(args) -> str:
             raise CLIError(f"--init {args.init}: a tuned-grid file is a starting grid only for --solver learned "
                            f"(which keeps it); for {args.solver!r} give a grid kind (e.g. log_snr or karras; "
                            f"`diffsolve list grids`) or auto")
-    check_writable(Path(args.out), (".json",))
     if args.fresh < 0:
         raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
     return name
@@ -77,11 +78,11 @@ def _tune(args, name, den, problem, device):
 
 
 def run(args) -> int:
-    device, _ = check_device_dtype(args)
     name = _check_args(args)
+    device, _ = check_device_dtype(args)
     out = Path(args.out)
     problem = problem_from_args(args, device)
-    den = problem.denoiser()
+    den = checked_denoiser(problem, device)
     if not args.quiet:
         print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {count(args.pilot, 'pilot seed')}, "
               f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')} "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_device, check_net_dtype, check_shape
 from ..denoiser import Denoiser
 from ..schedules import SCHEDULES
 from . import data
@@ -57,6 +58,9 @@ list = available  # noqa: A001 - ``diffsolve.zoo.list()`` reads naturally; the b
 
 def _resolve(name) -> Path:
     models = _models()
+    if not isinstance(name, (str, Path)):
+        raise TypeError(f"a model is a bundled model's name ({', '.join(models) or 'none bundled'}) or the path of a "
+                        f".safetensors file, got {type(name).__name__}")
     if isinstance(name, str) and name in models:
         return models[name].with_suffix(".safetensors")
     path = Path(name)
@@ -73,22 +77,28 @@ def metadata(name) -> dict:
 
 def schedule_from_metadata(spec: dict):
     """Rebuild a schedule from ``{"name": ..., "kwargs": {...}}``."""
-    if spec.get("name") not in SCHEDULES:
+    if not isinstance(spec, dict) or spec.get("name") not in SCHEDULES or not isinstance(spec.get("kwargs", {}), dict):
         raise ValueError(f"unknown schedule in model metadata: {spec!r}; known: {', '.join(SCHEDULES)}")
-    return SCHEDULES[spec["name"]](**spec.get("kwargs", {}))
+    try:
+        return SCHEDULES[spec["name"]](**spec.get("kwargs", {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad schedule in model metadata {spec!r}: {e}") from None
 
 
 def load(name, *, device=None, dtype: torch.dtype = torch.float32) -> Denoiser:
     """A ready :class:`~diffsolve.Denoiser` for a bundled model name or a model file path.
 
-    The network is in eval mode with gradients off, in ``dtype`` (float32 by default), on
-    ``device``; ``.shape`` is the sample shape, ``.metadata`` the model's metadata, and
-    ``.net.null_class`` the null label of class-conditional models (None otherwise).
+    The network is in eval mode with gradients off, in ``dtype`` (float32 by default; any real float),
+    on ``device`` (cpu or cuda; not ``meta``, which would drop the weights); ``.shape`` is the sample
+    shape, ``.metadata`` the model's metadata, and ``.net.null_class`` the null label of
+    class-conditional models (None otherwise).
     """
+    device, dtype = check_device(device), check_net_dtype(dtype, "dtype", allow_none=False)  # before any work
     path = _resolve(name)
     meta = read_metadata(path)
     net = build_network(path, meta).to(device=device, dtype=dtype)
     den = Denoiser(net, schedule_from_metadata(meta["schedule"]), prediction=meta["prediction"],
-                   time_label=meta.get("time_label", "default"), net_dtype=dtype, shape=meta.get("shape"))
+                   time_label=meta.get("time_label", "default"), net_dtype=dtype,
+                   shape=None if meta.get("shape") is None else check_shape("the metadata's 'shape'", meta["shape"]))
     den.metadata = meta
     return den

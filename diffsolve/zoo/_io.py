@@ -65,9 +65,14 @@ def read_metadata(path) -> dict:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"model metadata {json_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"model metadata {json_path} must hold a JSON object, got a JSON {type(meta).__name__}")
     for key in ("architecture", "config", "schedule", "prediction"):
         if key not in meta:
             raise ValueError(f"model metadata {json_path} lacks the field {key!r}")
+    if not isinstance(meta["config"], dict) or not isinstance(meta["architecture"], str):
+        raise ValueError(f"model metadata {json_path}: 'architecture' must be a name and 'config' an object of its "
+                         f"constructor arguments, got {meta['architecture']!r} and {meta['config']!r}")
     if meta["architecture"] not in ARCHITECTURES:
         raise ValueError(f"model metadata {json_path} names unknown architecture {meta['architecture']!r}; "
                          f"known: {', '.join(ARCHITECTURES)}")
@@ -96,7 +101,11 @@ def build_network(path, meta: dict | None = None, check_hash: bool = True) -> to
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"cannot read model weights {path}: {e} (truncated or not a safetensors file)") from None
-    net = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    try:
+        net = ARCHITECTURES[meta["architecture"]](**meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model metadata {path.with_suffix('.json')}: cannot build {meta['architecture']} from its "
+                         f"config {meta['config']}: {e}") from None
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
