@@ -310,3 +310,12 @@ def test_sd3_and_flux_pipelines_with_diffsolve_scheduler():
 
 def _flow_sched(**cfg):
     return diffusers.FlowMatchEulerDiscreteScheduler(**cfg)
+
+
+def test_heun_refuses_a_start_at_sigma_one(sd3):
+    """EDM's Heun averages slopes in s = σ/α; from σ = 1 (s ~ 1e9) that is meaningless: refused."""
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    sched = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="heun")
+    with pytest.raises(ValueError, match="steps in s = σ/α"):
+        sched.set_timesteps(9)
