@@ -177,8 +177,8 @@ def problem_from_args(args, device):
 
 def check_writable(path, suffixes) -> Path:
     """Refuse an output file we could not write, before any work (its directory is created): every
-    command that writes calls this first (:func:`diffsolve.checks.check_writable`)."""
-    from ..checks import check_writable as check
+    command that writes calls this first (:func:`diffsolve.files.check_writable`)."""
+    from ..files import check_writable as check
 
     return check(path, suffixes)
 

@@ -34,7 +34,8 @@ def add_parser(subparsers):
 def _points(args, problem, den):
     """The points to evaluate: ``--data``, or the problem's exact data."""
     if args.data:  # the file, then its samples against the model (before the run is announced)
-        from ..checks import check_data, load_tensor_file
+        from ..checks import check_data
+        from ..files import load_tensor_file
 
         x = load_tensor_file(args.data, "--data file")
         check_data(den, x, name=f"--data {args.data}")
