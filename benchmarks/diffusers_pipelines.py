@@ -46,6 +46,7 @@ PEERS = ("DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscret
          "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
          "DEISMultistepScheduler", "UniPCMultistepScheduler")
 OURS = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "unipc:order=3", "heun", "ddim")
+OURS_ON_TRAILING = ("dpmpp_2m", "unipc")  # the same solvers on diffusers' trailing spacing (grid vs solver)
 
 
 def tiny_sd(seed: int = 0):
@@ -216,13 +217,13 @@ def sd_table(budgets, batch):
                 errs.append(float((out - ref).norm() / ref.norm()))
                 spent.append(n)
             rows.append((f"diffusers {name} {spacing}", errs, spent))
-    for spec in OURS:
+    for spec, grid in [(s, "log_snr") for s in OURS] + [(s, "trailing") for s in OURS_ON_TRAILING]:
         errs, spent = [], []
         for b in budgets:
-            out, n = run(pipe, counter, DiffsolveScheduler.from_config(config, solver=spec), b, embeds)
+            out, n = run(pipe, counter, DiffsolveScheduler.from_config(config, solver=spec, grid=grid), b, embeds)
             errs.append(float((out - ref).norm() / ref.norm()))
             spent.append(n)
-        rows.append((f"diffsolve {spec}", errs, spent))
+        rows.append((f"diffsolve {spec}" + ("" if grid == "log_snr" else f" grid={grid}"), errs, spent))
     print_rows(rows, budgets)
 
 if __name__ == "__main__":
