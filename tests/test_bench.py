@@ -167,8 +167,8 @@ def test_a_second_run_into_a_held_directory_stops_and_a_bad_plan_creates_nothing
 def test_killed_run_resumes(tmp_path):
     # a real kill: SIGKILL the process after its first row is on disk, then resume
     args = [sys.executable, "-m", "diffsolve", "bench", "--problems", "ring2d", "--solvers", "ddim",
-            "--nfe", ",".join(str(n) for n in range(4, 41)), "--n-samples", "16", "--reference-tol", "1e-6", "--projections", "32",
-            "--no-plot", "--quiet", "--out", str(tmp_path)]
+            "--nfe", ",".join(str(n) for n in range(4, 41)), "--n-samples", "16", "--reference-tol", "1e-6",
+            "--projections", "32", "--no-plot", "--quiet", "--out", str(tmp_path)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     res = tmp_path / "results.jsonl"

@@ -13,10 +13,11 @@ from .config import DEFAULT_NFE, DEFAULT_SOLVERS, BenchConfig
 from .metrics import (GaussianTarget, frechet_distance, gaussian_ode_solution, mean_log_prob, reference_solution,
                       rms_error, sliced_wasserstein)
 from .problems import BUILTIN_PROBLEMS, Problem, get_problem, list_problems
-from .results import ROW_FIELDS, read_rows
+from .results import FAILED_FIELDS, ROW_FIELDS, is_failed, read_rows
 from .runner import run_bench
 
-__all__ = ["BenchConfig", "run_bench", "read_rows", "ROW_FIELDS", "DEFAULT_SOLVERS", "DEFAULT_NFE",
+__all__ = ["BenchConfig", "run_bench", "read_rows", "ROW_FIELDS", "FAILED_FIELDS", "is_failed", "DEFAULT_SOLVERS",
+           "DEFAULT_NFE",
            "Problem", "get_problem", "list_problems", "BUILTIN_PROBLEMS", "rms_error", "sliced_wasserstein",
            "frechet_distance", "GaussianTarget", "mean_log_prob", "gaussian_ode_solution", "reference_solution",
            "plot_results"]

@@ -100,6 +100,18 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def first_error(self, error: str | None) -> str | None:
+        """The first failing rank's error message (``None`` if none failed), the same on every rank, so
+        that a row which raised on one process is given up by all of them (a collective after it
+        would otherwise wait for the failed process forever)."""
+        if not self.active:
+            return error
+        import torch.distributed as dist
+
+        errors = [None] * self.world_size
+        dist.all_gather_object(errors, error)
+        return next((f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None), None)
+
     def barrier(self):
         if self.active:
             import torch.distributed as dist

@@ -1,7 +1,8 @@
 """What a benchmark run prints: the progress line and notes on stderr, the table on stdout.
 
 The table has one block per problem (a banner with the metric floors, then one line per row, each
-printed as soon as its row is written) and a closing line naming the results file and plot.
+printed as soon as its row is written; a failed row shows ``failed: <reason>`` in place of its
+measurements) and a closing line naming the results file, the number of failed rows, and the plot.
 """
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def _header(solver_width: int = 10) -> str:
 
 
 def format_row(row: dict, solver_width: int = 10) -> str:
+    """A row's table line; a failed record's: solver, η, budget, steps, then ``failed: <reason>``."""
+    if row.get("status") == "failed":
+        values = [row["solver"], row["eta"], row["nfe_budget"], row["steps"]]
+        return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(values, _columns(solver_width))) + \
+            f"   failed: {row['error']}"
     return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _columns(solver_width)))
 
 
@@ -122,11 +128,13 @@ class Table:
         """Print ``row`` (of ``problem``, ``n`` samples), after the problem's banner the first time."""
         self.progress.clear()
         if problem.name not in self._shown:
-            print(problem_banner(problem, n, row["floors"], self.width), file=self.stream)
+            print(problem_banner(problem, n, row.get("floors", {}), self.width), file=self.stream)
             self._shown.add(problem.name)
         print(format_row(row, self.width), file=self.stream, flush=True)
 
 
-def summary(n_rows: int, elapsed: float, results) -> str:
-    """The closing line: how many rows this run wrote, in how long, and where."""
-    return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s -> {results}"
+def summary(n_rows: int, elapsed: float, results, n_failed: int = 0) -> str:
+    """The closing line: how many rows this run wrote (how many of them failed), in how long, and where."""
+    failed = (f" ({n_failed} failed: rerun with --resume to run {'it' if n_failed == 1 else 'them'} again)"
+              if n_failed else "")
+    return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s{failed} -> {results}"

@@ -5,10 +5,18 @@ loses at most the row in progress (a last line cut short is dropped, and removed
 resuming skips the rows already there (matched on their ``key``) and refuses a file written with
 different run settings (seeds, grid, dtype, …). A run holds its directory with an advisory
 ``flock`` on ``.bench.lock`` so that a second run into it stops instead of interleaving rows.
+
+A row whose network (or metric) raised is written as a *failed record*: the row's identity
+(:data:`FAILED_FIELDS`) with ``"status": "failed"`` and ``"error": "<Type>: <message>"`` and no
+metrics. :func:`read_rows` leaves failed records out unless asked (``failed=True``), so readers
+of finished rows never meet one; ``--resume`` removes them from the file and runs those rows
+again. A write that fails (a full disk) is undone (the file is cut back to its last whole row)
+and stops the run with :class:`ResultsWriteError`; ``--resume`` then goes on from there.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -17,12 +25,17 @@ import torch
 
 from .problems import DEFAULT_SCHEDULE
 
-__all__ = ["ROW_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row", "ResultsFile"]
+__all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
+           "make_failed_row", "is_failed", "ResultsFile", "ResultsWriteError"]
 
 ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
+# a row that could not be measured: what it was, and why not (no metrics, floors, timings or counted NFE)
+FAILED_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "n_samples", "seeds",
+                 "device", "dtype", "world_size", "threads", "status", "error", "diffsolve_version", "torch_version",
+                 "run", "finished_at")
 # what a run writes in its output directory
 RESULTS_NAME, PLOT_NAME, SAMPLES_DIR = "results.jsonl", "quality_vs_nfe.png", "samples"
 LOCK_NAME = ".bench.lock"
@@ -35,10 +48,39 @@ def make_row(**fields) -> dict:
     return {k: fields[k] for k in ROW_FIELDS}
 
 
-def read_rows(path, repair: bool = False) -> list[dict]:
-    """The rows of a results file. A last line cut short by a killed run is dropped (and, with
-    ``repair``, removed from the file so appending continues cleanly)."""
-    path = Path(path)
+def make_failed_row(**fields) -> dict:
+    """A failed record: exactly the :data:`FAILED_FIELDS`, in that order, with ``status="failed"``."""
+    if set(fields) != set(FAILED_FIELDS) or fields["status"] != "failed":
+        raise TypeError(f"a failed record has the fields {FAILED_FIELDS} and status 'failed', got {fields}")
+    return {k: fields[k] for k in FAILED_FIELDS}
+
+
+def is_failed(row: dict) -> bool:
+    """Whether ``row`` is a failed record (a row that raised) rather than a measured row."""
+    return row.get("status") == "failed"
+
+
+class ResultsWriteError(OSError):
+    """Writing the results (or a row's samples) failed, e.g. the disk is full; the rows before it are
+    intact, and ``--resume`` continues once the cause is fixed. ``str()`` is the one-line message."""
+
+    def __init__(self, errno_: int | None, message: str, path=None):
+        super().__init__(errno_, message)
+        self.message, self.path = message, path
+
+    def __str__(self):
+        return self.message
+
+
+def read_rows(path, repair: bool = False, failed: bool = False) -> list[dict]:
+    """The finished rows of a results file (with ``failed``, the failed records too, in file order).
+    A last line cut short by a killed run is dropped (and, with ``repair``, removed from the file so
+    appending continues cleanly)."""
+    rows = _read_records(Path(path), repair)
+    return rows if failed else [r for r in rows if not is_failed(r)]
+
+
+def _read_records(path: Path, repair: bool) -> list[dict]:
     if not path.exists():
         return []
     raw = path.read_bytes()
@@ -68,6 +110,34 @@ def read_rows(path, repair: bool = False) -> list[dict]:
         with open(path, "ab") as f:  # a complete last row without its newline: terminate it
             f.write(b"\n")
     return rows
+
+
+def _drop_failed(path: Path):
+    """Rewrite ``path`` without its failed records (byte for byte otherwise): written to a temporary
+    file beside it, then renamed over it, so a crash leaves the old file or the new one."""
+    keep = [line for line in path.read_bytes().split(b"\n") if line.strip() and not is_failed(json.loads(line))]
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _write_error(path, e) from None
+
+
+def _write_error(path: Path, e: OSError) -> ResultsWriteError:
+    """The one-line error of a failed write to ``path``."""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        msg = f"disk full while writing {path}: {what}"
+    else:
+        msg = f"cannot write {path}: {what}"
+    return ResultsWriteError(e.errno, msg + "; the rows finished before it are in the results file: free the "
+                             "space (or fix the cause) and rerun with --resume", path)
 
 
 @contextlib.contextmanager
@@ -140,6 +210,7 @@ class ResultsFile:
     def __init__(self, out):
         self.out = Path(out)
         self.path = self.out / RESULTS_NAME
+        self.retried: list[str] = []  # the keys of failed records a resumed run runs again
 
     def open(self, run: dict, resume: bool = False, overwrite: bool = False) -> set:
         """Make the file ready to append to; returns the keys of the rows already done (resume).
@@ -152,9 +223,12 @@ class ResultsFile:
             if not resume:
                 raise ValueError(f"{self.path} already exists; pass --resume to continue it, --overwrite to "
                                  f"replace it, or choose another --out directory")
-            rows = read_rows(self.path, repair=True)
+            rows = read_rows(self.path, repair=True, failed=True)
             _check_resumable(self.path, rows, run)
-            done = {r["key"] for r in rows}
+            done = {r["key"] for r in rows if not is_failed(r)}
+            self.retried = sorted({r["key"] for r in rows if is_failed(r)} - done)
+            if any(is_failed(r) for r in rows):  # failed records: removed here, their rows run again
+                _drop_failed(self.path)
         try:
             with open(self.path, "a"):
                 pass
@@ -163,11 +237,29 @@ class ResultsFile:
         return done
 
     def append(self, row: dict, samples: torch.Tensor | None = None):
-        """Write one finished row (and, if given, its samples as ``samples/<key>.pt``), flushed to disk."""
+        """Write one finished row or failed record (and, if given, its samples as ``samples/<key>.pt``),
+        on disk (fsync) when this returns. A write that fails is undone, the file cut back to its last
+        whole row, and raised as :class:`ResultsWriteError` (its samples, if any, are rewritten on resume)."""
         if samples is not None:
-            (self.out / SAMPLES_DIR).mkdir(exist_ok=True)
-            torch.save(samples, self.out / SAMPLES_DIR / (_safe_name(row["key"]) + ".pt"))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            pt = self.out / SAMPLES_DIR / (_safe_name(row["key"]) + ".pt")
+            try:
+                pt.parent.mkdir(exist_ok=True)
+                torch.save(samples, pt)
+            except OSError as e:
+                raise _write_error(pt, e) from None
+        data = memoryview((json.dumps(row) + "\n").encode())
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        try:
+            start = os.fstat(fd).st_size
+            while data:  # os.write may write part of it
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # no part of the row is left behind (truncating needs no space)
+                os.ftruncate(fd, start)
+            raise _write_error(self.path, e) from None
+        finally:
+            os.close(fd)

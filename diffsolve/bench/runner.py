@@ -5,6 +5,10 @@ Per row: the counted NFE, wall time and samples/s (CUDA: after a warm-up, betwee
 timed, synchronised only when ``net_time`` is on), and the quality metrics of
 :mod:`diffsolve.bench.metrics` with their floors (the same metric for an exact batch of the same size).
 
+A row whose sampling, reference solve or metrics raise (the network fails, returns NaN, runs out
+of memory) is written as a failed record with the reason and the run goes on with the next row;
+under torchrun every process gives the row up together (:meth:`DistContext.first_error`).
+
 The configuration and the plan are :mod:`.config`, the rows and the results file (append + flush
 per row, resume, the output-directory lock) :mod:`.results`, the table and progress :mod:`.report`.
 """
@@ -33,7 +37,7 @@ from .plot import plot_results
 from .problems import Problem, get_problem
 from .report import Progress, Table, format_row, summary  # noqa: F401
 from .results import (PLOT_NAME, RESULTS_NAME, ROW_FIELDS, SAMPLES_DIR, ResultsFile, claim_output,  # noqa: F401
-                      make_row, read_rows)
+                      is_failed, make_failed_row, make_row, read_rows)
 
 __all__ = ["BenchConfig", "run_bench", "DEFAULT_SOLVERS", "DEFAULT_NFE", "default_problems",
            "read_rows", "ROW_FIELDS", "Progress"]
@@ -67,6 +71,30 @@ class _NetTimer(torch.nn.Module):
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# --- a row that raises ------------------------------------------------------------------------------
+class _RowFailed(Exception):
+    """A row's work raised (on some rank): the row is recorded as failed, the run goes on."""
+
+
+def _describe(e: BaseException) -> str:
+    """An exception as one line: ``Type: message`` (whitespace collapsed, at most 500 characters)."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _attempt(dist: DistContext, fn):
+    """``fn()`` on every rank; if it raised on any of them, :class:`_RowFailed` on all of them."""
+    error, out = None, None
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - whatever the network raises fails this row only
+        error = _describe(e)
+    error = dist.first_error(error)
+    if error is not None:
+        raise _RowFailed(error)
+    return out
 
 
 # --- per-problem state --------------------------------------------------------------------------
@@ -123,9 +151,9 @@ class _ProblemState:
                 timer.enabled = False
             try:
                 with torch.no_grad():
-                    local = M.reference_solution(ref_den, self.x_T(span[0]), span[0], span[1],
-                                                 denoise_final=self.cfg.denoise_final, tol=tol,
-                                                 mixture=p.mixture)
+                    local = _attempt(self.dist, lambda: M.reference_solution(
+                        ref_den, self.x_T(span[0]), span[0], span[1], denoise_final=self.cfg.denoise_final,
+                        tol=tol, mixture=p.mixture))
             finally:
                 if timer is not None:
                     timer.enabled = True
@@ -246,12 +274,16 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     if done and dist.is_main and not cfg.quiet:
         progress.note(f"resuming {results.path}: {len(items) - len(todo)} of {count(len(items), 'row')} already done")
 
+    if results.retried and dist.is_main and not cfg.quiet:
+        progress.note(f"running {count(len(results.retried), 'failed row')} again")
+
     t_start = time.perf_counter()
     written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream)
     progress.clear()
     if dist.is_main:
         if cfg.print_table:
-            print(summary(len(written), time.perf_counter() - t_start, results.path), file=stream)
+            n_failed = sum(map(is_failed, written))
+            print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed), file=stream)
         if cfg.plot:
             _plot(results, cfg.print_table, progress, stream)
     return written
@@ -259,7 +291,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
 
 def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dist: DistContext, version: str,
                run: dict, progress: Progress, results: ResultsFile, stream) -> list[dict]:
-    """Run the rows ``todo``, problem by problem; rank 0 writes each row and its table line as it finishes."""
+    """Run the rows ``todo``, problem by problem; rank 0 writes each row (or failed record) and its
+    table line as it finishes."""
     written = []
     table = Table(stream, max([len(it.solver) for it in todo], default=0), progress)
     by_problem = {p.name: p for p in problems}
@@ -267,11 +300,16 @@ def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dis
         st = _ProblemState(by_problem[pname], cfg, dist, progress)
         for it in [it for it in todo if it.problem == pname]:
             progress.update(f"[{len(written) + 1}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
-            row, x = _run_row(st, it, dist, version, run, progress)
+            try:
+                row, x = _run_row(st, it, dist, version, run, progress)
+            except _RowFailed as e:
+                row, x = _failed_row(st, it, dist, version, run, str(e)), None
             if dist.is_main:
-                results.append(row, x if cfg.save_samples else None)
+                results.append(row, x if cfg.save_samples and x is not None else None)
                 if cfg.print_table:
                     table.add(row, st.problem, st.n)
+                elif is_failed(row):
+                    progress.note(f"row {row['key']} failed: {row['error']}")
             written.append(row)
     return written
 
@@ -281,31 +319,41 @@ def _plot(results: ResultsFile, say: bool, progress: Progress, stream):
         png = plot_results(results.path, results.out / PLOT_NAME)
         if say:
             print(f"plot -> {png}", file=stream)
-    except ImportError as e:
+    except (ImportError, ValueError, OSError) as e:  # no matplotlib, no finished row, no space: rows are on disk
         progress.note(f"no plot: {e}")
+
+
+def _sample_row(st: _ProblemState, it: _Item, dist: DistContext, kw: dict):
+    """This rank's samples of one row, timed (after a warm-up per solver); (result, wall seconds)."""
+    n_local = len(st.local_seeds)
+    if st.cfg.warmup and it.solver not in st.warmed:
+        w = st.local_seeds[: min(4, n_local)]
+        _attempt(dist, lambda: sample(st.den, shape=(len(w), *st.shape), seeds=w, **kw))
+        st.warmed.add(it.solver)
+    if st.timer is not None:
+        st.timer.seconds = 0.0
+    _sync(st.device)
+    dist.barrier()
+
+    def timed():
+        t0 = time.perf_counter()
+        res = sample(st.den, shape=(n_local, *st.shape), seeds=st.local_seeds, **kw)
+        _sync(st.device)
+        return res, time.perf_counter() - t0
+
+    return _attempt(dist, timed)
 
 
 def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
              progress: Progress) -> tuple[dict, Tensor]:
-    """Sample one row's configuration (timed), measure its metrics; returns (row, gathered samples)."""
+    """Sample one row's configuration (timed), measure its metrics; returns (row, gathered samples).
+    Raises :class:`_RowFailed` on every rank if the sampling, reference or metrics raised on one."""
     cfg, p = st.cfg, st.problem
     tuned = load_grid(cfg.grid) is not None  # a tuned grid fixes the budget (checked against it.nfe in config)
     kw = dict(solver=it.solver, nfe=None if tuned else it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype,
               device=st.device, denoise_final=cfg.denoise_final)
-    n_local = len(st.local_seeds)
     with torch.no_grad():
-        if cfg.warmup and it.solver not in st.warmed:
-            w = st.local_seeds[: min(4, n_local)]
-            sample(st.den, shape=(len(w), *st.shape), seeds=w, **kw)
-            st.warmed.add(it.solver)
-        if st.timer is not None:
-            st.timer.seconds = 0.0
-        _sync(st.device)
-        dist.barrier()
-        t0 = time.perf_counter()
-        res = sample(st.den, shape=(n_local, *st.shape), seeds=st.local_seeds, **kw)
-        _sync(st.device)
-        wall_local = time.perf_counter() - t0
+        res, wall_local = _sample_row(st, it, dist, kw)
     net_local = st.timer.seconds if st.timer is not None else None
     wall = dist.reduce(wall_local, "max")
     share = None
@@ -317,20 +365,36 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
     # (pc's Langevin corrector and EDM churn draw noise even at eta = 0)
     deterministic = it.eta == 0 and not get_solver(it.solver).draws_noise
     span = (float(res.t[0]), float(res.t[-1])) if deterministic else None
-    metrics, floors = ({}, {})
+    if span is not None:
+        st.reference(*span)  # collective: every rank takes part in the gather
     if dist.is_main:
         progress.update(f"{p.name} {it.solver} nfe={it.nfe}: metrics")
-        metrics, floors = st.metrics(x, span)
-    elif span is not None:
-        st.reference(*span)  # collective: every rank takes part in the gather
+    metrics, floors = _attempt(dist, lambda: st.metrics(x, span) if dist.is_main else ({}, {}))
     dist.barrier()
     return make_row(
         key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, eta=it.eta,
         grid=cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
-        seeds=_seed_spec(st.seeds), device=str(st.device) if dist.world_size == 1 else _device_kind(st.device),
+        seeds=_seed_spec(st.seeds), device=_row_device(st, dist),
         dtype=cfg.dtype, world_size=dist.world_size, threads=torch.get_num_threads(), metrics=metrics, floors=floors,
         reference=st.reference_name() if span is not None else None,
         wall_time_s=wall, samples_per_s=st.n / wall if wall > 0 else None, net_time_share=share,
-        diffsolve_version=version, torch_version=torch.__version__, run=run,
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        diffsolve_version=version, torch_version=torch.__version__, run=run, finished_at=_now(),
     ), x
+
+
+def _failed_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict, error: str) -> dict:
+    """The failed record of a row that raised ``error``: what the row is, and why it has no metrics."""
+    return make_failed_row(
+        key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver, eta=it.eta,
+        grid=st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n, seeds=_seed_spec(st.seeds),
+        device=_row_device(st, dist), dtype=st.cfg.dtype, world_size=dist.world_size,
+        threads=torch.get_num_threads(), status="failed", error=error, diffsolve_version=version,
+        torch_version=torch.__version__, run=run, finished_at=_now())
+
+
+def _row_device(st: _ProblemState, dist: DistContext) -> str:
+    return str(st.device) if dist.world_size == 1 else _device_kind(st.device)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

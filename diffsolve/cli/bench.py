@@ -1,6 +1,9 @@
 """``diffsolve bench``: solvers × NFE budgets on problems with exact ground truth and on models."""
 from __future__ import annotations
 
+import os
+import sys
+
 from ._common import (add_device_options, add_schedule_option, add_seeds_option, check_device_dtype, check_grid,
                       check_schedule, check_solver, csv, positive_int)
 
@@ -9,7 +12,10 @@ def add_parser(subparsers):
     b = subparsers.add_parser("bench", help="benchmark solvers: quality vs NFE against exact ground truth",
                               description="Run solvers at fixed NFE budgets on problems with exact ground truth "
                                           "and on bundled models; write results.jsonl (one row per "
-                                          "configuration, flushed as it finishes) and quality_vs_nfe.png.")
+                                          "configuration, flushed as it finishes) and quality_vs_nfe.png. "
+                                          "Exit status: 0 all rows done; 3 some rows failed (recorded with "
+                                          "the reason; --resume runs them again); 1 the results could not be "
+                                          "written (e.g. disk full; --resume continues); 2 bad input.")
     b.add_argument("--problems", type=csv(str, "problem"), help="comma-separated problems "
                    "(default: ring2d,mix64,gauss3072 and the digits model if bundled)")
     b.add_argument("--model", action="append", default=[], help="add a model (zoo name or package.module:factory); "
@@ -70,8 +76,13 @@ def _problems(args) -> list[str] | None:
     return problems or None
 
 
+EXIT_ROWS_FAILED = 3  # the run finished, but some rows raised (failed records in results.jsonl)
+EXIT_WRITE_FAILED = 1  # results.jsonl could not be written (disk full, ...): the rows before it are intact
+
+
 def run(args) -> int:
     from ..bench import DEFAULT_NFE, BenchConfig, run_bench
+    from ..bench.results import ResultsWriteError, is_failed
 
     check_device_dtype(args)
     check_schedule(args.schedule)
@@ -86,5 +97,16 @@ def run(args) -> int:
                       net_time=args.net_time, n_projections=args.projections,
                       save_samples=args.save_samples, reference_tol=args.reference_tol,
                       threads=args.threads)
-    run_bench(cfg)
-    return 0
+    try:
+        rows = run_bench(cfg)
+    except ResultsWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    failed = [r for r in rows if is_failed(r)]
+    if not failed:
+        return 0
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it
+        why = "; ".join(f"{r['key']}: {r['error']}" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+        print(f"error: {len(failed)} of {len(rows)} rows failed ({why}); they are recorded as failed in "
+              f"{os.path.join(args.out, 'results.jsonl')} and --resume runs them again", file=sys.stderr)
+    return EXIT_ROWS_FAILED
