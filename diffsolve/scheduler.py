@@ -102,8 +102,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             timestep, where diffusers steps to σ = 0), else n = its steps, followed by t_min (where
             diffusers' last step goes to ᾱ of timestep 0). :mod:`diffsolve.parity` lists the
             options that reproduce each diffusers scheduler.
-        eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); or
-        noise: a callable t ↦ ν_t.
+        eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); a callable
+            noise level t ↦ ν_t, which a JSON config cannot hold, is set by :meth:`set_noise_level`.
         denoise_final: end with x̂0 at the last grid time (one evaluation of the budget; default True).
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
             pipeline passes to ``step``.
@@ -135,7 +135,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         threshold = threshold_from_config(dict(
             clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
             dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value))
-        self._noise: Callable | None = None
         self._tuned = load_grid(grid) if grid not in (None, "diffusers") else None
         spec = self._tuned.solver if self._tuned is not None else solver
         options = self._tuned.solver_options if self._tuned is not None else {}
@@ -270,6 +269,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._request = None
         self._index = 0
         self._last = None
+
+    def set_noise_level(self, noise: Callable | None = None, eta: float | None = None):
+        """The reverse family's noise level for the next run: a callable t ↦ ν_t ≥ 0 (``noise``) or
+        ν = η g (``eta``), as in :func:`diffsolve.sample`; call :meth:`set_timesteps` after it."""
+        self.level = NoiseLevel(self.schedule, eta=eta, noise=noise)
+        self.plan = None
 
     def set_begin_index(self, begin_index: int = 0):
         """Start at evaluation ``begin_index`` (img2img, inpainting): the solve restarts from the grid

@@ -115,3 +115,48 @@ def test_img2img_with_a_two_evaluation_solver(sd):
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="spends 2 evaluations per step"):
         _latents(pipe, embeds, heun, steps=12, image=image, strength=0.6)  # evaluation 5: inside a step
+
+
+def test_a_callable_noise_level_in_the_pipeline(sd):
+    """ν_t as a callable (not JSON, so not a config field): set_noise_level, as sample(noise=...)."""
+    pipe, *embeds = sd
+    ours = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m_sde", seeds=[3, 4])
+    ours.set_noise_level(noise=lambda t: 0.5 * ours.schedule.g(t))
+    half = _latents(pipe, embeds, ours, steps=8)
+    eta = _latents(pipe, embeds, DiffsolveScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m_sde",
+                                                                seeds=[3, 4], eta=0.5), steps=8)
+    assert _rel(half, eta) < 1e-5  # ν = 0.5 g given either way
+
+
+def test_class_conditional_dit_pipeline():
+    """DiTPipeline (class labels, guidance on the ε half of a learned-σ output): the DDIM twin
+    (diffsolve.parity) equals diffusers' DDIM, and every network call is one of
+    DiffsolveScheduler's evaluations. (The model must be in eval mode: in training mode DiT drops
+    class labels at random, so not even diffusers' own scheduler reproduces itself.)"""
+    from diffsolve.parity import diffusers_twin
+
+    torch.manual_seed(0)
+    tr = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                         num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
+                                         norm_num_groups=2).eval()
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                                  down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                                  norm_num_groups=8, sample_size=8).eval()
+    ddim = diffusers.DDIMScheduler(clip_sample=False)
+    pipe = diffusers.DiTPipeline(transformer=tr, vae=vae, scheduler=ddim)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    tr.register_forward_hook(lambda *a: calls.append(1))
+
+    def images(scheduler, steps):
+        pipe.scheduler = scheduler
+        calls.clear()
+        return pipe(class_labels=[1, 3], guidance_scale=2.0, num_inference_steps=steps, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    want = images(ddim, 10)
+    twin = diffusers_twin(ddim, 10)
+    got = images(DiffsolveScheduler.from_config(ddim.config, **twin.options), twin.budget(10))
+    assert _rel(got, want) < 1e-4
+    images(DiffsolveScheduler.from_config(ddim.config, solver="unipc"), 7)
+    assert len(calls) == len(pipe.scheduler.timesteps) == 7
