@@ -54,7 +54,7 @@ def tiny_sd(seed: int = 0):
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4)
+        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4).eval()  # eval: no dropout of any kind
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
                                   down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
                                   norm_num_groups=8, sample_size=8)
@@ -100,7 +100,7 @@ def tiny_sd3(seed: int = 0, shift: float = 3.0):
     tr = diffusers.SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16,
-        pos_embed_max_size=16)
+        pos_embed_max_size=16).eval()
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
                                   down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
                                   norm_num_groups=8, sample_size=8)
