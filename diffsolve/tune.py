@@ -46,9 +46,39 @@ __all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 FIXED_GRIDS = ("log_snr", "karras", "time", "quadratic")
 
 
+class _Progress:
+    """A tuning run's progress on stderr (``progress=``): one line updated in place on a terminal, else
+    a line at each phase and restart and every ``every`` seconds; ``None``: on only on a terminal."""
+
+    def __init__(self, on: bool | None, label: str, every: float = 10.0):
+        import sys
+
+        self.stream = sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.on = self.tty if on is None else bool(on)
+        self.label, self.every, self.t0, self.last, self.dirty = label, every, time.perf_counter(), -math.inf, False
+
+    def __call__(self, msg: str, force: bool = False):
+        now = time.perf_counter()
+        if not self.on or not (force or now - self.last >= (0.2 if self.tty else self.every)):
+            return
+        self.last, line = now, f"[{now - self.t0:6.1f}s] {self.label}: {msg}"
+        self.stream.write("\r\033[K" + line if self.tty else line + "\n")
+        self.stream.flush()
+        self.dirty = self.tty
+
+    def close(self):
+        if self.dirty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.dirty = False
+
+
 class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
+
+    progress = _Progress(False, "")  # the tuner's, set once it is made
 
     def __init__(self, denoiser, checked: tuple, rtol, atol):
         self.shape, self.pilot_seeds, self.fresh_seeds, device = checked
@@ -58,6 +88,7 @@ class _Pilots:
 
     def targets(self, seeds) -> tuple[Tensor, Tensor]:
         """The start points x_T of ``seeds`` and their reference solutions."""
+        self.progress(f"reference solves of {count(len(seeds), 'seed')} (rtol {self.rtol:g})", force=True)
         sch = self.denoiser.schedule
         src = NoiseSource(len(seeds), self.shape, seeds=seeds)  # drawn on the CPU: same x_T on every device
         x = (float(sch.sigma(sch.t_max)) * src.randn()).to(self.device)
@@ -84,6 +115,7 @@ class _Pilots:
         result.tuning_nfe = self.denoiser.nfe - self.nfe_start + extra_nfe
         self.denoiser.nfe = self.nfe_start
         result.tuning_seconds = time.perf_counter() - self.start_time
+        self.progress.close()
         return result
 
 
@@ -115,6 +147,8 @@ def _fixed_step_solver(solver, solver_options: dict | None):
 class _GridSearch:
     """The search of :func:`tune_steps`: the starting grid, then Nelder–Mead from there; the best grid
     on the pilots is ``best_t`` (``best_err``); ``error(t, x, ref)`` is the solver's with grid ``t``."""
+
+    max_evals = 0  # the search's budget of solves (set by run; shown by the progress)
 
     def __init__(self, pilots: _Pilots, sol, denoise_final: bool, tune_end: bool):
         self.pilots, self.sol, self.tune_end = pilots, sol, tune_end
@@ -168,14 +202,17 @@ class _GridSearch:
         e = self.error(t, self.x, self.ref)
         if e < self.best_err:
             self.best_t, self.best_err = t, e
+        self.pilots.progress(f"solve {self.pilots.solves}/{self.max_evals}, best pilot error {self.best_err:.4g}")
         return math.log(e) if e > 0 else -1e6
 
     def run(self, max_evals: int):
         """Nelder–Mead up to ``max_evals`` solves, restarted with a smaller simplex whenever it converges
         early (a restart escapes the simplex collapse that stalls it in 5-12 dimensions)."""
         import scipy.optimize
-        scale, p = 0.5, self.params(self.best_t)
+        scale, p, self.max_evals = 0.5, self.params(self.best_t), max_evals
         while max_evals - self.pilots.solves > len(p) + 1:
+            self.pilots.progress(f"Nelder-Mead from solve {self.pilots.solves}/{max_evals} (simplex {scale:g}), "
+                                 f"best pilot error {self.best_err:.4g}", force=True)
             simplex = [p.numpy()] + [(p + scale * torch.eye(len(p), dtype=torch.float64)[k]).numpy()
                                      for k in range(len(p))]
             res = scipy.optimize.minimize(self, p.numpy(), method="Nelder-Mead", options={
@@ -189,7 +226,8 @@ class _GridSearch:
 def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64, fresh=256,
                shape=None, denoise_final: bool | str = True, init="auto", tune_end: bool | None = None,
                max_evals: int = 300, solver_options: dict | None = None, model: str = "",
-               rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False) -> TunedGrid:
+               rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False,
+               progress: bool | None = None) -> TunedGrid:
     r"""Optimise the time grid of ``solver`` at a budget of ``nfe`` evaluations for ``denoiser``.
 
     Args:
@@ -209,6 +247,8 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
         max_evals: budget of objective evaluations for the search.
         rtol, atol: tolerances of the reference solves.
         device: where the samples live (the network's device); default CPU.
+        progress: show progress on stderr (the reference solves, solves done and the best error so far);
+            default: when stderr is a terminal (a tuning run can take minutes on a busy CPU).
 
     Returns:
         :class:`TunedGrid` (save it with ``.save(path)``; use it with ``sample(..., steps=grid)``).
@@ -220,15 +260,16 @@ def tune_steps(denoiser: Denoiser, solver="dpmpp_2m", nfe: int = 10, *, pilot=64
     check_grid_values("init", init)
     return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
                        max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
-                       verbose=verbose)
+                       verbose=verbose, progress=progress)
 
 
 def _tune_steps(denoiser: Denoiser, solver, nfe: int, checked: tuple, *, denoise_final, init, tune_end,
-                max_evals: int, solver_options, model: str, rtol: float, atol: float, verbose: bool) -> TunedGrid:
+                max_evals: int, solver_options, model: str, rtol: float, atol: float, verbose: bool,
+                progress: bool | None = None) -> TunedGrid:
     """:func:`tune_steps` on checked arguments."""
     if isinstance(denoise_final, str):  # "auto": both, the better one kept
         kw = dict(init=init, max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
-                  verbose=verbose)
+                  verbose=verbose, progress=progress)
         runs = [_tune_steps(denoiser, solver, nfe, checked, denoise_final=d, tune_end=tune_end if d else None, **kw)
                 for d in (True, False)]
         best = min(runs, key=lambda r: r.pilot_error)  # charged with the cost of both
@@ -241,9 +282,11 @@ def _tune_steps(denoiser: Denoiser, solver, nfe: int, checked: tuple, *, denoise
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
     pilots = _Pilots(denoiser, checked, rtol, atol)
+    pilots.progress = _Progress(progress, f"tune_steps {sol.name} nfe={nfe}")
     search = _GridSearch(pilots, sol, denoise_final, tune_end)
     init_name, init_t, init_err, scores = search.choose_start(init, steps, nfe)
     if verbose:
+        pilots.progress.close()
         print(f"tune_steps: {sol.name} nfe={nfe} steps={steps}; fixed grids: "
               + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
     search.run(max_evals)
@@ -329,6 +372,7 @@ class _WeightFit:
 
     def _descend(self, name: str, init, iterations: int, lr: float, check_every: int, verbose: bool):
         self._keep_if_better(init, 0, name)
+        self.pilots.progress(f"Adam from start {name}", force=True)
         P, C, D = (w.clone().requires_grad_(g) for w, g in zip(init, (True, True, self.shifts)))
         opt = torch.optim.Adam([P, C, D] if self.shifts else [P, C], lr=lr)
         for it in range(1, iterations + 1):
@@ -341,6 +385,8 @@ class _WeightFit:
                     break  # diverged: keep the best iterate so far
                 loss.backward()
             opt.step()
+            self.pilots.progress(f"start {name}, iteration {it}/{iterations}, best held-out error "
+                                 f"{self.best['err']:.4g}")
             if it % check_every == 0 or it == iterations:
                 e = self._keep_if_better((P.detach(), C.detach(), D.detach()), it, name)
                 if verbose:
@@ -352,7 +398,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
                 shifts: bool = True, pilot=1024, fresh=1024, validation: float = 0.25, iterations: int = 300,
                 lr: float = 0.01, check_every: int = 10, shape=None, denoise_final: bool = False,
                 max_evals: int = 300, model: str = "", rtol: float = 1e-8, atol: float = 1e-8, device=None,
-                verbose: bool = False) -> TunedGrid:
+                verbose: bool = False, progress: bool | None = None) -> TunedGrid:
     r"""Fit the per-step weights of :class:`~diffsolve.solvers.learned.LearnedMultistep` to a model,
     a grid and a budget (the solver's predictor and corrector weights and, with ``shifts``, the
     λ-shifts of the times the network is told; the grid stays fixed).
@@ -379,6 +425,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         pilot, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`.
         validation: fraction of the pilot seeds held out to choose the iterate.
         iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
+        progress: as in :func:`tune_steps` (the grid's tuning, then each start's iterations).
 
     Returns:
         :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
@@ -393,6 +440,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     check_flag("shifts", shifts)
     check_flag("denoise_final", denoise_final)
     pilots = _Pilots(denoiser, checked, rtol, atol)
+    pilots.progress = _Progress(progress, f"tune_solver nfe={nfe}")
     n_val = max(1, round(validation * len(pilots.pilot_seeds)))
     if len(pilots.pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
@@ -400,7 +448,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
         grid = _tune_steps(denoiser, grid_solver, nfe, (*checked[:2], [], checked[3]), denoise_final=denoise_final,
                            init="auto", tune_end=None, max_evals=max_evals, solver_options=None, model=model, rtol=rtol,
-                           atol=atol, verbose=verbose)
+                           atol=atol, verbose=verbose, progress=progress)
         grid_nfe, grid_name = grid.tuning_nfe, f"tuned for {grid_solver}"
     t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
     fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)

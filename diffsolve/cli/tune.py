@@ -70,11 +70,12 @@ def _tune(args, name, den, problem, device):
             raise CLIError("--solver learned needs --denoise-final yes or no")
         return tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, fresh=args.fresh,
                            iterations=args.iterations, max_evals=args.max_evals, denoise_final=denoise_final,
-                           model=problem.name, device=device, verbose=not args.quiet)
+                           model=problem.name, device=device, verbose=not args.quiet,
+                           progress=False if args.quiet else None)
     with torch.no_grad():
         return tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
                           max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
-                          device=device, verbose=not args.quiet)
+                          device=device, verbose=not args.quiet, progress=False if args.quiet else None)
 
 
 def run(args) -> int:
