@@ -128,6 +128,10 @@ class Denoiser(torch.nn.Module):
         if net_dtype is None and isinstance(net, torch.nn.Module):
             net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
         self.net_dtype = net_dtype
+        if shape is not None and (not isinstance(shape, (tuple, list, torch.Size))
+                                  or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise TypeError(f"shape must be the shape of one sample, a tuple of positive integers such as (3, 32, 32), "
+                            f"got {shape!r}")
         self.shape = tuple(shape) if shape is not None else None
         self.nfe = 0
         # where the integration loop is, for error messages: a string, or the loop's cheap

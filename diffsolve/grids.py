@@ -45,7 +45,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from .schedules import DDPMSchedule, Schedule
+from .schedules import DDPMSchedule, Schedule, make_schedule
 
 __all__ = ["make_grid", "validate_grid", "GRIDS", "diffusers_timesteps", "diffusers_grid", "DIFFUSERS_SPACING"]
 
@@ -88,8 +88,13 @@ def make_grid(schedule: Schedule, steps: int | None = None, kind="log_snr", *, r
 
     ``t_start`` / ``t_end`` default to the schedule's ``t_max`` / ``t_min``.
     """
+    schedule = make_schedule(schedule)  # a name ("vp") or an instance; anything else: a clear error
+    if kind is None:
+        raise TypeError(f"grid kind must be one of {', '.join(GRIDS)} or an array of times, got None")
     if not isinstance(kind, str):
         return validate_grid(schedule, kind)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, float))):
+        raise TypeError(f"steps must be a positive integer, got {steps!r}")
     memo = _GRIDS.setdefault(schedule, {})
     key = (steps, kind, rho, t_start, t_end)
     if key not in memo:  # the same grid is asked for call after call: build and validate it once

@@ -1,6 +1,8 @@
 r"""``sample``: draw samples with any solver on any member of the ν_t family (docs/math.md §3–4)."""
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -171,5 +173,9 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
                              f"{'without' if tuned.denoise_final else 'with'} it)")
         if solver in (None, tuned.solver) and solver_options is None:  # the solver it was tuned for
             solver, solver_options = tuned.solver, tuned.solver_options
+        else:  # asked for explicitly: allowed, but the grid's times were chosen for another solver
+            warnings.warn(f"the tuned grid was tuned for solver {tuned.solver!r}"
+                          f"{' with options ' + repr(tuned.solver_options) if tuned.solver_options else ''}; "
+                          f"running {solver!r} on its times instead, as asked", UserWarning, stacklevel=3)
         return solver, solver_options, tuned.grid, None, None, tuned.denoise_final
     return solver, solver_options, grid, steps, nfe, True if denoise_final is None else denoise_final
