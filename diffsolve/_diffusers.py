@@ -174,13 +174,24 @@ def flow_sigmas_from_diffusers(scheduler_or_config, num_inference_steps: int | N
 
 
 def flow_grid(config, schedule: FlowSchedule, solver, nfe: int | None = None, *, sigmas=None, mu=None,
-              denoise_final: bool = True) -> Tensor:
+              denoise_final: bool = True, spacing: str = "euler") -> Tensor:
     """The grid of a flow-matching run as diffusers places it (``DiffsolveScheduler``'s ``"diffusers"``
     grid): the σ of :func:`flow_sigmas_from_diffusers`, for the budget ``nfe`` (n = the solver's steps
     + 1 with ``denoise_final``, else its steps) or the given ``sigmas``, σ = 1 read as the schedule's
     t_max. With ``denoise_final`` the last σ is the final denoise's (where diffusers steps to σ = 0:
-    x − σ v = x̂0 exactly), else a last step to t_min follows (docs/math.md §25)."""
-    if sigmas is None:
+    x − σ v = x̂0 exactly), else a last step to t_min follows (docs/math.md §25).
+
+    ``spacing="dpm"`` (``DiffsolveScheduler``'s ``"flow_dpm"`` grid, its default for flow configs): the
+    σ of diffusers' flow DPM-Solver/UniPC instead, u_k = (1 − 1/N)·k/n for k = n..1 shifted: it starts
+    below σ = 1 and spreads the steps evenly enough in λ for multistep extrapolation (on the shifted
+    Euler grid, which starts at σ = 1 and whose λ-steps vary by two orders of magnitude, dpmpp_3m
+    does not converge; ``python benchmarks/diffusers_pipelines.py --only flow``)."""
+    if sigmas is None and spacing == "dpm":  # u = (1 − 1/N)·k/n, k = n..1, then the shift
+        n = solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
+        n_train = int(dict(config).get("num_train_timesteps", 1000))
+        u = (1.0 - 1.0 / n_train) * torch.arange(n, 0, -1, dtype=torch.float64) / n
+        sig = flow_sigmas_from_diffusers(config, sigmas=u, mu=mu)
+    elif sigmas is None:
         n = solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
         sig = flow_sigmas_from_diffusers(config, n, mu=mu)
     else:

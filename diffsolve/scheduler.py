@@ -96,9 +96,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             x̂0 clipping / thresholding, a property of the denoiser's x̂0 (:mod:`diffsolve.thresholding`).
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: a flow-matching config (SD3, FLUX), run on a :class:`~diffsolve.FlowSchedule`
-            (``from_config`` sets ``prediction_type="flow_prediction"``, ``grid="diffusers"``: diffusers'
-            shifted σ, :func:`diffsolve._diffusers.flow_grid`); ``set_timesteps`` takes ``sigmas`` and ``mu``
-            as diffusers' does. ``solver="euler"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
+            (``from_config`` sets ``prediction_type="flow_prediction"`` and the default grid
+            ``"flow_dpm"``: the shifted σ of diffusers' flow DPM-Solver/UniPC, which starts below σ = 1
+            and suits multistep solvers; ``grid="diffusers"`` is FlowMatchEulerDiscreteScheduler's
+            shifted σ from σ = 1, :func:`diffsolve._diffusers.flow_grid`). ``set_timesteps`` takes
+            ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
+            does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
     Args (diffsolve's own):
         solver: a fixed-step solver name or spec ``"name:key=value:..."`` (default ``"dpmpp_2m"``).
         grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"``, or the
@@ -142,7 +145,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         threshold = threshold_from_config(dict(
             clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
             dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value))
-        self._tuned = load_grid(grid) if grid not in (None, "diffusers") else None
+        self._tuned = load_grid(grid) if grid not in (None, "diffusers", "flow_dpm") else None
         spec = self._tuned.solver if self._tuned is not None else solver
         options = self._tuned.solver_options if self._tuned is not None else {}
         self.solver = get_solver(spec, **(options or {}))
@@ -175,7 +178,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if flow:
             refuse_flow_options(full, "DiffsolveScheduler")
             kwargs.setdefault("prediction_type", "flow_prediction")
-            kwargs.setdefault("grid", "diffusers")
+            kwargs.setdefault("grid", "flow_dpm")
         # what the source scheduler does, its defaults included (diffusers' from_config drops defaulted fields)
         for name in _THRESHOLD_FIELDS + (_FLOW_GRID_FIELDS if flow else ()):
             if name in full and name not in kwargs:
@@ -220,9 +223,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             num_inference_steps = None
         elif (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps (a budget of network evaluations) or timesteps")
-        if flow and timesteps is None and (sigmas is not None or self.config.grid == "diffusers"):
+        if flow and timesteps is None and (sigmas is not None or self.config.grid in ("diffusers", "flow_dpm")):
+            spacing = "dpm" if self.config.grid == "flow_dpm" and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
-                          denoise_final=self.config.denoise_final)
+                          denoise_final=self.config.denoise_final, spacing=spacing)
         else:
             t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)

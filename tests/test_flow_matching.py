@@ -1,6 +1,6 @@
 """Flow matching as SD3 / FLUX use it (docs/math.md §25): the shift and the dynamic shift against
 diffusers' formulas, the velocity sign, the start at σ = 1, diffusers' σ spacing bit for bit, and
-DiffsolveScheduler(solver="euler") = FlowMatchEulerDiscreteScheduler step for step on a tiny random
+DiffsolveScheduler(solver="euler", grid="diffusers") = FlowMatchEulerDiscreteScheduler step for step on a tiny random
 SD3 transformer in float64 (shift 1, 3, dynamic exponential and linear)."""
 import math
 
@@ -192,7 +192,7 @@ def test_scheduler_reproduces_flow_match_euler(sd3, name, solver):
     tr, cond = sd3
     cfg, kw = CONFIGS[name]
     ref_sched = diffusers.FlowMatchEulerDiscreteScheduler(**cfg)
-    ds = DiffsolveScheduler.from_config(ref_sched.config, solver=solver)
+    ds = DiffsolveScheduler.from_config(ref_sched.config, solver=solver, grid="diffusers")
     assert isinstance(ds.schedule, FlowSchedule) and ds.prediction == "velocity" and ds.config.grid == "diffusers"
     for setup in (dict(num_inference_steps=12), dict(sigmas=np.linspace(1.0, 1 / 9, 9))):
         ref_sched.set_timesteps(**setup, **kw)
@@ -224,7 +224,8 @@ def test_scheduler_flow_img2img_and_other_grids(sd3):
     from diffsolve.scheduler import DiffsolveScheduler
 
     tr, cond = sd3
-    ds = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="euler")
+    ds = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="euler",
+                                        grid="diffusers")
     ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
     ds.set_timesteps(10)
     ref.set_timesteps(10)
@@ -289,7 +290,8 @@ def test_sd3_and_flux_pipelines_with_diffsolve_scheduler():
               negative_prompt_embeds=torch.zeros(1, 5, 16), negative_pooled_prompt_embeds=torch.zeros(1, 16),
               guidance_scale=3.0, num_inference_steps=8, height=8, width=8)
     want = _pipeline_latents(pipe, _flow_sched(shift=3.0), **kw)
-    got = _pipeline_latents(pipe, DiffsolveScheduler.from_config(_flow_sched(shift=3.0).config, solver="euler"), **kw)
+    got = _pipeline_latents(pipe, DiffsolveScheduler.from_config(_flow_sched(shift=3.0).config, solver="euler",
+                                                                 grid="diffusers"), **kw)
     assert float((got - want).norm() / want.norm()) < 1e-5
 
     flux = diffusers.FluxTransformer2DModel(
@@ -302,7 +304,7 @@ def test_sd3_and_flux_pipelines_with_diffsolve_scheduler():
     kw = dict(prompt_embeds=torch.randn(1, 3, 12, generator=g), pooled_prompt_embeds=torch.randn(1, 10, generator=g),
               guidance_scale=3.5, num_inference_steps=6, height=16, width=16)
     want = _pipeline_latents(pipe, _flow_sched(**flux_cfg), **kw)
-    ds = DiffsolveScheduler.from_config(_flow_sched(**flux_cfg).config, solver="euler")
+    ds = DiffsolveScheduler.from_config(_flow_sched(**flux_cfg).config, solver="euler", grid="diffusers")
     got = _pipeline_latents(pipe, ds, **kw)
     assert ds.timesteps[0] == 1000.0 and len(ds.timesteps) == 6
     assert float((got - want).norm() / want.norm()) < 1e-5
@@ -316,6 +318,22 @@ def test_heun_refuses_a_start_at_sigma_one(sd3):
     """EDM's Heun averages slopes in s = σ/α; from σ = 1 (s ~ 1e9) that is meaningless: refused."""
     from diffsolve.scheduler import DiffsolveScheduler
 
-    sched = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="heun")
+    sched = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="heun",
+                                           grid="diffusers")
     with pytest.raises(ValueError, match="steps in s = σ/α"):
         sched.set_timesteps(9)
+
+
+def test_default_flow_grid_is_diffusers_flow_dpm_spacing():
+    """Flow configs default to the σ of diffusers' flow DPM-Solver/UniPC (grid "flow_dpm"): below
+    σ = 1 and even enough in λ for multistep solvers (the shifted Euler grid from σ = 1 broke them)."""
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    ours = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="unipc")
+    ours.set_timesteps(8)
+    dpm = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    dpm.set_timesteps(8)
+    want = dpm.sigmas[:-1].double()
+    got = torch.as_tensor(ours.plan.t, dtype=torch.float64)
+    assert len(ours.timesteps) == 8 and float(got[0]) < 1.0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
