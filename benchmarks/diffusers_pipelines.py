@@ -49,19 +49,15 @@ OURS = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "unipc:order=3", "heun", "ddim"
 OURS_ON_TRAILING = ("dpmpp_2m", "unipc")  # the same solvers on diffusers' trailing spacing (grid vs solver)
 
 
-def tiny_sd(seed: int = 0):
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4).eval()  # eval: no dropout of any kind
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
-                                  down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                                  norm_num_groups=8, sample_size=8)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                             scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+def tiny_sd():
+    """The example's tiny Stable Diffusion pipeline (examples/diffusers_pipeline.py), with
+    ``SD_SCHEDULER`` as its scheduler."""
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "diffusers_pipeline.py"
+    pipe = runpy.run_path(str(example))["tiny_pipeline"]()
+    pipe.scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER)
     return pipe
 
 

@@ -261,12 +261,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         x = torch.empty(1, 1, dtype=torch.float64, device="meta")
         gen = drive(self.solver, self.schedule, x, t, prediction=self.prediction, level=self.level,
                     source=_MetaSource(), denoise_final=self.config.denoise_final)
-        times, labels = [], []
+        times = []
         try:
             request = next(gen)
             while True:
                 times.append(request.t)
-                labels.append(request.label.to("cpu") if request.label.device.type != "meta" else None)
                 request = gen.send(torch.zeros_like(request.x))
         except StopIteration:
             pass
@@ -277,6 +276,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     # --- the run ---------------------------------------------------------------------------------
     def _reset_run(self):
+        self._deferred = []  # (evaluation, expected label, the pipeline's timestep on its device)
         self._gen = None
         self._request = None
         self._index = 0
@@ -340,6 +340,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             prev = self._request.x
         except StopIteration as stop:
             prev = stop.value.x
+            self._check_deferred_timesteps()
             self._reset_run()
         prev = prev.to(sample.dtype)
         if self._gen is not None:
@@ -367,11 +368,26 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._index = self._begin
 
     def _check_timestep(self, timestep, request):
+        """The pipeline must call step at the solver's next evaluation. A timestep on an accelerator is
+        compared there and read back once, when the run ends (no host synchronisation per step)."""
         want = float(self.plan.labels[self._index])
-        got = float(torch.as_tensor(timestep).reshape(-1)[0])
+        ts = torch.as_tensor(timestep).reshape(-1)[0]
+        if ts.device.type != "cpu":
+            self._deferred.append((self._index, want, ts))
+            return
+        self._timestep_error(self._index, float(ts), want)
+
+    @staticmethod
+    def _timestep_error(index: int, got: float, want: float):
         if abs(got - want) > 1e-4 * max(1.0, abs(want)):
-            raise ValueError(f"step() called with timestep {got:g}, but the solver's evaluation {self._index} is at "
+            raise ValueError(f"step() called with timestep {got:g}, but the solver's evaluation {index} is at "
                              f"timestep {want:g}; call step once per entry of scheduler.timesteps, in order")
+
+    def _check_deferred_timesteps(self):
+        if self._deferred:
+            got = torch.stack([ts.double() for _, _, ts in self._deferred]).cpu().tolist()
+            for (index, want, _), g in zip(self._deferred, got):
+                self._timestep_error(index, g, want)
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
         """x_t = α_t x_0 + σ_t ε at the times whose network labels are ``timesteps``."""

@@ -22,19 +22,14 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
 
 @pytest.fixture(scope="module")
 def sd():
-    """A tiny text-conditional Stable Diffusion pipeline (latents 4×8×8) and prompt embeddings."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
-                                  down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                                  norm_num_groups=8, sample_size=8)
-    scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    """The example's tiny text-conditional Stable Diffusion pipeline (latents 4×8×8, SD's DDIM
+    config; examples/diffusers_pipeline.py builds it) and prompt embeddings."""
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "diffusers_pipeline.py"
+    pipe = runpy.run_path(str(example))["tiny_pipeline"]()
+    assert dict(pipe.scheduler.config).items() >= SD_SCHEDULER.items()
     g = torch.Generator().manual_seed(0)
     return pipe, torch.randn(2, 5, 16, generator=g), torch.zeros(2, 5, 16)
 
