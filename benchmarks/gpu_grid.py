@@ -45,7 +45,7 @@ def main():
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # one process group (nccl) for every run_bench call below; they do not tear it down
-        from diffsolve.bench.distributed import init
+        from diffsolve.distributed import init
 
         init("cuda")
     solvers = [s for s in SOLVERS_WANTED if s in SOLVERS]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffsolve.bench import read_rows
-from diffsolve.bench.distributed import DistContext, shard_bounds
+from diffsolve.distributed import DistContext, shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--problems", "ring2d,mix64", "--solvers", "ddim,euler", "--eta", "0,1", "--nfe", "5",

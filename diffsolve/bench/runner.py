@@ -32,7 +32,7 @@ from . import metrics as M
 # names that lived here before the split stay importable from here (tests, benchmarks, the CLI)
 from .config import (DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
                      _Item, _n_samples, _plan, _seed_spec, default_problems)
-from .distributed import DistContext, init as init_distributed
+from ..distributed import DistContext, init as init_distributed
 from .plot import plot_results
 from .problems import Problem, get_problem
 from .report import Progress, Table, format_row, summary  # noqa: F401

@@ -1,10 +1,18 @@
-r"""Many processes: shard the seeds, gather the samples (``torchrun --nproc-per-node N -m diffsolve bench``).
+r"""Many processes: shard the work, gather the results (``torchrun --nproc-per-node N -m diffsolve ...``).
 
 torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init` then starts
-``torch.distributed`` with gloo (CPU) or nccl (CUDA, one device per local rank). Every process
-runs the same plan on a contiguous slice of the seeds. Because sample i depends on seeds[i] only
-(:class:`diffsolve.NoiseSource`) and fixed-step solvers treat samples independently, the gathered
-batch is the batch one process would have drawn, and rank 0 computes the same metrics from it.
+``torch.distributed`` with gloo (CPU) or nccl (CUDA, one device per local rank).
+
+Two ways to share n items (seeds, data points) over the ranks:
+
+- :meth:`DistContext.shard`: one contiguous slice per rank, for work whose results are gathered
+  (``diffsolve bench``). Because sample i depends on seeds[i] only (:class:`diffsolve.NoiseSource`)
+  and fixed-step solvers treat samples independently, the gathered batch is the batch one process
+  would have drawn, and rank 0 computes the same metrics from it.
+- :meth:`DistContext.blocks`: fixed blocks of ``block`` items, dealt to the ranks in turn, for work
+  written to files as it finishes (``diffsolve sample --outdir``, ``diffsolve likelihood --out``).
+  The block boundaries do not depend on the number of processes, so 1 and N processes write the
+  same files, and a resumed run with another number of processes skips the same finished blocks.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._text import count
+from ._text import count
 
 __all__ = ["DistContext", "init", "shard_bounds"]
 
@@ -61,6 +69,13 @@ class DistContext:
                              f"use at least one seed per process")
         s, e = self.bounds(len(items))[self.rank]
         return items[s:e]
+
+    def blocks(self, n: int, block: int) -> list[tuple[int, int]]:
+        """This rank's [start, end) blocks of ``range(n)``: blocks k·block … (k+1)·block (the last one
+        shorter), block k going to rank k mod world_size (boundaries independent of world_size)."""
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        return [(s, min(s + block, n)) for s in range(self.rank * block, n, self.world_size * block)]
 
     def gather(self, x: Tensor, n_total: int) -> Tensor:
         """Concatenate every rank's (n_r, ...) slice in rank order (result on every rank)."""
