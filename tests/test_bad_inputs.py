@@ -533,7 +533,7 @@ CLI = [  # (id, argv after the command, regex on stderr); "{t}" is the temporary
     ("cli-out-directory", S + ["--out", "{t}/dir.pt"], r"is a directory"),
     ("cli-out-under-file", S + ["--out", "{t}/blocker/x.pt"], r"not a directory|cannot create directory"),
     ("cli-out-proc", S + ["--out", "/proc/diffsolve-x.pt"], r"cannot write '/proc/diffsolve-x\.pt'"),
-    ("cli-out-missing", ["sample", "--problem", "ring2d"], r"the following arguments are required: --out"),
+    ("cli-out-missing", ["sample", "--problem", "ring2d"], r"one of the arguments --out --outdir is required"),
     ("cli-problem-unknown", ["sample", "--problem", "ring3d", "--out", "{t}/x.pt"], r"unknown problem 'ring3d'"),
     ("cli-model-unknown", ["sample", "--model", "mnist", "--out", "{t}/x.pt"], r"unknown model 'mnist'"),
     ("cli-model-and-problem", ["sample", "--model", "digits", "--problem", "ring2d", "--out", "{t}/x.pt"],

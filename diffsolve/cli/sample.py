@@ -1,4 +1,6 @@
-"""``diffsolve sample``: draw samples with :func:`diffsolve.sample` and save them (.pt or .npy).
+"""``diffsolve sample``: draw samples with :func:`diffsolve.sample` and save them: ``--out FILE`` (.pt or
+.npy, one batch), or ``--outdir DIR`` (many seeds, written block by block as PNG files or npz shards,
+``--resume``, torchrun: :mod:`diffsolve.generate`, which holds the logic and documents the files).
 
 What the user gave goes to :func:`diffsolve.sample` as given (no solver, budget or grid of our own):
 the library picks the default solver, sizes the steps and refuses what does not go together (a
@@ -7,16 +9,53 @@ its message is the command's error.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
 from .._text import count
-from ._common import (add_device_options, add_model_options, add_nfe_option, add_seeds_option,
-                      check_device_dtype, check_grid, check_solver, check_writable, checked_denoiser, is_grid_file,
-                      nonneg_float, positive_int, problem_from_args)
+from ._common import (
+    CLIError,
+    add_device_options,
+    add_model_options,
+    add_nfe_option,
+    add_seeds_option,
+    check_device_dtype,
+    check_grid,
+    check_solver,
+    check_writable,
+    checked_denoiser,
+    is_grid_file,
+    nonneg_float,
+    positive_int,
+    problem_from_args,
+)
 
 OUT_SUFFIXES = (".pt", ".npy")
+BATCH_SIZE = 64
+OUTDIR_ONLY = ("format", "batch_size", "resume", "data_range", "class_label", "num_classes", "guidance", "threads")
+
+
+def data_range(text):
+    """``LO,HI`` with LO < HI (finite)."""
+    from ..images import check_data_range
+
+    parts = str(text).split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return check_data_range(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI with finite LO < HI (e.g. --data-range=-1,1), got "
+                                         f"{text!r}") from None
+
+
+def class_label(text):
+    """A class index N >= 0, or ``random``."""
+    if text == "random" or (text.isdigit() and len(text) < 19):
+        return text if text == "random" else int(text)
+    raise argparse.ArgumentTypeError(f"expected a class index N >= 0 or 'random', got {text!r}")
 
 
 def add_parser(subparsers):
@@ -34,7 +73,26 @@ def add_parser(subparsers):
                                   "torchsde:steps=50:grid=karras)")
     add_seeds_option(s, "one seed per sample, e.g. 0-63 (default)", default="0-63")
     s.add_argument("--no-denoise-final", action="store_true", help="skip the final x̂0 evaluation")
-    s.add_argument("--out", required=True, help="output file: .pt (torch.save) or .npy")
+    out = s.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="output file: .pt (torch.save) or .npy (all samples in one array)")
+    out.add_argument("--outdir", help="output folder: the samples written block by block (--format), "
+                                      "resumable, torchrun shares the blocks (diffsolve.generate)")
+    g = s.add_argument_group("--outdir options")
+    g.add_argument("--format", choices=("png", "npz"), help="png: DIR/000000/000123.png per seed (images of "
+                   "shape (1 or 3, H, W)); npz: DIR/samples-FIRST-LAST.npz per block, keys seeds, x (float32, "
+                   "model space) [, labels] (default png)")
+    g.add_argument("--batch-size", type=positive_int, help=f"seeds per block (default {BATCH_SIZE})")
+    g.add_argument("--resume", action="store_true", help="skip the seeds already in --outdir (same settings)")
+    g.add_argument("--data-range", type=data_range, metavar="LO,HI",
+                   help="the model's data range for the 8-bit PNG map (default -1,1; write --data-range=-1,1)")
+    g.add_argument("--class", dest="class_label", type=class_label, metavar="N|random",
+                   help="class label of a class-conditional model: N for every sample, or random (drawn "
+                        "from each sample's seed)")
+    g.add_argument("--num-classes", type=positive_int, help="classes for --class random (default: the network's)")
+    g.add_argument("--guidance", type=nonneg_float, help="classifier-free guidance scale w with --class "
+                                                         "(default 1: the conditional model)")
+    g.add_argument("--threads", type=positive_int, help="CPU threads per process (default 1 on CPU unless "
+                   "OMP_NUM_THREADS is set, as diffsolve bench: small blocks on several threads mostly wait)")
     add_device_options(s)
     s.set_defaults(run=run)
     return s
@@ -73,6 +131,13 @@ def _report(args, res, out: Path, seconds: float):
 
 
 def run(args) -> int:
+    if args.outdir is not None:
+        return _run_outdir(args)
+    given = [f"--{k.replace('_label', '').replace('_', '-')}" for k in OUTDIR_ONLY if getattr(args, k) not in
+             (None, False)]
+    if given:
+        raise CLIError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --outdir DIR; --out FILE "
+                       f"holds one batch as it is")
     import torch
 
     from .. import sample
@@ -94,4 +159,41 @@ def run(args) -> int:
     _save(res.x, out)
     if not args.quiet:
         _report(args, res, out, time.perf_counter() - t0)
+    return 0
+
+
+def _run_outdir(args) -> int:
+    """``--outdir``: :func:`diffsolve.generate.generate` (every check before any sample is drawn)."""
+    from ..distributed import init
+    from ..generate import SETTINGS, generate
+
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise CLIError(f"--outdir {args.outdir!r} is a file; give a folder")
+    check_writable(Path(args.outdir) / SETTINGS, (".json",))  # first: a run must not end in an unwritable folder
+    device, dtype = check_device_dtype(args)
+    if args.solver is not None:
+        check_solver(args.solver)
+    if args.grid is not None:
+        check_grid(args.grid)
+    import os
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    dist = init(str(device))
+    try:
+        device = torch.device(dist.device)  # under torchrun with CUDA: cuda:LOCAL_RANK
+        problem = problem_from_args(args, device)
+        den = checked_denoiser(problem, device)
+        generate(den, args.seeds, args.outdir, format=args.format or "png", batch_size=args.batch_size or BATCH_SIZE,
+                 data_range=args.data_range or (-1.0, 1.0), class_label=args.class_label,
+                 num_classes=args.num_classes, guidance=args.guidance, resume=args.resume,
+                 progress=not args.quiet, name=problem.name, dist=dist, solver=args.solver, nfe=args.nfe,
+                 steps=args.steps, eta=args.eta, grid=args.grid, dtype=dtype, device=device,
+                 denoise_final=False if args.no_denoise_final else None)
+    finally:
+        dist.close()
     return 0

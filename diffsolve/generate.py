@@ -1,0 +1,515 @@
+r"""``generate``: draw many samples with :func:`diffsolve.sample` and write them to a folder as they
+finish (``diffsolve sample --outdir``; EDM's ``generate.py`` layout).
+
+**Blocks** (docs/math.md (26.2)). The seed list is cut into fixed blocks of ``batch_size``
+consecutive positions; block k is one call of :func:`diffsolve.sample` and goes to rank
+k mod world_size (:meth:`diffsolve.distributed.DistContext.blocks`). The boundaries do not depend on
+the number of processes, so 1 and N processes (``torchrun --nproc-per-node N -m diffsolve sample
+…``) draw the same batches and write byte-identical files, and each rank lists and writes only the
+seeds of its own blocks. Sample i depends on seeds[i] only (:class:`diffsolve.NoiseSource`); the
+solver, budget, grid, η, dtype and ``denoise_final`` are passed to :func:`diffsolve.sample` unchanged.
+
+**What is written** in ``outdir``:
+
+- ``format="png"``: one file per seed, ``{seed // 1000 * 1000:06d}/{seed:06d}.png`` (EDM's layout),
+  the 8-bit image of the sample by the map of docs/math.md (26.1) (:func:`diffsolve.images.to_uint8`
+  with ``data_range``). Only samples of shape (C, H, W) with C = 1 or 3 are images; any other shape
+  is refused before any work (use ``"npz"``).
+- ``format="npz"``: one shard per block, ``samples-{first_seed:06d}-{last_seed:06d}.npz`` (the first
+  and last seed of the block's samples written in it; a seed is in one shard only, so names cannot
+  collide), keys ``seeds`` (int64), ``x`` (the samples in model space, float32 by default) and,
+  with class labels, ``labels`` (int64). The zip entries carry a fixed date, so the bytes depend on
+  the samples only. :func:`diffsolve.images.open_dataset` reads the folder back in seed order.
+- ``diffsolve-sample.json``: the settings of the run (format, batch size, sample shape, data range,
+  labels, guidance, the model's name and everything passed to ``sample``); ``resume`` compares them.
+- with class labels and ``format="png"``: ``dataset.json``, EDM's ``{"labels": [["000000/000003.png",
+  7], …]}``, written by rank 0 at the end (the labels depend only on the seeds, see below).
+
+Every file is written under a temporary name starting with "." in the same folder and then renamed
+(``os.replace``): a killed run leaves no partial file that :func:`~diffsolve.images.open_dataset`
+reads (it skips dot-files), at most one hidden ``.….tmp.png``/``.….tmp.npz`` per process, which the
+resumed run overwrites.
+
+**Resume.** ``resume=True`` skips the seeds already written (png: the seed's file exists; npz: the
+seed is in a shard) and draws each block for its missing seeds only, so every seed is written once;
+the settings must be those of the folder's run (then the files equal an uninterrupted run's on the
+same device), else it is refused. Without ``resume`` a folder that already holds samples is refused
+(no overwrite: finish it with ``resume``, or give another folder). ``resume`` on an empty or new
+folder just starts.
+
+**Class labels** (a class-conditional network: its ``net.null_class`` is the null label, as for
+:class:`diffsolve.CFGDenoiser`): ``class_label=k`` gives every sample class k; ``class_label="random"``
+gives sample i the class ``numpy.random.default_rng([LABEL_STREAM, seeds[i]]).integers(num_classes)``,
+a function of its seed only (a stream apart from the noise's). ``guidance=w`` applies classifier-free
+guidance (:class:`diffsolve.CFGDenoiser`, (CFG) there; default 1: the conditional model alone).
+
+Memory stays flat in the number of seeds: one block of samples is held at a time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._text import count
+from .checks import check_int, check_number
+from .images import DATA_RANGE, check_data_range, save_png, to_uint8
+from .noise import parse_seeds
+
+__all__ = ["FORMATS", "LABEL_STREAM", "GenerateResult", "generate", "png_path", "random_labels", "shard_name"]
+
+FORMATS = ("png", "npz")
+SETTINGS = "diffsolve-sample.json"
+LABELS = "dataset.json"
+LABEL_STREAM = 0x6C61626C  # "labl": the labels' random stream, apart from the noise's (seeded by the seed alone)
+NPZ_DTYPES = {"float32": np.float32, "float64": np.float64}
+_NOT_SAMPLE_OPTIONS = ("x", "shape", "seeds", "generator", "trajectory")
+_SHARD = re.compile(r"samples-\d+-\d+\.npz")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class GenerateResult:
+    """What :func:`generate` returns (totals over all processes).
+
+    Attributes:
+        outdir: the folder written.
+        format: ``"png"`` or ``"npz"``.
+        total: seeds asked for; written: samples drawn and written by this run; skipped: seeds already
+            in ``outdir`` (``resume``).
+        nfe: network evaluations per sample (the most over the blocks; 0 if nothing was drawn).
+        seconds: wall time; world_size: processes.
+        labels_file: ``dataset.json`` when png files with class labels were written, else None.
+    """
+
+    outdir: Path
+    format: str
+    total: int
+    written: int
+    skipped: int
+    nfe: int
+    seconds: float
+    world_size: int = 1
+    labels_file: Path | None = None
+
+
+def png_path(outdir, seed: int) -> Path:
+    """Where the PNG of ``seed`` goes: ``outdir/{seed // 1000 * 1000:06d}/{seed:06d}.png``."""
+    return Path(outdir) / f"{seed // 1000 * 1000:06d}" / f"{seed:06d}.png"
+
+
+def shard_name(first_seed: int, last_seed: int) -> str:
+    """The name of an npz shard holding ``first_seed`` … ``last_seed`` (in seed-list order)."""
+    return f"samples-{first_seed:06d}-{last_seed:06d}.npz"
+
+
+def random_labels(seeds, num_classes: int) -> np.ndarray:
+    """The class of each seed for ``class_label="random"``: a function of the seed alone (int64)."""
+    return np.array([np.random.default_rng([LABEL_STREAM, int(s)]).integers(num_classes) for s in seeds],
+                    dtype=np.int64)
+
+
+def generate(denoiser, seeds, outdir, *, format: str = "png", batch_size: int = 64, data_range=DATA_RANGE,
+             class_label=None, num_classes: int | None = None, guidance: float | None = None, uncond=None,
+             resume: bool = False, progress: bool = False, npz_dtype: str = "float32", name: str | None = None,
+             dist=None, **sample_kwargs) -> GenerateResult:
+    r"""Draw one sample per seed with :func:`diffsolve.sample` and write them to ``outdir`` (module docstring).
+
+    Args:
+        denoiser: a :class:`~diffsolve.Denoiser` that knows its sample shape (``Denoiser(..., shape=...)``).
+        seeds: one seed per sample (``"0-49999"``, a list or a range; each seed once).
+        outdir: the folder (created if needed).
+        format: ``"png"`` (one image per seed) or ``"npz"`` (one shard per block).
+        batch_size: seeds per block (one ``sample`` call; fixes the block boundaries).
+        data_range: (lo, hi) of the model's data, for the 8-bit map of PNG files (default (−1, 1)).
+        class_label: None (no labels), an int (every sample) or ``"random"`` (drawn from each seed).
+        num_classes: classes for ``"random"`` (default ``net.num_classes``).
+        guidance: classifier-free guidance scale w (needs ``class_label``; default 1: conditional).
+        uncond: the null label (default ``net.null_class``).
+        resume: skip the seeds already written (same settings), instead of refusing a folder with samples.
+        progress: a progress line on stderr (rank 0 only) and a final line with the totals.
+        npz_dtype: ``"float32"`` (default) or ``"float64"``, the dtype of ``x`` in npz shards.
+        name: the model's name, recorded in the settings (checked on resume).
+        dist: a :class:`~diffsolve.distributed.DistContext`; default :func:`diffsolve.distributed.init`
+            (torchrun's processes, or this one alone), closed at the end if started here.
+        **sample_kwargs: ``solver``, ``nfe``, ``steps``, ``grid``, ``eta``, ``noise``, ``denoise_final``,
+            ``dtype``, ``device``, ``solver_options``: passed to :func:`diffsolve.sample` unchanged.
+    """
+    t0 = time.perf_counter()
+    plan = _Plan(denoiser, seeds, outdir, format, batch_size, data_range, class_label, num_classes, guidance, uncond,
+                 resume, npz_dtype, name, sample_kwargs)
+    own = dist is None
+    if own:
+        from .distributed import init
+
+        dist = init(str(sample_kwargs.get("device") or "cpu"))
+    try:
+        return _run(plan, dist, bool(progress), t0)
+    finally:
+        if own:
+            dist.close()
+
+
+# --- the plan: every check before any work -------------------------------------------------------------------
+class _Plan:
+    """The checked arguments, the settings recorded in the folder, and the denoiser of each block."""
+
+    def __init__(self, denoiser, seeds, outdir, fmt, batch_size, data_range, class_label, num_classes, guidance,
+                 uncond, resume, npz_dtype, name, sample_kwargs):
+        from .denoiser import Denoiser
+
+        if not isinstance(denoiser, Denoiser):
+            raise TypeError(f"denoiser must be a diffsolve.Denoiser, got {type(denoiser).__name__}")
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+        self.denoiser, self.format = denoiser, fmt
+        self.batch_size = check_int("batch_size", batch_size)
+        self.data_range = check_data_range(data_range)
+        self.resume, self.name = bool(resume), name
+        if npz_dtype not in NPZ_DTYPES:
+            raise ValueError(f"npz_dtype must be one of {', '.join(NPZ_DTYPES)}, got {npz_dtype!r}")
+        self.npz_dtype = npz_dtype
+        bad = [k for k in _NOT_SAMPLE_OPTIONS if k in sample_kwargs]
+        if bad:
+            raise TypeError(f"generate draws x from the seeds, one block at a time; drop {', '.join(bad)}")
+        self.sample_kwargs = sample_kwargs
+        self.seeds = parse_seeds(seeds, distinct=True)
+        if len(self.seeds) == 0:
+            raise ValueError("seeds is empty; give one seed per sample, e.g. seeds='0-49999'")
+        self.shape = denoiser.shape
+        if self.shape is None:
+            raise ValueError("the denoiser has no sample shape; build it with Denoiser(..., shape=(C, H, W))")
+        if fmt == "png" and not (len(self.shape) == 3 and self.shape[0] in (1, 3)):
+            raise ValueError(f"PNG files hold images of shape (C, H, W) with C = 1 or 3; this model's samples have "
+                             f"shape {tuple(self.shape)}: use --format npz (format='npz')")
+        self._labels(class_label, num_classes, guidance, uncond)
+        self.outdir = _writable_dir(outdir)
+        self.settings = _jsonable({
+            "format": fmt, "batch_size": self.batch_size, "shape": list(self.shape),
+            "data_range": list(self.data_range) if fmt == "png" else None,
+            "npz_dtype": npz_dtype if fmt == "npz" else None, "model": name,
+            "class": self.class_label, "num_classes": self.num_classes, "guidance": self.guidance,
+            "sample": {"dtype": torch.float64, **{k: v for k, v in sorted(sample_kwargs.items()) if v is not None}},
+        })
+        self.settings["sample"].pop("device", None)  # a resumed run may use another device
+
+    def _labels(self, class_label, num_classes, guidance, uncond):
+        self.class_label, self.num_classes, self.guidance, self.uncond = None, None, None, None
+        if class_label is None:
+            if guidance is not None:
+                raise ValueError("guidance needs class labels: give a class (class_label=k or 'random'; "
+                                 "--class N or --class random)")
+            if num_classes is not None:
+                raise ValueError("num_classes is for class_label='random' (--class random)")
+            return
+        net = self.denoiser.net
+        self.uncond = getattr(net, "null_class", None) if uncond is None else uncond
+        if self.uncond is None:
+            raise ValueError("class labels need a class-conditional model: this network defines no null_class "
+                             "(its label for 'no class', used by classifier-free guidance); sample it without "
+                             "--class/--guidance")
+        known = getattr(net, "num_classes", None)
+        if class_label == "random":
+            k = num_classes if num_classes is not None else known
+            if k is None:
+                raise ValueError("class_label='random' needs num_classes (--num-classes K): the network does not "
+                                 "say how many classes it has")
+            self.num_classes = check_int("num_classes", k, minimum=1)
+            if known is not None and self.num_classes > known:
+                raise ValueError(f"num_classes={self.num_classes}, but the network has {known} classes")
+        else:
+            if num_classes is not None:
+                raise ValueError("num_classes is for class_label='random' (--class random)")
+            if isinstance(class_label, str) and class_label.isdigit():
+                class_label = int(class_label)
+            if isinstance(class_label, bool) or not isinstance(class_label, (int, np.integer)):
+                raise ValueError(f"class_label must be a class index (an int) or 'random', got {class_label!r}")
+            upper = known if known is not None else None
+            if class_label < 0 or (upper is not None and class_label >= upper) or class_label == self.uncond:
+                valid = f"0..{upper - 1}" if upper is not None else f"an index >= 0 other than {self.uncond}"
+                raise ValueError(f"class {class_label} is not a class of this model; valid classes: {valid}")
+        self.class_label = class_label if class_label == "random" else int(class_label)
+        self.guidance = 1.0 if guidance is None else check_number("guidance", guidance, minimum=0.0, maximum=1e30)
+
+    def labels(self, seeds) -> np.ndarray | None:
+        if self.class_label is None:
+            return None
+        if self.class_label == "random":
+            return random_labels(seeds, self.num_classes)
+        return np.full(len(seeds), self.class_label, dtype=np.int64)
+
+    def block_denoiser(self, labels):
+        if labels is None:
+            return self.denoiser
+        from .guidance import CFGDenoiser
+
+        return CFGDenoiser(self.denoiser, self.guidance, torch.from_numpy(labels), uncond=self.uncond)
+
+
+def _writable_dir(outdir) -> Path:
+    from .files import check_writable
+
+    p = Path(os.fspath(outdir)).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--outdir {str(p)!r} is a file; give a folder")
+    check_writable(p / SETTINGS, (".json",))  # creates the folder and tries a file in it
+    return p
+
+
+def _jsonable(v):
+    """Settings as JSON values (what a resumed run is compared on)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
+
+
+# --- the folder ----------------------------------------------------------------------------------------------
+def _has_samples(outdir: Path) -> bool:
+    """Whether ``outdir`` holds samples of ours (a shard, or a PNG in a seed folder)."""
+    for entry in os.scandir(outdir):
+        if entry.is_file() and _SHARD.fullmatch(entry.name):
+            return True
+        if entry.is_dir() and entry.name.isdigit() and any(
+                f.name.endswith(".png") and not f.name.startswith(".") for f in os.scandir(entry.path)):
+            return True
+    return False
+
+
+def _check_folder(plan: _Plan) -> bool:
+    """Refuse a folder with samples unless resuming the same settings; True if the settings file must be written."""
+    out = plan.outdir
+    if not _has_samples(out):
+        return True
+    where = f"{str(out)!r} already holds samples"
+    if not plan.resume:
+        raise ValueError(f"{where}; finish that run with --resume (resume=True), or give another --outdir "
+                         f"(nothing is overwritten)")
+    path = out / SETTINGS
+    if not path.exists():
+        raise ValueError(f"{where} but no {SETTINGS}: not a run of diffsolve sample --outdir, which --resume "
+                         f"could finish; give another --outdir")
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}; give another --outdir") from None
+    if old != plan.settings:
+        keys = sorted(set(old) | set(plan.settings), key=str)
+        diff = [k for k in keys if old.get(k) != plan.settings.get(k)]
+        shown = "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(plan.settings.get(k))} now"
+                          for k in diff)
+        raise ValueError(f"--resume: {str(out)!r} was written with other settings ({shown}); resume with the same "
+                         f"options, or give another --outdir")
+    return False
+
+
+def _existing_shard_seeds(plan: _Plan) -> set:
+    """The seeds already in the folder's shards (each shard checked to be of this run)."""
+    found: set = set()
+    for entry in sorted(os.scandir(plan.outdir), key=lambda e: e.name):
+        if not (entry.is_file() and _SHARD.fullmatch(entry.name)):
+            continue
+        try:
+            with np.load(entry.path) as z:
+                keys = set(z.keys())
+                seeds = z["seeds"] if "seeds" in keys else None
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"cannot read the shard {entry.path} ({type(e).__name__}: {e}); remove it and resume "
+                             f"(its seeds are drawn again)") from None
+        if seeds is None or "x" not in keys or (("labels" in keys) != (plan.class_label is not None)):
+            raise ValueError(f"{entry.path} is not a shard of this run (keys {', '.join(sorted(keys))})")
+        for s in seeds.tolist():
+            if s in found:
+                raise ValueError(f"seed {s} is in more than one shard of {plan.outdir}; the folder mixes runs")
+            found.add(s)
+    return found
+
+
+def _todo(plan: _Plan, blocks) -> tuple[list, int]:
+    """This rank's blocks still to draw, as (start, end, the positions to draw or None for all of them),
+    and the number of its seeds already written (``resume``)."""
+    if not plan.resume:
+        return [(s, e, None) for s, e in blocks], 0
+    done = _existing_shard_seeds(plan) if plan.format == "npz" else None
+    out, skipped = [], 0
+    for s, e in blocks:
+        if done is None:
+            todo = [i for i in range(s, e) if not png_path(plan.outdir, plan.seeds[i]).exists()]
+        else:
+            todo = [i for i in range(s, e) if plan.seeds[i] not in done]
+        skipped += (e - s) - len(todo)
+        if todo:
+            out.append((s, e, None if len(todo) == e - s else todo))
+    return out, skipped
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` to ``.{stem}.tmp{suffix}`` beside ``path``, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    """An uncompressed .npz (what numpy.load reads) whose zip entries carry a fixed date: the same arrays
+    give the same bytes (numpy.savez stamps the current time)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, a in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+
+
+def _write_json(path: Path, obj, indent: int | None = 1) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent) + "\n"))
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+class _Progress:
+    """``done/total samples, rate`` on stderr: one line in place on a terminal, else a line every 10 s."""
+
+    def __init__(self, on: bool, total: int, rank_note: str):
+        self.stream = sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.on, self.total, self.note = on, total, rank_note
+        self.t0, self.last, self.done, self.dirty = time.perf_counter(), -math.inf, 0, False
+
+    def add(self, n: int):
+        self.done += n
+        now = time.perf_counter()
+        if not self.on or now - self.last < (0.5 if self.tty else 10.0) and self.done < self.total:
+            return
+        self.last, rate = now, self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        line = (f"{self.done}/{self.total} samples{self.note} ({100 * self.done / max(self.total, 1):.0f}%), "
+                f"{rate:.1f}/s, {eta:.0f} s left")
+        self.stream.write("\r\033[K" + line if self.tty else line + "\n")
+        self.stream.flush()
+        self.dirty = self.tty
+
+    def close(self):
+        if self.dirty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
+    n = len(plan.seeds)
+    error, write_settings, todo_blocks, skipped = None, False, [], 0
+    try:  # every rank checks the folder and lists its own blocks before any rank writes to it
+        write_settings = _check_folder(plan)
+        todo_blocks, skipped = _todo(plan, dist.blocks(n, plan.batch_size))
+    except (ValueError, OSError) as e:
+        error = str(e)
+    error = dist.first_error(error)
+    if error is not None:
+        raise ValueError(error.split(": ", 1)[1] if error.startswith("rank ") else error)
+    if write_settings and dist.is_main:
+        _write_json(plan.outdir / SETTINGS, plan.settings)
+    all_skipped = int(dist.reduce(skipped, "sum"))
+    if progress and dist.is_main:
+        procs = f", {dist.world_size} processes" if dist.active else ""
+        there = f" ({all_skipped} already there)" if all_skipped else ""
+        print(f"{plan.name + ': ' if plan.name else ''}{count(n - all_skipped, 'seed')} of {n} to draw{there} "
+              f"-> {plan.outdir} ({plan.format}, blocks of {plan.batch_size}{procs})", file=sys.stderr, flush=True)
+
+    written = nfe = 0
+    error = None
+    try:
+        note = f" on rank 0 of {dist.world_size}" if dist.active else ""
+        bar = _Progress(progress and dist.is_main, sum(e - s if t is None else len(t) for s, e, t in todo_blocks),
+                        note)
+        for s, e, todo in todo_blocks:
+            rows = range(s, e) if todo is None else todo
+            nfe = max(nfe, _draw_block(plan, rows))
+            written += len(rows)
+            bar.add(len(rows))
+        bar.close()
+    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError) as e:
+        error = f"{type(e).__name__}: {e}" if isinstance(e, RuntimeError) else str(e)
+        failure = e
+    else:
+        failure = None
+    first = dist.first_error(error)  # every rank gets here: a rank that failed stops all of them
+    if first is not None:
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"another process failed: {first}")
+    written, skipped = int(dist.reduce(written, "sum")), all_skipped
+    nfe = int(dist.reduce(nfe, "max"))
+    labels_file = None
+    if plan.format == "png" and plan.class_label is not None:
+        labels_file = plan.outdir / LABELS
+        if dist.is_main:
+            _write_png_labels(plan, labels_file)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    result = GenerateResult(outdir=plan.outdir, format=plan.format, total=n, written=written, skipped=skipped,
+                            nfe=nfe, seconds=seconds, world_size=dist.world_size, labels_file=labels_file)
+    if progress and dist.is_main:
+        procs = f" by {dist.world_size} processes" if dist.active else ""
+        skip = f" ({skipped} already there)" if skipped else ""
+        print(f"wrote {count(written, 'sample')}{skip} of {n} to {plan.outdir} as {plan.format}{procs} in "
+              f"{seconds:.1f} s ({written / max(seconds, 1e-9):.1f} samples/s), "
+              f"{count(nfe, 'network evaluation')} per sample", file=sys.stderr, flush=True)
+    return result
+
+
+def _draw_block(plan: _Plan, rows) -> int:
+    """Draw the samples of seed positions ``rows`` (one block, or its missing seeds) and write them."""
+    from .sample import sample
+
+    seeds = [plan.seeds[i] for i in rows]
+    labels = plan.labels(seeds)
+    with torch.no_grad():
+        res = sample(plan.block_denoiser(labels), seeds=seeds, **plan.sample_kwargs)
+    x = res.x.detach().cpu()
+    if plan.format == "png":
+        images = to_uint8(x, plan.data_range)
+        for seed, image in zip(seeds, images):
+            path = png_path(plan.outdir, seed)
+            path.parent.mkdir(exist_ok=True)
+            _write_atomic(path, lambda tmp, image=image: save_png(tmp, image))
+    else:
+        arrays = {"seeds": np.asarray(seeds, dtype=np.int64), "x": x.numpy().astype(NPZ_DTYPES[plan.npz_dtype])}
+        if labels is not None:
+            arrays["labels"] = labels
+        _write_atomic(plan.outdir / shard_name(seeds[0], seeds[-1]), lambda tmp: _save_npz(tmp, arrays))
+    return res.nfe
+
+
+def _write_png_labels(plan: _Plan, path: Path) -> None:
+    """EDM's dataset.json: ``{"labels": [[relative path, class], ...]}`` for every seed (earlier entries kept)."""
+    entries = {}
+    if path.exists():
+        try:
+            entries = dict(json.loads(path.read_text()).get("labels") or [])
+        except (OSError, ValueError, TypeError, AttributeError):
+            entries = {}
+    chunk = 4096
+    for start in range(0, len(plan.seeds), chunk):
+        seeds = plan.seeds[start:start + chunk]
+        for seed, label in zip(seeds, plan.labels(seeds).tolist()):
+            entries[png_path("", seed).as_posix()] = label
+    _write_json(path, {"labels": sorted(([k, v] for k, v in entries.items()), key=lambda kv: kv[0])}, indent=None)
