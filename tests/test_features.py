@@ -18,6 +18,7 @@ import scipy.linalg
 import torch
 
 from diffsolve import features as F
+from diffsolve.features.extract import _to_uint8_rgb
 
 
 @pytest.fixture
@@ -435,4 +436,4 @@ def test_inception_through_torch_fidelity(tmp_path, rng):
                   feature_extractor_weights_path=str(tmp_path / "weights-inception-2015-12-05-6726825d.pth"))
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     out = F.features_from(f"inception:{tmp_path}/weights-inception-2015-12-05-6726825d.pth")(x)
-    assert out.shape == (2, 2048) and torch.allclose(out, ref(F._to_uint8_rgb(x, (-1.0, 1.0)))[0], rtol=1e-5, atol=1e-6)
+    assert out.shape == (2, 2048) and torch.allclose(out, ref(_to_uint8_rgb(x, (-1.0, 1.0)))[0], rtol=1e-5, atol=1e-6)

@@ -6,10 +6,13 @@
 or from the shell: ``diffsolve bench`` (see ``diffsolve bench --help``). Modules: :mod:`.problems`
 (the problems), :mod:`.metrics` (quality metrics and reference solutions), :mod:`.config` (what to
 run: the configuration, its validation, the plan), :mod:`.results` (rows, the results file, resume,
-the output-directory lock), :mod:`.report` (the table and progress), :mod:`.runner` (running the
-plan), :mod:`.distributed` (torchrun sharding), :mod:`.plot`.
+the output-directory lock), :mod:`.report` (the table and progress), :mod:`.state` (one problem's
+state: reference solution, metrics), :mod:`.feature_metrics` (FID, KID, precision / recall, density /
+coverage in a feature space), :mod:`.runner` (running the plan), :mod:`.plot`; torchrun sharding is
+:mod:`diffsolve.distributed`.
 """
 from .config import DEFAULT_NFE, DEFAULT_SOLVERS, BenchConfig
+from .feature_metrics import FEATURE_METRICS, FeatureSettings
 from .metrics import (GaussianTarget, frechet_distance, gaussian_ode_solution, mean_log_prob, reference_solution,
                       rms_error, sliced_wasserstein)
 from .problems import BUILTIN_PROBLEMS, Problem, get_problem, list_problems
@@ -17,7 +20,7 @@ from .results import FAILED_FIELDS, ROW_FIELDS, is_failed, read_rows
 from .runner import run_bench
 
 __all__ = ["BenchConfig", "run_bench", "read_rows", "ROW_FIELDS", "FAILED_FIELDS", "is_failed", "DEFAULT_SOLVERS",
-           "DEFAULT_NFE",
+           "DEFAULT_NFE", "FeatureSettings", "FEATURE_METRICS",
            "Problem", "get_problem", "list_problems", "BUILTIN_PROBLEMS", "rms_error", "sliced_wasserstein",
            "frechet_distance", "GaussianTarget", "mean_log_prob", "gaussian_ode_solution", "reference_solution",
            "plot_results"]

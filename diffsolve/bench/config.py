@@ -16,6 +16,7 @@ import torch
 
 from ..noise import parse_seeds
 from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
+from .feature_metrics import FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
 
 __all__ = ["BenchConfig", "DEFAULT_SOLVERS", "DEFAULT_NFE", "DTYPES", "default_problems"]
@@ -68,6 +69,7 @@ class BenchConfig:
     threads: int | None = None  # CPU threads per process; default 1 on CPU unless OMP_NUM_THREADS is set
     reference_tol: float | None = None  # rtol = atol of the reference solve (default: per problem)
     save_samples: bool = False  # also write <out>/samples/<key>.pt (float64, in seed order)
+    feature_metrics: FeatureSettings | None = None  # FID / KID / PRDC in a feature space (.feature_metrics)
     stream = None  # where the table goes (default sys.stdout)
 
     def run_settings(self) -> dict:
@@ -77,7 +79,8 @@ class BenchConfig:
                 "dtype": self.dtype,
                 "device": _device_kind(self.device), "schedule": self.schedule or DEFAULT_SCHEDULE,
                 "n_projections": self.n_projections, "reference_tol": self.reference_tol,
-                "denoise_final": self.denoise_final}
+                "denoise_final": self.denoise_final,
+                "feature_metrics": self.feature_metrics.run_settings() if self.feature_metrics else None}
 
 
 def _file_digest(path) -> str | None:
@@ -189,6 +192,9 @@ def _check_samples(cfg: BenchConfig):
         raise ValueError(f"reference_tol must be a number in (0, 1), got {cfg.reference_tol!r}")
     if not (isinstance(cfg.n_projections, int) and cfg.n_projections >= 1):
         raise ValueError(f"n_projections must be a positive integer, got {cfg.n_projections!r}")
+    if cfg.feature_metrics is not None and not isinstance(cfg.feature_metrics, FeatureSettings):
+        raise TypeError(f"feature_metrics must be a diffsolve.bench.FeatureSettings, got "
+                        f"{type(cfg.feature_metrics).__name__}")
 
 
 # --- the plan -------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Quality against NFE from a results file: one log–log panel per problem, one line per solver.
 
-The quality shown is the error against the exact ODE solution (``rms_error``) where rows have it,
-else the Fréchet distance (exact Gaussian target or held-out data); the metric's floor (an exact
-batch of the same size) is drawn as a dashed line. matplotlib is optional (``pip install
+The quality shown is a feature metric where rows have one (``fid``, then ``kid``, with its bootstrap
+interval as a band where the rows have one), else the error against the exact ODE solution
+(``rms_error``), else the Fréchet distance (exact Gaussian target or held-out data); the metric's
+floor (an exact batch of the same size) is drawn as a dashed line. matplotlib is optional (``pip install
 diffsolve[plot]``); without it :func:`plot_results` raises ImportError with that hint.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .results import PLOT_NAME, read_rows
 
 __all__ = ["plot_results", "QUALITY_ORDER"]
 
-QUALITY_ORDER = ("rms_error", "frechet", "frechet_heldout", "sliced_w2", "sliced_w2_heldout")
+QUALITY_ORDER = ("fid", "kid", "rms_error", "frechet", "frechet_heldout", "sliced_w2", "sliced_w2_heldout")
 
 
 def _quality(rows: list[dict]) -> str | None:
@@ -54,10 +55,14 @@ def plot_results(results, png=None) -> Path:
             v = r["metrics"].get(metric)
             if v is not None and v > 0:
                 label = r["solver"] + (f" (eta={r['eta']:g})" if r["eta"] else "")
-                lines[label].append((r["nfe"], v))
+                lines[label].append((r["nfe"], v, (r.get("intervals") or {}).get(metric)))
         for label, pts in sorted(lines.items()):
-            pts.sort()
-            ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+            pts.sort(key=lambda p: p[0])
+            line, = ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+            band = [p for p in pts if p[2] is not None and p[2][0] > 0]
+            if band:
+                ax.fill_between([p[0] for p in band], [p[2][0] for p in band], [p[2][1] for p in band],
+                                color=line.get_color(), alpha=0.15, lw=0)
         floors = [r["floors"].get(metric) for r in prow if r["floors"].get(metric)]
         if floors:
             ax.axhline(floors[0], color="gray", ls="--", lw=1, label="floor (exact batch)")

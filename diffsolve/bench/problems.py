@@ -31,6 +31,9 @@ from ..schedules import SCHEDULES, Schedule, make_schedule
 __all__ = ["Problem", "BUILTIN_PROBLEMS", "get_problem", "get_model", "list_problems", "DEFAULT_SCHEDULE"]
 
 DEFAULT_SCHEDULE = "ddpm"
+# the seeds of an analytic problem's exact batches: the one samples are compared with, and a second
+# one in the sampler's place (the metric's floor)
+EXACT_SEED_TARGET, EXACT_SEED_FLOOR = 1_000_033, 1_000_003
 _F64 = torch.float64
 
 
@@ -50,6 +53,11 @@ class Problem:
         train: ``() -> Tensor`` training data in that space: an exact batch for the metric floor.
         to_pixels: map from sample space to the space Fréchet distances are taken in (models).
         reference_tol: rtol = atol of the reference ODE solve.
+        data: ``() -> Tensor`` held-out data in sample space, shape (N, *shape): the default
+            reference of the feature metrics (``--metric fid,...``) for a model (an analytic
+            problem uses exact samples).
+        quantize: sample space → sample space on the data's discrete levels (the digits' 17
+            grey levels), applied to samples before their features; None for continuous data.
     """
 
     name: str
@@ -64,6 +72,8 @@ class Problem:
     to_pixels: Callable[[Tensor], Tensor] | None = None
     reference_tol: float = 1e-8
     kind: str = "analytic"
+    data: Callable[[], Tensor] | None = None
+    quantize: Callable[[Tensor], Tensor] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -164,24 +174,28 @@ def _model_problem(spec: str, device=None) -> Problem:
         raise ValueError(f"unknown model {spec!r}; bundled models: {', '.join(models) or '(none)'}; "
                          f"or give package.module:factory")
     den = zoo.load(spec, device=device)
-    heldout = train = to_pixels = None
+    heldout = train = to_pixels = model_data = quantize = None
     n = 128
     if spec == "digits":
         data = zoo.data
         heldout = lambda: data.digits("test")[0].to(_F64).reshape(-1, 64)  # noqa: E731
         train = lambda: data.digits("train")[0].to(_F64).reshape(-1, 64)  # noqa: E731
         to_pixels = lambda x: data.digits_to_pixels(x).to(_F64).reshape(x.shape[0], -1)  # noqa: E731
+        model_data = lambda: data.digits_to_model(data.digits("test")[0]).reshape(-1, *den.shape)  # noqa: E731
+        quantize = lambda x: data.digits_to_model(data.digits_to_pixels(x)).to(x.dtype)  # noqa: E731
         n = 256
     elif spec == "two_moons":
         data = zoo.data
         heldout = lambda: data.two_moons(2000, seed=1)  # noqa: E731
         train = lambda: data.two_moons(2000, seed=0)  # noqa: E731
         to_pixels = lambda x: x.to(_F64).reshape(x.shape[0], -1)  # noqa: E731
+        model_data = heldout
         n = 1000
     desc = models[spec] or f"bundled model {spec}"
     return Problem(name=spec, description=desc, shape=tuple(den.shape), n_samples=n,
                    schedule_name=_schedule_name(den.schedule), make_denoiser=lambda: den, heldout=heldout,
-                   train=train, to_pixels=to_pixels, reference_tol=1e-5, kind="model")
+                   train=train, to_pixels=to_pixels, reference_tol=1e-5, kind="model", data=model_data,
+                   quantize=quantize)
 
 
 def get_model(spec: str, device=None) -> Problem:

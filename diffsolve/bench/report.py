@@ -84,53 +84,55 @@ def _table_values(row: dict) -> list:
             row["wall_time_s"], row["samples_per_s"], None if share is None else 100 * share]
 
 
-def _columns(solver_width: int = 10) -> list:
-    """The table's columns, the solver column widened to ``solver_width`` (long option specs)."""
-    return [("solver", max(solver_width, _COLS[0][1]), "s")] + _COLS[1:]
+def _columns(solver_width: int = 10, extra: tuple = ()) -> list:
+    """The table's columns, the solver column widened to ``solver_width`` (long option specs), then
+    the ``extra`` metrics (the feature metrics asked for)."""
+    return [("solver", max(solver_width, _COLS[0][1]), "s")] + _COLS[1:] + [(m, 9, "e") for m in extra]
 
 
-def _header(solver_width: int = 10) -> str:
-    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _columns(solver_width))
+def _header(solver_width: int = 10, extra: tuple = ()) -> str:
+    return "  ".join(name.rjust(w) if k != "s" else name.ljust(w) for name, w, k in _columns(solver_width, extra))
 
 
-def format_row(row: dict, solver_width: int = 10) -> str:
+def format_row(row: dict, solver_width: int = 10, extra: tuple = ()) -> str:
     """A row's table line; a failed record's: solver, η, budget, steps, then ``failed: <reason>``."""
     if row.get("status") == "failed":
         values = [row["solver"], row["eta"], row["nfe_budget"], row["steps"]]
         return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(values, _columns(solver_width))) + \
             f"   failed: {row['error']}"
-    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(_table_values(row), _columns(solver_width)))
+    values = _table_values(row) + [row["metrics"].get(m) for m in extra]
+    return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(values, _columns(solver_width, extra)))
 
 
-def problem_banner(p: Problem, n: int, floors: dict, solver_width: int = 10) -> str:
+def problem_banner(p: Problem, n: int, floors: dict, solver_width: int = 10, extra: tuple = ()) -> str:
     """The lines above a problem's rows: what it is, the column names, and the metrics' floors."""
     kind = "exact ground truth" if p.exact else ("held-out data" if p.heldout else "no ground truth")
     lines = [f"\n{p.name} ({p.description}; schedule {p.schedule_name}; {n} samples; {kind})",
-             _header(solver_width)]
-    fl = [None] * len(_COLS)
+             _header(solver_width, extra)]
+    fl = [None] * len(_COLS) + [floors.get(m) for m in extra]
     fl[0] = "floor"
     for i, name in enumerate(("sliced_w2", "frechet", "log_p0"), start=5):
         for k in (name, name + "_heldout"):
             if floors.get(k) is not None:
                 fl[i] = floors[k]
-    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _columns(solver_width))))
+    lines.append("  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(fl, _columns(solver_width, extra))))
     return "\n".join(lines)
 
 
 class Table:
     """The table on ``stream``: a problem's banner before its first row, then one line per row."""
 
-    def __init__(self, stream, solver_width: int, progress: Progress):
-        self.stream, self.width, self.progress = stream, solver_width, progress
+    def __init__(self, stream, solver_width: int, progress: Progress, extra: tuple = ()):
+        self.stream, self.width, self.progress, self.extra = stream, solver_width, progress, tuple(extra)
         self._shown: set = set()  # the problems whose banner is out
 
     def add(self, row: dict, problem: Problem, n: int):
         """Print ``row`` (of ``problem``, ``n`` samples), after the problem's banner the first time."""
         self.progress.clear()
         if problem.name not in self._shown:
-            print(problem_banner(problem, n, row.get("floors", {}), self.width), file=self.stream)
+            print(problem_banner(problem, n, row.get("floors", {}), self.width, self.extra), file=self.stream)
             self._shown.add(problem.name)
-        print(format_row(row, self.width), file=self.stream, flush=True)
+        print(format_row(row, self.width, self.extra), file=self.stream, flush=True)
 
 
 def summary(n_rows: int, elapsed: float, results, n_failed: int = 0) -> str:

@@ -30,7 +30,7 @@ __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_
 
 ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
-              "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
+              "intervals", "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
 # a row that could not be measured: what it was, and why not (no metrics, floors, timings or counted NFE)
 FAILED_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "n_samples", "seeds",

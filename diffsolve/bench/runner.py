@@ -24,11 +24,9 @@ from torch import Tensor
 
 from .._text import count
 from .._version import __version__
-from ..noise import parse_seeds
 from ..sample import sample
 from ..solvers import get_solver
 from ..tuned import load_grid
-from . import metrics as M
 # names that lived here before the split stay importable from here (tests, benchmarks, the CLI)
 from .config import (DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
                      _Item, _n_samples, _plan, _seed_spec, default_problems)
@@ -36,182 +34,13 @@ from ..distributed import DistContext, init as init_distributed
 from .plot import plot_results
 from .problems import Problem, get_problem
 from .report import Progress, Table, format_row, summary  # noqa: F401
+from .feature_metrics import FeatureMetrics
+from .state import ProblemState, RowFailed, attempt, describe, sync_device
 from .results import (PLOT_NAME, RESULTS_NAME, ROW_FIELDS, SAMPLES_DIR, ResultsFile, claim_output,  # noqa: F401
                       is_failed, make_failed_row, make_row, read_rows)
 
 __all__ = ["BenchConfig", "run_bench", "DEFAULT_SOLVERS", "DEFAULT_NFE", "default_problems",
            "read_rows", "ROW_FIELDS", "Progress"]
-_DATA_SEED_A, _DATA_SEED_B = 1_000_003, 1_000_033  # exact batches: metric target and floor
-
-
-# --- timing -------------------------------------------------------------------------------------
-class _NetTimer(torch.nn.Module):
-    """Wraps a denoiser's network and accumulates the time spent in its calls."""
-
-    def __init__(self, net, sync: bool):
-        super().__init__()
-        self.inner = net
-        self.sync = sync
-        self.enabled = True
-        self.seconds = 0.0
-
-    def forward(self, x, label):
-        if not self.enabled:
-            return self.inner(x, label)
-        if self.sync:
-            torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
-        out = self.inner(x, label)
-        if self.sync:
-            torch.cuda.synchronize(x.device)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# --- a row that raises ------------------------------------------------------------------------------
-class _RowFailed(Exception):
-    """A row's work raised (on some rank): the row is recorded as failed, the run goes on."""
-
-
-def _describe(e: BaseException) -> str:
-    """An exception as one line: ``Type: message`` (whitespace collapsed, at most 500 characters)."""
-    text = " ".join(f"{type(e).__name__}: {e}".split())
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _attempt(dist: DistContext, fn):
-    """``fn()`` on every rank; if it raised on any of them, :class:`_RowFailed` on all of them."""
-    error, out = None, None
-    try:
-        out = fn()
-    except Exception as e:  # noqa: BLE001 - whatever the network raises fails this row only
-        error = _describe(e)
-    error = dist.first_error(error)
-    if error is not None:
-        raise _RowFailed(error)
-    return out
-
-
-# --- per-problem state --------------------------------------------------------------------------
-class _ProblemState:
-    """Seeds, shards, the denoiser, the reference solution and the metric targets of one problem."""
-
-    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: Progress):
-        self.problem, self.cfg, self.dist, self.progress = problem, cfg, dist, progress
-        if cfg.seeds is not None:
-            self.seeds = parse_seeds(cfg.seeds)
-        else:
-            self.seeds = list(range(cfg.n_samples or problem.n_samples))
-        self.n = len(self.seeds)
-        self.local_seeds = dist.shard(self.seeds)
-        self.device = dist.device
-        self.dtype = DTYPES[cfg.dtype]
-        self.den = problem.denoiser()
-        net_time = cfg.net_time if cfg.net_time is not None else torch.device(self.device).type == "cpu"
-        if net_time:
-            if not isinstance(self.den.net, _NetTimer):
-                self.den.net = _NetTimer(self.den.net, sync=torch.device(self.device).type == "cuda")
-            self.timer = self.den.net
-        else:
-            self.timer = None
-        self.sch = self.den.schedule
-        self._ref: dict = {}
-        self._targets = None
-        self.warmed = set()
-
-    @property
-    def shape(self):
-        return tuple(self.problem.shape)
-
-    def x_T(self, t_start: float) -> Tensor:
-        """This rank's starting points at t_start, drawn exactly as ``sample`` draws them."""
-        from ..noise import NoiseSource
-
-        src = NoiseSource(len(self.local_seeds), self.shape, seeds=self.local_seeds, device=self.device,
-                          dtype=self.dtype)
-        return float(self.sch.sigma(t_start)) * src.randn()
-
-    def reference(self, t_start: float, t_end: float) -> Tensor:
-        """The exact ODE solution from every x_T (at t_start) to t_end, then the final denoise when
-        the runs end with one (gathered on every rank; cached per time span)."""
-        span = (float(t_start), float(t_end))
-        if span not in self._ref:
-            p = self.problem
-            tol = self.cfg.reference_tol or p.reference_tol
-            how = "closed form" if p.exact and p.mixture.K == 1 else f"dopri5, tol {tol:g}"
-            self.progress.update(f"{p.name}: reference ODE solution for {self.n} samples ({how})", force=True)
-            ref_den = p.denoiser()  # its own NFE counter; its timer (if shared) is paused below
-            timer = ref_den.net if isinstance(ref_den.net, _NetTimer) else None
-            if timer is not None:
-                timer.enabled = False
-            try:
-                with torch.no_grad():
-                    local = _attempt(self.dist, lambda: M.reference_solution(
-                        ref_den, self.x_T(span[0]), span[0], span[1], denoise_final=self.cfg.denoise_final,
-                        tol=tol, mixture=p.mixture))
-            finally:
-                if timer is not None:
-                    timer.enabled = True
-            self._ref[span] = self.dist.gather(local.to(torch.float64), self.n).cpu()
-        return self._ref[span]
-
-    def reference_name(self) -> str:
-        p = self.problem
-        if p.exact and p.mixture.K == 1:
-            return "closed form"
-        return f"dopri5 in log-SNR, per-sample rtol=atol={self.cfg.reference_tol or p.reference_tol:g}"
-
-    def targets(self) -> dict:
-        """Exact batches / held-out data and the Gaussian targets (rank 0 only)."""
-        if self._targets is None:
-            p, n = self.problem, self.n
-            t = {}
-            if p.exact:
-                t["batch"] = p.exact_samples(n, _DATA_SEED_B)        # what samples are compared with
-                t["batch_floor"] = p.exact_samples(n, _DATA_SEED_A)  # an exact batch in the sampler's place
-                t["gauss"] = M.GaussianTarget.from_mixture(p.mixture)
-            elif p.heldout is not None:
-                held = p.heldout()
-                t["batch"] = held
-                t["gauss"] = M.GaussianTarget.from_samples(held)
-                train = p.train() if p.train is not None else None
-                if train is not None:
-                    g = torch.Generator().manual_seed(_DATA_SEED_A)
-                    idx = torch.randperm(train.shape[0], generator=g)[: min(n, train.shape[0])]
-                    t["batch_floor"] = train[idx]
-            self._targets = t
-        return self._targets
-
-    def metrics(self, x: Tensor, span: tuple | None) -> tuple[dict, dict]:
-        """(metrics, floors) of the gathered samples x (float64, CPU); ``span`` = (t_start, t_end)
-        of a deterministic run (its error against the exact ODE solution is measured), else None."""
-        p = self.problem
-        m, f = {}, {}
-        if span is not None:
-            m["rms_error"] = M.rms_error(x, self.reference(*span))
-            f["rms_error"] = None
-        t = self.targets()
-        proj = self.cfg.n_projections
-        if p.exact:
-            m["sliced_w2"] = M.sliced_wasserstein(x, t["batch"], proj)
-            f["sliced_w2"] = M.sliced_wasserstein(t["batch_floor"], t["batch"], proj)
-            m["frechet"] = M.frechet_distance(x, t["gauss"])
-            f["frechet"] = M.frechet_distance(t["batch_floor"], t["gauss"])
-            m["log_p0"] = M.mean_log_prob(x, p.mixture)
-            f["log_p0"] = M.mean_log_prob(t["batch_floor"], p.mixture)
-        elif "batch" in t:
-            xp = p.to_pixels(x)
-            m["frechet_heldout"] = M.frechet_distance(xp, t["gauss"])
-            m["sliced_w2_heldout"] = M.sliced_wasserstein(xp, t["batch"], proj)
-            if "batch_floor" in t:
-                f["frechet_heldout"] = M.frechet_distance(t["batch_floor"], t["gauss"])
-                f["sliced_w2_heldout"] = M.sliced_wasserstein(t["batch_floor"], t["batch"], proj)
-        return m, f
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -262,6 +91,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
         if n < dist.world_size:
             raise ValueError(f"{count(n, 'sample')} of {p.name} cannot be shared by {dist.world_size} processes")
 
+    features = _feature_metrics(cfg, problems, dist, progress)
     results = ResultsFile(cfg.out)
     run = cfg.run_settings()
     hold.enter_context(claim_output(results.out, dist.is_main))  # the plan is valid: claim the directory
@@ -278,7 +108,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
         progress.note(f"running {count(len(results.retried), 'failed row')} again")
 
     t_start = time.perf_counter()
-    written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream)
+    written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream, features)
     progress.clear()
     if dist.is_main:
         if cfg.print_table:
@@ -289,20 +119,40 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     return written
 
 
+def _feature_metrics(cfg: BenchConfig, problems: list[Problem], dist: DistContext, progress: Progress) -> dict:
+    """Each problem's :class:`.feature_metrics.FeatureMetrics` (rank 0 computes the metrics, so only it
+    reads the reference); a reference that cannot be read stops every rank before any row."""
+    if cfg.feature_metrics is None:
+        return {}
+    out, error = {}, None
+    if dist.is_main:
+        try:
+            out = {p.name: FeatureMetrics(cfg.feature_metrics, p, dist.device, progress) for p in problems}
+        except Exception as e:
+            if not dist.active:
+                raise
+            error = describe(e)
+    error = dist.first_error(error)
+    if error is not None:
+        raise ValueError(f"feature metrics: {error}")
+    return out
+
+
 def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dist: DistContext, version: str,
-               run: dict, progress: Progress, results: ResultsFile, stream) -> list[dict]:
+               run: dict, progress: Progress, results: ResultsFile, stream, features: dict) -> list[dict]:
     """Run the rows ``todo``, problem by problem; rank 0 writes each row (or failed record) and its
     table line as it finishes."""
     written = []
-    table = Table(stream, max([len(it.solver) for it in todo], default=0), progress)
+    table = Table(stream, max([len(it.solver) for it in todo], default=0), progress,
+                  cfg.feature_metrics.row_metrics if cfg.feature_metrics else ())
     by_problem = {p.name: p for p in problems}
     for pname in dict.fromkeys(it.problem for it in todo):
-        st = _ProblemState(by_problem[pname], cfg, dist, progress)
+        st = ProblemState(by_problem[pname], cfg, dist, progress, features.get(pname))
         for it in [it for it in todo if it.problem == pname]:
             progress.update(f"[{len(written) + 1}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
             try:
                 row, x = _run_row(st, it, dist, version, run, progress)
-            except _RowFailed as e:
+            except RowFailed as e:
                 row, x = _failed_row(st, it, dist, version, run, str(e)), None
             if dist.is_main:
                 results.append(row, x if cfg.save_samples and x is not None else None)
@@ -323,31 +173,31 @@ def _plot(results: ResultsFile, say: bool, progress: Progress, stream):
         progress.note(f"no plot: {e}")
 
 
-def _sample_row(st: _ProblemState, it: _Item, dist: DistContext, kw: dict):
+def _sample_row(st: ProblemState, it: _Item, dist: DistContext, kw: dict):
     """This rank's samples of one row, timed (after a warm-up per solver); (result, wall seconds)."""
     n_local = len(st.local_seeds)
     if st.cfg.warmup and it.solver not in st.warmed:
         w = st.local_seeds[: min(4, n_local)]
-        _attempt(dist, lambda: sample(st.den, shape=(len(w), *st.shape), seeds=w, **kw))
+        attempt(dist, lambda: sample(st.den, shape=(len(w), *st.shape), seeds=w, **kw))
         st.warmed.add(it.solver)
     if st.timer is not None:
         st.timer.seconds = 0.0
-    _sync(st.device)
+    sync_device(st.device)
     dist.barrier()
 
     def timed():
         t0 = time.perf_counter()
         res = sample(st.den, shape=(n_local, *st.shape), seeds=st.local_seeds, **kw)
-        _sync(st.device)
+        sync_device(st.device)
         return res, time.perf_counter() - t0
 
-    return _attempt(dist, timed)
+    return attempt(dist, timed)
 
 
-def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
+def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
              progress: Progress) -> tuple[dict, Tensor]:
     """Sample one row's configuration (timed), measure its metrics; returns (row, gathered samples).
-    Raises :class:`_RowFailed` on every rank if the sampling, reference or metrics raised on one."""
+    Raises :class:`RowFailed` on every rank if the sampling, reference or metrics raised on one."""
     cfg, p = st.cfg, st.problem
     tuned = load_grid(cfg.grid) is not None  # a tuned grid fixes the budget (checked against it.nfe in config)
     kw = dict(solver=it.solver, nfe=None if tuned else it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype,
@@ -369,20 +219,20 @@ def _run_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run:
         st.reference(*span)  # collective: every rank takes part in the gather
     if dist.is_main:
         progress.update(f"{p.name} {it.solver} nfe={it.nfe}: metrics")
-    metrics, floors = _attempt(dist, lambda: st.metrics(x, span) if dist.is_main else ({}, {}))
+    metrics, floors, intervals = attempt(dist, lambda: st.metrics(x, span) if dist.is_main else ({}, {}, {}))
     dist.barrier()
     return make_row(
         key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, eta=it.eta,
         grid=cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
         seeds=_seed_spec(st.seeds), device=_row_device(st, dist),
         dtype=cfg.dtype, world_size=dist.world_size, threads=torch.get_num_threads(), metrics=metrics, floors=floors,
-        reference=st.reference_name() if span is not None else None,
+        intervals=intervals, reference=st.reference_name() if span is not None else None,
         wall_time_s=wall, samples_per_s=st.n / wall if wall > 0 else None, net_time_share=share,
         diffsolve_version=version, torch_version=torch.__version__, run=run, finished_at=_now(),
     ), x
 
 
-def _failed_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, run: dict, error: str) -> dict:
+def _failed_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: dict, error: str) -> dict:
     """The failed record of a row that raised ``error``: what the row is, and why it has no metrics."""
     return make_failed_row(
         key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver, eta=it.eta,
@@ -392,7 +242,7 @@ def _failed_row(st: _ProblemState, it: _Item, dist: DistContext, version: str, r
         torch_version=torch.__version__, run=run, finished_at=_now())
 
 
-def _row_device(st: _ProblemState, dist: DistContext) -> str:
+def _row_device(st: ProblemState, dist: DistContext) -> str:
     return str(st.device) if dist.world_size == 1 else _device_kind(st.device)
 
 

@@ -1,23 +1,15 @@
-r"""Feature-space sample-quality metrics computed as the papers do (docs/math.md §24).
+r"""Feature-space sample-quality statistics computed as the papers do (docs/math.md §24).
 
 - :class:`FeatureStats`: one-pass mean and unbiased covariance, float64, exact merge of shards,
   ``.npz`` with keys ``mu`` and ``sigma`` (the reference-statistics format of EDM and ADM);
 - :func:`frechet_distance` (FID, arXiv:1706.08500), :func:`kid` (arXiv:1801.01401), :func:`precision_recall`
-  (arXiv:1904.06991) and :func:`bootstrap_interval` (percentile, seeded);
-- :func:`features_from`: a batch → features callable from ``"pixels"``, ``"inception[:path]"`` or
-  ``"package.module:factory"`` / ``"file.py:factory"``. Inception weights are never downloaded: a
-  missing file raises ``FileNotFoundError`` naming it and where to put it.
+  (arXiv:1904.06991), :func:`density_coverage` (arXiv:2002.09797) and :func:`bootstrap_interval`
+  (percentile, seeded).
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -25,15 +17,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["FeatureStats", "sqrtm_psd", "frechet_distance", "KID", "kid", "PrecisionRecall", "knn_radii",
-           "precision_recall", "features_from", "Interval", "bootstrap_interval", "INCEPTION_WEIGHTS"]
-
-#: file name → where to fetch it (on a machine with internet access; diffsolve never downloads)
-INCEPTION_WEIGHTS = {
-    "inception-2015-12-05.pt":  # TorchScript by NVIDIA (StyleGAN2-ADA, EDM, clean-fid); no extra package
-        "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
-    "weights-inception-2015-12-05-6726825d.pth":  # torch-fidelity's state dict; needs diffsolve[metrics]
-        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-}
+           "precision_recall", "DensityCoverage", "density_coverage", "ball_hits", "Interval", "bootstrap_interval"]
 
 
 def _matrix(x, name: str = "features") -> Tensor:
@@ -184,9 +168,19 @@ class KID:
     values: np.ndarray = field(repr=False)
 
 
+def _poly3(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
+    """(a bᵀ/d + 1)³, in place (``**`` on a float array calls pow per element, 4x slower)."""
+    k = a @ b.T
+    k /= d
+    k += 1.0
+    cube = k * k
+    cube *= k
+    return cube
+
+
 def _mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
     m, d = x.shape
-    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    kxx, kyy, kxy = _poly3(x, x, d), _poly3(y, y, d), _poly3(x, y, d)
     off = kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)
     return float(off / (m * (m - 1)) - 2.0 * kxy.sum() / (m * m))
 
@@ -269,106 +263,46 @@ def precision_recall(reference, generated, *, k: int = 3, batch_size: int = 1024
     return PrecisionRecall(float(precision), float(recall))
 
 
-# --- feature extractors ---------------------------------------------------------------------
-def _import_object(spec: str):
-    """The object named by ``"package.module:attr"`` or ``"path/to/file.py:attr"`` (attr may be dotted)."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr or not attr.replace(".", "_").isidentifier():
-        raise ValueError(f"expected 'pixels', 'inception[:weights path]', 'package.module:factory' or "
-                         f"'path/to/file.py:factory', got {spec!r}")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        if not Path(target).is_file():
-            raise ValueError(f"no such Python file {target!r} (from {spec!r})")
-        name = f"_diffsolve_features_{abs(hash(str(Path(target).resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(name, target)
-        module = sys.modules[name] = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    elif importlib.util.find_spec(target.partition(".")[0]) is None:
-        raise ValueError(f"cannot import module {target!r} (from {spec!r}); is it installed or on PYTHONPATH?")
-    else:
-        module = importlib.import_module(target)
-    try:
-        return functools.reduce(getattr, attr.split("."), module)
-    except AttributeError:
-        raise ValueError(f"module {target!r} has no attribute {attr!r}") from None
+class DensityCoverage(NamedTuple):
+    density: float
+    coverage: float
 
 
-def _inception_weights(path: str | None) -> Path:
-    hub, given = Path(torch.hub.get_dir()) / "checkpoints", path or os.environ.get("DIFFSOLVE_INCEPTION")
-    candidates = [Path(given).expanduser()] if given else [hub / name for name in INCEPTION_WEIGHTS]
-    for c in candidates:
-        if c.is_file():
-            return c
-    fetch = "\n".join(f"  {name}\n    from {url}" for name, url in INCEPTION_WEIGHTS.items())
-    raise FileNotFoundError(
-        "Inception features need a local weights file; diffsolve never downloads one. Not found: "
-        + ", ".join(str(c) for c in candidates) + f".\nOn a machine with internet access fetch one of\n{fetch}\n"
-        "(the .pt is NVIDIA's TorchScript network used by StyleGAN2-ADA, EDM and clean-fid and needs no other "
-        "package; the .pth needs torch-fidelity: pip install 'diffsolve[metrics]'), then pass "
-        f"'inception:/path/to/file', set DIFFSOLVE_INCEPTION=/path/to/file, or copy it into {hub}/")
+def _ball_hits(fake: Tensor, real: Tensor, radii2: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """(per generated row: how many reference balls hold it, per reference ball: whether any row is in it)."""
+    r2, f2 = (real * real).sum(1), (fake * fake).sum(1)
+    counts = torch.zeros(fake.shape[0], dtype=torch.int64, device=real.device)
+    hit = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
+    for i in range(0, fake.shape[0], batch_size):
+        for j in range(0, real.shape[0], batch_size):
+            rows, cols = slice(i, i + batch_size), slice(j, j + batch_size)
+            within = _sqdist(fake[rows], f2[rows], real[cols], r2[cols]) <= radii2[None, cols]
+            counts[rows] += within.sum(1)
+            hit[cols] |= within.any(0)
+    return counts, hit
 
 
-def _inception(path: str | None, device) -> Callable[[Tensor], Tensor]:
-    weights = _inception_weights(path)
-    if weights.suffix != ".pth":  # NVIDIA's TorchScript detector: uint8 NCHW in, 2048 pool features out
-        net = torch.jit.load(str(weights), map_location=device or "cpu").eval()
-        return lambda u8: net(u8, return_features=True)
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except Exception as e:  # ImportError, or torchvision built for another torch
-        raise ImportError(f"{weights.name} holds torch-fidelity's weights, which need torch-fidelity "
-                          f"(pip install 'diffsolve[metrics]'); importing it failed: {e}. The TorchScript "
-                          f"file inception-2015-12-05.pt needs no extra package.") from e
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                      feature_extractor_weights_path=str(weights)).to(device or "cpu")
-    return lambda u8: net(u8)[0]
+def ball_hits(reference, generated, *, k: int, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """(counts, covered): for each generated row the number of reference rows whose k-NN ball holds
+    it (int64, (M,)), and for each reference ball whether a generated row lies in it (bool, (N,)).
+    Precision (k = 3) is the fraction of counts > 0, density (k = 5) Σ counts / (k M), coverage
+    (k = 5) the fraction covered. The counts are per generated row, so a bootstrap over generated
+    rows resamples them without recomputing a distance."""
+    real, fake = _pair(reference, generated, ("reference", "generated"))
+    return _ball_hits(fake, real, _knn_radii2(real, k, batch_size), batch_size)
 
 
-def _to_uint8_rgb(x: Tensor, data_range: tuple[float, float]) -> Tensor:
-    """Images (B, C, H, W) in ``data_range`` → uint8 (B, 3, H, W), quantised as PNGs are written."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"Inception takes images (B, 1 or 3, H, W), got shape {tuple(x.shape)}")
-    if x.dtype != torch.uint8:
-        lo, hi = data_range
-        x = ((x.float() - lo) * (255.0 / (hi - lo)) + 0.5).floor().clamp(0, 255).to(torch.uint8)
-    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+def density_coverage(reference, generated, *, k: int = 5, batch_size: int = 1024) -> DensityCoverage:
+    r"""Density and coverage (docs/math.md (24.6)), Naeem et al. arXiv:2002.09797, with the reference
+    rows' k-NN balls B_i (radius as in :func:`precision_recall`; k = 5 as the paper recommends):
 
-
-def features_from(spec: str, *, device=None, data_range: tuple[float, float] = (-1.0, 1.0),
-                  **kwargs) -> Callable[[Tensor], Tensor]:
-    """A callable images (B, C, H, W) → features (B, D), run without gradients on ``device``.
-
-    - ``"pixels"``: the flattened images (D = C·H·W);
-    - ``"inception[:/path/to/weights]"``: Inception-v3 pool features (D = 2048) of the images quantised
-      to uint8 from ``data_range`` (grey repeated to RGB). Weights: the path, else ``$DIFFSOLVE_INCEPTION``,
-      else torch.hub's checkpoint folder (torch-fidelity's cache); a ``.pth`` goes through torch-fidelity
-      (extra ``diffsolve[metrics]``), other files load as TorchScript. Nothing is downloaded: missing
-      weights raise ``FileNotFoundError`` naming the file, where to fetch it and where to put it;
-    - ``"package.module:factory"`` / ``"path/to/file.py:factory"``: ``factory(**kwargs)`` returns the
-      extractor (an ``nn.Module`` instance is used as it is).
+    density = (1/(k M)) Σ_j #{i : y_j ∈ B_i} over the M generated rows y_j (1 when the two sets
+    have the same distribution, unbounded above); coverage = fraction of reference balls that hold
+    at least one generated row.
     """
-    if spec == "pixels":
-        fn = torch.nn.Flatten()
-    elif spec == "inception" or spec.startswith("inception:"):
-        net = _inception(spec.partition(":")[2] or None, device)
-        fn = lambda x: net(_to_uint8_rgb(x, data_range))
-    else:
-        obj = _import_object(spec)
-        fn = obj if isinstance(obj, torch.nn.Module) else obj(**kwargs)
-        if not callable(fn):
-            raise TypeError(f"{spec!r} gave a {type(fn).__name__}, not a callable batch → features")
-        if isinstance(fn, torch.nn.Module):
-            fn = fn.to(device).eval() if device is not None else fn.eval()
-
-    @torch.no_grad()
-    def extract(x: Tensor) -> Tensor:
-        x = torch.as_tensor(x)
-        out = fn(x.to(device) if device is not None else x)
-        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"feature extractor {spec!r} returned {got}, expected ({x.shape[0]}, D)")
-        return out
-    return extract
+    real, fake = _pair(reference, generated, ("reference", "generated"))
+    counts, hit = _ball_hits(fake, real, _knn_radii2(real, k, batch_size), batch_size)
+    return DensityCoverage(float(counts.sum()) / (k * fake.shape[0]), float(hit.double().mean()))
 
 
 # --- bootstrap --------------------------------------------------------------------------------
@@ -382,13 +316,20 @@ class Interval:
 
 
 def bootstrap_interval(statistic: Callable[..., float], *samples, n_resamples: int = 1000,
-                       confidence: float = 0.95, seed: int = 0) -> Interval:
-    r"""Percentile bootstrap (Efron 1979; docs/math.md (24.5)): ``statistic(*samples)`` and the
-    (1 ∓ confidence)/2 quantiles of ``statistic`` over ``n_resamples`` resamplings, each sample (rows,
-    numpy or torch) drawn with replacement independently, from ``np.random.default_rng(seed)``."""
-    if not samples or not 0.0 < confidence < 1.0 or n_resamples < 1:
-        raise ValueError(f"need a sample, 0 < confidence < 1 and n_resamples ≥ 1, got {len(samples)} samples, "
-                         f"{confidence}, {n_resamples}")
+                       confidence: float = 0.95, seed: int = 0, method: str = "percentile") -> Interval:
+    r"""Bootstrap interval (Efron 1979; docs/math.md (24.5)) of ``statistic(*samples)`` from
+    ``n_resamples`` resamplings, each sample (rows, numpy or torch) drawn with replacement
+    independently, from ``np.random.default_rng(seed)``; q_lo, q_hi the (1 ∓ confidence)/2 quantiles
+    of the resampled statistic θ*:
+
+    - ``"percentile"``: [q_lo, q_hi], for a statistic without a sample-size bias (a mean);
+    - ``"basic"``: [2θ̂ − q_hi, 2θ̂ − q_lo], which carries the bias of θ* over θ̂ back to θ̂ over θ (the
+      bootstrap principle): for a statistic biased in the sample size, such as the Fréchet distance
+      (resamples repeat rows, so θ* > θ̂ nearly always), this is an interval for its infinite-sample
+      value and can lie below the estimate θ̂."""
+    if not samples or not 0.0 < confidence < 1.0 or n_resamples < 1 or method not in ("percentile", "basic"):
+        raise ValueError(f"need a sample, 0 < confidence < 1, n_resamples ≥ 1 and method 'percentile' or 'basic', "
+                         f"got {len(samples)} samples, {confidence}, {n_resamples}, {method!r}")
     rng = np.random.default_rng(seed)
     values = np.empty(n_resamples)
     for b in range(n_resamples):
@@ -396,4 +337,7 @@ def bootstrap_interval(statistic: Callable[..., float], *samples, n_resamples: i
         values[b] = statistic(*(s[torch.from_numpy(i)] if isinstance(s, Tensor) else s[i]
                                 for s, i in zip(samples, draws)))
     low, high = np.quantile(values, [(1.0 - confidence) / 2, (1.0 + confidence) / 2])
-    return Interval(float(statistic(*samples)), float(low), float(high), confidence, n_resamples)
+    estimate = float(statistic(*samples))
+    if method == "basic":
+        low, high = 2.0 * estimate - high, 2.0 * estimate - low
+    return Interval(estimate, float(low), float(high), confidence, n_resamples)

@@ -1,0 +1,207 @@
+"""Feature metrics of benchmark rows (``diffsolve bench --metric fid,kid,prdc``; docs/math.md §24):
+the row values against direct computations, FID falling with NFE on the digits model as the error
+against the exact ODE solution does, references from files (cached) and from published statistics,
+density / coverage against a hand computation and the authors' ``prdc`` package, the basic bootstrap
+interval, torchrun, and clear errors."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.spatial
+import torch
+
+from diffsolve import features as F
+from diffsolve.bench import BenchConfig, FeatureSettings, read_rows, run_bench
+from diffsolve.bench.problems import get_model
+from diffsolve.cli import main
+from diffsolve.images import from_uint8, save_png, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a small random convolutional feature network (fixed weights), given to bench as file.py:factory
+FEATURE_NET = '''
+import torch
+
+def factory():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 16)).double()
+'''
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFSOLVE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def feature_net(tmp_path):
+    path = tmp_path / "featnet.py"
+    path.write_text(FEATURE_NET)
+    return f"{path}:factory"
+
+
+def _run(tmp_path, name, **kw):
+    cfg = dict(problems=["digits"], solvers=["euler"], nfe=[3, 5, 10], out=str(tmp_path / name), plot=False,
+               quiet=True, print_table=False, n_samples=96, save_samples=True)
+    cfg.update(kw)
+    return run_bench(BenchConfig(**cfg))
+
+
+def _fd_scipy(mu1, s1, mu2, s2):
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+
+
+def test_fid_falls_with_nfe_as_the_exact_reference_distance_does(tmp_path, feature_net):
+    rows = _run(tmp_path, "b", feature_metrics=FeatureSettings(metrics=("fid", "kid", "prdc"), features=feature_net,
+                                                               bootstrap=20))
+    fid = [r["metrics"]["fid"] for r in rows]
+    err = [r["metrics"]["rms_error"] for r in rows]
+    assert err[0] > err[1] > err[2] and fid[0] > fid[1] > fid[2], (fid, err)
+    for r in rows:
+        assert set(r["metrics"]) >= {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"}
+        assert set(r["intervals"]) == {"fid", "precision", "density"} and r["n_samples"] == 96
+        lo, hi = r["intervals"]["precision"]
+        assert lo <= r["metrics"]["precision"] <= hi
+        assert 0 <= r["intervals"]["fid"][0] < r["intervals"]["fid"][1]
+        assert r["run"]["feature_metrics"]["features"] == feature_net
+
+
+def test_row_metrics_equal_direct_computations(tmp_path):
+    rows = _run(tmp_path, "b", nfe=[5], feature_metrics=FeatureSettings(metrics=("fid", "kid", "prdc"), bootstrap=0))
+    r = rows[0]
+    x = torch.load(tmp_path / "b" / "samples" / (r["key"].replace("|", "_") + ".pt"))
+    p = get_model("digits")
+    gen = p.quantize(x).reshape(len(x), -1).numpy()  # "pixels" on the digits' 17 levels
+    ref = p.data().reshape(-1, 64).numpy()
+    expected = _fd_scipy(gen.mean(0), np.cov(gen, rowvar=False), ref.mean(0), np.cov(ref, rowvar=False))
+    assert r["metrics"]["fid"] == pytest.approx(expected, rel=1e-6)
+    k = F.kid(ref.astype(np.float32), gen)
+    assert r["metrics"]["kid"] == pytest.approx(k.mean, rel=1e-5) and r["intervals"] == {}
+    pr, dc = F.precision_recall(ref.astype(np.float32), gen), F.density_coverage(ref.astype(np.float32), gen)
+    assert (r["metrics"]["precision"], r["metrics"]["recall"]) == pytest.approx(tuple(pr), abs=1e-12)
+    assert (r["metrics"]["density"], r["metrics"]["coverage"]) == pytest.approx(tuple(dc), abs=1e-12)
+
+
+def test_density_coverage_by_hand_and_against_the_authors_package():
+    rng = np.random.default_rng(0)
+    real, fake = rng.standard_normal((120, 5)), rng.standard_normal((90, 5)) * 1.3 + 0.2
+    k = 5
+    radii = np.sort(scipy.spatial.distance.cdist(real, real), axis=1)[:, k]
+    inside = scipy.spatial.distance.cdist(fake, real) <= radii[None, :]
+    got = F.density_coverage(real, fake, k=k)
+    assert got.density == pytest.approx(inside.sum() / (k * len(fake)), rel=1e-12)
+    assert got.coverage == pytest.approx(inside.any(0).mean(), rel=1e-12)
+    counts, covered = F.ball_hits(real, fake, k=k, batch_size=7)  # blocks smaller than the sets
+    assert counts.numpy().tolist() == inside.sum(1).tolist() and covered.numpy().tolist() == inside.any(0).tolist()
+    if importlib.util.find_spec("prdc") is None:
+        pytest.skip("prdc (Naeem et al.'s package) is not installed: pip install prdc to compare")
+    from prdc import compute_prdc
+
+    theirs = compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
+    assert got.density == pytest.approx(theirs["density"], rel=1e-9)
+    assert got.coverage == pytest.approx(theirs["coverage"], rel=1e-9)
+
+
+def test_basic_bootstrap_interval_reflects_the_percentile_one():
+    x = np.random.default_rng(1).standard_normal(200) ** 2
+    p = F.bootstrap_interval(np.var, x, n_resamples=300, seed=3)
+    b = F.bootstrap_interval(np.var, x, n_resamples=300, seed=3, method="basic")
+    assert b.estimate == p.estimate
+    assert (b.low, b.high) == pytest.approx((2 * p.estimate - p.high, 2 * p.estimate - p.low), rel=1e-12)
+    with pytest.raises(ValueError, match="method"):
+        F.bootstrap_interval(np.var, x, method="bca")
+
+
+def _digits_as_pngs(folder: Path, n: int = 120) -> Path:
+    data = get_model("digits").data()[:n]
+    folder.mkdir()
+    for i, img in enumerate(to_uint8(data)):
+        save_png(folder / f"{i:04d}.png", img)
+    return folder
+
+
+def test_reference_folder_of_pngs_is_cached_and_quantizes_the_samples(tmp_path, feature_net):
+    ref_dir = _digits_as_pngs(tmp_path / "ref")
+    settings = FeatureSettings(metrics=("fid", "prdc"), features=feature_net, reference=str(ref_dir), bootstrap=0)
+    rows = _run(tmp_path, "b", nfe=[5], feature_metrics=settings)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npz"))) == 1
+    again = _run(tmp_path, "c", nfe=[5], feature_metrics=settings)  # from the cache: the same numbers
+    assert again[0]["metrics"]["fid"] == rows[0]["metrics"]["fid"]
+    # by hand: samples and reference both through the 8-bit map, features from the same network
+    x = torch.load(tmp_path / "b" / "samples" / (rows[0]["key"].replace("|", "_") + ".pt"))
+    net = F.features_from(feature_net)
+    gen = net(from_uint8(to_uint8(x))).numpy()
+    ref = net(from_uint8(to_uint8(get_model("digits").data()[:120]))).numpy()
+    expected = _fd_scipy(gen.mean(0), np.cov(gen, rowvar=False), ref.mean(0), np.cov(ref, rowvar=False))
+    assert rows[0]["metrics"]["fid"] == pytest.approx(expected, rel=1e-5)
+    # a changed feature network is a new cache entry, not a stale hit
+    Path(feature_net.rpartition(":")[0]).write_text(FEATURE_NET.replace("manual_seed(0)", "manual_seed(1)"))
+    other = _run(tmp_path, "d", nfe=[5], feature_metrics=settings)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npz"))) == 2
+    assert other[0]["metrics"]["fid"] != rows[0]["metrics"]["fid"]
+
+
+def test_published_statistics_give_fid_only(tmp_path):
+    data = get_model("digits").data().reshape(-1, 64)
+    F.FeatureStats().update(data).save(tmp_path / "stats.npz")
+    rows = _run(tmp_path, "b", nfe=[5], feature_metrics=FeatureSettings(metrics=("fid",), bootstrap=0,
+                                                                        reference=str(tmp_path / "stats.npz")))
+    assert rows[0]["metrics"]["fid"] > 0
+    with pytest.raises(ValueError, match="kid needs reference samples"):
+        _run(tmp_path, "c", nfe=[5], feature_metrics=FeatureSettings(metrics=("fid", "kid"),
+                                                                     reference=str(tmp_path / "stats.npz")))
+    assert not (tmp_path / "c").exists()  # refused before the output directory was claimed
+
+
+def test_analytic_problem_has_exact_floors(tmp_path):
+    rows = _run(tmp_path, "b", problems=["ring2d"], nfe=[10], n_samples=300,
+                feature_metrics=FeatureSettings(metrics=("fid", "prdc"), bootstrap=0))
+    r = rows[0]
+    assert r["floors"]["fid"] is not None and 0 < r["floors"]["fid"] < r["metrics"]["fid"] * 10
+    assert 0 < r["floors"]["precision"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metric", "fid,lpips"], "unknown metric 'lpips'"),
+    (["--reference", "x.npz"], "name them with --metric"),
+    (["--metric", "fid", "--reference", "/no/such/file.npz"], "no such file"),
+    (["--metric", "fid", "--data-range=0,1,2"], "LO,HI"),
+    (["--metric", "fid", "--bootstrap", "-1"], "bootstrap"),
+    (["--metric", "fid", "--features", "inception:/no/such/weights.pt"], "Not found"),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    code = main(["bench", "--problems", "ring2d", "--solvers", "euler", "--nfe", "5", "--out", str(tmp_path / "o"),
+                 *argv])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reference_of_another_shape_is_refused(tmp_path, capsys):
+    np.save(tmp_path / "ref.npy", np.zeros((10, 3, 4, 4), np.float32))
+    code = main(["bench", "--problems", "ring2d", "--solvers", "euler", "--nfe", "5", "--out", str(tmp_path / "o"),
+                 "--metric", "fid", "--reference", str(tmp_path / "ref.npy")])
+    assert code == 2 and "holds samples of shape (3, 4, 4)" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path):
+    args = ["bench", "--problems", "digits", "--solvers", "euler", "--nfe", "5", "--n-samples", "40", "--metric",
+            "fid,kid,prdc", "--bootstrap", "10", "--no-plot", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", DIFFSOLVE_CACHE=str(tmp_path / "cache"))
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "diffsolve", *args, "--out", str(tmp_path / "two")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one, two = read_rows(tmp_path / "one" / "results.jsonl")[0], read_rows(tmp_path / "two" / "results.jsonl")[0]
+    for k in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-9, abs=1e-12), k
+    assert two["intervals"] == pytest.approx(one["intervals"], rel=1e-9)
