@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import (add_device_options, add_schedule_option, add_seeds_option, check_device_dtype, check_grid,
+from ._common import (CLIError, add_device_options, add_schedule_option, add_seeds_option, check_device_dtype, check_grid,
                       check_schedule, check_solver, csv, positive_int)
 
 
@@ -50,6 +50,19 @@ def add_parser(subparsers):
     b.add_argument("--reference-tol", type=float, help="rtol = atol of the reference ODE solve "
                    "(default 1e-8 for mixtures, 1e-5 for models; single Gaussians use the closed form)")
     b.add_argument("--projections", type=positive_int, default=512, help="sliced-Wasserstein projections (512)")
+    fm = b.add_argument_group("feature metrics", "FID, KID, precision/recall and density/coverage of every row in a "
+                              "feature space (docs/math.md §24), with bootstrap intervals")
+    fm.add_argument("--metric", type=csv(str, "metric"), help="comma-separated: fid, kid, prdc (precision, recall, "
+                    "density, coverage)")
+    fm.add_argument("--features", default="pixels", help="feature space: pixels (default), inception[:weights path] "
+                    "(a local file; nothing is downloaded), package.module:factory or file.py:factory")
+    fm.add_argument("--reference", help="what samples are compared with: a folder of images, a .npz/.npy/.pt "
+                    "dataset, a folder of `diffsolve sample --format npz` shards, or mu/sigma statistics (.npz, "
+                    "fid only) (default: a bundled model's held-out data, an analytic problem's exact samples)")
+    fm.add_argument("--data-range", type=csv(float, "number"), default=[-1.0, 1.0],
+                    help="LO,HI: the model's data range, mapped to 8-bit images as PNGs are (default -1,1)")
+    fm.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples of each interval (default 50; "
+                    "0: none; each costs one covariance of the features for fid)")
     add_device_options(b)
     b.set_defaults(run=run)
     return b
@@ -76,6 +89,25 @@ def _problems(args) -> list[str] | None:
     return problems or None
 
 
+def _feature_settings(args):
+    """The feature-metric settings, or None without ``--metric`` (then the other options are refused)."""
+    from ..bench import FeatureSettings
+
+    if not args.metric:
+        given = [o for o, v, d in (("--reference", args.reference, None), ("--features", args.features, "pixels"),
+                                   ("--bootstrap", args.bootstrap, 50)) if v != d]
+        if given:
+            raise CLIError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up feature metrics; "
+                           f"name them with --metric fid,kid,prdc")
+        return None
+    if len(args.data_range) != 2:
+        raise CLIError(f"--data-range is LO,HI, got {len(args.data_range)} numbers")
+    if args.reference is not None and not os.path.exists(args.reference):
+        raise CLIError(f"--reference {args.reference}: no such file or folder")
+    return FeatureSettings(metrics=tuple(args.metric), features=args.features, reference=args.reference,
+                           data_range=tuple(args.data_range), bootstrap=args.bootstrap)
+
+
 EXIT_ROWS_FAILED = 3  # the run finished, but some rows raised (failed records in results.jsonl)
 EXIT_WRITE_FAILED = 1  # results.jsonl could not be written (disk full, ...): the rows before it are intact
 
@@ -85,6 +117,7 @@ def run(args) -> int:
     from ..bench.results import ResultsWriteError, is_failed
 
     check_device_dtype(args)
+    features = _feature_settings(args)
     check_schedule(args.schedule)
     check_grid(args.grid)
     for s in args.solvers or ():
@@ -96,7 +129,7 @@ def run(args) -> int:
                       resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot, quiet=args.quiet,
                       net_time=args.net_time, n_projections=args.projections,
                       save_samples=args.save_samples, reference_tol=args.reference_tol,
-                      threads=args.threads)
+                      threads=args.threads, feature_metrics=features)
     try:
         rows = run_bench(cfg)
     except ResultsWriteError as e:
