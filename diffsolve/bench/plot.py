@@ -50,7 +50,7 @@ def plot_results(results, png=None) -> Path:
     fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4.2 * nrows), squeeze=False)
     for ax, ((problem, schedule), prow) in zip(axes.flat, sorted(panels.items())):
         metric = _quality(prow)
-        lines = defaultdict(list)
+        lines, banded = defaultdict(list), False
         for r in prow:
             v = r["metrics"].get(metric)
             if v is not None and v > 0:
@@ -61,6 +61,7 @@ def plot_results(results, png=None) -> Path:
             line, = ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
             band = [p for p in pts if p[2] is not None and p[2][0] > 0]
             if band:
+                banded = True
                 ax.fill_between([p[0] for p in band], [p[2][0] for p in band], [p[2][1] for p in band],
                                 color=line.get_color(), alpha=0.15, lw=0)
         floors = [r["floors"].get(metric) for r in prow if r["floors"].get(metric)]
@@ -73,7 +74,7 @@ def plot_results(results, png=None) -> Path:
             ax.minorticks_off()
         ax.set_title(f"{problem} ({schedule})")
         ax.set_xlabel("NFE")
-        ax.set_ylabel(metric or "quality")
+        ax.set_ylabel((metric or "quality") + (" (bands: 95% bootstrap intervals)" if banded else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
