@@ -20,6 +20,7 @@ from ._version import __version__
 _LAZY = {
     "log_likelihood": ("diffsolve.likelihood", "log_likelihood"),
     "LikelihoodResult": ("diffsolve.likelihood", "LikelihoodResult"),
+    "dataset_log_likelihood": ("diffsolve.dataset_likelihood", "dataset_log_likelihood"),
     "zoo": ("diffsolve.zoo", None),
     "adapters": ("diffsolve.adapters", None),
     "CFGDenoiser": ("diffsolve.guidance", "CFGDenoiser"),

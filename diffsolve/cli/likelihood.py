@@ -1,23 +1,37 @@
 """``diffsolve likelihood``: exact log-likelihoods by the probability-flow ODE
-(:func:`diffsolve.log_likelihood`), of given samples or of a problem's exact data."""
+(:func:`diffsolve.log_likelihood`) of given data (8-bit images dequantized, or model-space samples) or
+of a problem's exact data; with ``--out DIR`` rows written as they finish, sharded over torchrun
+processes and resumable (:func:`diffsolve.dataset_likelihood.dataset_log_likelihood`)."""
 from __future__ import annotations
 
+import argparse
 import json
-import math
-import sys
-import time
+from pathlib import Path
 
 from .._text import count
-from ._common import (CLIError, add_device_options, add_model_options, check_device_dtype, checked_denoiser,
-                      positive_int, problem_from_args)
+from ._common import (
+    CLIError,
+    add_device_options,
+    add_model_options,
+    check_device_dtype,
+    checked_denoiser,
+    csv,
+    positive_int,
+    problem_from_args,
+)
+
+DATA_HELP = ("data to score: a folder of images (8-bit), a folder of .npz sample shards, or a .npy/.npz/.pt file "
+             "(uint8 = 8-bit images, floats = samples in model space); default: the problem's exact data")
 
 
 def add_parser(subparsers):
     lk = subparsers.add_parser("likelihood", help="exact log-likelihood by the probability-flow ODE")
     add_model_options(lk)
-    lk.add_argument("--data", help=".npy or .pt file of samples (default: exact data of the problem)")
-    lk.add_argument("--n", type=positive_int, default=64, help="number of exact data points (default 64)")
-    lk.add_argument("--seed", type=int, default=0, help="seed of the exact data and the probes (default 0)")
+    lk.add_argument("--data", help=DATA_HELP)
+    lk.add_argument("--n", type=positive_int, help="the first N items of --data (default all), or N exact data "
+                                                   "points (default 64)")
+    lk.add_argument("--seed", type=int, default=0, help="item i uses seed + i for its dequantization noise and "
+                                                        "probes (and the exact data's seed; default 0)")
     lk.add_argument("--divergence", help="hutchinson or exact (default: the library's, hutchinson)")
     lk.add_argument("--probes", type=positive_int, help="Hutchinson probes per sample (default: the library's, 1)")
     lk.add_argument("--fresh-probes", action="store_true",
@@ -25,68 +39,126 @@ def add_parser(subparsers):
                          "(same cost, unbiased, smaller variance; benchmarks/likelihood.md)")
     lk.add_argument("--rtol", type=float, help="relative tolerance of the ODE solve (default: the library's)")
     lk.add_argument("--atol", type=float, help="absolute tolerance of the ODE solve (default: the library's)")
+    lk.add_argument("--per-sample", action="store_true",
+                    help="error control per item (an item's value then does not depend on its batch)")
+    lk.add_argument("--batch-size", type=positive_int, default=64,
+                    help="items per ODE solve, and the block of consecutive items dealt to a process (default 64)")
+    lk.add_argument("--out", help="directory for the rows (likelihood-rank{r}.jsonl, one JSON line per item, "
+                                  "appended per batch), run.json and summary.json")
+    lk.add_argument("--resume", action="store_true", help="continue the rows in --out (same settings): only "
+                                                          "unfinished batches run")
+    lk.add_argument("--data-range", type=csv(float, "number"), default=None, metavar="LO,HI",
+                    help="the model's data range, where 8-bit levels (or --levels) are mapped (default -1,1; "
+                         "write --data-range=-1,1 when LO is negative)")
+    lk.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None,
+                    help="uniform dequantization (default: on for uint8 images, off for float data; float data "
+                         "need --levels)")
+    lk.add_argument("--levels", type=positive_int, help="float data on the K-level grid LO + (HI - LO)k/(K - 1): "
+                                                        "dequantize them with K cells (e.g. 17 for the digits)")
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_options(lk)
     lk.set_defaults(run=run)
     return lk
 
 
-def _points(args, problem, den):
-    """The points to evaluate: ``--data``, or the problem's exact data."""
-    if args.data:  # the file, then its samples against the model (before the run is announced)
-        from ..checks import check_data
-        from ..files import load_tensor_file
+def _data_range(value) -> tuple[float, float]:
+    from ..images import DATA_RANGE, check_data_range
 
-        x = load_tensor_file(args.data, "--data file")
-        check_data(den, x, name=f"--data {args.data}")
-        return x
+    if value is None:
+        return DATA_RANGE
+    if len(value) != 2:
+        raise CLIError(f"--data-range takes two numbers LO,HI, got {','.join(map(str, value))}")
+    return check_data_range(value)
+
+
+def _open_data(path: str):
+    """--data as a tensor (.npy, .pt: read whole, with the file checks of diffsolve.files) or a
+    Dataset read a batch at a time (folders, .npz, images)."""
+    from ..files import load_tensor_file
+    from ..images import IMAGE_SUFFIXES, open_dataset
+
+    p = Path(path).expanduser()
+    if p.suffix in (".npy", ".pt"):
+        return load_tensor_file(p, "--data file", images=True)
+    if not p.exists():
+        raise CLIError(f"--data {path!r} does not exist")
+    if p.is_dir() or p.suffix.lower() in (".npz", *IMAGE_SUFFIXES):
+        return open_dataset(p)
+    raise CLIError(f"--data file {path!r} must be .npy (numpy.save), .npz or .pt (torch.save), an image, or a "
+                   f"folder of images or .npz sample shards")
+
+
+def _exact_data(args, problem):
     if problem.exact:
-        return problem.exact_samples(args.n, args.seed)
+        return problem.exact_samples(args.n or 64, args.seed)
     if problem.heldout is not None and problem.name == "digits":
-        raise CLIError("for the digits model give --data (model-space samples), e.g. from `diffsolve sample`")
-    raise CLIError(f"{problem.name} has no exact data; give --data FILE (.npy or .pt)")
+        raise CLIError("for the digits model give --data (images, or model-space samples from `diffsolve sample`)")
+    raise CLIError(f"{problem.name} has no exact data; give --data (a .npy/.npz/.pt file or a folder)")
 
 
-def _summary(problem, den, res, seconds: float) -> dict:
+def _add_exact(out: dict, problem, den, data, rows):
+    """The exact log p of the points of an analytic problem beside the estimate (float data only)."""
     import torch
 
-    lp = res.log_prob.detach().cpu().to(torch.float64)
-    out = {"problem": problem.name, "schedule": problem.schedule_name, "n": int(lp.shape[0]),
-           "mean_log_prob": float(lp.mean()),
-           "stderr_mean": float(lp.std() / math.sqrt(len(lp))) if len(lp) > 1 else None,
-           "bits_per_dim": float(res.bits_per_dim.mean()), "mean_nfe": float(res.nfe.to(torch.float64).mean()),
-           "wall_time_s": seconds}
-    if problem.exact:
-        sch = den.schedule
-        exact = problem.mixture.log_prob(res.x.detach().cpu().to(torch.float64), float(sch.t_min), sch)
-        out["exact_mean_log_prob"] = float(exact.mean())
-        out["max_abs_error"] = float((lp - exact).abs().max())
-    return out
+    x = data[0:len(rows)]
+    if not problem.exact or out["dequantized"] or not x.is_floating_point():
+        return
+    sch = den.schedule
+    exact = problem.mixture.log_prob(x.detach().cpu().to(torch.float64), float(sch.t_min), sch)
+    est = torch.tensor([r["log_prob"] for r in rows], dtype=torch.float64)
+    out["exact_mean_log_prob"] = float(exact.mean())
+    out["max_abs_error"] = float((est - exact).abs().max())
+
+
+def _print(out: dict, as_json: bool):
+    if as_json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        if k == "settings":
+            continue
+        if k == "bits_per_dim" and out.get("bits_per_dim_stderr") is not None:
+            v = f"{v:.6g} ± {out['bits_per_dim_stderr']:.3g} (standard error over {count(out['n'], 'item')})"
+        print(f"{k:>20}: {v:.6g}" if isinstance(v, float) else f"{k:>20}: {v}")
 
 
 def run(args) -> int:
+    import torch
+
     from ..checks import check_seed
+    from ..dataset_likelihood import check_out_dir, dataset_log_likelihood
+    from ..distributed import init
 
     check_seed(args.seed, " (--seed)")
     device, dtype = check_device_dtype(args)
+    data_range = _data_range(args.data_range)
+    if args.resume and args.out is None:
+        raise CLIError("--resume continues the rows in --out DIR; give --out")
+    if args.out is not None:
+        check_out_dir(args.out)  # before the model loads or any work
+    data = _open_data(args.data) if args.data else None
+    dist = init(str(device))
     try:
-        from ..likelihood import log_likelihood
-    except ImportError as e:
-        raise CLIError(f"log-likelihoods need diffsolve.likelihood, which is not available: {e}") from None
-    problem = problem_from_args(args, device)
-    den = checked_denoiser(problem, device)
-    x = _points(args, problem, den)
-    if not args.quiet:
-        print(f"log-likelihood of {count(x.shape[0], 'point')} under {problem.name} ({args.divergence or 'default'} "
-              f"divergence) ...", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol") if getattr(args, k) is not None}
-    res = log_likelihood(den, x.to(device), fresh_probes=args.fresh_probes, dtype=dtype,
-                         seeds=range(args.seed, args.seed + x.shape[0]), **given)
-    out = _summary(problem, den, res, time.perf_counter() - t0)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>20}: {v:.6g}" if isinstance(v, float) else f"{k:>20}: {v}")
+        device = torch.device(dist.device)  # cuda:LOCAL_RANK under torchrun with --device cuda
+        problem = problem_from_args(args, device)
+        den = checked_denoiser(problem, device)
+        if data is None:
+            data = _exact_data(args, problem)
+        n = args.n if args.data else None  # exact data are drawn n at a time
+        if n is not None and n > len(data):
+            raise CLIError(f"--n {n} is more than the {count(len(data), 'item')} of --data {args.data}")
+        given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol") if getattr(args, k) is not None}
+        if args.per_sample:
+            given["per_sample"] = True
+        res = dataset_log_likelihood(
+            den, data, args.out, batch_size=args.batch_size, n=n, data_range=data_range, dequantize=args.dequantize,
+            levels=args.levels, seed=args.seed, resume=args.resume, dist=dist, device=device,
+            model=problem.name, progress=not args.quiet, data_name=f"--data {args.data}" if args.data else "data",
+            fresh_probes=args.fresh_probes, dtype=dtype, **given)
+    finally:
+        dist.close()
+    out = {"problem": problem.name, "schedule": problem.schedule_name, **res.summary}
+    _add_exact(out, problem, den, data, res.rows)
+    if dist.is_main:
+        _print(out, args.json)
     return 0

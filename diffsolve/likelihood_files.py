@@ -1,0 +1,193 @@
+r"""The files of a dataset likelihood run (:mod:`diffsolve.dataset_likelihood`): one rows file per
+process, ``OUT/likelihood-rank{r}.jsonl``, one JSON line per item appended once per finished batch and
+flushed to disk; ``OUT/run.json``, the settings a resumed run must share; ``OUT/summary.json``; and
+``OUT/.likelihood.lock``, an advisory ``flock`` held by rank 0 while a run writes.
+
+A kill can leave a torn last line or part of a batch: on resume both are dropped (the file is
+rewritten atomically without them) and the block runs again, so every item ends up exactly once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ._text import count
+
+__all__ = [
+    "ROWS_GLOB",
+    "ROW_FIELDS",
+    "RUN_NAME",
+    "SUMMARY_NAME",
+    "append_rows",
+    "check_out_dir",
+    "claim",
+    "open_out",
+    "read_rows",
+    "rows_path",
+    "write_atomic",
+]
+
+RUN_NAME, SUMMARY_NAME, LOCK_NAME, ROWS_GLOB = "run.json", "summary.json", ".likelihood.lock", "likelihood-rank*.jsonl"
+ROW_FIELDS = ("index", "log_prob", "bits_per_dim", "nfe")
+FORMAT = "diffsolve-likelihood-rows/1"
+
+
+def rows_path(out, rank: int) -> Path:
+    return Path(out) / f"likelihood-rank{rank}.jsonl"
+
+
+def check_out_dir(out) -> Path:
+    """The output directory, created and tried with a write, before any work."""
+    out = Path(os.fspath(out)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; the likelihood rows go to a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write in the output directory {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
+def write_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _read_file(path: Path) -> tuple[list[dict], bool]:
+    """(rows, torn): the whole rows of one rank file; a last line cut short by a kill is left out."""
+    raw = path.read_bytes()
+    lines, rows = raw.split(b"\n"), []
+    for j, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if j == len(lines) - 1:  # only the unterminated last line may be cut short
+                return rows, True
+            raise ValueError(f"{path} is not a diffsolve likelihood rows file (bad JSON on line {j + 1}); "
+                             f"choose another --out") from None
+        if not isinstance(row, dict) or any(k not in row for k in ROW_FIELDS):
+            raise ValueError(f"{path} is not a diffsolve likelihood rows file (line {j + 1} lacks "
+                             f"{', '.join(ROW_FIELDS)}); choose another --out")
+        rows.append(row)
+    return rows, bool(raw) and not raw.endswith(b"\n")
+
+
+def read_rows(out) -> list[dict]:
+    """Every whole row in ``OUT/likelihood-rank*.jsonl``, sorted by index."""
+    rows = [r for p in sorted(Path(out).glob(ROWS_GLOB)) for r in _read_file(p)[0]]
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def append_rows(path: Path, rows: list[dict]):
+    """One batch of rows, on disk (fsync) when this returns; a failed write is cut back out."""
+    data = memoryview("".join(json.dumps(r) + "\n" for r in rows).encode())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        start = os.fstat(fd).st_size
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise ValueError(f"cannot write {path}: {e.strerror or e}; the batches finished before it are kept: fix "
+                         f"the cause and rerun with --resume") from None
+    finally:
+        os.close(fd)
+
+
+def _blocks_done(files: dict, n: int, batch_size: int) -> set:
+    """Starts of the blocks whose every item has a row; an item twice or out of range is an error."""
+    seen: dict = {}
+    for path, rows in files.items():
+        for r in rows:
+            i = r["index"]
+            if not isinstance(i, int) or not 0 <= i < n:
+                raise ValueError(f"{path}: row index {i!r} outside 0..{n - 1}; choose another --out")
+            if i in seen:
+                raise ValueError(f"item {i} has rows in both {seen[i]} and {path}; choose another --out")
+            seen[i] = path
+    per_block: dict = {}
+    for i in seen:
+        per_block[i // batch_size] = per_block.get(i // batch_size, 0) + 1
+    return {b * batch_size for b, c in per_block.items() if c == min(batch_size, n - b * batch_size)}
+
+
+def open_out(out: Path, settings: dict, resume: bool, batch_size: int) -> set:
+    """Rank 0, before any work: check or write ``run.json``; on resume drop torn lines and the rows
+    of unfinished blocks; the starts of the blocks already done."""
+    files = {p: _read_file(p) for p in sorted(out.glob(ROWS_GLOB))}
+    n_rows = sum(len(rows) for rows, _ in files.values())
+    if (n_rows or any(torn for _, torn in files.values())) and not resume:
+        raise ValueError(f"{out} already holds {count(n_rows, 'row')} of an earlier run; pass --resume to "
+                         f"continue it (with the same settings), or choose another --out")
+    header = out / RUN_NAME
+    if n_rows:
+        if not header.exists():
+            raise ValueError(f"cannot resume {out}: it holds rows but no {RUN_NAME}; choose another --out")
+        try:
+            recorded = json.loads(header.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"cannot resume {out}: {header} is not a diffsolve likelihood run file; choose another "
+                             f"--out") from None
+        now = _jsonable_tree(settings)
+        diff = {k: (recorded.get(k), now.get(k)) for k in dict.fromkeys([*recorded, *now])
+                if recorded.get(k) != now.get(k)}
+        if diff:
+            what = "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"cannot resume {out}: its rows were written with other settings ({what}); use the "
+                             f"same settings or another --out")
+    done = _blocks_done({p: rows for p, (rows, _) in files.items()}, settings["n"], batch_size)
+    for p, (rows, torn) in files.items():
+        keep = [r for r in rows if r["index"] - r["index"] % batch_size in done]
+        if torn or len(keep) != len(rows):
+            write_atomic(p, "".join(json.dumps(r) + "\n" for r in keep))
+    from ._version import __version__
+
+    write_atomic(header, json.dumps({"format": FORMAT, "settings": settings, "diffsolve_version": __version__,
+                                      "torch_version": torch.__version__}, indent=1) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        (out / SUMMARY_NAME).unlink()
+    return done
+
+
+def _jsonable_tree(v):
+    return json.loads(json.dumps(v))
+
+
+@contextlib.contextmanager
+def claim(out: Path, is_main: bool):
+    """An advisory ``flock`` on ``OUT/.likelihood.lock`` held by rank 0 while the run lasts."""
+    if not is_main:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out / LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another diffsolve likelihood run is writing to {str(out)!r}; wait for it to "
+                             f"finish, or choose another --out") from None
+        yield
