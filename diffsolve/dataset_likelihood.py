@@ -48,7 +48,6 @@ References:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -83,8 +82,8 @@ from .likelihood_files import (
     open_out,
     read_rows,
     rows_path,
-    write_atomic,
 )
+from .runfiles import jsonable, write_json
 
 __all__ = ["CONTINUOUS_NOTE", "ROWS_GLOB", "ROW_FIELDS", "RUN_NAME", "SUMMARY_NAME", "DatasetLikelihood",
            "check_out_dir", "dataset_log_likelihood", "read_rows", "rows_path", "summarize"]
@@ -173,14 +172,6 @@ def _fingerprint(ds: Dataset, n: int) -> str:
     return hashlib.sha256(x.numpy().tobytes() + str((x.dtype, tuple(x.shape))).encode()).hexdigest()[:16]
 
 
-def _jsonable(v):
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(a) for a in v]
-    return getattr(v, "__name__", None) or str(v)
-
-
 def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options) -> dict:
     """What a resumed run must share with the rows already written (not the number of processes, nor
     the data's path: the data are recognised by their size, shape and first items); the options of
@@ -189,7 +180,7 @@ def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options
             "fingerprint": _fingerprint(ds, n), "model": model or type(denoiser.net).__name__,
             "schedule": type(denoiser.schedule).__name__, "dequantize": deq is not None,
             "levels": deq.levels if deq is not None else None, "data_range": list(data_range),
-            "batch_size": batch_size, "seed": seed, **{k: _jsonable(v) for k, v in sorted(options.items())}}
+            "batch_size": batch_size, "seed": seed, **{k: jsonable(v) for k, v in sorted(options.items())}}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -259,7 +250,8 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         levels: K, for float data on the grid lo + (hi − lo)k/(K − 1): dequantize with K cells.
         seed: item i uses seed + i (dequantization noise, then its probes).
         resume: continue the rows in ``out`` (same settings), running only unfinished blocks.
-        dist: a :class:`~diffsolve.distributed.DistContext` (``diffsolve.distributed.init(device)``); default one process.
+        dist: a :class:`~diffsolve.distributed.DistContext` (``diffsolve.distributed.init(device)``);
+            default one process.
         device: where the batches go (default: the DistContext's device, else the network's).
         model: a name recorded in ``run.json`` (checked on resume).
         progress: one line per finished batch on stderr (rank 0).
@@ -340,6 +332,6 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
     summary = dict(summarize(rows, d, deq), computed=computed, wall_time_s=time.perf_counter() - t0,
                    world_size=dist.world_size, data=str(ds.path), out=str(out), settings=settings)
     if dist.is_main:
-        write_atomic(out / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+        write_json(out / SUMMARY_NAME, summary)
     dist.barrier()  # the summary is on disk before any process returns
     return DatasetLikelihood(summary, rows, out)

@@ -47,34 +47,30 @@ Memory stays flat in the number of seeds: one block of samples is held at a time
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import os
-import re
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import sample_files as files
 from ._text import count
 from .checks import check_int, check_number
-from .images import DATA_RANGE, check_data_range, save_png, to_uint8
+from .images import DATA_RANGE, check_data_range, to_uint8
 from .noise import parse_seeds
+from .runfiles import hold, jsonable, output_dir, write_json
+from .sample_files import png_path, shard_name
 
 __all__ = ["FORMATS", "LABEL_STREAM", "GenerateResult", "generate", "png_path", "random_labels", "shard_name"]
 
 FORMATS = ("png", "npz")
-SETTINGS = "diffsolve-sample.json"
-LABELS = "dataset.json"
 LABEL_STREAM = 0x6C61626C  # "labl": the labels' random stream, apart from the noise's (seeded by the seed alone)
 NPZ_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NOT_SAMPLE_OPTIONS = ("x", "shape", "seeds", "generator", "trajectory")
-_SHARD = re.compile(r"samples-\d+-\d+\.npz")
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass
@@ -100,16 +96,6 @@ class GenerateResult:
     seconds: float
     world_size: int = 1
     labels_file: Path | None = None
-
-
-def png_path(outdir, seed: int) -> Path:
-    """Where the PNG of ``seed`` goes: ``outdir/{seed // 1000 * 1000:06d}/{seed:06d}.png``."""
-    return Path(outdir) / f"{seed // 1000 * 1000:06d}" / f"{seed:06d}.png"
-
-
-def shard_name(first_seed: int, last_seed: int) -> str:
-    """The name of an npz shard holding ``first_seed`` … ``last_seed`` (in seed-list order)."""
-    return f"samples-{first_seed:06d}-{last_seed:06d}.npz"
 
 
 def random_labels(seeds, num_classes: int) -> np.ndarray:
@@ -153,7 +139,9 @@ def generate(denoiser, seeds, outdir, *, format: str = "png", batch_size: int = 
 
         dist = init(str(sample_kwargs.get("device") or "cpu"))
     try:
-        return _run(plan, dist, bool(progress), t0)
+        lock = hold(plan.outdir, files.LOCK, "diffsolve sample", "--outdir") if dist.is_main else None
+        with lock or contextlib.nullcontext():
+            return _run(plan, dist, bool(progress), t0)
     finally:
         if own:
             dist.close()
@@ -192,8 +180,8 @@ class _Plan:
             raise ValueError(f"PNG files hold images of shape (C, H, W) with C = 1 or 3; this model's samples have "
                              f"shape {tuple(self.shape)}: use --format npz (format='npz')")
         self._labels(class_label, num_classes, guidance, uncond)
-        self.outdir = _writable_dir(outdir)
-        self.settings = _jsonable({
+        self.outdir = output_dir(outdir, "--outdir")
+        self.settings = jsonable({
             "format": fmt, "batch_size": self.batch_size, "shape": list(self.shape),
             "data_range": list(self.data_range) if fmt == "png" else None,
             "npz_dtype": npz_dtype if fmt == "npz" else None, "model": name,
@@ -255,136 +243,6 @@ class _Plan:
         return CFGDenoiser(self.denoiser, self.guidance, torch.from_numpy(labels), uncond=self.uncond)
 
 
-def _writable_dir(outdir) -> Path:
-    from .files import check_writable
-
-    p = Path(os.fspath(outdir)).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--outdir {str(p)!r} is a file; give a folder")
-    check_writable(p / SETTINGS, (".json",))  # creates the folder and tries a file in it
-    return p
-
-
-def _jsonable(v):
-    """Settings as JSON values (what a resumed run is compared on)."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, torch.dtype):
-        return str(v).removeprefix("torch.")
-    if isinstance(v, (torch.Tensor, np.ndarray)):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
-
-
-# --- the folder ----------------------------------------------------------------------------------------------
-def _has_samples(outdir: Path) -> bool:
-    """Whether ``outdir`` holds samples of ours (a shard, or a PNG in a seed folder)."""
-    for entry in os.scandir(outdir):
-        if entry.is_file() and _SHARD.fullmatch(entry.name):
-            return True
-        if entry.is_dir() and entry.name.isdigit() and any(
-                f.name.endswith(".png") and not f.name.startswith(".") for f in os.scandir(entry.path)):
-            return True
-    return False
-
-
-def _check_folder(plan: _Plan) -> bool:
-    """Refuse a folder with samples unless resuming the same settings; True if the settings file must be written."""
-    out = plan.outdir
-    if not _has_samples(out):
-        return True
-    where = f"{str(out)!r} already holds samples"
-    if not plan.resume:
-        raise ValueError(f"{where}; finish that run with --resume (resume=True), or give another --outdir "
-                         f"(nothing is overwritten)")
-    path = out / SETTINGS
-    if not path.exists():
-        raise ValueError(f"{where} but no {SETTINGS}: not a run of diffsolve sample --outdir, which --resume "
-                         f"could finish; give another --outdir")
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}; give another --outdir") from None
-    if old != plan.settings:
-        keys = sorted(set(old) | set(plan.settings), key=str)
-        diff = [k for k in keys if old.get(k) != plan.settings.get(k)]
-        shown = "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(plan.settings.get(k))} now"
-                          for k in diff)
-        raise ValueError(f"--resume: {str(out)!r} was written with other settings ({shown}); resume with the same "
-                         f"options, or give another --outdir")
-    return False
-
-
-def _existing_shard_seeds(plan: _Plan) -> set:
-    """The seeds already in the folder's shards (each shard checked to be of this run)."""
-    found: set = set()
-    for entry in sorted(os.scandir(plan.outdir), key=lambda e: e.name):
-        if not (entry.is_file() and _SHARD.fullmatch(entry.name)):
-            continue
-        try:
-            with np.load(entry.path) as z:
-                keys = set(z.keys())
-                seeds = z["seeds"] if "seeds" in keys else None
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"cannot read the shard {entry.path} ({type(e).__name__}: {e}); remove it and resume "
-                             f"(its seeds are drawn again)") from None
-        if seeds is None or "x" not in keys or (("labels" in keys) != (plan.class_label is not None)):
-            raise ValueError(f"{entry.path} is not a shard of this run (keys {', '.join(sorted(keys))})")
-        for s in seeds.tolist():
-            if s in found:
-                raise ValueError(f"seed {s} is in more than one shard of {plan.outdir}; the folder mixes runs")
-            found.add(s)
-    return found
-
-
-def _todo(plan: _Plan, blocks) -> tuple[list, int]:
-    """This rank's blocks still to draw, as (start, end, the positions to draw or None for all of them),
-    and the number of its seeds already written (``resume``)."""
-    if not plan.resume:
-        return [(s, e, None) for s, e in blocks], 0
-    done = _existing_shard_seeds(plan) if plan.format == "npz" else None
-    out, skipped = [], 0
-    for s, e in blocks:
-        if done is None:
-            todo = [i for i in range(s, e) if not png_path(plan.outdir, plan.seeds[i]).exists()]
-        else:
-            todo = [i for i in range(s, e) if plan.seeds[i] not in done]
-        skipped += (e - s) - len(todo)
-        if todo:
-            out.append((s, e, None if len(todo) == e - s else todo))
-    return out, skipped
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` to ``.{stem}.tmp{suffix}`` beside ``path``, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    """An uncompressed .npz (what numpy.load reads) whose zip entries carry a fixed date: the same arrays
-    give the same bytes (numpy.savez stamps the current time)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, a in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE), "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
-
-
-def _write_json(path: Path, obj, indent: int | None = 1) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent) + "\n"))
-
-
 # --- the run -------------------------------------------------------------------------------------------------
 class _Progress:
     """``done/total samples, rate`` on stderr: one line in place on a terminal, else a line every 10 s."""
@@ -418,15 +276,16 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
     n = len(plan.seeds)
     error, write_settings, todo_blocks, skipped = None, False, [], 0
     try:  # every rank checks the folder and lists its own blocks before any rank writes to it
-        write_settings = _check_folder(plan)
-        todo_blocks, skipped = _todo(plan, dist.blocks(n, plan.batch_size))
+        write_settings = files.check_folder(plan.outdir, plan.settings, plan.resume)
+        todo_blocks, skipped = files.seeds_todo(plan.outdir, plan.seeds, dist.blocks(n, plan.batch_size), plan.format,
+                                                plan.class_label is not None, plan.resume)
     except (ValueError, OSError) as e:
         error = str(e)
     error = dist.first_error(error)
     if error is not None:
         raise ValueError(error.split(": ", 1)[1] if error.startswith("rank ") else error)
     if write_settings and dist.is_main:
-        _write_json(plan.outdir / SETTINGS, plan.settings)
+        write_json(plan.outdir / files.SETTINGS, plan.settings)
     all_skipped = int(dist.reduce(skipped, "sum"))
     if progress and dist.is_main:
         procs = f", {dist.world_size} processes" if dist.active else ""
@@ -460,9 +319,9 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
     nfe = int(dist.reduce(nfe, "max"))
     labels_file = None
     if plan.format == "png" and plan.class_label is not None:
-        labels_file = plan.outdir / LABELS
+        labels_file = plan.outdir / files.LABELS
         if dist.is_main:
-            _write_png_labels(plan, labels_file)
+            files.write_png_labels(labels_file, _seed_labels(plan))
     dist.barrier()
     seconds = time.perf_counter() - t0
     result = GenerateResult(outdir=plan.outdir, format=plan.format, total=n, written=written, skipped=skipped,
@@ -486,30 +345,18 @@ def _draw_block(plan: _Plan, rows) -> int:
         res = sample(plan.block_denoiser(labels), seeds=seeds, **plan.sample_kwargs)
     x = res.x.detach().cpu()
     if plan.format == "png":
-        images = to_uint8(x, plan.data_range)
-        for seed, image in zip(seeds, images):
-            path = png_path(plan.outdir, seed)
-            path.parent.mkdir(exist_ok=True)
-            _write_atomic(path, lambda tmp, image=image: save_png(tmp, image))
+        for seed, image in zip(seeds, to_uint8(x, plan.data_range)):
+            files.write_png(plan.outdir, seed, image)
     else:
         arrays = {"seeds": np.asarray(seeds, dtype=np.int64), "x": x.numpy().astype(NPZ_DTYPES[plan.npz_dtype])}
         if labels is not None:
             arrays["labels"] = labels
-        _write_atomic(plan.outdir / shard_name(seeds[0], seeds[-1]), lambda tmp: _save_npz(tmp, arrays))
+        files.write_shard(plan.outdir, arrays)
     return res.nfe
 
 
-def _write_png_labels(plan: _Plan, path: Path) -> None:
-    """EDM's dataset.json: ``{"labels": [[relative path, class], ...]}`` for every seed (earlier entries kept)."""
-    entries = {}
-    if path.exists():
-        try:
-            entries = dict(json.loads(path.read_text()).get("labels") or [])
-        except (OSError, ValueError, TypeError, AttributeError):
-            entries = {}
-    chunk = 4096
+def _seed_labels(plan: _Plan, chunk: int = 4096):
+    """(seed, label) of every seed of the run, computed a chunk at a time."""
     for start in range(0, len(plan.seeds), chunk):
         seeds = plan.seeds[start:start + chunk]
-        for seed, label in zip(seeds, plan.labels(seeds).tolist()):
-            entries[png_path("", seed).as_posix()] = label
-    _write_json(path, {"labels": sorted(([k, v] for k, v in entries.items()), key=lambda kv: kv[0])}, indent=None)
+        yield from zip(seeds, plan.labels(seeds).tolist())

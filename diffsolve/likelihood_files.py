@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ._text import count
+from .runfiles import hold, jsonable, output_dir, settings_diff, write_atomic, write_json
 
 __all__ = [
     "ROWS_GLOB",
@@ -28,7 +29,6 @@ __all__ = [
     "open_out",
     "read_rows",
     "rows_path",
-    "write_atomic",
 ]
 
 RUN_NAME, SUMMARY_NAME, LOCK_NAME, ROWS_GLOB = "run.json", "summary.json", ".likelihood.lock", "likelihood-rank*.jsonl"
@@ -42,28 +42,7 @@ def rows_path(out, rank: int) -> Path:
 
 def check_out_dir(out) -> Path:
     """The output directory, created and tried with a write, before any work."""
-    out = Path(os.fspath(out)).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; the likelihood rows go to a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write in the output directory {str(out)!r}: {e.strerror or e}") from None
-    return out
-
-
-def write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+    return output_dir(out, "--out")
 
 
 def _read_file(path: Path) -> tuple[list[dict], bool]:
@@ -148,11 +127,8 @@ def open_out(out: Path, settings: dict, resume: bool, batch_size: int) -> set:
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"cannot resume {out}: {header} is not a diffsolve likelihood run file; choose another "
                              f"--out") from None
-        now = _jsonable_tree(settings)
-        diff = {k: (recorded.get(k), now.get(k)) for k in dict.fromkeys([*recorded, *now])
-                if recorded.get(k) != now.get(k)}
-        if diff:
-            what = "; ".join(f"{k}: file has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
+        what = settings_diff(recorded, jsonable(settings))
+        if what:
             raise ValueError(f"cannot resume {out}: its rows were written with other settings ({what}); use the "
                              f"same settings or another --out")
     done = _blocks_done({p: rows for p, (rows, _) in files.items()}, settings["n"], batch_size)
@@ -162,32 +138,13 @@ def open_out(out: Path, settings: dict, resume: bool, batch_size: int) -> set:
             write_atomic(p, "".join(json.dumps(r) + "\n" for r in keep))
     from ._version import __version__
 
-    write_atomic(header, json.dumps({"format": FORMAT, "settings": settings, "diffsolve_version": __version__,
-                                      "torch_version": torch.__version__}, indent=1) + "\n")
+    write_json(header, {"format": FORMAT, "settings": settings, "diffsolve_version": __version__,
+                        "torch_version": torch.__version__})
     with contextlib.suppress(FileNotFoundError):
         (out / SUMMARY_NAME).unlink()
     return done
 
 
-def _jsonable_tree(v):
-    return json.loads(json.dumps(v))
-
-
-@contextlib.contextmanager
 def claim(out: Path, is_main: bool):
-    """An advisory ``flock`` on ``OUT/.likelihood.lock`` held by rank 0 while the run lasts."""
-    if not is_main:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(out / LOCK_NAME, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ValueError(f"another diffsolve likelihood run is writing to {str(out)!r}; wait for it to "
-                             f"finish, or choose another --out") from None
-        yield
+    """The run's hold on OUT (rank 0 only): an advisory ``flock`` on ``OUT/.likelihood.lock``."""
+    return hold(out, LOCK_NAME, "diffsolve likelihood") if is_main else contextlib.nullcontext()

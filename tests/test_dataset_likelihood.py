@@ -130,7 +130,7 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
     path.write_text(path.read_text() + part + '{"index": 19, "log_pr')
     with pytest.raises(ValueError, match=r"already holds 19 rows of an earlier run; pass --resume"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, **OPTS)
-    with pytest.raises(ValueError, match=r"other settings \(rtol: file has 0.01, this run 0.001\)"):
+    with pytest.raises(ValueError, match=r"other settings \(rtol: 0.01 there, 0.001 now\)"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, rtol=1e-3, atol=1e-2)
     calls.clear()
     monkeypatch.setattr(dl, "_batch_rows", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
@@ -186,7 +186,7 @@ def test_float_data_levels_and_the_continuous_note(den, tmp_path, capsys):
     (["--data", "{png}", "--data-range", "1,0"], "finite lo < hi"),
     (["--data", "{png}", "--data-range", "0,1,2"], "--data-range takes two numbers"),
     (["--data", "{png}", "--n", "1000"], "--n 1000 is more than the 24 items"),
-    (["--data", "{png}", "--out", "{t}/file"], "is a file; the likelihood rows go to a directory"),
+    (["--data", "{png}", "--out", "{t}/file"], "is a file; give a folder"),
     (["--data", "{png}", "--out", "{t}/garbage"], "is not a diffsolve likelihood rows file"),
     (["--data", "{t}/small.npz"], "sample shape (1, 4, 4)"),
     (["--data", "{t}/nan.pt", "--batch-size", "8"], "nan.pt[8:16] contains NaN or Inf (samples [5])"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import diffsolve as ds
-import diffsolve.generate as gen
+import diffsolve.sample_files as sample_files
 from diffsolve.cli import main
 from diffsolve.generate import generate, png_path, random_labels, shard_name
 from diffsolve.images import load_image, open_dataset, to_uint8
@@ -72,7 +72,7 @@ def test_png_files_are_the_8bit_images_of_sample(digits, tmp_path):
     assert len(data) == 10 and data.is_image and data.shape == (1, 8, 8)
     x = ds.sample(digits, seeds=seeds, **KW).x  # one batch of 10: the float32 network rounds otherwise
     assert (data[0:10].int() - to_uint8(x).int()).abs().max() <= 1
-    assert json.loads((tmp_path / gen.SETTINGS).read_text())["sample"] == {"dtype": "float64", **KW}
+    assert json.loads((tmp_path / sample_files.SETTINGS).read_text())["sample"] == {"dtype": "float64", **KW}
 
 
 def test_a_data_range_changes_the_8bit_map(digits, tmp_path):
@@ -138,7 +138,7 @@ class Killed(KeyboardInterrupt):
 def test_a_killed_run_resumed_writes_every_seed_once(digits, tmp_path, monkeypatch, fmt, writer):
     argv = ["sample", "--model", "digits", "--nfe", "3", "--seeds", "0-21", "--batch-size", "4", "--format", fmt, "-q"]
     assert main(argv + ["--outdir", str(tmp_path / "whole")]) == 0
-    real, calls = getattr(gen, writer), []
+    real, calls = getattr(sample_files, writer), []
 
     def dies_on_call_4(path, *a):
         calls.append(path)
@@ -147,17 +147,17 @@ def test_a_killed_run_resumed_writes_every_seed_once(digits, tmp_path, monkeypat
             raise Killed
         return real(path, *a)
 
-    monkeypatch.setattr(gen, writer, dies_on_call_4)
+    monkeypatch.setattr(sample_files, writer, dies_on_call_4)
     out = tmp_path / "resumed"
     assert main(argv + ["--outdir", str(out)]) == 130  # as Ctrl-C: "rerun with --resume"
     assert [p.name.startswith(".") for p in calls] == [True] * 4  # written under a hidden name, then renamed
-    monkeypatch.setattr(gen, writer, real)
+    monkeypatch.setattr(sample_files, writer, real)
     partial = open_dataset(out)
     assert len(partial) == (12 if fmt == "npz" else 3)  # only whole files are visible
     code = main(argv + ["--outdir", str(out)])
     assert code == 2  # a folder with samples needs --resume
     calls.clear()
-    monkeypatch.setattr(gen, writer, lambda path, *a: calls.append(path) or real(path, *a))
+    monkeypatch.setattr(sample_files, writer, lambda path, *a: calls.append(path) or real(path, *a))
     assert main(argv + ["--outdir", str(out), "--resume"]) == 0
     assert len(calls) == (3 if fmt == "npz" else 19)  # only what was missing was written
     data = open_dataset(out)
@@ -250,7 +250,7 @@ def test_a_folder_with_samples_needs_resume(digits, tmp_path, capsys):
     assert main(argv) == 0
     code, err = _error(argv, capsys)
     assert code == 2 and "already holds samples; finish that run with --resume" in err
-    (tmp_path / gen.SETTINGS).unlink()
+    (tmp_path / sample_files.SETTINGS).unlink()
     code, err = _error(argv + ["--resume"], capsys)
     assert code == 2 and "not a run of diffsolve sample --outdir" in err
 

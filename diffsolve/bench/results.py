@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..runfiles import hold
 from .problems import DEFAULT_SCHEDULE
 
 __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
@@ -143,9 +144,9 @@ def _write_error(path: Path, e: OSError) -> ResultsWriteError:
 @contextlib.contextmanager
 def claim_output(out: Path, is_main: bool):
     """The output directory, created and held by this run (on rank 0) until it ends: a second run
-    into the same directory stops with a message instead of interleaving its rows with this one's.
-    The hold is an advisory ``flock`` on ``OUT/.bench.lock``, released by the OS even if the
-    process is killed (no stale locks); on systems without ``fcntl`` there is no hold."""
+    into the same directory stops with a message instead of interleaving its rows with this one's
+    (:func:`diffsolve.runfiles.hold`: an advisory ``flock`` on ``OUT/.bench.lock``, released by the
+    OS even if the process is killed)."""
     if not is_main:
         yield
         return
@@ -153,21 +154,7 @@ def claim_output(out: Path, is_main: bool):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        f = open(out / LOCK_NAME, "a")
-    except OSError as e:
-        raise ValueError(f"cannot write in the output directory {str(out)!r}: {e.strerror or e}") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ValueError(f"another diffsolve bench run is writing to {str(out)!r}; wait for it to finish, "
-                             f"or choose another --out directory") from None
+    with hold(out, LOCK_NAME, "diffsolve bench", "--out directory"):
         yield
 
 

@@ -165,11 +165,10 @@ def run(args) -> int:
 def _run_outdir(args) -> int:
     """``--outdir``: :func:`diffsolve.generate.generate` (every check before any sample is drawn)."""
     from ..distributed import init
-    from ..generate import SETTINGS, generate
+    from ..generate import generate
+    from ..runfiles import output_dir
 
-    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
-        raise CLIError(f"--outdir {args.outdir!r} is a file; give a folder")
-    check_writable(Path(args.outdir) / SETTINGS, (".json",))  # first: a run must not end in an unwritable folder
+    output_dir(args.outdir, "--outdir")  # first: a run must not end in an unwritable folder
     device, dtype = check_device_dtype(args)
     if args.solver is not None:
         check_solver(args.solver)

@@ -1,0 +1,118 @@
+r"""The files of long runs that write as they go and can be resumed: ``diffsolve bench`` (rows),
+``diffsolve sample --outdir`` (sample files) and ``diffsolve likelihood --out`` (rows).
+
+- :func:`output_dir`: the output folder, created and tried with a write before any work;
+- :func:`hold`: the folder held by one run at a time (an advisory ``flock`` on a lock file, released
+  by the OS even when the process is killed, so no lock goes stale);
+- :func:`write_atomic` / :func:`write_json`: a file written under a hidden temporary name in the
+  same folder, then renamed over its name (``os.replace``): readers see the old file or the new
+  one, never a part;
+- :func:`jsonable` and :func:`settings_diff`: the settings a run records, and what a resumed run
+  changed in them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["output_dir", "hold", "write_atomic", "write_json", "jsonable", "settings_diff"]
+
+
+def output_dir(path, option: str = "--out") -> Path:
+    """The folder ``path`` (``option`` names it in messages), created and tried with a write."""
+    out = Path(os.fspath(path)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {str(out)!r} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write in the folder {str(out)!r} ({option}): {e.strerror or e}") from None
+    return out
+
+
+@contextlib.contextmanager
+def hold(out: Path, lock_name: str, command: str, option: str = "--out"):
+    """Hold ``out`` for this run: a second run of ``command`` into it stops with a message instead of
+    interleaving its files with this one's. No hold where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        f = open(Path(out) / lock_name, "a")
+    except OSError as e:
+        raise ValueError(f"cannot write in the folder {str(out)!r}: {e.strerror or e}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another {command} run is writing to {str(out)!r}; wait for it to finish, or "
+                             f"give another {option}") from None
+        yield
+
+
+def write_atomic(path, write: Callable[[Path], None] | str | bytes) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` (or the text / bytes) goes to the hidden
+    ``.{stem}.{pid}.tmp{suffix}`` beside it (the suffix kept: image writers read the format from it),
+    which is then renamed to ``path``. A failure removes the temporary file; an OSError becomes a
+    ValueError naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if isinstance(write, str):
+            tmp.write_text(write)
+        elif isinstance(write, bytes):
+            tmp.write_bytes(write)
+        else:
+            write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def write_json(path, obj, indent: int | None = 1) -> None:
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def jsonable(v):
+    """Settings as JSON values, the form they are recorded and compared in (dtypes by name, arrays as
+    lists, other objects by their repr without memory addresses)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if callable(v) and getattr(v, "__name__", None):
+        return v.__name__
+    return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
+
+
+def settings_diff(recorded: dict, now: dict) -> str:
+    """``"key: X there, Y now; ..."`` for every setting that differs ("" when none does)."""
+    keys = list(dict.fromkeys([*recorded, *now]))
+    return "; ".join(f"{k}: {json.dumps(recorded.get(k))} there, {json.dumps(now.get(k))} now"
+                     for k in keys if recorded.get(k) != now.get(k))
