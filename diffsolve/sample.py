@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
                      check_options, check_shape, check_state_dtype, check_tuned_schedule)
+from .defaults import budget_of, default_denoise_final, default_solver
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -60,8 +61,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
-            (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default
-            ``"dpmpp_2m"``, or with a tuned grid the solver (and options) it was tuned for.
+            (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
+            measurement for the budget (:mod:`diffsolve.defaults`: ``"deis"`` up to 10 evaluations,
+            ``"unipc:order=3"`` above), or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived; neither: ``nfe``
@@ -74,8 +76,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
-        denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default True
-            (with a tuned grid: the grid's own setting).
+        denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
+            for budgets above 20 evaluations, stochastic runs and adaptive solvers (measured:
+            :mod:`diffsolve.defaults`); with a tuned grid, the grid's own setting.
         dtype: dtype of the solver state, torch.float64 (default) or torch.float32; the network runs
             in its own dtype (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
@@ -97,8 +100,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
                                                                          nfe, denoise_final)
     _check_sizes(steps, nfe, grid, solver_options, eta)
-    solver = get_solver("dpmpp_2m" if solver is None else solver, **(solver_options or {}))
     level = NoiseLevel(schedule, eta=eta, noise=noise)
+    solver, denoise_final = _defaults(solver, solver_options, nfe, steps, denoise_final, level)
     t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final)
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
@@ -120,6 +123,24 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                                 trajectory=trajectory)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,
                         trajectory=torch.stack(traj) if traj is not None else None, info=info)
+
+
+def _defaults(solver, solver_options, nfe, steps, denoise_final, level):
+    """The solver and the final denoise of the call: as given, else the measured defaults for its
+    budget (:mod:`diffsolve.defaults`); an adaptive solver ends with the final denoise by default."""
+    if solver is None:
+        if (not level.is_zero):
+            from .solvers import SOLVERS
+
+            raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
+                             "integrate the probability-flow ODE; pick one: "
+                             + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
+        solver = default_solver(budget_of(nfe, steps))  # the default solvers spend 1 evaluation per step
+    solver = get_solver(solver, **(solver_options or {}))
+    if denoise_final is None:
+        budget = budget_of(nfe, None if steps is None or solver.adaptive else solver.nfe(steps))
+        denoise_final = True if solver.adaptive else default_denoise_final(budget, not level.is_zero)
+    return solver, denoise_final
 
 
 def _check_sizes(steps, nfe, grid, solver_options, eta):
@@ -178,4 +199,4 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
                           f"{' with options ' + repr(tuned.solver_options) if tuned.solver_options else ''}; "
                           f"running {solver!r} on its times instead, as asked", UserWarning, stacklevel=3)
         return solver, solver_options, tuned.grid, None, None, tuned.denoise_final
-    return solver, solver_options, grid, steps, nfe, True if denoise_final is None else denoise_final
+    return solver, solver_options, grid, steps, nfe, denoise_final

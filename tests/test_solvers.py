@@ -200,7 +200,7 @@ def test_too_few_steps(den, name):
     solver = make(name)
     need = solver.nfe(solver.min_steps)
     with pytest.raises(ValueError, match=rf"NFE {need} is too small.*i\.e\. {need + 1} evaluations with the final"):
-        ds.sample(den, shape=(2, 2), solver=solver, nfe=need)  # + final denoise
+        ds.sample(den, shape=(2, 2), solver=solver, nfe=need, denoise_final=True)
     assert ds.sample(den, shape=(2, 2), solver=solver, nfe=need, denoise_final=False).nfe == need
 
 

@@ -1,0 +1,260 @@
+r"""Which configuration should ``sample(model, nfe=N)`` run? A sweep over solvers, grids and the final
+denoise on exact problems, chosen on one set of problems and judged on another.
+
+For every (problem, schedule) the start points x_T = σ(t_0)·z are shared by all configurations, and
+each output is compared with the same target: the σ → 0 limit of the exact probability-flow ODE
+from x_T (the flow map onto the data, solved in VE coordinates with dopri5 at rtol = atol = 1e-9;
+benchmarks/_peers.py uses the same target). A configuration that ends at t_min, with or without
+the final denoise, is charged for what stopping there costs, so all of them are ranked on one
+scale: RMS error per coordinate.
+
+Problems (exact Gaussian mixtures, docs/math.md §6), each under four schedule families (``ddpm``:
+discrete VP, ε-prediction; ``cosine``: VP, ε; ``edm``: VE σ ∈ [0.002, 80], x0-prediction;
+``flow``: rectified flow, velocity):
+
+- **choice set** (the rule is read off these): ``ring2d``, ``mix64``, ``gauss3072`` (the bench's
+  problems);
+- **held-out set** (never looked at while choosing): ``mix16`` (5 modes, 16-D, seed 11),
+  ``mix256`` (6 modes, 256-D, seed 5), ``img256`` (one Gaussian with a steeper spectrum, 1×16×16,
+  seed 3).
+
+Usage:
+    python benchmarks/defaults_sweep.py                      # everything (rows appended as they finish)
+    python benchmarks/defaults_sweep.py --report             # the tables from the rows on disk
+    python benchmarks/defaults_sweep.py --problems ring2d --schedules ddpm --nfe 5,10
+
+Rows go to ``benchmarks/results/defaults_sweep.jsonl`` (one per problem × schedule × configuration ×
+budget; a rerun skips the rows already there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+import diffsolve as ds
+from diffsolve.reference import ode_reference
+
+F64 = torch.float64
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "defaults_sweep.jsonl")
+
+CHOICE = ("ring2d", "mix64", "gauss3072")
+HELD_OUT = ("mix16", "mix256", "img256")
+MIXTURES = {
+    "ring2d": (lambda: ds.GaussianMixture.ring(), 512),
+    "mix64": (lambda: ds.GaussianMixture.random(d=64, n_modes=8, seed=0), 256),
+    "gauss3072": (lambda: ds.GaussianMixture.image_gaussian((3, 32, 32)), 48),
+    "mix16": (lambda: ds.GaussianMixture.random(d=16, n_modes=5, seed=11), 512),
+    "mix256": (lambda: ds.GaussianMixture.random(d=256, n_modes=6, seed=5), 128),
+    "img256": (lambda: ds.GaussianMixture.image_gaussian((1, 16, 16), exponent=3.0, seed=3), 128),
+}
+SCHEDULES = {"ddpm": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity"}
+BUDGETS = (4, 5, 6, 8, 10, 12, 15, 20, 30, 50)
+SOLVERS = {  # label: (solver, options)
+    "dpmpp_2m": ("dpmpp_2m", {}),
+    "dpmpp_3m": ("dpmpp_3m", {}),
+    "unipc": ("unipc", {}),
+    "unipc3": ("unipc", {"order": 3}),
+    "unipc3_bh1": ("unipc", {"order": 3, "variant": "bh1"}),
+    "unipc_eps": ("unipc", {"predict_x0": False}),
+    "unipc3_eps": ("unipc", {"order": 3, "predict_x0": False}),
+    "deis3": ("deis", {}),
+    "dpmpp_2m_nolof": ("dpmpp_2m", {"lower_order_final": False}),
+    "unipc_nolof": ("unipc", {"lower_order_final": False}),
+}
+GRIDS = ("log_snr", "quadratic", "karras", "time")
+CURRENT_DEFAULT = ("dpmpp_2m", "log_snr", True)
+REF_TOL = 1e-9
+S_END = 1e-6
+
+
+def _problem(name: str, schedule: str, seed: int = 1234):
+    make, batch = MIXTURES[name]
+    gm = make()
+    sch = ds.make_schedule(schedule)
+    den = gm.denoiser(sch, SCHEDULES[schedule])
+    z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return gm, sch, den, z
+
+
+def _reference(gm, sch, z, t0: float) -> torch.Tensor:
+    """The σ → 0 limit of the PF-ODE from x_T = σ(t0) z at t0 (VE coordinates y = x/α, s = σ/α)."""
+    t = torch.tensor(t0, dtype=F64)
+    a0, s0 = float(sch.alpha(t)), float(sch.sigma(t))
+    y0, sve = s0 / a0 * z, s0 / a0
+    edm = ds.EDMSchedule(sigma_min=S_END, sigma_max=max(1e4, 2 * sve))
+    # EDM's time is σ itself
+    return ode_reference(gm.denoiser(edm, "x0"), y0, sve, S_END, rtol=REF_TOL, atol=REF_TOL, denoise_final=True)
+
+
+def _rms(a, b) -> float:
+    return float(((a.double() - b.double()) ** 2).mean().sqrt())
+
+
+def _done(path: str) -> set:
+    if not os.path.exists(path):
+        return set()
+    keys = set()
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            keys.add((r["problem"], r["schedule"], r["config"], r["grid"], r["denoise_final"], r["nfe_budget"]))
+    return keys
+
+
+def run(problems, schedules, budgets, out: str):
+    done = _done(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    for pname in problems:
+        for sname in schedules:
+            gm, sch, den, z = _problem(pname, sname)
+            refs: dict = {}
+            t_start = time.perf_counter()
+            with open(out, "a") as f:
+                for label, (solver, opts) in SOLVERS.items():
+                    for grid in GRIDS:
+                        for df in (True, False):
+                            for nfe in budgets:
+                                key = (pname, sname, label, grid, df, nfe)
+                                if key in done:
+                                    continue
+                                row = _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe)
+                                if row is None:
+                                    continue
+                                row.update(problem=pname, schedule=sname)
+                                f.write(json.dumps(row) + "\n")
+                                f.flush()
+            print(f"{pname}/{sname}: {time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
+
+
+def _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe):
+    try:
+        sol = ds.solvers.get_solver(solver, **opts)
+        t = sol.grid_for(sch, nfe=nfe, grid=grid, denoise_final=df)
+    except ValueError:
+        return None  # a budget too small for the solver
+    t0 = float(t[0])
+    if t0 not in refs:
+        refs[t0] = _reference(gm, sch, z, t0)
+    x = float(sch.sigma(torch.tensor(t0, dtype=F64))) * z
+    with torch.no_grad():
+        res = ds.sample(den, x, solver=sol, nfe=nfe, grid=grid, denoise_final=df)
+    err = _rms(res.x, refs[t0])
+    return dict(config=label, solver=solver, options=opts, grid=grid, denoise_final=df, nfe_budget=nfe,
+                nfe=int(res.nfe), rms=err if math.isfinite(err) else None)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+def _load(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _table(rows):
+    """{(problem, schedule, nfe): {(config, grid, df): rms}}"""
+    t = defaultdict(dict)
+    for r in rows:
+        if r["rms"] is not None:
+            t[(r["problem"], r["schedule"], r["nfe_budget"])][(r["config"], r["grid"], r["denoise_final"])] = r["rms"]
+    return t
+
+
+def _regret(cells: dict, which, problems, schedules, nfe) -> dict:
+    """Geometric-mean ratio to the best configuration of each cell, per configuration, over the cells
+    (problem ∈ problems, schedule ∈ schedules) at budget nfe; configurations missing a cell are out."""
+    logs = defaultdict(list)
+    n_cells = 0
+    for p in problems:
+        for s in schedules:
+            cell = cells.get((p, s, nfe))
+            if not cell:
+                continue
+            n_cells += 1
+            best = min(cell.values())
+            for cfg, v in cell.items():
+                logs[cfg].append(math.log(max(v, 1e-300) / best))
+    return {cfg: math.exp(sum(v) / len(v)) for cfg, v in logs.items() if len(v) == n_cells and n_cells}
+
+
+def report(path: str, schedules=tuple(SCHEDULES)):
+    rows = _load(path)
+    cells = _table(rows)
+    budgets = sorted({r["nfe_budget"] for r in rows})
+    print("## Chosen on the choice set (geometric mean of error / best configuration, all four schedules)\n")
+    print("| NFE | best configuration | regret | 2nd | regret | current default regret |")
+    print("|---:|---|---:|---|---:|---:|")
+    chosen = {}
+    for n in budgets:
+        reg = _regret(cells, None, CHOICE, schedules, n)
+        if not reg:
+            continue
+        order = sorted(reg, key=reg.get)
+        chosen[n] = order[0]
+        cur = reg.get(CURRENT_DEFAULT)
+        print(f"| {n} | {_fmt_cfg(order[0])} | {reg[order[0]]:.2f} | {_fmt_cfg(order[1])} | {reg[order[1]]:.2f} | "
+              f"{cur:.2f} |" if cur else "")
+    print("\n## Per schedule family on the choice set: the best configuration\n")
+    for s in schedules:
+        line = []
+        for n in budgets:
+            reg = _regret(cells, None, CHOICE, (s,), n)
+            if reg:
+                b = min(reg, key=reg.get)
+                line.append(f"{n}: {_fmt_cfg(b)} ({reg[b]:.2f})")
+        print(f"- **{s}**: " + "; ".join(line))
+    return chosen, cells, budgets
+
+
+def judge(cells, budgets, rule, schedules=tuple(SCHEDULES)):
+    """The rule's configuration on the held-out set: error / best configuration and / current default."""
+    print("\n## The rule judged on the held-out set (error / best configuration of the cell; / current default)\n")
+    print("| NFE | configuration | " + " | ".join(f"{p}/{s}" for p in HELD_OUT for s in schedules) + " | geo-mean |")
+    print("|---:|---|" + "---:|" * (len(HELD_OUT) * len(schedules) + 1))
+    for n in budgets:
+        cfg = rule(n)
+        vals, logs = [], []
+        for p in HELD_OUT:
+            for s in schedules:
+                cell = cells.get((p, s, n), {})
+                if cfg not in cell:
+                    vals.append("-")
+                    continue
+                best, cur = min(cell.values()), cell.get(CURRENT_DEFAULT)
+                r = cell[cfg] / best
+                logs.append(math.log(r))
+                vals.append(f"{r:.2f}" + (f" ({cell[cfg] / cur:.2f})" if cur else ""))
+        g = math.exp(sum(logs) / len(logs)) if logs else float("nan")
+        print(f"| {n} | {_fmt_cfg(cfg)} | " + " | ".join(vals) + f" | {g:.2f} |")
+
+
+def _fmt_cfg(cfg) -> str:
+    label, grid, df = cfg
+    return f"{label} {grid}{' +x̂0' if df else ''}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", default=",".join(CHOICE + HELD_OUT))
+    ap.add_argument("--schedules", default=",".join(SCHEDULES))
+    ap.add_argument("--nfe", default=",".join(map(str, BUDGETS)))
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--report", action="store_true", help="only print the tables from the rows on disk")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.report:
+        run(args.problems.split(","), args.schedules.split(","), [int(n) for n in args.nfe.split(",")], args.out)
+    chosen, cells, budgets = report(args.out)
+    judge(cells, budgets, lambda n: chosen[n])
+
+
+if __name__ == "__main__":
+    main()
