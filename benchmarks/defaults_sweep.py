@@ -20,7 +20,7 @@ discrete VP, ε-prediction; ``cosine``: VP, ε; ``edm``: VE σ ∈ [0.002, 80], 
 
 Usage:
     python benchmarks/defaults_sweep.py                      # everything (rows appended as they finish)
-    python benchmarks/defaults_sweep.py --report             # the tables from the rows on disk
+    python benchmarks/defaults_sweep.py --report --digits    # the tables from the rows on disk, + digits
     python benchmarks/defaults_sweep.py --problems ring2d --schedules ddpm --nfe 5,10
 
 Rows go to ``benchmarks/results/defaults_sweep.jsonl`` (one per problem × schedule × configuration ×
@@ -236,9 +236,68 @@ def judge(cells, budgets, rule, schedules=tuple(SCHEDULES)):
         print(f"| {n} | {_fmt_cfg(cfg)} | " + " | ".join(vals) + f" | {g:.2f} |")
 
 
+# simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
+# the one diffsolve.defaults implements
+RULES = {
+    "former default: dpmpp_2m, log_snr, final denoise": lambda n, s: ("dpmpp_2m", "log_snr", True),
+    "dpmpp_2m, log_snr, no final denoise": lambda n, s: ("dpmpp_2m", "log_snr", False),
+    "deis3 everywhere": lambda n, s: ("deis3", "log_snr", False),
+    "unipc3 everywhere": lambda n, s: ("unipc3", "log_snr", False),
+    "deis3 <= 10 < unipc3": lambda n, s: ("deis3" if n <= 10 else "unipc3", "log_snr", False),
+    "deis3 <= 10 < unipc3, final denoise > 20": lambda n, s: ("deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
+    "deis3 <= 10 < unipc3, final denoise > 20, EDM on karras": lambda n, s: ("deis3", "karras", False)
+        if s == "edm" else ("deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
+    "unipc <= 10 < unipc3": lambda n, s: ("unipc" if n <= 10 else "unipc3", "log_snr", False),
+    "unipc_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
+        lambda n, s: ("unipc_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
+    "measured default: dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
+        lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
+    "deis3 <= 8 < unipc3": lambda n, s: ("deis3" if n <= 8 else "unipc3", "log_snr", False),
+}
+
+
+DEFAULT_RULE = "measured default: dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20"
+
+
+def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
+    logs = [math.log(cell[rule(n, s)] / min(cell.values()))
+            for n in budgets for p in problems for s in schedules
+            if (cell := cells.get((p, s, n))) and rule(n, s) in cell]
+    return math.exp(sum(logs) / len(logs)) if logs else float("nan")
+
+
+def rules_table(cells, budgets, schedules=tuple(SCHEDULES)):
+    """Each simple rule's geometric-mean error over the best configuration of each cell."""
+    low, high = [n for n in budgets if n <= 10], [n for n in budgets if n > 10]
+    print("\n## Simple rules (geometric mean of error / best configuration of each cell)\n")
+    print("| rule | choice set | held-out set | held-out, NFE <= 10 | held-out, NFE > 10 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rule in RULES.items():
+        vals = [_rule_regret(cells, rule, CHOICE, schedules, budgets)] + [
+            _rule_regret(cells, rule, HELD_OUT, schedules, b) for b in (budgets, low, high)]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+
+
 def _fmt_cfg(cfg) -> str:
     label, grid, df = cfg
     return f"{label} {grid}{' +x̂0' if df else ''}"
+
+
+def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
+    """The trained digits model (never part of the sweep): today's default call against the former
+    default (dpmpp_2m with the final denoise), both against a tight solve to t_min then x̂0."""
+    m = ds.zoo.load("digits")
+    seeds = list(range(1000, 1000 + n))
+    print("\n## The bundled digits model (trained network, not in the sweep)\n")
+    print("| NFE | default call | rms | former default | rms | ratio |")
+    print("|---:|---|---:|---|---:|---:|")
+    for nfe in budgets:
+        new = ds.sample(m, seeds=seeds, nfe=nfe)
+        old = ds.sample(m, seeds=seeds, nfe=nfe, solver="dpmpp_2m", denoise_final=True)
+        ref = ode_reference(m, old.x_init, float(old.t[0]), m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+        e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
+        label = f"{new.solver.name}{' +x̂0' if new.nfe > len(new.t) - 1 else ''}"
+        print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} |")
 
 
 def main(argv=None):
@@ -248,12 +307,17 @@ def main(argv=None):
     ap.add_argument("--nfe", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--report", action="store_true", help="only print the tables from the rows on disk")
+    ap.add_argument("--digits", action="store_true", help="also check the default on the bundled digits model")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
         run(args.problems.split(","), args.schedules.split(","), [int(n) for n in args.nfe.split(",")], args.out)
     chosen, cells, budgets = report(args.out)
     judge(cells, budgets, lambda n: chosen[n])
+    rules_table(cells, budgets)
+    judge(cells, budgets, lambda n: RULES[DEFAULT_RULE](n, None))
+    if args.digits:
+        digits_check()
 
 
 if __name__ == "__main__":

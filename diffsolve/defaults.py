@@ -3,8 +3,9 @@ r"""What :func:`diffsolve.sample` runs when the call does not say: chosen by mea
 The rule (``benchmarks/defaults_sweep.py``, ``benchmarks/defaults.md``): for a budget of N network
 evaluations on the probability-flow ODE,
 
-- **solver**: ``deis`` (DEIS / DPM-Solver in noise prediction, order 3, steps in log ρ) for
-  N ≤ 10, ``unipc:order=3`` (UniPC-3 in data prediction) above;
+- **solver**: ``dpmpp_2m:lower_order_final=false`` (DPM-Solver++(2M), its last step of order 2
+  too) for N ≤ 6; ``deis`` (DEIS / DPM-Solver in noise prediction, order 3, steps in log ρ) for
+  7 ≤ N ≤ 10; ``unipc:order=3`` (UniPC-3 in data prediction) above;
 - **grid**: ``log_snr`` (uniform in λ), whatever the schedule;
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
@@ -15,16 +16,17 @@ families (DDPM, cosine, EDM, rectified flow), among 80 configurations (ten solve
 grids × final denoise or not), by the geometric mean of each configuration's error over the best
 configuration of its cell; then judged on three problems the choice never saw (mix16, mix256,
 img256, same schedules): there its geometric-mean error ratio to the best configuration of each
-cell is 2.0 (2.0 at N ≤ 10, 2.0 above), where the former default (``dpmpp_2m``, log_snr, final
+cell is 1.8 (1.6 at N ≤ 10, 2.0 above), where the former default (``dpmpp_2m``, log_snr, final
 denoise) had 4.2 (2.7 and 6.7). A tuned grid (:func:`diffsolve.tune_steps`) does better still.
 """
 from __future__ import annotations
 
 from .solvers.base import DEFAULT_NFE
 
-__all__ = ["SMALL_BUDGET", "DENOISE_ABOVE", "default_solver", "default_denoise_final", "budget_of"]
+__all__ = ["TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "default_solver", "default_denoise_final", "budget_of"]
 
-SMALL_BUDGET = 10  # at most this many evaluations: the low-budget solver
+TINY_BUDGET = 6  # at most this many evaluations: second order to the end
+SMALL_BUDGET = 10  # at most this many evaluations: third order in noise prediction
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 
 
@@ -36,6 +38,8 @@ def budget_of(nfe: int | None, steps: int | None) -> int:
 
 def default_solver(budget: int) -> str:
     """The solver spec for ``budget`` evaluations (module docstring)."""
+    if budget <= TINY_BUDGET:
+        return "dpmpp_2m:lower_order_final=false"
     return "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
 
 

@@ -62,8 +62,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
-            measurement for the budget (:mod:`diffsolve.defaults`: ``"deis"`` up to 10 evaluations,
-            ``"unipc:order=3"`` above), or with a tuned grid the solver (and options) it was tuned for.
+            measurement for the budget (:mod:`diffsolve.defaults`: ``dpmpp_2m`` to the end in second
+            order up to 6 evaluations, ``deis`` up to 10, ``unipc`` order 3 above), or with a tuned grid
+            the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived; neither: ``nfe``

@@ -222,7 +222,7 @@ def _error(argv, capsys):
     (["--model", "digits", "--batch-size", "0"], r"expected a positive integer"),
     (["--model", "digits", "--format", "jpg"], r"invalid choice: 'jpg'"),
     (["--model", "digits", "--solver", "nope"], r"unknown solver 'nope'"),
-    (["--model", "digits", "--solver", "heun", "--nfe", "2"], r"NFE 2 is too small"),
+    (["--model", "digits", "--solver", "heun", "--nfe", "1"], r"NFE 1 is too small"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, extra, needle):
     out = tmp_path / "out"
