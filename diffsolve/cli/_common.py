@@ -102,6 +102,22 @@ def add_model_options(p):
     add_schedule_option(p)
 
 
+def add_threads_option(p):
+    p.add_argument("--threads", type=positive_int, help="CPU threads per process (default 1 on CPU unless "
+                   "OMP_NUM_THREADS is set: the batches of these commands are small, and on busy cores extra "
+                   "threads mostly wait for each other)")
+
+
+def apply_threads(args, device):
+    """``--threads``, else one thread on CPU unless ``OMP_NUM_THREADS`` says otherwise (as ``diffsolve bench``)."""
+    import torch
+
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
+    elif device is not None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def add_seeds_option(p, help, default=None):
     p.add_argument("--seeds", type=seeds, default=default, help=help)
 

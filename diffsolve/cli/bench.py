@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import (CLIError, add_device_options, add_schedule_option, add_seeds_option, check_device_dtype, check_grid,
-                      check_schedule, check_solver, csv, positive_int)
+from ._common import (CLIError, add_device_options, add_schedule_option, add_seeds_option, check_device_dtype,
+                      check_grid, check_schedule, check_solver, csv, positive_int)
 
 
 def add_parser(subparsers):

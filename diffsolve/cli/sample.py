@@ -17,6 +17,8 @@ from pathlib import Path
 from .._text import count
 from ._common import (
     CLIError,
+    add_threads_option,
+    apply_threads,
     add_device_options,
     add_model_options,
     add_nfe_option,
@@ -91,8 +93,7 @@ def add_parser(subparsers):
     g.add_argument("--num-classes", type=positive_int, help="classes for --class random (default: the network's)")
     g.add_argument("--guidance", type=nonneg_float, help="classifier-free guidance scale w with --class "
                                                          "(default 1: the conditional model)")
-    g.add_argument("--threads", type=positive_int, help="CPU threads per process (default 1 on CPU unless "
-                   "OMP_NUM_THREADS is set, as diffsolve bench: small blocks on several threads mostly wait)")
+    add_threads_option(g)
     add_device_options(s)
     s.set_defaults(run=run)
     return s
@@ -174,14 +175,9 @@ def _run_outdir(args) -> int:
         check_solver(args.solver)
     if args.grid is not None:
         check_grid(args.grid)
-    import os
-
+    apply_threads(args, device)
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
     dist = init(str(device))
     try:
         device = torch.device(dist.device)  # under torchrun with CUDA: cuda:LOCAL_RANK

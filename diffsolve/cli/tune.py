@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from .._text import count
-from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, check_device_dtype,
-                      check_grid, check_solver, check_writable, checked_denoiser, is_grid_file, positive_int,
-                      problem_from_args)
+from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, add_threads_option,
+                      apply_threads, check_device_dtype, check_grid, check_solver, check_writable, checked_denoiser,
+                      is_grid_file, positive_int, problem_from_args)
 
 DENOISE_FINAL = {"yes": True, "no": False, "auto": "auto"}
 
@@ -37,6 +37,7 @@ def add_parser(subparsers):
     tn.add_argument("--iterations", type=positive_int, default=300,
                     help="--solver learned: Adam iterations fitting the weights (default 300)")
     tn.add_argument("--out", required=True, help="output .json file")
+    add_threads_option(tn)
     add_device_options(tn)
     tn.set_defaults(run=run)
     return tn
@@ -81,6 +82,7 @@ def _tune(args, name, den, problem, device):
 def run(args) -> int:
     name = _check_args(args)
     device, _ = check_device_dtype(args)
+    apply_threads(args, device)
     out = Path(args.out)
     problem = problem_from_args(args, device)
     den = checked_denoiser(problem, device)
