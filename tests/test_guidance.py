@@ -62,7 +62,7 @@ def test_nfe_and_rows_counting():
     net = CondNet()
     cond = torch.tensor([0, 1, 1])
     den = CFGDenoiser(net, 2.5, cond, schedule=SCH, prediction="eps", time_label="t")
-    res = diffsolve.sample(den, shape=(3, D), solver="ddim", steps=7, seeds=range(3))
+    res = diffsolve.sample(den, shape=(3, D), solver="ddim", steps=7, seeds=range(3), denoise_final=True)
     assert res.nfe == 8 and den.nfe == 8       # one batched call per evaluation
     assert den.rows == 2 * 3 * 8 == net.rows    # two rows per sample per call
     # w = 1 (conditional) and w = 0 (unconditional) skip the unneeded branch

@@ -62,5 +62,6 @@ def test_loop_never_reads_the_device(schedule, prediction):
         assert out.device.type == "meta" and out.shape == SHAPE, name
         assert checks[-1] == den.nfe - nfe > 0, name
     # the public entry point too (it draws nothing for a deterministic solver given x)
-    res = ds.sample(den, torch.zeros(*SHAPE, device="meta", dtype=torch.float64), solver="dpmpp_2m", steps=6)
+    res = ds.sample(den, torch.zeros(*SHAPE, device="meta", dtype=torch.float64), solver="dpmpp_2m", steps=6,
+                    denoise_final=True)
     assert res.x.device.type == "meta" and checks[-1] == res.nfe == 7
