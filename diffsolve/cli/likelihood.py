@@ -34,9 +34,12 @@ def add_parser(subparsers):
                                                         "probes (and the exact data's seed; default 0)")
     lk.add_argument("--divergence", help="hutchinson or exact (default: the library's, hutchinson)")
     lk.add_argument("--probes", type=positive_int, help="Hutchinson probes per sample (default: the library's, 1)")
-    lk.add_argument("--fresh-probes", action="store_true",
-                    help="draw new Hutchinson probes at every network call instead of holding them fixed "
-                         "(same cost, unbiased, smaller variance; benchmarks/likelihood.md)")
+    fp = lk.add_mutually_exclusive_group()
+    fp.add_argument("--fresh-probes", dest="fresh_probes", action="store_true", default=None,
+                    help="draw new Hutchinson probes at every network call (the library's default for the "
+                         "Hutchinson estimate: same cost, unbiased, smaller variance; benchmarks/likelihood.md)")
+    fp.add_argument("--fixed-probes", dest="fresh_probes", action="store_false",
+                    help="hold each Hutchinson probe fixed along the trajectory (FFJORD's estimator)")
     lk.add_argument("--rtol", type=float, help="relative tolerance of the ODE solve (default: the library's)")
     lk.add_argument("--atol", type=float, help="absolute tolerance of the ODE solve (default: the library's)")
     lk.add_argument("--per-sample", action="store_true",
@@ -147,14 +150,15 @@ def run(args) -> int:
         n = args.n if args.data else None  # exact data are drawn n at a time
         if n is not None and n > len(data):
             raise CLIError(f"--n {n} is more than the {count(len(data), 'item')} of --data {args.data}")
-        given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol") if getattr(args, k) is not None}
+        given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol", "fresh_probes")
+                 if getattr(args, k) is not None}
         if args.per_sample:
             given["per_sample"] = True
         res = dataset_log_likelihood(
             den, data, args.out, batch_size=args.batch_size, n=n, data_range=data_range, dequantize=args.dequantize,
             levels=args.levels, seed=args.seed, resume=args.resume, dist=dist, device=device,
             model=problem.name, progress=not args.quiet, data_name=f"--data {args.data}" if args.data else "data",
-            fresh_probes=args.fresh_probes, dtype=dtype, **given)
+            dtype=dtype, **given)
     finally:
         dist.close()
     out = {"problem": problem.name, "schedule": problem.schedule_name, **res.summary}
