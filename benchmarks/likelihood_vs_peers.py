@@ -125,6 +125,8 @@ def ours_ll(gm, sch, x, tol, seed, divergence="hutchinson", **kw):
     # the time variables the recorded tables were made with: λ for a shared step, t per sample
     # (auto's choice then; auto now takes t on VP schedules in both modes, see --time-variables)
     kw.setdefault("time_variable", "t" if kw.get("per_sample") else "log_snr")
+    if divergence == "hutchinson":  # the recorded tables held the probe fixed unless a setting says fresh
+        kw.setdefault("fresh_probes", False)
     den = gm.denoiser(sch, "eps")
     r = log_likelihood(den, x, divergence=divergence, rtol=tol, atol=tol,
                        prior=lambda z: gm.log_prob(z, sch.t_max, sch),

@@ -396,6 +396,8 @@ def ll_fm(gm, sch, den, x, tol, exact=True, seed=0):
 
 def ll_ds(gm, sch, den, x, tol, opts, divergence="exact", seed=0, **extra):
     prior = lambda z: gm.log_prob(z, sch.t_max, sch)  # noqa: E731
+    if divergence == "hutchinson":  # a fixed probe, as the peers', unless the row asks for fresh ones
+        extra.setdefault("fresh_probes", False)
     r = ds.log_likelihood(den, x, divergence=divergence, rtol=tol, atol=tol, prior=prior, seeds=None,
                           **opts, **extra)
     return r.log_prob, float(r.nfe.double().mean()), int(r.nfe.max())

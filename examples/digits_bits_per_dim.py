@@ -57,7 +57,11 @@ def main(argv=None):
     p.add_argument("--rtol", type=float, default=1e-4, help="ODE tolerance (rtol = atol)")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes (with --divergence hutchinson)")
     p.add_argument("--divergence", choices=("exact", "hutchinson"), default="exact")
-    p.add_argument("--fresh-probes", action="store_true", help="new Hutchinson probes at every network call")
+    fp = p.add_mutually_exclusive_group()
+    fp.add_argument("--fresh-probes", dest="fresh_probes", action="store_true", default=None,
+                    help="new Hutchinson probes at every network call (the library's default)")
+    fp.add_argument("--fixed-probes", dest="fresh_probes", action="store_false",
+                    help="hold each Hutchinson probe fixed along the trajectory")
     p.add_argument("--compare-estimators", action="store_true",
                    help="only compare one fixed and one fresh probe with the exact divergence, image by image")
     p.add_argument("--no-shuffled", action="store_true", help="skip the shuffled-pixel reference")
