@@ -284,8 +284,9 @@ def _fmt_cfg(cfg) -> str:
 
 
 def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
-    """The trained digits model (never part of the sweep): today's default call against the former
-    default (dpmpp_2m with the final denoise), both against a tight solve to t_min then x̂0."""
+    """The trained digits model (never part of the sweep): today's default call (a float32 state for
+    this float32 network) against the former default (dpmpp_2m with the final denoise, float64
+    state), both against a tight float64 solve to t_min then x̂0 from the same start."""
     m = ds.zoo.load("digits")
     seeds = list(range(1000, 1000 + n))
     print("\n## The bundled digits model (trained network, not in the sweep)\n")
@@ -293,8 +294,9 @@ def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
     print("|---:|---|---:|---|---:|---:|")
     for nfe in budgets:
         new = ds.sample(m, seeds=seeds, nfe=nfe)
-        old = ds.sample(m, seeds=seeds, nfe=nfe, solver="dpmpp_2m", denoise_final=True)
-        ref = ode_reference(m, old.x_init, float(old.t[0]), m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+        old = ds.sample(m, seeds=seeds, nfe=nfe, solver="dpmpp_2m", denoise_final=True, dtype=F64)
+        ref = ode_reference(m, old.x_init, float(old.t[0]), m.schedule.t_min, rtol=1e-7, atol=1e-7,
+                            denoise_final=True)
         e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
         label = f"{new.solver.name}{' +x̂0' if new.nfe > len(new.t) - 1 else ''}"
         print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} |")

@@ -468,7 +468,7 @@ def print_likelihood_tables(rows):
                 r = next((r for r in rs if r["method"] == m and r["tol"] == t), None)
                 cells.append("—" if r is None else f"{r['err']:.1e} / {r['nfe']:.0f}")
             print(f"| {m} | " + " | ".join(cells) + " |")
-        print(f"\nNFE at matched error (nats/dim; log-log interpolation) and ratio flow_matching ÷ diffsolve:\n")
+        print("\nNFE at matched error (nats/dim; log-log interpolation) and ratio flow_matching ÷ diffsolve:\n")
         print("| method | " + " | ".join(f"NFE at {e:.0e}" for e in TARGETS) + " | " +
               " | ".join(f"fm ÷ this at {e:.0e}" for e in TARGETS) + " |")
         print("|---|" + "---:|" * (2 * len(TARGETS)))

@@ -60,6 +60,7 @@ import torch
 from . import sample_files as files
 from ._text import count
 from .checks import check_int, check_number
+from .defaults import default_state_dtype
 from .images import DATA_RANGE, check_data_range, to_uint8
 from .noise import parse_seeds
 from .runfiles import hold, jsonable, output_dir, write_json
@@ -186,7 +187,8 @@ class _Plan:
             "data_range": list(self.data_range) if fmt == "png" else None,
             "npz_dtype": npz_dtype if fmt == "npz" else None, "model": name,
             "class": self.class_label, "num_classes": self.num_classes, "guidance": self.guidance,
-            "sample": {"dtype": torch.float64, **{k: v for k, v in sorted(sample_kwargs.items()) if v is not None}},
+            "sample": {"dtype": default_state_dtype(denoiser),
+                       **{k: v for k, v in sorted(sample_kwargs.items()) if v is not None}},
         })
         self.settings["sample"].pop("device", None)  # a resumed run may use another device
 

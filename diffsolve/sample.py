@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
                      check_options, check_shape, check_state_dtype, check_tuned_schedule)
-from .defaults import budget_of, default_denoise_final, default_solver
+from .defaults import budget_of, default_denoise_final, default_solver, default_state_dtype
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -28,7 +28,7 @@ class SampleResult:
     """What ``sample`` returns.
 
     Attributes:
-        x: (B, *shape) final samples (float64 unless ``dtype`` says otherwise).
+        x: (B, *shape) final samples, in the state dtype (``dtype``).
         nfe: network evaluations actually made (counted at the denoiser).
         t: (n+1,) the float64 time grid used.
         trajectory: (n+1 [+1], B, *shape) states at every grid point (and after the final
@@ -50,7 +50,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
            solver=None, steps: int | None = None, nfe: int | None = None, grid=None,
            eta: float | None = None, noise: Callable | None = None, seeds=None,
            generator: torch.Generator | None = None, denoise_final: bool | None = None,
-           dtype: torch.dtype = torch.float64, device=None, trajectory: bool = False,
+           dtype: torch.dtype | None = None, device=None, trajectory: bool = False,
            solver_options: dict | None = None) -> SampleResult:
     r"""Integrate the reverse family from t[0] (noise) to t[-1] (data).
 
@@ -80,8 +80,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
             for budgets above 20 evaluations, stochastic runs and adaptive solvers (measured:
             :mod:`diffsolve.defaults`); with a tuned grid, the grid's own setting.
-        dtype: dtype of the solver state, torch.float64 (default) or torch.float32; the network runs
-            in its own dtype (``Denoiser(net_dtype=...)``), half precision included.
+        dtype: dtype of the solver state, torch.float64 or torch.float32; default float32 when the
+            network runs in float32 or half precision, float64 otherwise (measured:
+            :func:`diffsolve.defaults.default_state_dtype`). The network runs in its own dtype
+            (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
     """
@@ -95,7 +97,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         device = check_device(device)
         check_denoiser(denoiser, device)
     schedule = denoiser.schedule
-    dtype = check_state_dtype(dtype)
+    dtype = default_state_dtype(denoiser) if dtype is None else check_state_dtype(dtype)
     check_flag("trajectory", trajectory)
     check_flag("denoise_final", denoise_final, allow_none=True)
     solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,

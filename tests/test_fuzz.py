@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import diffsolve as ds
+from diffsolve.defaults import default_state_dtype
 from diffsolve.noise import NoiseSource, Seeds, parse_seeds
 
 from test_bad_inputs import (DEN, GM, RAW, TUNED_VP, VP, BoolNet, ComplexNet, IntNet, _den, _files, _Net, _tuned,
@@ -239,7 +240,7 @@ GRID_ARGS = ([None, None, "karras", [1.0, 0.5, 0.001], torch.tensor([1.0, 0.3, 0
 ETAS = ([None, 0, 0.0, 0.5, 1, 2.0, np.float64(0.5)], [-1, math.nan, math.inf, "x", True])
 SEED_ARGS = ([None, None, [0, 1], "0-1", "0-2", range(3), np.arange(2), torch.tensor([1, 2, 3]), 5],
              [[0.5, 1], [2 ** 64, 1], "x", {1, 2}, [3, 3], [True, False], "0-9000000000000000000", []])
-DTYPE_ARGS = ([torch.float64, torch.float32], [torch.bfloat16, torch.float16, torch.int64, "float64", None])
+DTYPE_ARGS = ([torch.float64, torch.float32, None], [torch.bfloat16, torch.float16, torch.int64, "float64"])
 DEVICE_ARGS = ([None, "cpu", torch.device("cpu")], ["meta", "foo", 0, "cuda", [0]])
 
 
@@ -276,7 +277,7 @@ def test_sample(seed):
     kw.update(kw.pop("size"))
     res = outcome(lambda: ds.sample(**kw))
     if isinstance(res, ds.SampleResult) and res.x.device.type != "meta":
-        assert res.x.dtype == kw["dtype"]
+        assert res.x.dtype == (kw["dtype"] or default_state_dtype(kw["denoiser"]))
         assert bool(torch.isfinite(res.x).all()), "finite inputs, a finite network, yet a non-finite sample"
 
 

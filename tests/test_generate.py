@@ -72,7 +72,7 @@ def test_png_files_are_the_8bit_images_of_sample(digits, tmp_path):
     assert len(data) == 10 and data.is_image and data.shape == (1, 8, 8)
     x = ds.sample(digits, seeds=seeds, **KW).x  # one batch of 10: the float32 network rounds otherwise
     assert (data[0:10].int() - to_uint8(x).int()).abs().max() <= 1
-    assert json.loads((tmp_path / sample_files.SETTINGS).read_text())["sample"] == {"dtype": "float64", **KW}
+    assert json.loads((tmp_path / sample_files.SETTINGS).read_text())["sample"] == {"dtype": "float32", **KW}
 
 
 def test_a_data_range_changes_the_8bit_map(digits, tmp_path):

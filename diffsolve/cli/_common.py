@@ -83,9 +83,12 @@ def seeds(text):
 
 # --- options several commands declare --------------------------------------------------------------
 def add_device_options(p, dtype_default="float64"):
+    """``--device``, ``--dtype`` (``dtype_default=None``: the library's, float32 for a float32 or half
+    network and float64 otherwise) and ``--quiet``."""
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    shown = dtype_default or "float32 for a float32 or half network, float64 otherwise"
     p.add_argument("--dtype", default=dtype_default, help="solver state dtype: float64 or float32 "
-                   f"(default {dtype_default}; the network runs in its own dtype)")
+                   f"(default {shown}; the network runs in its own dtype)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or notes on stderr")
 
 
@@ -134,6 +137,8 @@ def check_device_dtype(args):
 
     from ..checks import check_device
 
+    if args.dtype is None:  # the library's default
+        return check_device(args.device, "--device"), None
     if args.dtype not in DTYPES:
         named = getattr(torch, str(args.dtype), None)
         half = isinstance(named, torch.dtype) and named.is_floating_point and named.itemsize < 4

@@ -94,7 +94,7 @@ def add_parser(subparsers):
     g.add_argument("--guidance", type=nonneg_float, help="classifier-free guidance scale w with --class "
                                                          "(default 1: the conditional model)")
     add_threads_option(g)
-    add_device_options(s)
+    add_device_options(s, dtype_default=None)
     s.set_defaults(run=run)
     return s
 
