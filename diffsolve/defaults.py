@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import torch
 
-from .solvers.base import DEFAULT_NFE
+__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "default_solver", "default_denoise_final",
+           "budget_of", "default_state_dtype"]
 
-__all__ = ["TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "default_solver", "default_denoise_final", "budget_of",
-           "default_state_dtype"]
-
+DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
 TINY_BUDGET = 6  # at most this many evaluations: second order to the end
 SMALL_BUDGET = 10  # at most this many evaluations: third order in noise prediction
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
@@ -43,7 +42,7 @@ DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 
 def budget_of(nfe: int | None, steps: int | None) -> int:
     """The budget a call asks for: ``nfe``, else the number of steps (one evaluation each for the
-    default solvers), else :data:`~diffsolve.solvers.base.DEFAULT_NFE`."""
+    default solvers), else :data:`DEFAULT_NFE`."""
     return int(nfe) if nfe is not None else int(steps) if steps is not None else DEFAULT_NFE
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
                      check_options, check_shape, check_state_dtype, check_tuned_schedule)
-from .defaults import budget_of, default_denoise_final, default_solver, default_state_dtype
+from .defaults import budget_of, default_solver, default_state_dtype
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -130,7 +130,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
 
 def _defaults(solver, solver_options, nfe, steps, denoise_final, level):
     """The solver and the final denoise of the call: as given, else the measured defaults for its
-    budget (:mod:`diffsolve.defaults`); an adaptive solver ends with the final denoise by default."""
+    budget (:mod:`diffsolve.defaults`; the solver weighs the final denoise against its budget)."""
     if solver is None:
         if (not level.is_zero):
             from .solvers import SOLVERS
@@ -141,8 +141,7 @@ def _defaults(solver, solver_options, nfe, steps, denoise_final, level):
         solver = default_solver(budget_of(nfe, steps))  # the default solvers spend 1 evaluation per step
     solver = get_solver(solver, **(solver_options or {}))
     if denoise_final is None:
-        budget = budget_of(nfe, None if steps is None or solver.adaptive else solver.nfe(steps))
-        denoise_final = True if solver.adaptive else default_denoise_final(budget, not level.is_zero)
+        denoise_final = solver.default_denoise_final(nfe, steps, not level.is_zero)
     return solver, denoise_final
 
 

@@ -86,6 +86,10 @@ class AdaptiveSolver(Solver):
     def nfe(self, steps):
         raise TypeError(f"solver {self.name!r} is adaptive: its evaluations are not known in advance")
 
+    def default_denoise_final(self, nfe, steps, stochastic) -> bool:
+        """No budget to weigh the final denoise against: the run ends with it."""
+        return True
+
     def steps_for_nfe(self, nfe, denoise_final=False):
         raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self.sizing} "
                          f"instead of steps or nfe")

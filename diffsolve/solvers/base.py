@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..defaults import DEFAULT_NFE, budget_of, default_denoise_final
 from ..denoiser import Denoiser
 from ..grids import make_grid
 from ..noise import NoiseSource
@@ -34,7 +35,6 @@ from ..schedules import Schedule
 
 __all__ = ["Solver", "StepContext", "lincomb", "bcast", "expm1_ratio", "DEFAULT_NFE"]
 
-DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
 
 
 @dataclass
@@ -163,6 +163,11 @@ class Solver:
     def nfe(self, steps: int) -> int:
         """Network evaluations for ``steps`` steps (excluding an optional final denoise)."""
         return steps * self.nfe_per_step
+
+    def default_denoise_final(self, nfe: int | None, steps: int | None, stochastic: bool) -> bool:
+        """Whether a run that does not say ends with the final denoise: by its budget (``nfe``, else
+        the evaluations of ``steps`` steps), as measured (:func:`diffsolve.defaults.default_denoise_final`)."""
+        return default_denoise_final(budget_of(nfe, None if steps is None else self.nfe(steps)), stochastic)
 
     def steps_for_nfe(self, nfe: int, denoise_final: bool = False) -> int:
         """The largest number of steps whose cost is at most ``nfe`` evaluations, of which one goes
