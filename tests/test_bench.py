@@ -227,3 +227,28 @@ def test_model_problem_rows(tmp_path):
     (r,) = run_bench(_cfg(tmp_path, problems=["digits"], solvers=["ddim"], nfe=[10], n_samples=32))
     assert {"rms_error", "frechet_heldout", "sliced_w2_heldout"} <= set(r["metrics"])
     assert r["floors"]["frechet_heldout"] > 0 and r["schedule"] == "cosine"
+
+
+def test_default_call_rows_are_the_default_call(tmp_path, capsys):
+    # `--defaults-only` (solver "default"): each row is sample(model, nfe=N) with nothing else, and its
+    # error is measured against the exact solution ending as that call ends (with or without x̂0)
+    from diffsolve.cli import main
+
+    rows = run_bench(_cfg(tmp_path / "d", solvers=["default"], nfe=[5, 10, 30], eta=[0.0, 1.0], save_samples=True))
+    assert [r["solver"] for r in rows] == ["default"] * 3 and all(r["eta"] == 0 for r in rows)
+    p = get_problem("ring2d")
+    for r in rows:
+        x = torch.load(tmp_path / "d" / "samples" / (r["key"].replace("|", "_") + ".pt"))
+        again = diffsolve.sample(p.denoiser(), shape=(24, 2), seeds="0-23", nfe=r["nfe_budget"], dtype=torch.float64)
+        torch.testing.assert_close(x, again.x, rtol=0, atol=0)
+        assert r["nfe"] == again.nfe == r["nfe_budget"] and r["steps"] == len(again.t) - 1
+        df = again.nfe > len(again.t) - 1  # above 20 evaluations the default call ends with x̂0
+        assert df == (r["nfe_budget"] > 20)
+        ref = M.reference_solution(p.denoiser(), again.x_init, float(again.t[0]), float(again.t[-1]), tol=1e-7,
+                                   denoise_final=df, mixture=p.mixture)
+        assert r["metrics"]["rms_error"] == pytest.approx(M.rms_error(again.x, ref), rel=1e-6)
+    assert main(["bench", "--problems", "ring2d", "--defaults-only", "--nfe", "5", "--n-samples", "8", "--out",
+                 str(tmp_path / "cli"), "--no-plot", "--quiet"]) == 0
+    assert read_rows(tmp_path / "cli" / "results.jsonl")[0]["solver"] == "default"
+    assert main(["bench", "--defaults-only", "--grid", "karras", "--out", str(tmp_path / "x")]) == 2
+    assert "drop --grid" in capsys.readouterr().err

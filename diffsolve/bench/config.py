@@ -19,9 +19,12 @@ from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from .feature_metrics import FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
 
-__all__ = ["BenchConfig", "DEFAULT_SOLVERS", "DEFAULT_NFE", "DTYPES", "default_problems"]
+__all__ = ["BenchConfig", "DEFAULT_CALL", "DEFAULT_SOLVERS", "DEFAULT_NFE", "DTYPES", "default_problems"]
 
 DEFAULT_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "euler")
+# the row of the library's default call, sample(model, nfe=N) with nothing else (diffsolve.defaults):
+# its solver, grid and final denoise are the ones measured for the budget, not the run's
+DEFAULT_CALL = "default"
 DEFAULT_NFE = (5, 10, 20, 50)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # a budget no fixed-step solver finds too small: a solver that refuses it takes no fixed budgets at all
@@ -206,6 +209,7 @@ class _Item:
     nfe: int
     steps: int
     key: str = ""
+    denoise_final: bool | None = None  # the row's own (the default call's); None: the run's
 
 
 def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:
@@ -229,12 +233,12 @@ def _solver_names(cfg: BenchConfig, notes: list[str]) -> list[str]:
         if missing:
             notes.append(f"default solvers not registered (skipped): {', '.join(missing)}")
         return [s for s in DEFAULT_SOLVERS if s in SOLVERS]
-    specs = [parse_solver_spec(s) for s in cfg.solvers]
-    unknown = [n for n, _ in specs if n not in SOLVERS]
+    specs = [(s, {}) if s == DEFAULT_CALL else parse_solver_spec(s) for s in cfg.solvers]
+    unknown = [n for n, _ in specs if n not in SOLVERS and n != DEFAULT_CALL]
     if unknown:
         raise ValueError(f"unknown solver{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"valid solvers: {', '.join(sorted(SOLVERS))}")
-    names = [solver_spec(n, o) for n, o in specs]
+                         f"valid solvers: {', '.join(sorted(SOLVERS))}, or {DEFAULT_CALL!r} (the default call)")
+    names = [n if n == DEFAULT_CALL else solver_spec(n, o) for n, o in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"a solver is listed twice: {', '.join(cfg.solvers)}")
     return names
@@ -247,8 +251,30 @@ def _skip(msg: str, strict: bool, notes: list[str], strict_hint: str = ""):
     notes.append(msg + " (skipped)")
 
 
+def _default_call_items(cfg: BenchConfig, p: Problem, strict: bool, notes: list[str]) -> list[_Item]:
+    """The default call's rows on ``p``: one per budget, each with the solver and final denoise the
+    library picks for it (:mod:`diffsolve.defaults`); the probability-flow ODE only."""
+    from ..defaults import default_denoise_final, default_solver
+
+    if any(float(e) > 0 for e in cfg.eta):
+        notes.append("the default call integrates the probability-flow ODE: its rows run at eta=0 only")
+    items = []
+    for nfe in dict.fromkeys(int(n) for n in cfg.nfe):
+        df = default_denoise_final(nfe, False)
+        try:
+            steps = get_solver(default_solver(nfe)).steps_for_nfe(nfe, df)
+        except ValueError as e:
+            _skip(str(e), strict, notes, "; raise --nfe")
+            continue
+        key = _row_key(p.name, p.schedule_name, DEFAULT_CALL, 0.0, nfe)
+        items.append(_Item(p.name, DEFAULT_CALL, 0.0, nfe, steps, key, denoise_final=df))
+    return items
+
+
 def _solver_items(cfg: BenchConfig, p: Problem, name: str, strict: bool, notes: list[str]) -> list[_Item]:
     """One solver's rows on problem ``p``: every η it can run × every budget it fits."""
+    if name == DEFAULT_CALL:
+        return _default_call_items(cfg, p, strict, notes)
     solver = get_solver(name)
     try:  # a solver that chooses its own steps refuses every budget, and says how to size it instead
         solver.steps_for_nfe(_ANY_BUDGET, cfg.denoise_final)

@@ -25,10 +25,9 @@ from torch import Tensor
 from .._text import count
 from .._version import __version__
 from ..sample import sample
-from ..solvers import get_solver
 from ..tuned import load_grid
 # names that lived here before the split stay importable from here (tests, benchmarks, the CLI)
-from .config import (DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
+from .config import (DEFAULT_CALL, DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
                      _Item, _n_samples, _plan, _seed_spec, default_problems)
 from ..distributed import DistContext, init as init_distributed
 from .plot import plot_results
@@ -202,6 +201,8 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     tuned = load_grid(cfg.grid) is not None  # a tuned grid fixes the budget (checked against it.nfe in config)
     kw = dict(solver=it.solver, nfe=None if tuned else it.nfe, eta=it.eta, grid=cfg.grid, dtype=st.dtype,
               device=st.device, denoise_final=cfg.denoise_final)
+    if it.solver == DEFAULT_CALL:  # sample(model, nfe=N): the library picks solver, grid and final denoise
+        kw.update(solver=None, grid=None, denoise_final=None)
     with torch.no_grad():
         res, wall_local = _sample_row(st, it, dist, kw)
     net_local = st.timer.seconds if st.timer is not None else None
@@ -213,8 +214,9 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     x = dist.gather(res.x.to(torch.float64), st.n).cpu()
     # the error against the exact ODE solution means something only for a run that draws no noise
     # (pc's Langevin corrector and EDM churn draw noise even at eta = 0)
-    deterministic = it.eta == 0 and not get_solver(it.solver).draws_noise
-    span = (float(res.t[0]), float(res.t[-1])) if deterministic else None
+    deterministic = it.eta == 0 and not res.solver.draws_noise
+    denoised = cfg.denoise_final if it.denoise_final is None else it.denoise_final
+    span = (float(res.t[0]), float(res.t[-1]), denoised) if deterministic else None
     if span is not None:
         st.reference(*span)  # collective: every rank takes part in the gather
     if dist.is_main:

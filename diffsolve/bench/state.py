@@ -111,10 +111,10 @@ class ProblemState:
                           dtype=self.dtype)
         return float(self.sch.sigma(t_start)) * src.randn()
 
-    def reference(self, t_start: float, t_end: float) -> Tensor:
+    def reference(self, t_start: float, t_end: float, denoise_final: bool) -> Tensor:
         """The exact ODE solution from every x_T (at t_start) to t_end, then the final denoise when
-        the runs end with one (gathered on every rank; cached per time span)."""
-        span = (float(t_start), float(t_end))
+        the row ends with one (gathered on every rank; cached per span and final denoise)."""
+        span = (float(t_start), float(t_end), bool(denoise_final))
         if span not in self._ref:
             p = self.problem
             tol = self.cfg.reference_tol or p.reference_tol
@@ -127,7 +127,7 @@ class ProblemState:
             try:
                 with torch.no_grad():
                     local = attempt(self.dist, lambda: M.reference_solution(
-                        ref_den, self.x_T(span[0]), span[0], span[1], denoise_final=self.cfg.denoise_final,
+                        ref_den, self.x_T(span[0]), span[0], span[1], denoise_final=span[2],
                         tol=tol, mixture=p.mixture))
             finally:
                 if timer is not None:
@@ -164,7 +164,8 @@ class ProblemState:
 
     def metrics(self, x: Tensor, span: tuple | None) -> tuple[dict, dict, dict]:
         """(metrics, floors, intervals) of the gathered samples x (float64, CPU); ``span`` = (t_start,
-        t_end) of a deterministic run (its error against the exact ODE solution is measured), else None."""
+        t_end, denoise_final) of a deterministic run (its error against the exact ODE solution is
+        measured), else None."""
         p = self.problem
         m, f = {}, {}
         if span is not None:

@@ -20,9 +20,14 @@ def add_parser(subparsers):
                    "(default: ring2d,mix64,gauss3072 and the digits model if bundled)")
     b.add_argument("--model", action="append", default=[], help="add a model (zoo name or package.module:factory); "
                    "repeatable")
-    b.add_argument("--solvers", type=csv(str, "solver"), help="comma-separated solvers, each a name or "
-                   "name:key=value:... with its options, e.g. dpmpp_2m,unipc:order=3:variant=bh1 (default: "
-                   "ddim,dpmpp_2m,dpmpp_3m,unipc,heun,euler, those registered; options: `diffsolve list solvers`)")
+    sv = b.add_mutually_exclusive_group()
+    sv.add_argument("--solvers", type=csv(str, "solver"), help="comma-separated solvers, each a name or "
+                    "name:key=value:... with its options, e.g. dpmpp_2m,unipc:order=3:variant=bh1, or 'default' "
+                    "(the default call sample(model, nfe=N): the solver, grid and final denoise the library picks "
+                    "for the budget) (default: ddim,dpmpp_2m,dpmpp_3m,unipc,heun,euler, those registered; options: "
+                    "`diffsolve list solvers`)")
+    sv.add_argument("--defaults-only", action="store_true", help="only the default call, sample(model, nfe=N) "
+                    "with nothing else, at each budget: what a user gets without choosing (--solvers default)")
     b.add_argument("--nfe", type=csv(int, "integer"), help="comma-separated NFE budgets, final denoise "
                    "included (default 5,10,20,50)")
     b.add_argument("--eta", type=csv(float, "number"), default=[0.0],
@@ -121,8 +126,12 @@ def run(args) -> int:
     check_schedule(args.schedule)
     check_grid(args.grid)
     for s in args.solvers or ():
-        check_solver(s)
-    cfg = BenchConfig(problems=_problems(args), solvers=args.solvers, nfe=list(args.nfe or DEFAULT_NFE),
+        if s != "default":
+            check_solver(s)
+    if args.defaults_only and args.grid != "log_snr":
+        raise CLIError("--defaults-only runs the library's own grid; drop --grid")
+    solvers = ["default"] if args.defaults_only else args.solvers
+    cfg = BenchConfig(problems=_problems(args), solvers=solvers, nfe=list(args.nfe or DEFAULT_NFE),
                       eta=list(args.eta), schedule=args.schedule, grid=args.grid,
                       denoise_final=False if args.no_denoise_final else None, seeds=args.seeds,
                       n_samples=args.n_samples, device=args.device, dtype=args.dtype, out=args.out,
