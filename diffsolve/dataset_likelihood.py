@@ -66,10 +66,9 @@ from .distributed import DistContext
 from .images import (
     DATA_RANGE,
     Dataset,
-    _array_dataset,
+    as_dataset,
     check_data_range,
     from_uint8,
-    open_dataset,
 )
 from .likelihood_files import (
     ROW_FIELDS,
@@ -118,9 +117,9 @@ def _as_dataset(data, denoiser, name: str) -> Dataset:
         if data.dim() < 2 or data.shape[0] == 0 or not (data.is_floating_point() or data.dtype == torch.uint8):
             check_data(denoiser, data, name=name)  # the library's message for a bad shape or dtype
             raise TypeError(f"{name} must hold uint8 images or floating-point samples, got {data.dtype}")
-        return _array_dataset(Path(name.removeprefix("--data ")), data.detach().cpu())
+        return as_dataset(data, name.removeprefix("--data "))
     if isinstance(data, (str, os.PathLike)):
-        return open_dataset(data)
+        return as_dataset(data)
     raise TypeError(f"data must be a path, a diffsolve.images.Dataset or a tensor (N, ...), got {type(data).__name__}")
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["DATA_RANGE", "IMAGE_SUFFIXES", "to_uint8", "from_uint8", "save_png", "load_image", "Dataset",
-           "open_dataset", "check_data_range"]
+           "open_dataset", "as_dataset", "check_data_range"]
 
 DATA_RANGE = (-1.0, 1.0)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -184,6 +184,16 @@ def _shard_folder(path: Path, files: list[Path]) -> Dataset:
     ds = Dataset(path, len(index), tuple(shape), dtype == np.uint8, read)
     ds.seeds = [s for s, _, _ in index]
     return ds
+
+
+def as_dataset(data, name: str = "data") -> Dataset:
+    """``data`` as a :class:`Dataset`: a Dataset as it is, a tensor or array (N, ...) held in memory
+    (uint8 images or floating-point samples; ``name`` labels it), or a path :func:`open_dataset` reads."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (Tensor, np.ndarray)):
+        return _array_dataset(Path(name), data.detach().cpu() if isinstance(data, Tensor) else data)
+    return open_dataset(data)
 
 
 def open_dataset(path) -> Dataset:
