@@ -198,6 +198,8 @@ def as_dataset(data, name: str = "data") -> Dataset:
 
 def open_dataset(path) -> Dataset:
     """The dataset at ``path`` (module docstring); a clear error for a missing, empty or unknown source."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a dataset is a path (a folder or a .npy/.npz/.pt file), got {type(path).__name__}")
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
