@@ -204,7 +204,8 @@ def test_adaptive_solvers_sample_from_the_command_line(capsys, tmp_path):
 def test_tuned_grid_keeps_its_final_denoise(capsys, tmp_path):
     from diffsolve.bench.problems import get_problem
 
-    grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
+    grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8,
+                              denoise_final=True)
     grid.save(tmp_path / "g.json")
     code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), "--no-denoise-final",
                         "--out", str(tmp_path / "x.pt")], capsys)

@@ -31,9 +31,9 @@ def add_parser(subparsers):
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
     tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
     tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
-    tn.add_argument("--denoise-final", default="yes", choices=tuple(DENOISE_FINAL),
-                    help="end with the x̂0 evaluation (yes, default), without (no), or tune both and keep the "
-                         "better (auto)")
+    tn.add_argument("--denoise-final", choices=tuple(DENOISE_FINAL),
+                    help="end with the x̂0 evaluation (yes), without (no), or tune both and keep the better (auto; "
+                         "the default, except for --solver learned: yes)")
     tn.add_argument("--iterations", type=positive_int, default=300,
                     help="--solver learned: Adam iterations fitting the weights (default 300)")
     tn.add_argument("--out", required=True, help="output .json file")
@@ -65,7 +65,7 @@ def _tune(args, name, den, problem, device):
 
     from ..tune import tune_solver, tune_steps
 
-    denoise_final = DENOISE_FINAL[args.denoise_final]
+    denoise_final = DENOISE_FINAL[args.denoise_final or ("yes" if name == "learned" else "auto")]
     if name == "learned":
         if denoise_final == "auto":
             raise CLIError("--solver learned needs --denoise-final yes or no")
