@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ._text import count
+from ._text import StatusLine, count
 from ._version import __version__
 from .checks import check_tuning
 from .denoiser import Denoiser
@@ -26,39 +26,11 @@ from .tuned import TunedGrid
 FIXED_GRIDS = ("log_snr", "karras", "time", "quadratic")  # the starting grids tune_steps scores
 
 
-class _Progress:
-    """A tuning run's progress on stderr (``progress=``): one line updated in place on a terminal, else
-    a line at each phase and restart and every ``every`` seconds; ``None``: on only on a terminal."""
-
-    def __init__(self, on: bool | None, label: str, every: float = 10.0):
-        import sys
-
-        self.stream = sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.on = self.tty if on is None else bool(on)
-        self.label, self.every, self.t0, self.last, self.dirty = label, every, time.perf_counter(), -math.inf, False
-
-    def __call__(self, msg: str, force: bool = False):
-        now = time.perf_counter()
-        if not self.on or not (force or now - self.last >= (0.2 if self.tty else self.every)):
-            return
-        self.last, line = now, f"[{now - self.t0:6.1f}s] {self.label}: {msg}"
-        self.stream.write("\r\033[K" + line if self.tty else line + "\n")
-        self.stream.flush()
-        self.dirty = self.tty
-
-    def close(self):
-        if self.dirty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.dirty = False
-
-
 class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
 
-    progress = _Progress(False, "")  # the tuner's, set once it is made
+    progress = StatusLine(False, "")  # the tuner's, set once it is made
 
     def __init__(self, denoiser, checked: tuple, rtol, atol):
         self.shape, self.pilot_seeds, self.fresh_seeds, device = checked
@@ -222,7 +194,7 @@ def _tune_steps(denoiser: Denoiser, solver, nfe: int, checked: tuple, *, denoise
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
     pilots = _Pilots(denoiser, checked, rtol, atol)
-    pilots.progress = _Progress(progress, f"tune_steps {sol.name} nfe={nfe}")
+    pilots.progress = StatusLine(progress, f"tune_steps {sol.name} nfe={nfe}")
     search = _GridSearch(pilots, sol, denoise_final, tune_end)
     init_name, init_t, init_err, scores = search.choose_start(init, steps, nfe)
     if verbose:

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from . import sample_files as files
-from ._text import count
+from ._text import StatusLine, count
 from .checks import check_int, check_number
 from .defaults import default_state_dtype
 from .images import DATA_RANGE, check_data_range, to_uint8
@@ -247,31 +247,20 @@ class _Plan:
 
 # --- the run -------------------------------------------------------------------------------------------------
 class _Progress:
-    """``done/total samples, rate`` on stderr: one line in place on a terminal, else a line every 10 s."""
+    """``done/total samples, rate, time left`` as a :class:`~diffsolve._text.StatusLine` (the last one always)."""
 
     def __init__(self, on: bool, total: int, rank_note: str):
-        self.stream = sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.on, self.total, self.note = on, total, rank_note
-        self.t0, self.last, self.done, self.dirty = time.perf_counter(), -math.inf, 0, False
+        self.line, self.total, self.note, self.done = StatusLine(on, "sample"), total, rank_note, 0
 
     def add(self, n: int):
         self.done += n
-        now = time.perf_counter()
-        if not self.on or now - self.last < (0.5 if self.tty else 10.0) and self.done < self.total:
-            return
-        self.last, rate = now, self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else math.inf
-        line = (f"{self.done}/{self.total} samples{self.note} ({100 * self.done / max(self.total, 1):.0f}%), "
-                f"{rate:.1f}/s, {eta:.0f} s left")
-        self.stream.write("\r\033[K" + line if self.tty else line + "\n")
-        self.stream.flush()
-        self.dirty = self.tty
+        rate = self.done / max(time.perf_counter() - self.line.t0, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else math.inf
+        self.line(f"{self.done}/{self.total} samples{self.note} ({100 * self.done / max(self.total, 1):.0f}%), "
+                  f"{rate:.1f}/s, {left:.0f} s left", force=self.done >= self.total)
 
     def close(self):
-        if self.dirty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.line.close()
 
 
 def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:

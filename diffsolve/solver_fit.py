@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from ._text import count
-from ._tuning import _check, _Pilots, _Progress, _tune_steps
+from ._text import StatusLine, count
+from ._tuning import _check, _Pilots, _tune_steps
 from .checks import (
     check_flag,
     check_grid_values,
@@ -170,7 +170,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     check_flag("shifts", shifts)
     check_flag("denoise_final", denoise_final)
     pilots = _Pilots(denoiser, checked, rtol, atol)
-    pilots.progress = _Progress(progress, f"tune_solver nfe={nfe}")
+    pilots.progress = StatusLine(progress, f"tune_solver nfe={nfe}")
     n_val = max(1, round(validation * len(pilots.pilot_seeds)))
     if len(pilots.pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
