@@ -20,7 +20,7 @@ discrete VP, ε-prediction; ``cosine``: VP, ε; ``edm``: VE σ ∈ [0.002, 80], 
 
 Usage:
     python benchmarks/defaults_sweep.py                      # everything (rows appended as they finish)
-    python benchmarks/defaults_sweep.py --report --digits    # the tables from the rows on disk, + digits
+    python benchmarks/defaults_sweep.py --report --digits --peers --tune   # tables from the rows on disk, + checks
     python benchmarks/defaults_sweep.py --problems ring2d --schedules ddpm --nfe 5,10
 
 Rows go to ``benchmarks/results/defaults_sweep.jsonl`` (one per problem × schedule × configuration ×
@@ -302,6 +302,50 @@ def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
         print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} |")
 
 
+def tune_check(budgets=(5, 10)):
+    """tune_steps' bare call against its former defaults (dpmpp_2m with the final denoise) on the digits
+    model and on the held-out mix16 under DDPM (no tuning default was chosen on it): the fresh-seed
+    error of the tuned grid and the tuning time (one thread)."""
+    import time
+
+    models = {"digits": ds.zoo.load("digits"), "mix16/ddpm": _problem("mix16", "ddpm")[2]}
+    print("\n## tune_steps: the bare call against the former defaults (fresh seeds)\n")
+    print("| model | NFE | bare call | fresh rms | s | former (dpmpp_2m + x̂0) | fresh rms | s | ratio |")
+    print("|---|---:|---|---:|---:|---|---:|---:|---:|")
+    for label, m in models.items():
+        for nfe in budgets:
+            cells = []
+            for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True)):
+                t0 = time.perf_counter()
+                g = ds.tune_steps(m, nfe=nfe, progress=False, **kw)
+                cells.append((f"{g.solver}{' +x̂0' if g.denoise_final else ''}", g.fresh_error,
+                              time.perf_counter() - t0))
+            print(f"| {label} | {nfe} | " + " | ".join(f"{a} | {b:.3g} | {c:.0f}" for a, b, c in cells)
+                  + f" | {cells[0][1] / cells[1][1]:.2f} |")
+
+
+def peers_check(budgets=(5, 10, 20)):
+    """The default call against the best peer configuration of benchmarks/quality.md, where the start
+    points are the same (ring and mix64 under DDPM: the peers' batch and seed)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cells = _table(_load(OUT))
+    rule = RULES[DEFAULT_RULE]
+    print("\n## The default call against the best peer configuration (benchmarks/quality.md's rows)\n")
+    print("| problem | NFE | default call | rms | best peer | rms | default / peer |")
+    print("|---|---:|---|---:|---|---:|---:|")
+    for peer_name, name in (("ring", "ring2d"), ("mix64", "mix64")):
+        path = os.path.join(here, "results", f"peers_quality_{peer_name}.jsonl")
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        for n in budgets:
+            cand = [r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
+                    and r.get("rms")]
+            best = min(cand, key=lambda r: r["rms"])
+            cfg = rule(n, "ddpm")
+            v = cells[(name, "ddpm", n)][cfg]
+            print(f"| {name} | {n} | {_fmt_cfg(cfg)} | {v:.3g} | {best['config'][:60]} | {best['rms']:.3g} | "
+                  f"{v / best['rms']:.2f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problems", default=",".join(CHOICE + HELD_OUT))
@@ -310,6 +354,8 @@ def main(argv=None):
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--report", action="store_true", help="only print the tables from the rows on disk")
     ap.add_argument("--digits", action="store_true", help="also check the default on the bundled digits model")
+    ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
+    ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
@@ -320,6 +366,10 @@ def main(argv=None):
     judge(cells, budgets, lambda n: RULES[DEFAULT_RULE](n, None))
     if args.digits:
         digits_check()
+    if args.peers:
+        peers_check()
+    if args.tune:
+        tune_check()
 
 
 if __name__ == "__main__":
