@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..features import (FeatureReference, FeatureStats, ball_hits, bootstrap_interval, features_from, kid,
-                        precision_recall)
+from ..features import FeatureReference, FeatureStats, ball_hits, bootstrap_interval, features_from, kid
 from ..images import DATA_RANGE, check_data_range
 from .problems import EXACT_SEED_FLOOR, EXACT_SEED_TARGET, Problem
 
@@ -181,8 +180,8 @@ def _measure(s: FeatureSettings, ref: FeatureReference, feats: Tensor, bootstrap
         inside = (ball_hits(ref.features, feats, k=_K_PRECISION)[0] > 0).double().cpu().numpy()
         counts, covered = ball_hits(ref.features, feats, k=_K_DENSITY)
         counts = counts.double().cpu().numpy()
-        # recall: the reference rows inside the generated rows' balls, i.e. precision with the roles swapped
-        recall = precision_recall(feats, ref.features, k=_K_PRECISION).precision
+        # recall: the reference rows inside the generated rows' balls (the roles of ball_hits swapped)
+        recall = float((ball_hits(feats, ref.features, k=_K_PRECISION)[0] > 0).double().mean())
         metrics.update(precision=float(inside.mean()), recall=recall, density=float(counts.mean()) / _K_DENSITY,
                        coverage=float(covered.double().mean()))
         interval("precision", np.mean, inside)
