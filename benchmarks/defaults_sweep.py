@@ -215,16 +215,19 @@ def report(path: str, schedules=tuple(SCHEDULES)):
 
 
 def judge(cells, budgets, rule, schedules=tuple(SCHEDULES)):
-    """The rule's configuration on the held-out set: error / best configuration and / current default."""
+    """The rule's configuration (``rule(n, schedule)``) on the held-out set: error / best configuration
+    and / current default."""
     print("\n## The rule judged on the held-out set (error / best configuration of the cell; / current default)\n")
     print("| NFE | configuration | " + " | ".join(f"{p}/{s}" for p in HELD_OUT for s in schedules) + " | geo-mean |")
     print("|---:|---|" + "---:|" * (len(HELD_OUT) * len(schedules) + 1))
     for n in budgets:
-        cfg = rule(n)
+        by_schedule = {s: rule(n, s) for s in schedules}
+        common = max(by_schedule.values(), key=list(by_schedule.values()).count)
+        label = "; ".join([_fmt_cfg(common)] + [f"{s}: {_fmt_cfg(c)}" for s, c in by_schedule.items() if c != common])
         vals, logs = [], []
         for p in HELD_OUT:
             for s in schedules:
-                cell = cells.get((p, s, n), {})
+                cfg, cell = by_schedule[s], cells.get((p, s, n), {})
                 if cfg not in cell:
                     vals.append("-")
                     continue
@@ -233,7 +236,7 @@ def judge(cells, budgets, rule, schedules=tuple(SCHEDULES)):
                 logs.append(math.log(r))
                 vals.append(f"{r:.2f}" + (f" ({cell[cfg] / cur:.2f})" if cur else ""))
         g = math.exp(sum(logs) / len(logs)) if logs else float("nan")
-        print(f"| {n} | {_fmt_cfg(cfg)} | " + " | ".join(vals) + f" | {g:.2f} |")
+        print(f"| {n} | {label} | " + " | ".join(vals) + f" | {g:.2f} |")
 
 
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
@@ -250,13 +253,16 @@ RULES = {
     "unipc <= 10 < unipc3": lambda n, s: ("unipc" if n <= 10 else "unipc3", "log_snr", False),
     "unipc_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("unipc_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
-    "measured default: dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
+    "dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
+    "measured default: the same, EDM deis3 karras +x̂0 for 7-20": lambda n, s: ("deis3", "karras", True)
+        if s == "edm" and 6 < n <= 20 else ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3",
+                                             "log_snr", n > 20),
     "deis3 <= 8 < unipc3": lambda n, s: ("deis3" if n <= 8 else "unipc3", "log_snr", False),
 }
 
 
-DEFAULT_RULE = "measured default: dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20"
+DEFAULT_RULE = "measured default: the same, EDM deis3 karras +x̂0 for 7-20"
 
 
 def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
@@ -300,6 +306,41 @@ def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
         e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
         label = f"{new.solver.name}{' +x̂0' if new.nfe > len(new.t) - 1 else ''}"
         print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} |")
+
+
+FRESH = {  # problems no default was chosen or judged on, for --fresh
+    "ring5": (lambda: ds.GaussianMixture.ring(n_modes=5, radius=3.0, std=0.2), 512),
+    "mix32": (lambda: ds.GaussianMixture.random(d=32, n_modes=4, seed=99), 256),
+    "img64": (lambda: ds.GaussianMixture.image_gaussian((1, 8, 8), exponent=2.5, seed=7), 256),
+}
+
+
+def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
+    """The bare call ``ds.sample(den, x, nfe=N)`` on an EDM schedule against the same budget under
+    the rule without the EDM exception (deis ≤ 10 < unipc order 3, log_snr, no final denoise), on
+    three problems that neither chose nor judged the rule, from fresh start points."""
+    print(f"\n## Fresh problems under {schedule}: the default call against the rule without the EDM exception\n")
+    print("| problem | NFE | default call | rms | without the exception | rms | ratio |")
+    print("|---|---:|---|---:|---|---:|---:|")
+    logs = []
+    for name, (make, batch) in FRESH.items():
+        gm = make()
+        sch = ds.make_schedule(schedule)
+        den = gm.denoiser(sch, SCHEDULES[schedule])
+        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+        ref = _reference(gm, sch, z, sch.t_max)
+        for n in budgets:
+            with torch.no_grad():
+                new = ds.sample(den, x, nfe=n)
+                plain = "deis" if n <= 10 else "unipc:order=3"
+                old = ds.sample(den, x, nfe=n, solver=plain, grid="log_snr", denoise_final=n > 20)
+            e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
+            logs.append(math.log(e_new / e_old))
+            label = f"{new.solver.name} {'karras' if new.nfe > len(new.t) - 1 else 'log_snr'}"
+            print(f"| {name} | {n} | {label}{' +x̂0' if new.nfe > len(new.t) - 1 else ''} | {e_new:.3g} | "
+                  f"{plain} log_snr | {e_old:.3g} | {e_new / e_old:.2f} |")
+    print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
 
 
 def tune_check(budgets=(5, 10)):
@@ -356,20 +397,23 @@ def main(argv=None):
     ap.add_argument("--digits", action="store_true", help="also check the default on the bundled digits model")
     ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
+    ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
         run(args.problems.split(","), args.schedules.split(","), [int(n) for n in args.nfe.split(",")], args.out)
     chosen, cells, budgets = report(args.out)
-    judge(cells, budgets, lambda n: chosen[n])
+    judge(cells, budgets, lambda n, s: chosen[n])
     rules_table(cells, budgets)
-    judge(cells, budgets, lambda n: RULES[DEFAULT_RULE](n, None))
+    judge(cells, budgets, RULES[DEFAULT_RULE])
     if args.digits:
         digits_check()
     if args.peers:
         peers_check()
     if args.tune:
         tune_check()
+    if args.fresh:
+        fresh_check()
 
 
 if __name__ == "__main__":

@@ -6,10 +6,17 @@ evaluations on the probability-flow ODE,
 - **solver**: ``dpmpp_2m:lower_order_final=false`` (DPM-Solver++(2M), its last step of order 2
   too) for N ≤ 6; ``deis`` (DEIS / DPM-Solver in noise prediction, order 3, steps in log ρ) for
   7 ≤ N ≤ 10; ``unipc:order=3`` (UniPC-3 in data prediction) above;
-- **grid**: ``log_snr`` (uniform in λ), whatever the schedule;
+- **grid**: ``log_snr`` (uniform in λ);
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
-  also removes the noise of the last step.
+  also removes the noise of the last step;
+- **one exception by schedule family**: on an :class:`~diffsolve.schedules.EDMSchedule` (EDM and
+  k-diffusion denoisers, σ-parametrised) with 7 ≤ N ≤ 20, ``deis`` on EDM's own grid (``karras``,
+  ρ = 7) with the final denoise. That family's held-out error over the best configuration of each
+  cell falls from 2.2 to 1.2 over 8–20 evaluations (on the choice set from 2.6 to 1.6). The other
+  families keep the rule above: a DDPM-type schedule built from a diffusers β table does not say
+  which VP family it belongs to, and the flow family's gains rest on a Karras grid in σ/α up to
+  999 that SD3/FLUX ranges (α → 0) would stretch (``benchmarks/defaults.md``, "The EDM exception").
 
 - **state dtype**: float32 when the network runs in float32 or half precision (a trained network),
   float64 otherwise (exact models, float64 networks). Measured in ``benchmarks/cost.md``: from 5 to
@@ -24,15 +31,19 @@ families (DDPM, cosine, EDM, rectified flow), among 80 configurations (ten solve
 grids × final denoise or not), by the geometric mean of each configuration's error over the best
 configuration of its cell; then judged on three problems the choice never saw (mix16, mix256,
 img256, same schedules): there its geometric-mean error ratio to the best configuration of each
-cell is 1.8 (1.6 at N ≤ 10, 2.0 above), where the former default (``dpmpp_2m``, log_snr, final
+cell is 1.7 (1.5 at N ≤ 10, 1.85 above), where the former default (``dpmpp_2m``, log_snr, final
 denoise) had 4.2 (2.7 and 6.7). A tuned grid (:func:`diffsolve.tune_steps`) does better still.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "default_solver", "default_denoise_final",
-           "budget_of", "default_state_dtype"]
+from .schedules import EDMSchedule
+
+__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "DefaultRun", "default_run",
+           "default_denoise_final", "budget_of", "default_state_dtype"]
 
 DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
 TINY_BUDGET = 6  # at most this many evaluations: second order to the end
@@ -46,11 +57,24 @@ def budget_of(nfe: int | None, steps: int | None) -> int:
     return int(nfe) if nfe is not None else int(steps) if steps is not None else DEFAULT_NFE
 
 
-def default_solver(budget: int) -> str:
-    """The solver spec for ``budget`` evaluations (module docstring)."""
+class DefaultRun(NamedTuple):
+    """What a call that names no solver runs: the solver spec, the grid kind and the final denoise."""
+
+    solver: str
+    grid: str
+    denoise_final: bool
+
+
+def default_run(budget: int, schedule=None) -> DefaultRun:
+    """The configuration for ``budget`` evaluations of the probability-flow ODE on ``schedule``
+    (module docstring; ``schedule=None`` gives the rule of every family but EDM's)."""
+    if isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE:
+        return DefaultRun("deis", "karras", True)
     if budget <= TINY_BUDGET:
-        return "dpmpp_2m:lower_order_final=false"
-    return "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
+        solver = "dpmpp_2m:lower_order_final=false"
+    else:
+        solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
+    return DefaultRun(solver, "log_snr", default_denoise_final(budget, False))
 
 
 def default_denoise_final(budget: int, stochastic: bool) -> bool:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
                      check_options, check_shape, check_state_dtype, check_tuned_schedule)
-from .defaults import budget_of, default_solver, default_state_dtype
+from .defaults import budget_of, default_run, default_state_dtype
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -62,24 +62,27 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
-            measurement for the budget (:mod:`diffsolve.defaults`: ``dpmpp_2m`` to the end in second
-            order up to 6 evaluations, ``deis`` up to 10, ``unipc`` order 3 above), or with a tuned grid
-            the solver (and options) it was tuned for.
+            measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
+            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 10, ``unipc``
+            order 3 above; on an EDM schedule ``deis`` on the ``karras`` grid with the final denoise
+            from 7 to 20), or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived; neither: ``nfe``
             = :data:`DEFAULT_NFE` (20) for a fixed-step solver. A tuned grid fixes the times, the
             budget and ``denoise_final``: a budget, a number of steps or a ``denoise_final``
             other than the grid's beside it is refused.
-        grid: a grid kind (see :mod:`diffsolve.grids`; default ``"log_snr"``) or an explicit decreasing
+        grid: a grid kind (see :mod:`diffsolve.grids`; default ``"log_snr"``, or the default run's grid
+            when no solver is given) or an explicit decreasing
             array of times. An adaptive solver chooses its own steps: an array gives it only the start
             and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
-            for budgets above 20 evaluations, stochastic runs and adaptive solvers (measured:
-            :mod:`diffsolve.defaults`); with a tuned grid, the grid's own setting.
+            for budgets above 20 evaluations, stochastic runs and adaptive solvers, and as the
+            default run says when no solver is given (measured: :mod:`diffsolve.defaults`); with a
+            tuned grid, the grid's own setting.
         dtype: dtype of the solver state, torch.float64 or torch.float32; default float32 when the
             network runs in float32 or half precision, float64 otherwise (measured:
             :func:`diffsolve.defaults.default_state_dtype`). The network runs in its own dtype
@@ -104,7 +107,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                                                                          nfe, denoise_final)
     _check_sizes(steps, nfe, grid, solver_options, eta)
     level = NoiseLevel(schedule, eta=eta, noise=noise)
-    solver, denoise_final = _defaults(solver, solver_options, nfe, steps, denoise_final, level)
+    solver, grid, denoise_final = _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level)
     t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final)
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
@@ -128,9 +131,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
                         trajectory=torch.stack(traj) if traj is not None else None, info=info)
 
 
-def _defaults(solver, solver_options, nfe, steps, denoise_final, level):
-    """The solver and the final denoise of the call: as given, else the measured defaults for its
-    budget (:mod:`diffsolve.defaults`; the solver weighs the final denoise against its budget)."""
+def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level):
+    """The solver, grid and final denoise of the call: as given, else the measured defaults for its
+    budget and schedule (:mod:`diffsolve.defaults`); a solver given by name weighs the final denoise
+    against its budget itself and steps on ``log_snr`` unless the call names a grid."""
     if solver is None:
         if (not level.is_zero):
             from .solvers import SOLVERS
@@ -138,11 +142,14 @@ def _defaults(solver, solver_options, nfe, steps, denoise_final, level):
             raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
                              "integrate the probability-flow ODE; pick one: "
                              + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
-        solver = default_solver(budget_of(nfe, steps))  # the default solvers spend 1 evaluation per step
+        run = default_run(budget_of(nfe, steps), schedule)  # the default solvers spend 1 evaluation per step
+        solver = run.solver
+        grid = run.grid if grid is None else grid
+        denoise_final = run.denoise_final if denoise_final is None else denoise_final
     solver = get_solver(solver, **(solver_options or {}))
     if denoise_final is None:
         denoise_final = solver.default_denoise_final(nfe, steps, not level.is_zero)
-    return solver, denoise_final
+    return solver, grid, denoise_final
 
 
 def _check_sizes(steps, nfe, grid, solver_options, eta):
@@ -191,7 +198,8 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
             raise ValueError(f"the tuned grid given as {name}= fixes the times and the budget "
                              f"({tuned.nfe} evaluations for {tuned.solver!r}); drop {', '.join(given)}")
         if denoise_final not in (None, tuned.denoise_final):
-            raise ValueError(f"the tuned grid given as {name}= was tuned {'with' if tuned.denoise_final else 'without'} "
+            was = "with" if tuned.denoise_final else "without"
+            raise ValueError(f"the tuned grid given as {name}= was tuned {was} "
                              f"the final denoise; drop denoise_final={denoise_final} (or tune a grid "
                              f"{'without' if tuned.denoise_final else 'with'} it)")
         if solver in (None, tuned.solver) and solver_options is None:  # the solver it was tuned for

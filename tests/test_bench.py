@@ -252,3 +252,10 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
     assert read_rows(tmp_path / "cli" / "results.jsonl")[0]["solver"] == "default"
     assert main(["bench", "--defaults-only", "--grid", "karras", "--out", str(tmp_path / "x")]) == 2
     assert "drop --grid" in capsys.readouterr().err
+    # on an EDM schedule the default run has its own grid and final denoise (diffsolve.defaults.default_run)
+    (r,) = run_bench(_cfg(tmp_path / "e", solvers=["default"], nfe=[10], schedule="edm", save_samples=True))
+    again = diffsolve.sample(get_problem("ring2d", schedule="edm").denoiser(), shape=(24, 2), seeds="0-23", nfe=10,
+                             dtype=torch.float64)
+    x = torch.load(tmp_path / "e" / "samples" / (r["key"].replace("|", "_") + ".pt"))
+    torch.testing.assert_close(x, again.x, rtol=0, atol=0)
+    assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 9

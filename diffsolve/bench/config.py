@@ -254,15 +254,16 @@ def _skip(msg: str, strict: bool, notes: list[str], strict_hint: str = ""):
 def _default_call_items(cfg: BenchConfig, p: Problem, strict: bool, notes: list[str]) -> list[_Item]:
     """The default call's rows on ``p``: one per budget, each with the solver and final denoise the
     library picks for it (:mod:`diffsolve.defaults`); the probability-flow ODE only."""
-    from ..defaults import default_denoise_final, default_solver
+    from ..defaults import default_run
 
     if any(float(e) > 0 for e in cfg.eta):
         notes.append("the default call integrates the probability-flow ODE: its rows run at eta=0 only")
     items = []
     for nfe in dict.fromkeys(int(n) for n in cfg.nfe):
-        df = default_denoise_final(nfe, False)
+        run = default_run(nfe, p.schedule)
+        df = run.denoise_final
         try:
-            steps = get_solver(default_solver(nfe)).steps_for_nfe(nfe, df)
+            steps = get_solver(run.solver).steps_for_nfe(nfe, df)
         except ValueError as e:
             _skip(str(e), strict, notes, "; raise --nfe")
             continue
