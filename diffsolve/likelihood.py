@@ -20,7 +20,8 @@ only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_s
 
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
-t on variance-preserving schedules (α² + σ² = 1: VP, cosine, DDPM) and λ otherwise: the fewest NFE
+t on continuous variance-preserving schedules (α² + σ² = 1: VP, cosine) and λ otherwise, DDPM
+tables included (their dλ/dt jumps at every timestep; :mod:`diffsolve.ode`): the fewest NFE
 at equal accuracy on the analytic mixtures in 2 and 64 dimensions, shared and per-sample steps
 (benchmarks/likelihood.md: on VP, t needs 0.73–0.91× λ's NFE; on a flow schedule t needs about
 twice λ's; on VE, t is λ up to an affine map). With per-row error control at loose tolerances

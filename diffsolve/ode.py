@@ -11,15 +11,24 @@ time variables (``time_variable``):
     ``"t"``                 u = t,          c = 1:   dx/dt = f_t x − σ_t λ'_t ε̂          (docs/math.md (8.2))
     ``"log_snr"``           u = λ,          c = 1:   dx/dλ = (f_t/λ'_t) x − σ_t ε̂        (docs/math.md (9.3))
     ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates, (9.5))
-    ``"auto"``              ``t`` on a variance-preserving schedule (α² + σ² = 1: VP, cosine,
-                            DDPM), ``log_snr`` otherwise
+    ``"auto"``              ``t`` on a continuous variance-preserving schedule (α² + σ² = 1: VP,
+                            cosine), ``log_snr`` otherwise (DDPM tables included)
 
 ``"auto"`` is the default everywhere (sampling, the reference solve, encode/decode, the
 likelihood): it needed the fewest evaluations at equal accuracy in both measurements, sampling
 (``benchmarks/adaptive_time_variable.py``: on VP ``t`` ties λ on a 2-D ring, 74/113 against 74/112
 evaluations at errors 1e-3/1e-4, and beats it on a 64-D mixture, 75/101 against 96/123; on EDM λ
 needs 85–89/128–131 and ``t`` 133/168–201) and the likelihood (``benchmarks/likelihood.md``). On VE,
-t is λ up to an affine map; on a flow schedule t needs about twice λ's evaluations.
+t is λ up to an affine map; on a flow schedule t needs about twice λ's evaluations. A
+:class:`~diffsolve.schedules.DDPMSchedule` interpolates log α piecewise-linearly in t between its
+table's timesteps, so dλ/dt jumps at every timestep: in raw t the right-hand side has a kink
+every 1/N that the embedded error estimate does not see, and the error stops following the
+tolerance (``benchmarks/adaptive_time_variable.py --ddpm``: on the DDPM ring, rtol 1e-5 / 1e-6
+leave 1.4e-3 / 1.3e-3 worst-sample error after 128 / 740 calls in t, 4.9e-4 / 1.2e-4 after
+128 / 188 in λ; the exact-divergence likelihood at rtol 1e-4 / 1e-5 needs 224 / 710 NFE for 1.2e-3
+/ 1.7e-3 nats/dim in t, 104 / 158 for 6.0e-5 / 2.8e-5 in λ). In λ the coefficients are functions of
+λ alone and the kinks reach only the network's time label. Only at a loose 1e-3 does t do better
+there (sampling: worst sample 4.5e-3 against λ's 7.8e-2 at 56 calls each).
 
 :meth:`ProbabilityFlowODE.solve` is the one place the ODE meets the Runge–Kutta engine
 (:func:`diffsolve.rk.rk_solve`): adaptive sampling, reference solves, encode/decode and the
@@ -41,6 +50,7 @@ from .denoiser import Denoiser
 from .processes import ReverseSDE, bcast_time
 from .rk import check_settings as _check_rk
 from .rk import rk_solve
+from .schedules import DDPMSchedule
 
 __all__ = ["ProbabilityFlowODE", "PFODE", "ODESolution", "TIME_VARIABLES", "check_settings", "resolve_time_variable",
            "encode", "decode", "round_trip", "RoundTrip"]
@@ -59,7 +69,7 @@ def variance_preserving(schedule) -> bool:
 def resolve_time_variable(name: str, schedule) -> str:
     """A name of :data:`TIME_VARIABLES`, with ``"auto"`` resolved for ``schedule`` (module docstring)."""
     if name == "auto":
-        return "t" if variance_preserving(schedule) else "log_snr"
+        return "t" if variance_preserving(schedule) and not isinstance(schedule, DDPMSchedule) else "log_snr"
     if name not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
     return name

@@ -69,10 +69,11 @@ def test_time_variables_and_fixed_steps():
 
 @pytest.mark.parametrize("schedule,per_sample,want", [("vp", True, "t"), ("cosine", True, "t"), ("vp", False, "t"),
                                                       ("flow", True, "log_snr"), ("flow", False, "log_snr"),
-                                                      ("ve", True, "log_snr"), ("subvp", False, "log_snr")])
+                                                      ("ve", True, "log_snr"), ("subvp", False, "log_snr"),
+                                                      ("ddpm", True, "log_snr"), ("ddpm", False, "log_snr")])
 def test_auto_time_variable(schedule, per_sample, want):
-    """auto: raw t on a variance-preserving schedule, λ otherwise (the measured choices,
-    benchmarks/likelihood.md)."""
+    """auto: raw t on a continuous variance-preserving schedule, λ otherwise, DDPM tables included
+    (the measured choices, benchmarks/likelihood.md, diffsolve/ode.py)."""
     sch = make_schedule(schedule)
     x = RING.sample(2, generator=torch.Generator().manual_seed(0))
     r = log_likelihood(RING.denoiser(sch, "eps"), x, divergence="exact", per_sample=per_sample, rtol=1e-3, atol=1e-3)
