@@ -14,14 +14,20 @@ the mean one. A second table compares shared and per-sample control (row evaluat
 
 Result (--batch 8), NFE for max error 1e-3 / 1e-4:
 
-    problem            t          log_snr    sigma_over_alpha
-    ring-2d/vp         74 / 113   74 / 112   224 / 270
-    mixture-64d/vp     75 / 101   96 / 123   153 / 186
-    ring-2d/edm       133 / 201   89 / 128   133 / 201
-    mixture-64d/edm   133 / 168   85 / 131   133 / 168
+    problem              t          log_snr    sigma_over_alpha
+    ring-2d/vp           74 / 113   74 / 112   224 / 270
+    mixture-64d/vp       75 / 101   96 / 123   153 / 186
+    ring-2d/edm         133 / 201   89 / 128   133 / 201
+    mixture-64d/edm     133 / 168   85 / 131   133 / 168
+    ring-2d/cosine       68 / 104   77 / 100   197 / 218
+    mixture-64d/cosine   55 / 73    88 / 133   159 / 189
+    ring-2d/flow         55 / 72    79 / 104   180 / 315
+    mixture-64d/flow     38 / 64    84 / 112   174 / 283
 
-Conclusion: integrate in λ = log_snr (the default): best or tied on 3 of 4 problems, ~35 % fewer
-evaluations than t on EDM, 20 % more than t on the VP 64-d mixture. σ/α costs 2–3x on VP
+(cosine and flow rows added 2026-12-06, ``--schedules cosine,flow --skip-per-sample``.)
+
+Conclusion (``time_variable="auto"``): raw t on VP, cosine and flow, where it ties λ or needs
+0.5–0.9× its evaluations; λ on EDM, ~35 % fewer evaluations than t. σ/α costs 2–3x on VP
 (rejected steps: the step must shrink geometrically in s) and equals t on EDM (s = t). Per-sample
 control spends 0–20 % fewer row evaluations (VP up to 20 %, EDM ~0) than shared control at equal
 tolerance with about the same number of calls; errors are mixed (larger at loose, smaller at tight
@@ -40,12 +46,13 @@ from diffsolve.reference import ode_reference
 from diffsolve.ode import TIME_VARIABLES, ProbabilityFlowODE
 
 
-def problems(batch):
+def problems(batch, schedules=("vp", "edm", "cosine", "flow")):
     g = torch.Generator().manual_seed(1)
     out = []
-    for sched in ("vp", "edm"):
+    for sched in schedules:
         sch = make_schedule(sched)
-        for name, gm in (("ring-2d", GaussianMixture.ring()), ("mixture-64d", GaussianMixture.random(d=64, n_modes=8, seed=0))):
+        for name, gm in (("ring-2d", GaussianMixture.ring()),
+                         ("mixture-64d", GaussianMixture.random(d=64, n_modes=8, seed=0))):
             x = float(sch.sigma(sch.t_max)) * torch.randn(batch, gm.d, generator=g, dtype=torch.float64)
             out.append((f"{name}/{sched}", gm.denoiser(sch, "eps"), sch, x))
     return out
@@ -113,6 +120,7 @@ def main():
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--skip-per-sample", action="store_true")
     ap.add_argument("--ddpm", action="store_true", help="only the DDPM-table comparison of t and λ (~2 min)")
+    ap.add_argument("--schedules", default="vp,edm,cosine,flow")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.ddpm:
@@ -125,7 +133,7 @@ def main():
     rows = []
     print(f"dopri5, shared control, batch {batch}; error = per-sample RMS vs reference (max / mean)")
     print(f"{'problem':18s} {'tol':>7s} " + " ".join(f"{v + ' nfe':>22s} {'max err':>9s} {'mean err':>9s}" for v in TIME_VARIABLES))
-    probs = problems(batch)
+    probs = problems(batch, args.schedules.split(","))
     for name, den, sch, x in probs:
         ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
         for tol in tols:

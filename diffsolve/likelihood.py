@@ -6,9 +6,15 @@ Along a trajectory of the probability-flow ODE dx/dt = F_t(x) = f_t x − ½ g_t
     log p_{t0}(x_{t0}) = log p_T(x_T) + ∫_{t0}^{T} ∇·F_t(x_t) dt                    (docs/math.md (5.2))
     ∇·F_t = f_t d − ½ g_t² ∇·ŝ = f_t d − σ_t λ'_t ∇·ε̂                               (docs/math.md (5.3))
 
-using ∇·ŝ = −∇·ε̂/σ and g² = −2σ²λ' (docs/math.md (1.3)). The term f_t d does not depend on x, so it is
-integrated in closed form, ∫ f_t d dt = d (log α_T − log α_{t0}); only the network term goes
-through the ODE solver.
+using ∇·ŝ = −∇·ε̂/σ and g² = −2σ²λ' (docs/math.md (1.3)). The whole divergence (5.3) goes through the
+ODE solver, the term f_t d with the network term. f_t d does not depend on x and has the closed
+form ∫ f_t d dt = d (log α_T − log α_{t0}), but where α_t → 0 (cosine, flow: t → 1) f_t and
+σ_t λ'_t ∇·ε̂ each grow like 1/α_t and only their sum stays bounded (∇·ε̂ → d there). Integrating the
+network term alone in raw t cost 1.6–2.8× the NFE at the same tolerance, with 4–50× the error
+(``python benchmarks/likelihood_split.py``: 2-D ring and 16-D mixture, rtol 1e-3 … 1e-5; ring on
+flow 146–254 NFE against 68–134), which is what made raw t look slow on flow schedules; with the
+sum, raw t is the cheapest variable there. On VP and EDM the two forms agree to within one or two
+steps, and in λ they are within ±15 % of each other either way.
 
 **Time variable and state.** Any monotone change of time u = u(t) leaves (5.2) exact and changes
 only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_snr`` (λ), ``sigma_over_alpha``
@@ -16,15 +22,14 @@ only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_s
 ``sigma_over_alpha`` (:data:`TIME_VARIABLES`; the scalings were chosen by measurement):
 
     dy/du = [(f_t − c'_t/c_t) y − (σ_t λ'_t / c_t) ε̂(c_t y, t)] dt/du
-    dΔ/du = −σ_t λ'_t ∇_x·ε̂(x, t) dt/du
+    dΔ/du = [f_t d − σ_t λ'_t ∇_x·ε̂(x, t)] dt/du,      log p_{t0}(x) = log p_T(z) + Δ
 
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
-t on continuous variance-preserving schedules (α² + σ² = 1: VP, cosine) and λ otherwise, DDPM
-tables included (their dλ/dt jumps at every timestep; :mod:`diffsolve.ode`): the fewest NFE
-at equal accuracy on the analytic mixtures in 2 and 64 dimensions, shared and per-sample steps
-(benchmarks/likelihood.md: on VP, t needs 0.73–0.91× λ's NFE; on a flow schedule t needs about
-twice λ's; on VE, t is λ up to an affine map). With per-row error control at loose tolerances
+t on continuous variance-preserving schedules (α² + σ² = 1: VP, cosine) and on flow schedules, and
+λ otherwise, DDPM tables included (their dλ/dt jumps at every timestep; :mod:`diffsolve.ode`): the
+fewest NFE at equal accuracy on the analytic mixtures in 2 and 64 dimensions
+(benchmarks/likelihood.md; on VE, t is λ up to an affine map). With per-row error control at loose tolerances
 (1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
 error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
 there, at more NFE.
@@ -329,20 +334,18 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
                 method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=sol.time_variable,
                 fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=sol.row_evals,
                 accepted=sol.accepted, rejected=sol.rejected, norm=norm)
-    return _result(sol, x, t_end, sch, prior, deq, exact, info)
+    return _result(sol, x, sch, prior, deq, exact, info)
 
 
-def _result(sol, x: Tensor, t_end: float, sch, prior, deq, exact: bool, info: dict) -> LikelihoodResult:
-    """log p_{t_end}(x) = log p_T(z) + d (log α_T − log α_{t_end}) + Δ (module docstring)."""
+def _result(sol, x: Tensor, sch, prior, deq, exact: bool, info: dict) -> LikelihoodResult:
+    """log p_{t_end}(x) = log p_T(z) + Δ (module docstring)."""
     B, d = x.shape[0], x[0].numel()
     z, deltas = sol.x.to(_F64), sol.delta.to(_F64)  # (B, k) per-probe integrals
     k = deltas.shape[1]
     prior_lp = (gaussian_prior(sch) if prior == "gaussian" else prior)(z).to(_F64).reshape(-1)
     if prior_lp.shape != (B,):
         raise ValueError(f"prior returned shape {tuple(prior_lp.shape)}; it must return ({B},) log-densities")
-    t0, tT = torch.tensor(t_end, dtype=_F64), torch.tensor(sch.t_max, dtype=_F64)
-    linear = d * float(sch.log_alpha(tT) - sch.log_alpha(t0))
-    delta = deltas.mean(1) + linear + (deq.log_jacobian(d) if deq is not None else 0.0)
+    delta = deltas.mean(1) + (deq.log_jacobian(d) if deq is not None else 0.0)
     log_prob = prior_lp + delta
     stderr = None
     if not exact:

@@ -12,14 +12,16 @@ time variables (``time_variable``):
     ``"log_snr"``           u = λ,          c = 1:   dx/dλ = (f_t/λ'_t) x − σ_t ε̂        (docs/math.md (9.3))
     ``"sigma_over_alpha"``  u = s = σ/α,    c = α:   dy/ds = ε̂(α y, t)   (EDM's VE coordinates, (9.5))
     ``"auto"``              ``t`` on a continuous variance-preserving schedule (α² + σ² = 1: VP,
-                            cosine), ``log_snr`` otherwise (DDPM tables included)
+                            cosine) and on a flow schedule, ``log_snr`` otherwise (EDM, VE,
+                            sub-VP, DDPM tables)
 
 ``"auto"`` is the default everywhere (sampling, the reference solve, encode/decode, the
 likelihood): it needed the fewest evaluations at equal accuracy in both measurements, sampling
-(``benchmarks/adaptive_time_variable.py``: on VP ``t`` ties λ on a 2-D ring, 74/113 against 74/112
-evaluations at errors 1e-3/1e-4, and beats it on a 64-D mixture, 75/101 against 96/123; on EDM λ
-needs 85–89/128–131 and ``t`` 133/168–201) and the likelihood (``benchmarks/likelihood.md``). On VE,
-t is λ up to an affine map; on a flow schedule t needs about twice λ's evaluations. A
+(``benchmarks/adaptive_time_variable.py``, evaluations for a worst-sample error of 1e-3/1e-4: on VP
+``t`` ties λ on a 2-D ring, 74/113 against 74/112, and beats it on a 64-D mixture, 75/101 against
+96/123; on cosine 68/104 against 77/100 and 55/73 against 88/133; on flow 55/72 against 79/104 and
+38/64 against 84/112; on EDM λ needs 85–89/128–131 and ``t`` 133/168–201) and the likelihood
+(``benchmarks/likelihood.md``). On VE, t is λ up to an affine map. A
 :class:`~diffsolve.schedules.DDPMSchedule` interpolates log α piecewise-linearly in t between its
 table's timesteps, so dλ/dt jumps at every timestep: in raw t the right-hand side has a kink
 every 1/N that the embedded error estimate does not see, and the error stops following the
@@ -50,7 +52,7 @@ from .denoiser import Denoiser
 from .processes import ReverseSDE, bcast_time
 from .rk import check_settings as _check_rk
 from .rk import rk_solve
-from .schedules import DDPMSchedule
+from .schedules import DDPMSchedule, FlowSchedule
 
 __all__ = ["ProbabilityFlowODE", "PFODE", "ODESolution", "TIME_VARIABLES", "check_settings", "resolve_time_variable",
            "encode", "decode", "round_trip", "RoundTrip"]
@@ -69,6 +71,8 @@ def variance_preserving(schedule) -> bool:
 def resolve_time_variable(name: str, schedule) -> str:
     """A name of :data:`TIME_VARIABLES`, with ``"auto"`` resolved for ``schedule`` (module docstring)."""
     if name == "auto":
+        if isinstance(schedule, FlowSchedule):
+            return "t"
         return "t" if variance_preserving(schedule) and not isinstance(schedule, DDPMSchedule) else "log_snr"
     if name not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
@@ -107,8 +111,8 @@ class ODESolution:
 
     Attributes:
         x: (B, *shape) state at ``t_end`` (the dtype of the input).
-        delta: (B, k) the integrals Δ_j = ∫ K_u ∇·ε̂ du from ``t_start`` to ``t_end``, one per divergence
-            estimate (docs/math.md (20.1); ``divergence`` given), else None.
+        delta: (B, k) the integrals Δ_j = ∫ (f_t d + K_t ∇·ε̂) dt from ``t_start`` to ``t_end``, one per
+            divergence estimate (docs/math.md (20.1); ``divergence`` given), else None.
         calls: (B,) int64 forward calls each row took part in.
         accepted, rejected: (B,) int64 step counts per row; row_evals: rows evaluated in all.
         time_variable: the time variable used (``"auto"`` resolved).
@@ -220,8 +224,8 @@ class ProbabilityFlowODE(ReverseSDE):
             per_sample: one step size and error control per row instead of one for the batch (chunk).
             fixed_steps: exactly this many equal steps in u instead (no error control).
             chunk_size: integrate at most this many rows at a time (memory).
-            divergence: carry Δ_j = ∫ K_u ∇·ε̂ du for the k estimates it returns (the likelihood);
-                its ε̂ replaces the plain network call.
+            divergence: carry Δ_j = ∫ (f_t d + K_t ∇·ε̂) dt, the divergence of the x-drift, for the k
+                estimates of ∇·ε̂ it returns (the likelihood); its ε̂ replaces the plain network call.
             divergence_in_norm: let Δ enter the error norm (False for random estimates: the steps
                 must then depend on the trajectory only).
         """
@@ -262,6 +266,15 @@ class ProbabilityFlowODE(ReverseSDE):
         k = divergence.k
         return self.from_state(y[:, :-k].reshape(shape), float(t)), y[:, -k:]
 
+    def _divergence_rate(self, t: Tensor, div: Tensor, d: int) -> Tensor:
+        """dΔ_j/du = (f_t d + K_t ∇·ε̂_j) dt/du, the whole divergence of the x-drift (docs/math.md
+        (20.1)), for the (n, k) estimates ``div`` of ∇·ε̂ at times t (scalar or (n,))."""
+        dtdu = self.dt_du(t)
+        f, K = self.schedule.d_log_alpha(t) * dtdu, -self.schedule.sigma(t) * self.schedule.d_log_snr(t) * dtdu
+        if f.dim():
+            f, K = f[:, None], K[:, None]
+        return f * d + K * div.to(_F64)
+
     def _rhs(self, divergence, calls: Tensor, offset: int, event) -> Callable:
         """The right-hand side on a chunk's state, counting each row's calls."""
         def rhs(u: Tensor, y: Tensor, rows: Tensor) -> Tensor:
@@ -273,9 +286,8 @@ class ProbabilityFlowODE(ReverseSDE):
             k, n = divergence.k, y.shape[0]
             x = self.from_state(y[:, :-k], t).reshape(n, *event)
             eps, div = divergence(x, t, rows)
-            K = self.coefficients(t)[1]
-            d_delta = (K if K.dim() == 0 else K[:, None]).to(y.dtype) * div.to(y.dtype)
-            return torch.cat([self.rate(y[:, :-k], t, eps.reshape(n, -1)), d_delta], 1)
+            rate = self._divergence_rate(t, div, x[0].numel())
+            return torch.cat([self.rate(y[:, :-k], t, eps.reshape(n, -1)), rate.to(y.dtype)], 1)
 
         return rhs
 
