@@ -26,10 +26,10 @@ only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_s
 
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
-t on continuous variance-preserving schedules (α² + σ² = 1: VP, cosine) and on flow schedules, and
-λ otherwise, DDPM tables included (their dλ/dt jumps at every timestep; :mod:`diffsolve.ode`): the
-fewest NFE at equal accuracy on the analytic mixtures in 2 and 64 dimensions
-(benchmarks/likelihood.md; on VE, t is λ up to an affine map). With per-row error control at loose tolerances
+t on every schedule but a DDPM table, where λ (the table's dλ/dt jumps at every timestep;
+:mod:`diffsolve.ode`): with the whole divergence riding along, t gave the same or a smaller error
+at the same or fewer NFE than λ on VP, cosine, sub-VP, VE, EDM and flow schedules in 2 and 16
+dimensions (``benchmarks/likelihood_split.py``). With per-row error control at loose tolerances
 (1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
 error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
 there, at more NFE.
@@ -83,7 +83,8 @@ from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .checks import check_data, check_state_dtype, data_end_time
 from .dequantize import Dequantization
-from .ode import TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode, round_trip
+from .ode import (TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode,
+                  resolve_time_variable, round_trip)
 
 __all__ = ["log_likelihood", "LikelihoodResult", "Dequantization", "encode", "decode", "round_trip",
            "RoundTrip", "prior_gap", "gaussian_prior", "TIME_VARIABLES", "DIVERGENCES", "PROBES"]
@@ -286,8 +287,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             difficulty) instead of one shared step for the batch (or chunk).
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
             dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
-            ``t`` on a variance-preserving schedule, ``log_snr`` otherwise — the choices that
-            needed the fewest NFE at equal accuracy in benchmarks/likelihood.md.
+            ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed
+            the fewest NFE at equal accuracy (module docstring, benchmarks/likelihood_split.py).
         fixed_steps: instead of adaptive steps, exactly this many equal steps in the time variable
             (no error control): every sample and every process of a distributed job then makes the
             same number of network calls, 1 + 6·fixed_steps for dopri5/tsit5.
@@ -327,7 +328,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     exact = divergence == "exact"
     k = 1 if exact else probes
     estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
-    ode = ProbabilityFlowODE(denoiser, time_variable)
+    ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True))
     # fresh probes: the random Δ must not steer the steps (module docstring)
     sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
     info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,

@@ -9,6 +9,7 @@ import torch
 from scipy.stats import norm as normal
 
 from diffsolve import GaussianMixture, make_schedule
+from diffsolve.ode import ProbabilityFlowODE
 from diffsolve.likelihood import (LikelihoodResult, decode, encode, gaussian_prior, log_likelihood, prior_gap,
                                   round_trip)
 
@@ -69,15 +70,17 @@ def test_time_variables_and_fixed_steps():
 
 @pytest.mark.parametrize("schedule,per_sample,want", [("vp", True, "t"), ("cosine", True, "t"), ("vp", False, "t"),
                                                       ("flow", True, "t"), ("flow", False, "t"),
-                                                      ("ve", True, "log_snr"), ("subvp", False, "log_snr"),
+                                                      ("ve", True, "t"), ("subvp", False, "t"), ("edm", False, "t"),
                                                       ("ddpm", True, "log_snr"), ("ddpm", False, "log_snr")])
 def test_auto_time_variable(schedule, per_sample, want):
-    """auto: raw t on a continuous variance-preserving schedule and on flow, λ otherwise, DDPM tables
-    included (the measured choices, benchmarks/adaptive_time_variable.py, diffsolve/ode.py)."""
+    """auto in the likelihood: raw t on every schedule but a DDPM table (the measured choice,
+    benchmarks/likelihood_split.py, diffsolve/ode.py); sampling keeps λ on EDM, VE and sub-VP."""
     sch = make_schedule(schedule)
     x = RING.sample(2, generator=torch.Generator().manual_seed(0))
     r = log_likelihood(RING.denoiser(sch, "eps"), x, divergence="exact", per_sample=per_sample, rtol=1e-3, atol=1e-3)
     assert r.info["time_variable"] == want
+    sampling = "log_snr" if schedule in ("ve", "subvp", "edm", "ddpm") else "t"
+    assert ProbabilityFlowODE(RING.denoiser(sch, "eps")).variable == sampling
 
 
 def _z_scores(gm, schedule, probe, R, seed, fresh=False):
