@@ -349,12 +349,11 @@ LL_PROBLEMS = {
     "mix64": lambda: ds.GaussianMixture.random(d=64, n_modes=8, seed=0),
 }
 LL_DS_CONFIGS = [  # label, log_likelihood options
-    ("diffsolve defaults (auto time, max norm, shared)", {}),
+    ("diffsolve defaults (auto time, max norm, per-sample)", {}),
     ("diffsolve norm=rms", {"norm": "rms"}),
-    ("diffsolve time_variable=t", {"time_variable": "t"}),
-    ("diffsolve time_variable=t, norm=rms", {"time_variable": "t", "norm": "rms"}),
-    ("diffsolve per_sample", {"per_sample": True}),
-    ("diffsolve per_sample, norm=rms", {"per_sample": True, "norm": "rms"}),
+    ("diffsolve shared step", {"per_sample": False}),
+    ("diffsolve shared step, norm=rms", {"per_sample": False, "norm": "rms"}),
+    ("diffsolve time_variable=log_snr", {"time_variable": "log_snr"}),
 ]
 FM_LABEL = "flow_matching compute_likelihood (dopri5 in τ)"
 
@@ -542,11 +541,12 @@ def run_ds_adaptive(prob, x, tol, opts):
 TO_CONFIGS = [  # label, runner kind, options
     ("torchode dopri5, IntegralController (per sample, RMS)", "torchode", {"controller": "integral"}),
     ("torchode dopri5, PIDController(0.2, 0.5) (per sample, RMS)", "torchode", {"controller": "pid"}),
-    ("diffsolve dopri5 defaults (auto = t, shared, RMS)", "ds", {}),
+    ("diffsolve dopri5 defaults (auto = λ on DDPM, shared, RMS)", "ds", {}),
+    ("diffsolve dopri5 time_variable=t (shared, RMS)", "ds", {"time_variable": "t"}),
     ("diffsolve dopri5 norm=max (shared)", "ds", {"norm": "max"}),
     ("diffsolve dopri5 per_sample (RMS)", "ds", {"per_sample": True}),
     ("diffsolve dopri5 per_sample, norm=max", "ds", {"per_sample": True, "norm": "max"}),
-    ("diffsolve dopri5 per_sample, time_variable=log_snr", "ds", {"per_sample": True, "time_variable": "log_snr"}),
+    ("diffsolve dopri5 per_sample, time_variable=t", "ds", {"per_sample": True, "time_variable": "t"}),
 ]
 
 
@@ -591,13 +591,13 @@ def main():
     ap.add_argument("--problems", nargs="+", default=["ring", "mix64", "gauss3072"], choices=list(P.PROBLEMS))
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--ll-problems", nargs="+", default=["ring", "mix64"], choices=list(LL_PROBLEMS))
-    ap.add_argument("--ll-schedules64", nargs="+", default=["flow"], help="schedules of the 64-D problem")
+    ap.add_argument("--ll-schedules64", nargs="+", default=["flow", "vp"], help="schedules of the 64-D problem")
     ap.add_argument("--ll-schedules", nargs="+", default=["flow", "vp"])
     ap.add_argument("--ll-n", type=int, default=64, help="points of the 2-D likelihood problem")
-    ap.add_argument("--ll-n64", type=int, default=4, help="points of the 64-D likelihood problem")
-    ap.add_argument("--ll-tols", nargs="+", type=float, default=[1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
-    ap.add_argument("--ll-tols64", nargs="+", type=float, default=[1e-3, 1e-4, 1e-5, 1e-6])
-    ap.add_argument("--ll-ds64", nargs="+", default=[LL_DS_CONFIGS[0][0], LL_DS_CONFIGS[1][0], LL_DS_CONFIGS[3][0]],
+    ap.add_argument("--ll-n64", type=int, default=16, help="points of the 64-D likelihood problem")
+    ap.add_argument("--ll-tols", nargs="+", type=float, default=[1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
+    ap.add_argument("--ll-tols64", nargs="+", type=float, default=[1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6])
+    ap.add_argument("--ll-ds64", nargs="+", default=[LL_DS_CONFIGS[0][0], LL_DS_CONFIGS[1][0], LL_DS_CONFIGS[2][0]],
                     help="the diffsolve configurations run in 64-D (labels)")
     ap.add_argument("--ll-hutchinson", nargs="*", default=["ring"])
     ap.add_argument("--ode-problems", nargs="+", default=["ring"], choices=list(P.PROBLEMS))

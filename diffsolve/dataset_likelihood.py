@@ -34,8 +34,8 @@ nats, ``bits_per_dim``, ``nfe``) to ``OUT/likelihood-rank{r}.jsonl`` once per fi
 flushed to disk; ``OUT/run.json`` holds the settings; rank 0 writes ``OUT/summary.json`` at the end.
 Items are cut into fixed blocks of ``batch_size`` consecutive indices dealt to the ranks in turn
 (:meth:`diffsolve.distributed.DistContext.blocks`), so 1 and N processes integrate the same batches
-and write the same values (a shared adaptive step couples the items of one batch; ``per_sample=True``
-decouples them). ``resume=True`` skips the blocks already complete in any rank file, with any number
+and write the same values (with ``per_sample=False`` a shared adaptive step couples the items of
+one batch; the default per-sample steps keep them independent). ``resume=True`` skips the blocks already complete in any rank file, with any number
 of processes; the rows of a block cut short by a kill (and a torn last line) are dropped and the
 block runs again, so every item is written exactly once.
 

@@ -331,7 +331,7 @@ def _flow(denoiser, x, t_from, t_to, **settings) -> tuple[Tensor, Tensor]:
 
 
 def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
-           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = True,
            time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
            norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
     """Data x at ``t_end`` (default t_min) → latent z at t_max along the probability-flow ODE
@@ -345,7 +345,7 @@ def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: f
 
 
 def decode(denoiser: Denoiser, z: Tensor, *, t_end: float | None = None, rtol: float = 1e-4,
-           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = False,
+           atol: float = 1e-4, method: str = "dopri5", per_sample: bool = True,
            time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
            norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
     """Latent z at t_max → data at ``t_end`` (the inverse of :func:`encode`). Returns (x, nfe)."""

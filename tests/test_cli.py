@@ -139,6 +139,17 @@ def test_likelihood_matches_the_exact_density(capsys, tmp_path):
                           "--probes", "4", "--fresh-probes", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=1.0)
+    # per-sample steps by default (each value independent of its batch); --shared-step couples a batch
+    rows = {}
+    exact = ["likelihood", "--problem", "ring2d", "--schedule", "vp", "--data", str(tmp_path / "x.npy"),
+             "--divergence", "exact", "--json"]
+    for flag in ("--per-sample", "--shared-step"):
+        code, out, err = run(exact + [flag], capsys)
+        assert code == 0, err
+        rows[flag] = json.loads(out)
+    code, out, err = run(exact, capsys)
+    assert json.loads(out)["mean_log_prob"] == rows["--per-sample"]["mean_log_prob"]
+    assert rows["--shared-step"]["mean_log_prob"] != rows["--per-sample"]["mean_log_prob"]
     code, _, err = run(["likelihood", "--problem", "mix64", "--data", str(tmp_path / "x.npy")], capsys)
     assert code == 2 and err.startswith(f"error: --data {tmp_path / 'x.npy'} has sample shape (2,)") and "(batch, 64)" in err
 

@@ -42,8 +42,11 @@ def add_parser(subparsers):
                     help="hold each Hutchinson probe fixed along the trajectory (FFJORD's estimator)")
     lk.add_argument("--rtol", type=float, help="relative tolerance of the ODE solve (default: the library's)")
     lk.add_argument("--atol", type=float, help="absolute tolerance of the ODE solve (default: the library's)")
-    lk.add_argument("--per-sample", action="store_true",
-                    help="error control per item (an item's value then does not depend on its batch)")
+    step = lk.add_mutually_exclusive_group()
+    step.add_argument("--per-sample", dest="per_sample", action="store_true", default=None,
+                      help="error control per item, so an item's value does not depend on its batch (the default)")
+    step.add_argument("--shared-step", dest="per_sample", action="store_false",
+                      help="one adaptive step for each batch, the error norm over all of it")
     lk.add_argument("--batch-size", type=positive_int, default=64,
                     help="items per ODE solve, and the block of consecutive items dealt to a process (default 64)")
     lk.add_argument("--out", help="directory for the rows (likelihood-rank{r}.jsonl, one JSON line per item, "
@@ -150,10 +153,8 @@ def run(args) -> int:
         n = args.n if args.data else None  # exact data are drawn n at a time
         if n is not None and n > len(data):
             raise CLIError(f"--n {n} is more than the {count(len(data), 'item')} of --data {args.data}")
-        given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol", "fresh_probes")
+        given = {k: getattr(args, k) for k in ("divergence", "probes", "rtol", "atol", "fresh_probes", "per_sample")
                  if getattr(args, k) is not None}
-        if args.per_sample:
-            given["per_sample"] = True
         res = dataset_log_likelihood(
             den, data, args.out, batch_size=args.batch_size, n=n, data_range=data_range, dequantize=args.dequantize,
             levels=args.levels, seed=args.seed, resume=args.resume, dist=dist, device=device,
