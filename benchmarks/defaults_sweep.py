@@ -365,6 +365,40 @@ def tune_check(budgets=(5, 10)):
                   + f" | {cells[0][1] / cells[1][1]:.2f} |")
 
 
+def tune_peers_check(budgets=(5, 10), problem="mix16"):
+    """tune_steps' bare call against the best diffusers / k-diffusion configuration on a problem no
+    default was chosen on (mix16 under the DDPM schedule; its peer rows come from
+    ``peers_quality.py --problems mix16 --which peers``): the tuned grid runs from the peers' start
+    points and is measured against the same σ → 0 reference (benchmarks/_peers.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import _peers as P
+
+    prob = P.make_problem(problem)
+    path = os.path.join(here, "results", f"peers_quality_{problem}.jsonl")
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    sch = prob.schedule
+    s_T = prob.s_of_t(sch.t_max)
+    ref = P.reference(prob, s_T, s_T)
+    x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
+    print(f"\n## tune_steps' bare call against the best peer configuration ({problem}, DDPM, "
+          f"{prob.batch} start points)\n")
+    print("| NFE | tuned (bare call) | rms | tuning s | best peer | rms | tuned / peer |")
+    print("|---:|---|---:|---:|---|---:|---:|")
+    for n in budgets:
+        best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
+                    and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
+        t0 = time.perf_counter()
+        g = ds.tune_steps(prob.den, nfe=n, progress=False)
+        secs = time.perf_counter() - t0
+        with torch.no_grad():
+            res = ds.sample(prob.den, x, steps=g)
+        assert float(res.t[0]) == sch.t_max and res.nfe == n
+        e = _rms(res.x, ref)
+        print(f"| {n} | {g.solver}{' +x̂0' if g.denoise_final else ''} | {e:.3g} | {secs:.0f} | "
+              f"{best['config'][:70]} | {best['rms']:.3g} | {e / best['rms']:.2f} |")
+
+
 def peers_check(budgets=(5, 10, 20)):
     """The default call against the best peer configuration of benchmarks/quality.md, where the start
     points are the same (ring and mix64 under DDPM: the peers' batch and seed)."""
@@ -398,6 +432,8 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
+    ap.add_argument("--tune-peers", action="store_true",
+                    help="also run tune_steps' bare call against the peers on mix16 (needs peers_quality_mix16.jsonl)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
@@ -414,6 +450,8 @@ def main(argv=None):
         tune_check()
     if args.fresh:
         fresh_check()
+    if args.tune_peers:
+        tune_peers_check()
 
 
 if __name__ == "__main__":
