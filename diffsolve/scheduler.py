@@ -37,7 +37,8 @@ from .grids import diffusers_grid
 from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
-from .solvers import get_solver
+from .defaults import default_run
+from .solvers import SOLVERS, get_solver
 from .thresholding import threshold_from_config
 from .tuned import load_grid
 
@@ -103,8 +104,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
             does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
     Args (diffsolve's own):
-        solver: a fixed-step solver name or spec ``"name:key=value:..."`` (default ``"dpmpp_2m"``).
-        grid: a grid kind of :mod:`diffsolve.grids` (default ``"log_snr"``), ``"diffusers"``, or the
+        solver: a fixed-step solver name or spec ``"name:key=value:..."``; default None: the
+            measured default for the budget that ``set_timesteps`` gives, as ``diffsolve.sample``
+            picks it (:func:`diffsolve.defaults.default_run`), with its grid and final denoise
+            unless those are given.
+        grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``), ``"diffusers"``, or the
             path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
             denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``
             chooses with the config's ``timestep_spacing`` and ``steps_offset``, n = the solver's
@@ -114,7 +118,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             options that reproduce each diffusers scheduler.
         eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); a callable
             noise level t ↦ ν_t, which a JSON config cannot hold, is set by :meth:`set_noise_level`.
-        denoise_final: end with x̂0 at the last grid time (one evaluation of the budget; default True).
+        denoise_final: end with x̂0 at the last grid time (one evaluation of the budget); default:
+            the default run's for a solver left to the budget; True for a named solver (diffusers'
+            schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
+            setting.
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
             pipeline passes to ``step``.
 
@@ -132,8 +139,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "linspace", steps_offset: int = 0,
-                 clip_sample: bool = False, thresholding: bool = False, solver: str = "dpmpp_2m",
-                 grid: str = "log_snr", eta: float = 0.0, denoise_final: bool = True, seeds=None,
+                 clip_sample: bool = False, thresholding: bool = False, solver: str | None = None,
+                 grid: str | None = None, eta: float = 0.0, denoise_final: bool | None = None, seeds=None,
                  diffusers_class: str | None = None, clip_sample_range: float = 1.0,
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, shift: float = 1.0,
                  use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
@@ -148,12 +155,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._tuned = load_grid(grid) if grid not in (None, "diffusers", "flow_dpm") else None
         spec = self._tuned.solver if self._tuned is not None else solver
         options = self._tuned.solver_options if self._tuned is not None else {}
-        self.solver = get_solver(spec, **(options or {}))
-        try:
-            self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
-        except ValueError as e:
-            raise ValueError(f"DiffsolveScheduler runs fixed-step solvers only (a pipeline makes one network call "
-                             f"per entry of scheduler.timesteps, all known before the first): {e}") from None
+        # None: the default run of each budget, chosen in set_timesteps (with its grid and final denoise)
+        self.solver = get_solver(spec, **(options or {})) if spec is not None else None
+        self._grid_kind, self._final = grid, denoise_final
+        if self._tuned is not None and denoise_final is None:
+            self._final = self._tuned.denoise_final
+        if self.solver is not None:
+            try:
+                self.solver.steps_for_nfe(10 ** 6)  # an adaptive solver says here that it sizes its own steps
+            except ValueError as e:
+                raise ValueError(f"DiffsolveScheduler runs fixed-step solvers only (a pipeline makes one network "
+                                 f"call per entry of scheduler.timesteps, all known before the first): {e}") from None
         self.level = NoiseLevel(self.schedule, eta=eta)
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
         self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
@@ -223,10 +235,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             num_inference_steps = None
         elif (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps (a budget of network evaluations) or timesteps")
-        if flow and timesteps is None and (sigmas is not None or self.config.grid in ("diffusers", "flow_dpm")):
-            spacing = "dpm" if self.config.grid == "flow_dpm" and sigmas is None else "euler"
+        budget = num_inference_steps if num_inference_steps is not None else len(
+            sigmas if sigmas is not None else timesteps)
+        self._resolve(int(budget))
+        if flow and timesteps is None and (sigmas is not None or self._grid_kind in ("diffusers", "flow_dpm")):
+            spacing = "dpm" if self._grid_kind == "flow_dpm" and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
-                          denoise_final=self.config.denoise_final, spacing=spacing)
+                          denoise_final=self._final, spacing=spacing)
         else:
             t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)
@@ -236,8 +251,27 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._begin = 0
         self._reset_run()
 
+    def _resolve(self, budget: int):
+        """The solver, grid kind and final denoise of a run of ``budget`` evaluations: those the config
+        names, the rest from the measured default run (:func:`diffsolve.defaults.default_run`) when
+        no solver is named, else the named solver's own rule for the final denoise."""
+        cfg = self.config
+        if cfg.solver is None and self._tuned is None:
+            if not self.level.is_zero:
+                raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
+                                 "integrate the probability-flow ODE; pass solver= one of: "
+                                 + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
+            run = default_run(budget, self.schedule)
+            self.solver = get_solver(run.solver)
+            self._grid_kind = run.grid if cfg.grid is None else cfg.grid
+            self._final = run.denoise_final if cfg.denoise_final is None else cfg.denoise_final
+            return
+        self._grid_kind = "log_snr" if cfg.grid is None else cfg.grid
+        if cfg.denoise_final is None and self._tuned is None:
+            self._final = True  # a named solver ends as diffusers' schedulers do: its last step lands on x̂0
+
     def _grid(self, nfe, timesteps) -> Tensor:
-        sch, final = self.schedule, self.config.denoise_final
+        sch, final = self.schedule, self._final
         if timesteps is not None:  # the evaluations' times; the last is the final denoise's, or else
             t = sch.t_of_timestep(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
             if not final and float(t[-1]) > sch.t_min:  # the last step ends at the schedule's t_min
@@ -248,19 +282,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"the tuned grid {self.config.grid} was tuned for {self._tuned.nfe} evaluations, "
                                  f"not num_inference_steps={nfe}")
             return self._tuned.grid
-        if self.config.grid == "diffusers":  # the n timesteps of the source class (class docstring)
+        if self._grid_kind == "diffusers":  # the n timesteps of the source class (class docstring)
             n = self.solver.steps_for_nfe(nfe, final) + int(final)
             t = diffusers_grid(sch, n, self.config.timestep_spacing, steps_offset=self.config.steps_offset,
                                scheduler=self.config.diffusers_class or "DPMSolverMultistepScheduler",
                                end_at_t_min=not final)
             return self.solver.grid_for(sch, grid=t)
-        return self.solver.grid_for(sch, nfe=nfe, grid=self.config.grid, denoise_final=final)
+        return self.solver.grid_for(sch, nfe=nfe, grid=self._grid_kind, denoise_final=final)
 
     def _dry_run(self, t: Tensor) -> _Plan:
         """The solver on data-less ``meta`` tensors: the times and labels of its evaluations."""
         x = torch.empty(1, 1, dtype=torch.float64, device="meta")
         gen = drive(self.solver, self.schedule, x, t, prediction=self.prediction, level=self.level,
-                    source=_MetaSource(), denoise_final=self.config.denoise_final)
+                    source=_MetaSource(), denoise_final=self._final)
         times = []
         try:
             request = next(gen)
@@ -363,7 +397,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         handoff = "x0" if self._converter.threshold is not None else self.prediction
         self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
                           net_dtype=sample.dtype, level=self.level, source=source,
-                          denoise_final=self.config.denoise_final)
+                          denoise_final=self._final)
         self._request = next(self._gen)
         self._index = self._begin
 

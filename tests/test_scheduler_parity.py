@@ -384,3 +384,26 @@ def test_grid_diffusers_follows_the_source_class():
         s = DiffsolveScheduler.from_config(saved, solver="ddim", grid="diffusers")
         s.set_timesteps(10)
         assert s.timesteps.tolist() == ref.timesteps.tolist() == want
+
+
+@pytest.mark.parametrize("nfe", [5, 10, 30])
+def test_bare_scheduler_runs_the_default_call(nfe):
+    """DiffsolveScheduler without solver, grid or denoise_final runs what ``sample(model, nfe=N)``
+    runs (diffsolve.defaults.default_run), step for step, on a pipeline-style loop."""
+    from diffsolve import sample
+    from diffsolve.defaults import default_run
+    from diffsolve.denoiser import Denoiser
+
+    s = _scheduler(clip_sample=False)  # DDIMScheduler's config clips x̂0 by default; sample() does not
+    sch = s.schedule
+    net = lambda x, label: torch.tanh(x) * (1 + label.reshape(-1, *[1] * (x.dim() - 1)) / 1000)  # noqa: E731
+    den = Denoiser(net, sch, prediction="eps")
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(nfe))
+    want = sample(den, x * float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))), nfe=nfe)
+    s.set_timesteps(nfe)
+    run = default_run(nfe, sch)
+    assert s.solver.name == get_solver(run.solver).name and len(s.timesteps) == nfe
+    lat = x * float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64)))
+    for t in s.timesteps:
+        lat = s.step(net(lat, torch.as_tensor(t).reshape(1).expand(lat.shape[0]).double()), t, lat).prev_sample
+    torch.testing.assert_close(lat, want.x, rtol=1e-12, atol=1e-12)
