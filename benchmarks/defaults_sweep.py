@@ -39,6 +39,7 @@ from collections import defaultdict
 import torch
 
 import diffsolve as ds
+from diffsolve.defaults import default_run
 from diffsolve.reference import ode_reference
 
 F64 = torch.float64
@@ -284,6 +285,24 @@ def rules_table(cells, budgets, schedules=tuple(SCHEDULES)):
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
 
 
+def family_table(cells, budgets, schedules=tuple(SCHEDULES)):
+    """Per schedule family and budget range: the rule without the EDM exception against the
+    exception's configuration (deis3 karras +x̂0), geometric mean of error / best configuration."""
+    plain = RULES["dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20"]
+    exception = lambda n, s: ("deis3", "karras", True)  # noqa: E731
+    ranges = {"7-10": [n for n in budgets if 6 < n <= 10], "11-20": [n for n in budgets if 10 < n <= 20]}
+    ranges["7-20"] = ranges["7-10"] + ranges["11-20"]
+    print("\n## Per family, 7-20 evaluations: the plain rule against deis3 karras +x̂0 "
+          "(error / best configuration; choice set, held-out set)\n")
+    print("| family | budgets | plain rule: choice | held out | deis3 karras +x̂0: choice | held out |")
+    print("|---|---|---:|---:|---:|---:|")
+    for s in schedules:
+        for name, bs in ranges.items():
+            vals = [_rule_regret(cells, rule, probs, (s,), bs)
+                    for rule in (plain, exception) for probs in (CHOICE, HELD_OUT)]
+            print(f"| {s} | {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+
+
 def _fmt_cfg(cfg) -> str:
     label, grid, df = cfg
     return f"{label} {grid}{' +x̂0' if df else ''}"
@@ -337,8 +356,9 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
                 old = ds.sample(den, x, nfe=n, solver=plain, grid="log_snr", denoise_final=n > 20)
             e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
             logs.append(math.log(e_new / e_old))
-            label = f"{new.solver.name} {'karras' if new.nfe > len(new.t) - 1 else 'log_snr'}"
-            print(f"| {name} | {n} | {label}{' +x̂0' if new.nfe > len(new.t) - 1 else ''} | {e_new:.3g} | "
+            run = default_run(n, sch)
+            label = f"{new.solver.name} {run.grid}{' +x̂0' if run.denoise_final else ''}"
+            print(f"| {name} | {n} | {label} | {e_new:.3g} | "
                   f"{plain} log_snr | {e_old:.3g} | {e_new / e_old:.2f} |")
     print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
 
@@ -442,6 +462,7 @@ def main(argv=None):
     chosen, cells, budgets = report(args.out)
     judge(cells, budgets, lambda n, s: chosen[n])
     rules_table(cells, budgets)
+    family_table(cells, budgets)
     judge(cells, budgets, RULES[DEFAULT_RULE])
     if args.digits:
         digits_check()

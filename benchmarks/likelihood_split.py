@@ -2,7 +2,8 @@
 the network term alone with f_t d in closed form? Error per dimension against the exact log p and
 NFE per sample, exact divergence, exact prior, shared steps, rtol = atol.
 
-    python benchmarks/likelihood_split.py              # ring and a 16-D mixture, four schedules (~3 min)
+    python benchmarks/likelihood_split.py              # ring and a 16-D mixture, four schedules (~20 s)
+    python benchmarks/likelihood_split.py --schedules subvp,ve,edm
 
 Since 2026-12-06 ``diffsolve.log_likelihood`` integrates the whole divergence
 dΔ/du = (f_t d − σ_t λ'_t ∇·ε̂) dt/du ("whole"). The former form ("split") integrated only
@@ -46,7 +47,7 @@ def split_form():
 def run(gm, sch, x0, variable, form, tol):
     den = gm.denoiser(sch, "eps")
     exact = gm.log_prob(x0, sch.t_min, sch)
-    kw = dict(divergence="exact", rtol=tol, atol=tol, time_variable=variable,
+    kw = dict(divergence="exact", rtol=tol, atol=tol, time_variable=variable, per_sample=False,
               prior=lambda z: gm.log_prob(z, sch.t_max, sch))
     with split_form() if form == "split" else contextlib.nullcontext():
         r = ds.log_likelihood(den, x0, **kw)

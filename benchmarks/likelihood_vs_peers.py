@@ -125,6 +125,7 @@ def score_sde_ll(gm, sch, x, tol, seed):
 def ours_ll(gm, sch, x, tol, seed, divergence="hutchinson", **kw):
     # the time variables the recorded tables were made with: λ for a shared step, t per sample
     # (auto's choice then; auto now takes t on VP schedules in both modes, see --time-variables)
+    kw.setdefault("per_sample", False)  # the recorded tables' default then: a shared step
     kw.setdefault("time_variable", "t" if kw.get("per_sample") else "log_snr")
     if divergence == "hutchinson":  # the recorded tables held the probe fixed unless a setting says fresh
         kw.setdefault("fresh_probes", False)

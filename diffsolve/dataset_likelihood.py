@@ -35,9 +35,11 @@ flushed to disk; ``OUT/run.json`` holds the settings; rank 0 writes ``OUT/summar
 Items are cut into fixed blocks of ``batch_size`` consecutive indices dealt to the ranks in turn
 (:meth:`diffsolve.distributed.DistContext.blocks`), so 1 and N processes integrate the same batches
 and write the same values (with ``per_sample=False`` a shared adaptive step couples the items of
-one batch; the default per-sample steps keep them independent). ``resume=True`` skips the blocks already complete in any rank file, with any number
-of processes; the rows of a block cut short by a kill (and a torn last line) are dropped and the
-block runs again, so every item is written exactly once.
+one batch; the default per-sample steps keep them independent). ``resume=True`` skips the blocks
+already complete in any rank file, with any number of processes; the rows of a block cut short by
+a kill (and a torn last line) are dropped and the block runs again, so every item is written
+exactly once. ``run.json`` records log_likelihood's solver settings as they resolve, defaults
+included, and the form of Δ, so a run resumed under other defaults is refused, not mixed.
 
 References:
     Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, Score-Based Generative Modeling through
@@ -171,15 +173,43 @@ def _fingerprint(ds: Dataset, n: int) -> str:
     return hashlib.sha256(x.numpy().tobytes() + str((x.dtype, tuple(x.shape))).encode()).hexdigest()[:16]
 
 
+# log_likelihood's settings a run records as they resolve (given or default), so that a run resumed
+# under other defaults is refused instead of mixing rows computed two ways
+_RECORDED = ("divergence", "probes", "probe", "fresh_probes", "rtol", "atol", "method", "norm", "per_sample",
+             "time_variable", "fixed_steps")
+# the form of the divergence integral Δ (the whole divergence f_t d + K_t ∇·ε̂ since 2026-12-06)
+DELTA_FORM = "whole divergence"
+
+
+def _resolved_options(denoiser, options) -> dict:
+    """log_likelihood's recorded settings for this call: its defaults, then ``options``, with ``auto``
+    and the fresh-probe default resolved."""
+    import inspect
+
+    from .likelihood import log_likelihood
+    from .ode import resolve_time_variable
+
+    params = inspect.signature(log_likelihood).parameters
+    out = {k: params[k].default for k in _RECORDED}
+    out.update(options)
+    if out["fresh_probes"] is None:
+        out["fresh_probes"] = out["divergence"] == "hutchinson"
+    out["time_variable"] = resolve_time_variable(out["time_variable"], denoiser.schedule, divergence=True)
+    return out
+
+
 def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options) -> dict:
     """What a resumed run must share with the rows already written (not the number of processes, nor
     the data's path: the data are recognised by their size, shape and first items); the options of
-    log_likelihood are recorded by name."""
+    log_likelihood are recorded by name, the solver's as they resolve (:data:`_RECORDED`), with the
+    form of Δ (:data:`DELTA_FORM`)."""
+    options = {**options, **_resolved_options(denoiser, options)}
     return {"n": n, "shape": list(ds.shape), "kind": "uint8" if ds.is_image else "float",
             "fingerprint": _fingerprint(ds, n), "model": model or type(denoiser.net).__name__,
             "schedule": type(denoiser.schedule).__name__, "dequantize": deq is not None,
             "levels": deq.levels if deq is not None else None, "data_range": list(data_range),
-            "batch_size": batch_size, "seed": seed, **{k: jsonable(v) for k, v in sorted(options.items())}}
+            "batch_size": batch_size, "seed": seed, "delta": DELTA_FORM,
+            **{k: jsonable(v) for k, v in sorted(options.items())}}
 
 
 # --- the run --------------------------------------------------------------------------------------

@@ -65,9 +65,17 @@ class DefaultRun(NamedTuple):
     denoise_final: bool
 
 
-def default_run(budget: int, schedule=None) -> DefaultRun:
+def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> DefaultRun:
     """The configuration for ``budget`` evaluations of the probability-flow ODE on ``schedule``
-    (module docstring; ``schedule=None`` gives the rule of every family but EDM's)."""
+    (module docstring; ``schedule=None`` gives the rule of every family but EDM's). A stochastic
+    run (ν > 0) has no default: the default solvers integrate the ODE, so it is refused with the
+    stochastic solvers named."""
+    if stochastic:
+        from .solvers import SOLVERS
+
+        raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
+                         "integrate the probability-flow ODE; pick one: "
+                         + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
     if isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE:
         return DefaultRun("deis", "karras", True)
     if budget <= TINY_BUDGET:

@@ -27,9 +27,9 @@ only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_s
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
 t on every schedule but a DDPM table, where λ (the table's dλ/dt jumps at every timestep;
-:mod:`diffsolve.ode`): with the whole divergence riding along, t gave the same or a smaller error
-at the same or fewer NFE than λ on VP, cosine, sub-VP, VE, EDM and flow schedules in 2 and 16
-dimensions (``benchmarks/likelihood_split.py``). With per-row error control at loose tolerances
+:mod:`diffsolve.ode`): with the whole divergence riding along, t's error-against-NFE curve lies on
+or below λ's on VP, cosine, sub-VP, VE, EDM and flow schedules in 2 and 16 dimensions
+(``benchmarks/likelihood_split.py``; tolerance by tolerance either can be ahead). With per-row error control at loose tolerances
 (1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
 error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
 there, at more NFE.
@@ -287,10 +287,9 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             does not depend on the batch it is computed in, and each takes the steps its own
             trajectory needs; ``False``: one shared step for the batch (or chunk), the norm over
             all of it. Measured (``benchmarks/peers_more.py --parts likelihood``, exact divergence,
-            NFE at equal error): per-sample needs 0.5–0.9× the shared step's NFE in 2-D and 64-D
-            on VP and flow schedules from 1e-4 nats/dim down, and is within ±10 % at 1e-3; with
-            one fresh probe on k-diffusion's EDM network it costs 0.66× (2-D) and 0.76× (64-D)
-            the NFE at about the same error (``likelihood_vs_peers.py --defaults``).
+            NFE at equal error): per-sample needs 0.73–0.96× the shared step's NFE from 1e-4
+            nats/dim down in 2-D and 64-D on VP and flow schedules, and 0.75–0.88× at 1e-3 except
+            on the 64-D VP mixture (1.13×).
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
             dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
             ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed

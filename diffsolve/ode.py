@@ -22,18 +22,17 @@ likelihood): it needed the fewest evaluations at equal accuracy in both measurem
 ``t`` ties λ on a 2-D ring, 74/113 against 74/112, and beats it on a 64-D mixture, 75/101 against
 96/123; on cosine 68/104 against 77/100 and 55/73 against 88/133; on flow 55/72 against 79/104 and
 38/64 against 84/112; on EDM λ needs 85–89/128–131 and ``t`` 133/168–201) and the likelihood
-(``benchmarks/likelihood_split.py``: with the divergence riding along, t reaches the same or a
-smaller error than λ at the same or fewer evaluations on every continuous schedule, EDM, VE and
-sub-VP included, e.g. sub-VP ring rtol 1e-4 1.6e-5 nats/dim at 116 NFE against 3.7e-5 at 164; and
-on k-diffusion's own EDM network the bare Hutchinson call errs 0.115 against 0.139 nats/dim at 140
-against 152 NFE, ``likelihood_vs_peers.py --defaults``). On VE, t is λ up to an affine map. A
+(``benchmarks/likelihood_split.py``: with the divergence riding along, t's error-against-NFE
+curve lies on or below λ's on every continuous schedule, EDM, VE and sub-VP included, e.g. sub-VP
+ring rtol 1e-4: 1.6e-5 nats/dim at 116 NFE against 3.7e-5 at 164). On VE, t is λ up to an affine
+map. A
 :class:`~diffsolve.schedules.DDPMSchedule` interpolates log α piecewise-linearly in t between its
 table's timesteps, so dλ/dt jumps at every timestep: in raw t the right-hand side has a kink
 every 1/N that the embedded error estimate does not see, and the error stops following the
 tolerance (``benchmarks/adaptive_time_variable.py --ddpm``: on the DDPM ring, rtol 1e-5 / 1e-6
 leave 1.4e-3 / 1.3e-3 worst-sample error after 128 / 740 calls in t, 4.9e-4 / 1.2e-4 after
-128 / 188 in λ; the exact-divergence likelihood at rtol 1e-4 / 1e-5 needs 224 / 710 NFE for 1.2e-3
-/ 1.7e-3 nats/dim in t, 104 / 158 for 6.0e-5 / 2.8e-5 in λ). In λ the coefficients are functions of
+128 / 188 in λ; the exact-divergence likelihood with a shared step at rtol 1e-4 / 1e-5 needs
+212 / 668 NFE for 1.3e-3 / 1.3e-3 nats/dim in t, 110 / 170 for 5.5e-5 / 2.8e-5 in λ). In λ the coefficients are functions of
 λ alone and the kinks reach only the network's time label. Only at a loose 1e-3 does t do better
 there (sampling: worst sample 4.5e-3 against λ's 7.8e-2 at 56 calls each).
 
@@ -335,8 +334,10 @@ def encode(denoiser: Denoiser, x: Tensor, *, t_end: float | None = None, rtol: f
            time_variable: str = "auto", fixed_steps: int | None = None, chunk_size: int | None = None,
            norm: str = "max", max_steps: int = 10000) -> tuple[Tensor, Tensor]:
     """Data x at ``t_end`` (default t_min) → latent z at t_max along the probability-flow ODE
-    (docs/math.md (3.3)), without the divergence. Returns (z, nfe per sample); same settings as
-    :func:`log_likelihood`."""
+    (docs/math.md (3.3)), without the divergence. Returns (z, nfe per sample); the settings of
+    :func:`log_likelihood`, but ``time_variable="auto"`` resolves as for sampling (λ on EDM, VE
+    and sub-VP, where the likelihood takes t): pass ``time_variable`` to follow a likelihood run
+    step for step."""
     check_data(denoiser, x)
     t_end = data_end_time(denoiser.schedule, t_end)
     return _flow(denoiser, x, t_end, denoiser.schedule.t_max, rtol=rtol, atol=atol, method=method,

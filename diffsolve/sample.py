@@ -135,14 +135,8 @@ def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final,
     """The solver, grid and final denoise of the call: as given, else the measured defaults for its
     budget and schedule (:mod:`diffsolve.defaults`); a solver given by name weighs the final denoise
     against its budget itself and steps on ``log_snr`` unless the call names a grid."""
-    if solver is None:
-        if (not level.is_zero):
-            from .solvers import SOLVERS
-
-            raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
-                             "integrate the probability-flow ODE; pick one: "
-                             + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
-        run = default_run(budget_of(nfe, steps), schedule)  # the default solvers spend 1 evaluation per step
+    if solver is None:  # the default solvers spend 1 evaluation per step
+        run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero)
         solver = run.solver
         grid = run.grid if grid is None else grid
         denoise_final = run.denoise_final if denoise_final is None else denoise_final

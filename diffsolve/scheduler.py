@@ -38,7 +38,7 @@ from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
 from .defaults import default_run
-from .solvers import SOLVERS, get_solver
+from .solvers import get_solver
 from .thresholding import threshold_from_config
 from .tuned import load_grid
 
@@ -157,7 +157,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         options = self._tuned.solver_options if self._tuned is not None else {}
         # None: the default run of each budget, chosen in set_timesteps (with its grid and final denoise)
         self.solver = get_solver(spec, **(options or {})) if spec is not None else None
-        self._grid_kind, self._final = grid, denoise_final
+        self._grid_kind, self._final = None, denoise_final  # both resolved per budget in set_timesteps
         if self._tuned is not None and denoise_final is None:
             self._final = self._tuned.denoise_final
         if self.solver is not None:
@@ -167,6 +167,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"DiffsolveScheduler runs fixed-step solvers only (a pipeline makes one network "
                                  f"call per entry of scheduler.timesteps, all known before the first): {e}") from None
         self.level = NoiseLevel(self.schedule, eta=eta)
+        if self.solver is None and not self.level.is_zero:
+            default_run(1, self.schedule, stochastic=True)  # refused here, naming the stochastic solvers
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
         self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
         self.plan: _Plan | None = None
@@ -257,11 +259,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         no solver is named, else the named solver's own rule for the final denoise."""
         cfg = self.config
         if cfg.solver is None and self._tuned is None:
-            if not self.level.is_zero:
-                raise ValueError("eta > 0 (or a noise level) needs a stochastic solver, and the default solvers "
-                                 "integrate the probability-flow ODE; pass solver= one of: "
-                                 + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
-            run = default_run(budget, self.schedule)
+            run = default_run(budget, self.schedule, stochastic=not self.level.is_zero)
             self.solver = get_solver(run.solver)
             self._grid_kind = run.grid if cfg.grid is None else cfg.grid
             self._final = run.denoise_final if cfg.denoise_final is None else cfg.denoise_final

@@ -258,4 +258,4 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
                              dtype=torch.float64)
     x = torch.load(tmp_path / "e" / "samples" / (r["key"].replace("|", "_") + ".pt"))
     torch.testing.assert_close(x, again.x, rtol=0, atol=0)
-    assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 9
+    assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 9 and r["grid"] == "karras"

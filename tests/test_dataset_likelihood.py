@@ -47,7 +47,10 @@ def pngs(tmp_path_factory, k8):
 
 @pytest.fixture(scope="module")
 def reference(den, pngs):
-    """One uninterrupted in-memory run over the PNG folder."""
+    """One uninterrupted in-memory run over the PNG folder (one thread, as the tests' own calls run:
+    a module fixture is set up before conftest's per-test thread setting, and the float32 network's
+    round-off depends on the thread count)."""
+    torch.set_num_threads(1)
     with torch.no_grad():
         return dl.dataset_log_likelihood(den, pngs, batch_size=BS, **OPTS)
 
@@ -132,6 +135,15 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, **OPTS)
     with pytest.raises(ValueError, match=r"other settings \(rtol: 0.01 there, 0.001 now\)"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, rtol=1e-3, atol=1e-2)
+    # the defaults as they resolve are recorded: the same call under other defaults is refused
+    run_json = out / "run.json"
+    header = json.loads(run_json.read_text())
+    recorded = header["settings"]
+    assert recorded["per_sample"] is True and recorded["time_variable"] == "t" and recorded["delta"] == dl.DELTA_FORM
+    run_json.write_text(json.dumps(dict(header, settings=dict(recorded, per_sample=False))))
+    with pytest.raises(ValueError, match=r"other settings \(per_sample: false there, true now\)"):
+        dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)
+    run_json.write_text(json.dumps(header))
     calls.clear()
     monkeypatch.setattr(dl, "_batch_rows", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
     res = dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)

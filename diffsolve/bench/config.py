@@ -210,6 +210,7 @@ class _Item:
     steps: int
     key: str = ""
     denoise_final: bool | None = None  # the row's own (the default call's); None: the run's
+    grid: str | None = None  # the row's own grid kind (the default call's); None: the run's
 
 
 def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:
@@ -268,7 +269,7 @@ def _default_call_items(cfg: BenchConfig, p: Problem, strict: bool, notes: list[
             _skip(str(e), strict, notes, "; raise --nfe")
             continue
         key = _row_key(p.name, p.schedule_name, DEFAULT_CALL, 0.0, nfe)
-        items.append(_Item(p.name, DEFAULT_CALL, 0.0, nfe, steps, key, denoise_final=df))
+        items.append(_Item(p.name, DEFAULT_CALL, 0.0, nfe, steps, key, denoise_final=df, grid=run.grid))
     return items
 
 

@@ -225,7 +225,7 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     dist.barrier()
     return make_row(
         key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, eta=it.eta,
-        grid=cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
+        grid=it.grid or cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
         seeds=_seed_spec(st.seeds), device=_row_device(st, dist),
         dtype=cfg.dtype, world_size=dist.world_size, threads=torch.get_num_threads(), metrics=metrics, floors=floors,
         intervals=intervals, reference=st.reference_name() if span is not None else None,
@@ -238,7 +238,8 @@ def _failed_row(st: ProblemState, it: _Item, dist: DistContext, version: str, ru
     """The failed record of a row that raised ``error``: what the row is, and why it has no metrics."""
     return make_failed_row(
         key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver, eta=it.eta,
-        grid=st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n, seeds=_seed_spec(st.seeds),
+        grid=it.grid or st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n,
+        seeds=_seed_spec(st.seeds),
         device=_row_device(st, dist), dtype=st.cfg.dtype, world_size=dist.world_size,
         threads=torch.get_num_threads(), status="failed", error=error, diffsolve_version=version,
         torch_version=torch.__version__, run=run, finished_at=_now())

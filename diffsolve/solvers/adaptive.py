@@ -12,7 +12,7 @@ denoiser, as everywhere.
 
 **ODE solvers and the time variable.** The Runge–Kutta solvers integrate the probability-flow ODE
 through its one solve, :meth:`diffsolve.ode.ProbabilityFlowODE.solve`, in a time variable chosen by
-``time_variable`` (default ``"auto"``: ``t`` on continuous variance-preserving schedules,
+``time_variable`` (default ``"auto"``: ``t`` on continuous variance-preserving and flow schedules,
 ``log_snr`` otherwise, DDPM tables included; :mod:`diffsolve.ode`). With ŝ = −ε̂/σ and
 g² = −2σ²λ', the ODE (docs/math.md (3.3)) reads dx/dt = f_t x − σ_t λ'_t ε̂ (docs/math.md (8.2));
 a monotone change of variables changes only the solver's work (docs/math.md §9, (9.2)):
