@@ -43,6 +43,7 @@ and ``fmt`` both scripts' tables use.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -397,6 +398,26 @@ def run_kdiff(prob: Problem, sampler: str, sigmas_kind: str, budget: int) -> dic
 # the best of its JSONL on a new batch)
 # --------------------------------------------------------------------------------------------
 QUALITY_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "peers_quality_{problem}.jsonl")
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSONL file in order; blank and torn lines (a run killed mid-write) are skipped,
+    a missing file has none."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def quality_rows(problem: str) -> list[dict]:
+    """The rows peers_quality.py wrote for ``problem`` (:data:`QUALITY_OUT`)."""
+    return read_jsonl(QUALITY_OUT.format(problem=problem))
 
 # solver options tried besides each solver's defaults (only those its constructor accepts)
 SOLVER_OPTIONS = {

@@ -395,8 +395,7 @@ def tune_peers_check(budgets=(5, 10), problem="mix16"):
     import _peers as P
 
     prob = P.make_problem(problem)
-    path = os.path.join(here, "results", f"peers_quality_{problem}.jsonl")
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = P.quality_rows(problem)
     sch = prob.schedule
     s_T = prob.s_of_t(sch.t_max)
     ref = P.reference(prob, s_T, s_T)
@@ -423,15 +422,16 @@ def peers_check(budgets=(5, 10, 20)):
     """The default call against the best peer configuration of benchmarks/quality.md, where the start
     points are the same (ring, mix64 and the held-out mix16 under DDPM: the peers' batch and seed;
     mix16's peer rows come from ``peers_quality.py --problems mix16 --which peers``)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _peers as P
+
     cells = _table(_load(OUT))
     rule = RULES[DEFAULT_RULE]
     print("\n## The default call against the best peer configuration (benchmarks/quality.md's rows)\n")
     print("| problem | NFE | default call | rms | best peer | rms | default / peer |")
     print("|---|---:|---|---:|---|---:|---:|")
     for peer_name, name in (("ring", "ring2d"), ("mix64", "mix64"), ("mix16", "mix16")):
-        path = os.path.join(here, "results", f"peers_quality_{peer_name}.jsonl")
-        rows = [json.loads(line) for line in open(path) if line.strip()]
+        rows = P.quality_rows(peer_name)
         for n in budgets:
             cand = [r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
                     and r.get("rms")]

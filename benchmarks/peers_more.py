@@ -198,18 +198,8 @@ def run_azula(prob, den, cls_name, kwargs, grid, budget, per_step):
 def best_diffsolve(problem, budget):
     """The best diffsolve row of results/peers_quality_<problem>.jsonl at this budget, as
     (solver, options, grid, denoise_final, label), or None."""
-    path = P.QUALITY_OUT.format(problem=problem)
-    if not os.path.exists(path):
-        return None
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r.get("side") == "diffsolve" and r.get("budget") == budget and P.ranked(r):
-                rows.append(r)
+    rows = [r for r in P.quality_rows(problem)
+            if r.get("side") == "diffsolve" and r.get("budget") == budget and P.ranked(r)]
     if not rows:
         return None
     lab = min(rows, key=lambda r: r["rms"])["config"]

@@ -56,18 +56,12 @@ class Log:
             os.remove(path)
         self.done = set()
         self.rows = []
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if r.get("side") in redo or (r.get("side") != "floor" and "peers" in redo
-                                                  and r.get("side") in ("diffusers", "k-diffusion")):
-                        continue
-                    self.rows.append(r)
-                    self.done.add(r["key"])
+        for r in P.read_jsonl(path):
+            if r.get("side") in redo or (r.get("side") != "floor" and "peers" in redo
+                                          and r.get("side") in ("diffusers", "k-diffusion")):
+                continue
+            self.rows.append(r)
+            self.done.add(r["key"])
             if redo:  # rewrite without the rows to redo
                 with open(path, "w") as f:
                     for r in self.rows:
