@@ -385,37 +385,45 @@ def tune_check(budgets=(5, 10)):
                   + f" | {cells[0][1] / cells[1][1]:.2f} |")
 
 
-def tune_peers_check(budgets=(5, 10), problem="mix16"):
-    """tune_steps' bare call against the best diffusers / k-diffusion configuration on a problem no
-    default was chosen on (mix16 under the DDPM schedule; its peer rows come from
-    ``peers_quality.py --problems mix16 --which peers``): the tuned grid runs from the peers' start
-    points and is measured against the same σ → 0 reference (benchmarks/_peers.py)."""
+# the tuners' bare calls and their former defaults (before screened pilots, 2026-12-06)
+TUNERS = [("tune_steps", "bare call", {}), ("tune_steps", "former: pilot=64, screen=0", dict(screen=0)),
+          ("tune_solver", "bare call (pilot=1024, screen=0)", {}),
+          ("tune_solver", "tried: pilot=256, screen=4096", dict(pilot=256, screen=4096))]
+
+
+def tune_peers_check(budgets=(5, 10), problems=("mix16", "mix32")):
+    """The tuners' bare calls (and their former defaults) against the best diffusers / k-diffusion
+    configuration on problems no default was chosen on (DDPM schedule; peer rows from
+    ``peers_quality.py --problems mix16 mix32 --nfe 5 10 --which peers``): the tuned run starts from
+    the peers' start points and is measured against the same σ → 0 reference (benchmarks/_peers.py).
+    mix32 played no part in any choice; mix16 was looked at while the screening was built."""
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     import _peers as P
 
-    prob = P.make_problem(problem)
-    rows = P.quality_rows(problem)
-    sch = prob.schedule
-    s_T = prob.s_of_t(sch.t_max)
-    ref = P.reference(prob, s_T, s_T)
-    x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
-    print(f"\n## tune_steps' bare call against the best peer configuration ({problem}, DDPM, "
-          f"{prob.batch} start points)\n")
-    print("| NFE | tuned (bare call) | rms | tuning s | best peer | rms | tuned / peer |")
-    print("|---:|---|---:|---:|---|---:|---:|")
-    for n in budgets:
-        best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
-                    and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
-        t0 = time.perf_counter()
-        g = ds.tune_steps(prob.den, nfe=n, progress=False)
-        secs = time.perf_counter() - t0
-        with torch.no_grad():
-            res = ds.sample(prob.den, x, steps=g)
-        assert float(res.t[0]) == sch.t_max and res.nfe == n
-        e = _rms(res.x, ref)
-        print(f"| {n} | {g.solver}{' +x̂0' if g.denoise_final else ''} | {e:.3g} | {secs:.0f} | "
-              f"{best['config'][:70]} | {best['rms']:.3g} | {e / best['rms']:.2f} |")
+    print("\n## The tuners' bare calls against the best peer configuration (DDPM, the peers' start points)\n")
+    print("| problem | NFE | tuner | settings | rms | tuning s | best peer | rms | tuned / peer |")
+    print("|---|---:|---|---|---:|---:|---|---:|---:|")
+    for problem in problems:
+        prob = P.make_problem(problem)
+        rows = P.quality_rows(problem)
+        sch = prob.schedule
+        s_T = prob.s_of_t(sch.t_max)
+        ref = P.reference(prob, s_T, s_T)
+        x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
+        for n in budgets:
+            best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
+                        and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
+            for tuner, label, kw in TUNERS:
+                t0 = time.perf_counter()
+                g = getattr(ds, tuner)(prob.den, nfe=n, fresh=0, progress=False, **kw)
+                secs = time.perf_counter() - t0
+                with torch.no_grad():
+                    res = ds.sample(prob.den, x, steps=g)
+                assert float(res.t[0]) == sch.t_max and res.nfe == n
+                e = _rms(res.x, ref)
+                print(f"| {problem} | {n} | {tuner} | {label} | {e:.3g} | {secs:.0f} | {best['config'][:60]} | "
+                      f"{best['rms']:.3g} | {e / best['rms']:.2f} |", flush=True)
 
 
 def peers_check(budgets=(5, 10, 20)):
@@ -454,7 +462,8 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
     ap.add_argument("--tune-peers", action="store_true",
-                    help="also run tune_steps' bare call against the peers on mix16 (needs peers_quality_mix16.jsonl)")
+                    help="also run the tuners' bare calls against the peers on mix16 and mix32 "
+                         "(needs their peers_quality rows)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:

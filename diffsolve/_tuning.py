@@ -1,19 +1,33 @@
 """The tuners' machinery: the pilot set (seeds, reference solves, counted error solves, the result
 with its fresh-seed judgement and cost), the input checks, the progress line, and the grid search
 behind :func:`diffsolve.tune.tune_steps` (which :func:`diffsolve.solver_fit.tune_solver` also runs
-for ``grid="auto"``)."""
+for ``grid="auto"``).
+
+**Screened pilots.** At small budgets the RMS error over the prior is carried by a few start points
+(those near a decision between modes: on a 64-D mixture, 32 of 1024 start points carry 98 % of the
+squared difference between the default call at NFE 10 and at NFE 30), which a plain set of 64
+pilots rarely holds; a grid tuned on them is tuned for the easy points only. With ``screen=M``
+(default: 16 per pilot) the tuners run the default call at the budget N and at 3N from M candidate
+start points (4N evaluations each, no reference solve) and take the pilot set as a stratified sample
+of the candidates by that proxy error e_i = ‖x_N − x_3N‖²: the P/2 largest (weight 1, all of them)
+and P − P/2 drawn uniformly from the rest (weight (M − P/2)/(P − P/2) each). The weighted mean of
+the pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates
+without bias from the selection, whatever the proxy's quality; the proxy decides how much of the
+variance goes (``benchmarks/defaults.md``, "tune_steps' defaults").
+"""
 from __future__ import annotations
 
 import math
 import time
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._text import StatusLine, count
 from ._version import __version__
-from .checks import check_tuning
+from .checks import check_int, check_tuning, is_integer
 from .denoiser import Denoiser
 from .grids import make_grid, validate_grid
 from .loop import integrate
@@ -30,55 +44,114 @@ class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
 
-    progress = StatusLine(False, "")  # the tuner's, set once it is made
-
-    def __init__(self, denoiser, checked: tuple, rtol, atol):
-        self.shape, self.pilot_seeds, self.fresh_seeds, device = checked
+    def __init__(self, denoiser, checked: tuple, rtol, atol, nfe: int, progress: StatusLine):
+        self.progress = progress
+        self.shape, self.pilot_seeds, self.fresh_seeds, device, candidates = checked
         self.denoiser, self.rtol, self.atol, self.device = denoiser, rtol, atol, device
         self.level = NoiseLevel(denoiser.schedule, eta=0.0)
         self.nfe_start, self.start_time, self.solves = denoiser.nfe, time.perf_counter(), 0
+        self.weights, self.screened = None, 0
+        if candidates:
+            self.pilot_seeds, self.weights = self._screen(candidates, len(self.pilot_seeds), int(nfe))
+            self.screened = len(candidates)
+        self.x, self.ref = self.targets(self.pilot_seeds)
+
+    def _screen(self, candidates: list, keep: int, nfe: int) -> tuple[list, Tensor]:
+        """The stratified pilot set of ``keep`` seeds from ``candidates`` and their weights (module docstring)."""
+        from .sample import sample  # the default call (sample imports the tuned-grid reader, not this module)
+        self.progress(f"screening {count(len(candidates), 'candidate start point')} (default call at NFE {nfe} "
+                      f"and {3 * nfe})", force=True)
+        proxy = []
+        with torch.no_grad():
+            for i in range(0, len(candidates), 256):
+                x = self.start_points(candidates[i:i + 256])
+                a, b = (sample(self.denoiser, x, nfe=n).x for n in (nfe, 3 * nfe))
+                proxy.append(((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64))
+        order = torch.cat(proxy).argsort(descending=True, stable=True).tolist()
+        top, n_rand = keep // 2, keep - keep // 2
+        rest = order[top:]
+        drawn = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:n_rand].tolist()
+        w = (len(candidates) - top) / n_rand
+        chosen = sorted([(candidates[i], 1.0) for i in order[:top]] + [(candidates[rest[j]], w) for j in drawn])
+        return [s for s, _ in chosen], torch.tensor([w for _, w in chosen], dtype=torch.float64)
+
+    def start_points(self, seeds) -> Tensor:
+        """The start points x_T of ``seeds`` (drawn on the CPU: the same x_T on every device)."""
+        sch = self.denoiser.schedule
+        return (float(sch.sigma(sch.t_max)) * NoiseSource(len(seeds), self.shape, seeds=seeds).randn()).to(self.device)
 
     def targets(self, seeds) -> tuple[Tensor, Tensor]:
         """The start points x_T of ``seeds`` and their reference solutions."""
         self.progress(f"reference solves of {count(len(seeds), 'seed')} (rtol {self.rtol:g})", force=True)
         sch = self.denoiser.schedule
-        src = NoiseSource(len(seeds), self.shape, seeds=seeds)  # drawn on the CPU: same x_T on every device
-        x = (float(sch.sigma(sch.t_max)) * src.randn()).to(self.device)
+        x = self.start_points(seeds)
         return x, ode_reference(self.denoiser, x, sch.t_max, sch.t_min, rtol=self.rtol, atol=self.atol,
                                 denoise_final=True)
 
-    def error(self, sol, denoise_final: bool, t: Tensor, x, ref) -> float:
-        """RMS error per coordinate of a solve against ``ref``, inf if not finite (``solves`` counts them)."""
+    def error(self, sol, denoise_final: bool, t: Tensor, x=None, ref=None, weights=None) -> float:
+        """RMS error per coordinate of a solve from ``x`` against ``ref`` (samples weighted by ``weights``),
+        inf if not finite (``solves`` counts them); without ``x``: on the pilots, with their weights."""
         self.solves += 1
+        x, ref, w = (self.x, self.ref, self.weights) if x is None else (x, ref, weights)
         out = integrate(sol, self.denoiser, x, t, level=self.level, denoise_final=denoise_final).x
-        e = float(((out - ref) ** 2).mean().sqrt())
+        e = float(self.mean_square(out, ref, w).sqrt())
         return e if math.isfinite(e) else math.inf
 
-    def result(self, error, judged: tuple, extra_nfe: int = 0, **fields) -> TunedGrid:
+    @staticmethod
+    def mean_square(out: Tensor, ref: Tensor, weights: Tensor | None) -> Tensor:
+        """Mean squared error per coordinate of ``out`` against ``ref``, over the samples weighted by
+        ``weights`` (the pilots' screening weights; None: equal)."""
+        per_sample = ((out - ref) ** 2).flatten(1).mean(1)
+        if weights is None:
+            return per_sample.mean()
+        w = weights.to(per_sample.device, per_sample.dtype)
+        return (w * per_sample).sum() / w.sum()
+
+    def result(self, error, judged: tuple, **fields) -> TunedGrid:
         """The :class:`TunedGrid` of ``fields``, schedule, seeds, version, the fresh-seed errors of the start
         and the result (``judged``; ``error(which, x, ref)``) and the tuning cost; resets the counter."""
         sch = self.denoiser.schedule
         lam = sch.log_snr(torch.tensor(fields["t"], dtype=torch.float64)).tolist()  # the schedule, for the checks
-        result = TunedGrid(schedule=repr(sch), log_snr=lam, pilot_seeds=self.pilot_seeds,
+        result = TunedGrid(schedule=repr(sch), log_snr=lam, pilot_seeds=self.pilot_seeds, screened=self.screened,
+                           pilot_weights=[] if self.weights is None else self.weights.tolist(),
                            fresh_seeds=self.fresh_seeds, version=__version__, **fields)
         if self.fresh_seeds:
             x, ref = self.targets(self.fresh_seeds)
             result.init_fresh_error, result.fresh_error = (error(which, x, ref) for which in judged)
-        result.tuning_nfe = self.denoiser.nfe - self.nfe_start + extra_nfe
+        result.tuning_nfe = self.denoiser.nfe - self.nfe_start
         self.denoiser.nfe = self.nfe_start
         result.tuning_seconds = time.perf_counter() - self.start_time
         self.progress.close()
         return result
 
 
-def _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, min_pilot: int = 1) -> tuple:
-    """What both tuners are given, checked once: (sample shape, pilot seeds, fresh seeds, device)."""
+SCREEN_PER_PILOT = 16  # candidate start points screened per pilot by default (module docstring)
+
+
+def _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, screen, min_pilot: int = 1) -> tuple:
+    """What both tuners are given, checked once: (sample shape, pilot seeds, fresh seeds, device, the
+    candidate seeds to screen the pilots from or None). ``screen``: None (default) screens
+    :data:`SCREEN_PER_PILOT` candidates per pilot when ``pilot`` is a number and none for explicit pilot
+    seeds; a number: that many candidates, seeds 0..screen−1 (0, or no more than the pilots: none).
+    The fresh seeds follow the candidates."""
     shape, device = check_tuning(denoiser, nfe, shape, max_evals, rtol, atol, device)
+    explicit = not is_integer(pilot) or isinstance(pilot, bool)
     pilots = seed_list(pilot, "pilot", min_pilot)
-    fresh = seed_list(fresh, "fresh", first=max(pilots) + 1)  # a number of fresh seeds: those after the pilots
-    if set(fresh) & set(pilots):
-        raise ValueError("fresh seeds must differ from pilot seeds (the point is to judge on unseen samples)")
-    return shape, pilots, fresh, device
+    if screen is None:
+        screen = 0 if explicit else SCREEN_PER_PILOT * len(pilots)
+    check_int("screen", screen, 0, " (candidate start points the pilots are chosen from; 0: none)")
+    candidates = None
+    if screen > len(pilots):
+        if explicit:
+            raise ValueError(f"screen={screen} chooses the pilot seeds among seeds 0..{screen - 1}, but pilot seeds "
+                             f"were given ({pilot!r}); give the number of pilots, or leave screen out")
+        candidates = list(range(screen))
+    drawn = candidates or pilots
+    fresh = seed_list(fresh, "fresh", first=max(drawn) + 1)  # a number of fresh seeds: those after the pilots
+    if set(fresh) & set(drawn):
+        raise ValueError("fresh seeds must differ from the pilot seeds" + (" and the screened candidates (seeds "
+                         f"0..{screen - 1})" if candidates else "") + " (the point is to judge on unseen samples)")
+    return shape, pilots, fresh, device, candidates
 
 
 def _fixed_step_solver(solver, solver_options: dict | None):
@@ -104,10 +177,9 @@ class _GridSearch:
 
     def __init__(self, pilots: _Pilots, sol, denoise_final: bool, tune_end: bool):
         self.pilots, self.sol, self.tune_end = pilots, sol, tune_end
-        self.error = partial(pilots.error, sol, denoise_final)  # (t, x, ref) -> RMS error
+        self.error = partial(pilots.error, sol, denoise_final)  # (t[, x, ref]) -> RMS error (on the pilots)
         self.schedule = sch = pilots.denoiser.schedule
         self.lam0, self.lam_max = float(sch.log_snr(sch.t_max)), float(sch.log_snr(sch.t_min))
-        self.x, self.ref = pilots.targets(pilots.pilot_seeds)
 
     def choose_start(self, init, steps: int, nfe: int) -> tuple[str, Tensor, float, dict]:
         """Score the starting grids (``"auto"``: :data:`FIXED_GRIDS`): the best's name, grid, error; all scores."""
@@ -118,7 +190,7 @@ class _GridSearch:
             if len(candidates["user"]) - 1 != steps:
                 raise ValueError(f"init grid has {count(len(candidates['user']) - 1, 'step')}; {self.sol.name} at "
                                  f"nfe={nfe} needs {steps}")
-        scores = {k: self.error(t, self.x, self.ref) for k, t in candidates.items()}
+        scores = {k: self.error(t) for k, t in candidates.items()}
         name = min(scores, key=scores.get)
         self.best_t, self.best_err = candidates[name], scores[name]
         return name, self.best_t, self.best_err, scores
@@ -151,7 +223,7 @@ class _GridSearch:
             t = validate_grid(self.schedule, self.grid(p))
         except ValueError:
             return 1e6
-        e = self.error(t, self.x, self.ref)
+        e = self.error(t)
         if e < self.best_err:
             self.best_t, self.best_err = t, e
         self.pilots.progress(f"solve {self.pilots.solves}/{self.max_evals}, best pilot error {self.best_err:.4g}")
@@ -178,35 +250,53 @@ class _GridSearch:
 def _tune_steps(denoiser: Denoiser, solver, nfe: int, checked: tuple, *, denoise_final, init, tune_end,
                 max_evals: int, solver_options, model: str, rtol: float, atol: float, verbose: bool,
                 progress: bool | None = None) -> TunedGrid:
-    """:func:`tune_steps` on checked arguments."""
+    """:func:`tune_steps` on checked arguments: the pilots screened and solved once, the grid searched
+    with and without the final denoise for ``"auto"`` (the better kept, charged with both), the result
+    judged on the fresh seeds."""
+    pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_steps {solver} nfe={nfe}"))
+    found = _search_grid(pilots, solver, nfe, denoise_final=denoise_final, init=init, tune_end=tune_end,
+                         max_evals=max_evals, solver_options=solver_options, verbose=verbose)
+    result = pilots.result(partial(pilots.error, found.sol, found.fields["denoise_final"]), found.judged,
+                           model=model, **found.fields)
+    if verbose:
+        print(f"tune_steps: pilot {result.init_error:.4g} ({result.init_grid}) -> {result.pilot_error:.4g}; "
+              f"{result.fresh_summary()}; {result.evaluations} solves, {result.tuning_seconds:.1f} s")
+    return result
+
+
+class _Found(NamedTuple):
+    """A grid search's result: the solver, the starting and the best grid (``judged``, for the fresh
+    seeds) and the fields of its :class:`TunedGrid`."""
+    sol: object
+    judged: tuple
+    fields: dict
+
+
+def _search_grid(pilots: _Pilots, solver, nfe: int, *, denoise_final, init, tune_end, max_evals: int,
+                 solver_options, verbose: bool) -> _Found:
+    """The best grid for ``solver`` on the pilots; ``denoise_final="auto"`` searches both ends with
+    ``max_evals`` solves each and keeps the better (charged with both)."""
     if isinstance(denoise_final, str):  # "auto": both, the better one kept
-        kw = dict(init=init, max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
-                  verbose=verbose, progress=progress)
-        runs = [_tune_steps(denoiser, solver, nfe, checked, denoise_final=d, tune_end=tune_end if d else None, **kw)
+        runs = [_search_grid(pilots, solver, nfe, denoise_final=d, init=init, tune_end=tune_end if d else None,
+                             max_evals=max_evals, solver_options=solver_options, verbose=verbose)
                 for d in (True, False)]
-        best = min(runs, key=lambda r: r.pilot_error)  # charged with the cost of both
-        for k in ("tuning_nfe", "tuning_seconds", "evaluations"):
-            setattr(best, k, sum(getattr(r, k) for r in runs))
+        best = min(runs, key=lambda r: r.fields["pilot_error"])
+        best.fields["evaluations"] = sum(r.fields["evaluations"] for r in runs)
         return best
     sol, solver_options = _fixed_step_solver(solver, solver_options)
     steps = sol.steps_for_nfe(nfe, denoise_final)
     tune_end = denoise_final if tune_end is None else bool(tune_end)
     if tune_end and not denoise_final:
         raise ValueError("tune_end needs denoise_final=True (without it the end time is the data time t_min)")
-    pilots = _Pilots(denoiser, checked, rtol, atol)
-    pilots.progress = StatusLine(progress, f"tune_steps {sol.name} nfe={nfe}")
+    solves = pilots.solves
     search = _GridSearch(pilots, sol, denoise_final, tune_end)
     init_name, init_t, init_err, scores = search.choose_start(init, steps, nfe)
     if verbose:
         pilots.progress.close()
-        print(f"tune_steps: {sol.name} nfe={nfe} steps={steps}; fixed grids: "
+        print(f"tune_steps: {sol.name} nfe={nfe} steps={steps}{' + x̂0' if denoise_final else ''}; fixed grids: "
               + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-    search.run(max_evals)
-    result = pilots.result(search.error, (init_t, search.best_t), t=search.best_t.tolist(), solver=sol.name,
-                           nfe=int(nfe), denoise_final=denoise_final, model=model, solver_options=dict(solver_options),
-                           init_grid=init_name, init_error=init_err, pilot_error=search.best_err,
-                           evaluations=pilots.solves)
-    if verbose:
-        print(f"tune_steps: pilot {init_err:.4g} ({init_name}) -> {result.pilot_error:.4g}; "
-              f"{result.fresh_summary()}; {pilots.solves} solves, {result.tuning_seconds:.1f} s")
-    return result
+    search.run(solves + max_evals)
+    return _Found(sol, (init_t, search.best_t), dict(
+        t=search.best_t.tolist(), solver=sol.name, nfe=int(nfe), denoise_final=denoise_final,
+        solver_options=dict(solver_options), init_grid=init_name, init_error=init_err, pilot_error=search.best_err,
+        evaluations=pilots.solves - solves))

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._text import StatusLine, count
-from ._tuning import _check, _Pilots, _tune_steps
+from ._tuning import _check, _Pilots, _search_grid
 from .checks import (
     check_flag,
     check_grid_values,
@@ -55,9 +55,10 @@ class _WeightFit:
     def __init__(self, pilots: _Pilots, t, denoise_final, tuned, history: int, shifts: bool, n_val: int):
         self.pilots, self.t, self.denoise_final, self.tuned = pilots, t, denoise_final, tuned
         self.history, self.shifts = history, shifts
-        self.x, self.ref = pilots.targets(pilots.pilot_seeds)
+        self.x, self.ref, w = pilots.x, pilots.ref, pilots.weights
         self.x_train, self.ref_train = self.x[:-n_val], self.ref[:-n_val]
         self.x_val, self.ref_val = self.x[-n_val:], self.ref[-n_val:]
+        self.w_train, self.w_val = (None, None) if w is None else (w[:-n_val], w[-n_val:])
 
     def starts(self, verbose: bool) -> dict:
         """Starting (predictor, corrector) by name: DPM-Solver++(2M) ("2m"); its predictor choosing where to
@@ -81,21 +82,22 @@ class _WeightFit:
         p, c, d = weights
         return LearnedMultistep(predictor=p, corrector=c, history=self.history, shift=d if self.shifts else None)
 
-    def error(self, weights, x, ref) -> float:
+    def error(self, weights, x=None, ref=None, sample_weights=None) -> float:
+        """The RMS error of the solver with ``weights`` from ``x`` (default: all pilots, with their weights)."""
         with torch.no_grad():
-            return self.pilots.error(self.solver(weights), self.denoise_final, self.t, x, ref)
+            return self.pilots.error(self.solver(weights), self.denoise_final, self.t, x, ref, sample_weights)
 
     def fit(self, starts: dict, base: str, iterations: int, lr: float, check_every: int, verbose: bool):
         """Adam from every start; ``init``: start ``base`` (the point of ``init_*``), ``init_val_error``."""
         d0 = torch.zeros(len(self.t) - 1, dtype=torch.float64)
         self.init = (*starts[base], d0)
-        self.init_val_error = self.error(self.init, self.x_val, self.ref_val)
+        self.init_val_error = self.error(self.init, self.x_val, self.ref_val, self.w_val)
         self.best = {"err": self.init_val_error, "weights": self.init, "iteration": 0, "start": base}
         for name, (p, c) in starts.items():
             self._descend(name, (p, c, d0), iterations, lr, check_every, verbose)
 
     def _keep_if_better(self, weights, it: int, start: str) -> float:
-        err = self.error(weights, self.x_val, self.ref_val)
+        err = self.error(weights, self.x_val, self.ref_val, self.w_val)
         if err < self.best["err"]:
             self.best.update(err=err, weights=tuple(w.detach().clone() for w in weights), iteration=it, start=start)
         return err
@@ -110,7 +112,7 @@ class _WeightFit:
             with torch.enable_grad():
                 out = integrate(self.solver((P, C, D)), self.pilots.denoiser, self.x_train, self.t,
                                 level=self.pilots.level, denoise_final=self.denoise_final).x
-                loss = ((out - self.ref_train) ** 2).mean()
+                loss = self.pilots.mean_square(out, self.ref_train, self.w_train)
                 if not torch.isfinite(loss):
                     break  # diverged: keep the best iterate so far
                 loss.backward()
@@ -125,8 +127,8 @@ class _WeightFit:
 
 
 def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: str = "unipc", history: int = 3,
-                shifts: bool = True, pilot=1024, fresh=1024, validation: float = 0.25, iterations: int = 300,
-                lr: float = 0.01, check_every: int = 10, shape=None, denoise_final: bool = False,
+                shifts: bool = True, pilot=1024, screen: int | None = 0, fresh=1024, validation: float = 0.25,
+                iterations: int = 300, lr: float = 0.01, check_every: int = 10, shape=None, denoise_final: bool = False,
                 max_evals: int = 300, model: str = "", rtol: float = 1e-8, atol: float = 1e-8, device=None,
                 verbose: bool = False, progress: bool | None = None) -> TunedGrid:
     r"""Fit the per-step weights of :class:`~diffsolve.solvers.learned.LearnedMultistep` to a model,
@@ -136,7 +138,8 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     The pilot seeds are split into a training part and a held-out part (``validation``). Adam
     minimises the mean squared error of the run against the reference solves on the training
     part, differentiating through the solver and the network (so the network must be
-    differentiable in x, and with ``shifts`` in its time input: any torch module); every ``check_every`` iterations the held-out error is
+    differentiable in x, and with ``shifts`` in its time input: any torch module); every ``check_every``
+    iterations the held-out error is
     measured, and the weights with the lowest held-out error are kept — the starting weights
     included, so the result is never worse than its starts there.
     The fit is not convex: it runs from up to three starts — 2M; 2M choosing the evaluation points
@@ -152,7 +155,11 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
             ``denoise_final`` is used), a grid kind, or an array of times.
         history: evaluations each step combines (k of the solver).
         shifts: also fit the evaluation-time shifts δ (start: 0).
-        pilot, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`.
+        pilot, screen, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`, but by
+            default 1024 pilots, not screened (``screen=0``): 256 pilots screened from 4096 did
+            better on the 16-D and 64-D mixtures and worse on the held-out 32-D one (0.55× / 0.51× the
+            best peer at NFE 5 / 10 against 0.45× / 0.07×; ``benchmarks/defaults.md``, "tune_steps'
+            defaults").
         validation: fraction of the pilot seeds held out to choose the iterate.
         iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
         progress: as in :func:`tune_steps` (the grid's tuning, then each start's iterations).
@@ -161,7 +168,7 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
         ``sample(denoiser, steps=result)`` runs it.
     """
-    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, min_pilot=2)
+    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, screen, min_pilot=2)
     check_number("validation", validation, positive=True, maximum=1.0)
     check_int("iterations", iterations, 0)
     check_int("check_every", check_every)
@@ -169,17 +176,15 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     check_number("lr", lr, positive=True)
     check_flag("shifts", shifts)
     check_flag("denoise_final", denoise_final)
-    pilots = _Pilots(denoiser, checked, rtol, atol)
-    pilots.progress = StatusLine(progress, f"tune_solver nfe={nfe}")
+    pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_solver nfe={nfe}"))
     n_val = max(1, round(validation * len(pilots.pilot_seeds)))
     if len(pilots.pilot_seeds) - n_val < 1:
         raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
-    grid_nfe, grid_name = 0, None
+    grid_name = None
     if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
-        grid = _tune_steps(denoiser, grid_solver, nfe, (*checked[:2], [], checked[3]), denoise_final=denoise_final,
-                           init="auto", tune_end=None, max_evals=max_evals, solver_options=None, model=model, rtol=rtol,
-                           atol=atol, verbose=verbose, progress=progress)
-        grid_nfe, grid_name = grid.tuning_nfe, f"tuned for {grid_solver}"
+        found = _search_grid(pilots, grid_solver, nfe, denoise_final=denoise_final, init="auto", tune_end=None,
+                             max_evals=max_evals, solver_options=None, verbose=verbose)
+        grid, grid_name = TunedGrid(model=model, **found.fields), f"tuned for {grid_solver}"
     t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
     fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)
     starts = fit.starts(verbose)
@@ -190,10 +195,10 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     options = {"predictor": p.tolist(), "corrector": c.tolist(), "history": history,
                **({"shift": d.tolist()} if shifts else {})}
     init_grid = f"{grid_name or name}; weights from start {best['start']} (init_*: {base} weights)"
-    result = pilots.result(fit.error, (fit.init, best["weights"]), extra_nfe=grid_nfe, t=t.tolist(),
+    result = pilots.result(fit.error, (fit.init, best["weights"]), t=t.tolist(),
                            solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final, model=model,
-                           solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init, fit.x, fit.ref),
-                           pilot_error=fit.error(best["weights"], fit.x, fit.ref), validation_error=best["err"],
+                           solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init),
+                           pilot_error=fit.error(best["weights"]), validation_error=best["err"],
                            evaluations=len(starts) * iterations)
     if verbose:
         print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "

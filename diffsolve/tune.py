@@ -29,8 +29,8 @@ from .tuned import TunedGrid, load_grid
 __all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 
 
-def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, fresh=256,
-               shape=None, denoise_final: bool | str = "auto", init="auto", tune_end: bool | None = None,
+def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, screen: int | None = None,
+               fresh=256, shape=None, denoise_final: bool | str = "auto", init="auto", tune_end: bool | None = None,
                max_evals: int = 300, solver_options: dict | None = None, model: str = "",
                rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False,
                progress: bool | None = None) -> TunedGrid:
@@ -50,8 +50,16 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, f
             The defaults against the former ones (``"dpmpp_2m"``, the final denoise) on the
             bundled digits model, fresh seeds: 0.079 vs 0.175 at NFE 5, 0.016 vs 0.030 at NFE 10,
             for about twice the tuning time (16–21 s vs 8–10 s on one CPU thread).
-        pilot: number of pilot samples (seeds 0..pilot−1) or an explicit seed list / ``"0-63"``.
-        fresh: fresh samples to judge the grid on (seeds after the pilot ones), or a seed list; 0 to skip.
+        pilot: number of pilot samples, or an explicit seed list / ``"0-63"``.
+        screen: candidate start points (seeds 0..screen−1) the ``pilot`` seeds are chosen from by the
+            error of the default call (stratified, weighted: :mod:`diffsolve._tuning`). Default (None):
+            16 per pilot (1024) for a number of pilots, none for explicit pilot seeds; 0: seeds
+            0..pilot−1. It costs 4·nfe evaluations per candidate and no reference solve, and it is what
+            lets 64 pilots see the few start points that carry a small budget's error
+            (``benchmarks/defaults.md``, "tune_steps' defaults").
+        fresh: fresh samples to judge the grid on (seeds after the pilot or screened ones), or a seed
+            list; 0 to skip. (On problems whose error sits in a few start points, a few hundred fresh
+            seeds judge the grid loosely.)
         shape: shape of one sample; default ``denoiser.shape``.
         init: ``"auto"`` (the best of :data:`FIXED_GRIDS` on the pilot set), a grid kind, or an array.
         tune_end: let the final time move (only meaningful with ``denoise_final``; default: same).
@@ -64,7 +72,7 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, f
     Returns:
         :class:`TunedGrid` (save it with ``.save(path)``; use it with ``sample(..., steps=grid)``).
     """
-    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device)
+    checked = _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, screen)
     check_flag("denoise_final", denoise_final, choices=("auto",))
     check_flag("tune_end", tune_end, allow_none=True)
     check_options("solver_options", solver_options)

@@ -31,6 +31,8 @@ class TunedGrid:
 
     ``pilot_error`` / ``fresh_error``: RMS error per coordinate of the solver with this grid against
     the reference, on the pilot seeds and on fresh seeds; ``init_*``: the same for the starting grid.
+    ``screened``: the candidate start points the pilots were chosen from (0: none), with the pilots'
+    ``pilot_weights`` (empty: equal); the pilot errors are then weighted means (:mod:`diffsolve._tuning`).
     ``solver_options`` are passed to the solver (for :func:`~diffsolve.tune.tune_solver`: the fitted
     weights); ``validation_error``: the error on the held-out pilots that chose the fitted weights.
     ``tuning_nfe``: network evaluations spent by the search (batched calls; each call evaluates
@@ -57,6 +59,8 @@ class TunedGrid:
     fresh_error: float = math.nan
     validation_error: float = math.nan
     pilot_seeds: list = field(default_factory=list)
+    pilot_weights: list = field(default_factory=list)
+    screened: int = 0
     fresh_seeds: list = field(default_factory=list)
     evaluations: int = 0
     tuning_nfe: int = 0

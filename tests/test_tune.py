@@ -16,7 +16,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def tuned(model):
-    return tune_steps(model, "dpmpp_2m", nfe=6, pilot=24, fresh=24, max_evals=60)
+    # the grid file's checks below are written for a run ending with the final denoise; plain pilots
+    return tune_steps(model, "dpmpp_2m", nfe=6, pilot=24, screen=0, fresh=24, max_evals=60, denoise_final=True)
 
 
 def test_grid_is_valid(model, tuned):
@@ -44,6 +45,37 @@ def test_error_reported_is_reproducible(model, tuned):
     assert out.nfe == tuned.nfe
     err = float(((out.x - ref) ** 2).mean().sqrt())
     assert err == pytest.approx(tuned.pilot_error, rel=1e-6)
+
+
+def test_screened_pilots(model):
+    """screen=M: half the pilots are the M candidates with the largest error of the default call
+    (NFE n against 3n), weight 1; the other half is drawn from the rest, each standing for
+    (M - P/2)/(P/2) of them; the reported pilot error is that weighted mean; fresh seeds follow the
+    candidates."""
+    from diffsolve.reference import ode_reference
+
+    sch, M, P = model.schedule, 96, 12
+    g = tune_steps(model, "ddim", nfe=4, pilot=P, screen=M, fresh=8, max_evals=20)
+    assert g.screened == M and len(g.pilot_seeds) == P and set(g.pilot_seeds) <= set(range(M))
+    assert g.fresh_seeds == list(range(M, M + 8))
+    x = sch.sigma(sch.t_max).item() * ds.NoiseSource(M, (2,), seeds=range(M)).randn()
+    proxy = ((ds.sample(model, x, nfe=4).x - ds.sample(model, x, nfe=12).x) ** 2).sum(1)
+    top = set(proxy.argsort(descending=True)[:P // 2].tolist())
+    w = dict(zip(g.pilot_seeds, g.pilot_weights))
+    assert {s for s, v in w.items() if v == 1.0} == top
+    assert sorted(v for v in w.values() if v != 1.0) == [(M - P // 2) / (P - P // 2)] * (P - P // 2)
+    xp = x[g.pilot_seeds]
+    ref = ode_reference(model, xp, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
+    out = ds.sample(model, xp, steps=g).x
+    wt = torch.tensor(g.pilot_weights, dtype=torch.float64)
+    err = float(((wt * ((out - ref) ** 2).mean(1)).sum() / wt.sum()).sqrt())
+    assert err == pytest.approx(g.pilot_error, rel=1e-6)
+    # explicit pilot seeds are used as given; screening them is refused, not ignored
+    assert tune_steps(model, "ddim", nfe=4, pilot="0-7", fresh=0, max_evals=8).screened == 0
+    with pytest.raises(ValueError, match="pilot seeds were given"):
+        tune_steps(model, "ddim", nfe=4, pilot="0-7", screen=64, fresh=0, max_evals=8)
+    with pytest.raises(ValueError, match="screen"):
+        tune_steps(model, "ddim", nfe=4, pilot=8, screen=-1)
 
 
 def test_save_load_and_reuse(model, tuned, tmp_path):

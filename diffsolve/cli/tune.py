@@ -27,6 +27,9 @@ def add_parser(subparsers):
                     "for UniPC (tune_solver; the network must be differentiable)")
     add_nfe_option(tn, required=True)
     tn.add_argument("--pilot", type=positive_int, default=256, help="pilot samples, seeds 0..N-1 (default 256)")
+    tn.add_argument("--screen", type=int, default=None,
+                    help="candidate start points (seeds 0..N-1) the pilots are chosen from by the default call's "
+                         "error, stratified and weighted (default 16 per pilot; 0: seeds 0..pilot-1)")
     tn.add_argument("--fresh", type=int, default=1024,
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
     tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
@@ -57,6 +60,8 @@ def _check_args(args) -> str:
                            f"`diffsolve list grids`) or auto")
     if args.fresh < 0:
         raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
+    if args.screen is not None and args.screen < 0:
+        raise CLIError(f"--screen must be >= 0, got {args.screen}")
     return name
 
 
@@ -69,13 +74,13 @@ def _tune(args, name, den, problem, device):
     if name == "learned":
         if denoise_final == "auto":
             raise CLIError("--solver learned needs --denoise-final yes or no")
-        return tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, fresh=args.fresh,
+        return tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, screen=args.screen, fresh=args.fresh,
                            iterations=args.iterations, max_evals=args.max_evals, denoise_final=denoise_final,
                            model=problem.name, device=device, verbose=not args.quiet,
                            progress=False if args.quiet else None)
     with torch.no_grad():
-        return tune_steps(den, args.solver, args.nfe, pilot=args.pilot, fresh=args.fresh, init=args.init,
-                          max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
+        return tune_steps(den, args.solver, args.nfe, pilot=args.pilot, screen=args.screen, fresh=args.fresh,
+                          init=args.init, max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
                           device=device, verbose=not args.quiet, progress=False if args.quiet else None)
 
 
@@ -92,7 +97,8 @@ def run(args) -> int:
               f"...", file=sys.stderr, flush=True)
     res = _tune(args, name, den, problem, device)
     res.save(out)
-    print(f"{args.solver} NFE {res.nfe}: pilot RMS error {res.init_error:.4g} ({res.init_grid}) -> "
+    screened = f" (pilots screened from {res.screened} start points, weighted)" if res.screened else ""
+    print(f"{args.solver} NFE {res.nfe}: pilot RMS error{screened} {res.init_error:.4g} ({res.init_grid}) -> "
           f"{res.pilot_error:.4g}; {res.fresh_summary()}; tuning cost {count(res.tuning_nfe, 'network call')}, "
           f"{res.tuning_seconds:.1f} s -> {out}")
     return 0
