@@ -364,46 +364,53 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
 
 
 def tune_check(budgets=(5, 10)):
-    """tune_steps' bare call against its former defaults (dpmpp_2m with the final denoise) on the digits
-    model and on the held-out mix16 under DDPM (no tuning default was chosen on it): the fresh-seed
-    error of the tuned grid and the tuning time (one thread)."""
+    """tune_steps' bare call against its first defaults (dpmpp_2m with the final denoise, 64 plain pilots)
+    on the digits model and on mix16 under DDPM: the error of the tuned grid on the same 256 fresh
+    seeds (1024-1279, after the bare call's screened candidates) and the tuning time (one thread)."""
     import time
 
     models = {"digits": ds.zoo.load("digits"), "mix16/ddpm": _problem("mix16", "ddpm")[2]}
     print("\n## tune_steps: the bare call against the former defaults (fresh seeds)\n")
-    print("| model | NFE | bare call | fresh rms | s | former (dpmpp_2m + x̂0) | fresh rms | s | ratio |")
+    print("| model | NFE | bare call | fresh rms | s | first defaults (dpmpp_2m + x̂0, plain pilots) | fresh rms | s "
+          "| ratio |")
     print("|---|---:|---|---:|---:|---|---:|---:|---:|")
     for label, m in models.items():
         for nfe in budgets:
             cells = []
-            for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True)):
+            for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True, screen=0)):
                 t0 = time.perf_counter()
-                g = ds.tune_steps(m, nfe=nfe, progress=False, **kw)
+                g = ds.tune_steps(m, nfe=nfe, progress=False, fresh=range(1024, 1280), **kw)
                 cells.append((f"{g.solver}{' +x̂0' if g.denoise_final else ''}", g.fresh_error,
                               time.perf_counter() - t0))
             print(f"| {label} | {nfe} | " + " | ".join(f"{a} | {b:.3g} | {c:.0f}" for a, b, c in cells)
                   + f" | {cells[0][1] / cells[1][1]:.2f} |")
 
 
-# the tuners' bare calls and their former defaults (before screened pilots, 2026-12-06)
-TUNERS = [("tune_steps", "bare call", {}), ("tune_steps", "former: pilot=64, screen=0", dict(screen=0)),
+# the tuners' bare calls, their former defaults (before screened pilots, 2026-12-06) and a variant tried
+TUNERS = [("tune_steps", "bare call (pilot=64, screen=1024)", {}),
+          ("tune_steps", "former: pilot=64, screen=0", dict(screen=0)),
+          ("tune_steps", "tried: pilot=64, screen=4096", dict(screen=4096)),
           ("tune_solver", "bare call (pilot=1024, screen=0)", {}),
           ("tune_solver", "tried: pilot=256, screen=4096", dict(pilot=256, screen=4096))]
+# what each problem was for: ring and mix64 were looked at while the screening was built, mix16 too;
+# mix32's result decided tune_solver's default (the tried variant lost there); mix48 only judges
+TUNE_PROBLEMS = ("ring", "mix64", "mix16", "mix32", "mix48")
 
 
-def tune_peers_check(budgets=(5, 10), problems=("mix16", "mix32")):
-    """The tuners' bare calls (and their former defaults) against the best diffusers / k-diffusion
-    configuration on problems no default was chosen on (DDPM schedule; peer rows from
-    ``peers_quality.py --problems mix16 mix32 --nfe 5 10 --which peers``): the tuned run starts from
-    the peers' start points and is measured against the same σ → 0 reference (benchmarks/_peers.py).
-    mix32 played no part in any choice; mix16 was looked at while the screening was built."""
+def tune_peers_check(budgets=(5, 10), problems=TUNE_PROBLEMS):
+    """The tuners' bare calls (their former defaults, a tried variant) against the best diffusers /
+    k-diffusion configuration (DDPM schedule; peer rows from ``peers_quality.py --problems ...
+    --which peers``): the tuned run starts from the peers' start points and is measured against the
+    same σ → 0 reference (benchmarks/_peers.py). Also how concentrated the screening's proxy is: the
+    share of ‖x_N − x_3N‖² that the worst 32 of the 1024 candidates a bare tune_steps screens carry."""
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     import _peers as P
+    from diffsolve._tuning import screening_proxy
 
     print("\n## The tuners' bare calls against the best peer configuration (DDPM, the peers' start points)\n")
-    print("| problem | NFE | tuner | settings | rms | tuning s | best peer | rms | tuned / peer |")
-    print("|---|---:|---|---|---:|---:|---|---:|---:|")
+    print("| problem | NFE | top-32 share | tuner | settings | rms | tuning s | best peer | rms | tuned / peer |")
+    print("|---|---:|---:|---|---|---:|---:|---|---:|---:|")
     for problem in problems:
         prob = P.make_problem(problem)
         rows = P.quality_rows(problem)
@@ -411,7 +418,11 @@ def tune_peers_check(budgets=(5, 10), problems=("mix16", "mix32")):
         s_T = prob.s_of_t(sch.t_max)
         ref = P.reference(prob, s_T, s_T)
         x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
+        candidates = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * ds.NoiseSource(
+            1024, prob.gm.shape, seeds=range(1024)).randn()
         for n in budgets:
+            proxy = screening_proxy(prob.den, candidates, n).sort(descending=True).values
+            share = float(proxy[:32].sum() / proxy.sum())
             best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
                         and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
             for tuner, label, kw in TUNERS:
@@ -422,8 +433,8 @@ def tune_peers_check(budgets=(5, 10), problems=("mix16", "mix32")):
                     res = ds.sample(prob.den, x, steps=g)
                 assert float(res.t[0]) == sch.t_max and res.nfe == n
                 e = _rms(res.x, ref)
-                print(f"| {problem} | {n} | {tuner} | {label} | {e:.3g} | {secs:.0f} | {best['config'][:60]} | "
-                      f"{best['rms']:.3g} | {e / best['rms']:.2f} |", flush=True)
+                print(f"| {problem} | {n} | {share:.2f} | {tuner} | {label} | {e:.3g} | {secs:.0f} | "
+                      f"{best['config'][:60]} | {best['rms']:.3g} | {e / best['rms']:.2f} |", flush=True)
 
 
 def peers_check(budgets=(5, 10, 20)):
@@ -462,7 +473,7 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
     ap.add_argument("--tune-peers", action="store_true",
-                    help="also run the tuners' bare calls against the peers on mix16 and mix32 "
+                    help="also run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, mix48 "
                          "(needs their peers_quality rows)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -3,15 +3,16 @@ with its fresh-seed judgement and cost), the input checks, the progress line, an
 behind :func:`diffsolve.tune.tune_steps` (which :func:`diffsolve.solver_fit.tune_solver` also runs
 for ``grid="auto"``).
 
-**Screened pilots.** At small budgets the RMS error over the prior is carried by a few start points
-(those near a decision between modes: on a 64-D mixture, 32 of 1024 start points carry 98 % of the
-squared difference between the default call at NFE 10 and at NFE 30), which a plain set of 64
-pilots rarely holds; a grid tuned on them is tuned for the easy points only. With ``screen=M``
-(default: 16 per pilot) the tuners run the default call at the budget N and at 3N from M candidate
-start points (4N evaluations each, no reference solve) and take the pilot set as a stratified sample
-of the candidates by that proxy error e_i = ‖x_N − x_3N‖²: the P/2 largest (weight 1, all of them)
-and P − P/2 drawn uniformly from the rest (weight (M − P/2)/(P − P/2) each). The weighted mean of
-the pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates
+**Screened pilots.** At small budgets the RMS error over the prior is carried by a few start points,
+those near a decision between modes: on a 64-D mixture, 32 of 1024 start points carry 98 % of the
+squared difference between the default call at NFE 10 and at NFE 30 (``benchmarks/defaults_sweep.py
+--tune-peers``, "top-32 share"). A plain set of 64 pilots rarely holds them, and a grid tuned on it
+is tuned for the easy points only. With ``screen=M`` (``tune_steps``' default: 16 per pilot;
+``tune_solver``'s: none) the tuner runs the default call at the budget N and at 3N from M candidate
+start points (4N evaluations each, no reference solve) and takes the pilot set as a stratified
+sample of the candidates by that proxy error e_i = ‖x_N − x_3N‖²: the P/2 largest (weight 1, all of
+them) and P − P/2 drawn uniformly from the rest (weight (M − P/2)/(P − P/2) each). The weighted mean
+of the pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates
 without bias from the selection, whatever the proxy's quality; the proxy decides how much of the
 variance goes (``benchmarks/defaults.md``, "tune_steps' defaults").
 """
@@ -40,6 +41,15 @@ from .tuned import TunedGrid
 FIXED_GRIDS = ("log_snr", "karras", "time", "quadratic")  # the starting grids tune_steps scores
 
 
+def screening_proxy(denoiser, x: Tensor, nfe: int) -> Tensor:
+    """The screening's proxy error of each start point in ``x``: ‖x_N − x_3N‖² between the default call
+    at ``nfe`` and at 3·``nfe`` evaluations (module docstring), float64 on the CPU, shape (B,)."""
+    from .sample import sample  # the default call (sample imports the tuned-grid reader, not this module)
+    with torch.no_grad():
+        a, b = (sample(denoiser, x, nfe=n).x for n in (nfe, 3 * nfe))
+    return ((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64)
+
+
 class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
@@ -58,16 +68,11 @@ class _Pilots:
 
     def _screen(self, candidates: list, keep: int, nfe: int) -> tuple[list, Tensor]:
         """The stratified pilot set of ``keep`` seeds from ``candidates`` and their weights (module docstring)."""
-        from .sample import sample  # the default call (sample imports the tuned-grid reader, not this module)
         self.progress(f"screening {count(len(candidates), 'candidate start point')} (default call at NFE {nfe} "
                       f"and {3 * nfe})", force=True)
-        proxy = []
-        with torch.no_grad():
-            for i in range(0, len(candidates), 256):
-                x = self.start_points(candidates[i:i + 256])
-                a, b = (sample(self.denoiser, x, nfe=n).x for n in (nfe, 3 * nfe))
-                proxy.append(((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64))
-        order = torch.cat(proxy).argsort(descending=True, stable=True).tolist()
+        proxy = torch.cat([screening_proxy(self.denoiser, self.start_points(candidates[i:i + 256]), nfe)
+                           for i in range(0, len(candidates), 256)])
+        order = proxy.argsort(descending=True, stable=True).tolist()
         top, n_rand = keep // 2, keep - keep // 2
         rest = order[top:]
         drawn = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:n_rand].tolist()

@@ -156,10 +156,10 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         history: evaluations each step combines (k of the solver).
         shifts: also fit the evaluation-time shifts δ (start: 0).
         pilot, screen, fresh, shape, rtol, atol, device, model: as in :func:`tune_steps`, but by
-            default 1024 pilots, not screened (``screen=0``): 256 pilots screened from 4096 did
-            better on the 16-D and 64-D mixtures and worse on the held-out 32-D one (0.55× / 0.51× the
-            best peer at NFE 5 / 10 against 0.45× / 0.07×; ``benchmarks/defaults.md``, "tune_steps'
-            defaults").
+            default 1024 pilots, not screened (``screen=0``). 256 pilots screened from 4096 tie with
+            that over ten cells (geometric mean 1.03×, at half the tuning time) and lost on the 32-D
+            mixture whose result decided (0.55× / 0.51× the best peer at NFE 5 / 10 against
+            0.45× / 0.07×; ``benchmarks/defaults.md``, "tune_steps' defaults").
         validation: fraction of the pilot seeds held out to choose the iterate.
         iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
         progress: as in :func:`tune_steps` (the grid's tuning, then each start's iterations).

@@ -173,3 +173,30 @@ def test_load_checks_the_fields_that_decide_the_run(tuned, tmp_path):
 
     bad.write_text(json.dumps({**good, "denoise_final": "no"}))
     assert main(["sample", "--problem", "ring2d", "--grid", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_cli_leaves_pilots_and_screening_to_the_tuner(tmp_path, monkeypatch):
+    """`diffsolve tune` without --pilot / --screen passes neither, so each tuner's own defaults hold
+    (tune_steps: 64 pilots screened from 1024; tune_solver: 1024 plain pilots)."""
+    import diffsolve.tune as tune_module
+    from diffsolve.cli import main
+
+    seen = {}
+
+    def spy(name):
+        def run(*args, **kw):
+            seen[name] = kw
+            raise SystemExit(0)
+        return run
+
+    for name in ("tune_steps", "tune_solver"):
+        monkeypatch.setattr(tune_module, name, spy(name))
+    for solver in ("unipc", "learned"):
+        with pytest.raises(SystemExit):
+            main(["tune", "--problem", "ring2d", "--solver", solver, "--nfe", "5", "--denoise-final", "no",
+                  "--out", str(tmp_path / "g.json"), "--quiet"])
+    assert not {"pilot", "screen"} & (set(seen["tune_steps"]) | set(seen["tune_solver"]))
+    with pytest.raises(SystemExit):
+        main(["tune", "--problem", "ring2d", "--nfe", "5", "--pilot", "8", "--screen", "0",
+              "--out", str(tmp_path / "g.json"), "--quiet"])
+    assert seen["tune_steps"]["pilot"] == 8 and seen["tune_steps"]["screen"] == 0

@@ -26,10 +26,12 @@ def add_parser(subparsers):
                     "'learned': fit the per-step weights of the learned multistep solver on a grid tuned "
                     "for UniPC (tune_solver; the network must be differentiable)")
     add_nfe_option(tn, required=True)
-    tn.add_argument("--pilot", type=positive_int, default=256, help="pilot samples, seeds 0..N-1 (default 256)")
+    tn.add_argument("--pilot", type=positive_int, default=None,
+                    help="pilot samples (default: the tuner's own, 64 for tune_steps, 1024 for --solver learned)")
     tn.add_argument("--screen", type=int, default=None,
                     help="candidate start points (seeds 0..N-1) the pilots are chosen from by the default call's "
-                         "error, stratified and weighted (default 16 per pilot; 0: seeds 0..pilot-1)")
+                         "error, stratified and weighted (default: the tuner's own, 16 per pilot for tune_steps, "
+                         "none for --solver learned; 0: seeds 0..pilot-1)")
     tn.add_argument("--fresh", type=int, default=1024,
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
     tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
@@ -71,15 +73,17 @@ def _tune(args, name, den, problem, device):
     from ..tune import tune_solver, tune_steps
 
     denoise_final = DENOISE_FINAL[args.denoise_final or ("yes" if name == "learned" else "auto")]
+    # what the command line leaves out, the tuner's own defaults decide
+    given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen)) if v is not None}
     if name == "learned":
         if denoise_final == "auto":
             raise CLIError("--solver learned needs --denoise-final yes or no")
-        return tune_solver(den, args.nfe, grid=args.init, pilot=args.pilot, screen=args.screen, fresh=args.fresh,
+        return tune_solver(den, args.nfe, grid=args.init, fresh=args.fresh, **given,
                            iterations=args.iterations, max_evals=args.max_evals, denoise_final=denoise_final,
                            model=problem.name, device=device, verbose=not args.quiet,
                            progress=False if args.quiet else None)
     with torch.no_grad():
-        return tune_steps(den, args.solver, args.nfe, pilot=args.pilot, screen=args.screen, fresh=args.fresh,
+        return tune_steps(den, args.solver, args.nfe, fresh=args.fresh, **given,
                           init=args.init, max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
                           device=device, verbose=not args.quiet, progress=False if args.quiet else None)
 
@@ -92,7 +96,8 @@ def run(args) -> int:
     problem = problem_from_args(args, device)
     den = checked_denoiser(problem, device)
     if not args.quiet:
-        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {count(args.pilot, 'pilot seed')}, "
+        pilots = count(args.pilot, "pilot seed") if args.pilot else "the tuner's default pilots"
+        print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {pilots}, "
               f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')} "
               f"...", file=sys.stderr, flush=True)
     res = _tune(args, name, den, problem, device)
