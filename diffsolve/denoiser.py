@@ -314,6 +314,29 @@ class Denoiser(torch.nn.Module):
     def score(self, x, t):
         return self.predict(x, t, "score")
 
+    def combine(self, x: Tensor, t, a: float, b: float, kind: str = "x0") -> Tensor:
+        """a·x + b·(the prediction ``kind`` at (x, t)), from one counted network call.
+
+        The conversions are affine in (x, y), y the network's output (docs/math.md §2): the
+        prediction is P·x + Q·y with P = A_q − B_q A_p / B_p, Q = B_q / B_p (p the network's type,
+        q = ``kind``), so for one host-scalar t and no ``threshold`` the result is
+        (a + bP)·x + (bQ)·y in two passes over the data instead of four (a first-order step such
+        as DDIM, x⁺ = a·x + b·x̂0). Otherwise it is formed from the prediction itself. ``a``, ``b``:
+        Python floats.
+        """
+        y = self.raw(x, t)
+        if self.threshold is None and _scalar_time(t) is not None:
+            source, target = self.prediction, _canonical(kind)
+            P, Q = 0.0, 1.0
+            if source != target:
+                A_p, B_p = self.coefficients(t, source, x)
+                A_q, B_q = self.coefficients(t, target, x) if target != "x0" else (0.0, 1.0)
+                P, Q = A_q - B_q * A_p / B_p, B_q / B_p
+            out = y * (b * Q)
+            c = a + b * P
+            return out.add_(x, alpha=c) if c != 0.0 else out
+        return self.from_output(y, x, t, kind).mul(b).add_(x, alpha=a)
+
     def v(self, x, t):
         return self.predict(x, t, "v")
 

@@ -12,6 +12,7 @@ import torch
 import diffsolve as ds
 from diffsolve.analytic import GaussianMixture
 from diffsolve.denoiser import PREDICTIONS, Denoiser, NonFiniteError
+from diffsolve.thresholding import Clip
 from diffsolve.schedules import (CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule, SubVPSchedule,
                                  VESchedule, VPSchedule)
 
@@ -100,6 +101,30 @@ def test_per_sample_times_match_scalar_times():
         xi, yi, ti = x[i:i + 1], y[i:i + 1], float(t[i])
         scale = _scale(d, xi, d.convert(yi, xi, ti, "v", "x0"), ti, "score")
         assert _err(out[i:i + 1], d.convert(yi, xi, ti, "v", "score"), scale) < 1e-14
+
+
+@pytest.mark.parametrize("name", ["vp", "ddpm", "edm", "flow"])
+def test_combine_is_the_linear_combination_with_the_prediction(name):
+    """combine(x, t, a, b, q) = a·x + b·(prediction q) for every network type p and every q, at
+    host-scalar times (the fused two-pass path), per-sample times and with a threshold (the
+    general path); one counted network call each."""
+    s = SCHEDULES[name]
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(4, 3, 5, dtype=F64, generator=g)
+    eps = torch.randn(4, 3, 5, dtype=F64, generator=g)
+    per_sample = torch.tensor(_times(s), dtype=F64)
+    a, b = 0.7, -1.3
+    for t in _times(s)[1:] + [per_sample]:
+        x, truth = _truth(s, x0, eps, t)
+        for p in PREDICTIONS:
+            for q in PREDICTIONS:
+                for threshold in (None, Clip(1e9)):
+                    d = Denoiser(lambda xx, tt, p=p: truth[p], s, p, net_dtype=F64, threshold=threshold)
+                    out = d.combine(x, t, a, b, q)
+                    assert d.nfe == 1
+                    ref = a * x + b * truth[q]
+                    scale = abs(a) * float(x.abs().max()) + abs(b) * _scale(d, x, x0, t, q)
+                    assert _err(out, ref, scale) < 1e-12, (name, t, p, q, threshold)
 
 
 def test_aliases():

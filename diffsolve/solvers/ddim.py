@@ -91,13 +91,13 @@ class DDIM(Solver):
         return a_s, s_s, h, ctx.level.eta ** 2 * h
 
     def step(self, ctx, i, x, state):
-        x0 = ctx.denoiser.x0(x, ctx.time(i))
         a_s, s_s, h, H = self._end(ctx, i)
         s_t = ctx.sigma[i]
-        if self.variant == "exact":
-            x = (x * ((s_s / s_t) * math.exp(-H))).add_(x0, alpha=-a_s * math.expm1(-h - H))
+        if self.variant == "exact":  # one network call, two passes over the data
+            x = ctx.denoiser.combine(x, ctx.time(i), (s_s / s_t) * math.exp(-H), -a_s * math.expm1(-h - H))
             c = s_s * math.sqrt(-math.expm1(-2.0 * H))
         else:
+            x0 = ctx.denoiser.x0(x, ctx.time(i))
             eta = math.sqrt(H / h)
             c = eta * s_s * math.sqrt(-math.expm1(-2.0 * h))
             eps = (x - ctx.alpha[i] * x0) / s_t
