@@ -196,6 +196,12 @@ def test_cli_leaves_pilots_and_screening_to_the_tuner(tmp_path, monkeypatch):
             main(["tune", "--problem", "ring2d", "--solver", solver, "--nfe", "5", "--denoise-final", "no",
                   "--out", str(tmp_path / "g.json"), "--quiet"])
     assert not {"pilot", "screen"} & (set(seen["tune_steps"]) | set(seen["tune_solver"]))
+    assert seen["tune_steps"]["denoise_final"] is False and seen["tune_solver"]["denoise_final"] is False
+    for solver in ("unipc", "learned"):  # nor --denoise-final: each tuner's own default
+        with pytest.raises(SystemExit):
+            main(["tune", "--problem", "ring2d", "--solver", solver, "--nfe", "5",
+                  "--out", str(tmp_path / "g.json"), "--quiet"])
+    assert "denoise_final" not in set(seen["tune_steps"]) | set(seen["tune_solver"])
     with pytest.raises(SystemExit):
         main(["tune", "--problem", "ring2d", "--nfe", "5", "--pilot", "8", "--screen", "0",
               "--out", str(tmp_path / "g.json"), "--quiet"])

@@ -38,7 +38,7 @@ def add_parser(subparsers):
     tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
     tn.add_argument("--denoise-final", choices=tuple(DENOISE_FINAL),
                     help="end with the x̂0 evaluation (yes), without (no), or tune both and keep the better (auto; "
-                         "the default, except for --solver learned: yes)")
+                         "tune_steps only). Default: the tuner's own, auto for tune_steps, no for --solver learned")
     tn.add_argument("--iterations", type=positive_int, default=300,
                     help="--solver learned: Adam iterations fitting the weights (default 300)")
     tn.add_argument("--out", required=True, help="output .json file")
@@ -64,6 +64,8 @@ def _check_args(args) -> str:
         raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
     if args.screen is not None and args.screen < 0:
         raise CLIError(f"--screen must be >= 0, got {args.screen}")
+    if name == "learned" and args.denoise_final == "auto":
+        raise CLIError("--solver learned needs --denoise-final yes or no (or none: no, the default)")
     return name
 
 
@@ -72,19 +74,17 @@ def _tune(args, name, den, problem, device):
 
     from ..tune import tune_solver, tune_steps
 
-    denoise_final = DENOISE_FINAL[args.denoise_final or ("yes" if name == "learned" else "auto")]
     # what the command line leaves out, the tuner's own defaults decide
-    given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen)) if v is not None}
+    given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen),
+                               ("denoise_final", DENOISE_FINAL.get(args.denoise_final))) if v is not None}
     if name == "learned":
-        if denoise_final == "auto":
-            raise CLIError("--solver learned needs --denoise-final yes or no")
         return tune_solver(den, args.nfe, grid=args.init, fresh=args.fresh, **given,
-                           iterations=args.iterations, max_evals=args.max_evals, denoise_final=denoise_final,
+                           iterations=args.iterations, max_evals=args.max_evals,
                            model=problem.name, device=device, verbose=not args.quiet,
                            progress=False if args.quiet else None)
     with torch.no_grad():
         return tune_steps(den, args.solver, args.nfe, fresh=args.fresh, **given,
-                          init=args.init, max_evals=args.max_evals, denoise_final=denoise_final, model=problem.name,
+                          init=args.init, max_evals=args.max_evals, model=problem.name,
                           device=device, verbose=not args.quiet, progress=False if args.quiet else None)
 
 
