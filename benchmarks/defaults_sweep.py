@@ -41,6 +41,7 @@ import torch
 import diffsolve as ds
 from diffsolve.defaults import default_run
 from diffsolve.reference import ode_reference
+from diffsolve.solvers.registry import parse_solver_spec
 
 F64 = torch.float64
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "defaults_sweep.jsonl")
@@ -240,8 +241,17 @@ def judge(cells, budgets, rule, schedules=tuple(SCHEDULES)):
         print(f"| {n} | {label} | " + " | ".join(vals) + f" | {g:.2f} |")
 
 
+def library_default(n: int, family: str) -> tuple:
+    """The sweep's configuration (solver label, grid, final denoise) that ``diffsolve.defaults.default_run``
+    picks for ``n`` evaluations on the schedule family: the rule as the library implements it."""
+    run = default_run(n, ds.make_schedule(family))
+    name, options = parse_solver_spec(run.solver)
+    label = next(k for k, v in SOLVERS.items() if v == (name, options))
+    return label, run.grid, run.denoise_final
+
+
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
-# the one diffsolve.defaults implements
+# the one diffsolve.defaults implements (read from it, not restated)
 RULES = {
     "former default: dpmpp_2m, log_snr, final denoise": lambda n, s: ("dpmpp_2m", "log_snr", True),
     "dpmpp_2m, log_snr, no final denoise": lambda n, s: ("dpmpp_2m", "log_snr", False),
@@ -256,9 +266,7 @@ RULES = {
         lambda n, s: ("unipc_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
     "dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
-    "measured default: the same, EDM deis3 karras +x̂0 for 7-20": lambda n, s: ("deis3", "karras", True)
-        if s == "edm" and 6 < n <= 20 else ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3",
-                                             "log_snr", n > 20),
+    "measured default: the same, EDM deis3 karras +x̂0 for 7-20": lambda n, s: library_default(n, s),
     "deis3 <= 8 < unipc3": lambda n, s: ("deis3" if n <= 8 else "unipc3", "log_snr", False),
 }
 
