@@ -14,7 +14,8 @@ def count(n, noun: str, plural: str | None = None) -> str:
 
 class StatusLine:
     """A long run's progress on stderr: one line updated in place on a terminal (at most every 0.2 s),
-    else a line every ``every`` seconds and whenever ``force``; ``on=None``: on only on a terminal."""
+    else a line every ``every`` seconds and whenever ``force``; ``on=None``: on only on a terminal.
+    ``note`` writes a line that stays; ``close`` clears the status line."""
 
     def __init__(self, on: bool | None, label: str, every: float = 10.0):
         self.stream = sys.stderr
@@ -30,6 +31,13 @@ class StatusLine:
         self.stream.write("\r\033[K" + line if self.tty else line + "\n")
         self.stream.flush()
         self.dirty = self.tty
+
+    def note(self, msg: str):
+        """A line of its own (``note: msg``) when on, clearing the status line first."""
+        if self.on:
+            self.close()
+            self.stream.write(f"note: {msg}\n")
+            self.stream.flush()
 
     def close(self):
         if self.dirty:

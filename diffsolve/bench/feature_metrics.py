@@ -108,7 +108,7 @@ class FeatureMetrics:
 
     def _say(self, msg: str):
         if self.progress is not None:
-            self.progress.update(msg, force=True)
+            self.progress(msg, force=True)
 
     def reference(self, n: int) -> FeatureReference:
         """The reference (the exact batch of an analytic problem has the row's size ``n``)."""

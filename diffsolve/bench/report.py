@@ -1,4 +1,5 @@
-"""What a benchmark run prints: the progress line and notes on stderr, the table on stdout.
+"""What a benchmark run prints: the table on stdout (the progress line and notes go to stderr through
+:class:`~diffsolve._text.StatusLine`).
 
 The table has one block per problem (a banner with the metric floors, then one line per row, each
 printed as soon as its row is written; a failed row shows ``failed: <reason>`` in place of its
@@ -6,49 +7,11 @@ measurements) and a closing line naming the results file, the number of failed r
 """
 from __future__ import annotations
 
-import sys
-import time
 
-from .._text import count
+from .._text import StatusLine, count
 from .problems import Problem
 
-__all__ = ["Progress", "Table", "format_row", "problem_banner", "summary"]
-
-
-class Progress:
-    """One updating status line on stderr (a plain line every few seconds when not a terminal)."""
-
-    def __init__(self, quiet: bool = False, stream=None, every: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every, self.last, self.t0 = every, -1e9, time.perf_counter()
-        self.dirty = False
-
-    def update(self, msg: str, force: bool = False):
-        if self.quiet:
-            return
-        now = time.perf_counter()
-        line = f"[{now - self.t0:6.1f}s] {msg}"
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-            self.dirty = True
-        elif force or now - self.last >= self.every:
-            self.stream.write(line + "\n")
-            self.last = now
-        self.stream.flush()
-
-    def clear(self):
-        if self.tty and self.dirty and not self.quiet:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.dirty = False
-
-    def note(self, msg: str):
-        if not self.quiet:
-            self.clear()
-            self.stream.write(f"note: {msg}\n")
-            self.stream.flush()
+__all__ = ["Table", "format_row", "problem_banner", "summary"]
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -122,13 +85,13 @@ def problem_banner(p: Problem, n: int, floors: dict, solver_width: int = 10, ext
 class Table:
     """The table on ``stream``: a problem's banner before its first row, then one line per row."""
 
-    def __init__(self, stream, solver_width: int, progress: Progress, extra: tuple = ()):
+    def __init__(self, stream, solver_width: int, progress: StatusLine, extra: tuple = ()):
         self.stream, self.width, self.progress, self.extra = stream, solver_width, progress, tuple(extra)
         self._shown: set = set()  # the problems whose banner is out
 
     def add(self, row: dict, problem: Problem, n: int):
         """Print ``row`` (of ``problem``, ``n`` samples), after the problem's banner the first time."""
-        self.progress.clear()
+        self.progress.close()
         if problem.name not in self._shown:
             print(problem_banner(problem, n, row.get("floors", {}), self.width, self.extra), file=self.stream)
             self._shown.add(problem.name)

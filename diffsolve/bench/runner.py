@@ -22,7 +22,7 @@ import time
 import torch
 from torch import Tensor
 
-from .._text import count
+from .._text import StatusLine, count
 from .._version import __version__
 from ..sample import sample
 from ..tuned import load_grid
@@ -32,14 +32,14 @@ from .config import (DEFAULT_CALL, DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchCo
 from ..distributed import DistContext, init as init_distributed
 from .plot import plot_results
 from .problems import Problem, get_problem
-from .report import Progress, Table, format_row, summary  # noqa: F401
+from .report import Table, format_row, summary  # noqa: F401
 from .feature_metrics import FeatureMetrics
 from .state import ProblemState, RowFailed, attempt, describe, sync_device
 from .results import (PLOT_NAME, RESULTS_NAME, ROW_FIELDS, SAMPLES_DIR, ResultsFile, claim_output,  # noqa: F401
                       is_failed, make_failed_row, make_row, read_rows)
 
 __all__ = ["BenchConfig", "run_bench", "DEFAULT_SOLVERS", "DEFAULT_NFE", "default_problems",
-           "read_rows", "ROW_FIELDS", "Progress"]
+           "read_rows", "ROW_FIELDS"]
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def _problems(cfg: BenchConfig, dist: DistContext) -> list[Problem]:
 
 
 def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contextlib.ExitStack) -> list[dict]:
-    progress = Progress(quiet=cfg.quiet or not dist.is_main)
+    progress = StatusLine(dist.is_main and not cfg.quiet, "bench", every=5.0)
     notes: list[str] = []
     problems = _problems(cfg, dist)
     items = _plan(cfg, problems, notes)
@@ -108,7 +108,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
 
     t_start = time.perf_counter()
     written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream, features)
-    progress.clear()
+    progress.close()
     if dist.is_main:
         if cfg.print_table:
             n_failed = sum(map(is_failed, written))
@@ -118,7 +118,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     return written
 
 
-def _feature_metrics(cfg: BenchConfig, problems: list[Problem], dist: DistContext, progress: Progress) -> dict:
+def _feature_metrics(cfg: BenchConfig, problems: list[Problem], dist: DistContext, progress: StatusLine) -> dict:
     """Each problem's :class:`.feature_metrics.FeatureMetrics` (rank 0 computes the metrics, so only it
     reads the reference); a reference that cannot be read stops every rank before any row."""
     if cfg.feature_metrics is None:
@@ -138,7 +138,7 @@ def _feature_metrics(cfg: BenchConfig, problems: list[Problem], dist: DistContex
 
 
 def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dist: DistContext, version: str,
-               run: dict, progress: Progress, results: ResultsFile, stream, features: dict) -> list[dict]:
+               run: dict, progress: StatusLine, results: ResultsFile, stream, features: dict) -> list[dict]:
     """Run the rows ``todo``, problem by problem; rank 0 writes each row (or failed record) and its
     table line as it finishes."""
     written = []
@@ -148,7 +148,7 @@ def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dis
     for pname in dict.fromkeys(it.problem for it in todo):
         st = ProblemState(by_problem[pname], cfg, dist, progress, features.get(pname))
         for it in [it for it in todo if it.problem == pname]:
-            progress.update(f"[{len(written) + 1}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
+            progress(f"[{len(written) + 1}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
             try:
                 row, x = _run_row(st, it, dist, version, run, progress)
             except RowFailed as e:
@@ -163,7 +163,7 @@ def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dis
     return written
 
 
-def _plot(results: ResultsFile, say: bool, progress: Progress, stream):
+def _plot(results: ResultsFile, say: bool, progress: StatusLine, stream):
     try:
         png = plot_results(results.path, results.out / PLOT_NAME)
         if say:
@@ -194,7 +194,7 @@ def _sample_row(st: ProblemState, it: _Item, dist: DistContext, kw: dict):
 
 
 def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: dict,
-             progress: Progress) -> tuple[dict, Tensor]:
+             progress: StatusLine) -> tuple[dict, Tensor]:
     """Sample one row's configuration (timed), measure its metrics; returns (row, gathered samples).
     Raises :class:`RowFailed` on every rank if the sampling, reference or metrics raised on one."""
     cfg, p = st.cfg, st.problem
@@ -220,7 +220,7 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     if span is not None:
         st.reference(*span)  # collective: every rank takes part in the gather
     if dist.is_main:
-        progress.update(f"{p.name} {it.solver} nfe={it.nfe}: metrics")
+        progress(f"{p.name} {it.solver} nfe={it.nfe}: metrics")
     metrics, floors, intervals = attempt(dist, lambda: st.metrics(x, span) if dist.is_main else ({}, {}, {}))
     dist.barrier()
     return make_row(

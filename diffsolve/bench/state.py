@@ -16,7 +16,7 @@ from .config import DTYPES, BenchConfig
 from .problems import EXACT_SEED_FLOOR as _DATA_SEED_A
 from .problems import EXACT_SEED_TARGET as _DATA_SEED_B
 from .problems import Problem
-from .report import Progress
+from .._text import StatusLine
 
 # --- timing -------------------------------------------------------------------------------------
 class NetTimer(torch.nn.Module):
@@ -75,7 +75,7 @@ def attempt(dist: DistContext, fn):
 class ProblemState:
     """Seeds, shards, the denoiser, the reference solution and the metric targets of one problem."""
 
-    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: Progress, features=None):
+    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: StatusLine, features=None):
         self.problem, self.cfg, self.dist, self.progress = problem, cfg, dist, progress
         self.features = features  # a FeatureMetrics (rank 0, when feature metrics are asked for) or None
         if cfg.seeds is not None:
@@ -119,7 +119,7 @@ class ProblemState:
             p = self.problem
             tol = self.cfg.reference_tol or p.reference_tol
             how = "closed form" if p.exact and p.mixture.K == 1 else f"dopri5, tol {tol:g}"
-            self.progress.update(f"{p.name}: reference ODE solution for {self.n} samples ({how})", force=True)
+            self.progress(f"{p.name}: reference ODE solution for {self.n} samples ({how})", force=True)
             ref_den = p.denoiser()  # its own NFE counter; its timer (if shared) is paused below
             timer = ref_den.net if isinstance(ref_den.net, NetTimer) else None
             if timer is not None:
