@@ -42,8 +42,6 @@ trajectory records the uncorrected x_1 (the state the solver had after step 0).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from torch import Tensor
 
 from .base import Solver, StepContext
@@ -51,19 +49,31 @@ from .base import Solver, StepContext
 __all__ = ["Multistep", "History"]
 
 
-class History(NamedTuple):
+class History:
     """The last evaluations of a multistep solver, oldest first: ``lams[j]`` (a float) is the
     log-SNR λ where ``values[j]`` (x̂0 or ε̂, a (B, *shape) tensor) was evaluated.
 
-    Immutable; ``push(lam, value, keep)`` returns a new history holding the newest ``keep``
-    entries (``keep`` = the solver's order p).
+    ``push(lam, value, keep)`` appends in place, keeps the newest ``keep`` entries (``keep`` = the
+    solver's order p) and returns the history. In place, so that the evaluation leaving the window
+    is freed before the step allocates its result: the loop still holds the state it passed in
+    while the step runs, and an immutable history would keep that evaluation alive (one state-sized
+    tensor more at the peak of every multistep solver; benchmarks/cost.md).
     """
 
-    lams: tuple = ()
-    values: tuple = ()
+    __slots__ = ("lams", "values")
+
+    def __init__(self):
+        self.lams: tuple = ()
+        self.values: tuple = ()
 
     def push(self, lam: float, value: Tensor, keep: int) -> "History":
-        return History((self.lams + (lam,))[-keep:], (self.values + (value,))[-keep:])
+        self.lams, self.values = (self.lams + (lam,))[-keep:], (self.values + (value,))[-keep:]
+        return self
+
+    def trim(self, keep: int) -> "History":
+        """Keep the newest ``keep`` entries (none for ``keep`` ≤ 0), in place."""
+        self.lams, self.values = (self.lams[-keep:], self.values[-keep:]) if keep > 0 else ((), ())
+        return self
 
 
 class Multistep(Solver):
@@ -126,6 +136,7 @@ class Multistep(Solver):
     def observe(self, ctx: StepContext, i: int, x: Tensor, history: History) -> tuple[Tensor, History]:
         """Evaluate at (x, t_i), apply the corrected start on step 1, and record the evaluation:
         returns (x, the history with it, newest last)."""
+        history.trim(max(self.solver_order - 1, 1))  # step i reads at most p − 1 earlier ones: free the oldest first
         D = self.evaluate(ctx, x, i)
         if i == 1 and self.corrected_start:
             x = x + self.start_weight(ctx) * (D - history.values[-1])

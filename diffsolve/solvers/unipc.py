@@ -21,8 +21,9 @@ predictor's x̃_n (a following ``denoise_final`` evaluates x̂0(x̃_n, t_n), whi
 step to σ = 0). ``final_corrector=True`` spends one more evaluation to correct x̃_n too.
 
 Warm-up (step i uses p ≤ i + 1) and ``lower_order_final`` / ``lower_order_below`` are those of
-every multistep solver (:mod:`diffsolve.solvers.multistep`). diffusers' ``UniPCMultistepScheduler(lower_order_final=True)``
-ramps for any number of steps: reproduce it with ``lower_order_below=None``.
+every multistep solver (:mod:`diffsolve.solvers.multistep`).
+diffusers' ``UniPCMultistepScheduler(lower_order_final=True)`` ramps for any number of steps: reproduce
+it with ``lower_order_below=None``.
 
 **Noise prediction** (``predict_x0=False``, diffusers' option of the same name; docs/math.md
 (14.5)): the same formulas with D_k = ε̂ at λ_k, z = +h, and the roles of α and σ exchanged,
@@ -156,7 +157,7 @@ class UniPC(Multistep):
                 raise ValueError("unipc(predict_x0=False): the grid starts at α = 0 (ε̂-form steps divide by "
                                  "α); start it at t < t_max or use predict_x0=True")
         B = z if self.variant == "bh1" else math.expm1(z)
-        lams, Ds = history
+        lams, Ds = history.lams, history.values
         rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
         g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
         R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
