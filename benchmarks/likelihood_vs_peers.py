@@ -6,6 +6,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
     python benchmarks/likelihood_vs_peers.py --n 32 --quick   # smoke run
     python benchmarks/likelihood_vs_peers.py --frontier       # probe noise: total error vs network work
     python benchmarks/likelihood_vs_peers.py --defaults       # the bare calls, diffsolve vs k-diffusion
+    python benchmarks/likelihood_vs_peers.py --defaults --variants   # and with one setting changed
 
 Problems: analytic mixtures (docs/math.md §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
@@ -301,7 +302,11 @@ DEFAULT_PROBLEMS = (("ring 2-D", lambda: GaussianMixture.ring(), 256),
                     ("image Gaussian 3072-D", lambda: GaussianMixture.image_gaussian((3, 32, 32)), 16))
 
 
-def defaults_check(seed: int = 0):
+DEFAULT_VARIANTS = (dict(norm="rms"), dict(norm="rms", rtol=2e-4, atol=2e-4), dict(rtol=2e-4, atol=2e-4),
+                    dict(rtol=3e-4, atol=3e-4), dict(time_variable="log_snr"))
+
+
+def defaults_check(seed: int = 0, variants: bool = False):
     """The bare calls on the network k-diffusion integrates: an EDM denoiser D(y; σ) of an exact
     mixture, σ ∈ [0.002, 80], wrapped for diffsolve by ``adapters.from_k_diffusion``. k-diffusion:
     ``log_likelihood(model, x, sigma_min, sigma_max)`` at its defaults (dopri5, rtol = atol = 1e-4,
@@ -320,13 +325,19 @@ def defaults_check(seed: int = 0):
         prior = lambda z: gm.log_prob(z, sch.t_max, sch)  # noqa: E731
         lp_k, nfe_k = kdiff_ll(gm, sch, x, 1e-4, seed)
         model = lambda y, sigma: gm.x0(y, sigma.to(torch.float64), sch)  # noqa: E731
-        r = log_likelihood(from_k_diffusion(model, sigma_min=sch.t_min, sigma_max=sch.t_max, shape=(gm.d,)), x,
-                           prior=prior, seeds=range(n))
+        den = from_k_diffusion(model, sigma_min=sch.t_min, sigma_max=sch.t_max, shape=(gm.d,))
+        r = log_likelihood(den, x, prior=prior, seeds=range(n))
         e_k = float((lp_k - truth).abs().mean()) / gm.d
         e_d = float((r.log_prob - truth).abs().mean()) / gm.d
         nfe_d = float(r.nfe.double().mean())
         print(f"| {pname} | {n} | {e_k:.3g} | {nfe_k} | {e_d:.3g} | {nfe_d:.0f} | {e_d / e_k:.2f} | "
               f"{nfe_d / nfe_k:.2f} |", flush=True)
+        for opts in DEFAULT_VARIANTS if variants else ():  # the same call with one setting changed
+            r = log_likelihood(den, x, prior=prior, seeds=range(n), **opts)
+            e_v, nfe_v = float((r.log_prob - truth).abs().mean()) / gm.d, float(r.nfe.double().mean())
+            label = ", ".join(f"{k}={v}" for k, v in opts.items())
+            print(f"| {pname}, {label} | {n} | {e_k:.3g} | {nfe_k} | {e_v:.3g} | {nfe_v:.0f} | {e_v / e_k:.2f} | "
+                  f"{nfe_v / nfe_k:.2f} |", flush=True)
 
 
 def main():
@@ -339,10 +350,12 @@ def main():
                     help="only the probe-noise section: total error vs network work, fresh probes vs the peers")
     ap.add_argument("--defaults", action="store_true",
                     help="only the bare calls, diffsolve's against k-diffusion's on its network (2-D, 64-D, 3072-D)")
+    ap.add_argument("--variants", action="store_true",
+                    help="with --defaults: also the bare call with one setting changed (norm, tolerances, time)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.defaults:
-        defaults_check(args.seed)
+        defaults_check(args.seed, args.variants)
         return
     if args.time_variables:
         time_variable_sweep(min(args.n, 16), args.seed)

@@ -44,7 +44,10 @@ weights w_e = h·b_i of the evaluations, depend on the trajectory of y only, nev
 given that trajectory, Δ_j = Σ_e w_e z_eᵀ J_e z_e is an unbiased estimate of the same Runge–Kutta
 quadrature of the exact divergence, with variance Σ_e w_e² Var(z_eᵀ J_e z_e) instead of
 Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (1.4–2.3× smaller error on
-the analytic mixtures at no extra network work; benchmarks/likelihood.md). The k
+the analytic mixtures at no extra network work; benchmarks/likelihood.md). Stages of one step
+that lie close in time and carry weights of opposite sign share a probe (dopri5's stages 4 and 5,
+b = 0.651 and −0.322): the expectation is unchanged and Σ_e w_e² per step falls from 0.755 h² to
+0.335 h² (docs/math.md (20.9); 0.62–0.74× the error of independent probes at the same NFE). The k
 integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning. The price:
 Δ's own integration error is then controlled only through the steps the state takes, so it is
 larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
@@ -204,15 +207,19 @@ class _DivergenceEstimate:
     """ε̂ and k estimates of ∇_x·ε̂ per row from one network evaluation (the ``divergence`` of
     :meth:`diffsolve.ode.ProbabilityFlowODE.solve`). ``probes``: None (exact divergence), a
     (k, B, *shape) tensor held fixed, or a callable rows (n,) -> (k, n, *shape) drawing fresh probes
-    for those rows at every evaluation."""
+    for those rows at every evaluation — except where the solve asks to ``reuse`` the previous
+    evaluation's (a stage that shares its predecessor's probes, docs/math.md (20.9))."""
 
     def __init__(self, denoiser: Denoiser, k: int, probes):
         self.denoiser, self.k, self.probes = denoiser, k, probes
+        self.last = None  # the fresh probes of the previous evaluation
 
-    def __call__(self, x: Tensor, t: Tensor, rows: Tensor):
+    def __call__(self, x: Tensor, t: Tensor, rows: Tensor, reuse: bool = False):
         probes = self.probes
         if callable(probes):
-            probes = probes(rows)
+            if not (reuse and self.last is not None and self.last.shape[1] == rows.shape[0]):
+                self.last = probes(rows)
+            probes = self.last
         elif probes is not None:
             probes = probes[:, rows.to(probes.device)]
         return _eps_and_divergence(self.denoiser, x, t, probes)

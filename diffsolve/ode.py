@@ -104,12 +104,15 @@ def check_settings(*, method="dopri5", rtol=1e-5, atol=1e-5, norm="rms", fixed_s
 
 class Divergence(Protocol):
     """What :meth:`ProbabilityFlowODE.solve` needs to carry Δ: ``k`` estimates per row and a call
-    ``(x (n, *shape), t, rows (n,)) -> (ε̂ (n, *shape), ∇·ε̂ estimates (n, k))`` made of one
-    network evaluation."""
+    ``(x (n, *shape), t, rows (n,), reuse) -> (ε̂ (n, *shape), ∇·ε̂ estimates (n, k))`` made of one
+    network evaluation. ``reuse``: the previous call was the preceding stage of the same step on
+    the same rows, and the method's weights make it worth sharing its random probes
+    (:meth:`~diffsolve.tableaus.ButcherTableau.shared_probe_stages`; an estimate without fresh
+    probes ignores it)."""
 
     k: int
 
-    def __call__(self, x: Tensor, t: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]: ...
+    def __call__(self, x: Tensor, t: Tensor, rows: Tensor, reuse: bool) -> tuple[Tensor, Tensor]: ...
 
 
 @dataclass
@@ -246,11 +249,12 @@ class ProbabilityFlowODE(ReverseSDE):
             mask = torch.ones(y0.shape[1], dtype=torch.bool)
             mask[-divergence.k:] = False
         calls = torch.zeros(B, dtype=torch.int64, device=x.device)
+        shared = _check_rk(method).shared_probe_stages()
         settings = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, max_steps=max_steps,
                         error_mask=mask) if fixed_steps is None else dict(method=method, steps=fixed_steps)
         outs, accepted, rejected, row_evals = [], [], [], 0
         for start in range(0, B, chunk_size or B):
-            rhs = self._rhs(divergence, calls, start, x.shape[1:])
+            rhs = self._rhs(divergence, calls, start, x.shape[1:], shared)
             out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
             outs.append(out)
             accepted.append(st["accepted"])
@@ -282,9 +286,10 @@ class ProbabilityFlowODE(ReverseSDE):
             f, K = f[:, None], K[:, None]
         return f * d + K * div.to(_F64)
 
-    def _rhs(self, divergence, calls: Tensor, offset: int, event) -> Callable:
-        """The right-hand side on a chunk's state, counting each row's calls."""
-        def rhs(u: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+    def _rhs(self, divergence, calls: Tensor, offset: int, event, shared: frozenset) -> Callable:
+        """The right-hand side on a chunk's state, counting each row's calls; ``shared``: the stages
+        whose divergence estimate reuses the previous stage's probes."""
+        def rhs(u: Tensor, y: Tensor, rows: Tensor, stage) -> Tensor:
             rows = rows + offset
             calls.index_add_(0, rows, torch.ones_like(rows))
             if divergence is None:
@@ -292,7 +297,7 @@ class ProbabilityFlowODE(ReverseSDE):
             t = self.t_of(u.detach())
             k, n = divergence.k, y.shape[0]
             x = self.from_state(y[:, :-k], t).reshape(n, *event)
-            eps, div = divergence(x, t, rows)
+            eps, div = divergence(x, t, rows, stage in shared)
             rate = self._divergence_rate(t, div, x[0].numel())
             return torch.cat([self.rate(y[:, :-k], t, eps.reshape(n, -1)), rate.to(y.dtype)], 1)
 

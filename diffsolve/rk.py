@@ -75,8 +75,10 @@ def rk_solve(func: Callable[..., Tensor], y0: Tensor, t0: float, t1: float, *,
         func: ``func(t, y) -> dy/dt``. With ``per_sample=False`` ``t`` is a 0-dim float64 tensor and
             ``y`` the whole (B, ...) batch; with ``per_sample=True`` ``t`` is an (n,) float64 tensor
             of per-row times and ``y`` the (n, ...) unfinished rows, so ``func`` must treat rows
-            independently. With ``rows=True`` it is called ``func(t, y, rows)``, ``rows`` the (n,)
-            int64 indices (on y0's device) of y's rows in y0.
+            independently. With ``rows=True`` it is called ``func(t, y, rows, stage)``, ``rows`` the
+            (n,) int64 indices (on y0's device) of y's rows in y0 and ``stage`` the index i of the
+            tableau's stage being evaluated (0 for a step's first stage, None for the starting-step
+            probe of :func:`_initial_step`, whose value no step uses).
         y0: (B, ...) initial state (float64 recommended).
         t0, t1: Python floats; integration from t0 to t1.
         method: a name in :data:`TABLEAUS` (``euler_heun``, ``bosh3``, ``dopri5``, ``tsit5``,
@@ -94,7 +96,7 @@ def rk_solve(func: Callable[..., Tensor], y0: Tensor, t0: float, t1: float, *,
             left out still integrate with the method's weights but never steer the steps — for a
             quadrature riding along whose integrand is random (fresh Hutchinson probes per call),
             so that the steps, hence the estimate's weights, do not depend on the randomness.
-        rows: pass the row indices to ``func`` (above).
+        rows: pass the row indices and the stage to ``func`` (above).
 
     Returns:
         ``(y1, stats)``: y1 of y0's shape at t1; stats = {``nfe``: calls of func, ``row_evals``:
@@ -141,12 +143,12 @@ class _Run:
         self.rejected = torch.zeros(self.B, dtype=torch.int64, device=self.dev)
         self.nfe = self.row_evals = 0
 
-    def call(self, t, y, idx=None):
+    def call(self, t, y, idx=None, stage=0):
         self.nfe += 1
         self.row_evals += y.shape[0]
         t = t if self.per_sample else t.reshape(())
         if self.rows:
-            out = self.func(t, y, self.all_rows if idx is None else idx)
+            out = self.func(t, y, self.all_rows if idx is None else idx, stage)
         else:
             out = self.func(t, y)
         if out.shape != y.shape:
@@ -211,7 +213,7 @@ class _Run:
         t_a, h_a, rp_a, y_a, k1_a = active
         if not self.tab.fsal and iters > 1:  # first stage of a non-FSAL step (reused from init at iteration 1)
             k1_a = self.call(t_a, y_a, idx)
-        call = self.call if idx is None else (lambda t, y: self.call(t, y, idx))
+        call = self.call if idx is None else (lambda t, y, stage=0: self.call(t, y, idx, stage))
         remaining = (ctl.t1[: t_a.shape[0]] - t_a).abs()
         last = h_a >= remaining
         step = torch.where(last, remaining, h_a)
@@ -276,10 +278,10 @@ def _attempt(tab, call, t, t_next, h, y, k1, gbc):
                 yi = yi + (hb * a) * ks[j]
         ti = t_next if tab.c[i] == 1.0 else t + tab.c[i] * h
         if tab.fsal and i == tab.stages - 1:
-            ks.append(call(ti, yi))
+            ks.append(call(ti, yi, stage=i))
             y_new = yi  # the FSAL row of A equals b
             break
-        ks.append(call(ti, yi))
+        ks.append(call(ti, yi, stage=i))
     else:
         y_new = y
         for bi, ki in zip(tab.b, ks):
@@ -303,7 +305,7 @@ def _initial_step(call, t, y, f0, direction, span, rtol, atol, k, group_norm, gb
     d0, d1 = group_norm(y / scale), group_norm(f0 / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300))
     h0 = h0.clamp(max=span)
-    f1 = call(t + direction * h0, y + gbc(direction * h0, y) * f0)
+    f1 = call(t + direction * h0, y + gbc(direction * h0, y) * f0, stage=None)
     d2 = group_norm((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax.clamp(min=1e-300)).pow(1.0 / k))

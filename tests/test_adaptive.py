@@ -113,6 +113,41 @@ def test_per_sample_calls_only_active_rows_with_row_times():
     assert min(seen) == 1 and st["row_evals"] == sum(seen) and st["nfe"] == len(seen)
 
 
+@pytest.mark.parametrize("per_sample,fixed", [(False, None), (True, None), (False, 5)])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dop853", "euler_heun"])
+def test_rows_mode_passes_the_stage_of_each_evaluation(method, per_sample, fixed):
+    """With rows=True func gets (t, y, rows, stage): stage 0 first, then the starting-step probe as
+    None (adaptive only); after that every step attempt evaluates its stages in order, up to the
+    last (s − 1), on one set of rows; its first stage (0) only where the tableau is not FSAL."""
+    from diffsolve.tableaus import get_tableau
+
+    tab = get_tableau(method)
+    f, y0, _ = _hard_row_problem(B=4, hard=2)
+    seen = []
+
+    def spy(t, y, rows, stage):
+        seen.append((stage, tuple(rows.tolist())))
+        return f(t, y)
+
+    kw = dict(steps=fixed) if fixed else dict(rtol=1e-4, atol=1e-4)
+    rk_solve(spy, y0, 0.0, 3.0, method=method, per_sample=per_sample, rows=True, **kw)
+    assert seen[0][0] == 0 and [s for s, _ in seen].count(None) == (0 if fixed else 1)
+    rest = seen[1 if fixed else 2:]
+    attempts = []
+    for stage, rows in rest:  # an attempt starts where the stage index does not increase
+        if attempts and stage > attempts[-1][-1][0]:
+            attempts[-1].append((stage, rows))
+        else:
+            attempts.append([(stage, rows)])
+    for k, att in enumerate(attempts):
+        stages = [s for s, _ in att]
+        first = 1 if tab.fsal or k == 0 else 0
+        if not tab.fsal and fixed and k == len(attempts) - 1 and stages == [0]:
+            continue  # (no trailing first stage after the last fixed step)
+        assert stages == list(range(first, tab.stages)), (k, stages)
+        assert len({r for _, r in att}) == 1
+
+
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_error_mask_keeps_a_component_from_steering_the_steps(per_sample):
     """A third component with a wild right-hand side (± noise) is integrated with the method's weights

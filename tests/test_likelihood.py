@@ -163,6 +163,43 @@ def test_fresh_probes_same_steps_and_smaller_spread():
     assert ratio < 0.7, ratio
 
 
+@pytest.mark.parametrize("method,shared", [("dopri5", {4}), ("tsit5", {4, 5}), ("bosh3", set()),
+                                           ("euler_heun", set())])
+def test_shared_probe_stages_lower_the_weight_sum_of_squares(method, shared):
+    """The stages sharing their predecessor's probe (docs/math.md (20.9)): the runs of consecutive
+    stages that lower Σ_G (Σ_{i∈G} b_i)², never the FSAL stage of the next step."""
+    from diffsolve.tableaus import get_tableau
+
+    tab = get_tableau(method)
+    got = tab.shared_probe_stages()
+    assert got == shared
+    last = tab.stages - 1 if tab.fsal else tab.stages
+    groups, cost, indep = [[0]], 0.0, sum(b * b for b in tab.b[:last])
+    for i in range(1, last):
+        groups[-1].append(i) if i in got else groups.append([i])
+    cost = sum(sum(tab.b[i] for i in g) ** 2 for g in groups)
+    assert cost <= indep and (not got or cost < 0.5 * indep), (cost, indep)
+
+
+def test_shared_probes_cut_the_spread_at_the_same_steps(monkeypatch):
+    """One point, 160 probe seeds: sharing dopri5's stage-4/5 probe leaves the steps (NFE) and the mean
+    alone and shrinks the spread of the fresh-probe estimate (predicted √(0.335/0.755) ≈ 0.67)."""
+    from diffsolve.tableaus import ButcherTableau
+
+    sch = make_schedule("vp")
+    gm = GaussianMixture.random(d=16, n_modes=5, seed=3)
+    den = gm.denoiser(sch, "eps")
+    x = gm.sample(1, generator=torch.Generator().manual_seed(4)).expand(160, 16).clone()
+    shared = log_likelihood(den, x, seeds=range(160))
+    monkeypatch.setattr(ButcherTableau, "shared_probe_stages", lambda self, span=0.25: frozenset())
+    indep = log_likelihood(den, x, seeds=range(160))
+    assert torch.equal(shared.nfe, indep.nfe)
+    ratio = float(shared.log_prob.std() / indep.log_prob.std())
+    assert ratio < 0.85, ratio
+    se = float(indep.log_prob.std()) / math.sqrt(160)
+    assert abs(float(shared.log_prob.mean() - indep.log_prob.mean())) < 4 * se
+
+
 def test_per_sample_saves_work_on_a_hard_sample():
     sch = make_schedule("vp")
     den = RING.denoiser(sch, "eps")
