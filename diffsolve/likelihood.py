@@ -284,7 +284,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             same expectation, a smaller variance; with per-sample seeds sample i's probes still
             depend on sample i only. Default (None): fresh probes for the Hutchinson estimate —
             measured 1.4–3.2× less error at 0.76–0.9× the NFE of one fixed probe on the 2-D ring
-            (VP, VE), a 64-D mixture and the trained digits model (benchmarks/likelihood.md);
+            (VP, VE), a 64-D mixture and the trained digits model (benchmarks/likelihood.md),
+            before stages began to share probes (docs/math.md (20.9): a further 0.62–0.74×);
             ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the
             error norm: the choice when averaging very many probes.
         rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0).
