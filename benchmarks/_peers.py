@@ -126,6 +126,9 @@ PROBLEMS = {
     "mix32": dict(make=lambda: ds.GaussianMixture.random(d=32, n_modes=6, seed=23), batch=512, metric="sw2", proj=64),
     # made after the tuners' defaults were settled (mix32's result decided tune_solver's): judged only
     "mix48": dict(make=lambda: ds.GaussianMixture.random(d=48, n_modes=7, seed=37), batch=512, metric="sw2", proj=64),
+    # made on 2026-12-06 before the screening's sampling was compared (stratified vs πps): judged only
+    "mix24": dict(make=lambda: ds.GaussianMixture.random(d=24, n_modes=4, seed=53), batch=512, metric="sw2", proj=64),
+    "mix40": dict(make=lambda: ds.GaussianMixture.random(d=40, n_modes=9, seed=71), batch=512, metric="sw2", proj=64),
 }
 
 

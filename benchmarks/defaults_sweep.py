@@ -405,34 +405,45 @@ TUNERS = [("tune_steps", "bare call (pilot=64, screen=1024)", {}),
 TUNE_PROBLEMS = ("ring", "mix64", "mix16", "mix32", "mix48")
 
 
+def _peer_cells(problem):
+    """A peers' problem as the tuner checks see it: (problem, its start points x, their σ → 0
+    reference, best(n) -> the best diffusers / k-diffusion row at NFE n)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _peers as P
+
+    prob = P.make_problem(problem)
+    rows = P.quality_rows(problem)
+    sch = prob.schedule
+    s_T = prob.s_of_t(sch.t_max)
+    x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
+
+    def best(n):
+        return min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
+                    and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
+
+    return prob, x, P.reference(prob, s_T, s_T), best
+
+
 def tune_peers_check(budgets=(5, 10), problems=TUNE_PROBLEMS):
     """The tuners' bare calls (their former defaults, a tried variant) against the best diffusers /
     k-diffusion configuration (DDPM schedule; peer rows from ``peers_quality.py --problems ...
     --which peers``): the tuned run starts from the peers' start points and is measured against the
     same σ → 0 reference (benchmarks/_peers.py). Also how concentrated the screening's proxy is: the
     share of ‖x_N − x_3N‖² that the worst 32 of the 1024 candidates a bare tune_steps screens carry."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
-    import _peers as P
     from diffsolve._tuning import screening_proxy
 
     print("\n## The tuners' bare calls against the best peer configuration (DDPM, the peers' start points)\n")
     print("| problem | NFE | top-32 share | tuner | settings | rms | tuning s | best peer | rms | tuned / peer |")
     print("|---|---:|---:|---|---|---:|---:|---|---:|---:|")
     for problem in problems:
-        prob = P.make_problem(problem)
-        rows = P.quality_rows(problem)
+        prob, x, ref, best_peer = _peer_cells(problem)
         sch = prob.schedule
-        s_T = prob.s_of_t(sch.t_max)
-        ref = P.reference(prob, s_T, s_T)
-        x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * prob.z
         candidates = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * ds.NoiseSource(
             1024, prob.gm.shape, seeds=range(1024)).randn()
         for n in budgets:
             proxy = screening_proxy(prob.den, candidates, n).sort(descending=True).values
             share = float(proxy[:32].sum() / proxy.sum())
-            best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
-                        and r.get("rms") is not None and r.get("full_start")), key=lambda r: r["rms"])
+            best = best_peer(n)
             for tuner, label, kw in TUNERS:
                 t0 = time.perf_counter()
                 g = getattr(ds, tuner)(prob.den, nfe=n, fresh=0, progress=False, **kw)
@@ -443,6 +454,80 @@ def tune_peers_check(budgets=(5, 10), problems=TUNE_PROBLEMS):
                 e = _rms(res.x, ref)
                 print(f"| {problem} | {n} | {share:.2f} | {tuner} | {label} | {e:.3g} | {secs:.0f} | "
                       f"{best['config'][:60]} | {best['rms']:.3g} | {e / best['rms']:.2f} |", flush=True)
+
+
+def _stratified_sample(proxy, keep, generator):
+    """The screening's first sampler (2026-12-06, replaced the same day): the keep/2 largest proxies
+    whole (weight 1), the rest a uniform draw weighted by its inverse sampling fraction."""
+    order = proxy.argsort(descending=True, stable=True).tolist()
+    top, n_rand = keep // 2, keep - keep // 2
+    rest = order[top:]
+    drawn = torch.randperm(len(rest), generator=generator)[:n_rand].tolist()
+    return [(i, 1.0) for i in order[:top]] + [(rest[j], (len(proxy) - top) / n_rand) for j in drawn]
+
+
+# screening samplers compared; the problems: mix24 and mix40 were made for this comparison and only judge it
+SAMPLERS = ("stratified", "pps")
+SCREENING_PROBLEMS = ("ring", "mix64", "mix16", "mix32", "mix48", "mix24", "mix40")
+
+
+def tune_screening_check(budgets=(5, 10), problems=SCREENING_PROBLEMS, draws=3):
+    """The bare ``tune_steps`` with the screening's pilots drawn by the former stratified sampler and
+    by πps (the library's ``pps_sample``), each with ``draws`` draws (generator seeds 0..draws−1):
+    the tuned grid's error on the peers' start points over the best peer configuration's."""
+    import diffsolve._tuning as T
+
+    library = T.pps_sample
+    print("\n## Screening samplers: tuned / best peer, one tune_steps per draw (DDPM, the peers' start points)\n")
+    print("| problem | NFE | sampler | draws | geo-mean |")
+    print("|---|---:|---|---|---:|")
+    logs = defaultdict(list)
+    try:
+        for problem in problems:
+            prob, x, ref, best_peer = _peer_cells(problem)
+            for n in budgets:
+                best = best_peer(n)
+                for name in SAMPLERS:
+                    sampler = _stratified_sample if name == "stratified" else library
+                    ratios = []
+                    for draw in range(draws):
+                        T.pps_sample = lambda proxy, keep, _g, f=sampler, d=draw: f(
+                            proxy, keep, torch.Generator().manual_seed(d))
+                        g = ds.tune_steps(prob.den, nfe=n, fresh=0, progress=False)
+                        with torch.no_grad():
+                            ratios.append(_rms(ds.sample(prob.den, x, steps=g).x, ref) / best["rms"])
+                    geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+                    logs[(problem, n, name)] = geo
+                    print(f"| {problem} | {n} | {name} | {' / '.join(f'{r:.3f}' for r in ratios)} | {geo:.3f} |",
+                          flush=True)
+    finally:
+        T.pps_sample = library
+    for label, group in (("made for this comparison (mix24, mix40)", ("mix24", "mix40")),
+                         ("the others", tuple(p for p in problems if p not in ("mix24", "mix40")))):
+        r = [math.log(logs[(p, n, "pps")] / logs[(p, n, "stratified")]) for p in group for n in budgets
+             if (p, n, "pps") in logs]
+        if r:
+            print(f"\npps / stratified, geometric mean over {label}: {math.exp(sum(r) / len(r)):.2f}")
+
+
+TUNE_SOLVERS = ("unipc", "unipc:order=3", "unipc:predict_x0=false", "dpmpp_2m", "dpmpp_3m", "deis")
+
+
+def tune_solvers_check(budgets=(5,), problems=("mix24", "mix32", "mix40", "mix48")):
+    """``tune_steps(den, solver, nfe=n)`` with each solver of :data:`TUNE_SOLVERS` (the bare call's
+    settings otherwise): the tuned grid's error on the peers' start points over the best peer's."""
+    print("\n## tune_steps per solver: tuned / best peer (DDPM, the peers' start points)\n")
+    print("| problem | NFE | " + " | ".join(TUNE_SOLVERS) + " |")
+    print("|---|---:|" + "---:|" * len(TUNE_SOLVERS))
+    for problem in problems:
+        prob, x, ref, best_peer = _peer_cells(problem)
+        for n in budgets:
+            cells = []
+            for solver in TUNE_SOLVERS:
+                g = ds.tune_steps(prob.den, solver, nfe=n, fresh=0, progress=False)
+                with torch.no_grad():
+                    cells.append(_rms(ds.sample(prob.den, x, steps=g).x, ref) / best_peer(n)["rms"])
+            print(f"| {problem} | {n} | " + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
 
 
 def peers_check(budgets=(5, 10, 20)):
@@ -480,6 +565,10 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
+    ap.add_argument("--tune-screening", action="store_true",
+                    help="also compare the screening's samplers, stratified and πps, three draws each (~6 min)")
+    ap.add_argument("--tune-solvers", action="store_true",
+                    help="also tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)")
     ap.add_argument("--tune-peers", action="store_true",
                     help="also run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, mix48 "
                          "(needs their peers_quality rows)")
@@ -502,6 +591,10 @@ def main(argv=None):
         fresh_check()
     if args.tune_peers:
         tune_peers_check()
+    if args.tune_screening:
+        tune_screening_check()
+    if args.tune_solvers:
+        tune_solvers_check()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ squared difference between the default call at NFE 10 and at NFE 30 (``benchmark
 --tune-peers``, "top-32 share"). A plain set of 64 pilots rarely holds them, and a grid tuned on it
 is tuned for the easy points only. With ``screen=M`` (``tune_steps``' default: 16 per pilot;
 ``tune_solver``'s: none) the tuner runs the default call at the budget N and at 3N from M candidate
-start points (4N evaluations each, no reference solve) and takes the pilot set as a stratified
-sample of the candidates by that proxy error e_i = ‖x_N − x_3N‖²: the P/2 largest (weight 1, all of
-them) and P − P/2 drawn uniformly from the rest (weight (M − P/2)/(P − P/2) each). The weighted mean
-of the pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates
-without bias from the selection, whatever the proxy's quality; the proxy decides how much of the
-variance goes (``benchmarks/defaults.md``, "tune_steps' defaults").
+start points (4N evaluations each, no reference solve) and draws the P pilots from the candidates
+with probability proportional to a size that mixes that proxy error e_i = ‖x_N − x_3N‖² with an
+even share (πps sampling, :func:`pps_sample`): the candidates that would be drawn for sure enter
+with weight 1, the others with weight 1/π_i, their inclusion probability. The weighted mean of the
+pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates without
+bias from the selection, whatever the proxy's quality; the proxy decides how much of the variance
+goes (``benchmarks/defaults.md``, "tune_steps' defaults": against the former stratified sample,
+half the largest e_i and half uniform, it lowered the tuned grid's error 0.92× in the geometric
+mean over two problems made for the comparison, three draws each, and 0.93× over five others).
 """
 from __future__ import annotations
 
@@ -50,6 +53,41 @@ def screening_proxy(denoiser, x: Tensor, nfe: int) -> Tensor:
     return ((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64)
 
 
+DEFENSIVE = 0.5  # the share of the sampling sizes spread evenly over the candidates (module docstring)
+
+
+def pps_sample(proxy: Tensor, keep: int, generator: torch.Generator) -> list[tuple[int, float]]:
+    """A sample of ``keep`` distinct indices of ``proxy`` (M,) with probability proportional to the size
+    a_i = (1 − δ) e_i / Σ e + δ / M (δ = :data:`DEFENSIVE`), and their weights (docs/math.md (18.4)).
+
+    Indices whose inclusion probability keep·a_i / Σ a would reach 1 are taken with certainty (weight
+    1), largest first, and the probabilities of the others recomputed for the slots left; those are
+    filled by systematic sampling (one uniform offset, points u, u + 1, … on the cumulative
+    probabilities in order of size), which takes each index at most once, with weight 1/π_i.
+    Σ_i w_i f_i is then an unbiased estimate of Σ_{all M} f for any f. Returns (index, weight) pairs.
+    """
+    M = proxy.shape[0]
+    if keep >= M:
+        return [(i, 1.0) for i in range(M)]
+    e = proxy.to(torch.float64).clamp(min=0)
+    total = float(e.sum())
+    size = (1 - DEFENSIVE) * e / total + DEFENSIVE / M if total > 0 and math.isfinite(total) \
+        else torch.full((M,), 1.0 / M, dtype=torch.float64)
+    order = size.argsort(descending=True, stable=True)
+    size = size[order]
+    certain, slots = 0, keep
+    while slots > 0 and float(size[certain]) * slots >= float(size[certain:].sum()):
+        certain, slots = certain + 1, slots - 1
+    out = [(i, 1.0) for i in order[:certain].tolist()]
+    if slots:
+        pi = slots * size[certain:] / size[certain:].sum()
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        points = u + torch.arange(slots, dtype=torch.float64)
+        picks = torch.searchsorted(pi.cumsum(0), points, right=True).clamp(max=M - certain - 1).tolist()
+        out += [(int(order[certain + j]), 1.0 / float(pi[j])) for j in picks]
+    return out
+
+
 class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
@@ -67,17 +105,12 @@ class _Pilots:
         self.x, self.ref = self.targets(self.pilot_seeds)
 
     def _screen(self, candidates: list, keep: int, nfe: int) -> tuple[list, Tensor]:
-        """The stratified pilot set of ``keep`` seeds from ``candidates`` and their weights (module docstring)."""
+        """The πps pilot set of ``keep`` seeds from ``candidates`` and their weights (module docstring)."""
         self.progress(f"screening {count(len(candidates), 'candidate start point')} (default call at NFE {nfe} "
                       f"and {3 * nfe})", force=True)
         proxy = torch.cat([screening_proxy(self.denoiser, self.start_points(candidates[i:i + 256]), nfe)
                            for i in range(0, len(candidates), 256)])
-        order = proxy.argsort(descending=True, stable=True).tolist()
-        top, n_rand = keep // 2, keep - keep // 2
-        rest = order[top:]
-        drawn = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:n_rand].tolist()
-        w = (len(candidates) - top) / n_rand
-        chosen = sorted([(candidates[i], 1.0) for i in order[:top]] + [(candidates[rest[j]], w) for j in drawn])
+        chosen = sorted((candidates[i], w) for i, w in pps_sample(proxy, keep, torch.Generator().manual_seed(0)))
         return [s for s, _ in chosen], torch.tensor([w for _, w in chosen], dtype=torch.float64)
 
     def start_points(self, seeds) -> Tensor:

@@ -52,7 +52,7 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
             for about twice the tuning time (16–21 s vs 8–10 s on one CPU thread).
         pilot: number of pilot samples, or an explicit seed list / ``"0-63"``.
         screen: candidate start points (seeds 0..screen−1) the ``pilot`` seeds are chosen from by the
-            error of the default call (stratified, weighted: :mod:`diffsolve._tuning`). Default (None):
+            error of the default call (πps-sampled, weighted: :mod:`diffsolve._tuning`). Default (None):
             16 per pilot (1024) for a number of pilots, none for explicit pilot seeds; 0: seeds
             0..pilot−1. It costs 4·nfe evaluations per candidate and no reference solve, and it is what
             lets 64 pilots see the few start points that carry a small budget's error

@@ -47,11 +47,35 @@ def test_error_reported_is_reproducible(model, tuned):
     assert err == pytest.approx(tuned.pilot_error, rel=1e-6)
 
 
+def test_pps_sample_is_unbiased_distinct_and_takes_the_dominant_candidates():
+    """docs/math.md (18.4): P distinct indices; those whose inclusion probability would reach one
+    with weight 1; Σ w_i f_i unbiased for Σ f over repeated draws; a flat proxy gives a plain sample
+    with weights M/P."""
+    from diffsolve._tuning import pps_sample
+
+    g = torch.Generator().manual_seed(1)
+    M, P = 1000, 64
+    proxy = torch.cat([torch.tensor([100.0, 50.0, 30.0], dtype=torch.float64),
+                       0.1 * torch.rand(M - 3, generator=g, dtype=torch.float64)])
+    f = proxy + torch.rand(M, generator=g, dtype=torch.float64)
+    est = []
+    for k in range(2000):
+        s = pps_sample(proxy, P, torch.Generator().manual_seed(k))
+        assert len({i for i, _ in s}) == P and all(w >= 1.0 for _, w in s)
+        assert {0, 1, 2} <= {i for i, w in s if w == 1.0}
+        est.append(sum(w * float(f[i]) for i, w in s))
+    est = torch.tensor(est, dtype=torch.float64)
+    assert abs(float(est.mean()) - float(f.sum())) < 4 * float(est.std()) / math.sqrt(len(est))
+    flat = pps_sample(torch.zeros(M, dtype=torch.float64), P, torch.Generator().manual_seed(0))
+    assert len({i for i, _ in flat}) == P and all(w == pytest.approx(M / P) for _, w in flat)
+    assert pps_sample(proxy[:10], 12, g) == [(i, 1.0) for i in range(10)]
+
+
 def test_screened_pilots(model):
-    """screen=M: half the pilots are the M candidates with the largest error of the default call
-    (NFE n against 3n), weight 1; the other half is drawn from the rest, each standing for
-    (M - P/2)/(P/2) of them; the reported pilot error is that weighted mean; fresh seeds follow the
-    candidates."""
+    """screen=M: the pilots are the πps sample of the M candidates by the default call's error (NFE n
+    against 3n) with its weights; the reported pilot error is that weighted mean; fresh seeds follow
+    the candidates."""
+    from diffsolve._tuning import pps_sample
     from diffsolve.reference import ode_reference
 
     sch, M, P = model.schedule, 96, 12
@@ -60,10 +84,9 @@ def test_screened_pilots(model):
     assert g.fresh_seeds == list(range(M, M + 8))
     x = sch.sigma(sch.t_max).item() * ds.NoiseSource(M, (2,), seeds=range(M)).randn()
     proxy = ((ds.sample(model, x, nfe=4).x - ds.sample(model, x, nfe=12).x) ** 2).sum(1)
-    top = set(proxy.argsort(descending=True)[:P // 2].tolist())
+    expect = dict(pps_sample(proxy.to(torch.float64), P, torch.Generator().manual_seed(0)))
     w = dict(zip(g.pilot_seeds, g.pilot_weights))
-    assert {s for s, v in w.items() if v == 1.0} == top
-    assert sorted(v for v in w.values() if v != 1.0) == [(M - P // 2) / (P - P // 2)] * (P - P // 2)
+    assert set(w) == set(expect) and all(w[s] == pytest.approx(expect[s], rel=1e-9) for s in w)
     xp = x[g.pilot_seeds]
     ref = ode_reference(model, xp, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
     out = ds.sample(model, xp, steps=g).x

@@ -30,7 +30,7 @@ def add_parser(subparsers):
                     help="pilot samples (default: the tuner's own, 64 for tune_steps, 1024 for --solver learned)")
     tn.add_argument("--screen", type=int, default=None,
                     help="candidate start points (seeds 0..N-1) the pilots are chosen from by the default call's "
-                         "error, stratified and weighted (default: the tuner's own, 16 per pilot for tune_steps, "
+                         "error, sampled in proportion and weighted (default: the tuner's own, 16 per pilot for tune_steps, "
                          "none for --solver learned; 0: seeds 0..pilot-1)")
     tn.add_argument("--fresh", type=int, default=1024,
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
