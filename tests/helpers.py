@@ -5,7 +5,8 @@
 - order measurement: ``slope`` (least-squares slope of −log error against log steps), the pathwise
   ODE errors on the ring (``ode_errors``) and the exact weak errors on a Gaussian (``weak_errors``,
   through the affine probe ``weak_moments``);
-- ``k_diffusion_sampling``: ``k_diffusion.sampling`` imported without its package ``__init__``.
+- ``k_diffusion_sampling``: ``k_diffusion.sampling`` imported without its package ``__init__``;
+- ``peak_bytes``: the allocator's peak during a call, as ``benchmarks/cost.py`` measures it.
 """
 from __future__ import annotations
 
@@ -196,3 +197,13 @@ def k_diffusion_sampling():
             if name.startswith(("torchvision", "k_diffusion")):
                 del sys.modules[name]
     return K
+
+
+def peak_bytes(fn) -> int:
+    """``benchmarks/cost.py``'s ``peak_bytes(fn)`` (the one measurement of the CPU allocator's peak
+    extra bytes during ``fn()``), loaded from the script so that tests and benchmark agree."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "cost.py")
+    spec = importlib.util.spec_from_file_location("_benchmarks_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.peak_bytes(fn)
