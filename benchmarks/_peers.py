@@ -129,6 +129,10 @@ PROBLEMS = {
     # made on 2026-12-06 before the screening's sampling was compared (stratified vs πps): judged only
     "mix24": dict(make=lambda: ds.GaussianMixture.random(d=24, n_modes=4, seed=53), batch=512, metric="sw2", proj=64),
     "mix40": dict(make=lambda: ds.GaussianMixture.random(d=40, n_modes=9, seed=71), batch=512, metric="sw2", proj=64),
+    # made on 2026-12-06 before `diffsolve tune`'s budget rule (learned weights at few evaluations) was
+    # chosen on mix24, mix40 and mix48: judged only
+    "mix20": dict(make=lambda: ds.GaussianMixture.random(d=20, n_modes=6, seed=97), batch=512, metric="sw2", proj=64),
+    "mix56": dict(make=lambda: ds.GaussianMixture.random(d=56, n_modes=5, seed=89), batch=512, metric="sw2", proj=64),
 }
 
 

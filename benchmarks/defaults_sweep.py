@@ -530,6 +530,31 @@ def tune_solvers_check(budgets=(5,), problems=("mix24", "mix32", "mix40", "mix48
             print(f"| {problem} | {n} | " + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
 
 
+# `diffsolve tune`'s budget rule: chosen on RULE_CHOICE, then judged on RULE_JUDGE (made before the choice)
+RULE_CHOICE = (("mix24", (5, 6, 8, 10)), ("mix40", (5, 6, 8, 10)), ("mix48", (5, 6, 8, 10)))
+RULE_JUDGE = (("mix20", (5, 10)), ("mix56", (5, 10)))
+
+
+def tune_rule_check(cells=RULE_CHOICE + RULE_JUDGE):
+    """Both tuners' bare calls, ``tune_steps(den, nfe=n)`` (a UniPC grid) and ``tune_solver(den, nfe=n)``
+    (fitted weights), per budget: the tuned result's error on the peers' start points over the best
+    peer configuration's — the evidence for ``diffsolve.defaults.default_tuner`` (``diffsolve tune``)."""
+    print("\n## tune_steps and tune_solver per budget: tuned / best peer (DDPM, the peers' start points)\n")
+    print("| problem | NFE | tune_steps | s | tune_solver | s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for problem, budgets in cells:
+        prob, x, ref, best_peer = _peer_cells(problem)
+        for n in budgets:
+            out = []
+            for tuner in (ds.tune_steps, ds.tune_solver):
+                t0 = time.perf_counter()
+                g = tuner(prob.den, nfe=n, fresh=0, progress=False)
+                with torch.no_grad():
+                    out += [_rms(ds.sample(prob.den, x, steps=g).x, ref) / best_peer(n)["rms"],
+                            time.perf_counter() - t0]
+            print(f"| {problem} | {n} | {out[0]:.3f} | {out[1]:.0f} | {out[2]:.3f} | {out[3]:.0f} |", flush=True)
+
+
 def peers_check(budgets=(5, 10, 20)):
     """The default call against the best peer configuration of benchmarks/quality.md, where the start
     points are the same (ring, mix64 and the held-out mix16 under DDPM: the peers' batch and seed;
@@ -569,6 +594,9 @@ def main(argv=None):
                     help="also compare the screening's samplers, stratified and πps, three draws each (~6 min)")
     ap.add_argument("--tune-solvers", action="store_true",
                     help="also tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)")
+    ap.add_argument("--tune-rule", action="store_true",
+                    help="also both tuners' bare calls at NFE 5-10 on five mixtures: diffsolve tune's budget rule "
+                         "(~25 min)")
     ap.add_argument("--tune-peers", action="store_true",
                     help="also run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, mix48 "
                          "(needs their peers_quality rows)")
@@ -595,6 +623,8 @@ def main(argv=None):
         tune_screening_check()
     if args.tune_solvers:
         tune_solvers_check()
+    if args.tune_rule:
+        tune_rule_check()
 
 
 if __name__ == "__main__":

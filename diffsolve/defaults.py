@@ -42,8 +42,8 @@ import torch
 
 from .schedules import EDMSchedule
 
-__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "DefaultRun", "default_run",
-           "default_denoise_final", "budget_of", "default_state_dtype"]
+__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "LEARNED_UP_TO", "DefaultRun", "default_run",
+           "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
 DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
 TINY_BUDGET = 6  # at most this many evaluations: second order to the end
@@ -88,6 +88,19 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> Defa
 def default_denoise_final(budget: int, stochastic: bool) -> bool:
     """Whether to end with x̂0(x, t_min): for a stochastic run, or a budget above :data:`DENOISE_ABOVE`."""
     return bool(stochastic) or budget > DENOISE_ABOVE
+
+
+LEARNED_UP_TO = 6  # `diffsolve tune` fits solver weights (tune_solver) up to this many evaluations
+
+
+def default_tuner(nfe: int) -> str:
+    """What ``diffsolve tune`` tunes when ``--solver`` is not given: ``"learned"`` (the per-step weights
+    of :func:`diffsolve.tune_solver`, on a grid tuned for UniPC) for at most :data:`LEARNED_UP_TO`
+    evaluations, where no tuned grid of a fixed solver gets to half the best peer configuration's
+    error, and ``"unipc"`` (a grid tuned by :func:`diffsolve.tune_steps`) above, where the grid alone
+    does as well at a tenth of the tuning time (``benchmarks/defaults.md``, "diffsolve tune's budget
+    rule"; ``python benchmarks/defaults_sweep.py --report --tune-rule``)."""
+    return "learned" if nfe <= LEARNED_UP_TO else "unipc"
 
 
 _LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)

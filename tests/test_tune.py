@@ -226,6 +226,35 @@ def test_cli_leaves_pilots_and_screening_to_the_tuner(tmp_path, monkeypatch):
                   "--out", str(tmp_path / "g.json"), "--quiet"])
     assert "denoise_final" not in set(seen["tune_steps"]) | set(seen["tune_solver"])
     with pytest.raises(SystemExit):
-        main(["tune", "--problem", "ring2d", "--nfe", "5", "--pilot", "8", "--screen", "0",
+        main(["tune", "--problem", "ring2d", "--solver", "unipc", "--nfe", "5", "--pilot", "8", "--screen", "0",
               "--out", str(tmp_path / "g.json"), "--quiet"])
     assert seen["tune_steps"]["pilot"] == 8 and seen["tune_steps"]["screen"] == 0
+
+
+def test_cli_solver_auto_follows_the_budget_rule(tmp_path, monkeypatch, capsys):
+    """`diffsolve tune` without --solver runs default_tuner(nfe): tune_solver (fitted weights) up to
+    LEARNED_UP_TO evaluations, tune_steps with UniPC above; --denoise-final auto is refused where it
+    picks the learned solver, with the reason."""
+    import diffsolve.tune as tune_module
+    from diffsolve.cli import main
+    from diffsolve.defaults import LEARNED_UP_TO, default_tuner
+
+    seen = []
+
+    def spy(name):
+        def run(*args, **kw):
+            seen.append((name, args))
+            raise SystemExit(0)
+        return run
+
+    for name in ("tune_steps", "tune_solver"):
+        monkeypatch.setattr(tune_module, name, spy(name))
+    for nfe in (4, LEARNED_UP_TO, LEARNED_UP_TO + 1, 10):
+        with pytest.raises(SystemExit):
+            main(["tune", "--problem", "ring2d", "--nfe", str(nfe), "--out", str(tmp_path / "g.json"), "--quiet"])
+        name, args = seen[-1]
+        assert name == ("tune_solver" if default_tuner(nfe) == "learned" else "tune_steps")
+        assert name == "tune_solver" if nfe <= LEARNED_UP_TO else args[1] == "unipc"
+    assert main(["tune", "--problem", "ring2d", "--nfe", "4", "--denoise-final", "auto",
+                 "--out", str(tmp_path / "g.json"), "--quiet"]) == 2
+    assert "auto picks learned at NFE 4" in capsys.readouterr().err

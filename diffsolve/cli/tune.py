@@ -21,17 +21,17 @@ def add_parser(subparsers):
                                            "fresh seeds, and save it as JSON for `sample --grid FILE` / "
                                            "`bench --grid FILE`.")
     add_model_options(tn)
-    tn.add_argument("--solver", default="unipc", help="fixed-step deterministic solver, a name or "
-                    "name:key=value:... spec (default unipc); "
-                    "'learned': fit the per-step weights of the learned multistep solver on a grid tuned "
-                    "for UniPC (tune_solver; the network must be differentiable)")
+    tn.add_argument("--solver", default="auto", help="fixed-step deterministic solver whose grid is tuned, a name "
+                    "or name:key=value:... spec; 'learned': fit the per-step weights of the learned multistep "
+                    "solver on a grid tuned for UniPC (tune_solver; the network must be differentiable); 'auto' "
+                    "(default): learned up to 6 evaluations, unipc above (diffsolve.defaults.default_tuner)")
     add_nfe_option(tn, required=True)
     tn.add_argument("--pilot", type=positive_int, default=None,
                     help="pilot samples (default: the tuner's own, 64 for tune_steps, 1024 for --solver learned)")
     tn.add_argument("--screen", type=int, default=None,
                     help="candidate start points (seeds 0..N-1) the pilots are chosen from by the default call's "
-                         "error, sampled in proportion and weighted (default: the tuner's own, 16 per pilot for tune_steps, "
-                         "none for --solver learned; 0: seeds 0..pilot-1)")
+                         "error, sampled in proportion and weighted (default: the tuner's own, 16 per pilot for "
+                         "tune_steps, none for --solver learned; 0: seeds 0..pilot-1)")
     tn.add_argument("--fresh", type=int, default=1024,
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
     tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
@@ -51,6 +51,11 @@ def add_parser(subparsers):
 def _check_args(args) -> str:
     """The checks of the options among themselves, before any work (the output path first); the solver's name."""
     check_writable(Path(args.out), (".json",))
+    auto = args.solver == "auto"
+    if auto:
+        from ..defaults import default_tuner
+
+        args.solver = default_tuner(args.nfe)
     name = check_solver(args.solver)
     if name == "learned" and args.solver != name:
         raise CLIError("--solver learned takes no options: tune fits its weights")
@@ -65,7 +70,8 @@ def _check_args(args) -> str:
     if args.screen is not None and args.screen < 0:
         raise CLIError(f"--screen must be >= 0, got {args.screen}")
     if name == "learned" and args.denoise_final == "auto":
-        raise CLIError("--solver learned needs --denoise-final yes or no (or none: no, the default)")
+        raise CLIError(f"--solver {'auto picks learned at NFE ' + str(args.nfe) + ', which' if auto else 'learned'} "
+                       f"needs --denoise-final yes or no (or none: no, the default); or pass --solver unipc")
     return name
 
 
