@@ -104,7 +104,8 @@ class Denoiser(torch.nn.Module):
             (``denoiser.threshold = ...``).
 
     Methods ``eps``, ``x0``, ``score``, ``v``, ``velocity`` take ``x`` of shape ``(B, *shape)`` and
-    ``t`` a scalar or a ``(B,)`` tensor; each makes one network call, counted in ``nfe``.
+    ``t`` a scalar or a ``(B,)`` tensor; each makes one network call, counted in ``nfe``. So does
+    ``combine(x, t, a, b, kind)``, a·x + b·(prediction ``kind``), the whole of a first-order step.
     """
 
     def __init__(self, net, schedule, prediction: str = "eps", time_label="default",
