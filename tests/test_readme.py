@@ -6,9 +6,9 @@ blocks; a trailing backslash continues a line, ``#`` starts a comment). Skipped:
 need a GPU (``--device cuda``) unless CUDA is here. Each example is one test case, run in README order
 in a shared directory, so that later commands see what earlier ones wrote (as a user would).
 
-Marked ``slow`` (``pytest -m "not slow"`` leaves them out): the two tuning examples (15 s and 35 s
-on two idle cores, 4–6 and 11 minutes on cores busy with other jobs, where torch's two threads wait
-for each other) and the example that reads their output, and the README's "first five lines"
+Marked ``slow`` (``pytest -m "not slow"`` leaves them out): the two tuning examples (about 15 s and
+2 minutes on two idle cores, the second fitting solver weights; many times that on cores busy with
+other jobs, where torch's two threads wait for each other) and the example that reads their output, and the README's "first five lines"
 (Python), run as one case (22 s idle, 5.5 minutes busy). The rest of the file takes under a minute
 on idle cores (the default ``diffsolve bench`` is 25 s of it), about two minutes on busy ones.
 """
