@@ -29,10 +29,10 @@ scaling c is a pure reparametrisation: log p_x is recovered exactly. The default
 t on every schedule but a DDPM table, where λ (the table's dλ/dt jumps at every timestep;
 :mod:`diffsolve.ode`): with the whole divergence riding along, t's error-against-NFE curve lies on
 or below λ's on VP, cosine, sub-VP, VE, EDM and flow schedules in 2 and 16 dimensions
-(``benchmarks/likelihood_split.py``; tolerance by tolerance either can be ahead). With per-row error control at loose tolerances
-(1e-3) λ and t can miss the error made in the mode-switching region on some 2-D rows (the local
-error estimate of a lone row); ``sigma_over_alpha`` keeps the error proportional to the tolerance
-there, at more NFE.
+(``benchmarks/likelihood_split.py``; tolerance by tolerance either can be ahead). With per-row error
+control at loose tolerances (1e-3) λ and t can miss the error made in the mode-switching region on
+some 2-D rows (the local error estimate of a lone row); ``sigma_over_alpha`` keeps the error
+proportional to the tolerance there, at more NFE.
 
 **Divergence.** ``exact``: the trace of ∂ε̂/∂x by d vector–Jacobian products with the basis vectors
 (batched with ``is_grads_batched``; fine for small d). ``hutchinson``: zᵀ(∂ε̂/∂x)z for k probes z
@@ -47,7 +47,7 @@ Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (1.4–2
 the analytic mixtures at no extra network work; benchmarks/likelihood.md). Stages of one step
 that lie close in time and carry weights of opposite sign share a probe (dopri5's stages 4 and 5,
 b = 0.651 and −0.322): the expectation is unchanged and Σ_e w_e² per step falls from 0.755 h² to
-0.335 h² (docs/math.md (20.9); 0.62–0.74× the error of independent probes at the same NFE). The k
+0.335 h² (docs/math.md (20.9); 0.66–0.74× the error of independent probes at the same NFE). The k
 integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning. The price:
 Δ's own integration error is then controlled only through the steps the state takes, so it is
 larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
@@ -285,7 +285,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             depend on sample i only. Default (None): fresh probes for the Hutchinson estimate —
             measured 1.4–3.2× less error at 0.76–0.9× the NFE of one fixed probe on the 2-D ring
             (VP, VE), a 64-D mixture and the trained digits model (benchmarks/likelihood.md),
-            before stages began to share probes (docs/math.md (20.9): a further 0.62–0.74×);
+            before stages began to share probes (docs/math.md (20.9): a further 0.66–0.74×);
             ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the
             error norm: the choice when averaging very many probes.
         rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0).

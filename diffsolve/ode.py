@@ -32,9 +32,9 @@ every 1/N that the embedded error estimate does not see, and the error stops fol
 tolerance (``benchmarks/adaptive_time_variable.py --ddpm``: on the DDPM ring, rtol 1e-5 / 1e-6
 leave 1.4e-3 / 1.3e-3 worst-sample error after 128 / 740 calls in t, 4.9e-4 / 1.2e-4 after
 128 / 188 in λ; the exact-divergence likelihood with a shared step at rtol 1e-4 / 1e-5 needs
-212 / 668 NFE for 1.3e-3 / 1.3e-3 nats/dim in t, 110 / 170 for 5.5e-5 / 2.8e-5 in λ). In λ the coefficients are functions of
-λ alone and the kinks reach only the network's time label. Only at a loose 1e-3 does t do better
-there (sampling: worst sample 4.5e-3 against λ's 7.8e-2 at 56 calls each).
+212 / 668 NFE for 1.3e-3 / 1.3e-3 nats/dim in t, 110 / 170 for 5.5e-5 / 2.8e-5 in λ). In λ the
+coefficients are functions of λ alone and the kinks reach only the network's time label. Only at a
+loose 1e-3 does t do better there (sampling: worst sample 4.5e-3 against λ's 7.8e-2 at 56 calls each).
 
 :meth:`ProbabilityFlowODE.solve` is the one place the ODE meets the Runge–Kutta engine
 (:func:`diffsolve.rk.rk_solve`): adaptive sampling, reference solves, encode/decode and the

@@ -52,8 +52,9 @@ class ButcherTableau:
         ``span`` apart in c that minimises it (ties: fewer shared stages) is returned as the set of
         stages i ≥ 1 whose probe is stage i − 1's. Unbiasedness does not depend on it: every probe
         is still a fresh draw independent of the trajectory. The last stage of an FSAL pair
-        belongs to the next step and always draws its own. dopri5: stages 3 and 4 (b = 0.651,
-        −0.322; c = 0.8, 0.889) share, Σ 0.755 → 0.335; tsit5: stages 3–5, 18.4 → 0.41.
+        belongs to the next step and always draws its own. Stage indices count from 0 (the 4th and
+        5th stages of the docs are 3 and 4 here). dopri5: stages 3 and 4 (b = 0.651, −0.322;
+        c = 0.8, 0.889) share, Σ 0.755 → 0.335, returned as {4}; tsit5: stages 3–5, 18.4 → 0.41.
         """
         last = self.stages - 1 if self.fsal else self.stages
         best, cut = [0.0] + [float("inf")] * last, [0] * (last + 1)

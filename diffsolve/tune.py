@@ -48,8 +48,9 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
             evaluation is often better spent on one more step). Either way the target is the data
             end point of the ODE (the reference solve to t_min followed by the exact x̂0 there).
             The defaults against the former ones (``"dpmpp_2m"``, the final denoise) on the
-            bundled digits model, fresh seeds: 0.079 vs 0.175 at NFE 5, 0.016 vs 0.030 at NFE 10,
-            for about twice the tuning time (16–21 s vs 8–10 s on one CPU thread).
+            bundled digits model, 256 fresh seeds: 0.081 vs 0.176 at NFE 5, 0.017 vs 0.034 at NFE 10,
+            for 1.3–1.5× the tuning time (13–18 s vs 10–12 s on one CPU thread;
+            ``python benchmarks/defaults_sweep.py --report --tune``).
         pilot: number of pilot samples, or an explicit seed list / ``"0-63"``.
         screen: candidate start points (seeds 0..screen−1) the ``pilot`` seeds are chosen from by the
             error of the default call (πps-sampled, weighted: :mod:`diffsolve._tuning`). Default (None):
