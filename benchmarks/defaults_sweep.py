@@ -555,28 +555,31 @@ def tune_rule_check(cells=RULE_CHOICE + RULE_JUDGE):
             print(f"| {problem} | {n} | {out[0]:.3f} | {out[1]:.0f} | {out[2]:.3f} | {out[3]:.0f} |", flush=True)
 
 
-def peers_check(budgets=(5, 10, 20)):
-    """The default call against the best peer configuration of benchmarks/quality.md, where the start
-    points are the same (ring, mix64 and the held-out mix16 under DDPM: the peers' batch and seed;
-    mix16's peer rows come from ``peers_quality.py --problems mix16 --which peers``)."""
+def peers_check(budgets=(5, 10, 20), problems=("ring", "mix64", "gauss3072", "mix16")):
+    """The bare call ``ds.sample(model, x, nfe=N)`` against the best peer configuration of
+    benchmarks/quality.md, run on the peers' own start points and scored against their reference
+    (the σ → 0 end point of the exact ODE; mix16's peer rows come from ``peers_quality.py --problems
+    mix16 --which peers``)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _peers as P
 
-    cells = _table(_load(OUT))
-    rule = RULES[DEFAULT_RULE]
     print("\n## The default call against the best peer configuration (benchmarks/quality.md's rows)\n")
     print("| problem | NFE | default call | rms | best peer | rms | default / peer |")
     print("|---|---:|---|---:|---|---:|---:|")
-    for peer_name, name in (("ring", "ring2d"), ("mix64", "mix64"), ("mix16", "mix16")):
-        rows = P.quality_rows(peer_name)
+    for name in problems:
+        prob, rows = P.make_problem(name), P.quality_rows(name)
+        sch = prob.schedule
+        s0 = prob.s_of_t(sch.t_max)
+        x = float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))) * prob.z
         for n in budgets:
-            cand = [r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
-                    and r.get("rms")]
-            best = min(cand, key=lambda r: r["rms"])
-            cfg = rule(n, "ddpm")
-            v = cells[(name, "ddpm", n)][cfg]
-            print(f"| {name} | {n} | {_fmt_cfg(cfg)} | {v:.3g} | {best['config'][:60]} | {best['rms']:.3g} | "
-                  f"{v / best['rms']:.2f} |")
+            best = min((r for r in rows if r.get("side") in ("diffusers", "k-diffusion") and r.get("budget") == n
+                        and r.get("rms")), key=lambda r: r["rms"])
+            res = ds.sample(prob.den, x, nfe=n)
+            v = P.rms(res.x, P.reference(prob, s0, s0))
+            run = ds.defaults.default_run(n, sch)
+            cfg = f"{run.solver} {run.grid}{' +x̂0' if run.denoise_final else ''}"
+            print(f"| {name} | {n} | {cfg} | {v:.3g} | {best['config'][:60]} | {best['rms']:.3g} | "
+                  f"{v / best['rms']:.2f} |", flush=True)
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@ Not a test: prints a markdown table (recorded in benchmarks/defaults.md, "The ta
 
     python benchmarks/tuned_tail.py                       # digits, NFE 5, seeds 5000-5511 (~1 min)
     python benchmarks/tuned_tail.py --learned             # also diffsolve tune's default at NFE 5 (~4 min more)
+    python benchmarks/tuned_tail.py --candidates          # also the tuned grid on the tuner's own candidates
 
 A tuner judges its grid on a few hundred fresh seeds by the RMS error; a start point whose exact
 trajectory leaves the data's range can make one grid fail where others do not, and 256 seeds may
@@ -30,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--nfe", type=int, default=5)
     ap.add_argument("--seeds", default="5000-5511")
     ap.add_argument("--learned", action="store_true", help="also tune_solver (diffsolve tune's default at NFE <= 6)")
+    ap.add_argument("--candidates", action="store_true",
+                    help="also solve the tuner's screened candidates (seeds 0-1023) with the tuned grid: does a "
+                         "check on them see the tail?")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -39,7 +43,8 @@ def main(argv=None):
     x = float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))) * ds.NoiseSource(
         len(seeds), shape, seeds=seeds).randn()
     ref = ode_reference(model, x, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
-    runs = {"tune_steps (bare call)": dict(steps=ds.tune_steps(model, nfe=args.nfe, fresh=0, progress=False))}
+    tuned = ds.tune_steps(model, nfe=args.nfe, fresh=0, progress=False)
+    runs = {"tune_steps (bare call)": dict(steps=tuned)}
     if args.learned:
         runs["tune_solver (bare call)"] = dict(steps=ds.tune_solver(model, nfe=args.nfe, fresh=0, progress=False))
     runs["default call"] = dict(nfe=args.nfe)
@@ -57,6 +62,28 @@ def main(argv=None):
         rest = mse[mse.argsort(descending=True)[4:]]
         cells = ", ".join(f"{seeds[j]}: {float(mse[j]):.3g} ({float(ref[j].abs().max()):.2f})" for j in worst)
         print(f"| {name} | {float(mse.mean().sqrt()):.3g} | {float(rest.mean().sqrt()):.3g} | {cells} |", flush=True)
+    if args.candidates:
+        candidates_check(model, tuned)
+
+
+def candidates_check(model, tuned):
+    """The tuned grid on the candidate start points its pilots were screened from (seeds 0..M−1): their
+    per-sample MSE against the exact solution, the worst ones, and each one's rank by the screening's
+    proxy ‖x_N − x_3N‖² (what a check on the candidates could flag without a reference solve)."""
+    from diffsolve._tuning import screening_proxy
+
+    sch, M = model.schedule, tuned.screened
+    seeds = list(range(M))
+    x = float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))) * ds.NoiseSource(
+        M, tuple(model.shape), seeds=seeds).randn()
+    ref = ode_reference(model, x, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
+    with torch.no_grad():
+        out = ds.sample(model, x, steps=tuned).x.to(torch.float64)
+    mse = ((out - ref) ** 2).flatten(1).mean(1)
+    rank = screening_proxy(model, x, tuned.nfe).argsort(descending=True).argsort()
+    worst = mse.argsort(descending=True)[:6].tolist()
+    print(f"\nThe tuned grid on its {M} screened candidates (seeds 0-{M - 1}): RMS {float(mse.mean().sqrt()):.3g}; "
+          f"worst: " + ", ".join(f"seed {j}: MSE {float(mse[j]):.3g} (proxy rank {int(rank[j]) + 1})" for j in worst))
 
 
 if __name__ == "__main__":
