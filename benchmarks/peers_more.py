@@ -7,7 +7,7 @@ benchmarks/results/peers_more.jsonl (the rows of the parts that ran replace thei
     pip install -e '.[peers]'                                   # azula, flow_matching, torchode
     python benchmarks/peers_more.py                             # all three parts (~15 min on 2 loaded cores)
     python benchmarks/peers_more.py --parts azula --nfe 5 10 20 50
-    python benchmarks/peers_more.py --parts likelihood --ll-n 256 --ll-n64 32   # bigger likelihood batches
+    python benchmarks/peers_more.py --parts likelihood          # part 2 alone (~25 min)
     python benchmarks/peers_more.py --table                     # tables from the JSONL only
 
 **Part 1, azula** (0.11: ``azula.sample``). The model is ``_peers.py``'s: the exact posterior mean of
@@ -39,9 +39,11 @@ schedule, with τ mapped affinely onto [t_min, t_max] (compute_likelihood insist
 [1, 0]); its ``log_p0`` and diffsolve's ``prior`` are the exact log p_T; truth is the exact
 log p_{t_min}(x). Both sides use the exact divergence (flow_matching: d autograd calls; diffsolve:
 batched VJPs); NFE = forward calls of the velocity (per sample: both run one shared step here).
-Tolerances rtol = atol are swept; the NFE at matched errors 1e-3 … 1e-6 nats/dim is read off each
-curve (log-log interpolation of the lower envelope). diffsolve is run at its defaults and with the
-options that might close the gap: ``norm="rms"``, ``time_variable="t"``, ``per_sample=True``.
+Tolerances rtol = atol are swept, four per decade from 1e-2 to 3e-8 (a coarser sweep reads a curve whose
+NFE jumps between tolerances off two distant points); the NFE at matched errors 1e-3 … 1e-6 nats/dim
+is read off each curve (log-log interpolation of the lower envelope), on 256 points in 2-D and 64
+in 64-D. diffsolve is run at its defaults and with the options that might close a gap: ``norm="rms"``,
+a shared step (``per_sample=False``), ``time_variable="log_snr"`` (2-D only).
 
 **Part 3, torchode** (1.0: ``torchode.Dopri5`` with an ``IntegralController``, one step size and
 error control per sample, the RMS norm over each sample's coordinates). The sampling ODE
@@ -324,8 +326,8 @@ def print_azula_tables(rows, budgets):
                     cells.append("—")
             dflt = next((r["rms"] for r in rs if r.get("side") == "diffsolve" and r["method"].startswith("ds.sample")
                          and r["budget"] == b), None)
-            nolof = next((r["rms"] for r in rs if r.get("side") == "diffsolve"
-                          and r["method"] == "dpmpp_2m lower_order_final=False, log_snr, x̂0" and r["budget"] == b), None)
+            nolof = next((r["rms"] for r in rs if r.get("side") == "diffsolve" and r["budget"] == b
+                          and r["method"] == "dpmpp_2m lower_order_final=False, log_snr, x̂0"), None)
             bst = best.get(b, {}).get("rms")
             ratio = f"{dflt / min(bests):.2f}" if dflt and bests else "—"
             print(f"| {b} | " + " | ".join(cells) + f" | {P.fmt(dflt)} | {ratio} | {P.fmt(nolof)} | {P.fmt(bst)} |")
@@ -346,6 +348,10 @@ LL_DS_CONFIGS = [  # label, log_likelihood options
     ("diffsolve time_variable=log_snr", {"time_variable": "log_snr"}),
 ]
 FM_LABEL = "flow_matching compute_likelihood (dopri5 in τ)"
+# Four tolerances per decade: each curve is read off its lower envelope, and with a coarser sweep a
+# method whose NFE jumps between tolerances (flow_matching's shared step over the batch) is read
+# off two distant points, which moves the matched-NFE ratios by up to 30 % (peers_more.md, part 2).
+LL_TOLS = [round(10 ** (-k / 4), 12) for k in range(8, 31)]
 
 
 def fm_velocity(ode, sch, counter):
@@ -399,7 +405,6 @@ def part_likelihood(args, log):
         n = args.ll_n if gm.d <= 2 else args.ll_n64
         x = gm.sample(n, generator=torch.Generator().manual_seed(7)).reshape(n, -1).to(F64)
         d = x.shape[1]
-        tols_fm = args.ll_tols if gm.d <= 2 else args.ll_tols64
         for sname in (args.ll_schedules if gm.d <= 2 else args.ll_schedules64):
             sch = ds.make_schedule(sname)
             den = gm.denoiser(sch, "eps")
@@ -410,7 +415,7 @@ def part_likelihood(args, log):
                                          if gm.d <= 2 or lab in args.ll_ds64]
             for lab, opts in runs:
                 pts = []
-                for tol in tols_fm:
+                for tol in args.ll_tols:
                     t0 = time.time()
                     if opts is None:
                         ll, nfe, calls = ll_fm(gm, sch, den, x, tol)
@@ -436,7 +441,7 @@ def part_likelihood(args, log):
     print_likelihood_tables([r for r in log if r.get("part") == "likelihood"])
 
 
-TARGETS = (1e-3, 1e-4, 1e-5, 1e-6)
+TARGETS = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)  # matched errors (nats/dim) the tables read off
 
 
 def print_likelihood_tables(rows):
@@ -446,17 +451,18 @@ def print_likelihood_tables(rows):
         if not rs:
             continue
         n = rs[0]["n"]
-        print(f"\n### {name}, {sname} schedule ({n} points): mean |error| per dim / NFE per sample at each rtol = atol\n")
+        print(f"\n### {name}, {sname} schedule ({n} points): mean |error| per dim / NFE per sample "
+              "at each rtol = atol\n")
         tols = sorted({r["tol"] for r in rs}, reverse=True)
         methods = list(dict.fromkeys(r["method"] for r in rs))
-        print("| method | " + " | ".join(f"{t:.0e}" for t in tols) + " |")
-        print("|---|" + "---|" * len(tols))
-        for m in methods:
+        print("| rtol = atol | " + " | ".join(methods) + " |")
+        print("|---:|" + "---|" * len(methods))
+        for t in tols:
             cells = []
-            for t in tols:
+            for m in methods:
                 r = next((r for r in rs if r["method"] == m and r["tol"] == t), None)
                 cells.append("—" if r is None else f"{r['err']:.1e} / {r['nfe']:.0f}")
-            print(f"| {m} | " + " | ".join(cells) + " |")
+            print(f"| {t:.2g} | " + " | ".join(cells) + " |")
         print("\nNFE at matched error (nats/dim; log-log interpolation) and ratio flow_matching ÷ diffsolve:\n")
         print("| method | " + " | ".join(f"NFE at {e:.0e}" for e in TARGETS) + " | " +
               " | ".join(f"fm ÷ this at {e:.0e}" for e in TARGETS) + " |")
@@ -583,10 +589,10 @@ def main():
     ap.add_argument("--ll-problems", nargs="+", default=["ring", "mix64"], choices=list(LL_PROBLEMS))
     ap.add_argument("--ll-schedules64", nargs="+", default=["flow", "vp"], help="schedules of the 64-D problem")
     ap.add_argument("--ll-schedules", nargs="+", default=["flow", "vp"])
-    ap.add_argument("--ll-n", type=int, default=64, help="points of the 2-D likelihood problem")
-    ap.add_argument("--ll-n64", type=int, default=16, help="points of the 64-D likelihood problem")
-    ap.add_argument("--ll-tols", nargs="+", type=float, default=[1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
-    ap.add_argument("--ll-tols64", nargs="+", type=float, default=[1e-2, 3e-3, 1e-3, 1e-4, 1e-5, 1e-6])
+    ap.add_argument("--ll-n", type=int, default=256, help="points of the 2-D likelihood problem")
+    ap.add_argument("--ll-n64", type=int, default=64, help="points of the 64-D likelihood problem")
+    ap.add_argument("--ll-tols", nargs="+", type=float, default=LL_TOLS,
+                    help="rtol = atol of every likelihood run (default: four per decade, 1e-2 to 3e-8)")
     ap.add_argument("--ll-ds64", nargs="+", default=[LL_DS_CONFIGS[0][0], LL_DS_CONFIGS[1][0], LL_DS_CONFIGS[2][0]],
                     help="the diffsolve configurations run in 64-D (labels)")
     ap.add_argument("--ll-hutchinson", nargs="*", default=["ring"])

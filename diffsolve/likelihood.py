@@ -295,9 +295,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             does not depend on the batch it is computed in, and each takes the steps its own
             trajectory needs; ``False``: one shared step for the batch (or chunk), the norm over
             all of it. Measured (``benchmarks/peers_more.py --parts likelihood``, exact divergence,
-            NFE at equal error): per-sample needs 0.73–0.96× the shared step's NFE from 1e-4
-            nats/dim down in 2-D and 64-D on VP and flow schedules, and 0.75–0.88× at 1e-3 except
-            on the 64-D VP mixture (1.13×).
+            NFE at equal error from 3e-4 to 1e-6 nats/dim, VP and flow schedules): per-sample needs
+            0.64–0.79× the shared step's NFE in 2-D and 0.83–0.96× in 64-D.
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
             dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
             ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed
