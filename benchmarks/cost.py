@@ -4,10 +4,10 @@ where a float32 state loses accuracy against float64 (issue #18, part 3).
 
 Network: ``eps = 0.1·x`` (near free). Methods (columns):
 
-- ``default``: diffsolve's default call ``ds.sample(den, x, nfe=N)`` (dpmpp_2m, log-SNR grid,
-  final denoise, float64 state) with the network in float32, as a float32 ``nn.Module`` runs
-  (``Denoiser(net_dtype=torch.float32)``: the state is cast to float32 for the network and its
-  output back to float64); x is given in float32, so the call's cast to float64 is included;
+- ``default``: diffsolve's default call ``ds.sample(den, x, nfe=N)`` (``diffsolve.defaults``: at
+  N = 20 UniPC of order 3 on the log-SNR grid, no final denoise) with the network in float32, as a
+  float32 ``nn.Module`` runs (``Denoiser(net_dtype=torch.float32)``), hence a float32 state
+  (``diffsolve.defaults.default_state_dtype``); x is given in float32;
 - ``ddim``, ``dpmpp_2m``, ``unipc`` with a float64 (default) and a float32 state:
   ``ds.sample(den, x, solver=..., steps=N, grid="log_snr", denoise_final=False, dtype=...)``, the
   network in the state's dtype, as in ``overhead.py``;
@@ -15,7 +15,7 @@ Network: ``eps = 0.1·x`` (near free). Methods (columns):
   UniPCMultistepScheduler(solver_order=2), ``set_timesteps(N)`` and the standard
   ``x = sch.step(net(sch.scale_model_input(x, t), t), t, x).prev_sample`` loop, float32 sample.
 
-Every method makes N network calls (the default call: N − 1 steps and the final denoise). A new
+Every method makes N network calls. A new
 ``Denoiser`` per call (cold caches, set-up included), as ``overhead.py``.
 
 Time: CPU time of the process (``time.process_time``, 1 torch thread), repeats interleaved, min
@@ -65,9 +65,9 @@ PAIRS = {"ddim": ("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=True
          "dpmpp_2m": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
          "unipc": ("UniPCMultistepScheduler", dict(solver_order=2))}
 F32, F64 = torch.float32, torch.float64
-# column key: (label, state dtype)
-# (the dtype the network runs in is the state's, except for ``default``: float32)
-METHODS = [("default", F64), ("ddim f64", F64), ("ddim f32", F32), ("dpmpp_2m f64", F64), ("dpmpp_2m f32", F32),
+# column key: (label, state dtype); the network runs in the state's dtype (``default``: a float32
+# network, and so the float32 state diffsolve.defaults.default_state_dtype gives it)
+METHODS = [("default", F32), ("ddim f64", F64), ("ddim f32", F32), ("dpmpp_2m f64", F64), ("dpmpp_2m f32", F32),
            ("unipc f64", F64), ("unipc f32", F32), ("diffusers DDIM", F32), ("diffusers DPM++2M", F32),
            ("diffusers UniPC", F32)]
 DIFFUSERS = {"diffusers DDIM": "ddim", "diffusers DPM++2M": "dpmpp_2m", "diffusers UniPC": "unipc"}
@@ -103,7 +103,7 @@ def call(method: str, x32: torch.Tensor, x64: torch.Tensor, n: int):
 
 
 def net_dtype(method: str) -> torch.dtype:
-    return F32 if method == "default" else dict(METHODS)[method]
+    return dict(METHODS)[method]
 
 
 def time_call(method, x32, x64, n) -> float:
@@ -185,7 +185,8 @@ def section_grid(args):
         r = results[(b, s)]
         print(f"  [{time.time() - t_start:5.0f} s] batch {b:5d} × {s:10s}: "
               + "  ".join(f"{m} {r[m]['us']:.0f}" for m in methods), file=sys.stderr, flush=True)
-    print(f"\n## Overhead per step and peak memory against batch and sample size ({args.steps} network calls per run)\n")
+    print(f"\n## Overhead per step and peak memory against batch and sample size ({args.steps} network calls "
+          "per run)\n")
     if skipped:
         print("Not measured (above --max-elements " + f"{args.max_elements}): "
               + ", ".join(f"{b}×{s}" for b, s in skipped) + "\n")
@@ -209,14 +210,14 @@ def section_grid(args):
         print(f"| {b} × {s} | {b * math.prod(SIZES[s]) * 4 / 1e6:.3g} | "
               + " | ".join(f"{r[m]['peak'] / 1e6:.3g}" for m in methods) + " |")
     print()
-    if "default" in methods and "diffusers DPM++2M" in methods:
+    if "default" in methods and "diffusers DPM++2M" in methods and "diffusers UniPC" in methods:
         print("### ratios\n")
-        print("| batch × size | default / diffusers DPM++2M | dpmpp_2m f64 / f32 state |")
-        print("|---|---:|---:|")
+        print("| batch × size | default / diffusers DPM++2M | default / diffusers UniPC | dpmpp_2m f64 / f32 state |")
+        print("|---|---:|---:|---:|")
         for b, s in cells:
             r = results[(b, s)]
             d, a, c = r["default"]["us"], r.get("dpmpp_2m f64", {}).get("us"), r.get("dpmpp_2m f32", {}).get("us")
-            print(f"| {b} × {s} | {d / r['diffusers DPM++2M']['us']:.2f} | "
+            print(f"| {b} × {s} | {d / r['diffusers DPM++2M']['us']:.2f} | {d / r['diffusers UniPC']['us']:.2f} | "
                   + (f"{a / c:.2f}" if a and c else "") + " |")
         print()
     return results
@@ -232,8 +233,6 @@ def section_steps(args):
     print("Overhead per network call (µs) and peak extra memory (multiple of one state tensor) at "
           f"{', '.join(map(str, args.step_counts))} network calls per run.\n")
     for label, shape in shapes:
-        x32 = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-        x64 = x32.double()
         res = {}
         for n in args.step_counts:
             reps = max(2, args.repeats if n <= 100 else 2)
