@@ -43,7 +43,8 @@ Tolerances rtol = atol are swept, four per decade from 1e-2 to 3e-8 (a coarser s
 NFE jumps between tolerances off two distant points); the NFE at matched errors 1e-3 … 1e-6 nats/dim
 is read off each curve (log-log interpolation of the lower envelope), on 256 points in 2-D and 64
 in 64-D. diffsolve is run at its defaults and with the options that might close a gap: ``norm="rms"``,
-a shared step (``per_sample=False``), ``time_variable="log_snr"`` (2-D only).
+a shared step (``per_sample=False``), and in 2-D also the shared step with ``norm="rms"`` and
+``time_variable="log_snr"``.
 
 **Part 3, torchode** (1.0: ``torchode.Dopri5`` with an ``IntegralController``, one step size and
 error control per sample, the RMS norm over each sample's coordinates). The sampling ODE
