@@ -323,3 +323,20 @@ def test_corrected_start_keeps_order_3_from_a_moderate_noise_start(solver, optio
     plain, fixed = slope(errors()), slope(errors(corrected_start=True))
     assert plain < 2.5, plain
     assert abs(fixed - 3.0) < 0.35, fixed
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-13, -3e-9, 0.2, -0.45, 0.999999, -0.999999, 1.0, -1.0, 1.000001, 2.5, -4.0,
+                               9.7, -12.0])
+def test_phis_match_the_phi_functions_to_working_precision(z):
+    """UniPC's coefficients use φ_1 … φ_m from one series and a downward recursion (|z| < 1) or an
+    upward one from e^z: each must equal φ_k(z) = Σ_n z^n/(n + k)! to a few ulps, on both sides of
+    the switch at |z| = 1 (the upward recursion loses up to ~30 ulps near |z| = 1 at k = 4)."""
+    import mpmath
+
+    from diffsolve.solvers.unipc import phis
+
+    with mpmath.workdps(40):
+        zz = mpmath.mpf(z)
+        exact = [float(sum(zz ** n / mpmath.factorial(n + k) for n in range(150))) for k in range(1, 5)]
+    for k, (value, ref) in enumerate(zip(phis(4, z), exact), start=1):
+        assert abs(value - ref) <= 1e-14 * abs(ref), (k, z, value, ref)

@@ -61,6 +61,22 @@ def phi(k: int, z: float) -> float:
     return val
 
 
+def phis(m: int, z: float) -> list:
+    """[φ_1(z), …, φ_m(z)] in float64 from one evaluation: for |z| < 1 the series of φ_m, then the
+    downward recursion φ_k = z φ_{k+1} + 1/k! (stable there: it multiplies errors by |z| < 1);
+    elsewhere the upward recursion from e^z, as :func:`phi`."""
+    if abs(z) < 1.0:
+        out = [phi(m, z)]
+        for k in range(m - 1, 0, -1):
+            out.append(z * out[-1] + 1.0 / math.factorial(k))
+        return out[::-1]
+    out, val = [], math.exp(z)
+    for j in range(m):
+        val = (val - 1.0 / math.factorial(j)) / z
+        out.append(val)
+    return out
+
+
 def _solve(R: list, g: list) -> list:
     """Solve the (at most 3×3) system R c = g in float64 by Gaussian elimination with partial
     pivoting (plain Python: a torch or numpy call costs more than the arithmetic)."""
@@ -159,7 +175,8 @@ class UniPC(Multistep):
         B = z if self.variant == "bh1" else math.expm1(z)
         lams, Ds = history.lams, history.values
         rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, p)]
-        g = [z * phi(n + 1, z) * math.factorial(n) / B for n in range(1, p + 1)]
+        ph = phis(p + 1, z)  # φ_1 … φ_{p+1}
+        g = [z * ph[n] * math.factorial(n) / B for n in range(1, p + 1)]
         R = [[r ** (n - 1) for r in rks + [1.0]] for n in range(1, p + 1)]
         if D_new is None:
             coef = [] if p == 1 else [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
