@@ -46,27 +46,23 @@ from .registry import register
 __all__ = ["UniPC"]
 
 
-def phi(k: int, z: float) -> float:
-    """φ_k(z) = Σ_n z^n/(n + k)! in float64 (series near 0, recursion elsewhere)."""
-    if abs(z) < 1.0:
-        term, total, n = 1.0 / math.factorial(k), 0.0, 0
-        while abs(term) > 1e-18 * max(abs(total), 1e-300) and n < 60:
-            total += term
-            n += 1
-            term *= z / (n + k)
-        return total
-    val = math.exp(z)
-    for j in range(k):
-        val = (val - 1.0 / math.factorial(j)) / z
-    return val
+def _phi_series(k: int, z: float) -> float:
+    """φ_k(z) = Σ_n z^n/(n + k)! by its series, in float64 (for |z| < 1)."""
+    term, total, n = 1.0 / math.factorial(k), 0.0, 0
+    while abs(term) > 1e-18 * max(abs(total), 1e-300) and n < 60:
+        total += term
+        n += 1
+        term *= z / (n + k)
+    return total
 
 
 def phis(m: int, z: float) -> list:
-    """[φ_1(z), …, φ_m(z)] in float64 from one evaluation: for |z| < 1 the series of φ_m, then the
-    downward recursion φ_k = z φ_{k+1} + 1/k! (stable there: it multiplies errors by |z| < 1);
-    elsewhere the upward recursion from e^z, as :func:`phi`."""
+    """[φ_1(z), …, φ_m(z)], φ_k(z) = Σ_n z^n/(n + k)!, in float64 from one evaluation: for |z| < 1
+    the series of φ_m, then the downward recursion φ_k = z φ_{k+1} + 1/k! (stable there: it
+    multiplies errors by |z| < 1); elsewhere the upward recursion φ_{k+1} = (φ_k − 1/k!)/z from
+    φ_0 = e^z."""
     if abs(z) < 1.0:
-        out = [phi(m, z)]
+        out = [_phi_series(m, z)]
         for k in range(m - 1, 0, -1):
             out.append(z * out[-1] + 1.0 / math.factorial(k))
         return out[::-1]
