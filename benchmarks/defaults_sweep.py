@@ -612,22 +612,12 @@ def main(argv=None):
     rules_table(cells, budgets)
     family_table(cells, budgets)
     judge(cells, budgets, RULES[DEFAULT_RULE])
-    if args.digits:
-        digits_check()
-    if args.peers:
-        peers_check()
-    if args.tune:
-        tune_check()
-    if args.fresh:
-        fresh_check()
-    if args.tune_peers:
-        tune_peers_check()
-    if args.tune_screening:
-        tune_screening_check()
-    if args.tune_solvers:
-        tune_solvers_check()
-    if args.tune_rule:
-        tune_rule_check()
+    checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
+              "tune_peers": tune_peers_check, "tune_screening": tune_screening_check,
+              "tune_solvers": tune_solvers_check, "tune_rule": tune_rule_check}
+    for flag, check in checks.items():  # in this order, each if its flag was given
+        if getattr(args, flag):
+            check()
 
 
 if __name__ == "__main__":
