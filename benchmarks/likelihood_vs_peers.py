@@ -298,6 +298,8 @@ def frontier(n, seed, quick=False):
 
 
 DEFAULT_PROBLEMS = (("ring 2-D", lambda: GaussianMixture.ring(), 256),
+                    # held out: made after the defaults were chosen, to judge them
+                    ("random 2-D, 5 modes (held out)", lambda: GaussianMixture.random(d=2, n_modes=5, seed=61), 256),
                     ("random 64-D", lambda: GaussianMixture.random(d=64, n_modes=8, seed=0), 64),
                     ("image Gaussian 3072-D", lambda: GaussianMixture.image_gaussian((3, 32, 32)), 16))
 
