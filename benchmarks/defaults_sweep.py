@@ -18,6 +18,10 @@ discrete VP, ε-prediction; ``cosine``: VP, ε; ``edm``: VE σ ∈ [0.002, 80], 
   ``mix256`` (6 modes, 256-D, seed 5), ``img256`` (one Gaussian with a steeper spectrum, 1×16×16,
   seed 3).
 
+Besides the 80 configurations (10 solver variants × 4 grids × final denoise or not), seven solver
+variants run with the analytic first step (docs/math.md §27; labels ``afs_...``: N network calls,
+the steps of N + 1) on three grids up to 10 evaluations and two up to 20.
+
 Usage:
     python benchmarks/defaults_sweep.py                      # everything (rows appended as they finish)
     python benchmarks/defaults_sweep.py --report --digits --peers --tune   # tables from the rows on disk, + checks
@@ -71,6 +75,10 @@ SOLVERS = {  # label: (solver, options)
     "unipc_nolof": ("unipc", {"lower_order_final": False}),
 }
 GRIDS = ("log_snr", "quadratic", "karras", "time")
+# with the analytic first step (docs/math.md §27; label "afs_" + the solver's): N network calls buy
+# the steps of N + 1; swept on the grids and budgets where it can matter
+AFS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "deis3", "dpmpp_2m_nolof", "unipc_nolof")
+AFS_GRIDS = {n: ("log_snr", "karras", "time") if n <= 10 else ("log_snr", "karras") for n in BUDGETS if n <= 20}
 CURRENT_DEFAULT = ("dpmpp_2m", "log_snr", True)
 REF_TOL = 1e-9
 S_END = 1e-6
@@ -121,27 +129,27 @@ def run(problems, schedules, budgets, out: str):
             gm, sch, den, z = _problem(pname, sname)
             refs: dict = {}
             t_start = time.perf_counter()
+            configs = [(label, solver, opts, grid, df, nfe, False) for label, (solver, opts) in SOLVERS.items()
+                       for grid in GRIDS for df in (True, False) for nfe in budgets]
+            configs += [("afs_" + label, *SOLVERS[label], grid, df, nfe, True) for label in AFS_SOLVERS
+                        for nfe in budgets for grid in AFS_GRIDS.get(nfe, ()) for df in (False, True)]
             with open(out, "a") as f:
-                for label, (solver, opts) in SOLVERS.items():
-                    for grid in GRIDS:
-                        for df in (True, False):
-                            for nfe in budgets:
-                                key = (pname, sname, label, grid, df, nfe)
-                                if key in done:
-                                    continue
-                                row = _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe)
-                                if row is None:
-                                    continue
-                                row.update(problem=pname, schedule=sname)
-                                f.write(json.dumps(row) + "\n")
-                                f.flush()
+                for label, solver, opts, grid, df, nfe, analytic in configs:
+                    if (pname, sname, label, grid, df, nfe) in done:
+                        continue
+                    row = _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe, analytic)
+                    if row is None:
+                        continue
+                    row.update(problem=pname, schedule=sname)
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
             print(f"{pname}/{sname}: {time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
 
 
-def _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe):
+def _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe, analytic=False):
     try:
         sol = ds.solvers.get_solver(solver, **opts)
-        t = sol.grid_for(sch, nfe=nfe, grid=grid, denoise_final=df)
+        t = sol.grid_for(sch, nfe=nfe + analytic, grid=grid, denoise_final=df)
     except ValueError:
         return None  # a budget too small for the solver
     t0 = float(t[0])
@@ -149,10 +157,11 @@ def _row(gm, sch, den, z, refs, label, solver, opts, grid, df, nfe):
         refs[t0] = _reference(gm, sch, z, t0)
     x = float(sch.sigma(torch.tensor(t0, dtype=F64))) * z
     with torch.no_grad():
-        res = ds.sample(den, x, solver=sol, nfe=nfe, grid=grid, denoise_final=df)
+        res = ds.sample(den, x, solver=sol, nfe=nfe, grid=grid, denoise_final=df, analytic_first_step=analytic)
+    assert res.nfe <= nfe and len(res.t) == len(t), (label, nfe, res.nfe)
     err = _rms(res.x, refs[t0])
     return dict(config=label, solver=solver, options=opts, grid=grid, denoise_final=df, nfe_budget=nfe,
-                nfe=int(res.nfe), rms=err if math.isfinite(err) else None)
+                nfe=int(res.nfe), analytic_first_step=analytic, rms=err if math.isfinite(err) else None)
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -247,7 +256,15 @@ def library_default(n: int, family: str) -> tuple:
     run = default_run(n, ds.make_schedule(family))
     name, options = parse_solver_spec(run.solver)
     label = next(k for k, v in SOLVERS.items() if v == (name, options))
-    return label, run.grid, run.denoise_final
+    return ("afs_" if run.analytic_first_step else "") + label, run.grid, run.denoise_final
+
+
+def _without_afs(cfg: tuple) -> tuple:
+    return (cfg[0].removeprefix("afs_"), *cfg[1:])
+
+
+def _with_afs(cfg: tuple) -> tuple:
+    return ("afs_" + cfg[0].removeprefix("afs_"), *cfg[1:])
 
 
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
@@ -266,12 +283,18 @@ RULES = {
         lambda n, s: ("unipc_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
     "dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
-    "measured default: the same, EDM deis3 karras +x̂0 for 7-20": lambda n, s: library_default(n, s),
+    "the same, EDM deis3 karras +x̂0 for 7-20 (the default before the analytic first step)":
+        lambda n, s: _without_afs(library_default(n, s)),
+    "measured default: the same with the analytic first step <= 6": lambda n, s: library_default(n, s),
+    "the same with the analytic first step <= 10": lambda n, s: _with_afs(library_default(n, s))
+        if n <= 10 else library_default(n, s),
+    "the same with the analytic first step <= 20": lambda n, s: _with_afs(library_default(n, s))
+        if n <= 20 else library_default(n, s),
     "deis3 <= 8 < unipc3": lambda n, s: ("deis3" if n <= 8 else "unipc3", "log_snr", False),
 }
 
 
-DEFAULT_RULE = "measured default: the same, EDM deis3 karras +x̂0 for 7-20"
+DEFAULT_RULE = "measured default: the same with the analytic first step <= 6"
 
 
 def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
@@ -316,23 +339,30 @@ def _fmt_cfg(cfg) -> str:
     return f"{label} {grid}{' +x̂0' if df else ''}"
 
 
-def digits_check(budgets=(5, 10, 20, 50), n: int = 256):
+def digits_check(budgets=(4, 5, 6, 10, 20, 50), n: int = 256):
     """The trained digits model (never part of the sweep): today's default call (a float32 state for
     this float32 network) against the former default (dpmpp_2m with the final denoise, float64
-    state), both against a tight float64 solve to t_min then x̂0 from the same start."""
+    state), both against a tight float64 solve to t_min then x̂0 from the same start; and, where the
+    default call takes the analytic first step, the same call without it."""
     m = ds.zoo.load("digits")
     seeds = list(range(1000, 1000 + n))
     print("\n## The bundled digits model (trained network, not in the sweep)\n")
-    print("| NFE | default call | rms | former default | rms | ratio |")
-    print("|---:|---|---:|---|---:|---:|")
+    print("| NFE | default call | rms | former default | rms | ratio | without the analytic first step | rms |")
+    print("|---:|---|---:|---|---:|---:|---|---:|")
     for nfe in budgets:
         new = ds.sample(m, seeds=seeds, nfe=nfe)
         old = ds.sample(m, seeds=seeds, nfe=nfe, solver="dpmpp_2m", denoise_final=True, dtype=F64)
         ref = ode_reference(m, old.x_init, float(old.t[0]), m.schedule.t_min, rtol=1e-7, atol=1e-7,
                             denoise_final=True)
         e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
-        label = f"{new.solver.name}{' +x̂0' if new.nfe > len(new.t) - 1 else ''}"
-        print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} |")
+        run = default_run(nfe, m.schedule)
+        label = (f"{'analytic first step, ' if run.analytic_first_step else ''}{new.solver.name}"
+                 f"{' +x̂0' if run.denoise_final else ''}")
+        plain = "-"
+        if run.analytic_first_step:
+            plain = f"{_rms(ds.sample(m, seeds=seeds, nfe=nfe, analytic_first_step=False).x, ref):.3g}"
+        print(f"| {nfe} | {label} | {e_new:.3g} | dpmpp_2m +x̂0 | {e_old:.3g} | {e_new / e_old:.2f} | "
+              f"{'the same call, every evaluation by the network' if plain != '-' else '-'} | {plain} |")
 
 
 FRESH = {  # problems no default was chosen or judged on, for --fresh
@@ -369,6 +399,32 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
             print(f"| {name} | {n} | {label} | {e_new:.3g} | "
                   f"{plain} log_snr | {e_old:.3g} | {e_new / e_old:.2f} |")
     print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
+
+
+def fresh_afs_check(budgets=(4, 5, 6, 8, 10, 12, 15, 20), seed=4321):
+    """Where does the analytic first step pay? On the three fresh problems (which neither chose nor
+    judged it) under the four schedule families, from fresh start points: the default call's
+    configuration with the analytic first step over the same without it, per budget."""
+    print("\n## Fresh problems: the default call's configuration with the analytic first step / without it\n")
+    print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+    print("|---|" + "---:|" * len(budgets))
+    logs = defaultdict(list)
+    for name, (make, batch) in FRESH.items():
+        gm = make()
+        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        for sname, prediction in SCHEDULES.items():
+            sch = ds.make_schedule(sname)
+            den = gm.denoiser(sch, prediction)
+            x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+            ref = _reference(gm, sch, z, sch.t_max)
+            vals = []
+            for n in budgets:
+                with torch.no_grad():
+                    e = [_rms(ds.sample(den, x, nfe=n, analytic_first_step=a).x, ref) for a in (True, False)]
+                logs[n].append(math.log(e[0] / e[1]))
+                vals.append(f"{e[0] / e[1]:.2f}")
+            print(f"| {name}/{sname} | " + " | ".join(vals) + " |", flush=True)
+    print("| geometric mean | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
 
 def tune_check(budgets=(5, 10)):
@@ -577,7 +633,8 @@ def peers_check(budgets=(5, 10, 20), problems=("ring", "mix64", "gauss3072", "mi
             res = ds.sample(prob.den, x, nfe=n)
             v = P.rms(res.x, P.reference(prob, s0, s0))
             run = ds.defaults.default_run(n, sch)
-            cfg = f"{run.solver} {run.grid}{' +x̂0' if run.denoise_final else ''}"
+            cfg = (f"{'analytic first step, ' if run.analytic_first_step else ''}{run.solver} {run.grid}"
+                   f"{' +x̂0' if run.denoise_final else ''}")
             print(f"| {name} | {n} | {cfg} | {v:.3g} | {best['config'][:60]} | {best['rms']:.3g} | "
                   f"{v / best['rms']:.2f} |", flush=True)
 
@@ -593,6 +650,8 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
+    ap.add_argument("--fresh-afs", action="store_true",
+                    help="also check where the analytic first step pays, on the three fresh problems (~3 min)")
     ap.add_argument("--tune-screening", action="store_true",
                     help="also compare the screening's samplers, stratified and πps, three draws each (~6 min)")
     ap.add_argument("--tune-solvers", action="store_true",
@@ -613,6 +672,7 @@ def main(argv=None):
     family_table(cells, budgets)
     judge(cells, budgets, RULES[DEFAULT_RULE])
     checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
+              "fresh_afs": fresh_afs_check,
               "tune_peers": tune_peers_check, "tune_screening": tune_screening_check,
               "tune_solvers": tune_solvers_check, "tune_rule": tune_rule_check}
     for flag, check in checks.items():  # in this order, each if its flag was given

@@ -9,15 +9,17 @@ squared difference between the default call at NFE 10 and at NFE 30 (``benchmark
 --tune-peers``, "top-32 share"). A plain set of 64 pilots rarely holds them, and a grid tuned on it
 is tuned for the easy points only. With ``screen=M`` (``tune_steps``' default: 16 per pilot;
 ``tune_solver``'s: none) the tuner runs the default call at the budget N and at 3N from M candidate
-start points (4N evaluations each, no reference solve) and draws the P pilots from the candidates
-with probability proportional to a size that mixes that proxy error e_i = ‖x_N − x_3N‖² with an
-even share (πps sampling, :func:`pps_sample`): the candidates that would be drawn for sure enter
-with weight 1, the others with weight 1/π_i, their inclusion probability. The weighted mean of the
-pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M candidates without
-bias from the selection, whatever the proxy's quality; the proxy decides how much of the variance
-goes (``benchmarks/defaults.md``, "tune_steps' defaults": against the former stratified sample,
-half the largest e_i and half uniform, it lowered the tuned grid's error 0.92× in the geometric
-mean over two problems made for the comparison, three draws each, and 0.93× over five others).
+start points (4N evaluations each, no reference solve; every evaluation by the network, without the
+default call's analytic first step at N ≤ 6, as when the screening was measured) and draws the P
+pilots from the candidates with probability proportional to a size that mixes that proxy error e_i =
+‖x_N − x_3N‖² with an even share (πps sampling, :func:`pps_sample`): the candidates that would be
+drawn for sure enter with weight 1, the others with weight 1/π_i, their inclusion probability. The
+weighted mean of the pilots' squared errors (docs/math.md (18.4)) then estimates the mean over all M
+candidates without bias from the selection, whatever the proxy's quality; the proxy decides how much
+of the variance goes (``benchmarks/defaults.md``, "tune_steps' defaults": against the former
+stratified sample, half the largest e_i and half uniform, it lowered the tuned grid's error 0.92× in
+the geometric mean over two problems made for the comparison, three draws each, and 0.93× over five
+others).
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def screening_proxy(denoiser, x: Tensor, nfe: int) -> Tensor:
     """The screening's proxy error of each start point in ``x``: ‖x_N − x_3N‖² between the default call
     at ``nfe`` and at 3·``nfe`` evaluations (module docstring), float64 on the CPU, shape (B,)."""
     from .sample import sample  # the default call (sample imports the tuned-grid reader, not this module)
-    with torch.no_grad():
-        a, b = (sample(denoiser, x, nfe=n).x for n in (nfe, 3 * nfe))
+    with torch.no_grad():  # every evaluation by the network: the proxy the screening was measured with
+        a, b = (sample(denoiser, x, nfe=n, analytic_first_step=False).x for n in (nfe, 3 * nfe))
     return ((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64)
 
 

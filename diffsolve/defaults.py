@@ -4,8 +4,10 @@ The rule (``benchmarks/defaults_sweep.py``, ``benchmarks/defaults.md``): for a b
 evaluations on the probability-flow ODE,
 
 - **solver**: ``dpmpp_2m:lower_order_final=false`` (DPM-Solver++(2M), its last step of order 2
-  too) for N ≤ 6; ``deis`` (DEIS / DPM-Solver in noise prediction, order 3, steps in log ρ) for
-  7 ≤ N ≤ 10; ``unipc:order=3`` (UniPC-3 in data prediction) above;
+  too) for N ≤ 6, after an **analytic first step** (the first evaluation, at t_max, answered by the
+  exact network of standard-normal data, docs/math.md §27: N network calls make N + 1 steps);
+  ``deis`` (DEIS / DPM-Solver in noise prediction, order 3, steps in log ρ) for 7 ≤ N ≤ 10;
+  ``unipc:order=3`` (UniPC-3 in data prediction) above;
 - **grid**: ``log_snr`` (uniform in λ);
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
@@ -46,7 +48,7 @@ __all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "LEARN
            "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
 DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
-TINY_BUDGET = 6  # at most this many evaluations: second order to the end
+TINY_BUDGET = 6  # at most this many evaluations: the analytic first step, then second order to the end
 SMALL_BUDGET = 10  # at most this many evaluations: third order in noise prediction
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 
@@ -58,11 +60,13 @@ def budget_of(nfe: int | None, steps: int | None) -> int:
 
 
 class DefaultRun(NamedTuple):
-    """What a call that names no solver runs: the solver spec, the grid kind and the final denoise."""
+    """What a call that names no solver runs: the solver spec, the grid kind, the final denoise and
+    whether the first evaluation is the analytic one (docs/math.md §27)."""
 
     solver: str
     grid: str
     denoise_final: bool
+    analytic_first_step: bool = False
 
 
 def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> DefaultRun:
@@ -79,9 +83,8 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> Defa
     if isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE:
         return DefaultRun("deis", "karras", True)
     if budget <= TINY_BUDGET:
-        solver = "dpmpp_2m:lower_order_final=false"
-    else:
-        solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
+        return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, analytic_first_step=True)
+    solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False))
 
 

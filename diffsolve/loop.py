@@ -51,7 +51,7 @@ class Solution(NamedTuple):
 
 def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level: NoiseLevel,
               source: NoiseSource | None = None, denoise_final: bool = False, trajectory: bool = False,
-              callback: Callable | None = None) -> Solution:
+              callback: Callable | None = None, analytic_first_step: bool = False) -> Solution:
     """Run ``solver`` from state ``x`` at t[0] over the decreasing float64 grid ``t``.
 
     A fixed-step solver steps from t[i] to t[i + 1] for every i; an adaptive one integrates from
@@ -68,15 +68,27 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
         source: the random source of stochastic solvers (per-sample seeds or a generator).
         trajectory: keep the state at every grid point (fixed-step solvers).
         callback: ``callback(i, x)`` after each fixed step.
+        analytic_first_step: answer the first evaluation, at t[0], with
+            :meth:`~diffsolve.Denoiser.prior_output` (the exact network of standard-normal data)
+            instead of a network call (docs/math.md §27; fixed-step solvers): the run makes one
+            network call fewer than its steps need.
     """
     ctx = StepContext(denoiser, level, t, source, denoise_final)
-    _check(solver, ctx, trajectory)
+    _check(solver, ctx, trajectory, analytic_first_step)
     denoiser.prime(ctx.t, x)  # labels and conversion coefficients of the whole grid, vectorised
     if solver.adaptive:
         x, info = solver.solve(ctx, x)
         traj = None
     else:
-        x, traj = _steps(solver, ctx, x, trajectory, callback)
+        if analytic_first_step:
+            denoiser._analytic_at = ctx.times[0]
+        try:
+            x, traj = _steps(solver, ctx, x, trajectory, callback)
+        finally:
+            missed, denoiser._analytic_at = denoiser._analytic_at is not None, None
+        if missed:  # every fixed-step solver evaluates at t[0] first; one that does not is a bug here
+            raise RuntimeError(f"solver {solver.name!r} made no evaluation at t[0] = {ctx.times[0]!r}: "
+                               f"the analytic first step was not used")
         info = {}
     n, where = ctx.steps, denoiser._where  # location for error messages, formatted on demand
     if denoise_final:
@@ -89,7 +101,7 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     return Solution(x, traj, info)
 
 
-def _check(solver: Solver, ctx: StepContext, trajectory: bool):
+def _check(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_step: bool = False):
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a diffsolve Solver instance, got {type(solver).__name__}; "
                         f"build one with diffsolve.solvers.get_solver(name)")
@@ -100,6 +112,9 @@ def _check(solver: Solver, ctx: StepContext, trajectory: bool):
     if solver.adaptive and trajectory:
         raise ValueError(f"solver {solver.name!r} chooses its own steps: it keeps no trajectory on a grid; "
                          f"use a fixed-step solver for trajectory=True")
+    if solver.adaptive and analytic_first_step:
+        raise ValueError(f"solver {solver.name!r} chooses its own steps, and the analytic first step replaces the "
+                         f"first evaluation of a fixed grid; use a fixed-step solver, or analytic_first_step=False")
 
 
 def _steps(solver: Solver, ctx: StepContext, x: Tensor, trajectory: bool, callback):

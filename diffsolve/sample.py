@@ -35,6 +35,8 @@ class SampleResult:
             denoise), when requested; else None.
         x_init: the starting state at t[0].
         solver: the solver instance.
+        analytic_first_step: whether the first evaluation was the analytic one (docs/math.md §27),
+            made without a network call and so not in ``nfe``.
     """
 
     x: Tensor
@@ -44,6 +46,7 @@ class SampleResult:
     x_init: Tensor
     trajectory: Tensor | None = None
     info: dict = field(default_factory=dict)
+    analytic_first_step: bool = False
 
 
 def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] | None = None,
@@ -51,7 +54,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
            eta: float | None = None, noise: Callable | None = None, seeds=None,
            generator: torch.Generator | None = None, denoise_final: bool | None = None,
            dtype: torch.dtype | None = None, device=None, trajectory: bool = False,
-           solver_options: dict | None = None) -> SampleResult:
+           solver_options: dict | None = None, analytic_first_step: bool | None = None) -> SampleResult:
     r"""Integrate the reverse family from t[0] (noise) to t[-1] (data).
 
     Args:
@@ -63,7 +66,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
             measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
-            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 10, ``unipc``
+            ``dpmpp_2m`` to the end in second order after the analytic first step up to 6
+            evaluations, ``deis`` up to 10, ``unipc``
             order 3 above; on an EDM schedule ``deis`` on the ``karras`` grid with the final denoise
             from 7 to 20), or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
@@ -89,6 +93,11 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
+        analytic_first_step: answer the run's first evaluation, at t[0], with the exact network of
+            standard-normal data, x̂0 = α x / (α² + σ²) (:meth:`~diffsolve.Denoiser.prior_output`,
+            docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
+            N evaluations buys the steps of N + 1 (fixed-step solvers). Default: as the default run
+            says when no solver is given (on up to 6 evaluations), else off.
     """
     if x is not None:  # the denoiser, then the data and the device they run on
         check_data(denoiser, x, allow_meta=True)
@@ -103,11 +112,15 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     dtype = default_state_dtype(denoiser) if dtype is None else check_state_dtype(dtype)
     check_flag("trajectory", trajectory)
     check_flag("denoise_final", denoise_final, allow_none=True)
+    check_flag("analytic_first_step", analytic_first_step, allow_none=True)
     solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
                                                                          nfe, denoise_final)
     _check_sizes(steps, nfe, grid, solver_options, eta)
     level = NoiseLevel(schedule, eta=eta, noise=noise)
-    solver, grid, denoise_final = _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level)
+    solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
+                                                      denoise_final, level, analytic_first_step)
+    if analytic and not solver.adaptive and steps is None and (grid is None or isinstance(grid, str)):
+        nfe = budget_of(nfe, None) + 1  # the first evaluation is free: the budget buys one more
     t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final)
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
@@ -126,24 +139,27 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
 
     start = denoiser.nfe
     out, traj, info = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final,
-                                trajectory=trajectory)
+                                trajectory=trajectory, analytic_first_step=analytic)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,
-                        trajectory=torch.stack(traj) if traj is not None else None, info=info)
+                        trajectory=torch.stack(traj) if traj is not None else None, info=info,
+                        analytic_first_step=analytic)
 
 
-def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level):
-    """The solver, grid and final denoise of the call: as given, else the measured defaults for its
-    budget and schedule (:mod:`diffsolve.defaults`); a solver given by name weighs the final denoise
-    against its budget itself and steps on ``log_snr`` unless the call names a grid."""
+def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level, analytic):
+    """The solver, grid, final denoise and analytic first step of the call: as given, else the
+    measured defaults for its budget and schedule (:mod:`diffsolve.defaults`); a solver given by
+    name weighs the final denoise against its budget itself, steps on ``log_snr`` unless the call
+    names a grid, and makes every evaluation with the network unless told otherwise."""
     if solver is None:  # the default solvers spend 1 evaluation per step
         run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero)
         solver = run.solver
         grid = run.grid if grid is None else grid
         denoise_final = run.denoise_final if denoise_final is None else denoise_final
+        analytic = run.analytic_first_step if analytic is None else analytic
     solver = get_solver(solver, **(solver_options or {}))
     if denoise_final is None:
         denoise_final = solver.default_denoise_final(nfe, steps, not level.is_zero)
-    return solver, grid, denoise_final
+    return solver, grid, denoise_final, bool(analytic)
 
 
 def _check_sizes(steps, nfe, grid, solver_options, eta):

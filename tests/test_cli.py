@@ -245,6 +245,16 @@ def test_sample_without_a_solver_runs_the_library_default(capsys, tmp_path):
 
     want = diffsolve.sample(get_problem("ring2d").denoiser(), seeds="0-2", nfe=5).x
     torch.testing.assert_close(torch.load(tmp_path / "x.pt"), want, rtol=0, atol=0)
+    assert "5 network evaluations (the first step's analytic: one evaluation free)" in err
+    # the analytic first step can be turned off (and on for a named solver)
+    for flag, solver, on in (("--no-analytic-first-step", None, False), ("--analytic-first-step", "unipc", True)):
+        code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "5", "--seeds", "0-2", flag,
+                            *(["--solver", solver] if solver else []), "--out", str(tmp_path / "y.pt")], capsys)
+        assert code == 0, err
+        want = diffsolve.sample(get_problem("ring2d").denoiser(), seeds="0-2", nfe=5, solver=solver,
+                                analytic_first_step=on)
+        assert want.nfe == 5 and len(want.t) - 1 == 5 + on
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), want.x, rtol=0, atol=0)
 
 
 BROKEN = '''

@@ -14,9 +14,9 @@ SCHEDULES = {"ddpm": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity", "v
 def _rule(n, edm):
     if edm and TINY_BUDGET < n <= DENOISE_ABOVE:
         return DefaultRun("deis", "karras", True)
-    solver = ("dpmpp_2m:lower_order_final=false" if n <= TINY_BUDGET else "deis" if n <= SMALL_BUDGET
-              else "unipc:order=3")
-    return DefaultRun(solver, "log_snr", n > DENOISE_ABOVE)
+    if n <= TINY_BUDGET:
+        return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, True)
+    return DefaultRun("deis" if n <= SMALL_BUDGET else "unipc:order=3", "log_snr", n > DENOISE_ABOVE, False)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -35,11 +35,12 @@ def test_the_bare_call_runs_the_rule(name, nfe):
     den = gm.denoiser(sch, SCHEDULES[name])
     run = default_run(nfe, sch)
     got = ds.sample(den, seeds="0-5", nfe=nfe)
-    want = ds.sample(den, seeds="0-5", nfe=nfe, solver=run.solver, grid=run.grid, denoise_final=run.denoise_final)
+    want = ds.sample(den, seeds="0-5", nfe=nfe, solver=run.solver, grid=run.grid, denoise_final=run.denoise_final,
+                     analytic_first_step=run.analytic_first_step)
     assert got.nfe == want.nfe == nfe
     torch.testing.assert_close(got.t, want.t, rtol=0, atol=0)
     torch.testing.assert_close(got.x, want.x, rtol=0, atol=0)
-    steps = nfe - int(run.denoise_final)
+    steps = nfe - int(run.denoise_final) + int(run.analytic_first_step)
     torch.testing.assert_close(got.t, make_grid(sch, steps, run.grid), rtol=0, atol=0)
 
 

@@ -264,7 +264,7 @@ def _default_call_items(cfg: BenchConfig, p: Problem, strict: bool, notes: list[
         run = default_run(nfe, p.schedule)
         df = run.denoise_final
         try:
-            steps = get_solver(run.solver).steps_for_nfe(nfe, df)
+            steps = get_solver(run.solver).steps_for_nfe(nfe + run.analytic_first_step, df)
         except ValueError as e:
             _skip(str(e), strict, notes, "; raise --nfe")
             continue

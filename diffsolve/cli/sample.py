@@ -75,6 +75,10 @@ def add_parser(subparsers):
                                   "torchsde:steps=50:grid=karras)")
     add_seeds_option(s, "one seed per sample, e.g. 0-63 (default)", default="0-63")
     s.add_argument("--no-denoise-final", action="store_true", help="skip the final x̂0 evaluation")
+    s.add_argument("--analytic-first-step", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer the first evaluation with the exact network of standard-normal data, so N "
+                        "evaluations buy the steps of N + 1 (default: as diffsolve.sample, on with the default "
+                        "solver up to 6 evaluations; docs/math.md §27)")
     out = s.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="output file: .pt (torch.save) or .npy (all samples in one array)")
     out.add_argument("--outdir", help="output folder: the samples written block by block (--format), "
@@ -127,8 +131,9 @@ def _report(args, res, out: Path, seconds: float):
         name = args.solver or res.solver.name
         under = (f" (the budget was {args.nfe}; {name!r} spends {res.solver.nfe_per_step} per step, so "
                  f"{res.nfe} is the most it can use)")
+    first = " (the first step's analytic: one evaluation free)" if res.analytic_first_step else ""
     print(f"{count(res.x.shape[0], 'sample')} of shape {tuple(res.x.shape[1:])}, "
-          f"{count(res.nfe, 'network evaluation')}{under}, {seconds:.1f} s -> {out}", file=sys.stderr)
+          f"{count(res.nfe, 'network evaluation')}{under}{first}, {seconds:.1f} s -> {out}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -156,7 +161,8 @@ def run(args) -> int:
         _announce(args, problem)
     with torch.no_grad():
         res = sample(den, seeds=args.seeds, solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta,
-                     grid=args.grid, dtype=dtype, device=device, denoise_final=False if args.no_denoise_final else None)
+                     grid=args.grid, dtype=dtype, device=device, denoise_final=False if args.no_denoise_final else None,
+                     analytic_first_step=args.analytic_first_step)
     _save(res.x, out)
     if not args.quiet:
         _report(args, res, out, time.perf_counter() - t0)
@@ -188,7 +194,8 @@ def _run_outdir(args) -> int:
                  num_classes=args.num_classes, guidance=args.guidance, resume=args.resume,
                  progress=not args.quiet, name=problem.name, dist=dist, solver=args.solver, nfe=args.nfe,
                  steps=args.steps, eta=args.eta, grid=args.grid, dtype=dtype, device=device,
-                 denoise_final=False if args.no_denoise_final else None)
+                 denoise_final=False if args.no_denoise_final else None,
+                 analytic_first_step=args.analytic_first_step)
     finally:
         dist.close()
     return 0

@@ -1,0 +1,122 @@
+"""The analytic first step (docs/math.md §27): the run's first evaluation, at t[0], answered by the
+exact network of standard-normal data instead of a network call."""
+import pytest
+import torch
+
+import diffsolve as ds
+
+F64 = torch.float64
+PREDICTIONS = ("eps", "x0", "v", "velocity", "score")
+
+
+def _standard_normal(d=3):
+    return ds.GaussianMixture([1.0], torch.zeros(1, d), 1.0)
+
+
+class _Counting:
+    """A network that records the time labels it is called at."""
+
+    def __init__(self, den):
+        self.den, self.labels = den, []
+
+    def __call__(self, x, label):
+        self.labels.append(float(label[0]))
+        return self.den.net(x, label)
+
+
+@pytest.mark.parametrize("schedule", ["ddpm", "edm", "flow"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_prior_output_is_the_standard_normal_posterior_mean(schedule, prediction):
+    """In every prediction type, prior_output converts back to x̂0 = α x / (α² + σ²), and for
+    standard-normal data it is the exact network's own output."""
+    sch = ds.make_schedule(schedule)
+    den = _standard_normal().denoiser(sch, prediction)
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for t in (sch.t_max, 0.5 * (sch.t_max + sch.t_min)):
+        tt = torch.tensor(t, dtype=F64)
+        a, s = float(sch.alpha(tt)), float(sch.sigma(tt))
+        y = den.prior_output(x, t)
+        torch.testing.assert_close(den.convert(y, x, tt, prediction, "x0"), x * a / (a * a + s * s))
+        torch.testing.assert_close(y, den.raw(x, tt))
+
+
+@pytest.mark.parametrize("schedule,prediction", [("ddpm", "eps"), ("edm", "x0"), ("flow", "velocity")])
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "unipc:order=3", "deis", "heun", "dpmpp_3m"])
+def test_exact_for_standard_normal_data_with_one_call_fewer(schedule, prediction, solver):
+    """Where the prior is the exact network, the run with the analytic first step is the run
+    without it on the same grid, and the network is called once fewer, never at t[0]."""
+    sch = ds.make_schedule(schedule)
+    den = _standard_normal().denoiser(sch, prediction)
+    net = _Counting(den)
+    counted = ds.Denoiser(net, sch, prediction, time_label=den.time_label)
+    t = ds.grids.make_grid(sch, 6, "log_snr")
+    x = float(sch.sigma(t[0])) * torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    plain = ds.sample(den, x, solver=solver, grid=t, denoise_final=False)
+    fast = ds.sample(counted, x, solver=solver, grid=t, denoise_final=False, analytic_first_step=True)
+    assert fast.nfe == plain.nfe - 1 == len(net.labels)
+    assert float(counted.time_label(t[:1])[0]) not in net.labels
+    torch.testing.assert_close(fast.x, plain.x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver,per_step", [("dpmpp_2m", 1), ("unipc", 1), ("heun", 2)])
+def test_a_budget_of_n_calls_buys_the_steps_of_n_plus_one(solver, per_step):
+    gm = ds.GaussianMixture.ring()
+    den = gm.denoiser(ds.make_schedule("ddpm"), "eps")
+    for nfe in (4, 5, 6, 9):
+        plain = ds.sample(den, seeds="0-3", nfe=nfe, solver=solver, denoise_final=False)
+        fast = ds.sample(den, seeds="0-3", nfe=nfe, solver=solver, denoise_final=False, analytic_first_step=True)
+        assert fast.nfe <= nfe and plain.nfe <= nfe
+        want = ds.solvers.get_solver(solver).steps_for_nfe(nfe + 1)
+        assert len(fast.t) - 1 == want >= len(plain.t) - 1
+        torch.testing.assert_close(fast.t, ds.grids.make_grid(den.schedule, want, "log_snr"), rtol=0, atol=0)
+
+
+def test_error_is_the_data_mean_carried_by_the_first_step():
+    """For data N(μ, I) the prior's x̂0 misses the posterior mean by about μ; the first step
+    (data prediction, h = λ_1 − λ_0) carries it into x(t_1) with weight α_1 (1 − e^{−h}), so the
+    error after that step is about α_1 (1 − e^{−h}) |μ| and grows linearly with μ."""
+    sch = ds.make_schedule("ddpm")
+    t = ds.grids.make_grid(sch, 4, "log_snr")
+    lam = sch.log_snr(t)
+    a1 = float(sch.alpha(t[1]))
+    weight = a1 * (1 - float(torch.exp(-(lam[1] - lam[0]))))
+    x = float(sch.sigma(t[0])) * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    errs = []
+    for mu in (0.5, 1.0, 2.0):
+        den = ds.GaussianMixture([1.0], torch.full((1, 2), mu), 1.0).denoiser(sch, "eps")
+        first = ds.sample(den, x, solver="ddim", grid=t[:2], denoise_final=False, analytic_first_step=True).x
+        exact = ds.sample(den, x, solver="ddim", grid=t[:2], denoise_final=False).x
+        errs.append(float((first - exact).abs().mean()))
+        assert errs[-1] == pytest.approx(weight * mu, rel=0.05)
+    assert errs[1] == pytest.approx(2 * errs[0], rel=0.05) and errs[2] == pytest.approx(2 * errs[1], rel=0.05)
+
+
+def test_the_default_call_uses_it_up_to_six_evaluations():
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    for nfe in (3, 5, 6, 7):
+        r = ds.sample(den, seeds="0-3", nfe=nfe)
+        assert r.nfe == nfe and len(r.t) - 1 == nfe + (nfe <= ds.defaults.TINY_BUDGET)
+    off = ds.sample(den, seeds="0-3", nfe=5, analytic_first_step=False)
+    assert off.nfe == 5 and len(off.t) - 1 == 5
+
+
+def test_reproducible_across_batches():
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    whole = ds.sample(den, seeds="0-7", nfe=5).x
+    part = ds.sample(den, seeds="4-7", nfe=5).x
+    torch.testing.assert_close(part, whole[4:], rtol=0, atol=0)
+
+
+def test_refused_for_adaptive_solvers_and_non_flags():
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    with pytest.raises(ValueError, match="chooses its own steps.*analytic_first_step=False"):
+        ds.sample(den, seeds="0-3", solver="dopri5", analytic_first_step=True)
+    with pytest.raises(TypeError, match="analytic_first_step"):
+        ds.sample(den, seeds="0-3", nfe=5, analytic_first_step="yes")
+
+
+def test_a_stochastic_solver_takes_it_too():
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    r = ds.sample(den, seeds="0-3", nfe=6, solver="ddim", eta=1.0, analytic_first_step=True)
+    assert r.nfe == 6 and len(r.t) - 1 == 6  # 6 steps and the final denoise: one evaluation free
+    assert torch.isfinite(r.x).all()
