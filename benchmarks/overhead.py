@@ -8,7 +8,9 @@ For every (batch, solver, state dtype):
                          network calls on the same input) / steps
 
 - diffsolve: ``diffsolve.sample(denoiser, x, solver=..., steps=n, grid="log_snr",
-  denoise_final=False, dtype=...)`` (set-up included: grid, StepContext, solver init).
+  denoise_final=False, dtype=...)`` (set-up included: grid, StepContext, solver init), with a
+  float64 and a float32 state, and the default call: ``net`` given as a plain function without
+  ``net_dtype``, float32 x, no ``dtype`` (the state then follows x's dtype).
 - diffusers: ``scheduler.set_timesteps(n)`` then the standard loop
   ``for t in timesteps: x = scheduler.step(net(scale_model_input(x, t), t), t, x).prev_sample``
   (DDIMScheduler(clip_sample=False), DPMSolverMultistepScheduler(solver_order=2),
@@ -54,7 +56,9 @@ def time_net(x, n):
 
 
 def run_diffsolve(solver, x, n, dtype, den=None):
-    """One timed sampling call; with ``den`` (warm mode) the same Denoiser and schedule every call."""
+    """One timed sampling call; with ``den`` (warm mode) the same Denoiser and schedule every call.
+    ``dtype=None``: the default call, the plain function ``net`` given without ``net_dtype`` (its
+    state dtype then follows x's, ``diffsolve.defaults.default_state_dtype``)."""
     den = den or ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dtype)
     t0 = time.process_time()
     ds.sample(den, x, solver=solver, steps=n, grid="log_snr", denoise_final=False, dtype=dtype)
@@ -80,9 +84,9 @@ def measure(shape, n, repeats, warm=False):
     x32 = x64.float()
     cases = []
     for solver, cls, cfg in PAIRS:
-        for dt, x in ((torch.float64, x64), (torch.float32, x32)):
+        for dt, x in ((torch.float64, x64), (torch.float32, x32), (None, x32)):
             den = ds.Denoiser(net, ds.DDPMSchedule(), prediction="eps", net_dtype=dt) if warm else None
-            cases.append((f"diffsolve {solver}", str(dt).replace("torch.", ""), x,
+            cases.append((f"diffsolve {solver}", str(dt).replace("torch.", "") if dt else "default", x,
                           lambda s=solver, x=x, dt=dt, den=den: run_diffsolve(s, x, n, dt, den)))
         for dt, x in ((torch.float32, x32), (torch.float64, x64)):
             cases.append((f"diffusers {cls}", str(dt).replace("torch.", ""), x,
@@ -118,20 +122,22 @@ def main(argv=None):
         rows = measure(BATCHES[b], args.steps, args.repeats, args.warm)
         print(f"\n### batch {b}, {args.steps} steps{', diffsolve warm' if args.warm else ''}: "
               f"overhead per step outside the network (µs)\n")
-        print("| solver | diffsolve f64 state | diffsolve f32 state | diffusers f32 | diffusers f64 | "
-              "best diffsolve / diffusers f32 |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| solver | diffsolve f64 state | diffsolve f32 state | diffsolve default call, float32 x | "
+              "diffusers f32 | diffusers f64 | best diffsolve / diffusers f32 | default / diffusers f32 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         by = {(r["method"], r["dtype"]): r for r in rows}
         for solver, cls, _ in PAIRS:
             a = by[(f"diffsolve {solver}", "float64")]
             b32 = by[(f"diffsolve {solver}", "float32")]
+            e = by[(f"diffsolve {solver}", "default")]
             c = by[(f"diffusers {cls}", "float32")]
             d = by[(f"diffusers {cls}", "float64")]
             best = min(a["min_us"], b32["min_us"])
 
             def f(r):
                 return f"{r['min_us']:.0f} ({r['med_us']:.0f})"
-            print(f"| {solver} / {cls} | {f(a)} | {f(b32)} | {f(c)} | {f(d)} | {best / c['min_us']:.2f} |")
+            print(f"| {solver} / {cls} | {f(a)} | {f(b32)} | {f(e)} | {f(c)} | {f(d)} | {best / c['min_us']:.2f} | "
+                  f"{e['min_us'] / c['min_us']:.2f} |")
         print("\nmin over repeats (median in parentheses), network time subtracted")
 
 

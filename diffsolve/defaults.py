@@ -21,7 +21,9 @@ evaluations on the probability-flow ODE,
   999 that SD3/FLUX ranges (α → 0) would stretch (``benchmarks/defaults.md``, "The EDM exception").
 
 - **state dtype**: float32 when the network runs in float32 or half precision (a trained network),
-  float64 otherwise (exact models, float64 networks). Measured in ``benchmarks/cost.md``: from 5 to
+  float64 otherwise (exact models, float64 networks); for a network of unknown dtype (a plain
+  function given without ``net_dtype``) the dtype of the ``x`` the caller passes decides it the same
+  way, and float64 when the library draws x. Measured in ``benchmarks/cost.md``: from 5 to
   200 evaluations the float32 state's error is 0.98–1.01× the float64 state's on the ring, mix64
   and gauss3072 (the two differ by 2e-7 to 4e-6 RMS, 100× below the discretisation error); at
   1000 evaluations the float32 state stops improving near 1e-6 RMS, far below a trained network's
@@ -114,6 +116,11 @@ def default_tuner(nfe: int) -> str:
 _LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def default_state_dtype(denoiser) -> torch.dtype:
-    """float32 for a network that runs in float32 or half precision, float64 otherwise (module docstring)."""
-    return torch.float32 if getattr(denoiser, "net_dtype", None) in _LOW_PRECISION else torch.float64
+def default_state_dtype(denoiser, x=None) -> torch.dtype:
+    """float32 for a network that runs in float32 or half precision, float64 otherwise; a network of
+    unknown dtype (``net_dtype`` None: a plain function) is taken to run in the dtype of ``x``, the
+    caller's data, when it is given (module docstring)."""
+    net_dtype = getattr(denoiser, "net_dtype", None)
+    if net_dtype is None and x is not None:
+        net_dtype = x.dtype
+    return torch.float32 if net_dtype in _LOW_PRECISION else torch.float64

@@ -88,8 +88,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             default run says when no solver is given (measured: :mod:`diffsolve.defaults`); with a
             tuned grid, the grid's own setting.
         dtype: dtype of the solver state, torch.float64 or torch.float32; default float32 when the
-            network runs in float32 or half precision, float64 otherwise (measured:
-            :func:`diffsolve.defaults.default_state_dtype`). The network runs in its own dtype
+            network runs in float32 or half precision, float64 otherwise, a network of unknown dtype
+            (a plain function without ``net_dtype``) taken to run in the dtype of ``x`` when it is
+            given (measured: :func:`diffsolve.defaults.default_state_dtype`). The network runs in its own dtype
             (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
@@ -109,7 +110,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         device = check_device(device)
         check_denoiser(denoiser, device)
     schedule = denoiser.schedule
-    dtype = default_state_dtype(denoiser) if dtype is None else check_state_dtype(dtype)
+    dtype = default_state_dtype(denoiser, x) if dtype is None else check_state_dtype(dtype)
     check_flag("trajectory", trajectory)
     check_flag("denoise_final", denoise_final, allow_none=True)
     check_flag("analytic_first_step", analytic_first_step, allow_none=True)

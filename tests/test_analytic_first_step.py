@@ -120,3 +120,4 @@ def test_a_stochastic_solver_takes_it_too():
     r = ds.sample(den, seeds="0-3", nfe=6, solver="ddim", eta=1.0, analytic_first_step=True)
     assert r.nfe == 6 and len(r.t) - 1 == 6  # 6 steps and the final denoise: one evaluation free
     assert torch.isfinite(r.x).all()
+

@@ -56,3 +56,15 @@ def test_what_the_call_names_wins_over_the_default_run():
     r = ds.sample(den, seeds="0-3", nfe=10, solver="deis")
     torch.testing.assert_close(r.t, make_grid(den.schedule, 10, "log_snr"), rtol=0, atol=0)
 
+
+def test_state_dtype_of_a_plain_function_follows_x():
+    """A network of unknown dtype (a plain function without net_dtype) is taken to run in the dtype of
+    the x it is given; drawn by the library, the state is float64; a declared dtype wins."""
+    sch = ds.make_schedule("ddpm")
+    plain = ds.Denoiser(lambda x, t: 0.1 * x, sch, prediction="eps")
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    assert ds.sample(plain, x, nfe=4).x.dtype == torch.float32
+    assert ds.sample(plain, x.double(), nfe=4).x.dtype == F64
+    assert ds.sample(plain, shape=(3, 2), seeds="0-2", nfe=4).x.dtype == F64
+    declared = ds.Denoiser(lambda x, t: 0.1 * x, sch, prediction="eps", net_dtype=F64)
+    assert ds.sample(declared, x, nfe=4).x.dtype == F64

@@ -277,7 +277,7 @@ def test_sample(seed):
     kw.update(kw.pop("size"))
     res = outcome(lambda: ds.sample(**kw))
     if isinstance(res, ds.SampleResult) and res.x.device.type != "meta":
-        assert res.x.dtype == (kw["dtype"] or default_state_dtype(kw["denoiser"]))
+        assert res.x.dtype == (kw["dtype"] or default_state_dtype(kw["denoiser"], kw.get("x")))
         assert bool(torch.isfinite(res.x).all()), "finite inputs, a finite network, yet a non-finite sample"
 
 
