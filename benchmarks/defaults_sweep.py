@@ -285,7 +285,9 @@ RULES = {
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
     "the same, EDM deis3 karras +x̂0 for 7-20 (the default before the analytic first step)":
         lambda n, s: _without_afs(library_default(n, s)),
-    "measured default: the same with the analytic first step <= 6": lambda n, s: library_default(n, s),
+    "the same with the analytic first step <= 6": lambda n, s: library_default(n, s)
+        if n <= 6 else _without_afs(library_default(n, s)),
+    "measured default: the same, and on flow schedules <= 20": lambda n, s: library_default(n, s),
     "the same with the analytic first step <= 10": lambda n, s: _with_afs(library_default(n, s))
         if n <= 10 else library_default(n, s),
     "the same with the analytic first step <= 20": lambda n, s: _with_afs(library_default(n, s))
@@ -294,7 +296,7 @@ RULES = {
 }
 
 
-DEFAULT_RULE = "measured default: the same with the analytic first step <= 6"
+DEFAULT_RULE = "measured default: the same, and on flow schedules <= 20"
 
 
 def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
@@ -332,6 +334,20 @@ def family_table(cells, budgets, schedules=tuple(SCHEDULES)):
             vals = [_rule_regret(cells, rule, probs, (s,), bs)
                     for rule in (plain, exception) for probs in (CHOICE, HELD_OUT)]
             print(f"| {s} | {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+
+
+def afs_family_table(cells, schedules=tuple(SCHEDULES)):
+    """Per schedule family and budget range above 6: the rule's configuration with the analytic first
+    step against the same without it (geometric mean of error / best configuration of each cell)."""
+    print("\n## Per family: the rule's configuration without and with the analytic first step "
+          "(error / best configuration; choice set, held-out set)\n")
+    print("| family | budgets | without: choice | held out | with: choice | held out |")
+    print("|---|---|---:|---:|---:|---:|")
+    for s in schedules:
+        for budgets in ((8, 10), (12, 15, 20)):
+            vals = [_rule_regret(cells, lambda n, f: change(library_default(n, f)), problems, (s,), budgets)
+                    for change in (_without_afs, _with_afs) for problems in (CHOICE, HELD_OUT)]
+            print(f"| {s} | {', '.join(map(str, budgets))} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
 
 
 def _fmt_cfg(cfg) -> str:
@@ -670,6 +686,7 @@ def main(argv=None):
     judge(cells, budgets, lambda n, s: chosen[n])
     rules_table(cells, budgets)
     family_table(cells, budgets)
+    afs_family_table(cells)
     judge(cells, budgets, RULES[DEFAULT_RULE])
     checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
               "fresh_afs": fresh_afs_check,

@@ -10,7 +10,7 @@ squared difference between the default call at NFE 10 and at NFE 30 (``benchmark
 is tuned for the easy points only. With ``screen=M`` (``tune_steps``' default: 16 per pilot;
 ``tune_solver``'s: none) the tuner runs the default call at the budget N and at 3N from M candidate
 start points (4N evaluations each, no reference solve; every evaluation by the network, without the
-default call's analytic first step at N ≤ 6, as when the screening was measured) and draws the P
+default call's analytic first step at small N, as when the screening was measured) and draws the P
 pilots from the candidates with probability proportional to a size that mixes that proxy error e_i =
 ‖x_N − x_3N‖² with an even share (πps sampling, :func:`pps_sample`): the candidates that would be
 drawn for sure enter with weight 1, the others with weight 1/π_i, their inclusion probability. The

@@ -66,8 +66,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
             measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
-            ``dpmpp_2m`` to the end in second order after the analytic first step up to 6
-            evaluations, ``deis`` up to 10, ``unipc``
+            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 10, ``unipc``
             order 3 above; on an EDM schedule ``deis`` on the ``karras`` grid with the final denoise
             from 7 to 20), or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
@@ -98,7 +97,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             standard-normal data, x̂0 = α x / (α² + σ²) (:meth:`~diffsolve.Denoiser.prior_output`,
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
             N evaluations buys the steps of N + 1 (fixed-step solvers). Default: as the default run
-            says when no solver is given (on up to 6 evaluations), else off.
+            says when no solver is given (on up to 6 evaluations, and up to 20 on a flow schedule), else off.
     """
     if x is not None:  # the denoiser, then the data and the device they run on
         check_data(denoiser, x, allow_meta=True)

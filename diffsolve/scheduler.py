@@ -107,10 +107,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         solver: a fixed-step solver name or spec ``"name:key=value:..."``; default None: the
             measured default for the budget that ``set_timesteps`` gives, as ``diffsolve.sample``
             picks it (:func:`diffsolve.defaults.default_run`), with its grid and final denoise
-            unless those are given, but without its analytic first step (up to 6 evaluations
-            ``sample`` answers the first evaluation analytically, docs/math.md §27; a pipeline makes
-            every network call itself, at the timesteps it is given, so here the budget buys one
-            step fewer than in ``sample``).
+            unless those are given, but without its analytic first step (up to 6 evaluations, 20
+            on flow schedules, ``sample`` answers the first evaluation analytically, docs/math.md
+            §27; a pipeline makes every network call itself, at the timesteps it is given, so here
+            the budget buys one step fewer than in ``sample``).
         grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``), ``"diffusers"``, or the
             path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
             denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``

@@ -4,27 +4,29 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.defaults import DENOISE_ABOVE, SMALL_BUDGET, TINY_BUDGET, DefaultRun, default_run
+from diffsolve.defaults import (DENOISE_ABOVE, FLOW_ANALYTIC_UP_TO, SMALL_BUDGET, TINY_BUDGET, DefaultRun,
+                                default_run)
 from diffsolve.grids import make_grid
 
 F64 = torch.float64
 SCHEDULES = {"ddpm": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity", "vp": "eps", "ve": "eps"}
 
 
-def _rule(n, edm):
-    if edm and TINY_BUDGET < n <= DENOISE_ABOVE:
+def _rule(n, family):
+    if family == "edm" and TINY_BUDGET < n <= DENOISE_ABOVE:
         return DefaultRun("deis", "karras", True)
     if n <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, True)
-    return DefaultRun("deis" if n <= SMALL_BUDGET else "unipc:order=3", "log_snr", n > DENOISE_ABOVE, False)
+    return DefaultRun("deis" if n <= SMALL_BUDGET else "unipc:order=3", "log_snr", n > DENOISE_ABOVE,
+                      family == "flow" and n <= FLOW_ANALYTIC_UP_TO)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_the_rule_by_budget_and_family(name):
     sch = ds.make_schedule(name)
     for n in range(1, 60):
-        assert default_run(n, sch) == _rule(n, name == "edm"), (name, n)
-    assert default_run(10) == _rule(10, False)  # no schedule: the rule of every family but EDM's
+        assert default_run(n, sch) == _rule(n, name), (name, n)
+    assert default_run(10) == _rule(10, None)  # no schedule: the rule of every family but EDM's and flow's
 
 
 @pytest.mark.parametrize("name", ["ddpm", "edm", "flow"])
