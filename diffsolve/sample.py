@@ -96,8 +96,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         analytic_first_step: answer the run's first evaluation, at t[0], with the exact network of
             standard-normal data, x̂0 = α x / (α² + σ²) (:meth:`~diffsolve.Denoiser.prior_output`,
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
-            N evaluations buys the steps of N + 1 (fixed-step solvers). Default: as the default run
-            says when no solver is given (on up to 6 evaluations, and up to 20 on a flow schedule), else off.
+            N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
+            makes one network call fewer). Default: as the default run says when no solver is given
+            (on up to 6 evaluations, and up to 20 on a flow schedule), else off.
     """
     if x is not None:  # the denoiser, then the data and the device they run on
         check_data(denoiser, x, allow_meta=True)
