@@ -23,6 +23,14 @@ evaluations on the probability-flow ODE,
   which VP family it belongs to, and the flow family's gains rest on a Karras grid in σ/α up to
   999 that SD3/FLUX ranges (α → 0) would stretch (``benchmarks/defaults.md``, "The EDM exception").
 
+- **start**: a grid kind on a schedule that starts below the log-SNR :data:`START_LOG_SNR` (a flow
+  schedule from σ = 1, as ``from_diffusers`` builds it) starts there, the state carried from t_max
+  by the exact flow of standard-normal data (:func:`default_start`, :func:`prior_flow_scale`;
+  docs/math.md (27.4)): the regime the rule was measured in. On six exact problems under a flow
+  schedule from σ = 1 it gives 0.07–0.46× the error of the same grid kind from t_max, in the
+  geometric mean at every budget from 4 to 50 (``benchmarks/defaults.md``, "Flow schedules from
+  σ = 1").
+
 - **state dtype**: float32 when the network runs in float32 or half precision (a trained network),
   float64 otherwise (exact models, float64 networks); for a network of unknown dtype (a plain
   function given without ``net_dtype``) the dtype of the ``x`` the caller passes decides it the same
@@ -49,6 +57,7 @@ does better still.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -56,7 +65,7 @@ import torch
 from .schedules import EDMSchedule, FlowSchedule
 
 __all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "FLOW_ANALYTIC_UP_TO", "LEARNED_UP_TO",
-           "DefaultRun", "default_run",
+           "START_LOG_SNR", "DefaultRun", "default_run", "default_start", "prior_flow_scale",
            "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
 DEFAULT_NFE = 20  # the budget of a run that names none (sample(), diffsolve sample)
@@ -118,6 +127,32 @@ def default_tuner(nfe: int) -> str:
     does as well at a tenth of the tuning time (``benchmarks/defaults.md``, "diffsolve tune's budget
     rule"; ``python benchmarks/defaults_sweep.py --report --tune-rule``)."""
     return "learned" if nfe <= LEARNED_UP_TO else "unipc"
+
+
+# the log-SNR where a grid kind starts at the latest: that of the flow schedule's default start t = 0.999
+# (α/σ = 1/999), the start of every schedule the defaults were measured on (docs/math.md (27.4))
+START_LOG_SNR = math.log(1e-3 / (1 - 1e-3))
+
+
+def default_start(schedule) -> float | None:
+    """The time a grid kind starts at when the schedule starts at a lower log-SNR than
+    :data:`START_LOG_SNR` (a flow schedule from σ = 1, a zero-terminal-SNR schedule): the time of
+    that log-SNR, reached from t_max by the exact flow of standard-normal data, without a network
+    call (docs/math.md (27.4)); None when the schedule starts above it."""
+    lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
+    if lam0 >= START_LOG_SNR:
+        return None
+    return float(schedule.t_of_log_snr(torch.tensor(START_LOG_SNR, dtype=torch.float64)))
+
+
+def prior_flow_scale(schedule, t_from: float, t_to: float) -> float:
+    """The factor the probability-flow ODE of standard-normal data multiplies the state by from
+    ``t_from`` to ``t_to``: √((α² + σ²)(t_to) / (α² + σ²)(t_from)) (its marginals are
+    N(0, (α² + σ²) I); docs/math.md (27.4))."""
+    a = schedule.alpha(torch.tensor([t_from, t_to], dtype=torch.float64))
+    s = schedule.sigma(torch.tensor([t_from, t_to], dtype=torch.float64))
+    v = (a * a + s * s).tolist()
+    return math.sqrt(v[1] / v[0])
 
 
 _LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)

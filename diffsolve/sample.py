@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .checks import (check_data, check_denoiser, check_device, check_flag, check_grid_values, check_int, check_number,
                      check_options, check_shape, check_state_dtype, check_tuned_schedule)
-from .defaults import budget_of, default_run, default_state_dtype
+from .defaults import budget_of, default_run, default_start, default_state_dtype, prior_flow_scale
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
@@ -33,7 +33,7 @@ class SampleResult:
         t: (n+1,) the float64 time grid used.
         trajectory: (n+1 [+1], B, *shape) states at every grid point (and after the final
             denoise), when requested; else None.
-        x_init: the starting state at t[0].
+        x_init: the starting state at t[0] (docs/math.md (27.4) for a schedule from σ = 1).
         solver: the solver instance.
         analytic_first_step: whether the first evaluation was the analytic one (docs/math.md §27),
             made without a network call and so not in ``nfe``.
@@ -59,8 +59,13 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
 
     Args:
         denoiser: a :class:`~diffsolve.Denoiser`.
-        x: optional starting state at t[0], shape (B, *shape); default x_T ~ N(0, σ_{t0}² I) drawn
-            from the noise source.
+        x: optional starting state, shape (B, *shape), at t[0] of an explicit grid or at the
+            schedule's t_max with a grid kind; default x_T ~ N(0, σ_{t_max}² I) drawn from the noise
+            source. A grid kind on a schedule that starts below the log-SNR of
+            :data:`~diffsolve.defaults.START_LOG_SNR` (a flow schedule from σ = 1) starts at that
+            log-SNR instead, the state carried there from t_max by the exact flow of
+            standard-normal data, a scaling (docs/math.md (27.4)); ``t[0]`` and ``x_init`` are then
+            that time and state.
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
@@ -120,9 +125,12 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
                                                       denoise_final, level, analytic_first_step)
-    if analytic and not solver.adaptive and steps is None and (grid is None or isinstance(grid, str)):
+    kind = not solver.adaptive and (grid is None or isinstance(grid, str))  # a grid kind, not given times
+    if analytic and kind and steps is None:
         nfe = budget_of(nfe, None) + 1  # the first evaluation is free: the budget buys one more
-    t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final)
+    t_start = default_start(schedule) if kind else None  # from σ = 1: start where the defaults were measured
+    at_start = {} if t_start is None else {"t_start": t_start}  # (adaptive solvers take their own range)
+    t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final, **at_start)
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
     if x is not None:
@@ -134,7 +142,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     source = NoiseSource(batch_shape[0], batch_shape[1:], seeds=seeds, generator=generator,
                          device=device, dtype=dtype)
     if x is None:
-        x = float(schedule.sigma(t[0])) * source.randn()
+        x = float(schedule.sigma(schedule.t_max if t_start is not None else t[0])) * source.randn()
+    if t_start is not None:  # x is the state at t_max: the exact flow of standard-normal data to t[0] (27.4)
+        x = x * prior_flow_scale(schedule, schedule.t_max, float(t[0]))
     x = x.to(device=device, dtype=dtype)
     x_init = x
 

@@ -121,3 +121,36 @@ def test_a_stochastic_solver_takes_it_too():
     assert r.nfe == 6 and len(r.t) - 1 == 6  # 6 steps and the final denoise: one evaluation free
     assert torch.isfinite(r.x).all()
 
+
+
+def test_a_schedule_from_sigma_one_starts_where_the_defaults_were_measured():
+    """A grid kind on a flow schedule from σ = 1 starts at START_LOG_SNR, the state carried there from
+    t_max by the exact flow of standard-normal data (docs/math.md (27.4)): the same run as on the
+    flow schedule that starts there, from the scaled state."""
+    from diffsolve.defaults import START_LOG_SNR, default_start, prior_flow_scale
+
+    gm = ds.GaussianMixture.ring()
+    sch = ds.FlowSchedule(t_max=1 - 1e-9)
+    den = gm.denoiser(sch, "velocity")
+    x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    ts = default_start(sch)
+    assert float(sch.log_snr(torch.tensor(ts, dtype=F64))) == pytest.approx(START_LOG_SNR, abs=1e-9)
+    for nfe, solver in ((5, None), (12, None), (8, "unipc")):
+        r = ds.sample(den, x, nfe=nfe, solver=solver)
+        assert float(r.t[0]) == pytest.approx(ts, abs=1e-12) and r.nfe == nfe
+        c = prior_flow_scale(sch, sch.t_max, ts)
+        torch.testing.assert_close(r.x_init, x * c, rtol=0, atol=0)
+        there = gm.denoiser(ds.FlowSchedule(t_max=ts), "velocity")
+        want = ds.sample(there, x * c, nfe=nfe, solver=solver)
+        torch.testing.assert_close(r.t, want.t, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r.x, want.x, rtol=1e-9, atol=1e-9)
+    # for standard-normal data the scaling is the exact flow: same end point as from t_max
+    std = _standard_normal(2).denoiser(sch, "velocity")
+    exact = ds.sample(std, x, solver="dopri5", solver_options=dict(rtol=1e-10, atol=1e-10),
+                      grid=torch.tensor([sch.t_max, ts], dtype=F64), denoise_final=False).x
+    torch.testing.assert_close(exact, x * prior_flow_scale(sch, sch.t_max, ts), rtol=1e-7, atol=1e-7)
+    # an explicit grid, and a schedule that starts above START_LOG_SNR, are left as they are
+    t = ds.grids.make_grid(sch, 5, "log_snr")
+    assert float(ds.sample(den, x, solver="ddim", grid=t).t[0]) == sch.t_max
+    assert default_start(ds.make_schedule("ddpm")) is None and default_start(ds.make_schedule("flow")) is None
+    assert float(ds.sample(gm.denoiser(ds.make_schedule("ddpm"), "eps"), x, nfe=5).t[0]) == 1.0

@@ -186,10 +186,11 @@ class Solver:
         return steps
 
     def grid_for(self, schedule: Schedule, *, steps: int | None = None, nfe: int | None = None, grid=None,
-              denoise_final: bool = False) -> Tensor:
+              denoise_final: bool = False, t_start: float | None = None) -> Tensor:
         """The float64 grid this solver runs on: ``steps`` steps, or as many as the budget ``nfe``
-        allows (default :data:`DEFAULT_NFE`), on a grid kind (default ``"log_snr"``); or an explicit
-        decreasing array ``grid`` (which fixes the steps). At most one of the three sizes the run."""
+        allows (default :data:`DEFAULT_NFE`), on a grid kind (default ``"log_snr"``) from ``t_start``
+        (default the schedule's ``t_max``); or an explicit decreasing array ``grid`` (which fixes the
+        steps). At most one of the three sizes the run."""
         explicit = grid is not None and not isinstance(grid, str)
         if explicit and (steps is not None or nfe is not None):
             raise ValueError("an explicit grid of times fixes the number of steps; drop steps/nfe")
@@ -201,7 +202,7 @@ class Solver:
             nfe = DEFAULT_NFE
         if nfe is not None:
             steps = self.steps_for_nfe(nfe, denoise_final)
-        return make_grid(schedule, steps, "log_snr" if grid is None else grid)
+        return make_grid(schedule, steps, "log_snr" if grid is None else grid, t_start=t_start)
 
     def check(self, ctx: StepContext):
         """Validate the configuration against the grid before the first step."""
