@@ -58,6 +58,7 @@ does better still.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -130,19 +131,21 @@ def default_tuner(nfe: int) -> str:
 
 
 # the log-SNR where a grid kind starts at the latest: that of the flow schedule's default start t = 0.999
-# (α/σ = 1/999), the start of every schedule the defaults were measured on (docs/math.md (27.4))
+# (α/σ = 1/999), the lowest start among the schedules the defaults were measured on (docs/math.md (27.4))
 START_LOG_SNR = math.log(1e-3 / (1 - 1e-3))
+_STARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # schedule -> its default_start
 
 
 def default_start(schedule) -> float | None:
     """The time a grid kind starts at when the schedule starts at a lower log-SNR than
     :data:`START_LOG_SNR` (a flow schedule from σ = 1, a zero-terminal-SNR schedule): the time of
     that log-SNR, reached from t_max by the exact flow of standard-normal data, without a network
-    call (docs/math.md (27.4)); None when the schedule starts above it."""
-    lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
-    if lam0 >= START_LOG_SNR:
-        return None
-    return float(schedule.t_of_log_snr(torch.tensor(START_LOG_SNR, dtype=torch.float64)))
+    call (docs/math.md (27.4)); None when the schedule starts above it. Memoised per schedule."""
+    if schedule not in _STARTS:
+        lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
+        _STARTS[schedule] = None if lam0 >= START_LOG_SNR else float(
+            schedule.t_of_log_snr(torch.tensor(START_LOG_SNR, dtype=torch.float64)))
+    return _STARTS[schedule]
 
 
 def prior_flow_scale(schedule, t_from: float, t_to: float) -> float:
