@@ -444,7 +444,7 @@ def fresh_afs_check(budgets=(4, 5, 6, 8, 10, 12, 15, 20), seed=4321):
 
 
 def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE + HELD_OUT):
-    """A flow schedule that starts at σ = 1 (t_max = 1 − 1e-9, as ``from_diffusers`` builds it): the
+    """A flow schedule that starts at σ = 1 (t_max = 1 − 1e-9, as a diffusers flow config gives it): the
     default call, whose grid starts at ``diffsolve.defaults.START_LOG_SNR`` after the exact flow of
     standard-normal data (docs/math.md (27.4)), against the same configuration on the same grid kind
     from t_max, both against the σ → 0 limit of the exact ODE from t_max."""

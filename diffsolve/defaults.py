@@ -24,7 +24,7 @@ evaluations on the probability-flow ODE,
   999 that SD3/FLUX ranges (α → 0) would stretch (``benchmarks/defaults.md``, "The EDM exception").
 
 - **start**: a grid kind on a schedule that starts below the log-SNR :data:`START_LOG_SNR` (a flow
-  schedule from σ = 1, as ``from_diffusers`` builds it) starts there, the state carried from t_max
+  schedule from σ = 1, as a diffusers flow config gives it) starts there, the state carried from t_max
   by the exact flow of standard-normal data (:func:`default_start`, :func:`prior_flow_scale`;
   docs/math.md (27.4)): the regime the rule was measured in. On six exact problems under a flow
   schedule from σ = 1 it gives 0.07–0.46× the error of the same grid kind from t_max, in the
