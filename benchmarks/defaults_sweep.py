@@ -443,39 +443,51 @@ def fresh_afs_check(budgets=(4, 5, 6, 8, 10, 12, 15, 20), seed=4321):
     print("| geometric mean | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
 
+def _from_sigma_one():
+    """The schedules that start at σ = 1 (or below START_LOG_SNR), with the prediction type to run them in:
+    a flow schedule as a diffusers flow config gives it, and Stable Diffusion 2.x's betas rescaled to
+    zero terminal SNR (diffusers computes the table; diffsolve starts it at ᾱ = 2^-24, as diffusers does)."""
+    from diffsolve.adapters import schedule_from_diffusers
+
+    zsnr, _ = schedule_from_diffusers(dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                           beta_schedule="scaled_linear", rescale_betas_zero_snr=True))
+    return {"flow from σ = 1": (ds.FlowSchedule(t_max=1 - 1e-9), "velocity"), "zero-SNR VP": (zsnr, "v")}
+
+
 def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE + HELD_OUT):
-    """A flow schedule that starts at σ = 1 (t_max = 1 − 1e-9, as a diffusers flow config gives it): the
-    default call, whose grid starts at ``diffsolve.defaults.START_LOG_SNR`` after the exact flow of
-    standard-normal data (docs/math.md (27.4)), against the same configuration on the same grid kind
-    from t_max, both against the σ → 0 limit of the exact ODE from t_max."""
+    """Schedules that start at σ = 1 (``_from_sigma_one``): the default call, whose grid starts at
+    ``diffsolve.defaults.START_LOG_SNR`` after the exact flow of standard-normal data (docs/math.md
+    (27.4)), against the same configuration on the same grid kind from t_max, both against the σ → 0
+    limit of the exact ODE from t_max."""
     from diffsolve.grids import make_grid
 
-    print("\n## Flow schedule from σ = 1: the default call / the same grid kind from t_max\n")
-    print("| problem | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
-    print("|---|" + "---:|" * len(budgets))
-    logs = defaultdict(list)
-    for name in problems:
-        make, batch = MIXTURES[name]
-        gm, sch = make(), ds.FlowSchedule(t_max=1 - 1e-9)
-        den = gm.denoiser(sch, "velocity")
-        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(1234))
-        x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
-        ref = _reference(gm, sch, z, sch.t_max)
-        cells = []
-        for n in budgets:
-            run = default_run(n, sch)
-            steps = ds.solvers.get_solver(run.solver).steps_for_nfe(n + run.analytic_first_step, run.denoise_final)
-            with torch.no_grad():
-                new = ds.sample(den, x, nfe=n)
-                old = ds.sample(den, x, solver=run.solver, grid=make_grid(sch, steps, run.grid),
-                                denoise_final=run.denoise_final, analytic_first_step=run.analytic_first_step)
-            assert new.nfe == old.nfe == n
-            e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
-            logs[n].append(math.log(e_new / e_old))
-            cells.append(f"{e_new:.3g} / {e_old:.3g}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    print("| geometric mean of the ratio | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values())
-          + " |")
+    for label, (sch, prediction) in _from_sigma_one().items():
+        print(f"\n## {label}: the default call / the same grid kind from t_max (RMS)\n")
+        print("| problem | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+        print("|---|" + "---:|" * len(budgets))
+        logs = defaultdict(list)
+        for name in problems:
+            make, batch = MIXTURES[name]
+            gm = make()
+            den = gm.denoiser(sch, prediction)
+            z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(1234))
+            x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+            ref = _reference(gm, sch, z, sch.t_max)
+            cells = []
+            for n in budgets:
+                run = default_run(n, sch)
+                steps = ds.solvers.get_solver(run.solver).steps_for_nfe(n + run.analytic_first_step, run.denoise_final)
+                with torch.no_grad():
+                    new = ds.sample(den, x, nfe=n)
+                    old = ds.sample(den, x, solver=run.solver, grid=make_grid(sch, steps, run.grid),
+                                    denoise_final=run.denoise_final, analytic_first_step=run.analytic_first_step)
+                assert new.nfe == old.nfe == n
+                e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
+                logs[n].append(math.log(e_new / e_old))
+                cells.append(f"{e_new:.3g} / {e_old:.3g}")
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        print("| geometric mean of the ratio | "
+              + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
 
 def tune_check(budgets=(5, 10)):
@@ -702,7 +714,7 @@ def main(argv=None):
     ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
     ap.add_argument("--flow-start", action="store_true",
-                    help="also the default call on a flow schedule from σ = 1 against the grid from t_max (~2 min)")
+                    help="also the default call on schedules from σ = 1 against the grid from t_max (~4 min)")
     ap.add_argument("--fresh-afs", action="store_true",
                     help="also check where the analytic first step pays, on the three fresh problems (~3 min)")
     ap.add_argument("--tune-screening", action="store_true",
