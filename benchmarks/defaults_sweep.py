@@ -454,11 +454,12 @@ def _from_sigma_one():
     return {"flow from σ = 1": (ds.FlowSchedule(t_max=1 - 1e-9), "velocity"), "zero-SNR VP": (zsnr, "v")}
 
 
-def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE + HELD_OUT):
+def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE + HELD_OUT + tuple(FRESH)):
     """Schedules that start at σ = 1 (``_from_sigma_one``): the default call, whose grid starts at
     ``diffsolve.defaults.START_LOG_SNR`` after the exact flow of standard-normal data (docs/math.md
     (27.4)), against the same configuration on the same grid kind from t_max, both against the σ → 0
-    limit of the exact ODE from t_max."""
+    limit of the exact ODE from t_max. The sweep's problems from its start points, and the fresh
+    problems (``FRESH``) from theirs."""
     from diffsolve.grids import make_grid
 
     for label, (sch, prediction) in _from_sigma_one().items():
@@ -467,10 +468,11 @@ def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE +
         print("|---|" + "---:|" * len(budgets))
         logs = defaultdict(list)
         for name in problems:
-            make, batch = MIXTURES[name]
+            make, batch = {**MIXTURES, **FRESH}[name]
             gm = make()
             den = gm.denoiser(sch, prediction)
-            z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(1234))
+            seed = 4321 if name in FRESH else 1234
+            z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
             x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
             ref = _reference(gm, sch, z, sch.t_max)
             cells = []
@@ -485,7 +487,7 @@ def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE +
                 e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
                 logs[n].append(math.log(e_new / e_old))
                 cells.append(f"{e_new:.3g} / {e_old:.3g}")
-            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {name}{' (fresh)' if name in FRESH else ''} | " + " | ".join(cells) + " |", flush=True)
         print("| geometric mean of the ratio | "
               + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
