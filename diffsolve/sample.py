@@ -94,8 +94,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         dtype: dtype of the solver state, torch.float64 or torch.float32; default float32 when the
             network runs in float32 or half precision, float64 otherwise, a network of unknown dtype
             (a plain function without ``net_dtype``) taken to run in the dtype of ``x`` when it is
-            given (measured: :func:`diffsolve.defaults.default_state_dtype`). The network runs in its own dtype
-            (``Denoiser(net_dtype=...)``), half precision included.
+            given (measured: :func:`diffsolve.defaults.default_state_dtype`). The network runs in
+            its own dtype (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
         analytic_first_step: answer the run's first evaluation, at t[0], with the exact network of
