@@ -34,12 +34,14 @@ evaluations on the probability-flow ODE,
 - **state dtype**: float32 when the network runs in float32 or half precision (a trained network),
   float64 otherwise (exact models, float64 networks); for a network of unknown dtype (a plain
   function given without ``net_dtype``) the dtype of the ``x`` the caller passes decides it the same
-  way, and float64 when the library draws x. Measured in ``benchmarks/cost.md``: from 5 to
-  200 evaluations the float32 state's error is 0.98–1.01× the float64 state's on the ring, mix64
-  and gauss3072 (the two differ by 2e-7 to 4e-6 RMS, 100× below the discretisation error); at
-  1000 evaluations the float32 state stops improving near 1e-6 RMS, far below a trained network's
-  own error. It halves the state's memory and its per-step cost on CPU (float64 costs 1–4× float32
-  there, more on GPUs with slow float64), so the default call's overhead stays that of a float32 loop.
+  way, and when the library draws x, torch's default dtype (``torch.get_default_dtype()``: float32
+  unless the caller's code set float64), the dtype the function's own tensors have. Measured in
+  ``benchmarks/cost.md``: from 5 to 200 evaluations the float32 state's error is 0.98–1.01× the
+  float64 state's on the ring, mix64 and gauss3072 (the two differ by 2e-7 to 4e-6 RMS, 100× below
+  the discretisation error); at 1000 evaluations the float32 state stops improving near 1e-6 RMS,
+  far below a trained network's own error. It halves the state's memory and its per-step cost on CPU
+  (float64 costs 1–4× float32 there, more on GPUs with slow float64), so the default call's overhead
+  stays that of a float32 loop.
 
 Read off ten budgets (4–50) on three exact problems (ring2d, mix64, gauss3072) under four schedule
 families (DDPM, cosine, EDM, rectified flow), among 80 configurations (ten solver variants × four
@@ -164,8 +166,9 @@ _LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 def default_state_dtype(denoiser, x=None) -> torch.dtype:
     """float32 for a network that runs in float32 or half precision, float64 otherwise; a network of
     unknown dtype (``net_dtype`` None: a plain function) is taken to run in the dtype of ``x``, the
-    caller's data, when it is given (module docstring)."""
+    caller's data, when it is given, and else in torch's default dtype, the dtype of the tensors
+    the caller's own code makes (module docstring)."""
     net_dtype = getattr(denoiser, "net_dtype", None)
-    if net_dtype is None and x is not None:
-        net_dtype = x.dtype
+    if net_dtype is None:
+        net_dtype = torch.get_default_dtype() if x is None else x.dtype
     return torch.float32 if net_dtype in _LOW_PRECISION else torch.float64

@@ -28,6 +28,7 @@ through the same table (docs/math.md (25.3)), so solvers do not branch on that e
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -80,6 +81,17 @@ TIME_LABELS: dict[str, Callable[[Schedule], Callable[[Tensor], Tensor]]] = {
 
 class NonFiniteError(FloatingPointError):
     """The network returned NaN or Inf."""
+
+
+_DTYPE_WORDS = ("dtype", "scalar type", "input type")  # torch's messages for a dtype mismatch
+
+
+def _add_note(e: BaseException, note: str):
+    """``e.add_note(note)`` (Python 3.11+); on 3.10 the note is appended to the message."""
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+    elif e.args and isinstance(e.args[0], str):
+        e.args = (f"{e.args[0]}\n{note}",) + e.args[1:]
 
 
 class Denoiser(torch.nn.Module):
@@ -142,6 +154,9 @@ class Denoiser(torch.nn.Module):
         # the time of an evaluation to answer with prior_output instead of a network call, once
         # (armed by the loop for the analytic first step, docs/math.md §27)
         self._analytic_at: float | None = None
+        # the dtype a network of unknown dtype (net_dtype None) is called in during a run, set by the
+        # entry points from the caller's data (calling_in); None: the state's dtype
+        self._call_dtype: torch.dtype | None = None
         self._coef_cache: dict = {}
         self._label_cache: dict = {}
 
@@ -175,7 +190,7 @@ class Denoiser(torch.nn.Module):
         t = self.schedule.check_time(torch.as_tensor(t, dtype=torch.float64).detach().cpu().reshape(-1))
         times = t.tolist()
         batch, dtype = like.shape[0], like.dtype
-        net_dtype = self.net_dtype or dtype
+        net_dtype = self.net_dtype or self._call_dtype or dtype
         label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
         if all((s, batch, like.device, label_dtype) in self._label_cache
                and (self.prediction, s) in self._coef_cache for s in times):
@@ -233,7 +248,7 @@ class Denoiser(torch.nn.Module):
     def raw(self, x: Tensor, t) -> Tensor:
         """The network's own output at (x, t), in x's dtype. One counted evaluation."""
         batch = x.shape[0]
-        net_dtype = self.net_dtype or x.dtype
+        net_dtype = self.net_dtype or self._call_dtype or x.dtype
         label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
         scalar = _scalar_time(t)
         if self._analytic_at is not None and scalar == self._analytic_at:  # the analytic first step: no call
@@ -252,7 +267,16 @@ class Denoiser(torch.nn.Module):
                 if len(self._label_cache) > 4096:
                     self._label_cache.clear()
                 self._label_cache[key] = label
-        out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
+        try:
+            out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
+        except (RuntimeError, TypeError) as e:
+            if self.net_dtype is None and any(w in str(e).lower() for w in _DTYPE_WORDS):
+                other = torch.float64 if net_dtype != torch.float64 else torch.float32
+                _add_note(e, f"diffsolve: the network was called with {net_dtype} input; its dtype is not declared "
+                             f"(a plain function), so it was taken to be that of the x given, or torch's default "
+                             f"dtype when the library drew x. Declare the dtype it computes in "
+                             f"(Denoiser(..., net_dtype={other}), for instance), or pass x in that dtype")
+            raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if not isinstance(out, Tensor) or out.shape != x.shape or not out.is_floating_point():
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -266,6 +290,22 @@ class Denoiser(torch.nn.Module):
                              f"a denoiser's output must have the shape of its input")
         self._check_finite(out, t)
         return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    @contextmanager
+    def calling_in(self, x: Tensor | None):
+        """Within the block, a network of unknown dtype (``net_dtype`` None: a plain function) is called
+        in the dtype of ``x``, the caller's data, or in torch's default dtype when the library draws x
+        (None) or dequantizes integer data, whatever the dtype of the solver state; a declared
+        ``net_dtype`` is unaffected."""
+        if self.net_dtype is not None:
+            yield self
+            return
+        floating = x is not None and x.is_floating_point()
+        outer, self._call_dtype = self._call_dtype, x.dtype if floating else torch.get_default_dtype()
+        try:
+            yield self
+        finally:
+            self._call_dtype = outer
 
     @property
     def where(self) -> str:

@@ -333,6 +333,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     sch = denoiser.schedule
     t_end = data_end_time(sch, t_end)
     src = _random_source(seeds, x)
+    given = x  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
     if deq is not None:
         u = torch.special.ndtr(src.randn())  # U[0, 1) from a normal draw of the same stream
         x = deq.apply(deq.level_index(x), u)
@@ -342,7 +343,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
     ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True))
     # fresh probes: the random Δ must not steer the steps (module docstring)
-    sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
+    with denoiser.calling_in(given):
+        sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
     info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,
                 method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=sol.time_variable,
                 fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=sol.row_evals,

@@ -94,7 +94,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         dtype: dtype of the solver state, torch.float64 or torch.float32; default float32 when the
             network runs in float32 or half precision, float64 otherwise, a network of unknown dtype
             (a plain function without ``net_dtype``) taken to run in the dtype of ``x`` when it is
-            given (measured: :func:`diffsolve.defaults.default_state_dtype`). The network runs in
+            given and in ``torch.get_default_dtype()`` when the library draws x (measured:
+            :func:`diffsolve.defaults.default_state_dtype`). The network runs in
             its own dtype (``Denoiser(net_dtype=...)``), half precision included.
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
@@ -116,6 +117,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         check_denoiser(denoiser, device)
     schedule = denoiser.schedule
     dtype = default_state_dtype(denoiser, x) if dtype is None else check_state_dtype(dtype)
+    given = x  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
     check_flag("trajectory", trajectory)
     check_flag("denoise_final", denoise_final, allow_none=True)
     check_flag("analytic_first_step", analytic_first_step, allow_none=True)
@@ -149,8 +151,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     x_init = x
 
     start = denoiser.nfe
-    out, traj, info = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final,
-                                trajectory=trajectory, analytic_first_step=analytic)
+    with denoiser.calling_in(given):
+        out, traj, info = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final,
+                                    trajectory=trajectory, analytic_first_step=analytic)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,
                         trajectory=torch.stack(traj) if traj is not None else None, info=info,
                         analytic_first_step=analytic)

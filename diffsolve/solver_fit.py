@@ -106,7 +106,8 @@ class _WeightFit:
         self._keep_if_better(init, 0, name)
         self.pilots.progress(f"Adam from start {name}", force=True)
         P, C, D = (w.clone().requires_grad_(g) for w, g in zip(init, (True, True, self.shifts)))
-        opt = torch.optim.Adam([P, C, D] if self.shifts else [P, C], lr=lr)
+        params = [P, C, D] if self.shifts else [P, C]
+        opt = torch.optim.Adam(params, lr=lr)
         for it in range(1, iterations + 1):
             opt.zero_grad()
             with torch.enable_grad():
@@ -115,7 +116,9 @@ class _WeightFit:
                 loss = self.pilots.mean_square(out, self.ref_train, self.w_train)
                 if not torch.isfinite(loss):
                     break  # diverged: keep the best iterate so far
-                loss.backward()
+                # the weights' gradients only: the network's own parameters keep their .grad untouched
+                for w, g in zip(params, torch.autograd.grad(loss, params)):
+                    w.grad = g
             opt.step()
             self.pilots.progress(f"start {name}, iteration {it}/{iterations}, best held-out error "
                                  f"{self.best['err']:.4g}")
@@ -176,32 +179,34 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     check_number("lr", lr, positive=True)
     check_flag("shifts", shifts)
     check_flag("denoise_final", denoise_final)
-    pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_solver nfe={nfe}"))
-    n_val = max(1, round(validation * len(pilots.pilot_seeds)))
-    if len(pilots.pilot_seeds) - n_val < 1:
-        raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
-    grid_name = None
-    if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
-        found = _search_grid(pilots, grid_solver, nfe, denoise_final=denoise_final, init="auto", tune_end=None,
-                             max_evals=max_evals, solver_options=None, verbose=verbose)
-        grid, grid_name = TunedGrid(model=model, **found.fields), f"tuned for {grid_solver}"
-    t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
-    fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)
-    starts = fit.starts(verbose)
-    base = tuned.solver if tuned is not None and tuned.solver in starts else "2m"
-    fit.fit(starts, base, iterations, lr, check_every, verbose)
-    best = fit.best
-    p, c, d = best["weights"]
-    options = {"predictor": p.tolist(), "corrector": c.tolist(), "history": history,
-               **({"shift": d.tolist()} if shifts else {})}
-    init_grid = f"{grid_name or name}; weights from start {best['start']} (init_*: {base} weights)"
-    result = pilots.result(fit.error, (fit.init, best["weights"]), t=t.tolist(),
-                           solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final, model=model,
-                           solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init),
-                           pilot_error=fit.error(best["weights"]), validation_error=best["err"],
-                           evaluations=len(starts) * iterations)
-    if verbose:
-        print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
-              f"{fit.init_val_error:.4g} -> {best['err']:.4g}, start {best['start']}, iteration {best['iteration']}); "
-              f"{result.fresh_summary()}; {result.tuning_seconds:.1f} s")
-    return result
+    # the library draws the pilots (a plain function runs in torch's default dtype); no graph but the fit's own
+    with denoiser.calling_in(None), torch.no_grad():
+        pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_solver nfe={nfe}"))
+        n_val = max(1, round(validation * len(pilots.pilot_seeds)))
+        if len(pilots.pilot_seeds) - n_val < 1:
+            raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
+        grid_name = None
+        if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
+            found = _search_grid(pilots, grid_solver, nfe, denoise_final=denoise_final, init="auto", tune_end=None,
+                                 max_evals=max_evals, solver_options=None, verbose=verbose)
+            grid, grid_name = TunedGrid(model=model, **found.fields), f"tuned for {grid_solver}"
+        t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
+        fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)
+        starts = fit.starts(verbose)
+        base = tuned.solver if tuned is not None and tuned.solver in starts else "2m"
+        fit.fit(starts, base, iterations, lr, check_every, verbose)
+        best = fit.best
+        p, c, d = best["weights"]
+        options = {"predictor": p.tolist(), "corrector": c.tolist(), "history": history,
+                   **({"shift": d.tolist()} if shifts else {})}
+        init_grid = f"{grid_name or name}; weights from start {best['start']} (init_*: {base} weights)"
+        result = pilots.result(fit.error, (fit.init, best["weights"]), t=t.tolist(),
+                               solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final, model=model,
+                               solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init),
+                               pilot_error=fit.error(best["weights"]), validation_error=best["err"],
+                               evaluations=len(starts) * iterations)
+        if verbose:
+            print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
+                  f"{fit.init_val_error:.4g} -> {best['err']:.4g}, start {best['start']}, iteration "
+                  f"{best['iteration']}); {result.fresh_summary()}; {result.tuning_seconds:.1f} s")
+        return result

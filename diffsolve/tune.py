@@ -20,6 +20,8 @@ judged on fresh seeds, which the result reports beside the pilot error.
 """
 from __future__ import annotations
 
+import torch
+
 from ._tuning import FIXED_GRIDS, _check, _tune_steps
 from .checks import check_flag, check_grid_values, check_options
 from .denoiser import Denoiser
@@ -78,6 +80,8 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
     check_flag("tune_end", tune_end, allow_none=True)
     check_options("solver_options", solver_options)
     check_grid_values("init", init)
-    return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
-                       max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
-                       verbose=verbose, progress=progress)
+    # the library draws the pilots (a plain function runs in torch's default dtype); the search needs no gradients
+    with denoiser.calling_in(None), torch.no_grad():
+        return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
+                           max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
+                           verbose=verbose, progress=progress)

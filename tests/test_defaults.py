@@ -1,5 +1,8 @@
 """The default run of ``sample(model, nfe=N)`` (diffsolve/defaults.py): the rule, and that the call
 runs exactly the configuration the rule names, on every schedule family."""
+import math
+import traceback
+
 import pytest
 import torch
 
@@ -61,12 +64,76 @@ def test_what_the_call_names_wins_over_the_default_run():
 
 def test_state_dtype_of_a_plain_function_follows_x():
     """A network of unknown dtype (a plain function without net_dtype) is taken to run in the dtype of
-    the x it is given; drawn by the library, the state is float64; a declared dtype wins."""
+    the x it is given; drawn by the library, in torch's default dtype; a declared dtype wins."""
     sch = ds.make_schedule("ddpm")
     plain = ds.Denoiser(lambda x, t: 0.1 * x, sch, prediction="eps")
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
     assert ds.sample(plain, x, nfe=4).x.dtype == torch.float32
     assert ds.sample(plain, x.double(), nfe=4).x.dtype == F64
-    assert ds.sample(plain, shape=(3, 2), seeds="0-2", nfe=4).x.dtype == F64
+    drawn = ds.sample(plain, shape=(3, 2), seeds="0-2", nfe=4).x
+    assert drawn.dtype == torch.float32
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(F64)
+        drawn64 = ds.sample(plain, shape=(3, 2), seeds="0-2", nfe=4).x
+    finally:
+        torch.set_default_dtype(old)
+    assert drawn64.dtype == F64  # the same seeds, the same start point, either dtype
+    torch.testing.assert_close(drawn, drawn64.float(), rtol=1e-5, atol=1e-6)
     declared = ds.Denoiser(lambda x, t: 0.1 * x, sch, prediction="eps", net_dtype=F64)
     assert ds.sample(declared, x, nfe=4).x.dtype == F64
+    assert ds.sample(declared, shape=(3, 2), seeds="0-2", nfe=4).x.dtype == F64
+
+
+def test_plain_function_around_a_float32_module_samples_from_seeds():
+    """The usual wrapper, a lambda around a float32 module, runs from seeds without declaring a dtype;
+    a plain function that computes in another dtype gets the hint to declare it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 2)
+    sch = ds.make_schedule("ddpm")
+    res = ds.sample(ds.Denoiser(lambda x, t: lin(x), sch, prediction="eps"), shape=(3, 2), seeds="0-2", nfe=4)
+    assert res.x.dtype == torch.float32 and res.nfe == 4 and torch.isfinite(res.x).all()
+    a64 = torch.eye(2, dtype=F64)
+    wrong = ds.Denoiser(lambda x, t: x @ a64, sch, prediction="eps")
+    with pytest.raises(RuntimeError) as info:
+        ds.sample(wrong, shape=(3, 2), seeds="0-2", nfe=4)
+    assert "net_dtype=torch.float64" in "".join(traceback.format_exception(info.value))
+    declared = ds.Denoiser(lambda x, t: x @ a64, sch, prediction="eps", net_dtype=F64)
+    assert ds.sample(declared, shape=(3, 2), seeds="0-2", nfe=4).x.dtype == F64
+
+
+def test_plain_function_runs_in_the_callers_dtype_in_likelihood_and_tuning():
+    """log_likelihood keeps a float64 state but calls a network of unknown dtype in the dtype of the x
+    given; the tuners, which draw their own start points, in torch's default dtype: a lambda around a
+    float32 module runs in both, and matches the same network with its dtype declared."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 2).requires_grad_(False)
+    sch = ds.make_schedule("ddpm")
+    plain = ds.Denoiser(lambda x, t: 0.1 * lin(x), sch, prediction="eps", shape=(2,))
+    declared = ds.Denoiser(lambda x, t: 0.1 * lin(x), sch, prediction="eps", shape=(2,), net_dtype=torch.float32)
+    x = torch.randn(3, 2)
+    a, b = ds.log_likelihood(plain, x, seeds="0-2"), ds.log_likelihood(declared, x, seeds="0-2")
+    assert a.log_prob.dtype == F64
+    torch.testing.assert_close(a.log_prob, b.log_prob, rtol=0, atol=0)
+    kw = dict(nfe=4, pilot=8, screen=0, fresh=4, max_evals=6, progress=False)
+    assert ds.tune_steps(plain, **kw).t == ds.tune_steps(declared, **kw).t
+
+
+def test_tuners_leave_the_networks_parameters_alone():
+    """No graph through the network's parameters: tune_steps searches without gradients and
+    tune_solver differentiates its weights only, so a module's .grad is never written."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def forward(self, x, t):
+            return 0.1 * self.lin(x)
+
+    torch.manual_seed(0)
+    net = Net()
+    den = ds.Denoiser(net, ds.make_schedule("ddpm"), prediction="eps", shape=(2,))
+    g = ds.tune_solver(den, nfe=4, pilot=8, fresh=4, iterations=2, check_every=1, max_evals=6, progress=False)
+    ds.tune_steps(den, nfe=4, pilot=8, screen=0, fresh=4, max_evals=6, progress=False)
+    assert all(p.grad is None for p in net.parameters())
+    assert math.isfinite(g.fresh_error)
