@@ -492,6 +492,35 @@ def flow_start_check(budgets=(4, 5, 6, 8, 10, 15, 20, 30, 50), problems=CHOICE +
               + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
 
+def tune_sigma_one_check(budgets=(5, 10), problems=tuple(FRESH), fresh=range(2000, 2256)):
+    """``tune_steps``' bare call on the schedules that start at σ = 1 (``_from_sigma_one``), whose search
+    starts at t_max (its grids are not moved to ``START_LOG_SNR``: the first step's length is one of the
+    tuned parameters), against the bare ``sample`` call on the same fresh seeds and reference; the
+    fresh problems (``FRESH``)."""
+    print("\n## tune_steps on schedules from σ = 1: tuned grid / the default call (fresh seeds 2000-2255, RMS)\n")
+    print("| schedule | problem | NFE | tuned grid (its start grid) | fresh rms | first step, σ | default call rms "
+          "| tuned / default | s |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for label, (sch, prediction) in _from_sigma_one().items():
+        for name in problems:
+            gm = FRESH[name][0]()
+            den = gm.denoiser(sch, prediction)
+            for n in budgets:
+                t0 = time.perf_counter()
+                g = ds.tune_steps(den, nfe=n, progress=False, fresh=fresh)
+                secs = time.perf_counter() - t0
+                x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * ds.NoiseSource(
+                    len(fresh), gm.shape, seeds=list(fresh)).randn()
+                ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-8, atol=1e-8, denoise_final=True)
+                with torch.no_grad():
+                    d = ds.sample(den, x, nfe=n)
+                e = _rms(d.x, ref)
+                g_start = float(sch.sigma(torch.tensor(g.t[1], dtype=F64)))
+                print(f"| {label} | {name} | {n} | {g.solver}{' +x̂0' if g.denoise_final else ''} ({g.init_grid}) | "
+                      f"{g.fresh_error:.3g} | {g_start:.3g} | {e:.3g} | {g.fresh_error / e:.2f} | {secs:.0f} |",
+                      flush=True)
+
+
 def tune_check(budgets=(5, 10)):
     """tune_steps' bare call against its first defaults (dpmpp_2m with the final denoise, 64 plain pilots)
     on the digits model and on mix16 under DDPM: the error of the tuned grid on the same 256 fresh
@@ -717,6 +746,8 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
     ap.add_argument("--flow-start", action="store_true",
                     help="also the default call on schedules from σ = 1 against the grid from t_max (~4 min)")
+    ap.add_argument("--tune-sigma-one", action="store_true",
+                    help="also tune_steps' bare call on schedules from σ = 1 against the default call (~1 min)")
     ap.add_argument("--fresh-afs", action="store_true",
                     help="also check where the analytic first step pays, on the three fresh problems (~3 min)")
     ap.add_argument("--tune-screening", action="store_true",
@@ -741,6 +772,7 @@ def main(argv=None):
     judge(cells, budgets, RULES[DEFAULT_RULE])
     checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
               "fresh_afs": fresh_afs_check, "flow_start": flow_start_check,
+              "tune_sigma_one": tune_sigma_one_check,
               "tune_peers": tune_peers_check, "tune_screening": tune_screening_check,
               "tune_solvers": tune_solvers_check, "tune_rule": tune_rule_check}
     for flag, check in checks.items():  # in this order, each if its flag was given

@@ -7,6 +7,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
     python benchmarks/likelihood_vs_peers.py --frontier       # probe noise: total error vs network work
     python benchmarks/likelihood_vs_peers.py --defaults       # the bare calls, diffsolve vs k-diffusion
     python benchmarks/likelihood_vs_peers.py --defaults --variants   # and with one setting changed
+    python benchmarks/likelihood_vs_peers.py --defaults --peer-tolerances   # and k-diffusion at four tolerances
 
 Problems: analytic mixtures (docs/math.md §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
@@ -308,7 +309,10 @@ DEFAULT_VARIANTS = (dict(norm="rms"), dict(norm="rms", rtol=2e-4, atol=2e-4), di
                     dict(rtol=3e-4, atol=3e-4), dict(time_variable="log_snr"))
 
 
-def defaults_check(seed: int = 0, variants: bool = False):
+PEER_TOLERANCES = (3e-5, 1e-4, 3e-4, 1e-3)
+
+
+def defaults_check(seed: int = 0, variants: bool = False, peer_tolerances: bool = False):
     """The bare calls on the network k-diffusion integrates: an EDM denoiser D(y; σ) of an exact
     mixture, σ ∈ [0.002, 80], wrapped for diffsolve by ``adapters.from_k_diffusion``. k-diffusion:
     ``log_likelihood(model, x, sigma_min, sigma_max)`` at its defaults (dopri5, rtol = atol = 1e-4,
@@ -334,6 +338,11 @@ def defaults_check(seed: int = 0, variants: bool = False):
         nfe_d = float(r.nfe.double().mean())
         print(f"| {pname} | {n} | {e_k:.3g} | {nfe_k} | {e_d:.3g} | {nfe_d:.0f} | {e_d / e_k:.2f} | "
               f"{nfe_d / nfe_k:.2f} |", flush=True)
+        for tol in PEER_TOLERANCES if peer_tolerances else ():  # k-diffusion's own error against its tolerance
+            lp_t, nfe_t = kdiff_ll(gm, sch, x, tol, seed)
+            e_t = float((lp_t - truth).abs().mean()) / gm.d
+            print(f"| {pname}, k-diffusion at rtol = atol = {tol:g} | {n} | {e_t:.3g} | {nfe_t} | - | - | - | - |",
+                  flush=True)
         for opts in DEFAULT_VARIANTS if variants else ():  # the same call with one setting changed
             r = log_likelihood(den, x, prior=prior, seeds=range(n), **opts)
             e_v, nfe_v = float((r.log_prob - truth).abs().mean()) / gm.d, float(r.nfe.double().mean())
@@ -352,12 +361,14 @@ def main():
                     help="only the probe-noise section: total error vs network work, fresh probes vs the peers")
     ap.add_argument("--defaults", action="store_true",
                     help="only the bare calls, diffsolve's against k-diffusion's on its network (2-D, 64-D, 3072-D)")
+    ap.add_argument("--peer-tolerances", action="store_true",
+                    help="with --defaults: also k-diffusion's error at rtol = atol = 3e-5, 1e-4, 3e-4, 1e-3")
     ap.add_argument("--variants", action="store_true",
                     help="with --defaults: also the bare call with one setting changed (norm, tolerances, time)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.defaults:
-        defaults_check(args.seed, args.variants)
+        defaults_check(args.seed, args.variants, args.peer_tolerances)
         return
     if args.time_variables:
         time_variable_sweep(min(args.n, 16), args.seed)

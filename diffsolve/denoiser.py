@@ -105,8 +105,10 @@ class Denoiser(torch.nn.Module):
         time_label: how solver time t becomes the network's time input: a name in
             :data:`TIME_LABELS` or a callable ``t -> label`` (float64 tensors).
         net_dtype: dtype the network runs in; defaults to the dtype of its first floating
-            parameter, or to the dtype of ``x`` for a parameter-free callable. Arithmetic around
-            the network (the conversions) stays in the state's dtype (float64 in the solvers).
+            parameter, or for a callable without parameters to the dtype of the caller's ``x``
+            (torch's default dtype when the library draws x; :meth:`calling_in`), whatever the
+            solver state's. Arithmetic around the network (the conversions) stays in the state's
+            dtype.
         shape: optional shape of one sample (without batch), used by ``sample`` when no
             shape is given.
         threshold: optional map x̂0 ↦ T(x̂0) applied to the network's x̂0 before any other
