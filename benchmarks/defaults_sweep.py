@@ -267,6 +267,12 @@ def _with_afs(cfg: tuple) -> tuple:
     return ("afs_" + cfg[0].removeprefix("afs_"), *cfg[1:])
 
 
+def _deis_up_to_10(n: int, s: str) -> tuple:
+    """The library's rule with its former threshold: UniPC-3 from 11 evaluations (EDM aside)."""
+    cfg = library_default(n, s)
+    return (cfg[0].replace("deis3", "unipc3"), *cfg[1:]) if 10 < n <= 12 and s != "edm" else cfg
+
+
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
 # the one diffsolve.defaults implements (read from it, not restated)
 RULES = {
@@ -284,10 +290,11 @@ RULES = {
     "dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
     "the same, EDM deis3 karras +x̂0 for 7-20 (the default before the analytic first step)":
-        lambda n, s: _without_afs(library_default(n, s)),
-    "the same with the analytic first step <= 6": lambda n, s: library_default(n, s)
-        if n <= 6 else _without_afs(library_default(n, s)),
-    "measured default: the same, and on flow schedules <= 20": lambda n, s: library_default(n, s),
+        lambda n, s: _without_afs(_deis_up_to_10(n, s)),
+    "the same with the analytic first step <= 6": lambda n, s: _deis_up_to_10(n, s)
+        if n <= 6 else _without_afs(_deis_up_to_10(n, s)),
+    "the same, and on flow schedules <= 20 (the default until deis3 went to 12)": _deis_up_to_10,
+    "measured default: the same, deis3 <= 12": lambda n, s: library_default(n, s),
     "the same with the analytic first step <= 10": lambda n, s: _with_afs(library_default(n, s))
         if n <= 10 else library_default(n, s),
     "the same with the analytic first step <= 20": lambda n, s: _with_afs(library_default(n, s))
@@ -296,7 +303,7 @@ RULES = {
 }
 
 
-DEFAULT_RULE = "measured default: the same, and on flow schedules <= 20"
+DEFAULT_RULE = "measured default: the same, deis3 <= 12"
 
 
 def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
@@ -390,7 +397,7 @@ FRESH = {  # problems no default was chosen or judged on, for --fresh
 
 def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
     """The bare call ``ds.sample(den, x, nfe=N)`` on an EDM schedule against the same budget under
-    the rule without the EDM exception (deis ≤ 10 < unipc order 3, log_snr, no final denoise), on
+    the rule without the EDM exception (deis ≤ 12 < unipc order 3, log_snr, no final denoise), on
     three problems that neither chose nor judged the rule, from fresh start points."""
     print(f"\n## Fresh problems under {schedule}: the default call against the rule without the EDM exception\n")
     print("| problem | NFE | default call | rms | without the exception | rms | ratio |")
@@ -406,7 +413,7 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
         for n in budgets:
             with torch.no_grad():
                 new = ds.sample(den, x, nfe=n)
-                plain = "deis" if n <= 10 else "unipc:order=3"
+                plain = "deis" if n <= ds.defaults.SMALL_BUDGET else "unipc:order=3"
                 old = ds.sample(den, x, nfe=n, solver=plain, grid="log_snr", denoise_final=n > 20)
             e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
             logs.append(math.log(e_new / e_old))
@@ -415,6 +422,59 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
             print(f"| {name} | {n} | {label} | {e_new:.3g} | "
                   f"{plain} log_snr | {e_old:.3g} | {e_new / e_old:.2f} |")
     print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
+
+
+def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
+    """Where ``deis`` should hand over to UniPC-3: the two on the default call's grid, end and first
+    step (``deis`` / ``unipc:order=3``) at budgets around the threshold, on the three fresh problems
+    (their own start points) under DDPM, cosine and flow, and on the trained digits model (256 seeds
+    against a tight float64 solve); marked: the one the default call runs."""
+    cells = _table(_load(OUT))
+    def deis_up_to_15(n, s):
+        cfg = library_default(n, s)
+        return (cfg[0].replace("unipc3", "deis3"), *cfg[1:]) if n <= 15 and s != "edm" else cfg
+
+    rules = {"deis3 <= 10 (former)": _deis_up_to_10, "deis3 <= 12 (default)": library_default,
+             "deis3 <= 15": deis_up_to_15}
+    print("\n## The threshold on the sweep: the rule's error / best configuration of each cell at N = 12 and 15\n")
+    print("| rule | choice set, 12 | held out, 12 | choice set, 15 | held out, 15 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rule in rules.items():
+        vals = [_rule_regret(cells, rule, probs, tuple(SCHEDULES), [n])
+                for n in (12, 15) for probs in (CHOICE, HELD_OUT)]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print("\n## deis / unipc:order=3 around the threshold (fresh problems; digits; * = the default runs deis)\n")
+    print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+    print("|---|" + "---:|" * len(budgets))
+    logs = defaultdict(list)
+
+    def ratio(den, x, ref, n):
+        run = default_run(n, den.schedule)
+        with torch.no_grad():
+            e = [_rms(ds.sample(den, x, nfe=n, solver=solver, grid=run.grid, denoise_final=run.denoise_final,
+                                analytic_first_step=run.analytic_first_step).x, ref)
+                 for solver in ("deis", "unipc:order=3")]
+        return e[0] / e[1], f"{e[0] / e[1]:.2f}{'*' if run.solver == 'deis' else ''}"
+
+    for name, (make, batch) in FRESH.items():
+        gm = make()
+        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        for sname in ("ddpm", "cosine", "flow"):
+            sch = ds.make_schedule(sname)
+            den = gm.denoiser(sch, SCHEDULES[sname])
+            x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+            ref = _reference(gm, sch, z, sch.t_max)
+            cells = []
+            for n in budgets:
+                r, cell = ratio(den, x, ref, n)
+                logs[n].append(math.log(r))
+                cells.append(cell)
+            print(f"| {name}/{sname} | " + " | ".join(cells) + " |", flush=True)
+    print("| geometric mean, fresh | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
+    m = ds.zoo.load("digits")
+    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
+    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    print("| digits (trained) | " + " | ".join(ratio(m, x.float(), ref, n)[1] for n in budgets) + " |", flush=True)
 
 
 def fresh_afs_check(budgets=(4, 5, 6, 8, 10, 12, 15, 20), seed=4321):
@@ -748,6 +808,8 @@ def main(argv=None):
                     help="also the default call on schedules from σ = 1 against the grid from t_max (~4 min)")
     ap.add_argument("--tune-sigma-one", action="store_true",
                     help="also tune_steps' bare call on schedules from σ = 1 against the default call (~1 min)")
+    ap.add_argument("--small-budget", action="store_true",
+                    help="also deis against unipc:order=3 at 10-15 evaluations: fresh problems, digits (~3 min)")
     ap.add_argument("--fresh-afs", action="store_true",
                     help="also check where the analytic first step pays, on the three fresh problems (~3 min)")
     ap.add_argument("--tune-screening", action="store_true",
@@ -773,6 +835,7 @@ def main(argv=None):
     checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
               "fresh_afs": fresh_afs_check, "flow_start": flow_start_check,
               "tune_sigma_one": tune_sigma_one_check,
+              "small_budget": small_budget_check,
               "tune_peers": tune_peers_check, "tune_screening": tune_screening_check,
               "tune_solvers": tune_solvers_check, "tune_rule": tune_rule_check}
     for flag, check in checks.items():  # in this order, each if its flag was given

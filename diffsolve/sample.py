@@ -71,7 +71,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
             measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
-            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 10, ``unipc``
+            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 12, ``unipc``
             order 3 above; on an EDM schedule ``deis`` on the ``karras`` grid with the final denoise
             from 7 to 20), or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
