@@ -267,10 +267,17 @@ def _with_afs(cfg: tuple) -> tuple:
     return ("afs_" + cfg[0].removeprefix("afs_"), *cfg[1:])
 
 
-def _deis_up_to_10(n: int, s: str) -> tuple:
-    """The library's rule with its former threshold: UniPC-3 from 11 evaluations (EDM aside)."""
-    cfg = library_default(n, s)
-    return (cfg[0].replace("deis3", "unipc3"), *cfg[1:]) if 10 < n <= 12 and s != "edm" else cfg
+def _deis_up_to(k: int):
+    """The library's rule with ``deis`` up to ``k`` evaluations and UniPC-3 above (EDM aside): k = 10
+    is the former threshold."""
+    small = ds.defaults.SMALL_BUDGET
+
+    def rule(n: int, s: str) -> tuple:
+        cfg = library_default(n, s)
+        if s == "edm" or not min(k, small) < n <= max(k, small):
+            return cfg
+        return (cfg[0].replace("deis3", "unipc3") if n > k else cfg[0].replace("unipc3", "deis3"), *cfg[1:])
+    return rule
 
 
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
@@ -290,10 +297,10 @@ RULES = {
     "dpmpp_2m_nolof <= 6 < deis3 <= 10 < unipc3, final denoise > 20":
         lambda n, s: ("dpmpp_2m_nolof" if n <= 6 else "deis3" if n <= 10 else "unipc3", "log_snr", n > 20),
     "the same, EDM deis3 karras +x̂0 for 7-20 (the default before the analytic first step)":
-        lambda n, s: _without_afs(_deis_up_to_10(n, s)),
-    "the same with the analytic first step <= 6": lambda n, s: _deis_up_to_10(n, s)
-        if n <= 6 else _without_afs(_deis_up_to_10(n, s)),
-    "the same, and on flow schedules <= 20 (the default until deis3 went to 12)": _deis_up_to_10,
+        lambda n, s: _without_afs(_deis_up_to(10)(n, s)),
+    "the same with the analytic first step <= 6": lambda n, s: _deis_up_to(10)(n, s)
+        if n <= 6 else _without_afs(_deis_up_to(10)(n, s)),
+    "the same, and on flow schedules <= 20 (the default until deis3 went to 12)": _deis_up_to(10),
     "measured default: the same, deis3 <= 12": lambda n, s: library_default(n, s),
     "the same with the analytic first step <= 10": lambda n, s: _with_afs(library_default(n, s))
         if n <= 10 else library_default(n, s),
@@ -429,18 +436,14 @@ def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
     step (``deis`` / ``unipc:order=3``) at budgets around the threshold, on the three fresh problems
     (their own start points) under DDPM, cosine and flow, and on the trained digits model (256 seeds
     against a tight float64 solve); marked: the one the default call runs."""
-    cells = _table(_load(OUT))
-    def deis_up_to_15(n, s):
-        cfg = library_default(n, s)
-        return (cfg[0].replace("unipc3", "deis3"), *cfg[1:]) if n <= 15 and s != "edm" else cfg
-
-    rules = {"deis3 <= 10 (former)": _deis_up_to_10, "deis3 <= 12 (default)": library_default,
-             "deis3 <= 15": deis_up_to_15}
+    sweep = _table(_load(OUT))
+    rules = {"deis3 <= 10 (former)": _deis_up_to(10), "deis3 <= 12 (default)": library_default,
+             "deis3 <= 15": _deis_up_to(15)}
     print("\n## The threshold on the sweep: the rule's error / best configuration of each cell at N = 12 and 15\n")
     print("| rule | choice set, 12 | held out, 12 | choice set, 15 | held out, 15 |")
     print("|---|---:|---:|---:|---:|")
     for name, rule in rules.items():
-        vals = [_rule_regret(cells, rule, probs, tuple(SCHEDULES), [n])
+        vals = [_rule_regret(sweep, rule, probs, tuple(SCHEDULES), [n])
                 for n in (12, 15) for probs in (CHOICE, HELD_OUT)]
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     print("\n## deis / unipc:order=3 around the threshold (fresh problems; digits; * = the default runs deis)\n")

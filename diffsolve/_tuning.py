@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from functools import partial
 from typing import NamedTuple
 
@@ -88,6 +89,16 @@ def pps_sample(proxy: Tensor, keep: int, generator: torch.Generator) -> list[tup
         picks = torch.searchsorted(pi.cumsum(0), points, right=True).clamp(max=M - certain - 1).tolist()
         out += [(int(order[certain + j]), 1.0 / float(pi[j])) for j in picks]
     return out
+
+
+@contextmanager
+def tuning(denoiser):
+    """What both tuners run inside: the library draws their start points, so a network of unknown
+    dtype runs in torch's default dtype (:meth:`~diffsolve.Denoiser.calling_in`), and no gradient
+    reaches the network (``torch.no_grad``: a network that differentiates inside, e.g. a score
+    from an energy, enables it itself with ``torch.enable_grad()``)."""
+    with denoiser.calling_in(None), torch.no_grad():
+        yield
 
 
 class _Pilots:

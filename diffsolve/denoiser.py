@@ -83,7 +83,13 @@ class NonFiniteError(FloatingPointError):
     """The network returned NaN or Inf."""
 
 
-_DTYPE_WORDS = ("dtype", "scalar type", "input type")  # torch's messages for a dtype mismatch
+def _is_dtype_mismatch(e: BaseException) -> bool:
+    """Whether torch's error ``e`` reads as a dtype mismatch ("... same dtype", "expected scalar type
+    ...", "Input type (double) and bias type (float) ..."), not a device mismatch."""
+    msg = str(e).lower()
+    if "device" in msg or "cuda" in msg or "tensor)" in msg:
+        return False
+    return any(w in msg for w in ("dtype", "scalar type", "input type ("))
 
 
 def _add_note(e: BaseException, note: str):
@@ -191,9 +197,8 @@ class Denoiser(torch.nn.Module):
         computation gives, up to the last bit of vectorised arithmetic."""
         t = self.schedule.check_time(torch.as_tensor(t, dtype=torch.float64).detach().cpu().reshape(-1))
         times = t.tolist()
-        batch, dtype = like.shape[0], like.dtype
-        net_dtype = self.net_dtype or self._call_dtype or dtype
-        label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
+        batch = like.shape[0]
+        net_dtype, label_dtype = self._dtypes(like.dtype)
         if all((s, batch, like.device, label_dtype) in self._label_cache
                and (self.prediction, s) in self._coef_cache for s in times):
             return  # a grid seen before (e.g. the next batch)
@@ -250,8 +255,7 @@ class Denoiser(torch.nn.Module):
     def raw(self, x: Tensor, t) -> Tensor:
         """The network's own output at (x, t), in x's dtype. One counted evaluation."""
         batch = x.shape[0]
-        net_dtype = self.net_dtype or self._call_dtype or x.dtype
-        label_dtype = net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
+        net_dtype, label_dtype = self._dtypes(x.dtype)
         scalar = _scalar_time(t)
         if self._analytic_at is not None and scalar == self._analytic_at:  # the analytic first step: no call
             self._analytic_at = None
@@ -272,11 +276,12 @@ class Denoiser(torch.nn.Module):
         try:
             out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         except (RuntimeError, TypeError) as e:
-            if self.net_dtype is None and any(w in str(e).lower() for w in _DTYPE_WORDS):
-                other = torch.float64 if net_dtype != torch.float64 else torch.float32
+            if self.net_dtype is None and _is_dtype_mismatch(e):
+                other = torch.float64 if net_dtype == torch.float32 else torch.float32
+                how = ("that of the x given, or torch's default dtype when the library drew x"
+                       if self._call_dtype is not None else "that of the solver state")
                 _add_note(e, f"diffsolve: the network was called with {net_dtype} input; its dtype is not declared "
-                             f"(a plain function), so it was taken to be that of the x given, or torch's default "
-                             f"dtype when the library drew x. Declare the dtype it computes in "
+                             f"(a plain function), so it was taken to be {how}. Declare the dtype it computes in "
                              f"(Denoiser(..., net_dtype={other}), for instance), or pass x in that dtype")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
@@ -293,17 +298,24 @@ class Denoiser(torch.nn.Module):
         self._check_finite(out, t)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
+    def _dtypes(self, state_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+        """The dtype the network is called in and that of its time label, for a state of ``state_dtype``."""
+        net_dtype = self.net_dtype or self._call_dtype or state_dtype
+        return net_dtype, net_dtype if net_dtype in (torch.float32, torch.float64) else torch.float32
+
     @contextmanager
-    def calling_in(self, x: Tensor | None):
+    def calling_in(self, dtype: torch.dtype | None):
         """Within the block, a network of unknown dtype (``net_dtype`` None: a plain function) is called
-        in the dtype of ``x``, the caller's data, or in torch's default dtype when the library draws x
-        (None) or dequantizes integer data, whatever the dtype of the solver state; a declared
-        ``net_dtype`` is unaffected."""
+        in ``dtype`` — the entry points pass the dtype of the caller's data — or in torch's default
+        dtype (None: the library draws x, or dequantizes integer data), whatever the dtype of the
+        solver state; a declared ``net_dtype`` is unaffected. Outside such a block the network is
+        called in the state's dtype. (Like its ``nfe`` counter, this makes a Denoiser an object for
+        one thread at a time.)"""
         if self.net_dtype is not None:
             yield self
             return
-        floating = x is not None and x.is_floating_point()
-        outer, self._call_dtype = self._call_dtype, x.dtype if floating else torch.get_default_dtype()
+        floating = dtype is not None and dtype.is_floating_point
+        outer, self._call_dtype = self._call_dtype, dtype if floating else torch.get_default_dtype()
         try:
             yield self
         finally:

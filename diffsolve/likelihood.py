@@ -313,7 +313,9 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             noise of sample i do not depend on the batch; or a ``torch.Generator`` for the batch;
             default a generator seeded 0.
         chunk_size: integrate at most this many samples at a time (memory).
-        dtype: state dtype (float64 by default; the network runs in its own dtype).
+        dtype: state dtype (float64 by default; the network runs in its own dtype, a plain function
+            without ``net_dtype`` in the dtype of the ``x`` given, e.g. float32 for float32 data:
+            declare ``net_dtype=torch.float64`` for an exact float64 model given float32 data).
         norm: error norm over a sample's state: ``"max"`` (default; Δ weighs as much as any
             coordinate) or ``"rms"``. With a shared step the norm spans the whole chunk.
         max_steps: step-attempt limit of the adaptive solver.
@@ -333,7 +335,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     sch = denoiser.schedule
     t_end = data_end_time(sch, t_end)
     src = _random_source(seeds, x)
-    given = x  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
+    call_dtype = x.dtype  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
     if deq is not None:
         u = torch.special.ndtr(src.randn())  # U[0, 1) from a normal draw of the same stream
         x = deq.apply(deq.level_index(x), u)
@@ -343,7 +345,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
     ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True))
     # fresh probes: the random Δ must not steer the steps (module docstring)
-    with denoiser.calling_in(given):
+    with denoiser.calling_in(call_dtype):
         sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
     info = dict(divergence=divergence, probes=k, probe=None if exact else probe, fresh_probes=fresh_probes,
                 method=method, rtol=rtol, atol=atol, per_sample=per_sample, time_variable=sol.time_variable,

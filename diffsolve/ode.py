@@ -330,7 +330,8 @@ class RoundTrip:
 
 def _flow(denoiser, x, t_from, t_to, **settings) -> tuple[Tensor, Tensor]:
     time_variable = settings.pop("time_variable")
-    sol = ProbabilityFlowODE(denoiser, time_variable).solve(x.to(torch.float64), t_from, t_to, **settings)
+    with denoiser.calling_in(x.dtype):  # as in log_likelihood: a plain function runs in the caller's dtype
+        sol = ProbabilityFlowODE(denoiser, time_variable).solve(x.to(torch.float64), t_from, t_to, **settings)
     return sol.x, sol.calls.cpu()
 
 

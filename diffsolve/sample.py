@@ -96,7 +96,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             (a plain function without ``net_dtype``) taken to run in the dtype of ``x`` when it is
             given and in ``torch.get_default_dtype()`` when the library draws x (measured:
             :func:`diffsolve.defaults.default_state_dtype`). The network runs in
-            its own dtype (``Denoiser(net_dtype=...)``), half precision included.
+            its own dtype (``Denoiser(net_dtype=...)``), half precision included; a plain function
+            in the dtype of ``x`` (half too), else in ``dtype`` when given, else in torch's default
+            dtype (:meth:`~diffsolve.Denoiser.calling_in`).
         trajectory: keep the state at every grid point.
         solver_options: keyword arguments for the solver's constructor when it is given by name.
         analytic_first_step: answer the run's first evaluation, at t[0], with the exact network of
@@ -116,8 +118,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         device = check_device(device)
         check_denoiser(denoiser, device)
     schedule = denoiser.schedule
+    # a network of unknown dtype is called in the dtype of the caller's x, else of an explicit dtype, else in
+    # torch's default dtype (Denoiser.calling_in)
+    call_dtype = x.dtype if x is not None else dtype
     dtype = default_state_dtype(denoiser, x) if dtype is None else check_state_dtype(dtype)
-    given = x  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
     check_flag("trajectory", trajectory)
     check_flag("denoise_final", denoise_final, allow_none=True)
     check_flag("analytic_first_step", analytic_first_step, allow_none=True)
@@ -151,7 +155,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     x_init = x
 
     start = denoiser.nfe
-    with denoiser.calling_in(given):
+    with denoiser.calling_in(call_dtype):
         out, traj, info = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final,
                                     trajectory=trajectory, analytic_first_step=analytic)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,

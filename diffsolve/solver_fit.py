@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._text import StatusLine, count
-from ._tuning import _check, _Pilots, _search_grid
+from ._tuning import _check, _Pilots, _search_grid, tuning
 from .checks import (
     check_flag,
     check_grid_values,
@@ -114,10 +114,11 @@ class _WeightFit:
                 out = integrate(self.solver((P, C, D)), self.pilots.denoiser, self.x_train, self.t,
                                 level=self.pilots.level, denoise_final=self.denoise_final).x
                 loss = self.pilots.mean_square(out, self.ref_train, self.w_train)
-                if not torch.isfinite(loss):
-                    break  # diverged: keep the best iterate so far
-                # the weights' gradients only: the network's own parameters keep their .grad untouched
-                for w, g in zip(params, torch.autograd.grad(loss, params)):
+                if not torch.isfinite(loss) or not loss.requires_grad:
+                    break  # diverged, or no weight reaches the output: keep the best iterate so far
+                # the weights' gradients only (a weight no step uses gets none): the network's own
+                # parameters keep their .grad untouched
+                for w, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
                     w.grad = g
             opt.step()
             self.pilots.progress(f"start {name}, iteration {it}/{iterations}, best held-out error "
@@ -167,6 +168,9 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
         iterations, lr: Adam iterations per start (one solve of the training pilots each), step size.
         progress: as in :func:`tune_steps` (the grid's tuning, then each start's iterations).
 
+    Runs as :func:`tune_steps` does (``torch.no_grad()`` but for its own weights, which it
+    differentiates alone: the network's parameters get no ``.grad``).
+
     Returns:
         :class:`TunedGrid` with ``solver="learned"`` and the weights in ``solver_options``;
         ``sample(denoiser, steps=result)`` runs it.
@@ -179,34 +183,43 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     check_number("lr", lr, positive=True)
     check_flag("shifts", shifts)
     check_flag("denoise_final", denoise_final)
-    # the library draws the pilots (a plain function runs in torch's default dtype); no graph but the fit's own
-    with denoiser.calling_in(None), torch.no_grad():
-        pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_solver nfe={nfe}"))
-        n_val = max(1, round(validation * len(pilots.pilot_seeds)))
-        if len(pilots.pilot_seeds) - n_val < 1:
-            raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
-        grid_name = None
-        if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
-            found = _search_grid(pilots, grid_solver, nfe, denoise_final=denoise_final, init="auto", tune_end=None,
-                                 max_evals=max_evals, solver_options=None, verbose=verbose)
-            grid, grid_name = TunedGrid(model=model, **found.fields), f"tuned for {grid_solver}"
-        t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
-        fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)
-        starts = fit.starts(verbose)
-        base = tuned.solver if tuned is not None and tuned.solver in starts else "2m"
-        fit.fit(starts, base, iterations, lr, check_every, verbose)
-        best = fit.best
-        p, c, d = best["weights"]
-        options = {"predictor": p.tolist(), "corrector": c.tolist(), "history": history,
-                   **({"shift": d.tolist()} if shifts else {})}
-        init_grid = f"{grid_name or name}; weights from start {best['start']} (init_*: {base} weights)"
-        result = pilots.result(fit.error, (fit.init, best["weights"]), t=t.tolist(),
-                               solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final, model=model,
-                               solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init),
-                               pilot_error=fit.error(best["weights"]), validation_error=best["err"],
-                               evaluations=len(starts) * iterations)
-        if verbose:
-            print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
-                  f"{fit.init_val_error:.4g} -> {best['err']:.4g}, start {best['start']}, iteration "
-                  f"{best['iteration']}); {result.fresh_summary()}; {result.tuning_seconds:.1f} s")
-        return result
+    with tuning(denoiser):
+        return _tune_solver(denoiser, nfe, checked, grid=grid, grid_solver=grid_solver, history=history, shifts=shifts,
+                            validation=validation, iterations=iterations, lr=lr, check_every=check_every,
+                            denoise_final=denoise_final, max_evals=max_evals, model=model, rtol=rtol, atol=atol,
+                            verbose=verbose, progress=progress)
+
+
+def _tune_solver(denoiser: Denoiser, nfe: int, checked: tuple, *, grid, grid_solver: str, history: int, shifts: bool,
+                 validation: float, iterations: int, lr: float, check_every: int, denoise_final: bool, max_evals: int,
+                 model: str, rtol: float, atol: float, verbose: bool, progress: bool | None) -> TunedGrid:
+    """:func:`tune_solver` on checked arguments, inside :func:`diffsolve._tuning.tuning`."""
+    pilots = _Pilots(denoiser, checked, rtol, atol, nfe, StatusLine(progress, f"tune_solver nfe={nfe}"))
+    n_val = max(1, round(validation * len(pilots.pilot_seeds)))
+    if len(pilots.pilot_seeds) - n_val < 1:
+        raise ValueError(f"{len(pilots.pilot_seeds)} pilot seeds leave nothing to train on; use more pilots")
+    grid_name = None
+    if isinstance(grid, str) and grid == "auto":  # a grid tuned for grid_solver on the same pilots
+        found = _search_grid(pilots, grid_solver, nfe, denoise_final=denoise_final, init="auto", tune_end=None,
+                             max_evals=max_evals, solver_options=None, verbose=verbose)
+        grid, grid_name = TunedGrid(model=model, **found.fields), f"tuned for {grid_solver}"
+    t, denoise_final, name, tuned = _fixed_grid(denoiser.schedule, nfe, grid, history, denoise_final)
+    fit = _WeightFit(pilots, t, denoise_final, tuned, history, shifts, n_val)
+    starts = fit.starts(verbose)
+    base = tuned.solver if tuned is not None and tuned.solver in starts else "2m"
+    fit.fit(starts, base, iterations, lr, check_every, verbose)
+    best = fit.best
+    p, c, d = best["weights"]
+    options = {"predictor": p.tolist(), "corrector": c.tolist(), "history": history,
+               **({"shift": d.tolist()} if shifts else {})}
+    init_grid = f"{grid_name or name}; weights from start {best['start']} (init_*: {base} weights)"
+    result = pilots.result(fit.error, (fit.init, best["weights"]), t=t.tolist(),
+                           solver=LearnedMultistep.name, nfe=int(nfe), denoise_final=denoise_final, model=model,
+                           solver_options=options, init_grid=init_grid, init_error=fit.error(fit.init),
+                           pilot_error=fit.error(best["weights"]), validation_error=best["err"],
+                           evaluations=len(starts) * iterations)
+    if verbose:
+        print(f"tune_solver: pilot {result.init_error:.4g} -> {result.pilot_error:.4g} (held out "
+              f"{fit.init_val_error:.4g} -> {best['err']:.4g}, start {best['start']}, iteration "
+              f"{best['iteration']}); {result.fresh_summary()}; {result.tuning_seconds:.1f} s")
+    return result

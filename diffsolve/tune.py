@@ -20,9 +20,7 @@ judged on fresh seeds, which the result reports beside the pilot error.
 """
 from __future__ import annotations
 
-import torch
-
-from ._tuning import FIXED_GRIDS, _check, _tune_steps
+from ._tuning import FIXED_GRIDS, _check, _tune_steps, tuning
 from .checks import check_flag, check_grid_values, check_options
 from .denoiser import Denoiser
 from .solver_fit import tune_solver  # the other tuner, re-exported
@@ -72,6 +70,9 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
         progress: show progress on stderr (the reference solves, solves done and the best error so far);
             default: when stderr is a terminal (a tuning run can take minutes on a busy CPU).
 
+    Runs under ``torch.no_grad()``, with a network of unknown dtype in torch's default dtype
+    (:func:`diffsolve._tuning.tuning`).
+
     Returns:
         :class:`TunedGrid` (save it with ``.save(path)``; use it with ``sample(..., steps=grid)``).
     """
@@ -80,8 +81,7 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
     check_flag("tune_end", tune_end, allow_none=True)
     check_options("solver_options", solver_options)
     check_grid_values("init", init)
-    # the library draws the pilots (a plain function runs in torch's default dtype); the search needs no gradients
-    with denoiser.calling_in(None), torch.no_grad():
+    with tuning(denoiser):
         return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
                            max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
                            verbose=verbose, progress=progress)

@@ -137,3 +137,41 @@ def test_tuners_leave_the_networks_parameters_alone():
     ds.tune_steps(den, nfe=4, pilot=8, screen=0, fresh=4, max_evals=6, progress=False)
     assert all(p.grad is None for p in net.parameters())
     assert math.isfinite(g.fresh_error)
+
+
+def test_plain_function_call_dtype_follows_an_explicit_dtype_and_encode():
+    """Without x an explicit state dtype is also the call dtype of a plain function; encode calls it in
+    the dtype of the x given, as log_likelihood does; a half x is passed on in half precision."""
+    sch = ds.make_schedule("ddpm")
+    seen = []
+
+    def f(x, t):
+        seen.append(x.dtype)
+        return 0.1 * x
+
+    plain = ds.Denoiser(f, sch, prediction="eps", shape=(2,))
+    ds.sample(plain, seeds="0-2", nfe=3, dtype=F64)
+    assert set(seen) == {F64}
+    seen.clear()
+    z, _ = ds.likelihood.encode(plain, torch.randn(3, 2))
+    assert z.dtype == F64 and set(seen) == {torch.float32}
+    seen.clear()
+    assert ds.sample(plain, torch.randn(3, 2).half(), nfe=3).x.dtype == torch.float32
+    assert set(seen) == {torch.float16}
+
+
+def test_dtype_note_suggests_the_other_dtype():
+    """The note on a plain function's dtype mismatch names a dtype that differs from the one it got."""
+    lin = torch.nn.Linear(2, 2)
+    den = ds.Denoiser(lambda x, t: lin(x), ds.make_schedule("ddpm"), prediction="eps")
+    with pytest.raises(RuntimeError) as info:
+        ds.sample(den, torch.randn(3, 2).half(), nfe=3)
+    text = "".join(traceback.format_exception(info.value))
+    assert "called with torch.float16 input" in text and "net_dtype=torch.float32" in text
+
+
+def test_tune_solver_with_unused_weights():
+    """One evaluation on the log-SNR grid: no weight reaches the output, and the fit stops cleanly."""
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    g = ds.tune_solver(den, nfe=1, grid="log_snr", pilot=8, fresh=4, iterations=2, check_every=1, progress=False)
+    assert g.nfe == 1 and math.isfinite(g.fresh_error)

@@ -86,7 +86,8 @@ def add_device_options(p, dtype_default="float64"):
     """``--device``, ``--dtype`` (``dtype_default=None``: the library's, float32 for a float32 or half
     network and float64 otherwise) and ``--quiet``."""
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    shown = dtype_default or "float32 for a float32 or half network, float64 otherwise"
+    shown = dtype_default or ("float32 for a float32 or half network, float64 for a float64 one, "
+                              "torch's default dtype for a network of unknown dtype")
     p.add_argument("--dtype", default=dtype_default, help="solver state dtype: float64 or float32 "
                    f"(default {shown}; the network runs in its own dtype)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or notes on stderr")
