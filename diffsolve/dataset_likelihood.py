@@ -231,8 +231,10 @@ def summarize(rows: list[dict], d: int, deq: Dequantization | None = None) -> di
 def _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options) -> list[dict]:
     from .likelihood import log_likelihood
 
-    res = log_likelihood(denoiser, _prepared(ds[s:e], deq, data_range, device), seeds=range(seed + s, seed + e),
-                         dequantize=deq, **options)
+    batch = ds[s:e]
+    with denoiser.calling_in(batch.dtype):  # 8-bit data: a plain function in torch's default dtype
+        res = log_likelihood(denoiser, _prepared(batch, deq, data_range, device), seeds=range(seed + s, seed + e),
+                             dequantize=deq, **options)
     lp, bpd, nfe = (t.detach().cpu().tolist() for t in (res.log_prob, res.bits_per_dim, res.nfe))
     return [{"index": s + j, "log_prob": lp[j], "bits_per_dim": bpd[j], "nfe": int(nfe[j])} for j in range(e - s)]
 

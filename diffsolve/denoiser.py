@@ -309,17 +309,20 @@ class Denoiser(torch.nn.Module):
         in ``dtype`` — the entry points pass the dtype of the caller's data — or in torch's default
         dtype (None: the library draws x, or dequantizes integer data), whatever the dtype of the
         solver state; a declared ``net_dtype`` is unaffected. Outside such a block the network is
-        called in the state's dtype. (Like its ``nfe`` counter, this makes a Denoiser an object for
-        one thread at a time.)"""
-        if self.net_dtype is not None:
+        called in the state's dtype. The outermost block decides: an entry point run inside another
+        (the tuners' screening runs :func:`~diffsolve.sample` on float64 start points;
+        :func:`~diffsolve.dataset_log_likelihood` runs :func:`~diffsolve.log_likelihood` on the
+        float64 values of 8-bit data) keeps the dtype of the call the user made. (Like its ``nfe``
+        counter, this makes a Denoiser an object for one thread at a time.)"""
+        if self.net_dtype is not None or self._call_dtype is not None:
             yield self
             return
         floating = dtype is not None and dtype.is_floating_point
-        outer, self._call_dtype = self._call_dtype, dtype if floating else torch.get_default_dtype()
+        self._call_dtype = dtype if floating else torch.get_default_dtype()
         try:
             yield self
         finally:
-            self._call_dtype = outer
+            self._call_dtype = None
 
     @property
     def where(self) -> str:

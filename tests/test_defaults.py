@@ -115,8 +115,12 @@ def test_plain_function_runs_in_the_callers_dtype_in_likelihood_and_tuning():
     a, b = ds.log_likelihood(plain, x, seeds="0-2"), ds.log_likelihood(declared, x, seeds="0-2")
     assert a.log_prob.dtype == F64
     torch.testing.assert_close(a.log_prob, b.log_prob, rtol=0, atol=0)
-    kw = dict(nfe=4, pilot=8, screen=0, fresh=4, max_evals=6, progress=False)
+    kw = dict(nfe=4, pilot=8, screen=32, fresh=4, max_evals=6, progress=False)  # screened: sample() inside
     assert ds.tune_steps(plain, **kw).t == ds.tune_steps(declared, **kw).t
+    levels = torch.randint(0, 256, (3, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for deq in (True, False):  # 8-bit data: the library makes the values, so torch's default dtype
+        a, b = (ds.dataset_log_likelihood(d, levels, batch_size=3, dequantize=deq).rows for d in (plain, declared))
+        assert [r["log_prob"] for r in a] == [r["log_prob"] for r in b]
 
 
 def test_tuners_leave_the_networks_parameters_alone():
