@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,7 +82,9 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     DDPM family: a :class:`DDPMSchedule` whose ᾱ_n is the scheduler's ``alphas_cumprod`` (exactly
     the values its sampling loop uses), or computed by diffusers' ``DDPMScheduler`` from the config
     (``beta_schedule``, ``trained_betas``, ...); a zero terminal ᾱ (``rescale_betas_zero_snr``) is
-    replaced by 2⁻²⁴, as diffusers' own samplers do. Prediction ``eps``, ``v`` or ``x0``.
+    replaced by 2⁻²⁴, as diffusers' own samplers do, or, where the table is already below 2⁻²⁴ one
+    timestep earlier (linear betas), by ᾱ_{N−2}²/ᾱ_{N−3}, so that ᾱ keeps decreasing. Prediction
+    ``eps``, ``v`` or ``x0``.
 
     Flow matching (:func:`is_flow_config`): a :class:`FlowSchedule` with ``num_train_timesteps`` N
     (label N·σ), the config's static ``shift`` and ``time_shift_type``, t_max = 1 − 10⁻⁹ standing
@@ -105,8 +108,9 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
                     "rescale_betas_zero_snr")
             ac = diffusers.DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
     ac = torch.as_tensor(ac, dtype=torch.float64).detach().cpu().clone()
-    if ac[-1] == 0:  # zero terminal SNR: diffusers samples from 2^-24 instead
-        ac[-1] = 2.0 ** -24
+    if ac[-1] == 0:  # zero terminal SNR: diffusers samples from 2^-24 instead; below a table that is
+        # already under 2^-24 (linear betas), the geometric continuation of its last step keeps ᾱ decreasing
+        ac[-1] = min(2.0 ** -24, float(ac[-2] ** 2 / ac[-3]) if len(ac) > 2 else float(ac[-2]) / 2)
     return DDPMSchedule(alphas_cumprod=ac), _DIFFUSERS_PREDICTIONS[kind]
 
 
@@ -302,6 +306,10 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
     if shape is None and in_ch is not None and size is not None:
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (in_ch, *size)
+    elif (shape is not None and in_ch is not None and size is not None and isinstance(shape, (tuple, list))
+          and len(shape) == 3 and shape[0] != in_ch):
+        raise ValueError(f"shape={tuple(shape)} has {shape[0]} channels, but the model takes in_channels={in_ch}: give "
+                         f"shape=({in_ch}, H, W), or leave shape out for ({in_ch}, {size}, {size})")
     keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
     if time_label == "auto":
         flux = isinstance(schedule, FlowSchedule) and type(unet).__name__.startswith("Flux")
@@ -310,6 +318,13 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
         if threshold != "config":
             raise ValueError(f"threshold must be None, 'config' or a threshold object, got {threshold!r}")
         threshold = threshold_from_config(_config_dict(scheduler_or_config)[0])
+    elif threshold is None and threshold_from_config(_config_dict(scheduler_or_config)[0]) is not None:
+        config = _config_dict(scheduler_or_config)[0]
+        asked = ", ".join(f"{k}=True" for k in ("clip_sample", "thresholding") if config.get(k))
+        warnings.warn(f"the scheduler config sets {asked}, which diffusers' DDPM/DDIM schedulers apply to x̂0 and "
+                      f"its ODE solvers ignore; this Denoiser does not threshold (sample() integrates the ODE as "
+                      f"it is): pass threshold='config' to apply it, as DiffsolveScheduler made from the same "
+                      f"config does", UserWarning, stacklevel=2)
     net = _DiffusersNet(unet, cond_key, keep, conditions)
     return Denoiser(net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype, shape=shape,
                     threshold=threshold)

@@ -275,18 +275,22 @@ class Denoiser(torch.nn.Module):
                 self._label_cache[key] = label
         try:
             out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
-        except (RuntimeError, TypeError) as e:
+        except Exception as e:
+            _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1, self._where[0], t)}, "
+                         f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
             if self.net_dtype is None and _is_dtype_mismatch(e):
                 other = torch.float64 if net_dtype == torch.float32 else torch.float32
                 how = ("that of the x given, or torch's default dtype when the library drew x"
                        if self._call_dtype is not None else "that of the solver state")
-                _add_note(e, f"diffsolve: the network was called with {net_dtype} input; its dtype is not declared "
-                             f"(a plain function), so it was taken to be {how}. Declare the dtype it computes in "
-                             f"(Denoiser(..., net_dtype={other}), for instance), or pass x in that dtype")
+                _add_note(e, f"diffsolve: its dtype is not declared (a plain function), so it was taken to be "
+                             f"{how}. Declare the dtype it computes in (Denoiser(..., net_dtype={other}), for "
+                             f"instance), or pass x in that dtype")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
-        if not isinstance(out, Tensor) or out.shape != x.shape or not out.is_floating_point():
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the network returned {_what(out)}, not a tensor; {_unwrap_hint(out)}")
+        if out.shape != x.shape or not out.is_floating_point():
+            got = tuple(out.shape)
             if got == tuple(x.shape):  # complex, integer or boolean values (a real float is the only prediction)
                 name = type(self.net).__name__ if isinstance(self.net, torch.nn.Module) else getattr(
                     self.net, "__qualname__", type(self.net).__name__)
@@ -448,6 +452,23 @@ def _format_where(w) -> str:
             return f"final denoise at t={times[n]:.6g}"
         return f"step {i + 1}/{n} of {name}, from t={times[i]:.6g} to t={times[i + 1]:.6g}"
     return w
+
+
+def _what(out) -> str:
+    name = type(out).__name__
+    return f"a {name} of {len(out)}" if isinstance(out, (tuple, list)) else f"an object of type {name}"
+
+
+def _unwrap_hint(out) -> str:
+    """How to make the network return its prediction tensor, by what it returned."""
+    if hasattr(out, "sample") and isinstance(getattr(out, "sample"), Tensor):
+        return "a diffusers model returns an output object: wrap it, lambda x, t: model(x, t).sample " \
+               "(diffsolve.adapters.from_diffusers does this)"
+    if isinstance(out, (tuple, list)):
+        return "return the prediction itself (e.g. lambda x, t: net(x, t)[0])"
+    if type(out).__module__ == "numpy":
+        return "return a torch tensor (torch.from_numpy), on x's device"
+    return "return the prediction as a tensor of x's shape"
 
 
 def _location(nfe: int, w, t) -> str:

@@ -31,10 +31,15 @@ class NoiseSource:
         seeds: optional ``batch`` seeds (see :func:`parse_seeds`), one independent stream per sample.
         generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds).
         device, dtype: of the tensors returned.
+        draw_dtype: the dtype a shared generator draws in (default float64, then rounded to ``dtype``:
+            a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
+            draws in the model's dtype, as diffusers' schedulers do, so that the same generator gives
+            the same noise as theirs. Per-sample seeds always draw in float64.
     """
 
     def __init__(self, batch: int, event_shape, *, seeds: Sequence[int] | None = None,
-                 generator: torch.Generator | None = None, device=None, dtype=torch.float64):
+                 generator: torch.Generator | None = None, device=None, dtype=torch.float64,
+                 draw_dtype: torch.dtype = torch.float64):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -43,6 +48,7 @@ class NoiseSource:
         self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
         self.device = check_device(device, allow_meta=True) or torch.device("cpu")
         self.dtype = check_net_dtype(dtype, "dtype", allow_none=False)
+        self.draw_dtype = check_net_dtype(draw_dtype, "draw_dtype", allow_none=False)
         self.draws = 0
         if seeds is not None:
             seeds = parse_seeds(seeds)  # a Seeds sequence (from parse_seeds) was checked when it was made
@@ -74,7 +80,7 @@ class NoiseSource:
             if self._gen is None:
                 self._gen = torch.Generator(self.device).manual_seed(0)
             n = self.batch if rows is None else len(rows)
-            z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=torch.float64)
+            z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
             return z.to(device=self.device, dtype=self.dtype)
         gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]
         return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=torch.float64)

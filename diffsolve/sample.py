@@ -54,7 +54,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
            eta: float | None = None, noise: Callable | None = None, seeds=None,
            generator: torch.Generator | None = None, denoise_final: bool | None = None,
            dtype: torch.dtype | None = None, device=None, trajectory: bool = False,
-           solver_options: dict | None = None, analytic_first_step: bool | None = None) -> SampleResult:
+           solver_options: dict | None = None, analytic_first_step: bool | None = None,
+           enable_grad: bool = False) -> SampleResult:
     r"""Integrate the reverse family from t[0] (noise) to t[-1] (data).
 
     Args:
@@ -107,7 +108,14 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
             makes one network call fewer). Default: as the default run says when no solver is given
             (on up to 6 evaluations, and up to 20 on a flow schedule), else off.
+        enable_grad: record the autograd graph of the run, to differentiate the sample with respect to
+            x, the network's parameters or a solver's weights (as flow_matching's ``ODESolver.sample``
+            takes it). Default False: the run is made under ``torch.no_grad()`` (a network's
+            parameters usually require grad, and the graph of every step would be kept: memory
+            grows with the number of steps). Inside the caller's own ``torch.no_grad()`` no graph
+            is recorded either way.
     """
+    check_flag("enable_grad", enable_grad)
     if x is not None:  # the denoiser, then the data and the device they run on
         check_data(denoiser, x, allow_meta=True)
         device = x.device if device is None else check_device(device, allow_meta=x.is_meta)
@@ -155,7 +163,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     x_init = x
 
     start = denoiser.nfe
-    with denoiser.calling_in(call_dtype):
+    with denoiser.calling_in(call_dtype), torch.set_grad_enabled(enable_grad and torch.is_grad_enabled()):
         out, traj, info = integrate(solver, denoiser, x, t, level=level, source=source, denoise_final=denoise_final,
                                     trajectory=trajectory, analytic_first_step=analytic)
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,

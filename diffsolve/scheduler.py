@@ -356,12 +356,27 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """The identity: the network takes the state x_t itself."""
         return sample
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True):
+    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True,
+             eta: float | None = None, use_clipped_model_output: bool | None = None, variance_noise=None):
         """Hand the network's output at ``(sample, timestep)`` to the solver; returns the input of
         its next evaluation as ``prev_sample`` (the final sample after the last one) and x̂0 of this
-        evaluation as ``pred_original_sample``."""
+        evaluation as ``pred_original_sample``.
+
+        ``eta`` and ``use_clipped_model_output`` are taken for the pipelines that pass them
+        (``DDIMPipeline``): the noise level is the scheduler's own (``eta`` of its config), so a
+        pipeline's ``eta`` of 0 or of that level is accepted and any other refused; with a threshold the
+        solver always continues from the thresholded x̂0, which is what ``use_clipped_model_output``
+        asks. ``variance_noise`` (noise chosen by the pipeline) is refused: the solver draws its own."""
         if self.plan is None:
             raise ValueError("step() called before set_timesteps(); call set_timesteps first")
+        if eta is not None and float(eta) != 0.0 and float(eta) != float(self.config.eta):
+            raise ValueError(f"the pipeline passes eta={eta!r} to step(), but DiffsolveScheduler's noise level is "
+                             f"part of its config (eta={self.config.eta!r}): make it with "
+                             f"DiffsolveScheduler.from_config(config, eta={eta!r}, solver=<a stochastic solver such as "
+                             f"'ddim'>)")
+        if variance_noise is not None:
+            raise ValueError("step(variance_noise=...) is not supported: DiffsolveScheduler's solver draws its own "
+                             "noise, from the generator passed to step() or the scheduler's seeds")
         if self._gen is None:
             self._start(sample, generator)
         elif self._last is not None and sample is not self._last and not torch.equal(sample, self._last):
@@ -394,7 +409,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("a list of generators is not supported; pass seeds=[...] to DiffsolveScheduler for "
                              "per-sample noise")
         else:
-            source = NoiseSource(B, event, generator=generator, device=sample.device)
+            source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype)
         handoff = "x0" if self._converter.threshold is not None else self.prediction
         self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
                           net_dtype=sample.dtype, level=self.level, source=source,

@@ -213,7 +213,7 @@ SAMPLE = [
     C("net-bool-output", sample(_den(BoolNet()), shape=(2, 2), solver="ddim", steps=2), r"returned torch.bool values"),
     C("net-shape-output", sample(_den(ShapeNet()), shape=(2, 2), solver="ddim", steps=2),
       r"returned shape \(2, 1\) for input of shape \(2, 2\)"),
-    C("net-list-output", sample(_den(ListNet()), shape=(2, 2), solver="ddim", steps=2), r"returned shape list"),
+    C("net-list-output", sample(_den(ListNet()), shape=(2, 2), solver="ddim", steps=2), r"returned a list of 2, not a tensor"),
     # devices
     C("device-unknown", sample(DEN, shape=(2, 2), solver="ddim", device="foo"), r"unknown or unsupported device 'foo'"),
     C("device-meta", sample(DEN, shape=(2, 2), solver="ddim", device="meta"), r"device 'meta' holds shapes but no data"),

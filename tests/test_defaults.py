@@ -171,7 +171,7 @@ def test_dtype_note_suggests_the_other_dtype():
     with pytest.raises(RuntimeError) as info:
         ds.sample(den, torch.randn(3, 2).half(), nfe=3)
     text = "".join(traceback.format_exception(info.value))
-    assert "called with torch.float16 input" in text and "net_dtype=torch.float32" in text
+    assert "and dtype torch.float16" in text and "net_dtype=torch.float32" in text
 
 
 def test_tune_solver_with_unused_weights():

@@ -272,8 +272,34 @@ def test_output_shape_mismatch():
     with pytest.raises(ValueError, match=r"returned shape \(2, 1\) for input of shape \(2, 3\)"):
         d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
     d = Denoiser(lambda x, t: x.tolist(), "vp", "eps", net_dtype=F64)
-    with pytest.raises(ValueError, match="returned shape list"):
+    with pytest.raises(TypeError, match=r"returned a list of 2, not a tensor; return the prediction itself"):
         d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+
+
+def test_network_errors_carry_where_and_how_to_unwrap():
+    """A network that raises keeps its own exception, with a note naming the call, the loop position
+    and t; a diffusers-style output object or a NumPy array gets the fix in the message."""
+    import traceback
+
+    class Out:
+        def __init__(self, sample):
+            self.sample = sample
+
+    d = Denoiser(lambda x, t: Out(x), "vp", "eps", net_dtype=F64)
+    with pytest.raises(TypeError, match=r"returned an object of type Out, not a tensor; a diffusers model .*\.sample"):
+        d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+    d = Denoiser(lambda x, t: x.numpy(), "vp", "eps", net_dtype=F64)
+    with pytest.raises(TypeError, match=r"returned an object of type ndarray, not a tensor; return a torch tensor"):
+        d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+
+    def broken(x, t):
+        raise KeyError("conditioning")
+
+    d = Denoiser(broken, "vp", "eps", net_dtype=F64)
+    with pytest.raises(KeyError) as info:
+        ds.sample(d, torch.zeros(2, 3, dtype=F64), solver="ddim", steps=3)
+    text = "".join(traceback.format_exception(info.value))
+    assert "raised by the network at network call 1" in text and "x of shape (2, 3)" in text and "t=" in text
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -65,7 +65,7 @@ def test_tensor_weights_match_float_weights_and_carry_gradients(model):
     a = ds.sample(model, x, solver=LearnedMultistep(p.tolist(), q.tolist(), shift=d.tolist()), steps=5,
                   denoise_final=False).x
     P, Q, D = (v.clone().requires_grad_(True) for v in (p, q, d))
-    b = ds.sample(model, x, solver=LearnedMultistep(P, Q, shift=D), steps=5, denoise_final=False).x
+    b = ds.sample(model, x, solver=LearnedMultistep(P, Q, shift=D), steps=5, denoise_final=False, enable_grad=True).x
     torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
     b.square().sum().backward()
     assert P.grad is not None and bool(P.grad[1:, 0].ne(0).all()) and bool(P.grad[0].eq(0).all())
