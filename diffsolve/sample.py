@@ -219,15 +219,16 @@ def _batch_shape(denoiser: Denoiser, shape, seeds) -> tuple:
 
 def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final):
     """A tuned grid given as ``steps=`` or ``grid=`` fixes the times, whether the run ends with x̂0
-    and, unless another solver is named, the solver and its options. A budget or a number of
-    steps beside it is refused: the grid fixes them; so is a model with another schedule."""
+    and, unless another solver is named, the solver and its options. A budget other than the grid's
+    own, or a number of steps, beside it is refused: the grid fixes them; so is a model with another
+    schedule."""
     for name, spec in (("steps", steps), ("grid", grid)):
         tuned = load_grid(spec)
         if tuned is None:
             continue
         check_tuned_schedule(tuned, schedule, f"the tuned grid given as {name}="
                              + (f" ({spec})" if isinstance(spec, (str, Path)) else ""))
-        other = {"steps": steps, "grid": grid, "nfe": nfe}
+        other = {"steps": steps, "grid": grid, "nfe": None if nfe == tuned.nfe else nfe}
         other.pop(name)
         given = [k for k, v in other.items() if v is not None]
         if given:

@@ -20,7 +20,7 @@ judged on fresh seeds, which the result reports beside the pilot error.
 """
 from __future__ import annotations
 
-from ._tuning import FIXED_GRIDS, _check, _tune_steps, tuning
+from ._tuning import FIXED_GRIDS, _check, _fixed_step_solver, _tune_steps, tuning
 from .checks import check_flag, check_grid_values, check_options
 from .denoiser import Denoiser
 from .solver_fit import tune_solver  # the other tuner, re-exported
@@ -81,6 +81,8 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
     check_flag("tune_end", tune_end, allow_none=True)
     check_options("solver_options", solver_options)
     check_grid_values("init", init)
+    # the budget against the solver asked for, before the screening runs the default call at it
+    _fixed_step_solver(solver, solver_options)[0].steps_for_nfe(nfe, denoise_final is True)
     with tuning(denoiser):
         return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
                            max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,

@@ -252,7 +252,7 @@ SAMPLE = [
       r"VPSchedule with other parameters"),
     C("tuned-legacy-out-of-range", sample(DEN, shape=(2, 2), steps=_tuned(EDM, record=False)),
       r"spans t in \[0.002, 80\], outside this model's schedule"),
-    C("tuned-with-nfe", sample(DEN, shape=(2, 2), steps=TUNED_VP, nfe=4), r"fixes the times and the budget"),
+    C("tuned-with-nfe", sample(DEN, shape=(2, 2), steps=TUNED_VP, nfe=5), r"fixes the times and the budget"),
     C("tuned-denoise-final", sample(DEN, shape=(2, 2), steps=TUNED_VP, denoise_final=False), r"tuned with the final"),
     C("tuned-missing-file", sample(DEN, shape=(2, 2), steps="/nonexistent/grid.json"), r"no tuned grid file"),
 ]

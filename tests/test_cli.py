@@ -136,8 +136,9 @@ def test_likelihood_matches_the_exact_density(capsys, tmp_path):
     assert res["n"] == 6
     assert res["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=2e-3)
     code, out, err = run(["likelihood", "--problem", "ring2d", "--schedule", "vp", "--data", str(tmp_path / "x.npy"),
-                          "--probes", "4", "--fresh-probes", "--json"], capsys)
+                          "--probes", "4", "--fresh-probes", "--json", "--items", "5", "--threads", "1"], capsys)
     assert code == 0, err
+    assert json.loads(out)["n"] == 5  # --items: --n's name under torchrun
     assert json.loads(out)["mean_log_prob"] == pytest.approx(res["exact_mean_log_prob"], abs=1.0)
     # per-sample steps by default (each value independent of its batch); --shared-step couples a batch
     rows = {}
@@ -224,12 +225,16 @@ def test_tuned_grid_keeps_its_final_denoise(capsys, tmp_path):
 
 
 def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
-    """The grid fixes the steps: diffsolve.sample refuses --nfe/--steps beside it, and says so."""
+    """The grid fixes the steps: diffsolve.sample refuses --nfe other than the grid's own or --steps
+    beside it, and says so; its own budget said again runs."""
     from diffsolve.bench.problems import get_problem
 
     grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
     grid.save(tmp_path / "g.json")
-    for budget in (["--nfe", "4"], ["--steps", "3"]):
+    code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), "--nfe", "4",
+                        "--seeds", "0-2", "--out", str(tmp_path / "own.pt"), "--quiet"], capsys)
+    assert code == 0 and (tmp_path / "own.pt").exists(), err
+    for budget in (["--nfe", "5"], ["--steps", "3"]):
         code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "g.json"), *budget,
                             "--out", str(tmp_path / "x.pt"), "--quiet"], capsys)
         assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
@@ -304,6 +309,7 @@ def test_tune_fresh_0_reports_not_measured_and_writes_valid_json(capsys, tmp_pat
                           "--fresh", "0", "--max-evals", "6", "--out", str(tmp_path / "g.json")], capsys)
     assert code == 0, err
     assert "nan" not in out + err and "fresh: not measured" in out and "no fresh check" in err
+    assert "fixed grids:" in err and "tune_steps:" not in out  # the search log goes to stderr, the result to stdout
 
     def refuse(name):
         raise ValueError(f"not JSON: {name}")

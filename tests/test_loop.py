@@ -112,6 +112,7 @@ def test_tuned_grid_refuses_a_budget_beside_it(tmp_path):
     tuned = TunedGrid(solver="dpmpp_2m", nfe=5, t=t.tolist(), denoise_final=True, schedule="vp")
     path = tuned.save(tmp_path / "grid.json")
     assert sample(den, x, steps=str(path)).nfe == 5
+    assert sample(den, x, steps=str(path), nfe=5).nfe == 5  # its own budget, said again
     for kwargs in (dict(grid=str(path), nfe=8), dict(steps=str(path), nfe=8), dict(grid=str(path), steps=3)):
         with pytest.raises(ValueError, match="fixes the times and the budget"):
             sample(den, x, **kwargs)

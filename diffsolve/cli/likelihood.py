@@ -13,6 +13,8 @@ from ._common import (
     CLIError,
     add_device_options,
     add_model_options,
+    add_threads_option,
+    apply_threads,
     check_device_dtype,
     checked_denoiser,
     csv,
@@ -28,8 +30,9 @@ def add_parser(subparsers):
     lk = subparsers.add_parser("likelihood", help="exact log-likelihood by the probability-flow ODE")
     add_model_options(lk)
     lk.add_argument("--data", help=DATA_HELP)
-    lk.add_argument("--n", type=positive_int, help="the first N items of --data (default all), or N exact data "
-                                                   "points (default 64)")
+    lk.add_argument("--n", "--items", dest="n", type=positive_int,
+                    help="the first N items of --data (default all), or N exact data points (default 64); "
+                         "--items under torchrun, which reads --n as one of its own options")
     lk.add_argument("--seed", type=int, default=0, help="item i uses seed + i for its dequantization noise and "
                                                         "probes (and the exact data's seed; default 0)")
     lk.add_argument("--divergence", help="hutchinson or exact (default: the library's, hutchinson)")
@@ -63,6 +66,7 @@ def add_parser(subparsers):
                                                         "dequantize them with K cells (e.g. 17 for the digits)")
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_options(lk)
+    add_threads_option(lk)
     lk.set_defaults(run=run)
     return lk
 
@@ -146,6 +150,7 @@ def run(args) -> int:
     dist = init(str(device))
     try:
         device = torch.device(dist.device)  # cuda:LOCAL_RANK under torchrun with --device cuda
+        apply_threads(args, device)
         problem = problem_from_args(args, device)
         den = checked_denoiser(problem, device)
         if data is None:

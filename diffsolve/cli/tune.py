@@ -3,6 +3,7 @@
 saved as JSON for ``sample --grid FILE`` / ``bench --grid FILE``."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -76,19 +77,17 @@ def _check_args(args) -> str:
 
 
 def _tune(args, name, den, problem, device):
-    import torch
-
     from ..tune import tune_solver, tune_steps
 
     # what the command line leaves out, the tuner's own defaults decide
     given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen),
                                ("denoise_final", DENOISE_FINAL.get(args.denoise_final))) if v is not None}
-    if name == "learned":
-        return tune_solver(den, args.nfe, grid=args.init, fresh=args.fresh, **given,
-                           iterations=args.iterations, max_evals=args.max_evals,
-                           model=problem.name, device=device, verbose=not args.quiet,
-                           progress=False if args.quiet else None)
-    with torch.no_grad():
+    with contextlib.redirect_stdout(sys.stderr):  # the search log goes with the progress, to stderr
+        if name == "learned":
+            return tune_solver(den, args.nfe, grid=args.init, fresh=args.fresh, **given,
+                               iterations=args.iterations, max_evals=args.max_evals,
+                               model=problem.name, device=device, verbose=not args.quiet,
+                               progress=False if args.quiet else None)
         return tune_steps(den, args.solver, args.nfe, fresh=args.fresh, **given,
                           init=args.init, max_evals=args.max_evals, model=problem.name,
                           device=device, verbose=not args.quiet, progress=False if args.quiet else None)
