@@ -87,8 +87,8 @@ def _is_dtype_mismatch(e: BaseException) -> bool:
     """Whether torch's error ``e`` reads as a dtype mismatch ("... same dtype", "expected scalar type
     ...", "Input type (double) and bias type (float) ..."), not a device mismatch."""
     msg = str(e).lower()
-    if "device" in msg or "cuda" in msg or "tensor)" in msg:
-        return False
+    if "device" in msg or "cuda" in msg or "mps" in msg:  # e.g. "Input type (torch.FloatTensor) and weight type
+        return False                                       # (torch.cuda.FloatTensor) should be the same"
     return any(w in msg for w in ("dtype", "scalar type", "input type ("))
 
 
