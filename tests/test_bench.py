@@ -259,3 +259,11 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
     x = torch.load(tmp_path / "e" / "samples" / (r["key"].replace("|", "_") + ".pt"))
     torch.testing.assert_close(x, again.x, rtol=0, atol=0)
     assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 9 and r["grid"] == "karras"
+
+
+def test_summary_of_a_resumed_run_counts_the_file():
+    from diffsolve.bench.report import summary
+
+    assert summary(2, 1.0, "out/results.jsonl").strip() == "2 rows in 1.0 s -> out/results.jsonl"
+    line = summary(49, 3.0, "out/results.jsonl", earlier=47)
+    assert line.strip().endswith("(with the 47 rows of earlier runs: 96 in the file)")

@@ -98,8 +98,10 @@ class Table:
         print(format_row(row, self.width, self.extra), file=self.stream, flush=True)
 
 
-def summary(n_rows: int, elapsed: float, results, n_failed: int = 0) -> str:
-    """The closing line: how many rows this run wrote (how many of them failed), in how long, and where."""
+def summary(n_rows: int, elapsed: float, results, n_failed: int = 0, earlier: int = 0) -> str:
+    """The closing line: how many rows this run wrote (how many of them failed), in how long, and where;
+    with ``earlier`` rows already there (a resumed run), the file's total too."""
     failed = (f" ({n_failed} failed: rerun with --resume to run {'it' if n_failed == 1 else 'them'} again)"
               if n_failed else "")
-    return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s{failed} -> {results}"
+    before = f" (with the {count(earlier, 'row')} of earlier runs: {n_rows + earlier} in the file)" if earlier else ""
+    return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s{failed} -> {results}{before}"

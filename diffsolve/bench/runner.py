@@ -112,7 +112,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     if dist.is_main:
         if cfg.print_table:
             n_failed = sum(map(is_failed, written))
-            print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed), file=stream)
+            print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed,
+                          earlier=len(items) - len(todo)), file=stream)
         if cfg.plot:
             _plot(results, cfg.print_table, progress, stream)
     return written
