@@ -13,6 +13,8 @@ diffusers SD3, FLUX    ``model(x, timestep=k, **conditions)``     velocity      
 EDM / k-diffusion      ``D(y, s)`` in VE coordinates              x0            s = σ/α = e^{−λ}
                        y = x/α (docs/math.md §2, last row)
 score_sde              ``score(x, t)``                            score         t (or any)
+Meta flow_matching     ``u(x, τ)`` = dx/dτ, τ = 0 noise, 1 data   velocity      τ = 1 − t
+                       (x_τ = τ x_1 + (1 − τ) x_0): −u(x, 1 − t)  (FlowSchedule)
 any callable           ``f(x, label)``                            any           any
 =====================  =========================================  ============  ======================
 
@@ -43,7 +45,7 @@ from .schedules import EDMSchedule, Schedule, make_schedule
 
 __all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "flow_sigmas_from_diffusers",
            "is_flow_config", "from_edm", "from_k_diffusion", "EDMPrecond", "VECoordinates", "from_score_sde",
-           "from_callable", "load_factory"]
+           "from_flow_matching", "from_callable", "load_factory"]
 
 
 # --- EDM / k-diffusion -------------------------------------------------------------------------
@@ -131,6 +133,44 @@ def from_score_sde(score_fn, schedule="vp", *, time_label="t", shape=None, net_d
     References: Song et al., arXiv:2011.13456.
     """
     return Denoiser(score_fn, schedule, prediction="score", time_label=time_label, net_dtype=net_dtype, shape=shape)
+
+
+class _FlowMatchingVelocity(torch.nn.Module):
+    """``net(x, τ) = −u(x, τ, **extras)``: flow_matching's dx/dτ as diffsolve's dx/dt, t = 1 − τ (the
+    label the Denoiser passes is τ)."""
+
+    def __init__(self, u, extras: dict):
+        super().__init__()
+        self.u, self.extras = u, dict(extras)
+
+    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+        return -self.u(x, tau, **self.extras)
+
+
+def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_dtype=None,
+                       **model_extras) -> Denoiser:
+    r"""A Denoiser for a velocity network in Meta's ``flow_matching`` convention: ``u(x, τ) = dx/dτ``
+    along x_τ = τ x_1 + (1 − τ) x_0 with noise x_0 at τ = 0 and data x_1 at τ = 1 (its
+    ``CondOTProbPath``, the ``velocity_model`` its ``ODESolver`` integrates from 0 to 1).
+
+    diffsolve's flow time runs the other way, t = σ = 1 − τ (:class:`~diffsolve.FlowSchedule`, the
+    diffusers convention), and its velocity is dx/dt = −u: the network used is
+    net(x, t) = −u(x, 1 − t), with the time label τ = 1 − t. The schedule starts from pure noise
+    (t_max = 1 − 10⁻⁹, τ = 10⁻⁹) and ends at ``t_min`` (τ = 1 − t_min; the final denoise, x̂0 at
+    t_min, stands for the last stretch to τ = 1). ``model_extras`` are passed to every call
+    (flow_matching's ``**model_extras``, e.g. a class label). Calling ``u(x, τ)`` directly as a
+    diffsolve ``velocity`` network would integrate time backwards and give wrong samples without
+    an error.
+
+    References: Lipman et al., Flow Matching Guide and Code, arXiv:2412.06264.
+    """
+    if not callable(velocity_model):
+        raise TypeError(f"velocity_model must be callable, got {type(velocity_model).__name__}")
+    from .schedules import FlowSchedule
+
+    schedule = FlowSchedule(t_min=t_min, t_max=1.0 - 1e-9)
+    return Denoiser(_FlowMatchingVelocity(velocity_model, model_extras), schedule, prediction="velocity",
+                    time_label=lambda t: 1.0 - t, net_dtype=net_dtype, shape=shape)
 
 
 def from_callable(fn, schedule, prediction: str, *, time_label="default", shape=None, net_dtype=None) -> Denoiser:

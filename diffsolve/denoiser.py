@@ -165,6 +165,8 @@ class Denoiser(torch.nn.Module):
         # the dtype a network of unknown dtype (net_dtype None) is called in during a run, set by the
         # entry points from the caller's data (calling_in); None: the state's dtype
         self._call_dtype: torch.dtype | None = None
+        # (index (n,), batch) while a solve evaluates the rows ``index`` of its batch (at_rows)
+        self._rows: tuple[Tensor, int] | None = None
         self._coef_cache: dict = {}
         self._label_cache: dict = {}
 
@@ -327,6 +329,23 @@ class Denoiser(torch.nn.Module):
             yield self
         finally:
             self._call_dtype = None
+
+    @contextmanager
+    def at_rows(self, index: Tensor, batch: int):
+        """Within the block the x given to the network holds the rows ``index`` (n,) of the run's batch
+        of ``batch`` rows — per-sample step control evaluates the unfinished rows only, the likelihood
+        copies rows for its probes — so a network that holds per-sample conditions (its ``run_rows``
+        attribute, as :class:`~diffsolve.CFGDenoiser`'s has) takes the same rows of them."""
+        outer, self._rows = self._rows, (index, int(batch))
+        sync = hasattr(self.net, "run_rows")
+        if sync:
+            self.net.run_rows = self._rows
+        try:
+            yield self
+        finally:
+            self._rows = outer
+            if sync:
+                self.net.run_rows = outer
 
     @property
     def where(self) -> str:

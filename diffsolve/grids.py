@@ -70,9 +70,29 @@ def validate_grid(schedule: Schedule | None, t) -> Tensor:
                          f"at index {k}: t[{k}]={float(t[k]):.8g}, t[{k + 1}]={float(t[k + 1]):.8g}")
     if schedule is None:
         return t
+    t = _snap_ends(schedule, t)
     lam = schedule.tabulate(t).log_snr  # checks the range (memoised: a grid seen before is valid)
     if bool((lam[1:] <= lam[:-1]).any()):
         raise ValueError("the grid has steps of zero size in log-SNR (times closer than the schedule resolves)")
+    return t
+
+
+END_ROUNDING = 1e-6  # relative: a grid end this close outside the range is the range's end (float32 round-off)
+
+
+def _snap_ends(schedule: Schedule, t: Tensor) -> Tensor:
+    """A user grid whose ends lie within float32 round-off outside [t_min, t_max] (k-diffusion's float32
+    sigmas: 0.0019999996 for σ_min = 0.002) starts and ends exactly there; a grid ending at t = 0 below a
+    positive t_min is refused with the fix (the step to σ = 0 is the final denoise)."""
+    lo, hi = schedule.t_min, schedule.t_max
+    if float(t[-1]) == 0.0 and lo > 0:
+        raise ValueError(f"the time grid ends at t = 0, below the schedule's t_min = {lo:g} (k-diffusion's sigmas "
+                         f"end with 0): drop that last point and pass denoise_final=True, which makes the step to "
+                         f"σ = 0 as x̂0(x, t_min)")
+    first, last = float(t[0]), float(t[-1])
+    if hi < first <= hi * (1 + END_ROUNDING) or lo * (1 - END_ROUNDING) <= last < lo:
+        t = t.clone()
+        t[0], t[-1] = min(first, hi), max(last, lo)
     return t
 
 

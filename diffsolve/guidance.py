@@ -36,6 +36,8 @@ References:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -120,6 +122,7 @@ class _GuidedNet(torch.nn.Module):
         self.cond_key = cond_key
         self.rows = 0
         self.calls = 0
+        self.run_rows = None  # (index, batch) of the rows x holds (Denoiser.at_rows)
 
     def _call(self, x, label, c):
         self.calls += 1
@@ -130,8 +133,19 @@ class _GuidedNet(torch.nn.Module):
             return self.inner(x, label, c)
         return self.inner(x, label, **{self.cond_key: c})
 
+    def _take(self, c):
+        """The rows of a per-sample condition or scale (leading dimension the run's batch) that x holds."""
+        if self.run_rows is None:
+            return c
+        index, batch = self.run_rows
+        if isinstance(c, dict):
+            return {k: self._take(v) for k, v in c.items()}
+        if isinstance(c, Tensor) and c.dim() >= 1 and batch > 1 and c.shape[0] == batch:
+            return c[index.to(c.device)]
+        return c
+
     def _branch(self, which, batch: int):
-        c = self.cond if which == "cond" else self.uncond
+        c = self._take(self.cond if which == "cond" else self.uncond)
         return _keyword_rows(c, batch, which) if isinstance(c, dict) else _rows(c, batch, which)
 
     def forward(self, x: Tensor, label: Tensor) -> Tensor:
@@ -153,6 +167,10 @@ class _GuidedNet(torch.nn.Module):
             out_c, out_u = out[:batch], out[batch:]
         self.rows += 2 * batch
         if isinstance(w, Tensor):
+            w = self._take(w)
+            if w.dim() == 1 and w.shape[0] not in (1, batch):
+                raise ValueError(f"scale has {w.shape[0]} entries but the batch has {batch}; give one scale per "
+                                 f"sample, or a float")
             w = w.to(device=out_c.device, dtype=out_c.dtype).reshape(-1, *([1] * (out_c.dim() - 1)))
         return out_u + w * (out_c - out_u)
 
@@ -219,6 +237,9 @@ class CFGDenoiser(Denoiser):
                 net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
         if not callable(net):
             raise TypeError(f"the network must be callable, got {type(net).__name__}")
+        if cond is None:
+            raise ValueError("give cond= (the condition to guide towards: class labels, one per sample or one for "
+                             "all, or a dict of keyword conditions)")
         if uncond is None:
             uncond = None if isinstance(cond, dict) else getattr(net, "null_class", None)
             if uncond is None:
@@ -227,8 +248,12 @@ class CFGDenoiser(Denoiser):
             scale = scale.detach()
             if scale.dim() > 1:
                 raise ValueError(f"scale must be a float or a (B,) tensor, got shape {tuple(scale.shape)}")
-        elif not isinstance(scale, (int, float)):
+            if not bool(torch.isfinite(scale).all()):
+                raise ValueError("scale has NaN or Inf entries; give finite guidance scales")
+        elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
             raise TypeError(f"scale must be a float or a (B,) tensor, got {type(scale).__name__}")
+        elif not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale!r}")
         if isinstance(cond, dict) or isinstance(uncond, dict):
             if not (isinstance(cond, dict) and isinstance(uncond, dict)):
                 raise TypeError("give cond and uncond both as dicts of keyword conditions, or both as tensors")

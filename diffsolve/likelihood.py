@@ -174,7 +174,8 @@ def _vjp_replicated(denoiser: Denoiser, x: Tensor, t: Tensor, vs: Tensor):
     m, B = vs.shape[0], x.shape[0]
     xr = x.detach()[None].expand(m, *x.shape).reshape(m * B, *x.shape[1:]).requires_grad_(True)
     tr = t if t.dim() == 0 else t.repeat(m)
-    with torch.enable_grad():
+    index, batch = denoiser._rows or (torch.arange(B), B)  # the m copies are those rows again (at_rows)
+    with torch.enable_grad(), denoiser.at_rows(index.repeat(m), batch):
         e = denoiser.eps(xr, tr)
         if not e.requires_grad:
             raise ValueError("the log-likelihood needs ∂ε̂/∂x by autograd, but the network's output does not depend "

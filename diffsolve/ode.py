@@ -254,7 +254,7 @@ class ProbabilityFlowODE(ReverseSDE):
                         error_mask=mask) if fixed_steps is None else dict(method=method, steps=fixed_steps)
         outs, accepted, rejected, row_evals = [], [], [], 0
         for start in range(0, B, chunk_size or B):
-            rhs = self._rhs(divergence, calls, start, x.shape[1:], shared)
+            rhs = self._rhs(divergence, calls, start, x.shape[1:], shared, B)
             out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
             outs.append(out)
             accepted.append(st["accepted"])
@@ -286,18 +286,21 @@ class ProbabilityFlowODE(ReverseSDE):
             f, K = f[:, None], K[:, None]
         return f * d + K * div.to(_F64)
 
-    def _rhs(self, divergence, calls: Tensor, offset: int, event, shared: frozenset) -> Callable:
+    def _rhs(self, divergence, calls: Tensor, offset: int, event, shared: frozenset, batch: int) -> Callable:
         """The right-hand side on a chunk's state, counting each row's calls; ``shared``: the stages
-        whose divergence estimate reuses the previous stage's probes."""
+        whose divergence estimate reuses the previous stage's probes; the network is told which rows
+        of the ``batch`` it evaluates (:meth:`Denoiser.at_rows`)."""
         def rhs(u: Tensor, y: Tensor, rows: Tensor, stage) -> Tensor:
             rows = rows + offset
             calls.index_add_(0, rows, torch.ones_like(rows))
             if divergence is None:
-                return self.func(u, y)
+                with self.denoiser.at_rows(rows, batch):
+                    return self.func(u, y)
             t = self.t_of(u.detach())
             k, n = divergence.k, y.shape[0]
             x = self.from_state(y[:, :-k], t).reshape(n, *event)
-            eps, div = divergence(x, t, rows, stage in shared)
+            with self.denoiser.at_rows(rows, batch):
+                eps, div = divergence(x, t, rows, stage in shared)
             rate = self._divergence_rate(t, div, x[0].numel())
             return torch.cat([self.rate(y[:, :-k], t, eps.reshape(n, -1)), rate.to(y.dtype)], 1)
 

@@ -126,8 +126,11 @@ def test_user_array_errors():
         validate_grid(s, [0.9, 0.5, 0.5, 0.1])
     with pytest.raises(ValueError, match=r"valid range is \[0\.001, 1\]"):
         validate_grid(s, [1.2, 0.5, 0.1])
-    with pytest.raises(ValueError, match=r"valid range is \[0\.001, 1\]"):
+    with pytest.raises(ValueError, match=r"ends at t = 0, below the schedule's t_min = 0.001 .*denoise_final=True"):
         validate_grid(s, [0.9, 0.5, 0.0])
+    with pytest.raises(ValueError, match=r"got t in \[0.0009989, 0.9\]"):  # beyond float32 round-off: refused
+        validate_grid(s, [0.9, 0.5, 0.0009989])
+
     with pytest.raises(ValueError, match="NaN or Inf"):
         validate_grid(s, [0.9, math.nan, 0.1])
     with pytest.raises(ValueError, match="1-D with at least 2 points"):
@@ -139,6 +142,16 @@ def test_user_array_errors():
     assert float(edm.log_snr(80.0)) == float(edm.log_snr(below))
     with pytest.raises(ValueError, match="zero size in log-SNR"):
         validate_grid(edm, [80.0, below, 1.0])
+
+
+def test_user_grid_ends_within_float32_round_off_are_the_range_ends():
+    """k-diffusion's float32 Karras sigmas end at 0.0019999996 for σ_min = 0.002: the grid takes them as
+    the range's ends instead of refusing a point that prints as the limit itself."""
+    edm = EDMSchedule()
+    t = validate_grid(edm, torch.tensor([80.00001, 1.0, 0.0019999996293336153], dtype=torch.float64))
+    assert t.tolist() == [80.0, 1.0, 0.002]
+    t = validate_grid(edm, torch.tensor([80.0, 1.0, 0.0019999996293336153], dtype=torch.float32))
+    assert float(t[0]) == 80.0 and float(t[-1]) == edm.t_min
 
 
 def test_bad_kind_and_steps():

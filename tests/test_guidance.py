@@ -154,3 +154,41 @@ def test_likelihood_of_guided_model_with_scale_one_is_conditional():
     la = a.log_prob if hasattr(a, "log_prob") else a
     lb = b.log_prob if hasattr(b, "log_prob") else b
     torch.testing.assert_close(torch.as_tensor(lb), torch.as_tensor(la), rtol=1e-6, atol=1e-6)
+
+
+def test_log_likelihood_with_per_sample_conditions_follows_the_rows():
+    """log_likelihood evaluates subsets of the rows (per-sample steps) and copies of them (its probes):
+    per-sample labels and scales follow the rows x holds, so each row equals its own run alone."""
+    sch = diffsolve.make_schedule("vp")
+
+    def net(x, t, label):
+        return torch.tanh(x) * 0.3 + 0.2 * label.to(x.dtype)[:, None] * x.roll(1, 1)
+
+    net.null_class = 3
+    labels, scale = torch.tensor([0, 1, 2, 1, 0]), torch.tensor([1.0, 2.0, 0.5, 0.0, 1.5], dtype=torch.float64)
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for kw in (dict(divergence="exact"), dict(probes=2)):
+        both = diffsolve.log_likelihood(CFGDenoiser(net, scale, labels, schedule=sch, prediction="eps"), x,
+                                 seeds="0-4", **kw).log_prob
+        alone = torch.cat([diffsolve.log_likelihood(CFGDenoiser(net, float(scale[i]), int(labels[i]), schedule=sch,
+                                                           prediction="eps"), x[i:i + 1], seeds=[i], **kw).log_prob
+                           for i in range(5)])
+        torch.testing.assert_close(both, alone, rtol=0, atol=1e-9)
+
+
+def test_guidance_input_errors_name_the_fix():
+    sch = diffsolve.make_schedule("vp")
+
+    def net(x, t, label):
+        return 0.1 * x
+
+    net.null_class = 3
+    with pytest.raises(ValueError, match=r"give cond="):
+        CFGDenoiser(net, 2.0, None, schedule=sch, prediction="eps")
+    with pytest.raises(ValueError, match=r"scale must be finite"):
+        CFGDenoiser(net, float("nan"), 1, schedule=sch, prediction="eps")
+    with pytest.raises(ValueError, match=r"scale has NaN or Inf"):
+        CFGDenoiser(net, torch.tensor([1.0, float("inf")]), 1, schedule=sch, prediction="eps")
+    g = CFGDenoiser(net, torch.ones(3), torch.zeros(8, dtype=torch.long), schedule=sch, prediction="eps")
+    with pytest.raises(ValueError, match=r"scale has 3 entries but the batch has 8"):
+        diffsolve.sample(g, shape=(8, 2), seeds="0-7", nfe=3)

@@ -78,8 +78,8 @@ class Schedule:
             lo, hi = float(t.detach().min()), float(t.detach().max())
             if lo < self.t_min - tol or hi > self.t_max + tol or math.isnan(lo) or math.isnan(hi):
                 raise ValueError(
-                    f"time outside the range of {self!r}: got t in [{lo:.6g}, {hi:.6g}], valid "
-                    f"range is [{self.t_min:.6g}, {self.t_max:.6g}]; clip your grid or build the "
+                    f"time outside the range of {self!r}: got t in [{lo:.10g}, {hi:.10g}], valid "
+                    f"range is [{self.t_min:.10g}, {self.t_max:.10g}]; clip your grid or build the "
                     f"schedule with a wider range"
                 )
         return t

@@ -25,8 +25,13 @@ probability-flow predictor).
 Dimension. The rule was designed for images (d ~ 10³–10⁵), where ‖z‖ and ‖ŝ‖ concentrate. In a
 few dimensions the per-sample ratio ‖z‖/‖ŝ‖ is heavy-tailed (ŝ ≈ 0 near a mode's centre or a
 saddle of p_t) and the default snr = 0.16 throws a few samples far out (a 2-D ring loses tens of
-nats of mean log-likelihood); use a small snr (0.01, the paper's VP value) there. The reference
-code averages both norms over the batch instead, which ties each sample to its batch.
+nats of mean log-likelihood). A small snr helps but does not cure it: each corrector step can jump,
+so more steps mean more jumps. A check on a 2-D mixture of three Gaussians (2026-12-06, a scratch
+script, not in the repository) found snr = 0.01, the paper's VP value, still clearly short of the
+exact samples' mean log p from 49 to 399 evaluations, and snr = 0.001 close to it: in low
+dimensions use snr ≤ 0.001, or a solver without a corrector (``dpmpp_2m_sde``, ``euler`` with
+η = 1). The reference code averages both norms over the batch instead, which ties each sample to
+its batch.
 """
 from __future__ import annotations
 
