@@ -204,9 +204,10 @@ class _Plan:
         net = self.denoiser.net
         self.uncond = getattr(net, "null_class", None) if uncond is None else uncond
         if self.uncond is None:
-            raise ValueError("class labels need a class-conditional model: this network defines no null_class "
-                             "(its label for 'no class', used by classifier-free guidance); sample it without "
-                             "--class/--guidance")
+            raise ValueError("class labels need the model's label for 'no class' (used by classifier-free "
+                             "guidance), and this network defines no null_class: give it (uncond=K; for a "
+                             "diffusers UNet with num_class_embeds = K + 1 trained with a null class, usually its "
+                             "last label K), or sample without --class/--guidance")
         known = getattr(net, "num_classes", None)
         if class_label == "random":
             k = num_classes if num_classes is not None else known

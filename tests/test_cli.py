@@ -392,3 +392,18 @@ def test_sample_says_when_it_spends_less_than_the_budget(capsys, tmp_path):
     assert "10 network evaluations (the budget was 11; 'dpmpp_2s' spends 2 per step" in err
     code, _, err = run(argv + ["--solver", "dpmpp_2s", "--nfe", "10"], capsys)
     assert code == 0 and "10 network evaluations," in err and "budget" not in err
+
+
+def test_a_closed_pipe_is_not_an_error(capsys):
+    """`diffsolve list solvers --json | head -c 50`: the reader stops early; exit 0, no error line."""
+    from diffsolve.cli._common import run_command
+
+    def command(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert run_command(command, None) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_dir_lists_the_lazy_names():
+    assert {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters"} <= set(dir(diffsolve))

@@ -210,7 +210,7 @@ def _error(argv, capsys):
 
 @pytest.mark.parametrize("extra, needle", [
     (["--problem", "mix64"], r"shape \(64,\): use --format npz"),
-    (["--problem", "mix64", "--format", "npz", "--class", "1"], r"need a class-conditional model"),
+    (["--problem", "mix64", "--format", "npz", "--class", "1"], r"defines no null_class: give it \(uncond=K"),
     (["--problem", "mix64", "--format", "npz", "--guidance", "2"], r"guidance needs class labels"),
     (["--model", "digits", "--class", "10"], r"class 10 is not a class of this model; valid classes: 0\.\.9"),
     (["--model", "digits", "--class", "random", "--num-classes", "11"], r"the network has 10 classes"),
