@@ -52,6 +52,15 @@ __all__ = ["make_grid", "validate_grid", "GRIDS", "diffusers_timesteps", "diffus
 _F64 = torch.float64
 _GRIDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 GRIDS = ("time", "log_snr", "karras", "quadratic", "leading", "trailing", "linspace")
+GRID_SUMMARIES = {  # one line per kind (module docstring), for `diffsolve list grids`
+    "time": "uniform in t",
+    "log_snr": "uniform in the log-SNR λ (DPM-Solver's logSNR)",
+    "karras": "uniform in s^(1/ρ), s = σ/α (EDM, ρ = 7)",
+    "quadratic": "uniform in √t (DPM-Solver's time_quadratic)",
+    "leading": "diffusers' leading timestep spacing, then t_min (DDPM schedules)",
+    "trailing": "diffusers' trailing timestep spacing, then t_min (DDPM schedules)",
+    "linspace": "diffusers' linspace timestep spacing, then t_min (DDPM schedules)",
+}
 
 
 def validate_grid(schedule: Schedule | None, t) -> Tensor:

@@ -59,7 +59,8 @@ def _rows(c, batch: int, what: str):
     hint = ("; a condition without a batch dimension (e.g. FLUX's img_ids) belongs to the network's fixed "
             "conditions (from_diffusers(..., conditions=...))" if "[" in what else "")
     raise ValueError(f"{what} has {c.shape[0]} rows but the batch has {batch}; give one row per "
-                     f"sample, a single row, or a scalar{hint}")
+                     f"sample, a single row, or a scalar{hint} (tune_steps and tune_solver draw their own "
+                     f"batch of start points: tune with a single row or a scalar)")
 
 
 def _keyword_rows(c, batch: int, what: str):

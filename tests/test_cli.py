@@ -109,6 +109,8 @@ def test_list(capsys):
     assert [p["name"] for p in data["problems"]][:3] == ["ring2d", "mix64", "gauss3072"]
     code, out, _ = run(["list", "schedules"], capsys)
     assert code == 0 and "ddpm" in out and "edm" in out
+    assert all(g.get("summary") for g in data["grids"])  # every grid kind says what it is
+    assert all(not s["summary"].endswith(("al.", ":")) for s in data["schedules"]), data["schedules"]
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from ._common import CLIError, choices_msg
 
@@ -21,18 +22,24 @@ def listing() -> dict:
     """Every kind of :data:`KINDS`, as a list of dicts."""
     from ..bench import list_problems
     from ..bench.problems import zoo_models
-    from ..grids import GRIDS
+    from ..grids import GRID_SUMMARIES, GRIDS
     from ..schedules import SCHEDULES
     from ..solvers import list_solvers
 
     return {
         "solvers": list_solvers(),
-        "schedules": [{"name": k, "summary": (v.__doc__ or "").strip().splitlines()[0] if v.__doc__ else ""}
-                      for k, v in SCHEDULES.items()],
+        "schedules": [{"name": k, "summary": _first_sentence(v.__doc__)} for k, v in SCHEDULES.items()],
         "problems": list_problems(),
         "models": [{"name": k, "description": v} for k, v in zoo_models().items()],
-        "grids": [{"name": g} for g in GRIDS],
+        "grids": [{"name": g, "summary": GRID_SUMMARIES[g]} for g in GRIDS],
     }
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s", para)  # not "et al. 2021"
+    return para if end is None else para[:end.start() + 1]
 
 
 def _line(kind: str, it: dict) -> str:

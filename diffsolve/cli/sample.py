@@ -97,7 +97,7 @@ def add_parser(subparsers):
     g.add_argument("--num-classes", type=positive_int, help="classes for --class random (default: the network's)")
     g.add_argument("--guidance", type=nonneg_float, help="classifier-free guidance scale w with --class "
                                                          "(default 1: the conditional model)")
-    add_threads_option(g)
+    add_threads_option(s)
     add_device_options(s, dtype_default=None)
     s.set_defaults(run=run)
     return s
