@@ -796,6 +796,28 @@ def peers_check(budgets=(5, 10, 20), problems=("ring", "mix64", "gauss3072", "mi
                   f"{v / best['rms']:.2f} |", flush=True)
 
 
+# the checks after the report, in the order they run: --flag-name -> (function, what it does)
+CHECKS = {
+    "digits": (digits_check, "check the default on the bundled digits model"),
+    "peers": (peers_check, "compare with the best peer rows of quality.md"),
+    "tune": (tune_check, "check tune_steps' defaults on the digits model (~1 min)"),
+    "fresh": (fresh_check, "check the EDM exception on three fresh problems"),
+    "fresh_afs": (fresh_afs_check, "check where the analytic first step pays, on the three fresh problems (~3 min)"),
+    "flow_start": (flow_start_check, "the default call on schedules from σ = 1 against the grid from t_max (~4 min)"),
+    "tune_sigma_one": (tune_sigma_one_check, "tune_steps' bare call on schedules from σ = 1 against the default "
+                                             "call (~1 min)"),
+    "small_budget": (small_budget_check, "deis against unipc:order=3 at 10-15 evaluations: fresh problems, "
+                                         "digits (~3 min)"),
+    "tune_peers": (tune_peers_check, "run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, "
+                                     "mix48 (needs their peers_quality rows)"),
+    "tune_screening": (tune_screening_check, "compare the screening's samplers, stratified and πps, three draws "
+                                             "each (~6 min)"),
+    "tune_solvers": (tune_solvers_check, "tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)"),
+    "tune_rule": (tune_rule_check, "both tuners' bare calls at NFE 5-10 on five mixtures: diffsolve tune's "
+                                   "budget rule (~25 min)"),
+}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problems", default=",".join(CHOICE + HELD_OUT))
@@ -803,28 +825,8 @@ def main(argv=None):
     ap.add_argument("--nfe", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--report", action="store_true", help="only print the tables from the rows on disk")
-    ap.add_argument("--digits", action="store_true", help="also check the default on the bundled digits model")
-    ap.add_argument("--peers", action="store_true", help="also compare with the best peer rows of quality.md")
-    ap.add_argument("--tune", action="store_true", help="also check tune_steps' defaults on the digits model (~1 min)")
-    ap.add_argument("--fresh", action="store_true", help="also check the EDM exception on three fresh problems")
-    ap.add_argument("--flow-start", action="store_true",
-                    help="also the default call on schedules from σ = 1 against the grid from t_max (~4 min)")
-    ap.add_argument("--tune-sigma-one", action="store_true",
-                    help="also tune_steps' bare call on schedules from σ = 1 against the default call (~1 min)")
-    ap.add_argument("--small-budget", action="store_true",
-                    help="also deis against unipc:order=3 at 10-15 evaluations: fresh problems, digits (~3 min)")
-    ap.add_argument("--fresh-afs", action="store_true",
-                    help="also check where the analytic first step pays, on the three fresh problems (~3 min)")
-    ap.add_argument("--tune-screening", action="store_true",
-                    help="also compare the screening's samplers, stratified and πps, three draws each (~6 min)")
-    ap.add_argument("--tune-solvers", action="store_true",
-                    help="also tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)")
-    ap.add_argument("--tune-rule", action="store_true",
-                    help="also both tuners' bare calls at NFE 5-10 on five mixtures: diffsolve tune's budget rule "
-                         "(~25 min)")
-    ap.add_argument("--tune-peers", action="store_true",
-                    help="also run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, mix48 "
-                         "(needs their peers_quality rows)")
+    for name, (_, help_) in CHECKS.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=f"also {help_}")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.report:
@@ -835,13 +837,7 @@ def main(argv=None):
     family_table(cells, budgets)
     afs_family_table(cells)
     judge(cells, budgets, RULES[DEFAULT_RULE])
-    checks = {"digits": digits_check, "peers": peers_check, "tune": tune_check, "fresh": fresh_check,
-              "fresh_afs": fresh_afs_check, "flow_start": flow_start_check,
-              "tune_sigma_one": tune_sigma_one_check,
-              "small_budget": small_budget_check,
-              "tune_peers": tune_peers_check, "tune_screening": tune_screening_check,
-              "tune_solvers": tune_solvers_check, "tune_rule": tune_rule_check}
-    for flag, check in checks.items():  # in this order, each if its flag was given
+    for flag, (check, _) in CHECKS.items():  # in this order, each if its flag was given
         if getattr(args, flag):
             check()
 

@@ -314,12 +314,12 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
     if time_label == "auto":
         flux = isinstance(schedule, FlowSchedule) and type(unet).__name__.startswith("Flux")
         time_label = schedule.nominal_sigma if flux else "default"
+    config = _config_dict(scheduler_or_config)[0]
     if isinstance(threshold, str):
         if threshold != "config":
             raise ValueError(f"threshold must be None, 'config' or a threshold object, got {threshold!r}")
-        threshold = threshold_from_config(_config_dict(scheduler_or_config)[0])
-    elif threshold is None and threshold_from_config(_config_dict(scheduler_or_config)[0]) is not None:
-        config = _config_dict(scheduler_or_config)[0]
+        threshold = threshold_from_config(config)
+    elif threshold is None and threshold_from_config(config) is not None:
         asked = ", ".join(f"{k}=True" for k in ("clip_sample", "thresholding") if config.get(k))
         warnings.warn(f"the scheduler config sets {asked}, which diffusers' DDPM/DDIM schedulers apply to x̂0 and "
                       f"its ODE solvers ignore; this Denoiser does not threshold (sample() integrates the ODE as "

@@ -33,7 +33,8 @@ resumed run overwrites.
 **Resume.** ``resume=True`` skips the seeds already written (png: the seed's file exists; npz: the
 seed is in a shard) and draws each block for its missing seeds only, so every seed is written once;
 the settings must be those of the folder's run (then the files equal an uninterrupted run's on the
-same device), else it is refused. Without ``resume`` a folder that already holds samples is refused
+same device, up to the network's round-off at the smaller batch a partial block is redrawn in: a
+float32 network can move a pixel of an 8-bit PNG by one level in rare images), else it is refused. Without ``resume`` a folder that already holds samples is refused
 (no overwrite: finish it with ``resume``, or give another folder). ``resume`` on an empty or new
 folder just starts.
 
