@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, take_rows
 from .schedules import DDPMSchedule, FlowSchedule, Schedule
 from .schedules.continuous import shift_sigma
 from .thresholding import threshold_from_config
@@ -237,9 +237,10 @@ class _DiffusersNet(torch.nn.Module):
             raise TypeError(f"conditions must be a dict of keyword arguments, got {type(conditions).__name__}")
         self.conditions = dict(conditions or {})
         self._keyword = _takes_timestep_keyword(model)
+        self.run_rows = None  # the rows x holds (Denoiser.at_rows): per-sample fixed conditions follow them
 
     def forward(self, x: Tensor, label: Tensor, cond=None, **conditions) -> Tensor:
-        kwargs = dict(self.conditions)
+        kwargs = dict(take_rows(self.conditions, self.run_rows))
         if cond is not None:
             if self.cond_key is None:
                 raise ValueError("this adapter was built with cond_key=None; it takes no positional condition "

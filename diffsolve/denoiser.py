@@ -335,7 +335,8 @@ class Denoiser(torch.nn.Module):
         """Within the block the x given to the network holds the rows ``index`` (n,) of the run's batch
         of ``batch`` rows — per-sample step control evaluates the unfinished rows only, the likelihood
         copies rows for its probes — so a network that holds per-sample conditions (its ``run_rows``
-        attribute, as :class:`~diffsolve.CFGDenoiser`'s has) takes the same rows of them."""
+        attribute: :class:`~diffsolve.CFGDenoiser`'s labels and scales, the fixed ``conditions`` of
+        :func:`~diffsolve.adapters.from_diffusers`) takes the same rows of them (:func:`take_rows`)."""
         outer, self._rows = self._rows, (index, int(batch))
         sync = hasattr(self.net, "run_rows")
         if sync:
@@ -471,6 +472,20 @@ def _format_where(w) -> str:
             return f"final denoise at t={times[n]:.6g}"
         return f"step {i + 1}/{n} of {name}, from t={times[i]:.6g} to t={times[i + 1]:.6g}"
     return w
+
+
+def take_rows(c, run_rows: tuple[Tensor, int] | None):
+    """The rows of a per-sample condition that x holds (:meth:`Denoiser.at_rows`): a tensor whose
+    leading dimension is the run's batch is indexed by the rows, a dict condition entry by entry;
+    anything else (a scalar, one row for all, a fixed tensor of another length) is returned as is."""
+    if run_rows is None:
+        return c
+    index, batch = run_rows
+    if isinstance(c, dict):
+        return {k: take_rows(v, run_rows) for k, v in c.items()}
+    if isinstance(c, Tensor) and c.dim() >= 1 and batch > 1 and c.shape[0] == batch:
+        return c[index.to(c.device)]
+    return c
 
 
 def _what(out) -> str:

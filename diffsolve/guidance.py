@@ -41,7 +41,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, take_rows
 
 __all__ = ["CFGDenoiser"]
 
@@ -134,19 +134,8 @@ class _GuidedNet(torch.nn.Module):
             return self.inner(x, label, c)
         return self.inner(x, label, **{self.cond_key: c})
 
-    def _take(self, c):
-        """The rows of a per-sample condition or scale (leading dimension the run's batch) that x holds."""
-        if self.run_rows is None:
-            return c
-        index, batch = self.run_rows
-        if isinstance(c, dict):
-            return {k: self._take(v) for k, v in c.items()}
-        if isinstance(c, Tensor) and c.dim() >= 1 and batch > 1 and c.shape[0] == batch:
-            return c[index.to(c.device)]
-        return c
-
     def _branch(self, which, batch: int):
-        c = self._take(self.cond if which == "cond" else self.uncond)
+        c = take_rows(self.cond if which == "cond" else self.uncond, self.run_rows)
         return _keyword_rows(c, batch, which) if isinstance(c, dict) else _rows(c, batch, which)
 
     def forward(self, x: Tensor, label: Tensor) -> Tensor:
@@ -168,7 +157,7 @@ class _GuidedNet(torch.nn.Module):
             out_c, out_u = out[:batch], out[batch:]
         self.rows += 2 * batch
         if isinstance(w, Tensor):
-            w = self._take(w)
+            w = take_rows(w, self.run_rows)
             if w.dim() == 1 and w.shape[0] not in (1, batch):
                 raise ValueError(f"scale has {w.shape[0]} entries but the batch has {batch}; give one scale per "
                                  f"sample, or a float")

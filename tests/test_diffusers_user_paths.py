@@ -91,3 +91,20 @@ def test_sample_records_no_graph_unless_asked(unet):
     unet.zero_grad(set_to_none=True)
     with torch.no_grad():
         assert not ds.sample(den, seeds="0-1", nfe=3, enable_grad=True).x.requires_grad
+
+
+def test_log_likelihood_with_per_sample_fixed_conditions():
+    """from_diffusers' fixed conditions with one row per sample (an embedding per sample) follow the rows
+    the likelihood evaluates, as CFGDenoiser's labels do: each row equals its own run alone."""
+    class Net(torch.nn.Module):
+        def forward(self, x, timestep, emb):
+            return torch.tanh(x) * 0.3 + emb * x.roll(1, 1)
+
+    config = diffusers.DDPMScheduler(clip_sample=False).config
+    emb = torch.tensor([[0.1, -0.2], [0.3, 0.0], [-0.1, 0.2], [0.05, 0.05]], dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    both = ds.log_likelihood(from_diffusers(Net(), config, shape=(2,), conditions={"emb": emb}), x, seeds="0-3",
+                             divergence="exact").log_prob
+    alone = torch.cat([ds.log_likelihood(from_diffusers(Net(), config, shape=(2,), conditions={"emb": emb[i:i + 1]}),
+                                         x[i:i + 1], seeds=[i], divergence="exact").log_prob for i in range(4)])
+    torch.testing.assert_close(both, alone, rtol=0, atol=1e-9)
