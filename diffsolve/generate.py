@@ -49,6 +49,7 @@ Memory stays flat in the number of seeds: one block of samples is held at a time
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import sys
 import time
@@ -171,7 +172,7 @@ class _Plan:
         bad = [k for k in _NOT_SAMPLE_OPTIONS if k in sample_kwargs]
         if bad:
             raise TypeError(f"generate draws x from the seeds, one block at a time; drop {', '.join(bad)}")
-        self.sample_kwargs = sample_kwargs
+        self.sample_kwargs = _checked_sample_options(denoiser, sample_kwargs)
         self.seeds = parse_seeds(seeds, distinct=True)
         if len(self.seeds) == 0:
             raise ValueError("seeds is empty; give one seed per sample, e.g. seeds='0-49999'")
@@ -326,6 +327,24 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
               f"{seconds:.1f} s ({written / max(seconds, 1e-9):.1f} samples/s), "
               f"{count(nfe, 'network evaluation')} per sample", file=sys.stderr, flush=True)
     return result
+
+
+def _checked_sample_options(denoiser, options: dict) -> dict:
+    """``options`` checked as :func:`diffsolve.sample` checks them, before the folder is made: a run refused at
+    its first block would leave a folder with its settings and no sample."""
+    from .checks import check_device, check_state_dtype
+    from .sample import plan_run, sample
+
+    known, planned = inspect.signature(sample).parameters, inspect.signature(plan_run).parameters
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} of sample(); "
+                        f"valid: {', '.join(k for k in known if k not in ('denoiser', *_NOT_SAMPLE_OPTIONS))}")
+    plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
+    if options.get("dtype") is not None:
+        check_state_dtype(options["dtype"])
+    check_device(options.get("device"))
+    return options
 
 
 def _draw_block(plan: _Plan, rows) -> int:

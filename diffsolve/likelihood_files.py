@@ -40,9 +40,9 @@ def rows_path(out, rank: int) -> Path:
     return Path(out) / f"likelihood-rank{rank}.jsonl"
 
 
-def check_out_dir(out) -> Path:
-    """The output directory, created and tried with a write, before any work."""
-    return output_dir(out, "--out")
+def check_out_dir(out, *, create: bool = True) -> Path:
+    """The output directory, created (``create=False``: checked only) and tried with a write, before any work."""
+    return output_dir(out, "--out", create=create)
 
 
 def _read_file(path: Path) -> tuple[list[dict], bool]:

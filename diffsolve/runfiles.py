@@ -25,19 +25,36 @@ import torch
 __all__ = ["output_dir", "hold", "write_atomic", "write_json", "jsonable", "settings_diff"]
 
 
-def output_dir(path, option: str = "--out") -> Path:
-    """The folder ``path`` (``option`` names it in messages), created and tried with a write."""
+def output_dir(path, option: str = "--out", *, create: bool = True) -> Path:
+    """The folder ``path`` (``option`` names it in messages), created and tried with a write.
+
+    ``create=False`` checks without creating: a folder that does not exist yet must have a nearest
+    existing ancestor that is a folder this process can write in (the check a command makes before
+    its other checks, so that a refused run leaves no empty folder behind)."""
     out = Path(os.fspath(path)).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {str(out)!r} is a file; give a folder")
+    if not create and not out.exists():
+        base = next(p for p in out.absolute().parents if p.exists())
+        if not base.is_dir():
+            raise ValueError(f"cannot create the folder {str(out)!r} ({option}): {str(base)!r} is a file")
+        _write_test(base, out, option)
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}"
+    except OSError as e:
+        raise ValueError(f"cannot write in the folder {str(out)!r} ({option}): {e.strerror or e}") from None
+    _write_test(out, out, option)
+    return out
+
+
+def _write_test(folder: Path, out: Path, option: str) -> None:
+    try:
+        probe = folder / f".write-test.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write in the folder {str(out)!r} ({option}): {e.strerror or e}") from None
-    return out
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import warnings
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from .processes import NoiseLevel
 from .solvers import Solver, get_solver
 from .tuned import load_grid
 
-__all__ = ["sample", "SampleResult"]
+__all__ = ["sample", "SampleResult", "plan_run", "RunPlan"]
 
 
 @dataclass
@@ -131,20 +131,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     call_dtype = x.dtype if x is not None else dtype
     dtype = default_state_dtype(denoiser, x) if dtype is None else check_state_dtype(dtype)
     check_flag("trajectory", trajectory)
-    check_flag("denoise_final", denoise_final, allow_none=True)
-    check_flag("analytic_first_step", analytic_first_step, allow_none=True)
-    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
-                                                                         nfe, denoise_final)
-    _check_sizes(steps, nfe, grid, solver_options, eta)
-    level = NoiseLevel(schedule, eta=eta, noise=noise)
-    solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
-                                                      denoise_final, level, analytic_first_step)
-    kind = not solver.adaptive and (grid is None or isinstance(grid, str))  # a grid kind, not given times
-    if analytic and kind and steps is None:
-        nfe = budget_of(nfe, None) + 1  # the first evaluation is free: the budget buys one more
-    t_start = default_start(schedule) if kind else None  # from σ = 1: start where the defaults were measured
-    at_start = {} if t_start is None else {"t_start": t_start}  # (adaptive solvers take their own range)
-    t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final, **at_start)
+    run = plan_run(schedule, solver=solver, steps=steps, nfe=nfe, grid=grid, eta=eta, noise=noise,
+                   denoise_final=denoise_final, solver_options=solver_options,
+                   analytic_first_step=analytic_first_step)
+    solver, t, t_start, level, denoise_final, analytic = run
 
     seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
     if x is not None:
@@ -169,6 +159,39 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     return SampleResult(x=out, nfe=denoiser.nfe - start, t=t, solver=solver, x_init=x_init,
                         trajectory=torch.stack(traj) if traj is not None else None, info=info,
                         analytic_first_step=analytic)
+
+
+class RunPlan(NamedTuple):
+    """The run a call of :func:`sample` makes, resolved from its options (:func:`plan_run`)."""
+
+    solver: Solver
+    t: Tensor  # (n+1,) float64 grid
+    t_start: float | None  # the start below t_max of a schedule from σ = 1 (docs/math.md (27.4)), else None
+    level: NoiseLevel
+    denoise_final: bool
+    analytic_first_step: bool
+
+
+def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None, noise=None, denoise_final=None,
+             solver_options=None, analytic_first_step=None) -> RunPlan:
+    """Every check of :func:`sample`'s solver, budget, grid and noise options, and the run they make on
+    ``schedule`` (the measured defaults filled in; a tuned grid read and checked): callers that write
+    files call it before any work (``diffsolve sample --outdir``), :func:`sample` at its start."""
+    check_flag("denoise_final", denoise_final, allow_none=True)
+    check_flag("analytic_first_step", analytic_first_step, allow_none=True)
+    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
+                                                                         nfe, denoise_final)
+    _check_sizes(steps, nfe, grid, solver_options, eta)
+    level = NoiseLevel(schedule, eta=eta, noise=noise)
+    solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
+                                                      denoise_final, level, analytic_first_step)
+    kind = not solver.adaptive and (grid is None or isinstance(grid, str))  # a grid kind, not given times
+    if analytic and kind and steps is None:
+        nfe = budget_of(nfe, None) + 1  # the first evaluation is free: the budget buys one more
+    t_start = default_start(schedule) if kind else None  # from σ = 1: start where the defaults were measured
+    at_start = {} if t_start is None else {"t_start": t_start}  # (adaptive solvers take their own range)
+    t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final, **at_start)
+    return RunPlan(solver, t, t_start, level, denoise_final, analytic)
 
 
 def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level, analytic):

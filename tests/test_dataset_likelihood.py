@@ -224,6 +224,13 @@ def test_bad_input_is_one_clear_line(argv, needle, pngs, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_a_refused_run_leaves_no_folder(pngs, tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    code = main(["likelihood", "--model", "digits", "--data", str(pngs), "--n", "1000", "--out", str(out), "--quiet"])
+    assert code == 2 and "--n 1000 is more than" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_library_refuses_what_it_sets_itself(den, k8):
     with pytest.raises(TypeError, match="seeds= is set per item"):
         dl.dataset_log_likelihood(den, k8, seeds=range(N))

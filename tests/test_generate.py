@@ -225,11 +225,11 @@ def _error(argv, capsys):
     (["--model", "digits", "--solver", "heun", "--nfe", "1"], r"NFE 1 is too small"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, extra, needle):
-    out = tmp_path / "out"
+    out = tmp_path / "out" / "run"
     code, err = _error(["sample", "--nfe", "3", *extra, "--outdir", str(out), "-q"], capsys)
     assert code == 2 and re.search(needle, err), err
     assert "Traceback" not in err and err.rstrip().splitlines()[-1].count("error: ") == 1
-    assert not out.exists() or not any(p.suffix in (".png", ".npz") for p in out.rglob("*"))  # nothing drawn
+    assert not (tmp_path / "out").exists()  # a refused run leaves no folder behind
 
 
 def test_the_output_options_go_together(tmp_path, capsys):
@@ -266,4 +266,13 @@ def test_the_library_checks_its_arguments(digits, tmp_path):
         generate(digits, [1, 1], tmp_path)
     with pytest.raises(ValueError, match="a data range needs finite lo < hi"):
         generate(digits, "0-3", tmp_path, data_range=(1, 1))
+    # sample()'s own options are checked before the folder is made, not at the first block
+    with pytest.raises(ValueError, match="NFE 1 is too small"):
+        generate(digits, "0-3", tmp_path / "run", solver="heun", nfe=1)
+    with pytest.raises(ValueError, match="eta"):
+        generate(digits, "0-3", tmp_path / "run", eta=-1.0)
+    with pytest.raises(TypeError, match="unknown option nfes of sample"):
+        generate(digits, "0-3", tmp_path / "run", nfes=4)
+    with pytest.raises(TypeError, match="dtype must be torch.float64 or torch.float32"):
+        generate(digits, "0-3", tmp_path / "run", dtype=torch.int32)
     assert not any(tmp_path.iterdir())

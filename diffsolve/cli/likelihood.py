@@ -145,7 +145,7 @@ def run(args) -> int:
     if args.resume and args.out is None:
         raise CLIError("--resume continues the rows in --out DIR; give --out")
     if args.out is not None:
-        check_out_dir(args.out)  # before the model loads or any work
+        check_out_dir(args.out, create=False)  # before the model loads or any work
     data = _open_data(args.data) if args.data else None
     dist = init(str(device))
     try:

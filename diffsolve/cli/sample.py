@@ -175,7 +175,7 @@ def _run_outdir(args) -> int:
     from ..generate import generate
     from ..runfiles import output_dir
 
-    output_dir(args.outdir, "--outdir")  # first: a run must not end in an unwritable folder
+    output_dir(args.outdir, "--outdir", create=False)  # first: a run must not end in an unwritable folder
     device, dtype = check_device_dtype(args)
     if args.solver is not None:
         check_solver(args.solver)
