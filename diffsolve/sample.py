@@ -267,6 +267,6 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
         else:  # asked for explicitly: allowed, but the grid's times were chosen for another solver
             warnings.warn(f"the tuned grid was tuned for solver {tuned.solver!r}"
                           f"{' with options ' + repr(tuned.solver_options) if tuned.solver_options else ''}; "
-                          f"running {solver!r} on its times instead, as asked", UserWarning, stacklevel=3)
+                          f"running {solver!r} on its times instead, as asked", UserWarning, stacklevel=4)
         return solver, solver_options, tuned.grid, None, None, tuned.denoise_final
     return solver, solver_options, grid, steps, nfe, denoise_final

@@ -61,14 +61,15 @@ _THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynami
 _EDM_FIELDS = ("sigma_data", "sigma_schedule")
 # diffusers config fields that change the network's time input, with the values DiffsolveScheduler
 # runs (the sampler's own options, karras sigmas and the like, are replaced by solver and grid)
-_REFUSED_FIELDS = {"timestep_type": ("discrete",)}
+_REFUSED_FIELDS = {"timestep_type": ("discrete",), "invert_sigmas": (False,)}
 # the source scheduler's own sampler settings: replaced by diffsolve's solver, grid and final denoise
 # (diffsolve.parity gives the options that reproduce a diffusers scheduler), so not passed on
 _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
                    "euler_at_final", "final_sigmas_type", "use_karras_sigmas", "use_exponential_sigmas",
                    "use_beta_sigmas", "use_lu_lambdas", "lambda_min_clipped", "variance_type", "skip_prk_steps",
                    "predict_x0", "solver_p", "disable_corrector", "interpolation_type", "sigma_min", "sigma_max",
-                   "beta_schedule_type", "use_flow_sigmas", "flow_shift")
+                   "beta_schedule_type", "use_flow_sigmas", "flow_shift",
+                   "stochastic_sampling", "shift_terminal")  # (flow configs refuse these two above their defaults)
 
 
 @dataclass
@@ -216,7 +217,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # every value of the source config is the source's (its class's defaults included): diffusers would
         # replace those it lists as defaults by DiffsolveScheduler's own (another training schedule)
         full.pop("_use_default_values", None)
-        full = {k: v for k, v in full.items() if k not in _SAMPLER_FIELDS or k in cls._get_init_keys(cls)}
+        full = {k: v for k, v in full.items()  # checked above: dropped, as diffusers would with a warning
+                if k not in _REFUSED_FIELDS and (k not in _SAMPLER_FIELDS or k in cls._get_init_keys(cls))}
         return super().from_config(full, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the plan --------------------------------------------------------------------------------

@@ -71,6 +71,15 @@ class TunedGrid:
     def grid(self) -> Tensor:
         return torch.tensor(self.t, dtype=torch.float64)
 
+    def other_model(self, name: str | None) -> str | None:
+        """A note when the grid was tuned on a model other than ``name`` (both named, as ``diffsolve
+        tune`` records ``--model``/``--problem``), else None. Such a grid runs (its schedule is checked
+        when it runs), but its times were fitted to the other model's trajectories."""
+        if not self.model or not name or name == self.model:
+            return None
+        return (f"the tuned grid was tuned on {self.model!r} and this run samples {name!r}: its times were fitted "
+                f"to the other model; tune a grid for {name!r} (`diffsolve tune`, or diffsolve.tune_steps)")
+
     def fresh_summary(self) -> str:
         """The fresh-seed judgement for reports: the errors of the start and of the result on the
         fresh seeds, or that there were none (``fresh=0``)."""

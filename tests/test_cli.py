@@ -244,6 +244,24 @@ def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
         assert not (tmp_path / "x.pt").exists()
 
 
+def test_a_grid_tuned_on_another_model_is_said(capsys, tmp_path):
+    """A tuned grid records the model it was tuned on; sampling or benchmarking another model of the
+    same schedule with it runs, with a warning line that names both."""
+    from diffsolve.bench.problems import get_problem
+
+    grid = diffsolve.tune_steps(get_problem("ring2d").denoiser(), solver="ddim", nfe=4, pilot=8, fresh=0, max_evals=8)
+    grid.model = "ring2d"
+    grid.save(tmp_path / "g.json")
+    argv = ["--grid", str(tmp_path / "g.json"), "--seeds", "0-2", "--out", str(tmp_path / "x.pt"), "--quiet"]
+    code, _, err = run(["sample", "--problem", "ring2d", *argv], capsys)
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run(["sample", "--problem", "mix64", *argv], capsys)
+    assert code == 0 and "warning: the tuned grid was tuned on 'ring2d' and this run samples 'mix64'" in err, err
+    code, out, err = run(["bench", "--problems", "mix64", "--solvers", "ddim", "--nfe", "4", "--grid",
+                          str(tmp_path / "g.json"), "--seeds", "0-3", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "tuned on 'ring2d' and this run samples 'mix64'" in out + err, err
+
+
 def test_sample_without_a_solver_runs_the_library_default(capsys, tmp_path):
     code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "5", "--seeds", "0-2",
                         "--out", str(tmp_path / "x.pt")], capsys)

@@ -108,3 +108,18 @@ def test_log_likelihood_with_per_sample_fixed_conditions():
     alone = torch.cat([ds.log_likelihood(from_diffusers(Net(), config, shape=(2,), conditions={"emb": emb[i:i + 1]}),
                                          x[i:i + 1], seeds=[i], divergence="exact").log_prob for i in range(4)])
     torch.testing.assert_close(both, alone, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler", "DDIMScheduler", "HeunDiscreteScheduler"])
+def test_swapping_a_scheduler_logs_no_ignored_config_attributes(name, monkeypatch):
+    """Every field of the source config is either used, refused by name, or (a sampler setting diffsolve's
+    solver replaces) dropped on purpose: diffusers' "config attributes ... will be ignored" never shows."""
+    from diffusers import configuration_utils
+
+    said = []
+    monkeypatch.setattr(configuration_utils.logger, "warning", lambda msg, *a, **k: said.append(str(msg)))
+    DiffsolveScheduler.from_config(getattr(diffusers, name)().config)
+    assert not [m for m in said if "config attributes" in m], said
+    with pytest.raises(ValueError, match="timestep_type='continuous'"):
+        DiffsolveScheduler.from_config(diffusers.EulerDiscreteScheduler(timestep_type="continuous").config)

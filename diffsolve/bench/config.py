@@ -218,8 +218,12 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
     default list it is skipped and said in ``notes``."""
     strict = cfg.solvers is not None
     names = _solver_names(cfg, notes)
+    tuned = _tuned_grid(cfg)
     items = []
     for p in problems:
+        note = tuned.other_model(p.name) if tuned is not None else None
+        if note:
+            notes.append(note)
         for name in names:
             items += _solver_items(cfg, p, name, strict, notes)
     if not items:

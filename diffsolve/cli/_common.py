@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -182,6 +183,16 @@ def check_grid(name):
         raise CLIError(choices_msg("grid", name, GRIDS) + ", or a tuned-grid .json file from `diffsolve tune`")
 
 
+def note_grid_model(grid, problem) -> None:
+    """A warning line on stderr when the tuned-grid file ``grid`` was tuned on a model other than ``problem``."""
+    if is_grid_file(grid):
+        from ..tune import TunedGrid
+
+        note = TunedGrid.load(grid).other_model(problem.name)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+
+
 def problem_from_args(args, device):
     """The problem named by ``--problem`` or ``--model`` (see :func:`add_model_options`)."""
     from ..bench import get_problem
@@ -214,11 +225,19 @@ def checked_denoiser(problem, device):
 
 
 # --- errors to exit statuses --------------------------------------------------------------------------
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    print(f"warning: {kind}{message}", file=sys.stderr)
+
+
 def run_command(command, args) -> int:
     """Run ``command(args)``; a user error (ours or the library's) is one ``error: …`` line, status 2."""
     debug = bool(os.environ.get("DIFFSOLVE_DEBUG"))
     try:
-        return command(args)
+        with warnings.catch_warnings():
+            if not debug:  # the library's warnings as one line each, like its errors
+                warnings.showwarning = _warning_line
+            return command(args)
     except (ValueError, TypeError, ImportError, FloatingPointError) as e:
         # CLIError, the library's validation errors, a missing optional package, a network returning NaN
         if debug:

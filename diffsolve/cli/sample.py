@@ -29,6 +29,7 @@ from ._common import (
     check_writable,
     checked_denoiser,
     is_grid_file,
+    note_grid_model,
     nonneg_float,
     positive_int,
     problem_from_args,
@@ -155,6 +156,7 @@ def run(args) -> int:
     if args.grid is not None:
         check_grid(args.grid)
     problem = problem_from_args(args, device)
+    note_grid_model(args.grid, problem)
     den = checked_denoiser(problem, device)
     t0 = time.perf_counter()
     if not args.quiet:
@@ -188,6 +190,7 @@ def _run_outdir(args) -> int:
     try:
         device = torch.device(dist.device)  # under torchrun with CUDA: cuda:LOCAL_RANK
         problem = problem_from_args(args, device)
+        note_grid_model(args.grid, problem)
         den = checked_denoiser(problem, device)
         generate(den, args.seeds, args.outdir, format=args.format or "png", batch_size=args.batch_size or BATCH_SIZE,
                  data_range=args.data_range or (-1.0, 1.0), class_label=args.class_label,
