@@ -305,6 +305,9 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         n = len(ds)
     elif isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(ds):
         raise ValueError(f"n must be an integer in 1..{len(ds)} (the dataset's size), got {n!r}")
+    from .likelihood import check_options
+
+    check_options(options)
     check_seed(seed, " (seed)")
     check_seed(seed + n - 1, f" (seed + index of the last of {n} items)")
     data_range = check_data_range(data_range)

@@ -74,7 +74,9 @@ def _load_pt(p: Path, what: str) -> Tensor:
 
 
 def check_writable(path, suffixes=None) -> Path:
-    """Refuse an output file we could not write, before any work (its directory is created)."""
+    """Refuse an output file we could not write, before any work. Nothing is made: a directory of the path
+    that does not exist yet is checked at its nearest existing ancestor (the writer makes it, so a run
+    refused later leaves no folder behind)."""
     path = Path(path)
     if suffixes is not None and path.suffix not in suffixes:
         raise ValueError(f"output file {str(path)!r} must end in {' or '.join(suffixes)}")
@@ -83,10 +85,7 @@ def check_writable(path, suffixes=None) -> Path:
                          + (f" ending in {' or '.join(suffixes)}" if suffixes else ""))
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create directory {str(parent)!r} for {str(path)!r}: {e.strerror or e}") from None
+        parent = next(p for p in parent.absolute().parents if p.exists())
     if not parent.is_dir():
         raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} is not a directory")
     if path.exists() and not os.access(path, os.W_OK):

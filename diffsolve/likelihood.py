@@ -75,6 +75,7 @@ References:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -353,6 +354,24 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
                 fixed_steps=fixed_steps, t_end=t_end, t_max=sch.t_max, dequantize=deq, row_evals=sol.row_evals,
                 accepted=sol.accepted, rejected=sol.rejected, norm=norm)
     return _result(sol, x, sch, prior, deq, exact, info)
+
+
+def check_options(options: dict) -> None:
+    """:func:`log_likelihood`'s keyword options (all but ``denoiser`` and ``x``) checked as it checks them, its
+    defaults filled in: for a caller that runs it batch after batch and must refuse bad options before any
+    work (:func:`diffsolve.dataset_likelihood.dataset_log_likelihood`)."""
+    params = {k: p for k, p in inspect.signature(log_likelihood).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} of log_likelihood; "
+                        f"valid: {', '.join(params)}")
+    a = {k: p.default for k, p in params.items()} | dict(options)
+    fresh = a["divergence"] == "hutchinson" if a["fresh_probes"] is None else a["fresh_probes"]
+    _check_estimator(a["divergence"], a["probes"], a["probe"], fresh, a["dtype"], a["prior"])
+    check_settings(time_variable=a["time_variable"], **{k: a[k] for k in _SOLVE_OPTIONS})
+
+
+_SOLVE_OPTIONS = ("method", "rtol", "atol", "norm", "per_sample", "fixed_steps", "max_steps", "chunk_size")
 
 
 def _result(sol, x: Tensor, sch, prior, deq, exact: bool, info: dict) -> LikelihoodResult:

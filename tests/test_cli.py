@@ -244,6 +244,31 @@ def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
         assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["sample", "--problem", "ring2d", "--solver", "nope", "--out", "a/x.pt"],
+    ["sample", "--problem", "ring2d", "--solver", "heun", "--nfe", "1", "--out", "a/x.pt"],
+    ["sample", "--problem", "ring2d", "--solver", "heun", "--nfe", "1", "--outdir", "a/b", "--format", "npz"],
+    ["tune", "--problem", "ring2d", "--solver", "nope", "--nfe", "4", "--out", "a/g.json"],
+    ["likelihood", "--problem", "ring2d", "--divergence", "nope", "--out", "a/b"],
+    ["likelihood", "--problem", "ring2d", "--rtol", "0", "--out", "a/b"],
+    ["bench", "--solvers", "nope", "--out", "a/b"],
+])
+def test_a_refused_command_makes_no_folder(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.startswith("error: "), err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_output_file_under_new_folders_is_written(capsys, tmp_path):
+    code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out",
+                        str(tmp_path / "a" / "b" / "x.pt"), "--quiet"], capsys)
+    assert code == 0 and torch.load(tmp_path / "a" / "b" / "x.pt").shape == (4, 2), err
+    (tmp_path / "f").write_text("")
+    code, _, err = run(["sample", "--problem", "ring2d", "--out", str(tmp_path / "f" / "x.pt")], capsys)
+    assert code == 2 and "is not a directory" in err
+
+
 def test_a_grid_tuned_on_another_model_is_said(capsys, tmp_path):
     """A tuned grid records the model it was tuned on; sampling or benchmarking another model of the
     same schedule with it runs, with a warning line that names both."""

@@ -105,6 +105,7 @@ def add_parser(subparsers):
 
 
 def _save(x, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked writable at the start (check_writable), made now
     if path.suffix == ".npy":
         import numpy as np
 
@@ -148,6 +149,7 @@ def run(args) -> int:
     import torch
 
     from .. import sample
+    from ..sample import plan_run
 
     out = check_writable(Path(args.out), OUT_SUFFIXES)  # first: a run must not end in an unwritable path
     device, dtype = check_device_dtype(args)
@@ -158,13 +160,14 @@ def run(args) -> int:
     problem = problem_from_args(args, device)
     note_grid_model(args.grid, problem)
     den = checked_denoiser(problem, device)
+    run = dict(solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta, grid=args.grid,
+               denoise_final=False if args.no_denoise_final else None, analytic_first_step=args.analytic_first_step)
+    plan_run(den.schedule, **run)  # every option checked before the announcement
     t0 = time.perf_counter()
     if not args.quiet:
         _announce(args, problem)
     with torch.no_grad():
-        res = sample(den, seeds=args.seeds, solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta,
-                     grid=args.grid, dtype=dtype, device=device, denoise_final=False if args.no_denoise_final else None,
-                     analytic_first_step=args.analytic_first_step)
+        res = sample(den, seeds=args.seeds, dtype=dtype, device=device, **run)
     _save(res.x, out)
     if not args.quiet:
         _report(args, res, out, time.perf_counter() - t0)
