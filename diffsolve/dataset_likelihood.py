@@ -125,6 +125,24 @@ def _as_dataset(data, denoiser, name: str) -> Dataset:
     raise TypeError(f"data must be a path, a diffsolve.images.Dataset or a tensor (N, ...), got {type(data).__name__}")
 
 
+def _levels_on_grid(data, levels, data_range, name: str):
+    """An integer tensor other than uint8 (8-bit images) holds level indices k of ``levels``: their points
+    lo + (hi − lo)k/(K − 1) of the grid (float64), which the dequantization maps back to k exactly."""
+    if not isinstance(data, Tensor) or data.is_floating_point() or data.is_complex() or data.dtype in (
+            torch.uint8, torch.bool):
+        return data
+    if levels is None:
+        raise ValueError(f"{name} holds integers ({data.dtype}): if they are level indices 0..K-1, give their number "
+                         f"(levels=K, --levels K); if they are samples, convert them to floating point")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    if data.numel() and (int(data.min()) < 0 or int(data.max()) > levels - 1):
+        raise ValueError(f"{name} holds integers in [{int(data.min())}, {int(data.max())}]; level indices of "
+                         f"levels={levels} lie in 0..{levels - 1}")
+    lo, hi = data_range
+    return lo + (hi - lo) * data.to(torch.float64) / (levels - 1)
+
+
 def _dequantization(is_image: bool, dequantize, levels, data_range) -> Dequantization | None:
     """uint8 images: 256 levels unless ``dequantize=False``; floats: only with ``levels`` (never by default)."""
     if dequantize not in (None, True, False):
@@ -194,7 +212,8 @@ def _resolved_options(denoiser, options) -> dict:
     out.update(options)
     if out["fresh_probes"] is None:
         out["fresh_probes"] = out["divergence"] == "hutchinson"
-    out["time_variable"] = resolve_time_variable(out["time_variable"], denoiser.schedule, divergence=True)
+    out["time_variable"] = resolve_time_variable(out["time_variable"], denoiser.schedule, divergence=True,
+                                                fixed_steps=out["fixed_steps"] is not None)
     return out
 
 
@@ -232,11 +251,22 @@ def _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options) -> l
     from .likelihood import log_likelihood
 
     batch = ds[s:e]
-    with denoiser.calling_in(batch.dtype):  # 8-bit data: a plain function in torch's default dtype
-        res = log_likelihood(denoiser, _prepared(batch, deq, data_range, device), seeds=range(seed + s, seed + e),
-                             dequantize=deq, **options)
+    try:
+        with denoiser.calling_in(batch.dtype):  # 8-bit data: a plain function in torch's default dtype
+            res = log_likelihood(denoiser, _prepared(batch, deq, data_range, device), seeds=range(seed + s, seed + e),
+                                 dequantize=deq, **options)
+    except (FloatingPointError, RuntimeError) as err:  # the network's NaN or its own error: say which items
+        raise _said(err, f"items {s}-{e - 1}: {err}") from None
     lp, bpd, nfe = (t.detach().cpu().tolist() for t in (res.log_prob, res.bits_per_dim, res.nfe))
     return [{"index": s + j, "log_prob": lp[j], "bits_per_dim": bpd[j], "nfe": int(nfe[j])} for j in range(e - s)]
+
+
+def _said(err: Exception, msg: str) -> Exception:
+    """``err``'s type with the message ``msg`` (its type kept for callers that catch it), else a RuntimeError."""
+    try:
+        return type(err)(msg)
+    except Exception:  # noqa: BLE001 - a subclass whose constructor wants other arguments
+        return RuntimeError(msg)
 
 
 def _net_device(denoiser) -> str:
@@ -271,14 +301,16 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         denoiser: a :class:`~diffsolve.Denoiser`.
         data: a path :func:`diffsolve.images.open_dataset` reads (image folder, ``.npz``/``.npy``/``.pt``
             file, folder of npz shards), a :class:`~diffsolve.images.Dataset` or a tensor (N, ...):
-            uint8 = 8-bit images, floats = samples in model space.
+            uint8 = 8-bit images, floats = samples in model space, other integers = level indices
+            0..K − 1 of ``levels`` (placed on its grid of ``data_range``).
         out: directory for the rows, ``run.json`` and ``summary.json`` (module docstring); None keeps
             everything in memory (one process only).
         batch_size: items per :func:`~diffsolve.log_likelihood` call, and the block dealt to a process.
         n: the first n items only (default all).
         data_range: (lo, hi) the model's data range, where the 8-bit levels (or ``levels``) are mapped.
         dequantize: None (default: on for uint8 images, off for floats), True or False.
-        levels: K, for float data on the grid lo + (hi − lo)k/(K − 1): dequantize with K cells.
+        levels: K, for float data on the grid lo + (hi − lo)k/(K − 1) or integer levels k: dequantize
+            with K cells.
         seed: item i uses seed + i (dequantization noise, then its probes).
         resume: continue the rows in ``out`` (same settings), running only unfinished blocks.
         dist: a :class:`~diffsolve.distributed.DistContext` (``diffsolve.distributed.init(device)``);
@@ -300,7 +332,8 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     name = data_name or (f"--data {data}" if isinstance(data, (str, os.PathLike)) else "data")
-    ds = _as_dataset(data, denoiser, name)
+    data_range = check_data_range(data_range)
+    ds = _as_dataset(_levels_on_grid(data, levels, data_range, name), denoiser, name)
     if n is None:
         n = len(ds)
     elif isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(ds):
@@ -310,7 +343,6 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
     check_options(options)
     check_seed(seed, " (seed)")
     check_seed(seed + n - 1, f" (seed + index of the last of {n} items)")
-    data_range = check_data_range(data_range)
     deq = _dequantization(ds.is_image, dequantize, levels, data_range)
     _check_all(ds, n, batch_size, denoiser, deq, data_range, device, name)
     d = math.prod(ds.shape)
@@ -351,7 +383,15 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
         _note(progress, f"resuming {out}: {count(sum(min(bs, n - s) for s in done), 'item')} of {n} already done")
     path, t0, k = rows_path(out, dist.rank), time.perf_counter(), 0
     for j, (s, e) in enumerate(todo):
-        append_rows(path, _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options))
+        try:
+            rows = _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options)
+        except (FloatingPointError, RuntimeError) as err:
+            kept = k + sum(min(bs, n - b) for b in done)
+            if kept:
+                raise _said(err, f"{err}; the rows of the {count(kept, 'item')} finished before are kept in {out}: "
+                                 f"rerun with resume (--resume) once the cause is fixed") from None
+            raise
+        append_rows(path, rows)
         k += e - s
         _note(progress, f"likelihood: batch {j + 1}/{len(todo)} of rank 0 (items {s}-{e - 1}) done, "
                         f"{time.perf_counter() - t0:.1f} s")

@@ -16,10 +16,10 @@ from .checks import _kind
 __all__ = ["load_tensor_file", "check_writable"]
 
 
-def load_tensor_file(path, what: str = "data file", images: bool = False) -> Tensor:
+def load_tensor_file(path, what: str = "data file", images: bool = False, levels: bool = False) -> Tensor:
     """A real floating tensor saved with ``torch.save`` (``.pt``, loaded without unpickling code) or
     ``numpy.save`` (``.npy``, no pickled objects), or with ``images=True`` also a uint8 one (8-bit
-    images); a bad file is one clear line."""
+    images), with ``levels=True`` any integer one (level indices); a bad file is one clear line."""
     p = Path(path)
     if p.suffix not in (".pt", ".npy"):
         raise ValueError(f"{what} {str(path)!r} must be .npy (numpy.save) or .pt (torch.save)")
@@ -28,10 +28,11 @@ def load_tensor_file(path, what: str = "data file", images: bool = False) -> Ten
     if p.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a directory; give a .npy or .pt file")
     x = _load_npy(p, what) if p.suffix == ".npy" else _load_pt(p, what)
-    if not x.is_floating_point() and not (images and x.dtype == torch.uint8):
+    if not x.is_floating_point() and not (images and x.dtype == torch.uint8) and not (levels and x.dtype != torch.bool):
         raise ValueError(f"{what} {str(path)!r} holds {x.dtype} values; the samples must be real floating-point "
                          f"numbers: save them converted, e.g. torch.save(x.double()) or "
-                         f"numpy.save(path, x.astype(float))")
+                         f"numpy.save(path, x.astype(float))"
+                         + ("; integer level indices 0..K-1 need their number, --levels K" if images else ""))
     return x
 
 

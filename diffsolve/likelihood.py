@@ -236,8 +236,11 @@ def _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior):
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
     if not isinstance(fresh_probes, bool):
         raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
-    if fresh_probes and divergence == "exact":
-        raise ValueError("fresh_probes applies to divergence='hutchinson'; the exact divergence uses no probes")
+    if divergence == "exact" and (fresh_probes or probes != 1 or probe != "rademacher"):
+        given = [s for s, on in (("fresh_probes=True", fresh_probes), (f"probes={probes}", probes != 1),
+                                 (f"probe={probe!r}", probe != "rademacher")) if on]
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to divergence='hutchinson'; "
+                         f"the exact divergence uses no probes: drop {'it' if len(given) == 1 else 'them'}")
     check_state_dtype(dtype)
     if prior != "gaussian" and not callable(prior):
         raise ValueError(f"prior must be 'gaussian' or a callable z -> log p_T(z), got {prior!r}")
@@ -279,7 +282,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         denoiser: a :class:`~diffsolve.Denoiser` (any prediction type; ε̂ is asked for).
         x: (B, *shape) data, float. With ``dequantize``, data on the K-level grid (or integer levels).
         divergence: ``"hutchinson"`` (k = ``probes`` VJPs per call) or ``"exact"`` (d VJPs per call).
-        probes: k ≥ 1 Hutchinson probes per sample, fixed along the trajectory; k ≥ 2 gives a stderr.
+        probes: k ≥ 1 Hutchinson probes per sample (drawn afresh at each evaluation by default, else
+            held fixed along the trajectory: ``fresh_probes``); k ≥ 2 gives a stderr.
         probe: ``"rademacher"`` or ``"gaussian"``.
         fresh_probes: draw new probes at every network evaluation instead of holding them fixed
             along the trajectory; Δ then leaves the error norm (module docstring). Same cost, the
@@ -302,7 +306,10 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
             dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
             ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed
-            the fewest NFE at equal accuracy (module docstring, benchmarks/likelihood_split.py).
+            the fewest NFE at equal accuracy (module docstring, benchmarks/likelihood_split.py);
+            with ``fixed_steps``, ``log_snr`` on EDM, VE and sub-VP schedules as well (equal steps in
+            an EDM schedule's t, σ from 0.002 to 80, put almost none near the data: about 2 nats off
+            at 10 steps on a 4-D mixture where λ is 1e-3 off; tests/test_likelihood.py).
         fixed_steps: instead of adaptive steps, exactly this many equal steps in the time variable
             (no error control): every sample and every process of a distributed job then makes the
             same number of network calls, 1 + 6·fixed_steps for dopri5/tsit5.
@@ -323,11 +330,17 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         max_steps: step-attempt limit of the adaptive solver.
 
     Returns:
-        :class:`LikelihoodResult`.
+        :class:`LikelihoodResult`, without an autograd graph: the divergence is itself taken by
+        autograd and its value detached, so the result is not differentiable in ``x`` or the
+        network's weights (a graph through the state alone would give a wrong gradient).
     """
     deq = Dequantization.make(dequantize)
     check_data(denoiser, x, allow_int=deq is not None,
                int_hint="integer data need dequantize=dict(levels=K, range=(a, b))")
+    if torch.is_inference_mode_enabled():
+        raise ValueError("log_likelihood differentiates the network (∂ε̂/∂x by autograd), which torch.inference_mode() "
+                         "forbids; call it outside inference_mode (torch.no_grad() around it is fine)")
+    x = x.detach()  # the result is not differentiable (Returns): no graph through the state
     if fresh_probes is None:
         fresh_probes = divergence == "hutchinson"
     _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior)
@@ -345,7 +358,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     exact = divergence == "exact"
     k = 1 if exact else probes
     estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
-    ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True))
+    ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True,
+                                                      fixed_steps=fixed_steps is not None))
     # fresh probes: the random Δ must not steer the steps (module docstring)
     with denoiser.calling_in(call_dtype):
         sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
@@ -374,14 +388,24 @@ def check_options(options: dict) -> None:
 _SOLVE_OPTIONS = ("method", "rtol", "atol", "norm", "per_sample", "fixed_steps", "max_steps", "chunk_size")
 
 
+def _shape_of(v) -> str:
+    return f"shape {tuple(v.shape)}" if isinstance(v, Tensor) else f"an object of type {type(v).__name__}"
+
+
 def _result(sol, x: Tensor, sch, prior, deq, exact: bool, info: dict) -> LikelihoodResult:
     """log p_{t_end}(x) = log p_T(z) + Δ (module docstring)."""
     B, d = x.shape[0], x[0].numel()
     z, deltas = sol.x.to(_F64), sol.delta.to(_F64)  # (B, k) per-probe integrals
     k = deltas.shape[1]
-    prior_lp = (gaussian_prior(sch) if prior == "gaussian" else prior)(z).to(_F64).reshape(-1)
-    if prior_lp.shape != (B,):
-        raise ValueError(f"prior returned shape {tuple(prior_lp.shape)}; it must return ({B},) log-densities")
+    prior_lp = (gaussian_prior(sch) if prior == "gaussian" else prior)(z)
+    if not isinstance(prior_lp, Tensor) or prior_lp.numel() != B:
+        raise ValueError(f"prior returned {_shape_of(prior_lp)}; it must return ({B},) log-densities")
+    prior_lp = prior_lp.detach().to(_F64).reshape(-1)
+    bad = (~torch.isfinite(prior_lp)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"prior returned NaN or Inf log-densities for samples {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+                         f" (latents z of norm {z.reshape(B, -1).norm(dim=1)[bad[:3]].tolist()}); check the prior "
+                         f"at the schedule's t_max")
     delta = deltas.mean(1) + (deq.log_jacobian(d) if deq is not None else 0.0)
     log_prob = prior_lp + delta
     stderr = None

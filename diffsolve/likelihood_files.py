@@ -42,7 +42,7 @@ def rows_path(out, rank: int) -> Path:
 
 def check_out_dir(out, *, create: bool = True) -> Path:
     """The output directory, created (``create=False``: checked only) and tried with a write, before any work."""
-    return output_dir(out, "--out", create=create)
+    return output_dir(out, "out (--out)", create=create)
 
 
 def _read_file(path: Path) -> tuple[list[dict], bool]:

@@ -48,7 +48,7 @@ def run(argv, capsys):
     (["sample", "--out", "x.pt"], "give --problem NAME"),
     (["likelihood", "--problem", "ring2d", "--data", "missing.npy"], "does not exist"),
     (["likelihood", "--problem", "ring2d", "--divergence", "exact", "--fresh-probes", "--quiet"],
-     "fresh_probes applies to divergence='hutchinson'"),
+     "fresh_probes=True applies to divergence='hutchinson'"),
     (["list", "nope"], "valid choices: solvers, schedules, problems, models, grids, all"),
     # rules of sampling: diffsolve.sample's message, reported as the command's error
     # (refused once the model is loaded: --quiet leaves the error the only line)
@@ -258,6 +258,16 @@ def test_a_refused_command_makes_no_folder(argv, capsys, tmp_path, monkeypatch):
     code, _, err = run(argv, capsys)
     assert code == 2 and err.startswith("error: "), err
     assert not any(tmp_path.iterdir())
+
+
+def test_sample_to_one_file_takes_threads(capsys, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--threads", "2",
+                            "--out", str(tmp_path / "x.pt"), "--quiet"], capsys)
+        assert code == 0 and torch.get_num_threads() == 2, err
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_an_output_file_under_new_folders_is_written(capsys, tmp_path):

@@ -240,3 +240,38 @@ def test_library_refuses_what_it_sets_itself(den, k8):
         dl.dataset_log_likelihood(den, k8, n=0)
     with pytest.raises(ValueError, match="2 processes write their rows to files: give out"):
         dl.dataset_log_likelihood(den, k8, dist=dl.DistContext(world_size=2, rank=0))
+
+
+def test_integer_levels_are_read_on_their_grid(den, tmp_path, capsys):
+    """Integer data (not uint8) are level indices: with levels=K they give what log_likelihood gives the
+    same integers with dequantize=dict(levels=K); without it the message names levels."""
+    k, _ = digits("test")
+    k = k[:6]
+    res = dl.dataset_log_likelihood(den, k, levels=17, rtol=1e-2, atol=1e-2)
+    want = ds.log_likelihood(den, k, dequantize=dict(levels=17, range=(-1, 1)), seeds=range(6), rtol=1e-2, atol=1e-2)
+    got = torch.tensor([r["log_prob"] for r in res.rows], dtype=torch.float64)
+    torch.testing.assert_close(got, want.log_prob, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="give their number"):
+        dl.dataset_log_likelihood(den, k)
+    with pytest.raises(ValueError, match="lie in 0..7"):
+        dl.dataset_log_likelihood(den, k, levels=8)
+    np.save(tmp_path / "k.npy", k.numpy())
+    assert main(["likelihood", "--model", "digits", "--data", str(tmp_path / "k.npy"), "--levels", "17",
+                 "--json", *CLI_OPTS]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert math.isclose(out["mean_log_prob"], float(want.log_prob.mean()), abs_tol=1e-6)
+
+
+def test_a_failing_network_names_the_items_and_keeps_the_rows(den, tmp_path):
+    x = torch.zeros(12, 1, 8, 8, dtype=torch.float64)
+    calls = [0]
+
+    def net(y, t):  # NaN from the third batch on (1 + 6 * 2 calls per batch of fixed_steps=2)
+        calls[0] += 1
+        e = den.net(y, t)
+        return e * math.nan if calls[0] > 26 else e
+
+    bad = ds.Denoiser(net, den.schedule, prediction=den.prediction, shape=den.shape, net_dtype=den.net_dtype)
+    with pytest.raises(FloatingPointError, match=r"items 8-11: .*NaN.*rows of the 8 items finished before are kept"):
+        dl.dataset_log_likelihood(bad, x, out=tmp_path / "rows", batch_size=4, fixed_steps=2)
+    assert [r["index"] for r in dl.read_rows(tmp_path / "rows")] == list(range(8))

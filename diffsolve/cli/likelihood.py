@@ -62,8 +62,8 @@ def add_parser(subparsers):
     lk.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None,
                     help="uniform dequantization (default: on for uint8 images, off for float data; float data "
                          "need --levels)")
-    lk.add_argument("--levels", type=positive_int, help="float data on the K-level grid LO + (HI - LO)k/(K - 1): "
-                                                        "dequantize them with K cells (e.g. 17 for the digits)")
+    lk.add_argument("--levels", type=positive_int, help="float data on the K-level grid LO + (HI - LO)k/(K - 1), or "
+                    "integer level indices k: dequantize them with K cells (e.g. 17 for the digits)")
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_options(lk)
     add_threads_option(lk)
@@ -81,7 +81,7 @@ def _data_range(value) -> tuple[float, float]:
     return check_data_range(value)
 
 
-def _open_data(path: str):
+def _open_data(path: str, levels: bool = False):
     """--data as a tensor (.npy, .pt: read whole, with the file checks of diffsolve.files) or a
     Dataset read a batch at a time (folders, .npz, images)."""
     from ..files import load_tensor_file
@@ -89,7 +89,7 @@ def _open_data(path: str):
 
     p = Path(path).expanduser()
     if p.suffix in (".npy", ".pt"):
-        return load_tensor_file(p, "--data file", images=True)
+        return load_tensor_file(p, "--data file", images=True, levels=levels)
     if not p.exists():
         raise CLIError(f"--data {path!r} does not exist")
     if p.is_dir() or p.suffix.lower() in (".npz", *IMAGE_SUFFIXES):
@@ -146,7 +146,7 @@ def run(args) -> int:
         raise CLIError("--resume continues the rows in --out DIR; give --out")
     if args.out is not None:
         check_out_dir(args.out, create=False)  # before the model loads or any work
-    data = _open_data(args.data) if args.data else None
+    data = _open_data(args.data, levels=args.levels is not None) if args.data else None
     dist = init(str(device))
     try:
         device = torch.device(dist.device)  # cuda:LOCAL_RANK under torchrun with --device cuda
@@ -163,7 +163,7 @@ def run(args) -> int:
         res = dataset_log_likelihood(
             den, data, args.out, batch_size=args.batch_size, n=n, data_range=data_range, dequantize=args.dequantize,
             levels=args.levels, seed=args.seed, resume=args.resume, dist=dist, device=device,
-            model=problem.name, progress=not args.quiet, data_name=f"--data {args.data}" if args.data else "data",
+            model=problem.name, progress=not args.quiet, data_name=f"--data {args.data}" if args.data else f"{problem.name}'s exact samples",
             dtype=dtype, **given)
     finally:
         dist.close()

@@ -37,7 +37,7 @@ from ._common import (
 
 OUT_SUFFIXES = (".pt", ".npy")
 BATCH_SIZE = 64
-OUTDIR_ONLY = ("format", "batch_size", "resume", "data_range", "class_label", "num_classes", "guidance", "threads")
+OUTDIR_ONLY = ("format", "batch_size", "resume", "data_range", "class_label", "num_classes", "guidance")
 
 
 def data_range(text):
@@ -157,6 +157,7 @@ def run(args) -> int:
         check_solver(args.solver)
     if args.grid is not None:
         check_grid(args.grid)
+    apply_threads(args, device)
     problem = problem_from_args(args, device)
     note_grid_model(args.grid, problem)
     den = checked_denoiser(problem, device)
