@@ -403,7 +403,8 @@ def _result(sol, x: Tensor, sch, prior, deq, exact: bool, info: dict) -> Likelih
     prior_lp = prior_lp.detach().to(_F64).reshape(-1)
     bad = (~torch.isfinite(prior_lp)).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"prior returned NaN or Inf log-densities for samples {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+        more = " ..." if len(bad) > 8 else ""
+        raise ValueError(f"prior returned NaN or Inf log-densities for samples {bad[:8]}{more}"
                          f" (latents z of norm {z.reshape(B, -1).norm(dim=1)[bad[:3]].tolist()}); check the prior "
                          f"at the schedule's t_max")
     delta = deltas.mean(1) + (deq.log_jacobian(d) if deq is not None else 0.0)

@@ -163,8 +163,8 @@ def run(args) -> int:
         res = dataset_log_likelihood(
             den, data, args.out, batch_size=args.batch_size, n=n, data_range=data_range, dequantize=args.dequantize,
             levels=args.levels, seed=args.seed, resume=args.resume, dist=dist, device=device,
-            model=problem.name, progress=not args.quiet, data_name=f"--data {args.data}" if args.data else f"{problem.name}'s exact samples",
-            dtype=dtype, **given)
+            model=problem.name, progress=not args.quiet, dtype=dtype, **given,
+            data_name=f"--data {args.data}" if args.data else f"{problem.name}'s exact samples")
     finally:
         dist.close()
     out = {"problem": problem.name, "schedule": problem.schedule_name, **res.summary}
