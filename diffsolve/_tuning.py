@@ -217,6 +217,10 @@ def _fixed_step_solver(solver, solver_options: dict | None):
         sol.nfe(sol.min_steps)
     except TypeError:
         raise ValueError(f"tune_steps needs a fixed-step solver; {sol.name!r} chooses its own steps") from None
+    if sol.draws_noise:
+        raise ValueError(f"tune_steps fits a grid to the probability-flow ODE's solution, and {solver!r} draws noise "
+                         f"on it (a Langevin corrector or churn), so its error against that solution is not a function "
+                         f"of the grid; tune a deterministic solver (e.g. 'unipc', 'dpmpp_2m', 'heun' without churn)")
     return sol, {**spec_options, **(solver_options or {})}
 
 

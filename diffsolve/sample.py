@@ -179,8 +179,8 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
     files call it before any work (``diffsolve sample --outdir``), :func:`sample` at its start."""
     check_flag("denoise_final", denoise_final, allow_none=True)
     check_flag("analytic_first_step", analytic_first_step, allow_none=True)
-    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(schedule, solver, solver_options, grid, steps,
-                                                                         nfe, denoise_final)
+    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(
+        schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step, eta, noise)
     _check_sizes(steps, nfe, grid, solver_options, eta)
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
@@ -240,18 +240,21 @@ def _batch_shape(denoiser: Denoiser, shape, seeds) -> tuple:
     return batch_shape
 
 
-def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final):
+def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step, eta, noise):
     """A tuned grid given as ``steps=`` or ``grid=`` fixes the times, whether the run ends with x̂0
-    and, unless another solver is named, the solver and its options. A budget other than the grid's
-    own, or a number of steps, beside it is refused: the grid fixes them; so is a model with another
-    schedule."""
+    and, unless another solver is named, the solver and its options (``solver_options`` alone change
+    the options of the grid's own solver). A budget other than the grid's own, a number of steps or the
+    analytic first step beside it is refused: the grid fixes the evaluations; so is a model with another
+    schedule. Running another solver or options on its times, or a noise level ν > 0 (the grid was
+    tuned on the probability-flow ODE), is allowed with a warning."""
     for name, spec in (("steps", steps), ("grid", grid)):
         tuned = load_grid(spec)
         if tuned is None:
             continue
         check_tuned_schedule(tuned, schedule, f"the tuned grid given as {name}="
                              + (f" ({spec})" if isinstance(spec, (str, Path)) else ""))
-        other = {"steps": steps, "grid": grid, "nfe": None if nfe == tuned.nfe else nfe}
+        other = {"steps": steps, "grid": grid, "nfe": None if nfe == tuned.nfe else nfe,
+                 "analytic_first_step": analytic_first_step or None}
         other.pop(name)
         given = [k for k, v in other.items() if v is not None]
         if given:
@@ -262,11 +265,25 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
             raise ValueError(f"the tuned grid given as {name}= was tuned {was} "
                              f"the final denoise; drop denoise_final={denoise_final} (or tune a grid "
                              f"{'without' if tuned.denoise_final else 'with'} it)")
-        if solver in (None, tuned.solver) and solver_options is None:  # the solver it was tuned for
-            solver, solver_options = tuned.solver, tuned.solver_options
-        else:  # asked for explicitly: allowed, but the grid's times were chosen for another solver
-            warnings.warn(f"the tuned grid was tuned for solver {tuned.solver!r}"
-                          f"{' with options ' + repr(tuned.solver_options) if tuned.solver_options else ''}; "
-                          f"running {solver!r} on its times instead, as asked", UserWarning, stacklevel=4)
-        return solver, solver_options, tuned.grid, None, None, tuned.denoise_final
+        own = solver in (None, tuned.solver)
+        asked = tuned.solver if solver is None else solver
+        options = {**tuned.solver_options, **(solver_options or {})} if own else solver_options
+        if not own or options != tuned.solver_options:
+            warnings.warn(f"the tuned grid was tuned for solver {_spec(tuned.solver, tuned.solver_options)}; running "
+                          f"{_spec(asked, solver_options)} on its times instead, as asked (its budget is that "
+                          f"solver's evaluations on {len(tuned.t) - 1} steps)", UserWarning, stacklevel=4)
+        if eta or noise is not None:
+            warnings.warn("the tuned grid was tuned on the probability-flow ODE (η = 0); running it with noise, "
+                          f"as asked, {'with' if tuned.denoise_final else 'without'} the final denoise it was tuned "
+                          f"{'with' if tuned.denoise_final else 'without'}", UserWarning, stacklevel=4)
+        return asked, options, tuned.grid, None, None, tuned.denoise_final
     return solver, solver_options, grid, steps, nfe, denoise_final
+
+
+def _spec(solver, options) -> str:
+    """A solver and its options for a message, long option values (fitted weights) cut short."""
+    if not isinstance(solver, str):
+        return repr(solver)
+    shown = [f"{k}={v!r}" if len(repr(v)) <= 40 else f"{k}=<{type(v).__name__} of {len(v)}>" if hasattr(v, "__len__")
+             else f"{k}=..." for k, v in (options or {}).items()]
+    return repr(solver) + (f" with options {', '.join(shown)}" if shown else "")

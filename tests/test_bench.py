@@ -128,6 +128,7 @@ def test_resume_refuses_a_changed_tuned_grid_and_a_foreign_one_line_file(tmp_pat
     run_bench(_cfg(tmp_path / "o", **cfg))
     data = json.loads(path.read_text())
     data["t"][1] = 0.5 * (data["t"][1] + data["t"][2])  # the same file name, other contents
+    data["log_snr"][1] = float(den.schedule.log_snr(torch.tensor(data["t"][1], dtype=torch.float64)))
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="grid_sha256"):
         run_bench(_cfg(tmp_path / "o", resume=True, **cfg))

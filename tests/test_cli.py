@@ -260,6 +260,28 @@ def test_a_refused_command_makes_no_folder(argv, capsys, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, kept", [
+    (["bench"], "rows finished so far are in the results file; rerun with --resume"),
+    (["sample", "--outdir", "d"], "what is finished is kept in d; rerun with --resume"),
+    (["likelihood", "--out", "d"], "what is finished is kept in d; rerun with --resume"),
+    (["sample", "--out", "x.pt"], None), (["tune"], None), (["likelihood"], None),
+])
+def test_an_interrupted_command_says_what_it_keeps(argv, kept, capsys):
+    import argparse
+
+    from diffsolve.cli._common import run_command
+
+    def command(args):
+        raise KeyboardInterrupt
+
+    ns = argparse.Namespace(command=argv[0], out=None, outdir=None)
+    if len(argv) > 1:
+        setattr(ns, argv[1][2:], argv[2])
+    assert run_command(command, ns) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted" + (f" ({kept})" if kept else ""), err
+
+
 def test_sample_to_one_file_takes_threads(capsys, tmp_path):
     before = torch.get_num_threads()
     try:
@@ -295,6 +317,10 @@ def test_a_grid_tuned_on_another_model_is_said(capsys, tmp_path):
     code, out, err = run(["bench", "--problems", "mix64", "--solvers", "ddim", "--nfe", "4", "--grid",
                           str(tmp_path / "g.json"), "--seeds", "0-3", "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "tuned on 'ring2d' and this run samples 'mix64'" in out + err, err
+    code, out, err = run(["bench", "--problems", "ring2d,digits", "--solvers", "ddim", "--nfe", "4", "--grid",
+                          str(tmp_path / "g.json"), "--seeds", "0-3", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "(problem digits) was tuned on the schedule DDPMSchedule" in err, err
+    assert not (tmp_path / "c").exists()
 
 
 def test_sample_without_a_solver_runs_the_library_default(capsys, tmp_path):

@@ -130,3 +130,29 @@ def test_renamed_spellings_still_work_with_a_warning():
     with pytest.warns(DeprecationWarning, match="ProbabilityFlowODE"):
         old = PFODE(den, "log_snr")
     assert isinstance(old, ProbabilityFlowODE) and old.variable == "log_snr"
+
+
+def test_tuned_grid_with_options_keeps_its_solver(tmp_path):
+    """solver_options beside a tuned grid change the options of the grid's own solver (with a warning);
+    the analytic first step is refused (the grid fixes the evaluations); a noise level is warned about."""
+    import warnings
+
+    from diffsolve.tuned import TunedGrid
+
+    from diffsolve import make_schedule
+
+    sch = make_schedule("vp")
+    den = GaussianMixture.ring().denoiser(sch, "eps")
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = make_grid(sch, 5, "log_snr")
+    path = TunedGrid(solver="unipc", nfe=5, t=t.tolist(), denoise_final=False, schedule="vp").save(tmp_path / "g.json")
+    with pytest.warns(UserWarning, match="tuned for solver 'unipc'; running 'unipc' with options variant='bh1'"):
+        res = sample(den, x, steps=str(path), solver_options={"variant": "bh1"})
+    assert res.solver.name == "unipc" and res.solver.variant == "bh1" and res.nfe == 5
+    with pytest.raises(ValueError, match="fixes the times and the budget.*drop analytic_first_step"):
+        sample(den, x, steps=str(path), analytic_first_step=True)
+    with pytest.warns(UserWarning, match=r"tuned on the probability-flow ODE \(η = 0\)"):
+        sample(den, x, steps=str(path), solver="ddim", eta=1.0, seeds="0-3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sample(den, x, steps=str(path)).solver.name == "unipc"  # its own solver: no warning

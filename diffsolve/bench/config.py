@@ -221,9 +221,13 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
     tuned = _tuned_grid(cfg)
     items = []
     for p in problems:
-        note = tuned.other_model(p.name) if tuned is not None else None
-        if note:
-            notes.append(note)
+        if tuned is not None:  # its schedule before any row runs; another model of that schedule is a note
+            from ..checks import check_tuned_schedule
+
+            check_tuned_schedule(tuned, p.schedule, f"the tuned grid {cfg.grid} (problem {p.name})")
+            note = tuned.other_model(p.name)
+            if note:
+                notes.append(note)
         for name in names:
             items += _solver_items(cfg, p, name, strict, notes)
     if not items:

@@ -225,6 +225,16 @@ def checked_denoiser(problem, device):
 
 
 # --- errors to exit statuses --------------------------------------------------------------------------
+def _what_is_kept(args) -> str:
+    """What an interrupted command leaves for ``--resume``: only the commands that write as they go have it."""
+    command = getattr(args, "command", None)
+    if command == "bench":
+        return " (rows finished so far are in the results file; rerun with --resume)"
+    folder = getattr(args, "outdir", None) if command == "sample" else getattr(args, "out", None) \
+        if command == "likelihood" else None
+    return f" (what is finished is kept in {folder}; rerun with --resume)" if folder else ""
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     kind = "" if category is UserWarning else f"{category.__name__}: "
     print(f"warning: {kind}{message}", file=sys.stderr)
@@ -260,6 +270,5 @@ def run_command(command, args) -> int:
         print(f"error: {type(e).__name__}: {e}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted (rows finished so far are in the results file; rerun with --resume)",
-              file=sys.stderr)
+        print(f"\ninterrupted{_what_is_kept(args)}", file=sys.stderr)
         return 130

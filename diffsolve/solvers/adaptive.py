@@ -78,7 +78,8 @@ class AdaptiveSolver(Solver):
     adaptive = True
     name = "adaptive"
     nfe_per_step = 0
-    sizing = "its tolerances, solver_options=dict(rtol=..., atol=...)"  # how a user sets its work
+    sizing = ("its tolerances, solver_options=dict(rtol=..., atol=...) (on the command line the spec "
+              "'NAME:rtol=...:atol=...')")  # how a user sets its work
 
     def solve(self, ctx, x: Tensor):
         raise NotImplementedError
@@ -91,8 +92,11 @@ class AdaptiveSolver(Solver):
         return True
 
     def steps_for_nfe(self, nfe, denoise_final=False):
-        raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self.sizing} "
+        raise ValueError(f"solver {self.name!r} chooses its own steps: size them with {self._sizing()} "
                          f"instead of steps or nfe")
+
+    def _sizing(self) -> str:
+        return self.sizing.replace("NAME", self.name)
 
     def grid_for(self, schedule, *, steps=None, nfe=None, grid=None, denoise_final=False) -> Tensor:
         """The end points only: a decreasing array ``grid`` gives its first and last time, else the
@@ -100,7 +104,7 @@ class AdaptiveSolver(Solver):
         explicit = grid is not None and not isinstance(grid, str)
         if steps is not None or nfe is not None or (grid is not None and not explicit):
             raise ValueError(f"solver {self.name!r} chooses its own steps, so steps/nfe/grid kinds do not apply: "
-                             f"size its steps with {self.sizing} (an array grid= sets the start and end times)")
+                             f"size its steps with {self._sizing()} (an array grid= sets the start and end times)")
         return make_grid(schedule, None, grid)[[0, -1]] if explicit else make_grid(schedule, 1, "time")
 
     def check(self, ctx):
@@ -338,7 +342,8 @@ class TorchSDE(AdaptiveSolver):
     name = "torchsde"
     declared_order = 1.0
     stochastic = True
-    sizing = "solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...)"
+    sizing = ("solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...) "
+              "(on the command line the spec 'torchsde:steps=N:grid=KIND')")
 
     def __init__(self, method: str = "euler", steps: int = 100, adaptive: bool = False,
                  rtol: float = 1e-3, atol: float = 1e-3, grid: str = "log_snr"):
