@@ -111,7 +111,8 @@ class Denoiser(torch.nn.Module):
         time_label: how solver time t becomes the network's time input: a name in
             :data:`TIME_LABELS` or a callable ``t -> label`` (float64 tensors).
         net_dtype: dtype the network runs in; defaults to the dtype of its first floating
-            parameter, or for a callable without parameters to the dtype of the caller's ``x``
+            parameter (read when used, so ``net.double()`` after wrapping is followed), or for a
+            callable without parameters to the dtype of the caller's ``x``
             (torch's default dtype when the library draws x; :meth:`calling_in`), whatever the
             solver state's. Arithmetic around the network (the conversions) stays in the state's
             dtype.
@@ -127,6 +128,17 @@ class Denoiser(torch.nn.Module):
     ``t`` a scalar or a ``(B,)`` tensor; each makes one network call, counted in ``nfe``. So does
     ``combine(x, t, a, b, kind)``, a·x + b·(prediction ``kind``), the whole of a first-order step.
     """
+
+    @property
+    def net_dtype(self) -> torch.dtype | None:
+        """The dtype the network runs in: as declared, else its first floating parameter's (now), else None."""
+        if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
+            return self._declared_dtype
+        return next((p.dtype for p in self.net.parameters() if p.is_floating_point()), None)
+
+    @net_dtype.setter
+    def net_dtype(self, dtype: torch.dtype | None):
+        self._declared_dtype = dtype
 
     def __init__(self, net, schedule, prediction: str = "eps", time_label="default",
                  net_dtype: torch.dtype | None = None, shape=None, threshold=None):
@@ -146,9 +158,7 @@ class Denoiser(torch.nn.Module):
             self.time_label = TIME_LABELS[time_label](self.schedule)
         else:
             raise ValueError(f"unknown time_label {time_label!r}; valid: {', '.join(TIME_LABELS)} or a callable")
-        if net_dtype is None and isinstance(net, torch.nn.Module):
-            net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
-        self.net_dtype = net_dtype
+        self.net_dtype = net_dtype  # None: a module's is read from its parameters at each use (property)
         if shape is not None and (not isinstance(shape, (tuple, list, torch.Size))
                                   or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
             raise TypeError(f"shape must be the shape of one sample, a tuple of positive integers such as (3, 32, 32), "

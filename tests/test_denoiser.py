@@ -361,3 +361,21 @@ def test_prime_fills_caches_and_keeps_results():
     assert n_scalar >= 8  # built per call
     assert len(den._label_cache) >= 9 and len(den._coef_cache) >= 9  # primed: the grid's points
     torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_net_dtype_follows_the_module_after_wrapping():
+    """A module's dtype is read when used: net.double() after wrapping (or after zoo.load) is followed,
+    and a declared net_dtype stays as declared."""
+    import diffsolve as ds
+
+    m = ds.zoo.load("digits")
+    assert m.net_dtype == torch.float32
+    m.net.double()
+    assert m.net_dtype == torch.float64
+    res = ds.sample(m, seeds="0-1", nfe=4)
+    assert res.x.dtype == torch.float64 and torch.isfinite(res.x).all()
+    net = torch.nn.Linear(2, 2)
+    assert ds.Denoiser(lambda x, t: net(x), "vp", net_dtype=torch.float32).net_dtype == torch.float32
+    den = ds.Denoiser(net, "vp")
+    net.double()
+    assert den.net_dtype == torch.float64

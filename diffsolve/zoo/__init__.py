@@ -98,7 +98,7 @@ def load(name, *, device=None, dtype: torch.dtype = torch.float32) -> Denoiser:
     meta = read_metadata(path)
     net = build_network(path, meta).to(device=device, dtype=dtype)
     den = Denoiser(net, schedule_from_metadata(meta["schedule"]), prediction=meta["prediction"],
-                   time_label=meta.get("time_label", "default"), net_dtype=dtype,
+                   time_label=meta.get("time_label", "default"),  # net_dtype: its weights' (net.double() too)
                    shape=None if meta.get("shape") is None else check_shape("the metadata's 'shape'", meta["shape"]))
     den.metadata = meta
     return den
