@@ -134,7 +134,11 @@ class Denoiser(torch.nn.Module):
         """The dtype the network runs in: as declared, else its first floating parameter's (now), else None."""
         if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
             return self._declared_dtype
-        return next((p.dtype for p in self.net.parameters() if p.is_floating_point()), None)
+        first = self.__dict__.get("_first_weight")  # net.double() / .to() convert a parameter in place
+        if first is None or first[0] is not self.net:
+            first = (self.net, next((p for p in self.net.parameters() if p.is_floating_point()), None))
+            self.__dict__["_first_weight"] = first
+        return None if first[1] is None else first[1].dtype
 
     @net_dtype.setter
     def net_dtype(self, dtype: torch.dtype | None):
