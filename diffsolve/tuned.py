@@ -150,8 +150,10 @@ def _check_fields(path, data: dict):
                          f"options, got {json.dumps(solver)} and {json.dumps(data.get('solver_options'))[:80]}")
     try:
         sol = get_solver(solver, **data.get("solver_options", {}))
+        if not sol.adaptive:
+            sol.check_steps(len(t) - 1)  # e.g. fitted weights: one row per step of 't'
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot build its solver: {e}") from None
+        raise ValueError(f"{path}: cannot run its solver on its grid: {e}") from None
     _check_cost(path, sol, len(t) - 1, nfe, denoise_final)
 
 

@@ -452,10 +452,12 @@ GRID_FILES = [  # (name, change to a valid file, regex); the file is written in 
     ("grid-t-increasing", {"t": [0.5, 0.9]}, r"strictly decreasing"),
     ("grid-t-strings", {"t": ["1", "0.5"]}, r"'t' must be a list of numbers"),
     ("grid-solver-adaptive", {"solver": "dopri5"}, r"chooses its own steps"),
-    ("grid-solver-unknown", {"solver": "nope"}, r"cannot build its solver"),
+    ("grid-solver-unknown", {"solver": "nope"}, r"cannot run its solver on its grid"),
     ("grid-log-snr-length", {"log_snr": [1.0]}, r"'log_snr' a list of finite numbers, one per time"),
     ("grid-schedule-int", {"schedule": 3}, r"'schedule' must be a string"),
     ("grid-denoise-final", {"denoise_final": "yes"}, r"'denoise_final' must be true or false"),
+    ("grid-weights-rows", {"solver": "learned", "solver_options": {"history": 2, "predictor": [[0.1]]}},
+     r"grid-weights-rows.json: cannot run its solver on its grid: predictor has 1 rows .* needs 3 rows"),
 ]
 
 

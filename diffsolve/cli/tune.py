@@ -40,8 +40,8 @@ def add_parser(subparsers):
     tn.add_argument("--denoise-final", choices=tuple(DENOISE_FINAL),
                     help="end with the x̂0 evaluation (yes), without (no), or tune both and keep the better (auto; "
                          "tune_steps only). Default: the tuner's own, auto for tune_steps, no for --solver learned")
-    tn.add_argument("--iterations", type=positive_int, default=300,
-                    help="--solver learned: Adam iterations fitting the weights (default 300)")
+    tn.add_argument("--iterations", type=positive_int,
+                    help="--solver learned: Adam iterations fitting the weights (default: tune_solver's, 300)")
     tn.add_argument("--out", required=True, help="output .json file")
     add_threads_option(tn)
     add_device_options(tn)
@@ -70,6 +70,9 @@ def _check_args(args) -> str:
         raise CLIError(f"--fresh must be >= 0, got {args.fresh}")
     if args.screen is not None and args.screen < 0:
         raise CLIError(f"--screen must be >= 0, got {args.screen}")
+    if args.iterations is not None and name != "learned":
+        raise CLIError(f"--iterations applies to --solver learned (Adam fitting its weights); {args.solver!r} is "
+                       f"tuned by a search over its grid (--max-evals)")
     if name == "learned" and args.denoise_final == "auto":
         raise CLIError(f"--solver {'auto picks learned at NFE ' + str(args.nfe) + ', which' if auto else 'learned'} "
                        f"needs --denoise-final yes or no (or none: no, the default); or pass --solver unipc")
@@ -80,12 +83,12 @@ def _tune(args, name, den, problem, device):
     from ..tune import tune_solver, tune_steps
 
     # what the command line leaves out, the tuner's own defaults decide
-    given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen),
+    given = {k: v for k, v in (("pilot", args.pilot), ("screen", args.screen), ("iterations", args.iterations),
                                ("denoise_final", DENOISE_FINAL.get(args.denoise_final))) if v is not None}
     with contextlib.redirect_stdout(sys.stderr):  # the search log goes with the progress, to stderr
         if name == "learned":
             return tune_solver(den, args.nfe, grid=args.init, fresh=args.fresh, **given,
-                               iterations=args.iterations, max_evals=args.max_evals,
+                               max_evals=args.max_evals,
                                model=problem.name, device=device, verbose=not args.quiet,
                                progress=False if args.quiet else None)
         return tune_steps(den, args.solver, args.nfe, fresh=args.fresh, **given,

@@ -206,8 +206,12 @@ class Solver:
 
     def check(self, ctx: StepContext):
         """Validate the configuration against the grid before the first step."""
-        if ctx.steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps, got {ctx.steps}")
+        self.check_steps(ctx.steps)
+
+    def check_steps(self, steps: int):
+        """Validate the configuration against a grid of ``steps`` steps (also where a grid is read from a file)."""
+        if steps < self.min_steps:
+            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps, got {steps}")
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

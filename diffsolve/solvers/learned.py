@@ -130,9 +130,10 @@ class LearnedMultistep(Solver):
         self.corrector = corrector
         self.shift = shift
 
-    def check(self, ctx):
-        super().check(ctx)
-        k, n = self.history, ctx.steps
+    def check_steps(self, steps: int):
+        """The fitted tables have one row per step of the grid (``steps``)."""
+        super().check_steps(steps)
+        k, n = self.history, steps
         if self.predictor is not None:
             _table(self.predictor, n, k - 1, "predictor")
         if self.corrector is not None:
