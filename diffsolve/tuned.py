@@ -139,6 +139,14 @@ def _check_fields(path, data: dict):
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"{path}: 'nfe' must be a positive integer (network evaluations per sample), got "
                          f"{json.dumps(nfe)}")
+    for key in _ERRORS + ("tuning_seconds",):
+        v = data.get(key, math.nan)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{path}: {key!r} must be a number (or null: not measured), got {json.dumps(v)[:40]}")
+    for key in ("pilot_seeds", "fresh_seeds", "pilot_weights"):
+        v = data.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(u, (int, float)) and not isinstance(u, bool) for u in v):
+            raise ValueError(f"{path}: {key!r} must be a list of numbers, got {json.dumps(v)[:40]}")
     lam, sch = data.get("log_snr", []), data.get("schedule", "")
     if not isinstance(sch, str) or not isinstance(lam, list) or (lam and (len(lam) != len(t) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in lam))):

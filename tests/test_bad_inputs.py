@@ -456,6 +456,8 @@ GRID_FILES = [  # (name, change to a valid file, regex); the file is written in 
     ("grid-log-snr-length", {"log_snr": [1.0]}, r"'log_snr' a list of finite numbers, one per time"),
     ("grid-schedule-int", {"schedule": 3}, r"'schedule' must be a string"),
     ("grid-denoise-final", {"denoise_final": "yes"}, r"'denoise_final' must be true or false"),
+    ("grid-error-str", {"fresh_error": "abc"}, r"'fresh_error' must be a number \(or null"),
+    ("grid-seeds-str", {"pilot_seeds": "abc"}, r"'pilot_seeds' must be a list of numbers"),
     ("grid-weights-rows", {"solver": "learned", "solver_options": {"history": 2, "predictor": [[0.1]]}},
      r"grid-weights-rows.json: cannot run its solver on its grid: predictor has 1 rows .* needs 3 rows"),
 ]
