@@ -203,9 +203,9 @@ class GaussianMixture:
 
     @classmethod
     def image_gaussian(cls, shape=(3, 32, 32), exponent: float = 2.0, seed: int = 0) -> "GaussianMixture":
-        """One Gaussian with an image-like power-law spectrum: variance ∝ (1 + |f|)^(−exponent)
-        over spatial frequency, diagonal in the (orthogonal) frequency basis, normalised to unit
-        mean variance; a smooth random mean."""
+        """One Gaussian with image-like variances: diagonal in the pixel basis, pixel (y, x) having
+        variance ∝ (1 + |f|)^(−exponent) with f the FFT frequency index of its position, normalised to
+        unit mean variance; mean 0.1·N(0, I) (docs/math.md §21)."""
         c, h, w = shape
         fy = torch.fft.fftfreq(h, dtype=_F64)[:, None] * h
         fx = torch.fft.fftfreq(w, dtype=_F64)[None, :] * w

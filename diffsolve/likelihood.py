@@ -275,8 +275,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     r"""Log-density of ``x`` under the model, by the probability-flow ODE (docs/math.md (5.1)–(5.3)).
 
     Integrates the ODE of the module docstring from ``t_end`` (data) to ``t_max`` (noise) together
-    with the divergence integral Δ and returns log p_{t_end}(x) = log p_T(z) + d(log α_T − log α_{t_end})
-    + Δ, with z the latent at t_max.
+    with the divergence integral Δ of the whole drift, f_t d included (docs/math.md (5.3), (20.1)), and
+    returns log p_{t_end}(x) = log p_T(z) + Δ, with z the latent at t_max.
 
     Args:
         denoiser: a :class:`~diffsolve.Denoiser` (any prediction type; ε̂ is asked for).
