@@ -108,9 +108,13 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
                     "rescale_betas_zero_snr")
             ac = diffusers.DDPMScheduler(**{k: config[k] for k in keys if k in config}).alphas_cumprod
     ac = torch.as_tensor(ac, dtype=torch.float64).detach().cpu().clone()
-    if ac[-1] == 0:  # zero terminal SNR: diffusers samples from 2^-24 instead; below a table that is
-        # already under 2^-24 (linear betas), the geometric continuation of its last step keeps ᾱ decreasing
-        ac[-1] = min(2.0 ** -24, float(ac[-2] ** 2 / ac[-3]) if len(ac) > 2 else float(ac[-2]) / 2)
+    if len(ac) > 1 and float(ac[-1]) in (0.0, 2.0 ** -24):  # zero terminal SNR (diffusers' Euler, DPM-Solver and
+        # UniPC objects have already put 2^-24 there): 2^-24 as diffusers samples from it, unless the table is
+        # under 2^-24 one timestep earlier (linear betas), where the geometric continuation of its last step
+        # keeps ᾱ decreasing
+        floor = 2.0 ** -24
+        ac[-1] = floor if floor < float(ac[-2]) else (
+            float(ac[-2] ** 2 / ac[-3]) if len(ac) > 2 else float(ac[-2]) / 2)
     return DDPMSchedule(alphas_cumprod=ac), _DIFFUSERS_PREDICTIONS[kind]
 
 

@@ -144,7 +144,10 @@ class _FlowMatchingVelocity(torch.nn.Module):
         self.u, self.extras = u, dict(extras)
 
     def forward(self, x: Tensor, tau: Tensor) -> Tensor:
-        return -self.u(x, tau, **self.extras)
+        if tau.dim() == 1 and tau.stride(0) == 0:  # one time for every row: 0-d, as flow_matching's ODESolver
+            tau = tau[0]
+        out = self.u(x, tau, **self.extras)
+        return -out if isinstance(out, Tensor) else out  # anything else: the Denoiser names it
 
 
 def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_dtype=None,
@@ -158,7 +161,9 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     net(x, t) = −u(x, 1 − t), with the time label τ = 1 − t. The schedule starts from pure noise
     (t_max = 1 − 10⁻⁹, τ = 10⁻⁹) and ends at ``t_min`` (τ = 1 − t_min; the final denoise, x̂0 at
     t_min, stands for the last stretch to τ = 1). ``model_extras`` are passed to every call
-    (flow_matching's ``**model_extras``, e.g. a class label). Calling ``u(x, τ)`` directly as a
+    (flow_matching's ``**model_extras``, e.g. a class label). τ reaches ``u`` as a 0-d tensor when every
+    row is at one time (as flow_matching's ``ODESolver`` passes it), and as a (B,) tensor when rows are at
+    different times (per-sample adaptive steps, e.g. the likelihood's). Calling ``u(x, τ)`` directly as a
     diffsolve ``velocity`` network would integrate time backwards and give wrong samples without
     an error.
 

@@ -301,6 +301,12 @@ class Denoiser(torch.nn.Module):
                 _add_note(e, f"diffsolve: its dtype is not declared (a plain function), so it was taken to be "
                              f"{how}. Declare the dtype it computes in (Denoiser(..., net_dtype={other}), for "
                              f"instance), or pass x in that dtype")
+            if "indices" in str(e) and ("Long" in str(e) or "Int" in str(e)):
+                _add_note(e, f"diffsolve: the network looks its time embedding up by index, so it takes whole "
+                             f"training timesteps, and this label is {label.dtype} "
+                             f"({'fractional' if bool((label != label.round()).any()) else 'whole'}): give it a "
+                             f"time_label that rounds to int64, or in a pipeline DiffsolveScheduler(grid='diffusers') "
+                             f"(whole timesteps, int64)")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if not isinstance(out, Tensor):

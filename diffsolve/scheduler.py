@@ -25,6 +25,7 @@ References:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +38,7 @@ from .grids import diffusers_grid
 from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
-from .defaults import default_run
+from .defaults import default_run, default_start, prior_flow_scale
 from .solvers import get_solver
 from .thresholding import threshold_from_config
 from .tuned import load_grid
@@ -59,9 +60,14 @@ _THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynami
                      "sample_max_value")
 # the fields of EDM-preconditioned configs (EDMEulerScheduler, EDMDPMSolverMultistepScheduler): not expressible
 _EDM_FIELDS = ("sigma_data", "sigma_schedule")
-# diffusers config fields that change the network's time input, with the values DiffsolveScheduler
-# runs (the sampler's own options, karras sigmas and the like, are replaced by solver and grid)
-_REFUSED_FIELDS = {"timestep_type": ("discrete",), "invert_sigmas": (False,)}
+# diffusers config fields DiffsolveScheduler cannot express: the values it runs, and what the others change
+# (the sampler's own options, karras sigmas and the like, are replaced by solver and grid)
+_REFUSED_FIELDS = {"timestep_type": (("discrete",), "it changes the network's time input"),
+                   "invert_sigmas": ((False,), "it changes the network's time input"),
+                   "snr_shift_scale": ((1.0, 1), "it rescales the SNR of the training schedule (CogVideoX)")}
+# the fields that define a DDPM-family training schedule (a β table); a config with none of them (and no flow
+# fields) describes another process: VE score SDE, Würstchen, VQ diffusion, IPNDM, Karras VE
+_BETA_FIELDS = ("beta_start", "beta_schedule")
 # the source scheduler's own sampler settings: replaced by diffsolve's solver, grid and final denoise
 # (diffsolve.parity gives the options that reproduce a diffusers scheduler), so not passed on
 _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
@@ -70,6 +76,20 @@ _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver
                    "predict_x0", "solver_p", "disable_corrector", "interpolation_type", "sigma_min", "sigma_max",
                    "beta_schedule_type", "use_flow_sigmas", "flow_shift",
                    "stochastic_sampling", "shift_terminal")  # (flow configs refuse these two above their defaults)
+
+
+def _grid_start(schedule) -> dict:
+    """Where a grid kind starts, as in :func:`diffsolve.sample`: at :data:`~diffsolve.defaults.START_LOG_SNR` on a
+    schedule that starts below it (cosine, zero-terminal-SNR tables), when the exact flow of standard-normal data
+    leaves the pipeline's latents unchanged on the way (α² + σ² = 1, variance preserving); else at t_max (a
+    pipeline calls the network on the latents it drew before the scheduler could rescale them)."""
+    t_start = default_start(schedule)
+    if t_start is None or abs(prior_flow_scale(schedule, schedule.t_max, t_start) - 1.0) > 1e-9:
+        return {}
+    return {"t_start": t_start}
+
+
+_NOT_PASSED = object()  # step()'s use_clipped_model_output when the pipeline does not pass it (DDIMPipeline does)
 
 
 @dataclass
@@ -176,6 +196,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
         self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
         self.plan: _Plan | None = None
+        self._said_clipped = False
         self.timesteps = None
         self.num_inference_steps = None
         self._begin = 0
@@ -206,12 +227,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"DiffsolveScheduler does not run EDM-preconditioned configs (fields {', '.join(edm)}: "
                              f"{full.get('_class_name', 'an EDM scheduler')} scales the network's input, time and "
                              f"output); use diffsolve.adapters.from_edm with diffsolve.sample")
-        for name, harmless in _REFUSED_FIELDS.items():
+        for name, (harmless, why) in _REFUSED_FIELDS.items():
             if name in full and full[name] not in harmless:
                 raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
-                                 f"{full[name]!r} (it changes the network's time input); supported: "
-                                 f"{', '.join(map(repr, harmless))}")
+                                 f"{full[name]!r} ({why}); supported: {', '.join(map(repr, harmless[:1]))}")
+        own = [k for k in full if not k.startswith("_") and k != "num_train_timesteps"]
         source = full.get("_class_name")
+        if not flow and own and full.get("trained_betas") is None and not any(k in full for k in _BETA_FIELDS):
+            raise ValueError(f"the {source or 'source scheduler'} config defines no DDPM noise schedule (none of beta_start, beta_schedule, "
+                             f"trained_betas) and no flow-matching one: DiffsolveScheduler runs those two families; "
+                             f"wrap the model with a diffsolve.adapters function for its process (from_score_sde for "
+                             f"a VE score SDE, from_edm / from_k_diffusion for σ-parametrised models) and use "
+                             f"diffsolve.sample")
         if "diffusers_class" not in kwargs and "diffusers_class" not in full and source not in (None, cls.__name__):
             kwargs["diffusers_class"] = source
         # every value of the source config is the source's (its class's defaults included): diffusers would
@@ -252,7 +279,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         else:
             t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)
-        self.timesteps = self.plan.labels.to(device) if device is not None else self.plan.labels
+        labels = self.plan.labels
+        if bool((labels == labels.round()).all()):  # whole training timesteps (grid "diffusers"): as diffusers'
+            labels = labels.to(torch.int64)  # DDIM/DDPM give them, which a time embedding by index needs
+        self.timesteps = labels.to(device) if device is not None else labels
         self.num_inference_steps = len(self.timesteps)
         self.init_noise_sigma = float((self.schedule.alpha(t[0]) ** 2 + self.schedule.sigma(t[0]) ** 2).sqrt())
         self._begin = 0
@@ -267,7 +297,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             run = default_run(budget, self.schedule, stochastic=not self.level.is_zero)
             self.solver = get_solver(run.solver)
             self._grid_kind = run.grid if cfg.grid is None else cfg.grid
-            self._final = run.denoise_final if cfg.denoise_final is None else cfg.denoise_final
+            # diffusers' own spacings place the last evaluation where diffusers steps to σ = 0: a run on them
+            # ends with the final denoise (without it, one step from that σ, e.g. 0.17 on a shifted flow
+            # grid, to t_min would carry most of the error)
+            own_spacing = self._grid_kind in ("diffusers", "flow_dpm")
+            self._final = (own_spacing or run.denoise_final) if cfg.denoise_final is None else cfg.denoise_final
             return
         self._grid_kind = "log_snr" if cfg.grid is None else cfg.grid
         if cfg.denoise_final is None and self._tuned is None:
@@ -291,7 +325,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                                scheduler=self.config.diffusers_class or "DPMSolverMultistepScheduler",
                                end_at_t_min=not final)
             return self.solver.grid_for(sch, grid=t)
-        return self.solver.grid_for(sch, nfe=nfe, grid=self._grid_kind, denoise_final=final)
+        return self.solver.grid_for(sch, nfe=nfe, grid=self._grid_kind, denoise_final=final, **_grid_start(sch))
 
     def _dry_run(self, t: Tensor) -> _Plan:
         """The solver on data-less ``meta`` tensors: the times and labels of its evaluations."""
@@ -359,7 +393,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None, return_dict: bool = True,
-             eta: float | None = None, use_clipped_model_output: bool | None = None, variance_noise=None):
+             eta: float | None = None, use_clipped_model_output=_NOT_PASSED, variance_noise=None):
         """Hand the network's output at ``(sample, timestep)`` to the solver; returns the input of
         its next evaluation as ``prev_sample`` (the final sample after the last one) and x̂0 of this
         evaluation as ``pred_original_sample``.
@@ -379,6 +413,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if variance_noise is not None:
             raise ValueError("step(variance_noise=...) is not supported: DiffsolveScheduler's solver draws its own "
                              "noise, from the generator passed to step() or the scheduler's seeds")
+        if (use_clipped_model_output is not _NOT_PASSED and not use_clipped_model_output and not self._said_clipped
+                and self._converter.threshold is not None):  # a DDIM pipeline's choice that the solver cannot make
+            self._said_clipped = True
+            warnings.warn("the config clips x̂0 (clip_sample/thresholding) and step() is called with "
+                          f"use_clipped_model_output={use_clipped_model_output!r} (DDIMPipeline's default): diffusers' "
+                          "DDIM then continues with the network's raw ε̂, DiffsolveScheduler with the ε̂ of the clipped "
+                          "x̂0 (as use_clipped_model_output=True), so the two differ where x̂0 is clipped",
+                          UserWarning, stacklevel=2)
+        model_output = self._one_output(model_output, sample)
         if self._gen is None:
             self._start(sample, generator)
         elif self._last is not None and sample is not self._last and not torch.equal(sample, self._last):
@@ -401,6 +444,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return DiffsolveSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
+
+    @staticmethod
+    def _one_output(model_output: Tensor, sample: Tensor) -> Tensor:
+        """The network's prediction: a learned-variance output (2C channels for C, diffusers' ``learned`` /
+        ``learned_range``) gives its first C channels, as diffusers' DDPM splits it; another shape is refused."""
+        if model_output.shape == sample.shape:
+            return model_output
+        if (model_output.dim() >= 2 and model_output.shape[1] == 2 * sample.shape[1]
+                and model_output.shape[0] == sample.shape[0] and model_output.shape[2:] == sample.shape[2:]):
+            return model_output[:, : sample.shape[1]]
+        raise ValueError(f"model_output has shape {tuple(model_output.shape)} for a sample of shape "
+                         f"{tuple(sample.shape)}: give the network's prediction, of the sample's shape (or twice its "
+                         f"channels for a learned variance, whose first half is the prediction)")
 
     def _start(self, sample: Tensor, generator):
         plan = self.plan if self._begin == 0 else self._restart_plan

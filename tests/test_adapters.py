@@ -276,3 +276,20 @@ def test_from_flow_matching_follows_metas_time_direction():
     assert float((diffsolve.sample(extra, z, nfe=40).x - (mu + 1.0 + s * z)).pow(2).mean().sqrt()) < 1e-3
     wrong = diffsolve.Denoiser(u, diffsolve.FlowSchedule(), prediction="velocity", net_dtype=F64)
     assert float((diffsolve.sample(wrong, z, nfe=20).x - exact).pow(2).mean().sqrt()) > 1.0
+
+
+def test_flow_matching_adapter_passes_a_scalar_time_and_names_a_bad_output():
+    """flow_matching's ODESolver gives its model a 0-d t: so does the adapter when every row is at one time;
+    a non-tensor output gets the Denoiser's message, not a failed negation."""
+    import diffsolve as ds
+
+    seen = set()
+
+    def u(x, t):
+        seen.add(tuple(t.shape))
+        return x * t - x
+
+    ds.sample(ds.adapters.from_flow_matching(u, shape=(2,)), seeds="0-3", nfe=5)
+    assert seen == {()}
+    with pytest.raises(TypeError, match="returned a tuple of 2, not a tensor"):
+        ds.sample(ds.adapters.from_flow_matching(lambda x, t: (x, t)), torch.zeros(2, 2, dtype=torch.float64), nfe=5)

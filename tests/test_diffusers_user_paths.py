@@ -123,3 +123,107 @@ def test_swapping_a_scheduler_logs_no_ignored_config_attributes(name, monkeypatc
     assert not [m for m in said if "config attributes" in m], said
     with pytest.raises(ValueError, match="timestep_type='continuous'"):
         DiffsolveScheduler.from_config(diffusers.EulerDiscreteScheduler(timestep_type="continuous").config)
+
+
+@pytest.mark.parametrize("beta_schedule", ["scaled_linear", "linear"])
+def test_zero_snr_scheduler_object_or_config_give_one_schedule(beta_schedule):
+    """A diffusers Euler/DPM/UniPC object with rescale_betas_zero_snr has already put 2^-24 at the last
+    timestep: from it or from its config, the same decreasing table, ending at 2^-24 where that keeps ᾱ
+    decreasing (scaled_linear, as diffusers samples) and below it where the table is lower (linear)."""
+    sc = diffusers.EulerDiscreteScheduler(beta_schedule=beta_schedule, rescale_betas_zero_snr=True)
+    (a, _), (b, _) = schedule_from_diffusers(sc), schedule_from_diffusers(sc.config)
+    t = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(a.alpha(t), b.alpha(t), rtol=0, atol=0)
+    end = float(a.alpha(t[1:]) ** 2)
+    if beta_schedule == "scaled_linear":
+        assert abs(end / 2.0 ** -24 - 1) < 1e-12, end
+    else:
+        assert 0 < end < 2.0 ** -24
+
+
+def test_whole_timesteps_for_a_time_embedding_by_index():
+    """A UNet with a learned (index) time embedding: the 'diffusers' grid's whole timesteps come as int64
+    and run; a fractional grid's error names the cause and the fix."""
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                 time_embedding_type="learned", num_train_timesteps=1000)
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False))
+    pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="ddim", grid="diffusers")
+    pipe.scheduler.set_timesteps(5)
+    assert pipe.scheduler.timesteps.dtype == torch.int64
+    assert pipe(num_inference_steps=5, output_type="np").images.shape == (1, 8, 8, 3)
+    den = from_diffusers(unet, diffusers.DDIMScheduler(clip_sample=False))
+    with pytest.raises(RuntimeError) as info:
+        ds.sample(den, seeds="0-1", nfe=4)
+    assert any("time embedding up by index" in n for n in getattr(info.value, "__notes__", [str(info.value)]))
+
+
+def test_learned_variance_output_and_a_wrong_shape():
+    """diffusers' learned variance doubles the UNet's channels: step() takes the first half, as DDPM does;
+    another shape is one clear error."""
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=6, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(variance_type="learned_range"))
+    pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config)
+    assert pipe(num_inference_steps=5, output_type="np").images.shape == (1, 8, 8, 3)
+    sch = DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config)
+    sch.set_timesteps(5)
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"model_output has shape \(1, 3, 4, 4\) for a sample of shape"):
+        sch.step(torch.zeros(1, 3, 4, 4), sch.timesteps[0], x)
+
+
+def _pipeline_error(config, n, **kw):
+    """RMS error of the scheduler's loop on an exact 8-D mixture against the exact ODE from the same x_T,
+    and of ds.sample's bare call (with its analytic first step off, which a pipeline cannot make)."""
+    gm = ds.GaussianMixture.random(d=8, n_modes=4, seed=3)
+    sch = DiffsolveScheduler.from_config(config, **kw)
+    sch.set_timesteps(n)
+    exact = gm.denoiser(sch.schedule, sch.prediction)
+    x0 = torch.randn(128, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * sch.init_noise_sigma
+    x = x0.clone()
+    for i, t in enumerate(sch.timesteps):
+        x = sch.step(exact.net(x, torch.full((128,), float(sch.plan.times[i]), dtype=torch.float64)), t, x).prev_sample
+    ref = ds.sample(exact, x0, solver="dopri5:rtol=1e-9:atol=1e-9").x
+    bare = ds.sample(exact, x0, nfe=n, analytic_first_step=False).x
+    return float((x - ref).pow(2).mean().sqrt()), float((bare - ref).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("config", [dict(beta_schedule="squaredcos_cap_v2"),
+                                    dict(beta_schedule="scaled_linear", rescale_betas_zero_snr=True,
+                                         prediction_type="v_prediction", timestep_spacing="trailing")])
+def test_scheduler_starts_where_sample_starts(config):
+    """On schedules that start below the default start log-SNR (cosine, zero terminal SNR) the scheduler's
+    grid starts where ds.sample's does (the exact flow of standard-normal data leaves VP latents as they are),
+    so it gives the bare call's result, not one with evaluations spent near t_max."""
+    got, want = _pipeline_error(diffusers.DDPMScheduler(clip_sample=False, **config).config, 10)
+    assert abs(got - want) < 1e-6 * max(1.0, want), (got, want)
+
+
+def test_flow_config_default_ends_with_the_final_denoise():
+    """diffusers' flow spacing puts the last evaluation where diffusers steps to σ = 0 (σ ≈ 0.17 at 16 steps,
+    shift 3): the scheduler's default run ends there with the final denoise, and its error falls with the
+    budget (it was 0.73 at 6 and 2.3 at 16, one step from that σ to t_min)."""
+    cfg = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    errs = [_pipeline_error(cfg, n)[0] for n in (6, 10, 16)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.1, errs
+
+
+@pytest.mark.parametrize("cls, kw, needle", [("ScoreSdeVeScheduler", {}, "defines no DDPM noise schedule"),
+                                             ("DDPMWuerstchenScheduler", {}, "defines no DDPM noise schedule"),
+                                             ("CogVideoXDDIMScheduler", {"snr_shift_scale": 3.0}, "snr_shift_scale")])
+def test_configs_of_other_processes_are_refused(cls, kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        DiffsolveScheduler.from_config(getattr(diffusers, cls)(**kw).config)
+
+
+def test_ddim_pipeline_default_with_clipping_is_said(unet):
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())  # clip_sample=True
+    pipe.scheduler = DiffsolveScheduler.from_config(pipe.scheduler.config, solver="ddim")
+    with pytest.warns(UserWarning, match="use_clipped_model_output=None"):
+        pipe(num_inference_steps=3, output_type="np")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pipe(num_inference_steps=3, output_type="np", use_clipped_model_output=True)

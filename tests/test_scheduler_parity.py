@@ -409,3 +409,15 @@ def test_bare_scheduler_runs_the_default_call(nfe):
     for t in s.timesteps:
         lat = s.step(net(lat, torch.as_tensor(t).reshape(1).expand(lat.shape[0]).double()), t, lat).prev_sample
     torch.testing.assert_close(lat, want.x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler"])
+def test_zero_terminal_snr_twins_are_exact(problem, cls):
+    """With rescale_betas_zero_snr these classes sample from ᾱ = 2^-24 at the last timestep; the twin takes
+    the same terminal ᾱ, from the config or from a scheduler object that has already set it."""
+    net, x_T = problem
+    cfg = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction",
+               beta_schedule="scaled_linear")
+    with torch.no_grad():
+        diff, twin = dp.compare(getattr(diffusers, cls), cfg, net, x_T, 7)
+    assert not twin.approximate and diff <= TOL, diff

@@ -267,7 +267,8 @@ def run_command(command, args) -> int:
     except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
         if debug:
             raise
-        print(f"error: {type(e).__name__}: {e}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
+        notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))  # where in the run, and the likely fix
+        print(f"error: {type(e).__name__}: {e}{notes}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted{_what_is_kept(args)}", file=sys.stderr)
