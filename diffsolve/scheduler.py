@@ -383,6 +383,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start the run "
                              f"at a step boundary")
         self._restart_plan, self._begin = sub, begin_index
+        if self._grid_kind != "diffusers" and self._tuned is None:
+            near = float(self.config.num_train_timesteps) * (1 - begin_index / len(self.plan.times))
+            warnings.warn(f"img2img/inpainting start at evaluation {begin_index} of {len(self.plan.times)}: on this "
+                          f"{self._grid_kind!r} grid that is timestep {float(rest[0]):.4g}, where diffusers' own "
+                          f"spacing would put it near {near:.4g} (a strength means another noise level); "
+                          f"grid='diffusers' keeps diffusers' meaning", UserWarning, stacklevel=2)
 
     @property
     def begin_index(self):

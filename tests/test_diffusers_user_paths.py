@@ -227,3 +227,18 @@ def test_ddim_pipeline_default_with_clipping_is_said(unet):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         pipe(num_inference_steps=3, output_type="np", use_clipped_model_output=True)
+
+
+def test_img2img_start_on_another_spacing_is_said():
+    """An img2img start indexes the grid: on diffsolve's log-SNR grid a strength is another noise level than
+    on diffusers' spacing, which is said; grid='diffusers' keeps diffusers' meaning without a word."""
+    sch = DiffsolveScheduler.from_config(diffusers.DDIMScheduler(clip_sample=False).config, solver="ddim")
+    sch.set_timesteps(10)
+    with pytest.warns(UserWarning, match="grid='diffusers' keeps diffusers' meaning"):
+        sch.set_begin_index(7)
+    same = DiffsolveScheduler.from_config(diffusers.DDIMScheduler(clip_sample=False).config, solver="ddim",
+                                          grid="diffusers")
+    same.set_timesteps(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        same.set_begin_index(7)
