@@ -155,7 +155,7 @@ TUNE_ARGV = argv_of(st.just(["tune"]), pick(SOURCES[0][:2] + SOURCES[0][3:], SOU
                     option("--solver", ["ddim", "dpmpp_2m", "learned", "unipc:order=3", "heun"], ["dopri5", "nope"]),
                     required("--nfe", ["3", "4"], ["0", "2.5", "1"]), required("--pilot", ["3"], ["0", "2.5"]),
                     required("--fresh", ["0", "2"], ["-1", "x"]), required("--max-evals", ["3"], ["0"]),
-                    st.just(["--iterations", "2"]),
+                    option("--iterations", ["2"], ["0"]),  # (--solver learned only: a clear error otherwise)
                     option("--init", ["auto", "karras"], ["nope", "{t}/vp-grid.json", "{t}/ddpm-grid.json"]),
                     option("--denoise-final", ["yes", "no", "auto"], ["maybe"]), option("--dtype", *DTYPES),
                     option("--device", *DEVICES), required("--out", ["{t}/g.json"], ["{t}/g.txt", "/proc/g.json"]),
@@ -391,7 +391,7 @@ def test_fuzz_alphabets_reach_every_outcome(files):
     for argv in (["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out", "{t}/x.pt", "-q"],
                  ["likelihood", "--data", "{t}/ok.npy", "--problem", "ring2d", "--rtol", "1e-3", "-q"],
                  ["tune", "--problem", "ring2d", "--nfe", "4", "--pilot", "3", "--fresh", "0", "--max-evals", "3",
-                  "--iterations", "2", "--solver", "ddim", "--out", "{t}/g.json", "-q"]):
+                  "--solver", "ddim", "--out", "{t}/g.json", "-q"]):
         code, err = run_cli([a.replace("{t}", str(files)) for a in argv])
         assert code == 0, err
     assert set(string.digits) <= set("0123456789-, x.")
