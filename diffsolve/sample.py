@@ -17,7 +17,7 @@ from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
 from .loop import integrate
 from .processes import NoiseLevel
-from .solvers import Solver, get_solver
+from .solvers import Solver, default_eta, get_solver
 from .tuned import load_grid
 
 __all__ = ["sample", "SampleResult", "plan_run", "RunPlan"]
@@ -86,6 +86,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             array of times. An adaptive solver chooses its own steps: an array gives it only the start
             and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
+            Default: the solver's ``default_eta``, 1 for the solvers made to sample the reverse SDE
+            (``ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, ``torchsde``; as k-diffusion's and
+            diffusers' samplers of those names), else 0.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
@@ -182,6 +185,8 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
     solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(
         schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step, eta, noise)
     _check_sizes(steps, nfe, grid, solver_options, eta)
+    if eta is None and noise is None:  # a solver made to sample the SDE samples it unless told otherwise
+        eta = default_eta(solver)
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
                                                       denoise_final, level, analytic_first_step)

@@ -39,7 +39,7 @@ from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
 from .defaults import default_run, default_start, prior_flow_scale
-from .solvers import get_solver
+from .solvers import default_eta, get_solver
 from .thresholding import threshold_from_config
 from .tuned import load_grid
 
@@ -140,8 +140,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             timestep, where diffusers steps to σ = 0), else n = its steps, followed by t_min (where
             diffusers' last step goes to ᾱ of timestep 0). :mod:`diffsolve.parity` lists the
             options that reproduce each diffusers scheduler.
-        eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); a callable
-            noise level t ↦ ν_t, which a JSON config cannot hold, is set by :meth:`set_noise_level`.
+        eta: the noise level ν_t = η g_t of the reverse family (stochastic solvers); default: the solver's
+            (1 for ``ancestral`` and the SDE solvers, else 0; :func:`diffsolve.solvers.default_eta`); a
+            callable noise level t ↦ ν_t, which a JSON config cannot hold, is set by :meth:`set_noise_level`.
         denoise_final: end with x̂0 at the last grid time (one evaluation of the budget); default:
             the default run's for a solver left to the budget; True for a named solver (diffusers'
             schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
@@ -164,7 +165,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "linspace", steps_offset: int = 0,
                  clip_sample: bool = False, thresholding: bool = False, solver: str | None = None,
-                 grid: str | None = None, eta: float = 0.0, denoise_final: bool | None = None, seeds=None,
+                 grid: str | None = None, eta: float | None = None, denoise_final: bool | None = None, seeds=None,
                  diffusers_class: str | None = None, clip_sample_range: float = 1.0,
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, shift: float = 1.0,
                  use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
@@ -190,7 +191,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             except ValueError as e:
                 raise ValueError(f"DiffsolveScheduler runs fixed-step solvers only (a pipeline makes one network "
                                  f"call per entry of scheduler.timesteps, all known before the first): {e}") from None
-        self.level = NoiseLevel(self.schedule, eta=eta)
+        # no eta: the solver's own (1 for ancestral and the SDE solvers, as diffusers' EulerAncestral and
+        # sde-dpmsolver++ run; else 0)
+        self.level = NoiseLevel(self.schedule, eta=default_eta(self.solver) if eta is None else eta)
         if self.solver is None and not self.level.is_zero:
             default_run(1, self.schedule, stochastic=True)  # refused here, naming the stochastic solvers
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
@@ -411,9 +414,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         asks. ``variance_noise`` (noise chosen by the pipeline) is refused: the solver draws its own."""
         if self.plan is None:
             raise ValueError("step() called before set_timesteps(); call set_timesteps first")
-        if eta is not None and float(eta) != 0.0 and float(eta) != float(self.config.eta):
+        if eta is not None and float(eta) != 0.0 and float(eta) != float(self.level.eta or 0.0):
             raise ValueError(f"the pipeline passes eta={eta!r} to step(), but DiffsolveScheduler's noise level is "
-                             f"part of its config (eta={self.config.eta!r}): make it with "
+                             f"part of its config (eta={self.level.eta!r}): make it with "
                              f"DiffsolveScheduler.from_config(config, eta={eta!r}, solver=<a stochastic solver such as "
                              f"'ddim'>)")
         if variance_noise is not None:

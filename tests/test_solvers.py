@@ -323,3 +323,22 @@ def test_peak_memory_in_state_units(spec, expected):
     run()  # warm caches
     units = peak_bytes(run) / (x.numel() * 4)
     assert units <= expected + 0.5, (spec, units)
+
+
+def test_solvers_made_for_the_sde_sample_it_by_default():
+    """ancestral, dpmpp_2m_sde, dpmpp_3m_sde and torchsde take η = 1 when no noise level is named (as
+    k-diffusion's and diffusers' samplers of those names); the others integrate the ODE (η = 0)."""
+    import diffsolve as ds
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("vp"), "eps")
+    for name in ("ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+        bare = ds.sample(den, solver=name, nfe=8, seeds="0-3")
+        torch.testing.assert_close(bare.x, ds.sample(den, solver=name, nfe=8, seeds="0-3", eta=1.0).x)
+        assert not torch.allclose(bare.x, ds.sample(den, solver=name, nfe=8, seeds="0-3", eta=0.0).x)
+    for name in ("ddim", "euler", "dpmpp_2m"):
+        torch.testing.assert_close(ds.sample(den, solver=name, nfe=8, seeds="0-3").x,
+                                   ds.sample(den, solver=name, nfe=8, seeds="0-3", eta=0.0).x)
+    diffusers = pytest.importorskip("diffusers")
+    assert DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config, solver="ancestral").level.eta == 1.0
+    assert DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config, solver="ddim").level.eta == 0.0

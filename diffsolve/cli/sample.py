@@ -70,7 +70,8 @@ def add_parser(subparsers):
     sn = s.add_mutually_exclusive_group()
     add_nfe_option(sn)
     sn.add_argument("--steps", type=positive_int, help="number of solver steps")
-    s.add_argument("--eta", type=nonneg_float, default=0.0, help="noise level ν = η g (default 0)")
+    s.add_argument("--eta", type=nonneg_float, help="noise level ν = η g (default: 1 for ancestral and the SDE "
+                                                     "solvers, which exist to sample the reverse SDE; else 0)")
     s.add_argument("--grid", help="step grid kind (`diffsolve list grids`) or a tuned-grid .json file; adaptive "
                                   "solvers size their own steps (options in the spec, e.g. dopri5:rtol=1e-4, "
                                   "torchsde:steps=50:grid=karras)")
@@ -122,7 +123,10 @@ def _announce(args, problem):
     solver = args.solver or ("the tuned solver" if tuned else "the default solver")
     sizing = [f"grid {args.grid}"] if args.grid else []
     sizing += [f"NFE {args.nfe}"] if args.nfe else [f"{args.steps} steps"] if args.steps else []
-    print(f"sampling {problem.name} with {solver} ({', '.join(sizing + [f'eta={args.eta:g}'])}) "
+    from ..solvers import default_eta
+
+    eta = args.eta if args.eta is not None else default_eta(args.solver)  # the solver's own when not given
+    print(f"sampling {problem.name} with {solver} ({', '.join(sizing + [f'eta={eta:g}'])}) "
           f"seeds {args.seeds} ...", file=sys.stderr, flush=True)
 
 

@@ -8,11 +8,11 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from .base import Solver, StepContext
-from .registry import SOLVERS, get_solver, list_solvers, parse_solver_spec, register, solver_spec
+from .registry import SOLVERS, default_eta, get_solver, list_solvers, parse_solver_spec, register, solver_spec
 
 for _m in _pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["SOLVERS", "Solver", "StepContext", "get_solver", "list_solvers", "parse_solver_spec", "register",
-           "solver_spec"]
+__all__ = ["SOLVERS", "Solver", "StepContext", "default_eta", "get_solver", "list_solvers", "parse_solver_spec",
+           "register", "solver_spec"]

@@ -342,6 +342,7 @@ class TorchSDE(AdaptiveSolver):
     name = "torchsde"
     declared_order = 1.0
     stochastic = True
+    default_eta = 1.0  # an SDE integrator: the reverse SDE unless a noise level is named
     sizing = ("solver_options=dict(steps=N, grid=KIND) for fixed steps, or dict(adaptive=True, rtol=..., atol=...) "
               "(on the command line the spec 'torchsde:steps=N:grid=KIND')")
 

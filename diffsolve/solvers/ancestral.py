@@ -53,6 +53,7 @@ class Ancestral(Solver):
     name = "ancestral"
     declared_order = 1.0
     stochastic = True
+    default_eta = 1.0  # k-diffusion's sample_euler_ancestral, diffusers' EulerAncestralDiscreteScheduler
 
     def step(self, ctx, i, x, state):
         s0, s1, h = math.exp(-ctx.lam[i]), math.exp(-ctx.lam[i + 1]), ctx.h(i)

@@ -134,6 +134,10 @@ class Solver:
             ``declared_order``.
         stochastic: True if the solver integrates a member of the ν_t family with ν > 0 and draws noise.
         draws_noise: True if it draws noise even on the probability-flow ODE (η = 0).
+        default_eta: the noise level η a run takes when the call names none (``eta``/``noise``): 1 for
+            the solvers that exist to sample the reverse SDE (``ancestral``, ``dpmpp_2m_sde``,
+            ``dpmpp_3m_sde``, ``torchsde``), as k-diffusion's and diffusers' samplers of those names
+            run them; 0 (the probability-flow ODE) for the others.
         adaptive: True if it chooses its own steps (then ``solve`` replaces ``init``/``step``).
         nfe_per_step: network evaluations per step (0: not known in advance).
         min_steps: fewest steps the method accepts.
@@ -143,6 +147,7 @@ class Solver:
     declared_order: float = 1.0
     stochastic: bool = False
     draws_noise: bool = False  # draws noise even at η = 0 (pc's Langevin corrector, EDM churn)
+    default_eta: float = 0.0  # η of a run that names no noise level: 1 for the solvers made to sample the SDE
     adaptive: bool = False
     nfe_per_step: int = 1
     min_steps: int = 1

@@ -229,6 +229,7 @@ class SDEDPMSolverPP2M(_DPMSolverPP):
     name = "dpmpp_2m_sde"
     declared_order = 1.0
     stochastic = True
+    default_eta = 1.0  # k-diffusion's sample_dpmpp_2m_sde, diffusers' sde-dpmsolver++
     min_steps = 2
 
     def __init__(self, order: int = 2, **options):

@@ -13,7 +13,7 @@ import json
 from .base import Solver
 
 __all__ = ["SOLVERS", "register", "get_solver", "list_solvers", "parse_solver_spec", "solver_spec",
-           "solver_options_help", "stochastic_solver_names"]
+           "solver_options_help", "stochastic_solver_names", "default_eta"]
 
 SOLVERS: dict[str, type[Solver]] = {}
 
@@ -74,6 +74,15 @@ def solver_options_help(cls: type[Solver]) -> str:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return ", ".join(out)
+
+
+def default_eta(solver) -> float:
+    """The noise level η a run of ``solver`` (an instance, a class, a name or a spec; None: the library's
+    default run, which integrates the ODE) takes when the call names none (:attr:`Solver.default_eta`);
+    0 for a name that is not registered (get_solver then says so)."""
+    if isinstance(solver, str):
+        solver = SOLVERS.get(parse_solver_spec(solver)[0])
+    return float(getattr(solver, "default_eta", 0.0)) if solver is not None else 0.0
 
 
 def get_solver(solver, **options) -> Solver:
