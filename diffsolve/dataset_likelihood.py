@@ -63,7 +63,9 @@ from torch import Tensor
 
 from ._text import count
 from .checks import check_data, check_seed
+from .denoiser import _add_note
 from .dequantize import Dequantization
+from .files import load_tensor_file
 from .distributed import DistContext
 from .images import (
     DATA_RANGE,
@@ -200,21 +202,11 @@ DELTA_FORM = "whole divergence"
 
 
 def _resolved_options(denoiser, options) -> dict:
-    """log_likelihood's recorded settings for this call: its defaults, then ``options``, with ``auto``
-    and the fresh-probe default resolved."""
-    import inspect
+    """log_likelihood's recorded settings for this call, as they run (:func:`diffsolve.likelihood.resolved_options`)."""
+    from .likelihood import resolved_options
 
-    from .likelihood import log_likelihood
-    from .ode import resolve_time_variable
-
-    params = inspect.signature(log_likelihood).parameters
-    out = {k: params[k].default for k in _RECORDED}
-    out.update(options)
-    if out["fresh_probes"] is None:
-        out["fresh_probes"] = out["divergence"] == "hutchinson"
-    out["time_variable"] = resolve_time_variable(out["time_variable"], denoiser.schedule, divergence=True,
-                                                fixed_steps=out["fixed_steps"] is not None)
-    return out
+    resolved = resolved_options(options, denoiser.schedule)
+    return {k: resolved[k] for k in _RECORDED}
 
 
 def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options) -> dict:
@@ -256,17 +248,10 @@ def _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options) -> l
             res = log_likelihood(denoiser, _prepared(batch, deq, data_range, device), seeds=range(seed + s, seed + e),
                                  dequantize=deq, **options)
     except (FloatingPointError, RuntimeError) as err:  # the network's NaN or its own error: say which items
-        raise _said(err, f"items {s}-{e - 1}: {err}") from None
+        _add_note(err, f"diffsolve: in the log-likelihood of items {s}-{e - 1}")
+        raise
     lp, bpd, nfe = (t.detach().cpu().tolist() for t in (res.log_prob, res.bits_per_dim, res.nfe))
     return [{"index": s + j, "log_prob": lp[j], "bits_per_dim": bpd[j], "nfe": int(nfe[j])} for j in range(e - s)]
-
-
-def _said(err: Exception, msg: str) -> Exception:
-    """``err``'s type with the message ``msg`` (its type kept for callers that catch it), else a RuntimeError."""
-    try:
-        return type(err)(msg)
-    except Exception:  # noqa: BLE001 - a subclass whose constructor wants other arguments
-        return RuntimeError(msg)
 
 
 def _net_device(denoiser) -> str:
@@ -333,14 +318,16 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     name = data_name or (f"--data {data}" if isinstance(data, (str, os.PathLike)) else "data")
     data_range = check_data_range(data_range)
+    if levels is not None and isinstance(data, (str, os.PathLike)) and Path(data).suffix in (".npy", ".pt"):
+        data = load_tensor_file(data, name, images=True, levels=True)  # integer level indices allowed
     ds = _as_dataset(_levels_on_grid(data, levels, data_range, name), denoiser, name)
     if n is None:
         n = len(ds)
     elif isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(ds):
         raise ValueError(f"n must be an integer in 1..{len(ds)} (the dataset's size), got {n!r}")
-    from .likelihood import check_options
+    from .likelihood import resolved_options
 
-    check_options(options)
+    resolved_options(options, denoiser.schedule)  # every option checked before any folder or work
     check_seed(seed, " (seed)")
     check_seed(seed + n - 1, f" (seed + index of the last of {n} items)")
     deq = _dequantization(ds.is_image, dequantize, levels, data_range)
@@ -388,8 +375,8 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
         except (FloatingPointError, RuntimeError) as err:
             kept = k + sum(min(bs, n - b) for b in done)
             if kept:
-                raise _said(err, f"{err}; the rows of the {count(kept, 'item')} finished before are kept in {out}: "
-                                 f"rerun with resume (--resume) once the cause is fixed") from None
+                _add_note(err, f"diffsolve: the rows of the {count(kept, 'item')} finished before are kept in {out}: "
+                               f"rerun with resume (--resume) once the cause is fixed")
             raise
         append_rows(path, rows)
         k += e - s

@@ -92,6 +92,16 @@ def _is_dtype_mismatch(e: BaseException) -> bool:
     return any(w in msg for w in ("dtype", "scalar type", "input type ("))
 
 
+def _first_weight(net: torch.nn.Module) -> tuple:
+    """(net, the module holding its first floating parameter, that parameter's name, the parameter); the
+    last three None when it has none."""
+    for module in net.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.is_floating_point():
+                return net, module, name, p
+    return net, torch.nn.Module(), None, None  # (an owner whose lookup of None gives None: cached as is)
+
+
 def _add_note(e: BaseException, note: str):
     """``e.add_note(note)`` (Python 3.11+); on 3.10 the note is appended to the message."""
     if hasattr(e, "add_note"):
@@ -134,11 +144,12 @@ class Denoiser(torch.nn.Module):
         """The dtype the network runs in: as declared, else its first floating parameter's (now), else None."""
         if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
             return self._declared_dtype
-        first = self.__dict__.get("_first_weight")  # net.double() / .to() convert a parameter in place
-        if first is None or first[0] is not self.net:
-            first = (self.net, next((p for p in self.net.parameters() if p.is_floating_point()), None))
-            self.__dict__["_first_weight"] = first
-        return None if first[1] is None else first[1].dtype
+        # the first floating weight and where it sits: net.double() / .to() convert it in place; a weight
+        # replaced (load_state_dict(assign=True), a new Parameter) is found again
+        first = self.__dict__.get("_first_weight")
+        if first is None or first[0] is not self.net or first[1]._parameters.get(first[2]) is not first[3]:
+            first = self.__dict__["_first_weight"] = _first_weight(self.net)
+        return None if first[3] is None else first[3].dtype
 
     @net_dtype.setter
     def net_dtype(self, dtype: torch.dtype | None):

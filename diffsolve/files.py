@@ -32,7 +32,8 @@ def load_tensor_file(path, what: str = "data file", images: bool = False, levels
         raise ValueError(f"{what} {str(path)!r} holds {x.dtype} values; the samples must be real floating-point "
                          f"numbers: save them converted, e.g. torch.save(x.double()) or "
                          f"numpy.save(path, x.astype(float))"
-                         + ("; integer level indices 0..K-1 need their number, --levels K" if images else ""))
+                         + ("; integer level indices 0..K-1 need their number (levels=K; on the command line "
+                            "--levels K)" if images else ""))
     return x
 
 

@@ -53,6 +53,7 @@ import inspect
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,7 +341,9 @@ def _checked_sample_options(denoiser, options: dict) -> dict:
     if unknown:
         raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} of sample(); "
                         f"valid: {', '.join(k for k in known if k not in ('denoiser', *_NOT_SAMPLE_OPTIONS))}")
-    plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
+    with warnings.catch_warnings():  # a check: sample() says what it warns about when it runs
+        warnings.simplefilter("ignore")
+        plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
     if options.get("dtype") is not None:
         check_state_dtype(options["dtype"])
     check_device(options.get("device"))

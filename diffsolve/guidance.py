@@ -215,7 +215,8 @@ class CFGDenoiser(Denoiser):
             if isinstance(base.net, _GuidedNet):
                 raise TypeError("this denoiser is already guided; wrap the unguided denoiser instead")
             net, schedule, prediction = base.net, base.schedule, base.prediction
-            time_label, net_dtype = base.time_label, base.net_dtype
+            # as declared, else None: the guided denoiser then reads its module's weights when used (net.double())
+            time_label, net_dtype = base.time_label, base._declared_dtype
             shape = base.shape if shape is None else shape
             threshold = base.threshold if threshold is None else threshold
             self_meta = getattr(base, "metadata", None)
@@ -223,8 +224,6 @@ class CFGDenoiser(Denoiser):
             net, net_dtype, self_meta = denoiser_or_net, None, None
             if schedule is None or prediction is None:
                 raise TypeError("with a bare network give schedule= and prediction= (or pass a Denoiser)")
-            if isinstance(net, torch.nn.Module):
-                net_dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
         if not callable(net):
             raise TypeError(f"the network must be callable, got {type(net).__name__}")
         if cond is None:

@@ -334,6 +334,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         autograd and its value detached, so the result is not differentiable in ``x`` or the
         network's weights (a graph through the state alone would give a wrong gradient).
     """
+    options = {k: v for k, v in locals().items() if k not in ("denoiser", "x")}  # (first: the arguments only)
     deq = Dequantization.make(dequantize)
     check_data(denoiser, x, allow_int=deq is not None,
                int_hint="integer data need dequantize=dict(levels=K, range=(a, b))")
@@ -341,14 +342,10 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         raise ValueError("log_likelihood differentiates the network (∂ε̂/∂x by autograd), which torch.inference_mode() "
                          "forbids; call it outside inference_mode (torch.no_grad() around it is fine)")
     x = x.detach()  # the result is not differentiable (Returns): no graph through the state
-    if fresh_probes is None:
-        fresh_probes = divergence == "hutchinson"
-    _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior)
-    solve = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, fixed_steps=fixed_steps,
-                 max_steps=max_steps, chunk_size=chunk_size)
-    check_settings(time_variable=time_variable, **solve)
     sch = denoiser.schedule
-    t_end = data_end_time(sch, t_end)
+    opts = resolved_options(options, sch)
+    fresh_probes, t_end, time_variable = opts["fresh_probes"], opts["t_end"], opts["time_variable"]
+    solve = {k: opts[k] for k in _SOLVE_OPTIONS}
     src = _random_source(seeds, x)
     call_dtype = x.dtype  # the caller's data: a network of unknown dtype is called in its dtype (Denoiser.calling_in)
     if deq is not None:
@@ -358,8 +355,7 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     exact = divergence == "exact"
     k = 1 if exact else probes
     estimate = _DivergenceEstimate(denoiser, k, None if exact else _probes(src, k, probe, fresh_probes, dtype))
-    ode = ProbabilityFlowODE(denoiser, resolve_time_variable(time_variable, sch, divergence=True,
-                                                      fixed_steps=fixed_steps is not None))
+    ode = ProbabilityFlowODE(denoiser, time_variable)
     # fresh probes: the random Δ must not steer the steps (module docstring)
     with denoiser.calling_in(call_dtype):
         sol = ode.solve(x, t_end, sch.t_max, divergence=estimate, divergence_in_norm=not fresh_probes, **solve)
@@ -370,19 +366,26 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     return _result(sol, x, sch, prior, deq, exact, info)
 
 
-def check_options(options: dict) -> None:
-    """:func:`log_likelihood`'s keyword options (all but ``denoiser`` and ``x``) checked as it checks them, its
-    defaults filled in: for a caller that runs it batch after batch and must refuse bad options before any
-    work (:func:`diffsolve.dataset_likelihood.dataset_log_likelihood`)."""
+def resolved_options(options: dict, schedule) -> dict:
+    """:func:`log_likelihood`'s keyword options (all but ``denoiser`` and ``x``), every one checked, with its
+    defaults filled in and resolved for ``schedule``: ``fresh_probes`` (fresh for Hutchinson), ``t_end``
+    (the schedule's t_min) and ``time_variable`` (``"auto"``, module docstring). The one validation of
+    these options: :func:`log_likelihood` calls it, and so does a caller that must refuse bad options before
+    any work (:func:`diffsolve.dataset_likelihood.dataset_log_likelihood`) and records them as they run."""
     params = {k: p for k, p in inspect.signature(log_likelihood).parameters.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(k for k in options if k not in params)
     if unknown:
         raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} of log_likelihood; "
                         f"valid: {', '.join(params)}")
     a = {k: p.default for k, p in params.items()} | dict(options)
-    fresh = a["divergence"] == "hutchinson" if a["fresh_probes"] is None else a["fresh_probes"]
-    _check_estimator(a["divergence"], a["probes"], a["probe"], fresh, a["dtype"], a["prior"])
+    if a["fresh_probes"] is None:
+        a["fresh_probes"] = a["divergence"] == "hutchinson"
+    _check_estimator(a["divergence"], a["probes"], a["probe"], a["fresh_probes"], a["dtype"], a["prior"])
     check_settings(time_variable=a["time_variable"], **{k: a[k] for k in _SOLVE_OPTIONS})
+    a["t_end"] = data_end_time(schedule, a["t_end"])
+    a["time_variable"] = resolve_time_variable(a["time_variable"], schedule, divergence=True,
+                                               fixed_steps=a["fixed_steps"] is not None)
+    return a
 
 
 _SOLVE_OPTIONS = ("method", "rtol", "atol", "norm", "per_sample", "fixed_steps", "max_steps", "chunk_size")

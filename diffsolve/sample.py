@@ -182,12 +182,16 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
     files call it before any work (``diffsolve sample --outdir``), :func:`sample` at its start."""
     check_flag("denoise_final", denoise_final, allow_none=True)
     check_flag("analytic_first_step", analytic_first_step, allow_none=True)
-    solver, solver_options, grid, steps, nfe, denoise_final = _tuned_grid(
-        schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step, eta, noise)
+    solver, solver_options, grid, steps, nfe, denoise_final, tuned = _tuned_grid(
+        schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step)
     _check_sizes(steps, nfe, grid, solver_options, eta)
     if eta is None and noise is None:  # a solver made to sample the SDE samples it unless told otherwise
         eta = default_eta(solver)
     level = NoiseLevel(schedule, eta=eta, noise=noise)
+    if tuned is not None and not level.is_zero:
+        warnings.warn("the tuned grid was tuned on the probability-flow ODE (η = 0); running it with noise, as "
+                      f"asked, {'with' if tuned.denoise_final else 'without'} the final denoise it was tuned "
+                      f"{'with' if tuned.denoise_final else 'without'}", UserWarning, stacklevel=3)
     solver, grid, denoise_final, analytic = _defaults(schedule, solver, solver_options, grid, nfe, steps,
                                                       denoise_final, level, analytic_first_step)
     kind = not solver.adaptive and (grid is None or isinstance(grid, str))  # a grid kind, not given times
@@ -245,13 +249,14 @@ def _batch_shape(denoiser: Denoiser, shape, seeds) -> tuple:
     return batch_shape
 
 
-def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step, eta, noise):
+def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step):
     """A tuned grid given as ``steps=`` or ``grid=`` fixes the times, whether the run ends with x̂0
     and, unless another solver is named, the solver and its options (``solver_options`` alone change
     the options of the grid's own solver). A budget other than the grid's own, a number of steps or the
     analytic first step beside it is refused: the grid fixes the evaluations; so is a model with another
-    schedule. Running another solver or options on its times, or a noise level ν > 0 (the grid was
-    tuned on the probability-flow ODE), is allowed with a warning."""
+    schedule. Running another solver or options on its times is allowed with a warning (and so is a noise
+    level ν > 0, :func:`plan_run`: the grid was tuned on the probability-flow ODE); the last item returned
+    is the tuned grid, or None."""
     for name, spec in (("steps", steps), ("grid", grid)):
         tuned = load_grid(spec)
         if tuned is None:
@@ -277,12 +282,8 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
             warnings.warn(f"the tuned grid was tuned for solver {_spec(tuned.solver, tuned.solver_options)}; running "
                           f"{_spec(asked, solver_options)} on its times instead, as asked (its budget is that "
                           f"solver's evaluations on {len(tuned.t) - 1} steps)", UserWarning, stacklevel=4)
-        if eta or noise is not None:
-            warnings.warn("the tuned grid was tuned on the probability-flow ODE (η = 0); running it with noise, "
-                          f"as asked, {'with' if tuned.denoise_final else 'without'} the final denoise it was tuned "
-                          f"{'with' if tuned.denoise_final else 'without'}", UserWarning, stacklevel=4)
-        return asked, options, tuned.grid, None, None, tuned.denoise_final
-    return solver, solver_options, grid, steps, nfe, denoise_final
+        return asked, options, tuned.grid, None, None, tuned.denoise_final, tuned
+    return solver, solver_options, grid, steps, nfe, denoise_final, None
 
 
 def _spec(solver, options) -> str:

@@ -65,9 +65,12 @@ _EDM_FIELDS = ("sigma_data", "sigma_schedule")
 _REFUSED_FIELDS = {"timestep_type": (("discrete",), "it changes the network's time input"),
                    "invert_sigmas": ((False,), "it changes the network's time input"),
                    "snr_shift_scale": ((1.0, 1), "it rescales the SNR of the training schedule (CogVideoX)")}
-# the fields that define a DDPM-family training schedule (a β table); a config with none of them (and no flow
-# fields) describes another process: VE score SDE, Würstchen, VQ diffusion, IPNDM, Karras VE
-_BETA_FIELDS = ("beta_start", "beta_schedule")
+# configs of other processes than the DDPM and flow-matching families, by a field of their own or by class
+_OTHER_PROCESSES = {"snr": "a VE score SDE", "sampling_eps": "a VE score SDE", "correct_steps": "a VE score SDE",
+                    "s_churn": "Karras et al.'s VE sampler", "scaler": "Würstchen's noise schedule",
+                    "num_vec_classes": "VQ diffusion"}
+_OTHER_CLASSES = ("ScoreSdeVeScheduler", "ScoreSdeVpScheduler", "KarrasVeScheduler", "IPNDMScheduler",
+                  "DDPMWuerstchenScheduler", "VQDiffusionScheduler")
 # the source scheduler's own sampler settings: replaced by diffsolve's solver, grid and final denoise
 # (diffsolve.parity gives the options that reproduce a diffusers scheduler), so not passed on
 _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
@@ -144,7 +147,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             (1 for ``ancestral`` and the SDE solvers, else 0; :func:`diffsolve.solvers.default_eta`); a
             callable noise level t ↦ ν_t, which a JSON config cannot hold, is set by :meth:`set_noise_level`.
         denoise_final: end with x̂0 at the last grid time (one evaluation of the budget); default:
-            the default run's for a solver left to the budget; True for a named solver (diffusers'
+            the default run's for a solver left to the budget, and always on diffusers' own spacings
+            (``"diffusers"``, ``"flow_dpm"``, the default of flow configs: their last evaluation is where
+            diffusers steps to σ = 0); True for a named solver (diffusers'
             schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
             setting.
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
@@ -234,14 +239,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if name in full and full[name] not in harmless:
                 raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
                                  f"{full[name]!r} ({why}); supported: {', '.join(map(repr, harmless[:1]))}")
-        own = [k for k in full if not k.startswith("_") and k != "num_train_timesteps"]
         source = full.get("_class_name")
-        if not flow and own and full.get("trained_betas") is None and not any(k in full for k in _BETA_FIELDS):
-            raise ValueError(f"the {source or 'source scheduler'} config defines no DDPM noise schedule (none of beta_start, beta_schedule, "
-                             f"trained_betas) and no flow-matching one: DiffsolveScheduler runs those two families; "
-                             f"wrap the model with a diffsolve.adapters function for its process (from_score_sde for "
-                             f"a VE score SDE, from_edm / from_k_diffusion for σ-parametrised models) and use "
-                             f"diffsolve.sample")
+        other = next((what for k, what in _OTHER_PROCESSES.items() if k in full), None)
+        if other is not None or source in _OTHER_CLASSES:
+            raise ValueError(f"the {source or 'source scheduler'} config describes {other or 'another process'}, not a "
+                             f"DDPM-family or flow-matching one, which DiffsolveScheduler runs; wrap the model with "
+                             f"the diffsolve.adapters function for its process (from_score_sde for a score SDE, "
+                             f"from_edm / from_k_diffusion for σ-parametrised models) and use diffsolve.sample")
         if "diffusers_class" not in kwargs and "diffusers_class" not in full and source not in (None, cls.__name__):
             kwargs["diffusers_class"] = source
         # every value of the source config is the source's (its class's defaults included): diffusers would
@@ -275,6 +279,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         budget = num_inference_steps if num_inference_steps is not None else len(
             sigmas if sigmas is not None else timesteps)
         self._resolve(int(budget))
+        # the grid is diffusers' own: its spacing (flow configs: flow_dpm), the pipeline's timesteps or sigmas
+        self._diffusers_spacing = (timesteps is not None or sigmas is not None or self._tuned is not None
+                                   or self._grid_kind in ("diffusers", "flow_dpm"))
         if flow and timesteps is None and (sigmas is not None or self._grid_kind in ("diffusers", "flow_dpm")):
             spacing = "dpm" if self._grid_kind == "flow_dpm" and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
@@ -386,12 +393,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start the run "
                              f"at a step boundary")
         self._restart_plan, self._begin = sub, begin_index
-        if self._grid_kind != "diffusers" and self._tuned is None:
-            near = float(self.config.num_train_timesteps) * (1 - begin_index / len(self.plan.times))
+        if not self._diffusers_spacing:
             warnings.warn(f"img2img/inpainting start at evaluation {begin_index} of {len(self.plan.times)}: on this "
-                          f"{self._grid_kind!r} grid that is timestep {float(rest[0]):.4g}, where diffusers' own "
-                          f"spacing would put it near {near:.4g} (a strength means another noise level); "
-                          f"grid='diffusers' keeps diffusers' meaning", UserWarning, stacklevel=2)
+                          f"{self._grid_kind!r} grid that is timestep {float(rest[0]):.4g}, not where diffusers' own "
+                          f"spacing puts it (a strength means another noise level there); grid='diffusers' keeps "
+                          f"diffusers' meaning", UserWarning, stacklevel=2)
 
     @property
     def begin_index(self):

@@ -112,7 +112,8 @@ class TunedGrid:
             raise ValueError(f"{path} is not a tuned-grid file: missing {sorted(missing)}")
         known = set(cls.__dataclass_fields__)
         data = {k: v for k, v in data.items() if k in known}
-        data.update({k: math.nan for k in _ERRORS if k in data and data[k] is None})  # null: not measured
+        nullable = _ERRORS + ("tuning_seconds",)
+        data.update({k: math.nan for k in nullable if k in data and data[k] is None})  # null: not measured
         _check_fields(path, data)
         return cls(**data)
 

@@ -379,3 +379,11 @@ def test_net_dtype_follows_the_module_after_wrapping():
     den = ds.Denoiser(net, "vp")
     net.double()
     assert den.net_dtype == torch.float64
+    net.load_state_dict({k: v.float() for k, v in net.state_dict().items()}, assign=True)  # weights replaced
+    assert den.net_dtype == torch.float32
+    guided = ds.CFGDenoiser(ds.Denoiser(lambda x, t: x, "vp", net_dtype=torch.float64), 2.0, cond=0, uncond=1)
+    assert guided.net_dtype == torch.float64  # a declared dtype is kept
+    inner = torch.nn.Linear(2, 2)
+    guided = ds.CFGDenoiser(ds.Denoiser(inner, "vp"), 2.0, cond=0, uncond=1)
+    inner.double()
+    assert guided.net_dtype == torch.float64  # a module's is read from its weights, through the guidance

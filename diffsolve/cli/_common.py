@@ -235,6 +235,11 @@ def _what_is_kept(args) -> str:
     return f" (what is finished is kept in {folder}; rerun with --resume)" if folder else ""
 
 
+def _notes(e: BaseException) -> str:
+    """An exception's notes (where in the run it was raised, the likely fix), one line each."""
+    return "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     kind = "" if category is UserWarning else f"{category.__name__}: "
     print(f"warning: {kind}{message}", file=sys.stderr)
@@ -252,7 +257,7 @@ def run_command(command, args) -> int:
         # CLIError, the library's validation errors, a missing optional package, a network returning NaN
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_notes(e)}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # the reader of stdout stopped (`diffsolve list solvers | head`): not an error
         try:  # the interpreter's last flush must not fail again
@@ -267,8 +272,7 @@ def run_command(command, args) -> int:
     except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
         if debug:
             raise
-        notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))  # where in the run, and the likely fix
-        print(f"error: {type(e).__name__}: {e}{notes}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {e}{_notes(e)}\n(set DIFFSOLVE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted{_what_is_kept(args)}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .._text import count
@@ -167,7 +168,9 @@ def run(args) -> int:
     den = checked_denoiser(problem, device)
     run = dict(solver=args.solver, nfe=args.nfe, steps=args.steps, eta=args.eta, grid=args.grid,
                denoise_final=False if args.no_denoise_final else None, analytic_first_step=args.analytic_first_step)
-    plan_run(den.schedule, **run)  # every option checked before the announcement
+    with warnings.catch_warnings():  # every option checked before the announcement (sample() warns itself)
+        warnings.simplefilter("ignore")
+        plan_run(den.schedule, **run)
     t0 = time.perf_counter()
     if not args.quiet:
         _announce(args, problem)
