@@ -267,4 +267,12 @@ def test_summary_of_a_resumed_run_counts_the_file():
 
     assert summary(2, 1.0, "out/results.jsonl").strip() == "2 rows in 1.0 s -> out/results.jsonl"
     line = summary(49, 3.0, "out/results.jsonl", earlier=47)
-    assert line.strip().endswith("(with the 47 rows of earlier runs: 96 in the file)")
+    assert line.strip().endswith("(with the 47 rows of earlier runs: 96 finished in the file)")
+
+
+def test_resumed_run_on_a_smaller_grid_counts_the_whole_file(tmp_path, capsys):
+    """The closing line's total is the file's, not the resumed grid's (8 rows there, a grid of 3 resumed)."""
+    run_bench(_cfg(tmp_path, solvers=["ddim", "unipc"], nfe=[4, 6, 8, 10], print_table=True))
+    capsys.readouterr()
+    run_bench(_cfg(tmp_path, solvers=["ddim"], nfe=[4, 6, 12], resume=True, print_table=True))
+    assert "(with the 8 rows of earlier runs: 9 finished in the file)" in capsys.readouterr().out

@@ -4,6 +4,7 @@ and (when installed) torch-fidelity and clean-fid."""
 import importlib
 import importlib.abc
 import importlib.util
+import math
 import pickle
 import socket
 import sys
@@ -194,7 +195,8 @@ def test_kid_is_near_zero_for_one_law_and_positive_for_two(rng):
     x, y = rng.standard_normal((600, 8)), rng.standard_normal((600, 8))
     same, shifted = F.kid(x, y, subset_size=200, num_subsets=20), F.kid(x, y + 1.0, subset_size=200, num_subsets=20)
     assert abs(same.mean) < 3 * same.std + 1e-3 and shifted.mean > 10 * shifted.std > 0
-    assert F.kid(x, y, num_subsets=3).subset_size == 600  # subsets of min(1000, N) rows
+    whole = F.kid(x, y, num_subsets=3)
+    assert whole.subset_size == 600 and math.isnan(whole.std)  # subsets of min(1000, N) rows: both sets whole
     with pytest.raises(ValueError, match="dimensions"):
         F.kid(x, y[:, :3])
 

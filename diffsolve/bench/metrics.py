@@ -45,9 +45,16 @@ def rms_error(x: Tensor, ref: Tensor) -> float:
     return float(((x.to(_F64) - ref.to(_F64)) ** 2).mean().sqrt())
 
 
+# added to the seed: a stream apart from the problems' (torch.randn with seeds 0, 1, ...; torch's CPU generator
+# seeds its Mersenne twister with the low 32 bits, so the offset lies there)
+_PROJECTION_STREAM = 0x9E3779B9
+
+
 def projections(d: int, n_projections: int, seed: int = 0, device=None) -> Tensor:
-    """(n_projections, d) directions uniform on the unit sphere, from a fixed seed (float64)."""
-    g = torch.Generator().manual_seed(int(seed))
+    """(n_projections, d) directions uniform on the unit sphere, from a fixed seed (float64). Drawn from a
+    stream of their own: with the seed itself, the first eight of mix64's directions were its eight means
+    (both ``torch.randn`` from seed 0), which raised its SW₂ by ~20 %."""
+    g = torch.Generator().manual_seed(_PROJECTION_STREAM + int(seed))
     theta = torch.randn(n_projections, d, dtype=_F64, generator=g)
     return (theta / theta.norm(dim=1, keepdim=True)).to(device)
 

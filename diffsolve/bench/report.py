@@ -103,5 +103,6 @@ def summary(n_rows: int, elapsed: float, results, n_failed: int = 0, earlier: in
     with ``earlier`` rows already there (a resumed run), the file's total too."""
     failed = (f" ({n_failed} failed: rerun with --resume to run {'it' if n_failed == 1 else 'them'} again)"
               if n_failed else "")
-    before = f" (with the {count(earlier, 'row')} of earlier runs: {n_rows + earlier} in the file)" if earlier else ""
+    total = n_rows - n_failed + earlier
+    before = f" (with the {count(earlier, 'row')} of earlier runs: {total} finished in the file)" if earlier else ""
     return f"\n{count(n_rows, 'row')} in {elapsed:.1f} s{failed} -> {results}{before}"

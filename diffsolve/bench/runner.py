@@ -112,8 +112,9 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     if dist.is_main:
         if cfg.print_table:
             n_failed = sum(map(is_failed, written))
-            print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed,
-                          earlier=len(items) - len(todo)), file=stream)
+            earlier = len(read_rows(results.path)) - (len(written) - n_failed)  # the file's finished rows, all runs
+            print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed, earlier=earlier),
+                  file=stream)
         if cfg.plot:
             _plot(results, cfg.print_table, progress, stream)
     return written

@@ -8,6 +8,7 @@ r"""Feature-space sample-quality statistics computed as the papers do (docs/math
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -192,6 +193,10 @@ def kid(features_a, features_b, *, num_subsets: int = 100, subset_size: int = 10
 
     ``seed`` (an int, or a ``np.random.RandomState`` / ``Generator``) draws each pair as torch-fidelity
     does (``choice(N_a, m)`` then ``choice(N_b, m)``), so equal seeds select equal subsets.
+
+    The std is the spread of the subsets' values, not a standard error: where m is both sets' size every
+    subset is the whole of both (MMD² ignores order) and there is no spread to measure, so the std is NaN
+    (torch-fidelity reports ~0 there); where m is one set's size it reflects the other's subsampling only.
     """
     x, y = (t.cpu().numpy() for t in _pair(features_a, features_b))
     m = min(subset_size, len(x), len(y))
@@ -202,7 +207,8 @@ def kid(features_a, features_b, *, num_subsets: int = 100, subset_size: int = 10
     for i in range(num_subsets):
         ix = rng.choice(len(x), m, replace=False)
         values[i] = _mmd2_poly(x[ix], y[rng.choice(len(y), m, replace=False)])
-    return KID(float(values.mean()), float(values.std()), m, num_subsets, values)
+    spread = float(values.std()) if m < max(len(x), len(y)) else math.nan  # (docstring)
+    return KID(float(values.mean()), spread, m, num_subsets, values)
 
 
 # --- precision / recall ---------------------------------------------------------------------
