@@ -204,6 +204,11 @@ class _Plan:
             if num_classes is not None:
                 raise ValueError("num_classes is for class_label='random' (--class random)")
             return
+        from .guidance import CFGDenoiser
+
+        if isinstance(self.denoiser, CFGDenoiser):
+            raise TypeError("the denoiser is already guided (a CFGDenoiser): give the unguided denoiser with "
+                            "class_label= and guidance=, which generate guides itself, block by block")
         net = self.denoiser.net
         self.uncond = getattr(net, "null_class", None) if uncond is None else uncond
         if self.uncond is None:

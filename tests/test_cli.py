@@ -282,6 +282,12 @@ def test_an_interrupted_command_says_what_it_keeps(argv, kept, capsys):
     assert err == "interrupted" + (f" ({kept})" if kept else ""), err
 
 
+def test_feature_options_without_a_metric_are_refused(capsys, tmp_path):
+    for extra in (["--features", "pixels"], ["--bootstrap", "50"]):
+        code, _, err = run(["bench", *extra, "--out", str(tmp_path / "b")], capsys)
+        assert code == 2 and "name them with --metric" in err, err
+
+
 def test_sample_to_one_file_takes_threads(capsys, tmp_path):
     before = torch.get_num_threads()
     try:

@@ -271,6 +271,8 @@ def test_the_library_checks_its_arguments(digits, tmp_path):
         generate(digits, "0-3", tmp_path / "run", solver="heun", nfe=1)
     with pytest.raises(ValueError, match="eta"):
         generate(digits, "0-3", tmp_path / "run", eta=-1.0)
+    with pytest.raises(TypeError, match="already guided"):
+        generate(ds.CFGDenoiser(digits, 2.0, cond=3), "0-3", tmp_path / "run", class_label=3, guidance=2.0)
     with pytest.raises(TypeError, match="unknown option nfes of sample"):
         generate(digits, "0-3", tmp_path / "run", nfes=4)
     with pytest.raises(TypeError, match="dtype must be torch.float64 or torch.float32"):

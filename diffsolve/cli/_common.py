@@ -103,7 +103,8 @@ def add_model_options(p):
     """``--problem`` or ``--model``, and ``--schedule``: read by :func:`problem_from_args`."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--problem", help="built-in problem with exact ground truth (see `diffsolve list problems`)")
-    g.add_argument("--model", help="a bundled model (see `diffsolve list models`) or package.module:factory")
+    g.add_argument("--model", help="a bundled model (see `diffsolve list models`), package.module:factory or "
+                   "file.py:factory")
     add_schedule_option(p)
 
 

@@ -18,8 +18,8 @@ def add_parser(subparsers):
                                           "written (e.g. disk full; --resume continues); 2 bad input.")
     b.add_argument("--problems", type=csv(str, "problem"), help="comma-separated problems "
                    "(default: ring2d,mix64,gauss3072 and the digits model if bundled)")
-    b.add_argument("--model", action="append", default=[], help="add a model (zoo name or package.module:factory); "
-                   "repeatable")
+    b.add_argument("--model", action="append", default=[], help="add a model (zoo name, package.module:factory or "
+                   "file.py:factory); repeatable")
     sv = b.add_mutually_exclusive_group()
     sv.add_argument("--solvers", type=csv(str, "solver"), help="comma-separated solvers, each a name or "
                     "name:key=value:... with its options, e.g. dpmpp_2m,unipc:order=3:variant=bh1, or 'default' "
@@ -59,14 +59,14 @@ def add_parser(subparsers):
                               "feature space (docs/math.md §24), with bootstrap intervals")
     fm.add_argument("--metric", type=csv(str, "metric"), help="comma-separated: fid, kid, prdc (precision, recall, "
                     "density, coverage)")
-    fm.add_argument("--features", default="pixels", help="feature space: pixels (default), inception[:weights path] "
+    fm.add_argument("--features", help="feature space: pixels (default), inception[:weights path] "
                     "(a local file; nothing is downloaded), package.module:factory or file.py:factory")
     fm.add_argument("--reference", help="what samples are compared with: a folder of images, a .npz/.npy/.pt "
                     "dataset, a folder of `diffsolve sample --format npz` shards, or mu/sigma statistics (.npz, "
                     "fid only) (default: a bundled model's held-out data, an analytic problem's exact samples)")
     fm.add_argument("--data-range", type=csv(float, "number"), default=[-1.0, 1.0],
                     help="LO,HI: the model's data range, mapped to 8-bit images as PNGs are (default -1,1)")
-    fm.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples of each interval (default 50; "
+    fm.add_argument("--bootstrap", type=int, help="bootstrap resamples of each interval (default 50; "
                     "0: none; each costs one covariance of the features for fid)")
     add_device_options(b)
     b.set_defaults(run=run)
@@ -99,8 +99,8 @@ def _feature_settings(args):
     from ..bench import FeatureSettings
 
     if not args.metric:
-        given = [o for o, v, d in (("--reference", args.reference, None), ("--features", args.features, "pixels"),
-                                   ("--bootstrap", args.bootstrap, 50)) if v != d]
+        given = [o for o, v in (("--reference", args.reference), ("--features", args.features),
+                                ("--bootstrap", args.bootstrap)) if v is not None]
         if given:
             raise CLIError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up feature metrics; "
                            f"name them with --metric fid,kid,prdc")
@@ -109,8 +109,9 @@ def _feature_settings(args):
         raise CLIError(f"--data-range is LO,HI, got {len(args.data_range)} numbers")
     if args.reference is not None and not os.path.exists(args.reference):
         raise CLIError(f"--reference {args.reference}: no such file or folder")
-    return FeatureSettings(metrics=tuple(args.metric), features=args.features, reference=args.reference,
-                           data_range=tuple(args.data_range), bootstrap=args.bootstrap)
+    given = {k: v for k, v in (("features", args.features), ("bootstrap", args.bootstrap)) if v is not None}
+    return FeatureSettings(metrics=tuple(args.metric), reference=args.reference, data_range=tuple(args.data_range),
+                           **given)  # (FeatureSettings' own defaults: pixels, 50)
 
 
 EXIT_ROWS_FAILED = 3  # the run finished, but some rows raised (failed records in results.jsonl)
