@@ -439,3 +439,19 @@ def test_inception_through_torch_fidelity(tmp_path, rng):
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     out = F.features_from(f"inception:{tmp_path}/weights-inception-2015-12-05-6726825d.pth")(x)
     assert out.shape == (2, 2048) and torch.allclose(out, ref(_to_uint8_rgb(x, (-1.0, 1.0)))[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, d", [(40, 12), (30, 200), (300, 25)])
+def test_frechet_distance_from_rows_equals_the_covariance_route(n, d):
+    """The rows' thin SVD gives the Fréchet distance of their Gaussian fit without a D×D covariance (fewer
+    rows than dimensions included); the reference's square root is kept until its statistics change."""
+    g = np.random.default_rng(3)
+    a = g.standard_normal((n, d)) @ g.standard_normal((d, d)) * 0.3 + 0.5
+    ref = F.FeatureStats().update(g.standard_normal((2 * n, d)))
+    want = F.FeatureStats().update(a).frechet_distance(ref)
+    assert F.frechet_distance_rows(a, ref) == pytest.approx(want, rel=1e-10)
+    ref.update(g.standard_normal((n, d)) + 1.0)  # changed statistics: a new square root
+    assert F.frechet_distance_rows(a, ref) == pytest.approx(F.FeatureStats().update(a).frechet_distance(ref),
+                                                            rel=1e-10)
+    with pytest.raises(ValueError, match="dimension"):
+        F.frechet_distance_rows(a[:, :3], ref)

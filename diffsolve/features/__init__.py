@@ -10,8 +10,9 @@ r"""Feature-space sample-quality metrics as the papers compute them (docs/math.m
 from .extract import INCEPTION_WEIGHTS, features_from
 from .reference import FeatureReference
 from .stats import (KID, DensityCoverage, FeatureStats, Interval, PrecisionRecall, ball_hits, bootstrap_interval,
-                    density_coverage, frechet_distance, kid, knn_radii, precision_recall, sqrtm_psd)
+                    density_coverage, frechet_distance, frechet_distance_rows, kid, knn_radii, precision_recall,
+                    sqrtm_psd)
 
-__all__ = ["FeatureStats", "sqrtm_psd", "frechet_distance", "KID", "kid", "PrecisionRecall", "knn_radii",
+__all__ = ["FeatureStats", "sqrtm_psd", "frechet_distance", "frechet_distance_rows", "KID", "kid", "PrecisionRecall", "knn_radii",
            "precision_recall", "DensityCoverage", "density_coverage", "ball_hits", "features_from", "Interval",
            "bootstrap_interval", "INCEPTION_WEIGHTS", "FeatureReference"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureStats", "sqrtm_psd", "frechet_distance", "KID", "kid", "PrecisionRecall", "knn_radii",
+__all__ = ["FeatureStats", "sqrtm_psd", "frechet_distance", "frechet_distance_rows", "KID", "kid", "PrecisionRecall", "knn_radii",
            "precision_recall", "DensityCoverage", "density_coverage", "ball_hits", "Interval", "bootstrap_interval"]
 
 
@@ -51,6 +51,7 @@ class FeatureStats:
     def __init__(self):
         self.n: int | None = 0  # None: loaded without a sample count
         self._mean = self._m2 = self._sigma = None  # _sigma: a covariance loaded without its count
+        self._root = None  # (√w, V) of cov, kept until the statistics change (sqrt_eig)
 
     @property
     def nbytes(self) -> int:
@@ -80,6 +81,7 @@ class FeatureStats:
         if mb.shape != self._mean.shape:
             raise ValueError(f"feature dimension {mb.shape[0]} does not match the accumulator's {self._mean.shape[0]}")
         na, n = self.n, self.n + nb
+        self._root = None
         delta = mb - self._mean
         self._mean += delta * (nb / n)
         self._m2 += m2b
@@ -104,6 +106,13 @@ class FeatureStats:
     def frechet_distance(self, other: FeatureStats) -> float:
         """:func:`frechet_distance` between the two Gaussian fits."""
         return frechet_distance(self.mean, self.cov, other.mean, other.cov)
+
+    def sqrt_eig(self) -> tuple[np.ndarray, np.ndarray]:
+        """(√w, V) of the covariance (:func:`_sqrt_eig`), computed once for these statistics: a reference's,
+        against which many sample sets are measured (:func:`frechet_distance_rows`)."""
+        if self._root is None:
+            self._root = _sqrt_eig(self.cov)
+        return self._root
 
     def save(self, path) -> None:
         np.savez(path, mu=self.mean, sigma=self.cov, **({} if self.n is None else {"n": np.int64(self.n)}))
@@ -157,6 +166,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     tr_sqrt = np.linalg.svd(r2[:, None] * (v2.T @ v1) * r1[None, :], compute_uv=False).sum()
     diff = mu1 - mu2
     return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt), 0.0)
+
+
+def frechet_distance_rows(features, reference: FeatureStats) -> float:
+    r""":func:`frechet_distance` between the Gaussian fit of the rows ``features`` (n, D) and ``reference``,
+    the same number without forming the rows' D×D covariance: with X̃ = X − μ = U S Vᵀ (thin SVD, r =
+    min(n, D) columns), Σ = V diag(S²/(n − 1)) Vᵀ, so Σ^{½} = V diag(S/√(n − 1)) Vᵀ and the trace term is
+    the sum of the singular values of S_ref (V_refᵀ V) S/√(n − 1), a D×r matrix. The reference's square
+    root is kept (:meth:`FeatureStats.sqrt_eig`): measuring many sample sets against one reference (a
+    bootstrap) costs O(D² r) each instead of two D×D eigendecompositions and a D×D SVD."""
+    x = _matrix(features).double().cpu().numpy()
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"a covariance needs at least 2 samples, have {n}")
+    mu_ref = reference.mean
+    if x.shape[1] != mu_ref.shape[0]:
+        raise ValueError(f"feature dimension {x.shape[1]} does not match the reference's {mu_ref.shape[0]}")
+    mu = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+    r = s / math.sqrt(n - 1)
+    r_ref, v_ref = reference.sqrt_eig()
+    tr_sqrt = np.linalg.svd(r_ref[:, None] * (v_ref.T @ vt.T) * r[None, :], compute_uv=False).sum()
+    diff = mu - mu_ref
+    return max(float(diff @ diff + (r * r).sum() + r_ref @ r_ref - 2.0 * tr_sqrt), 0.0)
 
 
 # --- KID --------------------------------------------------------------------------------------
