@@ -136,13 +136,10 @@ def _levels_on_grid(data, levels, data_range, name: str):
     if levels is None:
         raise ValueError(f"{name} holds integers ({data.dtype}): if they are level indices 0..K-1, give their number "
                          f"(levels=K, --levels K); if they are samples, convert them to floating point")
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    if data.numel() and (int(data.min()) < 0 or int(data.max()) > levels - 1):
-        raise ValueError(f"{name} holds integers in [{int(data.min())}, {int(data.max())}]; level indices of "
-                         f"levels={levels} lie in 0..{levels - 1}")
-    lo, hi = data_range
-    return lo + (hi - lo) * data.to(torch.float64) / (levels - 1)
+    try:
+        return Dequantization(levels, data_range).grid_point(data)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def _dequantization(is_image: bool, dequantize, levels, data_range) -> Dequantization | None:
@@ -201,20 +198,12 @@ _RECORDED = ("divergence", "probes", "probe", "fresh_probes", "rtol", "atol", "m
 DELTA_FORM = "whole divergence"
 
 
-def _resolved_options(denoiser, options) -> dict:
-    """log_likelihood's recorded settings for this call, as they run (:func:`diffsolve.likelihood.resolved_options`)."""
-    from .likelihood import resolved_options
-
-    resolved = resolved_options(options, denoiser.schedule)
-    return {k: resolved[k] for k in _RECORDED}
-
-
-def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options) -> dict:
+def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options, resolved) -> dict:
     """What a resumed run must share with the rows already written (not the number of processes, nor
     the data's path: the data are recognised by their size, shape and first items); the options of
     log_likelihood are recorded by name, the solver's as they resolve (:data:`_RECORDED`), with the
     form of Δ (:data:`DELTA_FORM`)."""
-    options = {**options, **_resolved_options(denoiser, options)}
+    options = {**options, **{k: resolved[k] for k in _RECORDED}}  # as they run (likelihood.resolved_options)
     return {"n": n, "shape": list(ds.shape), "kind": "uint8" if ds.is_image else "float",
             "fingerprint": _fingerprint(ds, n), "model": model or type(denoiser.net).__name__,
             "schedule": type(denoiser.schedule).__name__, "dequantize": deq is not None,
@@ -327,7 +316,7 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         raise ValueError(f"n must be an integer in 1..{len(ds)} (the dataset's size), got {n!r}")
     from .likelihood import resolved_options
 
-    resolved_options(options, denoiser.schedule)  # every option checked before any folder or work
+    resolved = resolved_options(options, denoiser.schedule)  # every option checked before any folder or work
     check_seed(seed, " (seed)")
     check_seed(seed + n - 1, f" (seed + index of the last of {n} items)")
     deq = _dequantization(ds.is_image, dequantize, levels, data_range)
@@ -339,7 +328,7 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
             raise ValueError(f"{dist.world_size} processes write their rows to files: give out (--out DIR)")
         return _in_memory(denoiser, ds, n, batch_size, deq, data_range, device, seed, options, d, progress)
     out = check_out_dir(out)
-    settings = _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options)
+    settings = _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options, resolved)
     with claim(out, dist.is_main):
         return _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, device, options, d, progress)
 

@@ -75,6 +75,12 @@ class Dequantization:
                              f"(max distance {off:.3g} grid steps); check levels and range")
         return k.round()
 
+    def grid_point(self, k: Tensor) -> Tensor:
+        """The grid's value a + (b − a)k/(K − 1) of level indices k (float64; the inverse of :meth:`level_index`,
+        which checks them)."""
+        a, b = self.range
+        return a + (b - a) * self.level_index(k) / (self.levels - 1)
+
     def apply(self, k: Tensor, u: Tensor) -> Tensor:
         a, b = self.range
         return a + (b - a) * (k + u) / self.levels

@@ -257,7 +257,7 @@ def test_integer_levels_are_read_on_their_grid(den, tmp_path, capsys):
     torch.testing.assert_close(got, want.log_prob, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="give their number"):
         dl.dataset_log_likelihood(den, k)
-    with pytest.raises(ValueError, match="lie in 0..7"):
+    with pytest.raises(ValueError, match="levels in 0..7"):
         dl.dataset_log_likelihood(den, k, levels=8)
     np.save(tmp_path / "k.npy", k.numpy())
     from_path = dl.dataset_log_likelihood(den, tmp_path / "k.npy", levels=17, rtol=1e-2, atol=1e-2)
