@@ -298,6 +298,27 @@ def test_sample_to_one_file_takes_threads(capsys, tmp_path):
         torch.set_num_threads(before)
 
 
+def test_threads_bound_numpy_and_scipy_blas_too(capsys, tmp_path):
+    """--threads reaches the BLAS pools numpy and scipy load (the feature metrics' linear algebra), not
+    only torch's: with torch alone, --threads 1 ran on every core."""
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    before = [(p.filepath, p.num_threads) for p in controller.lib_controllers]
+    torch_before = torch.get_num_threads()
+    try:
+        code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--threads", "1",
+                            "--out", str(tmp_path / "x.pt"), "--quiet"], capsys)
+        assert code == 0, err
+        blas = [p for p in ThreadpoolController().lib_controllers if p.user_api == "blas"]
+        assert blas and all(p.num_threads == 1 for p in blas), [(p.filepath, p.num_threads) for p in blas]
+    finally:
+        torch.set_num_threads(torch_before)
+        for path, n in before:
+            controller.select(filepath=path).limit(limits=n)
+
+
 def test_an_output_file_under_new_folders_is_written(capsys, tmp_path):
     code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out",
                         str(tmp_path / "a" / "b" / "x.pt"), "--quiet"], capsys)

@@ -15,7 +15,6 @@ per row, resume, the output-directory lock) :mod:`.results`, the table and progr
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 
@@ -25,6 +24,7 @@ from torch import Tensor
 from .._text import StatusLine, count
 from .._version import __version__
 from ..sample import sample
+from ..threads import set_threads
 from ..tuned import load_grid
 # names that lived here before the split stay importable from here (tests, benchmarks, the CLI)
 from .config import (DEFAULT_CALL, DEFAULT_NFE, DEFAULT_SOLVERS, DTYPES, BenchConfig, _check_config, _device_kind,  # noqa: F401
@@ -62,14 +62,13 @@ def run_bench(cfg: BenchConfig) -> list[dict]:
 
 
 def _set_threads(cfg: BenchConfig):
-    """One intra-op thread per process by default on CPU (what torchrun does too): the problems'
-    tensors are small, and on a loaded machine extra OpenMP threads spin instead of working."""
-    if cfg.threads is not None:
-        if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")
-        torch.set_num_threads(cfg.threads)
-    elif _device_kind(cfg.device) == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+    """One thread per process by default on CPU (what torchrun does too), for torch and the BLAS
+    libraries alike (:func:`diffsolve.threads.set_threads`): the problems' tensors are small, and on a
+    loaded machine extra OpenMP threads spin instead of working."""
+    if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                    or cfg.threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {cfg.threads!r}")
+    set_threads(cfg.threads, _device_kind(cfg.device) == "cpu")
 
 
 def _problems(cfg: BenchConfig, dist: DistContext) -> list[Problem]:

@@ -115,13 +115,11 @@ def add_threads_option(p):
 
 
 def apply_threads(args, device):
-    """``--threads``, else one thread on CPU unless ``OMP_NUM_THREADS`` says otherwise (as ``diffsolve bench``)."""
-    import torch
+    """``--threads``, else one thread on CPU unless ``OMP_NUM_THREADS`` says otherwise (as ``diffsolve bench``;
+    :func:`diffsolve.threads.set_threads`)."""
+    from ..threads import set_threads
 
-    if getattr(args, "threads", None) is not None:
-        torch.set_num_threads(args.threads)
-    elif device is not None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+    set_threads(getattr(args, "threads", None), device is not None and device.type == "cpu")
 
 
 def add_seeds_option(p, help, default=None):
