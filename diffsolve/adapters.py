@@ -53,25 +53,49 @@ class EDMPrecond(torch.nn.Module):
     r"""EDM preconditioning: D(y; s) = c_skip(s) y + c_out(s) F(c_in(s) y, c_noise(s)) with
     c_skip = σ_d²/(s² + σ_d²), c_out = s σ_d/√(s² + σ_d²), c_in = 1/√(s² + σ_d²), c_noise = ¼ ln s.
 
+    The preconditioning runs in float32 at least (:attr:`dtype`), whatever F's precision: as in EDM's
+    own code, only F's input is cast to F's dtype (that of its first floating weight; for a function
+    without weights, y's) and F's output back, so a half-precision F does not round the skip term
+    c_skip y (:func:`from_edm` calls it in :attr:`dtype`).
+
     Args:
         F: the raw network ``F(x, c_noise, *cond)`` (shape in = shape out).
-        sigma_data: σ_d, the data standard deviation (0.5 in EDM).
+        sigma_data: σ_d > 0, the data standard deviation (0.5 in EDM).
 
     References: Karras et al., arXiv:2206.00364, Table 1.
     """
 
     def __init__(self, F, sigma_data: float = 0.5):
         super().__init__()
+        if not callable(F):
+            raise TypeError(f"F must be callable, got {type(F).__name__}")
+        sigma_data = float(sigma_data)
+        if not sigma_data > 0 or sigma_data == float("inf"):
+            raise ValueError(f"sigma_data must be a positive finite number (EDM: 0.5), got {sigma_data}")
         self.F = F
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = sigma_data
+
+    def _f_dtype(self) -> torch.dtype | None:
+        if isinstance(self.F, torch.nn.Module):
+            return next((p.dtype for p in self.F.parameters() if p.is_floating_point()), None)
+        return None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype the preconditioning runs in: F's, raised to float32; None for F without weights."""
+        f = self._f_dtype()
+        return None if f is None else torch.promote_types(f, torch.float32)
 
     def forward(self, y: Tensor, s: Tensor, *cond, **kw) -> Tensor:
+        f_dtype = self._f_dtype() or y.dtype
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
         s = s.to(y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
         sd2 = self.sigma_data ** 2
         c_skip = sd2 / (s * s + sd2)
         c_out = s * self.sigma_data / (s * s + sd2).sqrt()
         c_in = 1.0 / (s * s + sd2).sqrt()
-        return c_skip * y + c_out * self.F(c_in * y, 0.25 * s.log().reshape(-1), *cond, **kw)
+        out = self.F((c_in * y).to(f_dtype), 0.25 * s.log().reshape(-1), *cond, **kw)
+        return c_skip * y + c_out * out.to(y.dtype)
 
 
 class VECoordinates(torch.nn.Module):
@@ -109,6 +133,8 @@ def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_
     if not callable(D):
         raise TypeError(f"D must be callable, got {type(D).__name__}")
     schedule = make_schedule(schedule)
+    if net_dtype is None and isinstance(D, EDMPrecond):  # its preconditioning's precision, not F's
+        net_dtype = D.dtype
     return Denoiser(VECoordinates(D, schedule, cond_key), schedule, prediction="x0",
                     time_label="sigma_over_alpha", net_dtype=net_dtype, shape=shape)
 

@@ -119,7 +119,11 @@ class Denoiser(torch.nn.Module):
         schedule: a :class:`~diffsolve.schedules.Schedule` (or its name).
         prediction: ``"eps"``, ``"x0"``, ``"score"``, ``"v"`` or ``"velocity"``.
         time_label: how solver time t becomes the network's time input: a name in
-            :data:`TIME_LABELS` or a callable ``t -> label`` (float64 tensors).
+            :data:`TIME_LABELS` or a callable ``t -> label`` (t: a float64 scalar or (B,) tensor; the
+            label: a scalar or (B,), float, or integer for a network that looks timesteps up by
+            index). The network gets a (B,) label: integer labels as they are, floating ones in
+            float64 for a float64 network and float32 otherwise (half-precision networks included, as
+            diffusers passes timesteps: cast it inside the network if it must match x).
         net_dtype: dtype the network runs in; defaults to the dtype of its first floating
             parameter (read when used, so ``net.double()`` after wrapping is followed), or for a
             callable without parameters to the dtype of the caller's ``x``
@@ -153,7 +157,56 @@ class Denoiser(torch.nn.Module):
 
     @net_dtype.setter
     def net_dtype(self, dtype: torch.dtype | None):
-        self._declared_dtype = dtype
+        from .checks import check_net_dtype  # (checks imports this module)
+
+        self._declared_dtype = check_net_dtype(dtype)
+
+    # schedule, prediction and time label fix the memoised coefficients and labels: setting one clears them
+    # (and a named time label follows a new schedule)
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule):
+        self.__dict__["_schedule"] = make_schedule(schedule)
+        if "_label_spec" in self.__dict__:
+            self.time_label = self._label_spec
+
+    @property
+    def prediction(self) -> str:
+        """What the network predicts: one of :data:`PREDICTIONS` (an alias given is stored canonical)."""
+        return self._prediction
+
+    @prediction.setter
+    def prediction(self, kind: str):
+        self.__dict__["_prediction"] = _canonical(kind)
+        self._clear_caches()
+
+    @property
+    def time_label(self) -> Callable[[Tensor], Tensor]:
+        """The map from solver time t (float64) to the network's time input."""
+        return self._time_label
+
+    @time_label.setter
+    def time_label(self, spec):
+        if callable(spec):
+            fn = spec
+        elif isinstance(spec, str) and spec in TIME_LABELS:
+            fn = TIME_LABELS[spec](self.schedule)
+        else:
+            raise ValueError(f"unknown time_label {spec!r}; valid: {', '.join(TIME_LABELS)} or a callable")
+        self.__dict__["_label_spec"], self.__dict__["_time_label"] = spec, fn
+        self._clear_caches()
+
+    def __setattr__(self, name, value):
+        if name in ("schedule", "prediction", "time_label"):  # through the properties, whatever the value
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _clear_caches(self):
+        self.__dict__["_coef_cache"], self.__dict__["_label_cache"] = {}, {}
 
     def __init__(self, net, schedule, prediction: str = "eps", time_label="default",
                  net_dtype: torch.dtype | None = None, shape=None, threshold=None):
@@ -165,14 +218,9 @@ class Denoiser(torch.nn.Module):
                             f"DynamicThreshold) or None, got {type(threshold).__name__}")
         self.threshold = threshold
         self.net = net
-        self.schedule = make_schedule(schedule)
-        self.prediction = _canonical(prediction)
-        if callable(time_label):
-            self.time_label = time_label
-        elif time_label in TIME_LABELS:
-            self.time_label = TIME_LABELS[time_label](self.schedule)
-        else:
-            raise ValueError(f"unknown time_label {time_label!r}; valid: {', '.join(TIME_LABELS)} or a callable")
+        self.schedule = schedule
+        self.prediction = prediction
+        self.time_label = time_label
         self.net_dtype = net_dtype  # None: a module's is read from its parameters at each use (property)
         if shape is not None and (not isinstance(shape, (tuple, list, torch.Size))
                                   or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
@@ -192,8 +240,6 @@ class Denoiser(torch.nn.Module):
         self._call_dtype: torch.dtype | None = None
         # (index (n,), batch) while a solve evaluates the rows ``index`` of its batch (at_rows)
         self._rows: tuple[Tensor, int] | None = None
-        self._coef_cache: dict = {}
-        self._label_cache: dict = {}
 
     # --- coefficients ------------------------------------------------------------------
     def coefficients(self, t, kind: str, like: Tensor):
@@ -231,11 +277,11 @@ class Denoiser(torch.nn.Module):
             return  # a grid seen before (e.g. the next batch)
         if len(self._label_cache) + len(times) > 4096:
             self._label_cache.clear()
-        try:  # a user's label function may not take a vector: then labels are built per call
-            labels = torch.as_tensor(self.time_label(t)).to(device=like.device, dtype=label_dtype)
+        try:  # a user's label function may not take a vector: then labels are built per call (and checked)
+            labels = _as_label(self.time_label(t), like.device, label_dtype, len(times))
         except Exception:
             labels = None
-        if labels is not None and labels.shape == t.shape:
+        if labels is not None:
             for s, lab in zip(times, labels):
                 self._label_cache[(s, batch, like.device, label_dtype)] = lab.expand(batch)
         if len(self._coef_cache) + 4 * len(times) > 4096:
@@ -293,9 +339,7 @@ class Denoiser(torch.nn.Module):
             t = self.schedule.check_time(t)
             if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch):
                 raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-            label = self.time_label(t).to(device=x.device, dtype=label_dtype)
-            if label.dim() == 0:
-                label = label.expand(batch)
+            label = _as_label(self.time_label(t), x.device, label_dtype, batch)
             if scalar is not None:
                 if len(self._label_cache) > 4096:
                     self._label_cache.clear()
@@ -305,6 +349,10 @@ class Denoiser(torch.nn.Module):
         except Exception as e:
             _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1, self._where[0], t)}, "
                          f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
+            if label.dtype != net_dtype and label.is_floating_point() and _is_dtype_mismatch(e):
+                _add_note(e, f"diffsolve: the time label is {label.dtype} (a half-precision network gets float32 "
+                             f"labels, as diffusers passes timesteps; labels keep the precision of the time): "
+                             f"cast it inside the network, e.g. label.to(x.dtype)")
             if self.net_dtype is None and _is_dtype_mismatch(e):
                 other = torch.float64 if net_dtype == torch.float32 else torch.float32
                 how = ("that of the x given, or torch's default dtype when the library drew x"
@@ -485,6 +533,22 @@ class Denoiser(torch.nn.Module):
     def extra_repr(self) -> str:
         extra = f", threshold={self.threshold!r}" if self.threshold is not None else ""
         return f"prediction={self.prediction!r}, schedule={self.schedule!r}" + extra
+
+
+def _as_label(value, device, dtype: torch.dtype, batch: int) -> Tensor:
+    """A time label function's output as the network's label: a (batch,) tensor on ``device``, floating labels
+    in ``dtype``, integer ones (whole training timesteps for an index embedding) kept integer."""
+    label = value if isinstance(value, Tensor) else torch.as_tensor(value)
+    if label.is_complex() or label.dtype == torch.bool:
+        raise TypeError(f"the time label function returned {label.dtype} values; it must return real numbers "
+                        f"(floating, or integer training timesteps)")
+    label = label.to(device=device, dtype=dtype if label.is_floating_point() else label.dtype)
+    if label.dim() == 0:
+        return label.expand(batch)
+    if tuple(label.shape) != (batch,):
+        raise ValueError(f"the time label function returned shape {tuple(label.shape)} for {batch} times; it must "
+                         f"return one label per time (shape ({batch},)) or one for all (a scalar)")
+    return label
 
 
 def _scalar_time(t) -> float | None:

@@ -208,6 +208,35 @@ def test_edm_precond_and_k_diffusion(mixture):
     assert torch.isfinite(res.x).all()
 
 
+def test_edm_precond_keeps_the_skip_term_out_of_a_half_network(mixture):
+    """As EDM's own code: a half-precision F gets its input in half, the preconditioning (c_skip y) runs in
+    float32, so at small σ, where D ≈ y, the output is not y rounded to half (~5e-4 off)."""
+    edm = EDMSchedule(1e-3, 80.0)
+    sd = 0.5
+
+    class HalfF(torch.nn.Module):  # the exact F, rounded to its own half precision
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float16))
+
+        def forward(self, z, c_noise):
+            assert z.dtype == torch.float16
+            s = torch.exp(4 * c_noise.double()).reshape(-1, 1)
+            y = z.double() * (s * s + sd * sd).sqrt()
+            c_skip, c_out = sd**2 / (s * s + sd**2), s * sd / (s * s + sd**2).sqrt()
+            return ((mixture.x0(y, s.reshape(-1), edm) - c_skip * y) / c_out).half()
+
+    D = adapters.EDMPrecond(HalfF(), sigma_data=sd)
+    den = adapters.from_edm(D, edm)
+    assert D.dtype == torch.float32 and den.net_dtype == torch.float32
+    y = mixture.sample(64, generator=torch.Generator().manual_seed(4)) + 0.01 * torch.randn(
+        64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    err = (den.x0(y.float(), 0.01).double() - mixture.x0(y, torch.full((64,), 0.01, dtype=torch.float64), edm)).abs()
+    assert float(err.max()) < 1e-4, float(err.max())
+    with pytest.raises(ValueError, match="sigma_data must be a positive"):
+        adapters.EDMPrecond(HalfF(), sigma_data=0.0)
+
+
 def test_score_sde_and_callable(mixture):
     sch = VPSchedule()
     den = adapters.from_score_sde(lambda x, t: mixture.score(x, t, sch), sch)

@@ -387,3 +387,61 @@ def test_net_dtype_follows_the_module_after_wrapping():
     guided = ds.CFGDenoiser(ds.Denoiser(inner, "vp"), 2.0, cond=0, uncond=1)
     inner.double()
     assert guided.net_dtype == torch.float64  # a module's is read from its weights, through the guidance
+
+
+def test_changing_schedule_label_or_prediction_after_a_run_is_followed():
+    """The memoised coefficients and labels belong to a schedule, a time label and a prediction type: setting
+    any of them afterwards clears them (they were reused, giving silently wrong samples), and a named time
+    label follows a new schedule."""
+    gm = GaussianMixture.ring()
+    x = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def net(x, label):
+        seen.append(float(label[0]))
+        return 0.1 * x
+
+    den = Denoiser(net, VPSchedule(0.5, 10), "eps")
+    first = ds.sample(den, x, nfe=4, grid="time", denoise_final=False).x
+    den.schedule = VPSchedule(0.1, 20)
+    again = ds.sample(den, x, nfe=4, grid="time", denoise_final=False).x
+    fresh = ds.sample(Denoiser(net, VPSchedule(0.1, 20), "eps"), x, nfe=4, grid="time", denoise_final=False).x
+    assert not torch.equal(first, again)
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    seen.clear()
+    den.time_label = lambda t: 1000 * t
+    ds.sample(den, x, nfe=4, grid="time", denoise_final=False)
+    assert min(seen) > 1.0, seen  # the new labels, not the cached t
+    den.prediction = "epsilon"  # an alias, stored canonical
+    assert den.prediction == "eps"
+    ddpm = Denoiser(net, DDPMSchedule(num_train_timesteps=1000), "eps")
+    ddpm.schedule = DDPMSchedule(num_train_timesteps=100)  # the default label: timesteps of the new table
+    seen.clear()
+    ds.sample(ddpm, x, nfe=3, grid="time", denoise_final=False)
+    assert max(seen) < 100, seen
+    exact = gm.denoiser(VPSchedule(), "x0")
+    with pytest.raises(ValueError, match="unknown prediction"):
+        exact.prediction = "noise"
+
+
+def test_time_labels_integer_float_or_wrong_shape():
+    """Integer labels reach the network as integers (an index time embedding), a Python number is taken, a
+    label of the wrong shape is an error naming the function, not a tensor passed on unchecked."""
+    emb = torch.nn.Embedding(1000, 2).double()
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+
+    def index_net(x, label):
+        assert label.dtype == torch.int64 and label.shape == (4,)
+        return 0.1 * x + 0 * emb(label)
+
+    rounds = Denoiser(index_net, "ddpm", "eps", time_label=lambda t: (999 * t).round().long().clamp(0, 999))
+    assert ds.sample(rounds, x, nfe=5).x.shape == (4, 2)
+    number = Denoiser(lambda x, label: 0.1 * x, "vp", "eps", time_label=lambda t: 1000 * float(t))
+    assert ds.sample(number, x, nfe=5).x.shape == (4, 2)
+    for bad in (lambda t: t.reshape(1, -1), lambda t: torch.zeros(13)):
+        with pytest.raises(ValueError, match="time label function returned shape"):
+            ds.sample(Denoiser(lambda x, label: 0.1 * x, "vp", "eps", time_label=bad), x, nfe=5)
+    with pytest.raises(TypeError, match="net_dtype must be a floating torch.dtype"):
+        Denoiser(lambda x, label: x, "vp", net_dtype="float16")
+    with pytest.raises(TypeError, match="net_dtype must be a floating torch.dtype"):
+        Denoiser(lambda x, label: x, "vp", net_dtype=torch.int32)
