@@ -52,8 +52,8 @@ def is_integer(value) -> bool:
 
 
 # --- numbers ---------------------------------------------------------------------------------------
-def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:
-    """``value`` as an int: an integer (not a float, not a bool) ``>= minimum``."""
+def check_int(name: str, value, minimum: int = 1, hint: str = "", maximum: int | None = None) -> int:
+    """``value`` as an int: an integer (not a float, not a bool) ``>= minimum`` (and ``<= maximum``)."""
     need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if not is_integer(value):
         what = "a bool" if isinstance(value, bool) else f"a {_kind(value)}"
@@ -61,6 +61,8 @@ def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:
                         + ("; give a whole number, e.g. 10" if isinstance(value, (float, str)) else ""))
     if value < minimum:
         raise ValueError(f"{name} must be {need}{hint}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:,}{hint}, got {value:,}")
     return int(value)
 
 

@@ -220,13 +220,17 @@ def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final,
     return solver, grid, denoise_final, bool(analytic)
 
 
+MAX_STEPS = 10**7  # a fixed-step run of more would not finish (and its grid would not fit in memory)
+
+
 def _check_sizes(steps, nfe, grid, solver_options, eta):
     """The budget (integers >= 1), the grid given as values, the solver's options and the noise level."""
     hint = " (a number of solver steps), or a tuned grid (TunedGrid or its .json path)"
     if steps is not None:
-        check_int("steps", steps, hint=hint)
+        check_int("steps", steps, hint=hint, maximum=MAX_STEPS)
     if nfe is not None:
-        check_int("nfe", nfe, hint=" (a budget of network evaluations, the final denoise included)")
+        check_int("nfe", nfe, hint=" (a budget of network evaluations, the final denoise included; for a tighter "
+                  "solve than that, an adaptive solver: solver='dopri5')", maximum=MAX_STEPS)
     check_grid_values("grid", grid)
     check_options("solver_options", solver_options)
     if eta is not None:  # (η² must be a float: beyond 1e150 it overflows)

@@ -360,3 +360,13 @@ def test_bad_input():
         ds.sample(den, shape=(2, 2), solver="torchdiffeq", solver_options=dict(method="rk45"))
     with pytest.raises(ValueError, match="step_size"):
         ds.sample(den, shape=(2, 2), solver="torchdiffeq", solver_options=dict(method="rk4"))
+
+
+def test_torchsde_adaptive_steps_stop_at_max_steps():
+    """torchsde's adaptive steps have no limit of their own: on a network whose SDE they cannot resolve the
+    step size collapses and the run went on for ever; past max_steps it is an error naming the way out."""
+    den = ds.Denoiser(lambda x, t: torch.tanh(x) * (1 + t[:, None]), "edm", "eps", net_dtype=torch.float32,
+                      shape=(2,))
+    with pytest.raises(RuntimeError, match="did not reach the end within max_steps=50"):
+        ds.sample(den, seeds=[5], solver="torchsde:adaptive=true:max_steps=50", dtype=torch.float32)
+    assert den.nfe <= 3 * 4 * 50 + 4

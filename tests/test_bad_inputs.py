@@ -159,6 +159,8 @@ SAMPLE = [
     C("nfe-bool", sample(DEN, shape=(2, 2), solver="ddim", nfe=True), r"nfe .*True \(a bool\)"),
     C("nfe-zero", sample(DEN, shape=(2, 2), solver="ddim", nfe=0), r"nfe must be a positive integer.*got 0"),
     C("nfe-negative", sample(DEN, shape=(2, 2), solver="ddim", nfe=-3), r"nfe must be a positive integer"),
+    C("nfe-huge", sample(DEN, shape=(2, 2), nfe=10**12), r"nfe must be at most 10,000,000"),
+    C("steps-huge", sample(DEN, shape=(2, 2), solver="ddim", steps=10**20), r"steps must be at most 10,000,000"),
     C("nfe-str", sample(DEN, shape=(2, 2), solver="ddim", nfe="10"), r"nfe must be a positive integer.*'10'"),
     C("nfe-too-small", sample(DEN, shape=(2, 2), solver="heun", nfe=1), r"NFE 1 is too small for solver 'heun'"),
     C("steps-float", sample(DEN, shape=(2, 2), solver="ddim", steps=2.5), r"steps must be a positive integer"),

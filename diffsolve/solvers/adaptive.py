@@ -239,6 +239,7 @@ class TorchDiffEq(AdaptiveSolver):
 
 # --- torchsde ------------------------------------------------------------------------------
 # method -> (SDE type it integrates, Lévy-area approximation it needs)
+_SDE_CALLS = 4  # drift calls per step of the costliest method (srk), for torchsde's step limit
 _SDE_METHODS = {
     "euler": ("ito", "none"),
     "milstein": ("ito", "none"),
@@ -250,16 +251,23 @@ _SDE_METHODS = {
 }
 
 
-class _Stratonovich(torch.nn.Module):
-    """The same drift read as a Stratonovich SDE: exact here since ν_t does not depend on x."""
+class _AsRun(torch.nn.Module):
+    """The SDE as torchsde runs it: read as Itô or as Stratonovich (the same drift either way, exact here since
+    ν_t does not depend on x), with at most ``max_calls`` drift calls when not None (torchsde's adaptive steps
+    have no limit of their own: a collapsing step size would run for ever)."""
 
-    noise_type, sde_type = "diagonal", "stratonovich"
+    noise_type = "diagonal"
 
-    def __init__(self, sde):
+    def __init__(self, sde, sde_type: str, max_calls: int | None, max_steps: int):
         super().__init__()
-        self.sde = sde
+        self.sde, self.sde_type, self.max_calls, self.max_steps, self.calls = sde, sde_type, max_calls, max_steps, 0
 
     def f(self, t, y):
+        self.calls += 1
+        if self.max_calls is not None and self.calls > self.max_calls:
+            raise RuntimeError(f"torchsde's adaptive steps did not reach the end within max_steps={self.max_steps} "
+                               f"steps (at τ = {float(t):.6g}): the step size collapsed. Loosen rtol/atol, raise "
+                               f"max_steps, or use fixed steps (solver_options=dict(steps=N))")
         return self.sde.f(t, y)
 
     def g(self, t, y):
@@ -324,7 +332,8 @@ class TorchSDE(AdaptiveSolver):
             coefficients jump at every grid point, which step-doubling control pays for with
             rejected steps). Sample i is
             identical alone or in a batch with fixed steps; adaptive steps are chosen for the whole
-            batch.
+            batch. ``max_steps`` (default 10000) bounds the step attempts (an error past it, where
+            torchsde itself has no limit).
 
     Each sample's Brownian path is a ``torchsde.BrownianInterval`` seeded from one draw of that
     sample's noise stream (``seeds=`` in ``sample``). torchsde's Euler makes one drift call per step
@@ -347,14 +356,15 @@ class TorchSDE(AdaptiveSolver):
               "(on the command line the spec 'torchsde:steps=N:grid=KIND')")
 
     def __init__(self, method: str = "euler", steps: int = 100, adaptive: bool = False,
-                 rtol: float = 1e-3, atol: float = 1e-3, grid: str = "log_snr"):
+                 rtol: float = 1e-3, atol: float = 1e-3, grid: str = "log_snr", max_steps: int = 10000):
         if method not in _SDE_METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; valid: {', '.join(_SDE_METHODS)}")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         if grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r} for torchsde; valid: {', '.join(GRIDS)}")
-        check_settings(rtol=rtol, atol=atol)
+        check_settings(rtol=rtol, atol=atol, max_steps=max_steps)
+        self.max_steps = int(max_steps)
         self.method, self.steps, self.grid, self.adaptive_steps = method, int(steps), grid, bool(adaptive)
         self.rtol, self.atol = float(rtol), float(atol)
 
@@ -373,8 +383,8 @@ class TorchSDE(AdaptiveSolver):
             u0, u1 = 0.0, float(len(grid) - 1)
         sde = ReverseSDE(denoiser, eta=level.eta, noise=level.noise).torchsde(event, grid=grid)
         sde_type, levy = _SDE_METHODS[self.method]
-        if sde_type == "stratonovich":
-            sde = _Stratonovich(sde)
+        # (each step attempt: a step and its two halves, of up to _SDE_CALLS drift calls each)
+        sde = _AsRun(sde, sde_type, 3 * _SDE_CALLS * self.max_steps if self.adaptive_steps else None, self.max_steps)
         ts = torch.tensor([u0, u1], dtype=x.dtype, device=x.device)
         u0, u1 = float(ts[0]), float(ts[1])  # the Brownian paths span exactly the times torchsde asks for
         dt = (u1 - u0) / self.steps if self.adaptive_steps else 1.0
