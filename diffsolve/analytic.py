@@ -13,6 +13,7 @@ thousands of dimensions. All arithmetic is float64.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -43,12 +44,18 @@ class GaussianMixture:
         if means.dim() != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         K, d = means.shape
+        if K == 0 or d == 0:
+            raise ValueError(f"a mixture needs at least one mode of at least one dimension: means have shape {(K, d)}")
+        if not torch.isfinite(means).all():
+            raise ValueError("the means must be finite")
         weights = torch.as_tensor(weights, dtype=_F64).flatten()
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape ({K},) to match means {tuple(means.shape)}, got {tuple(weights.shape)}")
         if (weights <= 0).any() or not torch.isfinite(weights).all():
             raise ValueError("mixture weights must be positive and finite")
         covs = torch.as_tensor(covs, dtype=_F64)
+        if not torch.isfinite(covs).all():
+            raise ValueError("the covariances must be finite")
         if covs.dim() == 0:
             covs = covs.expand(K, d).clone()
         if covs.shape == (K, d):
@@ -134,6 +141,11 @@ class GaussianMixture:
     def sample(self, n: int, t=None, schedule=None, generator: torch.Generator | None = None,
                device=None) -> Tensor:
         """n exact samples of p_t (t=None: of p_0), shape (n, *shape), float64."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"n must be a number of samples (an integer >= 0), got {n!r}")
+        n = int(n)
+        if n == 0:
+            return torch.empty(0, *self.shape, dtype=_F64, device=device)
         g = generator
         comp = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=g)
         z = torch.randn(n, self.d, dtype=_F64, generator=g)
@@ -185,6 +197,10 @@ class GaussianMixture:
     @classmethod
     def ring(cls, n_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> "GaussianMixture":
         """2-D mixture of ``n_modes`` equal isotropic Gaussians on a circle."""
+        if isinstance(n_modes, bool) or not isinstance(n_modes, numbers.Integral) or n_modes < 1:
+            raise ValueError(f"n_modes must be a positive integer, got {n_modes!r}")
+        if not std > 0 or not math.isfinite(std) or not math.isfinite(radius):
+            raise ValueError(f"std must be positive and radius finite, got std={std!r}, radius={radius!r}")
         ang = torch.arange(n_modes, dtype=_F64) * (2 * math.pi / n_modes)
         means = radius * torch.stack([ang.cos(), ang.sin()], -1)
         return cls(torch.ones(n_modes), means, torch.full((n_modes, 2), std**2, dtype=_F64))

@@ -262,3 +262,16 @@ def test_mismatched_parameters():
         gm.log_prob(torch.zeros(4, 3), 0.5)
     with pytest.raises(ValueError, match="valid range"):
         gm.score(torch.zeros(4, 3), 2.0, VP)
+
+
+def test_bad_mixtures_are_refused_where_they_are_made():
+    """A mixture with no mode, a negative spread or non-finite parameters is an error at construction (they
+    were accepted, and sampling then blamed "the network"); zero samples is an empty batch."""
+    bad = [lambda: GaussianMixture.ring(n_modes=0), lambda: GaussianMixture.ring(std=-1.0),
+           lambda: GaussianMixture(torch.ones(1), torch.tensor([[float("nan"), 0.0]]), 1.0),
+           lambda: GaussianMixture(torch.ones(1), torch.zeros(1, 2), float("inf")),
+           lambda: GaussianMixture.ring().sample(-1)]
+    for make in bad:
+        with pytest.raises(ValueError):
+            make()
+    assert GaussianMixture.ring().sample(0).shape == (0, 2)
