@@ -133,6 +133,10 @@ PROBLEMS = {
     # chosen on mix24, mix40 and mix48: judged only
     "mix20": dict(make=lambda: ds.GaussianMixture.random(d=20, n_modes=6, seed=97), batch=512, metric="sw2", proj=64),
     "mix56": dict(make=lambda: ds.GaussianMixture.random(d=56, n_modes=5, seed=89), batch=512, metric="sw2", proj=64),
+    # made on 2026-12-07 before tune_steps' pilot count was compared on mix24, mix40 and mix48: judged only
+    "mix28": dict(make=lambda: ds.GaussianMixture.random(d=28, n_modes=7, seed=131), batch=512, metric="sw2", proj=64),
+    "mix36": dict(make=lambda: ds.GaussianMixture.random(d=36, n_modes=5, seed=149), batch=512, metric="sw2", proj=64),
+    "mix44": dict(make=lambda: ds.GaussianMixture.random(d=44, n_modes=6, seed=163), batch=512, metric="sw2", proj=64),
 }
 
 

@@ -570,7 +570,7 @@ def tune_sigma_one_check(budgets=(5, 10), problems=tuple(FRESH), fresh=range(200
             den = gm.denoiser(sch, prediction)
             for n in budgets:
                 t0 = time.perf_counter()
-                g = ds.tune_steps(den, nfe=n, progress=False, fresh=fresh)
+                g = ds.tune_steps(den, nfe=n, progress=False, fresh=fresh, **PILOTS_OF_THEN)
                 secs = time.perf_counter() - t0
                 x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * ds.NoiseSource(
                     len(fresh), gm.shape, seeds=list(fresh)).randn()
@@ -587,7 +587,7 @@ def tune_sigma_one_check(budgets=(5, 10), problems=tuple(FRESH), fresh=range(200
 def tune_check(budgets=(5, 10)):
     """tune_steps' bare call against its first defaults (dpmpp_2m with the final denoise, 64 plain pilots)
     on the digits model and on mix16 under DDPM: the error of the tuned grid on the same 256 fresh
-    seeds (1024-1279, after the bare call's screened candidates) and the tuning time (one thread)."""
+    seeds (4096-4351, after the bare call's screened candidates) and the tuning time (one thread)."""
     import time
 
     models = {"digits": ds.zoo.load("digits"), "mix16/ddpm": _problem("mix16", "ddpm")[2]}
@@ -600,17 +600,20 @@ def tune_check(budgets=(5, 10)):
             cells = []
             for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True, screen=0)):
                 t0 = time.perf_counter()
-                g = ds.tune_steps(m, nfe=nfe, progress=False, fresh=range(1024, 1280), **kw)
+                g = ds.tune_steps(m, nfe=nfe, progress=False, fresh=range(4096, 4352), **kw)
                 cells.append((f"{g.solver}{' +x̂0' if g.denoise_final else ''}", g.fresh_error,
                               time.perf_counter() - t0))
             print(f"| {label} | {nfe} | " + " | ".join(f"{a} | {b:.3g} | {c:.0f}" for a, b, c in cells)
                   + f" | {cells[0][1] / cells[1][1]:.2f} |")
 
 
-# the tuners' bare calls, their former defaults (before screened pilots, 2026-12-06) and a variant tried
-TUNERS = [("tune_steps", "bare call (pilot=64, screen=1024)", {}),
-          ("tune_steps", "former: pilot=64, screen=0", dict(screen=0)),
-          ("tune_steps", "tried: pilot=64, screen=4096", dict(screen=4096)),
+# tune_steps' pilots when the checks below were made (its default until 2026-12-07, then 128 pilots from 2048:
+# --tune-pilots); they keep them so that their tables stay reproducible
+PILOTS_OF_THEN = dict(pilot=64, screen=1024)
+# the tuners' bare calls of 2026-12-06, their former defaults (before screened pilots) and a variant tried
+TUNERS = [("tune_steps", "bare call (pilot=64, screen=1024)", PILOTS_OF_THEN),
+          ("tune_steps", "former: pilot=64, screen=0", dict(pilot=64, screen=0)),
+          ("tune_steps", "tried: pilot=64, screen=4096", dict(pilot=64, screen=4096)),
           ("tune_solver", "bare call (pilot=1024, screen=0)", {}),
           ("tune_solver", "tried: pilot=256, screen=4096", dict(pilot=256, screen=4096))]
 # what each problem was for: ring and mix64 were looked at while the screening was built, mix16 too;
@@ -684,37 +687,51 @@ SAMPLERS = ("stratified", "pps")
 SCREENING_PROBLEMS = ("ring", "mix64", "mix16", "mix32", "mix48", "mix24", "mix40")
 
 
+def _geo(values):
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def _tuned_draws(prob, x, ref, best_rms, n, draws, sampler=None, **tune_kw):
+    """``tune_steps(prob.den, nfe=n, **tune_kw)`` once per draw of the screening's pilots (the sampler,
+    default the library's πps, with generator seeds 0..draws−1): each tuned grid's error on the peers'
+    start points over the best peer's, and the mean tuning time."""
+    import diffsolve._tuning as T
+
+    library = T.pps_sample
+    sampler = sampler or library
+    ratios, secs = [], 0.0
+    try:
+        for draw in range(draws):
+            T.pps_sample = lambda proxy, keep, _g, f=sampler, d=draw: f(proxy, keep, torch.Generator().manual_seed(d))
+            t0 = time.perf_counter()
+            g = ds.tune_steps(prob.den, nfe=n, fresh=0, progress=False, **tune_kw)
+            secs += time.perf_counter() - t0
+            with torch.no_grad():
+                ratios.append(_rms(ds.sample(prob.den, x, steps=g).x, ref) / best_rms)
+    finally:
+        T.pps_sample = library
+    return ratios, secs / draws
+
+
 def tune_screening_check(budgets=(5, 10), problems=SCREENING_PROBLEMS, draws=3):
     """The bare ``tune_steps`` with the screening's pilots drawn by the former stratified sampler and
     by πps (the library's ``pps_sample``), each with ``draws`` draws (generator seeds 0..draws−1):
     the tuned grid's error on the peers' start points over the best peer configuration's."""
-    import diffsolve._tuning as T
-
-    library = T.pps_sample
     print("\n## Screening samplers: tuned / best peer, one tune_steps per draw (DDPM, the peers' start points)\n")
     print("| problem | NFE | sampler | draws | geo-mean |")
     print("|---|---:|---|---|---:|")
     logs = defaultdict(list)
-    try:
-        for problem in problems:
-            prob, x, ref, best_peer = _peer_cells(problem)
-            for n in budgets:
-                best = best_peer(n)
-                for name in SAMPLERS:
-                    sampler = _stratified_sample if name == "stratified" else library
-                    ratios = []
-                    for draw in range(draws):
-                        T.pps_sample = lambda proxy, keep, _g, f=sampler, d=draw: f(
-                            proxy, keep, torch.Generator().manual_seed(d))
-                        g = ds.tune_steps(prob.den, nfe=n, fresh=0, progress=False)
-                        with torch.no_grad():
-                            ratios.append(_rms(ds.sample(prob.den, x, steps=g).x, ref) / best["rms"])
-                    geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
-                    logs[(problem, n, name)] = geo
-                    print(f"| {problem} | {n} | {name} | {' / '.join(f'{r:.3f}' for r in ratios)} | {geo:.3f} |",
-                          flush=True)
-    finally:
-        T.pps_sample = library
+    for problem in problems:
+        prob, x, ref, best_peer = _peer_cells(problem)
+        for n in budgets:
+            best = best_peer(n)
+            for name in SAMPLERS:
+                sampler = _stratified_sample if name == "stratified" else None
+                ratios, _ = _tuned_draws(prob, x, ref, best["rms"], n, draws, sampler, **PILOTS_OF_THEN)
+                geo = _geo(ratios)
+                logs[(problem, n, name)] = geo
+                print(f"| {problem} | {n} | {name} | {' / '.join(f'{r:.3f}' for r in ratios)} | {geo:.3f} |",
+                      flush=True)
     for label, group in (("made for this comparison (mix24, mix40)", ("mix24", "mix40")),
                          ("the others", tuple(p for p in problems if p not in ("mix24", "mix40")))):
         r = [math.log(logs[(p, n, "pps")] / logs[(p, n, "stratified")]) for p in group for n in budgets
@@ -737,10 +754,37 @@ def tune_solvers_check(budgets=(5,), problems=("mix24", "mix32", "mix40", "mix48
         for n in budgets:
             cells = []
             for solver in TUNE_SOLVERS:
-                g = ds.tune_steps(prob.den, solver, nfe=n, fresh=0, progress=False)
+                g = ds.tune_steps(prob.den, solver, nfe=n, fresh=0, progress=False, **PILOTS_OF_THEN)
                 with torch.no_grad():
                     cells.append(_rms(ds.sample(prob.den, x, steps=g).x, ref) / best_peer(n)["rms"])
             print(f"| {problem} | {n} | " + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
+
+
+# tune_steps' pilot count (2026-12-07): read off PILOT_CHOICE, then judged on PILOT_JUDGE (mix28, mix36 and mix44
+# were made for it before it was run; mix20 and mix56 had judged `diffsolve tune`'s budget rule only)
+PILOT_SETTINGS = ((64, 1024), (128, 2048), (256, 4096))
+PILOT_CHOICE = (("mix24", (5, 10)), ("mix40", (5, 10)), ("mix48", (5, 10)))
+PILOT_JUDGE = (("mix56", (10,)), ("mix20", (10,)), ("mix28", (5, 10)), ("mix36", (5, 10)), ("mix44", (5, 10)))
+PILOT_OTHER = (("ring", (5, 10)), ("mix64", (5, 10)))  # the problems the screening was built on
+
+
+def tune_pilots_check(draws=3):
+    """The bare ``tune_steps`` with 64, 128 and 256 screened pilots (16 candidates per pilot), three draws of
+    the screening's pilots each: the tuned grid's error on the peers' start points over the best peer's
+    (the judging problems and the screening's own, ring and mix64, run the two smaller settings only)."""
+    print("\n## tune_steps' pilot count: tuned / best peer, one tune_steps per draw (DDPM, the peers' start points)\n")
+    print("| problem | NFE | pilots / candidates | draws | geo-mean | worst | mean s |")
+    print("|---|---:|---|---|---:|---:|---:|")
+    for role, cells in (("choice", PILOT_CHOICE), ("judge", PILOT_JUDGE), ("other", PILOT_OTHER)):
+        for problem, budgets in cells:
+            prob, x, ref, best_peer = _peer_cells(problem)
+            for n in budgets:
+                for pilot, screen in PILOT_SETTINGS[:3 if role == "choice" else 2]:
+                    ratios, secs = _tuned_draws(prob, x, ref, best_peer(n)["rms"], n, draws, pilot=pilot,
+                                                screen=screen)
+                    print(f"| {problem}{'' if role == 'choice' else f' ({role})'} | {n} | {pilot} / {screen} | "
+                          f"{' / '.join(f'{r:.3f}' for r in ratios)} | {_geo(ratios):.3f} | {max(ratios):.3f} | "
+                          f"{secs:.0f} |", flush=True)
 
 
 # `diffsolve tune`'s budget rule: chosen on RULE_CHOICE, then judged on RULE_JUDGE (made before the choice)
@@ -759,9 +803,9 @@ def tune_rule_check(cells=RULE_CHOICE + RULE_JUDGE):
         prob, x, ref, best_peer = _peer_cells(problem)
         for n in budgets:
             out = []
-            for tuner in (ds.tune_steps, ds.tune_solver):
+            for tuner, kw in ((ds.tune_steps, PILOTS_OF_THEN), (ds.tune_solver, {})):
                 t0 = time.perf_counter()
-                g = tuner(prob.den, nfe=n, fresh=0, progress=False)
+                g = tuner(prob.den, nfe=n, fresh=0, progress=False, **kw)
                 with torch.no_grad():
                     out += [_rms(ds.sample(prob.den, x, steps=g).x, ref) / best_peer(n)["rms"],
                             time.perf_counter() - t0]
@@ -813,6 +857,8 @@ CHECKS = {
     "tune_screening": (tune_screening_check, "compare the screening's samplers, stratified and πps, three draws "
                                              "each (~6 min)"),
     "tune_solvers": (tune_solvers_check, "tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)"),
+    "tune_pilots": (tune_pilots_check, "tune_steps with 64, 128 and 256 screened pilots, three draws each, on eight "
+                                       "mixtures (~12 min)"),
     "tune_rule": (tune_rule_check, "both tuners' bare calls at NFE 5-10 on five mixtures: diffsolve tune's "
                                    "budget rule (~25 min)"),
 }

@@ -29,7 +29,7 @@ from .tuned import TunedGrid, load_grid
 __all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 
 
-def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, screen: int | None = None,
+def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, screen: int | None = None,
                fresh=256, shape=None, denoise_final: bool | str = "auto", init="auto", tune_end: bool | None = None,
                max_evals: int = 300, solver_options: dict | None = None, model: str = "",
                rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False,
@@ -47,16 +47,21 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=64, s
             (default): tune both and keep the better on the pilot set (at very small budgets the
             evaluation is often better spent on one more step). Either way the target is the data
             end point of the ODE (the reference solve to t_min followed by the exact x̂0 there).
-            The defaults against the former ones (``"dpmpp_2m"``, the final denoise) on the
-            bundled digits model, 256 fresh seeds: 0.081 vs 0.176 at NFE 5, 0.017 vs 0.034 at NFE 10,
-            for 1.3–1.5× the tuning time (13–18 s vs 10–12 s on one CPU thread;
+            The defaults against the first ones (``"dpmpp_2m"``, the final denoise, 64 plain pilots)
+            on the bundled digits model, 256 fresh seeds: 0.112 vs 0.168 at NFE 5, 0.018 vs 0.036 at
+            NFE 10, for 1.5–1.8× the tuning time (17–28 s vs 11–16 s on one CPU thread;
             ``python benchmarks/defaults_sweep.py --report --tune``).
-        pilot: number of pilot samples, or an explicit seed list / ``"0-63"``.
+        pilot: number of pilot samples (default 128), or an explicit seed list / ``"0-63"``. 128
+            screened pilots rather than 64 cost 1.2–2× the tuning time and keep a draw of pilots
+            from tuning a grid for the wrong points: at NFE 10 on five mixtures no default was chosen on,
+            0.44× the best peer's error against 0.62× (geometric mean; the worst of 15 tunings 0.85×
+            against 1.28×), though on the 64-D mixture the screening was built on 1.34× against 1.10×
+            (``python benchmarks/defaults_sweep.py --report --tune-pilots``).
         screen: candidate start points (seeds 0..screen−1) the ``pilot`` seeds are chosen from by the
             error of the default call (πps-sampled, weighted: :mod:`diffsolve._tuning`). Default (None):
-            16 per pilot (1024) for a number of pilots, none for explicit pilot seeds; 0: seeds
+            16 per pilot (2048) for a number of pilots, none for explicit pilot seeds; 0: seeds
             0..pilot−1. It costs 4·nfe evaluations per candidate and no reference solve, and it is what
-            lets 64 pilots see the few start points that carry a small budget's error
+            lets the pilots see the few start points that carry a small budget's error
             (``benchmarks/defaults.md``, "tune_steps' defaults").
         fresh: fresh samples to judge the grid on (seeds after the pilot or screened ones), or a seed
             list; 0 to skip. (On problems whose error sits in a few start points, a few hundred fresh

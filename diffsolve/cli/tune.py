@@ -28,7 +28,7 @@ def add_parser(subparsers):
                     "(default): learned up to 6 evaluations, unipc above (diffsolve.defaults.default_tuner)")
     add_nfe_option(tn, required=True)
     tn.add_argument("--pilot", type=positive_int, default=None,
-                    help="pilot samples (default: the tuner's own, 64 for tune_steps, 1024 for --solver learned)")
+                    help="pilot samples (default: the tuner's own, 128 for tune_steps, 1024 for --solver learned)")
     tn.add_argument("--screen", type=int, default=None,
                     help="candidate start points (seeds 0..N-1) the pilots are chosen from by the default call's "
                          "error, sampled in proportion and weighted (default: the tuner's own, 16 per pilot for "
