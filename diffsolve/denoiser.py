@@ -127,7 +127,7 @@ class Denoiser(torch.nn.Module):
         net_dtype: dtype the network runs in; defaults to the dtype of its first floating
             parameter (read when used, so ``net.double()`` after wrapping is followed), or for a
             callable without parameters to the dtype of the caller's ``x``
-            (torch's default dtype when the library draws x; :meth:`calling_in`), whatever the
+            (when the library draws x, the run's ``dtype=``, else torch's default dtype; :meth:`calling_in`), whatever the
             solver state's. Arithmetic around the network (the conversions) stays in the state's
             dtype.
         shape: optional shape of one sample (without batch), used by ``sample`` when no

@@ -35,6 +35,9 @@ class SampleResult:
             denoise), when requested; else None.
         x_init: the starting state at t[0] (docs/math.md (27.4) for a schedule from σ = 1).
         solver: the solver instance.
+        info: what the solver reports of its run (adaptive solvers: accepted and rejected steps per
+            sample, batched calls, row evaluations, method, time variable; torchsde: method, grid,
+            steps); empty for the fixed-step solvers.
         analytic_first_step: whether the first evaluation was the analytic one (docs/math.md §27),
             made without a network call and so not in ``nfe``.
     """
@@ -91,6 +94,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             diffusers' samplers of those names), else 0.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
+            With neither, the run is deterministic all the same (a generator seeded 0;
+            ``torch.manual_seed`` does not change it).
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
             for budgets above 20 evaluations, stochastic runs and adaptive solvers, and as the
             default run says when no solver is given (measured: :mod:`diffsolve.defaults`); with a
