@@ -205,3 +205,19 @@ def test_two_processes_give_the_metrics_of_one(tmp_path):
     for k in ("fid", "kid", "precision", "recall", "density", "coverage"):
         assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-9, abs=1e-12), k
     assert two["intervals"] == pytest.approx(one["intervals"], rel=1e-9)
+
+
+def test_a_kid_at_or_below_zero_ranks_nothing():
+    """The unbiased KID falls below zero where the rows are as close to the reference as its noise: the plot
+    then shows the next metric and the run says why, instead of ranking rows by noise."""
+    from diffsolve.bench.feature_metrics import kid_notes
+    from diffsolve.bench.plot import _quality
+
+    def row(problem, kid):
+        return {"problem": problem, "metrics": {"kid": kid, "rms_error": 0.1}}
+
+    noisy = [row("g", 5e-4), row("g", -3e-3)]
+    clear = [row("m", 2e-2), row("m", 4e-3)]
+    assert _quality(noisy) == "rms_error" and _quality(clear) == "kid"
+    notes = kid_notes(noisy + clear)
+    assert len(notes) == 1 and notes[0].startswith("kid: 1 of 2 rows of g are at or below 0")

@@ -188,3 +188,16 @@ def _measure(s: FeatureSettings, ref: FeatureReference, feats: Tensor, bootstrap
         interval("precision", np.mean, inside)
         interval("density", lambda c: float(c.mean()) / _K_DENSITY, counts)
     return metrics, intervals
+
+
+def kid_notes(rows: list[dict]) -> list[str]:
+    """One line per problem whose rows have a KID at or below zero: the unbiased estimate is then inside its own
+    noise, so it does not rank those rows (the plot falls back to the next metric)."""
+    by_problem: dict = {}
+    for r in rows:
+        v = r["metrics"].get("kid")
+        if v is not None:
+            by_problem.setdefault(r["problem"], []).append(v)
+    return [f"kid: {sum(v <= 0 for v in vs)} of {len(vs)} rows of {p} are at or below 0: the distance is within the "
+            f"unbiased estimate's noise there, so KID does not rank them; compare them by another metric, or with "
+            f"more samples or a feature space that separates them" for p, vs in by_problem.items() if min(vs) <= 0]

@@ -1,7 +1,7 @@
 """Quality against NFE from a results file: one log–log panel per problem, one line per solver.
 
-The quality shown is a feature metric where rows have one (``fid``, then ``kid``, with its bootstrap
-interval as a band where the rows have one), else the error against the exact ODE solution
+The quality shown is a feature metric where rows have one (``fid``, then ``kid`` where every row's is
+positive, with its bootstrap interval as a band where the rows have one), else the error against the exact ODE solution
 (``rms_error``), else the Fréchet distance (exact Gaussian target or held-out data); the metric's
 floor (an exact batch of the same size) is drawn as a dashed line. matplotlib is optional (``pip install
 diffsolve[plot]``); without it :func:`plot_results` raises ImportError with that hint.
@@ -19,8 +19,12 @@ QUALITY_ORDER = ("fid", "kid", "rms_error", "frechet", "frechet_heldout", "slice
 
 
 def _quality(rows: list[dict]) -> str | None:
+    """The first metric of :data:`QUALITY_ORDER` the rows have, all positive: an estimate at or below zero
+    (the unbiased KID where the samples are as close as its noise) ranks nothing and has no place on a
+    log axis, so the panel falls back to the next metric."""
     for name in QUALITY_ORDER:
-        if any(r["metrics"].get(name) is not None for r in rows):
+        values = [r["metrics"][name] for r in rows if r["metrics"].get(name) is not None]
+        if values and all(v > 0 for v in values):
             return name
     return None
 

@@ -33,7 +33,7 @@ from ..distributed import DistContext, init as init_distributed
 from .plot import plot_results
 from .problems import Problem, get_problem
 from .report import Table, format_row, summary  # noqa: F401
-from .feature_metrics import FeatureMetrics
+from .feature_metrics import FeatureMetrics, kid_notes
 from .state import ProblemState, RowFailed, attempt, describe, sync_device
 from .results import (PLOT_NAME, RESULTS_NAME, ROW_FIELDS, SAMPLES_DIR, ResultsFile, claim_output,  # noqa: F401
                       is_failed, make_failed_row, make_row, read_rows)
@@ -114,6 +114,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
             earlier = len(read_rows(results.path)) - (len(written) - n_failed)  # the file's finished rows, all runs
             print(summary(len(written), time.perf_counter() - t_start, results.path, n_failed, earlier=earlier),
                   file=stream)
+            for line in kid_notes(read_rows(results.path)):
+                print(line, file=stream)
         if cfg.plot:
             _plot(results, cfg.print_table, progress, stream)
     return written
