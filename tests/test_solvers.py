@@ -342,3 +342,17 @@ def test_solvers_made_for_the_sde_sample_it_by_default():
     diffusers = pytest.importorskip("diffusers")
     assert DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config, solver="ancestral").level.eta == 1.0
     assert DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config, solver="ddim").level.eta == 0.0
+
+
+def test_euler_maruyama_refuses_a_grid_it_is_unstable_on():
+    """A large noise level makes Euler–Maruyama's linear part amplify errors at every step: the samples came
+    back finite and ~1e6 too large. The run is refused before any network call, naming the fix; the same
+    eta with enough steps, and solvers that take any eta exactly, run."""
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    for solver, name in (("euler", "euler with eta=3"), ("pc", "pc (its euler predictor) with eta=3")):
+        with pytest.raises(ValueError, match=re.escape(name) + r" is unstable on this grid"):
+            ds.sample(den, seeds="0-7", solver=solver, eta=3.0, nfe=20)
+    assert den.nfe == 0
+    for solver, nfe in (("euler", 50), ("ancestral", 20), ("dpmpp_2m_sde", 20)):
+        x = ds.sample(den, seeds="0-63", solver=solver, eta=3.0, nfe=nfe).x
+        assert float(x.norm(dim=1).mean()) == pytest.approx(2.0, abs=0.1)

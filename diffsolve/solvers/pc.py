@@ -40,7 +40,7 @@ import math
 from .base import Solver, bcast
 from .registry import register
 from .ddim import DDIM
-from .euler import Euler
+from .euler import Euler, check_stable
 
 __all__ = ["PredictorCorrector"]
 
@@ -89,6 +89,11 @@ class PredictorCorrector(Solver):
         self.snr, self.corrector_steps, self.predictor = float(snr), int(corrector_steps), predictor
         self.nfe_per_step = 1 + self.corrector_steps
         self._predictor = _PREDICTORS[predictor]()
+
+    def check(self, ctx):
+        super().check(ctx)
+        if self.predictor == "euler":
+            check_stable(ctx, "pc (its euler predictor)")
 
     def step(self, ctx, i, x, state):
         x, _ = self._predictor.step(ctx, i, x, None)
