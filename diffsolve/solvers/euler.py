@@ -57,7 +57,7 @@ MAX_GROWTH = 100.0
 
 
 def check_stable(ctx, name: str):
-    """Refuse a grid on which the Euler–Maruyama step is unstable (docs/math.md (11.1)): on the part of the
+    """Refuse a grid on which the Euler–Maruyama step is unstable (docs/math.md (11.1a)): on the part of the
     drift linear in x, f_t x + ½(g_t² + ν_t²)(x − α x̂0)/σ_t², one step multiplies a perturbation by
     |1 − |Δ_i| k_i| with k_i = f_{t_i} + (g² + ν²)_{t_i}/(2σ²_{t_i}), so a large ν (η) or long steps where σ is
     small make errors grow geometrically (VP, η = 3, 20 evaluations: 8e9 over the run)."""
