@@ -40,6 +40,7 @@ timestep 0 already (N/n < 1.5), those for n = ``steps`` + 1 are taken, so the gr
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 
 import torch
@@ -66,6 +67,8 @@ GRID_SUMMARIES = {  # one line per kind (module docstring), for `diffsolve list 
 def validate_grid(schedule: Schedule | None, t) -> Tensor:
     """Check a user grid: 1-D, at least 2 points, finite, strictly decreasing, inside the range
     (``schedule=None``: all but the range, for a grid whose schedule is not known yet)."""
+    if isinstance(t, Tensor) and t.is_meta:
+        raise ValueError("the time grid is a meta tensor, which has no values: give the times on the CPU")
     t = torch.as_tensor(t, dtype=_F64).detach().cpu()
     if t.dim() != 1 or len(t) < 2:
         raise ValueError(f"a time grid must be 1-D with at least 2 points (start and end), got shape {tuple(t.shape)}")
@@ -122,8 +125,11 @@ def make_grid(schedule: Schedule, steps: int | None = None, kind="log_snr", *, r
         raise TypeError(f"grid kind must be one of {', '.join(GRIDS)} or an array of times, got None")
     if not isinstance(kind, str):
         return validate_grid(schedule, kind)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, float))):
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Real)):
         raise TypeError(f"steps must be a positive integer, got {steps!r}")
+    if kind == "karras" and (isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0
+                             or not math.isfinite(rho)):
+        raise ValueError(f"rho must be a positive finite number (EDM: 7), got {rho!r}")
     memo = _GRIDS.setdefault(schedule, {})
     key = (steps, kind, rho, t_start, t_end)
     if key not in memo:  # the same grid is asked for call after call: build and validate it once

@@ -64,8 +64,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     Args:
         denoiser: a :class:`~diffsolve.Denoiser`.
         x: optional starting state, shape (B, *shape), at t[0] of an explicit grid or at the
-            schedule's t_max with a grid kind; default x_T ~ N(0, σ_{t_max}² I) drawn from the noise
-            source. A grid kind on a schedule that starts below the log-SNR of
+            schedule's t_max with a grid kind; default x ~ N(0, σ² I) drawn from the noise source, σ
+            that of the grid's first time (t_max for a grid kind, t[0] for an explicit grid or one
+            starting later, e.g. "leading"). A grid kind on a schedule that starts below the log-SNR of
             :data:`~diffsolve.defaults.START_LOG_SNR` (a flow schedule from σ = 1) starts at that
             log-SNR instead, the state carried there from t_max by the exact flow of
             standard-normal data, a scaling (docs/math.md (27.4)); ``t[0]`` and ``x_init`` are then

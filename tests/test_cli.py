@@ -515,3 +515,16 @@ def test_a_closed_pipe_is_not_an_error(capsys):
 
 def test_dir_lists_the_lazy_names():
     assert {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters"} <= set(dir(diffsolve))
+
+
+def test_one_process_commands_refuse_torchrun(capsys, tmp_path, monkeypatch):
+    """sample --out FILE and tune run in one process: under torchrun every process did the whole job and wrote
+    the same file; now they are refused before any work, naming what to use instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out",
+                        str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and "use --outdir DIR" in err, err
+    code, _, err = run(["tune", "--problem", "ring2d", "--nfe", "4", "--out", str(tmp_path / "g.json")], capsys)
+    assert code == 2 and "run it without torchrun" in err, err
+    assert not list(tmp_path.iterdir())

@@ -52,3 +52,13 @@ def test_two_processes_equal_one(tmp_path):
         name = a["key"].replace("|", "_") + ".pt"
         x1, x2 = torch.load(one / "samples" / name), torch.load(two / "samples" / name)
         torch.testing.assert_close(x2, x1, rtol=0, atol=1e-12)  # stochastic rows too: per-seed noise
+
+
+def test_a_rank_outside_the_world_is_refused(monkeypatch):
+    """RANK >= WORLD_SIZE waited for peers that never come (until torch's 30-minute timeout): refused at once."""
+    from diffsolve.distributed import init
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ValueError, match="RANK=5 is outside 0..1 for WORLD_SIZE=2"):
+        init("cpu")

@@ -320,3 +320,64 @@ def test_bad_schedule_parameters():
     with pytest.raises(ValueError, match="valid names: vp, cosine"):
         make_schedule("linear")
     assert isinstance(make_schedule("edm"), EDMSchedule) and set(SCHEDULES) >= {"vp", "flow", "ddpm"}
+
+
+def test_a_schedule_is_fixed_once_made():
+    """Grids, tables and coefficients are memoised per schedule object: a parameter changed in place mixed
+    the old grid with new coefficients (samples off by 0.16 on the ring). Changing one is now an error;
+    copies and pickles keep working."""
+    import copy
+    import pickle
+
+    import diffsolve as ds
+
+    s = ds.VPSchedule()
+    ds.make_grid(s, 5)
+    for name, value in (("b1", 10.0), ("t_min", 0.05)):
+        with pytest.raises(AttributeError, match=f"VPSchedule.{name} is fixed once the schedule is made"):
+            setattr(s, name, value)
+    assert s.b1 == 20.0 and s.t_min == 1e-3
+    for make in (ds.SubVPSchedule, ds.CosineSchedule, ds.EDMSchedule, ds.VESchedule, ds.FlowSchedule, ds.DDPMSchedule):
+        sch = make()
+        with pytest.raises(AttributeError):
+            sch.t_max = 0.5
+        assert repr(copy.deepcopy(sch)) == repr(sch) == repr(pickle.loads(pickle.dumps(sch)))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 100.0, 1e6])
+def test_flow_grid_starts_at_t_max_whatever_it_is(shift):
+    """FlowSchedule.grid ran u from 1 and then put t_max in front: with t_max < 1 (the default, 0.999) its
+    second point could lie above the first (1000 steps, or a large shift), an invalid grid."""
+    import diffsolve as ds
+
+    for sch in (ds.FlowSchedule(shift=shift), ds.FlowSchedule(t_max=1 - 1e-9, shift=shift)):
+        for n in (2, 10, 1000):
+            t = sch.grid(n)
+            assert t[0] == sch.t_max and t[-1] == sch.t_min and bool((t[:-1] > t[1:]).all()), (sch, n)
+
+
+def test_schedule_and_grid_arguments_are_checked_where_they_are_given():
+    """Infinite, NaN, negative or non-numeric parameters were accepted (failing later, blaming the network) or
+    raised raw errors; a 2-D or NaN table, a table with another N, an out-of-range λ (NaN on VP), numpy
+    step counts and Karras' rho."""
+    import numpy as np
+
+    import diffsolve as ds
+
+    bad = [lambda: ds.VPSchedule(beta_max=math.inf), lambda: ds.VPSchedule(beta_min="0.1"),
+           lambda: ds.EDMSchedule(sigma_max=math.inf), lambda: ds.VESchedule(t_min=0.9, t_max=0.1),
+           lambda: ds.VESchedule(t_max=math.nan), lambda: ds.CosineSchedule(s=-0.5), lambda: ds.CosineSchedule(s=-1),
+           lambda: ds.DDPMSchedule(num_train_timesteps=-5), lambda: ds.DDPMSchedule(num_train_timesteps=10.5),
+           lambda: ds.DDPMSchedule(betas=torch.full((10, 10), 0.01)),
+           lambda: ds.DDPMSchedule(betas=[0.01, math.nan, 0.02]),
+           lambda: ds.DDPMSchedule(betas=torch.full((10,), 0.01), num_train_timesteps=100),
+           lambda: ds.make_grid(ds.VPSchedule(), 5, "karras", rho=0),
+           lambda: ds.make_grid(ds.VPSchedule(), 5, "karras", rho=-1)]
+    for make in bad:
+        with pytest.raises((ValueError, TypeError)):
+            make()
+    assert ds.DDPMSchedule(num_train_timesteps=100).num_train_timesteps == 100
+    for sch in (VPSchedule(), SubVPSchedule(), EDMSchedule(), DDPMSchedule()):
+        t = sch.t_of_log_snr(torch.tensor([-math.inf, -800.0, 800.0, math.inf], dtype=torch.float64))
+        assert t.tolist() == [sch.t_max, sch.t_max, sch.t_min, sch.t_min]
+    assert len(ds.make_grid(VPSchedule(), np.int64(9))) == 10

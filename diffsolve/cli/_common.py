@@ -122,6 +122,15 @@ def apply_threads(args, device):
     set_threads(getattr(args, "threads", None), device is not None and device.type == "cpu")
 
 
+def one_process_only(command: str, instead: str):
+    """Refuse a command that runs in one process when torchrun started several (``WORLD_SIZE`` > 1): each would
+    do the whole job and write the same file."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip().isdigit() and int(world) > 1:
+        raise CLIError(f"{command} runs in one process; under torchrun (WORLD_SIZE={world}) every process would do "
+                       f"the whole job and write the same file: {instead}")
+
+
 def add_seeds_option(p, help, default=None):
     p.add_argument("--seeds", type=seeds, default=default, help=help)
 

@@ -19,6 +19,7 @@ from .._text import count
 from ._common import (
     CLIError,
     add_threads_option,
+    one_process_only,
     apply_threads,
     add_device_options,
     add_model_options,
@@ -156,6 +157,7 @@ def run(args) -> int:
     from .. import sample
     from ..sample import plan_run
 
+    one_process_only("diffsolve sample --out FILE", "use --outdir DIR, which shares the seeds among the processes")
     out = check_writable(Path(args.out), OUT_SUFFIXES)  # first: a run must not end in an unwritable path
     device, dtype = check_device_dtype(args)
     if args.solver is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .._text import count
 from ._common import (CLIError, add_device_options, add_model_options, add_nfe_option, add_threads_option,
                       apply_threads, check_device_dtype, check_grid, check_solver, check_writable, checked_denoiser,
-                      is_grid_file, positive_int, problem_from_args)
+                      is_grid_file, one_process_only, positive_int, problem_from_args)
 
 DENOISE_FINAL = {"yes": True, "no": False, "auto": "auto"}
 
@@ -97,6 +97,7 @@ def _tune(args, name, den, problem, device):
 
 
 def run(args) -> int:
+    one_process_only("diffsolve tune", "run it without torchrun")
     name = _check_args(args)
     device, _ = check_device_dtype(args)
     apply_threads(args, device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from typing import NamedTuple
 
@@ -34,6 +35,16 @@ class GridTable(NamedTuple):
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def real(name: str, value) -> float:
+    """A schedule parameter as a float: a real finite number (not a bool, not a string), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
 class Schedule:
     """Base class. Subclasses implement ``log_alpha``, ``log_sigma``, ``d_log_alpha``,
     ``d_log_sigma`` and ``t_of_log_snr``; everything else derives from them.
@@ -45,6 +56,34 @@ class Schedule:
     t_min: float
     t_max: float
     name: str = "schedule"
+
+    # A schedule's parameters are fixed once it is made: grids, tables and the denoisers' coefficients are
+    # memoised per schedule object, so a parameter changed in place would mix old values with new ones.
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        def __init__(self, *args, __init=init, **kwargs):
+            depth = self.__dict__.get("_init_depth", 0)
+            self.__dict__["_init_depth"] = depth + 1
+            try:
+                __init(self, *args, **kwargs)
+            finally:
+                self.__dict__["_init_depth"] = depth
+            if depth == 0:
+                self.__dict__["_frozen"] = True
+
+        __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
+        cls.__init__ = __init__
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_frozen") and not name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed once the schedule is made (grids, tables and "
+                                 f"coefficients are memoised per schedule): make a new {type(self).__name__} with "
+                                 f"the value you want, and a new Denoiser on it")
+        object.__setattr__(self, name, value)
 
     # --- to be implemented -------------------------------------------------------------
     def _log_alpha(self, t: Tensor) -> Tensor:
@@ -120,10 +159,14 @@ class Schedule:
         return self._log_snr(self.check_time(t))
 
     def t_of_log_snr(self, lam) -> Tensor:
-        """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends."""
+        """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends (before the
+        inversion, whose formulas can overflow far outside it: λ = −∞ on VP, −800 on sub-VP)."""
         lam = _time(lam)
-        t = self._t_of_log_snr(lam)
-        return t.clamp(self.t_min, self.t_max)
+        lo, hi = self.__dict__.get("_lam_range") or self.__dict__.setdefault(
+            "_lam_range", (float(self._log_snr(_time(self.t_max))), float(self._log_snr(_time(self.t_min)))))
+        t = self._t_of_log_snr(lam.clamp(lo, hi)).clamp(self.t_min, self.t_max)
+        t = torch.where(lam < lo, self.t_max, t)  # the range's ends exactly, not their round trip
+        return torch.where(lam > hi, self.t_min, t)
 
     def d_log_alpha(self, t) -> Tensor:
         return self._d_log_alpha(self.check_time(t))

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .base import Schedule, _VarPreserving
+from .base import Schedule, _VarPreserving, real
 
 _F64 = torch.float64
 
@@ -22,6 +22,8 @@ class VPSchedule(_VarPreserving):
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        beta_min, beta_max, t_min, t_max = (real(n, v) for n, v in (("beta_min", beta_min), ("beta_max", beta_max),
+                                                                  ("t_min", t_min), ("t_max", t_max)))
         if not (0 <= beta_min < beta_max):
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         if not (0 < t_min < t_max):
@@ -77,6 +79,9 @@ class CosineSchedule(_VarPreserving):
     name = "cosine"
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        s, t_min, t_max = real("s", s), real("t_min", t_min), real("t_max", t_max)
+        if not s >= 0:
+            raise ValueError(f"the offset s must be >= 0 (Nichol & Dhariwal: 0.008), got {s}")
         if not (0 < t_min < t_max < 1):
             raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
         self.s = float(s)
@@ -124,8 +129,12 @@ class VESchedule(Schedule):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0):
+        sigma_min, sigma_max, t_min, t_max = (real(n, v) for n, v in (
+            ("sigma_min", sigma_min), ("sigma_max", sigma_max), ("t_min", t_min), ("t_max", t_max)))
         if not (0 < sigma_min < sigma_max):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if not (0 <= t_min < t_max):
+            raise ValueError(f"need 0 <= t_min < t_max, got {t_min}, {t_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._rate = math.log(self.sigma_max / self.sigma_min)
         self.t_min, self.t_max = float(t_min), float(t_max)
@@ -157,6 +166,7 @@ class EDMSchedule(Schedule):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        sigma_min, sigma_max = real("sigma_min", sigma_min), real("sigma_max", sigma_max)
         if not (0 < sigma_min < sigma_max):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
@@ -269,6 +279,7 @@ class FlowSchedule(Schedule):
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3, *, shift: float = 1.0,
                  time_shift_type: str = "exponential", num_train_timesteps: int | None = None):
+        t_min, t_max = real("t_min", t_min), real("t_max", t_max)
         if not (0 < t_min < t_max < 1):
             raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
@@ -333,14 +344,14 @@ class FlowSchedule(Schedule):
         return shift_sigma(sigma, self.shift if mu is None else shift_of_mu(mu, self.time_shift_type))
 
     def grid(self, steps: int, *, mu: float | None = None) -> torch.Tensor:
-        """``steps`` steps from σ = 1 (t_max) to t_min, uniform in the unshifted σ:
-        σ_i = shifted(u_i), u uniform from 1 to shifted⁻¹(t_min) (docs/math.md (25.6)); a float64
-        grid to pass as ``grid=``. ``mu``: the dynamic shift instead of ``shift``."""
+        """``steps`` steps from t_max (σ = 1 for a schedule from pure noise) to t_min, uniform in the unshifted σ:
+        σ_i = shifted(u_i), u uniform from shifted⁻¹(t_max) to shifted⁻¹(t_min) (docs/math.md (25.6)); a
+        float64 grid to pass as ``grid=``. ``mu``: the dynamic shift instead of ``shift``."""
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         s = self.shift if mu is None else shift_of_mu(mu, self.time_shift_type)
-        u_end = float(unshift_sigma(self.t_min, s))
-        t = shift_sigma(torch.linspace(1.0, u_end, int(steps) + 1, dtype=_F64), s)
+        u_start, u_end = float(unshift_sigma(self.t_max, s)), float(unshift_sigma(self.t_min, s))
+        t = shift_sigma(torch.linspace(u_start, u_end, int(steps) + 1, dtype=_F64), s)
         t[0], t[-1] = self.t_max, self.t_min
         return t
 

@@ -1,10 +1,12 @@
 """Discrete-time DDPM schedules (betas or ᾱ, integer timesteps), read as a continuous schedule (docs/math.md §7)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
-from .base import _VarPreserving, _time
+from .base import _VarPreserving, _time, real
 
 _F64 = torch.float64
 
@@ -42,6 +44,20 @@ class _PiecewiseLinear:
         return slopes[self._segment(x, xp, right=False)]
 
 
+def _table_values(name: str, values) -> Tensor:
+    """A β or ᾱ table as a finite 1-D float64 tensor."""
+    try:
+        t = torch.as_tensor(values, dtype=_F64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a 1-D sequence of numbers, got {type(values).__name__}: {e}") from None
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one value per training timestep), got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite; entry {int((~torch.isfinite(t)).nonzero()[0])} is "
+                         f"{float(t[~torch.isfinite(t)][0])}")
+    return t
+
+
 class DDPMSchedule(_VarPreserving):
     """Discrete-time DDPM schedule made continuous as DPM-Solver does: t_n = n/N for
     n = 1..N carries ᾱ_n (``alphas_cumprod[n-1]``) and log α is interpolated piecewise-linearly
@@ -49,9 +65,11 @@ class DDPMSchedule(_VarPreserving):
     at grid points it receives exactly the timestep it was trained with.
 
     Args:
-        betas: (N,) β_n, or
-        alphas_cumprod: (N,) ᾱ_n (exactly one of the two).
-        Default: the DDPM linear schedule, β from 1e-4 to 2e-2 over N = 1000 steps.
+        betas: (N,) β_n in (0, 1), or
+        alphas_cumprod: (N,) ᾱ_n in (0, 1), strictly decreasing (at most one of the two).
+        num_train_timesteps, beta_start, beta_end: without either table, the linear β from
+            ``beta_start`` to ``beta_end`` over N = ``num_train_timesteps`` steps (DDPM's: 1e-4 to 2e-2
+            over 1000); with a table, N is its length (a ``num_train_timesteps`` given must equal it).
 
     References:
         Denoising Diffusion Probabilistic Models, Ho, Jain, Abbeel, arXiv:2006.11239;
@@ -60,23 +78,30 @@ class DDPMSchedule(_VarPreserving):
 
     name = "ddpm"
 
-    def __init__(self, betas=None, alphas_cumprod=None, num_train_timesteps: int = 1000,
+    def __init__(self, betas=None, alphas_cumprod=None, num_train_timesteps: int | None = None,
                  beta_start: float = 1e-4, beta_end: float = 2e-2):
         if betas is not None and alphas_cumprod is not None:
             raise ValueError("give either betas or alphas_cumprod, not both")
+        if num_train_timesteps is not None and (isinstance(num_train_timesteps, bool) or not isinstance(
+                num_train_timesteps, numbers.Integral) or num_train_timesteps < 2):
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         if alphas_cumprod is None:
             if betas is None:
-                betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=_F64)
-            betas = torch.as_tensor(betas, dtype=_F64).flatten()
+                betas = torch.linspace(real("beta_start", beta_start), real("beta_end", beta_end),
+                                       int(num_train_timesteps or 1000), dtype=_F64)
+            betas = _table_values("betas", betas)
             if (betas <= 0).any() or (betas >= 1).any():
                 raise ValueError("betas must lie in (0, 1)")
             log_ac = torch.cumsum(torch.log1p(-betas), 0)
             ac = log_ac.exp()
         else:
-            ac = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten().clone()
+            ac = _table_values("alphas_cumprod", alphas_cumprod).clone()
             if (ac <= 0).any() or (ac >= 1).any():
                 raise ValueError("alphas_cumprod must lie in (0, 1)")
             log_ac = torch.log(ac)
+        if num_train_timesteps is not None and len(log_ac) != num_train_timesteps:
+            raise ValueError(f"num_train_timesteps={num_train_timesteps} but the table has {len(log_ac)} entries; "
+                             f"leave it out (a table sets it)")
         if len(log_ac) < 2 or not bool((log_ac[1:] < log_ac[:-1]).all()):
             raise ValueError("alphas_cumprod must be strictly decreasing with at least 2 entries")
         n = len(log_ac)
