@@ -53,10 +53,11 @@ class EDMPrecond(torch.nn.Module):
     r"""EDM preconditioning: D(y; s) = c_skip(s) y + c_out(s) F(c_in(s) y, c_noise(s)) with
     c_skip = σ_d²/(s² + σ_d²), c_out = s σ_d/√(s² + σ_d²), c_in = 1/√(s² + σ_d²), c_noise = ¼ ln s.
 
-    The preconditioning runs in float32 at least (:attr:`dtype`), whatever F's precision: as in EDM's
-    own code, only F's input is cast to F's dtype (that of its first floating weight; for a function
-    without weights, y's) and F's output back, so a half-precision F does not round the skip term
-    c_skip y (:func:`from_edm` calls it in :attr:`dtype`).
+    The preconditioning runs in y's dtype raised to float32 at least, whatever F's precision: as in
+    EDM's own code, only F's input is cast to F's dtype (that of its first floating weight, read at
+    each call; for a function without weights, y's) and F's output back, so a half-precision F does
+    not round the skip term c_skip y. A :class:`~diffsolve.Denoiser` calls it in
+    :attr:`calling_dtype` (:func:`from_edm`).
 
     Args:
         F: the raw network ``F(x, c_noise, *cond)`` (shape in = shape out).
@@ -81,8 +82,9 @@ class EDMPrecond(torch.nn.Module):
         return None
 
     @property
-    def dtype(self) -> torch.dtype | None:
-        """The dtype the preconditioning runs in: F's, raised to float32; None for F without weights."""
+    def calling_dtype(self) -> torch.dtype | None:
+        """The dtype to call it in (a :class:`~diffsolve.Denoiser` reads it at each use, so ``net.double()``
+        is followed): F's, raised to float32; None for F without weights (the caller's)."""
         f = self._f_dtype()
         return None if f is None else torch.promote_types(f, torch.float32)
 
@@ -106,9 +108,18 @@ class VECoordinates(torch.nn.Module):
     def __init__(self, D, schedule: Schedule, cond_key: str | None = None):
         super().__init__()
         self.D = D
-        self.schedule = schedule
         self.cond_key = cond_key
+        self.follow_schedule(schedule)
+
+    def follow_schedule(self, schedule: Schedule):
+        """Use ``schedule`` from now on (the :class:`~diffsolve.Denoiser` calls it when its schedule is set)."""
+        self.schedule = schedule
         self._unit_alpha = float(schedule.log_alpha(schedule.t_min)) == 0.0 == float(schedule.log_alpha(schedule.t_max))
+
+    @property
+    def calling_dtype(self) -> torch.dtype | None:
+        """The dtype D asks to be called in (:attr:`EDMPrecond.calling_dtype`), else None."""
+        return getattr(self.D, "calling_dtype", None)
 
     def forward(self, x: Tensor, s: Tensor, cond=None) -> Tensor:
         if not self._unit_alpha:
@@ -133,8 +144,6 @@ def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_
     if not callable(D):
         raise TypeError(f"D must be callable, got {type(D).__name__}")
     schedule = make_schedule(schedule)
-    if net_dtype is None and isinstance(D, EDMPrecond):  # its preconditioning's precision, not F's
-        net_dtype = D.dtype
     return Denoiser(VECoordinates(D, schedule, cond_key), schedule, prediction="x0",
                     time_label="sigma_over_alpha", net_dtype=net_dtype, shape=shape)
 

@@ -124,10 +124,12 @@ class Denoiser(torch.nn.Module):
             index). The network gets a (B,) label: integer labels as they are, floating ones in
             float64 for a float64 network and float32 otherwise (half-precision networks included, as
             diffusers passes timesteps: cast it inside the network if it must match x).
-        net_dtype: dtype the network runs in; defaults to the dtype of its first floating
+        net_dtype: dtype the network runs in; defaults to a module's ``calling_dtype`` where it has
+            one (:class:`~diffsolve.adapters.EDMPrecond`), else the dtype of its first floating
             parameter (read when used, so ``net.double()`` after wrapping is followed), or for a
             callable without parameters to the dtype of the caller's ``x``
-            (when the library draws x, the run's ``dtype=``, else torch's default dtype; :meth:`calling_in`), whatever the
+            (when the library draws x, the run's ``dtype=``, else torch's default dtype;
+            :meth:`calling_in`), whatever the
             solver state's. Arithmetic around the network (the conversions) stays in the state's
             dtype.
         shape: optional shape of one sample (without batch), used by ``sample`` when no
@@ -148,6 +150,10 @@ class Denoiser(torch.nn.Module):
         """The dtype the network runs in: as declared, else its first floating parameter's (now), else None."""
         if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
             return self._declared_dtype
+        # a module that says what it is called in (adapters.EDMPrecond); a class attribute, cheap to look for
+        calling = self.net.calling_dtype if hasattr(type(self.net), "calling_dtype") else None
+        if calling is not None:
+            return calling
         # the first floating weight and where it sits: net.double() / .to() convert it in place; a weight
         # replaced (load_state_dict(assign=True), a new Parameter) is found again
         first = self.__dict__.get("_first_weight")
@@ -169,7 +175,10 @@ class Denoiser(torch.nn.Module):
 
     @schedule.setter
     def schedule(self, schedule):
-        self.__dict__["_schedule"] = make_schedule(schedule)
+        schedule = self.__dict__["_schedule"] = make_schedule(schedule)
+        follow = getattr(getattr(self, "net", None), "follow_schedule", None)
+        if follow is not None:  # a network written in another parametrisation (adapters.VECoordinates)
+            follow(schedule)
         if "_label_spec" in self.__dict__:
             self.time_label = self._label_spec
 
@@ -197,6 +206,9 @@ class Denoiser(torch.nn.Module):
         else:
             raise ValueError(f"unknown time_label {spec!r}; valid: {', '.join(TIME_LABELS)} or a callable")
         self.__dict__["_label_spec"], self.__dict__["_time_label"] = spec, fn
+        self._modules.pop("time_label", None)
+        if isinstance(fn, torch.nn.Module):  # a label with weights is a submodule: .to(), state_dict, parameters
+            self._modules["time_label"] = fn
         self._clear_caches()
 
     def __setattr__(self, name, value):
@@ -278,7 +290,10 @@ class Denoiser(torch.nn.Module):
         if len(self._label_cache) + len(times) > 4096:
             self._label_cache.clear()
         try:  # a user's label function may not take a vector: then labels are built per call (and checked)
-            labels = _as_label(self.time_label(t), like.device, label_dtype, len(times))
+            raw = self.time_label(t)
+            # one label for a vector of times: the function reduced its input (a max, a float()) -> per call
+            labels = None if torch.as_tensor(raw).dim() == 0 and len(times) > 1 else _as_label(
+                raw, like.device, label_dtype, len(times))
         except Exception:
             labels = None
         if labels is not None:

@@ -216,7 +216,8 @@ class CFGDenoiser(Denoiser):
                 raise TypeError("this denoiser is already guided; wrap the unguided denoiser instead")
             net, schedule, prediction = base.net, base.schedule, base.prediction
             # as declared, else None: the guided denoiser then reads its module's weights when used (net.double())
-            time_label, net_dtype = base.time_label, base._declared_dtype
+            # the label as given (a name follows a later change of schedule, as on the base)
+            time_label, net_dtype = base._label_spec, base._declared_dtype
             shape = base.shape if shape is None else shape
             threshold = base.threshold if threshold is None else threshold
             self_meta = getattr(base, "metadata", None)

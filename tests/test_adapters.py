@@ -228,7 +228,7 @@ def test_edm_precond_keeps_the_skip_term_out_of_a_half_network(mixture):
 
     D = adapters.EDMPrecond(HalfF(), sigma_data=sd)
     den = adapters.from_edm(D, edm)
-    assert D.dtype == torch.float32 and den.net_dtype == torch.float32
+    assert D.calling_dtype == torch.float32 and den.net_dtype == torch.float32
     y = mixture.sample(64, generator=torch.Generator().manual_seed(4)) + 0.01 * torch.randn(
         64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     err = (den.x0(y.float(), 0.01).double() - mixture.x0(y, torch.full((64,), 0.01, dtype=torch.float64), edm)).abs()
@@ -322,3 +322,29 @@ def test_flow_matching_adapter_passes_a_scalar_time_and_names_a_bad_output():
     assert seen == {()}
     with pytest.raises(TypeError, match="returned a tuple of 2, not a tensor"):
         ds.sample(ds.adapters.from_flow_matching(lambda x, t: (x, t)), torch.zeros(2, 2, dtype=torch.float64), nfe=5)
+
+
+def test_from_edm_follows_a_new_schedule_and_a_new_dtype(mixture):
+    """VECoordinates recovers α from the schedule: a Denoiser's schedule set later reaches it (x̂0 was off by up
+    to 0.19 on flow); EDMPrecond's calling dtype is read when used, so .double() after wrapping is followed."""
+    from diffsolve.schedules import FlowSchedule, SubVPSchedule
+
+    edm = EDMSchedule(1e-4, 1e3)
+    den = adapters.from_edm(lambda y, s: mixture.x0(y, s, edm), VPSchedule())
+    y = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for sch in (SubVPSchedule(), FlowSchedule()):
+        den.schedule = sch
+        fresh = adapters.from_edm(lambda y, s: mixture.x0(y, s, edm), sch)
+        torch.testing.assert_close(den.x0(y, 0.3), fresh.x0(y, 0.3), rtol=1e-12, atol=1e-12)
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 6)
+
+        def forward(self, z, c_noise):
+            return self.lin(z)
+
+    wrapped = adapters.from_edm(adapters.EDMPrecond(F()), shape=(6,))
+    assert wrapped.net_dtype == torch.float32
+    assert wrapped.double().net_dtype == torch.float64 and wrapped.half().net_dtype == torch.float32

@@ -445,3 +445,23 @@ def test_time_labels_integer_float_or_wrong_shape():
         Denoiser(lambda x, label: x, "vp", net_dtype="float16")
     with pytest.raises(TypeError, match="net_dtype must be a floating torch.dtype"):
         Denoiser(lambda x, label: x, "vp", net_dtype=torch.int32)
+
+
+def test_a_label_module_stays_a_submodule_and_a_reducing_label_is_called_per_time():
+    """A time label with weights moves with the denoiser (.double(), state_dict); a label function that reduces
+    its input (one value for a vector of times) is called once per time, not broadcast."""
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, t):
+            return self.w * t
+
+    den = Denoiser(lambda x, label: 0.1 * x, "vp", time_label=Emb())
+    assert list(den.state_dict()) == ["time_label.w"] and den.double().time_label.w.dtype == F64
+    seen = []
+    reducing = Denoiser(lambda x, label: (seen.append(float(label[0])), 0.1 * x)[1], "vp", shape=(2,),
+                        time_label=lambda t: torch.as_tensor(t).max() * 1000)
+    ds.sample(reducing, seeds="0-1", solver="ddim", nfe=4)
+    assert len(set(seen)) == 4, seen

@@ -94,6 +94,12 @@ def test_wraps_a_denoiser_and_keeps_its_conventions():
     assert den.scale == 2.0
     with pytest.raises(TypeError, match="already guided"):
         CFGDenoiser(den, 2.0, 0)
+    # a named label is kept as a name: it follows a schedule set on the guided denoiser, as on the base
+    named = CFGDenoiser(Denoiser(CondNet(), VPSchedule(), "eps", time_label="sigma", shape=(D,)), 2.0,
+                        torch.tensor([0, 1]))
+    named.schedule = CosineSchedule()
+    t = torch.tensor(0.5, dtype=torch.float64)
+    assert float(named.time_label(t)) == float(CosineSchedule().sigma(t))
 
 
 def test_errors():

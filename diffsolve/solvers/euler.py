@@ -51,24 +51,27 @@ class Euler(Solver):
         return x, state
 
 
-# the growth of errors over a run (the product of the per-step factors above 1) past which an Euler–Maruyama
-# run is refused: its samples would be garbage, finite or not
+# the largest amplification an error receives over the rest of the run (the product of the per-step factors from
+# the step it enters to the end) past which an Euler–Maruyama run is refused: its samples would be garbage
 MAX_GROWTH = 100.0
 
 
-def check_stable(ctx, name: str):
+def check_stable(ctx, name: str, other: str = ""):
     """Refuse a grid on which the Euler–Maruyama step is unstable (docs/math.md (11.1a)): on the part of the
     drift linear in x, f_t x + ½(g_t² + ν_t²)(x − α x̂0)/σ_t², one step multiplies a perturbation by
-    |1 − |Δ_i| k_i| with k_i = f_{t_i} + (g² + ν²)_{t_i}/(2σ²_{t_i}), so a large ν (η) or long steps where σ is
-    small make errors grow geometrically (VP, η = 3, 20 evaluations: 8e9 over the run)."""
+    |1 − |Δ_i| κ_i| with κ_i = f_{t_i} + (g² + ν²)_{t_i}/(2σ²_{t_i}); an error made at step i is multiplied by the
+    product of the factors from i to the end, damping included. A large ν (η) or long steps where σ is small
+    make that product grow geometrically. ``other``: the caller's own way out, named in the message."""
     sch, t = ctx.denoiser.schedule, ctx.t
     ti, h = t[:-1], t[:-1] - t[1:]
     k = sch.f(ti) + 0.5 * (sch.g2(ti) + ctx.level.nu2(ti)) / sch.sigma(ti) ** 2
-    factor = (1 - h * k).abs()
-    growth = float(factor.clamp(min=1).log().sum().exp())
+    log_factor = (1 - h * k).abs().clamp(min=1e-300).log()
+    # from step i to the end: suffix sums of the log factors
+    growth = float(log_factor.flip(0).cumsum(0).max().exp())
     if growth > MAX_GROWTH:
         eta = f"eta={ctx.level.eta:g}" if ctx.level.eta is not None else "this noise level"
-        raise ValueError(f"{name} with {eta} is unstable on this grid of {len(h)} steps: an Euler–Maruyama step "
-                         f"multiplies errors by up to {float(factor.max()):.3g} (stable: at most 1), {growth:.2g}× "
-                         f"over the run, so the samples would diverge. Take more steps, a smaller eta, or a solver "
-                         f"that takes any eta exactly (ancestral, dpmpp_2m_sde)")
+        raise ValueError(f"{name} with {eta} is unstable on this grid of {len(h)} steps: an error made in its "
+                         f"Euler–Maruyama steps grows by up to {growth:.2g}× before the end (stable: at most 1; "
+                         f"the largest step factor is {float(log_factor.max().exp()):.3g}), so the samples would "
+                         f"diverge. Take more steps, a smaller eta, or a solver that takes any eta exactly "
+                         f"(ancestral, dpmpp_2m_sde{other})")

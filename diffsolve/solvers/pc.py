@@ -93,7 +93,7 @@ class PredictorCorrector(Solver):
     def check(self, ctx):
         super().check(ctx)
         if self.predictor == "euler":
-            check_stable(ctx, "pc (its euler predictor)")
+            check_stable(ctx, "pc (its euler predictor)", other=", or pc:predictor=ddim")
 
     def step(self, ctx, i, x, state):
         x, _ = self._predictor.step(ctx, i, x, None)
