@@ -598,7 +598,7 @@ def tune_check(budgets=(5, 10)):
     for label, m in models.items():
         for nfe in budgets:
             cells = []
-            for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True, screen=0)):
+            for kw in ({}, dict(solver="dpmpp_2m", denoise_final=True, pilot=64, screen=0)):
                 t0 = time.perf_counter()
                 g = ds.tune_steps(m, nfe=nfe, progress=False, fresh=range(4096, 4352), **kw)
                 cells.append((f"{g.solver}{' +x̂0' if g.denoise_final else ''}", g.fresh_error,

@@ -48,8 +48,8 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
             evaluation is often better spent on one more step). Either way the target is the data
             end point of the ODE (the reference solve to t_min followed by the exact x̂0 there).
             The defaults against the first ones (``"dpmpp_2m"``, the final denoise, 64 plain pilots)
-            on the bundled digits model, 256 fresh seeds: 0.112 vs 0.168 at NFE 5, 0.018 vs 0.036 at
-            NFE 10, for 1.5–1.8× the tuning time (17–28 s vs 11–16 s on one CPU thread;
+            on the bundled digits model, 256 fresh seeds: 0.112 vs 0.177 at NFE 5, 0.018 vs 0.037 at
+            NFE 10, for 1.6–2.7× the tuning time (21–38 s vs 13–14 s on one loaded CPU thread;
             ``python benchmarks/defaults_sweep.py --report --tune``).
         pilot: number of pilot samples (default 128), or an explicit seed list / ``"0-63"``. 128
             screened pilots rather than 64 cost 1.2–2× the tuning time and keep a draw of pilots

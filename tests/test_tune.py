@@ -201,7 +201,7 @@ def test_load_checks_the_fields_that_decide_the_run(tuned, tmp_path):
 
 def test_cli_leaves_pilots_and_screening_to_the_tuner(tmp_path, monkeypatch):
     """`diffsolve tune` without --pilot / --screen passes neither, so each tuner's own defaults hold
-    (tune_steps: 64 pilots screened from 1024; tune_solver: 1024 plain pilots)."""
+    (tune_steps: 128 pilots screened from 2048; tune_solver: 1024 plain pilots)."""
     import diffsolve.tune as tune_module
     from diffsolve.cli import main
 
