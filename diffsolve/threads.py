@@ -1,8 +1,10 @@
-"""CPU threads of a command: torch's intra-op pool and the BLAS / OpenMP pools numpy and scipy load.
+"""CPU threads of a command: torch's intra-op pool and the BLAS pools of numpy and scipy.
 
 ``torch.set_num_threads`` bounds torch alone; numpy's and scipy's OpenBLAS keep one thread per core
-(the feature metrics' linear algebra, scikit-learn), so ``--threads 1`` could still run on every
-core. :func:`set_threads` bounds all of them, through threadpoolctl.
+(the feature metrics' linear algebra), so ``--threads 1`` could still run on every core.
+:func:`set_threads` bounds the pools already loaded (threadpoolctl) and sets ``OPENBLAS_NUM_THREADS`` /
+``MKL_NUM_THREADS`` for BLAS libraries loaded later (scipy's, when the metrics import it). An OpenMP
+library loaded later (scikit-learn's own) is not covered.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ def set_threads(threads: int | None, on_cpu: bool) -> None:
         if not on_cpu or "OMP_NUM_THREADS" in os.environ:
             return
         threads = 1
-    import numpy  # noqa: F401  (load the BLAS libraries first: the limit reaches only loaded ones)
-    import scipy.linalg  # noqa: F401
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
-    threadpool_limits(limits=threads)
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # read by a BLAS library when it loads
+        os.environ[var] = str(threads)
+    threadpool_limits(limits=threads)  # the pools loaded already (numpy's BLAS, torch's OpenMP)

@@ -367,6 +367,6 @@ def test_torchsde_adaptive_steps_stop_at_max_steps():
     step size collapses and the run went on for ever; past max_steps it is an error naming the way out."""
     den = ds.Denoiser(lambda x, t: torch.tanh(x) * (1 + t[:, None]), "edm", "eps", net_dtype=torch.float32,
                       shape=(2,))
-    with pytest.raises(RuntimeError, match="did not reach the end within max_steps=50"):
+    with pytest.raises(RuntimeError, match="did not reach the end within the drift calls of max_steps=50 steps"):
         ds.sample(den, seeds=[5], solver="torchsde:adaptive=true:max_steps=50", dtype=torch.float32)
     assert den.nfe <= 3 * 4 * 50 + 4

@@ -265,8 +265,9 @@ class _AsRun(torch.nn.Module):
     def f(self, t, y):
         self.calls += 1
         if self.max_calls is not None and self.calls > self.max_calls:
-            raise RuntimeError(f"torchsde's adaptive steps did not reach the end within max_steps={self.max_steps} "
-                               f"steps (at τ = {float(t):.6g}): the step size collapsed. Loosen rtol/atol, raise "
+            raise RuntimeError(f"torchsde's adaptive steps did not reach the end within the drift calls of "
+                               f"max_steps={self.max_steps} steps (at τ = {float(t):.6g}): the step size collapsed. "
+                               f"Loosen rtol/atol, raise "
                                f"max_steps, or use fixed steps (solver_options=dict(steps=N))")
         return self.sde.f(t, y)
 
@@ -332,8 +333,9 @@ class TorchSDE(AdaptiveSolver):
             coefficients jump at every grid point, which step-doubling control pays for with
             rejected steps). Sample i is
             identical alone or in a batch with fixed steps; adaptive steps are chosen for the whole
-            batch. ``max_steps`` (default 10000) bounds the step attempts (an error past it, where
-            torchsde itself has no limit).
+            batch. ``max_steps`` (default 10000) bounds the run, counted in drift calls (3 × 4 per
+            step attempt, the most the costliest method needs; methods with fewer calls per step get up
+            to 4× more attempts): an error past it, where torchsde itself has no limit.
 
     Each sample's Brownian path is a ``torchsde.BrownianInterval`` seeded from one draw of that
     sample's noise stream (``seeds=`` in ``sample``). torchsde's Euler makes one drift call per step
