@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ._diffusers import (flow_sigmas_from_diffusers, from_diffusers, from_pretrained, is_flow_config,
                          schedule_from_diffusers)
+from ._numbers import check_number
 from .denoiser import Denoiser
 from .schedules import EDMSchedule, Schedule, make_schedule
 
@@ -70,11 +71,8 @@ class EDMPrecond(torch.nn.Module):
         super().__init__()
         if not callable(F):
             raise TypeError(f"F must be callable, got {type(F).__name__}")
-        sigma_data = float(sigma_data)
-        if not sigma_data > 0 or sigma_data == float("inf"):
-            raise ValueError(f"sigma_data must be a positive finite number (EDM: 0.5), got {sigma_data}")
         self.F = F
-        self.sigma_data = sigma_data
+        self.sigma_data = check_number("sigma_data (EDM: 0.5)", sigma_data, positive=True)
 
     def _f_dtype(self) -> torch.dtype | None:
         if isinstance(self.F, torch.nn.Module):

@@ -13,11 +13,11 @@ thousands of dimensions. All arithmetic is float64.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
+from ._numbers import check_int, check_number
 from .denoiser import Denoiser
 from .schedules import Schedule, make_schedule
 
@@ -141,9 +141,7 @@ class GaussianMixture:
     def sample(self, n: int, t=None, schedule=None, generator: torch.Generator | None = None,
                device=None) -> Tensor:
         """n exact samples of p_t (t=None: of p_0), shape (n, *shape), float64."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"n must be a number of samples (an integer >= 0), got {n!r}")
-        n = int(n)
+        n = check_int("n (samples)", n, minimum=0)
         if n == 0:
             return torch.empty(0, *self.shape, dtype=_F64, device=device)
         g = generator
@@ -197,10 +195,8 @@ class GaussianMixture:
     @classmethod
     def ring(cls, n_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> "GaussianMixture":
         """2-D mixture of ``n_modes`` equal isotropic Gaussians on a circle."""
-        if isinstance(n_modes, bool) or not isinstance(n_modes, numbers.Integral) or n_modes < 1:
-            raise ValueError(f"n_modes must be a positive integer, got {n_modes!r}")
-        if not std > 0 or not math.isfinite(std) or not math.isfinite(radius):
-            raise ValueError(f"std must be positive and radius finite, got std={std!r}, radius={radius!r}")
+        n_modes = check_int("n_modes", n_modes)
+        std, radius = check_number("std", std, positive=True), check_number("radius", radius)
         ang = torch.arange(n_modes, dtype=_F64) * (2 * math.pi / n_modes)
         means = radius * torch.stack([ang.cos(), ang.sin()], -1)
         return cls(torch.ones(n_modes), means, torch.full((n_modes, 2), std**2, dtype=_F64))

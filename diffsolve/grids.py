@@ -46,6 +46,7 @@ import weakref
 import torch
 from torch import Tensor
 
+from ._numbers import check_number
 from .schedules import DDPMSchedule, Schedule, make_schedule
 
 __all__ = ["make_grid", "validate_grid", "GRIDS", "diffusers_timesteps", "diffusers_grid", "DIFFUSERS_SPACING"]
@@ -127,9 +128,8 @@ def make_grid(schedule: Schedule, steps: int | None = None, kind="log_snr", *, r
         return validate_grid(schedule, kind)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Real)):
         raise TypeError(f"steps must be a positive integer, got {steps!r}")
-    if kind == "karras" and (isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0
-                             or not math.isfinite(rho)):
-        raise ValueError(f"rho must be a positive finite number (EDM: 7), got {rho!r}")
+    if kind == "karras":
+        rho = check_number("rho (EDM: 7)", rho, positive=True)
     memo = _GRIDS.setdefault(schedule, {})
     key = (steps, kind, rho, t_start, t_end)
     if key not in memo:  # the same grid is asked for call after call: build and validate it once

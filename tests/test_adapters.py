@@ -233,7 +233,7 @@ def test_edm_precond_keeps_the_skip_term_out_of_a_half_network(mixture):
         64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     err = (den.x0(y.float(), 0.01).double() - mixture.x0(y, torch.full((64,), 0.01, dtype=torch.float64), edm)).abs()
     assert float(err.max()) < 1e-4, float(err.max())
-    with pytest.raises(ValueError, match="sigma_data must be a positive"):
+    with pytest.raises(ValueError, match=r"sigma_data \(EDM: 0.5\) must be > 0"):
         adapters.EDMPrecond(HalfF(), sigma_data=0.0)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import weakref
 from typing import NamedTuple
 
@@ -33,16 +32,6 @@ class GridTable(NamedTuple):
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def real(name: str, value) -> float:
-    """A schedule parameter as a float: a real finite number (not a bool, not a string), else a clear error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
 
 
 class Schedule:

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from .base import Schedule, _VarPreserving, real
+from .._numbers import check_number
+from .base import Schedule, _VarPreserving
 
 _F64 = torch.float64
 
@@ -22,8 +23,8 @@ class VPSchedule(_VarPreserving):
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
-        beta_min, beta_max, t_min, t_max = (real(n, v) for n, v in (("beta_min", beta_min), ("beta_max", beta_max),
-                                                                  ("t_min", t_min), ("t_max", t_max)))
+        beta_min, beta_max, t_min, t_max = (check_number(n, v) for n, v in (
+            ("beta_min", beta_min), ("beta_max", beta_max), ("t_min", t_min), ("t_max", t_max)))
         if not (0 <= beta_min < beta_max):
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         if not (0 < t_min < t_max):
@@ -79,9 +80,8 @@ class CosineSchedule(_VarPreserving):
     name = "cosine"
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
-        s, t_min, t_max = real("s", s), real("t_min", t_min), real("t_max", t_max)
-        if not s >= 0:
-            raise ValueError(f"the offset s must be >= 0 (Nichol & Dhariwal: 0.008), got {s}")
+        s = check_number("the offset s (Nichol & Dhariwal: 0.008)", s, minimum=0.0)
+        t_min, t_max = check_number("t_min", t_min), check_number("t_max", t_max)
         if not (0 < t_min < t_max < 1):
             raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
         self.s = float(s)
@@ -129,7 +129,7 @@ class VESchedule(Schedule):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 0.0, t_max: float = 1.0):
-        sigma_min, sigma_max, t_min, t_max = (real(n, v) for n, v in (
+        sigma_min, sigma_max, t_min, t_max = (check_number(n, v) for n, v in (
             ("sigma_min", sigma_min), ("sigma_max", sigma_max), ("t_min", t_min), ("t_max", t_max)))
         if not (0 < sigma_min < sigma_max):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -166,7 +166,7 @@ class EDMSchedule(Schedule):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        sigma_min, sigma_max = real("sigma_min", sigma_min), real("sigma_max", sigma_max)
+        sigma_min, sigma_max = check_number("sigma_min", sigma_min), check_number("sigma_max", sigma_max)
         if not (0 < sigma_min < sigma_max):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.t_min, self.t_max = float(sigma_min), float(sigma_max)
@@ -227,9 +227,7 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: in
 
 
 def _shift_value(shift, what: str) -> float:
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not math.isfinite(shift) or shift <= 0:
-        raise ValueError(f"{what} must be a positive finite number, got {shift!r}")
-    return float(shift)
+    return check_number(what, shift, positive=True)
 
 
 # σ = 1 (α = 0, λ = −∞) is represented by t_max = 1 − δ when 1 − t_max is at most this
@@ -279,7 +277,7 @@ class FlowSchedule(Schedule):
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3, *, shift: float = 1.0,
                  time_shift_type: str = "exponential", num_train_timesteps: int | None = None):
-        t_min, t_max = real("t_min", t_min), real("t_max", t_max)
+        t_min, t_max = check_number("t_min", t_min), check_number("t_max", t_max)
         if not (0 < t_min < t_max < 1):
             raise ValueError(f"need 0 < t_min < t_max < 1, got {t_min}, {t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)

@@ -1,12 +1,11 @@
 """Discrete-time DDPM schedules (betas or ᾱ, integer timesteps), read as a continuous schedule (docs/math.md §7)."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
-from .base import _VarPreserving, _time, real
+from .._numbers import check_int, check_number
+from .base import _VarPreserving, _time
 
 _F64 = torch.float64
 
@@ -82,12 +81,11 @@ class DDPMSchedule(_VarPreserving):
                  beta_start: float = 1e-4, beta_end: float = 2e-2):
         if betas is not None and alphas_cumprod is not None:
             raise ValueError("give either betas or alphas_cumprod, not both")
-        if num_train_timesteps is not None and (isinstance(num_train_timesteps, bool) or not isinstance(
-                num_train_timesteps, numbers.Integral) or num_train_timesteps < 2):
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+        if num_train_timesteps is not None:
+            num_train_timesteps = check_int("num_train_timesteps", num_train_timesteps, minimum=2)
         if alphas_cumprod is None:
             if betas is None:
-                betas = torch.linspace(real("beta_start", beta_start), real("beta_end", beta_end),
+                betas = torch.linspace(check_number("beta_start", beta_start), check_number("beta_end", beta_end),
                                        int(num_train_timesteps or 1000), dtype=_F64)
             betas = _table_values("betas", betas)
             if (betas <= 0).any() or (betas >= 1).any():
