@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._diffusers import flow_grid, refuse_flow_options, schedule_from_diffusers
+from ._numbers import check_int
 from .denoiser import Denoiser
 from .grids import diffusers_grid
 from .loop import drive
@@ -259,10 +260,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
                       mu: float | None = None):
         """Fix the run: a budget of ``num_inference_steps`` network evaluations, or explicit
-        ``timesteps`` (network time inputs, decreasing): the grid, whose last time is the final
-        denoise's when ``denoise_final`` (so a one-evaluation solver evaluates exactly at these
-        timesteps, as diffusers' DDIM with ``set_alpha_to_one`` does), else followed by a last step
-        to the schedule's t_min. Flow-matching configs also take ``sigmas`` (the grid, shifted as
+        ``timesteps`` (network time inputs, strictly decreasing, within the training timesteps): the
+        grid, whose last time is the final denoise's when ``denoise_final`` (so a one-evaluation
+        solver evaluates exactly at these timesteps, as diffusers' DDIM with ``set_alpha_to_one``
+        does), else followed by a last step to the schedule's t_min; a last timestep at t_min itself
+        is evaluated there as the final denoise, so every timestep given is an evaluation. Flow-matching configs also take ``sigmas`` (the grid, shifted as
         diffusers shifts them) and the dynamic shift ``mu`` (required with ``use_dynamic_shifting``,
         ignored without, as in diffusers)."""
         flow = self.config.prediction_type == "flow_prediction"
@@ -276,9 +278,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             num_inference_steps = None
         elif (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps (a budget of network evaluations) or timesteps")
+        if num_inference_steps is not None:
+            check_int("num_inference_steps", num_inference_steps, hint=" (network evaluations)")
+        if timesteps is not None:
+            timesteps = self._checked_timesteps(timesteps)
         budget = num_inference_steps if num_inference_steps is not None else len(
             sigmas if sigmas is not None else timesteps)
         self._resolve(int(budget))
+        if (timesteps is not None and not self._final and self.config.denoise_final is None
+                and float(self.schedule.t_of_timestep(timesteps[-1])) <= self.schedule.t_min * (1 + 1e-12)):
+            self._final = True  # the last timestep is t_min itself: evaluated there as x̂0, so every timestep given
+            # is an evaluation (without it, t_min was the end of the last step and one timestep went unevaluated)
         # the grid is diffusers' own: its spacing (flow configs: flow_dpm), the pipeline's timesteps or sigmas
         self._diffusers_spacing = (timesteps is not None or sigmas is not None or self._tuned is not None
                                    or self._grid_kind in ("diffusers", "flow_dpm"))
@@ -297,6 +307,29 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float((self.schedule.alpha(t[0]) ** 2 + self.schedule.sigma(t[0]) ** 2).sqrt())
         self._begin = 0
         self._reset_run()
+
+    def _checked_timesteps(self, timesteps) -> Tensor:
+        """A pipeline's ``timesteps``, checked in its own units (network time inputs): 1-D, finite, strictly
+        decreasing, within this config's training timesteps."""
+        try:
+            ts = torch.as_tensor(timesteps, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"timesteps must be a sequence of numbers, got {type(timesteps).__name__}") from None
+        if ts.dim() != 1 or len(ts) < 1 or not bool(torch.isfinite(ts).all()):
+            raise ValueError(f"timesteps must be a non-empty 1-D sequence of finite numbers, got {timesteps!r}")
+        step = ts[1:] - ts[:-1]
+        if bool((step >= 0).any()):
+            k = int((step >= 0).nonzero()[0])
+            raise ValueError(f"timesteps must be strictly decreasing (from noise to data): timesteps[{k}] = "
+                             f"{float(ts[k]):g} is followed by timesteps[{k + 1}] = {float(ts[k + 1]):g}")
+        label = self._converter.time_label
+        sch = self.schedule
+        lo, hi = (float(label(torch.tensor(t, dtype=torch.float64))) for t in (sch.t_min, sch.t_max))
+        tol = 1e-9 * max(1.0, abs(hi))
+        if float(ts.max()) > hi + tol or float(ts.min()) < lo - tol:
+            raise ValueError(f"timesteps must lie within this config's training timesteps, [{lo:g}, {hi:g}]; got "
+                             f"{float(ts.min()):g} to {float(ts.max()):g}")
+        return ts
 
     def _resolve(self, budget: int):
         """The solver, grid kind and final denoise of a run of ``budget`` evaluations: those the config

@@ -243,3 +243,22 @@ def test_img2img_start_on_another_spacing_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         same.set_begin_index(7)
+
+
+def test_pipeline_timesteps_are_checked_in_their_own_units_and_each_is_evaluated():
+    """Bad timesteps were reported in diffsolve's time (t[1]=0.501, t in [0.001, 1.501]); now in the pipeline's
+    timesteps. A list ending at timestep 0 (t_min) gave one evaluation fewer than timesteps: each one given is
+    evaluated now, the last as the final x̂0."""
+    from diffusers import DDIMScheduler
+
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    s = DiffsolveScheduler.from_config(DDIMScheduler().config)
+    for timesteps, needle in (([999, 500, 500, 0], r"timesteps\[1\] = 500 is followed by timesteps\[2\] = 500"),
+                              ([1500, 500], r"training timesteps, \[0, 999\]; got 500 to 1500")):
+        with pytest.raises(ValueError, match=needle):
+            s.set_timesteps(timesteps=timesteps)
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive integer"):
+        s.set_timesteps(num_inference_steps=0)
+    s.set_timesteps(timesteps=[999, 500, 0])
+    assert s.timesteps.tolist() == [999, 500, 0]
