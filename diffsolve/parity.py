@@ -163,8 +163,10 @@ def diffusers_twin(scheduler_or_config, n: int | None = None, *, eta: float = 0.
     options = dict(solver=spec, grid="diffusers", denoise_final=final, eta=level, diffusers_class=cls)
     clipped = config.get("thresholding") or config.get("clip_sample")
     if cls == "DDIMScheduler" and clipped and not use_clipped_model_output:
-        approx = ("DDIM with a clipped x̂0 keeps the raw ε̂ (use_clipped_model_output=False); the twin's "
-                  "thresholded denoiser is use_clipped_model_output=True")
+        approx = ("not a twin where x̂0 is clipped: DDIM with a clipped x̂0 keeps the raw ε̂ "
+                  "(use_clipped_model_output=False, DDIMPipeline's default), the twin's thresholded denoiser is "
+                  "use_clipped_model_output=True; the two can differ by the size of the samples wherever the "
+                  "clip binds (pass use_clipped_model_output=True for a twin)")
     if cls in ("DDIMScheduler", "DDPMScheduler") and config.get("rescale_betas_zero_snr"):
         approx = "zero terminal SNR: ᾱ = 0 at the last timestep in diffusers' DDIM/DDPM, 2^-24 in the twin"
     if cls == "UniPCMultistepScheduler" and not config.get("predict_x0", True):
