@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._numbers import _kind, _show, check_int, check_number, is_integer
-from .denoiser import Denoiser
+from .denoiser import Denoiser, check_net_dtype
 from .schedules import SCHEDULES
 
 __all__ = ["check_data", "data_end_time", "check_denoiser", "check_state_dtype", "check_net_dtype", "check_seed",
@@ -79,16 +79,6 @@ def check_state_dtype(dtype, name: str = "dtype") -> torch.dtype:
                          f"half precision: convert it (net.to({dtype})) or give Denoiser(..., net_dtype={dtype}), "
                          f"and keep {name}=torch.float32 or torch.float64")
     raise TypeError(f"{name} must be torch.float64 or torch.float32 (the solver state's dtype), got {_show(dtype)}")
-
-
-def check_net_dtype(dtype, name: str = "net_dtype", allow_none: bool = True) -> torch.dtype | None:
-    """The dtype a network runs in: any real floating torch.dtype (half precision included)."""
-    if dtype is None and allow_none:
-        return None
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating torch.dtype (torch.float32, torch.float16, torch.bfloat16, "
-                        f"torch.float64), got {_show(dtype)}")
-    return dtype
 
 
 def check_device(device, name: str = "device", allow_meta: bool = False) -> torch.device | None:

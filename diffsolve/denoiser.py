@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ._numbers import _show
 from .schedules import Schedule, make_schedule
 
 __all__ = ["Denoiser", "PREDICTIONS", "TIME_LABELS", "NonFiniteError"]
@@ -90,6 +91,16 @@ def _is_dtype_mismatch(e: BaseException) -> bool:
     if "device" in msg or "cuda" in msg or "mps" in msg:  # e.g. "Input type (torch.FloatTensor) and weight type
         return False                                       # (torch.cuda.FloatTensor) should be the same"
     return any(w in msg for w in ("dtype", "scalar type", "input type ("))
+
+
+def check_net_dtype(dtype, name: str = "net_dtype", allow_none: bool = True) -> torch.dtype | None:
+    """The dtype a network runs in: any real floating torch.dtype (half precision included)."""
+    if dtype is None and allow_none:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.dtype (torch.float32, torch.float16, torch.bfloat16, "
+                        f"torch.float64), got {_show(dtype)}")
+    return dtype
 
 
 def _first_weight(net: torch.nn.Module) -> tuple:
@@ -163,8 +174,6 @@ class Denoiser(torch.nn.Module):
 
     @net_dtype.setter
     def net_dtype(self, dtype: torch.dtype | None):
-        from .checks import check_net_dtype  # (checks imports this module)
-
         self._declared_dtype = check_net_dtype(dtype)
 
     # schedule, prediction and time label fix the memoised coefficients and labels: setting one clears them
