@@ -158,7 +158,8 @@ class Denoiser(torch.nn.Module):
 
     @property
     def net_dtype(self) -> torch.dtype | None:
-        """The dtype the network runs in: as declared, else its first floating parameter's (now), else None."""
+        """The dtype the network runs in: as declared, else the module's ``calling_dtype`` where it has one,
+        else its first floating parameter's (now), else None."""
         if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
             return self._declared_dtype
         # a module that says what it is called in (adapters.EDMPrecond); a class attribute, cheap to look for
