@@ -1,6 +1,7 @@
 """The schedule interface: closed-form α_t, σ_t, λ_t, f_t, g_t² in float64 (docs/math.md §1)."""
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from typing import NamedTuple
@@ -54,6 +55,7 @@ class Schedule:
         if init is None:
             return
 
+        @functools.wraps(init)
         def __init__(self, *args, __init=init, **kwargs):
             depth = self.__dict__.get("_init_depth", 0)
             self.__dict__["_init_depth"] = depth + 1
@@ -64,7 +66,6 @@ class Schedule:
             if depth == 0:
                 self.__dict__["_frozen"] = True
 
-        __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
         cls.__init__ = __init__
 
     def __setattr__(self, name, value):
