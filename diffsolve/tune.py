@@ -54,9 +54,10 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
         pilot: number of pilot samples (default 128), or an explicit seed list / ``"0-63"``. 128
             screened pilots rather than 64 cost 1.2–2× the tuning time and keep a draw of pilots
             from tuning a grid for the wrong points: at NFE 10 on five mixtures no default was chosen on,
-            0.44× the best peer's error against 0.62× (geometric mean; the worst of 15 tunings 0.85×
-            against 1.28×), though on the 64-D mixture the screening was built on 1.34× against 1.10×
-            (``python benchmarks/defaults_sweep.py --report --tune-pilots``).
+            0.44× the best peer's error against 0.62× (geometric mean over three pilot draws each; the
+            worst of 15 tunings 0.85× against 1.28×; the bare call alone 0.43× against 0.60×), though
+            on the 64-D mixture the screening was built on 1.34× against 1.10× (the bare call 1.66×
+            against 1.25×) (``python benchmarks/defaults_sweep.py --report --tune-pilots``).
         screen: candidate start points (seeds 0..screen−1) the ``pilot`` seeds are chosen from by the
             error of the default call (πps-sampled, weighted: :mod:`diffsolve._tuning`). Default (None):
             16 per pilot (2048) for a number of pilots, none for explicit pilot seeds; 0: seeds
