@@ -195,19 +195,28 @@ def flow_grid(config, schedule: FlowSchedule, solver, nfe: int | None = None, *,
     Euler grid, which starts at σ = 1 and whose λ-steps vary by two orders of magnitude, dpmpp_3m
     does not converge; ``python benchmarks/diffusers_pipelines.py --only flow``)."""
     if sigmas is None and spacing == "dpm":  # u = (1 − 1/N)·k/n, k = n..1, then the shift
-        n = solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
+        n = plan_times(solver, nfe, denoise_final)
         n_train = int(dict(config).get("num_train_timesteps", 1000))
         u = (1.0 - 1.0 / n_train) * torch.arange(n, 0, -1, dtype=torch.float64) / n
         sig = flow_sigmas_from_diffusers(config, sigmas=u, mu=mu)
     elif sigmas is None:
-        n = solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
+        n = plan_times(solver, nfe, denoise_final)
         sig = flow_sigmas_from_diffusers(config, n, mu=mu)
     else:
         sig = flow_sigmas_from_diffusers(config, sigmas=sigmas, mu=mu)
     t = schedule.t_of_sigma(sig)
     if not denoise_final and float(t[-1]) > schedule.t_min:
         t = torch.cat([t, torch.tensor([schedule.t_min], dtype=torch.float64)])
-    return solver.grid_for(schedule, grid=t)
+    return solver.grid_for(schedule, grid=t, denoise_final=denoise_final)
+
+
+def plan_times(solver, nfe: int, denoise_final: bool) -> int:
+    """How many timesteps a diffusers plan of ``nfe`` evaluations has: the solver's steps, + 1 for the
+    final denoise (the last timestep is its time). One evaluation with the final denoise is that
+    evaluation alone, x̂0 at the first timestep, as diffusers' one-step run to σ = 0 is."""
+    if denoise_final and int(nfe) == 1:
+        return 1
+    return solver.steps_for_nfe(nfe, denoise_final) + int(denoise_final)
 
 
 # --- networks -----------------------------------------------------------------------------------

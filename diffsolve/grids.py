@@ -65,13 +65,14 @@ GRID_SUMMARIES = {  # one line per kind (module docstring), for `diffsolve list 
 }
 
 
-def validate_grid(schedule: Schedule | None, t) -> Tensor:
+def validate_grid(schedule: Schedule | None, t, *, single: bool = False) -> Tensor:
     """Check a user grid: 1-D, at least 2 points, finite, strictly decreasing, inside the range
-    (``schedule=None``: all but the range, for a grid whose schedule is not known yet)."""
+    (``schedule=None``: all but the range, for a grid whose schedule is not known yet). ``single``:
+    one time is a grid too (of a run that is the final denoise alone, x̂0(x, t_0))."""
     if isinstance(t, Tensor) and t.is_meta:
         raise ValueError("the time grid is a meta tensor, which has no values: give the times on the CPU")
     t = torch.as_tensor(t, dtype=_F64).detach().cpu()
-    if t.dim() != 1 or len(t) < 2:
+    if t.dim() != 1 or len(t) < (1 if single else 2):
         raise ValueError(f"a time grid must be 1-D with at least 2 points (start and end), got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError("the time grid contains NaN or Inf")
@@ -242,7 +243,8 @@ def diffusers_grid(schedule: Schedule, n: int, spacing: str = "linspace", *, ste
     """The grid of a diffusers scheduler's ``n`` timesteps (:func:`diffusers_timesteps`) on a
     ``DDPMSchedule`` (t = (k + 1)/N), followed by t_min when ``end_at_t_min`` (unless the last
     timestep is 0 already). Without it, the last grid time is that of the last timestep: where the
-    diffusers scheduler steps from there to σ = 0, diffsolve's ``denoise_final`` does."""
+    diffusers scheduler steps from there to σ = 0, diffsolve's ``denoise_final`` does (one timestep
+    alone is then the grid of a run that is that evaluation)."""
     if not isinstance(schedule, DDPMSchedule):
         raise ValueError("diffusers' timestep spacings need a discrete DDPMSchedule")
     k = diffusers_timesteps(n, spacing, num_train_timesteps=schedule.num_train_timesteps,
@@ -250,7 +252,7 @@ def diffusers_grid(schedule: Schedule, n: int, spacing: str = "linspace", *, ste
     t = schedule.t_of_timestep(k)
     if end_at_t_min and float(t[-1]) > schedule.t_min:
         t = torch.cat([t, torch.tensor([schedule.t_min], dtype=_F64)])
-    if len(t) < 2:
+    if len(t) < 2 and end_at_t_min:
         raise ValueError(f"{n} timestep{'s' if n > 1 else ''} of {scheduler} make no step here: ask for more, or "
                          f"end at t_min")
-    return validate_grid(schedule, t)
+    return validate_grid(schedule, t, single=True)

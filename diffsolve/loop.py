@@ -105,7 +105,12 @@ def _check(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_st
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a diffsolve Solver instance, got {type(solver).__name__}; "
                         f"build one with diffsolve.solvers.get_solver(name)")
-    solver.check(ctx)  # the solver's own checks first: their messages are the most specific
+    if ctx.steps == 0:  # a grid of one time: the final denoise alone (a diffusers plan of one evaluation)
+        if not ctx.denoise_final or analytic_first_step:
+            raise ValueError("a grid of one time makes no step: it is a run only as the final denoise alone "
+                             "(denoise_final=True, without the analytic first step); give a grid of two or more times")
+    else:
+        solver.check(ctx)  # the solver's own checks first: their messages are the most specific
     if not solver.stochastic and not ctx.level.is_zero:
         raise ValueError(f"solver {solver.name!r} integrates the probability-flow ODE only (eta=0); "
                          f"for eta > 0 pick a stochastic solver: {', '.join(stochastic_solver_names())}")
@@ -120,8 +125,10 @@ def _check(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_st
 def _steps(solver: Solver, ctx: StepContext, x: Tensor, trajectory: bool, callback):
     """The fixed-step loop: ``init`` once, ``step`` per grid interval."""
     traj = [x] if trajectory else None
-    state = solver.init(ctx, x)
     n = ctx.steps
+    if n == 0:
+        return x, traj
+    state = solver.init(ctx, x)
     where, times = ctx.denoiser._where, ctx.times
     for i in range(n):
         where[0] = (solver.name, i, n, times)

@@ -271,7 +271,7 @@ def edm_twin(scheduler, net):
     D(y; σ) on EDMSchedule(sigma_min, sigma_max), the grid of its ``sigma_schedule`` with as many
     points as its σs (``set_timesteps`` first) and the solver of :data:`DIFFUSERS_EQUIVALENTS`."""
     from .adapters import from_edm
-    from .grids import make_grid
+    from .grids import make_grid, validate_grid
     from .schedules import EDMSchedule
 
     c = scheduler.config
@@ -288,7 +288,12 @@ def edm_twin(scheduler, net):
                          f"goes from sigma_min to sigma_min)")
     schedule = EDMSchedule(c.sigma_min, c.sigma_max)
     kind = "karras" if c.sigma_schedule == "karras" else "log_snr"  # exponential: uniform in log σ = −λ
-    grid, final = make_grid(schedule, len(scheduler.sigmas) - 2, kind, rho=c.rho), True
+    steps, final = len(scheduler.sigmas) - 2, True
+    if steps:
+        grid = make_grid(schedule, steps, kind, rho=c.rho)
+    else:  # a one-step plan: the final denoise alone, at the scheduler's one σ (σ_min for its exponential
+        # spacing); α = 1, so λ = −log σ
+        grid = validate_grid(schedule, schedule.t_of_log_snr(-scheduler.sigmas[:1].double().log()), single=True)
     if cls == "EDMEulerScheduler":
         spec, eta = "euler_ve", 0.0
     else:

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._diffusers import flow_grid, refuse_flow_options, schedule_from_diffusers
+from ._diffusers import flow_grid, plan_times, refuse_flow_options, schedule_from_diffusers
 from ._numbers import check_int
 from .denoiser import Denoiser
 from .grids import diffusers_grid
@@ -152,7 +152,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             (``"diffusers"``, ``"flow_dpm"``, the default of flow configs: their last evaluation is where
             diffusers steps to σ = 0); True for a named solver (diffusers'
             schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
-            setting.
+            setting. The default is off where the budget holds no step before the final denoise (one
+            evaluation, or two of ``heun``): the run is then one step to t_min. With it set, a budget of
+            one evaluation is the final denoise alone, x̂0 at the first time (diffusers' one-step plans).
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
             pipeline passes to ``step``.
 
@@ -344,11 +346,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # ends with the final denoise (without it, one step from that σ, e.g. 0.17 on a shifted flow
             # grid, to t_min would carry most of the error)
             own_spacing = self._grid_kind in ("diffusers", "flow_dpm")
-            self._final = (own_spacing or run.denoise_final) if cfg.denoise_final is None else cfg.denoise_final
+            self._final = ((own_spacing and self._room_for_final(budget)) or run.denoise_final
+                           if cfg.denoise_final is None else cfg.denoise_final)
             return
         self._grid_kind = "log_snr" if cfg.grid is None else cfg.grid
         if cfg.denoise_final is None and self._tuned is None:
-            self._final = True  # a named solver ends as diffusers' schedulers do: its last step lands on x̂0
+            # a named solver ends as diffusers' schedulers do, its last step landing on x̂0, when the budget
+            # has room for a step before that evaluation; else (e.g. one evaluation of ddim) its one step
+            # ends at t_min, where α ≈ 1 and σ ≈ 0 (diffusers' DDIM at one step, set_alpha_to_one=False)
+            self._final = self._room_for_final(budget)
+
+    def _room_for_final(self, budget: int) -> bool:
+        """Whether ``budget`` evaluations hold one step of the solver and the final denoise."""
+        return budget > self.solver.nfe(self.solver.min_steps)
 
     def _grid(self, nfe, timesteps) -> Tensor:
         sch, final = self.schedule, self._final
@@ -356,18 +366,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             t = sch.t_of_timestep(torch.as_tensor(timesteps, dtype=torch.float64).cpu().reshape(-1))
             if not final and float(t[-1]) > sch.t_min:  # the last step ends at the schedule's t_min
                 t = torch.cat([t, torch.tensor([sch.t_min], dtype=torch.float64)])
-            return self.solver.grid_for(sch, grid=t)
+            return self.solver.grid_for(sch, grid=t, denoise_final=final)
         if self._tuned is not None:
             if int(nfe) != self._tuned.nfe:
                 raise ValueError(f"the tuned grid {self.config.grid} was tuned for {self._tuned.nfe} evaluations, "
                                  f"not num_inference_steps={nfe}")
             return self._tuned.grid
         if self._grid_kind == "diffusers":  # the n timesteps of the source class (class docstring)
-            n = self.solver.steps_for_nfe(nfe, final) + int(final)
-            t = diffusers_grid(sch, n, self.config.timestep_spacing, steps_offset=self.config.steps_offset,
+            t = diffusers_grid(sch, plan_times(self.solver, nfe, final), self.config.timestep_spacing,
+                               steps_offset=self.config.steps_offset,
                                scheduler=self.config.diffusers_class or "DPMSolverMultistepScheduler",
                                end_at_t_min=not final)
-            return self.solver.grid_for(sch, grid=t)
+            return self.solver.grid_for(sch, grid=t, denoise_final=final)
+        if final and plan_times(self.solver, nfe, final) == 1:  # the final denoise alone, at the kind's first time
+            return self.solver.grid_for(sch, steps=1, grid=self._grid_kind, **_grid_start(sch))[:1]
         return self.solver.grid_for(sch, nfe=nfe, grid=self._grid_kind, denoise_final=final, **_grid_start(sch))
 
     def _dry_run(self, t: Tensor) -> _Plan:

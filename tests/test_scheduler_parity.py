@@ -342,10 +342,33 @@ def test_step_with_out_of_order_timestep():
 
 
 def test_budget_too_small():
-    with pytest.raises(ValueError, match="too small for solver 'dpmpp_3m'"):
-        _scheduler(solver="dpmpp_3m").set_timesteps(2)
     with pytest.raises(ValueError, match="too small for solver 'heun'"):
-        _scheduler(solver="heun").set_timesteps(2)
+        _scheduler(solver="heun").set_timesteps(1)
+    s = _scheduler(solver="heun")
+    s.set_timesteps(2)  # one step of two evaluations to t_min: no room for the final denoise
+    assert len(s.timesteps) == 2 and not s._final
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_3m", "unipc", "deis", None])
+def test_one_evaluation_is_one_step(solver):
+    """A budget of one evaluation is one first-order step from the first time to t_min (no room for
+    a final denoise after it): a multistep method runs its warm-up at any budget, as diffusers' do."""
+    s = _scheduler(solver=solver)
+    s.set_timesteps(1)
+    assert len(s.timesteps) == 1 and not s._final
+    assert len(s.plan.t) == 2 and float(s.plan.t[-1]) == s.schedule.t_min
+
+
+def test_one_evaluation_with_the_final_denoise_is_that_evaluation():
+    s = _scheduler(solver="dpmpp_2m", denoise_final=True)
+    s.set_timesteps(1)
+    assert s.plan.t.tolist() == [s.schedule.t_max] and len(s.timesteps) == 1
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    eps = torch.randn_like(x)
+    out = s.step(eps, s.timesteps[0], x).prev_sample
+    t_max = torch.tensor(s.schedule.t_max, dtype=torch.float64)
+    a, sig = float(s.schedule.alpha(t_max)), float(s.schedule.sigma(t_max))
+    torch.testing.assert_close(out, ((x - sig * eps) / a).clamp(-1, 1))  # DDIMScheduler clips x̂0 by default
 
 
 def test_unknown_and_adaptive_solvers():
@@ -421,3 +444,24 @@ def test_zero_terminal_snr_twins_are_exact(problem, cls):
     with torch.no_grad():
         diff, twin = dp.compare(getattr(diffusers, cls), cfg, net, x_T, 7)
     assert not twin.approximate and diff <= TOL, diff
+
+
+def _first_columns():
+    return [pytest.param(case, next(iter(case.columns()))[1], id=case.label.replace(" ", "_")) for case in dp.cases()]
+
+
+@pytest.mark.parametrize("case,config", _first_columns())
+def test_twin_equals_diffusers_at_one_and_two_timesteps(problem, case, config):
+    """n = 1 (one evaluation: diffusers steps to σ = 0 or σ_min at once) and n = 2 (a multistep method
+    is all warm-up). Where diffusers' one timestep is the last training timestep and its step ends at
+    that same noise level (DDIM with set_alpha_to_one=False, Euler's sigma_min ending), it makes no step
+    and the twin refuses the plan instead."""
+    net, x_T = problem
+    for n in (1, 2):
+        try:
+            with torch.no_grad():
+                diff, twin = dp.measure(case, config, net, x_T, n)
+        except ValueError as e:
+            assert n == 1 and "make no step here" in str(e), (n, e)
+            continue
+        assert diff <= (1e-4 if twin.approximate else TOL), (n, diff, twin.options)

@@ -28,10 +28,10 @@ from torch import Tensor
 
 from ..defaults import DEFAULT_NFE, budget_of, default_denoise_final
 from ..denoiser import Denoiser
-from ..grids import make_grid
+from ..grids import make_grid, validate_grid
 from ..noise import NoiseSource
 from ..processes import NoiseLevel
-from ..schedules import Schedule
+from ..schedules import Schedule, make_schedule
 
 __all__ = ["Solver", "StepContext", "lincomb", "bcast", "expm1_ratio", "DEFAULT_NFE"]
 
@@ -186,7 +186,7 @@ class Solver:
         if steps < self.min_steps:
             need = self.nfe(self.min_steps) + int(denoise_final)
             raise ValueError(f"NFE {nfe} is too small for solver {self.name!r}: it needs at least {self.min_steps} "
-                             f"steps, i.e. {need} evaluations"
+                             f"step{'s' * (self.min_steps != 1)}, i.e. {need} evaluations"
                              f"{' with the final denoise (without it, one fewer)' if denoise_final else ''}")
         return steps
 
@@ -195,12 +195,13 @@ class Solver:
         """The float64 grid this solver runs on: ``steps`` steps, or as many as the budget ``nfe``
         allows (default :data:`DEFAULT_NFE`), on a grid kind (default ``"log_snr"``) from ``t_start``
         (default the schedule's ``t_max``); or an explicit decreasing array ``grid`` (which fixes the
-        steps). At most one of the three sizes the run."""
+        steps). At most one of the three sizes the run. An explicit grid of one time is taken with
+        ``denoise_final`` (a run that is the final denoise alone: a diffusers plan of one evaluation)."""
         explicit = grid is not None and not isinstance(grid, str)
         if explicit and (steps is not None or nfe is not None):
             raise ValueError("an explicit grid of times fixes the number of steps; drop steps/nfe")
         if explicit:
-            return make_grid(schedule, None, grid)
+            return validate_grid(make_schedule(schedule), grid, single=denoise_final)
         if steps is not None and nfe is not None:
             raise ValueError("give one of steps (solver steps) or nfe (a budget of evaluations), not both")
         if steps is None and nfe is None:
@@ -216,7 +217,8 @@ class Solver:
     def check_steps(self, steps: int):
         """Validate the configuration against a grid of ``steps`` steps (also where a grid is read from a file)."""
         if steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} steps, got {steps}")
+            raise ValueError(f"solver {self.name!r} needs at least {self.min_steps} step{'s' * (self.min_steps != 1)}, "
+                             f"got {steps}")
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

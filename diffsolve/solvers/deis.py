@@ -109,7 +109,6 @@ class DEIS(Multistep):
 
     name = "deis"
     declared_order = 3.0
-    min_steps = 3
     _max_order = 4
 
     def __init__(self, order: int = 3, variable: str = "log_rho", lower_order_final: bool = True,

@@ -170,7 +170,6 @@ class DPMSolverPP2M(_DPMSolverPP):
 
     name = "dpmpp_2m"
     declared_order = 2.0
-    min_steps = 2
 
     def __init__(self, order: int = 2, **options):
         super().__init__(order, **options)
@@ -194,7 +193,6 @@ class DPMSolverPP3M(DPMSolverPP2M):
 
     name = "dpmpp_3m"
     declared_order = 3.0
-    min_steps = 3
 
     def __init__(self, order: int = 3, **options):
         super().__init__(order, **options)
@@ -230,7 +228,6 @@ class SDEDPMSolverPP2M(_DPMSolverPP):
     declared_order = 1.0
     stochastic = True
     default_eta = 1.0  # k-diffusion's sample_dpmpp_2m_sde, diffusers' sde-dpmsolver++
-    min_steps = 2
 
     def __init__(self, order: int = 2, **options):
         super().__init__(order, **options)
@@ -256,7 +253,6 @@ class SDEDPMSolverPP3M(SDEDPMSolverPP2M):
     """
 
     name = "dpmpp_3m_sde"
-    min_steps = 3
 
     def __init__(self, order: int = 3, **options):
         super().__init__(order, **options)

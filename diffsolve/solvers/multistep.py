@@ -90,7 +90,8 @@ class Multistep(Solver):
     shared by the batch. State: the :class:`History` (subclasses may add to it).
 
     Args:
-        order: the method's polynomial order p (1 … ``_max_order``); at least p steps are needed.
+        order: the method's polynomial order p (1 … ``_max_order``). A run of fewer than p steps is
+            all warm-up (orders 1, 2, …), as in diffusers' and k-diffusion's multistep samplers.
         lower_order_final, lower_order_below: the final-order ramp (module docstring).
 
     Subclasses implement ``evaluate(ctx, x, i)`` (the quantity they extrapolate) and
@@ -110,16 +111,8 @@ class Multistep(Solver):
             raise ValueError(f"{self.name}: order must be one of {list(range(1, self._max_order + 1))}, got {order!r}")
         self.solver_order = order
         self.declared_order = float(order)
-        self.min_steps = order
         self.lower_order_final = bool(lower_order_final)
         self.lower_order_below = lower_order_below
-
-    def check(self, ctx: StepContext):
-        if ctx.steps < self.min_steps:
-            raise ValueError(f"solver {self.name!r} of order {self.solver_order} is a multistep method and needs "
-                             f"at least {self.min_steps} steps, got {ctx.steps}; use more steps or a lower "
-                             f"order (order=...)")
-        super().check(ctx)
 
     def step_order(self, ctx: StepContext, i: int) -> int:
         """Order used on step i: warm-up at the start, optional ramp-down at the end."""

@@ -137,7 +137,6 @@ class UniPC(Multistep):
 
     name = "unipc"
     declared_order = 3.0
-    min_steps = 2
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True,
                  final_corrector: bool = False, predict_x0: bool = True, lower_order_final: bool = True,
