@@ -209,7 +209,8 @@ def diffusers_timesteps(n: int, spacing: str = "linspace", *, num_train_timestep
     style = DIFFUSERS_SPACING.get(scheduler)
     if style is None:
         raise ValueError(f"no timestep spacing known for diffusers class {scheduler!r}; known: "
-                         f"{', '.join(sorted(DIFFUSERS_SPACING))}")
+                         f"{', '.join(sorted(DIFFUSERS_SPACING))} (DiffsolveScheduler: name the one whose timesteps to "
+                         f"follow with diffusers_class=..., or use a diffsolve grid such as the default 'log_snr')")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep_spacing {spacing!r}; diffusers' spacings are {', '.join(SPACINGS)}")
     N, n = int(num_train_timesteps), int(n)

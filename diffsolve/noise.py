@@ -30,6 +30,9 @@ class NoiseSource:
         event_shape: shape of one sample.
         seeds: optional ``batch`` seeds (see :func:`parse_seeds`), one independent stream per sample.
         generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds).
+            With neither, a generator seeded 0 (a run is deterministic), or with ``global_rng`` torch's
+            own generator of ``device``, which ``torch.manual_seed`` seeds (diffusers' schedulers draw
+            from it when the pipeline passes no generator).
         device, dtype: of the tensors returned.
         draw_dtype: the dtype a shared generator draws in (default float64, then rounded to ``dtype``:
             a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
@@ -39,7 +42,7 @@ class NoiseSource:
 
     def __init__(self, batch: int, event_shape, *, seeds: Sequence[int] | None = None,
                  generator: torch.Generator | None = None, device=None, dtype=torch.float64,
-                 draw_dtype: torch.dtype = torch.float64):
+                 draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -65,6 +68,7 @@ class NoiseSource:
             self._gens = None
             self._gen = generator  # the default one is created at the first draw (deterministic runs never draw)
         self.seeds = seeds
+        self.global_rng = bool(global_rng) and seeds is None and generator is None
 
     def randn(self, rows: Sequence[int] | None = None) -> Tensor:
         """One standard normal draw for the whole batch, in ``dtype`` (drawn in float64, then rounded).
@@ -77,9 +81,12 @@ class NoiseSource:
         # drawn in float64 whatever the state's dtype, then rounded to it: a seed gives the same noise,
         # to rounding, in a float32 state as in a float64 one
         if self._gens is None:
+            n = self.batch if rows is None else len(rows)
+            if self.global_rng:
+                z = torch.randn(n, *self.event_shape, device=self.device, dtype=self.draw_dtype)
+                return z.to(dtype=self.dtype)
             if self._gen is None:
                 self._gen = torch.Generator(self.device).manual_seed(0)
-            n = self.batch if rows is None else len(rows)
             z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
             return z.to(device=self.device, dtype=self.dtype)
         gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]

@@ -25,6 +25,8 @@ References:
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -35,7 +37,7 @@ from torch import Tensor
 from ._diffusers import flow_grid, plan_times, refuse_flow_options, schedule_from_diffusers
 from ._numbers import check_int
 from .denoiser import Denoiser
-from .grids import diffusers_grid
+from .grids import GRIDS, diffusers_grid
 from .loop import drive
 from .noise import NoiseSource, parse_seeds
 from .processes import NoiseLevel
@@ -53,6 +55,7 @@ except ImportError as e:  # pragma: no cover - diffusers is an optional extra
 
 __all__ = ["DiffsolveScheduler", "DiffsolveSchedulerOutput"]
 
+_OWN_GRIDS = ("diffusers", "flow_dpm")  # the source diffusers class's timesteps; diffusers' flow DPM-Solver's
 # the fields that mark a flow-matching config (FlowMatchEulerDiscreteScheduler's), run on a FlowSchedule
 _FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
 _FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "num_train_timesteps")
@@ -72,6 +75,35 @@ _OTHER_PROCESSES = {"snr": "a VE score SDE", "sampling_eps": "a VE score SDE", "
                     "num_vec_classes": "VQ diffusion"}
 _OTHER_CLASSES = ("ScoreSdeVeScheduler", "ScoreSdeVpScheduler", "KarrasVeScheduler", "IPNDMScheduler",
                   "DDPMWuerstchenScheduler", "VQDiffusionScheduler")
+
+
+def _class_of_fields(config: dict) -> str | None:
+    """The diffusers scheduler class of a config without ``_class_name`` (a scheduler built in memory
+    has none; a saved or loaded one has it): the class whose ``__init__`` takes exactly the config's
+    fields, or of several such (DDIMScheduler and DDIMParallelScheduler) the one whose timesteps
+    diffsolve knows; None if that does not single one out."""
+    return _class_of_field_set(frozenset(k for k in config if not k.startswith("_")))
+
+
+@functools.lru_cache(maxsize=64)
+def _class_of_field_set(fields: frozenset) -> str | None:
+    import diffusers
+
+    from .grids import DIFFUSERS_SPACING
+
+    found = []
+    for name in dir(diffusers):
+        if not name.endswith("Scheduler") or name == "DiffsolveScheduler":
+            continue
+        try:
+            c = getattr(diffusers, name)
+            init = set(inspect.signature(c.__init__).parameters) - {"self", "kwargs"}
+        except Exception:  # a class whose optional dependencies are missing
+            continue
+        if isinstance(c, type) and init == fields:
+            found.append(name)
+    known = [n for n in found if n in DIFFUSERS_SPACING or n in _OTHER_CLASSES]
+    return found[0] if len(found) == 1 else known[0] if len(known) == 1 else None
 # the source scheduler's own sampler settings: replaced by diffsolve's solver, grid and final denoise
 # (diffsolve.parity gives the options that reproduce a diffusers scheduler), so not passed on
 _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
@@ -122,9 +154,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             x̂0 clipping / thresholding, a property of the denoiser's x̂0 (:mod:`diffsolve.thresholding`).
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: a flow-matching config (SD3, FLUX), run on a :class:`~diffsolve.FlowSchedule`
-            (``from_config`` sets ``prediction_type="flow_prediction"`` and the default grid
-            ``"flow_dpm"``: the shifted σ of diffusers' flow DPM-Solver/UniPC, which starts below σ = 1
-            and suits multistep solvers; ``grid="diffusers"`` is FlowMatchEulerDiscreteScheduler's
+            (``from_config`` sets ``prediction_type="flow_prediction"``; the default grid of a flow
+            config is ``"flow_dpm"``: the shifted σ of diffusers' flow DPM-Solver/UniPC, which starts below
+            σ = 1 and suits multistep solvers, where diffsolve's grid kinds would start at σ = 1, spend
+            steps there and ignore the shift; ``grid="diffusers"`` is FlowMatchEulerDiscreteScheduler's
             shifted σ from σ = 1, :func:`diffsolve._diffusers.flow_grid`). ``set_timesteps`` takes
             ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
             does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
@@ -136,7 +169,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             on flow schedules, ``sample`` answers the first evaluation analytically, docs/math.md
             §27; a pipeline makes every network call itself, at the timesteps it is given, so here
             the budget buys one step fewer than in ``sample``).
-        grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``), ``"diffusers"``, or the
+        grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``; ``"flow_dpm"`` on
+            flow configs), ``"diffusers"``, ``"flow_dpm"``, or the
             path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
             denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``
             chooses with the config's ``timestep_spacing`` and ``steps_offset``, n = the solver's
@@ -152,11 +186,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             (``"diffusers"``, ``"flow_dpm"``, the default of flow configs: their last evaluation is where
             diffusers steps to σ = 0); True for a named solver (diffusers'
             schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
-            setting. The default is off where the budget holds no step before the final denoise (one
-            evaluation, or two of ``heun``): the run is then one step to t_min. With it set, a budget of
-            one evaluation is the final denoise alone, x̂0 at the first time (diffusers' one-step plans).
+            setting. With it, a budget of one evaluation is the final denoise alone, x̂0 at the first time
+            (as diffusers' schedulers step to σ = 0 at once from their one timestep).
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
-            pipeline passes to ``step``.
+            pipeline passes to ``step``; else torch's own generator of the latents' device, which
+            ``torch.manual_seed`` seeds (as diffusers' schedulers draw without a generator).
 
     Shapes: ``sample`` and ``model_output`` are (B, *shape); ``timestep`` a scalar.
 
@@ -185,7 +219,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         threshold = threshold_from_config(dict(
             clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
             dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value))
-        self._tuned = load_grid(grid) if grid not in (None, "diffusers", "flow_dpm") else None
+        self._tuned = load_grid(grid) if grid not in (None, *_OWN_GRIDS) else None
+        if grid is not None and self._tuned is None and grid not in (*GRIDS, *_OWN_GRIDS):
+            raise ValueError(f"unknown grid {grid!r}; valid: {', '.join((*GRIDS, *_OWN_GRIDS))}, or the path of a "
+                             f"tuned grid (.json, from diffsolve tune)")
         spec = self._tuned.solver if self._tuned is not None else solver
         options = self._tuned.solver_options if self._tuned is not None else {}
         # None: the default run of each budget, chosen in set_timesteps (with its grid and final denoise)
@@ -205,6 +242,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self.solver is None and not self.level.is_zero:
             default_run(1, self.schedule, stochastic=True)  # refused here, naming the stochastic solvers
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
+        if seeds is not None and not isinstance(seeds, str):  # the config holds them as text ("0-3"): a range,
+            self.register_to_config(seeds=self.seeds.spec)  # a tensor or a Seeds would not save as JSON
         self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
         self.plan: _Plan | None = None
         self._said_clipped = False
@@ -212,6 +251,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self._begin = 0
         self._reset_run()
+        self._ended = False
         self.init_noise_sigma = 1.0
 
     @classmethod
@@ -228,7 +268,6 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if flow:
             refuse_flow_options(full, "DiffsolveScheduler")
             kwargs.setdefault("prediction_type", "flow_prediction")
-            kwargs.setdefault("grid", "flow_dpm")
         # what the source scheduler does, its defaults included (diffusers' from_config drops defaulted fields)
         for name in _THRESHOLD_FIELDS + (_FLOW_GRID_FIELDS if flow else ()):
             if name in full and name not in kwargs:
@@ -242,7 +281,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if name in full and full[name] not in harmless:
                 raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
                                  f"{full[name]!r} ({why}); supported: {', '.join(map(repr, harmless[:1]))}")
-        source = full.get("_class_name")
+        source = full.get("_class_name") or (None if "solver" in full else _class_of_fields(full))
+        if source is None and "solver" not in full and kwargs.get("grid") == "diffusers" and not (
+                kwargs.get("diffusers_class") or full.get("diffusers_class")):
+            raise ValueError("grid='diffusers' places the timesteps as the source scheduler class does, and this config "
+                             "does not say which class it is (a scheduler built in memory has no _class_name): pass "
+                             "diffusers_class=type(pipe.scheduler).__name__")
         other = next((what for k, what in _OTHER_PROCESSES.items() if k in full), None)
         if other is not None or source in _OTHER_CLASSES:
             raise ValueError(f"the {source or 'source scheduler'} config describes {other or 'another process'}, not a "
@@ -293,8 +337,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # is an evaluation (without it, t_min was the end of the last step and one timestep went unevaluated)
         # the grid is diffusers' own: its spacing (flow configs: flow_dpm), the pipeline's timesteps or sigmas
         self._diffusers_spacing = (timesteps is not None or sigmas is not None or self._tuned is not None
-                                   or self._grid_kind in ("diffusers", "flow_dpm"))
-        if flow and timesteps is None and (sigmas is not None or self._grid_kind in ("diffusers", "flow_dpm")):
+                                   or self._grid_kind in _OWN_GRIDS)
+        if flow and timesteps is None and (sigmas is not None or self._grid_kind in _OWN_GRIDS):
             spacing = "dpm" if self._grid_kind == "flow_dpm" and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
                           denoise_final=self._final, spacing=spacing)
@@ -309,6 +353,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float((self.schedule.alpha(t[0]) ** 2 + self.schedule.sigma(t[0]) ** 2).sqrt())
         self._begin = 0
         self._reset_run()
+        self._ended = False
 
     def _checked_timesteps(self, timesteps) -> Tensor:
         """A pipeline's ``timesteps``, checked in its own units (network time inputs): 1-D, finite, strictly
@@ -338,27 +383,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         names, the rest from the measured default run (:func:`diffsolve.defaults.default_run`) when
         no solver is named, else the named solver's own rule for the final denoise."""
         cfg = self.config
+        flow = cfg.prediction_type == "flow_prediction"  # a flow config runs on diffusers' shifted σ (class docstring)
         if cfg.solver is None and self._tuned is None:
             run = default_run(budget, self.schedule, stochastic=not self.level.is_zero)
             self.solver = get_solver(run.solver)
-            self._grid_kind = run.grid if cfg.grid is None else cfg.grid
+            self._grid_kind = ("flow_dpm" if flow else run.grid) if cfg.grid is None else cfg.grid
             # diffusers' own spacings place the last evaluation where diffusers steps to σ = 0: a run on them
             # ends with the final denoise (without it, one step from that σ, e.g. 0.17 on a shifted flow
             # grid, to t_min would carry most of the error)
-            own_spacing = self._grid_kind in ("diffusers", "flow_dpm")
-            self._final = ((own_spacing and self._room_for_final(budget)) or run.denoise_final
-                           if cfg.denoise_final is None else cfg.denoise_final)
+            own_spacing = self._grid_kind in _OWN_GRIDS
+            self._final = (own_spacing or run.denoise_final) if cfg.denoise_final is None else cfg.denoise_final
             return
-        self._grid_kind = "log_snr" if cfg.grid is None else cfg.grid
+        self._grid_kind = ("flow_dpm" if flow else "log_snr") if cfg.grid is None else cfg.grid
         if cfg.denoise_final is None and self._tuned is None:
-            # a named solver ends as diffusers' schedulers do, its last step landing on x̂0, when the budget
-            # has room for a step before that evaluation; else (e.g. one evaluation of ddim) its one step
-            # ends at t_min, where α ≈ 1 and σ ≈ 0 (diffusers' DDIM at one step, set_alpha_to_one=False)
-            self._final = self._room_for_final(budget)
-
-    def _room_for_final(self, budget: int) -> bool:
-        """Whether ``budget`` evaluations hold one step of the solver and the final denoise."""
-        return budget > self.solver.nfe(self.solver.min_steps)
+            self._final = True  # a named solver ends as diffusers' schedulers do: its last step lands on x̂0
 
     def _grid(self, nfe, timesteps) -> Tensor:
         sch, final = self.schedule, self._final
@@ -432,7 +470,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                              f"multiple of {per_step}, or a one-evaluation solver")
         start = self.plan.times[begin_index]
         t = self.plan.t[self.plan.t <= float(start) + 1e-12]
-        sub = self._dry_run(self.solver.grid_for(self.schedule, grid=t))
+        sub = self._dry_run(self.solver.grid_for(self.schedule, grid=t, denoise_final=self._final))
         rest = self.plan.labels[begin_index:]
         if len(sub.labels) != len(rest) or not torch.allclose(sub.labels, rest, rtol=0, atol=1e-6):
             raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start the run "
@@ -497,6 +535,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             prev = stop.value.x
             self._check_deferred_timesteps()
             self._reset_run()
+            self._ended = True  # a further step() starts a new run from the first timestep
         prev = prev.to(sample.dtype)
         if self._gen is not None:
             self._last = prev
@@ -527,7 +566,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("a list of generators is not supported; pass seeds=[...] to DiffsolveScheduler for "
                              "per-sample noise")
         else:
-            source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype)
+            source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype,
+                                 global_rng=True)  # no generator: torch's own, as diffusers' schedulers draw
         handoff = "x0" if self._converter.threshold is not None else self.prediction
         self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
                           net_dtype=sample.dtype, level=self.level, source=source,
@@ -540,9 +580,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         compared there and read back once, when the run ends (no host synchronisation per step)."""
         want = float(self.plan.labels[self._index])
         ts = torch.as_tensor(timestep).reshape(-1)[0]
+        ended, self._ended = self._ended, False
         if ts.device.type != "cpu":
             self._deferred.append((self._index, want, ts))
             return
+        if ended and abs(float(ts) - want) > 1e-4 * max(1.0, abs(want)):
+            raise ValueError(f"step() called with timestep {float(ts):g} after the run's last evaluation: the run has "
+                             f"ended (its output was the last prev_sample), and a new one starts at timestep {want:g}; "
+                             f"call set_timesteps and step once per entry of scheduler.timesteps")
         self._timestep_error(self._index, float(ts), want)
 
     @staticmethod

@@ -343,24 +343,27 @@ def test_step_with_out_of_order_timestep():
 
 def test_budget_too_small():
     with pytest.raises(ValueError, match="too small for solver 'heun'"):
-        _scheduler(solver="heun").set_timesteps(1)
-    s = _scheduler(solver="heun")
-    s.set_timesteps(2)  # one step of two evaluations to t_min: no room for the final denoise
-    assert len(s.timesteps) == 2 and not s._final
+        _scheduler(solver="heun").set_timesteps(2)  # one step (2) and the final denoise (1)
 
 
-@pytest.mark.parametrize("solver", ["ddim", "dpmpp_3m", "unipc", "deis", None])
-def test_one_evaluation_is_one_step(solver):
-    """A budget of one evaluation is one first-order step from the first time to t_min (no room for
-    a final denoise after it): a multistep method runs its warm-up at any budget, as diffusers' do."""
+@pytest.mark.parametrize("solver", ["dpmpp_3m", "unipc", "deis"])
+def test_multistep_runs_at_two_evaluations(solver):
+    """A multistep method runs its warm-up at any budget, as diffusers' do: two evaluations are a
+    first-order step and the final denoise."""
     s = _scheduler(solver=solver)
+    s.set_timesteps(2)
+    assert len(s.timesteps) == 2 and s._final and len(s.plan.t) == 2
+
+
+def test_a_budget_of_one_is_the_default_runs_step_to_t_min():
+    s = _scheduler()  # the default run at one evaluation: one step to t_min, no final denoise
     s.set_timesteps(1)
-    assert len(s.timesteps) == 1 and not s._final
-    assert len(s.plan.t) == 2 and float(s.plan.t[-1]) == s.schedule.t_min
+    assert len(s.timesteps) == 1 and not s._final and float(s.plan.t[-1]) == s.schedule.t_min
 
 
-def test_one_evaluation_with_the_final_denoise_is_that_evaluation():
-    s = _scheduler(solver="dpmpp_2m", denoise_final=True)
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "heun"])
+def test_one_evaluation_with_the_final_denoise_is_that_evaluation(solver):
+    s = _scheduler(solver=solver)  # a named solver ends on x̂0: at one evaluation, that is the run
     s.set_timesteps(1)
     assert s.plan.t.tolist() == [s.schedule.t_max] and len(s.timesteps) == 1
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -369,6 +372,31 @@ def test_one_evaluation_with_the_final_denoise_is_that_evaluation():
     t_max = torch.tensor(s.schedule.t_max, dtype=torch.float64)
     a, sig = float(s.schedule.alpha(t_max)), float(s.schedule.sigma(t_max))
     torch.testing.assert_close(out, ((x - sig * eps) / a).clamp(-1, 1))  # DDIMScheduler clips x̂0 by default
+
+
+def test_without_a_generator_the_noise_is_torchs_own(problem):
+    """No generator and no seeds: the solver's noise comes from torch's generator, as diffusers'
+    schedulers draw it, so torch.manual_seed decides the run (here the DDPM twin equals diffusers'
+    DDPM drawn the same way), and two calls under different seeds differ."""
+    net, x_T = problem
+    base = diffusers.DDPMScheduler(clip_sample=False)
+    ours = DiffsolveScheduler.from_config(base.config, **diffusers_twin(base, 6).options)
+
+    def run(sch, seed):
+        torch.manual_seed(seed)
+        sch.set_timesteps(6)
+        x = x_T.clone()
+        for t in sch.timesteps:
+            x = sch.step(net(x, t), t, x).prev_sample
+        return x
+
+    with torch.no_grad(), dp.float64_tables(diffusers.DDPMScheduler):
+        ref = diffusers.DDPMScheduler(clip_sample=False)
+        dp._to_float64(ref)
+        want = run(ref, 5)
+    got = run(ours, 5)
+    assert dp.max_rel_diff(got, want) <= TOL
+    assert torch.equal(run(ours, 5), got) and dp.max_rel_diff(run(ours, 6), got) > 0.1
 
 
 def test_unknown_and_adaptive_solvers():
@@ -465,3 +493,61 @@ def test_twin_equals_diffusers_at_one_and_two_timesteps(problem, case, config):
             assert n == 1 and "make no step here" in str(e), (n, e)
             continue
         assert diff <= (1e-4 if twin.approximate else TOL), (n, diff, twin.options)
+
+
+def test_a_config_built_in_memory_is_known_by_its_fields(tmp_path):
+    """A scheduler built in memory has no _class_name: grid='diffusers' follows the class whose __init__
+    takes the config's fields (DDIM's timesteps, not DPM-Solver's), and refuses what it cannot single out."""
+    s = DiffsolveScheduler.from_config(diffusers.DDIMScheduler().config, solver="unipc", grid="diffusers")
+    s.set_timesteps(5)
+    ref = diffusers.DDIMScheduler()
+    ref.set_timesteps(5)
+    assert s.timesteps.tolist() == ref.timesteps.tolist()
+    with pytest.raises(ValueError, match="another process"):
+        DiffsolveScheduler.from_config(diffusers.IPNDMScheduler().config)
+    with pytest.raises(ValueError, match=r"does not say which class.*diffusers_class="):
+        DiffsolveScheduler.from_config(diffusers.LMSDiscreteScheduler().config, grid="diffusers")
+    s = DiffsolveScheduler.from_config(diffusers.LMSDiscreteScheduler().config, grid="diffusers",
+                                       diffusers_class="EulerDiscreteScheduler")
+    s.set_timesteps(4)
+
+
+def test_construction_checks_and_saved_seeds(tmp_path):
+    with pytest.raises(ValueError, match="unknown grid 'nope'.*diffusers, flow_dpm"):
+        DiffsolveScheduler(grid="nope")
+    s = DiffsolveScheduler(solver="ancestral", seeds=range(3))  # saved as text, the same seeds when loaded
+    s.save_pretrained(tmp_path)
+    assert list(DiffsolveScheduler.from_pretrained(tmp_path).seeds) == [0, 1, 2]
+
+
+def test_a_step_after_the_run_ended_says_so():
+    s = _scheduler(solver="ddim")
+    s.set_timesteps(3)
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    for t in s.timesteps:
+        x = s.step(torch.zeros_like(x), t, x).prev_sample
+    with pytest.raises(ValueError, match="the run has ended"):
+        s.step(torch.zeros_like(x), s.timesteps[-1], x)
+
+
+def test_a_flow_config_made_directly_runs_on_the_flow_dpm_grid():
+    direct = DiffsolveScheduler(prediction_type="flow_prediction", shift=3.0)
+    loaded = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    for s in (direct, loaded):
+        s.set_timesteps(8)
+    assert direct._grid_kind == "flow_dpm" and torch.equal(direct.timesteps, loaded.timesteps)
+
+
+@pytest.mark.parametrize("spec", [dict(solver="ddim"), dict(solver="dpmpp_3m", grid="diffusers")])
+def test_img2img_that_leaves_only_the_final_denoise(spec):
+    """A strength that starts the run at its last evaluation (the final denoise) runs that evaluation alone."""
+    s = _scheduler(**spec)
+    s.set_timesteps(10)
+    s.set_begin_index(len(s.timesteps) - 1)
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    t = s.timesteps[-1]
+    eps = torch.randn_like(x)
+    out = s.step(eps, t, x).prev_sample
+    tt = s.schedule.t_of_timestep(torch.tensor([float(t)], dtype=torch.float64))
+    a, sig = float(s.schedule.alpha(tt)), float(s.schedule.sigma(tt))
+    torch.testing.assert_close(out, ((x - sig * eps) / a).clamp(-1, 1))
