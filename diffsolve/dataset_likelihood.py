@@ -3,7 +3,8 @@ over processes (torchrun), resumable, written as rows as it goes — what score_
 
 Every item goes through :func:`diffsolve.log_likelihood` (its options are passed through unchanged;
 there is no ODE logic here). Item i uses the per-sample seed ``seed + i``: its dequantization noise
-and its Hutchinson probes depend on i only, never on the batch, the process or a resume.
+and its Hutchinson probes depend on i only, never on the batch, the process or a resume (the value
+itself up to a float32 network's round-off, which differs between batch sizes; docs/math.md §26).
 
 **8-bit images** (uint8 data, levels k ∈ {0..255}^d) are dequantized uniformly onto the model's data
 range [a, b] (``data_range``, default [−1, 1]) with K = 256 cells (:class:`diffsolve.dequantize.
@@ -63,7 +64,7 @@ from torch import Tensor
 
 from ._text import count
 from .checks import check_data, check_seed
-from .denoiser import _add_note
+from .denoiser import NonFiniteError, _add_note
 from .dequantize import Dequantization
 from .files import load_tensor_file
 from .distributed import DistContext
@@ -128,10 +129,11 @@ def _as_dataset(data, denoiser, name: str) -> Dataset:
 
 
 def _levels_on_grid(data, levels, data_range, name: str):
-    """An integer tensor other than uint8 (8-bit images) holds level indices k of ``levels``: their points
-    lo + (hi − lo)k/(K − 1) of the grid (float64), which the dequantization maps back to k exactly."""
-    if not isinstance(data, Tensor) or data.is_floating_point() or data.is_complex() or data.dtype in (
-            torch.uint8, torch.bool):
+    """An integer tensor holds level indices k of ``levels`` (uint8 too when ``levels`` is given; without it,
+    uint8 is 8-bit images): their points lo + (hi − lo)k/(K − 1) of the grid (float64), which the
+    dequantization maps back to k exactly."""
+    if not isinstance(data, Tensor) or data.is_floating_point() or data.is_complex() or data.dtype == torch.bool or (
+            data.dtype == torch.uint8 and levels is None):
         return data
     if levels is None:
         raise ValueError(f"{name} holds integers ({data.dtype}): if they are level indices 0..K-1, give their number "
@@ -240,6 +242,10 @@ def _batch_rows(denoiser, ds, s, e, deq, data_range, device, seed, options) -> l
         _add_note(err, f"diffsolve: in the log-likelihood of items {s}-{e - 1}")
         raise
     lp, bpd, nfe = (t.detach().cpu().tolist() for t in (res.log_prob, res.bits_per_dim, res.nfe))
+    bad = [s + j for j, v in enumerate(lp) if not math.isfinite(v)]
+    if bad:  # a row is never written with NaN (a resumed run would count it as done)
+        raise NonFiniteError(f"the log-likelihood of item{'s' * (len(bad) > 1)} {', '.join(map(str, bad[:5]))} is "
+                             f"{lp[bad[0] - s]}; nothing was written for items {s}-{e - 1}")
     return [{"index": s + j, "log_prob": lp[j], "bits_per_dim": bpd[j], "nfe": int(nfe[j])} for j in range(e - s)]
 
 

@@ -473,17 +473,16 @@ class Denoiser(torch.nn.Module):
         a, s = float(self.schedule.alpha(tt)), float(self.schedule.sigma(tt))
         return self.convert(x * (a / (a * a + s * s)), x, tt, "x0", self.prediction)
 
-    def _check_finite(self, out: Tensor, t: Tensor):
+    def _check_finite(self, out: Tensor, t: Tensor, what: str = "the network returned"):
         # NaN and ±Inf propagate through a sum: one pass over the output instead of isfinite().all()'s
         # several. On the host, a non-finite sum of finite values (overflow) is told apart by the
         # full check; on accelerators the sum accumulates in float64 and the check is deferred.
         # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
             if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
-                raise NonFiniteError(f"the network returned NaN or Inf at "
-                                     f"{_location(self.nfe, self._where[0], t)}")
+                raise NonFiniteError(f"{what} NaN or Inf at {_location(self.nfe, self._where[0], t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call
-            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (self.nfe, self._where[0], t)))
+            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (what, self.nfe, self._where[0], t)))
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""
@@ -496,7 +495,8 @@ class Denoiser(torch.nn.Module):
         self._pending = []
         bad = (~flags).nonzero()
         if len(bad):
-            raise NonFiniteError(f"the network returned NaN or Inf at {_location(*locs[int(bad[0])])}")
+            what, *where = locs[int(bad[0])]
+            raise NonFiniteError(f"{what} NaN or Inf at {_location(*where)}")
 
     def predict(self, x: Tensor, t, kind: str) -> Tensor:
         return self.from_output(self.raw(x, t), x, t, kind)

@@ -62,18 +62,24 @@ class Dequantization:
                 raise ValueError(f"integer data must be levels in 0..{K - 1}, got values in "
                                  f"[{int(x.min())}, {int(x.max())}]")
             return k
+        step = (b - a) / (K - 1)
+        # how far off the grid the data's own dtype may have rounded a grid value, in grid steps
+        rounding = torch.finfo(x.dtype).eps / 2 * max(abs(a), abs(b)) / step
+        if rounding > 0.25:
+            raise ValueError(f"{x.dtype} data cannot tell the {K} levels of [{a:g}, {b:g}] apart (its rounding is "
+                             f"{rounding:.2g} grid steps): give the data in float64, or as integer level indices")
+        tol = max(1e-4, 4 * rounding)
         x = x.to(_F64)
         lo, hi = float(x.min()), float(x.max())
-        step = (b - a) / (K - 1)
-        if lo < a - 1e-6 * step or hi > b + 1e-6 * step:
+        if lo < a - tol * step or hi > b + tol * step:
             raise ValueError(f"data values lie in [{lo:.6g}, {hi:.6g}], outside the dequantization range "
                              f"[{a:g}, {b:g}]; set dequantize range to the data's range")
         k = (x - a) / step
         off = float((k - k.round()).abs().max())
-        if off > 1e-4:
+        if off > tol:
             raise ValueError(f"data are not on the {K}-level grid a + (b - a)k/(K - 1) of [{a:g}, {b:g}] "
                              f"(max distance {off:.3g} grid steps); check levels and range")
-        return k.round()
+        return k.round().clamp(0, K - 1)
 
     def grid_point(self, k: Tensor) -> Tensor:
         """The grid's value a + (b − a)k/(K − 1) of level indices k (float64; the inverse of :meth:`level_index`,

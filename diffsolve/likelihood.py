@@ -183,6 +183,7 @@ def _vjp_replicated(denoiser: Denoiser, x: Tensor, t: Tensor, vs: Tensor):
                              "on its input through autograd (does it run under torch.no_grad(), detach its "
                              "output, or go through numpy?)")
         g = torch.autograd.grad(e, xr, grad_outputs=vs.reshape(m * B, *x.shape[1:]).to(e.dtype))[0]
+    denoiser._check_finite(g, t, what="the network's Jacobian (vᵀ∂ε̂/∂x, of the divergence) has")
     return e[:B].detach(), g.reshape(m, B, -1).detach()
 
 

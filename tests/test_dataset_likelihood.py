@@ -283,3 +283,12 @@ def test_a_failing_network_names_the_items_and_keeps_the_rows(den, tmp_path):
     said = "\n".join(getattr(info.value, "__notes__", [str(info.value)]))
     assert "items 8-11" in said and "rows of the 8 items finished before are kept" in said, said
     assert [r["index"] for r in dl.read_rows(tmp_path / "rows")] == list(range(8))
+
+
+def test_uint8_level_indices_with_levels_are_indices():
+    """uint8 data with levels=K are level indices (as int64 ones), not 8-bit images."""
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    k = torch.randint(0, 17, (4, 2), generator=torch.Generator().manual_seed(0))
+    a = dl.dataset_log_likelihood(den, k.to(torch.uint8), levels=17, fixed_steps=3)
+    b = dl.dataset_log_likelihood(den, k, levels=17, fixed_steps=3)
+    assert a.summary["mean_log_prob"] == b.summary["mean_log_prob"] and a.summary["levels"] == 17

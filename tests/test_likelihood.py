@@ -360,3 +360,39 @@ def test_bad_input():
         log_likelihood(den, torch.tensor([[0, 4]]), dequantize=dict(levels=4, range=(0, 1)))
     with pytest.raises(ValueError, match="prior returned shape"):
         log_likelihood(den, x, prior=lambda z: z)
+
+
+def test_a_non_finite_jacobian_is_an_error_on_every_path():
+    """A network whose output is finite but whose ∂ε̂/∂x is NaN (√|x|² at x = 0) is stopped with the
+    reason, by the Hutchinson, exact, fixed-step and fixed-probe paths alike (it returned NaN or failed
+    in the step-size control)."""
+    from diffsolve import Denoiser, VPSchedule
+    from diffsolve.denoiser import NonFiniteError
+
+    inner = GaussianMixture.ring().denoiser("vp", "eps")
+
+    def net(x, t):
+        return inner.net(x, t) + 0.0 * torch.sqrt((x * x).sum(-1, keepdim=True))
+
+    den = Denoiser(net, VPSchedule(), prediction="eps", time_label="t", net_dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    for kw in ({}, dict(divergence="exact"), dict(divergence="exact", fixed_steps=4), dict(fresh_probes=False)):
+        with pytest.raises(NonFiniteError, match="Jacobian"):
+            log_likelihood(den, x, **kw)
+
+
+def test_grid_data_in_a_narrow_dtype():
+    """16-bit levels stored as float32 are on the grid up to float32's rounding (3e-4 grid steps): taken,
+    as the same levels in float64; float16 cannot hold them apart: refused with the fix."""
+    den = GaussianMixture.ring().denoiser("vp", "eps")
+    K = 65536
+    k = torch.tensor([[K - 2, K // 3], [1, K // 2 + 1]])
+    x64 = -1 + 2 * k.double() / (K - 1)
+    deq = dict(levels=K, range=(-1, 1))
+    a = log_likelihood(den, x64.float(), dequantize=deq, seeds=[0, 1], fixed_steps=3).log_prob
+    b = log_likelihood(den, x64, dequantize=deq, seeds=[0, 1], fixed_steps=3).log_prob
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="float16 data cannot tell the 65536 levels"):
+        log_likelihood(den, x64.half(), dequantize=deq)
+    with pytest.raises(ValueError, match="not on the 65536-level grid"):
+        log_likelihood(den, x64.float() + 0.3 * 2 / (K - 1), dequantize=deq)

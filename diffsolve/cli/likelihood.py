@@ -63,7 +63,8 @@ def add_parser(subparsers):
                     help="uniform dequantization (default: on for uint8 images, off for float data; float data "
                          "need --levels)")
     lk.add_argument("--levels", type=positive_int, help="float data on the K-level grid LO + (HI - LO)k/(K - 1), or "
-                    "integer level indices k: dequantize them with K cells (e.g. 17 for the digits)")
+                    "integer level indices k (any integer dtype, uint8 too): dequantize them with K cells (e.g. 17 "
+                    "for the digits)")
     lk.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_options(lk)
     add_threads_option(lk)
