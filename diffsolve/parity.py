@@ -23,8 +23,10 @@ budget of evaluations (:meth:`Twin.budget`: Heun's n timesteps cost 2n − 1). E
 EulerAncestral and Heun keep their latents in VE coordinates y = x/α (``scale_model_input``
 divides by √(σ² + 1)): the same start is y_T = x_T √(σ_0² + 1), and their output at σ = 0 is x̂0,
 in data space like diffsolve's. Their ``init_noise_sigma`` is σ_0 for ``linspace``/``trailing``
-(not √(σ_0² + 1)), so a pipeline starts them 1/(2σ_0²) smaller in scale (1e-5 for Stable
-Diffusion) than the twin, whose ``init_noise_sigma`` is 1.
+(not √(σ_0² + 1), as for ``leading``), so a pipeline starts them √(1 + 1/σ_0²) − 1 smaller in
+scale than the twin, whose ``init_noise_sigma`` is 1: ≈ 1/(2σ_0²), 2.3e-3 for Stable Diffusion's
+betas with trailing spacing (σ_0 = 14.6), but a factor 100 where the first timestep is at low noise
+(one linspace timestep: timestep 0); above 1e-4 the twin's ``notes`` say so.
 
 Not reproduced (refused by :func:`diffusers_twin`, by name): Karras/exponential/beta/Lu σ's,
 ``use_flow_sigmas``, ``lambda_min_clipped``, ``interpolation_type="log_linear"``, DDPM's
@@ -43,6 +45,7 @@ there, 2⁻²⁴ in :func:`~diffsolve.adapters.schedule_from_diffusers`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -112,8 +115,8 @@ VE_LATENTS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "Heun
 class Twin:
     """The twin of a diffusers scheduler: ``options`` for ``DiffsolveScheduler.from_config``,
     the ``per_step`` evaluations a diffusers timestep costs (``budget(n)``: its
-    ``num_inference_steps`` as DiffsolveScheduler's NFE), and ``approximate``: why it is not exact
-    (empty when it is)."""
+    ``num_inference_steps`` as DiffsolveScheduler's NFE), ``approximate``: why its solve is not
+    exact (empty when it is), and ``notes``: what differs around the solve in a pipeline (its start)."""
 
     options: dict
     per_step: int = 1
@@ -174,7 +177,29 @@ def diffusers_twin(scheduler_or_config, n: int | None = None, *, eta: float = 0.
     if cls in VE_LATENTS and config.get("timestep_spacing", "linspace") == "linspace" and _fractional(config, n, cls):
         approx = ("fractional linspace timesteps: diffusers interpolates σ linearly in the timestep, "
                   "DDPMSchedule interpolates log α")
-    return Twin(options, per_step, approx)
+    gap, notes = _start_gap(config, n, cls), []
+    if gap > 1e-4:
+        notes.append(f"in a pipeline: {cls}'s init_noise_sigma is σ_0 = {math.sqrt(1 / ((gap + 1) ** 2 - 1)):.3g}, "
+                     f"the twin's √(σ_0² + 1), so a pipeline starts the twin's latents {gap + 1:.6g} times as large; "
+                     f"from one start the two solves agree")
+    return Twin(options, per_step, approx, notes)
+
+
+def _start_gap(c, n, cls) -> float:
+    """√(1 + 1/σ_0²) − 1: how much larger a pipeline starts the twin of an Euler-family class whose
+    ``init_noise_sigma`` is σ_0 (``linspace``/``trailing``) than the class itself (module docstring);
+    0 for the others and without n."""
+    spacing = c.get("timestep_spacing", "linspace")
+    if cls not in VE_LATENTS or spacing not in ("linspace", "trailing") or n is None:
+        return 0.0
+    from ._diffusers import schedule_from_diffusers
+    from .grids import diffusers_timesteps
+
+    schedule = schedule_from_diffusers(c)[0]
+    k = diffusers_timesteps(n, spacing, num_train_timesteps=c.get("num_train_timesteps", 1000), scheduler=cls)
+    t = schedule.t_of_timestep(k[:1].to(torch.float64))
+    s = float(schedule.sigma(t) / schedule.alpha(t))
+    return math.sqrt(1 + 1 / s ** 2) - 1
 
 
 def _fractional(c, n, cls) -> bool:

@@ -551,3 +551,12 @@ def test_img2img_that_leaves_only_the_final_denoise(spec):
     tt = s.schedule.t_of_timestep(torch.tensor([float(t)], dtype=torch.float64))
     a, sig = float(s.schedule.alpha(tt)), float(s.schedule.sigma(tt))
     torch.testing.assert_close(out, ((x - sig * eps) / a).clamp(-1, 1))
+
+
+def test_a_twin_notes_a_pipelines_different_start():
+    """Euler's init_noise_sigma is σ_0 on linspace/trailing: a pipeline starts the twin √(1 + 1/σ_0²) times as
+    large, a factor 100 at one linspace timestep (timestep 0); leading spacing has no such gap."""
+    one = diffusers_twin(diffusers.EulerDiscreteScheduler(), 1)
+    assert not one.approximate and len(one.notes) == 1 and "99.99" in one.notes[0]
+    assert diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="leading"), 1).notes == []
+    assert diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="trailing"), 10).notes == []
