@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
+import warnings
+import weakref
 
 import torch
 from torch import Tensor
@@ -187,6 +190,33 @@ def _on_meta(net) -> bool:
     return any(t.is_meta for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
 
 
+_WARNED_TRAINING: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _warn_training(net):
+    """Warn (once per network) where a module in training mode makes the network depend on the batch
+    (batch normalisation) or on chance (dropout): a solver's evaluations and the likelihood's replicated
+    rows assume one function of (x, t) per row."""
+    if not isinstance(net, torch.nn.Module) or net in _WARNED_TRAINING:
+        return
+    odd = [type(m).__name__ for m in net.modules() if m.training and (
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats is not None
+        or isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)]
+    if odd:
+        _WARNED_TRAINING.add(net)
+        warnings.warn(f"the network {type(net).__name__} is in training mode, where its {', '.join(sorted(set(odd)))} "
+                      f"make{'s' * (len(set(odd)) == 1)} each output depend on the rest of the batch or on chance; call "
+                      f"net.eval() before sampling or scoring", UserWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside diffsolve, for a warning issued by its caller."""
+    here, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_denoiser(denoiser, device: torch.device | None = None) -> Denoiser:
     """A :class:`~diffsolve.Denoiser` with a valid ``shape`` and ``net_dtype``, whose network is not on the meta
     device when the run has data (``device``: where the state lives, if known)."""
@@ -201,6 +231,7 @@ def check_denoiser(denoiser, device: torch.device | None = None) -> Denoiser:
         raise ValueError(f"the network {type(denoiser.net).__name__} is on the meta device: it has shapes but no "
                          f"weights, so it cannot compute anything; load its weights (e.g. net.to_empty(device='cpu') "
                          f"then net.load_state_dict(...), or build it on 'cpu'/'cuda')")
+    _warn_training(denoiser.net)
     return denoiser
 
 

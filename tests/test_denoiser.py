@@ -465,3 +465,31 @@ def test_a_label_module_stays_a_submodule_and_a_reducing_label_is_called_per_tim
                         time_label=lambda t: torch.as_tensor(t).max() * 1000)
     ds.sample(reducing, seeds="0-1", solver="ddim", nfe=4)
     assert len(set(seen)) == 4, seen
+
+
+def test_a_network_in_training_mode_is_warned_of_once():
+    """Batch normalisation or dropout in training mode makes an output depend on the batch or on chance:
+    a warning naming them, pointing at the caller's line, once per network; none after net.eval()."""
+    import warnings
+
+    inner = ds.GaussianMixture.ring().denoiser("vp", "eps")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn, self.drop = torch.nn.BatchNorm1d(2).double(), torch.nn.Dropout(0.1)
+
+        def forward(self, x, t):
+            return inner.net(x, t) + 0 * self.drop(self.bn(x))
+
+    for train in (True, False):
+        net = Net().train(train)
+        den = ds.Denoiser(net, ds.VPSchedule(), prediction="eps", time_label="t", net_dtype=torch.float64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds.sample(den, shape=(4, 2), nfe=4)
+            ds.sample(den, shape=(4, 2), nfe=4)
+        said = [w for w in caught if "training mode" in str(w.message)]
+        assert len(said) == int(train)
+        if train:
+            assert "BatchNorm1d, Dropout" in str(said[0].message) and said[0].filename == __file__
