@@ -204,9 +204,10 @@ def _warn_training(net):
         or isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)]
     if odd:
         _WARNED_TRAINING.add(net)
-        warnings.warn(f"the network {type(net).__name__} is in training mode, where its {', '.join(sorted(set(odd)))} "
-                      f"make{'s' * (len(set(odd)) == 1)} each output depend on the rest of the batch or on chance; call "
-                      f"net.eval() before sampling or scoring", UserWarning, stacklevel=_caller_level())
+        kinds = sorted(set(odd))
+        warnings.warn(f"the network {type(net).__name__} is in training mode, where its {', '.join(kinds)} "
+                      f"make{'s' * (len(kinds) == 1)} each output depend on the rest of the batch or on chance; "
+                      f"call net.eval() before sampling or scoring", UserWarning, stacklevel=_caller_level())
 
 
 def _caller_level() -> int:
