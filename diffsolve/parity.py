@@ -97,6 +97,12 @@ DIFFUSERS_EQUIVALENTS: dict[str, dict[str, str]] = {
     "HeunDiscreteScheduler": dict(
         solver="heun", eta="0", denoise_final="True", budget="2n − 1",
         notes="VE latents; linspace approximate, as Euler; num_inference_steps counts evaluations"),
+    "FlowMatchEulerDiscreteScheduler": dict(
+        solver="euler on the config's FlowSchedule (its shift; with use_dynamic_shifting the mu given to "
+               "set_timesteps)", eta="0", denoise_final="True (its last step goes to σ = 0: x − σv = x̂0)",
+        budget="n", notes="Karras/exponential/beta σ's, shift_terminal, invert_sigmas, stochastic_sampling: "
+                          "refused; custom timesteps= are read as σ = timestep/N (diffusers shifts them and keeps the "
+                          "labels): give sigmas= instead"),
     "EDMEulerScheduler": dict(
         solver="euler_ve on EDMSchedule(sigma_min, sigma_max), grid karras (rho) or log_snr "
                "(exponential), n − 1 steps", eta="0", denoise_final='final_sigmas_type == "zero"',
@@ -285,7 +291,15 @@ _RULES = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "DPMSolverMultistepSch
           "UniPCMultistepScheduler": _unipc,
           "EulerDiscreteScheduler": lambda cls, c, n, eta: ("euler_ve", 0.0, _final(c), 1, ""),
           "EulerAncestralDiscreteScheduler": lambda cls, c, n, eta: ("ancestral", 1.0, True, 1, ""),
-          "HeunDiscreteScheduler": lambda cls, c, n, eta: ("heun", 0.0, True, 2, "")}
+          "HeunDiscreteScheduler": lambda cls, c, n, eta: ("heun", 0.0, True, 2, ""),
+          "FlowMatchEulerDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c)}
+
+
+def _flow_euler(cls, c):
+    from ._diffusers import refuse_flow_options
+
+    refuse_flow_options(c, f"{cls}'s twin")
+    return "euler", 0.0, True, 1, ""
 
 
 # --- EDM: through diffsolve.sample -------------------------------------------------------------

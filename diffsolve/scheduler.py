@@ -328,6 +328,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             check_int("num_inference_steps", num_inference_steps, hint=" (network evaluations)")
         if timesteps is not None:
             timesteps = self._checked_timesteps(timesteps)
+            if flow and (self.config.use_dynamic_shifting or self.config.shift != 1.0):
+                warnings.warn("timesteps= on a shifted flow config: diffusers shifts their σ = timestep/N and still "
+                              "gives the network the unshifted timesteps; DiffsolveScheduler evaluates at σ = "
+                              "timestep/N, where the label is the state's, so the two runs differ; pass sigmas= for "
+                              "diffusers' shifted spacing", UserWarning, stacklevel=2)
         budget = num_inference_steps if num_inference_steps is not None else len(
             sigmas if sigmas is not None else timesteps)
         self._resolve(int(budget))

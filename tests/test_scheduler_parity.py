@@ -560,3 +560,25 @@ def test_a_twin_notes_a_pipelines_different_start():
     assert not one.approximate and len(one.notes) == 1 and "99.99" in one.notes[0]
     assert diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="leading"), 1).notes == []
     assert diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="trailing"), 10).notes == []
+
+
+@pytest.mark.parametrize("config,mu", [(dict(shift=3.0), None),
+                                       (dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), 0.8)])
+def test_flow_match_euler_twin(problem, config, mu):
+    """FlowMatchEulerDiscreteScheduler's twin (euler on the diffusers grid, ending on x̂0 = x − σv) equals
+    diffusers' own loop at one, two and five timesteps, static and dynamic shift."""
+    net, x_T = problem
+    kw = {} if mu is None else dict(mu=mu)
+    for n in (1, 2, 5):
+        ref = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+        twin = diffusers_twin(ref, n)
+        ours = DiffsolveScheduler.from_config(ref.config, **twin.options)
+        outs = []
+        for s, budget in ((ref, n), (ours, twin.budget(n))):
+            s.set_timesteps(budget, **kw)
+            x = x_T.clone()
+            with torch.no_grad():
+                for t in s.timesteps:
+                    x = s.step(net(x, t), t, x).prev_sample
+            outs.append(x)
+        assert not twin.approximate and dp.max_rel_diff(outs[1], outs[0]) <= TOL, n
