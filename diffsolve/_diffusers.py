@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, take_rows
+from .denoiser import Denoiser, call_conditions
 from .schedules import DDPMSchedule, FlowSchedule, Schedule
 from .schedules.continuous import shift_sigma
 from .thresholding import threshold_from_config
@@ -253,18 +253,10 @@ class _DiffusersNet(torch.nn.Module):
         self.run_rows = None  # the rows x holds (Denoiser.at_rows): per-sample fixed conditions follow them
 
     def forward(self, x: Tensor, label: Tensor, cond=None, **conditions) -> Tensor:
-        kwargs = dict(take_rows(self.conditions, self.run_rows))
-        if cond is not None:
-            if self.cond_key is None:
-                raise ValueError("this adapter was built with cond_key=None; it takes no positional condition "
-                                 "(give keyword conditions instead)")
-            conditions = {self.cond_key: cond, **conditions}
-        clash = sorted(set(conditions) & set(kwargs))
-        if clash:
-            raise ValueError(f"condition(s) {', '.join(clash)} given both as fixed conditions of the adapter and "
-                             f"per call (guidance); give each in one place")
-        kwargs.update(conditions)
-        kwargs = _to(kwargs, x.device)
+        if cond is not None and self.cond_key is None:
+            raise ValueError("this adapter was built with cond_key=None; it takes no positional condition "
+                             "(give keyword conditions instead)")
+        kwargs = _to(call_conditions(self.conditions, self.run_rows, cond, self.cond_key, conditions)[1], x.device)
         out = self.model(x, timestep=label, **kwargs) if self._keyword else self.model(x, label, **kwargs)
         out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
         if self.out_channels is not None and out.dim() > 1 and out.shape[1] == 2 * self.out_channels:

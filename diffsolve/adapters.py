@@ -41,7 +41,7 @@ from torch import Tensor
 from ._diffusers import (flow_sigmas_from_diffusers, from_diffusers, from_pretrained, is_flow_config,
                          schedule_from_diffusers)
 from ._numbers import check_number
-from .denoiser import Denoiser
+from .denoiser import Denoiser, call_conditions
 from .schedules import EDMSchedule, Schedule, make_schedule
 
 __all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "flow_sigmas_from_diffusers",
@@ -119,16 +119,13 @@ class VECoordinates(torch.nn.Module):
         """The dtype D asks to be called in (:attr:`EDMPrecond.calling_dtype`), else None."""
         return getattr(self.D, "calling_dtype", None)
 
-    def forward(self, x: Tensor, s: Tensor, cond=None) -> Tensor:
+    def forward(self, x: Tensor, s: Tensor, cond=None, **conditions) -> Tensor:
         if not self._unit_alpha:
             t = self.schedule.t_of_log_snr(-torch.log(s.detach().to(torch.float64)))
             alpha = self.schedule.alpha(t).to(device=x.device, dtype=x.dtype)
             x = x / alpha.reshape(-1, *([1] * (x.dim() - 1)))
-        if cond is None:
-            return self.D(x, s)
-        if self.cond_key is None:
-            return self.D(x, s, cond)
-        return self.D(x, s, **{self.cond_key: cond})
+        args, kwargs = call_conditions({}, None, cond, self.cond_key, conditions)
+        return self.D(x, s, *args, **kwargs)
 
 
 def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_dtype=None) -> Denoiser:
@@ -137,7 +134,8 @@ def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_
     With any schedule (α, σ), the network used is net'(x, t) = D(x/α_t, σ_t/α_t) with prediction
     x0 (docs/math.md §2). The default schedule is EDM's (α = 1, σ = t ∈ [0.002, 80]). A raw EDM network F
     can be wrapped first with :class:`EDMPrecond`. A condition reaches D as a third positional
-    argument, or as the keyword ``cond_key``.
+    argument, or as the keyword ``cond_key``; keyword conditions (guidance's ``cond_key``, a dict
+    condition) reach it as keywords.
     """
     if not callable(D):
         raise TypeError(f"D must be callable, got {type(D).__name__}")
@@ -172,19 +170,21 @@ class _FlowMatchingVelocity(torch.nn.Module):
     """``net(x, τ) = −u(x, τ, **extras)``: flow_matching's dx/dτ as diffsolve's dx/dt, t = 1 − τ (the
     label the Denoiser passes is τ)."""
 
-    def __init__(self, u, extras: dict):
+    def __init__(self, u, extras: dict, cond_key: str | None = None):
         super().__init__()
-        self.u, self.extras = u, dict(extras)
+        self.u, self.extras, self.cond_key = u, dict(extras), cond_key
+        self.run_rows = None  # the rows x holds (Denoiser.at_rows): per-sample extras follow them
 
-    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tau: Tensor, cond=None, **conditions) -> Tensor:
         if tau.dim() == 1 and tau.stride(0) == 0:  # one time for every row: 0-d, as flow_matching's ODESolver
             tau = tau[0]
-        out = self.u(x, tau, **self.extras)
+        args, kwargs = call_conditions(self.extras, self.run_rows, cond, self.cond_key, conditions)
+        out = self.u(x, tau, *args, **kwargs)
         return -out if isinstance(out, Tensor) else out  # anything else: the Denoiser names it
 
 
 def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_dtype=None,
-                       **model_extras) -> Denoiser:
+                       cond_key: str | None = None, **model_extras) -> Denoiser:
     r"""A Denoiser for a velocity network in Meta's ``flow_matching`` convention: ``u(x, τ) = dx/dτ``
     along x_τ = τ x_1 + (1 − τ) x_0 with noise x_0 at τ = 0 and data x_1 at τ = 1 (its
     ``CondOTProbPath``, the ``velocity_model`` its ``ODESolver`` integrates from 0 to 1).
@@ -194,9 +194,11 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     net(x, t) = −u(x, 1 − t), with the time label τ = 1 − t. The schedule starts from pure noise
     (t_max = 1 − 10⁻⁹, τ = 10⁻⁹) and ends at ``t_min`` (τ = 1 − t_min; the final denoise, x̂0 at
     t_min, stands for the last stretch to τ = 1). ``model_extras`` are passed to every call
-    (flow_matching's ``**model_extras``, e.g. a class label). τ reaches ``u`` as a 0-d tensor when every
-    row is at one time (as flow_matching's ``ODESolver`` passes it), and as a (B,) tensor when rows are at
-    different times (per-sample adaptive steps, e.g. the likelihood's). Calling ``u(x, τ)`` directly as a
+    (flow_matching's ``**model_extras``, e.g. a class label; a tensor with a row per sample follows the
+    rows a call holds). A condition of guidance (:class:`~diffsolve.CFGDenoiser`) reaches ``u`` as a third
+    positional argument, or as the keyword ``cond_key``, or as its own keywords. τ reaches ``u`` as a
+    0-d tensor when every row is at one time (as flow_matching's ``ODESolver`` passes it), and as a (B,)
+    tensor when rows are at different times (per-sample adaptive steps, e.g. the likelihood's). Calling ``u(x, τ)`` directly as a
     diffsolve ``velocity`` network would integrate time backwards and give wrong samples without
     an error.
 
@@ -207,7 +209,7 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     from .schedules import FlowSchedule
 
     schedule = FlowSchedule(t_min=t_min, t_max=1.0 - 1e-9)
-    return Denoiser(_FlowMatchingVelocity(velocity_model, model_extras), schedule, prediction="velocity",
+    return Denoiser(_FlowMatchingVelocity(velocity_model, model_extras, cond_key), schedule, prediction="velocity",
                     time_label=lambda t: 1.0 - t, net_dtype=net_dtype, shape=shape)
 
 

@@ -597,15 +597,36 @@ def _format_where(w) -> str:
 def take_rows(c, run_rows: tuple[Tensor, int] | None):
     """The rows of a per-sample condition that x holds (:meth:`Denoiser.at_rows`): a tensor whose
     leading dimension is the run's batch is indexed by the rows, a dict condition entry by entry;
-    anything else (a scalar, one row for all, a fixed tensor of another length) is returned as is."""
+    anything else (a scalar, one row for all rows of a larger batch, a fixed tensor of another length) is
+    returned as is."""
     if run_rows is None:
         return c
     index, batch = run_rows
     if isinstance(c, dict):
         return {k: take_rows(v, run_rows) for k, v in c.items()}
-    if isinstance(c, Tensor) and c.dim() >= 1 and batch > 1 and c.shape[0] == batch:
-        return c[index.to(c.device)]
+    if isinstance(c, Tensor) and c.dim() >= 1 and c.shape[0] == batch:  # (a batch of one too: its rows are
+        return c[index.to(c.device)]  # that sample's, e.g. replicated for the likelihood's probes)
     return c
+
+
+def call_conditions(fixed: dict, run_rows, cond, cond_key: str | None, per_call: dict) -> tuple[tuple, dict]:
+    """(positional, keyword) conditions of one network call through an adapter: its ``fixed`` keyword
+    conditions (the rows x holds, :func:`take_rows`), a positional ``cond`` (passed as keyword ``cond_key``,
+    or positionally without one) and the ``per_call`` keywords (guidance's); a keyword given both as fixed
+    and per call is an error."""
+    kwargs = dict(take_rows(fixed, run_rows)) if fixed else {}
+    args = ()
+    if cond is not None:
+        if cond_key is None:
+            args = (cond,)
+        else:
+            per_call = {cond_key: cond, **per_call}
+    clash = sorted(set(per_call) & set(kwargs))
+    if clash:
+        raise ValueError(f"condition(s) {', '.join(clash)} given both as fixed conditions of the adapter and "
+                         f"per call (guidance); give each in one place")
+    kwargs.update(per_call)
+    return args, kwargs
 
 
 def _what(out) -> str:

@@ -125,6 +125,12 @@ class _GuidedNet(torch.nn.Module):
         self.calls = 0
         self.run_rows = None  # (index, batch) of the rows x holds (Denoiser.at_rows)
 
+    @property
+    def calling_dtype(self) -> torch.dtype | None:
+        """The dtype the wrapped network asks to be called in (:attr:`diffsolve.adapters.EDMPrecond.calling_dtype`
+        through an adapter), else None: the guided network runs as the unguided one does."""
+        return getattr(self.inner, "calling_dtype", None) if hasattr(type(self.inner), "calling_dtype") else None
+
     def _call(self, x, label, c):
         self.calls += 1
         if isinstance(c, dict):

@@ -219,7 +219,7 @@ def test_edm_precond_keeps_the_skip_term_out_of_a_half_network(mixture):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float16))
 
-        def forward(self, z, c_noise):
+        def forward(self, z, c_noise, cond=None):
             assert z.dtype == torch.float16
             s = torch.exp(4 * c_noise.double()).reshape(-1, 1)
             y = z.double() * (s * s + sd * sd).sqrt()
@@ -233,6 +233,8 @@ def test_edm_precond_keeps_the_skip_term_out_of_a_half_network(mixture):
         64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     err = (den.x0(y.float(), 0.01).double() - mixture.x0(y, torch.full((64,), 0.01, dtype=torch.float64), edm)).abs()
     assert float(err.max()) < 1e-4, float(err.max())
+    guided = diffsolve.CFGDenoiser(den, 1.0, cond=torch.zeros(64), uncond=torch.zeros(64))  # guidance keeps it so
+    assert guided.net_dtype == torch.float32 and torch.equal(guided.x0(y.float(), 0.01), den.x0(y.float(), 0.01))
     with pytest.raises(ValueError, match=r"sigma_data \(EDM: 0.5\) must be > 0"):
         adapters.EDMPrecond(HalfF(), sigma_data=0.0)
 
@@ -348,3 +350,64 @@ def test_from_edm_follows_a_new_schedule_and_a_new_dtype(mixture):
     wrapped = adapters.from_edm(adapters.EDMPrecond(F()), shape=(6,))
     assert wrapped.net_dtype == torch.float32
     assert wrapped.double().net_dtype == torch.float64 and wrapped.half().net_dtype == torch.float32
+
+
+def _conditional_gaussian_velocity():
+    """flow_matching's CondOT velocity of data | label ~ N(m[label], s² I), in closed form."""
+    m, s = torch.tensor([[2.0, -1.0], [-3.0, 0.5]], dtype=torch.float64), 0.3
+
+    def u(x, t, label):
+        tau = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
+        mu = m[label]
+        assert mu.shape[0] == x.shape[0]
+        v, dv = tau ** 2 * s ** 2 + (1 - tau) ** 2, 2 * tau * s ** 2 - 2 * (1 - tau)
+        return mu + (x - tau * mu) * dv / (2 * v)
+
+    return u, m, s
+
+
+def test_flow_matching_conditions_follow_the_rows_and_reach_guidance():
+    """Per-sample model_extras follow the rows of a call (per-sample adaptive steps, the likelihood's
+    replicated rows); a guided condition reaches u positionally, by cond_key, or as keywords."""
+    u, m, s = _conditional_gaussian_velocity()
+    label = torch.tensor([0, 1, 1, 0])
+    den = adapters.from_flow_matching(u, shape=(2,), net_dtype=torch.float64, label=label)
+    x = m[label] + s * torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = diffsolve.log_likelihood(den, x, divergence="exact", rtol=1e-7, atol=1e-7).log_prob
+    for i in range(4):
+        one = adapters.from_flow_matching(u, shape=(2,), net_dtype=torch.float64, label=label[i:i + 1])
+        single = diffsolve.log_likelihood(one, x[i:i + 1], divergence="exact", rtol=1e-7, atol=1e-7).log_prob
+        torch.testing.assert_close(whole[i:i + 1], single, rtol=0, atol=1e-9)
+    x_T = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = diffsolve.sample(den, x_T, nfe=8).x
+    null = torch.zeros(4, dtype=torch.long)
+    for guided in (diffsolve.CFGDenoiser(adapters.from_flow_matching(u, shape=(2,), net_dtype=torch.float64), 1.0,
+                                         label, null),
+                   diffsolve.CFGDenoiser(adapters.from_flow_matching(u, shape=(2,), net_dtype=torch.float64,
+                                                                     cond_key="label"), 1.0, label, null),
+                   diffsolve.CFGDenoiser(adapters.from_flow_matching(u, shape=(2,), net_dtype=torch.float64), 1.0,
+                                         {"label": label}, {"label": null})):
+        torch.testing.assert_close(diffsolve.sample(guided, x_T, nfe=8).x, want, rtol=0, atol=1e-12)
+
+
+def test_k_diffusion_keyword_conditions_reach_the_model(mixture):
+    calls = []
+
+    class KModel(torch.nn.Module):
+        sigma_min, sigma_max = 0.002, 80.0
+
+        def forward(self, x, sigma, class_cond=None, unet_cond=None):
+            calls.append((class_cond is not None, unet_cond is not None))
+            return mixture.x0(x, sigma, EDMSchedule(0.002, 80.0))
+
+    den = adapters.from_k_diffusion(KModel(), shape=(6,))
+    lab = torch.zeros(3)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    want = den.x0(x, 1.0)
+    for guided in (diffsolve.CFGDenoiser(den, 2.0, lab, lab, cond_key="class_cond"),
+                   diffsolve.CFGDenoiser(den, 2.0, {"class_cond": lab, "unet_cond": lab},
+                                         {"class_cond": lab, "unet_cond": lab})):
+        calls.clear()
+        torch.testing.assert_close(guided.x0(x, 1.0), want)
+        assert calls and all(c[0] for c in calls)
+    assert calls[-1] == (True, True)
