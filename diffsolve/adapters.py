@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -148,12 +149,45 @@ def from_k_diffusion(model, schedule=None, *, sigma_min: float | None = None, si
                      shape=None, cond_key: str | None = "cond", net_dtype=None) -> Denoiser:
     """A Denoiser for a k-diffusion denoiser ``model(x, sigma, **extra) -> x̂0`` (same convention as
     EDM). Without ``schedule``, an :class:`EDMSchedule` over [sigma_min, sigma_max] (default 0.002, 80;
-    k-diffusion wrappers expose ``sigma_min`` / ``sigma_max``, which are used when present)."""
+    k-diffusion wrappers expose ``sigma_min`` / ``sigma_max``, which are used when present). With a
+    ``schedule``, ``sigma_min`` / ``sigma_max`` are refused (the schedule fixes the range), and a
+    schedule whose σ/α leaves the model's own range is warned of."""
+    own = {k: getattr(model, k, None) for k in ("sigma_min", "sigma_max")}
     if schedule is None:
-        lo = sigma_min if sigma_min is not None else float(getattr(model, "sigma_min", 0.002))
-        hi = sigma_max if sigma_max is not None else float(getattr(model, "sigma_max", 80.0))
-        schedule = EDMSchedule(lo, hi)
+        lo = sigma_min if sigma_min is not None else own["sigma_min"] if own["sigma_min"] is not None else 0.002
+        hi = sigma_max if sigma_max is not None else own["sigma_max"] if own["sigma_max"] is not None else 80.0
+        try:
+            schedule = EDMSchedule(float(lo), float(hi))
+        except ValueError as e:
+            read = [k for k, given in (("sigma_min", sigma_min), ("sigma_max", sigma_max)) if given is None
+                    and own[k] is not None]
+            if not read:
+                raise
+            raise ValueError(f"{e} ({' and '.join(f'model.{k} = {own[k]!r}' for k in read)}, read from the model, "
+                             f"do not bound a schedule): pass sigma_min= and sigma_max= (EDM samples over 0.002 to 80), "
+                             f"or a schedule") from None
+    else:
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError("sigma_min / sigma_max set the range of the EDMSchedule made when no schedule is given; "
+                             "with schedule=..., the schedule fixes it: drop them, or drop the schedule")
+        schedule = make_schedule(schedule)
+        _warn_outside(schedule, own)
     return from_edm(model, schedule, shape=shape, cond_key=cond_key, net_dtype=net_dtype)
+
+
+def _warn_outside(schedule: Schedule, own: dict):
+    """Warn where the schedule's σ/α (the σ the model is called at) leaves the model's sigma_min/sigma_max."""
+    t = torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
+    lo, hi = (float(v) for v in schedule.sigma(t) / schedule.alpha(t))
+    out = [f"{lo:.4g} below sigma_min = {own['sigma_min']:g}" if own["sigma_min"] is not None
+           and lo < float(own["sigma_min"]) * (1 - 1e-6) else "",
+           f"{hi:.4g} above sigma_max = {own['sigma_max']:g}" if own["sigma_max"] is not None
+           and hi > float(own["sigma_max"]) * (1 + 1e-6) else ""]
+    out = [o for o in out if o]
+    if out:
+        warnings.warn(f"the schedule calls the model at σ from {lo:.4g} to {hi:.4g}, {' and '.join(out)} of the "
+                      f"model: outside the range it was trained on; give a schedule inside it, or none (an "
+                      f"EDMSchedule over the model's range)", UserWarning, stacklevel=3)
 
 
 # --- score networks and plain callables ------------------------------------------------------

@@ -411,3 +411,23 @@ def test_k_diffusion_keyword_conditions_reach_the_model(mixture):
         torch.testing.assert_close(guided.x0(x, 1.0), want)
         assert calls and all(c[0] for c in calls)
     assert calls[-1] == (True, True)
+
+
+def test_k_diffusion_range_checks():
+    """With a schedule, sigma_min / sigma_max are refused (they were dropped silently) and a schedule leaving
+    the model's own range is warned of; a model whose own range bounds no schedule (EDM's 0, inf) is named."""
+    class M(torch.nn.Module):
+        sigma_min, sigma_max = 0.0292, 14.6
+
+        def forward(self, x, sigma):
+            return x
+
+    with pytest.raises(ValueError, match="the schedule fixes it"):
+        adapters.from_k_diffusion(M(), "edm", sigma_max=14.6)
+    with pytest.warns(UserWarning, match=r"above sigma_max = 14.6 of the model"):
+        adapters.from_k_diffusion(M(), "vp")
+    assert adapters.from_k_diffusion(M()).schedule.t_max == 14.6
+    M.sigma_min, M.sigma_max = 0, float("inf")  # NVlabs EDM's EDMPrecond
+    with pytest.raises(ValueError, match=r"model.sigma_max = inf, read from the model.*pass sigma_min= and sigma_max="):
+        adapters.from_k_diffusion(M())
+    assert adapters.from_k_diffusion(M(), sigma_min=0.002, sigma_max=80.0).schedule.t_max == 80.0
