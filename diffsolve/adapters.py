@@ -164,8 +164,8 @@ def from_k_diffusion(model, schedule=None, *, sigma_min: float | None = None, si
             if not read:
                 raise
             raise ValueError(f"{e} ({' and '.join(f'model.{k} = {own[k]!r}' for k in read)}, read from the model, "
-                             f"do not bound a schedule): pass sigma_min= and sigma_max= (EDM samples over 0.002 to 80), "
-                             f"or a schedule") from None
+                             f"do not bound a schedule): pass sigma_min= and sigma_max= (EDM samples over 0.002 to "
+                             f"80), or a schedule") from None
     else:
         if sigma_min is not None or sigma_max is not None:
             raise ValueError("sigma_min / sigma_max set the range of the EDMSchedule made when no schedule is given; "
@@ -232,9 +232,9 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     rows a call holds). A condition of guidance (:class:`~diffsolve.CFGDenoiser`) reaches ``u`` as a third
     positional argument, or as the keyword ``cond_key``, or as its own keywords. τ reaches ``u`` as a
     0-d tensor when every row is at one time (as flow_matching's ``ODESolver`` passes it), and as a (B,)
-    tensor when rows are at different times (per-sample adaptive steps, e.g. the likelihood's). Calling ``u(x, τ)`` directly as a
-    diffsolve ``velocity`` network would integrate time backwards and give wrong samples without
-    an error.
+    tensor when rows are at different times (per-sample adaptive steps, e.g. the likelihood's).
+    Calling ``u(x, τ)`` directly as a diffsolve ``velocity`` network would integrate time backwards and
+    give wrong samples without an error.
 
     References: Lipman et al., Flow Matching Guide and Code, arXiv:2412.06264.
     """
