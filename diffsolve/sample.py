@@ -92,7 +92,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
             Default: the solver's ``default_eta``, 1 for the solvers made to sample the reverse SDE
             (``ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, ``torchsde``; as k-diffusion's and
-            diffusers' samplers of those names), else 0.
+            diffusers' samplers of those names), else 0; with a tuned grid 0, the ODE it was tuned on.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
             With neither, the run is deterministic all the same (a generator seeded 0;
@@ -191,8 +191,8 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
     solver, solver_options, grid, steps, nfe, denoise_final, tuned = _tuned_grid(
         schedule, solver, solver_options, grid, steps, nfe, denoise_final, analytic_first_step)
     _check_sizes(steps, nfe, grid, solver_options, eta)
-    if eta is None and noise is None:  # a solver made to sample the SDE samples it unless told otherwise
-        eta = default_eta(solver)
+    if eta is None and noise is None:  # a solver made to sample the SDE samples it unless told otherwise; a
+        eta = 0.0 if tuned is not None else default_eta(solver)  # tuned grid runs the ODE it was tuned on
     level = NoiseLevel(schedule, eta=eta, noise=noise)
     if tuned is not None and not level.is_zero:
         warnings.warn("the tuned grid was tuned on the probability-flow ODE (η = 0); running it with noise, as "

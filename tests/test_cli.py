@@ -226,6 +226,36 @@ def test_tuned_grid_keeps_its_final_denoise(capsys, tmp_path):
     assert code == 2 and "tuned with the final denoise" in err
 
 
+def test_a_tuned_grid_row_reproduces_the_tune_file(capsys, tmp_path):
+    """A grid tuned without the final denoise is judged in bench as it was tuned (against the data end
+    point): the row's RMS error is the tune file's fresh_error; its options must be named in full; a
+    tuned SDE solver's grid samples the ODE it was tuned on unless eta is given."""
+    g, out = tmp_path / "g.json", tmp_path / "b"
+    code, _, err = run(["tune", "--problem", "ring2d", "--solver", "unipc:order=3", "--nfe", "8", "--pilot", "8",
+                        "--screen", "0", "--fresh", "16", "--max-evals", "10", "--denoise-final", "no",
+                        "--out", str(g)], capsys)
+    assert code == 0, err
+    bench = ["bench", "--problems", "ring2d", "--nfe", "8", "--grid", str(g), "--seeds", "8-23", "--no-plot"]
+    code, _, err = run(bench + ["--solvers", "unipc", "--out", str(out)], capsys)
+    assert code == 2 and "run with --solvers unipc:order=3 --nfe 8" in err
+    code, _, err = run(bench + ["--solvers", "unipc:order=3", "--out", str(out)], capsys)
+    assert code == 0, err
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert row["solver"] == "unipc:order=3"
+    assert row["metrics"]["rms_error"] == pytest.approx(json.loads(g.read_text())["fresh_error"], rel=1e-9)
+    code, _, err = run(["bench", "--problems", "ring2d", "--defaults-only", "--no-denoise-final", "--out",
+                        str(tmp_path / "d")], capsys)
+    assert code == 2 and "drop --no-denoise-final" in err
+    code, _, err = run(["tune", "--problem", "ring2d", "--solver", "ancestral", "--nfe", "6", "--pilot", "8",
+                        "--screen", "0", "--fresh", "0", "--max-evals", "6", "--out", str(tmp_path / "a.json")], capsys)
+    assert code == 0, err
+    for eta in ([], ["--eta", "0"]):
+        code, _, err = run(["sample", "--problem", "ring2d", "--grid", str(tmp_path / "a.json"), "--seeds", "0-3",
+                            *eta, "--out", str(tmp_path / f"a{len(eta)}.pt")], capsys)
+        assert code == 0 and "eta=0" in err and "with noise" not in err, err
+    assert torch.equal(torch.load(tmp_path / "a0.pt"), torch.load(tmp_path / "a2.pt"))
+
+
 def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
     """The grid fixes the steps: diffsolve.sample refuses --nfe other than the grid's own or --steps
     beside it, and says so; its own budget said again runs."""

@@ -174,10 +174,15 @@ def _check_grid(cfg: BenchConfig, tuned):
 
     if tuned is not None:
         given = [parse_solver_spec(s) for s in cfg.solvers or []]
-        if (len(given) != 1 or given[0][0] != tuned.solver or given[0][1] not in ({}, tuned.solver_options)
+        # the row's label is the solver that runs: its options in full, unless they are fitted weights
+        # (tune_solver's), which the grid file holds and the bare name stands for
+        fitted = any(isinstance(v, (list, tuple, dict)) for v in tuned.solver_options.values())
+        spec = tuned.solver if fitted else solver_spec(tuned.solver, tuned.solver_options)
+        if (len(given) != 1 or given[0][0] != tuned.solver
+                or given[0][1] not in (({}, tuned.solver_options) if fitted else (tuned.solver_options,))
                 or list(cfg.nfe or []) != [tuned.nfe]):
-            raise ValueError(f"the tuned grid {cfg.grid} is for solver {tuned.solver!r} at NFE {tuned.nfe}; "
-                             f"run with --solvers {tuned.solver} --nfe {tuned.nfe}")
+            raise ValueError(f"the tuned grid {cfg.grid} is for solver {spec!r} at NFE {tuned.nfe}; "
+                             f"run with --solvers {spec} --nfe {tuned.nfe}")
     elif cfg.grid not in GRIDS:
         raise ValueError(f"unknown grid {cfg.grid!r}; valid grids: {', '.join(GRIDS)} or a tuned-grid .json file")
 

@@ -33,7 +33,9 @@ def add_parser(subparsers):
     b.add_argument("--eta", type=csv(float, "number"), default=[0.0],
                    help="comma-separated noise levels ν = η g (default 0: the probability-flow ODE)")
     add_schedule_option(b)
-    b.add_argument("--grid", default="log_snr", help="step grid kind (default log_snr; see `diffsolve list grids`)")
+    b.add_argument("--grid", default="log_snr", help="step grid kind (default log_snr; see `diffsolve list grids`), "
+                   "or a tuned grid file (diffsolve tune), whose rows are judged as it was tuned: against the "
+                   "data end point, x̂0 of the exact solution, with or without its own final denoise")
     sg = b.add_mutually_exclusive_group()
     add_seeds_option(sg, "seeds for every problem, e.g. 0-999 (default: 0..n-1 with a per-problem n)")
     sg.add_argument("--n-samples", type=positive_int, help="samples per problem (seeds 0..n-1)")
@@ -131,6 +133,9 @@ def run(args) -> int:
             check_solver(s)
     if args.defaults_only and args.grid != "log_snr":
         raise CLIError("--defaults-only runs the library's own grid; drop --grid")
+    if args.defaults_only and args.no_denoise_final:
+        raise CLIError("--defaults-only runs sample(model, nfe=N) as it is, which decides its own final denoise; "
+                       "drop --no-denoise-final")
     solvers = ["default"] if args.defaults_only else args.solvers
     cfg = BenchConfig(problems=_problems(args), solvers=solvers, nfe=list(args.nfe or DEFAULT_NFE),
                       eta=list(args.eta), schedule=args.schedule, grid=args.grid,

@@ -127,7 +127,8 @@ def _announce(args, problem):
     sizing += [f"NFE {args.nfe}"] if args.nfe else [f"{args.steps} steps"] if args.steps else []
     from ..solvers import default_eta
 
-    eta = args.eta if args.eta is not None else default_eta(args.solver)  # the solver's own when not given
+    # not given: a tuned grid's ODE (η = 0, what it was tuned on), else the solver's own
+    eta = args.eta if args.eta is not None else 0.0 if tuned else default_eta(args.solver)
     print(f"sampling {problem.name} with {solver} ({', '.join(sizing + [f'eta={eta:g}'])}) "
           f"seeds {args.seeds} ...", file=sys.stderr, flush=True)
 
