@@ -195,6 +195,17 @@ def test_stochastic_rows_have_no_ode_error_and_plot(tmp_path):
     assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000
 
 
+def test_a_panel_of_ode_and_sde_rows_plots_a_metric_of_both():
+    """Only the ODE rows have the error against the exact ODE solution: a panel with both is drawn in the
+    first metric every row has, so no row is left out of the figure."""
+    from diffsolve.bench.plot import _quality
+
+    ode = {"metrics": {"rms_error": 0.1, "frechet": 0.2}}
+    sde = {"metrics": {"frechet": 0.3}}
+    assert _quality([ode, sde]) == "frechet" and _quality([ode]) == "rms_error"
+    assert _quality([ode, {"metrics": {}}]) == "rms_error"  # no metric shared by all: the first some have
+
+
 def test_plot_without_matplotlib_says_so(full_run, monkeypatch):
     out, _ = full_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -256,6 +256,18 @@ def test_a_tuned_grid_row_reproduces_the_tune_file(capsys, tmp_path):
     assert torch.equal(torch.load(tmp_path / "a0.pt"), torch.load(tmp_path / "a2.pt"))
 
 
+def test_sample_reproduces_a_bench_row_with_denoise_final(capsys, tmp_path):
+    """bench ends every row with the final denoise; sample --denoise-final asks it below 21 evaluations."""
+    code, _, err = run(["bench", "--problems", "ring2d", "--solvers", "unipc:order=3", "--nfe", "8", "--seeds", "5-9",
+                        "--save-samples", "--no-plot", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    saved = torch.load(next((tmp_path / "b" / "samples").glob("*.pt")))
+    for flag, same in (("--denoise-final", True), ("--no-denoise-final", False)):
+        code, _, err = run(["sample", "--problem", "ring2d", "--solver", "unipc:order=3", "--nfe", "8", "--seeds",
+                            "5-9", flag, "--out", str(tmp_path / "s.pt"), "-q"], capsys)
+        assert code == 0 and torch.equal(torch.load(tmp_path / "s.pt"), saved) == same, err
+
+
 def test_tuned_grid_refuses_a_budget(capsys, tmp_path):
     """The grid fixes the steps: diffsolve.sample refuses --nfe other than the grid's own or --steps
     beside it, and says so; its own budget said again runs."""

@@ -19,13 +19,15 @@ QUALITY_ORDER = ("fid", "kid", "rms_error", "frechet", "frechet_heldout", "slice
 
 
 def _quality(rows: list[dict]) -> str | None:
-    """The first metric of :data:`QUALITY_ORDER` the rows have, all positive: an estimate at or below zero
-    (the unbiased KID where the samples are as close as its noise) ranks nothing and has no place on a
-    log axis, so the panel falls back to the next metric."""
-    for name in QUALITY_ORDER:
-        values = [r["metrics"][name] for r in rows if r["metrics"].get(name) is not None]
-        if values and all(v > 0 for v in values):
-            return name
+    """The first metric of :data:`QUALITY_ORDER` that every row has, all positive (else the first that some
+    have): a panel of ODE and SDE rows, whose error against the exact ODE solution only the ODE rows have,
+    is drawn in a metric of both. An estimate at or below zero (the unbiased KID where the samples are as
+    close as its noise) ranks nothing and has no place on a log axis, so the panel falls back to the next."""
+    for every in (True, False):
+        for name in QUALITY_ORDER:
+            values = [r["metrics"][name] for r in rows if r["metrics"].get(name) is not None]
+            if values and all(v > 0 for v in values) and (len(values) == len(rows) or not every):
+                return name
     return None
 
 
