@@ -35,6 +35,8 @@ def run(argv, capsys):
     (["bench", "--problems", "ring2d", "--solvers", "unipc:ordr=3"], "bad options for solver 'unipc'"),
     (["bench", "--problems", "ring2d", "--solvers", "unipc:order"], "'order' is not key=value"),
     (["bench", "--problems", "ring2d", "--solvers", "unipc:order=2,unipc:order=2"], "listed twice"),
+    (["bench", "--problems", "ring2d", "--solvers", "unipc,unipc:order=2"], "are one configuration"),
+    (["bench", "--problems", "ring2d", "--solvers", "ddim", "--eta", "0.5,0.5000001"], "are one in the rows' keys"),
     (["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "0", "--no-denoise-final"],
      "NFE budgets must be integers >= 1"),
     (["tune", "--problem", "ring2d", "--solver", "learned:history=2", "--nfe", "5", "--out", "g.json"],

@@ -136,6 +136,9 @@ def _check_config(cfg: BenchConfig) -> BenchConfig:
     for e in cfg.eta:
         if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
             raise ValueError(f"eta must be a number >= 0, got {e!r}")
+    if len({f"{float(e):g}" for e in cfg.eta}) < len({float(e) for e in cfg.eta}):  # as a row's key writes it
+        raise ValueError(f"two noise levels of {', '.join(map(str, cfg.eta))} are one in the rows' keys (eta=... to "
+                         f"6 significant digits): list each once")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     _check_device(cfg.device)
@@ -255,6 +258,14 @@ def _solver_names(cfg: BenchConfig, notes: list[str]) -> list[str]:
     names = [n if n == DEFAULT_CALL else solver_spec(n, o) for n, o in specs]
     if len(set(names)) < len(names):
         raise ValueError(f"a solver is listed twice: {', '.join(cfg.solvers)}")
+    # two specs of one configuration (unipc and unipc:order=2, its default) would run it twice under two labels
+    built = {}
+    for name, (n, o) in zip(names, specs):
+        if n != DEFAULT_CALL:
+            same = built.setdefault(repr(get_solver(n, **o)), name)
+            if same != name:
+                raise ValueError(f"{same} and {name} are one configuration (the options given are the solver's "
+                                 f"defaults): list it once")
     return names
 
 
