@@ -300,7 +300,7 @@ def check_tuned_schedule(tuned, schedule, where: str = "the tuned grid"):
     if name and name not in (repr(schedule), type(schedule).__name__) and \
             name.partition("(")[0] in {c.__name__ for c in SCHEDULES.values()}:
         raise ValueError(f"{where} was tuned on the schedule {tuned.schedule}, but this model's schedule is "
-                         f"{schedule!r}; {redo}")
+                         f"{schedule!r}; run it on that schedule (an analytic problem: --schedule), or {redo}")
     lo, hi = float(t.min()), float(t.max())
     if lo < schedule.t_min - 1e-12 * max(1.0, abs(schedule.t_max)) or hi > schedule.t_max * (1 + 1e-12) + 1e-12:
         raise ValueError(f"{where} spans t in [{lo:.6g}, {hi:.6g}], outside this model's schedule {schedule!r} "

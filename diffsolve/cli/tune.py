@@ -35,7 +35,9 @@ def add_parser(subparsers):
                          "tune_steps, none for --solver learned; 0: seeds 0..pilot-1)")
     tn.add_argument("--fresh", type=int, default=1024,
                     help="fresh samples to judge the grid on (default 1024; 0 skips)")
-    tn.add_argument("--max-evals", type=positive_int, default=300, help="solves the search may spend (default 300)")
+    tn.add_argument("--max-evals", type=positive_int, default=300,
+                    help="solves the search may spend on each end it tunes (twice that with --denoise-final auto, "
+                         "which tunes both; default 300)")
     tn.add_argument("--init", default="auto", help="starting grid kind, or auto (best fixed grid; default)")
     tn.add_argument("--denoise-final", choices=tuple(DENOISE_FINAL),
                     help="end with the x̂0 evaluation (yes), without (no), or tune both and keep the better (auto; "
@@ -106,9 +108,10 @@ def run(args) -> int:
     den = checked_denoiser(problem, device)
     if not args.quiet:
         pilots = count(args.pilot, "pilot seed") if args.pilot else "the tuner's default pilots"
+        both = name != "learned" and args.denoise_final in (None, "auto")  # tune_steps' default: auto
         print(f"tuning {args.solver} at NFE {args.nfe} on {problem.name}: {pilots}, "
-              f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')} "
-              f"...", file=sys.stderr, flush=True)
+              f"{f'{args.fresh} fresh' if args.fresh else 'no fresh check'}, up to {count(args.max_evals, 'solve')}"
+              f"{' per end (with and without the final denoise)' if both else ''} ...", file=sys.stderr, flush=True)
     res = _tune(args, name, den, problem, device)
     res.save(out)
     screened = f" (pilots screened from {res.screened} start points, weighted)" if res.screened else ""
