@@ -42,6 +42,7 @@ from torch import Tensor
 from ._diffusers import (flow_sigmas_from_diffusers, from_diffusers, from_pretrained, is_flow_config,
                          schedule_from_diffusers)
 from ._numbers import check_number
+from .checks import caller_stacklevel
 from .denoiser import Denoiser, call_conditions
 from .schedules import EDMSchedule, Schedule, make_schedule
 
@@ -187,7 +188,7 @@ def _warn_outside(schedule: Schedule, own: dict):
     if out:
         warnings.warn(f"the schedule calls the model at σ from {lo:.4g} to {hi:.4g}, {' and '.join(out)} of the "
                       f"model: outside the range it was trained on; give a schedule inside it, or none (an "
-                      f"EDMSchedule over the model's range)", UserWarning, stacklevel=3)
+                      f"EDMSchedule over the model's range)", UserWarning, stacklevel=caller_stacklevel())
 
 
 # --- score networks and plain callables ------------------------------------------------------

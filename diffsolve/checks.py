@@ -199,18 +199,23 @@ def _warn_training(net):
     rows assume one function of (x, t) per row."""
     if not isinstance(net, torch.nn.Module) or net in _WARNED_TRAINING:
         return
-    odd = [type(m).__name__ for m in net.modules() if m.training and (
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats is not None
-        or isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)]
-    if odd:
+    batch_norm, dropout = torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd
+    odd = {type(m).__name__ for m in net.modules() if m.training and (
+        isinstance(m, batch_norm) or isinstance(m, dropout) and m.p > 0)}
+    always = {type(m).__name__ for m in net.modules() if isinstance(m, batch_norm) and not m.track_running_stats}
+    if odd or always:
         _WARNED_TRAINING.add(net)
-        kinds = sorted(set(odd))
-        warnings.warn(f"the network {type(net).__name__} is in training mode, where its {', '.join(kinds)} "
-                      f"make{'s' * (len(kinds) == 1)} each output depend on the rest of the batch or on chance; "
-                      f"call net.eval() before sampling or scoring", UserWarning, stacklevel=_caller_level())
+        why = [f"it is in training mode, where its {', '.join(sorted(odd))} make{'s' * (len(odd) == 1)} each "
+               f"output depend on the rest of the batch or on chance (call net.eval() before sampling or scoring)"
+               ] if odd else []
+        why += [f"its {', '.join(sorted(always))} keep{'s' * (len(always) == 1)} no running statistics "
+                f"(track_running_stats=False): each output depends on the rest of the batch even in eval mode"
+                ] if always else []
+        warnings.warn(f"the network {type(net).__name__}: {'; and '.join(why)}", UserWarning,
+                      stacklevel=caller_stacklevel())
 
 
-def _caller_level() -> int:
+def caller_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside diffsolve, for a warning issued by its caller."""
     here, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):

@@ -162,8 +162,7 @@ class Denoiser(torch.nn.Module):
         else its first floating parameter's (now), else None."""
         if self._declared_dtype is not None or not isinstance(self.net, torch.nn.Module):
             return self._declared_dtype
-        # a module that says what it is called in (adapters.EDMPrecond); a class attribute, cheap to look for
-        calling = self.net.calling_dtype if hasattr(type(self.net), "calling_dtype") else None
+        calling = calling_dtype(self.net)
         if calling is not None:
             return calling
         # the first floating weight and where it sits: net.double() / .to() convert it in place; a weight
@@ -594,6 +593,12 @@ def _format_where(w) -> str:
     return w
 
 
+def calling_dtype(net) -> torch.dtype | None:
+    """The dtype a module says it is called in (:attr:`diffsolve.adapters.EDMPrecond.calling_dtype`,
+    passed on by the adapters and guidance), else None; a class attribute, cheap to look for."""
+    return net.calling_dtype if hasattr(type(net), "calling_dtype") else None
+
+
 def take_rows(c, run_rows: tuple[Tensor, int] | None):
     """The rows of a per-sample condition that x holds (:meth:`Denoiser.at_rows`): a tensor whose
     leading dimension is the run's batch is indexed by the rows, a dict condition entry by entry;
@@ -604,8 +609,10 @@ def take_rows(c, run_rows: tuple[Tensor, int] | None):
     index, batch = run_rows
     if isinstance(c, dict):
         return {k: take_rows(v, run_rows) for k, v in c.items()}
-    if isinstance(c, Tensor) and c.dim() >= 1 and c.shape[0] == batch:  # (a batch of one too: its rows are
-        return c[index.to(c.device)]  # that sample's, e.g. replicated for the likelihood's probes)
+    if isinstance(c, Tensor) and c.dim() >= 1 and c.shape[0] == batch:
+        if batch == 1:  # every row is that sample's (replicated for the likelihood's probes): a view, no copies
+            return c.expand(len(index), *c.shape[1:])
+        return c[index.to(c.device)]
     return c
 
 

@@ -73,7 +73,8 @@ def validate_grid(schedule: Schedule | None, t, *, single: bool = False) -> Tens
         raise ValueError("the time grid is a meta tensor, which has no values: give the times on the CPU")
     t = torch.as_tensor(t, dtype=_F64).detach().cpu()
     if t.dim() != 1 or len(t) < (1 if single else 2):
-        raise ValueError(f"a time grid must be 1-D with at least 2 points (start and end), got shape {tuple(t.shape)}")
+        least = "1 point" if single else "2 points (start and end)"
+        raise ValueError(f"a time grid must be 1-D with at least {least}, got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError("the time grid contains NaN or Inf")
     d = t[1:] - t[:-1]

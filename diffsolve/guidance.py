@@ -41,7 +41,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, take_rows
+from .denoiser import Denoiser, calling_dtype, take_rows
 
 __all__ = ["CFGDenoiser"]
 
@@ -129,16 +129,27 @@ class _GuidedNet(torch.nn.Module):
     def calling_dtype(self) -> torch.dtype | None:
         """The dtype the wrapped network asks to be called in (:attr:`diffsolve.adapters.EDMPrecond.calling_dtype`
         through an adapter), else None: the guided network runs as the unguided one does."""
-        return getattr(self.inner, "calling_dtype", None) if hasattr(type(self.inner), "calling_dtype") else None
+        return calling_dtype(self.inner)
 
-    def _call(self, x, label, c):
+    def _call(self, x, label, c, twice: bool = False):
+        """The network on x (both branches stacked when ``twice``); a network holding per-sample conditions
+        of its own (an adapter's, with ``run_rows``) is told which samples x's rows are."""
         self.calls += 1
-        if isinstance(c, dict):
-            return self.inner(x, label, **_to(c, x.device))
-        c = c.to(x.device) if isinstance(c, Tensor) else c
-        if self.cond_key is None:
-            return self.inner(x, label, c)
-        return self.inner(x, label, **{self.cond_key: c})
+        sync = hasattr(self.inner, "run_rows")
+        if sync:
+            n = x.shape[0] // (2 if twice else 1)
+            index, batch = self.run_rows or (torch.arange(n), n)
+            outer, self.inner.run_rows = self.inner.run_rows, (index.repeat(2) if twice else index, batch)
+        try:
+            if isinstance(c, dict):
+                return self.inner(x, label, **_to(c, x.device))
+            c = c.to(x.device) if isinstance(c, Tensor) else c
+            if self.cond_key is None:
+                return self.inner(x, label, c)
+            return self.inner(x, label, **{self.cond_key: c})
+        finally:
+            if sync:
+                self.inner.run_rows = outer
 
     def _branch(self, which, batch: int):
         c = take_rows(self.cond if which == "cond" else self.uncond, self.run_rows)
@@ -158,7 +169,7 @@ class _GuidedNet(torch.nn.Module):
             if c.dtype != u.dtype or c.shape[1:] != u.shape[1:]:
                 raise ValueError(f"cond and uncond must have the same dtype and row shape, got "
                                  f"{c.dtype} {tuple(c.shape[1:])} and {u.dtype} {tuple(u.shape[1:])}")
-            out = self._call(torch.cat([x, x]), torch.cat([label, label]), torch.cat([c, u]))
+            out = self._call(torch.cat([x, x]), torch.cat([label, label]), torch.cat([c, u]), twice=True)
             self._check_rows(out, 2 * batch)
             out_c, out_u = out[:batch], out[batch:]
         self.rows += 2 * batch
@@ -173,7 +184,7 @@ class _GuidedNet(torch.nn.Module):
     def _keyword_branches(self, x, label, c: dict, u: dict):
         batch = x.shape[0]
         if _batchable(c, u):
-            out = self._call(torch.cat([x, x]), torch.cat([label, label]), _stack(c, u))
+            out = self._call(torch.cat([x, x]), torch.cat([label, label]), _stack(c, u), twice=True)
             self._check_rows(out, 2 * batch)
             return out[:batch], out[batch:]
         return self._call(x, label, c), self._call(x, label, u)

@@ -77,7 +77,11 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     _check(solver, ctx, trajectory, analytic_first_step)
     denoiser.prime(ctx.t, x)  # labels and conversion coefficients of the whole grid, vectorised
     if solver.adaptive:
-        x, info = solver.solve(ctx, x)
+        try:
+            x, info = solver.solve(ctx, x)
+        except Exception:  # a NaN the network made on an accelerator (checked once, after the solve) is the
+            denoiser.check_finite()  # cause to report, not the step-size control it then broke
+            raise
         traj = None
     else:
         if analytic_first_step:
@@ -106,9 +110,10 @@ def _check(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_st
         raise TypeError(f"solver must be a diffsolve Solver instance, got {type(solver).__name__}; "
                         f"build one with diffsolve.solvers.get_solver(name)")
     if ctx.steps == 0:  # a grid of one time: the final denoise alone (a diffusers plan of one evaluation)
-        if not ctx.denoise_final or analytic_first_step:
+        if not ctx.denoise_final or analytic_first_step or solver.adaptive:
             raise ValueError("a grid of one time makes no step: it is a run only as the final denoise alone "
-                             "(denoise_final=True, without the analytic first step); give a grid of two or more times")
+                             "(denoise_final=True, a fixed-step solver, without the analytic first step); give a "
+                             "grid of two or more times")
     else:
         solver.check(ctx)  # the solver's own checks first: their messages are the most specific
     if not solver.stochastic and not ctx.level.is_zero:

@@ -3,7 +3,8 @@
 With ``seeds``, sample i draws every random number (its starting point x_T and each step's noise)
 from its own ``torch.Generator`` seeded with ``seeds[i]``, so it is the same whether it is drawn
 alone or inside a batch of any size. With a single ``generator`` the whole batch is drawn at once
-(faster, but sample i then depends on the batch size). With neither, a fresh generator seeded 0.
+(faster, but sample i then depends on the batch size). With neither, a fresh generator seeded 0,
+or torch's own generator where the caller asks it (``global_rng``: the diffusers scheduler without one).
 """
 from __future__ import annotations
 

@@ -259,7 +259,11 @@ class ProbabilityFlowODE(ReverseSDE):
         outs, accepted, rejected, row_evals = [], [], [], 0
         for start in range(0, B, chunk_size or B):
             rhs = self._rhs(divergence, calls, start, x.shape[1:], shared, B)
-            out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
+            try:
+                out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
+            except Exception:  # a NaN the network made on an accelerator (checked once, after the solve) is
+                self.denoiser.check_finite()  # the cause to report, not the step control it then broke
+                raise
             outs.append(out)
             accepted.append(st["accepted"])
             rejected.append(st["rejected"])

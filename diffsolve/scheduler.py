@@ -93,7 +93,7 @@ def _class_of_field_set(fields: frozenset) -> str | None:
 
     found = []
     for name in dir(diffusers):
-        if not name.endswith("Scheduler") or name == "DiffsolveScheduler":
+        if not name.endswith("Scheduler") or name == "DiffsolveScheduler" or name.startswith("Flax"):
             continue
         try:
             c = getattr(diffusers, name)
@@ -589,17 +589,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if ts.device.type != "cpu":
             self._deferred.append((self._index, want, ts))
             return
-        if ended and abs(float(ts) - want) > 1e-4 * max(1.0, abs(want)):
-            raise ValueError(f"step() called with timestep {float(ts):g} after the run's last evaluation: the run has "
-                             f"ended (its output was the last prev_sample), and a new one starts at timestep {want:g}; "
-                             f"call set_timesteps and step once per entry of scheduler.timesteps")
-        self._timestep_error(self._index, float(ts), want)
+        self._timestep_error(self._index, float(ts), want, ended)
 
     @staticmethod
-    def _timestep_error(index: int, got: float, want: float):
-        if abs(got - want) > 1e-4 * max(1.0, abs(want)):
-            raise ValueError(f"step() called with timestep {got:g}, but the solver's evaluation {index} is at "
-                             f"timestep {want:g}; call step once per entry of scheduler.timesteps, in order")
+    def _timestep_error(index: int, got: float, want: float, ended: bool = False):
+        if abs(got - want) <= 1e-4 * max(1.0, abs(want)):
+            return
+        if ended:
+            raise ValueError(f"step() called with timestep {got:g} after the run's last evaluation: the run has "
+                             f"ended (its output was the last prev_sample), and a new one starts at timestep {want:g}; "
+                             f"call set_timesteps and step once per entry of scheduler.timesteps")
+        raise ValueError(f"step() called with timestep {got:g}, but the solver's evaluation {index} is at "
+                         f"timestep {want:g}; call step once per entry of scheduler.timesteps, in order")
 
     def _check_deferred_timesteps(self):
         if self._deferred:

@@ -431,3 +431,22 @@ def test_k_diffusion_range_checks():
     with pytest.raises(ValueError, match=r"model.sigma_max = inf, read from the model.*pass sigma_min= and sigma_max="):
         adapters.from_k_diffusion(M())
     assert adapters.from_k_diffusion(M(), sigma_min=0.002, sigma_max=80.0).schedule.t_max == 80.0
+
+
+def test_guidance_keeps_an_adapters_per_sample_extras_on_their_rows():
+    """CFG stacks both branches in one call: the adapter's own per-sample model_extras follow those rows
+    (here u ignores the guided condition, so any scale gives the unguided result)."""
+    u, m, s = _conditional_gaussian_velocity()
+    label = torch.tensor([0, 1, 1])
+
+    def u_cond(x, t, cond=None, *, label):
+        return u(x, t, label)
+
+    den = adapters.from_flow_matching(u_cond, shape=(2,), net_dtype=torch.float64, label=label)
+    guided = diffsolve.CFGDenoiser(den, 2.0, torch.ones(3), torch.zeros(3))
+    x_T = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(diffsolve.sample(guided, x_T, nfe=8).x, diffsolve.sample(den, x_T, nfe=8).x)
+    x = m[label] + s * torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    kw = dict(divergence="exact", rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(diffsolve.log_likelihood(guided, x, **kw).log_prob,
+                               diffsolve.log_likelihood(den, x, **kw).log_prob, rtol=0, atol=1e-6)  # round-off

@@ -493,3 +493,8 @@ def test_a_network_in_training_mode_is_warned_of_once():
         assert len(said) == int(train)
         if train:
             assert "BatchNorm1d, Dropout" in str(said[0].message) and said[0].filename == __file__
+    net = Net().eval()
+    net.bn = torch.nn.BatchNorm1d(2, track_running_stats=False).double()  # batch statistics even in eval mode
+    den = ds.Denoiser(net, ds.VPSchedule(), prediction="eps", time_label="t", net_dtype=torch.float64)
+    with pytest.warns(UserWarning, match="keeps no running statistics"):
+        ds.sample(den, shape=(4, 2), nfe=4)
