@@ -87,7 +87,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             other than the grid's beside it is refused.
         grid: a grid kind (see :mod:`diffsolve.grids`; default ``"log_snr"``, or the default run's grid
             when no solver is given) or an explicit decreasing
-            array of times. An adaptive solver chooses its own steps: an array gives it only the start
+            array of times (one time with ``denoise_final=True``: the run is x̂0 there, one evaluation).
+            An adaptive solver chooses its own steps: an array gives it only the start
             and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
             Default: the solver's ``default_eta``, 1 for the solvers made to sample the reverse SDE
