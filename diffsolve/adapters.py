@@ -12,6 +12,8 @@ diffusers SD3, FLUX    ``model(x, timestep=k, **conditions)``     velocity      
 (flow matching)        on FlowSchedule (x = (1 − σ) x_0 + σ ε)    (ε − x_0)     σ (FLUX)
 EDM / k-diffusion      ``D(y, s)`` in VE coordinates              x0            s = σ/α = e^{−λ}
                        y = x/α (docs/math.md §2, last row)
+azula                  ``D(x_t, t, **kw).mean``, t ∈ [0, 1] on    x0 (through   s = σ/α = e^{−λ}
+                       its own schedule (α_t, σ_t)                VE coords)
 score_sde              ``score(x, t)``                            score         t (or any)
 Meta flow_matching     ``u(x, τ)`` = dx/dτ, τ = 0 noise, 1 data   velocity      τ = 1 − t
                        (x_τ = τ x_1 + (1 − τ) x_0): −u(x, 1 − t)  (FlowSchedule)
@@ -48,7 +50,7 @@ from .schedules import EDMSchedule, Schedule, make_schedule
 
 __all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "flow_sigmas_from_diffusers",
            "is_flow_config", "from_edm", "from_k_diffusion", "EDMPrecond", "VECoordinates", "from_score_sde",
-           "from_flow_matching", "from_callable", "load_factory"]
+           "from_flow_matching", "from_azula", "from_callable", "load_factory"]
 
 
 # --- EDM / k-diffusion -------------------------------------------------------------------------
@@ -246,6 +248,58 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     schedule = FlowSchedule(t_min=t_min, t_max=1.0 - 1e-9)
     return Denoiser(_FlowMatchingVelocity(velocity_model, model_extras, cond_key), schedule, prediction="velocity",
                     time_label=lambda t: 1.0 - t, net_dtype=net_dtype, shape=shape)
+
+
+class _AzulaVE(torch.nn.Module):
+    r"""``D(y; s)`` of an azula denoiser: the mean of its posterior at x_t = α_t y, at the azula time t
+    where σ_t/α_t = s (found by bisection in float64: azula's σ/α rises with t)."""
+
+    _BISECTIONS = 64  # halves [0, 1] to below float64's resolution
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def azula_time(self, s: Tensor) -> Tensor:
+        """The azula times (float64, shape of s) where σ_t/α_t = s."""
+        target = s.detach().to(torch.float64).log()
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(self._BISECTIONS):
+            mid = (lo + hi) / 2
+            a, sig = self.denoiser.schedule(mid)
+            up = (sig / a).log() < target
+            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+        return (lo + hi) / 2
+
+    def forward(self, y: Tensor, s: Tensor, *args, **kwargs) -> Tensor:
+        one = s.dim() == 0 or s.stride(0) == 0 or s.numel() == 1  # one time for every row: 0-d, as azula's samplers
+        t = self.azula_time(s.reshape(-1)[:1] if one else s.reshape(-1))
+        alpha = self.denoiser.schedule(t)[0].to(device=y.device, dtype=y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
+        t = t.to(device=y.device, dtype=y.dtype)
+        return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
+
+
+def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = None, net_dtype=None) -> Denoiser:
+    r"""A Denoiser for an azula denoiser (``azula.denoise.Denoiser``: ``denoiser(x_t, t, **kwargs)``
+    returns a posterior whose ``mean`` is x̂0, at azula's time t ∈ [0, 1], noise rising with t, on its
+    ``denoiser.schedule`` t ↦ (α_t, σ_t)).
+
+    azula's x̂0 at (x_t, t) depends on the state only through y = x_t/α_t and s = σ_t/α_t, so it is
+    an EDM denoiser D(y; s) = mean(α_t y, t(s)) (:func:`from_edm`), with t(s) found by bisection on
+    azula's own σ/α; it runs on any diffsolve ``schedule``, by default an :class:`EDMSchedule` over
+    azula's s range at t = 0 and 1 (1e-3 to 1e3 for its default schedules). Conditions reach the
+    denoiser as :func:`from_edm` passes them (azula takes keywords: ``cond_key`` or dict conditions).
+
+    References: azula (github.com/probabilists/azula); Karras et al., EDM, arXiv:2206.00364.
+    """
+    if not callable(denoiser) or not callable(getattr(denoiser, "schedule", None)):
+        raise TypeError(f"denoiser must be an azula denoiser with a callable .schedule (t -> (alpha, sigma)), got "
+                        f"{type(denoiser).__name__}")
+    if schedule is None:
+        a, sig = denoiser.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        s_lo, s_hi = (float(v) for v in sig / a)
+        schedule = EDMSchedule(s_lo, s_hi)
+    return from_edm(_AzulaVE(denoiser), schedule, shape=shape, cond_key=cond_key, net_dtype=net_dtype)
 
 
 def from_callable(fn, schedule, prediction: str, *, time_label="default", shape=None, net_dtype=None) -> Denoiser:

@@ -1,6 +1,7 @@
 """Adapters: diffusers (against diffusers' own scheduler loops), EDM / k-diffusion, score_sde,
 plain callables and load_factory (docs/math.md §2)."""
 import math
+import types
 import textwrap
 
 import pytest
@@ -450,3 +451,57 @@ def test_guidance_keeps_an_adapters_per_sample_extras_on_their_rows():
     kw = dict(divergence="exact", rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(diffsolve.log_likelihood(guided, x, **kw).log_prob,
                                diffsolve.log_likelihood(den, x, **kw).log_prob, rtol=0, atol=1e-6)  # round-off
+
+
+class _AzulaStyle(torch.nn.Module):
+    """A denoiser in azula's convention: ``(x_t, t) -> posterior`` with ``.mean`` = x̂0, t ∈ [0, 1] with noise
+    rising, on its ``schedule`` t ↦ (α_t, σ_t) (here azula's VP: α = α_min^{t²}, σ = √(1 − α² + σ_min²)),
+    answering with the exact x̂0 of a mixture."""
+
+    def __init__(self, mixture):
+        super().__init__()
+        self.mixture = mixture
+
+    @staticmethod
+    def schedule(t):
+        a = torch.exp(math.log(1e-3) * torch.as_tensor(t, dtype=torch.float64) ** 2)
+        return a, torch.sqrt(1 - a ** 2 + 1e-6)
+
+    def forward(self, x_t, t):
+        a, s = self.schedule(t)
+        s_over_a = (s / a).to(x_t.dtype).expand(x_t.shape[0])
+        y = x_t / a.to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        return types.SimpleNamespace(mean=self.mixture.x0(y, s_over_a, EDMSchedule(1e-4, 1e4)))
+
+
+def test_azula_denoiser_is_the_mixtures_exact_model(mixture):
+    """from_azula finds azula's time of each σ/α by bisection and calls the denoiser at α_t y: the exact
+    mixture's x̂0 on any diffsolve schedule; its default schedule spans azula's σ/α at t = 0 and 1."""
+    den = adapters.from_azula(_AzulaStyle(mixture), shape=(6,))
+    assert isinstance(den.schedule, EDMSchedule) and den.schedule.t_max == pytest.approx(1e3, rel=1e-6)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for sch in (VPSchedule(), CosineSchedule(), EDMSchedule()):
+        d = adapters.from_azula(_AzulaStyle(mixture), sch, shape=(6,))
+        for t in (0.05, 0.5):
+            torch.testing.assert_close(d.x0(x, t), mixture.denoiser(sch, "x0").x0(x, t), rtol=1e-9, atol=1e-9)
+    with pytest.raises(TypeError, match="azula denoiser with a callable .schedule"):
+        adapters.from_azula(lambda x, t: x)
+
+
+def test_azula_ddim_step_for_step():
+    """diffsolve's ddim on azula's own uniform grid (as σ/α) from azula's x_T equals azula's DDIMSampler."""
+    azula = pytest.importorskip("azula")
+    from azula.denoise import GaussianDenoiser
+    from azula.linalg.covariance import DiagonalCovariance
+    from azula.noise import RectifiedSchedule, VPSchedule as AzulaVP
+    from azula.sample import DDIMSampler
+
+    for sched in (AzulaVP(), RectifiedSchedule()):
+        az = GaussianDenoiser(torch.tensor([1.0, -2.0], dtype=torch.float64),
+                              DiagonalCovariance(torch.tensor([0.3, 0.5], dtype=torch.float64)), sched)
+        sampler = DDIMSampler(az, steps=12, silent=True, dtype=torch.float64)
+        x_T = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        a, s = sched(sampler.timesteps)
+        got = diffsolve.sample(adapters.from_azula(az, shape=(2,)), x_T / a[0], solver="ddim", grid=(s / a).tolist())
+        torch.testing.assert_close(got.x * a[-1], sampler(x_T), rtol=0, atol=1e-12)
+        assert azula is not None and got.nfe == 12
