@@ -289,6 +289,8 @@ def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = No
     azula's own σ/α; it runs on any diffsolve ``schedule``, by default an :class:`EDMSchedule` over
     azula's s range at t = 0 and 1 (1e-3 to 1e3 for its default schedules). Conditions reach the
     denoiser as :func:`from_edm` passes them (azula takes keywords: ``cond_key`` or dict conditions).
+    A denoiser that takes one time for all rows only (azula's ``GaussianDenoiser``) runs where every row
+    is at one time: fixed-step sampling, and ``log_likelihood(..., per_sample=False)``.
 
     References: azula (github.com/probabilists/azula); Karras et al., EDM, arXiv:2206.00364.
     """

@@ -1,4 +1,4 @@
-r"""Step grids: the times t_0 = t_max > t_1 > … > t_n = t_min a fixed-step solver visits (docs/math.md §4).
+r"""Step grids: the times t_0 = t_max > t_1 > … > t_n = t_min a fixed-step solver visits (docs/math.md §10).
 
 Kinds (``make_grid(schedule, steps, kind)``):
 

@@ -13,8 +13,8 @@ every η):
     c = η σ_s √(1 − e^{−2h}),   x_s = α_s x̂0 + √(σ_s² − c²) ε̂ + c z
 
 Both coincide at η ∈ {0, 1}; η = 0 is DDIM, η = 1 DDPM ancestral sampling. For a time-varying
-ν_t the published form uses the step's effective η = √(H/h); for η > 1 (c > σ_s) the code clips
-σ_s² − c² at 0.
+ν_t the published form uses the step's effective η = √(H/h); where c > σ_s, i.e.
+η²(1 − e^{−2h}) > 1 (possible only for η > 1), the code clips σ_s² − c² at 0.
 """
 from __future__ import annotations
 

@@ -148,11 +148,12 @@ class DPMSolverPP2M(_DPMSolverPP):
     first-order step starts at high noise (:mod:`diffsolve.solvers.multistep`, "Global order and the warm-up").
 
     Args:
-        order: 1, 2 (default) or 3. At least ``order`` steps are required.
+        order: 1, 2 (default) or 3; fewer steps than the order are the warm-up alone.
         solver_type: ``"midpoint"`` (default, paper/diffusers) or ``"taylor"`` (diffusers' "heun").
         third_order: ``"exact"`` (default) or ``"dpm_solver"`` (reproduces the reference code).
-        lower_order_final, lower_order_below: final-order ramp (module docstring); default: with
-            fewer than 14 steps the last step is of order ≤ 2 (affects order 3 only;
+        lower_order_final, lower_order_below: final-order ramp (module docstring; docs/math.md (12.7));
+            default: with fewer than 14 steps the last steps ramp down, to order ≤ 2 before the final
+            denoise, to order 1 without it (so orders 2 and 3 are both affected;
             :mod:`diffsolve.solvers.multistep`).
         corrected_start: redo the first step with the second evaluation (:mod:`diffsolve.solvers.multistep`,
             "Corrected start"; docs/math.md (12.8)); default False.
@@ -245,8 +246,8 @@ class SDEDPMSolverPP3M(SDEDPMSolverPP2M):
         x_{i+1} = (σ_{i+1}/σ_i) e^{−H} x_i + α_{i+1} (W_0 D + W_1 D' + W_2 D'') + σ_{i+1} √(1 − e^{−2H}) z,
         W_0 = 1 − e^{−κh},  W_1 = h − W_0/κ,  W_2 = h²/2 − h/κ + W_0/κ²
 
-    (W_2 halved for ``third_order="dpm_solver"``); warm-up and final steps of order ≤ 2 are those
-    of :class:`SDEDPMSolverPP2M`. η = 0 is exactly :class:`DPMSolverPP3M`. Options, shapes and
+    (W_2 halved for ``third_order="dpm_solver"``); warm-up and final steps of lower order (the ramp of
+    docs/math.md (12.7)) are those of :class:`SDEDPMSolverPP2M`. η = 0 is exactly :class:`DPMSolverPP3M`. Options, shapes and
     state as :class:`SDEDPMSolverPP2M` (default ``order=3``); declared weak order 1.
 
     References: Lu et al., DPM-Solver++, arXiv:2211.01095; Gonzalez et al., SEEDS, arXiv:2305.14267.
