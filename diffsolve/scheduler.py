@@ -104,6 +104,8 @@ def _class_of_field_set(fields: frozenset) -> str | None:
             found.append(name)
     known = [n for n in found if n in DIFFUSERS_SPACING or n in _OTHER_CLASSES]
     return found[0] if len(found) == 1 else known[0] if len(known) == 1 else None
+
+
 # the source scheduler's own sampler settings: replaced by diffsolve's solver, grid and final denoise
 # (diffsolve.parity gives the options that reproduce a diffusers scheduler), so not passed on
 _SAMPLER_FIELDS = ("set_alpha_to_one", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
