@@ -21,7 +21,8 @@ solver, budget, grid, η, dtype and ``denoise_final`` are passed to :func:`diffs
   with class labels, ``labels`` (int64). The zip entries carry a fixed date, so the bytes depend on
   the samples only. :func:`diffsolve.images.open_dataset` reads the folder back in seed order.
 - ``diffsolve-sample.json``: the settings of the run (format, batch size, sample shape, data range,
-  labels, guidance, the model's name and everything passed to ``sample``); ``resume`` compares them.
+  labels, guidance, the model's name, a fingerprint of its weights, everything passed to ``sample``
+  and a tuned grid file's contents by fingerprint); ``resume`` compares them.
 - with class labels and ``format="png"``: ``dataset.json``, EDM's ``{"labels": [["000000/000003.png",
   7], …]}``, written by rank 0 at the end (the labels depend only on the seeds, see below).
 
@@ -66,8 +67,9 @@ from .checks import check_int, check_number
 from .defaults import default_state_dtype
 from .images import DATA_RANGE, check_data_range, to_uint8
 from .noise import parse_seeds
-from .runfiles import hold, jsonable, output_dir, write_json
+from .runfiles import fingerprint, hold, jsonable, output_dir, write_json
 from .sample_files import png_path, shard_name
+from .tuned import load_grid
 
 __all__ = ["FORMATS", "LABEL_STREAM", "GenerateResult", "generate", "png_path", "random_labels", "shard_name"]
 
@@ -194,6 +196,13 @@ class _Plan:
                        **{k: v for k, v in sorted(sample_kwargs.items()) if v is not None}},
         })
         self.settings["sample"].pop("device", None)  # a resumed run may use another device
+        # what a name or a path does not pin down: the network's weights, and a tuned grid file's contents
+        net = denoiser.net
+        self.settings["weights"] = fingerprint([*net.parameters(), *net.buffers()]) if isinstance(
+            net, torch.nn.Module) else None
+        tuned = load_grid(sample_kwargs.get("grid"))
+        if tuned is not None:
+            self.settings["sample"]["grid"] = {"file": jsonable(sample_kwargs["grid"]), "runs": tuned.fingerprint}
 
     def _labels(self, class_label, num_classes, guidance, uncond):
         self.class_label, self.num_classes, self.guidance, self.uncond = None, None, None, None

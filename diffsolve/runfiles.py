@@ -13,6 +13,7 @@ r"""The files of long runs that write as they go and can be resumed: ``diffsolve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -126,6 +127,17 @@ def jsonable(v):
     if callable(v) and getattr(v, "__name__", None):
         return v.__name__
     return re.sub(r" at 0x[0-9a-f]+", "", repr(v))
+
+
+def fingerprint(tensors) -> str:
+    """16 hex digits of the SHA-256 of tensors' bytes, dtypes and shapes (a network's weights: a run that
+    resumes checks it continues with the same ones)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def settings_diff(recorded: dict, now: dict) -> str:

@@ -10,6 +10,7 @@ root, so reading a grid costs no tuning machinery.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,13 @@ class TunedGrid:
         if not self.fresh_seeds:
             return "fresh: not measured (no fresh seeds)"
         return f"fresh {self.init_fresh_error:.4g} -> {self.fresh_error:.4g}"
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits of the SHA-256 of what the grid runs: solver, options, times, final denoise."""
+        run = dict(solver=self.solver, solver_options=self.solver_options, t=list(self.t),
+                   denoise_final=self.denoise_final)
+        return hashlib.sha256(json.dumps(run, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -278,3 +278,25 @@ def test_the_library_checks_its_arguments(digits, tmp_path):
     with pytest.raises(TypeError, match="dtype must be torch.float64 or torch.float32"):
         generate(digits, "0-3", tmp_path / "run", dtype=torch.int32)
     assert not any(tmp_path.iterdir())
+
+
+def test_resume_checks_the_weights_and_a_tuned_grids_contents(tmp_path):
+    """A name or a path does not pin down what ran: a resumed folder is refused when the network's weights
+    or the tuned grid file's contents changed (it mixed samples of two runs)."""
+    import diffsolve as ds
+    from diffsolve.generate import generate
+
+    generate(ds.zoo.load("digits"), "0-1", tmp_path / "w", nfe=4)
+    changed = ds.zoo.load("digits")
+    with torch.no_grad():
+        next(changed.net.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="weights"):
+        generate(changed, "0-3", tmp_path / "w", nfe=4, resume=True)
+    generate(ds.zoo.load("digits"), "0-3", tmp_path / "w", nfe=4, resume=True)  # the same weights: resumed
+    grid = ds.tune_steps(ds.zoo.load("digits"), solver="ddim", nfe=4, pilot=4, screen=0, fresh=0, max_evals=4)
+    grid.save(tmp_path / "g.json")
+    generate(ds.zoo.load("digits"), "0-1", tmp_path / "t", grid=str(tmp_path / "g.json"))
+    grid.solver = "euler"  # the same file, the same times and budget: another solver on them
+    grid.save(tmp_path / "g.json")
+    with pytest.raises(ValueError, match=r"other settings \(sample: .*\"runs\""):
+        generate(ds.zoo.load("digits"), "0-3", tmp_path / "t", grid=str(tmp_path / "g.json"), resume=True)
