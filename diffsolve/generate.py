@@ -206,6 +206,12 @@ class _Plan:
 
     def _labels(self, class_label, num_classes, guidance, uncond):
         self.class_label, self.num_classes, self.guidance, self.uncond = None, None, None, None
+        from .guidance import CFGDenoiser
+
+        if isinstance(self.denoiser, CFGDenoiser) and not _one_condition(self.denoiser):
+            raise TypeError("the denoiser is a CFGDenoiser with a condition per row, which cannot follow the seeds "
+                            "block by block (nor be recorded for a resume): give the unguided denoiser with "
+                            "class_label= and guidance=, which generate guides itself")
         if class_label is None:
             if guidance is not None:
                 raise ValueError("guidance needs class labels: give a class (class_label=k or 'random'; "
@@ -213,14 +219,16 @@ class _Plan:
             if num_classes is not None:
                 raise ValueError("num_classes is for class_label='random' (--class random)")
             return
-        from .guidance import CFGDenoiser
-
         if isinstance(self.denoiser, CFGDenoiser):
             raise TypeError("the denoiser is already guided (a CFGDenoiser): give the unguided denoiser with "
                             "class_label= and guidance=, which generate guides itself, block by block")
         net = self.denoiser.net
         self.uncond = getattr(net, "null_class", None) if uncond is None else uncond
         if self.uncond is None:
+            meta = getattr(self.denoiser, "metadata", None)  # a zoo model's
+            if uncond is None and meta is not None and not meta.get("num_classes"):
+                raise ValueError("this model is unconditional (its metadata names no classes): sample it without "
+                                 "class labels (drop --class / class_label= and --guidance)")
             raise ValueError("class labels need the model's label for 'no class' (used by classifier-free "
                              "guidance), and this network defines no null_class: give it (uncond=K; for a "
                              "diffusers UNet with num_class_embeds = K + 1 trained with a null class, usually its "
@@ -247,6 +255,10 @@ class _Plan:
                 raise ValueError(f"class {class_label} is not a class of this model; valid classes: {valid}")
         self.class_label = class_label if class_label == "random" else int(class_label)
         self.guidance = 1.0 if guidance is None else check_number("guidance", guidance, minimum=0.0, maximum=1e30)
+        if self.guidance == 0:
+            warnings.warn("guidance=0 is the unconditional model (x̂ = x̂_uncond + w (x̂_cond − x̂_uncond)): the "
+                          "samples do not follow the class labels recorded with them; guidance=1 is the "
+                          "conditional model", UserWarning, stacklevel=4)
 
     def labels(self, seeds) -> np.ndarray | None:
         if self.class_label is None:
@@ -344,6 +356,18 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
     return result
 
 
+def _one_condition(guided) -> bool:
+    """Whether a CFGDenoiser's conditions are one for every row (scalars, single rows, or dicts of those),
+    so a block of any seeds gets the same ones."""
+    def one(c):
+        if isinstance(c, dict):
+            return all(one(v) for v in c.values())
+        return not isinstance(c, torch.Tensor) or c.dim() == 0 or c.shape[0] == 1
+
+    inner = guided.net
+    return one(inner.cond) and one(inner.uncond) and one(inner.scale)
+
+
 def _checked_sample_options(denoiser, options: dict) -> dict:
     """``options`` checked as :func:`diffsolve.sample` checks them, before the folder is made: a run refused at
     its first block would leave a folder with its settings and no sample."""
@@ -357,7 +381,11 @@ def _checked_sample_options(denoiser, options: dict) -> dict:
                         f"valid: {', '.join(k for k in known if k not in ('denoiser', *_NOT_SAMPLE_OPTIONS))}")
     with warnings.catch_warnings():  # a check: sample() says what it warns about when it runs
         warnings.simplefilter("ignore")
-        plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
+        run = plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
+    if not run.solver.adaptive:  # the solver's own checks of its grid (Euler–Maruyama's stability)
+        from .solvers.base import StepContext
+
+        run.solver.check(StepContext(denoiser, run.level, run.t, None, run.denoise_final))
     if options.get("dtype") is not None:
         check_state_dtype(options["dtype"])
     check_device(options.get("device"))

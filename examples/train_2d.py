@@ -1,4 +1,4 @@
-"""Train the bundled "two_moons" model: an ε-prediction MLP on a 2-D two-moons density.
+"""Train the bundled "two_moons" model: a v-prediction MLP on a 2-D two-moons density.
 
     python examples/train_2d.py                      # writes diffsolve/zoo/weights/two_moons.*
     python examples/train_2d.py --fast --out /tmp/m  # a quick smoke run

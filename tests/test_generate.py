@@ -300,3 +300,23 @@ def test_resume_checks_the_weights_and_a_tuned_grids_contents(tmp_path):
     grid.save(tmp_path / "g.json")
     with pytest.raises(ValueError, match=r"other settings \(sample: .*\"runs\""):
         generate(ds.zoo.load("digits"), "0-3", tmp_path / "t", grid=str(tmp_path / "g.json"), resume=True)
+
+
+def test_generate_refuses_before_any_folder(tmp_path):
+    """What cannot run is refused before the folder is made: a CFGDenoiser with a condition per row (it cannot
+    follow the seeds), Euler–Maruyama unstable on the grid, class labels for an unconditional zoo model;
+    guidance=0 (the unconditional model) is warned of, as its recorded labels do not condition the samples."""
+    import diffsolve as ds
+    from diffsolve.generate import generate
+
+    m = ds.zoo.load("digits")
+    per_row = ds.CFGDenoiser(m, 2.0, torch.arange(4), torch.full((4,), 10))
+    cases = [(dict(denoiser=per_row, nfe=4), "a condition per row"),
+             (dict(denoiser=m, solver="euler", eta=3.0, nfe=6), "unstable"),
+             (dict(denoiser=ds.zoo.load("two_moons"), class_label=1, format="npz", nfe=4), "unconditional")]
+    for i, (kw, match) in enumerate(cases):
+        with pytest.raises((TypeError, ValueError), match=match):
+            generate(kw.pop("denoiser"), "0-3", tmp_path / str(i), **kw)
+        assert not (tmp_path / str(i)).exists()
+    with pytest.warns(UserWarning, match="guidance=0 is the unconditional model"):
+        generate(m, "0-1", tmp_path / "w0", nfe=4, class_label=3, guidance=0)
