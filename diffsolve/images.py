@@ -23,6 +23,7 @@ uint8 data are images (levels 0–255); floating-point data are samples in model
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,12 @@ def as_dataset(data, name: str = "data") -> Dataset:
     return open_dataset(data)
 
 
+def _natural(path: Path) -> tuple:
+    """A path's sort key with its runs of digits compared as numbers: seed 1000000's PNG after seed 999999's
+    (``generate``'s folders), as in its .npz shards."""
+    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", str(path)) if tok)
+
+
 def open_dataset(path) -> Dataset:
     """The dataset at ``path`` (module docstring); a clear error for a missing, empty or unknown source."""
     if not isinstance(path, (str, os.PathLike)):
@@ -204,7 +211,7 @@ def open_dataset(path) -> Dataset:
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = sorted((f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")), key=_natural)
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         shards = [f for f in files if f.suffix == ".npz"]
         if images and shards:

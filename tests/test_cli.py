@@ -572,3 +572,17 @@ def test_one_process_commands_refuse_torchrun(capsys, tmp_path, monkeypatch):
     code, _, err = run(["tune", "--problem", "ring2d", "--nfe", "4", "--out", str(tmp_path / "g.json")], capsys)
     assert code == 2 and "run it without torchrun" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_file_path_is_a_model(capsys, tmp_path):
+    """--model takes a model file (diffsolve.zoo.save_model's), as diffsolve.zoo.load does."""
+    from diffsolve.zoo import _resolve
+
+    outs = []
+    for model in ("digits", str(_resolve("digits"))):
+        out = tmp_path / f"{len(outs)}.pt"
+        code, _, err = run(["sample", "--model", model, "--seeds", "0-2", "--nfe", "4", "--out", str(out), "-q"],
+                           capsys)
+        assert code == 0, err
+        outs.append(torch.load(out))
+    assert torch.equal(*outs)

@@ -76,3 +76,13 @@ def test_blocks_do_not_depend_on_the_number_of_processes():
         parts = [DistContext(world_size=w, rank=r).blocks(n, b) for r in range(w)]
         assert sorted(sum(parts, [])) == one  # the same blocks, each exactly once
         assert max(map(len, parts)) - min(map(len, parts)) <= 1  # dealt in turn
+
+
+def test_a_png_folder_reads_in_seed_order_across_a_million():
+    """Folder names 999000/ and 1000000/ sort as numbers: seed 1000000's image comes after seed 999999's."""
+    from pathlib import Path
+
+    from diffsolve.images import _natural
+
+    paths = [Path("d/1000000/1000000.png"), Path("d/999000/999999.png"), Path("d/999000/999998.png")]
+    assert [p.name for p in sorted(paths, key=_natural)] == ["999998.png", "999999.png", "1000000.png"]

@@ -18,6 +18,7 @@ so they are measured against held-out data (when known) and against a high-accur
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -170,9 +171,10 @@ def _model_problem(spec: str, device=None) -> Problem:
                        reference_tol=1e-5, kind="model")
     zoo = _zoo()
     models = zoo.available()
-    if spec not in models:
-        raise ValueError(f"unknown model {spec!r}; bundled models: {', '.join(models) or '(none)'}; "
-                         f"or give package.module:factory")
+    if spec not in models and not Path(spec).expanduser().is_file():
+        raise ValueError(f"unknown model {spec!r}; bundled models: {', '.join(models) or '(none)'}; or a model "
+                         f"file (diffsolve.zoo.save_model's .safetensors), package.module:factory or "
+                         f"path/to/file.py:factory")
     den = zoo.load(spec, device=device)
     heldout = train = to_pixels = model_data = quantize = None
     n = 128
@@ -191,7 +193,7 @@ def _model_problem(spec: str, device=None) -> Problem:
         to_pixels = lambda x: x.to(_F64).reshape(x.shape[0], -1)  # noqa: E731
         model_data = heldout
         n = 1000
-    desc = models[spec] or f"bundled model {spec}"
+    desc = models.get(spec) or (f"bundled model {spec}" if spec in models else f"model file {spec}")
     return Problem(name=spec, description=desc, shape=tuple(den.shape), n_samples=n,
                    schedule_name=_schedule_name(den.schedule), make_denoiser=lambda: den, heldout=heldout,
                    train=train, to_pixels=to_pixels, reference_tol=1e-5, kind="model", data=model_data,
@@ -215,7 +217,7 @@ def get_problem(name: str, schedule: str | None = None, device=None) -> Problem:
         raise ValueError(f"a problem name must be a non-empty string, got {name!r}")
     if name in _MIXTURES:
         return _analytic(name, schedule)
-    if ":" in name or name in zoo_models():
+    if ":" in name or name in zoo_models() or Path(name).expanduser().is_file():
         return _model_problem(name, device=device)
     models = zoo_models()
     raise ValueError(f"unknown problem {name!r}; valid problems: {', '.join(BUILTIN_PROBLEMS)}"
