@@ -179,7 +179,8 @@ def from_k_diffusion(model, schedule=None, *, sigma_min: float | None = None, si
 
 
 def _warn_outside(schedule: Schedule, own: dict):
-    """Warn where the schedule's σ/α (the σ the model is called at) leaves the model's sigma_min/sigma_max."""
+    """Warn where the schedule's σ/α (the σ the model is called at) leaves the model's sigma_min/sigma_max
+    (its σ/α range)."""
     t = torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
     lo, hi = (float(v) for v in schedule.sigma(t) / schedule.alpha(t))
     out = [f"{lo:.4g} below sigma_min = {own['sigma_min']:g}" if own["sigma_min"] is not None
@@ -297,10 +298,13 @@ def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = No
     if not callable(denoiser) or not callable(getattr(denoiser, "schedule", None)):
         raise TypeError(f"denoiser must be an azula denoiser with a callable .schedule (t -> (alpha, sigma)), got "
                         f"{type(denoiser).__name__}")
+    a, sig = denoiser.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    s_lo, s_hi = (float(v) for v in sig / a)
     if schedule is None:
-        a, sig = denoiser.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
-        s_lo, s_hi = (float(v) for v in sig / a)
         schedule = EDMSchedule(s_lo, s_hi)
+    else:  # beyond azula's own range its time would stop at 0 or 1
+        schedule = make_schedule(schedule)
+        _warn_outside(schedule, {"sigma_min": s_lo, "sigma_max": s_hi})
     return from_edm(_AzulaVE(denoiser), schedule, shape=shape, cond_key=cond_key, net_dtype=net_dtype)
 
 

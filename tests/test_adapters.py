@@ -486,6 +486,8 @@ def test_azula_denoiser_is_the_mixtures_exact_model(mixture):
             torch.testing.assert_close(d.x0(x, t), mixture.denoiser(sch, "x0").x0(x, t), rtol=1e-9, atol=1e-9)
     with pytest.raises(TypeError, match="azula denoiser with a callable .schedule"):
         adapters.from_azula(lambda x, t: x)
+    with pytest.warns(UserWarning, match="above sigma_max = 1000 of the model"):  # azula's time stops at 1 there
+        adapters.from_azula(_AzulaStyle(mixture), EDMSchedule(1e-3, 1e4))
 
 
 def test_azula_ddim_step_for_step():
