@@ -197,7 +197,7 @@ def as_dataset(data, name: str = "data") -> Dataset:
     return open_dataset(data)
 
 
-def _natural(path: Path) -> tuple:
+def natural_order(path) -> tuple:
     """A path's sort key with its runs of digits compared as numbers: seed 1000000's PNG after seed 999999's
     (``generate``'s folders), as in its .npz shards."""
     return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", str(path)) if tok)
@@ -211,7 +211,7 @@ def open_dataset(path) -> Dataset:
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
     if p.is_dir():
-        files = sorted((f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")), key=_natural)
+        files = sorted((f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")), key=natural_order)
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         shards = [f for f in files if f.suffix == ".npz"]
         if images and shards:

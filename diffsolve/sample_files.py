@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import save_png
+from .images import natural_order, save_png
 from .runfiles import settings_diff, write_atomic, write_json
 
 __all__ = ["SETTINGS", "LABELS", "LOCK", "png_path", "shard_name", "check_folder", "seeds_todo", "write_png",
@@ -147,4 +147,5 @@ def write_png_labels(path: Path, seed_labels) -> None:
             entries = {}
     for seed, label in seed_labels:
         entries[png_path("", seed).as_posix()] = label
-    write_json(path, {"labels": sorted(([k, v] for k, v in entries.items()), key=lambda kv: kv[0])}, indent=None)
+    write_json(path, {"labels": sorted(([k, v] for k, v in entries.items()), key=lambda kv: natural_order(kv[0]))},
+               indent=None)

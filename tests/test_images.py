@@ -82,7 +82,7 @@ def test_a_png_folder_reads_in_seed_order_across_a_million():
     """Folder names 999000/ and 1000000/ sort as numbers: seed 1000000's image comes after seed 999999's."""
     from pathlib import Path
 
-    from diffsolve.images import _natural
+    from diffsolve.images import natural_order
 
     paths = [Path("d/1000000/1000000.png"), Path("d/999000/999999.png"), Path("d/999000/999998.png")]
-    assert [p.name for p in sorted(paths, key=_natural)] == ["999998.png", "999999.png", "1000000.png"]
+    assert [p.name for p in sorted(paths, key=natural_order)] == ["999998.png", "999999.png", "1000000.png"]
