@@ -26,6 +26,7 @@ _LAZY = {
     "CFGDenoiser": ("diffsolve.guidance", "CFGDenoiser"),
     "tune_steps": ("diffsolve.tune", "tune_steps"),
     "tune_solver": ("diffsolve.tune", "tune_solver"),
+    "TunedGrid": ("diffsolve.tuned", "TunedGrid"),
     "bench": ("diffsolve.bench", None),
 }
 

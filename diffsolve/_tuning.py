@@ -331,10 +331,22 @@ def _search_grid(pilots: _Pilots, solver, nfe: int, *, denoise_final, init, tune
                  solver_options, verbose: bool) -> _Found:
     """The best grid for ``solver`` on the pilots; ``denoise_final="auto"`` searches both ends with
     ``max_evals`` solves each and keeps the better (charged with both)."""
-    if isinstance(denoise_final, str):  # "auto": both, the better one kept
+    if isinstance(denoise_final, str):  # "auto": both ends that fit the budget (and an init array), the better kept
+        fits, refused = [], []
+        for d in (True, False):
+            try:
+                steps = _fixed_step_solver(solver, solver_options)[0].steps_for_nfe(nfe, d)
+                if not isinstance(init, str) and len(init) - 1 != steps:
+                    raise ValueError(f"an init array of {len(init)} times has {len(init) - 1} steps; NFE {nfe} "
+                                     f"{'with' if d else 'without'} the final denoise takes {steps}")
+                fits.append(d)
+            except ValueError as e:
+                refused.append(str(e))
+        if not fits:
+            raise ValueError("; ".join(refused))
         runs = [_search_grid(pilots, solver, nfe, denoise_final=d, init=init, tune_end=tune_end if d else None,
                              max_evals=max_evals, solver_options=solver_options, verbose=verbose)
-                for d in (True, False)]
+                for d in fits]
         best = min(runs, key=lambda r: r.fields["pilot_error"])
         best.fields["evaluations"] = sum(r.fields["evaluations"] for r in runs)
         return best

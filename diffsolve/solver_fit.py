@@ -35,6 +35,9 @@ def _fixed_grid(schedule, nfe: int, grid, history: int, denoise_final: bool):
     tuned = load_grid(grid)
     if tuned is not None:
         check_tuned_schedule(tuned, schedule, f"the tuned grid{f' {grid}' if isinstance(grid, str) else ''}")
+        if denoise_final and not tuned.denoise_final:  # (False is the default: a grid with it keeps it)
+            raise ValueError("the tuned grid was tuned without the final denoise, and its own setting is used; "
+                             "drop denoise_final=True, or tune a grid with it")
         t, denoise_final, name = tuned.grid, tuned.denoise_final, f"tuned for {tuned.solver}"
     else:
         check_grid_values("grid", grid)

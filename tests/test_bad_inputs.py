@@ -306,7 +306,7 @@ def tsolver(*args, **kw):
 TUNE = [
     C("tune-nfe-float", tune(DEN, "ddim", nfe=2.5), r"nfe must be a positive integer.*2\.5 \(a float\)"),
     C("tune-nfe-zero", tune(DEN, "ddim", nfe=0), r"nfe must be a positive integer"),
-    C("tune-nfe-small", tune(DEN, "dpmpp_3m", nfe=1), r"NFE 1 is too small"),
+    C("tune-nfe-small", tune(DEN, "heun", nfe=1), r"NFE 1 is too small"),
     C("tune-pilot-zero", tune(DEN, "ddim", nfe=4, pilot=0), r"pilot must be a positive integer"),
     C("tune-pilot-float", tune(DEN, "ddim", nfe=4, pilot=2.5), r"pilot must be a positive integer.*a float"),
     C("tune-pilot-float-seeds", tune(DEN, "ddim", nfe=4, pilot=[0.5, 1.5]), r"seed 0\.5"),

@@ -122,7 +122,7 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match="fresh seeds must differ"):
         tune_steps(model, "ddim", nfe=4, pilot="0-3", fresh="3-5")
     with pytest.raises(ValueError, match="at least"):
-        tune_steps(model, "dpmpp_3m", nfe=1)
+        tune_steps(model, "heun", nfe=1)  # one heun step takes 2 evaluations
 
 
 def test_cli_tune_then_sample_and_bench(tmp_path):
@@ -259,3 +259,19 @@ def test_cli_solver_auto_follows_the_budget_rule(tmp_path, monkeypatch, capsys):
     assert main(["tune", "--problem", "ring2d", "--nfe", "4", "--denoise-final", "auto",
                  "--out", str(tmp_path / "g.json"), "--quiet"]) == 2
     assert "auto picks learned at NFE 4" in capsys.readouterr().err
+
+
+def test_auto_ends_that_fit_and_a_grids_own_final_denoise():
+    """denoise_final="auto" tunes the ends that fit the budget (and an init array): NFE 1 without the final
+    denoise; a 3-step array at NFE 4 with it; an array fitting neither is refused naming both. tune_solver
+    refuses denoise_final=True on a grid tuned without it (it was silently ignored)."""
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    kw = dict(pilot=8, screen=0, fresh=0, max_evals=6)
+    assert not ds.tune_steps(den, nfe=1, **kw).denoise_final
+    g = ds.tune_steps(den, nfe=4, init=torch.linspace(1, 0.001, 4, dtype=torch.float64), **kw)
+    assert g.denoise_final and len(g.t) == 4
+    with pytest.raises(ValueError, match="with the final denoise takes 3.*without the final denoise takes 4"):
+        ds.tune_steps(den, nfe=4, init=torch.linspace(1, 0.001, 8, dtype=torch.float64), **kw)
+    plain = ds.tune_steps(den, nfe=5, denoise_final=False, **kw)
+    with pytest.raises(ValueError, match="tuned without the final denoise"):
+        ds.tune_solver(den, 5, grid=plain, denoise_final=True, pilot=8, fresh=0, iterations=1)
