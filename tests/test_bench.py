@@ -249,6 +249,14 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
     rows = run_bench(_cfg(tmp_path / "d", solvers=["default"], nfe=[5, 10, 30], eta=[0.0, 1.0], save_samples=True))
     assert [r["solver"] for r in rows] == ["default"] * 3 and all(r["eta"] == 0 for r in rows)
     p = get_problem("ring2d")
+    from diffsolve.defaults import default_run
+
+    # each row records what the default call resolved to, and the table names it
+    assert [r["ran"] for r in rows] == [default_run(n, p.schedule)._asdict() for n in (5, 10, 30)]
+    assert [r["ran"]["solver"] for r in rows] == ["dpmpp_2m:lower_order_final=false", "deis", "unipc:order=3"]
+    from diffsolve.bench.report import format_row
+
+    assert format_row(rows[1]).startswith("default (deis) ")
     for r in rows:
         x = torch.load(tmp_path / "d" / "samples" / (r["key"].replace("|", "_") + ".pt"))
         again = diffsolve.sample(p.denoiser(), shape=(24, 2), seeds="0-23", nfe=r["nfe_budget"], dtype=torch.float64)

@@ -10,7 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ from ..noise import parse_seeds
 from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from .feature_metrics import FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
+
+if TYPE_CHECKING:
+    from ..defaults import DefaultRun
 
 __all__ = ["BenchConfig", "DEFAULT_CALL", "DEFAULT_SOLVERS", "DEFAULT_NFE", "DTYPES", "default_problems"]
 
@@ -217,8 +220,12 @@ class _Item:
     nfe: int
     steps: int
     key: str = ""
-    denoise_final: bool | None = None  # the row's own (the default call's); None: the run's
-    grid: str | None = None  # the row's own grid kind (the default call's); None: the run's
+    default: DefaultRun | None = None  # what the default call resolves to; None: a row that names its solver
+
+    @property
+    def label(self) -> str:
+        """The row's name in the table: the solver spec, or the default call with what it runs."""
+        return self.solver if self.default is None else f"{self.solver} ({self.default.solver})"
 
 
 def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:
@@ -286,14 +293,13 @@ def _default_call_items(cfg: BenchConfig, p: Problem, strict: bool, notes: list[
     items = []
     for nfe in dict.fromkeys(int(n) for n in cfg.nfe):
         run = default_run(nfe, p.schedule)
-        df = run.denoise_final
         try:
-            steps = get_solver(run.solver).steps_for_nfe(nfe + run.analytic_first_step, df)
+            steps = get_solver(run.solver).steps_for_nfe(nfe + run.analytic_first_step, run.denoise_final)
         except ValueError as e:
             _skip(str(e), strict, notes, "; raise --nfe")
             continue
         key = _row_key(p.name, p.schedule_name, DEFAULT_CALL, 0.0, nfe)
-        items.append(_Item(p.name, DEFAULT_CALL, 0.0, nfe, steps, key, denoise_final=df, grid=run.grid))
+        items.append(_Item(p.name, DEFAULT_CALL, 0.0, nfe, steps, key, default=run))
     return items
 
 

@@ -38,12 +38,18 @@ def _fmt(v, width, kind):
     return str(v)
 
 
+def _label(row: dict) -> str:
+    """A row's solver column: its solver spec, or for the default call what that resolved to."""
+    ran = row.get("ran")  # rows written before the field existed have none
+    return row["solver"] if not ran else f"{row['solver']} ({ran['solver']})"
+
+
 def _table_values(row: dict) -> list:
     m = row["metrics"]
     sw = m.get("sliced_w2", m.get("sliced_w2_heldout"))
     fd = m.get("frechet", m.get("frechet_heldout"))
     share = row.get("net_time_share")
-    return [row["solver"], row["eta"], row["nfe"], row["steps"], m.get("rms_error"), sw, fd, m.get("log_p0"),
+    return [_label(row), row["eta"], row["nfe"], row["steps"], m.get("rms_error"), sw, fd, m.get("log_p0"),
             row["wall_time_s"], row["samples_per_s"], None if share is None else 100 * share]
 
 
@@ -60,7 +66,7 @@ def _header(solver_width: int = 10, extra: tuple = ()) -> str:
 def format_row(row: dict, solver_width: int = 10, extra: tuple = ()) -> str:
     """A row's table line; a failed record's: solver, η, budget, steps, then ``failed: <reason>``."""
     if row.get("status") == "failed":
-        values = [row["solver"], row["eta"], row["nfe_budget"], row["steps"]]
+        values = [_label(row), row["eta"], row["nfe_budget"], row["steps"]]
         return "  ".join(_fmt(v, w, k) for v, (_, w, k) in zip(values, _columns(solver_width))) + \
             f"   failed: {row['error']}"
     values = _table_values(row) + [row["metrics"].get(m) for m in extra]

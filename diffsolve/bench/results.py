@@ -29,14 +29,14 @@ from .problems import DEFAULT_SCHEDULE
 __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
            "make_failed_row", "is_failed", "ResultsFile", "ResultsWriteError"]
 
-ROW_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "nfe",
+ROW_FIELDS = ("key", "problem", "schedule", "solver", "ran", "eta", "grid", "nfe_budget", "steps", "nfe",
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "intervals", "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
 # a row that could not be measured: what it was, and why not (no metrics, floors, timings or counted NFE)
-FAILED_FIELDS = ("key", "problem", "schedule", "solver", "eta", "grid", "nfe_budget", "steps", "n_samples", "seeds",
-                 "device", "dtype", "world_size", "threads", "status", "error", "diffsolve_version", "torch_version",
-                 "run", "finished_at")
+FAILED_FIELDS = ("key", "problem", "schedule", "solver", "ran", "eta", "grid", "nfe_budget", "steps", "n_samples",
+                 "seeds", "device", "dtype", "world_size", "threads", "status", "error", "diffsolve_version",
+                 "torch_version", "run", "finished_at")
 # what a run writes in its output directory
 RESULTS_NAME, PLOT_NAME, SAMPLES_DIR = "results.jsonl", "quality_vs_nfe.png", "samples"
 LOCK_NAME = ".bench.lock"

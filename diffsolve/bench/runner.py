@@ -145,7 +145,7 @@ def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dis
     """Run the rows ``todo``, problem by problem; rank 0 writes each row (or failed record) and its
     table line as it finishes."""
     written = []
-    table = Table(stream, max([len(it.solver) for it in todo], default=0), progress,
+    table = Table(stream, max([len(it.label) for it in todo], default=0), progress,
                   cfg.feature_metrics.row_metrics if cfg.feature_metrics else ())
     by_problem = {p.name: p for p in problems}
     for pname in dict.fromkeys(it.problem for it in todo):
@@ -220,7 +220,7 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     deterministic = it.eta == 0 and not res.solver.draws_noise
     # a tuned grid is judged as it was tuned, against the data end point (x̂0 of the exact solution at its
     # last time) with or without its own final denoise: its row then reproduces the tune file's fresh_error
-    denoised = True if tuned else cfg.denoise_final if it.denoise_final is None else it.denoise_final
+    denoised = True if tuned else cfg.denoise_final if it.default is None else it.default.denoise_final
     span = (float(res.t[0]), float(res.t[-1]), denoised) if deterministic else None
     if span is not None:
         st.reference(*span)  # collective: every rank takes part in the gather
@@ -229,8 +229,9 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     metrics, floors, intervals = attempt(dist, lambda: st.metrics(x, span) if dist.is_main else ({}, {}, {}))
     dist.barrier()
     return make_row(
-        key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, eta=it.eta,
-        grid=it.grid or cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
+        key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, ran=_ran(it),
+        eta=it.eta, grid=it.default.grid if it.default else cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1,
+        nfe=nfe, n_samples=st.n,
         seeds=_seed_spec(st.seeds), device=_row_device(st, dist),
         dtype=cfg.dtype, world_size=dist.world_size, threads=torch.get_num_threads(), metrics=metrics, floors=floors,
         intervals=intervals, reference=st.reference_name() if span is not None else None,
@@ -242,12 +243,19 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
 def _failed_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: dict, error: str) -> dict:
     """The failed record of a row that raised ``error``: what the row is, and why it has no metrics."""
     return make_failed_row(
-        key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver, eta=it.eta,
-        grid=it.grid or st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n,
+        key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver,
+        ran=_ran(it), eta=it.eta,
+        grid=it.default.grid if it.default else st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n,
         seeds=_seed_spec(st.seeds),
         device=_row_device(st, dist), dtype=st.cfg.dtype, world_size=dist.world_size,
         threads=torch.get_num_threads(), status="failed", error=error, diffsolve_version=version,
         torch_version=torch.__version__, run=run, finished_at=_now())
+
+
+def _ran(it: _Item) -> dict | None:
+    """What the default call resolved to (solver spec, grid kind, final denoise, analytic first step), so a
+    row of ``--defaults-only`` says what ran; None for a row that names its solver."""
+    return None if it.default is None else it.default._asdict()
 
 
 def _row_device(st: ProblemState, dist: DistContext) -> str:
