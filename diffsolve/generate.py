@@ -24,7 +24,8 @@ solver, budget, grid, η, dtype and ``denoise_final`` are passed to :func:`diffs
   labels, guidance, the model's name, a fingerprint of its weights, everything passed to ``sample``
   and a tuned grid file's contents by fingerprint); ``resume`` compares them.
 - with class labels and ``format="png"``: ``dataset.json``, EDM's ``{"labels": [["000000/000003.png",
-  7], …]}``, written by rank 0 at the end (the labels depend only on the seeds, see below).
+  7], …]}`` for every seed of the run, written by rank 0 before the first image (the labels depend only
+  on the seeds, see below), so an interrupted run's images have their labels.
 
 Every file is written under a temporary name starting with "." in the same folder and then renamed
 (``os.replace``): a killed run leaves no partial file that :func:`~diffsolve.images.open_dataset`
@@ -307,6 +308,13 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
         raise ValueError(error.split(": ", 1)[1] if error.startswith("rank ") else error)
     if write_settings and dist.is_main:
         write_json(plan.outdir / files.SETTINGS, plan.settings)
+    labels_file = None
+    if plan.format == "png" and plan.class_label is not None:
+        # before any image: the labels depend on the seeds alone, so every png an interrupted run leaves has its
+        # label (entries of seeds not drawn yet are harmless to EDM's reader, which looks up the files it finds)
+        labels_file = plan.outdir / files.LABELS
+        if dist.is_main:
+            files.write_png_labels(labels_file, _seed_labels(plan))
     all_skipped = int(dist.reduce(skipped, "sum"))
     if progress and dist.is_main:
         procs = f", {dist.world_size} processes" if dist.active else ""
@@ -338,11 +346,6 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
         raise RuntimeError(f"another process failed: {first}")
     written, skipped = int(dist.reduce(written, "sum")), all_skipped
     nfe = int(dist.reduce(nfe, "max"))
-    labels_file = None
-    if plan.format == "png" and plan.class_label is not None:
-        labels_file = plan.outdir / files.LABELS
-        if dist.is_main:
-            files.write_png_labels(labels_file, _seed_labels(plan))
     dist.barrier()
     seconds = time.perf_counter() - t0
     result = GenerateResult(outdir=plan.outdir, format=plan.format, total=n, written=written, skipped=skipped,

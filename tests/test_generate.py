@@ -130,6 +130,26 @@ def test_png_labels_go_to_dataset_json(digits, tmp_path):
     assert len(open_dataset(tmp_path)) == 6  # the JSON file is not part of the images
 
 
+def test_an_interrupted_png_run_leaves_its_labels(digits, tmp_path, monkeypatch):
+    # the labels depend on the seeds alone: they are written before the first image, so the images a
+    # killed run leaves behind are labelled (EDM's reader looks up every png it finds in dataset.json)
+    real, calls = sample_files.save_png, []
+
+    def dies_on_seed_4(path, *a):  # the fifth image
+        calls.append(path)
+        if len(calls) == 5:
+            raise Killed
+        return real(path, *a)
+
+    monkeypatch.setattr(sample_files, "save_png", dies_on_seed_4)
+    assert main(["sample", "--model", "digits", "--nfe", "3", "--seeds", "0-9", "--outdir", str(tmp_path),
+                 "--class", "random", "--guidance", "2", "--batch-size", "4", "-q"]) == 130
+    labels = dict(json.loads((tmp_path / "dataset.json").read_text())["labels"])
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert len(written) == 4 and all(w in labels for w in written)
+    assert labels == {f"000000/{s:06d}.png": int(k) for s, k in zip(range(10), random_labels(range(10), 10))}
+
+
 class Killed(KeyboardInterrupt):
     """Raised by the patched writer: a run stopped in the middle of a file."""
 
