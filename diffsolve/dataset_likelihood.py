@@ -40,7 +40,8 @@ one batch; the default per-sample steps keep them independent). ``resume=True`` 
 already complete in any rank file, with any number of processes; the rows of a block cut short by
 a kill (and a torn last line) are dropped and the block runs again, so every item is written
 exactly once. ``run.json`` records log_likelihood's solver settings as they resolve, defaults
-included, and the form of Δ, so a run resumed under other defaults is refused, not mixed.
+included, the form of Δ and a fingerprint of the network's weights, so a run resumed under other
+defaults or with another network (a retrained one under the same name) is refused, not mixed.
 
 References:
     Song, Sohl-Dickstein, Kingma, Kumar, Ermon, Poole, Score-Based Generative Modeling through
@@ -87,7 +88,7 @@ from .likelihood_files import (
     read_rows,
     rows_path,
 )
-from .runfiles import jsonable, write_json
+from .runfiles import jsonable, weights_fingerprint, write_json
 
 __all__ = ["CONTINUOUS_NOTE", "ROWS_GLOB", "ROW_FIELDS", "RUN_NAME", "SUMMARY_NAME", "DatasetLikelihood",
            "check_out_dir", "dataset_log_likelihood", "read_rows", "rows_path", "summarize"]
@@ -208,6 +209,7 @@ def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options
     options = {**options, **{k: resolved[k] for k in _RECORDED}}  # as they run (likelihood.resolved_options)
     return {"n": n, "shape": list(ds.shape), "kind": "uint8" if ds.is_image else "float",
             "fingerprint": _fingerprint(ds, n), "model": model or type(denoiser.net).__name__,
+            "weights": weights_fingerprint(denoiser.net),
             "schedule": type(denoiser.schedule).__name__, "dequantize": deq is not None,
             "levels": deq.levels if deq is not None else None, "data_range": list(data_range),
             "batch_size": batch_size, "seed": seed, "delta": DELTA_FORM,
@@ -296,7 +298,7 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         dist: a :class:`~diffsolve.distributed.DistContext` (``diffsolve.distributed.init(device)``);
             default one process.
         device: where the batches go (default: the DistContext's device, else the network's).
-        model: a name recorded in ``run.json`` (checked on resume).
+        model: a name recorded in ``run.json`` (checked on resume, with the weights' fingerprint).
         progress: one line per finished batch on stderr (rank 0).
         data_name: how error messages name the data (default ``--data PATH`` or ``data``).
         **options: passed to :func:`diffsolve.log_likelihood` unchanged (divergence, probes, rtol, atol, ...).

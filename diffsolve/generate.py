@@ -68,7 +68,7 @@ from .checks import check_int, check_number
 from .defaults import default_state_dtype
 from .images import DATA_RANGE, check_data_range, to_uint8
 from .noise import parse_seeds
-from .runfiles import fingerprint, hold, jsonable, output_dir, write_json
+from .runfiles import hold, jsonable, output_dir, weights_fingerprint, write_json
 from .sample_files import png_path, shard_name
 from .tuned import load_grid
 
@@ -198,9 +198,7 @@ class _Plan:
         })
         self.settings["sample"].pop("device", None)  # a resumed run may use another device
         # what a name or a path does not pin down: the network's weights, and a tuned grid file's contents
-        net = denoiser.net
-        self.settings["weights"] = fingerprint([*net.parameters(), *net.buffers()]) if isinstance(
-            net, torch.nn.Module) else None
+        self.settings["weights"] = weights_fingerprint(denoiser.net)
         tuned = load_grid(sample_kwargs.get("grid"))
         if tuned is not None:
             self.settings["sample"]["grid"] = {"file": jsonable(sample_kwargs["grid"]), "runs": tuned.fingerprint}

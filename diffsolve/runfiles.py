@@ -140,6 +140,14 @@ def fingerprint(tensors) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_fingerprint(net) -> str | None:
+    """The :func:`fingerprint` of a network's parameters and buffers (None for a plain function): what a
+    model's name or path does not pin down, recorded by the runs that resume."""
+    if not isinstance(net, torch.nn.Module):
+        return None
+    return fingerprint([*net.parameters(), *net.buffers()])
+
+
 def settings_diff(recorded: dict, now: dict) -> str:
     """``"key: X there, Y now; ..."`` for every setting that differs ("" when none does)."""
     keys = list(dict.fromkeys([*recorded, *now]))

@@ -143,7 +143,13 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
     run_json.write_text(json.dumps(dict(header, settings=dict(recorded, per_sample=False))))
     with pytest.raises(ValueError, match=r"other settings \(per_sample: false there, true now\)"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)
+    # another network under the same name (a retrained model) is refused by its weights' fingerprint
+    other = ds.zoo.load("digits")
+    with torch.no_grad():
+        next(other.net.parameters()).add_(1e-3)
     run_json.write_text(json.dumps(header))
+    with pytest.raises(ValueError, match=r"other settings \(weights: "):
+        dl.dataset_log_likelihood(other, pngs, out, batch_size=BS, resume=True, **OPTS)
     calls.clear()
     monkeypatch.setattr(dl, "_batch_rows", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
     res = dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)
