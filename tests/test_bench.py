@@ -241,6 +241,24 @@ def test_model_problem_rows(tmp_path):
     assert r["floors"]["frechet_heldout"] > 0 and r["schedule"] == "cosine"
 
 
+def test_resume_refuses_another_network_under_the_same_name(tmp_path):
+    # a model file retrained in place (same path, other weights): its rows are not mixed with the new ones
+    if "digits" not in diffsolve.zoo.available():
+        pytest.skip("the digits model is not bundled")
+    den = diffsolve.zoo.load("digits")
+    path = tmp_path / "m.safetensors"
+    diffsolve.zoo.save_model(path, den.net, den.metadata)
+    cfg = dict(problems=[str(path)], solvers=["ddim"], n_samples=8, reference_tol=1e-4)
+    (r,) = run_bench(_cfg(tmp_path / "out", nfe=[4], **cfg))
+    assert r["weights"] == diffsolve.runfiles.weights_fingerprint(den.net)
+    assert run_bench(_cfg(tmp_path / "out", nfe=[4, 5], resume=True, **cfg))[0]["weights"] == r["weights"]
+    with torch.no_grad():
+        next(den.net.parameters()).add_(1e-3)
+    diffsolve.zoo.save_model(path, den.net, den.metadata)
+    with pytest.raises(ValueError, match=r"cannot resume .* were made with another network"):
+        run_bench(_cfg(tmp_path / "out", nfe=[4, 5, 6], resume=True, **cfg))
+
+
 def test_default_call_rows_are_the_default_call(tmp_path, capsys):
     # `--defaults-only` (solver "default"): each row is sample(model, nfe=N) with nothing else, and its
     # error is measured against the exact solution ending as that call ends (with or without x̂0)

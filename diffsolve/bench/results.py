@@ -3,8 +3,10 @@
 Each row is appended to ``results.jsonl`` and flushed as soon as it is finished, so a killed run
 loses at most the row in progress (a last line cut short is dropped, and removed on resume);
 resuming skips the rows already there (matched on their ``key``) and refuses a file written with
-different run settings (seeds, grid, dtype, …). A run holds its directory with an advisory
-``flock`` on ``.bench.lock`` so that a second run into it stops instead of interleaving rows.
+different run settings (seeds, grid, dtype, …) or whose rows of a trained model were made with another
+network under its name (each such row records its weights' fingerprint). A run holds its directory
+with an advisory ``flock`` on ``.bench.lock`` so that a second run into it stops instead of
+interleaving rows.
 
 A row whose network (or metric) raised is written as a *failed record*: the row's identity
 (:data:`FAILED_FIELDS`) with ``"status": "failed"`` and ``"error": "<Type>: <message>"`` and no
@@ -29,14 +31,14 @@ from .problems import DEFAULT_SCHEDULE
 __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
            "make_failed_row", "is_failed", "ResultsFile", "ResultsWriteError"]
 
-ROW_FIELDS = ("key", "problem", "schedule", "solver", "ran", "eta", "grid", "nfe_budget", "steps", "nfe",
+ROW_FIELDS = ("key", "problem", "weights", "schedule", "solver", "ran", "eta", "grid", "nfe_budget", "steps", "nfe",
               "n_samples", "seeds", "device", "dtype", "world_size", "threads", "metrics", "floors",
               "intervals", "reference", "wall_time_s", "samples_per_s", "net_time_share", "diffsolve_version",
               "torch_version", "run", "finished_at")
 # a row that could not be measured: what it was, and why not (no metrics, floors, timings or counted NFE)
-FAILED_FIELDS = ("key", "problem", "schedule", "solver", "ran", "eta", "grid", "nfe_budget", "steps", "n_samples",
-                 "seeds", "device", "dtype", "world_size", "threads", "status", "error", "diffsolve_version",
-                 "torch_version", "run", "finished_at")
+FAILED_FIELDS = ("key", "problem", "weights", "schedule", "solver", "ran", "eta", "grid", "nfe_budget",
+                 "steps", "n_samples", "seeds", "device", "dtype", "world_size", "threads", "status", "error",
+                 "diffsolve_version", "torch_version", "run", "finished_at")
 # what a run writes in its output directory
 RESULTS_NAME, PLOT_NAME, SAMPLES_DIR = "results.jsonl", "quality_vs_nfe.png", "samples"
 LOCK_NAME = ".bench.lock"
@@ -173,9 +175,15 @@ def remove_outputs(out: Path):
             samples.rmdir()
 
 
-def _check_resumable(path: Path, rows: list[dict], run: dict):
-    """Every row of the file was made with this run's settings (a setting a file predates reads as None)."""
+def _check_resumable(path: Path, rows: list[dict], run: dict, weights: dict):
+    """Every row of the file was made with this run's settings (a setting a file predates reads as None),
+    and a row of a trained model with the network this run has under that name (``weights``: problem name
+    -> the fingerprint of its network's weights)."""
     for r in rows:
+        if r.get("problem") in weights and r.get("weights") != weights[r["problem"]]:
+            raise ValueError(f"cannot resume {path}: its rows of {r['problem']} were made with another network "
+                             f"(weights fingerprint {r.get('weights')}, this run's {weights[r['problem']]}); use "
+                             f"the same network, --overwrite, or another --out")
         recorded = dict(r.get("run", {}))
         if recorded.get("schedule") is None:  # files recorded the default schedule as None
             recorded["schedule"] = DEFAULT_SCHEDULE
@@ -199,10 +207,11 @@ class ResultsFile:
         self.path = self.out / RESULTS_NAME
         self.retried: list[str] = []  # the keys of failed records a resumed run runs again
 
-    def open(self, run: dict, resume: bool = False, overwrite: bool = False) -> set:
+    def open(self, run: dict, resume: bool = False, overwrite: bool = False, weights: dict | None = None) -> set:
         """Make the file ready to append to; returns the keys of the rows already done (resume).
         ``overwrite`` first removes what a previous run wrote; without it or ``resume`` an existing
-        file is an error."""
+        file is an error. ``weights``: problem name -> its network's weights fingerprint (trained models),
+        which the file's rows of that problem must share."""
         done: set = set()
         if overwrite:
             remove_outputs(self.out)
@@ -211,7 +220,7 @@ class ResultsFile:
                 raise ValueError(f"{self.path} already exists; pass --resume to continue it, --overwrite to "
                                  f"replace it, or choose another --out directory")
             rows = read_rows(self.path, repair=True, failed=True)
-            _check_resumable(self.path, rows, run)
+            _check_resumable(self.path, rows, run, weights or {})
             done = {r["key"] for r in rows if not is_failed(r)}
             self.retried = sorted({r["key"] for r in rows if is_failed(r)} - done)
             if any(is_failed(r) for r in rows):  # failed records: removed here, their rows run again

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .._text import StatusLine, count
 from .._version import __version__
+from ..runfiles import weights_fingerprint
 from ..sample import sample
 from ..threads import set_threads
 from ..tuned import load_grid
@@ -93,7 +94,8 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
     results = ResultsFile(cfg.out)
     run = cfg.run_settings()
     hold.enter_context(claim_output(results.out, dist.is_main))  # the plan is valid: claim the directory
-    done = results.open(run, resume=cfg.resume, overwrite=cfg.overwrite) if dist.is_main else set()
+    weights = _weights(problems)
+    done = results.open(run, resume=cfg.resume, overwrite=cfg.overwrite, weights=weights) if dist.is_main else set()
     done = dist.broadcast_object(done)
 
     todo = [it for it in items if it.key not in done]
@@ -106,7 +108,7 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
         progress.note(f"running {count(len(results.retried), 'failed row')} again")
 
     t_start = time.perf_counter()
-    written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream, features)
+    written = _run_items(cfg, todo, problems, dist, version, run, progress, results, stream, features, weights)
     progress.close()
     if dist.is_main:
         if cfg.print_table:
@@ -141,7 +143,8 @@ def _feature_metrics(cfg: BenchConfig, problems: list[Problem], dist: DistContex
 
 
 def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dist: DistContext, version: str,
-               run: dict, progress: StatusLine, results: ResultsFile, stream, features: dict) -> list[dict]:
+               run: dict, progress: StatusLine, results: ResultsFile, stream, features: dict,
+               weights: dict) -> list[dict]:
     """Run the rows ``todo``, problem by problem; rank 0 writes each row (or failed record) and its
     table line as it finishes."""
     written = []
@@ -149,7 +152,7 @@ def _run_items(cfg: BenchConfig, todo: list[_Item], problems: list[Problem], dis
                   cfg.feature_metrics.row_metrics if cfg.feature_metrics else ())
     by_problem = {p.name: p for p in problems}
     for pname in dict.fromkeys(it.problem for it in todo):
-        st = ProblemState(by_problem[pname], cfg, dist, progress, features.get(pname))
+        st = ProblemState(by_problem[pname], cfg, dist, progress, features.get(pname), weights.get(pname))
         for it in [it for it in todo if it.problem == pname]:
             progress(f"[{len(written) + 1}/{len(todo)}] {pname} {it.solver} eta={it.eta:g} nfe={it.nfe}")
             try:
@@ -230,8 +233,8 @@ def _run_row(st: ProblemState, it: _Item, dist: DistContext, version: str, run: 
     dist.barrier()
     return make_row(
         key=it.key, problem=p.name, schedule=p.schedule_name, solver=it.solver, ran=_ran(it),
-        eta=it.eta, grid=it.default.grid if it.default else cfg.grid, nfe_budget=it.nfe, steps=len(res.t) - 1,
-        nfe=nfe, n_samples=st.n,
+        weights=st.weights, eta=it.eta, grid=it.default.grid if it.default else cfg.grid, nfe_budget=it.nfe,
+        steps=len(res.t) - 1, nfe=nfe, n_samples=st.n,
         seeds=_seed_spec(st.seeds), device=_row_device(st, dist),
         dtype=cfg.dtype, world_size=dist.world_size, threads=torch.get_num_threads(), metrics=metrics, floors=floors,
         intervals=intervals, reference=st.reference_name() if span is not None else None,
@@ -244,12 +247,18 @@ def _failed_row(st: ProblemState, it: _Item, dist: DistContext, version: str, ru
     """The failed record of a row that raised ``error``: what the row is, and why it has no metrics."""
     return make_failed_row(
         key=it.key, problem=st.problem.name, schedule=st.problem.schedule_name, solver=it.solver,
-        ran=_ran(it), eta=it.eta,
+        ran=_ran(it), weights=st.weights, eta=it.eta,
         grid=it.default.grid if it.default else st.cfg.grid, nfe_budget=it.nfe, steps=it.steps, n_samples=st.n,
         seeds=_seed_spec(st.seeds),
         device=_row_device(st, dist), dtype=st.cfg.dtype, world_size=dist.world_size,
         threads=torch.get_num_threads(), status="failed", error=error, diffsolve_version=version,
         torch_version=torch.__version__, run=run, finished_at=_now())
+
+
+def _weights(problems: list[Problem]) -> dict:
+    """Each trained model's weights fingerprint (a row records it; a resume with another network under the
+    same name is refused); analytic problems are defined by their name and schedule."""
+    return {p.name: weights_fingerprint(p.denoiser().net) for p in problems if p.kind == "model"}
 
 
 def _ran(it: _Item) -> dict | None:

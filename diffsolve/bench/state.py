@@ -75,9 +75,11 @@ def attempt(dist: DistContext, fn):
 class ProblemState:
     """Seeds, shards, the denoiser, the reference solution and the metric targets of one problem."""
 
-    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: StatusLine, features=None):
+    def __init__(self, problem: Problem, cfg: BenchConfig, dist: DistContext, progress: StatusLine, features=None,
+                 weights: str | None = None):
         self.problem, self.cfg, self.dist, self.progress = problem, cfg, dist, progress
         self.features = features  # a FeatureMetrics (rank 0, when feature metrics are asked for) or None
+        self.weights = weights  # a trained model's weights fingerprint, recorded in its rows; None: analytic
         if cfg.seeds is not None:
             self.seeds = parse_seeds(cfg.seeds)
         else:
