@@ -506,6 +506,54 @@ def fresh_afs_check(budgets=(4, 5, 6, 8, 10, 12, 15, 20), seed=4321):
     print("| geometric mean | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
 
 
+def vp_karras_check(budgets=(8, 10, 12), seed=4321):
+    """A candidate for 7-12 evaluations on the VP families (DDPM, cosine): ``deis`` on the ``karras`` grid
+    with the final denoise and the analytic first step, over the default call, on the three fresh problems
+    (their own start points) and the trained digits model (seeds 1000-1255 against a tight float64 solve).
+    Its rule was written down before the run: adopt if the fresh geometric mean is below 0.9 and the
+    digits model's at most 1.0."""
+    sweep = _table(_load(OUT))
+    print("\n## VP, 7-12 evaluations, on the sweep: error / best configuration of each cell (geometric mean)\n")
+    print("| family | default: choice | held out | afs_deis3 karras +x̂0: choice | held out |")
+    print("|---|---:|---:|---:|---:|")
+    for s in ("ddpm", "cosine"):
+        vals = [_rule_regret(sweep, rule, probs, (s,), budgets)
+                for rule in (library_default, lambda n, f: ("afs_deis3", "karras", True))
+                for probs in (CHOICE, HELD_OUT)]
+        print(f"| {s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print("\n## VP, 7-12 evaluations: deis karras +x̂0 with the analytic first step / the default call\n")
+    print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+    print("|---|" + "---:|" * len(budgets))
+
+    def ratios(den, x, ref):
+        out = []
+        for n in budgets:
+            with torch.no_grad():
+                cur = ds.sample(den, x, nfe=n)
+                cand = ds.sample(den, x, nfe=n, solver="deis", grid="karras", denoise_final=True,
+                                 analytic_first_step=True)
+            out.append(_rms(cand.x, ref) / _rms(cur.x, ref))
+        return out
+
+    logs = []
+    for name, (make, batch) in FRESH.items():
+        gm = make()
+        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        for sname in ("ddpm", "cosine"):
+            sch = ds.make_schedule(sname)
+            x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+            r = ratios(gm.denoiser(sch, SCHEDULES[sname]), x, _reference(gm, sch, z, sch.t_max))
+            logs += [math.log(v) for v in r]
+            print(f"| {name}/{sname} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
+    print(f"| geometric mean, fresh | {math.exp(sum(logs) / len(logs)):.2f} | | |")
+    m = ds.zoo.load("digits")
+    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
+    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    r = ratios(m, x.float(), ref)
+    print("| digits (trained) | " + " | ".join(f"{v:.2f}" for v in r) + " |")
+    print(f"| geometric mean, digits | {math.exp(sum(map(math.log, r)) / len(r)):.2f} | | |", flush=True)
+
+
 def _from_sigma_one():
     """The schedules that start at σ = 1 (or below START_LOG_SNR), with the prediction type to run them in:
     a flow schedule as a diffusers flow config gives it, and Stable Diffusion 2.x's betas rescaled to
@@ -852,6 +900,8 @@ CHECKS = {
                                              "call (~1 min)"),
     "small_budget": (small_budget_check, "deis against unipc:order=3 at 10-15 evaluations: fresh problems, "
                                          "digits (~3 min)"),
+    "vp_karras": (vp_karras_check, "deis karras +x̂0 with the analytic first step at 7-12 on VP schedules: "
+                                   "fresh problems, digits (~2 min)"),
     "tune_peers": (tune_peers_check, "run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, "
                                      "mix48 (needs their peers_quality rows)"),
     "tune_screening": (tune_screening_check, "compare the screening's samplers, stratified and πps, three draws "
