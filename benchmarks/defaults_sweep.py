@@ -521,6 +521,12 @@ def vp_karras_check(budgets=(8, 10, 12), seed=4321):
                 for rule in (library_default, lambda n, f: ("afs_deis3", "karras", True))
                 for probs in (CHOICE, HELD_OUT)]
         print(f"| {s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print("\n| problem/family | default | afs_deis3 karras +x̂0 |\n|---|---:|---:|")
+    for prob in CHOICE + HELD_OUT:
+        for s in ("ddpm", "cosine"):
+            vals = [_rule_regret(sweep, rule, (prob,), (s,), budgets)
+                    for rule in (library_default, lambda n, f: ("afs_deis3", "karras", True))]
+            print(f"| {prob}/{s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     print("\n## VP, 7-12 evaluations: deis karras +x̂0 with the analytic first step / the default call\n")
     print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
     print("|---|" + "---:|" * len(budgets))
