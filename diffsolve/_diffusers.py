@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, call_conditions
+from .denoiser import Denoiser, call_conditions, rows_noted
 from .schedules import DDPMSchedule, FlowSchedule, Schedule
 from .schedules.continuous import shift_sigma
 from .thresholding import threshold_from_config
@@ -257,7 +257,8 @@ class _DiffusersNet(torch.nn.Module):
             raise ValueError("this adapter was built with cond_key=None; it takes no positional condition "
                              "(give keyword conditions instead)")
         kwargs = _to(call_conditions(self.conditions, self.run_rows, cond, self.cond_key, conditions)[1], x.device)
-        out = self.model(x, timestep=label, **kwargs) if self._keyword else self.model(x, label, **kwargs)
+        with rows_noted(kwargs, x.shape[0]):
+            out = self.model(x, timestep=label, **kwargs) if self._keyword else self.model(x, label, **kwargs)
         out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
         if self.out_channels is not None and out.dim() > 1 and out.shape[1] == 2 * self.out_channels:
             out = out[:, : self.out_channels]  # learned variance: the mean prediction comes first

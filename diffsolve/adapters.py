@@ -45,7 +45,7 @@ from ._diffusers import (flow_sigmas_from_diffusers, from_diffusers, from_pretra
                          schedule_from_diffusers)
 from ._numbers import check_number
 from .checks import caller_stacklevel
-from .denoiser import Denoiser, call_conditions
+from .denoiser import Denoiser, _add_note, call_conditions, rows_noted
 from .schedules import EDMSchedule, Schedule, make_schedule
 
 __all__ = ["from_diffusers", "from_pretrained", "schedule_from_diffusers", "flow_sigmas_from_diffusers",
@@ -125,7 +125,7 @@ class VECoordinates(torch.nn.Module):
 
     def forward(self, x: Tensor, s: Tensor, cond=None, **conditions) -> Tensor:
         if not self._unit_alpha:
-            t = self.schedule.t_of_log_snr(-torch.log(s.detach().to(torch.float64)))
+            t = self.schedule.t_of_log_snr(-torch.log(s.to(torch.float64)))  # differentiable: tune_solver's shifts
             alpha = self.schedule.alpha(t).to(device=x.device, dtype=x.dtype)
             x = x / alpha.reshape(-1, *([1] * (x.dim() - 1)))
         args, kwargs = call_conditions({}, None, cond, self.cond_key, conditions)
@@ -214,10 +214,11 @@ class _FlowMatchingVelocity(torch.nn.Module):
         self.run_rows = None  # the rows x holds (Denoiser.at_rows): per-sample extras follow them
 
     def forward(self, x: Tensor, tau: Tensor, cond=None, **conditions) -> Tensor:
-        if tau.dim() == 1 and tau.stride(0) == 0:  # one time for every row: 0-d, as flow_matching's ODESolver
-            tau = tau[0]
+        if _one_time(tau):  # one time for every row: 0-d, as flow_matching's ODESolver passes it
+            tau = tau.reshape(-1)[0]
         args, kwargs = call_conditions(self.extras, self.run_rows, cond, self.cond_key, conditions)
-        out = self.u(x, tau, *args, **kwargs)
+        with rows_noted(kwargs, x.shape[0]):
+            out = self.u(x, tau, *args, **kwargs)
         return -out if isinstance(out, Tensor) else out  # anything else: the Denoiser names it
 
 
@@ -262,22 +263,45 @@ class _AzulaVE(torch.nn.Module):
         self.denoiser = denoiser
 
     def azula_time(self, s: Tensor) -> Tensor:
-        """The azula times (float64, shape of s) where σ_t/α_t = s."""
-        target = s.detach().to(torch.float64).log()
-        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        """The azula times (float64, shape of s) where σ_t/α_t = s. Differentiable in s (the implicit
+        function's derivative dt/d log s = 1 / (d log(σ/α)/dt), for tune_solver's time shifts): the value is
+        the bisection's."""
+        target = s.to(torch.float64).log()
+        lo, hi = torch.zeros_like(target).detach(), torch.ones_like(target).detach()
         for _ in range(self._BISECTIONS):
             mid = (lo + hi) / 2
             a, sig = self.denoiser.schedule(mid)
-            up = (sig / a).log() < target
+            up = (sig / a).log() < target.detach()
             lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
-        return (lo + hi) / 2
+        t = (lo + hi) / 2
+        if not target.requires_grad:
+            return t
+        with torch.enable_grad():
+            tt = t.clone().requires_grad_()
+            a, sig = self.denoiser.schedule(tt)
+            (slope,) = torch.autograd.grad((sig / a).log().sum(), tt)
+        return t + (target - target.detach()) / slope.detach()
 
     def forward(self, y: Tensor, s: Tensor, *args, **kwargs) -> Tensor:
-        one = s.dim() == 0 or s.stride(0) == 0 or s.numel() == 1  # one time for every row: 0-d, as azula's samplers
+        one = _one_time(s)  # one time for every row: 0-d, as azula's samplers pass it
         t = self.azula_time(s.reshape(-1)[:1] if one else s.reshape(-1))
         alpha = self.denoiser.schedule(t)[0].to(device=y.device, dtype=y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
         t = t.to(device=y.device, dtype=y.dtype)
-        return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
+        try:
+            return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
+        except Exception as e:
+            if not one:
+                _add_note(e, "diffsolve: the rows were at different times (per-sample adaptive steps); an azula "
+                             "denoiser that takes one time for all rows (its GaussianDenoiser) needs them shared: "
+                             "log_likelihood(..., per_sample=False) or a fixed-step solver")
+            raise
+
+
+def _one_time(t: Tensor) -> bool:
+    """Whether every row of a time tensor is at one time (0-d, one element, a broadcast row, or all equal)."""
+    if t.dim() == 0 or t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0):
+        return True
+    return bool((t == t.reshape(-1)[0]).all())
 
 
 def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = None, net_dtype=None) -> Denoiser:
@@ -290,8 +314,12 @@ def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = No
     azula's own σ/α; it runs on any diffsolve ``schedule``, by default an :class:`EDMSchedule` over
     azula's s range at t = 0 and 1 (1e-3 to 1e3 for its default schedules). Conditions reach the
     denoiser as :func:`from_edm` passes them (azula takes keywords: ``cond_key`` or dict conditions).
-    A denoiser that takes one time for all rows only (azula's ``GaussianDenoiser``) runs where every row
-    is at one time: fixed-step sampling, and ``log_likelihood(..., per_sample=False)``.
+    The time reaches the denoiser as a 0-d tensor wherever every row is at one time (as azula's samplers pass
+    it), else as (B,). A denoiser that takes one time for all rows only (azula's ``GaussianDenoiser``) runs
+    where every row is at one time: fixed-step sampling and tuning, ``log_likelihood(...,
+    per_sample=False)``; per-sample adaptive steps (the likelihood's default, ``tune_steps``' reference
+    solves) part the rows' times, and its error then says so. t(s) is differentiable (the implicit
+    function's derivative), so :func:`~diffsolve.tune_solver` fits its time shifts through it.
 
     References: azula (github.com/probabilists/azula); Karras et al., EDM, arXiv:2206.00364.
     """

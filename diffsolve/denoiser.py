@@ -616,6 +616,35 @@ def take_rows(c, run_rows: tuple[Tensor, int] | None):
     return c
 
 
+@contextmanager
+def rows_noted(conditions: dict, rows: int):
+    """Within the block an adapter calls its network with keyword ``conditions`` on an x of ``rows`` rows; an
+    error raised there gets a note naming every tensor condition whose rows are neither ``rows`` nor 1 (a
+    per-sample condition for another batch). Not refused up front: a fixed tensor without a batch dimension
+    (FLUX's ``img_ids``) is a legitimate condition of another length."""
+    try:
+        yield
+    except Exception as e:
+        odd = [f"{k} ({v.shape[0]} rows)" for k, v in _tensor_items(conditions)
+               if v.dim() >= 1 and v.shape[0] not in (1, rows)]
+        if odd:
+            _add_note(e, f"diffsolve: the condition{'s' * (len(odd) > 1)} {', '.join(odd)} "
+                         f"{'have' if len(odd) > 1 else 'has'} another number of rows than this call's x ({rows}): "
+                         f"a per-sample condition needs one row per sample of the batch sampled (or one row for "
+                         f"all samples)")
+        raise
+
+
+def _tensor_items(c, prefix: str = ""):
+    """(name, tensor) of every tensor in a (nested) dict of conditions."""
+    for k, v in c.items():
+        name = f"{prefix}[{k!r}]" if prefix else str(k)
+        if isinstance(v, dict):
+            yield from _tensor_items(v, name)
+        elif isinstance(v, Tensor):
+            yield name, v
+
+
 def call_conditions(fixed: dict, run_rows, cond, cond_key: str | None, per_call: dict) -> tuple[tuple, dict]:
     """(positional, keyword) conditions of one network call through an adapter: its ``fixed`` keyword
     conditions (the rows x holds, :func:`take_rows`), a positional ``cond`` (passed as keyword ``cond_key``,

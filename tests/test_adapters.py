@@ -507,3 +507,58 @@ def test_azula_ddim_step_for_step():
         got = diffsolve.sample(adapters.from_azula(az, shape=(2,)), x_T / a[0], solver="ddim", grid=(s / a).tolist())
         torch.testing.assert_close(got.x * a[-1], sampler(x_T), rtol=0, atol=1e-12)
         assert azula is not None and got.nfe == 12
+
+
+def _time_gradient(den, x, t=0.3):
+    t = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        return torch.autograd.grad(den.x0(x, t).sum(), t)[0]
+
+
+def test_time_gradient_through_the_ve_adapters(mixture):
+    """tune_solver differentiates x̂0 with respect to the time the network is told (its shifts): through
+    from_edm and from_azula on a schedule with α ≠ 1 (α(t(s)) carries t too; azula's time is found by
+    bisection, its derivative by the implicit function) it equals the plain model's."""
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    D = lambda y, s: mixture.x0(y, s, EDMSchedule(1e-6, 1e10))  # noqa: E731
+    for sch in (VPSchedule(), CosineSchedule()):
+        ref = _time_gradient(mixture.denoiser(sch, "x0"), x)
+        for den in (adapters.from_edm(D, sch, shape=(6,)), adapters.from_azula(_AzulaStyle(mixture), sch, shape=(6,))):
+            torch.testing.assert_close(_time_gradient(den, x), ref, rtol=1e-7, atol=1e-9)
+
+
+class _OneTimeAzula(_AzulaStyle):
+    """An azula denoiser that takes one time for all rows (as azula's GaussianDenoiser)."""
+
+    def forward(self, x_t, t):
+        if t.dim() != 0:
+            raise RuntimeError(f"The size of tensor a ({x_t.shape[0]}) must match the size of tensor b (6)")
+        return super().forward(x_t, t)
+
+
+def test_one_time_azula_denoisers_get_one_time_and_a_note_where_rows_part(mixture):
+    den = adapters.from_azula(_OneTimeAzula(mixture), VPSchedule(), shape=(6,))
+    x = mixture.sample(3, generator=torch.Generator().manual_seed(2)).to(torch.float64)
+    shared = diffsolve.log_likelihood(den, x, divergence="exact", per_sample=False)  # every row at one time
+    assert torch.isfinite(shared.log_prob).all()
+    with pytest.raises(RuntimeError) as e:  # per-sample steps part the rows' times after the first step
+        diffsolve.log_likelihood(den, x, divergence="exact")
+    assert "per_sample=False" in "".join(getattr(e.value, "__notes__", [])) + str(e.value)
+
+
+def test_flow_matching_conditions_of_another_batch_are_named():
+    taus = []
+
+    def u(x, tau, label):
+        taus.append(tau.dim())
+        return x * label[:, None]
+
+    fm = adapters.from_flow_matching(u, shape=(8,), net_dtype=torch.float64, label=torch.tensor([1.0, 2.0, 0.0, 1.0]))
+    with pytest.raises(RuntimeError) as e:
+        diffsolve.sample(fm, torch.randn(3, 8, dtype=torch.float64), nfe=4)
+    assert "label (4 rows)" in "".join(getattr(e.value, "__notes__", [])) + str(e.value)
+    # τ is 0-d wherever every row is at one time, per-sample adaptive steps included (their first call)
+    fm = adapters.from_flow_matching(u, shape=(8,), net_dtype=torch.float64, label=torch.ones(3))
+    taus.clear()
+    diffsolve.log_likelihood(fm, torch.randn(3, 8, dtype=torch.float64), divergence="exact", rtol=1e-3, atol=1e-3)
+    assert taus[0] == 0
