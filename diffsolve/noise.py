@@ -71,28 +71,30 @@ class NoiseSource:
         self.seeds = seeds
         self.global_rng = bool(global_rng) and seeds is None and generator is None
 
-    def randn(self, rows: Sequence[int] | None = None) -> Tensor:
-        """One standard normal draw for the whole batch, in ``dtype`` (drawn in float64, then rounded).
+    def randn(self, rows: Sequence[int] | None = None, *, dtype: torch.dtype | None = None) -> Tensor:
+        """One standard normal draw for the whole batch, in ``dtype`` (default the source's; drawn in
+        float64, then rounded).
 
         With ``rows`` (sample indices), a draw for those samples only, shape (len(rows), *event_shape):
         with per-sample seeds only their streams advance, so what sample i gets depends on how often
         *it* drew, never on the other samples (adaptive per-sample loops draw for the active rows).
         """
         self.draws += 1
+        dtype = self.dtype if dtype is None else dtype
         # drawn in float64 whatever the state's dtype, then rounded to it: a seed gives the same noise,
         # to rounding, in a float32 state as in a float64 one
         if self._gens is None:
             n = self.batch if rows is None else len(rows)
             if self.global_rng:
                 z = torch.randn(n, *self.event_shape, device=self.device, dtype=self.draw_dtype)
-                return z.to(dtype=self.dtype)
+                return z.to(dtype=dtype)
             if self._gen is None:
                 self._gen = torch.Generator(self.device).manual_seed(0)
             z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
-            return z.to(device=self.device, dtype=self.dtype)
+            return z.to(device=self.device, dtype=dtype)
         gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]
         return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=torch.float64)
-                            for g in gens]).to(self.dtype)
+                            for g in gens]).to(dtype)
 
 
 class ImpulseNoise:

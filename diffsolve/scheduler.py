@@ -637,5 +637,5 @@ class DiffsolveSchedulerOutput(BaseOutput):
 class _MetaSource:
     """A random source of data-less tensors (the dry run draws without numbers)."""
 
-    def randn(self, rows=None):
+    def randn(self, rows=None, *, dtype=None):
         return torch.empty(1, 1, dtype=torch.float64, device="meta")

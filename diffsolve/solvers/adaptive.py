@@ -50,6 +50,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -254,22 +255,30 @@ _SDE_METHODS = {
 class _AsRun(torch.nn.Module):
     """The SDE as torchsde runs it: read as Itô or as Stratonovich (the same drift either way, exact here since
     ν_t does not depend on x), with at most ``max_calls`` drift calls when not None (torchsde's adaptive steps
-    have no limit of their own: a collapsing step size would run for ever)."""
+    have no limit of their own: a collapsing step size would run for ever). A drift call at the time and
+    state of the call before it (torchsde's shape check at the start, srk's stages) reuses that call's value
+    instead of calling the network again."""
 
     noise_type = "diagonal"
 
     def __init__(self, sde, sde_type: str, max_calls: int | None, max_steps: int):
         super().__init__()
         self.sde, self.sde_type, self.max_calls, self.max_steps, self.calls = sde, sde_type, max_calls, max_steps, 0
+        self._last = None  # (key, state, drift) of the last call; the state held so its memory is not reused
 
     def f(self, t, y):
+        key = (float(t), y.data_ptr(), y._version, tuple(y.shape), y.stride(), y.dtype, y.device)
+        if self._last is not None and self._last[0] == key:  # the same tensor, unchanged, at the same time
+            return self._last[2].clone()
         self.calls += 1
         if self.max_calls is not None and self.calls > self.max_calls:
             raise RuntimeError(f"torchsde's adaptive steps did not reach the end within the drift calls of "
                                f"max_steps={self.max_steps} steps (at τ = {float(t):.6g}): the step size collapsed. "
                                f"Loosen rtol/atol, raise "
                                f"max_steps, or use fixed steps (solver_options=dict(steps=N))")
-        return self.sde.f(t, y)
+        out = self.sde.f(t, y)
+        self._last = (key, y, out.clone())  # a copy: torchsde may update the returned drift in place
+        return out
 
     def g(self, t, y):
         return self.sde.g(t, y)
@@ -277,20 +286,21 @@ class _AsRun(torch.nn.Module):
 
 def _per_sample_brownian(t0, t1, entropies, dim, dtype, device, levy_area, dt):
     """A batched Brownian motion made of one ``BrownianInterval`` per sample, each seeded by its own
-    entropy, so sample i's path does not depend on the batch (for the same query times)."""
+    entropy, so sample i's path does not depend on the batch (for the same query times). The paths are
+    drawn in float64 and rounded to ``dtype``, so a seed gives the same path in either state dtype."""
     from torchsde import BrownianInterval
     from torchsde._brownian.brownian_base import BaseBrownian
 
     class PerSampleBrownian(BaseBrownian):
         def __init__(self):
-            self.bms = [BrownianInterval(t0=t0, t1=t1, size=(1, dim), dtype=dtype, device=device, entropy=e,
+            self.bms = [BrownianInterval(t0=t0, t1=t1, size=(1, dim), dtype=torch.float64, device=device, entropy=e,
                                          levy_area_approximation=levy_area, dt=dt) for e in entropies]
 
         def __call__(self, ta, tb=None, return_U=False, return_A=False):
             outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.bms]
             if isinstance(outs[0], tuple):
-                return tuple(torch.cat(parts, 0) for parts in zip(*outs))
-            return torch.cat(outs, 0)
+                return tuple(torch.cat(parts, 0).to(dtype) for parts in zip(*outs))
+            return torch.cat(outs, 0).to(dtype)
 
         def __repr__(self):
             return f"PerSampleBrownian(batch={len(self.bms)}, dim={dim})"
@@ -338,10 +348,14 @@ class TorchSDE(AdaptiveSolver):
             to 4× more attempts): an error past it, where torchsde itself has no limit.
 
     Each sample's Brownian path is a ``torchsde.BrownianInterval`` seeded from one draw of that
-    sample's noise stream (``seeds=`` in ``sample``). torchsde's Euler makes one drift call per step
-    plus one. Measured on a 2-D Gaussian (VP, η = 1, equal steps in t): ``reversible_heun`` damps the
-    dissipative reverse SDE weakly (variance 1.85x / 1.18x the exact one at 40 / 160 steps, against
-    1.12x for ``heun`` at 40 steps); ``milstein`` equals ``euler`` here since ∂ν/∂x = 0.
+    sample's noise stream (``seeds=`` in ``sample``), drawn in float64 whatever the state dtype. torchsde's
+    Euler makes one drift call per step: a call at the time and state of the call before it (torchsde's
+    shape check at the start, srk's stages) reuses that value. ``milstein`` equals ``euler`` here since
+    ∂ν/∂x = 0. Fixed steps on which the method is unstable are refused (:meth:`check`); that refuses
+    ``reversible_heun`` at η > 0 on the grids tried: its steps do not damp the dissipative reverse drift.
+    ``t`` of the
+    result is the span (start and end); the fixed steps' grid is ``make_grid(schedule, steps, grid,
+    t_start, t_end)``.
 
     References:
         Li, Wong, Chen, Duvenaud, Scalable Gradients for Stochastic Differential Equations,
@@ -370,6 +384,54 @@ class TorchSDE(AdaptiveSolver):
         self.method, self.steps, self.grid, self.adaptive_steps = method, int(steps), grid, bool(adaptive)
         self.rtol, self.atol = float(rtol), float(atol)
 
+    def _grid(self, ctx) -> Tensor:
+        """The fixed steps' grid between the run's start and end times."""
+        return make_grid(ctx.denoiser.schedule, self.steps, self.grid, t_start=ctx.times[0], t_end=ctx.times[-1])
+
+    def check(self, ctx):
+        """Refuse fixed steps on which the method is unstable (docs/math.md (11.1a)), as ``euler`` refuses
+        Euler–Maruyama: the factor by which each of the method's steps multiplies a perturbation of the
+        drift's linear part is measured by running the method itself on that linear part (scalar, without
+        noise), and an error made at some step must not grow more than 100× by the end."""
+        if self.adaptive_steps or ctx.level.is_zero:
+            return
+        import torchsde
+
+        from .euler import MAX_GROWTH
+
+        grid = self._grid(ctx)
+        sch, level = ctx.denoiser.schedule, ctx.level
+        where = ReverseSDE(ctx.denoiser, eta=level.eta, noise=level.noise).torchsde((1,), grid=grid)
+
+        class Linear(torch.nn.Module):  # dy/du = −κ(t(u)) c_k y, the reverse drift's part linear in x
+            noise_type, sde_type = "diagonal", _SDE_METHODS[self.method][0]
+
+            def f(self, u, y):
+                t, speed = where._t(u)
+                kappa = sch.f(t) + 0.5 * (sch.g2(t) + level.nu2(t)) / sch.sigma(t) ** 2
+                return -float(kappa * speed) * y
+
+            def g(self, u, y):
+                return torch.zeros_like(y)
+
+        n = len(grid) - 1
+        u = torch.arange(n + 1, dtype=torch.float64)
+        with torch.no_grad():
+            y = torchsde.sdeint(Linear(), torch.ones(1, 1, dtype=torch.float64), u, method=self.method, dt=1.0,
+                                options={"grad_free": True} if self.method == "milstein" else None)
+        y = y.reshape(-1).abs()
+        log_factor = (y[1:].clamp(min=1e-300).log() - y[:-1].clamp(min=1e-300).log()).nan_to_num(posinf=1e300)
+        growth = float(log_factor.flip(0).cumsum(0).max().clamp(max=700).exp())
+        if growth > MAX_GROWTH:
+            eta = f"eta={level.eta:g}" if level.eta is not None else "this noise level"
+            why = ("; reversible Heun does not damp a dissipative drift (its stability region is a segment of the "
+                   "imaginary axis): more steps help it little, use method=heun or midpoint"
+                   if self.method == "reversible_heun" else "")
+            raise ValueError(f"torchsde's {self.method} with {eta} is unstable on this grid of {n} steps: an error "
+                             f"made in its steps grows by up to {growth:.2g}× before the end (stable: at most 1), "
+                             f"so the samples would diverge{why}. Take more steps (torchsde:steps=N), a smaller eta, "
+                             f"or a solver that takes any eta exactly (ancestral, dpmpp_2m_sde)")
+
     def solve(self, ctx, x):
         import torchsde
 
@@ -381,7 +443,7 @@ class TorchSDE(AdaptiveSolver):
             grid, T = None, denoiser.schedule.t_max
             u0, u1 = T - float(t_start), T - float(t_end)
         else:  # in the grid index
-            grid = make_grid(denoiser.schedule, self.steps, self.grid, t_start=float(t_start), t_end=float(t_end))
+            grid = self._grid(ctx)
             u0, u1 = 0.0, float(len(grid) - 1)
         sde = ReverseSDE(denoiser, eta=level.eta, noise=level.noise).torchsde(event, grid=grid)
         sde_type, levy = _SDE_METHODS[self.method]
@@ -392,12 +454,16 @@ class TorchSDE(AdaptiveSolver):
         dt = (u1 - u0) / self.steps if self.adaptive_steps else 1.0
         if noise is None:
             noise = NoiseSource(B, event, device=x.device)
-        # one draw of each sample's own stream seeds its Brownian path
-        bits = noise.randn().reshape(B, -1)[:, 0].to(device="cpu", dtype=torch.float64).view(torch.int64)
+        # one draw of each sample's own stream seeds its Brownian path (its float64 bits, whatever the state dtype)
+        bits = noise.randn(dtype=torch.float64).reshape(B, -1)[:, 0].to(device="cpu").view(torch.int64)
         entropies = [abs(int(b)) % (2**63 - 1) for b in bits]
         bm = _per_sample_brownian(u0, u1, entropies, dim, x.dtype, x.device, levy, dt)
         opts = {"grad_free": True} if self.method == "milstein" else None
-        ys = torchsde.sdeint(sde, x.reshape(B, dim), ts, bm=bm, method=self.method, dt=dt,
-                             adaptive=self.adaptive_steps, rtol=self.rtol, atol=self.atol, options=opts)
+        with warnings.catch_warnings():  # ν_t does not depend on x: the noise is additive, which torchsde's
+            # check for adaptive Euler–Maruyama cannot see in a diagonal-noise SDE
+            warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed to converge")
+            ys = torchsde.sdeint(sde, x.reshape(B, dim), ts, bm=bm, method=self.method, dt=dt,
+                                 adaptive=self.adaptive_steps, rtol=self.rtol, atol=self.atol, options=opts)
         return ys[-1].reshape(x.shape), {"method": self.method, "adaptive": self.adaptive_steps,
-                                         "grid": None if self.adaptive_steps else self.grid, "steps": self.steps}
+                                         "grid": None if self.adaptive_steps else self.grid,
+                                         "steps": None if self.adaptive_steps else self.steps}
