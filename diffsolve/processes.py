@@ -91,11 +91,20 @@ class NoiseLevel:
         except Exception:  # noqa: BLE001 -- a genuine error is raised again by the per-time calls
             if t.dim() == 0:
                 raise
-        nu = [torch.as_tensor(self.noise(s), dtype=torch.float64) for s in t.reshape(-1)]
+        nu = [self._one(s) for s in t.reshape(-1)]
         if any(v.numel() != 1 for v in nu):
             raise ValueError(f"noise(t) must return one value ν_t per time t; for a single time it returned "
                              f"shape {tuple(next(v for v in nu if v.numel() != 1).shape)}")
         return torch.stack([v.reshape(()) for v in nu]).reshape(t.shape)
+
+    def _one(self, t: Tensor) -> Tensor:
+        """``noise(t)`` at one time, as a float64 tensor; a value that is no number is named."""
+        value = self.noise(t)
+        try:
+            return torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"noise(t) must return the noise level ν_t, a number or a tensor of numbers; at "
+                            f"t={float(t):.6g} it returned {type(value).__name__} {value!r:.60}") from None
 
     def nu2(self, t) -> Tensor:
         return self.nu(t) ** 2

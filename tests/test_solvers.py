@@ -226,7 +226,7 @@ def test_negative_eta(den):
 
 @pytest.mark.parametrize("name", ["heun", "euler_ve"])
 def test_ode_only_solver_rejects_eta(den, name):
-    with pytest.raises(ValueError, match="eta > 0 use 'ancestral'"):
+    with pytest.raises(ValueError, match=r"eta > 0 \(or a noise level\) pick a stochastic solver: ancestral, ddim"):
         ds.sample(den, shape=(2, 2), solver=name, steps=4, eta=1.0)
 
 

@@ -13,8 +13,10 @@ every η):
     c = η σ_s √(1 − e^{−2h}),   x_s = α_s x̂0 + √(σ_s² − c²) ε̂ + c z
 
 Both coincide at η ∈ {0, 1}; η = 0 is DDIM, η = 1 DDPM ancestral sampling. For a time-varying
-ν_t the published form uses the step's effective η = √(H/h); where c > σ_s, i.e.
-η²(1 − e^{−2h}) > 1 (possible only for η > 1), the code clips σ_s² − c² at 0.
+ν_t the published form uses the step's effective η = √(H/h); a step with c > σ_s, i.e.
+η²(1 − e^{−2h}) > 1 (possible only for η > 1), would add more noise than the marginal at s holds (the
+square root has no real value; diffusers' DDIM returns NaN there): such a run is refused (``check``),
+naming ``variant="exact"``, which takes any η.
 """
 from __future__ import annotations
 
@@ -80,6 +82,14 @@ class DDIM(Solver):
         if self.stride is not None and ctx.level.noise is not None:
             raise ValueError("ddim: stride needs a constant noise level eta (diffusers' DDIM), not a callable noise")
         super().check(ctx)
+        if self.variant == "published" and not ctx.level.is_zero:
+            for i in range(ctx.steps):
+                _, _, h, H = self._end(ctx, i)
+                if H / h * -math.expm1(-2.0 * h) > 1.0 + 1e-12:
+                    raise ValueError(f"ddim:variant=published at this noise level adds more noise at step {i} than the "
+                                     f"marginal holds (η²(1 − e^(−2h)) = {H / h * -math.expm1(-2.0 * h):.3g} > 1; the "
+                                     f"DDIM paper's η is at most 1): give eta <= 1, or variant=exact, which takes "
+                                     f"any eta")
 
     def _end(self, ctx, i: int) -> tuple[float, float, float, float]:
         """(α, σ, h, H) at the end of step i: the next grid time, or t_i − stride (``stride``)."""
@@ -101,7 +111,7 @@ class DDIM(Solver):
             eta = math.sqrt(H / h)
             c = eta * s_s * math.sqrt(-math.expm1(-2.0 * h))
             eps = (x - ctx.alpha[i] * x0) / s_t
-            x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * eps
+            x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * eps  # ≥ 0 up to round-off (check)
         if c > 0:
             x = x + c * ctx.randn()
         return x, state

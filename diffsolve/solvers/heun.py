@@ -68,10 +68,12 @@ class _VESolver(Solver):
 
     def check(self, ctx):
         if not ctx.level.is_zero:
+            from .registry import stochastic_solver_names
+
             raise ValueError(
-                f"solver {self.name!r} integrates the probability-flow ODE (eta=0); its churn option "
-                f"(S_churn > 0) is a noise-injection splitting, not the reverse SDE with eta > 0. For "
-                f"eta > 0 use 'ancestral', 'ddim', 'euler' or 'pc'")
+                f"solver {self.name!r} integrates the probability-flow ODE (eta=0) only; for eta > 0 (or a noise "
+                f"level) pick a stochastic solver: {', '.join(stochastic_solver_names())} (its churn option, "
+                f"S_churn > 0, is EDM's noise-injection splitting, not the reverse SDE)")
         super().check(ctx)
 
     @staticmethod

@@ -8,6 +8,7 @@ benchmark rows spell a configured solver the same way (:func:`solver_spec`).
 from __future__ import annotations
 
 import inspect
+import numbers
 import json
 
 from .base import Solver
@@ -59,9 +60,9 @@ def solver_spec(name: str, options: dict | None = None) -> str:
     return name + "".join(f":{k}={fmt(v)}" for k, v in sorted((options or {}).items()))
 
 
-def solver_options_help(cls: type[Solver]) -> str:
-    """``key=default`` for every constructor option of a solver class, including those a constructor
-    passes on to its base class through ``**options``."""
+def _constructor_options(cls: type[Solver]) -> list[inspect.Parameter]:
+    """Every constructor option of a solver class, including those a constructor passes on to its base
+    class through ``**options``."""
     seen, out = set(), []
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
@@ -70,10 +71,38 @@ def solver_options_help(cls: type[Solver]) -> str:
         for p in params:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in seen:
                 seen.add(p.name)
-                out.append(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name)
+                out.append(p)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return ", ".join(out)
+    return out
+
+
+def solver_options_help(cls: type[Solver]) -> str:
+    """``key=default`` for every constructor option of a solver class (:func:`_constructor_options`)."""
+    return ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name
+                     for p in _constructor_options(cls))
+
+
+def _check_option_types(cls: type[Solver], options: dict):
+    """An option whose default is a bool takes a bool, one whose default is an int an integer, one whose
+    default is a float a real number: ``adaptive=no`` from a spec is the string "no", which ``bool()`` reads
+    as True, and ``steps=abc`` failed with a bare int() message."""
+    defaults = {p.name: p.default for p in _constructor_options(cls)}
+    for key, value in options.items():
+        d = defaults.get(key)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if isinstance(d, bool):
+            ok, want = isinstance(value, bool) or type(value).__name__ == "bool_", "true or false"
+        elif value is None:  # "off" where an option takes it (lower_order_below=null); the constructor decides
+            continue
+        elif isinstance(d, int):
+            ok, want = number and float(value).is_integer(), "an integer"
+        elif isinstance(d, float):
+            ok, want = number, "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"solver {cls.name!r}: option {key}={value!r} must be {want} (default {d!r})")
 
 
 def default_eta(solver) -> float:
@@ -93,6 +122,7 @@ def get_solver(solver, **options) -> Solver:
             raise ValueError("solver options go to the constructor when passing a name; got an instance and options")
         return solver
     if isinstance(solver, type) and issubclass(solver, Solver):
+        _check_option_types(solver, options)
         return solver(**options)
     if isinstance(solver, str):
         name, spec_options = parse_solver_spec(solver)
@@ -101,6 +131,7 @@ def get_solver(solver, **options) -> Solver:
             if clash:
                 raise ValueError(f"solver option{'s' if len(clash) > 1 else ''} {', '.join(clash)} given both in "
                                  f"the spec {solver!r} and as keyword arguments; give each once")
+            _check_option_types(SOLVERS[name], {**spec_options, **options})
             try:
                 return SOLVERS[name](**spec_options, **options)
             except TypeError as e:
