@@ -11,6 +11,9 @@ evaluations on the probability-flow ODE,
   steps): for N ≤ 6 on every schedule, and for N ≤ 20 on a :class:`~diffsolve.schedules.FlowSchedule`
   (rectified flow), whose grid starts at α = 0.001 and whose α at the first grid point is several
   times smaller than a VP schedule's, and with it the error the formula leaves (docs/math.md (27.3));
+  only where the run starts at α/σ ≤ :data:`AFS_MAX_SIGNAL` = 0.02 (the sweep's schedules start at
+  0.0064–0.0125; on a VP schedule cut at t_max = 0.5, α/σ = 0.29, the default call at N = 5 had 2.8×
+  the error with it, ``tests/test_analytic_first_step.py``);
 - **grid**: ``log_snr`` (uniform in λ);
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
@@ -69,7 +72,8 @@ import torch
 
 from .schedules import EDMSchedule, FlowSchedule
 
-__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "FLOW_ANALYTIC_UP_TO", "LEARNED_UP_TO",
+__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DENOISE_ABOVE", "FLOW_ANALYTIC_UP_TO", "AFS_MAX_SIGNAL",
+           "LEARNED_UP_TO",
            "START_LOG_SNR", "DefaultRun", "default_run", "default_start", "prior_flow_scale",
            "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
@@ -78,6 +82,7 @@ TINY_BUDGET = 6  # at most this many evaluations: the analytic first step, then 
 SMALL_BUDGET = 12  # at most this many evaluations: third order in noise prediction
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 FLOW_ANALYTIC_UP_TO = 20  # on a flow schedule, the analytic first step up to this many evaluations (else TINY_BUDGET)
+AFS_MAX_SIGNAL = 0.02  # the analytic first step only where the run starts at α/σ at most this (_analytic_start)
 
 
 def budget_of(nfe: int | None, steps: int | None) -> int:
@@ -110,10 +115,22 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> Defa
     if isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE:
         return DefaultRun("deis", "karras", True)
     if budget <= TINY_BUDGET:
-        return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, analytic_first_step=True)
+        return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False,
+                          analytic_first_step=_analytic_start(schedule))
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
-    analytic = isinstance(schedule, FlowSchedule) and budget <= FLOW_ANALYTIC_UP_TO
+    analytic = isinstance(schedule, FlowSchedule) and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule)
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)
+
+
+def _analytic_start(schedule) -> bool:
+    """Whether the run starts where the signal is a small part of the state, α/σ ≤ :data:`AFS_MAX_SIGNAL`
+    (from t_max, or from :func:`default_start`): there the analytic first step's error, about α times the
+    data's mean (docs/math.md (27.2)), is small; the sweep's schedules start at α/σ = 0.0064 (DDPM) to
+    0.0125 (EDM, σ = 80). ``schedule=None``: the rule of those families."""
+    if schedule is None:
+        return True
+    lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
+    return max(lam0, START_LOG_SNR) <= math.log(AFS_MAX_SIGNAL)
 
 
 def default_denoise_final(budget: int, stochastic: bool) -> bool:

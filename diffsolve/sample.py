@@ -67,10 +67,13 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             schedule's t_max with a grid kind; default x ~ N(0, σ² I) drawn from the noise source, σ
             that of the grid's first time (t_max for a grid kind, t[0] for an explicit grid or one
             starting later, e.g. "leading"). A grid kind on a schedule that starts below the log-SNR of
-            :data:`~diffsolve.defaults.START_LOG_SNR` (a flow schedule from σ = 1) starts at that
-            log-SNR instead, the state carried there from t_max by the exact flow of
+            :data:`~diffsolve.defaults.START_LOG_SNR` (α/σ = 10⁻³: a flow schedule from σ = 1, a
+            zero-terminal-SNR table, VE with σ_max > 1000; named solvers' grid kinds too) starts at
+            that log-SNR instead, the state carried there from t_max by the exact flow of
             standard-normal data, a scaling (docs/math.md (27.4)); ``t[0]`` and ``x_init`` are then
-            that time and state.
+            that time and state. That scaling leaves an error of about 10⁻³ times the data's mean,
+            which more steps do not remove: for a run that must converge below it, give an explicit
+            grid from t_max, ``grid=make_grid(schedule, n, kind)``.
         shape: full batch shape (B, *event) when ``x`` is not given. With ``seeds`` and no shape,
             (len(seeds), *denoiser.shape).
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
@@ -117,7 +120,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
             N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
             makes one network call fewer). Default: as the default run says when no solver is given
-            (on up to 6 evaluations, and up to 20 on a flow schedule), else off.
+            (on up to 6 evaluations, and up to 20 on a flow schedule, where the run starts at α/σ ≤
+            0.02: :func:`diffsolve.defaults.default_run`), else off.
         enable_grad: record the autograd graph of the run, to differentiate the sample with respect to
             x, the network's parameters or a solver's weights (as flow_matching's ``ODESolver.sample``
             takes it). Default False: the run is made under ``torch.no_grad()`` (a network's
