@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from diffsolve.schedules import (SCHEDULES, CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule,
+from diffsolve.schedules import (SCHEDULES, CosineSchedule, DDPMSchedule, EDMSchedule, FlowSchedule, Schedule,
                                  SubVPSchedule, VESchedule, VPSchedule, make_schedule)
 
 F64 = torch.float64
@@ -381,3 +381,55 @@ def test_schedule_and_grid_arguments_are_checked_where_they_are_given():
         t = sch.t_of_log_snr(torch.tensor([-math.inf, -800.0, 800.0, math.inf], dtype=torch.float64))
         assert t.tolist() == [sch.t_max, sch.t_max, sch.t_min, sch.t_min]
     assert len(ds.make_grid(VPSchedule(), np.int64(9))) == 10
+
+
+class _SigmoidLogSNR(Schedule):
+    """A user's VP schedule, λ falling linearly from 5 to -5 on [0, 1] (the hooks the base class asks for)."""
+
+    def __init__(self, t_min=0.0, t_max=1.0, hi=5.0, lo=-5.0, dtype=torch.float64):
+        self.t_min, self.t_max, self.hi, self.lo, self.dtype = t_min, t_max, hi, lo, dtype
+
+    def _lam(self, t):
+        return (self.hi + (self.lo - self.hi) * t).to(self.dtype)
+
+    def _log_alpha(self, t):
+        return -0.5 * torch.nn.functional.softplus(-2 * self._lam(t))
+
+    def _log_sigma(self, t):
+        return -0.5 * torch.nn.functional.softplus(2 * self._lam(t))
+
+    def _d_log_alpha(self, t):
+        return (self.lo - self.hi) * torch.sigmoid(-2 * self._lam(t))
+
+    def _d_log_sigma(self, t):
+        return -(self.lo - self.hi) * torch.sigmoid(2 * self._lam(t))
+
+    def _t_of_log_snr(self, lam):
+        return ((lam - self.hi) / (self.lo - self.hi)).to(self.dtype)
+
+
+def test_a_user_schedule_is_checked_when_made():
+    import diffsolve as ds
+
+    s = _SigmoidLogSNR()
+    gm = ds.GaussianMixture.random(d=4, n_modes=2, seed=1)
+    assert torch.isfinite(ds.sample(gm.denoiser(s), seeds="0-1", nfe=6).x).all()
+    # the public names instead of the hooks: named, with the fix
+    class Public(Schedule):
+        t_min, t_max = 0.0, 1.0
+
+        def log_alpha(self, t):
+            return torch.zeros_like(torch.as_tensor(t, dtype=torch.float64))
+
+    with pytest.raises(TypeError, match=r"must implement _log_alpha, .*it overrides log_alpha.*implement the hooks"):
+        ds.make_schedule(Public())  # (no __init__ of its own: checked where it is first used)
+    with pytest.raises(TypeError, match="must implement _t_of_log_snr"):
+        type("NoInverse", (_SigmoidLogSNR,), {"_t_of_log_snr": Schedule._t_of_log_snr})()
+    with pytest.raises(ValueError, match=r"λ = log\(α/σ\) must be finite at t_min and t_max and fall"):
+        _SigmoidLogSNR(hi=-5.0, lo=5.0)  # rising λ
+    with pytest.raises(ValueError, match="needs finite times t_min < t_max"):
+        _SigmoidLogSNR(t_min=1.0, t_max=0.5)
+    # hooks computing in float32: the public API answers in float64 all the same
+    s32 = _SigmoidLogSNR(dtype=torch.float32)
+    assert s32.log_snr(0.5).dtype == s32.alpha(0.5).dtype == s32.t_of_log_snr(0.0).dtype == torch.float64
+    assert s32.tabulate(torch.tensor([0.9, 0.1], dtype=torch.float64)).log_alpha.dtype == torch.float64

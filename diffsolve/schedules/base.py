@@ -35,9 +35,16 @@ class GridTable(NamedTuple):
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_HOOKS = ("_log_alpha", "_log_sigma", "_d_log_alpha", "_d_log_sigma", "_t_of_log_snr")
+
+
 class Schedule:
-    """Base class. Subclasses implement ``log_alpha``, ``log_sigma``, ``d_log_alpha``,
-    ``d_log_sigma`` and ``t_of_log_snr``; everything else derives from them.
+    """Base class. Subclasses implement the hooks ``_log_alpha(t)``, ``_log_sigma(t)``,
+    ``_d_log_alpha(t)``, ``_d_log_sigma(t)`` (d/dt of the logs) and ``_t_of_log_snr(lam)`` (the inverse
+    of λ = log α − log σ) on float64 tensors of times, and set ``t_min`` < ``t_max``; everything else
+    derives from them (the public ``log_alpha``, ``alpha``, … check the time range, then call the
+    hooks). A schedule is checked once made (and when first used): the hooks present, the range
+    finite, λ finite at both ends and falling from t_min to t_max.
 
     Attributes:
         t_min, t_max: the valid time range; samplers integrate from ``t_max`` down to ``t_min``.
@@ -65,8 +72,36 @@ class Schedule:
                 self.__dict__["_init_depth"] = depth
             if depth == 0:
                 self.__dict__["_frozen"] = True
+                self.validate()
 
         cls.__init__ = __init__
+
+    def validate(self) -> "Schedule":
+        """Check, once per schedule, that a subclass implements the hooks and has a usable range (class
+        docstring); a clear error here instead of a bare NotImplementedError or a grid error later."""
+        if self.__dict__.get("_valid"):
+            return self
+        cls = type(self)
+        missing = [h for h in _HOOKS if getattr(cls, h) is getattr(Schedule, h)]
+        if missing:
+            public = [h[1:] for h in missing if getattr(cls, h[1:], None) is not getattr(Schedule, h[1:], None)]
+            hint = (f" (it overrides {', '.join(public)}: those public methods check the time range and call "
+                    f"the hooks, so implement the hooks instead)" if public else "")
+            raise TypeError(f"schedule {cls.__name__} must implement {', '.join(missing)}{hint}: see the "
+                            f"diffsolve.schedules.Schedule docstring")
+        ends = [getattr(self, k, None) for k in ("t_min", "t_max")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ends) \
+                or not ends[0] < ends[1]:
+            raise ValueError(f"schedule {cls.__name__} needs finite times t_min < t_max, got t_min={ends[0]!r}, "
+                             f"t_max={ends[1]!r}")
+        lam = self._log_snr(torch.tensor(ends, dtype=_F64)).to(_F64)
+        if not bool(torch.isfinite(lam).all()) or not float(lam[0]) > float(lam[1]):
+            raise ValueError(f"schedule {cls.__name__}: the log-SNR λ = log(α/σ) must be finite at t_min and t_max "
+                             f"and fall from t_min to t_max; got λ(t_min={ends[0]:g}) = {float(lam[0]):.6g}, "
+                             f"λ(t_max={ends[1]:g}) = {float(lam[1]):.6g} (σ = 0 or α = 0 at an end gives an "
+                             f"infinite λ: move the range inside)")
+        self.__dict__["_valid"] = True
+        return self
 
     def __setattr__(self, name, value):
         if self.__dict__.get("_frozen") and not name.startswith("_"):
@@ -126,17 +161,17 @@ class Schedule:
         hit = memo.get(key)
         if hit is None:
             t = self.check_time(t.clone())
-            hit = GridTable(t, *self._table(t))
+            hit = GridTable(t, *(v.to(_F64) for v in self._table(t)))
             if len(memo) >= 256:
                 memo.clear()
             memo[key] = hit
         return hit
 
     def log_alpha(self, t) -> Tensor:
-        return self._log_alpha(self.check_time(t))
+        return self._log_alpha(self.check_time(t)).to(_F64)
 
     def log_sigma(self, t) -> Tensor:
-        return self._log_sigma(self.check_time(t))
+        return self._log_sigma(self.check_time(t)).to(_F64)
 
     def alpha(self, t) -> Tensor:
         return self.log_alpha(t).exp()
@@ -146,7 +181,7 @@ class Schedule:
 
     def log_snr(self, t) -> Tensor:
         """λ_t = log(α_t/σ_t), the half log signal-to-noise ratio."""
-        return self._log_snr(self.check_time(t))
+        return self._log_snr(self.check_time(t)).to(_F64)
 
     def t_of_log_snr(self, lam) -> Tensor:
         """Exact inverse of ``log_snr``. λ beyond the range is clamped to the range's ends (before the
@@ -154,7 +189,7 @@ class Schedule:
         lam = _time(lam)
         lo, hi = self.__dict__.get("_lam_range") or self.__dict__.setdefault(
             "_lam_range", (float(self._log_snr(_time(self.t_max))), float(self._log_snr(_time(self.t_min)))))
-        t = self._t_of_log_snr(lam.clamp(lo, hi)).clamp(self.t_min, self.t_max)
+        t = self._t_of_log_snr(lam.clamp(lo, hi)).to(_F64).clamp(self.t_min, self.t_max)
         t = torch.where(lam < lo, self.t_max, t)  # the range's ends exactly, not their round trip
         return torch.where(lam > hi, self.t_min, t)
 
