@@ -316,8 +316,11 @@ def check_tuned_schedule(tuned, schedule, where: str = "the tuned grid"):
         lam = schedule.log_snr(t)
         ref = torch.tensor(recorded, dtype=torch.float64)
         if ref.shape != lam.shape or not bool(torch.isclose(lam, ref, rtol=1e-9, atol=1e-9).all()):
-            raise ValueError(f"{where} was tuned on a {type(schedule).__name__} with other parameters (its log-SNR "
-                             f"at the grid's times differs from this model's); {redo}")
+            same = not name or name.partition("(")[0] == type(schedule).__name__
+            what = f"a {type(schedule).__name__} with other parameters" if same else \
+                f"another schedule ({name}; this model's is a {type(schedule).__name__})"
+            raise ValueError(f"{where} was tuned on {what}: its log-SNR at the grid's times differs from this "
+                             f"model's; {redo}")
 
 
 # --- files ------------------------------------------------------------------------------------------------

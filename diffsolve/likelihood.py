@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -85,7 +86,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .noise import NoiseSource, parse_seeds
-from .checks import check_data, check_state_dtype, data_end_time
+from .checks import caller_stacklevel, check_data, check_state_dtype, data_end_time
 from .dequantize import Dequantization
 from .ode import (TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode,
                   resolve_time_variable, round_trip)
@@ -148,6 +149,22 @@ def gaussian_prior(schedule, t: float | None = None) -> Callable[[Tensor], Tenso
         return -0.5 * (zf * zf).sum(1) / s2 - 0.5 * d * math.log(2 * math.pi * s2)
 
     return log_p
+
+
+PRIOR_MAX_SIGNAL = 0.05  # α_T/σ_T above which the Gaussian prior is warned of (_warn_signal_at_t_max)
+
+
+def _warn_signal_at_t_max(schedule):
+    """Warn where the Gaussian prior N(0, σ_T² I) cannot stand for p_T: α_T/σ_T above
+    :data:`PRIOR_MAX_SIGNAL` (the defaults' schedules: 0.001–0.0125). p_T is then the data's law scaled by
+    α_T and blurred by σ_T, and the prior misses about ½ (α_T/σ_T)² |m|² nats of a data mean m alone
+    (docs/math.md §5)."""
+    a, s = (float(v) for v in schedule.alpha_sigma(schedule.t_max))
+    if a / s > PRIOR_MAX_SIGNAL:
+        warnings.warn(f"the Gaussian prior N(0, σ_T² I) stands for p_T only where the signal is a small part of the "
+                      f"state at t_max; here α_T/σ_T = {a / s:.3g} (t_max = {schedule.t_max:g}), so log p is off by "
+                      f"about ½ (α_T/σ_T)² |m|² nats for data of mean m, and more: give prior= the exact log p_T, or "
+                      f"a schedule whose t_max is pure noise", UserWarning, stacklevel=caller_stacklevel())
 
 
 def prior_gap(z: Tensor, exact_log_p_T: Callable[[Tensor], Tensor], prior="gaussian", schedule=None) -> Tensor:
@@ -346,6 +363,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
     x = x.detach()  # the result is not differentiable (Returns): no graph through the state
     sch = denoiser.schedule
     opts = resolved_options(options, sch)
+    if prior == "gaussian":
+        _warn_signal_at_t_max(sch)
     fresh_probes, t_end, time_variable = opts["fresh_probes"], opts["t_end"], opts["time_variable"]
     solve = {k: opts[k] for k in _SOLVE_OPTIONS}
     src = _random_source(seeds, x)

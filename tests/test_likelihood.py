@@ -404,3 +404,20 @@ def test_grid_data_in_a_narrow_dtype():
         log_likelihood(den, x64.half(), dequantize=deq)
     with pytest.raises(ValueError, match="not on the 65536-level grid"):
         log_likelihood(den, x64.float() + 0.3 * 2 / (K - 1), dequantize=deq)
+
+
+def test_the_gaussian_prior_is_warned_of_where_t_max_holds_signal():
+    import warnings
+
+    from diffsolve import VPSchedule
+
+    # a VP schedule cut at t_max = 0.5 (α/σ = 0.29): N(0, σ_T²) is not p_T there (log p was ~1 nat off, silently)
+    gm = GaussianMixture.random(d=8, n_modes=3, seed=1)
+    x = gm.sample(2, generator=torch.Generator().manual_seed(0)).double()
+    den = gm.denoiser(VPSchedule(t_max=0.5))
+    with pytest.warns(UserWarning, match=r"α_T/σ_T = 0.293 .*give prior= the exact log p_T"):
+        log_likelihood(den, x, rtol=1e-3, atol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = log_likelihood(den, x, divergence="exact", prior=lambda z: gm.log_prob(z, 0.5, den.schedule))
+    torch.testing.assert_close(exact.log_prob, gm.log_prob(x, den.schedule.t_min, den.schedule), rtol=0, atol=1e-2)

@@ -261,7 +261,10 @@ class FlowSchedule(Schedule):
 
     Args:
         t_min, t_max: the time range, 0 < t_min < t_max < 1 (default 1e-3, 1 − 1e-3).
-        shift: the model's static timestep shift s > 0 (SD3: 3.0), used by :meth:`grid`.
+        shift: the model's static timestep shift s > 0 (SD3: 3.0), used by :meth:`grid` only:
+            ``sample``'s grid kinds (``log_snr``, ``time``, …) do not depend on it, so to sample on the
+            shifted spacing pass ``grid=schedule.grid(n)`` (:class:`~diffsolve.DiffsolveScheduler`'s
+            ``grid="flow_dpm"`` is that spacing in a pipeline).
         time_shift_type: how a dynamic shift μ becomes s: ``"exponential"`` (s = e^μ, FLUX) or
             ``"linear"`` (s = μ).
         num_train_timesteps: N; when given the network's label is N·σ (diffusers' timestep,

@@ -8,6 +8,10 @@ from .._numbers import check_int, check_number
 from .base import _VarPreserving, _time
 
 _F64 = torch.float64
+# the hint of a table with zero terminal SNR (diffusers' rescale_betas_zero_snr): its last ᾱ is 0, β 1
+_ZERO_SNR = ("; the last value makes a zero terminal SNR (ᾱ_N = 0, e.g. rescale_betas_zero_snr), where the "
+             "log-SNR is infinite: put a tiny ᾱ_N > 0 there, as diffusers' samplers do (2**-24), or build the "
+             "schedule from the diffusers config (diffsolve.adapters.from_diffusers / DiffsolveScheduler), which does")
 
 
 class _PiecewiseLinear:
@@ -89,13 +93,13 @@ class DDPMSchedule(_VarPreserving):
                                        int(num_train_timesteps or 1000), dtype=_F64)
             betas = _table_values("betas", betas)
             if (betas <= 0).any() or (betas >= 1).any():
-                raise ValueError("betas must lie in (0, 1)")
+                raise ValueError("betas must lie in (0, 1)" + (_ZERO_SNR if bool(betas[-1] >= 1) else ""))
             log_ac = torch.cumsum(torch.log1p(-betas), 0)
             ac = log_ac.exp()
         else:
             ac = _table_values("alphas_cumprod", alphas_cumprod).clone()
             if (ac <= 0).any() or (ac >= 1).any():
-                raise ValueError("alphas_cumprod must lie in (0, 1)")
+                raise ValueError("alphas_cumprod must lie in (0, 1)" + (_ZERO_SNR if bool(ac[-1] <= 0) else ""))
             log_ac = torch.log(ac)
         if num_train_timesteps is not None and len(log_ac) != num_train_timesteps:
             raise ValueError(f"num_train_timesteps={num_train_timesteps} but the table has {len(log_ac)} entries; "
