@@ -129,7 +129,8 @@ class VECoordinates(torch.nn.Module):
             alpha = self.schedule.alpha(t).to(device=x.device, dtype=x.dtype)
             x = x / alpha.reshape(-1, *([1] * (x.dim() - 1)))
         args, kwargs = call_conditions({}, None, cond, self.cond_key, conditions)
-        return self.D(x, s, *args, **kwargs)
+        with rows_noted(kwargs, x.shape[0]):
+            return self.D(x, s, *args, **kwargs)
 
 
 def from_edm(D, schedule="edm", *, shape=None, cond_key: str | None = None, net_dtype=None) -> Denoiser:
@@ -291,9 +292,9 @@ class _AzulaVE(torch.nn.Module):
             return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
         except Exception as e:
             if not one:
-                _add_note(e, "diffsolve: the rows were at different times (per-sample adaptive steps); an azula "
-                             "denoiser that takes one time for all rows (its GaussianDenoiser) needs them shared: "
-                             "log_likelihood(..., per_sample=False) or a fixed-step solver")
+                _add_note(e, "diffsolve: the rows were at different times (per-sample adaptive steps); if this "
+                             "azula denoiser takes one time for all rows (as its GaussianDenoiser), it needs them "
+                             "shared: log_likelihood(..., per_sample=False) or a fixed-step solver")
             raise
 
 

@@ -11,9 +11,11 @@ evaluations on the probability-flow ODE,
   steps): for N ≤ 6 on every schedule, and for N ≤ 20 on a :class:`~diffsolve.schedules.FlowSchedule`
   (rectified flow), whose grid starts at α = 0.001 and whose α at the first grid point is several
   times smaller than a VP schedule's, and with it the error the formula leaves (docs/math.md (27.3));
-  only where the run starts at α/σ ≤ :data:`AFS_MAX_SIGNAL` = 0.02 (the sweep's schedules start at
-  0.0064–0.0125; on a VP schedule cut at t_max = 0.5, α/σ = 0.29, the default call at N = 5 had 2.8×
-  the error with it, ``tests/test_analytic_first_step.py``);
+  only where the run starts at α/σ ≤ :data:`AFS_MAX_SIGNAL` = 0.03 (the sweep's schedules start at
+  0.0064–0.0125; on Stable Diffusion's scaled-linear betas, α/σ = 0.068 at t_max, it made the default call
+  at 4–6 evaluations 1.33× worse in the geometric mean over the sweep's six problems,
+  ``benchmarks/defaults.md``, "Where the analytic first step applies"; on a VP schedule cut at t_max = 0.5,
+  α/σ = 0.29, 2.8× worse at N = 5, ``tests/test_analytic_first_step.py``);
 - **grid**: ``log_snr`` (uniform in λ);
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
@@ -82,7 +84,9 @@ TINY_BUDGET = 6  # at most this many evaluations: the analytic first step, then 
 SMALL_BUDGET = 12  # at most this many evaluations: third order in noise prediction
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 FLOW_ANALYTIC_UP_TO = 20  # on a flow schedule, the analytic first step up to this many evaluations (else TINY_BUDGET)
-AFS_MAX_SIGNAL = 0.02  # the analytic first step only where the run starts at α/σ at most this (_analytic_start)
+# the analytic first step only where the run starts at α/σ at most this (_analytic_start): between the sweep's
+# schedules (0.0064 DDPM to 0.0125 EDM, where it pays) and Stable Diffusion's betas (0.068, where it costs 1.33×)
+AFS_MAX_SIGNAL = 0.03
 
 
 def budget_of(nfe: int | None, steps: int | None) -> int:
@@ -101,10 +105,11 @@ class DefaultRun(NamedTuple):
     analytic_first_step: bool = False
 
 
-def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> DefaultRun:
+def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start: float | None = None) -> DefaultRun:
     """The configuration for ``budget`` evaluations of the probability-flow ODE on ``schedule``
-    (module docstring; ``schedule=None`` gives the rule of every family but EDM's and flow's). A stochastic
-    run (ν > 0) has no default: the default solvers integrate the ODE, so it is refused with the
+    (module docstring; ``schedule=None`` gives the rule of every family but EDM's and flow's), for a run
+    that starts at ``t_start`` (default: where a grid kind starts, t_max or :func:`default_start`). A
+    stochastic run (ν > 0) has no default: the default solvers integrate the ODE, so it is refused with the
     stochastic solvers named."""
     if stochastic:
         from .solvers import SOLVERS
@@ -116,21 +121,25 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False) -> Defa
         return DefaultRun("deis", "karras", True)
     if budget <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False,
-                          analytic_first_step=_analytic_start(schedule))
+                          analytic_first_step=_analytic_start(schedule, t_start))
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
-    analytic = isinstance(schedule, FlowSchedule) and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule)
+    analytic = isinstance(schedule, FlowSchedule) and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule,
+                                                                                                          t_start)
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)
 
 
-def _analytic_start(schedule) -> bool:
+def _analytic_start(schedule, t_start: float | None = None) -> bool:
     """Whether the run starts where the signal is a small part of the state, α/σ ≤ :data:`AFS_MAX_SIGNAL`
-    (from t_max, or from :func:`default_start`): there the analytic first step's error, about α times the
-    data's mean (docs/math.md (27.2)), is small; the sweep's schedules start at α/σ = 0.0064 (DDPM) to
-    0.0125 (EDM, σ = 80). ``schedule=None``: the rule of those families."""
+    (at ``t_start``; default from t_max, or from :func:`default_start`): there the analytic first step's
+    error, about α times the data's mean (docs/math.md (27.2)), is small. ``schedule=None``: the rule of
+    the sweep's families."""
     if schedule is None:
         return True
-    lam0 = float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64)))
-    return max(lam0, START_LOG_SNR) <= math.log(AFS_MAX_SIGNAL)
+    if t_start is not None:
+        lam0 = float(schedule.log_snr(torch.tensor(t_start, dtype=torch.float64)))
+    else:
+        lam0 = max(float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64))), START_LOG_SNR)
+    return lam0 <= math.log(AFS_MAX_SIGNAL)
 
 
 def default_denoise_final(budget: int, stochastic: bool) -> bool:

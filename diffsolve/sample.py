@@ -220,7 +220,8 @@ def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final,
     name weighs the final denoise against its budget itself, steps on ``log_snr`` unless the call
     names a grid, and makes every evaluation with the network unless told otherwise."""
     if solver is None:  # the default solvers spend 1 evaluation per step
-        run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero)
+        start = None if grid is None or isinstance(grid, str) else float(torch.as_tensor(grid).reshape(-1)[0])
+        run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero, t_start=start)
         solver = run.solver
         grid = run.grid if grid is None else grid
         denoise_final = run.denoise_final if denoise_final is None else denoise_final

@@ -168,8 +168,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             measured default for the budget that ``set_timesteps`` gives, as ``diffsolve.sample``
             picks it (:func:`diffsolve.defaults.default_run`), with its grid and final denoise
             unless those are given, but without its analytic first step (up to 6 evaluations, 20
-            on flow schedules, ``sample`` answers the first evaluation analytically, docs/math.md
-            §27; a pipeline makes every network call itself, at the timesteps it is given, so here
+            on flow schedules, where the run starts at α/σ ≤ 0.03, ``sample`` answers the first
+            evaluation analytically, docs/math.md §27; a pipeline makes every network call itself,
+            at the timesteps it is given, so here
             the budget buys one step fewer than in ``sample``).
         grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``; ``"flow_dpm"`` on
             flow configs), ``"diffusers"``, ``"flow_dpm"``, or the

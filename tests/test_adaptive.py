@@ -342,6 +342,9 @@ def test_torchsde_spends_no_call_on_its_shape_check():
     den = GaussianMixture.ring().denoiser("vp")
     r = ds.sample(den, shape=(2, 2), seeds="0-1", solver="torchsde:steps=10", eta=1.0, denoise_final=False)
     assert r.nfe == 10
+    with torch.inference_mode():  # (its tensors keep no version counter: the memo steps aside)
+        again = ds.sample(den, shape=(2, 2), seeds="0-1", solver="torchsde:steps=10", eta=1.0, denoise_final=False)
+    torch.testing.assert_close(again.x, r.x, rtol=0, atol=0)
 
 
 def test_torchsde_heun_and_srk_moments_close_to_exact():

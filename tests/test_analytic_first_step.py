@@ -175,3 +175,9 @@ def test_the_default_call_leaves_it_out_where_the_signal_is_not_small():
     ref = ode_reference(den, x, 0.5, sch.t_min, rtol=1e-10, atol=1e-10)
     err = [float((ds.sample(den, x, nfe=5, analytic_first_step=a).x - ref).pow(2).mean().sqrt()) for a in (None, True)]
     assert err[1] / err[0] == pytest.approx(2.8, abs=0.1)
+    # judged where the run starts: an explicit grid that starts late on a flow schedule (SDEdit-like) has none
+    flow = ds.make_schedule("flow")
+    t = ds.make_grid(flow, 6, "log_snr")
+    assert ds.sample(gm.denoiser(flow), seeds="0-1", nfe=6).analytic_first_step
+    assert not ds.sample(gm.denoiser(flow), seeds="0-1", grid=t[2:]).analytic_first_step
+    assert ds.sample(gm.denoiser(flow), seeds="0-1", grid=t).analytic_first_step

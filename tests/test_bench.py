@@ -257,6 +257,12 @@ def test_resume_refuses_another_network_under_the_same_name(tmp_path):
     diffsolve.zoo.save_model(path, den.net, den.metadata)
     with pytest.raises(ValueError, match=r"cannot resume .* were made with another network"):
         run_bench(_cfg(tmp_path / "out", nfe=[4, 5, 6], resume=True, **cfg))
+    # a file from before the record: said so, not blamed on another network
+    rows = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    (tmp_path / "out" / "results.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in json.loads(r).items() if k != "weights"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"predate the record of the network's weights"):
+        run_bench(_cfg(tmp_path / "out", nfe=[4, 5, 6], resume=True, **cfg))
 
 
 def test_default_call_rows_are_the_default_call(tmp_path, capsys):

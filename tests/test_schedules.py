@@ -431,5 +431,8 @@ def test_a_user_schedule_is_checked_when_made():
         _SigmoidLogSNR(t_min=1.0, t_max=0.5)
     # hooks computing in float32: the public API answers in float64 all the same
     s32 = _SigmoidLogSNR(dtype=torch.float32)
-    assert s32.log_snr(0.5).dtype == s32.alpha(0.5).dtype == s32.t_of_log_snr(0.0).dtype == torch.float64
+    for method in ("log_alpha", "log_sigma", "alpha", "sigma", "log_snr", "d_log_alpha", "d_log_sigma", "d_log_snr",
+                   "f", "g2", "g"):
+        assert getattr(s32, method)(0.5).dtype == torch.float64, method
+    assert s32.t_of_log_snr(0.0).dtype == torch.float64 and s32.alpha_sigma(0.5)[1].dtype == torch.float64
     assert s32.tabulate(torch.tensor([0.9, 0.1], dtype=torch.float64)).log_alpha.dtype == torch.float64

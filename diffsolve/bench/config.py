@@ -18,6 +18,7 @@ from ..noise import parse_seeds
 from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from .feature_metrics import FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
+from .report import solver_label
 
 if TYPE_CHECKING:
     from ..defaults import DefaultRun
@@ -225,7 +226,7 @@ class _Item:
     @property
     def label(self) -> str:
         """The row's name in the table: the solver spec, or the default call with what it runs."""
-        return self.solver if self.default is None else f"{self.solver} ({self.default.solver})"
+        return solver_label(self.solver, self.default.solver if self.default is not None else None)
 
 
 def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_Item]:

@@ -38,10 +38,13 @@ def _fmt(v, width, kind):
     return str(v)
 
 
+def solver_label(solver: str, resolved: str | None = None) -> str:
+    """The solver column of a row: its solver spec, or for the default call the spec it resolved to."""
+    return solver if not resolved else f"{solver} ({resolved})"
+
+
 def _label(row: dict) -> str:
-    """A row's solver column: its solver spec, or for the default call what that resolved to."""
-    ran = row.get("ran")  # rows written before the field existed have none
-    return row["solver"] if not ran else f"{row['solver']} ({ran['solver']})"
+    return solver_label(row["solver"], (row.get("ran") or {}).get("solver"))  # (older rows have no "ran")
 
 
 def _table_values(row: dict) -> list:

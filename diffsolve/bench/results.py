@@ -181,6 +181,10 @@ def _check_resumable(path: Path, rows: list[dict], run: dict, weights: dict):
     -> the fingerprint of its network's weights)."""
     for r in rows:
         if r.get("problem") in weights and r.get("weights") != weights[r["problem"]]:
+            if r.get("weights") is None:
+                raise ValueError(f"cannot resume {path}: its rows of {r['problem']} predate the record of the "
+                                 f"network's weights (a fingerprint), so whether they were made with this network "
+                                 f"cannot be told; use --overwrite or another --out")
             raise ValueError(f"cannot resume {path}: its rows of {r['problem']} were made with another network "
                              f"(weights fingerprint {r.get('weights')}, this run's {weights[r['problem']]}); use "
                              f"the same network, --overwrite, or another --out")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import weakref
 from typing import NamedTuple
 
@@ -90,7 +91,7 @@ class Schedule:
             raise TypeError(f"schedule {cls.__name__} must implement {', '.join(missing)}{hint}: see the "
                             f"diffsolve.schedules.Schedule docstring")
         ends = [getattr(self, k, None) for k in ("t_min", "t_max")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ends) \
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in ends) \
                 or not ends[0] < ends[1]:
             raise ValueError(f"schedule {cls.__name__} needs finite times t_min < t_max, got t_min={ends[0]!r}, "
                              f"t_max={ends[1]!r}")
@@ -194,15 +195,15 @@ class Schedule:
         return torch.where(lam > hi, self.t_min, t)
 
     def d_log_alpha(self, t) -> Tensor:
-        return self._d_log_alpha(self.check_time(t))
+        return self._d_log_alpha(self.check_time(t)).to(_F64)
 
     def d_log_sigma(self, t) -> Tensor:
-        return self._d_log_sigma(self.check_time(t))
+        return self._d_log_sigma(self.check_time(t)).to(_F64)
 
     def d_log_snr(self, t) -> Tensor:
         """dλ/dt (negative)."""
         t = self.check_time(t)
-        return self._d_log_alpha(t) - self._d_log_sigma(t)
+        return (self._d_log_alpha(t) - self._d_log_sigma(t)).to(_F64)
 
     def f(self, t) -> Tensor:
         """Drift coefficient of the forward SDE (docs/math.md (1.2)): f_t = d log α_t / dt."""
@@ -211,14 +212,14 @@ class Schedule:
     def g2(self, t) -> Tensor:
         """Squared diffusion coefficient (docs/math.md (1.3)): g_t² = −2 σ_t² dλ_t/dt."""
         t = self.check_time(t)
-        return 2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._d_log_sigma(t) - self._d_log_alpha(t))
+        return (2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._d_log_sigma(t) - self._d_log_alpha(t))).to(_F64)
 
     def g(self, t) -> Tensor:
         return self.g2(t).sqrt()
 
     def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
         t = self.check_time(t)
-        return self._log_alpha(t).exp(), self._log_sigma(t).exp()
+        return self._log_alpha(t).to(_F64).exp(), self._log_sigma(t).to(_F64).exp()
 
     def time_label(self, t) -> Tensor:
         """The time input a network trained on this schedule expects by default (here: t)."""

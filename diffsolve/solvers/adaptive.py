@@ -267,8 +267,10 @@ class _AsRun(torch.nn.Module):
         self._last = None  # (key, state, drift) of the last call; the state held so its memory is not reused
 
     def f(self, t, y):
-        key = (float(t), y.data_ptr(), y._version, tuple(y.shape), y.stride(), y.dtype, y.device)
-        if self._last is not None and self._last[0] == key:  # the same tensor, unchanged, at the same time
+        # (an inference-mode tensor keeps no version counter: no memo for it)
+        key = None if y.is_inference() else (float(t), y.data_ptr(), y._version, tuple(y.shape), y.stride(),
+                                             y.dtype, y.device)
+        if key is not None and self._last is not None and self._last[0] == key:  # the same tensor, unchanged
             return self._last[2].clone()
         self.calls += 1
         if self.max_calls is not None and self.calls > self.max_calls:
@@ -277,7 +279,7 @@ class _AsRun(torch.nn.Module):
                                f"Loosen rtol/atol, raise "
                                f"max_steps, or use fixed steps (solver_options=dict(steps=N))")
         out = self.sde.f(t, y)
-        self._last = (key, y, out.clone())  # a copy: torchsde may update the returned drift in place
+        self._last = None if key is None else (key, y, out.clone())  # a copy: torchsde may update the drift in place
         return out
 
     def g(self, t, y):

@@ -8,7 +8,6 @@ benchmark rows spell a configured solver the same way (:func:`solver_spec`).
 from __future__ import annotations
 
 import inspect
-import numbers
 import json
 
 from .base import Solver
@@ -84,25 +83,25 @@ def solver_options_help(cls: type[Solver]) -> str:
 
 
 def _check_option_types(cls: type[Solver], options: dict):
-    """An option whose default is a bool takes a bool, one whose default is an int an integer, one whose
-    default is a float a real number: ``adaptive=no`` from a spec is the string "no", which ``bool()`` reads
-    as True, and ``steps=abc`` failed with a bare int() message."""
+    """Text given for an option whose default is a bool, an int or a float (a spec keeps what JSON does not
+    read as text): for a bool it is refused (``adaptive=no`` is the string "no", which ``bool()`` reads as
+    True); for a number, text that is no number is refused (``steps=abc`` failed with a bare int() message;
+    ``S_tmax=inf`` passes). Other values go to the constructor as they are."""
     defaults = {p.name: p.default for p in _constructor_options(cls)}
     for key, value in options.items():
         d = defaults.get(key)
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not isinstance(value, str) or not isinstance(d, (bool, int, float)):
+            continue
         if isinstance(d, bool):
-            ok, want = isinstance(value, bool) or type(value).__name__ == "bool_", "true or false"
-        elif value is None:  # "off" where an option takes it (lower_order_below=null); the constructor decides
-            continue
-        elif isinstance(d, int):
-            ok, want = number and float(value).is_integer(), "an integer"
-        elif isinstance(d, float):
-            ok, want = number, "a number"
+            want = "true or false"
         else:
-            continue
-        if not ok:
-            raise ValueError(f"solver {cls.name!r}: option {key}={value!r} must be {want} (default {d!r})")
+            want = "a number" if isinstance(d, float) else "an integer"
+            try:
+                (float if isinstance(d, float) else int)(value)
+                continue
+            except ValueError:
+                pass
+        raise TypeError(f"solver {cls.name!r}: option {key}={value!r} must be {want} (default {d!r})")
 
 
 def default_eta(solver) -> float:
