@@ -30,7 +30,8 @@ class SampleResult:
     Attributes:
         x: (B, *shape) final samples, in the state dtype (``dtype``).
         nfe: network evaluations actually made (counted at the denoiser).
-        t: (n+1,) the float64 time grid used.
+        t: (n+1,) the float64 time grid used; an adaptive solver's (``torchsde`` included): its start
+            and end only.
         trajectory: (n+1 [+1], B, *shape) states at every grid point (and after the final
             denoise), when requested; else None.
         x_init: the starting state at t[0] (docs/math.md (27.4) for a schedule from σ = 1).
