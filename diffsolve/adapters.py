@@ -237,8 +237,9 @@ def from_flow_matching(velocity_model, *, shape=None, t_min: float = 1e-3, net_d
     (flow_matching's ``**model_extras``, e.g. a class label; a tensor with a row per sample follows the
     rows a call holds). A condition of guidance (:class:`~diffsolve.CFGDenoiser`) reaches ``u`` as a third
     positional argument, or as the keyword ``cond_key``, or as its own keywords. τ reaches ``u`` as a
-    0-d tensor when every row is at one time (as flow_matching's ``ODESolver`` passes it), and as a (B,)
-    tensor when rows are at different times (per-sample adaptive steps, e.g. the likelihood's).
+    0-d tensor when the run gives every row one time (fixed steps, a shared adaptive step; as
+    flow_matching's ``ODESolver`` passes it), and as a (B,) tensor under per-sample adaptive steps (the
+    likelihood's default), whose rows' times part after the first step.
     Calling ``u(x, τ)`` directly as a diffsolve ``velocity`` network would integrate time backwards and
     give wrong samples without an error.
 
@@ -292,17 +293,17 @@ class _AzulaVE(torch.nn.Module):
             return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
         except Exception as e:
             if not one:
-                _add_note(e, "diffsolve: the rows were at different times (per-sample adaptive steps); if this "
-                             "azula denoiser takes one time for all rows (as its GaussianDenoiser), it needs them "
-                             "shared: log_likelihood(..., per_sample=False) or a fixed-step solver")
+                _add_note(e, "diffsolve: the rows were given their own times (per-sample adaptive steps); if "
+                             "this azula denoiser takes one time for all rows (as its GaussianDenoiser), it needs "
+                             "them shared: log_likelihood(..., per_sample=False) or a fixed-step solver")
             raise
 
 
 def _one_time(t: Tensor) -> bool:
-    """Whether every row of a time tensor is at one time (0-d, one element, a broadcast row, or all equal)."""
-    if t.dim() == 0 or t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0):
-        return True
-    return bool((t == t.reshape(-1)[0]).all())
+    """Whether a time tensor gives one time for every row (0-d, one element, or a broadcast row): read off its
+    layout, not its values, so no network call waits on the device (per-sample adaptive steps give (B,)
+    times even where they coincide)."""
+    return t.dim() == 0 or t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0)
 
 
 def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = None, net_dtype=None) -> Denoiser:
@@ -315,11 +316,11 @@ def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = No
     azula's own σ/α; it runs on any diffsolve ``schedule``, by default an :class:`EDMSchedule` over
     azula's s range at t = 0 and 1 (1e-3 to 1e3 for its default schedules). Conditions reach the
     denoiser as :func:`from_edm` passes them (azula takes keywords: ``cond_key`` or dict conditions).
-    The time reaches the denoiser as a 0-d tensor wherever every row is at one time (as azula's samplers pass
-    it), else as (B,). A denoiser that takes one time for all rows only (azula's ``GaussianDenoiser``) runs
-    where every row is at one time: fixed-step sampling and tuning, ``log_likelihood(...,
-    per_sample=False)``; per-sample adaptive steps (the likelihood's default, ``tune_steps``' reference
-    solves) part the rows' times, and its error then says so. t(s) is differentiable (the implicit
+    The time reaches the denoiser as a 0-d tensor where the run gives every row one time (fixed steps, a
+    shared adaptive step; as azula's samplers pass it), else as (B,). A denoiser that takes one time for
+    all rows only (azula's ``GaussianDenoiser``) runs where every row is at one time: fixed-step sampling
+    and tuning, ``log_likelihood(..., per_sample=False)``; per-sample adaptive steps (the likelihood's
+    default, ``tune_steps``' reference solves) give each row its own time, and its error then says so. t(s) is differentiable (the implicit
     function's derivative), so :func:`~diffsolve.tune_solver` fits its time shifts through it.
 
     References: azula (github.com/probabilists/azula); Karras et al., EDM, arXiv:2206.00364.
