@@ -320,8 +320,9 @@ def from_azula(denoiser, schedule=None, *, shape=None, cond_key: str | None = No
     shared adaptive step; as azula's samplers pass it), else as (B,). A denoiser that takes one time for
     all rows only (azula's ``GaussianDenoiser``) runs where every row is at one time: fixed-step sampling
     and tuning, ``log_likelihood(..., per_sample=False)``; per-sample adaptive steps (the likelihood's
-    default, ``tune_steps``' reference solves) give each row its own time, and its error then says so. t(s) is differentiable (the implicit
-    function's derivative), so :func:`~diffsolve.tune_solver` fits its time shifts through it.
+    default, ``tune_steps``' reference solves) give each row its own time, and its error then says so.
+    t(s) is differentiable (the implicit function's derivative), so :func:`~diffsolve.tune_solver` fits
+    its time shifts through it.
 
     References: azula (github.com/probabilists/azula); Karras et al., EDM, arXiv:2206.00364.
     """
