@@ -35,14 +35,19 @@ def sd():
 
 
 def _latents(pipe, embeds, scheduler, steps=None, timesteps=None, image=None, strength=0.6):
-    pipe.scheduler = scheduler
+    """The pipeline's latents with ``scheduler`` swapped in; the fixture's own scheduler is put back after,
+    so that every test's ``pipe.scheduler.config`` is SD's (a DiffsolveScheduler's config carries its eta)."""
+    own, pipe.scheduler = pipe.scheduler, scheduler
     kw = dict(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], guidance_scale=3.0, output_type="latent",
               generator=torch.Generator().manual_seed(1), num_inference_steps=steps, timesteps=timesteps)
-    if image is None:
-        return pipe(height=8, width=8, **kw).images
-    img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
-    img2img.set_progress_bar_config(disable=True)
-    return img2img(image=image, strength=strength, **kw).images
+    try:
+        if image is None:
+            return pipe(height=8, width=8, **kw).images
+        img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+        img2img.set_progress_bar_config(disable=True)
+        return img2img(image=image, strength=strength, **kw).images
+    finally:
+        pipe.scheduler = own
 
 
 def _rel(a, b):

@@ -60,7 +60,10 @@ def _skip_reason(cmd: str) -> str | None:
 
 
 def _case(i, cmd):
-    marks = [pytest.mark.slow] if any(s in cmd for s in SLOW) else []
+    slow = any(s in cmd for s in SLOW)
+    # in order on one worker under pytest-xdist: the tuning chain (tune, then sample --grid w.json) apart
+    # from the rest, which also reads what earlier examples wrote
+    marks = [pytest.mark.xdist_group("readme-tune" if slow else "readme"), *([pytest.mark.slow] if slow else [])]
     return pytest.param(cmd, id=f"{i:02d}-{cmd[:60]}", marks=marks)
 
 
