@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, _scalar_time
 from .schedules import Schedule, make_schedule
 
 __all__ = ["NoiseLevel", "ForwardSDE", "ReverseSDE", "bcast_time"]
@@ -150,6 +150,18 @@ class _Process:
         return func
 
 
+def _affine_drift(denoiser, x: Tensor, t, f, c) -> Tensor:
+    """f·x + c·ŝ(x, t). For one time of the batch it is formed as one affine combination of x and the
+    network's own output, its two coefficients summed in float64 (:meth:`Denoiser.combine`): where f·x
+    and c·ŝ are each large and nearly cancel (a flow schedule near σ = 1: f = −1/(1 − t) ≈ −10⁹, while
+    the drift of an x0 or velocity network stays O(1)), summing them in a float32 state would lose the
+    drift; per-row times take the two terms apart."""
+    scalar = _scalar_time(t)
+    if scalar is not None:
+        return denoiser.combine(x, scalar, float(f), float(c), "score")
+    return bcast_time(f, x) * x + bcast_time(c, x) * denoiser.score(x, t)
+
+
 class ForwardSDE(_Process):
     """Forward family (docs/math.md (3.1)) from data (t_min) to noise (t_max), t increasing.
 
@@ -178,11 +190,9 @@ class ForwardSDE(_Process):
 
     def drift(self, x, t):
         sch = self.schedule
-        out = bcast_time(sch.f(t), x) * x
         if self._needs_score:
-            c = -0.5 * (sch.g2(t) - self.level.nu2(t))
-            out = out + bcast_time(c, x) * self.denoiser.score(x, t)
-        return out
+            return _affine_drift(self.denoiser, x, t, sch.f(t), -0.5 * (sch.g2(t) - self.level.nu2(t)))
+        return bcast_time(sch.f(t), x) * x
 
     def torchsde(self, shape):
         """torchsde SDE object in the same (increasing) time t; state flattened to (batch, dim)."""
@@ -218,8 +228,7 @@ class ReverseSDE(_Process):
     def drift(self, x, t):
         """f_t x − ½(g_t² + ν_t²) ŝ(x, t): the velocity dx/dt in (decreasing) process time."""
         sch = self.schedule
-        c = -0.5 * (sch.g2(t) + self.level.nu2(t))
-        return bcast_time(sch.f(t), x) * x + bcast_time(c, x) * self.denoiser.score(x, t)
+        return _affine_drift(self.denoiser, x, t, sch.f(t), -0.5 * (sch.g2(t) + self.level.nu2(t)))
 
     def torchsde(self, shape, grid=None):
         """torchsde SDE object in increasing time τ = t_max − t; state flattened to (batch, dim).

@@ -244,6 +244,28 @@ def test_drifts_are_the_math_formulas(problem):
     assert float(ReverseSDE(den, eta=2.0).diffusion(0.3)) == pytest.approx(2 * float(VP.g(0.3)), rel=1e-15)
 
 
+def test_drift_keeps_a_float32_state_where_its_two_terms_cancel():
+    """On a flow schedule from σ = 1 (t_max = 1 − 10⁻⁹, as ``from_diffusers`` builds it) f_t = −1/(1 − t) ≈ −10⁹
+    and ½g_t² ŝ is as large, while the drift of a velocity network is O(1): summed term by term in a
+    float32 state it was off by order 1 (one Euler step 5.5e-2 from the exact one). Formed as one affine
+    combination of x and the network's output, with the coefficients summed in float64, the float32 drift
+    is the float64 one to float32 round-off, and so is a whole Euler run on the explicit grid from t_max."""
+    from diffsolve.schedules import FlowSchedule
+
+    sch = FlowSchedule(t_max=1 - 1e-9)
+    gm = GaussianMixture.ring()
+    den = gm.denoiser(sch, "velocity")
+    x = gm.sample(64, sch.t_max, sch, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor(sch.t_max, dtype=F64)
+    for proc in (ReverseSDE(den, eta=0.0), ReverseSDE(den, eta=0.5), ForwardSDE(den, eta=0.5)):
+        d64, d32 = proc.drift(x, t), proc.drift(x.float(), t)
+        assert d32.dtype == torch.float32 and float((d32 - d64).norm() / d64.norm()) < 1e-6
+    grid = torch.linspace(sch.t_max, 1e-3, 9, dtype=F64)
+    r64 = diffsolve.sample(den, x, solver="euler", grid=grid).x
+    r32 = diffsolve.sample(den, x.float(), solver="euler", grid=grid).x
+    assert float((r32 - r64).norm() / r64.norm()) < 1e-6
+
+
 def test_noise_level():
     """ν_t = η g_t or a callable; eta_at = ν/g (used by exponential integrators, docs/math.md (4.1))."""
     t = torch.tensor([0.2, 0.8], dtype=F64)
