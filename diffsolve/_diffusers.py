@@ -40,6 +40,11 @@ _FLOW_MARKERS = ("shift", "use_dynamic_shifting", "base_image_seq_len", "time_sh
 FLOW_UNSUPPORTED = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
                     "use_beta_sigmas": False, "invert_sigmas": False, "stochastic_sampling": False}
 FLOW_DELTA = 1e-9  # σ = 1 is the time 1 − FLOW_DELTA (docs/math.md (25.8))
+# diffusers config fields that change what the network is fed or the schedule it was trained on, beyond what
+# diffsolve expresses: the values it runs, and what the others change
+NETWORK_FIELDS = {"timestep_type": (("discrete",), "it changes the network's time input"),
+                  "invert_sigmas": ((False,), "it changes the network's time input and output (Mochi's 1 − σ)"),
+                  "snr_shift_scale": ((1.0, 1), "it rescales the SNR of the training schedule (CogVideoX)")}
 
 
 def _import_diffusers():
@@ -76,6 +81,14 @@ def is_flow_config(config: dict) -> bool:
     return str(config.get("_class_name", "")).startswith("FlowMatch") or any(k in config for k in _FLOW_MARKERS)
 
 
+def refuse_network_fields(config: dict, what: str):
+    """Raise ``ValueError`` naming a :data:`NETWORK_FIELDS` field set to a value diffsolve does not run."""
+    for name, (harmless, why) in NETWORK_FIELDS.items():
+        if name in config and config[name] not in harmless:
+            raise ValueError(f"{what} cannot express the diffusers config field {name}={config[name]!r} ({why}); "
+                             f"supported: {', '.join(map(repr, harmless[:1]))}")
+
+
 def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     """(schedule, diffsolve prediction type) of a diffusers scheduler or its config.
 
@@ -92,6 +105,7 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     is larger); prediction ``velocity``.
     """
     config, scheduler = _config_dict(scheduler_or_config)
+    refuse_network_fields(config, "diffsolve")
     if is_flow_config(config):
         return _flow_schedule(config), "velocity"
     kind = config.get("prediction_type", "epsilon")
@@ -120,7 +134,8 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
 
 def _flow_schedule(config: dict) -> FlowSchedule:
     n = int(config.get("num_train_timesteps", 1000))
-    shift = float(config.get("shift", 1.0) or 1.0)
+    # DPM-Solver / UniPC configs of flow models (Sana) carry the shift as flow_shift under use_flow_sigmas
+    shift = float((config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift")) or 1.0)
     t_min = min(1.0 / n, float(shift_sigma(1.0 / n, shift)))
     return FlowSchedule(t_min=t_min, t_max=1.0 - FLOW_DELTA, shift=shift, num_train_timesteps=n,
                         time_shift_type=config.get("time_shift_type", "exponential") or "exponential")

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._diffusers import flow_grid, plan_times, refuse_flow_options, schedule_from_diffusers
+from ._diffusers import (NETWORK_FIELDS, flow_grid, plan_times, refuse_flow_options, refuse_network_fields,
+                         schedule_from_diffusers)
 from ._numbers import check_int
 from .denoiser import Denoiser
 from .grids import GRIDS, diffusers_grid
@@ -64,11 +65,6 @@ _THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynami
                      "sample_max_value")
 # the fields of EDM-preconditioned configs (EDMEulerScheduler, EDMDPMSolverMultistepScheduler): not expressible
 _EDM_FIELDS = ("sigma_data", "sigma_schedule")
-# diffusers config fields DiffsolveScheduler cannot express: the values it runs, and what the others change
-# (the sampler's own options, karras sigmas and the like, are replaced by solver and grid)
-_REFUSED_FIELDS = {"timestep_type": (("discrete",), "it changes the network's time input"),
-                   "invert_sigmas": ((False,), "it changes the network's time input"),
-                   "snr_shift_scale": ((1.0, 1), "it rescales the SNR of the training schedule (CogVideoX)")}
 # configs of other processes than the DDPM and flow-matching families, by a field of their own or by class
 _OTHER_PROCESSES = {"snr": "a VE score SDE", "sampling_eps": "a VE score SDE", "correct_steps": "a VE score SDE",
                     "s_churn": "Karras et al.'s VE sampler", "scaler": "Würstchen's noise schedule",
@@ -280,10 +276,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"DiffsolveScheduler does not run EDM-preconditioned configs (fields {', '.join(edm)}: "
                              f"{full.get('_class_name', 'an EDM scheduler')} scales the network's input, time and "
                              f"output); use diffsolve.adapters.from_edm with diffsolve.sample")
-        for name, (harmless, why) in _REFUSED_FIELDS.items():
-            if name in full and full[name] not in harmless:
-                raise ValueError(f"DiffsolveScheduler cannot express the diffusers config field {name}="
-                                 f"{full[name]!r} ({why}); supported: {', '.join(map(repr, harmless[:1]))}")
+        refuse_network_fields(full, "DiffsolveScheduler")
         source = full.get("_class_name") or (None if "solver" in full else _class_of_fields(full))
         if source is None and "solver" not in full and kwargs.get("grid") == "diffusers" and not (
                 kwargs.get("diffusers_class") or full.get("diffusers_class")):
@@ -302,7 +295,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         # replace those it lists as defaults by DiffsolveScheduler's own (another training schedule)
         full.pop("_use_default_values", None)
         full = {k: v for k, v in full.items()  # checked above: dropped, as diffusers would with a warning
-                if k not in _REFUSED_FIELDS and (k not in _SAMPLER_FIELDS or k in cls._get_init_keys(cls))}
+                if k not in NETWORK_FIELDS and (k not in _SAMPLER_FIELDS or k in cls._get_init_keys(cls))}
         return super().from_config(full, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the plan --------------------------------------------------------------------------------
@@ -343,9 +336,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 and float(self.schedule.t_of_timestep(timesteps[-1])) <= self.schedule.t_min * (1 + 1e-12)):
             self._final = True  # the last timestep is t_min itself: evaluated there as x̂0, so every timestep given
             # is an evaluation (without it, t_min was the end of the last step and one timestep went unevaluated)
-        # the grid is diffusers' own: its spacing (flow configs: flow_dpm), the pipeline's timesteps or sigmas
+        # the grid is diffusers' own: the source class's spacing, the pipeline's timesteps or sigmas (flow_dpm, the
+        # default of flow configs, is DPM-Solver's flow spacing, not FlowMatchEuler's: a strength starts elsewhere)
         self._diffusers_spacing = (timesteps is not None or sigmas is not None or self._tuned is not None
-                                   or self._grid_kind in _OWN_GRIDS)
+                                   or self._grid_kind == "diffusers")
         if flow and timesteps is None and (sigmas is not None or self._grid_kind in _OWN_GRIDS):
             spacing = "dpm" if self._grid_kind == "flow_dpm" and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
@@ -354,6 +348,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)
         labels = self.plan.labels
+        if num_inference_steps is None and len(labels) > budget:  # given sigmas or timesteps, each a step
+            given = "sigmas" if sigmas is not None else "timesteps"
+            warnings.warn(f"on the {budget} {given} given, solver {self.solver.name!r} makes {len(labels)} network "
+                          f"evaluations (it spends more than one per step), more than the {budget} the pipeline asked "
+                          f"for; len(scheduler.timesteps) is the true count, and a one-evaluation solver (e.g. "
+                          f"dpmpp_2m, unipc) keeps the budget", UserWarning, stacklevel=2)
         if bool((labels == labels.round()).all()):  # whole training timesteps (grid "diffusers"): as diffusers'
             labels = labels.to(torch.int64)  # DDIM/DDPM give them, which a time embedding by index needs
         self.timesteps = labels.to(device) if device is not None else labels

@@ -245,6 +245,53 @@ def test_img2img_start_on_another_spacing_is_said():
         same.set_begin_index(7)
 
 
+def test_flow_img2img_on_the_default_grid_is_said():
+    """A flow config's default grid is DPM-Solver's flow spacing, not FlowMatchEuler's: a strength starts at
+    another σ there (0.75 against diffusers' 0.60 at shift 3, 4 steps, strength 0.5), which was not said."""
+    cfg = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    sch = DiffsolveScheduler.from_config(cfg)
+    sch.set_timesteps(4)
+    with pytest.warns(UserWarning, match="'flow_dpm' grid"):
+        sch.set_begin_index(2)
+    twin = DiffsolveScheduler.from_config(cfg, solver="euler", grid="diffusers")
+    twin.set_timesteps(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        twin.set_begin_index(2)
+
+
+def test_sigmas_given_to_a_two_evaluation_solver_say_the_true_count():
+    """Flux's pipeline passes sigmas (one per evaluation it budgets); a solver spending two evaluations per step
+    then makes about twice as many: 7 for 4 (dpmpp_2s), said; a one-evaluation solver keeps the budget."""
+    cfg = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    sigmas = [1.0, 0.75, 0.5, 0.25]
+    two = DiffsolveScheduler.from_config(cfg, solver="dpmpp_2s")
+    with pytest.warns(UserWarning, match="makes 7 network evaluations"):
+        two.set_timesteps(4, sigmas=sigmas)
+    assert len(two.timesteps) == 7
+    one = DiffsolveScheduler.from_config(cfg, solver="dpmpp_2m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        one.set_timesteps(4, sigmas=sigmas)
+    assert len(one.timesteps) == 4
+
+
+def test_from_diffusers_refuses_what_changes_the_networks_input_and_reads_a_flow_shift():
+    """``invert_sigmas=True`` (Mochi) feeds the network 1 − σ and has it predict x0 − ε: from_diffusers ran it as
+    an ordinary flow config (2.9 off on Gaussian data, silently), where DiffsolveScheduler refused it. A
+    DPM-Solver config of a flow model (Sana) carries its shift as flow_shift: it was read as shift 1."""
+    from diffsolve.adapters import from_diffusers
+
+    net = lambda x, timestep: x  # noqa: E731
+    with pytest.raises(ValueError, match="invert_sigmas=True"):
+        from_diffusers(net, diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True), shape=(4, 8, 8))
+    with pytest.raises(ValueError, match="timestep_type='continuous'"):
+        from_diffusers(net, diffusers.EulerDiscreteScheduler(timestep_type="continuous"), shape=(4, 8, 8))
+    sana = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
+                                                 prediction_type="flow_prediction")
+    assert from_diffusers(net, sana, shape=(4, 8, 8)).schedule.shift == 3.0
+
+
 def test_pipeline_timesteps_are_checked_in_their_own_units_and_each_is_evaluated():
     """Bad timesteps were reported in diffsolve's time (t[1]=0.501, t in [0.001, 1.501]); now in the pipeline's
     timesteps. A list ending at timestep 0 (t_min) gave one evaluation fewer than timesteps: each one given is

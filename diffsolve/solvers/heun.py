@@ -167,8 +167,9 @@ class Heun(_VESolver):
         s0, s1 = math.exp(-ctx.lam[0]), math.exp(-ctx.lam[1])
         if s0 > 1e6 * s1:
             raise ValueError(f"solver 'heun' steps in s = σ/α (EDM's coordinates); this grid starts at s = {s0:.3g} "
-                             f"(α ≈ 0, e.g. flow matching at σ = 1) and its first step ends at s = {s1:.3g}: start "
-                             f"the grid where α > 0, or use a solver in λ or t ('euler', 'ddim', 'dpmpp_2m', 'unipc')")
+                             f"(α ≈ 0, e.g. flow matching at σ = 1) and its first step ends at s = {s1:.3g}: use a "
+                             f"solver in λ or t ('euler', 'ddim', 'dpmpp_2m', 'unipc'), or start the grid where α > 0 "
+                             f"(a pipeline that passes sigmas from 1, as Flux's and SD3's do, needs one of those)")
 
     def step(self, ctx, i, x, state):
         y, s, t, a = self._churn(ctx, i, x / ctx.alpha[i])
