@@ -101,6 +101,15 @@ def tuning(denoiser):
         yield
 
 
+def reference_tolerances(denoiser, rtol: float, atol: float) -> tuple[float, float]:
+    """The reference solves' (rtol, atol): those given, floored at a tenth of the machine epsilon of the
+    dtype the network computes in. Its round-off is noise in every evaluation, which a tighter tolerance
+    only chases with ever smaller steps (a float16 network at rtol 1e-8: 34 000 evaluations for 8 start
+    points, against 500 in float32); no reference is more accurate than the network's own precision."""
+    floor = 0.1 * torch.finfo(denoiser._dtypes(torch.float64)[0]).eps
+    return max(rtol, floor), max(atol, floor)
+
+
 class _Pilots:
     """What both tuners share: the seeds, their start points x_T and reference solutions (the ODE to
     t_min, then the exact x̂0), solves of the ODE, and the result judged on the fresh seeds."""
@@ -108,7 +117,8 @@ class _Pilots:
     def __init__(self, denoiser, checked: tuple, rtol, atol, nfe: int, progress: StatusLine):
         self.progress = progress
         self.shape, self.pilot_seeds, self.fresh_seeds, device, candidates = checked
-        self.denoiser, self.rtol, self.atol, self.device = denoiser, rtol, atol, device
+        self.denoiser, self.device = denoiser, device
+        self.rtol, self.atol = reference_tolerances(denoiser, rtol, atol)
         self.level = NoiseLevel(denoiser.schedule, eta=0.0)
         self.nfe_start, self.start_time, self.solves = denoiser.nfe, time.perf_counter(), 0
         self.weights, self.screened = None, 0

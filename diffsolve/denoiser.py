@@ -368,11 +368,17 @@ class Denoiser(torch.nn.Module):
                 if len(self._label_cache) > 4096:
                     self._label_cache.clear()
                 self._label_cache[key] = label
+        # the network gets the solver's state itself when it computes in the state's dtype: its version counter
+        # tells whether the network wrote into it (x *= c), which would corrupt the state (inference tensors
+        # keep no counter)
+        version = None if x.dtype != net_dtype or x.is_inference() else x._version
         try:
             out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         except Exception as e:
             _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1, self._where[0], t)}, "
                          f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
+            if "in-place" in str(e) or "inplace" in str(e):
+                _add_note(e, f"diffsolve: {_IN_PLACE}")
             if label.dtype != net_dtype and label.is_floating_point() and _is_dtype_mismatch(e):
                 _add_note(e, f"diffsolve: the time label is {label.dtype} (a half-precision network gets float32 "
                              f"labels, as diffusers passes timesteps; labels keep the precision of the time): "
@@ -392,6 +398,9 @@ class Denoiser(torch.nn.Module):
                              f"(whole timesteps, int64)")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
+        if version is not None and x._version != version:
+            raise RuntimeError(f"the network changed its input x in place at {_location(self.nfe, self._where[0], t)}; "
+                               f"{_IN_PLACE}")
         if not isinstance(out, Tensor):
             raise TypeError(f"the network returned {_what(out)}, not a tensor; {_unwrap_hint(out)}")
         if out.shape != x.shape or not out.is_floating_point():
@@ -573,6 +582,11 @@ def _as_label(value, device, dtype: torch.dtype, batch: int) -> Tensor:
         raise ValueError(f"the time label function returned shape {tuple(label.shape)} for {batch} times; it must "
                          f"return one label per time (shape ({batch},)) or one for all (a scalar)")
     return label
+
+
+_IN_PLACE = ("x is the solver's state, which a network must not write into (x *= c, x.add_(...), x[...] = ...): "
+             "make those operations out of place (x = x * c), or wrap the network to pass it a copy, "
+             "Denoiser(lambda x, t: net(x.clone(), t), ...)")
 
 
 def _scalar_time(t) -> float | None:
