@@ -63,12 +63,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._numbers import is_integer
 from ._text import count
 from .checks import check_data, check_seed
 from .denoiser import NonFiniteError, _add_note
 from .dequantize import Dequantization
-from .files import load_tensor_file
 from .distributed import DistContext
+from .files import load_tensor_file
 from .images import (
     DATA_RANGE,
     Dataset,
@@ -311,7 +312,7 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
     for key in ("seeds", "dequantize"):
         if key in options:
             raise TypeError(f"{key}= is set per item here (seed + index, dequantize/levels); do not pass it")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     name = data_name or (f"--data {data}" if isinstance(data, (str, os.PathLike)) else "data")
     data_range = check_data_range(data_range)
@@ -320,7 +321,7 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
     ds = _as_dataset(_levels_on_grid(data, levels, data_range, name), denoiser, name)
     if n is None:
         n = len(ds)
-    elif isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(ds):
+    elif not is_integer(n) or not 1 <= n <= len(ds):
         raise ValueError(f"n must be an integer in 1..{len(ds)} (the dataset's size), got {n!r}")
     from .likelihood import resolved_options
 

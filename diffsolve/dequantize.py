@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._numbers import is_integer
+
 __all__ = ["Dequantization"]
 
 _F64 = torch.float64
@@ -28,15 +30,24 @@ class Dequantization:
     """
 
     levels: int
-    range: tuple = (0.0, 1.0)
+    range: tuple | None = None
 
     def __post_init__(self):
         K = self.levels
-        if isinstance(K, bool) or not isinstance(K, int) or K < 2:
+        if not is_integer(K) or K < 2:
             raise ValueError(f"dequantize levels must be an integer >= 2, got {K!r}")
-        a, b = (float(v) for v in self.range)
+        if self.range is None:  # no default: it sets the Jacobian d·log((b − a)/K), and models differ
+            raise ValueError("dequantize needs the data range, range=(a, b): the interval the model's data lie in "
+                             "((-1, 1) for diffusers-style image models and the bundled digits model, as "
+                             "dataset_log_likelihood and `diffsolve likelihood` assume; (0, 1) for data scaled "
+                             "to [0, 1]); it decides the level-unit Jacobian, so a wrong one shifts bits/dim")
+        try:
+            a, b = (float(v) for v in self.range)
+        except (TypeError, ValueError):
+            raise ValueError(f"dequantize range must be two numbers (a, b) with a < b, got {self.range!r}") from None
         if not (math.isfinite(a) and math.isfinite(b) and a < b):
             raise ValueError(f"dequantize range must be (a, b) with a < b, got {self.range!r}")
+        object.__setattr__(self, "levels", int(K))
         object.__setattr__(self, "range", (a, b))
 
     @classmethod
@@ -46,11 +57,11 @@ class Dequantization:
         if isinstance(spec, dict):
             unknown = set(spec) - {"levels", "range"}
             if unknown or "levels" not in spec:
-                raise ValueError(f"dequantize dict needs keys 'levels' (K) and optionally 'range' ((a, b)); "
+                raise ValueError(f"dequantize dict needs keys 'levels' (K) and 'range' ((a, b)); "
                                  f"got keys {sorted(spec)}")
-            return cls(spec["levels"], tuple(spec.get("range", (0.0, 1.0))))
+            return cls(spec["levels"], spec.get("range"))
         if hasattr(spec, "levels"):
-            return cls(spec.levels, tuple(getattr(spec, "range", (0.0, 1.0))))
+            return cls(spec.levels, getattr(spec, "range", None))
         raise TypeError("dequantize must be None, a dict(levels=K, range=(a, b)) or a Dequantization")
 
     def level_index(self, x: Tensor) -> Tensor:

@@ -84,12 +84,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
-from .noise import NoiseSource, parse_seeds
+from ._numbers import is_integer
 from .checks import caller_stacklevel, check_data, check_state_dtype, data_end_time
+from .denoiser import Denoiser
 from .dequantize import Dequantization
-from .ode import (TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode, encode,
-                  resolve_time_variable, round_trip)
+from .noise import NoiseSource, parse_seeds
+from .ode import (TIME_VARIABLES, ProbabilityFlowODE, RoundTrip, check_settings, decode,
+                  encode, resolve_time_variable, round_trip)
 
 __all__ = ["log_likelihood", "LikelihoodResult", "Dequantization", "encode", "decode", "round_trip",
            "RoundTrip", "prior_gap", "gaussian_prior", "TIME_VARIABLES", "DIVERGENCES", "PROBES"]
@@ -251,7 +252,7 @@ def _check_estimator(divergence, probes, probe, fresh_probes, dtype, prior):
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; valid: {', '.join(PROBES)}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+    if not is_integer(probes) or probes < 1:
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
     if not isinstance(fresh_probes, bool):
         raise TypeError(f"fresh_probes must be True or False, got {fresh_probes!r}")
@@ -323,7 +324,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             NFE at equal error from 3e-4 to 1e-6 nats/dim, VP and flow schedules): per-sample needs
             0.64–0.79× the shared step's NFE in 2-D and 0.83–0.96× in 64-D.
         time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
-            dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style) or ``"auto"`` (default):
+            dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style; on a DDPM table its kinks stop
+            the error from following the tolerance, which is warned) or ``"auto"`` (default):
             ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed
             the fewest NFE at equal accuracy (module docstring, benchmarks/likelihood_split.py);
             with ``fixed_steps``, ``log_snr`` on EDM, VE and sub-VP schedules as well (equal steps in
@@ -337,7 +339,9 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             callable z (B, *shape) -> (B,) log p_T(z), e.g. an analytic mixture's exact log p_T.
         t_end: data-side end time (default ``schedule.t_min``); the result is log p_{t_end}(x).
         dequantize: None, ``dict(levels=K, range=(a, b))`` or a :class:`Dequantization`: x is
-            dequantized uniformly and log_prob is log p_Y in level units (docs/math.md §5).
+            dequantized uniformly and log_prob is log p_Y in level units (docs/math.md §5). The range
+            has no default: it is the interval the model's data lie in ((−1, 1) for diffusers-style
+            image models, as :func:`~diffsolve.dataset_log_likelihood` assumes) and sets the Jacobian.
         seeds: per-sample seeds (sequence of B ints or ``"0-63"``), so the probes and dequantization
             noise of sample i do not depend on the batch; or a ``torch.Generator`` for the batch;
             default a generator seeded 0.

@@ -47,13 +47,15 @@ carries the divergence integral Δ along (``divergence=``).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
 
-from .checks import check_data, data_end_time
+from ._numbers import is_integer
+from .checks import caller_stacklevel, check_data, data_end_time
 from .denoiser import Denoiser
 from .processes import ReverseSDE, bcast_time
 from .rk import check_settings as _check_rk
@@ -87,6 +89,12 @@ def resolve_time_variable(name: str, schedule, *, divergence: bool = False, fixe
         return "t" if variance_preserving(schedule) else "log_snr"
     if name not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
+    if name == "t" and isinstance(schedule, DDPMSchedule):
+        warnings.warn("time_variable='t' on a DDPM table: in raw t the right-hand side has a kink at every one of "
+                      "its timesteps; adaptive steps do not see them, so the error stops following the tolerance "
+                      "(a tighter rtol can give a larger error at many times the network calls), and equal steps "
+                      "converge at first order (module docstring); 'auto' takes 'log_snr' there", UserWarning,
+                      stacklevel=caller_stacklevel())
     return name
 
 
@@ -95,12 +103,11 @@ def check_settings(*, method="dopri5", rtol=1e-5, atol=1e-5, norm="rms", fixed_s
     """The one validation of a probability-flow solve's settings (the defaults are those of
     :meth:`ProbabilityFlowODE.solve`); callers that do work before solving call it first."""
     _check_rk(method, rtol, atol, norm, None, max_steps)
-    if fixed_steps is not None and (isinstance(fixed_steps, bool) or not isinstance(fixed_steps, int)
-                                    or fixed_steps < 1):
+    if fixed_steps is not None and (not is_integer(fixed_steps) or fixed_steps < 1):
         raise ValueError(f"fixed_steps must be a positive integer or None, got {fixed_steps!r}")
     if time_variable != "auto" and time_variable not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {time_variable!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if not isinstance(per_sample, bool):
         raise TypeError(f"per_sample must be True or False, got {per_sample!r}")

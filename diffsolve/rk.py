@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ._numbers import is_integer
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = ["ButcherTableau", "TABLEAUS", "rk_solve", "check_settings", "get_tableau"]
@@ -59,7 +60,7 @@ def check_settings(method="dopri5", rtol: float = 1e-5, atol: float = 1e-5, norm
     if norm not in ("rms", "max"):
         raise ValueError(f"norm must be 'rms' or 'max', got {norm!r}")
     for name, v in (("steps", steps), ("max_steps", max_steps)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if v is not None and (not is_integer(v) or v < 1):
             raise ValueError(f"{name} must be a positive integer{' or None' if name == 'steps' else ''}, got {v!r}")
     return tab
 
