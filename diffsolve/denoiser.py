@@ -383,8 +383,19 @@ class Denoiser(torch.nn.Module):
                 _add_note(e, f"diffsolve: the time label is {label.dtype} (a half-precision network gets float32 "
                              f"labels, as diffusers passes timesteps; labels keep the precision of the time): "
                              f"cast it inside the network, e.g. label.to(x.dtype)")
+            inferred = (self._declared_dtype is None and isinstance(self.net, torch.nn.Module)
+                        and calling_dtype(self.net) is None and self.__dict__.get("_first_weight") is not None)
+            if self.net_dtype is not None and inferred and _is_dtype_mismatch(e):
+                _, owner, pname, _ = self.__dict__["_first_weight"]
+                _add_note(e, f"diffsolve: the network's dtype, {net_dtype}, was read off its first floating "
+                             f"parameter ({type(owner).__name__}.{pname}); if its weights are mostly in another "
+                             f"dtype (a float32 norm layer first in a bfloat16 network), declare it: "
+                             f"Denoiser(..., net_dtype=torch.bfloat16), for instance")
             if self.net_dtype is None and _is_dtype_mismatch(e):
-                other = torch.float64 if net_dtype == torch.float32 else torch.float32
+                # a half dtype torch names beside this one, else the other full precision
+                named = [d for word, d in (("BFloat16", torch.bfloat16), ("Half", torch.float16))
+                         if word in str(e) and d != net_dtype]
+                other = named[0] if named else torch.float64 if net_dtype == torch.float32 else torch.float32
                 how = ("that of the x given, or torch's default dtype when the library drew x"
                        if self._call_dtype is not None else "that of the solver state")
                 _add_note(e, f"diffsolve: its dtype is not declared (a plain function), so it was taken to be "

@@ -524,3 +524,27 @@ def test_a_network_writing_into_its_input_is_stopped():
     half = Denoiser(in_place, exact.schedule, prediction=exact.prediction, time_label="t",
                     net_dtype=torch.float16, shape=(2,))  # a float32 state, cast for the network: harmless
     assert torch.isfinite(ds.sample(half, seeds="0-3", nfe=5).x).all()
+
+
+def test_a_mistaken_network_dtype_is_explained_and_a_failed_runs_location_is_not_kept():
+    """A bfloat16 network whose first parameter is a float32 norm layer is taken to be float32 (documented) and
+    fails inside torch: the note now says where the dtype was read and how to declare it. A run that failed
+    left its step's location to the next call's error (a likelihood reported "step 2/7 of dpmpp_2m")."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.GroupNorm(1, 2)  # float32, first
+            self.lin = torch.nn.Linear(2, 2).to(torch.bfloat16)
+
+        def forward(self, x, t):
+            return self.lin(self.norm(x.unsqueeze(-1)).squeeze(-1))
+
+    den = Denoiser(Net(), "vp", prediction="eps", shape=(2,))
+    with pytest.raises(RuntimeError) as err:
+        ds.sample(den, seeds="0-1", nfe=5)
+    notes = "".join(getattr(err.value, "__notes__", []))
+    assert "read off its first floating parameter (GroupNorm.weight)" in notes and "step" in notes
+    with pytest.raises(RuntimeError) as err:
+        ds.log_likelihood(den, torch.zeros(2, 2))
+    assert "step" not in "".join(err.value.__notes__)
