@@ -105,9 +105,13 @@ def _snap_ends(schedule: Schedule, t: Tensor) -> Tensor:
                          f"end with 0): drop that last point and pass denoise_final=True, which makes the step to "
                          f"σ = 0 as x̂0(x, t_min)")
     first, last = float(t[0]), float(t[-1])
-    if hi < first <= hi * (1 + END_ROUNDING) or lo * (1 - END_ROUNDING) <= last < lo:
+    snap_first, snap_last = hi < first <= hi * (1 + END_ROUNDING), lo * (1 - END_ROUNDING) <= last < lo
+    if snap_first or snap_last:  # each end on its own: an end further out is left for the range check to refuse
         t = t.clone()
-        t[0], t[-1] = min(first, hi), max(last, lo)
+        if snap_first:
+            t[0] = hi
+        if snap_last:
+            t[-1] = lo
     return t
 
 

@@ -152,6 +152,11 @@ def test_user_grid_ends_within_float32_round_off_are_the_range_ends():
     assert t.tolist() == [80.0, 1.0, 0.002]
     t = validate_grid(edm, torch.tensor([80.0, 1.0, 0.0019999996293336153], dtype=torch.float32))
     assert float(t[0]) == 80.0 and float(t[-1]) == edm.t_min
+    # each end on its own: a start far above t_max beside an end within round-off (k-diffusion's Karras sigmas
+    # from σ_max = 100) was moved to 80 silently, and so was an end far below t_min beside such a start
+    for bad in ([100.0, 1.0, 0.0019999996293336153], [80.00001, 1.0, 0.0005]):
+        with pytest.raises(ValueError, match="outside"):
+            validate_grid(edm, torch.tensor(bad, dtype=torch.float64))
 
 
 def test_bad_kind_and_steps():

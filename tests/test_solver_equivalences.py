@@ -138,6 +138,8 @@ def test_heun_matches_edm_algorithm_1_by_hand():
 
 
 # --- step for step against k-diffusion --------------------------------------------------------
+K_3M = {"lower_order_final": False, "solver_type": "taylor", "third_order": "dpm_solver"}  # k-diffusion's 3M
+
 @pytest.mark.parametrize("name,kname,options", [
     ("heun", "sample_heun", {}),
     ("euler_ve", "sample_euler", {}),
@@ -169,6 +171,55 @@ def test_matches_k_diffusion(name, kname, options):
     ours = integrate(SOLVERS[name](**churn), den, x, t, level=NoiseLevel(sch, eta),
                         source=NoiseSource(6, (2,), seeds=list(range(6)))).x
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_churn_matches_k_diffusion_on_its_own_grid_ending_at_zero():
+    """k-diffusion's sigmas end with 0 and its γ = S_churn / (len(sigmas) − 1) counts that last step, which
+    diffsolve makes as the final denoise (grid = sigmas[:-1], denoise_final=True): γ was S_churn / (n − 1),
+    0.14 off at S_churn = 1, 10 steps (the test above, without the 0, caps γ at √2 − 1 and never saw it).
+    Churn off at σ_min (S_tmin above it, as in EDM's presets) and below σ_max (k-diffusion does not cap ŝ)."""
+    K = k_diffusion_sampling()
+    den = RING.denoiser("edm", "x0")
+    sch = den.schedule
+    t = ds.make_grid(sch, 9, "karras")
+    sigmas = torch.cat([t, t.new_zeros(1)])
+    x = x_T(den, n=6)
+    k_noise = NoiseSource(6, (2,), seeds=list(range(6)))
+    saved = torch.randn_like
+    torch.randn_like = lambda like, **kw: k_noise.randn()
+    try:
+        ref = K.sample_heun(lambda y, sigma: RING.x0(y, sigma, sch), x.clone(), sigmas, s_churn=1.0, s_tmin=0.05,
+                            s_tmax=50.0, disable=True)
+    finally:
+        torch.randn_like = saved
+    ours = integrate(SOLVERS["heun"](S_churn=1.0, S_tmin=0.05, S_tmax=50.0), den, x, t, level=NoiseLevel(sch, 0.0),
+                     source=NoiseSource(6, (2,), seeds=list(range(6))), denoise_final=True).x
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kname,k_eta,name,options,eta", [
+    ("sample_dpmpp_3m_sde", 0.0, "dpmpp_3m", K_3M, 0.0),
+    ("sample_dpmpp_3m_sde", 1.0, "dpmpp_3m_sde", K_3M, 1.0),
+    ("sample_dpmpp_2m_sde", 0.5, "dpmpp_2m_sde", {}, 0.5 ** 0.5),
+    ("sample_dpmpp_2m_sde", 0.5, "dpmpp_2m_sde", {"solver_type": "taylor"}, 0.5 ** 0.5),
+])
+def test_k_diffusion_multistep_sde_samplers_with_their_options_and_eta(kname, k_eta, name, options, eta):
+    """What the dpmpp module docstring says reproduces k-diffusion: its 3M has the halved third-order term, a
+    "taylor" second order and no lower-order last step (diffsolve's defaults differ: 0.36 apart at 10
+    steps); its eta enters the noise as eta·h where ν = η g gives η² h, so its eta is η² here (0.5 → √0.5).
+    On its own grid ending at 0 (grid = sigmas[:-1], denoise_final=True), the same noise."""
+    K = k_diffusion_sampling()
+    den = RING.denoiser("edm", "x0")
+    sch = den.schedule
+    t = ds.make_grid(sch, 9, "karras")
+    x = x_T(den, n=6)
+    k_noise = NoiseSource(6, (2,), seeds=list(range(6)))
+    kw = {"solver_type": "heun"} if options.get("solver_type") == "taylor" and "2m" in kname else {}
+    ref = getattr(K, kname)(lambda y, sigma: RING.x0(y, sigma, sch), x.clone(), torch.cat([t, t.new_zeros(1)]),
+                            eta=k_eta, noise_sampler=lambda a, b: k_noise.randn(), disable=True, **kw)
+    ours = integrate(SOLVERS[name](**options), den, x, t, level=NoiseLevel(sch, eta),
+                     source=NoiseSource(6, (2,), seeds=list(range(6))), denoise_final=True).x
+    torch.testing.assert_close(ours, ref, rtol=1e-11, atol=1e-11)
 
 
 # --- in distribution: exact moments of a Gaussian ------------------------------------------------

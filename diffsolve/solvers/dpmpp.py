@@ -26,6 +26,14 @@ Algorithm 2 and diffusers' default) uses W_0 · h/2 instead of W_1 (equal to O(h
 ``DPMSolverMultistepScheduler`` do (that choice makes the third-order term wrong by a factor 2 and
 the method only second order; it exists to reproduce those implementations step for step).
 
+k-diffusion's samplers of these names, step for step on its own grid (``grid=sigmas[:-1],
+denoise_final=True``; ``tests/test_solver_equivalences.py``): ``sample_dpmpp_2m`` is ``dpmpp_2m``;
+``sample_dpmpp_3m_sde`` is ``dpmpp_3m`` / ``dpmpp_3m_sde`` with ``third_order="dpm_solver",
+solver_type="taylor", lower_order_final=False`` (the defaults here differ: 0.36 apart at 10 steps on
+a ring); its ``eta`` enters the noise as eta·h where the family's ν = η g gives η² h (docs/math.md
+(11.3)), so k-diffusion's eta e is η = √e here (they coincide at 1, the SDE solvers' default), and
+its ``solver_type="heun"`` is ``"taylor"``.
+
 Warm-up, the final-order ramp (``lower_order_final``, ``lower_order_below``), the effect of the
 first-order first step on the global order and ``corrected_start`` are shared by every multistep
 solver: :mod:`diffsolve.solvers.multistep`. Here the corrected start's weight (docs/math.md (12.8))

@@ -18,8 +18,11 @@ every step here is a Heun step (2 evaluations); EDM's final Euler step from s_mi
 exactly ``y − s·(y − D)/s = D``, i.e. ``sample(..., denoise_final=True)``.
 
 Churn (EDM Algorithm 2; docs/math.md (15.3), (15.4)). Before step i, if S_tmin ≤ s_i ≤ S_tmax,
-raise the noise level to ŝ = s_i(1 + γ_i), γ_i = min(S_churn/n, √2 − 1), by adding fresh noise
-(the forward process in y from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}:
+raise the noise level to ŝ = s_i(1 + γ_i), γ_i = min(S_churn/N, √2 − 1), by adding fresh noise
+(the forward process in y from s_i to ŝ), then take the ODE step from ŝ to s_{i+1}. N is EDM's
+number of steps: the grid's steps, plus one for the final denoise (EDM's and k-diffusion's last step,
+to σ = 0). That last step itself is not churned here: k-diffusion churns it too where
+S_tmin ≤ σ_min (its default S_tmin = 0), which then differs (EDM's presets have S_tmin = 0.05):
 
     ŷ_i = y_i + S_noise √(ŝ² − s_i²) z.
 
@@ -87,7 +90,9 @@ class _VESolver(Solver):
         # one draw per step whenever churn is on, used or not, as EDM's and k-diffusion's code do:
         # the same seeds then give the same samples as those implementations
         z = ctx.randn() if self.S_churn > 0.0 else None
-        gamma = min(self.S_churn / ctx.steps, math.sqrt(2.0) - 1.0) if self.S_tmin <= s <= self.S_tmax else 0.0
+        # EDM's N counts its last step, to σ = 0, which the final denoise makes here
+        n = ctx.steps + (1 if ctx.denoise_final else 0)
+        gamma = min(self.S_churn / n, math.sqrt(2.0) - 1.0) if self.S_tmin <= s <= self.S_tmax else 0.0
         if gamma <= 0.0:
             return y, s, ctx.t[i], ctx.alpha[i]
         sch = ctx.schedule
