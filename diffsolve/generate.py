@@ -21,8 +21,9 @@ solver, budget, grid, η, dtype and ``denoise_final`` are passed to :func:`diffs
   with class labels, ``labels`` (int64). The zip entries carry a fixed date, so the bytes depend on
   the samples only. :func:`diffsolve.images.open_dataset` reads the folder back in seed order.
 - ``diffsolve-sample.json``: the settings of the run (format, batch size, sample shape, data range,
-  labels, guidance, the model's name, a fingerprint of its weights, everything passed to ``sample``
-  and a tuned grid file's contents by fingerprint); ``resume`` compares them.
+  labels, guidance, the model's name, a fingerprint of its weights, an already-guided denoiser's scale
+  and a fingerprint of its conditions, everything passed to ``sample`` and a tuned grid file's contents
+  by fingerprint); ``resume`` compares them.
 - with class labels and ``format="png"``: ``dataset.json``, EDM's ``{"labels": [["000000/000003.png",
   7], …]}`` for every seed of the run, written by rank 0 before the first image (the labels depend only
   on the seeds, see below), so an interrupted run's images have their labels.
@@ -68,7 +69,7 @@ from .checks import check_int, check_number
 from .defaults import default_state_dtype
 from .images import DATA_RANGE, check_data_range, to_uint8
 from .noise import parse_seeds
-from .runfiles import hold, jsonable, output_dir, weights_fingerprint, write_json
+from .runfiles import fingerprint, hold, jsonable, output_dir, weights_fingerprint, write_json
 from .sample_files import png_path, shard_name
 from .tuned import load_grid
 
@@ -199,6 +200,9 @@ class _Plan:
         self.settings["sample"].pop("device", None)  # a resumed run may use another device
         # what a name or a path does not pin down: the network's weights, and a tuned grid file's contents
         self.settings["weights"] = weights_fingerprint(denoiser.net)
+        guided = _guided_record(denoiser)
+        if guided is not None:  # an already-guided denoiser: its scale and conditions are not weights
+            self.settings["guided"] = guided
         tuned = load_grid(sample_kwargs.get("grid"))
         if tuned is not None:
             self.settings["sample"]["grid"] = {"file": jsonable(sample_kwargs["grid"]), "runs": tuned.fingerprint}
@@ -355,6 +359,26 @@ def _run(plan: _Plan, dist, progress: bool, t0: float) -> GenerateResult:
               f"{seconds:.1f} s ({written / max(seconds, 1e-9):.1f} samples/s), "
               f"{count(nfe, 'network evaluation')} per sample", file=sys.stderr, flush=True)
     return result
+
+
+def _guided_record(denoiser) -> dict | None:
+    """For a :class:`~diffsolve.CFGDenoiser` (one condition for every row), its scale and a fingerprint of its
+    conditions, which a resume must find unchanged (its weights fingerprint covers the network only)."""
+    from .guidance import CFGDenoiser
+
+    if not isinstance(denoiser, CFGDenoiser):
+        return None
+    inner = denoiser.net
+
+    def leaves(c):
+        if isinstance(c, dict):
+            return [leaf for key in sorted(c) for leaf in leaves(c[key])]
+        return [] if c is None else [torch.as_tensor(c)]
+
+    scale = inner.scale
+    one = not isinstance(scale, torch.Tensor) or scale.numel() == 1
+    return {"scale": float(scale) if one else fingerprint([scale]),
+            "conditions": fingerprint(leaves(inner.cond) + leaves(inner.uncond))}
 
 
 def _one_condition(guided) -> bool:

@@ -322,6 +322,17 @@ def test_resume_checks_the_weights_and_a_tuned_grids_contents(tmp_path):
         generate(ds.zoo.load("digits"), "0-3", tmp_path / "t", grid=str(tmp_path / "g.json"), resume=True)
 
 
+def test_resume_checks_an_already_guided_denoisers_scale_and_condition(digits, tmp_path):
+    """A CFGDenoiser with one condition for every row is accepted; its scale and condition were not recorded,
+    so a resume with another scale and class was accepted and mixed two models' samples in one folder."""
+    out = tmp_path / "g"
+    generate(ds.CFGDenoiser(digits, 2.0, 3), "0-3", out, format="npz", batch_size=4, **KW)
+    generate(ds.CFGDenoiser(digits, 2.0, 3), "0-7", out, format="npz", batch_size=4, resume=True, **KW)
+    for other in (ds.CFGDenoiser(digits, 7.0, 3), ds.CFGDenoiser(digits, 2.0, 5)):
+        with pytest.raises(ValueError, match="other settings .*guided"):
+            generate(other, "0-11", out, format="npz", batch_size=4, resume=True, **KW)
+
+
 def test_generate_refuses_before_any_folder(tmp_path):
     """What cannot run is refused before the folder is made: a CFGDenoiser with a condition per row (it cannot
     follow the seeds), Euler–Maruyama unstable on the grid, class labels for an unconditional zoo model;
