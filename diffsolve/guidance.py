@@ -247,6 +247,7 @@ class CFGDenoiser(Denoiser):
         if cond is None:
             raise ValueError("give cond= (the condition to guide towards: class labels, one per sample or one for "
                              "all, or a dict of keyword conditions)")
+        null_label = uncond is None and not isinstance(cond, dict)  # the network's null class: cond are its labels
         if uncond is None:
             uncond = None if isinstance(cond, dict) else getattr(net, "null_class", None)
             if uncond is None:
@@ -270,6 +271,11 @@ class CFGDenoiser(Denoiser):
         else:
             cond = cond if isinstance(cond, Tensor) else torch.as_tensor(cond)
             uncond = uncond if isinstance(uncond, Tensor) else torch.as_tensor(uncond)
+            if null_label:  # class labels beside the network's null class: integers, in the labels' own dtype
+                if cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool:
+                    raise TypeError(f"class labels must be integers (this network's null class is {uncond.item()!r}), "
+                                    f"got {cond.dtype}: cast them, e.g. labels.long()")
+                uncond = uncond.to(cond.dtype)
         guided = _GuidedNet(net, scale, cond, uncond, cond_key)
         super().__init__(guided, schedule, prediction, time_label=time_label, net_dtype=net_dtype, shape=shape,
                          threshold=threshold)

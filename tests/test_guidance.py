@@ -198,3 +198,17 @@ def test_guidance_input_errors_name_the_fix():
     g = CFGDenoiser(net, torch.ones(3), torch.zeros(8, dtype=torch.long), schedule=sch, prediction="eps")
     with pytest.raises(ValueError, match=r"scale has 3 entries but the batch has 8"):
         diffsolve.sample(g, shape=(8, 2), seeds="0-7", nfe=3)
+
+
+def test_class_labels_beside_a_null_class_are_integers_in_their_own_dtype():
+    """With the network's null class as uncond, int32 labels failed at 0 < w != 1 ("cond and uncond must have
+    the same dtype", naming an uncond never given) and passed at w = 1; float labels were truncated by the
+    network at w = 1 and refused at w = 2. int32 labels now guide as int64 ones; float labels are refused."""
+    base = diffsolve.zoo.load("digits")
+    labels = torch.tensor([2, 7])
+    want = diffsolve.sample(diffsolve.CFGDenoiser(base, 2.0, labels), seeds="0-1", nfe=4).x
+    got = diffsolve.sample(diffsolve.CFGDenoiser(base, 2.0, labels.int()), seeds="0-1", nfe=4).x
+    assert torch.equal(got, want)
+    for w in (1.0, 2.0):
+        with pytest.raises(TypeError, match="class labels must be integers"):
+            diffsolve.CFGDenoiser(base, w, torch.tensor([2.7, 2.0]))
