@@ -228,6 +228,8 @@ SAMPLE = [
     C("solver-int", sample(DEN, shape=(2, 2), solver=3), r"unknown solver 3"),
     C("solver-option-unknown", sample(DEN, shape=(2, 2), solver="unipc", solver_options={"ordr": 3}),
       r"bad options for solver 'unipc'"),
+    C("solver-option-eta", sample(DEN, shape=(2, 2), solver="dpmpp_2m_sde", solver_options={"eta": 0.5}),
+      r"eta is the run's noise level, not a solver option: pass eta= to sample"),
     C("solver-options-list", sample(DEN, shape=(2, 2), solver="ddim", solver_options=[1]), r"solver_options must be a dict"),
     C("solver-options-int-keys", sample(DEN, shape=(2, 2), solver="ddim", solver_options={1: 2}), r"options by name"),
     C("solver-spec-bad", sample(DEN, shape=(2, 2), solver="unipc:order"), r"'order' is not key=value"),

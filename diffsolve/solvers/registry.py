@@ -135,8 +135,11 @@ def get_solver(solver, **options) -> Solver:
                 return SOLVERS[name](**spec_options, **options)
             except TypeError as e:
                 known = solver_options_help(SOLVERS[name])
+                level = sorted({"eta", "noise"} & {*spec_options, *options})
                 raise TypeError(f"bad options for solver {name!r}: {e}; "
-                                + (f"its options are {known}" if known else "it takes no options")) from None
+                                + (f"its options are {known}" if known else "it takes no options")
+                                + (f" ({' and '.join(level)} is the run's noise level, not a solver option: pass "
+                                   f"{level[0]}= to sample, --eta on the command line)" if level else "")) from None
         solver = name
     raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
 
