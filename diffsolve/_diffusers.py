@@ -205,10 +205,10 @@ def flow_grid(config, schedule: FlowSchedule, solver, nfe: int | None = None, *,
     x − σ v = x̂0 exactly), else a last step to t_min follows (docs/math.md §25).
 
     ``spacing="dpm"`` (``DiffsolveScheduler``'s ``"flow_dpm"`` grid, its default for flow configs): the
-    σ of diffusers' flow DPM-Solver/UniPC instead, u_k = (1 − 1/N)·k/n for k = n..1 shifted: it starts
-    below σ = 1 and spreads the steps evenly enough in λ for multistep extrapolation (on the shifted
-    Euler grid, which starts at σ = 1 and whose λ-steps vary by two orders of magnitude, dpmpp_3m
-    does not converge; ``python benchmarks/diffusers_pipelines.py --only flow``)."""
+    σ of diffusers' flow DPM-Solver (``use_flow_sigmas``; UniPC's start at σ = 1) instead,
+    u_k = (1 − 1/N)·k/n for k = n..1 shifted: it starts below σ = 1 and spreads the steps evenly
+    enough in λ for multistep extrapolation (on the shifted Euler grid, which starts at σ = 1 and whose
+    λ-steps vary by two orders of magnitude, dpmpp_3m does not converge; ``python benchmarks/diffusers_pipelines.py --only flow``)."""
     if sigmas is None and spacing == "dpm":  # u = (1 − 1/N)·k/n, k = n..1, then the shift
         n = plan_times(solver, nfe, denoise_final)
         n_train = int(dict(config).get("num_train_timesteps", 1000))

@@ -60,6 +60,10 @@ _OWN_GRIDS = ("diffusers", "flow_dpm")  # the source diffusers class's timesteps
 # the fields that mark a flow-matching config (FlowMatchEulerDiscreteScheduler's), run on a FlowSchedule
 _FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
 _FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "num_train_timesteps")
+# the DDPM training-schedule fields, which a flow model's DPM-Solver / UniPC config (use_flow_sigmas) carries unused
+_BETA_FIELDS = ("beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+# the classes whose flow configs (use_flow_sigmas) space σ as the flow_dpm grid does (UniPC's start at σ = 1)
+_FLOW_DPM_CLASSES = ("DPMSolverMultistepScheduler",)
 # x̂0 clipping / thresholding (diffsolve.thresholding)
 _THRESHOLD_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio",
                      "sample_max_value")
@@ -153,10 +157,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
         time_shift_type: a flow-matching config (SD3, FLUX), run on a :class:`~diffsolve.FlowSchedule`
             (``from_config`` sets ``prediction_type="flow_prediction"``; the default grid of a flow
-            config is ``"flow_dpm"``: the shifted σ of diffusers' flow DPM-Solver/UniPC, which starts below
-            σ = 1 and suits multistep solvers, where diffsolve's grid kinds would start at σ = 1, spend
-            steps there and ignore the shift; ``grid="diffusers"`` is FlowMatchEulerDiscreteScheduler's
-            shifted σ from σ = 1, :func:`diffsolve._diffusers.flow_grid`). ``set_timesteps`` takes
+            config is ``"flow_dpm"``: the shifted σ of diffusers' flow DPM-Solver (``use_flow_sigmas``),
+            which starts below σ = 1 and suits multistep solvers, where diffsolve's grid kinds would start at
+            σ = 1, spend steps there and ignore the shift; ``grid="diffusers"`` is FlowMatchEulerDiscreteScheduler's
+            shifted σ from σ = 1, :func:`diffsolve._diffusers.flow_grid`; a DPMSolverMultistepScheduler config
+            with ``use_flow_sigmas`` (Sana) runs as a flow config with ``shift=flow_shift``, flow_dpm then being
+            its own spacing). ``set_timesteps`` takes
             ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
             does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
     Args (diffsolve's own):
@@ -260,9 +266,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         full = dict(config or {})
         # a flow-matching config: FlowMatchEulerDiscreteScheduler's (a shift, no betas) or a DPM-Solver's
         # with use_flow_sigmas (DDPM-family configs of recent diffusers carry unused flow fields too)
-        if full.get("use_flow_sigmas"):
-            raise ValueError("DiffsolveScheduler does not reproduce the σ spacing of use_flow_sigmas=True (flow_shift); "
-                             "give a FlowMatchEulerDiscreteScheduler config with shift=<flow_shift> instead")
+        if full.get("use_flow_sigmas"):  # a DPM-Solver config of a flow model (Sana): a flow config with
+            # shift = flow_shift, whose own spacing is the flow_dpm grid (its betas describe no training schedule)
+            source = full.get("_class_name") or _class_of_fields(full)
+            if source not in _FLOW_DPM_CLASSES:
+                raise ValueError(f"DiffsolveScheduler does not reproduce the σ spacing of {source or 'this config'} "
+                                 f"with use_flow_sigmas=True (DPMSolverMultistepScheduler's it does); give a "
+                                 f"FlowMatchEulerDiscreteScheduler config with shift=<flow_shift> instead")
+            full = {k: v for k, v in full.items() if k not in _BETA_FIELDS}
+            full["shift"], full["_class_name"] = float(full.get("flow_shift") or 1.0), source
         flow = "beta_start" not in full and any(k in full for k in _FLOW_FIELDS)
         if flow:
             refuse_flow_options(full, "DiffsolveScheduler")
@@ -338,10 +350,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             # is an evaluation (without it, t_min was the end of the last step and one timestep went unevaluated)
         # the grid is diffusers' own: the source class's spacing, the pipeline's timesteps or sigmas (flow_dpm, the
         # default of flow configs, is DPM-Solver's flow spacing, not FlowMatchEuler's: a strength starts elsewhere)
+        dpm_class = flow and self.config.diffusers_class in _FLOW_DPM_CLASSES  # flow_dpm is the source's spacing
         self._diffusers_spacing = (timesteps is not None or sigmas is not None or self._tuned is not None
-                                   or self._grid_kind == "diffusers")
+                                   or self._grid_kind == "diffusers" or (dpm_class and self._grid_kind == "flow_dpm"))
         if flow and timesteps is None and (sigmas is not None or self._grid_kind in _OWN_GRIDS):
-            spacing = "dpm" if self._grid_kind == "flow_dpm" and sigmas is None else "euler"
+            dpm = self._grid_kind == "flow_dpm" or (dpm_class and self._grid_kind == "diffusers")
+            spacing = "dpm" if dpm and sigmas is None else "euler"
             t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
                           denoise_final=self._final, spacing=spacing)
         else:

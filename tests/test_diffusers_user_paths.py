@@ -292,6 +292,26 @@ def test_from_diffusers_refuses_what_changes_the_networks_input_and_reads_a_flow
     assert from_diffusers(net, sana, shape=(4, 8, 8)).schedule.shift == 3.0
 
 
+def test_a_flow_dpm_solver_config_runs_on_its_own_spacing():
+    """Sana's scheduler is DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=s): it was refused. It
+    runs as a flow config with shift s, on its own σ (the flow_dpm grid), img2img without a word; UniPC's flow
+    spacing starts at σ = 1, which no grid here reproduces: refused, naming the way to run it."""
+    sana = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
+                                                 prediction_type="flow_prediction")
+    sana.set_timesteps(10)
+    for kw in ({}, {"solver": "dpmpp_2m"}, {"solver": "unipc", "grid": "diffusers"}):
+        ours = DiffsolveScheduler.from_config(sana.config, **kw)
+        ours.set_timesteps(10)
+        assert ours.schedule.shift == 3.0 and len(ours.timesteps) == 10
+        torch.testing.assert_close(ours.timesteps.double() / 1000, sana.sigmas[:-1].double(), rtol=0, atol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            ours.set_begin_index(4)
+    unipc = diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    with pytest.raises(ValueError, match="UniPCMultistepScheduler with use_flow_sigmas=True"):
+        DiffsolveScheduler.from_config(unipc.config)
+
+
 def test_pipeline_timesteps_are_checked_in_their_own_units_and_each_is_evaluated():
     """Bad timesteps were reported in diffsolve's time (t[1]=0.501, t in [0.001, 1.501]); now in the pipeline's
     timesteps. A list ending at timestep 0 (t_min) gave one evaluation fewer than timesteps: each one given is

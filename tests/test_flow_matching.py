@@ -325,7 +325,7 @@ def test_heun_refuses_a_start_at_sigma_one(sd3):
 
 
 def test_default_flow_grid_is_diffusers_flow_dpm_spacing():
-    """Flow configs default to the σ of diffusers' flow DPM-Solver/UniPC (grid "flow_dpm"): below
+    """Flow configs default to the σ of diffusers' flow DPM-Solver (grid "flow_dpm"): below
     σ = 1 and even enough in λ for multistep solvers (the shifted Euler grid from σ = 1 broke them)."""
     from diffsolve.scheduler import DiffsolveScheduler
 
