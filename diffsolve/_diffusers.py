@@ -208,7 +208,8 @@ def flow_grid(config, schedule: FlowSchedule, solver, nfe: int | None = None, *,
     σ of diffusers' flow DPM-Solver (``use_flow_sigmas``; UniPC's start at σ = 1) instead,
     u_k = (1 − 1/N)·k/n for k = n..1 shifted: it starts below σ = 1 and spreads the steps evenly
     enough in λ for multistep extrapolation (on the shifted Euler grid, which starts at σ = 1 and whose
-    λ-steps vary by two orders of magnitude, dpmpp_3m does not converge; ``python benchmarks/diffusers_pipelines.py --only flow``)."""
+    λ-steps vary by two orders of magnitude, dpmpp_3m does not converge;
+    ``python benchmarks/diffusers_pipelines.py --only flow``)."""
     if sigmas is None and spacing == "dpm":  # u = (1 − 1/N)·k/n, k = n..1, then the shift
         n = plan_times(solver, nfe, denoise_final)
         n_train = int(dict(config).get("num_train_timesteps", 1000))
