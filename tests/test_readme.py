@@ -6,11 +6,12 @@ blocks; a trailing backslash continues a line, ``#`` starts a comment). Skipped:
 need a GPU (``--device cuda``) unless CUDA is here. Each example is one test case, run in README order
 in a shared directory, so that later commands see what earlier ones wrote (as a user would).
 
-Marked ``slow`` (``pytest -m "not slow"`` leaves them out): the two tuning examples (about 15 s and
-2 minutes on two idle cores, the second fitting solver weights; many times that on cores busy with
-other jobs, where torch's two threads wait for each other) and the example that reads their output, and the README's "first five lines"
-(Python), run as one case (22 s idle, 5.5 minutes busy). The rest of the file takes under a minute
-on idle cores (the default ``diffsolve bench`` is 25 s of it), about two minutes on busy ones.
+Marked ``slow`` (``pytest -m "not slow"`` leaves them out): the two tuning examples (about 25 s and
+2.5 minutes, the second fitting solver weights) and the example that reads their output, and the
+README's "first five lines" (Python), run as one case (about a minute). The rest of the file takes
+about two minutes (the default ``diffsolve bench`` is 35 s of it); times of 2026-12-07 on this
+machine's two cores. Under pytest-xdist the examples run in two ordered groups (``xdist_group``): the
+tuning chain on one worker, the rest on one worker, each in README order in its own directory.
 """
 import os
 import re
