@@ -11,7 +11,7 @@ Marked ``slow`` (``pytest -m "not slow"`` leaves them out): the two tuning examp
 README's "first five lines" (Python), run as one case (about a minute). The rest of the file takes
 about two minutes (the default ``diffsolve bench`` is 35 s of it); times of 2026-12-07 on this
 machine's two cores. Under pytest-xdist the examples run in two ordered groups (``xdist_group``): the
-tuning chain on one worker, the rest on one worker, each in README order in its own directory.
+tuning chain and the rest, each on one worker in README order (neither reads what the other writes).
 """
 import os
 import re
