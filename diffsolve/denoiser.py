@@ -156,6 +156,9 @@ class Denoiser(torch.nn.Module):
     ``combine(x, t, a, b, kind)``, a·x + b·(prediction ``kind``), the whole of a first-order step.
     """
 
+    # how a non-finite output is named in its error (a guided denoiser's output is a combination of two)
+    _returned = "the network returned"
+
     @property
     def net_dtype(self) -> torch.dtype | None:
         """The dtype the network runs in: as declared, else the module's ``calling_dtype`` where it has one,
@@ -424,7 +427,7 @@ class Denoiser(torch.nn.Module):
                                 f"{' (out.real if the imaginary part is zero)' if out.is_complex() else ''}")
             raise ValueError(f"the network returned shape {got} for input of shape {tuple(x.shape)}; "
                              f"a denoiser's output must have the shape of its input")
-        self._check_finite(out, t)
+        self._check_finite(out, t, self._returned)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def _dtypes(self, state_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:

@@ -224,6 +224,9 @@ class CFGDenoiser(Denoiser):
         calls: network calls (one per evaluation, two where the conditions cannot be batched).
     """
 
+    _returned = ("the guided output x̂_u + w (x̂_c − x̂_u) (the network's two outputs, or their combination at a "
+                 "scale w large enough to overflow the network's dtype) was")
+
     def __init__(self, denoiser_or_net, scale, cond, uncond=None, *, cond_key: str | None = None,
                  schedule=None, prediction: str | None = None, time_label="default", shape=None,
                  threshold=None):

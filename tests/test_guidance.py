@@ -212,3 +212,11 @@ def test_class_labels_beside_a_null_class_are_integers_in_their_own_dtype():
     for w in (1.0, 2.0):
         with pytest.raises(TypeError, match="class labels must be integers"):
             diffsolve.CFGDenoiser(base, w, torch.tensor([2.7, 2.0]))
+
+
+def test_an_overflowing_guidance_scale_is_not_blamed_on_the_network():
+    """w = 1e20 overflows float32 in x̂_u + w (x̂_c − x̂_u) while both outputs are finite: the error named the
+    network; it names the guided combination and the scale now."""
+    base = diffsolve.zoo.load("digits")
+    with pytest.raises(diffsolve.NonFiniteError, match=r"guided output .* overflow the network's dtype\) was NaN"):
+        diffsolve.sample(diffsolve.CFGDenoiser(base, 1e20, 3), seeds=[0], solver="dpmpp_2m", nfe=6)
