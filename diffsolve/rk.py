@@ -264,7 +264,10 @@ class _Controller:
         alpha = 1.0 / self.k - 0.75 * self.beta
         fac_acc = (self.safety * r.clamp(min=1e-10).pow(-alpha) * r_prev.pow(self.beta)).clamp(0.2, 10.0)
         fac_rej = (self.safety * r.clamp(min=1e-10).pow(-1.0 / self.k)).clamp(0.2, 1.0)
-        return ok, step * torch.where(ok, fac_acc, fac_rej), torch.where(ok, r.clamp(min=1e-4), r_prev)
+        # the step sizes are the controller's choice, not functions of the state to differentiate: a gradient
+        # through them (enable_grad) is not the solution's, and it was 60 off at rtol 1e-10 on the ring
+        step = (step * torch.where(ok, fac_acc, fac_rej)).detach()
+        return ok, step, torch.where(ok, r.clamp(min=1e-4), r_prev).detach()
 
 
 def _attempt(tab, call, t, t_next, h, y, k1, gbc):
@@ -310,4 +313,4 @@ def _initial_step(call, t, y, f0, direction, span, rtol, atol, k, group_norm, gb
     d2 = group_norm((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6), (0.01 / dmax.clamp(min=1e-300)).pow(1.0 / k))
-    return torch.minimum(100 * h0, h1)
+    return torch.minimum(100 * h0, h1).detach()  # a choice, not differentiated (as _Controller.judge's)
