@@ -81,6 +81,21 @@ def is_flow_config(config: dict) -> bool:
     return str(config.get("_class_name", "")).startswith("FlowMatch") or any(k in config for k in _FLOW_MARKERS)
 
 
+# the DDPM training-schedule fields, which a flow model's DPM-Solver / UniPC config (use_flow_sigmas) carries unused
+_BETA_FIELDS = ("beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+
+
+def as_flow_config(config: dict) -> dict:
+    """A DPM-Solver / UniPC config of a flow model (``use_flow_sigmas``: Sana) as a flow-matching config:
+    ``shift`` = its ``flow_shift``, without the betas (they describe no training schedule there); any other
+    config unchanged."""
+    if not config.get("use_flow_sigmas") or config.get("prediction_type", "flow_prediction") != "flow_prediction":
+        return config
+    out = {k: v for k, v in config.items() if k not in _BETA_FIELDS}
+    out["shift"] = float(config.get("flow_shift") or 1.0)
+    return out
+
+
 def refuse_network_fields(config: dict, what: str):
     """Raise ``ValueError`` naming a :data:`NETWORK_FIELDS` field set to a value diffsolve does not run."""
     for name, (harmless, why) in NETWORK_FIELDS.items():
@@ -106,6 +121,7 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     """
     config, scheduler = _config_dict(scheduler_or_config)
     refuse_network_fields(config, "diffsolve")
+    config = as_flow_config(config)
     if is_flow_config(config):
         return _flow_schedule(config), "velocity"
     kind = config.get("prediction_type", "epsilon")
@@ -134,8 +150,7 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
 
 def _flow_schedule(config: dict) -> FlowSchedule:
     n = int(config.get("num_train_timesteps", 1000))
-    # DPM-Solver / UniPC configs of flow models (Sana) carry the shift as flow_shift under use_flow_sigmas
-    shift = float((config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift")) or 1.0)
+    shift = float(config.get("shift", 1.0) or 1.0)
     t_min = min(1.0 / n, float(shift_sigma(1.0 / n, shift)))
     return FlowSchedule(t_min=t_min, t_max=1.0 - FLOW_DELTA, shift=shift, num_train_timesteps=n,
                         time_shift_type=config.get("time_shift_type", "exponential") or "exponential")

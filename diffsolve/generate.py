@@ -370,10 +370,14 @@ def _guided_record(denoiser) -> dict | None:
         return None
     inner = denoiser.net
 
-    def leaves(c):
+    def leaves(c):  # tensors and numbers as they are, anything else by its repr
         if isinstance(c, dict):
             return [leaf for key in sorted(c) for leaf in leaves(c[key])]
-        return [] if c is None else [torch.as_tensor(c)]
+        if c is None:
+            return []
+        if isinstance(c, (torch.Tensor, int, float, bool)):
+            return [torch.as_tensor(c)]
+        return [torch.frombuffer(bytearray(repr(c).encode()), dtype=torch.uint8)]
 
     scale = inner.scale
     one = not isinstance(scale, torch.Tensor) or scale.numel() == 1

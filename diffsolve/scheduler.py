@@ -34,8 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._diffusers import (NETWORK_FIELDS, flow_grid, plan_times, refuse_flow_options, refuse_network_fields,
-                         schedule_from_diffusers)
+from ._diffusers import (NETWORK_FIELDS, as_flow_config, flow_grid, plan_times, refuse_flow_options,
+                         refuse_network_fields, schedule_from_diffusers)
 from ._numbers import check_int
 from .denoiser import Denoiser
 from .grids import GRIDS, diffusers_grid
@@ -60,8 +60,6 @@ _OWN_GRIDS = ("diffusers", "flow_dpm")  # the source diffusers class's timesteps
 # the fields that mark a flow-matching config (FlowMatchEulerDiscreteScheduler's), run on a FlowSchedule
 _FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
 _FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "num_train_timesteps")
-# the DDPM training-schedule fields, which a flow model's DPM-Solver / UniPC config (use_flow_sigmas) carries unused
-_BETA_FIELDS = ("beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
 # the classes whose flow configs (use_flow_sigmas) space σ as the flow_dpm grid does (UniPC's start at σ = 1)
 _FLOW_DPM_CLASSES = ("DPMSolverMultistepScheduler",)
 # x̂0 clipping / thresholding (diffsolve.thresholding)
@@ -273,8 +271,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"DiffsolveScheduler does not reproduce the σ spacing of {source or 'this config'} "
                                  f"with use_flow_sigmas=True (DPMSolverMultistepScheduler's it does); give a "
                                  f"FlowMatchEulerDiscreteScheduler config with shift=<flow_shift> instead")
-            full = {k: v for k, v in full.items() if k not in _BETA_FIELDS}
-            full["shift"], full["_class_name"] = float(full.get("flow_shift") or 1.0), source
+            full = {**as_flow_config(full), "_class_name": source}
         flow = "beta_start" not in full and any(k in full for k in _FLOW_FIELDS)
         if flow:
             refuse_flow_options(full, "DiffsolveScheduler")
