@@ -195,7 +195,8 @@ class ProbabilityFlowODE(ReverseSDE):
     def t_of(self, u: Tensor) -> Tensor:
         u, sch = torch.as_tensor(u, dtype=_F64), self.schedule
         if self.variable != "t":
-            u = sch.t_of_log_snr(u if self.variable == "log_snr" else -torch.log(u))
+            # σ/α past 0 (an adaptive solver's trial step beyond the end, torchdiffeq's first) is the end
+            u = sch.t_of_log_snr(u if self.variable == "log_snr" else -torch.log(u.clamp_min(0.0)))
         return u.clamp(sch.t_min, sch.t_max)
 
     def dt_du(self, t: Tensor) -> Tensor:
