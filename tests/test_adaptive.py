@@ -439,3 +439,35 @@ def test_torchdiffeq_explicit_adams_is_refused():
     with pytest.raises(ValueError, match="explicit_adams does not converge"):
         ds.sample(den, seeds="0-1", solver="torchdiffeq", solver_options=dict(method="explicit_adams",
                                                                               options=dict(step_size=0.01)))
+
+
+def test_torchdiffeq_fixed_step_methods_take_a_number_of_steps(ring):
+    """steps=N runs exactly N equal steps in the time variable (rk4: 4 calls a step, + the final denoise),
+    from the command line's spec too; rk4's error falls ~16x per halving of the step."""
+    den, x, ref = ring
+    errs = []
+    for n in (10, 20, 40):
+        out = ds.sample(den, x, solver=f"torchdiffeq:method=rk4:steps={n}", denoise_final=False)
+        assert out.nfe == 4 * n
+        errs.append(_rms_err(out.x, ref))
+    assert errs[0] / errs[1] > 8 and errs[1] / errs[2] > 8, errs
+
+
+@pytest.mark.parametrize("spec, opts, match", [
+    ("torchdiffeq:method=rk4", {}, "fixed-step: give steps=N"),
+    ("torchdiffeq:steps=4", {}, "steps= is for torchdiffeq's fixed-step methods"),
+    ("torchdiffeq:method=rk4:steps=0", {}, "steps must be a positive integer"),
+    ("torchdiffeq", dict(options="step_size=0.1"), "options must be a dict"),
+    ("torchdiffeq", dict(method="rk4", options=dict(step_size=-0.1)), "step_size must be a positive finite"),
+    ("torchdiffeq", dict(method="rk4", options=dict(step_size=float("nan"))), "step_size must be a positive finite"),
+])
+def test_torchdiffeq_options_are_checked_before_the_run(spec, opts, match):
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    with pytest.raises(ValueError, match=match):
+        ds.sample(den, seeds="0-1", solver=spec, solver_options=opts or None)
+
+
+def test_torchdiffeq_step_limit_says_what_to_change():
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    with pytest.raises(RuntimeError, match="torchdiffeq stopped: max_num_steps exceeded.*loosen rtol/atol"):
+        ds.sample(den, seeds="0-1", solver="torchdiffeq", solver_options=dict(options=dict(max_num_steps=3)))

@@ -57,6 +57,7 @@ from torch import Tensor
 
 from ..grids import GRIDS, make_grid
 from ..noise import NoiseSource
+from .._numbers import is_integer
 from ..ode import ProbabilityFlowODE, check_settings
 from ..processes import ReverseSDE
 from ..rk import TABLEAUS
@@ -189,8 +190,7 @@ for _name, _cls, _method, _order, _title, _stages, _fsal, _ref in _RK_SOLVERS:
                    f"        Hairer, Nørsett & Wanner, Solving Ordinary Differential Equations I (1993), §II.4.\n"}))
 
 
-_TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams",
-                      "fixed_adams")
+_TORCHDIFFEQ_FIXED = ("euler", "midpoint", "rk4", "heun2", "heun3", "implicit_adams", "fixed_adams")
 
 
 @register
@@ -205,8 +205,10 @@ class TorchDiffEq(AdaptiveSolver):
     Shapes: x and y are (B, *shape); one time and step size for the batch. ``info``: ``method``,
     ``time_variable``.
 
-    Options: method (default ``"dopri5"``), rtol, atol, time_variable, options (passed to odeint;
-    fixed-grid methods need ``options=dict(step_size=...)`` in units of the time variable).
+    Options: method (default ``"dopri5"``), rtol, atol, time_variable, steps, options (passed to
+    odeint). A fixed-step method (``euler``, ``midpoint``, ``rk4``, ...) needs ``steps`` (that many equal
+    steps in the time variable; on the command line ``torchdiffeq:method=rk4:steps=10``) or
+    ``options=dict(step_size=...)`` in units of the time variable.
 
     References: Chen, Rubanova, Bettencourt, Duvenaud, Neural Ordinary Differential Equations,
     arXiv:1806.07366 (torchdiffeq); Dormand & Prince (1980) for the default method.
@@ -216,7 +218,7 @@ class TorchDiffEq(AdaptiveSolver):
     declared_order = 5
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                 time_variable: str = "auto", options: dict | None = None):
+                 time_variable: str = "auto", options: dict | None = None, steps: int | None = None):
         from torchdiffeq._impl.odeint import SOLVERS as TD
 
         if method not in TD:
@@ -225,11 +227,28 @@ class TorchDiffEq(AdaptiveSolver):
             raise ValueError("torchdiffeq's explicit_adams does not converge (its error grows as the step shrinks: "
                              "odeint of dy/dt = -y over [0, 1] with step 0.01 gives 0.735 for e^-1 = 0.368); use "
                              "another method, e.g. rk4 or dopri5")
-        if method in _TORCHDIFFEQ_FIXED and not (options or {}).get("step_size"):
-            raise ValueError(f"torchdiffeq method {method!r} is fixed-step: give options=dict(step_size=...)")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"torchdiffeq options must be a dict (passed to odeint), got {options!r}")
+        options = dict(options or {})
+        fixed = method in _TORCHDIFFEQ_FIXED
+        if steps is not None:
+            if not fixed:
+                raise ValueError(f"steps= is for torchdiffeq's fixed-step methods ({', '.join(_TORCHDIFFEQ_FIXED)}); "
+                                 f"{method!r} chooses its own steps from rtol and atol")
+            if "step_size" in options or not is_integer(steps) or steps < 1:
+                raise ValueError(f"steps must be a positive integer, without options' step_size; got steps={steps!r}")
+        elif fixed and "step_size" not in options:
+            raise ValueError(f"torchdiffeq method {method!r} is fixed-step: give steps=N (equal steps in the time "
+                             f"variable; on the command line 'torchdiffeq:method={method}:steps=N') or "
+                             f"options=dict(step_size=...)")
+        if "step_size" in options:
+            h = options["step_size"]
+            if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
+                raise ValueError(f"options' step_size must be a positive finite number (in units of the time "
+                                 f"variable), got {h!r}")
         check_settings(rtol=rtol, atol=atol, time_variable=time_variable)
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
-        self.time_variable, self.options = time_variable, dict(options or {})
+        self.time_variable, self.options, self.steps = time_variable, options, None if steps is None else int(steps)
 
     def solve(self, ctx, x):
         import torchdiffeq
@@ -237,8 +256,16 @@ class TorchDiffEq(AdaptiveSolver):
         ode = ProbabilityFlowODE(ctx.denoiser, self.time_variable)
         t_start, t_end = ctx.times[0], ctx.times[-1]
         taus = torch.stack([ode.u_of(t_start), ode.u_of(t_end)]).to(x.device)
-        y = torchdiffeq.odeint(ode.func, ode.to_state(x, t_start), taus, method=self.method,
-                               rtol=self.rtol, atol=self.atol, options=self.options or None)[-1]
+        options = dict(self.options)
+        if self.steps is not None:  # exactly `steps` equal steps (a step_size of span/steps can round to one more)
+            options["grid_constructor"] = lambda func, y0, t: torch.linspace(
+                float(t[0]), float(t[-1]), self.steps + 1, dtype=t.dtype, device=t.device)
+        try:
+            y = torchdiffeq.odeint(ode.func, ode.to_state(x, t_start), taus, method=self.method,
+                                   rtol=self.rtol, atol=self.atol, options=options or None)[-1]
+        except AssertionError as e:  # torchdiffeq's step limit: "max_num_steps exceeded (...)"
+            raise RuntimeError(f"torchdiffeq stopped: {e}; loosen rtol/atol or raise options' max_num_steps "
+                               f"(or use diffsolve's own dopri5, whose error control is per sample)") from None
         return ode.from_state(y, t_end), {"method": self.method, "time_variable": ode.variable}
 
 
