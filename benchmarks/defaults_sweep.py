@@ -73,11 +73,16 @@ SOLVERS = {  # label: (solver, options)
     "deis3": ("deis", {}),
     "dpmpp_2m_nolof": ("dpmpp_2m", {"lower_order_final": False}),
     "unipc_nolof": ("unipc", {"lower_order_final": False}),
+    # added 2026-12-07 (the peers' gauss3072 rows at NFE 10 put DEIS-4 with the corrected start first)
+    "deis3_nolof": ("deis", {"lower_order_final": False}),
+    "deis3_cs": ("deis", {"corrected_start": True}),
+    "deis4_nolof_cs": ("deis", {"order": 4, "lower_order_final": False, "corrected_start": True}),
 }
 GRIDS = ("log_snr", "quadratic", "karras", "time")
 # with the analytic first step (docs/math.md §27; label "afs_" + the solver's): N network calls buy
 # the steps of N + 1; swept on the grids and budgets where it can matter
-AFS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "deis3", "dpmpp_2m_nolof", "unipc_nolof")
+AFS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "deis3", "dpmpp_2m_nolof", "unipc_nolof", "deis3_nolof",
+               "deis3_cs", "deis4_nolof_cs")
 AFS_GRIDS = {n: ("log_snr", "karras", "time") if n <= 10 else ("log_snr", "karras") for n in BUDGETS if n <= 20}
 CURRENT_DEFAULT = ("dpmpp_2m", "log_snr", True)
 REF_TOL = 1e-9
@@ -268,16 +273,35 @@ def _with_afs(cfg: tuple) -> tuple:
 
 
 def _deis_up_to(k: int):
-    """The library's rule with ``deis`` up to ``k`` evaluations and UniPC-3 above (EDM aside): k = 10
-    is the former threshold."""
+    """The rule of 2026-12-06 (:func:`_before_deis_karras`) with ``deis`` up to ``k`` evaluations and
+    UniPC-3 above (EDM aside): k = 10 is the former threshold."""
     small = ds.defaults.SMALL_BUDGET
 
     def rule(n: int, s: str) -> tuple:
-        cfg = library_default(n, s)
+        cfg = _before_deis_karras(n, s)
         if s == "edm" or not min(k, small) < n <= max(k, small):
             return cfg
         return (cfg[0].replace("deis3", "unipc3") if n > k else cfg[0].replace("unipc3", "deis3"), *cfg[1:])
     return rule
+
+
+def _before_deis_karras(n: int, s: str) -> tuple:
+    """The default rule until 2026-12-07: ``deis`` (its last steps of lower order) on ``log_snr`` at 7-12
+    evaluations, and on EDM schedules at 7-20 on ``karras`` with the final denoise."""
+    cfg = library_default(n, s)
+    if cfg[0] != "deis3_nolof":
+        return cfg
+    return ("deis3", "karras", True) if s == "edm" else ("deis3", "log_snr", False)
+
+
+def _deis4_candidate(n: int, s: str) -> tuple:
+    """A candidate tried on 2026-12-07 and not adopted (the digits model: 3.4x the error): DEIS-4 to the end
+    with the corrected start on log_snr at 7-15 evaluations (with the analytic first step on flow
+    schedules up to 20), EDM as the measured default."""
+    cfg = library_default(n, s)
+    if s == "edm" or not 6 < n <= 15:
+        return cfg
+    return ("afs_" if s == "flow" else "") + "deis4_nolof_cs", "log_snr", False
 
 
 # simple rules (budget n, schedule s) -> configuration, compared on both sets; "measured default" is
@@ -301,16 +325,19 @@ RULES = {
     "the same with the analytic first step <= 6": lambda n, s: _deis_up_to(10)(n, s)
         if n <= 6 else _without_afs(_deis_up_to(10)(n, s)),
     "the same, and on flow schedules <= 20 (the default until deis3 went to 12)": _deis_up_to(10),
-    "measured default: the same, deis3 <= 12": lambda n, s: library_default(n, s),
-    "the same with the analytic first step <= 10": lambda n, s: _with_afs(library_default(n, s))
-        if n <= 10 else library_default(n, s),
-    "the same with the analytic first step <= 20": lambda n, s: _with_afs(library_default(n, s))
-        if n <= 20 else library_default(n, s),
+    "the same, deis3 <= 12 (the default until 2026-12-07)": lambda n, s: _before_deis_karras(n, s),
+    "the same with the analytic first step <= 10": lambda n, s: _with_afs(_before_deis_karras(n, s))
+        if n <= 10 else _before_deis_karras(n, s),
+    "the same with the analytic first step <= 20": lambda n, s: _with_afs(_before_deis_karras(n, s))
+        if n <= 20 else _before_deis_karras(n, s),
+    "tried: deis4_nolof_cs log_snr <= 15 (flow: with the analytic first step), EDM deis3_nolof karras":
+        lambda n, s: _deis4_candidate(n, s),
+    "measured default: deis3_nolof karras at 7-12 (EDM 7-20), flow as before": lambda n, s: library_default(n, s),
     "deis3 <= 8 < unipc3": lambda n, s: ("deis3" if n <= 8 else "unipc3", "log_snr", False),
 }
 
 
-DEFAULT_RULE = "measured default: the same, deis3 <= 12"
+DEFAULT_RULE = "measured default: deis3_nolof karras at 7-12 (EDM 7-20), flow as before"
 
 
 def _rule_regret(cells, rule, problems, schedules, budgets) -> float:
@@ -431,13 +458,66 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
     print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
 
 
+# a sweep configuration (label, grid, final denoise) as sample()'s arguments
+def _run_config(den, x, n: int, cfg: tuple):
+    label, grid, df = cfg
+    solver, opts = SOLVERS[label.removeprefix("afs_")]
+    with torch.no_grad():
+        return ds.sample(den, x, nfe=n, solver=ds.solvers.get_solver(solver, **opts), grid=grid, denoise_final=df,
+                         analytic_first_step=label.startswith("afs_"))
+
+
+def deis_karras_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
+    """The default of 2026-12-07 (``deis:lower_order_final=false`` on ``karras`` at 7-12 evaluations, on EDM
+    schedules at 7-20 without the final denoise) and the candidate not adopted (:func:`_deis4_candidate`),
+    each over the default before it (:func:`_before_deis_karras`): on the sweep, on the three fresh problems
+    under the four families (their own start points; budgets off the sweep's among them) and on the trained
+    digits model at 7-12 (seeds 1000-1255 against a tight float64 solve). The rule, written down before the
+    fresh problems and the digits model ran: adopt if the fresh geometric mean is below 0.9 and the digits
+    model's at most 1.0."""
+    sweep = _table(_load(OUT))
+    rules = {"default": library_default, "deis4 candidate": _deis4_candidate}
+    print("\n## 7-20 evaluations on the sweep: error / best configuration of each cell (geometric mean)\n")
+    print("| rule | budgets | choice set | held out |\n|---|---|---:|---:|")
+    for name, rule in {"before": _before_deis_karras, **rules}.items():
+        for bs in ((8, 10, 12), (15, 20)):
+            vals = [_rule_regret(sweep, rule, probs, tuple(SCHEDULES), bs) for probs in (CHOICE, HELD_OUT)]
+            print(f"| {name} | {', '.join(map(str, bs))} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    for name, rule in rules.items():
+        print(f"\n## {name} / the default before it: fresh problems\n")
+        print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+        print("|---|" + "---:|" * len(budgets))
+        logs = []
+        for pname, (make, batch) in FRESH.items():
+            gm = make()
+            z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+            for sname, prediction in SCHEDULES.items():
+                sch = ds.make_schedule(sname)
+                den, x = gm.denoiser(sch, prediction), float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+                ref = _reference(gm, sch, z, sch.t_max)
+                r = [_rms(_run_config(den, x, n, rule(n, sname)).x, ref)
+                     / _rms(_run_config(den, x, n, _before_deis_karras(n, sname)).x, ref) for n in budgets]
+                logs += [math.log(v) for v in r]
+                print(f"| {pname}/{sname} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
+        print(f"| geometric mean, fresh | {math.exp(sum(logs) / len(logs)):.2f} |")
+        m = ds.zoo.load("digits")
+        x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
+        ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+        r = [_rms(_run_config(m, x.float(), n, rule(n, "cosine")).x, ref)
+             / _rms(_run_config(m, x.float(), n, _before_deis_karras(n, "cosine")).x, ref) for n in range(7, 13)]
+        print("\n| digits (trained), NFE | " + " | ".join(map(str, range(7, 13))) + " | geometric mean |")
+        print("|---|" + "---:|" * 7)
+        print("| ratio | " + " | ".join(f"{v:.2f}" for v in r) + f" | {math.exp(sum(map(math.log, r)) / len(r)):.2f} |",
+              flush=True)
+
+
 def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
     """Where ``deis`` should hand over to UniPC-3: the two on the default call's grid, end and first
     step (``deis`` / ``unipc:order=3``) at budgets around the threshold, on the three fresh problems
     (their own start points) under DDPM, cosine and flow, and on the trained digits model (256 seeds
     against a tight float64 solve); marked: the one the default call runs."""
     sweep = _table(_load(OUT))
-    rules = {"deis3 <= 10 (former)": _deis_up_to(10), "deis3 <= 12 (default)": library_default,
+    rules = {"deis3 <= 10 (former)": _deis_up_to(10), "deis3 <= 12 (default until 2026-12-07)": _before_deis_karras,
              "deis3 <= 15": _deis_up_to(15)}
     print("\n## The threshold on the sweep: the rule's error / best configuration of each cell at N = 12 and 15\n")
     print("| rule | choice set, 12 | held out, 12 | choice set, 15 | held out, 15 |")
@@ -518,14 +598,14 @@ def vp_karras_check(budgets=(8, 10, 12), seed=4321):
     print("|---|---:|---:|---:|---:|")
     for s in ("ddpm", "cosine"):
         vals = [_rule_regret(sweep, rule, probs, (s,), budgets)
-                for rule in (library_default, lambda n, f: ("afs_deis3", "karras", True))
+                for rule in (_before_deis_karras, lambda n, f: ("afs_deis3", "karras", True))
                 for probs in (CHOICE, HELD_OUT)]
         print(f"| {s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     print("\n| problem/family | default | afs_deis3 karras +x̂0 |\n|---|---:|---:|")
     for prob in CHOICE + HELD_OUT:
         for s in ("ddpm", "cosine"):
             vals = [_rule_regret(sweep, rule, (prob,), (s,), budgets)
-                    for rule in (library_default, lambda n, f: ("afs_deis3", "karras", True))]
+                    for rule in (_before_deis_karras, lambda n, f: ("afs_deis3", "karras", True))]
             print(f"| {prob}/{s} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     print("\n## VP, 7-12 evaluations: deis karras +x̂0 with the analytic first step / the default call\n")
     print("| problem/schedule | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
@@ -535,7 +615,7 @@ def vp_karras_check(budgets=(8, 10, 12), seed=4321):
         out = []
         for n in budgets:
             with torch.no_grad():
-                cur = ds.sample(den, x, nfe=n)
+                cur = ds.sample(den, x, nfe=n, solver="deis", grid="log_snr", denoise_final=False)  # the default then
                 cand = ds.sample(den, x, nfe=n, solver="deis", grid="karras", denoise_final=True,
                                  analytic_first_step=True)
             out.append(_rms(cand.x, ref) / _rms(cur.x, ref))
@@ -936,6 +1016,8 @@ CHECKS = {
     "small_budget": (small_budget_check, "deis against unipc:order=3 at 10-15 evaluations: fresh problems, "
                                          "digits (~3 min)"),
     "afs_signal": (afs_signal_check, "the analytic first step on Stable Diffusion's betas, with / without (~15 s)"),
+    "deis_karras": (deis_karras_check, "the default of 2026-12-07 (deis to the end on karras at 7-12) and a "
+                                       "DEIS-4 candidate against the default before: fresh problems, digits (~2 min)"),
     "vp_karras": (vp_karras_check, "deis karras +x̂0 with the analytic first step at 7-12 on VP schedules: "
                                    "fresh problems, digits (~15 s)"),
     "tune_peers": (tune_peers_check, "run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, "

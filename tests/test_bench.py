@@ -277,10 +277,11 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
 
     # each row records what the default call resolved to, and the table names it
     assert [r["ran"] for r in rows] == [default_run(n, p.schedule)._asdict() for n in (5, 10, 30)]
-    assert [r["ran"]["solver"] for r in rows] == ["dpmpp_2m:lower_order_final=false", "deis", "unipc:order=3"]
+    assert [r["ran"]["solver"] for r in rows] == ["dpmpp_2m:lower_order_final=false", "deis:lower_order_final=false",
+                                                  "unipc:order=3"]
     from diffsolve.bench.report import format_row
 
-    assert format_row(rows[1]).startswith("default (deis) ")
+    assert format_row(rows[1]).startswith("default (deis:lower_order_final=false) ")
     for r in rows:
         x = torch.load(tmp_path / "d" / "samples" / (r["key"].replace("|", "_") + ".pt"))
         again = diffsolve.sample(p.denoiser(), shape=(24, 2), seeds="0-23", nfe=r["nfe_budget"], dtype=torch.float64)
@@ -302,7 +303,7 @@ def test_default_call_rows_are_the_default_call(tmp_path, capsys):
                              dtype=torch.float64)
     x = torch.load(tmp_path / "e" / "samples" / (r["key"].replace("|", "_") + ".pt"))
     torch.testing.assert_close(x, again.x, rtol=0, atol=0)
-    assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 9 and r["grid"] == "karras"
+    assert r["nfe"] == 10 and r["steps"] == len(again.t) - 1 == 10 and r["grid"] == "karras"
 
 
 def test_summary_of_a_resumed_run_counts_the_file():

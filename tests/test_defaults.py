@@ -17,9 +17,11 @@ SCHEDULES = {"ddpm": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity", "v
 
 def _rule(n, family):
     if family == "edm" and TINY_BUDGET < n <= DENOISE_ABOVE:
-        return DefaultRun("deis", "karras", True)
+        return DefaultRun("deis:lower_order_final=false", "karras", False)
     if n <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, True)
+    if n <= SMALL_BUDGET and family != "flow":
+        return DefaultRun("deis:lower_order_final=false", "karras", False)
     return DefaultRun("deis" if n <= SMALL_BUDGET else "unipc:order=3", "log_snr", n > DENOISE_ABOVE,
                       family == "flow" and n <= FLOW_ANALYTIC_UP_TO)
 
@@ -53,10 +55,10 @@ def test_what_the_call_names_wins_over_the_default_run():
     den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("edm"), "x0")
     # a grid, a final denoise: only that part of the default run is replaced
     r = ds.sample(den, seeds="0-3", nfe=10, grid="log_snr")
-    torch.testing.assert_close(r.t, make_grid(den.schedule, 9, "log_snr"), rtol=0, atol=0)
-    r = ds.sample(den, seeds="0-3", nfe=10, denoise_final=False)
-    assert r.nfe == 10 and len(r.t) == 11
-    torch.testing.assert_close(r.t, make_grid(den.schedule, 10, "karras"), rtol=0, atol=0)
+    torch.testing.assert_close(r.t, make_grid(den.schedule, 10, "log_snr"), rtol=0, atol=0)
+    r = ds.sample(den, seeds="0-3", nfe=10, denoise_final=True)
+    assert r.nfe == 10 and len(r.t) == 10
+    torch.testing.assert_close(r.t, make_grid(den.schedule, 9, "karras"), rtol=0, atol=0)
     # a solver by name: its own defaults (log_snr, the final denoise by budget alone)
     r = ds.sample(den, seeds="0-3", nfe=10, solver="deis")
     torch.testing.assert_close(r.t, make_grid(den.schedule, 10, "log_snr"), rtol=0, atol=0)
