@@ -172,8 +172,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             evaluation analytically, docs/math.md §27; a pipeline makes every network call itself,
             at the timesteps it is given, so here
             the budget buys one step fewer than in ``sample``).
-        grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``; ``"flow_dpm"`` on
-            flow configs), ``"diffusers"``, ``"flow_dpm"``, or the
+        grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``, or ``"karras"``
+            at 7–12 evaluations; ``"flow_dpm"`` on flow configs), ``"diffusers"``, ``"flow_dpm"``, or the
             path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
             denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``
             chooses with the config's ``timestep_spacing`` and ``steps_offset``, n = the solver's
