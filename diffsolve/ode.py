@@ -148,6 +148,25 @@ class ODESolution:
     time_variable: str
 
 
+def _check_precision(denoiser: Denoiser, state_dtype: torch.dtype, rtol: float):
+    """Warn when ``rtol`` is below 1 % of the machine epsilon of the coarser of the state's dtype and the
+    dtype the network computes in: the local error estimates are then round-off, which the step control
+    chases with ever smaller steps. Measured on the digits model (16–64 start points against a tight
+    float64 solve): with a float16 network the error stops falling between rtol 1e-5 and 3e-6 (7.9e-4,
+    9.1e-4 RMS) while the evaluations double (345, 735), and at 1e-8 it took 34 000 evaluations for 8
+    points; in a float32 state it stops between 3e-8 and 1e-8."""
+    net_dtype = denoiser._dtypes(state_dtype)[0]
+    coarse = max((state_dtype, net_dtype), key=lambda d: torch.finfo(d).eps)
+    floor = 0.01 * torch.finfo(coarse).eps
+    if rtol < floor:
+        what = "solver state" if coarse == state_dtype else "network's arithmetic"
+        fix = " or a float64 state (dtype=torch.float64)" if coarse == state_dtype else ""
+        warnings.warn(f"rtol={rtol:g} is below 1 % of the precision of the {what} "
+                      f"({str(coarse).removeprefix('torch.')}, eps {torch.finfo(coarse).eps:.2g}): the step control "
+                      f"chases round-off there, with many more evaluations and no gain in accuracy; use rtol >= "
+                      f"{floor:.1g}{fix}", stacklevel=caller_stacklevel())
+
+
 class ProbabilityFlowODE(ReverseSDE):
     r"""The probability-flow ODE dx/dt = f_t x − ½ g_t² ∇log p_t(x) (docs/math.md (3.3)): the member
     ν = 0 of the reverse family, in a time variable u with the state y = x / c_t (module docstring):
@@ -253,6 +272,8 @@ class ProbabilityFlowODE(ReverseSDE):
         """
         check_settings(method=method, rtol=rtol, atol=atol, norm=norm, fixed_steps=fixed_steps,
                        max_steps=max_steps, chunk_size=chunk_size, per_sample=per_sample)
+        if fixed_steps is None:
+            _check_precision(self.denoiser, x.dtype, rtol)
         B = x.shape[0]
         u0, u1 = float(self.u_of(float(t_start))), float(self.u_of(float(t_end)))
         y0 = self._pack(x, t_start, divergence)

@@ -471,3 +471,24 @@ def test_torchdiffeq_step_limit_says_what_to_change():
     den = ds.GaussianMixture.ring().denoiser("vp", "eps")
     with pytest.raises(RuntimeError, match="torchdiffeq stopped: max_num_steps exceeded.*loosen rtol/atol"):
         ds.sample(den, seeds="0-1", solver="torchdiffeq", solver_options=dict(options=dict(max_num_steps=3)))
+
+
+def test_a_tolerance_below_the_arithmetic_precision_warns():
+    """rtol below 1 % of the epsilon of the coarser of the state's and the network's dtype: the step control
+    chases round-off (diffsolve.ode._check_precision); above it, or in float64, nothing is said."""
+    import warnings
+
+    sch = ds.make_schedule("vp")
+    den = GaussianMixture.ring().denoiser(sch, "eps")
+    x = float(sch.sigma(sch.t_max)) * torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    plain = ds.Denoiser(lambda y, t: den.net(y.double(), t).to(y.dtype), sch, "eps")  # runs in the state's dtype
+    with pytest.warns(UserWarning, match=r"rtol=1e-10 is below 1 % of the precision of the solver state \(float32"):
+        ds.sample(plain, x, solver="dopri5:rtol=1e-10:atol=1e-10")
+    half = ds.Denoiser(lambda y, t: den.net(y.double(), t).half(), sch, "eps", net_dtype=torch.float16)
+    with pytest.warns(UserWarning, match=r"precision of the network's arithmetic \(float16"):
+        ds.sample(half, x.double(), solver="dopri5:rtol=1e-6:atol=1e-6")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.sample(plain, x.double(), solver="dopri5:rtol=1e-10:atol=1e-10")
+        ds.sample(plain, x, solver="dopri5:rtol=1e-8:atol=1e-8")
+        ds.sample(half, x.double(), solver="dopri5:rtol=1e-4:atol=1e-4")

@@ -32,8 +32,11 @@ steps: the step must shrink geometrically in s) and the same as ``t`` on EDM (s 
 
 Shared control (``per_sample=False``, the default) evaluates the batch together: as few or fewer
 network calls; ``per_sample=True`` spends 0–20 % fewer row evaluations on these mixtures (3.7x
-fewer when one sample is much harder, with every sample's error within tolerance, where the shared
-RMS norm lets the hard sample's error grow ~√B), and makes each sample independent of its batch.
+fewer when one sample is much harder, with each sample's local error per step held to the tolerance,
+where the shared RMS norm lets the hard sample's grow ~√B), and makes each sample independent of its
+batch. The tolerances bound the local error of each step, not the global error at the end, which
+accumulates over the steps and can be many times rtol at loose tolerances. A tolerance below 1 % of the
+state's or the network's machine epsilon is warned about (:func:`diffsolve.ode.ProbabilityFlowODE.solve`).
 
 **SDE solvers** (``torchsde``): the reverse family (docs/math.md (3.2)) in increasing time
 τ = T − t, or in the grid index for fixed steps (docs/math.md (9.6)), with diagonal noise ν_t that
