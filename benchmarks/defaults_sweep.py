@@ -511,6 +511,60 @@ def deis_karras_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
               flush=True)
 
 
+# a trained rectified-flow network to judge flow-schedule defaults on (not bundled; 3.4 MB): made by
+# python examples/train_digits.py --schedule flow --threads 1 --eval-n 500 --out benchmarks/results/models
+FLOW_MODEL = os.path.join(os.path.dirname(OUT), "models", "digits_flow.safetensors")
+
+
+def _flow_deis4(n: int, s: str) -> tuple:
+    """A candidate for flow schedules (2026-12-07): DEIS-4 to the end with the corrected start and the
+    analytic first step, on log_snr, at 7-20 evaluations (the choice set's flow winner at 8, 10, 12, 20)."""
+    cfg = library_default(n, s)
+    return ("afs_deis4_nolof_cs", "log_snr", False) if s == "flow" and 6 < n <= 20 else cfg
+
+
+def flow_deis4_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
+    """The flow candidate (:func:`_flow_deis4`) over the default call's flow rule: on the sweep's flow cells,
+    on the three fresh problems under the flow schedule and on a trained flow-matching network (the digits
+    network trained as a rectified flow, :data:`FLOW_MODEL`; seeds 1000-1255 against a tight float64
+    solve). Rule, written before the trained network ran: adopt if the held-out flow cells and the fresh
+    problems gain (geometric mean below 0.9 on the fresh ones) and the trained network's geometric mean is
+    at most 1.0."""
+    sweep = _table(_load(OUT))
+    print("\n## Flow schedules, 8-20 evaluations: error / best configuration of each cell (geometric mean)\n")
+    print("| rule | choice set | held out |\n|---|---:|---:|")
+    for name, rule in (("default", library_default), ("DEIS-4 candidate", _flow_deis4)):
+        vals = [_rule_regret(sweep, rule, probs, ("flow",), (8, 10, 12, 15, 20)) for probs in (CHOICE, HELD_OUT)]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print("\n## DEIS-4 candidate / the default call, flow schedule\n")
+    print("| problem | " + " | ".join(f"NFE {n}" for n in budgets) + " | geometric mean |")
+    print("|---|" + "---:|" * (len(budgets) + 1))
+    sch = ds.make_schedule("flow")
+    logs = []
+    for pname, (make, batch) in FRESH.items():
+        gm = make()
+        z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+        den, x = gm.denoiser(sch, "velocity"), float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * z
+        ref = _reference(gm, sch, z, sch.t_max)
+        r = [_rms(_run_config(den, x, n, _flow_deis4(n, "flow")).x, ref)
+             / _rms(_run_config(den, x, n, library_default(n, "flow")).x, ref) for n in budgets]
+        logs += [math.log(v) for v in r]
+        print(f"| {pname} | " + " | ".join(f"{v:.2f}" for v in r) + f" | {_geo(r):.2f} |", flush=True)
+    print("| fresh, all | " + " | " * (len(budgets) - 1) + f" | {math.exp(sum(logs) / len(logs)):.2f} |")
+    if not os.path.exists(FLOW_MODEL):
+        print(f"\n(no trained flow model at {FLOW_MODEL}: make it with python examples/train_digits.py --schedule "
+              f"flow --threads 1 --eval-n 500 --out {os.path.dirname(FLOW_MODEL)}, ~5 min)")
+        return
+    m = ds.zoo.load(FLOW_MODEL)
+    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
+    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    err = {n: [_rms(_run_config(m, x.float(), n, rule(n, "flow")).x, ref) for rule in (library_default, _flow_deis4)]
+           for n in budgets}
+    r = [b / a for a, b in err.values()]
+    print("| digits_flow (trained) | " + " | ".join(f"{v:.2f}" for v in r) + f" | {_geo(r):.2f} |")
+    print("| digits_flow, default call rms | " + " | ".join(f"{a:.3g}" for a, _ in err.values()) + " | |", flush=True)
+
+
 def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
     """Where ``deis`` should hand over to UniPC-3: the two on the default call's grid, end and first
     step (``deis`` / ``unipc:order=3``) at budgets around the threshold, on the three fresh problems
@@ -1018,6 +1072,8 @@ CHECKS = {
     "afs_signal": (afs_signal_check, "the analytic first step on Stable Diffusion's betas, with / without (~15 s)"),
     "deis_karras": (deis_karras_check, "the default of 2026-12-07 (deis to the end on karras at 7-12) and a "
                                        "DEIS-4 candidate against the default before: fresh problems, digits (~2 min)"),
+    "flow_deis4": (flow_deis4_check, "DEIS-4 to the end with the corrected start on flow schedules at 7-20: fresh "
+                                     "problems, a trained flow network (benchmarks/results/models; ~1 min)"),
     "vp_karras": (vp_karras_check, "deis karras +x̂0 with the analytic first step at 7-12 on VP schedules: "
                                    "fresh problems, digits (~15 s)"),
     "tune_peers": (tune_peers_check, "run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, "

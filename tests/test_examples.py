@@ -26,6 +26,15 @@ def test_training_scripts(tmp_path, capsys, script, model):
     assert "saved" in capsys.readouterr().out
 
 
+def test_training_digits_as_a_flow_model(tmp_path):
+    """--schedule flow: the same network trained as a rectified flow (velocity v = ε − x0), saved as digits_flow."""
+    run("train_digits.py", "--fast", "--schedule", "flow", "--eval-n", "10", "--out", str(tmp_path))
+    den = diffsolve.zoo.load(tmp_path / "digits_flow.safetensors")
+    assert isinstance(den.schedule, diffsolve.schedules.FlowSchedule) and den.prediction == "velocity"
+    assert den.metadata["name"] == "digits_flow" and "--schedule flow" in den.metadata["training"]["command"]
+    assert diffsolve.sample(den, seeds="0-3", nfe=8).x.shape == (4, 1, 8, 8)
+
+
 def test_training_is_reproducible(tmp_path):
     """Same seed, same weights, bit for bit (the metadata records the weights' SHA-256)."""
     for sub in ("a", "b"):
