@@ -509,6 +509,34 @@ def deis_karras_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
         print("|---|" + "---:|" * 7)
         print("| ratio | " + " | ".join(f"{v:.2f}" for v in r) + f" | {math.exp(sum(map(math.log, r)) / len(r)):.2f} |",
               flush=True)
+    _deis_karras_off_sweep()
+
+
+def _deis_karras_off_sweep(budgets=(7, 8, 10, 12), seed=1234):
+    """The default call over the default before 2026-12-07 (``deis`` on log_snr) on two VP schedules outside
+    the sweep, the nine problems of the choice, held-out and fresh sets from the default call's start:
+    Stable Diffusion's scaled-linear betas (α/σ = 0.068 at t_max) and the same rescaled to zero terminal SNR
+    (started at α/σ = 0.001 by ``default_start``, below ``KARRAS_MIN_SIGNAL``: the former rule runs there)."""
+    b = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=F64) ** 2
+    schedules = {"SD betas": (ds.DDPMSchedule(betas=b), "eps"), "zero-SNR VP": _from_sigma_one()["zero-SNR VP"]}
+    print("\n## The default call / the default before 2026-12-07 on VP schedules outside the sweep\n")
+    print("| schedule | problem | " + " | ".join(f"NFE {n}" for n in budgets) + " |")
+    print("|---|---|" + "---:|" * len(budgets))
+    for sname, (sch, prediction) in schedules.items():
+        t0 = ds.defaults.default_start(sch) or sch.t_max
+        logs = []
+        for pname, (make, batch) in {**{k: MIXTURES[k] for k in CHOICE + HELD_OUT}, **FRESH}.items():
+            gm = make()
+            den = gm.denoiser(sch, prediction)
+            z = torch.randn(batch, *gm.shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+            x, ref = float(sch.sigma(torch.tensor(t0, dtype=F64))) * z, _reference(gm, sch, z, t0)
+            with torch.no_grad():
+                r = [_rms(ds.sample(den, x, nfe=n).x, ref)
+                     / _rms(ds.sample(den, x, nfe=n, solver="deis", grid="log_snr", denoise_final=False).x, ref)
+                     for n in budgets]
+            logs += [math.log(v) for v in r]
+            print(f"| {sname} | {pname} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
+        print(f"| {sname} | geometric mean | {math.exp(sum(logs) / len(logs)):.2f} |" + " |" * (len(budgets) - 1))
 
 
 # a trained rectified-flow network to judge flow-schedule defaults on (not bundled; 3.4 MB): made by

@@ -18,8 +18,11 @@ evaluations on the probability-flow ODE,
   at 4–6 evaluations 1.33× worse in the geometric mean over the sweep's six problems,
   ``benchmarks/defaults.md``, "Where the analytic first step applies"; on a VP schedule cut at t_max = 0.5,
   α/σ = 0.29, 2.8× worse at N = 5, ``tests/test_analytic_first_step.py``);
-- **grid**: ``log_snr`` (uniform in λ), but ``karras`` (ρ = 7 in σ/α) with ``deis`` at 7–12 (above).
-  That piece (2026-12-07) takes the held-out set's geometric mean at 8–12 from 2.18 to 1.49 times the
+- **grid**: ``log_snr`` (uniform in λ), but ``karras`` (ρ = 7 in σ/α) with ``deis`` at 7–12 (above),
+  where the run starts at α/σ ≥ :data:`KARRAS_MIN_SIGNAL` = 0.0025 (a zero-terminal-SNR table started
+  at α/σ = 0.001 keeps ``deis`` on log_snr: there the Karras piece was 1.08× worse over nine problems,
+  5.0–5.5× on the 2-D ring, as on the flow schedule's choice-set cells from the same start; on Stable
+  Diffusion's betas it is 0.54×). That piece (2026-12-07) takes the held-out set's geometric mean at 8–12 from 2.18 to 1.49 times the
   best configuration of each cell and three fresh problems' error to 0.72× (0.56–0.79× per VP or EDM
   family); on the trained digits model it is 0.85–0.99× at 8–12 evaluations and 1.46× at 7 (geometric
   mean 0.99×); on rectified flow the Karras grid lost on the choice set, so flow keeps its rule
@@ -85,8 +88,8 @@ import torch
 
 from .schedules import EDMSchedule, FlowSchedule
 
-__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DEIS_KARRAS", "DENOISE_ABOVE", "FLOW_ANALYTIC_UP_TO",
-           "AFS_MAX_SIGNAL", "LEARNED_UP_TO",
+__all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DEIS_KARRAS", "KARRAS_MIN_SIGNAL", "DENOISE_ABOVE",
+           "FLOW_ANALYTIC_UP_TO", "AFS_MAX_SIGNAL", "LEARNED_UP_TO",
            "START_LOG_SNR", "DefaultRun", "default_run", "default_start", "prior_flow_scale",
            "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
@@ -96,6 +99,9 @@ SMALL_BUDGET = 12  # at most this many evaluations: third order in noise predict
 # DEIS-3 to the end (no lower-order last steps), on EDM's grid: 7..SMALL_BUDGET evaluations but on flow schedules, and
 # 7..DENOISE_ABOVE on EDM schedules (module docstring)
 DEIS_KARRAS = "deis:lower_order_final=false"
+# ... where the run starts at α/σ at least this: between the sweep's VP starts (0.0064, where the Karras grid won)
+# and the flow and zero-terminal-SNR starts (0.001, σ/α = 999, where it lost)
+KARRAS_MIN_SIGNAL = 0.0025
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 FLOW_ANALYTIC_UP_TO = 20  # on a flow schedule, the analytic first step up to this many evaluations (else TINY_BUDGET)
 # the analytic first step only where the run starts at α/σ at most this (_analytic_start): between the sweep's
@@ -137,25 +143,30 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start
     if budget <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False,
                           analytic_first_step=_analytic_start(schedule, t_start))
-    if budget <= SMALL_BUDGET and not flow:
+    if budget <= SMALL_BUDGET and not flow and _start_signal(schedule, t_start) >= KARRAS_MIN_SIGNAL:
         return DefaultRun(DEIS_KARRAS, "karras", False)
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
     analytic = flow and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule, t_start)
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)
 
 
-def _analytic_start(schedule, t_start: float | None = None) -> bool:
-    """Whether the run starts where the signal is a small part of the state, α/σ ≤ :data:`AFS_MAX_SIGNAL`
-    (at ``t_start``; default from t_max, or from :func:`default_start`): there the analytic first step's
-    error, about α times the data's mean (docs/math.md (27.2)), is small. ``schedule=None``: the rule of
-    the sweep's families."""
+def _start_signal(schedule, t_start: float | None = None) -> float:
+    """α/σ where the run starts: at ``t_start``, by default at t_max or at :func:`default_start`
+    (``schedule=None``: the sweep's families, whose starts lie between 0.0064 and 0.0125)."""
     if schedule is None:
-        return True
+        return 0.01
     if t_start is not None:
         lam0 = float(schedule.log_snr(torch.tensor(t_start, dtype=torch.float64)))
     else:
         lam0 = max(float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64))), START_LOG_SNR)
-    return lam0 <= math.log(AFS_MAX_SIGNAL)
+    return math.exp(lam0)  # λ = log(α/σ)
+
+
+def _analytic_start(schedule, t_start: float | None = None) -> bool:
+    """Whether the run starts where the signal is a small part of the state, α/σ ≤ :data:`AFS_MAX_SIGNAL`
+    (:func:`_start_signal`): there the analytic first step's error, about α times the data's mean
+    (docs/math.md (27.2)), is small."""
+    return _start_signal(schedule, t_start) <= AFS_MAX_SIGNAL
 
 
 def default_denoise_final(budget: int, stochastic: bool) -> bool:

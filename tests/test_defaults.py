@@ -34,6 +34,25 @@ def test_the_rule_by_budget_and_family(name):
     assert default_run(10) == _rule(10, None)  # no schedule: the rule of every family but EDM's and flow's
 
 
+def test_the_karras_piece_needs_a_start_with_some_signal():
+    """deis on the Karras grid at 7-12 evaluations only where the run starts at α/σ >= KARRAS_MIN_SIGNAL: a VP
+    table rescaled to zero terminal SNR, started at α/σ = 0.001 by default_start, keeps deis with its
+    lower-order last steps on log_snr (as a flow schedule does); started later, at α/σ = 0.005, it runs the
+    Karras piece."""
+    from diffsolve.adapters import schedule_from_diffusers
+    from diffsolve.defaults import KARRAS_MIN_SIGNAL
+
+    zero_snr, _ = schedule_from_diffusers(dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                               beta_schedule="scaled_linear", rescale_betas_zero_snr=True))
+    assert ds.defaults.default_start(zero_snr) is not None
+    assert default_run(10, zero_snr) == DefaultRun("deis", "log_snr", False, False)
+    assert default_run(5, zero_snr).analytic_first_step
+    later = float(zero_snr.t_of_log_snr(torch.tensor(math.log(2 * KARRAS_MIN_SIGNAL), dtype=F64)))
+    assert default_run(10, zero_snr, t_start=later) == DefaultRun("deis:lower_order_final=false", "karras", False)
+    r = ds.sample(ds.GaussianMixture.ring().denoiser(zero_snr, "v"), seeds="0-3", nfe=10)
+    assert r.solver.name == "deis" and r.solver.lower_order_final
+
+
 @pytest.mark.parametrize("name", ["ddpm", "edm", "flow"])
 @pytest.mark.parametrize("nfe", [4, 8, 10, 15, 20, 30])
 def test_the_bare_call_runs_the_rule(name, nfe):
