@@ -25,8 +25,9 @@ evaluations on the probability-flow ODE,
   Diffusion's betas it is 0.54×). That piece (2026-12-07) takes the held-out set's geometric mean at
   8–12 from 2.18 to 1.49 times the best configuration of each cell and three fresh problems' error to
   0.72× (0.56–0.79× per VP or EDM family); on the trained digits model it is 0.85–0.99× at 8–12
-  evaluations and 1.46× at 7 (geometric mean 0.99×); on rectified flow the Karras grid lost on the choice set, so flow keeps its rule
-  (``benchmarks/defaults.md``, "DEIS-3 to the end on the Karras grid");
+  evaluations and 1.46× at 7 (geometric mean 0.99×); on rectified flow the Karras grid lost on the
+  choice set, so flow keeps its rule (``benchmarks/defaults.md``, "DEIS-3 to the end on the Karras
+  grid");
 - **final denoise**: only for N > 20 — below, the evaluation buys a solver step, which is worth
   more than replacing x(t_min) by x̂0(x, t_min); with ν > 0 (a stochastic run) always, since it
   also removes the noise of the last step;
