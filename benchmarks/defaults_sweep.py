@@ -458,6 +458,13 @@ def fresh_check(budgets=(8, 10, 12, 15, 20), schedule="edm", seed=4321):
     print(f"\nGeometric mean of the ratio: {math.exp(sum(logs) / len(logs)):.2f}")
 
 
+def _trained_targets(m):
+    """A trained model's 256 start points at t_max (seeds 1000-1255) and their float64 solves to t_min then
+    x̂0 at rtol = atol = 1e-7, the checks' reference on the digits models."""
+    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
+    return x, ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+
+
 # a sweep configuration (label, grid, final denoise) as sample()'s arguments
 def _run_config(den, x, n: int, cfg: tuple):
     label, grid, df = cfg
@@ -501,8 +508,7 @@ def deis_karras_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
                 print(f"| {pname}/{sname} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
         print(f"| geometric mean, fresh | {math.exp(sum(logs) / len(logs)):.2f} |")
         m = ds.zoo.load("digits")
-        x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
-        ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+        x, ref = _trained_targets(m)
         r = [_rms(_run_config(m, x.float(), n, rule(n, "cosine")).x, ref)
              / _rms(_run_config(m, x.float(), n, _before_deis_karras(n, "cosine")).x, ref) for n in range(7, 13)]
         print("\n| digits (trained), NFE | " + " | ".join(map(str, range(7, 13))) + " | geometric mean |")
@@ -584,8 +590,7 @@ def flow_deis4_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
               f"flow --threads 1 --eval-n 500 --out {os.path.dirname(FLOW_MODEL)}, ~5 min)")
         return
     m = ds.zoo.load(FLOW_MODEL)
-    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
-    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    x, ref = _trained_targets(m)
     err = {n: [_rms(_run_config(m, x.float(), n, rule(n, "flow")).x, ref) for rule in (library_default, _flow_deis4)]
            for n in budgets}
     r = [b / a for a, b in err.values()]
@@ -645,8 +650,7 @@ def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
             print(f"| {name}/{sname} | " + " | ".join(cells) + " |", flush=True)
     print("| geometric mean, fresh | " + " | ".join(f"{math.exp(sum(v) / len(v)):.2f}" for v in logs.values()) + " |")
     m = ds.zoo.load("digits")
-    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
-    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    x, ref = _trained_targets(m)
     print("| digits (trained) | " + " | ".join(ratio(m, x.float(), ref, n)[1] for n in budgets) + " |", flush=True)
 
 
@@ -723,8 +727,7 @@ def vp_karras_check(budgets=(8, 10, 12), seed=4321):
             print(f"| {name}/{sname} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
     print(f"| geometric mean, fresh | {math.exp(sum(logs) / len(logs)):.2f} | | |")
     m = ds.zoo.load("digits")
-    x = float(m.schedule.sigma(m.schedule.t_max)) * ds.NoiseSource(256, m.shape, seeds=range(1000, 1256)).randn()
-    ref = ode_reference(m, x, m.schedule.t_max, m.schedule.t_min, rtol=1e-7, atol=1e-7, denoise_final=True)
+    x, ref = _trained_targets(m)
     r = ratios(m, x.float(), ref)
     print("| digits (trained) | " + " | ".join(f"{v:.2f}" for v in r) + " |")
     print(f"| geometric mean, digits | {math.exp(sum(map(math.log, r)) / len(r)):.2f} | | |", flush=True)
