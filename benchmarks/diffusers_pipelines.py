@@ -143,13 +143,15 @@ def flow_table(budgets, batch):
             errs.append(float((out - ref).norm() / ref.norm()))
             spent.append(n)
         rows.append((f"diffusers {name}", errs, spent))
-    for spec in ("euler", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc"):  # heun refuses a start at σ = 1 (s = σ/α = ∞)
+    # heun steps in t on flow schedules (FlowMatchHeun's form); on diffusers' grid it is that scheduler's twin
+    for spec, grid in (("euler", None), ("ddim", None), ("dpmpp_2m", None), ("dpmpp_3m", None), ("unipc", None),
+                       ("heun", None), ("heun", "diffusers")):
         errs, spent = [], []
         for b in budgets:
-            out, n = go(DiffsolveScheduler.from_config(config, solver=spec), b)
+            out, n = go(DiffsolveScheduler.from_config(config, solver=spec, **({"grid": grid} if grid else {})), b)
             errs.append(float((out - ref).norm() / ref.norm()))
             spent.append(n)
-        rows.append((f"diffsolve {spec}", errs, spent))
+        rows.append((f"diffsolve {spec}" + (f" grid={grid}" if grid else ""), errs, spent))
     return rows
 
 

@@ -103,6 +103,10 @@ DIFFUSERS_EQUIVALENTS: dict[str, dict[str, str]] = {
         budget="n", notes="Karras/exponential/beta σ's, shift_terminal, invert_sigmas, stochastic_sampling: "
                           "refused; custom timesteps= are read as σ = timestep/N (diffusers shifts them and keeps the "
                           "labels): give sigmas= instead"),
+    "FlowMatchHeunDiscreteScheduler": dict(
+        solver="heun (in t on a flow schedule) on the config's FlowSchedule (its shift)", eta="0",
+        denoise_final="True (its last, Euler step goes to σ = 0: x − σv = x̂0)", budget="2n − 1",
+        notes="as FlowMatchEulerDiscreteScheduler; its churn (s_churn in step()) is not reproduced"),
     "EDMEulerScheduler": dict(
         solver="euler_ve on EDMSchedule(sigma_min, sigma_max), grid karras (rho) or log_snr "
                "(exponential), n − 1 steps", eta="0", denoise_final='final_sigmas_type == "zero"',
@@ -292,14 +296,15 @@ _RULES = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "DPMSolverMultistepSch
           "EulerDiscreteScheduler": lambda cls, c, n, eta: ("euler_ve", 0.0, _final(c), 1, ""),
           "EulerAncestralDiscreteScheduler": lambda cls, c, n, eta: ("ancestral", 1.0, True, 1, ""),
           "HeunDiscreteScheduler": lambda cls, c, n, eta: ("heun", 0.0, True, 2, ""),
-          "FlowMatchEulerDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c)}
+          "FlowMatchEulerDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c),
+          "FlowMatchHeunDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c, "heun:variable=t", 2)}
 
 
-def _flow_euler(cls, c):
+def _flow_euler(cls, c, solver: str = "euler", per_step: int = 1):
     from ._diffusers import refuse_flow_options
 
     refuse_flow_options(c, f"{cls}'s twin")
-    return "euler", 0.0, True, 1, ""
+    return solver, 0.0, True, per_step, ""
 
 
 # --- EDM: through diffsolve.sample -------------------------------------------------------------

@@ -314,14 +314,36 @@ def _flow_sched(**cfg):
     return diffusers.FlowMatchEulerDiscreteScheduler(**cfg)
 
 
-def test_heun_refuses_a_start_at_sigma_one(sd3):
-    """EDM's Heun averages slopes in s = σ/α; from σ = 1 (s ~ 1e9) that is meaningless: refused."""
+def test_heun_refuses_a_start_at_sigma_one_in_s_only(sd3):
+    """EDM's Heun averages slopes in s = σ/α; from σ = 1 (s ~ 1e9) that is meaningless: refused. On a flow
+    schedule heun steps in t by default (FlowMatchHeun's form), which starts at σ = 1."""
     from diffsolve.scheduler import DiffsolveScheduler
 
-    sched = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="heun",
-                                           grid="diffusers")
-    with pytest.raises(ValueError, match="steps in s = σ/α"):
+    cfg = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    sched = DiffsolveScheduler.from_config(cfg, solver="heun:variable=s", grid="diffusers")
+    with pytest.raises(ValueError, match="steps in s = σ/α.*heun:variable=t"):
         sched.set_timesteps(9)
+    sched = DiffsolveScheduler.from_config(cfg, solver="heun", grid="diffusers")
+    sched.set_timesteps(9)
+    assert float(sched.timesteps[0]) == 1000.0
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_heun_in_t_is_flow_match_heun_step_for_step(n):
+    """heun on a flow schedule (variable "auto" -> "t") on FlowMatchHeunDiscreteScheduler's σ, ending with
+    x̂0 (its Euler step to σ = 0), against diffusers' own loop on the same exact velocity: float32 round-off."""
+    sch = FlowSchedule(t_max=1 - 1e-9)
+    den = GaussianMixture.ring().denoiser(sch, "velocity")
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    ref.set_timesteps(n)
+    x = x0.float()
+    for t in ref.timesteps:
+        x = ref.step(den.velocity(x.double(), min(float(t) / 1000, sch.t_max)).float(), t, x).prev_sample
+    grid = torch.unique_consecutive(ref.sigmas.double())[:-1].clamp(max=sch.t_max)
+    out = diffsolve.sample(den, x0, solver="heun", grid=grid, denoise_final=True)
+    assert out.nfe == len(ref.timesteps) == 2 * n - 1
+    assert float((out.x - x.double()).abs().max()) < 3e-5  # diffusers steps in float32
 
 
 def test_default_flow_grid_is_diffusers_flow_dpm_spacing():

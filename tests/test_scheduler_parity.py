@@ -562,15 +562,19 @@ def test_a_twin_notes_a_pipelines_different_start():
     assert diffusers_twin(diffusers.EulerDiscreteScheduler(timestep_spacing="trailing"), 10).notes == []
 
 
+@pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"])
 @pytest.mark.parametrize("config,mu", [(dict(shift=3.0), None),
                                        (dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), 0.8)])
-def test_flow_match_euler_twin(problem, config, mu):
-    """FlowMatchEulerDiscreteScheduler's twin (euler on the diffusers grid, ending on x̂0 = x − σv) equals
-    diffusers' own loop at one, two and five timesteps, static and dynamic shift."""
+def test_flow_match_euler_twin(problem, config, mu, cls):
+    """FlowMatchEulerDiscreteScheduler's twin (euler on the diffusers grid, ending on x̂0 = x − σv) and
+    FlowMatchHeunDiscreteScheduler's (heun in t, 2n − 1 evaluations) equal diffusers' own loops at one, two
+    and five timesteps, static and dynamic shift."""
     net, x_T = problem
     kw = {} if mu is None else dict(mu=mu)
+    if cls == "FlowMatchHeunDiscreteScheduler" and mu is not None:
+        pytest.skip("FlowMatchHeunDiscreteScheduler has no dynamic shifting")
     for n in (1, 2, 5):
-        ref = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+        ref = getattr(diffusers, cls)(**config)
         twin = diffusers_twin(ref, n)
         ours = DiffsolveScheduler.from_config(ref.config, **twin.options)
         outs = []
