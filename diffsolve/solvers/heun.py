@@ -1,4 +1,4 @@
-r"""Euler and Heun on the probability-flow ODE in VE coordinates, with EDM's optional churn (docs/math.md §15).
+r"""Euler and Heun on the probability-flow ODE in VE coordinates (Heun also in t), with EDM's churn (docs/math.md §15).
 
 With y = x/α and s = σ/α = e^{−λ} the probability-flow ODE (docs/math.md (3.3)) becomes
 
@@ -148,8 +148,9 @@ class Heun(_VESolver):
         y_{i+1} = y_i + (s_{i+1} − s_i)·½(d + (ŷ − D(ŷ; s_{i+1}))/s_{i+1}),   x_{i+1} = α_{i+1} y_{i+1}
 
     after the optional churn (docs/math.md (15.3): (y_i, s_i) replaced by (ŷ_i, ŝ)). In t
-    (``variable="t"``, and by default on a :class:`~diffsolve.schedules.FlowSchedule`) the same trapezoid on the probability-flow ODE in raw time, b(x, t) its drift
-    (:meth:`diffsolve.processes.ReverseSDE.drift`, docs/math.md (3.3)), Δ = t_{i+1} − t_i:
+    (``variable="t"``, and by default on a :class:`~diffsolve.schedules.FlowSchedule`) the same trapezoid
+    on the probability-flow ODE in raw time, b(x, t) its drift
+    (:meth:`diffsolve.processes.ReverseSDE.drift`, docs/math.md (3.3), (15.5)), Δ = t_{i+1} − t_i:
 
         x̂ = x_i + Δ b(x_i, t_i),   x_{i+1} = x_i + Δ·½(b(x_i, t_i) + b(x̂, t_{i+1})).
 
