@@ -413,7 +413,7 @@ def digits_check(budgets=(4, 5, 6, 10, 20, 50), n: int = 256):
                             denoise_final=True)
         e_new, e_old = _rms(new.x, ref), _rms(old.x, ref)
         run = default_run(nfe, m.schedule)
-        label = (f"{'analytic first step, ' if run.analytic_first_step else ''}{new.solver.name}"
+        label = (f"{'analytic first step, ' if run.analytic_first_step else ''}{run.solver} {run.grid}"
                  f"{' +x̂0' if run.denoise_final else ''}")
         plain = "-"
         if run.analytic_first_step:
@@ -604,6 +604,15 @@ def flow_deis4_check(budgets=(7, 8, 9, 10, 11, 12, 14, 20), seed=4321):
     r = [_rms(ds.sample(m, x.float(), nfe=n).x, ref) / _rms(ds.sample(m, x.float(), nfe=n, analytic_first_step=False).x,
                                                             ref) for n in afs_budgets]
     print("| ratio | " + " | ".join(f"{v:.2f}" for v in r) + f" | {_geo(r):.2f} |", flush=True)
+    # heun steps in t on flow schedules (variable="auto"), diffusers' FlowMatchHeun form, not in EDM's s = σ/α
+    print("\n## digits_flow: heun in t / heun in s = σ/α, with the final denoise\n")
+    heun_budgets = (7, 11, 15, 21)
+    print("| grid | " + " | ".join(f"NFE {n}" for n in heun_budgets) + " |\n|---|" + "---:|" * len(heun_budgets))
+    for grid in ("log_snr", "time", "karras"):
+        r = [_rms(ds.sample(m, x.float(), solver="heun:variable=t", nfe=n, grid=grid, denoise_final=True).x, ref)
+             / _rms(ds.sample(m, x.float(), solver="heun:variable=s", nfe=n, grid=grid, denoise_final=True).x, ref)
+             for n in heun_budgets]
+        print(f"| {grid} | " + " | ".join(f"{v:.2f}" for v in r) + " |", flush=True)
 
 
 def small_budget_check(budgets=(10, 11, 12, 13, 14, 15), seed=4321):
@@ -1111,8 +1120,9 @@ CHECKS = {
     "afs_signal": (afs_signal_check, "the analytic first step on Stable Diffusion's betas, with / without (~15 s)"),
     "deis_karras": (deis_karras_check, "the default of 2026-12-07 (deis to the end on karras at 7-12) and a "
                                        "DEIS-4 candidate against the default before: fresh problems, digits (~2 min)"),
-    "flow_deis4": (flow_deis4_check, "DEIS-4 to the end with the corrected start on flow schedules at 7-20: fresh "
-                                     "problems, a trained flow network (benchmarks/results/models; ~1 min)"),
+    "flow_deis4": (flow_deis4_check, "DEIS-4 to the end with the corrected start on flow schedules at 7-20, the "
+                                     "analytic first step and heun in t: fresh problems, a trained flow network "
+                                     "(benchmarks/results/models; ~1 min)"),
     "vp_karras": (vp_karras_check, "deis karras +x̂0 with the analytic first step at 7-12 on VP schedules: "
                                    "fresh problems, digits (~15 s)"),
     "tune_peers": (tune_peers_check, "run the tuners' bare calls against the peers on ring, mix64, mix16, mix32, "

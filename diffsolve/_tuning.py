@@ -40,7 +40,7 @@ from .grids import make_grid, validate_grid
 from .loop import integrate
 from .noise import NoiseSource, seed_list
 from .processes import NoiseLevel
-from .reference import ode_reference
+from .reference import ode_reference, reference_tolerances
 from .solvers import get_solver, parse_solver_spec
 from .tuned import TunedGrid
 
@@ -99,15 +99,6 @@ def tuning(denoiser):
     from an energy, enables it itself with ``torch.enable_grad()``)."""
     with denoiser.calling_in(None), torch.no_grad():
         yield
-
-
-def reference_tolerances(denoiser, rtol: float, atol: float) -> tuple[float, float]:
-    """The reference solves' (rtol, atol): those given, floored at a tenth of the machine epsilon of the
-    dtype the network computes in. Its round-off is noise in every evaluation, which a tighter tolerance
-    only chases with ever smaller steps (a float16 network at rtol 1e-8: 34 000 evaluations for 8 start
-    points, against 500 in float32); no reference is more accurate than the network's own precision."""
-    floor = 0.1 * torch.finfo(denoiser._dtypes(torch.float64)[0]).eps
-    return max(rtol, floor), max(atol, floor)
 
 
 class _Pilots:

@@ -37,7 +37,8 @@ evaluations on the probability-flow ODE,
   configuration of each cell fell from 2.2 to 1.2 over 8–20 evaluations (on the choice set from 2.6
   to 1.6; ``benchmarks/defaults.md``, "The EDM exception"); without it and with the third order to
   the last step it is lower again (1.40 → 1.19 at 8–20 on the held-out set, 1.88 → 1.60 on the choice set, against
-  the sweep's cells of 2026-12-07). The flow family's gains from
+  the sweep's cells of 2026-12-07); on EDM schedules the piece applies from any start (it was measured at
+  σ_max = 80; :data:`KARRAS_MIN_SIGNAL` is not checked there). The flow family's gains from
   a Karras grid in σ/α up to 999 would not carry to SD3/FLUX ranges (α → 0), which stretch it.
 
 - **start**: a grid kind on a schedule that starts below the log-SNR :data:`START_LOG_SNR` (a flow
@@ -126,10 +127,13 @@ class DefaultRun(NamedTuple):
     analytic_first_step: bool = False
 
 
-def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start: float | None = None) -> DefaultRun:
+def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start: float | None = None,
+                grid=None) -> DefaultRun:
     """The configuration for ``budget`` evaluations of the probability-flow ODE on ``schedule``
     (module docstring; ``schedule=None`` gives the rule of every family but EDM's and flow's), for a run
-    that starts at ``t_start`` (default: where a grid kind starts, t_max or :func:`default_start`). A
+    that starts at ``t_start`` (default: where a grid kind starts, t_max or :func:`default_start`) on the
+    ``grid`` the caller names, if any (a kind or times; the Karras piece's third order to the end was
+    measured on the Karras grid only: on another grid ``deis`` keeps its lower-order last steps). A
     stochastic run (ν > 0) has no default: the default solvers integrate the ODE, so it is refused with the
     stochastic solvers named."""
     if stochastic:
@@ -139,13 +143,13 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start
                          "integrate the probability-flow ODE; pick one: "
                          + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
     flow = isinstance(schedule, FlowSchedule)
-    if isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE:
-        return DefaultRun(DEIS_KARRAS, "karras", False)
+    edm = isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE
     if budget <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False,
                           analytic_first_step=_analytic_start(schedule, t_start))
-    if budget <= SMALL_BUDGET and not flow and _start_signal(schedule, t_start) >= KARRAS_MIN_SIGNAL:
-        return DefaultRun(DEIS_KARRAS, "karras", False)
+    if edm or (budget <= SMALL_BUDGET and not flow and _start_signal(schedule, t_start) >= KARRAS_MIN_SIGNAL):
+        on_karras = grid is None or (isinstance(grid, str) and grid == "karras")
+        return DefaultRun(DEIS_KARRAS if on_karras else "deis", "karras", False)
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
     analytic = flow and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule, t_start)
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)

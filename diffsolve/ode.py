@@ -148,6 +148,13 @@ class ODESolution:
     time_variable: str
 
 
+def arithmetic_eps(denoiser: Denoiser, state_dtype: torch.dtype) -> tuple[float, torch.dtype]:
+    """The machine epsilon of the coarser of ``state_dtype`` and the dtype the network computes in, and
+    that dtype: the precision below which an error estimate is round-off."""
+    coarse = max((state_dtype, denoiser._dtypes(state_dtype)[0]), key=lambda d: torch.finfo(d).eps)
+    return torch.finfo(coarse).eps, coarse
+
+
 def _check_precision(denoiser: Denoiser, state_dtype: torch.dtype, rtol: float):
     """Warn when ``rtol`` is below 1 % of the machine epsilon of the coarser of the state's dtype and the
     dtype the network computes in: the local error estimates are then round-off, which the step control
@@ -155,16 +162,14 @@ def _check_precision(denoiser: Denoiser, state_dtype: torch.dtype, rtol: float):
     float64 solve): with a float16 network the error stops falling between rtol 1e-5 and 3e-6 (7.9e-4,
     9.1e-4 RMS) while the evaluations double (345, 735), and at 1e-8 it took 34 000 evaluations for 8
     points; in a float32 state it stops between 3e-8 and 1e-8."""
-    net_dtype = denoiser._dtypes(state_dtype)[0]
-    coarse = max((state_dtype, net_dtype), key=lambda d: torch.finfo(d).eps)
-    floor = 0.01 * torch.finfo(coarse).eps
-    if rtol < floor:
+    eps, coarse = arithmetic_eps(denoiser, state_dtype)
+    if rtol < 0.01 * eps:
         what = "solver state" if coarse == state_dtype else "network's arithmetic"
         fix = " or a float64 state (dtype=torch.float64)" if coarse == state_dtype else ""
         warnings.warn(f"rtol={rtol:g} is below 1 % of the precision of the {what} "
-                      f"({str(coarse).removeprefix('torch.')}, eps {torch.finfo(coarse).eps:.2g}): the step control "
+                      f"({str(coarse).removeprefix('torch.')}, eps {eps:.2g}): the step control "
                       f"chases round-off there, with many more evaluations and no gain in accuracy; use rtol >= "
-                      f"{floor:.1g}{fix}", stacklevel=caller_stacklevel())
+                      f"{0.01 * eps:.2g}{fix}", stacklevel=caller_stacklevel())
 
 
 class ProbabilityFlowODE(ReverseSDE):
@@ -214,7 +219,7 @@ class ProbabilityFlowODE(ReverseSDE):
     def t_of(self, u: Tensor) -> Tensor:
         u, sch = torch.as_tensor(u, dtype=_F64), self.schedule
         if self.variable != "t":
-            # σ/α past 0 (an adaptive solver's trial step beyond the end, torchdiffeq's first) is the end
+            # σ/α past 0 (torchdiffeq steps beyond the end and interpolates back) is the end
             u = sch.t_of_log_snr(u if self.variable == "log_snr" else -torch.log(u.clamp_min(0.0)))
         return u.clamp(sch.t_min, sch.t_max)
 

@@ -296,11 +296,11 @@ _RULES = {"DDIMScheduler": _ddim, "DDPMScheduler": _ddpm, "DPMSolverMultistepSch
           "EulerDiscreteScheduler": lambda cls, c, n, eta: ("euler_ve", 0.0, _final(c), 1, ""),
           "EulerAncestralDiscreteScheduler": lambda cls, c, n, eta: ("ancestral", 1.0, True, 1, ""),
           "HeunDiscreteScheduler": lambda cls, c, n, eta: ("heun", 0.0, True, 2, ""),
-          "FlowMatchEulerDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c),
-          "FlowMatchHeunDiscreteScheduler": lambda cls, c, n, eta: _flow_euler(cls, c, "heun:variable=t", 2)}
+          "FlowMatchEulerDiscreteScheduler": lambda cls, c, n, eta: _flow_twin(cls, c),
+          "FlowMatchHeunDiscreteScheduler": lambda cls, c, n, eta: _flow_twin(cls, c, "heun:variable=t", 2)}
 
 
-def _flow_euler(cls, c, solver: str = "euler", per_step: int = 1):
+def _flow_twin(cls, c, solver: str = "euler", per_step: int = 1):
     from ._diffusers import refuse_flow_options
 
     refuse_flow_options(c, f"{cls}'s twin")

@@ -16,9 +16,19 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .ode import ProbabilityFlowODE
+from .ode import ProbabilityFlowODE, arithmetic_eps
 
-__all__ = ["ode_reference"]
+__all__ = ["ode_reference", "reference_tolerances"]
+
+
+def reference_tolerances(denoiser, rtol: float, atol: float) -> tuple[float, float]:
+    """A reference solve's (rtol, atol): those given, floored at a tenth of the machine epsilon of the
+    dtype the network computes in (:func:`diffsolve.ode.arithmetic_eps` of a float64 state). Its round-off
+    is noise in every evaluation, which a tighter tolerance only chases with ever smaller steps (a float16
+    network at rtol 1e-8: 34 000 evaluations for 8 start points, against 500 in float32); no reference is
+    more accurate than the network's own precision."""
+    floor = 0.1 * arithmetic_eps(denoiser, torch.float64)[0]
+    return max(rtol, floor), max(atol, floor)
 
 
 def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *, rtol: float = 1e-9,
@@ -29,7 +39,8 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
         denoiser: the model (its evaluations are counted in ``denoiser.nfe`` as usual).
         x: (B, *shape) state at ``t_start``.
         t_start, t_end: times (t_start > t_end for sampling; either direction works).
-        rtol, atol: tolerances of the per-sample error control (on y = x/α).
+        rtol, atol: tolerances of the per-sample error control (on y = x/α), floored at a tenth of the
+            network's machine epsilon (:func:`reference_tolerances`: 1.2e-8 for a float32 network).
         denoise_final: also apply x̂0(x, t_end), as ``sample(..., denoise_final=True)`` does.
         method: a tableau of :mod:`diffsolve.rk` (dopri5, tsit5, bosh3, …).
 
@@ -37,6 +48,7 @@ def ode_reference(denoiser: Denoiser, x: Tensor, t_start: float, t_end: float, *
         (B, *shape) float64 tensor.
     """
     ode = ProbabilityFlowODE(denoiser, "log_snr", scale="alpha")  # dy/dλ = x̂0 − y = −(σ/α) ε̂, y = x/α
+    rtol, atol = reference_tolerances(denoiser, rtol, atol)
     out = ode.solve(x.to(torch.float64), float(t_start), float(t_end), method=method, rtol=rtol, atol=atol,
                     per_sample=True, max_steps=100000).x
     if denoise_final:

@@ -80,9 +80,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
         solver: a name in ``diffsolve.solvers.SOLVERS``, a spec ``"name:key=value:..."``
             (``"unipc:order=3:variant=bh1"``) or a :class:`Solver` instance; default: chosen by
             measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
-            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 12, ``unipc``
-            order 3 above; on an EDM schedule ``deis`` on the ``karras`` grid with the final denoise
-            from 7 to 20), or with a tuned grid the solver (and options) it was tuned for.
+            ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 12 (in order
+            3 to the end on the ``karras`` grid where the run starts at α/σ ≥ 0.0025, not on flow
+            schedules), ``unipc`` order 3 above; on an EDM schedule the ``deis`` piece from 7 to 20),
+            or with a tuned grid the solver (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived; neither: ``nfe``
@@ -222,7 +223,7 @@ def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final,
     names a grid, and makes every evaluation with the network unless told otherwise."""
     if solver is None:  # the default solvers spend 1 evaluation per step
         start = None if grid is None or isinstance(grid, str) else float(torch.as_tensor(grid).reshape(-1)[0])
-        run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero, t_start=start)
+        run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero, t_start=start, grid=grid)
         solver = run.solver
         grid = run.grid if grid is None else grid
         denoise_final = run.denoise_final if denoise_final is None else denoise_final

@@ -173,7 +173,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             at the timesteps it is given, so here
             the budget buys one step fewer than in ``sample``).
         grid: a grid kind of :mod:`diffsolve.grids` (default: the default run's, ``"log_snr"``, or ``"karras"``
-            at 7–12 evaluations; ``"flow_dpm"`` on flow configs), ``"diffusers"``, ``"flow_dpm"``, or the
+            with ``deis`` at 7–12 evaluations, 7–20 on EDM schedules, where the run starts at α/σ ≥ 0.0025;
+            ``"flow_dpm"`` on flow configs), ``"diffusers"``, ``"flow_dpm"``, or the
             path of a tuned grid (``diffsolve tune``), which fixes the solver, the times and the final
             denoise. ``"diffusers"``: the grid points are the n timesteps that ``diffusers_class``
             chooses with the config's ``timestep_spacing`` and ``steps_offset``, n = the solver's
@@ -340,7 +341,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                               "diffusers' shifted spacing", UserWarning, stacklevel=2)
         budget = num_inference_steps if num_inference_steps is not None else len(
             sigmas if sigmas is not None else timesteps)
-        self._resolve(int(budget))
+        self._resolve(int(budget), given=timesteps is not None or sigmas is not None)
         if (timesteps is not None and not self._final and self.config.denoise_final is None
                 and float(self.schedule.t_of_timestep(timesteps[-1])) <= self.schedule.t_min * (1 + 1e-12)):
             self._final = True  # the last timestep is t_min itself: evaluated there as x̂0, so every timestep given
@@ -397,14 +398,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                              f"{float(ts.min()):g} to {float(ts.max()):g}")
         return ts
 
-    def _resolve(self, budget: int):
+    def _resolve(self, budget: int, given: bool = False):
         """The solver, grid kind and final denoise of a run of ``budget`` evaluations: those the config
-        names, the rest from the measured default run (:func:`diffsolve.defaults.default_run`) when
-        no solver is named, else the named solver's own rule for the final denoise."""
+        names, the rest from the measured default run (:func:`diffsolve.defaults.default_run`, on the grid
+        the config names or on the ``given`` timesteps/sigmas) when no solver is named, else the named
+        solver's own rule for the final denoise."""
         cfg = self.config
         flow = cfg.prediction_type == "flow_prediction"  # a flow config runs on diffusers' shifted σ (class docstring)
         if cfg.solver is None and self._tuned is None:
-            run = default_run(budget, self.schedule, stochastic=not self.level.is_zero)
+            grid = "given" if given else cfg.grid
+            run = default_run(budget, self.schedule, stochastic=not self.level.is_zero, grid=grid)
             self.solver = get_solver(run.solver)
             self._grid_kind = ("flow_dpm" if flow else run.grid) if cfg.grid is None else cfg.grid
             # diffusers' own spacings place the last evaluation where diffusers steps to σ = 0: a run on them

@@ -53,6 +53,18 @@ def test_the_karras_piece_needs_a_start_with_some_signal():
     assert r.solver.name == "deis" and r.solver.lower_order_final
 
 
+@pytest.mark.parametrize("name", ["ddpm", "edm"])
+def test_on_a_grid_the_call_names_deis_keeps_its_lower_order_last_steps(name):
+    """The Karras piece's third order to the last step was chosen on the Karras grid: a call that names
+    another grid (a kind or times) gets deis with its lower-order last steps there; on Karras, the piece."""
+    sch = ds.make_schedule(name)
+    den = ds.GaussianMixture.ring().denoiser(sch, SCHEDULES[name])
+    for grid, lof in (("time", True), ("log_snr", True), (make_grid(sch, 10, "quadratic"), True), ("karras", False)):
+        assert default_run(10, sch, grid=grid).solver == ("deis" if lof else "deis:lower_order_final=false")
+        if isinstance(grid, str):
+            assert ds.sample(den, seeds="0-3", nfe=10, grid=grid).solver.lower_order_final is lof
+
+
 @pytest.mark.parametrize("name", ["ddpm", "edm", "flow"])
 @pytest.mark.parametrize("nfe", [4, 8, 10, 15, 20, 30])
 def test_the_bare_call_runs_the_rule(name, nfe):

@@ -328,6 +328,16 @@ def test_heun_refuses_a_start_at_sigma_one_in_s_only(sd3):
     assert float(sched.timesteps[0]) == 1000.0
 
 
+def test_heun_churn_on_a_flow_schedule_needs_variable_s():
+    """heun steps in t on a flow schedule; EDM's churn lives in s = σ/α, so asking for it there says which
+    variable to give (and in s, from α > 0, it runs)."""
+    den = GaussianMixture.ring().denoiser(FlowSchedule(), "velocity")
+    with pytest.raises(ValueError, match="give variable='s' to churn"):
+        diffsolve.sample(den, seeds="0-3", solver="heun:S_churn=1", nfe=9)
+    out = diffsolve.sample(den, seeds="0-3", solver="heun:S_churn=1:variable=s", nfe=9)
+    assert out.solver.variable == "s" and bool(torch.isfinite(out.x).all())
+
+
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_heun_in_t_is_flow_match_heun_step_for_step(n):
     """heun on a flow schedule (variable "auto" -> "t") on FlowMatchHeunDiscreteScheduler's σ, ending with

@@ -61,7 +61,7 @@ from torch import Tensor
 from ..grids import GRIDS, make_grid
 from ..noise import NoiseSource
 from .._numbers import is_integer
-from ..ode import ProbabilityFlowODE, check_settings
+from ..ode import ProbabilityFlowODE, _check_precision, check_settings
 from ..processes import ReverseSDE
 from ..rk import TABLEAUS
 from .base import Solver
@@ -238,8 +238,10 @@ class TorchDiffEq(AdaptiveSolver):
             if not fixed:
                 raise ValueError(f"steps= is for torchdiffeq's fixed-step methods ({', '.join(_TORCHDIFFEQ_FIXED)}); "
                                  f"{method!r} chooses its own steps from rtol and atol")
-            if "step_size" in options or not is_integer(steps) or steps < 1:
-                raise ValueError(f"steps must be a positive integer, without options' step_size; got steps={steps!r}")
+            if ("step_size" in options or "grid_constructor" in options or not is_integer(steps)
+                    or not 1 <= steps <= 10**7):
+                raise ValueError(f"steps must be an integer from 1 to 10**7, without options' step_size or "
+                                 f"grid_constructor; got steps={steps!r}")
         elif fixed and "step_size" not in options:
             raise ValueError(f"torchdiffeq method {method!r} is fixed-step: give steps=N (equal steps in the time "
                              f"variable; on the command line 'torchdiffeq:method={method}:steps=N') or "
@@ -260,6 +262,8 @@ class TorchDiffEq(AdaptiveSolver):
         t_start, t_end = ctx.times[0], ctx.times[-1]
         taus = torch.stack([ode.u_of(t_start), ode.u_of(t_end)]).to(x.device)
         options = dict(self.options)
+        if self.method not in _TORCHDIFFEQ_FIXED:
+            _check_precision(ctx.denoiser, x.dtype, self.rtol)
         if self.steps is not None:  # exactly `steps` equal steps (a step_size of span/steps can round to one more)
             options["grid_constructor"] = lambda func, y0, t: torch.linspace(
                 float(t[0]), float(t[-1]), self.steps + 1, dtype=t.dtype, device=t.device)
@@ -267,6 +271,8 @@ class TorchDiffEq(AdaptiveSolver):
             y = torchdiffeq.odeint(ode.func, ode.to_state(x, t_start), taus, method=self.method,
                                    rtol=self.rtol, atol=self.atol, options=options or None)[-1]
         except AssertionError as e:  # torchdiffeq's step limit: "max_num_steps exceeded (...)"
+            if not str(e).startswith("max_num_steps exceeded"):
+                raise
             raise RuntimeError(f"torchdiffeq stopped: {e}; loosen rtol/atol or raise options' max_num_steps "
                                f"(or use diffsolve's own dopri5, whose error control is per sample)") from None
         return ode.from_state(y, t_end), {"method": self.method, "time_variable": ode.variable}

@@ -157,9 +157,10 @@ class Heun(_VESolver):
     On a rectified-flow schedule (t = σ, b = the velocity v̂) this is diffusers'
     ``FlowMatchHeunDiscreteScheduler`` step for step on its σ (its last, Euler step to σ = 0 gives x̂0:
     ``denoise_final=True``); unlike the VE form it can start at σ = 1, where α = 0. Measured on a trained
-    flow network (the digits network as a rectified flow, ``benchmarks/defaults.md``; 256 start points,
-    final denoise): t gives 0.09×, 0.31×, 0.75×, 1.03× the error of s at 7, 11, 15, 21 evaluations on
-    the log-SNR grid, 0.01–0.08× on the uniform time grid, 0.20–0.76× on Karras's.
+    flow network (the digits network as a rectified flow; 256 start points, final denoise; ``python
+    benchmarks/defaults_sweep.py --report --flow-deis4``): t gives 0.09×, 0.31×, 0.75×, 1.03× the error
+    of s at 7, 11, 15, 21 evaluations on the log-SNR grid, 0.01–0.08× on the uniform time grid, 0.20–0.76×
+    on Karras's.
 
     Shapes: x, y, ŷ, D and the churn noise z are (B, *shape); s, α, γ are float64 scalars shared by
     the batch; z comes from the context's per-sample noise streams (one draw per step when
@@ -167,7 +168,7 @@ class Heun(_VESolver):
 
     Args:
         S_churn, S_tmin, S_tmax, S_noise: EDM's churn (module docstring); off by default; in s only.
-        variable: ``"auto"`` (default: ``"t"`` on a flow schedule without churn, else ``"s"``), ``"s"``
+        variable: ``"auto"`` (default: ``"t"`` on a flow schedule, else ``"s"``), ``"s"``
             (EDM's s = σ/α: EDM, k-diffusion) or ``"t"`` (the schedule's time: diffusers' flow matching).
 
     References:
@@ -191,13 +192,14 @@ class Heun(_VESolver):
         self.variable = variable
 
     def _in_t(self, ctx) -> bool:
-        if self.variable == "auto":
-            return isinstance(ctx.schedule, FlowSchedule) and self.S_churn == 0.0
-        return self.variable == "t"
+        return self.variable == "t" or (self.variable == "auto" and isinstance(ctx.schedule, FlowSchedule))
 
     def check(self, ctx):
         super().check(ctx)
         if self._in_t(ctx):
+            if self.S_churn > 0.0:
+                raise ValueError("heun steps in t on a flow schedule (diffusers' FlowMatchHeun form), and EDM's churn "
+                                 "(S_churn > 0) is defined in s = σ/α: give variable='s' to churn there")
             return
         # the trapezoid in s = σ/α averages the slopes at both ends of a step; from α ≈ 0 (a
         # flow-matching start at σ = 1, s ~ 1e9) one step spans many orders of magnitude of s and
@@ -206,9 +208,9 @@ class Heun(_VESolver):
         if s0 > 1e6 * s1:
             raise ValueError(f"solver 'heun' steps in s = σ/α (EDM's coordinates); this grid starts at s = {s0:.3g} "
                              f"(α ≈ 0, e.g. flow matching at σ = 1) and its first step ends at s = {s1:.3g}: use a "
-                             f"solver in λ or t ('heun:variable=t', 'euler', 'ddim', 'dpmpp_2m', 'unipc'), or start "
-                             f"the grid where α > 0 (a pipeline that passes sigmas from 1, as Flux's and SD3's do, "
-                             f"needs one of those)")
+                             f"solver in λ or t ({'' if self.S_churn > 0 else repr('heun:variable=t') + ', '}"
+                             f"'euler', 'ddim', 'dpmpp_2m', 'unipc'), or start the grid where α > 0 (a pipeline that "
+                             f"passes sigmas from 1, as Flux's and SD3's do, needs one of those)")
 
     def step(self, ctx, i, x, state):
         if self._in_t(ctx):
