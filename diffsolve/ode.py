@@ -160,8 +160,9 @@ def _check_precision(denoiser: Denoiser, state_dtype: torch.dtype, rtol: float):
     dtype the network computes in: the local error estimates are then round-off, which the step control
     chases with ever smaller steps. Measured on the digits model (16–64 start points against a tight
     float64 solve): with a float16 network the error stops falling between rtol 1e-5 and 3e-6 (7.9e-4,
-    9.1e-4 RMS) while the evaluations double (345, 735), and at 1e-8 it took 34 000 evaluations for 8
-    points; in a float32 state it stops between 3e-8 and 1e-8."""
+    9.1e-4 RMS) while the evaluations double (345, 735), and in a float32 state between 3e-8 and 1e-8
+    (``python benchmarks/tolerance_floor.py``); a float16 network at 1e-8 took 34 000 evaluations for 8
+    points (:func:`diffsolve.reference.reference_tolerances`)."""
     eps, coarse = arithmetic_eps(denoiser, state_dtype)
     if rtol < 0.01 * eps:
         what = "solver state" if coarse == state_dtype else "network's arithmetic"
