@@ -82,8 +82,9 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             measurement for the budget and schedule (:func:`diffsolve.defaults.default_run`:
             ``dpmpp_2m`` to the end in second order up to 6 evaluations, ``deis`` up to 12 (in order
             3 to the end on the ``karras`` grid where the run starts at α/σ ≥ 0.0025, not on flow
-            schedules), ``unipc`` order 3 above; on an EDM schedule the ``deis`` piece from 7 to 20),
-            or with a tuned grid the solver (and options) it was tuned for.
+            schedules), ``unipc`` order 3 above; on an EDM schedule the ``deis`` piece from 7 to 20; with
+            an explicit grid of times, the rule for its number of steps), or with a tuned grid the solver
+            (and options) it was tuned for.
         steps: number of solver steps, or a tuned grid (:class:`~diffsolve.tuned.TunedGrid` or the
             path of its JSON file); or ``nfe``: a budget of network evaluations (including the
             final denoise), from which the number of steps is derived; neither: ``nfe``
@@ -222,7 +223,10 @@ def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final,
     name weighs the final denoise against its budget itself, steps on ``log_snr`` unless the call
     names a grid, and makes every evaluation with the network unless told otherwise."""
     if solver is None:  # the default solvers spend 1 evaluation per step
-        start = None if grid is None or isinstance(grid, str) else float(torch.as_tensor(grid).reshape(-1)[0])
+        times = None if grid is None or isinstance(grid, str) else torch.as_tensor(grid).reshape(-1)
+        start = None if times is None else float(times[0])
+        if times is not None and nfe is None and steps is None:
+            steps = len(times) - 1  # given times fix the steps, so the budget whose rule applies
         run = default_run(budget_of(nfe, steps), schedule, stochastic=not level.is_zero, t_start=start, grid=grid)
         solver = run.solver
         grid = run.grid if grid is None else grid

@@ -65,6 +65,19 @@ def test_on_a_grid_the_call_names_deis_keeps_its_lower_order_last_steps(name):
             assert ds.sample(den, seeds="0-3", nfe=10, grid=grid).solver.lower_order_final is lof
 
 
+def test_given_times_pick_the_rule_of_their_number_of_steps():
+    """A grid of times fixes the steps, so the default solver is the rule's for that many (it was the rule's
+    for the default budget of 20 whatever the grid's length)."""
+    sch = ds.make_schedule("ddpm")
+    den = ds.GaussianMixture.ring().denoiser(sch, "eps")
+    for n in (5, 10, 30):
+        grid = make_grid(sch, n, "quadratic")
+        want = default_run(n, sch, t_start=float(grid[0]), grid=grid)
+        got = ds.sample(den, seeds="0-3", grid=grid)
+        assert got.solver.name == want.solver.split(":")[0], n
+        torch.testing.assert_close(got.t[: n + 1], grid, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["ddpm", "edm", "flow"])
 @pytest.mark.parametrize("nfe", [4, 8, 10, 15, 20, 30])
 def test_the_bare_call_runs_the_rule(name, nfe):
