@@ -10,9 +10,17 @@ evaluations on the probability-flow ODE,
   (UniPC-3 in data prediction) above;
 - **analytic first step** (the first evaluation, at t_max, answered by the exact network of
   standard-normal data without a network call, docs/math.md §27: N network calls make N + 1
-  steps): for N ≤ 6 on every schedule, and for N ≤ 20 on a :class:`~diffsolve.schedules.FlowSchedule`
+  steps): for N ≤ 6 on every schedule, for N ≤ 20 on a :class:`~diffsolve.schedules.FlowSchedule`
   (rectified flow), whose grid starts at α = 0.001 and whose α at the first grid point is several
-  times smaller than a VP schedule's, and with it the error the formula leaves (docs/math.md (27.3));
+  times smaller than a VP schedule's, and with it the error the formula leaves (docs/math.md (27.3)),
+  and with the Karras piece (below) for N ≤ :data:`KARRAS_ANALYTIC_UP_TO` = 9 where the run starts at
+  α/σ ≤ :data:`KARRAS_ANALYTIC_MAX_SIGNAL` = 0.01 (the DDPM and cosine schedules; not EDM's σ_max = 80,
+  α/σ = 0.0125, where it lost 7–18× on the held-out 256-D mixture at 8–12 evaluations). On DDPM and
+  cosine schedules (2026-12-07) it gives 0.66× the error on three problems and a seed made for that
+  judgement (at most 1.04× in a cell) and 0.76–0.88× on the trained digits model at 7–9; up to 12 it had
+  lost up to 3.4× on a fresh 32-D mixture at 11–12 evaluations, where the step's error, about α times
+  the data's mean, outweighs the solver's (``benchmarks/defaults.md``, "The analytic first step with the
+  Karras piece");
   only where the run starts at α/σ ≤ :data:`AFS_MAX_SIGNAL` = 0.03 (the sweep's schedules start at
   0.0064–0.0125; on Stable Diffusion's scaled-linear betas, α/σ = 0.068 at t_max, it made the default call
   at 4–6 evaluations 1.33× worse in the geometric mean over the sweep's six problems,
@@ -91,7 +99,8 @@ import torch
 from .schedules import EDMSchedule, FlowSchedule
 
 __all__ = ["DEFAULT_NFE", "TINY_BUDGET", "SMALL_BUDGET", "DEIS_KARRAS", "KARRAS_MIN_SIGNAL", "DENOISE_ABOVE",
-           "FLOW_ANALYTIC_UP_TO", "AFS_MAX_SIGNAL", "LEARNED_UP_TO",
+           "FLOW_ANALYTIC_UP_TO", "KARRAS_ANALYTIC_UP_TO",
+           "KARRAS_ANALYTIC_MAX_SIGNAL", "AFS_MAX_SIGNAL", "LEARNED_UP_TO",
            "START_LOG_SNR", "DefaultRun", "default_run", "default_start", "prior_flow_scale",
            "default_denoise_final", "budget_of", "default_state_dtype", "default_tuner"]
 
@@ -106,6 +115,12 @@ DEIS_KARRAS = "deis:lower_order_final=false"
 KARRAS_MIN_SIGNAL = 0.0025
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 FLOW_ANALYTIC_UP_TO = 20  # on a flow schedule, the analytic first step up to this many evaluations (else TINY_BUDGET)
+# with the Karras piece (not on EDM schedules), the analytic first step up to this many evaluations: above, its error
+# (about α times the data's mean, docs/math.md (27.2)) shows once the solver's own error is small
+KARRAS_ANALYTIC_UP_TO = 9
+# ... where the run starts at α/σ at most this: above the VP starts where it paid (0.0064 DDPM, 0.0084 cosine), below
+# EDM's σ_max = 80 (0.0125), where it lost (in VE coordinates the families differ by their start only)
+KARRAS_ANALYTIC_MAX_SIGNAL = 0.01
 # the analytic first step only where the run starts at α/σ at most this (_analytic_start): between the sweep's
 # schedules (0.0064 DDPM to 0.0125 EDM, where it pays) and Stable Diffusion's betas (0.068, where it costs 1.33×)
 AFS_MAX_SIGNAL = 0.03
@@ -149,7 +164,9 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start
                           analytic_first_step=_analytic_start(schedule, t_start))
     if edm or (budget <= SMALL_BUDGET and not flow and _start_signal(schedule, t_start) >= KARRAS_MIN_SIGNAL):
         on_karras = grid is None or (isinstance(grid, str) and grid == "karras")
-        return DefaultRun(DEIS_KARRAS if on_karras else "deis", "karras", False)
+        analytic = (on_karras and budget <= KARRAS_ANALYTIC_UP_TO
+                    and _start_signal(schedule, t_start) <= KARRAS_ANALYTIC_MAX_SIGNAL)
+        return DefaultRun(DEIS_KARRAS if on_karras else "deis", "karras", False, analytic_first_step=analytic)
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
     analytic = flow and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule, t_start)
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)

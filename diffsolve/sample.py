@@ -123,8 +123,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
             N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
             makes one network call fewer). Default: as the default run says when no solver is given
-            (on up to 6 evaluations, and up to 20 on a flow schedule, where the run starts at α/σ ≤
-            0.02: :func:`diffsolve.defaults.default_run`), else off.
+            (up to 6 evaluations where the run starts at α/σ ≤ 0.03, up to 9 with the Karras piece where it
+            starts at α/σ ≤ 0.01, up to 20 on a flow schedule: :func:`diffsolve.defaults.default_run`), else off.
         enable_grad: record the autograd graph of the run, to differentiate the sample with respect to
             x, the network's parameters or a solver's weights (as flow_matching's ``ODESolver.sample``
             takes it). Default False: the run is made under ``torch.no_grad()`` (a network's

@@ -163,12 +163,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             its own spacing). ``set_timesteps`` takes
             ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
             does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
+        variance_type: the source config's (``"learned_range"`` for DeepFloyd IF), kept because pipelines
+            read it to decide whether to hand ``step`` the network's variance channels too; ``step`` takes
+            either and uses the prediction half (the solvers run the probability-flow ODE or the ν_t family,
+            whose noise does not come from a learned variance).
     Args (diffsolve's own):
         solver: a fixed-step solver name or spec ``"name:key=value:..."``; default None: the
             measured default for the budget that ``set_timesteps`` gives, as ``diffsolve.sample``
             picks it (:func:`diffsolve.defaults.default_run`), with its grid and final denoise
-            unless those are given, but without its analytic first step (up to 6 evaluations, 20
-            on flow schedules, where the run starts at α/σ ≤ 0.03, ``sample`` answers the first
+            unless those are given, but without its analytic first step (up to 6 evaluations, 9 on
+            DDPM and cosine schedules, 20 on flow schedules, ``sample`` answers the first
             evaluation analytically, docs/math.md §27; a pipeline makes every network call itself,
             at the timesteps it is given, so here
             the budget buys one step fewer than in ``sample``).
@@ -196,6 +200,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             pipeline passes to ``step``; else torch's own generator of the latents' device, which
             ``torch.manual_seed`` seeds (as diffusers' schedulers draw without a generator).
 
+    Attributes after ``set_timesteps``, as diffusers names them: ``timesteps`` (the network time input of each
+    evaluation), ``sigmas`` (the noise level of each evaluation, then where the run ends: a flow config's σ,
+    else σ/α; float32, CPU), ``step_index`` (the next evaluation, None before the first ``step``),
+    ``begin_index``, ``num_inference_steps`` (the number of evaluations) and ``init_noise_sigma``.
+
     Shapes: ``sample`` and ``model_output`` are (B, *shape); ``timestep`` a scalar.
 
     Raises ``ValueError`` for a config field diffsolve cannot express (named), an adaptive solver,
@@ -215,7 +224,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  diffusers_class: str | None = None, clip_sample_range: float = 1.0,
                  dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0, shift: float = 1.0,
                  use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
-                 base_image_seq_len: int = 256, max_image_seq_len: int = 4096, time_shift_type: str = "exponential"):
+                 base_image_seq_len: int = 256, max_image_seq_len: int = 4096, time_shift_type: str = "exponential",
+                 variance_type: str | None = None):
         self.schedule, self.prediction = schedule_from_diffusers(
             dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                  beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
@@ -252,6 +262,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.plan: _Plan | None = None
         self._said_clipped = False
         self.timesteps = None
+        self.sigmas = None
+        self._step_index = None
         self.num_inference_steps = None
         self._begin = 0
         self._reset_run()
@@ -370,10 +382,32 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             labels = labels.to(torch.int64)  # DDIM/DDPM give them, which a time embedding by index needs
         self.timesteps = labels.to(device) if device is not None else labels
         self.num_inference_steps = len(self.timesteps)
+        self.sigmas = self._sigmas(flow)
+        self._step_index = None
         self.init_noise_sigma = float((self.schedule.alpha(t[0]) ** 2 + self.schedule.sigma(t[0]) ** 2).sqrt())
         self._begin = 0
         self._reset_run()
         self._ended = False
+
+    def _sigmas(self, flow: bool) -> Tensor:
+        """diffusers' ``sigmas`` of the run: the noise level at each evaluation, then where the run ends, in the
+        source's convention (a flow config's σ_t; else the VE σ/α = √((1 − ᾱ)/ᾱ) of the Euler and DPM-Solver
+        schedulers), float32 on the CPU. The last entry is 0 after a final denoise (the output is x̂0), else that
+        of t_min; pipelines read ``sigmas[i]`` as the level of ``timesteps[i]``."""
+        sch, times = self.schedule, self.plan.times
+        t = torch.stack([torch.as_tensor(s, dtype=torch.float64).reshape(()) for s in times]
+                        + [torch.as_tensor(self.plan.t[-1], dtype=torch.float64).reshape(())])
+        alpha, sigma = sch.alpha_sigma(t)
+        level = sigma if flow else sigma / alpha
+        if self._final:
+            level[-1] = 0.0
+        return level.to(torch.float32)
+
+    @property
+    def step_index(self):
+        """The index of the next evaluation in ``timesteps`` (diffusers' ``step_index``): None from
+        :meth:`set_timesteps` until the first :meth:`step`, then one more after each."""
+        return self._step_index
 
     def _checked_timesteps(self, timesteps) -> Tensor:
         """A pipeline's ``timesteps``, checked in its own units (network time inputs): 1-D, finite, strictly
@@ -547,7 +581,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         elif self._last is not None and sample is not self._last and not torch.equal(sample, self._last):
             raise ValueError("the pipeline changed the latents between steps; DiffsolveScheduler keeps the solver's "
                              "own state and cannot take an edited one (inpainting with a non-inpainting model)")
-        request = self._request
+        request, index = self._request, self._index
         self._check_timestep(timestep, request)
         x0 = self._converter.from_output(model_output.to(torch.float64), request.x.to(torch.float64), request.t, "x0")
         try:  # with a threshold the solver takes the thresholded x̂0 (its loop then runs on prediction "x0")
@@ -561,6 +595,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         prev = prev.to(sample.dtype)
         if self._gen is not None:
             self._last = prev
+        self._step_index = index + 1
         self._index += 1
         if not return_dict:
             return (prev,)

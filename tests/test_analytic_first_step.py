@@ -91,11 +91,14 @@ def test_error_is_the_data_mean_carried_by_the_first_step():
     assert errs[1] == pytest.approx(2 * errs[0], rel=0.05) and errs[2] == pytest.approx(2 * errs[1], rel=0.05)
 
 
-def test_the_default_call_uses_it_up_to_six_evaluations():
+def test_the_default_call_uses_it_up_to_six_evaluations_and_to_nine_with_the_karras_piece():
+    for name, prediction, up_to in (("ddpm", "eps", ds.defaults.KARRAS_ANALYTIC_UP_TO),
+                                    ("edm", "x0", ds.defaults.TINY_BUDGET)):
+        den = ds.GaussianMixture.ring().denoiser(ds.make_schedule(name), prediction)
+        for nfe in (3, 5, 6, 7, 9, 10):
+            r = ds.sample(den, seeds="0-3", nfe=nfe)
+            assert r.nfe == nfe and len(r.t) - 1 == nfe + (nfe <= up_to), (name, nfe)
     den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
-    for nfe in (3, 5, 6, 7):
-        r = ds.sample(den, seeds="0-3", nfe=nfe)
-        assert r.nfe == nfe and len(r.t) - 1 == nfe + (nfe <= ds.defaults.TINY_BUDGET)
     off = ds.sample(den, seeds="0-3", nfe=5, analytic_first_step=False)
     assert off.nfe == 5 and len(off.t) - 1 == 5
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import diffsolve as ds
-from diffsolve.defaults import (DENOISE_ABOVE, FLOW_ANALYTIC_UP_TO, SMALL_BUDGET, TINY_BUDGET, DefaultRun,
-                                default_run)
+from diffsolve.defaults import (DENOISE_ABOVE, FLOW_ANALYTIC_UP_TO, KARRAS_ANALYTIC_UP_TO, SMALL_BUDGET, TINY_BUDGET,
+                                DefaultRun, default_run)
 from diffsolve.grids import make_grid
 
 F64 = torch.float64
@@ -21,7 +21,8 @@ def _rule(n, family):
     if n <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False, True)
     if n <= SMALL_BUDGET and family != "flow":
-        return DefaultRun("deis:lower_order_final=false", "karras", False)
+        return DefaultRun("deis:lower_order_final=false", "karras", False,
+                          n <= KARRAS_ANALYTIC_UP_TO and family in ("ddpm", "cosine", "vp", None))
     return DefaultRun("deis" if n <= SMALL_BUDGET else "unipc:order=3", "log_snr", n > DENOISE_ABOVE,
                       family == "flow" and n <= FLOW_ANALYTIC_UP_TO)
 
@@ -49,6 +50,7 @@ def test_the_karras_piece_needs_a_start_with_some_signal():
     assert default_run(5, zero_snr).analytic_first_step
     later = float(zero_snr.t_of_log_snr(torch.tensor(math.log(2 * KARRAS_MIN_SIGNAL), dtype=F64)))
     assert default_run(10, zero_snr, t_start=later) == DefaultRun("deis:lower_order_final=false", "karras", False)
+    assert default_run(8, zero_snr, t_start=later).analytic_first_step  # α/σ = 0.005 <= AFS_MAX_SIGNAL
     r = ds.sample(ds.GaussianMixture.ring().denoiser(zero_snr, "v"), seeds="0-3", nfe=10)
     assert r.solver.name == "deis" and r.solver.lower_order_final
 

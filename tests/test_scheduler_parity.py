@@ -586,3 +586,57 @@ def test_flow_match_euler_twin(problem, config, mu, cls):
                     x = s.step(net(x, t), t, x).prev_sample
             outs.append(x)
         assert not twin.approximate and dp.max_rel_diff(outs[1], outs[0]) <= TOL, n
+
+
+@pytest.mark.parametrize("cls,config", [("FlowMatchEulerDiscreteScheduler", dict(shift=3.0)),
+                                        ("EulerDiscreteScheduler", dict(timestep_spacing="trailing")),
+                                        ("DPMSolverMultistepScheduler", dict(timestep_spacing="trailing"))])
+def test_sigmas_and_step_index_read_as_diffusers_reads_them(problem, cls, config):
+    """Pipelines read ``scheduler.sigmas[i]`` as the noise level of ``timesteps[i]`` (Wan, CogView4) and
+    ``scheduler.step_index`` as the index of the next evaluation: the twin's equal diffusers' own, entry by
+    entry (the last, where the run ends, included) and step by step; the bare scheduler's sigmas follow its
+    own timesteps, in the source's convention, and end at 0 after its final denoise."""
+    net, x_T = problem
+    n = 5
+    ref = getattr(diffusers, cls)(**config)
+    twin = diffusers_twin(ref, n)
+    ours = DiffsolveScheduler.from_config(ref.config, **twin.options)
+    indices = []
+    for s, budget in ((ref, n), (ours, twin.budget(n))):
+        s.set_timesteps(budget)
+        assert s.step_index is None
+        x, seen = x_T.clone(), []
+        with torch.no_grad():
+            for t in s.timesteps:
+                x = s.step(net(x, t), t, x).prev_sample
+                seen.append(s.step_index)
+        indices.append(seen)
+    assert indices[1] == indices[0] == list(range(1, len(ref.timesteps) + 1))
+    assert ours.sigmas.dtype == torch.float32 and len(ours.sigmas) == len(ours.timesteps) + 1
+    torch.testing.assert_close(ours.sigmas, ref.sigmas.float(), rtol=1e-5, atol=1e-6)
+
+    bare = DiffsolveScheduler.from_config(ref.config)
+    bare.set_timesteps(8)
+    flow = cls.startswith("FlowMatch")
+    t = bare.schedule.t_of_timestep(bare.timesteps.double())
+    a, s = bare.schedule.alpha_sigma(t)
+    torch.testing.assert_close(bare.sigmas[:-1], (s if flow else s / a).float())
+    end = bare.schedule.alpha_sigma(torch.tensor(bare.schedule.t_min, dtype=torch.float64))
+    assert float(bare.sigmas[-1]) == (0.0 if bare._final else pytest.approx(float(end[1] / (1 if flow else end[0]))))
+
+
+def test_a_learned_variance_config_keeps_its_variance_type():
+    """DeepFloyd IF's pipelines read ``scheduler.config.variance_type`` to decide whether ``step`` gets the
+    variance channels too: the source's value is kept, and ``step`` takes either output."""
+    src = diffusers.DDPMScheduler(variance_type="learned_range")
+    ours = DiffsolveScheduler.from_config(src.config)
+    assert ours.config.variance_type == "learned_range"
+    assert DiffsolveScheduler.from_config(diffusers.DDPMScheduler().config).config.variance_type == "fixed_small"
+    ours.set_timesteps(4)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps = 0.1 * x
+    for t in ours.timesteps:
+        a = ours.step(torch.cat([eps, torch.ones_like(x)], dim=1), t, x).prev_sample
+        break
+    ours.set_timesteps(4)
+    torch.testing.assert_close(ours.step(eps, ours.timesteps[0], x).prev_sample, a)
