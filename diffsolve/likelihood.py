@@ -18,18 +18,21 @@ steps, and in λ they are within ±15 % of each other either way.
 
 **Time variable and state.** Any monotone change of time u = u(t) leaves (5.2) exact and changes
 only the solver's work (docs/math.md §5). We integrate in u ∈ {``t``, ``log_snr`` (λ), ``sigma_over_alpha``
-(s = σ/α = e^{−λ})} with the state y = x / c_t, c_t = 1 for ``t`` and ``log_snr`` and c_t = α_t for
-``sigma_over_alpha`` (:data:`TIME_VARIABLES`; the scalings were chosen by measurement):
+(s = σ/α = e^{−λ}), ``flow_time``, ``vp_time``} with the state y = x / c_t, c_t = 1 for ``t`` and ``log_snr``,
+c_t = α_t for ``sigma_over_alpha``, and the reference schedule's coordinates for the two clocks
+(:data:`TIME_VARIABLES`; docs/math.md (9.7), where Δ is carried as the divergence of the state's own
+drift and converted in closed form, (9.8)):
 
     dy/du = [(f_t − c'_t/c_t) y − (σ_t λ'_t / c_t) ε̂(c_t y, t)] dt/du
     dΔ/du = [f_t d − σ_t λ'_t ∇_x·ε̂(x, t)] dt/du,      log p_{t0}(x) = log p_T(z) + Δ
 
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
-scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is raw
-t on every schedule but a DDPM table, where λ (the table's dλ/dt jumps at every timestep;
-:mod:`diffsolve.ode`): with the whole divergence riding along, t's error-against-NFE curve lies on
-or below λ's on VP, cosine, sub-VP, VE, EDM and flow schedules in 2 and 16 dimensions
-(``benchmarks/likelihood_split.py``; tolerance by tolerance either can be ahead). With per-row error
+scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is
+``flow_time``, the rectified flow's time at the same log-SNR, on every schedule (since 2026-12-07;
+:mod:`diffsolve.ode`, ``benchmarks/likelihood_vp_time.py``); before, raw t on every schedule but a
+DDPM table, where λ (the table's dλ/dt jumps at every timestep): with the whole divergence riding
+along, t's error-against-NFE curve lies on or below λ's on VP, cosine, sub-VP, VE, EDM and flow
+schedules in 2 and 16 dimensions (``benchmarks/likelihood_split.py``). With per-row error
 control at loose tolerances (1e-3) λ and t can miss the error made in the mode-switching region on
 some 2-D rows (the local error estimate of a lone row); ``sigma_over_alpha`` keeps the error
 proportional to the tolerance there, at more NFE.
@@ -285,8 +288,8 @@ def _probes(src: NoiseSource, k: int, probe: str, fresh: bool, dtype):
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
-                   probe: str = "rademacher", fresh_probes: bool | None = None, rtol: float = 1e-4,
-                   atol: float = 1e-4, method: str = "dopri5",
+                   probe: str = "rademacher", fresh_probes: bool | None = None, rtol: float = 3e-5,
+                   atol: float = 3e-5, method: str = "dopri5",
                    per_sample: bool = True, time_variable: str = "auto",
                    fixed_steps: int | None = None, prior="gaussian", t_end: float | None = None,
                    dequantize=None, seeds=None, chunk_size: int | None = None,
@@ -314,7 +317,11 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             before stages began to share probes (docs/math.md (20.9): a further 0.66–0.74×);
             ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the
             error norm: the choice when averaging very many probes.
-        rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0).
+        rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0). Default 3e-5, the
+            tolerance at which the ``flow_time`` solve spends no more evaluations than the former default
+            (1e-4 in t) did: on three mixtures made for the comparison under five families, 0.84× its
+            evaluations for 0.51× its error (geometric means; benchmarks/likelihood.md, "The likelihood
+            in the rectified flow's time").
         method: a Runge–Kutta tableau of :mod:`diffsolve.rk` (``dopri5``, ``tsit5``, ``bosh3``,
             ``euler_heun``).
         per_sample: one step size and error control per sample (default), so a sample's value
@@ -323,12 +330,18 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             all of it. Measured (``benchmarks/peers_more.py --parts likelihood``, exact divergence,
             NFE at equal error from 3e-4 to 1e-6 nats/dim, VP and flow schedules): per-sample needs
             0.64–0.79× the shared step's NFE in 2-D and 0.83–0.96× in 64-D.
-        time_variable: ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE coordinates,
-            dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style; on a DDPM table its kinks stop
-            the error from following the tolerance, which is warned) or ``"auto"`` (default):
-            ``t`` on every schedule but a DDPM table (``log_snr`` there) — the choice that needed
-            the fewest NFE at equal accuracy (module docstring, benchmarks/likelihood_split.py);
-            with ``fixed_steps``, ``log_snr`` on EDM, VE and sub-VP schedules as well (equal steps in
+        time_variable: ``"flow_time"`` (the rectified flow's time u = s/(1 + s) at the same log-SNR,
+            the state and Δ in its coordinates: docs/math.md (9.7), (9.8)), ``"vp_time"`` (the same with
+            Song et al.'s VP schedule), ``"log_snr"`` (λ, state x), ``"sigma_over_alpha"`` (VE
+            coordinates, dy/ds = ε̂), ``"t"`` (raw time, state x, score-SDE style; on a DDPM table its
+            kinks stop the error from following the tolerance, which is warned) or ``"auto"``
+            (default): ``flow_time`` on every schedule. In a clock the solve depends only on the
+            log-SNR range, not on the family; exact divergence, NFE at matched error against the rule
+            before it (``t``, λ on DDPM tables), on three problems made for the judgement: 0.55× on
+            EDM, 0.58× on VE, 0.68× on DDPM tables, 0.90–0.91× on VP and sub-VP, 0.98× on cosine,
+            1.00× on rectified flow, where it is t (``python benchmarks/likelihood_vp_time.py``);
+            with ``fixed_steps``, the sampling rule: ``t`` on VP, cosine and flow, ``log_snr`` on EDM,
+            VE, sub-VP and DDPM tables (equal steps in
             an EDM schedule's t, σ from 0.002 to 80, put almost none near the data: at 10 steps on a
             4-D mixture 0.42 nats/dim off in t, 2.6e-4 in λ;
             ``tests/test_likelihood.py::test_fixed_steps_take_the_sampling_time_variable``).

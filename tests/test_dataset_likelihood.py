@@ -139,7 +139,8 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
     run_json = out / "run.json"
     header = json.loads(run_json.read_text())
     recorded = header["settings"]
-    assert recorded["per_sample"] is True and recorded["time_variable"] == "t" and recorded["delta"] == dl.DELTA_FORM
+    assert recorded["per_sample"] is True and recorded["time_variable"] == "flow_time"
+    assert recorded["delta"] == dl.DELTA_FORM
     run_json.write_text(json.dumps(dict(header, settings=dict(recorded, per_sample=False))))
     with pytest.raises(ValueError, match=r"other settings \(per_sample: false there, true now\)"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm as normal
 
-from diffsolve import GaussianMixture, make_schedule
+from diffsolve import EDMSchedule, GaussianMixture, make_schedule
 from diffsolve.ode import ProbabilityFlowODE
 from diffsolve.likelihood import (LikelihoodResult, decode, encode, gaussian_prior, log_likelihood, prior_gap,
                                   round_trip)
@@ -62,7 +62,7 @@ def test_time_variables_and_fixed_steps():
     den = RING.denoiser(sch, "velocity")
     x = RING.sample(4, generator=torch.Generator().manual_seed(1))
     truth = RING.log_prob(x, sch.t_min, sch)
-    for tv in ["t", "log_snr", "sigma_over_alpha"]:
+    for tv in ["t", "log_snr", "sigma_over_alpha", "vp_time", "flow_time"]:
         r = log_likelihood(den, x, divergence="exact", prior=_exact_prior(RING, sch), time_variable=tv, rtol=1e-5,
                            atol=1e-5)
         assert (r.log_prob - truth).abs().max() / 2 < 1e-3, tv
@@ -100,19 +100,48 @@ def test_result_has_no_graph_through_x():
     assert not r.log_prob.requires_grad and not r.z.requires_grad
 
 
-@pytest.mark.parametrize("schedule,per_sample,want", [("vp", True, "t"), ("cosine", True, "t"), ("vp", False, "t"),
-                                                      ("flow", True, "t"), ("flow", False, "t"),
-                                                      ("ve", True, "t"), ("subvp", False, "t"), ("edm", False, "t"),
-                                                      ("ddpm", True, "log_snr"), ("ddpm", False, "log_snr")])
-def test_auto_time_variable(schedule, per_sample, want):
-    """auto in the likelihood: raw t on every schedule but a DDPM table (the measured choice,
-    benchmarks/likelihood_split.py, diffsolve/ode.py); sampling keeps λ on EDM, VE and sub-VP."""
+@pytest.mark.parametrize("schedule,per_sample", [("vp", True), ("cosine", True), ("vp", False), ("flow", True),
+                                                 ("flow", False), ("ve", True), ("subvp", False), ("edm", False),
+                                                 ("ddpm", True), ("ddpm", False)])
+def test_auto_time_variable(schedule, per_sample):
+    """auto in the likelihood: the rectified flow's time on every schedule (the measured choice,
+    benchmarks/likelihood_vp_time.py, diffsolve/ode.py); sampling keeps t on VP, cosine and flow, λ on EDM, VE,
+    sub-VP and DDPM tables."""
     sch = make_schedule(schedule)
     x = RING.sample(2, generator=torch.Generator().manual_seed(0))
     r = log_likelihood(RING.denoiser(sch, "eps"), x, divergence="exact", per_sample=per_sample, rtol=1e-3, atol=1e-3)
-    assert r.info["time_variable"] == want
+    assert r.info["time_variable"] == "flow_time"
     sampling = "log_snr" if schedule in ("ve", "subvp", "edm", "ddpm") else "t"
     assert ProbabilityFlowODE(RING.denoiser(sch, "eps")).variable == sampling
+
+
+def test_a_clock_solve_depends_on_the_log_snr_range_only():
+    """In a clock (docs/math.md (9.7), (9.8)) the state lives in the reference schedule's coordinates and Δ is the
+    divergence of its drift, so two families over the same λ-range make the same solve: a VP and an EDM
+    schedule with EDM's σ range set to the VP schedule's σ/α range give the same steps and log p (up to
+    round-off), where raw t makes different solves. On a flow schedule without shift flow_time is t itself."""
+    vp = make_schedule("vp")
+    ends = torch.tensor([vp.t_min, vp.t_max], dtype=torch.float64)
+    s = (vp.sigma(ends) / vp.alpha(ends)).tolist()
+    edm = EDMSchedule(sigma_min=s[0], sigma_max=s[1])
+    x = RING.sample(4, generator=torch.Generator().manual_seed(5))
+    runs = {}
+    for name, sch in (("vp", vp), ("edm", edm)):
+        a0 = float(sch.alpha(torch.tensor(sch.t_min, dtype=torch.float64)))
+        for tv in ("flow_time", "vp_time", "t"):
+            runs[name, tv] = log_likelihood(RING.denoiser(sch, "eps"), a0 * x, divergence="exact", time_variable=tv,
+                                            prior=_exact_prior(RING, sch), rtol=1e-4, atol=1e-4)
+    for tv in ("flow_time", "vp_time"):
+        assert torch.equal(runs["vp", tv].nfe, runs["edm", tv].nfe), tv
+        d = 2 * math.log(float(vp.alpha(torch.tensor(vp.t_min, dtype=torch.float64))))  # log p_x = log p_y − d log α
+        torch.testing.assert_close(runs["vp", tv].log_prob, runs["edm", tv].log_prob - d, rtol=0, atol=1e-8)
+    assert not torch.equal(runs["vp", "t"].nfe, runs["edm", "t"].nfe)
+    flow = make_schedule("flow")
+    x = RING.sample(3, generator=torch.Generator().manual_seed(6))
+    a, b = (log_likelihood(RING.denoiser(flow, "velocity"), x, divergence="exact", time_variable=tv, rtol=1e-4,
+                           atol=1e-4) for tv in ("flow_time", "t"))
+    assert torch.equal(a.nfe, b.nfe)
+    torch.testing.assert_close(a.log_prob, b.log_prob, rtol=0, atol=1e-9)
 
 
 def _z_scores(gm, schedule, probe, R, seed, fresh=False):
@@ -330,7 +359,7 @@ def test_bad_input():
     for kw, msg in [(dict(rtol=0.0), "rtol"), (dict(atol=-1e-3), "atol"), (dict(rtol=float("nan")), "rtol"),
                     (dict(divergence="skilling"), "valid: hutchinson, exact"),
                     (dict(probe="uniform"), "valid: rademacher, gaussian"), (dict(probes=0), "probes"),
-                    (dict(time_variable="lambda"), "valid: auto, t, log_snr, sigma_over_alpha"),
+                    (dict(time_variable="lambda"), "valid: auto, t, log_snr, sigma_over_alpha, vp_time, flow_time"),
                     (dict(method="rk99"), "valid methods"), (dict(fixed_steps=0), "fixed_steps"),
                     (dict(t_end=1.0), "t_end"), (dict(chunk_size=0), "chunk_size"), (dict(prior="laplace"), "prior"),
                     (dict(dequantize=dict(levels=1)), "levels"), (dict(dequantize=dict(levels=8, range=(1, 0))), "range"),

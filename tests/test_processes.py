@@ -16,7 +16,7 @@ import torch
 import diffsolve
 from diffsolve.analytic import GaussianMixture
 from diffsolve.grids import make_grid
-from diffsolve.ode import ProbabilityFlowODE
+from diffsolve.ode import CLOCKS, ProbabilityFlowODE
 from diffsolve.processes import ForwardSDE, NoiseLevel, ReverseSDE
 from diffsolve.schedules import EDMSchedule, VPSchedule
 
@@ -350,3 +350,17 @@ def test_pfode_change_of_variables(schedule):
             y = ode.to_state(x, t)
             torch.testing.assert_close(ode.from_state(y, t), x, rtol=1e-14, atol=1e-14)
             torch.testing.assert_close(ode.func(u, y), want, rtol=1e-10, atol=1e-10)
+        # the clocks (a reference schedule's time at the same log-SNR, the state x/c in its coordinates):
+        # dy/du = (x'/c − x c'/c²) dt/du with x' the drift in t, c' and du/dt by central differences
+        drift = ProbabilityFlowODE(den).drift(x, t)
+        h = 1e-6 * (sch.t_max - sch.t_min)
+        for var in CLOCKS:
+            ode = ProbabilityFlowODE(den, var)
+            u = ode.u_of(t)
+            torch.testing.assert_close(ode.t_of(u), t, rtol=1e-10, atol=1e-12)
+            c, dc = ode.c(t), (ode.c(t + h) - ode.c(t - h)) / (2 * h)
+            dudt = (ode.u_of(t + h) - ode.u_of(t - h)) / (2 * h)
+            torch.testing.assert_close(ode.dt_du(t), 1 / dudt, rtol=1e-6, atol=0)
+            want = (drift / c - x * dc / c**2) / dudt
+            y = ode.to_state(x, t)
+            torch.testing.assert_close(ode.func(u, y), want, rtol=1e-6, atol=1e-9)

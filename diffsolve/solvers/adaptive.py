@@ -135,7 +135,8 @@ class RungeKutta(AdaptiveSolver):
     Options:
         rtol, atol: tolerances (> 0) of the scaled local error (see :func:`diffsolve.rk.rk_solve`).
         per_sample: one step size and error control per sample instead of one for the batch.
-        time_variable: ``"auto"`` (default), ``"t"``, ``"log_snr"`` or ``"sigma_over_alpha"`` (module docstring).
+        time_variable: ``"auto"`` (default), ``"t"``, ``"log_snr"``, ``"sigma_over_alpha"``, ``"flow_time"`` or
+            ``"vp_time"`` (module docstring; docs/math.md (9.7)).
         norm: ``"rms"`` or ``"max"``; max_steps: limit on step attempts.
 
     References: the tableau's paper (each subclass; ``diffsolve.rk.TABLEAUS[method].doc``);
