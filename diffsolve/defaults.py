@@ -115,8 +115,8 @@ DEIS_KARRAS = "deis:lower_order_final=false"
 KARRAS_MIN_SIGNAL = 0.0025
 DENOISE_ABOVE = 20  # more evaluations than this: end with the final denoise
 FLOW_ANALYTIC_UP_TO = 20  # on a flow schedule, the analytic first step up to this many evaluations (else TINY_BUDGET)
-# with the Karras piece (not on EDM schedules), the analytic first step up to this many evaluations: above, its error
-# (about α times the data's mean, docs/math.md (27.2)) shows once the solver's own error is small
+# with the Karras piece, the analytic first step up to this many evaluations: above, its error (about α times the
+# data's mean, docs/math.md (27.2)) shows once the solver's own error is small
 KARRAS_ANALYTIC_UP_TO = 9
 # ... where the run starts at α/σ at most this: above the VP starts where it paid (0.0064 DDPM, 0.0084 cosine), below
 # EDM's σ_max = 80 (0.0125), where it lost (in VE coordinates the families differ by their start only)
