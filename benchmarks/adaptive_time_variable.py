@@ -2,7 +2,8 @@
 shared error control?
 
 For each problem (analytic Gaussian mixtures, so the drift is exact), each time variable of
-``diffsolve.solvers.adaptive`` ("t", "log_snr", "sigma_over_alpha") and each tolerance, solve the
+``diffsolve.ode.TIME_VARIABLES`` ("t", "log_snr", "sigma_over_alpha", and since 2026-12-07 the clocks
+"vp_time" and "flow_time", docs/math.md (9.7)) and each tolerance, solve the
 probability-flow ODE from the same x_T with diffsolve's dopri5 and report the network evaluations
 (NFE, counted at the denoiser) and the error against a tight-tolerance torchdiffeq reference
 (``diffsolve.reference.ode_reference``, rtol = atol = 1e-10): the worst per-sample RMS error and
@@ -25,6 +26,11 @@ Result (--batch 8), NFE for max error 1e-3 / 1e-4:
     mixture-64d/flow     38 / 64    84 / 112   174 / 283
 
 (cosine and flow rows added 2026-12-06, ``--schedules cosine,flow --skip-per-sample``.)
+
+With the clocks (2026-12-07, ``--quick``, batch 8, a reading on these two problems only, not judged
+elsewhere): ``flow_time`` needed 49 / 68 and 35 / 52 evaluations on EDM where λ needs 98 / 134 and 84 / 130,
+and 53 / 84 on the 64-D VP mixture where t needs 60 / 96; on cosine and flow it is about t. Sampling's
+``"auto"`` is unchanged until that is judged on other problems (the likelihood's is ``flow_time``).
 
 Conclusion (``time_variable="auto"``): raw t on VP, cosine and flow, where it ties λ or needs
 0.5–0.9× its evaluations; λ on EDM, ~35 % fewer evaluations than t. σ/α costs 2–3x on VP
