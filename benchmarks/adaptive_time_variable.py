@@ -136,7 +136,7 @@ def judge_clock(batch=16, tols=(1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6),
     family's above 1.05 and no problem's above 1.15; else on each family below 0.95 with no problem above 1.15.
     Result: 0.64 overall; cosine 1.06, flow 1.00 (t itself), the five others 0.48–0.65, so by the rule flow_time
     on VP, DDPM, sub-VP, VE and EDM. **Not adopted** all the same, for a reason found after the rule was
-    written (the last column, added then): at a given tolerance flow_time's error is 3.4–14× λ's on VE and
+    written (the last column, added then): at a given tolerance flow_time's error is 2–14× λ's on VE and
     EDM (and 6× t's on the VP ring of tests/test_adaptive.py: 3.0e-3 against 5.2e-4 at rtol 1e-4, a scratch
     run), though 0.1–0.9× on VP here, so the same ``solver="dopri5"`` call would return a less accurate
     sample for fewer evaluations on some families; adopting it needs the adaptive solvers' default
