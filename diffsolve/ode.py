@@ -26,7 +26,7 @@ divergence of that state's drift (docs/math.md (9.8)), so a solve depends on the
 the schedule family. For the likelihood ``flow_time`` needed fewer evaluations at matched error than
 the rule before it (``t``, λ on DDPM tables) on every family but flow, where it is t
 (``benchmarks/likelihood_vp_time.py``: exact divergence, three problems made for the judgement,
-0.55–0.98×; 0.63–1.01× on the ring and the 64-D mixture, where ``vp_time`` did 0.68–1.13×).
+0.55–0.98×; 0.63–1.01× on the ring and the 64-D mixture, where ``vp_time`` did 0.68–1.10×).
 
 ``"auto"`` is the default everywhere (sampling, the reference solve, encode/decode, the
 likelihood): it needed the fewest evaluations at equal accuracy in both measurements, sampling
