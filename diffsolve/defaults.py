@@ -121,8 +121,9 @@ KARRAS_ANALYTIC_UP_TO = 9
 # ... where the run starts at α/σ at most this: above the VP starts where it paid (0.0064 DDPM, 0.0084 cosine), below
 # EDM's σ_max = 80 (0.0125), where it lost (in VE coordinates the families differ by their start only)
 KARRAS_ANALYTIC_MAX_SIGNAL = 0.01
-# the analytic first step only where the run starts at α/σ at most this (_analytic_start): between the sweep's
-# schedules (0.0064 DDPM to 0.0125 EDM, where it pays) and Stable Diffusion's betas (0.068, where it costs 1.33×)
+# the analytic first step only where the run starts at α/σ at most this (its error is about α times the data's mean,
+# docs/math.md (27.2)): between the sweep's schedules (0.0064 DDPM to 0.0125 EDM, where it pays) and Stable
+# Diffusion's betas (0.068, where it costs 1.33×)
 AFS_MAX_SIGNAL = 0.03
 
 
@@ -159,16 +160,16 @@ def default_run(budget: int, schedule=None, *, stochastic: bool = False, t_start
                          + ", ".join(n for n, c in sorted(SOLVERS.items()) if c.stochastic))
     flow = isinstance(schedule, FlowSchedule)
     edm = isinstance(schedule, EDMSchedule) and TINY_BUDGET < budget <= DENOISE_ABOVE
+    signal = _start_signal(schedule, t_start)
     if budget <= TINY_BUDGET:
         return DefaultRun("dpmpp_2m:lower_order_final=false", "log_snr", False,
-                          analytic_first_step=_analytic_start(schedule, t_start))
-    if edm or (budget <= SMALL_BUDGET and not flow and _start_signal(schedule, t_start) >= KARRAS_MIN_SIGNAL):
+                          analytic_first_step=signal <= AFS_MAX_SIGNAL)
+    if edm or (budget <= SMALL_BUDGET and not flow and signal >= KARRAS_MIN_SIGNAL):
         on_karras = grid is None or (isinstance(grid, str) and grid == "karras")
-        analytic = (on_karras and budget <= KARRAS_ANALYTIC_UP_TO
-                    and _start_signal(schedule, t_start) <= KARRAS_ANALYTIC_MAX_SIGNAL)
+        analytic = on_karras and budget <= KARRAS_ANALYTIC_UP_TO and signal <= KARRAS_ANALYTIC_MAX_SIGNAL
         return DefaultRun(DEIS_KARRAS if on_karras else "deis", "karras", False, analytic_first_step=analytic)
     solver = "deis" if budget <= SMALL_BUDGET else "unipc:order=3"
-    analytic = flow and budget <= FLOW_ANALYTIC_UP_TO and _analytic_start(schedule, t_start)
+    analytic = flow and budget <= FLOW_ANALYTIC_UP_TO and signal <= AFS_MAX_SIGNAL
     return DefaultRun(solver, "log_snr", default_denoise_final(budget, False), analytic_first_step=analytic)
 
 
@@ -182,13 +183,6 @@ def _start_signal(schedule, t_start: float | None = None) -> float:
     else:
         lam0 = max(float(schedule.log_snr(torch.tensor(schedule.t_max, dtype=torch.float64))), START_LOG_SNR)
     return math.exp(lam0)  # λ = log(α/σ)
-
-
-def _analytic_start(schedule, t_start: float | None = None) -> bool:
-    """Whether the run starts where the signal is a small part of the state, α/σ ≤ :data:`AFS_MAX_SIGNAL`
-    (:func:`_start_signal`): there the analytic first step's error, about α times the data's mean
-    (docs/math.md (27.2)), is small."""
-    return _start_signal(schedule, t_start) <= AFS_MAX_SIGNAL
 
 
 def default_denoise_final(budget: int, stochastic: bool) -> bool:
