@@ -279,12 +279,65 @@ def _random_source(seeds, x: Tensor) -> NoiseSource:
 
 
 def _probes(src: NoiseSource, k: int, probe: str, fresh: bool, dtype):
-    """Hutchinson probes: (k, B, *shape) held fixed, or a callable drawing them per evaluation."""
+    """Hutchinson probes: (k, B, *shape) held fixed, or a callable drawing them per evaluation
+    (Rademacher: :class:`_WalshProbes`, without replacement; Gaussian: independent draws)."""
+    if fresh and probe == "rademacher":
+        return _WalshProbes(src, k, dtype)
+
     def draw(rows=None):  # (k, n, *shape) probes for the given rows (all when None)
         V = torch.stack([src.randn(rows) for _ in range(k)]).to(dtype)
         return torch.sign(V) if probe == "rademacher" else V
 
     return (lambda rows: draw(rows.tolist())) if fresh else draw()
+
+
+class _WalshProbes:
+    """Fresh Rademacher probes drawn without replacement from a Walsh frame (docs/math.md (20.10)).
+
+    With d = prod(shape) and M = 2^⌈log₂ d⌉, probe stream j of sample i goes through cycles of M
+    evaluations; a cycle draws a sign vector s ∈ {±1}^d and a random order π of 0..M−1 from the
+    sample's own stream, and its e-th probe is z = s ⊙ w_{π(e)}, w_m(c) = (−1)^{popcount(m AND c)}
+    the Walsh functions on the coordinates c < d. Each z is uniform on {±1}^d (s alone makes it so,
+    whatever π), so every term stays unbiased; over a whole cycle Σ z zᵀ = M I, so a cycle whose
+    evaluations share one J and one weight returns the trace with no probe noise at all. Called with
+    the (n,) rows being evaluated, it returns their (k, n, *shape) probes; memory k·B·(d + M)
+    numbers besides."""
+
+    def __init__(self, src: NoiseSource, k: int, dtype):
+        self.src, self.k, self.dtype = src, k, dtype
+        self.d = math.prod(src.event_shape)
+        self.bits = (self.d - 1).bit_length()
+        self.M = 1 << self.bits
+        B, dev = src.batch, src.device
+        self.used = [0] * B  # probes drawn in the current cycle, per sample
+        self.signs = torch.ones(k, B, self.d, dtype=dtype, device=dev)
+        self.order = torch.zeros(k, B, self.M, dtype=torch.int64, device=dev)
+        self.coords = torch.arange(self.d, device=dev)
+
+    def _new_cycle(self, rows: list):
+        n = len(rows)
+        for j in range(self.k):  # per sample and stream: the signs, then the order, from its own draws
+            self.signs[j, rows] = torch.sign(self.src.randn(rows).reshape(n, self.d)).to(self.dtype)
+            if self.M > 1:
+                u = torch.cat([self.src.randn(rows).reshape(n, self.d) for _ in range(-(-self.M // self.d))], 1)
+                self.order[j, rows] = u[:, :self.M].argsort(1)
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        rows = rows.tolist()
+        new = [r for r in rows if self.used[r] % self.M == 0]
+        if new:
+            self._new_cycle(new)
+        at = torch.tensor([self.used[r] % self.M for r in rows], device=self.order.device)
+        for r in rows:
+            self.used[r] += 1
+        m = self.order[:, rows, at]  # (k, n) Walsh indices
+        v = m[..., None] & self.coords  # popcount parity of m AND c by folding
+        shift = 1
+        while shift < self.bits:
+            v = v ^ (v >> shift)
+            shift *= 2
+        walsh = 1 - 2 * (v & 1).to(self.dtype)
+        return (self.signs[:, rows] * walsh).reshape(self.k, len(rows), *self.src.event_shape)
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,

@@ -49,21 +49,24 @@ class ButcherTableau:
         A quadrature Σ_i b_i zᵢᵀ J_i zᵢ over one step has probe variance ∝ Σ_G (Σ_{i∈G} b_i)² when
         the stages of each group G share one probe and J varies little across it; independent
         probes are the groups of one. The partition into runs of consecutive stages at most
-        ``span`` apart in c that minimises it (ties: fewer shared stages) is returned as the set of
-        stages i ≥ 1 whose probe is stage i − 1's. Unbiasedness does not depend on it: every probe
-        is still a fresh draw independent of the trajectory. The last stage of an FSAL pair
-        belongs to the next step and always draws its own. Stage indices count from 0 (the 4th and
-        5th stages of the docs are 3 and 4 here). dopri5: stages 3 and 4 (b = 0.651, −0.322;
-        c = 0.8, 0.889) share, Σ 0.755 → 0.335, returned as {4}; tsit5: stages 3–5, 18.4 → 0.41.
+        ``span`` apart in c that minimises it (ties: more shared stages, so a stage of weight 0,
+        whose probe would count for nothing, shares its predecessor's and leaves the probe stream
+        of docs/math.md (20.10) to the stages that count) is returned as the set of stages i ≥ 1
+        whose probe is stage i − 1's. Unbiasedness does not depend on it: every probe is still a
+        fresh draw independent of the trajectory. The last stage of an FSAL pair belongs to the
+        next step and always draws its own. Stage indices count from 0 (the 4th and 5th stages of
+        the docs are 3 and 4 here). dopri5: stages 3 and 4 (b = 0.651, −0.322; c = 0.8, 0.889)
+        share, Σ 0.755 → 0.335, and stage 1 (b = 0) with stage 2, returned as {2, 4}; tsit5:
+        stages 3–5, 18.4 → 0.41.
         """
         last = self.stages - 1 if self.fsal else self.stages
         best, cut = [0.0] + [float("inf")] * last, [0] * (last + 1)
         for i in range(1, last + 1):
-            for j in range(i - 1, -1, -1):  # the singleton first: sharing must strictly lower the cost
+            for j in range(i - 1, -1, -1):  # the singleton first; a longer run wins ties
                 if max(self.c[j:i]) - min(self.c[j:i]) > span:
                     break
                 cost = best[j] + sum(self.b[j:i]) ** 2
-                if cost < best[i] - 1e-12:
+                if cost <= best[i] + 1e-12:
                     best[i], cut[i] = cost, j
         shared, i = set(), last
         while i > 0:
