@@ -8,6 +8,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
     python benchmarks/likelihood_vs_peers.py --defaults       # the bare calls, diffsolve vs k-diffusion
     python benchmarks/likelihood_vs_peers.py --defaults --variants   # and with one setting changed
     python benchmarks/likelihood_vs_peers.py --defaults --peer-tolerances   # and k-diffusion at four tolerances
+    python benchmarks/likelihood_vs_peers.py --defaults --points 512  # 512 points per problem (~10 min)
 
 Problems: analytic mixtures (docs/math.md §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
@@ -317,7 +318,7 @@ DEFAULT_VARIANTS = (dict(rtol=1e-4, atol=1e-4), dict(rtol=1e-5, atol=1e-5), dict
 PEER_TOLERANCES = (3e-5, 1e-4, 3e-4, 1e-3)
 
 
-def defaults_check(seed: int = 0, variants: bool = False, peer_tolerances: bool = False):
+def defaults_check(seed: int = 0, variants: bool = False, peer_tolerances: bool = False, points: int | None = None):
     """The bare calls on the network k-diffusion integrates: an EDM denoiser D(y; σ) of an exact
     mixture, σ ∈ [0.002, 80], wrapped for diffsolve by ``adapters.from_k_diffusion``. k-diffusion:
     ``log_likelihood(model, x, sigma_min, sigma_max)`` at its defaults (dopri5, rtol = atol = 1e-4,
@@ -330,6 +331,7 @@ def defaults_check(seed: int = 0, variants: bool = False, peer_tolerances: bool 
     print("| problem | points | k-diffusion err/dim | NFE | diffsolve err/dim | NFE | error ratio | NFE ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for pname, make, n in DEFAULT_PROBLEMS:
+        n = points or n
         gm = make()
         x = gm.sample(n, generator=torch.Generator().manual_seed(seed + 1)).reshape(n, -1)
         truth = gm.log_prob(x, sch.t_min, sch)
@@ -368,12 +370,14 @@ def main():
                     help="only the bare calls, diffsolve's against k-diffusion's on its network (2-D, 64-D, 3072-D)")
     ap.add_argument("--peer-tolerances", action="store_true",
                     help="with --defaults: also k-diffusion's error at rtol = atol = 3e-5, 1e-4, 3e-4, 1e-3")
+    ap.add_argument("--points", type=int, default=None,
+                    help="with --defaults: points per problem instead of the table's (64 in 32-D and 64-D)")
     ap.add_argument("--variants", action="store_true",
                     help="with --defaults: also the bare call with one setting changed (norm, tolerances, time)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.defaults:
-        defaults_check(args.seed, args.variants, args.peer_tolerances)
+        defaults_check(args.seed, args.variants, args.peer_tolerances, args.points)
         return
     if args.time_variables:
         time_variable_sweep(min(args.n, 16), args.seed)

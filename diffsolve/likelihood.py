@@ -50,8 +50,13 @@ Var(zᵀ(Σ_e w_e J_e)z): the probe noise averages over the evaluations (1.4–2
 the analytic mixtures at no extra network work; benchmarks/likelihood.md). Stages of one step
 that lie close in time and carry weights of opposite sign share a probe (dopri5's stages 4 and 5,
 b = 0.651 and −0.322): the expectation is unchanged and Σ_e w_e² per step falls from 0.755 h² to
-0.335 h² (docs/math.md (20.9); 0.66–0.74× the error of independent probes at the same NFE). The k
-integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning. The price:
+0.335 h² (docs/math.md (20.9); 0.66–0.74× the error of independent probes at the same NFE). Fresh
+Rademacher probes are drawn without replacement from a Walsh frame (:class:`_WalshProbes`, docs/math.md
+(20.10)): each is a uniform ±1 vector, but the M = 2^⌈log₂ d⌉ probes of a cycle satisfy Σ z zᵀ = M I,
+so evaluations that outnumber the dimensions cancel each other's noise (0.38–0.42× the error of
+independent draws in 2-D, 0.71–0.86× in 6–48-D, 0.89–0.92× in 96-D and 0.95× on the trained digits
+model at the same steps; ``benchmarks/likelihood_probes.py``). The k integrals Δ_j stay independent given the trajectory, so
+``stderr`` keeps its meaning. The price:
 Δ's own integration error is then controlled only through the steps the state takes, so it is
 larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
 probes), worth knowing when averaging very many probes.
@@ -309,7 +314,7 @@ class _WalshProbes:
         self.bits = (self.d - 1).bit_length()
         self.M = 1 << self.bits
         B, dev = src.batch, src.device
-        self.used = [0] * B  # probes drawn in the current cycle, per sample
+        self.used = torch.zeros(B, dtype=torch.int64)  # probes drawn so far, per sample
         self.signs = torch.ones(k, B, self.d, dtype=dtype, device=dev)
         self.order = torch.zeros(k, B, self.M, dtype=torch.int64, device=dev)
         self.coords = torch.arange(self.d, device=dev)
@@ -323,13 +328,12 @@ class _WalshProbes:
                 self.order[j, rows] = u[:, :self.M].argsort(1)
 
     def __call__(self, rows: Tensor) -> Tensor:
-        rows = rows.tolist()
-        new = [r for r in rows if self.used[r] % self.M == 0]
-        if new:
-            self._new_cycle(new)
-        at = torch.tensor([self.used[r] % self.M for r in rows], device=self.order.device)
-        for r in rows:
-            self.used[r] += 1
+        rows = rows.cpu()
+        at = self.used[rows] % self.M  # each row's place in its cycle
+        if bool((at == 0).any()):
+            self._new_cycle(rows[at == 0].tolist())
+        self.used[rows] += 1
+        rows, at = rows.to(self.order.device), at.to(self.order.device)
         m = self.order[:, rows, at]  # (k, n) Walsh indices
         v = m[..., None] & self.coords  # popcount parity of m AND c by folding
         shift = 1
@@ -337,7 +341,7 @@ class _WalshProbes:
             v = v ^ (v >> shift)
             shift *= 2
         walsh = 1 - 2 * (v & 1).to(self.dtype)
-        return (self.signs[:, rows] * walsh).reshape(self.k, len(rows), *self.src.event_shape)
+        return (self.signs[:, rows] * walsh).reshape(self.k, rows.shape[0], *self.src.event_shape)
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
@@ -360,16 +364,19 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
         divergence: ``"hutchinson"`` (k = ``probes`` VJPs per call) or ``"exact"`` (d VJPs per call).
         probes: k ≥ 1 Hutchinson probes per sample (drawn afresh at each evaluation by default, else
             held fixed along the trajectory: ``fresh_probes``); k ≥ 2 gives a stderr.
-        probe: ``"rademacher"`` or ``"gaussian"``.
+        probe: ``"rademacher"`` (fresh ones from a Walsh frame without replacement, docs/math.md
+            (20.10)) or ``"gaussian"`` (independent draws; Var 2‖J_s‖_F², (20.3)).
         fresh_probes: draw new probes at every network evaluation instead of holding them fixed
             along the trajectory; Δ then leaves the error norm (module docstring). Same cost, the
             same expectation, a smaller variance; with per-sample seeds sample i's probes still
             depend on sample i only. Default (None): fresh probes for the Hutchinson estimate —
             measured 1.4–3.2× less error at 0.76–0.9× the NFE of one fixed probe on the 2-D ring
             (VP, VE), a 64-D mixture and the trained digits model (benchmarks/likelihood.md),
-            before stages began to share probes (docs/math.md (20.9): a further 0.66–0.74×);
-            ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the
-            error norm: the choice when averaging very many probes.
+            before stages began to share probes (docs/math.md (20.9): a further 0.66–0.74×) and
+            Rademacher probes were drawn without replacement from a Walsh frame ((20.10): a further
+            0.38–0.92× on mixtures, the most in low dimension, 0.95× on the digits model);
+            ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the error
+            norm: the choice when averaging very many probes.
         rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0). Default 3e-5, the
             tolerance at which the ``flow_time`` solve spends no more evaluations than the former default
             (1e-4 in t) did: on three mixtures made for the comparison under five families, 0.84× its

@@ -260,6 +260,66 @@ def test_shared_probes_cut_the_spread_at_the_same_steps(monkeypatch):
     assert abs(float(shared.log_prob.mean() - indep.log_prob.mean())) < 4 * se
 
 
+@pytest.mark.parametrize("shape", [(1,), (2,), (3,), (2, 3, 4), (64,)])
+def test_walsh_probes_span_the_space_once_a_cycle(shape):
+    """docs/math.md (20.10): every probe is a ±1 vector, a cycle of M = 2^⌈log₂ d⌉ of them sums to
+    Σ z zᵀ = M I, and sample i's probes depend on its seed only, not on the batch it is drawn in."""
+    from diffsolve.likelihood import _WalshProbes
+    from diffsolve.noise import NoiseSource
+
+    d = math.prod(shape)
+    walsh = _WalshProbes(NoiseSource(3, shape, seeds=[5, 6, 7]), 2, torch.float64)
+    M = walsh.M
+    assert M >= d > M // 2 or M == d == 1
+    Z = torch.stack([walsh(torch.tensor([0, 1, 2])) for _ in range(2 * M)]).reshape(2, M, 2, 3, d)
+    assert bool((Z.abs() == 1).all())
+    for cycle in Z:
+        torch.testing.assert_close(torch.einsum("mkni,mknj->knij", cycle, cycle),
+                                   M * torch.eye(d, dtype=torch.float64).expand(2, 3, d, d), rtol=0, atol=0)
+    alone = _WalshProbes(NoiseSource(1, shape, seeds=[6]), 2, torch.float64)
+    for m in range(2 * M):
+        assert torch.equal(alone(torch.tensor([0]))[:, 0], Z[m // M, m % M, :, 1].reshape(2, *shape))
+
+
+def test_walsh_probes_are_rademacher_one_at_a_time():
+    """Unbiasedness needs E[z zᵀ] = I for each probe by itself: over 4000 seeds, the third probe of the
+    first cycle (an arbitrary position) has the moments of a Rademacher vector."""
+    from diffsolve.likelihood import _WalshProbes
+    from diffsolve.noise import NoiseSource
+
+    n = 4000
+    walsh = _WalshProbes(NoiseSource(n, (5,), seeds=range(n)), 1, torch.float64)
+    z = [walsh(torch.arange(n)) for _ in range(3)][-1][0]
+    torch.testing.assert_close(z.T @ z / n, torch.eye(5, dtype=torch.float64), rtol=0, atol=4 / math.sqrt(n))
+    assert float(z.mean(0).abs().max()) < 4 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("gm,spread", [(RING, 0.5), (GaussianMixture.random(d=8, n_modes=4, seed=3), 0.8)],
+                         ids=["ring2d", "random8d"])
+def test_walsh_probes_are_unbiased_and_cut_the_spread(monkeypatch, gm, spread):
+    """One point, 240 probe seeds (docs/math.md (20.10)): the mean of the fresh-probe estimates is the
+    exact divergence's quadrature at the same steps (the probes never steer them) to within 4 standard
+    errors, and the spread is well below that of independent Rademacher draws (measured 0.32× in 2-D,
+    0.65× in 8-D)."""
+    import diffsolve.likelihood as L
+
+    sch = make_schedule("vp")
+    den = gm.denoiser(sch, "eps")
+    n = 240
+    x = gm.sample(1, generator=torch.Generator().manual_seed(4)).expand(n, gm.d).clone()
+    walsh = log_likelihood(den, x, seeds=range(n))
+    monkeypatch.setattr(L, "_probes", lambda src, k, probe, fresh, dtype: None)  # the exact divergence
+    exact = log_likelihood(den, x[:1], seeds=range(1))
+    monkeypatch.setattr(L, "_probes", lambda src, k, probe, fresh, dtype: lambda rows: torch.sign(
+        torch.stack([src.randn(rows.tolist()) for _ in range(k)])).to(dtype))  # independent draws
+    indep = log_likelihood(den, x, seeds=range(n))
+    assert torch.equal(walsh.nfe, indep.nfe) and bool((walsh.nfe == exact.nfe[0]).all())
+    se = float(walsh.log_prob.std()) / math.sqrt(n)
+    assert abs(float(walsh.log_prob.mean() - exact.log_prob[0])) < 4 * se
+    ratio = float(walsh.log_prob.std() / indep.log_prob.std())
+    assert ratio < spread, ratio
+
+
 def test_per_sample_saves_work_on_a_hard_sample():
     sch = make_schedule("vp")
     den = RING.denoiser(sch, "eps")
