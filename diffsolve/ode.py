@@ -57,6 +57,7 @@ carries the divergence integral Δ along (``divergence=``).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol
@@ -340,6 +341,8 @@ class ProbabilityFlowODE(ReverseSDE):
             chunk_size: integrate at most this many rows at a time (memory).
             divergence: carry Δ_j = ∫ (f_t d + K_t ∇·ε̂) dt, the divergence of the x-drift, for the k
                 estimates of ∇·ε̂ it returns (the likelihood); its ε̂ replaces the plain network call.
+                The state holds Δ_j / d, the log-density per dimension (docs/math.md (20.12)), so the
+                error norm weighs it as one coordinate of the state; the solution's ``delta`` is Δ_j.
             divergence_in_norm: let Δ enter the error norm (False for random estimates: the steps
                 must then depend on the trajectory only).
         """
@@ -387,13 +390,14 @@ class ProbabilityFlowODE(ReverseSDE):
         if divergence is None:
             return self.from_state(y, float(t)), None
         k = divergence.k
-        return self.from_state(y[:, :-k].reshape(shape), float(t)), y[:, -k:]
+        return self.from_state(y[:, :-k].reshape(shape), float(t)), y[:, -k:] * math.prod(shape[1:])
 
     def _divergence_rate(self, t: Tensor, div: Tensor, d: int) -> Tensor:
-        """dΔ_j/du = (f_t d + K_t ∇·ε̂_j) dt/du, the whole divergence of the x-drift (docs/math.md
+        """dΔ_j/du / d: (f_t d + K_t ∇·ε̂_j) dt/du, the whole divergence of the x-drift (docs/math.md
         (20.1)), for the (n, k) estimates ``div`` of ∇·ε̂ at times t (scalar or (n,)); on a clock
         (:data:`CLOCKS`) L_u d + K_u ∇·ε̂_j, the divergence of the carried state's drift, whose difference
-        d (log c)' dt/du integrates in closed form (added at the end of :meth:`solve`, docs/math.md (9.8))."""
+        d (log c)' dt/du integrates in closed form (added at the end of :meth:`solve`, docs/math.md (9.8));
+        divided by d, the state's unit (docs/math.md (20.12))."""
         if self.scale == "clock":
             f, K = self.coefficients(t)
         else:
@@ -401,7 +405,7 @@ class ProbabilityFlowODE(ReverseSDE):
             f, K = self.schedule.d_log_alpha(t) * dtdu, -self.schedule.sigma(t) * self.schedule.d_log_snr(t) * dtdu
         if f.dim():
             f, K = f[:, None], K[:, None]
-        return f * d + K * div.to(_F64)
+        return f + K * div.to(_F64) / d
 
     def _rhs(self, divergence, calls: Tensor, offset: int, event, shared: frozenset, batch: int) -> Callable:
         """The right-hand side on a chunk's state, counting each row's calls; ``shared``: the stages
