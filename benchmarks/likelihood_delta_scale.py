@@ -17,7 +17,7 @@ above 1.02 and no problem-and-family cell's is above 1.10. The judging set was m
 cosine, EDM and flow schedules. It was first tried on the 2-D and 64-D problems of ``peers_more.py``
 (scratch; they are not in this set).
 
-    python benchmarks/likelihood_delta_scale.py      # the judging set
+    python benchmarks/likelihood_delta_scale.py      # the judging set (~5 min)
 """
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ drift and converted in closed form, (9.8)):
     dy/du = [(f_t − c'_t/c_t) y − (σ_t λ'_t / c_t) ε̂(c_t y, t)] dt/du
     dΔ/du = [f_t d − σ_t λ'_t ∇_x·ε̂(x, t)] dt/du,      log p_{t0}(x) = log p_T(z) + Δ
 
+The solver carries Δ/d, the log-density per dimension (docs/math.md (20.12)), so that where Δ enters
+the error norm (exact divergence, fixed probes) the tolerances bound it in the unit of the result:
+0.94× the evaluations at matched error (``benchmarks/likelihood_delta_scale.py``).
 For ``sigma_over_alpha`` this is the ODE dy/ds = ε̂ in VE coordinates (EDM, k-diffusion). The
 scaling c is a pure reparametrisation: log p_x is recovered exactly. The default (``auto``) is
 ``flow_time``, the rectified flow's time at the same log-SNR, on every schedule (since 2026-12-07;
