@@ -23,11 +23,11 @@ class CLIError(ValueError):
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose own errors have the same ``error:`` style and exit status 2."""
+    """An argument parser whose own errors have the same ``error:`` style and exit status 2: the
+    message and where the options are listed, not the whole usage block above it."""
 
     def error(self, message):
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
         sys.exit(EXIT_USAGE)
 
 
