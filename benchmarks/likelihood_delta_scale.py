@@ -32,7 +32,7 @@ import diffsolve as ds
 from diffsolve.ode import ProbabilityFlowODE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers_more import loglog_at  # noqa: E402
+from peers_more import matched_nfe_cells  # noqa: E402
 
 FAMILIES = {"vp": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity"}
 TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
@@ -97,14 +97,7 @@ def main(argv=None):
             with before():
                 old = curve(gm, sch, FAMILIES[fam], x)
             new = curve(gm, sch, FAMILIES[fam], x)
-            cells, mine = [], []
-            for e in LEVELS:
-                a, b = loglog_at(old, e), loglog_at(new, e)
-                if a is None or b is None:
-                    cells.append(f"{a and round(a)} / {b and round(b)} / –")
-                    continue
-                mine.append(math.log(b / a))
-                cells.append(f"{a:.0f} / {b:.0f} / {b / a:.2f}")
+            cells, mine = matched_nfe_cells(old, new, LEVELS)
             g = math.exp(sum(mine) / len(mine)) if mine else float("nan")
             worst_cell = max(worst_cell, g) if mine else worst_cell
             logs += mine

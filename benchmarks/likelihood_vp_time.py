@@ -33,7 +33,7 @@ import torch
 import diffsolve as ds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers_more import loglog_at  # noqa: E402
+from peers_more import matched_nfe_cells  # noqa: E402
 
 F64 = torch.float64
 FAMILIES = {"vp": "eps", "ddpm": "eps", "cosine": "eps", "subvp": "eps", "ve": "eps", "edm": "x0", "flow": "velocity"}
@@ -120,14 +120,7 @@ def main(argv=None):
                 old = curve(gm, sch, FAMILIES[fam], x, before(sch))
                 for cand in cands:
                     new = curve(gm, sch, FAMILIES[fam], x, cand)
-                    cells, mine = [], []
-                    for e in LEVELS:
-                        a, b = loglog_at(old, e), loglog_at(new, e)
-                        if a is None or b is None:
-                            cells.append(f"{a and round(a)} / {b and round(b)} / –")
-                            continue
-                        mine.append(math.log(b / a))
-                        cells.append(f"{a:.0f} / {b:.0f} / {b / a:.2f}")
+                    cells, mine = matched_nfe_cells(old, new, LEVELS)
                     logs[cand] += mine
                     g = f"{math.exp(sum(mine) / len(mine)):.2f}" if mine else "–"
                     print(f"| {fam} | {pname} | {cand} | " + " | ".join(cells) + f" | {g} |", flush=True)

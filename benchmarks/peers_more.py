@@ -116,6 +116,20 @@ def loglog_at(points, target):
     return None
 
 
+def matched_nfe_cells(old, new, levels):
+    """Two (nfe, err) curves read at each error level: table cells "NFE old / NFE new / ratio" and the
+    logs of the ratios at the levels both curves reach."""
+    cells, logs = [], []
+    for e in levels:
+        a, b = loglog_at(old, e), loglog_at(new, e)
+        if a is None or b is None:
+            cells.append(f"{a and round(a)} / {b and round(b)} / –")
+            continue
+        logs.append(math.log(b / a))
+        cells.append(f"{a:.0f} / {b:.0f} / {b / a:.2f}")
+    return cells, logs
+
+
 # =============================================================================================
 # part 1: azula
 # =============================================================================================
