@@ -308,8 +308,8 @@ class _WalshProbes:
     the Walsh functions on the coordinates c < d. Each z is uniform on {±1}^d (s alone makes it so,
     whatever π), so every term stays unbiased; over a whole cycle Σ z zᵀ = M I, so a cycle whose
     evaluations share one J and one weight returns the trace with no probe noise at all. Called with
-    the (n,) rows being evaluated, it returns their (k, n, *shape) probes; memory k·B·(d + M)
-    numbers besides."""
+    the (n,) rows being evaluated, it returns their (k, n, *shape) probes. Memory: k·B·(d + 4M) bytes
+    (signs as int8, orders as int32), at most about a float64 copy of the batch."""
 
     def __init__(self, src: NoiseSource, k: int, dtype):
         self.src, self.k, self.dtype = src, k, dtype
@@ -318,17 +318,17 @@ class _WalshProbes:
         self.M = 1 << self.bits
         B, dev = src.batch, src.device
         self.used = torch.zeros(B, dtype=torch.int64)  # probes drawn so far, per sample
-        self.signs = torch.ones(k, B, self.d, dtype=dtype, device=dev)
-        self.order = torch.zeros(k, B, self.M, dtype=torch.int64, device=dev)
-        self.coords = torch.arange(self.d, device=dev)
+        self.signs = torch.ones(k, B, self.d, dtype=torch.int8, device=dev)
+        self.order = torch.zeros(k, B, self.M, dtype=torch.int32, device=dev)
+        self.coords = torch.arange(self.d, dtype=torch.int32, device=dev)
 
     def _new_cycle(self, rows: list):
         n = len(rows)
         for j in range(self.k):  # per sample and stream: the signs, then the order, from its own draws
-            self.signs[j, rows] = torch.sign(self.src.randn(rows).reshape(n, self.d)).to(self.dtype)
+            self.signs[j, rows] = torch.sign(self.src.randn(rows).reshape(n, self.d)).to(torch.int8)
             if self.M > 1:
                 u = torch.cat([self.src.randn(rows).reshape(n, self.d) for _ in range(-(-self.M // self.d))], 1)
-                self.order[j, rows] = u[:, :self.M].argsort(1)
+                self.order[j, rows] = u[:, :self.M].argsort(1).to(torch.int32)
 
     def __call__(self, rows: Tensor) -> Tensor:
         rows = rows.cpu()
@@ -344,7 +344,7 @@ class _WalshProbes:
             v = v ^ (v >> shift)
             shift *= 2
         walsh = 1 - 2 * (v & 1).to(self.dtype)
-        return (self.signs[:, rows] * walsh).reshape(self.k, rows.shape[0], *self.src.event_shape)
+        return (self.signs[:, rows].to(self.dtype) * walsh).reshape(self.k, rows.shape[0], *self.src.event_shape)
 
 
 def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchinson", probes: int = 1,
