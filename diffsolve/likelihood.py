@@ -57,8 +57,8 @@ b = 0.651 and −0.322): the expectation is unchanged and Σ_e w_e² per step fa
 Rademacher probes are drawn without replacement from a Walsh frame (:class:`_WalshProbes`, docs/math.md
 (20.10)): each is a uniform ±1 vector, but the M = 2^⌈log₂ d⌉ probes of a cycle satisfy Σ z zᵀ = M I,
 so evaluations that outnumber the dimensions cancel each other's noise (0.38–0.42× the error of
-independent draws in 2-D, 0.71–0.86× in 6–48-D, 0.89–0.92× in 96-D and 0.95× on the trained digits
-model at the same steps; ``benchmarks/likelihood_probes.py``). The k integrals Δ_j stay independent
+independent draws in 2-D, 0.71–0.86× in 6–48-D, 0.89–0.92× in 96-D at the same steps; 0.35× on the
+trained two-moons model, 0.95× on the trained digits model; ``benchmarks/likelihood_probes.py``). The k integrals Δ_j stay independent
 given the trajectory, so ``stderr`` keeps its meaning. The price: Δ's own integration error is then
 controlled only through the steps the state takes, so it is
 larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
@@ -377,7 +377,8 @@ def log_likelihood(denoiser: Denoiser, x: Tensor, *, divergence: str = "hutchins
             (VP, VE), a 64-D mixture and the trained digits model (benchmarks/likelihood.md),
             before stages began to share probes (docs/math.md (20.9): a further 0.66–0.74×) and
             Rademacher probes were drawn without replacement from a Walsh frame ((20.10): a further
-            0.38–0.92× on mixtures, the most in low dimension, 0.95× on the digits model);
+            0.38–0.92× on mixtures, the most in low dimension; 0.35× on the two-moons model,
+            0.95× on the digits model);
             ``False`` holds them fixed (FFJORD, k-diffusion, score_sde), which keeps Δ in the error
             norm: the choice when averaging very many probes.
         rtol, atol: tolerances of the adaptive solver on the state [y, Δ] (> 0). Default 3e-5, the
