@@ -58,10 +58,10 @@ Rademacher probes are drawn without replacement from a Walsh frame (:class:`_Wal
 (20.10)): each is a uniform ±1 vector, but the M = 2^⌈log₂ d⌉ probes of a cycle satisfy Σ z zᵀ = M I,
 so evaluations that outnumber the dimensions cancel each other's noise (0.38–0.42× the error of
 independent draws in 2-D, 0.71–0.86× in 6–48-D, 0.89–0.92× in 96-D at the same steps; 0.35× on the
-trained two-moons model, 0.95× on the trained digits model; ``benchmarks/likelihood_probes.py``). The k integrals Δ_j stay independent
-given the trajectory, so ``stderr`` keeps its meaning. The price: Δ's own integration error is then
-controlled only through the steps the state takes, so it is
-larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
+trained two-moons model, 0.95× on the trained digits model; ``benchmarks/likelihood_probes.py``).
+The k integrals Δ_j stay independent given the trajectory, so ``stderr`` keeps its meaning. The
+price: Δ's own integration error is then controlled only through the steps the state takes, so it
+is larger than with Δ in the norm — irrelevant while the probe noise dominates (always, for a few
 probes), worth knowing when averaging very many probes.
 
 **NFE.** ``nfe`` is the number of right-hand-side evaluations a sample took part in, i.e. of
