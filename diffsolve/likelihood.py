@@ -304,7 +304,7 @@ class _WalshProbes:
 
     With d = prod(shape) and M = 2^⌈log₂ d⌉, probe stream j of sample i goes through cycles of M
     evaluations; a cycle draws a sign vector s ∈ {±1}^d and a random order π of 0..M−1 from the
-    sample's own stream, and its e-th probe is z = s ⊙ w_{π(e)}, w_m(c) = (−1)^{popcount(m AND c)}
+    sample's own stream, and its e-th probe is z = s ⊙ h_{π(e)}, h_m(c) = (−1)^{popcount(m AND c)}
     the Walsh functions on the coordinates c < d. Each z is uniform on {±1}^d (s alone makes it so,
     whatever π), so every term stays unbiased; over a whole cycle Σ z zᵀ = M I, so a cycle whose
     evaluations share one J and one weight returns the trace with no probe noise at all. Called with
