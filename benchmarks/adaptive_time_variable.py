@@ -12,6 +12,7 @@ the mean one. A second table compares shared and per-sample control (row evaluat
     python benchmarks/adaptive_time_variable.py --batch 8  # 17 min on 2 busy cores
     python benchmarks/adaptive_time_variable.py --quick    # fewer tolerances and samples
     python benchmarks/adaptive_time_variable.py --ddpm     # raw t against λ on a DDPM table (~2 min)
+    python benchmarks/adaptive_time_variable.py --clock-at-default   # flow_time at the bare call's tolerance
 
 Result (--batch 8), NFE for max error 1e-3 / 1e-4:
 
@@ -179,6 +180,38 @@ def judge_clock(batch=16, tols=(1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6),
     print(f"\nGeometric mean over every family and problem: {math.exp(sum(logs_all) / len(logs_all)):.2f}")
 
 
+def clock_at_default_tolerance(batch=16, tols=(1e-5, 5e-6, 2e-6, 1e-6, 5e-7)):
+    """A reading for the next decision, not a judgement: the bare adaptive call (dopri5, shared control,
+    rtol = atol = 1e-5, sampling's ``"auto"``) against ``flow_time`` at five tolerances, on the ring and the
+    64-D mixture under seven families. Each cell is flow_time's max per-sample error and NFE as ratios to
+    the bare call's. Where both ratios are below 1 at 1e-5, flow_time is better at the default tolerance
+    as it stands; elsewhere a default for it needs its own tolerance (2026-12-07, ~35 s: at 1e-5 less
+    error for fewer evaluations on VP, cosine, sub-VP and the VE ring; more error on the VE 64-D mixture
+    (1.6×), on both EDM problems (3–4×) and on the DDPM ring (1.1×), at 0.40–0.84× the evaluations)."""
+    from diffsolve.ode import resolve_time_variable
+
+    probs = {"ring": GaussianMixture.ring(), "mix64": GaussianMixture.random(d=64, n_modes=8, seed=0)}
+    g = torch.Generator().manual_seed(3)
+    print("| family | problem | auto at 1e-5: max error / NFE | "
+          + " | ".join(f"flow_time {t:.0e}" for t in tols) + " |")
+    print("|---|---|---|" + "---|" * len(tols))
+    for fam in ("vp", "ddpm", "cosine", "subvp", "ve", "edm", "flow"):
+        sch = make_schedule(fam)
+        auto = resolve_time_variable("auto", sch)
+        for pname, gm in probs.items():
+            x = float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))) * torch.randn(
+                batch, gm.d, generator=g, dtype=torch.float64)
+            den = gm.denoiser(sch, "eps")
+            ref = ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-10, atol=1e-10)
+            y, n0, _ = solve(den, sch, x, auto, 1e-5, False)
+            e0 = err(y, ref)[0]
+            cells = []
+            for tol in tols:
+                y, n, _ = solve(den, sch, x, "flow_time", tol, False)
+                cells.append(f"{err(y, ref)[0] / e0:.2f} / {n / n0:.2f}")
+            print(f"| {fam} | {pname} | {auto}: {e0:.1e} / {n0} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -188,10 +221,15 @@ def main():
     ap.add_argument("--schedules", default="vp,edm,cosine,flow")
     ap.add_argument("--judge-clock", action="store_true", help="only flow_time against auto on three other "
                     "problems, seven families (~3 min)")
+    ap.add_argument("--clock-at-default", action="store_true", help="only the bare adaptive call against "
+                    "flow_time at five tolerances: error and NFE ratios (a reading, ~35 s)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.judge_clock:
         judge_clock()
+        return
+    if args.clock_at_default:
+        clock_at_default_tolerance()
         return
     if args.ddpm:
         ddpm_tables()
