@@ -8,7 +8,7 @@ Not a test: prints markdown tables (recorded in benchmarks/likelihood.md).
     python benchmarks/likelihood_vs_peers.py --defaults       # the bare calls, diffsolve vs k-diffusion
     python benchmarks/likelihood_vs_peers.py --defaults --variants   # and with one setting changed
     python benchmarks/likelihood_vs_peers.py --defaults --peer-tolerances   # and k-diffusion at four tolerances
-    python benchmarks/likelihood_vs_peers.py --defaults --points 512  # 512 points per problem (~10 min)
+    python benchmarks/likelihood_vs_peers.py --defaults --points 512  # 512 points per problem (~25 s)
 
 Problems: analytic mixtures (docs/math.md §6), GaussianMixture.ring() (2-D) and .random(d=64) (64-D), under
 the VP and VE schedules; truth = the exact log p_{t_min}(x). Every method gets the exact prior
