@@ -398,11 +398,9 @@ class ProbabilityFlowODE(ReverseSDE):
         (:data:`CLOCKS`) L_u d + K_u ∇·ε̂_j, the divergence of the carried state's drift, whose difference
         d (log c)' dt/du integrates in closed form (added at the end of :meth:`solve`, docs/math.md (9.8));
         divided by d, the state's unit (docs/math.md (20.12))."""
-        if self.scale == "clock":
-            f, K = self.coefficients(t)
-        else:
-            dtdu = self.dt_du(t)
-            f, K = self.schedule.d_log_alpha(t) * dtdu, -self.schedule.sigma(t) * self.schedule.d_log_snr(t) * dtdu
+        f, K = self.coefficients(t)  # the carried state's drift: x's for scale "one", y's on a clock
+        if self.scale == "alpha":  # y = x/α carries x's divergence (its own was 1-6x worse, benchmarks/likelihood.md)
+            f = self.schedule.d_log_alpha(t) * self.dt_du(t)
         if f.dim():
             f, K = f[:, None], K[:, None]
         return f + K * div.to(_F64) / d

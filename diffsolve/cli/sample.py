@@ -85,7 +85,8 @@ def add_parser(subparsers):
     s.add_argument("--analytic-first-step", action=argparse.BooleanOptionalAction, default=None,
                    help="answer the first evaluation with the exact network of standard-normal data, so N "
                         "evaluations buy the steps of N + 1 (default: as diffsolve.sample, on with the default "
-                        "solver up to 6 evaluations, 9 on DDPM and cosine schedules, 20 on flow schedules; docs/math.md §27)")
+                        "solver up to 6 evaluations, 9 on DDPM and cosine schedules, 20 on flow schedules; "
+                        "docs/math.md §27)")
     out = s.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="output file: .pt (torch.save) or .npy (all samples in one array)")
     out.add_argument("--outdir", help="output folder: the samples written block by block (--format), "
