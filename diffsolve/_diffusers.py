@@ -40,6 +40,7 @@ _FLOW_MARKERS = ("shift", "use_dynamic_shifting", "base_image_seq_len", "time_sh
 FLOW_UNSUPPORTED = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
                     "use_beta_sigmas": False, "invert_sigmas": False, "stochastic_sampling": False}
 FLOW_DELTA = 1e-9  # σ = 1 is the time 1 − FLOW_DELTA (docs/math.md (25.8))
+_SET_SHIFT = "_shift"  # a config key: the shift a scheduler's set_shift gave it, which its config does not hold
 # diffusers config fields that change what the network is fed or the schedule it was trained on, beyond what
 # diffsolve expresses: the values it runs, and what the others change
 NETWORK_FIELDS = {"timestep_type": (("discrete",), "it changes the network's time input"),
@@ -66,7 +67,11 @@ def _config_dict(scheduler_or_config) -> tuple[dict, object | None]:
         return json.loads(path.read_text()), None
     config = getattr(scheduler_or_config, "config", None)
     if config is not None:
-        return dict(config), scheduler_or_config
+        out = dict(config)
+        shift = getattr(scheduler_or_config, "shift", None)  # FlowMatchEulerDiscreteScheduler.set_shift's, which
+        if isinstance(shift, (int, float)) and not isinstance(shift, bool):  # its config does not record
+            out[_SET_SHIFT] = float(shift)
+        return out, scheduler_or_config
     if isinstance(scheduler_or_config, dict) or hasattr(scheduler_or_config, "keys"):
         return dict(scheduler_or_config), None
     raise TypeError(f"expected a diffusers scheduler, its config (a dict) or the path of "
@@ -148,10 +153,19 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     return DDPMSchedule(alphas_cumprod=ac), _DIFFUSERS_PREDICTIONS[kind]
 
 
+def _flow_shifts(config: dict) -> tuple[float, float]:
+    """(the config's static shift, the shift ``set_timesteps`` applies): a scheduler's ``set_shift`` changes
+    the second only (``_config_dict`` records it under ``_SET_SHIFT``); the first fixes diffusers' σ_min."""
+    base = float(config.get("shift", 1.0) or 1.0)
+    return base, float(config.get(_SET_SHIFT, base))
+
+
 def _flow_schedule(config: dict) -> FlowSchedule:
     n = int(config.get("num_train_timesteps", 1000))
-    shift = float(config.get("shift", 1.0) or 1.0)
-    t_min = min(1.0 / n, float(shift_sigma(1.0 / n, shift)))
+    base, shift = _flow_shifts(config)
+    # the smallest σ diffusers reaches: its σ_min = s₀(1/N) (the config's s₀, fixed at construction) shifted
+    # again by set_timesteps with the current s, or 1/N under dynamic shifting
+    t_min = min(1.0 / n, float(shift_sigma(1.0 / n, shift)), float(shift_sigma(shift_sigma(1.0 / n, base), shift)))
     return FlowSchedule(t_min=t_min, t_max=1.0 - FLOW_DELTA, shift=shift, num_train_timesteps=n,
                         time_shift_type=config.get("time_shift_type", "exponential") or "exponential")
 
@@ -172,19 +186,21 @@ def flow_sigmas_from_diffusers(scheduler_or_config, num_inference_steps: int | N
     """The σ values at which ``FlowMatchEulerDiscreteScheduler.set_timesteps`` places its network
     evaluations (without the terminal 0), as float64 holding diffusers' float32 values.
 
-    Either ``num_inference_steps``: the config's σ_min = s(1/N) (1/N with dynamic shifting) in float32,
-    u = ``linspace(1, σ_min, n)`` in float64, then the shift; or ``sigmas``: the given values
-    (float32), then the shift — diffusers shifts user sigmas too. The shift is the config's static
-    ``shift`` s, or with ``use_dynamic_shifting`` the dynamic shift ``mu`` (required; exponential:
-    e^μ/(e^μ + 1/σ − 1), linear: μ/(μ + 1/σ − 1), which are (25.6) with s = e^μ or μ; docs/math.md
-    (25.6)–(25.7)). Options that change the spacing otherwise are refused by name.
+    Either ``num_inference_steps``: the config's σ_min = s₀(1/N) (s₀ the config's ``shift``; 1/N with
+    dynamic shifting) in float32, u = ``linspace(1, σ_min, n)`` in float64, then the shift; or
+    ``sigmas``: the given values (float32), then the shift — diffusers shifts user sigmas too. The
+    shift is the scheduler's current static shift s (``set_shift`` changes it and leaves σ_min and
+    the config as they were; s = s₀ for a config), or with ``use_dynamic_shifting`` the dynamic
+    shift ``mu`` (required; exponential: e^μ/(e^μ + 1/σ − 1), linear: μ/(μ + 1/σ − 1), which are
+    (25.6) with s = e^μ or μ; docs/math.md (25.6)–(25.7)). Options that change the spacing otherwise
+    are refused by name.
     """
     import numpy as np
 
     config, _ = _config_dict(scheduler_or_config)
     refuse_flow_options(config)
     n_train = int(config.get("num_train_timesteps", 1000))
-    shift = float(config.get("shift", 1.0) or 1.0)
+    base, shift = _flow_shifts(config)
     dynamic = bool(config.get("use_dynamic_shifting", False))
     if dynamic and mu is None:
         raise ValueError("this flow-matching config has use_dynamic_shifting=True: pass mu= (e.g. "
@@ -194,7 +210,7 @@ def flow_sigmas_from_diffusers(scheduler_or_config, num_inference_steps: int | N
             raise ValueError(f"give num_inference_steps >= 1 or sigmas, got {num_inference_steps!r}")
         low = torch.tensor([1.0], dtype=torch.float32) / n_train  # the training σ's smallest value
         if not dynamic:
-            low = shift * low / (1 + (shift - 1) * low)
+            low = base * low / (1 + (base - 1) * low)
         u = np.linspace(1.0 * n_train, float(low) * n_train, int(num_inference_steps)) / n_train
     else:
         u = np.asarray(torch.as_tensor(sigmas, dtype=torch.float64).cpu().reshape(-1)).astype(np.float32)

@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._diffusers import (NETWORK_FIELDS, as_flow_config, flow_grid, plan_times, refuse_flow_options,
+from ._diffusers import (_SET_SHIFT, NETWORK_FIELDS, as_flow_config, flow_grid, plan_times, refuse_flow_options,
                          refuse_network_fields, schedule_from_diffusers)
-from ._numbers import check_int
+from ._numbers import check_int, check_number
 from .denoiser import Denoiser
 from .grids import GRIDS, diffusers_grid
 from .loop import drive
@@ -59,6 +59,8 @@ __all__ = ["DiffsolveScheduler", "DiffsolveSchedulerOutput"]
 _OWN_GRIDS = ("diffusers", "flow_dpm")  # the source diffusers class's timesteps; diffusers' flow DPM-Solver's
 # the fields that mark a flow-matching config (FlowMatchEulerDiscreteScheduler's), run on a FlowSchedule
 _FLOW_FIELDS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "time_shift_type")
+_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                    "prediction_type", "rescale_betas_zero_snr", "shift", "time_shift_type")
 _FLOW_GRID_FIELDS = _FLOW_FIELDS + ("base_image_seq_len", "max_image_seq_len", "num_train_timesteps")
 # the classes whose flow configs (use_flow_sigmas) space σ as the flow_dpm grid does (UniPC's start at σ = 1)
 _FLOW_DPM_CLASSES = ("DPMSolverMultistepScheduler",)
@@ -162,7 +164,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             with ``use_flow_sigmas`` (Sana) runs as a flow config with ``shift=flow_shift``, flow_dpm then being
             its own spacing). ``set_timesteps`` takes
             ``sigmas`` (FlowMatchEuler's convention, as pipelines pass them) and ``mu`` as diffusers'
-            does. ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
+            does, and :meth:`set_shift` changes the static shift of the next run as its ``set_shift`` does.
+            ``solver="euler", grid="diffusers"`` reproduces FlowMatchEulerDiscreteScheduler (§25).
         variance_type: the source config's (``"learned_range"`` for DeepFloyd IF), kept because pipelines
             read it to decide whether to hand ``step`` the network's variance channels too; ``step`` takes
             either and uses the prediction half (the solvers run the probability-flow ODE or the ν_t family,
@@ -226,10 +229,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096, time_shift_type: str = "exponential",
                  variance_type: str | None = None):
-        self.schedule, self.prediction = schedule_from_diffusers(
-            dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                 beta_schedule=beta_schedule, trained_betas=trained_betas, prediction_type=prediction_type,
-                 rescale_betas_zero_snr=rescale_betas_zero_snr, shift=shift, time_shift_type=time_shift_type))
+        self._shift = float(shift)  # the static shift set_timesteps applies to a flow config (set_shift)
+        self.schedule, self.prediction = schedule_from_diffusers(self._schedule_config())
         threshold = threshold_from_config(dict(
             clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
             dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value))
@@ -258,7 +259,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.seeds = parse_seeds(seeds, distinct=True) if seeds is not None else None
         if seeds is not None and not isinstance(seeds, str):  # the config holds them as text ("0-3"): a range,
             self.register_to_config(seeds=self.seeds.spec)  # a tensor or a Seeds would not save as JSON
-        self._converter = Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=threshold)
+        self._threshold = threshold
+        self._converter = self._make_converter()
         self.plan: _Plan | None = None
         self._said_clipped = False
         self.timesteps = None
@@ -346,7 +348,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             check_int("num_inference_steps", num_inference_steps, hint=" (network evaluations)")
         if timesteps is not None:
             timesteps = self._checked_timesteps(timesteps)
-            if flow and (self.config.use_dynamic_shifting or self.config.shift != 1.0):
+            if flow and (self.config.use_dynamic_shifting or self._shift != 1.0):
                 warnings.warn("timesteps= on a shifted flow config: diffusers shifts their σ = timestep/N and still "
                               "gives the network the unshifted timesteps; DiffsolveScheduler evaluates at σ = "
                               "timestep/N, where the label is the state's, so the two runs differ; pass sigmas= for "
@@ -366,8 +368,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if flow and timesteps is None and (sigmas is not None or self._grid_kind in _OWN_GRIDS):
             dpm = self._grid_kind == "flow_dpm" or (dpm_class and self._grid_kind == "diffusers")
             spacing = "dpm" if dpm and sigmas is None else "euler"
-            t = flow_grid(self.config, self.schedule, self.solver, num_inference_steps, sigmas=sigmas, mu=mu,
-                          denoise_final=self._final, spacing=spacing)
+            t = flow_grid({**self.config, _SET_SHIFT: self._shift}, self.schedule, self.solver, num_inference_steps,
+                          sigmas=sigmas, mu=mu, denoise_final=self._final, spacing=spacing)
         else:
             t = self._grid(num_inference_steps, timesteps)
         self.plan = self._dry_run(t)
@@ -501,6 +503,34 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._request = None
         self._index = 0
         self._last = None
+
+    def _make_converter(self) -> Denoiser:
+        """The model output → x̂0 conversion of this config (a Denoiser of the identity network)."""
+        return Denoiser(lambda x, label: x, self.schedule, prediction=self.prediction, threshold=self._threshold)
+
+    def _schedule_config(self) -> dict:
+        """The config fields that define the training schedule, with the current shift."""
+        return {**{k: self.config[k] for k in _SCHEDULE_FIELDS}, _SET_SHIFT: self._shift}
+
+    @property
+    def shift(self) -> float:
+        """The static timestep shift s that :meth:`set_timesteps` applies to a flow config's σ (the config's
+        ``shift`` until :meth:`set_shift`)."""
+        return self._shift
+
+    def set_shift(self, shift: float):
+        """Use the static timestep shift ``shift`` from the next :meth:`set_timesteps` on, as
+        ``FlowMatchEulerDiscreteScheduler.set_shift`` does: the config, and with it diffusers' σ_min =
+        s₀(1/N), keep the shift they were built with (docs/math.md (25.6)). Flow-matching configs only;
+        with ``use_dynamic_shifting`` the run's ``mu`` decides the shift, as in diffusers."""
+        if self.config.prediction_type != "flow_prediction":
+            raise ValueError("set_shift shifts the σ of a flow-matching config (FlowMatchEulerDiscreteScheduler's); "
+                             "this is a DDPM-family config, whose timesteps have no shift")
+        self._shift = check_number("shift", shift, positive=True)
+        self.schedule, _ = schedule_from_diffusers(self._schedule_config())
+        self.level = NoiseLevel(self.schedule, eta=self.level.eta, noise=self.level.noise)
+        self._converter = self._make_converter()
+        self.plan = None
 
     def set_noise_level(self, noise: Callable | None = None, eta: float | None = None):
         """The reverse family's noise level for the next run: a callable t ↦ ν_t ≥ 0 (``noise``) or

@@ -219,6 +219,51 @@ def test_scheduler_reproduces_flow_match_euler(sd3, name, solver):
     torch.testing.assert_close(res.x, ours[-1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shifts", [(3.0, 5.0), (3.0, 0.5), (0.5, 0.5), (1.0, 0.4)])
+def test_set_shift_is_flow_match_eulers(sd3, shifts):
+    """set_shift changes the shift set_timesteps applies, not diffusers' σ_min (fixed by the config's shift
+    at construction): the same timesteps, σ and states as FlowMatchEulerDiscreteScheduler.set_shift; shifts
+    below 1, whose last σ lies under the shifted 1/N, included."""
+    from diffsolve.adapters import flow_sigmas_from_diffusers
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    tr, cond = sd3
+    s0, s1 = shifts
+    ref_sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=s0)
+    ds = DiffsolveScheduler.from_config(ref_sched.config, solver="euler", grid="diffusers")
+    ref_sched.set_shift(s1)
+    ds.set_shift(s1)
+    assert ds.shift == ref_sched.shift == s1 and ds.config.shift == ref_sched.config.shift == s0
+    for n in (4, 12):
+        ref_sched.set_timesteps(n)
+        ds.set_timesteps(n)
+        assert torch.equal(ds.sigmas, ref_sched.sigmas)
+        assert torch.equal(flow_sigmas_from_diffusers(ref_sched, n), ref_sched.sigmas[:-1].double())
+        torch.testing.assert_close(ds.timesteps.float(), ref_sched.timesteps, rtol=1e-6, atol=0)
+        assert _rel(_run(ds, tr, cond, _x_T()), _run(ref_sched, tr, cond, _x_T())) < 1e-6
+    # the default grid (flow_dpm) and solver follow the new shift too
+    moved, kept = (DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=s0).config)
+                   for _ in range(2))
+    moved.set_shift(s1)
+    moved.set_timesteps(8)
+    kept.set_timesteps(8)
+    assert (s1 == s0) == torch.equal(moved.sigmas, kept.sigmas)
+
+
+def test_set_shift_refuses_what_it_cannot_shift():
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    with pytest.raises(ValueError, match="flow-matching"):
+        DiffsolveScheduler.from_config(diffusers.DDIMScheduler().config).set_shift(3.0)
+    flow = DiffsolveScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="shift must be > 0"):
+            flow.set_shift(bad)
+    with pytest.raises(TypeError, match="shift must be a number"):
+        flow.set_shift("3")
+    assert flow.shift == 1.0
+
+
 def test_scheduler_flow_img2img_and_other_grids(sd3):
     """scale_noise (img2img), a start inside the grid, and non-diffusers grids on a flow config."""
     from diffsolve.scheduler import DiffsolveScheduler
