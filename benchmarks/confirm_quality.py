@@ -78,6 +78,23 @@ def tuned_jobs(prob, name, budgets, path):
     return jobs
 
 
+def default_jobs(prob, name, budgets):
+    """(key, side, family, label, budget, fn): the bare default call ``ds.sample(model, x, nfe=N)`` from the
+    batch's start points at the schedule's t_max, for each budget."""
+    sch = prob.schedule
+    s0 = prob.s_of_t(sch.t_max)
+
+    def job(b):
+        def fn():
+            n0 = prob.den.nfe
+            res = ds.sample(prob.den, float(sch.sigma(torch.tensor(sch.t_max, dtype=torch.float64))) * prob.z, nfe=b)
+            return dict(out=res.x, nfe=prob.den.nfe - n0, steps=len(res.t) - 1, t0=float(res.t[0]), c=s0, s0=s0)
+        lab = f"sample(model, x, nfe={b})"
+        return f"{name}|diffsolve-default|{lab}|{b}", "diffsolve-default", "diffsolve default", lab, b, fn
+
+    return [job(b) for b in budgets]
+
+
 def run(prob, fn):
     r = fn()
     out = r["out"].double()
@@ -103,19 +120,20 @@ def ratio_ci(a, b, reps=2000, level=0.9, seed=0):
 def table(rows, name, budgets, original):
     lines = [f"\n### {name}\n",
              "| NFE | best diffsolve (fixed grid) | rms | best diffsolve tuned | rms | best peer | rms | "
-             "fixed/peer [90% CI] | tuned/peer [90% CI] | peer rms on the original batch |",
-             "|---:|---|---:|---|---:|---|---:|---|---|---:|"]
+             "fixed/peer [90% CI] | tuned/peer [90% CI] | default call rms | default/peer [90% CI] | "
+             "peer rms on the original batch |",
+             "|---:|---|---:|---|---:|---|---:|---|---|---:|---|---:|"]
 
     def best(side):
         ok = [r for r in rows if r["side"] in side and r["budget"] == b and r.get("rms") is not None]
         return min(ok, key=lambda r: r["rms"]) if ok else None
 
     for b in budgets:
-        d, t, p = best(("diffsolve",)), best(("diffsolve-tuned",)), best(PEERS)
+        d, t, p, bare = best(("diffsolve",)), best(("diffsolve-tuned",)), best(PEERS), best(("diffsolve-default",))
         if p is None:
             continue
         cells = []
-        for x in (d, t):
+        for x in (d, t, bare):
             if x is None:
                 cells.append("—")
             else:
@@ -124,7 +142,8 @@ def table(rows, name, budgets, original):
         orig = original.get(p["key"].split("|confirm")[0], {}).get("rms")
         lines.append(f"| {b} | {d['config'] if d else '—'} | {P.fmt(d and d['rms'])} | "
                      f"{t['config'] if t else '—'} | {P.fmt(t and t['rms'])} | {p['config']} | "
-                     f"{P.fmt(p['rms'])} | {cells[0]} | {cells[1]} | {P.fmt(orig)} |")
+                     f"{P.fmt(p['rms'])} | {cells[0]} | {cells[1]} | {P.fmt(bare and bare['rms'])} | {cells[2]} | "
+                     f"{P.fmt(orig)} |")
     return "\n".join(lines)
 
 
@@ -136,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=777, help="generator seed of the new batch (peers_quality uses 1234)")
     ap.add_argument("--tuned", nargs="*", default=[], help="tune_grids.py JSONL files: their grids are confirmed too")
+    ap.add_argument("--default", action="store_true", help="also the bare default call, sample(model, x, nfe=N)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -149,6 +169,8 @@ def main(argv=None):
         jobs = [j for j in P.build_jobs(prob, name, args.nfe, ["diffsolve", "peers"]) if j[0] in want]
         for path in args.tuned:
             jobs += tuned_jobs(prob, name, args.nfe, path)
+        if args.default:
+            jobs += default_jobs(prob, name, args.nfe)
         tag = f"|confirm|{args.batch}|{args.seed}"
         todo = [j for j in jobs if j[0] + tag not in done]
         print(f"[{name}] {len(jobs)} configurations, {len(todo)} to run on {args.batch} new start points", flush=True)

@@ -1186,27 +1186,44 @@ EPS_JUDGES = ("mix20", "mix28", "mix36", "mix44", "mix56", "gauss3072")
 EPS_SOLVER = "unipc:predict_x0=false"
 
 
+def _own_proxy(denoiser, x, nfe: int):
+    """The screening's proxy from UniPC, the solver tune_steps tunes (on its own grid), instead of the default
+    call: ‖x_N − x_3N‖² per start point (candidate C of :func:`tune_eps_check`)."""
+    with torch.no_grad():
+        a, b = (ds.sample(denoiser, x, solver="unipc", nfe=n).x for n in (nfe, 3 * nfe))
+    return ((a - b) ** 2).flatten(1).sum(1).to("cpu", torch.float64)
+
+
 def tune_eps_check(budgets=(5, 8, 10), draws=2, problems=EPS_CHOICE + EPS_JUDGES):
-    """Two candidates for tune_steps' solver, each against the bare call on the peers' start points (DDPM):
+    """Three candidates for tune_steps, each against the bare call on the peers' start points (DDPM):
     (A) UniPC in noise prediction (``unipc:predict_x0=false``) instead of data prediction, ``draws`` pilot
     draws each (the ratio of geometric means over the draws); (B) ``"auto"``: tune both and keep the one with
-    the lower fresh error (the default 256 fresh seeds; the library's own pilot draw), at NFE 8 and 10."""
+    the lower fresh error (the default 256 fresh seeds; the library's own pilot draw), at NFE 8 and 10; (C) the
+    screening's proxy from UniPC itself rather than the default call (``draws`` draws)."""
+    import diffsolve._tuning as T
+
     print("\n## tune_steps in noise prediction: candidate / bare call (DDPM, the peers' start points)\n")
-    print("| problem | NFE | A: eps / bare | bare fresh | eps fresh | B: picked / bare |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| problem | NFE | A: eps / bare | bare fresh | eps fresh | B: picked / bare | C: own proxy / bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for problem in problems:
         prob, x, ref, _ = _peer_cells(problem)
         for n in budgets:
             bare, eps = (_geo(_tuned_draws(prob, x, ref, 1.0, n, draws, **kw)[0])
                          for kw in ({}, dict(solver=EPS_SOLVER)))
-            cells = [f"{eps / bare:.2f}", "", "", ""]
+            library = T.screening_proxy
+            T.screening_proxy = _own_proxy
+            try:
+                own = _geo(_tuned_draws(prob, x, ref, 1.0, n, draws)[0])
+            finally:
+                T.screening_proxy = library
+            cells = [f"{eps / bare:.2f}", "", "", "", f"{own / bare:.2f}"]
             if n >= 8:
                 tuned = [ds.tune_steps(prob.den, nfe=n, progress=False, **kw) for kw in ({}, dict(solver=EPS_SOLVER))]
                 with torch.no_grad():
                     errors = [_rms(ds.sample(prob.den, x, steps=g).x, ref) for g in tuned]
                 pick = min(range(2), key=lambda i: tuned[i].fresh_error)
-                cells[1:] = [f"{tuned[0].fresh_error:.3g}", f"{tuned[1].fresh_error:.3g}",
-                             f"{errors[pick] / errors[0]:.2f}"]
+                cells[1:4] = [f"{tuned[0].fresh_error:.3g}", f"{tuned[1].fresh_error:.3g}",
+                              f"{errors[pick] / errors[0]:.2f}"]
             print(f"| {problem} | {n} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -1268,8 +1285,8 @@ CHECKS = {
     "tune_solvers": (tune_solvers_check, "tune_steps with each of six solvers at NFE 5 on four mixtures (~1 min)"),
     "tune_pilots": (tune_pilots_check, "tune_steps with 64, 128 and 256 screened pilots, three draws each, on eight "
                                        "mixtures (~12 min)"),
-    "tune_eps": (tune_eps_check, "tune_steps in noise prediction, and picking it by the fresh error, against the "
-                                 "bare call on thirteen problems (~40 min)"),
+    "tune_eps": (tune_eps_check, "tune_steps in noise prediction, picking it by the fresh error, and screening "
+                                 "with UniPC's own proxy, against the bare call on thirteen problems (~1 h)"),
     "tune_rule": (tune_rule_check, "both tuners' bare calls at NFE 5-10 on five mixtures: diffsolve tune's "
                                    "budget rule (~25 min)"),
 }
