@@ -68,9 +68,12 @@ def _config_dict(scheduler_or_config) -> tuple[dict, object | None]:
     config = getattr(scheduler_or_config, "config", None)
     if config is not None:
         out = dict(config)
-        shift = getattr(scheduler_or_config, "shift", None)  # FlowMatchEulerDiscreteScheduler.set_shift's, which
-        if isinstance(shift, (int, float)) and not isinstance(shift, bool):  # its config does not record
-            out[_SET_SHIFT] = float(shift)
+        # the shift of FlowMatchEulerDiscreteScheduler.set_shift, which its config does not record: a property of
+        # the class (another scheduler's `shift` would be its config's, read through a deprecated attribute)
+        if isinstance(getattr(type(scheduler_or_config), "shift", None), property):
+            shift = scheduler_or_config.shift
+            if isinstance(shift, (int, float)) and not isinstance(shift, bool):
+                out[_SET_SHIFT] = float(shift)
         return out, scheduler_or_config
     if isinstance(scheduler_or_config, dict) or hasattr(scheduler_or_config, "keys"):
         return dict(scheduler_or_config), None

@@ -250,6 +250,25 @@ def test_set_shift_is_flow_match_eulers(sd3, shifts):
     assert (s1 == s0) == torch.equal(moved.sigmas, kept.sigmas)
 
 
+def test_a_set_shift_is_read_from_the_scheduler_and_nothing_else_warns():
+    """flow_sigmas_from_diffusers / schedule_from_diffusers read FlowMatchEulerDiscreteScheduler's current shift
+    (set_shift); a scheduler whose `shift` is only a config field is read from its config, without diffusers'
+    deprecation warning for config attributes."""
+    import warnings
+
+    from diffsolve.adapters import flow_sigmas_from_diffusers, schedule_from_diffusers
+
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_shift(0.5)
+    sched.set_timesteps(6)
+    assert torch.equal(flow_sigmas_from_diffusers(sched, 6), sched.sigmas[:-1].double())
+    assert schedule_from_diffusers(sched)[0].shift == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heun = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+        assert schedule_from_diffusers(heun)[0].shift == 3.0
+
+
 def test_set_shift_refuses_what_it_cannot_shift():
     from diffsolve.scheduler import DiffsolveScheduler
 
