@@ -229,7 +229,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                  use_dynamic_shifting: bool = False, base_shift: float = 0.5, max_shift: float = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096, time_shift_type: str = "exponential",
                  variance_type: str | None = None):
-        self._shift = float(shift)  # the static shift set_timesteps applies to a flow config (set_shift)
+        # the static shift set_timesteps applies to a flow config (set_shift); a config's null shift is no shift
+        self._shift = 1.0 if shift is None else float(shift)
         self.schedule, self.prediction = schedule_from_diffusers(self._schedule_config())
         threshold = threshold_from_config(dict(
             clip_sample=clip_sample, clip_sample_range=clip_sample_range, thresholding=thresholding,
