@@ -71,7 +71,10 @@ def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("argv", [["bench", "--seeds", "5-1"], ["bench", "--nfe", "5,x"],
                                   ["sample", "--problem", "ring2d", "--nfe", "0", "--out", "x.pt"],
-                                  ["bench", "--eta", "-1"], ["frobnicate"]])
+                                  ["bench", "--eta", "-1"], ["frobnicate"],
+                                  # the tuners solve in a float64 state: a --dtype would be ignored
+                                  ["tune", "--problem", "ring2d", "--nfe", "5", "--out", "g.json", "--dtype",
+                                   "float32"]])
 def test_malformed_options_exit_2(argv, capsys):
     try:
         code = main(argv)  # caught by our validation ...

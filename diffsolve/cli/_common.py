@@ -83,14 +83,16 @@ def seeds(text):
 
 
 # --- options several commands declare --------------------------------------------------------------
-def add_device_options(p, dtype_default="float64"):
+def add_device_options(p, dtype_default="float64", dtype: bool = True):
     """``--device``, ``--dtype`` (``dtype_default=None``: the library's, float32 for a float32 or half
-    network and float64 otherwise) and ``--quiet``."""
+    network and float64 otherwise; not declared with ``dtype=False``, for a command whose state dtype
+    is fixed) and ``--quiet``."""
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    shown = dtype_default or ("float32 for a float32 or half network, float64 for a float64 one, "
-                              "torch's default dtype for a network of unknown dtype")
-    p.add_argument("--dtype", default=dtype_default, help="solver state dtype: float64 or float32 "
-                   f"(default {shown}; the network runs in its own dtype)")
+    if dtype:
+        shown = dtype_default or ("float32 for a float32 or half network, float64 for a float64 one, "
+                                  "torch's default dtype for a network of unknown dtype")
+        p.add_argument("--dtype", default=dtype_default, help="solver state dtype: float64 or float32 "
+                       f"(default {shown}; the network runs in its own dtype)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or notes on stderr")
 
 
@@ -147,7 +149,7 @@ def check_device_dtype(args):
 
     from ..checks import check_device
 
-    if args.dtype is None:  # the library's default
+    if getattr(args, "dtype", None) is None:  # the library's default, or a command without --dtype
         return check_device(args.device, "--device"), None
     if args.dtype not in DTYPES:
         named = getattr(torch, str(args.dtype), None)

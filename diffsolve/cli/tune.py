@@ -46,7 +46,7 @@ def add_parser(subparsers):
                     help="--solver learned: Adam iterations fitting the weights (default: tune_solver's, 300)")
     tn.add_argument("--out", required=True, help="output .json file")
     add_threads_option(tn)
-    add_device_options(tn)
+    add_device_options(tn, dtype=False)  # the tuners solve in a float64 state, the network in its own dtype
     tn.set_defaults(run=run)
     return tn
 
