@@ -85,6 +85,14 @@ def test_malformed_options_exit_2(argv, capsys):
     assert "error:" in err and "Traceback" not in err
 
 
+def test_an_unknown_option_names_its_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--problem", "ring2d", "--nfe", "5", "--out", "g.json", "--dtype", "float32"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == ("diffsolve tune: error: unrecognized arguments: --dtype float32 "
+                                               "(options: diffsolve tune --help)")
+
+
 def test_unwritable_output_paths(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

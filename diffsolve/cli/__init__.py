@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``diffsolve`` console script (and ``python -m diffsolve``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command they were given to, whose --help lists what it takes
+        command = getattr(args, "command", None)
+        Parser(prog=f"diffsolve {command}" if command else "diffsolve").error(
+            f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         from .._version import __version__
 
