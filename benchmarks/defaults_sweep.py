@@ -1203,8 +1203,9 @@ def tune_eps_check(budgets=(5, 8, 10), draws=2, problems=EPS_CHOICE + EPS_JUDGES
     import diffsolve._tuning as T
 
     print("\n## tune_steps in noise prediction: candidate / bare call (DDPM, the peers' start points)\n")
-    print("| problem | NFE | A: eps / bare | bare fresh | eps fresh | B: picked / bare | C: own proxy / bare |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| problem | NFE | A: eps / bare | bare: pilot / fresh / peers' points | eps: pilot / fresh / peers' "
+          "points | B: picked / bare | C: own proxy / bare |")
+    print("|---|---:|---:|---|---|---:|---:|")
     for problem in problems:
         prob, x, ref, _ = _peer_cells(problem)
         for n in budgets:
@@ -1222,8 +1223,8 @@ def tune_eps_check(budgets=(5, 8, 10), draws=2, problems=EPS_CHOICE + EPS_JUDGES
                 with torch.no_grad():
                     errors = [_rms(ds.sample(prob.den, x, steps=g).x, ref) for g in tuned]
                 pick = min(range(2), key=lambda i: tuned[i].fresh_error)
-                cells[1:4] = [f"{tuned[0].fresh_error:.3g}", f"{tuned[1].fresh_error:.3g}",
-                              f"{errors[pick] / errors[0]:.2f}"]
+                cells[1:4] = [f"{g.pilot_error:.3g} / {g.fresh_error:.3g} / {e:.3g}" for g, e in zip(tuned, errors)] \
+                    + [f"{errors[pick] / errors[0]:.2f}"]
             print(f"| {problem} | {n} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -32,11 +32,10 @@ import diffsolve as ds
 from diffsolve.ode import ProbabilityFlowODE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from likelihood_vp_time import LEVELS, curve  # noqa: E402  (the same tolerances, levels and curve)
 from peers_more import matched_nfe_cells  # noqa: E402
 
 FAMILIES = {"vp": "eps", "cosine": "eps", "edm": "x0", "flow": "velocity"}
-TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
-LEVELS = (1e-3, 1e-4, 1e-5)
 PROBLEMS = {  # name: (make, points)
     "mix 8-D (4 modes, seed 9101)": (lambda: ds.GaussianMixture.random(d=8, n_modes=4, seed=9101), 32),
     "mix 32-D (6 modes, seed 9102)": (lambda: ds.GaussianMixture.random(d=32, n_modes=6, seed=9102), 16),
@@ -67,16 +66,6 @@ class before:
         ProbabilityFlowODE._divergence_rate, ProbabilityFlowODE._unpack = self.saved
 
 
-def curve(gm, sch, prediction, x):
-    den, exact = gm.denoiser(sch, prediction), gm.log_prob(x, sch.t_min, sch)
-    pts = []
-    for tol in TOLS:
-        r = ds.log_likelihood(den, x, divergence="exact", rtol=tol, atol=tol,
-                              prior=lambda z: gm.log_prob(z, sch.t_max, sch))
-        pts.append((float(r.nfe.double().mean()), float((r.log_prob - exact).abs().mean()) / x[0].numel()))
-    return pts
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
@@ -95,8 +84,8 @@ def main(argv=None):
             gm = make()
             x = gm.sample(n, generator=torch.Generator().manual_seed(9100))
             with before():
-                old = curve(gm, sch, FAMILIES[fam], x)
-            new = curve(gm, sch, FAMILIES[fam], x)
+                old = curve(gm, sch, FAMILIES[fam], x, "auto")
+            new = curve(gm, sch, FAMILIES[fam], x, "auto")
             cells, mine = matched_nfe_cells(old, new, LEVELS)
             g = math.exp(sum(mine) / len(mine)) if mine else float("nan")
             worst_cell = max(worst_cell, g) if mine else worst_cell
