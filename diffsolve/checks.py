@@ -150,7 +150,10 @@ def check_sample_shape(denoiser, shape) -> tuple:
     if shape is not None:
         shape = check_shape("shape", shape)
         if denoiser.shape is not None and shape != denoiser.shape:
-            raise ValueError(f"shape={shape}, but the denoiser's samples have shape {denoiser.shape}; leave shape out")
+            batched = " (here shape is one sample's, without sample()'s batch axis)" \
+                if shape[1:] == tuple(denoiser.shape) else ""
+            raise ValueError(f"shape={shape}, but the denoiser's samples have shape {denoiser.shape}{batched}; "
+                             "leave shape out")
     shape = shape if shape is not None else denoiser.shape
     if shape is None:
         raise ValueError("give shape=(...) of one sample; the denoiser does not know it (Denoiser(..., shape=...))")

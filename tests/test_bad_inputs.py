@@ -325,6 +325,7 @@ TUNE = [
     C("tune-fresh-overlap", tune(DEN, "ddim", nfe=4, pilot="0-3", fresh="3-5"), r"fresh seeds must differ"),
     C("tune-max-evals-zero", tune(DEN, "ddim", nfe=4, max_evals=0), r"max_evals must be a positive integer"),
     C("tune-shape-vs-denoiser", tune(DEN, "ddim", nfe=4, shape=(3,)), r"shape=\(3,\), but the denoiser's samples"),
+    C("tune-shape-with-batch", tune(DEN, "ddim", nfe=4, shape=(8, 2)), r"one sample's, without sample\(\)'s batch"),
     C("tune-no-shape", tune(ds.Denoiser(lambda x, t: x, VP), "ddim", nfe=4), r"give shape=\(\.\.\.\) of one sample"),
     C("tune-rtol-negative", tune(DEN, "ddim", nfe=4, rtol=-1.0), r"rtol must be > 0"),
     C("tune-atol-str", tune(DEN, "ddim", nfe=4, atol="tight"), r"atol must be a number"),
