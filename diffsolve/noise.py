@@ -30,10 +30,12 @@ class NoiseSource:
         batch: number of samples.
         event_shape: shape of one sample.
         seeds: optional ``batch`` seeds (see :func:`parse_seeds`), one independent stream per sample.
-        generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds).
-            With neither, a generator seeded 0 (a run is deterministic), or with ``global_rng`` torch's
-            own generator of ``device``, which ``torch.manual_seed`` seeds (diffusers' schedulers draw
-            from it when the pipeline passes no generator).
+        generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds), or a
+            list of ``batch`` generators, one per sample (as diffusers' pipelines pass them: row i is
+            drawn from generator i, on that generator's device, in ``draw_dtype``). With neither, a
+            generator seeded 0 (a run is deterministic), or with ``global_rng`` torch's own generator of
+            ``device``, which ``torch.manual_seed`` seeds (diffusers' schedulers draw from it when the
+            pipeline passes no generator).
         device, dtype: of the tensors returned.
         draw_dtype: the dtype a shared generator draws in (default float64, then rounded to ``dtype``:
             a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
@@ -46,10 +48,18 @@ class NoiseSource:
                  draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
-        if generator is not None and not isinstance(generator, torch.Generator):
+        self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
+        row_gens = isinstance(generator, (list, tuple))
+        if row_gens:
+            bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+            if bad:
+                raise TypeError(f"a list of generators must hold torch.Generator objects, got {bad[0]}")
+            if len(generator) != self.batch:
+                raise ValueError(f"got a list of {len(generator)} generators for a batch of {self.batch}; give one "
+                                 f"generator per sample (or one torch.Generator for the whole batch)")
+        elif generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
                             f"{type(generator).__name__}; for per-sample seeds use seeds=[...]")
-        self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
         self.device = check_device(device, allow_meta=True) or torch.device("cpu")
         self.dtype = check_net_dtype(dtype, "dtype", allow_none=False)
         self.draw_dtype = check_net_dtype(draw_dtype, "draw_dtype", allow_none=False)
@@ -62,9 +72,12 @@ class NoiseSource:
             if self.device.type == "meta":
                 raise ValueError("per-sample seeds draw on a device with data; the meta device has none")
         check_batch_memory(self.batch, self.event_shape, self.dtype, self.device, generators=seeds is not None)
+        self._row_dtype = torch.float64  # per-sample seeds draw in float64
         if seeds is not None:
             self._gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
             self._gen = None
+        elif row_gens:
+            self._gens, self._gen, self._row_dtype = list(generator), None, self.draw_dtype
         else:
             self._gens = None
             self._gen = generator  # the default one is created at the first draw (deterministic runs never draw)
@@ -93,8 +106,8 @@ class NoiseSource:
             z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
             return z.to(device=self.device, dtype=dtype)
         gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]
-        return torch.stack([torch.randn(self.event_shape, generator=g, device=self.device, dtype=torch.float64)
-                            for g in gens]).to(dtype)
+        return torch.stack([torch.randn(self.event_shape, generator=g, device=g.device, dtype=self._row_dtype)
+                            for g in gens]).to(device=self.device, dtype=dtype)
 
 
 class ImpulseNoise:

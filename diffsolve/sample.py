@@ -56,7 +56,8 @@ class SampleResult:
 def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] | None = None,
            solver=None, steps: int | None = None, nfe: int | None = None, grid=None,
            eta: float | None = None, noise: Callable | None = None, seeds=None,
-           generator: torch.Generator | None = None, denoise_final: bool | None = None,
+           generator: torch.Generator | Sequence[torch.Generator] | None = None,
+           denoise_final: bool | None = None,
            dtype: torch.dtype | None = None, device=None, trajectory: bool = False,
            solver_options: dict | None = None, analytic_first_step: bool | None = None,
            enable_grad: bool = False) -> SampleResult:
@@ -101,7 +102,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             (``ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, ``torchsde``; as k-diffusion's and
             diffusers' samplers of those names), else 0; with a tuned grid 0, the ODE it was tuned on.
         seeds: one seed per sample (int list or ``"0-63"``; each seed once): sample i then depends
-            on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch.
+            on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch, or a
+            list of one per sample (sample i's noise from generator i, as diffusers' pipelines pass them).
             With neither, the run is deterministic all the same (a generator seeded 0;
             ``torch.manual_seed`` does not change it).
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:

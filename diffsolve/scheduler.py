@@ -200,7 +200,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             setting. With it, a budget of one evaluation is the final denoise alone, x̂0 at the first time
             (as diffusers' schedulers step to σ = 0 at once from their one timestep).
         seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
-            pipeline passes to ``step``; else torch's own generator of the latents' device, which
+            pipeline passes to ``step`` (one, or a list of one per sample, each sample's noise drawn from
+            its own, as diffusers' ``randn_tensor`` draws); else torch's own generator of the latents' device, which
             ``torch.manual_seed`` seeds (as diffusers' schedulers draw without a generator).
 
     Attributes after ``set_timesteps``, as diffusers names them: ``timesteps`` (the network time input of each
@@ -650,10 +651,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         B, event = sample.shape[0], tuple(sample.shape[1:])
         if self.seeds is not None:
             source = NoiseSource(B, event, seeds=self.seeds, device=sample.device)
-        elif isinstance(generator, (list, tuple)):
-            raise ValueError("a list of generators is not supported; pass seeds=[...] to DiffsolveScheduler for "
-                             "per-sample noise")
-        else:
+        else:  # a generator, a list of one per sample (diffusers' pipelines), or none
             source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype,
                                  global_rng=True)  # no generator: torch's own, as diffusers' schedulers draw
         handoff = "x0" if self._converter.threshold is not None else self.prediction

@@ -399,6 +399,36 @@ def test_without_a_generator_the_noise_is_torchs_own(problem):
     assert torch.equal(run(ours, 5), got) and dp.max_rel_diff(run(ours, 6), got) > 0.1
 
 
+def test_a_list_of_generators_draws_each_sample_from_its_own(problem):
+    """diffusers' pipelines pass one generator per sample (``generator=[...]``); its schedulers draw
+    sample i's noise from generator i (``randn_tensor``). The DDPM twin does the same and equals
+    diffusers' DDPM run with the same list; a deterministic solver takes the list and draws nothing; a
+    list of the wrong length is refused."""
+    net, x_T = problem
+    base = diffusers.DDPMScheduler(clip_sample=False)
+    ours = DiffsolveScheduler.from_config(base.config, **diffusers_twin(base, 6).options)
+
+    def run(sch, seeds, rows=None):
+        sch.set_timesteps(6)
+        x = x_T.clone() if rows is None else x_T[rows].clone()
+        gens = [torch.Generator().manual_seed(s) for s in seeds]  # one list for the run, as a pipeline passes it
+        for t in sch.timesteps:
+            x = sch.step(net(x, t), t, x, generator=gens).prev_sample
+        return x
+
+    with torch.no_grad(), dp.float64_tables(diffusers.DDPMScheduler):
+        ref = diffusers.DDPMScheduler(clip_sample=False)
+        dp._to_float64(ref)
+        want = run(ref, [3, 4])
+    assert dp.max_rel_diff(run(ours, [3, 4]), want) <= TOL
+    alone = run(ours, [4], rows=[1])  # a sample's noise is its generator's, whatever the batch
+    assert dp.max_rel_diff(alone, want[1:]) <= TOL
+    plain = DiffsolveScheduler.from_config(base.config)  # the default solver draws no noise
+    torch.testing.assert_close(run(plain, [3, 4]), run(plain, [7, 8]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="list of 3 generators for a batch of 2"):
+        run(ours, [1, 2, 3])
+
+
 def test_unknown_and_adaptive_solvers():
     with pytest.raises(ValueError, match="unknown solver 'dpmpp_9m'"):
         _scheduler(solver="dpmpp_9m")
