@@ -24,6 +24,7 @@ _LAZY = {
     "zoo": ("diffsolve.zoo", None),
     "adapters": ("diffsolve.adapters", None),
     "CFGDenoiser": ("diffsolve.guidance", "CFGDenoiser"),
+    "DiffsolveScheduler": ("diffsolve.scheduler", "DiffsolveScheduler"),  # needs the diffusers extra
     "tune_steps": ("diffsolve.tune", "tune_steps"),
     "tune_solver": ("diffsolve.tune", "tune_solver"),
     "TunedGrid": ("diffsolve.tuned", "TunedGrid"),

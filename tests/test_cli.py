@@ -569,7 +569,11 @@ def test_a_closed_pipe_is_not_an_error(capsys):
 
 
 def test_dir_lists_the_lazy_names():
-    assert {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters"} <= set(dir(diffsolve))
+    assert {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters", "DiffsolveScheduler"} <= set(dir(diffsolve))
+    pytest.importorskip("diffusers")
+    from diffsolve.scheduler import DiffsolveScheduler
+
+    assert diffsolve.DiffsolveScheduler is DiffsolveScheduler  # the docstrings' :class:`~diffsolve.DiffsolveScheduler`
 
 
 def test_one_process_commands_refuse_torchrun(capsys, tmp_path, monkeypatch):
