@@ -569,7 +569,8 @@ def test_a_closed_pipe_is_not_an_error(capsys):
 
 
 def test_dir_lists_the_lazy_names():
-    assert {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters", "DiffsolveScheduler"} <= set(dir(diffsolve))
+    lazy = {"CFGDenoiser", "log_likelihood", "tune_steps", "sample", "adapters", "DiffsolveScheduler"}
+    assert lazy <= set(dir(diffsolve))
     pytest.importorskip("diffusers")
     from diffsolve.scheduler import DiffsolveScheduler
 
