@@ -480,10 +480,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             return self.solver.grid_for(sch, steps=1, grid=self._grid_kind, **_grid_start(sch))[:1]
         return self.solver.grid_for(sch, nfe=nfe, grid=self._grid_kind, denoise_final=final, **_grid_start(sch))
 
-    def _dry_run(self, t: Tensor) -> _Plan:
-        """The solver on data-less ``meta`` tensors: the times and labels of its evaluations."""
+    def _dry_run(self, t: Tensor, solver=None) -> _Plan:
+        """The solver (default the scheduler's) on data-less ``meta`` tensors: the times and labels of its
+        evaluations."""
         x = torch.empty(1, 1, dtype=torch.float64, device="meta")
-        gen = drive(self.solver, self.schedule, x, t, prediction=self.prediction, level=self.level,
+        gen = drive(solver or self.solver, self.schedule, x, t, prediction=self.prediction, level=self.level,
                     source=_MetaSource(), denoise_final=self._final)
         times = []
         try:
@@ -558,12 +559,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                              f"multiple of {per_step}, or a one-evaluation solver")
         start = self.plan.times[begin_index]
         t = self.plan.t[self.plan.t <= float(start) + 1e-12]
-        sub = self._dry_run(self.solver.grid_for(self.schedule, grid=t, denoise_final=self._final))
+        solver = self.solver.restarted(len(self.plan.t) - len(t))
+        sub = self._dry_run(solver.grid_for(self.schedule, grid=t, denoise_final=self._final), solver)
         rest = self.plan.labels[begin_index:]
         if len(sub.labels) != len(rest) or not torch.allclose(sub.labels, rest, rtol=0, atol=1e-6):
             raise ValueError(f"evaluation {begin_index} does not begin a step of {self.solver.name!r}; start the run "
                              f"at a step boundary")
-        self._restart_plan, self._begin = sub, begin_index
+        self._restart_plan, self._restart_solver, self._begin = sub, solver, begin_index
         if not self._diffusers_spacing:
             warnings.warn(f"img2img/inpainting start at evaluation {begin_index} of {len(self.plan.times)}: on this "
                           f"{self._grid_kind!r} grid that is timestep {float(rest[0]):.4g}, not where diffusers' own "
@@ -647,7 +649,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                          f"channels for a learned variance, whose first half is the prediction)")
 
     def _start(self, sample: Tensor, generator):
-        plan = self.plan if self._begin == 0 else self._restart_plan
+        plan, solver = (self.plan, self.solver) if self._begin == 0 else (self._restart_plan, self._restart_solver)
         B, event = sample.shape[0], tuple(sample.shape[1:])
         if self.seeds is not None:
             source = NoiseSource(B, event, seeds=self.seeds, device=sample.device)
@@ -655,7 +657,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype,
                                  global_rng=True)  # no generator: torch's own, as diffusers' schedulers draw
         handoff = "x0" if self._converter.threshold is not None else self.prediction
-        self._gen = drive(self.solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
+        self._gen = drive(solver, self.schedule, sample.to(torch.float64), plan.t, prediction=handoff,
                           net_dtype=sample.dtype, level=self.level, source=source,
                           denoise_final=self._final)
         self._request = next(self._gen)

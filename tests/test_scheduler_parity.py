@@ -429,6 +429,31 @@ def test_a_list_of_generators_draws_each_sample_from_its_own(problem):
         run(ours, [1, 2, 3])
 
 
+@pytest.mark.parametrize("config", [{}, {"final_sigmas_type": "sigma_min", "lower_order_final": True}])
+def test_singlestep_twin_img2img_keeps_diffusers_pairs(config):
+    """img2img starts at t_start = n − int(n·strength). diffusers' DPMSolverSinglestepScheduler keeps the
+    pairs of its order list: started on the second half of a pair it takes that step alone (order 1). The
+    twin restarted its pairs at the start, 5e-3 – 8e-3 off at every odd start; now equal at each start."""
+    net = lambda x, t: torch.tanh(x) * (1 + float(t) / 1000)  # noqa: E731
+    x0, noise = (torch.randn(1, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                 for s in (3, 4))
+
+    def img2img(sch, n, start):  # what StableDiffusionImg2ImgPipeline does
+        sch.set_timesteps(n)
+        ts = sch.timesteps[start:]
+        sch.set_begin_index(start)
+        x = sch.add_noise(x0, noise, ts[:1])
+        for t in ts:
+            x = sch.step(net(x, t), t, x).prev_sample
+        return x
+
+    for n in (7, 10):
+        ref = diffusers.DPMSolverSinglestepScheduler(**config)
+        twin = DiffsolveScheduler.from_config(ref.config, **diffusers_twin(ref, n).options)
+        for start in range(n - 1):
+            assert dp.max_rel_diff(img2img(twin, n, start), img2img(ref, n, start)) <= TOL, (n, start)
+
+
 def test_unknown_and_adaptive_solvers():
     with pytest.raises(ValueError, match="unknown solver 'dpmpp_9m'"):
         _scheduler(solver="dpmpp_9m")

@@ -165,6 +165,12 @@ class Solver:
     def step(self, ctx: StepContext, i: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
+    def restarted(self, begin: int) -> "Solver":
+        """The solver of a run restarted at grid point ``begin`` of a longer one (a diffusers
+        pipeline's img2img start, :meth:`diffsolve.DiffsolveScheduler.set_begin_index`): itself, as a
+        fresh start, but for a solver whose steps follow the parity of the grid index."""
+        return self
+
     def nfe(self, steps: int) -> int:
         """Network evaluations for ``steps`` steps (excluding an optional final denoise)."""
         return steps * self.nfe_per_step

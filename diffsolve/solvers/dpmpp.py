@@ -288,7 +288,10 @@ class DPMSolverPP2S(Solver):
     r = (λ_{i+1} − λ_i)/h. One evaluation per grid step. A last step that has no partner is a
     lone DDIM step; with ``lower_order_final`` and no final denoise an even number of steps also
     ends with two DDIM steps instead of a pair (diffusers' order list for ``lower_order_final=True``
-    with ``final_sigmas_type="sigma_min"``).
+    with ``final_sigmas_type="sigma_min"``). Pairs open at even grid indices; a run restarted at an
+    odd index of a longer grid (img2img, :meth:`restarted`: ``phase=1``) takes its first step alone
+    and keeps the longer run's pairs, as diffusers' singlestep scheduler does when its order list asks
+    for the second half of a pair whose first half it has not seen.
 
     Shapes: x, u, D_i and D_u are (B, *shape); λ, α, σ and the weights are float64 scalars shared by
     the batch. No state (``intermediate="grid"``: within a pair, (x_i, D_i, i) of its first step).
@@ -301,6 +304,8 @@ class DPMSolverPP2S(Solver):
         intermediate: ``"ratio"`` (default: at λ_i + r h, two evaluations per step) or ``"grid"``
             (the next grid point; above).
         lower_order_final: with ``intermediate="grid"``: the end rule above (default False).
+        phase: with ``intermediate="grid"``: the parity of the first grid point's index in the run the
+            pairs belong to (default 0; 1 for a run restarted at an odd index).
 
     References: Lu, Zhou, Bao, Chen, Li, Zhu, DPM-Solver++, arXiv:2211.01095 (Algorithm 1);
     Lu et al., DPM-Solver, arXiv:2206.00927; von Platen et al., Diffusers,
@@ -312,23 +317,30 @@ class DPMSolverPP2S(Solver):
     nfe_per_step = 2
 
     def __init__(self, r: float = 0.5, solver_type: str = "midpoint", intermediate: str = "ratio",
-                 lower_order_final: bool = False):
+                 lower_order_final: bool = False, phase: int = 0):
         if not 0.0 < r <= 1.0:
             raise ValueError(f"dpmpp_2s: r must lie in (0, 1], got {r!r}")
         if solver_type not in ("midpoint", "taylor"):
             raise ValueError(f"dpmpp_2s: unknown solver_type {solver_type!r}; valid: 'midpoint', 'taylor'")
         if intermediate not in ("ratio", "grid"):
             raise ValueError(f"dpmpp_2s: unknown intermediate {intermediate!r}; valid: 'ratio', 'grid'")
+        if phase not in (0, 1) or isinstance(phase, bool):
+            raise ValueError(f"dpmpp_2s: phase must be 0 or 1, got {phase!r}")
         self.r, self.solver_type = float(r), solver_type
-        self.intermediate, self.lower_order_final = intermediate, bool(lower_order_final)
+        self.intermediate, self.lower_order_final, self.phase = intermediate, bool(lower_order_final), int(phase)
         if intermediate == "grid":
             self.nfe_per_step = 1  # the intermediate point is a grid point: one evaluation per grid step
 
+    def restarted(self, begin: int) -> "DPMSolverPP2S":
+        if self.intermediate != "grid" or int(begin) % 2 == 0:
+            return self
+        return DPMSolverPP2S(self.r, self.solver_type, self.intermediate, self.lower_order_final, 1 - self.phase)
+
     def _opens_pair(self, ctx, i: int) -> bool:
-        n = ctx.steps
-        if i == n - 1:
+        j, n = i + self.phase, ctx.steps + self.phase  # the index and the length in the run the pairs belong to
+        if j % 2 or j == n - 1:
             return False
-        return not (self.lower_order_final and not ctx.denoise_final and n % 2 == 0 and i == n - 2)
+        return not (self.lower_order_final and not ctx.denoise_final and n % 2 == 0 and j == n - 2)
 
     def _grid_step(self, ctx, i, x, state):
         """``intermediate="grid"``: open a pair (or take a lone DDIM step), or close the open pair."""
