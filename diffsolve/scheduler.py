@@ -584,7 +584,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
              eta: float | None = None, use_clipped_model_output=_NOT_PASSED, variance_noise=None):
         """Hand the network's output at ``(sample, timestep)`` to the solver; returns the input of
         its next evaluation as ``prev_sample`` (the final sample after the last one) and x̂0 of this
-        evaluation as ``pred_original_sample``.
+        evaluation as ``pred_original_sample`` (with ``return_dict=False`` the tuple of the two, as
+        diffusers' DDIM, DDPM and Euler schedulers return it; pipelines take its first entry).
 
         ``eta`` and ``use_clipped_model_output`` are taken for the pipelines that pass them
         (``DDIMPipeline``): the noise level is the scheduler's own (``eta`` of its config), so a
@@ -631,9 +632,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self._last = prev
         self._step_index = index + 1
         self._index += 1
-        if not return_dict:
-            return (prev,)
-        return DiffsolveSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
+        out = DiffsolveSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
+        return out if return_dict else out.to_tuple()  # (prev_sample, pred_original_sample), as DDIM's and Euler's
 
     @staticmethod
     def _one_output(model_output: Tensor, sample: Tensor) -> Tensor:

@@ -454,6 +454,20 @@ def test_singlestep_twin_img2img_keeps_diffusers_pairs(config):
             assert dp.max_rel_diff(img2img(twin, n, start), img2img(ref, n, start)) <= TOL, (n, start)
 
 
+def test_step_without_return_dict_gives_the_sample_and_x0():
+    """``return_dict=False`` gave a 1-tuple: ``prev, x0 = step(..., return_dict=False)``, as DDIM's, DDPM's and
+    Euler's callers write it, failed. Now the tuple of the output's two fields."""
+    cfg = diffusers.DDIMScheduler(clip_sample=False).config
+    a, b = DiffsolveScheduler.from_config(cfg), DiffsolveScheduler.from_config(cfg)
+    a.set_timesteps(4)
+    b.set_timesteps(4)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    prev, x0 = a.step(eps, a.timesteps[0], x, return_dict=False)
+    out = b.step(eps, b.timesteps[0], x)
+    assert torch.equal(prev, out.prev_sample) and torch.equal(x0, out.pred_original_sample)
+
+
 def test_unknown_and_adaptive_solvers():
     with pytest.raises(ValueError, match="unknown solver 'dpmpp_9m'"):
         _scheduler(solver="dpmpp_9m")
