@@ -170,8 +170,7 @@ class _Pilots:
         if self.fresh_seeds:
             x, ref = self.targets(self.fresh_seeds)
             result.init_fresh_error, result.fresh_error = (error(which, x, ref) for which in judged)
-        result.tuning_nfe = self.denoiser.nfe - self.nfe_start
-        self.denoiser.nfe = self.nfe_start
+        result.tuning_nfe = self.denoiser.nfe - self.nfe_start  # (the denoiser's counter keeps every call)
         result.tuning_seconds = time.perf_counter() - self.start_time
         self.progress.close()
         return result

@@ -252,6 +252,7 @@ class Denoiser(torch.nn.Module):
                             f"got {shape!r}")
         self.shape = tuple(shape) if shape is not None else None
         self.nfe = 0
+        self._nfe_mark = 0  # nfe when the current run began (one_run): error messages number its calls from 1
         # where the integration loop is, for error messages: a string, or the loop's cheap
         # (solver name, step index, number of steps, host times) tuple, formatted only when needed
         self._where: list = [""]
@@ -378,7 +379,7 @@ class Denoiser(torch.nn.Module):
         try:
             out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         except Exception as e:
-            _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1, self._where[0], t)}, "
+            _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1 - self._nfe_mark, self._where[0], t)}, "
                          f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
             if "in-place" in str(e) or "inplace" in str(e):
                 _add_note(e, f"diffsolve: {_IN_PLACE}")
@@ -413,7 +414,7 @@ class Denoiser(torch.nn.Module):
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if version is not None and x._version != version:
-            raise RuntimeError(f"the network changed its input x in place at {_location(self.nfe, self._where[0], t)}; "
+            raise RuntimeError(f"the network changed its input x in place at {_location(self.nfe - self._nfe_mark, self._where[0], t)}; "
                                f"{_IN_PLACE}")
         if not isinstance(out, Tensor):
             raise TypeError(f"the network returned {_what(out)}, not a tensor; {_unwrap_hint(out)}")
@@ -455,6 +456,16 @@ class Denoiser(torch.nn.Module):
             yield self
         finally:
             self._call_dtype = None
+
+    @contextmanager
+    def one_run(self):
+        """Within the block a run (one solve) calls the network: the call numbers of error messages
+        count from its start, not over the denoiser's life. ``nfe`` keeps counting every call."""
+        outer, self._nfe_mark = self._nfe_mark, self.nfe
+        try:
+            yield self
+        finally:
+            self._nfe_mark = outer
 
     @contextmanager
     def at_rows(self, index: Tensor, batch: int):
@@ -502,9 +513,9 @@ class Denoiser(torch.nn.Module):
         # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
             if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
-                raise NonFiniteError(f"{what} NaN or Inf at {_location(self.nfe, self._where[0], t)}")
+                raise NonFiniteError(f"{what} NaN or Inf at {_location(self.nfe - self._nfe_mark, self._where[0], t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call
-            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (what, self.nfe, self._where[0], t)))
+            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (what, self.nfe - self._nfe_mark, self._where[0], t)))
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""

@@ -76,7 +76,8 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
     ctx = StepContext(denoiser, level, t, source, denoise_final)
     _check(solver, ctx, trajectory, analytic_first_step)
     try:
-        return _integrate(solver, denoiser, ctx, x, t, denoise_final, trajectory, callback, analytic_first_step)
+        with denoiser.one_run():
+            return _integrate(solver, denoiser, ctx, x, t, denoise_final, trajectory, callback, analytic_first_step)
     finally:  # the location of a network call belongs to this run: a failed run must not leave it to the next
         denoiser._where[0] = ""
 

@@ -362,19 +362,20 @@ class ProbabilityFlowODE(ReverseSDE):
         settings = dict(method=method, rtol=rtol, atol=atol, norm=norm, per_sample=per_sample, max_steps=max_steps,
                         error_mask=mask) if fixed_steps is None else dict(method=method, steps=fixed_steps)
         outs, accepted, rejected, row_evals = [], [], [], 0
-        for start in range(0, B, chunk_size or B):
-            rhs = self._rhs(divergence, calls, start, x.shape[1:], shared, B)
-            try:
-                out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
-            except Exception:  # a NaN the network made on an accelerator (checked once, after the solve) is
-                self.denoiser.check_finite()  # the cause to report, not the step control it then broke
-                raise
-            outs.append(out)
-            accepted.append(st["accepted"])
-            rejected.append(st["rejected"])
-            row_evals += st["row_evals"]
+        with self.denoiser.one_run():
+            for start in range(0, B, chunk_size or B):
+                rhs = self._rhs(divergence, calls, start, x.shape[1:], shared, B)
+                try:
+                    out, st = rk_solve(rhs, y0[start:start + (chunk_size or B)], u0, u1, rows=True, **settings)
+                except Exception:  # a NaN the network made on an accelerator (checked once, after the solve)
+                    self.denoiser.check_finite()  # is the cause to report, not the step control it then broke
+                    raise
+                outs.append(out)
+                accepted.append(st["accepted"])
+                rejected.append(st["rejected"])
+                row_evals += st["row_evals"]
+            self.denoiser.check_finite()
         y1 = torch.cat(outs)
-        self.denoiser.check_finite()
         x1, delta = self._unpack(y1, t_end, divergence, x.shape)
         if delta is not None and self.scale == "clock":  # Δ_x = Δ_y + d (log c(t_end) − log c(t_start))
             delta = delta + x[0].numel() * float(torch.log(self.c(float(t_end)) / self.c(float(t_start))))

@@ -124,7 +124,8 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             standard-normal data, x̂0 = α x / (α² + σ²) (:meth:`~diffsolve.Denoiser.prior_output`,
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
             N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
-            makes one network call fewer). Default: as the default run says when no solver is given
+            makes one network call fewer; by default never a run's only evaluation). Default: as the default run says
+            when no solver is given
             (up to 6 evaluations where the run starts at α/σ ≤ 0.03, up to 9 with the Karras piece where it
             starts at α/σ ≤ 0.01, up to 20 on a flow schedule: :func:`diffsolve.defaults.default_run`), else off.
         enable_grad: record the autograd graph of the run, to differentiate the sample with respect to
@@ -216,6 +217,8 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
     t_start = default_start(schedule) if kind else None  # from σ = 1: start where the defaults were measured
     at_start = {} if t_start is None else {"t_start": t_start}  # (adaptive solvers take their own range)
     t = solver.grid_for(schedule, steps=steps, nfe=nfe, grid=grid, denoise_final=denoise_final, **at_start)
+    if analytic and analytic_first_step is None and solver.nfe(len(t) - 1) + int(denoise_final) <= 1:
+        analytic = False  # by default never the run's only evaluation: a sample that would not ask the network
     return RunPlan(solver, t, t_start, level, denoise_final, analytic)
 
 

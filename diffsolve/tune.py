@@ -70,7 +70,9 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
         shape: shape of one sample; default ``denoiser.shape``.
         init: ``"auto"`` (the best of :data:`FIXED_GRIDS` on the pilot set), a grid kind, or an array.
         tune_end: let the final time move (only meaningful with ``denoise_final``; default: same).
-        max_evals: budget of objective evaluations for the search.
+        max_evals: budget of pilot-set solves of the search for each end treatment, the starting grids'
+            included (``init="auto"`` solves each of :data:`FIXED_GRIDS` first, whatever this budget); the
+            Nelder–Mead search runs only while more than the simplex's size is left of it.
         rtol, atol: tolerances of the reference solves, floored at a tenth of the machine epsilon of the
             dtype the network computes in (9.8e-5 for float16, 7.8e-4 for bfloat16, 1.2e-8 for float32):
             a tighter reference only chases the network's round-off with ever smaller steps.

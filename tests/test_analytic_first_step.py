@@ -184,3 +184,17 @@ def test_the_default_call_leaves_it_out_where_the_signal_is_not_small():
     assert ds.sample(gm.denoiser(flow), seeds="0-1", nfe=6).analytic_first_step
     assert not ds.sample(gm.denoiser(flow), seeds="0-1", grid=t[2:]).analytic_first_step
     assert ds.sample(gm.denoiser(flow), seeds="0-1", grid=t).analytic_first_step
+
+
+def test_never_the_runs_only_evaluation():
+    """``sample(model, steps=1)`` took its one step with the analytic evaluation: no network call, the same
+    "sample" for every model. By default a run of one evaluation now asks the network (asked for explicitly,
+    the analytic step alone is what the caller measures, as the test above does)."""
+    import diffsolve as ds
+
+    zero = ds.Denoiser(lambda x, t: 0 * x, "vp", prediction="eps", shape=(3,))
+    other = ds.Denoiser(lambda x, t: 100 + x, "vp", prediction="eps", shape=(3,))
+    a, b = ds.sample(zero, seeds=[0, 1], steps=1), ds.sample(other, seeds=[0, 1], steps=1)
+    assert a.nfe == b.nfe == 1 and not a.analytic_first_step and not torch.equal(a.x, b.x)
+    assert ds.sample(zero, seeds=[0, 1], steps=2).analytic_first_step  # two steps: one of them by the network
+    assert ds.sample(zero, seeds=[0, 1], steps=1, analytic_first_step=True).nfe == 0

@@ -322,6 +322,29 @@ def test_non_finite_output_names_call_and_time(bad):
     d.check_finite()  # nothing deferred on the CPU
 
 
+def test_error_messages_number_the_calls_of_the_run():
+    """The call number of an error message counted over the denoiser's life ("network call 3" for the first
+    call of a second run); now from the run's start, for sample and log_likelihood. ``nfe`` keeps counting."""
+    import diffsolve as ds
+
+    calls = [0]
+
+    def net(x, t):
+        calls[0] += 1
+        return x * math.nan if calls[0] > 2 else 0.1 * x
+
+    d = Denoiser(net, "vp", "eps", net_dtype=F64)
+    ds.sample(d, torch.randn(2, 3, dtype=F64), nfe=2, solver="euler")
+    with pytest.raises(NonFiniteError, match=r"network call 1 \(step 1/5 of euler"):
+        ds.sample(d, torch.randn(2, 3, dtype=F64), nfe=5, solver="euler")
+    assert d.nfe == 3
+    calls[0] = 0
+    d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+    d.eps(torch.zeros(2, 3, dtype=F64), 0.5)
+    with pytest.raises(NonFiniteError, match=r"network call 1\b"):
+        ds.log_likelihood(d, torch.randn(2, 3, dtype=F64), divergence="exact")
+
+
 def test_non_finite_output_on_device(device):
     """On the CPU a non-finite output raises at once; on an accelerator the check is deferred to
     ``check_finite()`` (one host synchronisation for the whole solve) and still names the call."""

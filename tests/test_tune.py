@@ -295,3 +295,20 @@ def test_a_half_precision_network_is_tuned_against_a_reference_it_can_reach():
         den = ds.Denoiser(Half(dtype), exact.schedule, prediction="eps", time_label="t", shape=(2,))
         grid = tune_steps(den, nfe=5, pilot=8, screen=0, fresh=8, max_evals=20)
         assert grid.tuning_nfe < 3000 and math.isfinite(grid.fresh_error), (dtype, grid.tuning_nfe)
+
+
+def test_the_denoisers_counter_keeps_the_tuning_calls():
+    """tune_steps set the denoiser's ``nfe`` back to its value before tuning: hundreds of real network calls
+    vanished from the counter. It now keeps them, and ``tuning_nfe`` is the real number of calls."""
+    gm = ds.GaussianMixture.ring()
+    inner = gm.denoiser(ds.make_schedule("vp"), "eps")
+    calls = [0]
+
+    def net(x, t):
+        calls[0] += 1
+        return inner.net(x, t)
+
+    den = ds.Denoiser(net, inner.schedule, prediction="eps", net_dtype=torch.float64, shape=(2,))
+    before = den.nfe
+    grid = ds.tune_steps(den, solver="euler", nfe=2, pilot=4, screen=0, fresh=0, max_evals=5, progress=False)
+    assert grid.tuning_nfe == calls[0] == den.nfe - before > 0
