@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._numbers import _show
+from ._numbers import _show, is_integer
 from .schedules import Schedule, make_schedule
 
 __all__ = ["Denoiser", "PREDICTIONS", "TIME_LABELS", "NonFiniteError"]
@@ -247,10 +247,10 @@ class Denoiser(torch.nn.Module):
         self.time_label = time_label
         self.net_dtype = net_dtype  # None: a module's is read from its parameters at each use (property)
         if shape is not None and (not isinstance(shape, (tuple, list, torch.Size))
-                                  or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+                                  or not all(is_integer(n) and n > 0 for n in shape)):  # numpy integers too
             raise TypeError(f"shape must be the shape of one sample, a tuple of positive integers such as (3, 32, 32), "
                             f"got {shape!r}")
-        self.shape = tuple(shape) if shape is not None else None
+        self.shape = tuple(int(n) for n in shape) if shape is not None else None
         self.nfe = 0
         self._nfe_mark = 0  # nfe when the current run began (one_run): error messages number its calls from 1
         # where the integration loop is, for error messages: a string, or the loop's cheap

@@ -204,6 +204,8 @@ SAMPLE = [
     C("denoiser-shape-negative", lambda: ds.Denoiser(lambda x, t: x, VP, shape=(-1,)),
       r"shape must be the shape of one sample, a tuple of positive integers"),
     C("denoiser-shape-int", lambda: ds.Denoiser(lambda x, t: x, VP, shape=3), r"shape must be the shape of one sample"),
+    C("denoiser-shape-float", lambda: ds.Denoiser(lambda x, t: x, VP, shape=(2.0,)),
+      r"shape must be the shape of one sample"),
     C("grid-kind-none", lambda: ds.make_grid(VP, 3, None), r"grid kind must be one of"),
     C("grid-steps-bool", lambda: ds.make_grid(VP, True), r"steps must be a positive integer"),
     C("denoiser-net-dtype-str", lambda: _den(lambda x, t: x, net_dtype="float16"), r"net_dtype must be a"),
