@@ -602,3 +602,30 @@ def test_a_model_file_path_is_a_model(capsys, tmp_path):
         assert code == 0, err
         outs.append(torch.load(out))
     assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_sample_out_on_a_full_disk_leaves_no_file(suffix, capsys, tmp_path, monkeypatch):
+    """On a full disk ``sample --out`` printed torch's or numpy's own error (``[enforce fail at
+    inline_container.cc:672]``, exit 1; ``128000 requested and 16352 written``, exit 2) and left a truncated
+    file. Now the file is written whole or not at all, and the error says the disk is full (exit 1)."""
+    import shutil
+    from collections import namedtuple
+
+    import numpy as np
+    import torch
+
+    def short_write(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    def short_npy(*a, **k):
+        raise OSError("128000 requested and 16352 written")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(np, "save", short_npy)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(10, 10, 0))
+    out = tmp_path / f"x{suffix}"
+    code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out", str(out),
+                        "--quiet"], capsys)
+    assert code == 1 and f"disk full while writing {out}" in err and "nothing was written" in err, err
+    assert not list(tmp_path.iterdir())

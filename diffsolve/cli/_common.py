@@ -255,6 +255,11 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {kind}{message}", file=sys.stderr)
 
 
+class WriteFailed(Exception):
+    """A command's output could not be written (disk full, ...) after its work was done: one ``error: …``
+    line, status 1 (not 2: the input was good)."""
+
+
 def run_command(command, args) -> int:
     """Run ``command(args)``; a user error (ours or the library's) is one ``error: …`` line, status 2."""
     debug = bool(os.environ.get("DIFFSOLVE_DEBUG"))
@@ -279,6 +284,11 @@ def run_command(command, args) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USAGE
+    except WriteFailed as e:  # the work is done and its output could not be written (disk full, ...)
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
         if debug:
             raise

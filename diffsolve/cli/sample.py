@@ -18,6 +18,7 @@ from pathlib import Path
 from .._text import count
 from ._common import (
     CLIError,
+    WriteFailed,
     add_threads_option,
     one_process_only,
     apply_threads,
@@ -112,15 +113,34 @@ def add_parser(subparsers):
 
 
 def _save(x, path: Path):
+    """Write the samples whole or not at all (a temporary file renamed into place): a full disk leaves no
+    truncated file, and is said in one line (exit status 1) rather than as the writer's own error."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from ..runfiles import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)  # checked writable at the start (check_writable), made now
-    if path.suffix == ".npy":
-        import numpy as np
+    x = x.detach().cpu()
 
-        np.save(path, x.detach().cpu().numpy())
-    else:
-        import torch
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            if path.suffix == ".npy":
+                np.save(f, x.numpy())
+            else:
+                torch.save(x, f)
+            f.flush()
 
-        torch.save(x.detach().cpu(), path)
+    try:
+        write_atomic(path, write)
+    except (OSError, RuntimeError, ValueError) as e:  # torch.save reports a short write as a RuntimeError
+        need, free = x.numel() * x.element_size(), shutil.disk_usage(path.parent).free
+        if free < need:
+            raise WriteFailed(f"disk full while writing {path}: the samples take {need:,} bytes and {free:,} are "
+                              f"free; nothing was written (free the space, or write to another disk)") from None
+        raise WriteFailed(f"cannot write {path}: {e}; nothing was written") from None
 
 
 def _announce(args, problem):
