@@ -171,6 +171,7 @@ def test_analytic_problem_has_exact_floors(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--metric", "fid,lpips"], "unknown metric 'lpips'"),
     (["--reference", "x.npz"], "name them with --metric"),
+    (["--data-range=0,1"], "--data-range sets up feature metrics"),  # was ignored without a word
     (["--metric", "fid", "--reference", "/no/such/file.npz"], "no such file"),
     (["--metric", "fid", "--data-range=0,1,2"], "LO,HI"),
     (["--metric", "fid", "--bootstrap", "-1"], "bootstrap"),

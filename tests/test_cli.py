@@ -39,6 +39,7 @@ def run(argv, capsys):
     (["bench", "--problems", "ring2d", "--solvers", "ddim", "--eta", "0.5,0.5000001"], "are one in the rows' keys"),
     (["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "0", "--no-denoise-final"],
      "NFE budgets must be integers >= 1"),
+    (["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "100000000"], "NFE budgets must be at most"),
     (["tune", "--problem", "ring2d", "--solver", "learned:history=2", "--nfe", "5", "--out", "g.json"],
      "takes no options"),
     (["bench", "--problems", "ring2d", "--solvers", "heun", "--nfe", "2"], "NFE 2 is too small for solver 'heun'"),

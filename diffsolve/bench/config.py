@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from ..noise import parse_seeds
+from ..sample import MAX_STEPS
 from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
 from .feature_metrics import FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
@@ -137,6 +138,9 @@ def _check_config(cfg: BenchConfig) -> BenchConfig:
         if isinstance(n, bool) or not isinstance(n, int) or n < least:
             raise ValueError(f"NFE budgets must be integers >= {least} (one step"
                              f"{' plus the final denoise' if cfg.denoise_final else ''}), got {n!r}")
+        if n > MAX_STEPS:  # as sample() refuses it, before any row is written
+            raise ValueError(f"NFE budgets must be at most {MAX_STEPS:,} (a fixed-step run of more would not "
+                             f"finish), got {n:,}")
     for e in cfg.eta:
         if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
             raise ValueError(f"eta must be a number >= 0, got {e!r}")

@@ -66,7 +66,7 @@ def add_parser(subparsers):
     fm.add_argument("--reference", help="what samples are compared with: a folder of images, a .npz/.npy/.pt "
                     "dataset, a folder of `diffsolve sample --format npz` shards, or mu/sigma statistics (.npz, "
                     "fid only) (default: a bundled model's held-out data, an analytic problem's exact samples)")
-    fm.add_argument("--data-range", type=csv(float, "number"), default=[-1.0, 1.0],
+    fm.add_argument("--data-range", type=csv(float, "number"),
                     help="LO,HI: the model's data range, mapped to 8-bit images as PNGs are (default -1,1)")
     fm.add_argument("--bootstrap", type=int, help="bootstrap resamples of each interval (default 50; "
                     "0: none; each costs one covariance of the features for fid)")
@@ -102,17 +102,18 @@ def _feature_settings(args):
 
     if not args.metric:
         given = [o for o, v in (("--reference", args.reference), ("--features", args.features),
-                                ("--bootstrap", args.bootstrap)) if v is not None]
+                                ("--bootstrap", args.bootstrap), ("--data-range", args.data_range)) if v is not None]
         if given:
             raise CLIError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up feature metrics; "
                            f"name them with --metric fid,kid,prdc")
         return None
-    if len(args.data_range) != 2:
-        raise CLIError(f"--data-range is LO,HI, got {len(args.data_range)} numbers")
+    data_range = [-1.0, 1.0] if args.data_range is None else args.data_range
+    if len(data_range) != 2:
+        raise CLIError(f"--data-range is LO,HI, got {len(data_range)} numbers")
     if args.reference is not None and not os.path.exists(args.reference):
         raise CLIError(f"--reference {args.reference}: no such file or folder")
     given = {k: v for k, v in (("features", args.features), ("bootstrap", args.bootstrap)) if v is not None}
-    return FeatureSettings(metrics=tuple(args.metric), reference=args.reference, data_range=tuple(args.data_range),
+    return FeatureSettings(metrics=tuple(args.metric), reference=args.reference, data_range=tuple(data_range),
                            **given)  # (FeatureSettings' own defaults: pixels, 50)
 
 
