@@ -187,6 +187,10 @@ class _Plan:
         if fmt == "png" and not (len(self.shape) == 3 and self.shape[0] in (1, 3)):
             raise ValueError(f"PNG files hold images of shape (C, H, W) with C = 1 or 3; this model's samples have "
                              f"shape {tuple(self.shape)}: use --format npz (format='npz')")
+        if fmt == "png":
+            from .images import _pil
+
+            _pil()  # a missing Pillow is said before the folder is made
         self._labels(class_label, num_classes, guidance, uncond)
         self.outdir = output_dir(outdir, "--outdir")
         self.settings = jsonable({
@@ -411,10 +415,11 @@ def _checked_sample_options(denoiser, options: dict) -> dict:
     with warnings.catch_warnings():  # a check: sample() says what it warns about when it runs
         warnings.simplefilter("ignore")
         run = plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
-    if not run.solver.adaptive:  # the solver's own checks of its grid (Euler–Maruyama's stability)
-        from .solvers.base import StepContext
+    from .loop import _check as check_run  # the loop's checks of the run (eta > 0 with an ODE solver, ...)
+    from .solvers.base import StepContext
 
-        run.solver.check(StepContext(denoiser, run.level, run.t, None, run.denoise_final))
+    check_run(run.solver, StepContext(denoiser, run.level, run.t, None, run.denoise_final), False,
+              run.analytic_first_step)
     if options.get("dtype") is not None:
         check_state_dtype(options["dtype"])
     check_device(options.get("device"))

@@ -67,8 +67,8 @@ def _pil():
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError(f"reading and writing images needs Pillow (pip install pillow, or "
-                          f"pip install 'diffsolve[bench]'); importing it failed: {e}") from e
+        raise ImportError(f"reading and writing images needs Pillow, a dependency of diffsolve (pip install "
+                          f"pillow); importing it failed: {e}") from e
     return Image
 
 

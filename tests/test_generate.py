@@ -243,6 +243,8 @@ def _error(argv, capsys):
     (["--model", "digits", "--format", "jpg"], r"invalid choice: 'jpg'"),
     (["--model", "digits", "--solver", "nope"], r"unknown solver 'nope'"),
     (["--model", "digits", "--solver", "heun", "--nfe", "1"], r"NFE 1 is too small"),
+    # the loop's own checks of the run, made before the folder (it was left with its settings and a lock)
+    (["--model", "digits", "--solver", "unipc", "--eta", "1"], r"integrates the probability-flow ODE only"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, extra, needle):
     out = tmp_path / "out" / "run"
@@ -351,3 +353,17 @@ def test_generate_refuses_before_any_folder(tmp_path):
         assert not (tmp_path / str(i)).exists()
     with pytest.warns(UserWarning, match="guidance=0 is the unconditional model"):
         generate(m, "0-1", tmp_path / "w0", nfe=4, class_label=3, guidance=0)
+
+
+def test_a_missing_pillow_is_said_before_the_folder(digits, tmp_path, monkeypatch):
+    """PNG output needs Pillow: without it the folder, its settings and a seed folder were made before the
+    error. Now the error comes first (and Pillow is a dependency of the package)."""
+    import diffsolve.images as images
+
+    def missing():
+        raise ImportError("reading and writing images needs Pillow (simulated)")
+
+    monkeypatch.setattr(images, "_pil", missing)
+    with pytest.raises(ImportError, match="needs Pillow"):
+        generate(digits, "0-3", tmp_path / "out", nfe=4)
+    assert not (tmp_path / "out").exists()

@@ -27,9 +27,18 @@ MOONS_SHIFT = (0.5, 0.25)
 MOONS_SCALE = (0.87, 0.5)
 
 
+def _sklearn_datasets():
+    try:
+        from sklearn import datasets
+    except ImportError as e:
+        raise ImportError(f"the digits and two-moons data come from scikit-learn (pip install scikit-learn, or "
+                          f"pip install 'diffsolve[bench]'); importing it failed: {e}") from e
+    return datasets
+
+
 def digits(split: str = "train") -> tuple[Tensor, Tensor]:
     """(pixels, labels) of the digits split: pixels (N, 1, 8, 8) int64 in 0..16, labels (N,) int64."""
-    from sklearn.datasets import load_digits
+    load_digits = _sklearn_datasets().load_digits
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
@@ -58,7 +67,7 @@ def digits_to_pixels(x: Tensor) -> Tensor:
 
 def two_moons(n: int = 20000, seed: int = 0) -> Tensor:
     """(n, 2) float64 standardised two-moons points (fixed by ``seed``)."""
-    from sklearn.datasets import make_moons
+    make_moons = _sklearn_datasets().make_moons
 
     pts, _ = make_moons(n_samples=n, noise=0.05, random_state=seed)
     pts = torch.as_tensor(pts, dtype=torch.float64)
