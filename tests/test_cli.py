@@ -402,7 +402,7 @@ def test_a_grid_tuned_on_another_model_is_said(capsys, tmp_path):
     assert code == 0 and "tuned on 'ring2d' and this run samples 'mix64'" in out + err, err
     code, out, err = run(["bench", "--problems", "ring2d,digits", "--solvers", "ddim", "--nfe", "4", "--grid",
                           str(tmp_path / "g.json"), "--seeds", "0-3", "--out", str(tmp_path / "c")], capsys)
-    assert code == 2 and "(problem digits) was tuned on the schedule DDPMSchedule" in err, err
+    assert code == 2 and "(run on problem digits) was tuned on the schedule DDPMSchedule" in err, err
     assert not (tmp_path / "c").exists()
 
 
@@ -630,3 +630,13 @@ def test_sample_out_on_a_full_disk_leaves_no_file(suffix, capsys, tmp_path, monk
                         "--quiet"], capsys)
     assert code == 1 and f"disk full while writing {out}" in err and "nothing was written" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_factory_file_without_its_function_is_named(capsys, tmp_path):
+    """``--model fac.py`` (a factory file, its function not named) said that fac.json was not found, which did
+    not tell how to fix it; now it names the form ``fac.py:make_model``."""
+    fac = tmp_path / "fac.py"
+    fac.write_text("def make_model():\n    pass\n")
+    code, _, err = run(["sample", "--model", str(fac), "--nfe", "4", "--seeds", "0-1", "--out",
+                        str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and f"{fac}:make_model" in err, err

@@ -244,7 +244,7 @@ def _plan(cfg: BenchConfig, problems: list[Problem], notes: list[str]) -> list[_
         if tuned is not None:  # its schedule before any row runs; another model of that schedule is a note
             from ..checks import check_tuned_schedule
 
-            check_tuned_schedule(tuned, p.schedule, f"the tuned grid {cfg.grid} (problem {p.name})")
+            check_tuned_schedule(tuned, p.schedule, f"the tuned grid {cfg.grid} (run on problem {p.name})")
             note = tuned.other_model(p.name)
             if note:
                 notes.append(note)

@@ -59,8 +59,11 @@ def read_metadata(path) -> dict:
     path = Path(path)
     json_path = path.with_suffix(".json")
     if not json_path.exists():
+        py = path.with_suffix(".py")
+        factory = (f"; {py} is a Python file: name the function in it that builds the model, {py}:make_model "
+                   f"(a factory returning a diffsolve.Denoiser)") if py.exists() and not path.exists() else ""
         raise FileNotFoundError(f"model metadata {json_path} not found: a diffsolve model is a "
-                                f".safetensors file with a .json of the same name beside it")
+                                f".safetensors file with a .json of the same name beside it{factory}")
     try:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError as e:
