@@ -296,7 +296,8 @@ def _tuned_grid(schedule, solver, solver_options, grid, steps, nfe, denoise_fina
         given = [k for k, v in other.items() if v is not None]
         if given:
             raise ValueError(f"the tuned grid given as {name}= fixes the times and the budget "
-                             f"({tuned.nfe} evaluations for {tuned.solver!r}); drop {', '.join(given)}")
+                             f"({tuned.nfe} evaluations for {tuned.solver!r}); drop "
+                             + ", ".join(f"{k}= (--{k.replace('_', '-')})" for k in given))
         if denoise_final not in (None, tuned.denoise_final):
             was = "with" if tuned.denoise_final else "without"
             raise ValueError(f"the tuned grid given as {name}= was tuned {was} "
