@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._text import StatusLine, count
-from ._tuning import _check, _Pilots, _search_grid, tuning
+from ._tuning import _check, _Pilots, _search_grid, model_name, tuning
 from .checks import (
     check_flag,
     check_grid_values,
@@ -189,8 +189,8 @@ def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: s
     with tuning(denoiser):
         return _tune_solver(denoiser, nfe, checked, grid=grid, grid_solver=grid_solver, history=history, shifts=shifts,
                             validation=validation, iterations=iterations, lr=lr, check_every=check_every,
-                            denoise_final=denoise_final, max_evals=max_evals, model=model, rtol=rtol, atol=atol,
-                            verbose=verbose, progress=progress)
+                            denoise_final=denoise_final, max_evals=max_evals, model=model_name(denoiser, model),
+                            rtol=rtol, atol=atol, verbose=verbose, progress=progress)
 
 
 def _tune_solver(denoiser: Denoiser, nfe: int, checked: tuple, *, grid, grid_solver: str, history: int, shifts: bool,

@@ -20,7 +20,7 @@ judged on fresh seeds, which the result reports beside the pilot error.
 """
 from __future__ import annotations
 
-from ._tuning import FIXED_GRIDS, _check, _fixed_step_solver, _tune_steps, tuning
+from ._tuning import FIXED_GRIDS, _check, _fixed_step_solver, _tune_steps, model_name, tuning
 from .checks import check_flag, check_grid_values, check_options
 from .denoiser import Denoiser
 from .solver_fit import tune_solver  # the other tuner, re-exported
@@ -77,6 +77,8 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
             dtype the network computes in (9.8e-5 for float16, 7.8e-4 for bfloat16, 1.2e-8 for float32):
             a tighter reference only chases the network's round-off with ever smaller steps.
         device: where the samples live (the network's device); default CPU.
+        model: the model's name, recorded in the grid (a run of another named model is told the grid was
+            fitted to this one); default a bundled model's own name (``diffsolve.zoo.load``), else none.
         progress: show progress on stderr (the reference solves, solves done and the best error so far);
             default: when stderr is a terminal (a tuning run can take minutes on a busy CPU).
 
@@ -95,5 +97,5 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
     _fixed_step_solver(solver, solver_options)[0].steps_for_nfe(nfe, denoise_final is True)
     with tuning(denoiser):
         return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
-                           max_evals=max_evals, solver_options=solver_options, model=model, rtol=rtol, atol=atol,
-                           verbose=verbose, progress=progress)
+                           max_evals=max_evals, solver_options=solver_options, model=model_name(denoiser, model),
+                           rtol=rtol, atol=atol, verbose=verbose, progress=progress)

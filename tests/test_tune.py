@@ -312,3 +312,13 @@ def test_the_denoisers_counter_keeps_the_tuning_calls():
     before = den.nfe
     grid = ds.tune_steps(den, solver="euler", nfe=2, pilot=4, screen=0, fresh=0, max_evals=5, progress=False)
     assert grid.tuning_nfe == calls[0] == den.nfe - before > 0
+
+
+def test_a_bundled_models_grid_records_its_name():
+    """A grid tuned from Python recorded no model (``model=''``), so a run of another model could not be told
+    the grid was fitted to this one; a bundled model's grid now records the model's name."""
+    m = ds.zoo.load("two_moons")
+    quick = dict(nfe=3, pilot=4, screen=0, fresh=0, max_evals=4, progress=False)
+    assert ds.tune_steps(m, **quick).model == "two_moons"
+    assert ds.tune_steps(m, model="mine", **quick).model == "mine"
+    assert "tuned on 'two_moons'" in ds.tune_steps(m, **quick).other_model("digits")
