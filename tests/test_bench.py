@@ -230,6 +230,8 @@ def test_default_plan_skips_what_cannot_run(tmp_path):
     assert {it.nfe for it in items if it.solver == "dpmpp_3m"} == {2, 5}
     with pytest.raises(ValueError, match="too small"):
         _plan(_check_config(BenchConfig(solvers=["heun"], nfe=[2])), [get_problem("ring2d")], [])
+    with pytest.raises(ValueError, match="a solver is listed twice"):  # from Python (the CLI's lists say it first)
+        _plan(_check_config(BenchConfig(solvers=["unipc:order=2", "unipc:order=2"])), [get_problem("ring2d")], [])
 
 
 def test_model_problem_rows(tmp_path):

@@ -36,16 +36,23 @@ def choices_msg(kind, value, valid):
 
 
 # --- option types ---------------------------------------------------------------------------------
-def csv(kind=str, what="value"):
-    """A comma-separated list of ``kind``."""
+def csv(kind=str, what="value", distinct: bool = True):
+    """A comma-separated list of ``kind``: no empty item (``5,,10``), and with ``distinct`` no value listed
+    twice (a list of choices; a pair such as LO,HI is not one)."""
     def parse(text):
-        items = [s.strip() for s in str(text).split(",") if s.strip()]
-        if not items:
+        items = [s.strip() for s in str(text).split(",")]
+        if not any(items):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s, got {text!r}")
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r}: list {what}s separated by single commas")
         try:
-            return [kind(s) for s in items]
+            values = [kind(s) for s in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}s, got {text!r}") from None
+        twice = [s for i, (s, v) in enumerate(zip(items, values)) if distinct and v in values[:i]]
+        if twice:
+            raise argparse.ArgumentTypeError(f"{twice[0]} is listed twice in {text!r}: list each {what} once")
+        return values
     return parse
 
 

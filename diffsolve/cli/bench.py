@@ -66,7 +66,7 @@ def add_parser(subparsers):
     fm.add_argument("--reference", help="what samples are compared with: a folder of images, a .npz/.npy/.pt "
                     "dataset, a folder of `diffsolve sample --format npz` shards, or mu/sigma statistics (.npz, "
                     "fid only) (default: a bundled model's held-out data, an analytic problem's exact samples)")
-    fm.add_argument("--data-range", type=csv(float, "number"),
+    fm.add_argument("--data-range", type=csv(float, "number", distinct=False),
                     help="LO,HI: the model's data range, mapped to 8-bit images as PNGs are (default -1,1)")
     fm.add_argument("--bootstrap", type=int, help="bootstrap resamples of each interval (default 50; "
                     "0: none; each costs one covariance of the features for fid)")

@@ -56,7 +56,7 @@ def add_parser(subparsers):
                                   "appended per batch), run.json and summary.json")
     lk.add_argument("--resume", action="store_true", help="continue the rows in --out (same settings): only "
                                                           "unfinished batches run")
-    lk.add_argument("--data-range", type=csv(float, "number"), default=None, metavar="LO,HI",
+    lk.add_argument("--data-range", type=csv(float, "number", distinct=False), default=None, metavar="LO,HI",
                     help="the model's data range, where 8-bit levels (or --levels) are mapped (default -1,1; "
                          "write --data-range=-1,1 when LO is negative)")
     lk.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None,
