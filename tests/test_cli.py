@@ -656,3 +656,14 @@ def test_a_factory_file_without_its_function_is_named(capsys, tmp_path):
     code, _, err = run(["sample", "--model", str(fac), "--nfe", "4", "--seeds", "0-1", "--out",
                         str(tmp_path / "x.pt")], capsys)
     assert code == 2 and f"{fac}:make_model" in err, err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--solver", "dopri5"], "needs a fixed-step solver"),
+    (["--solver", "learned", "--denoise-final", "no", "--pilot", "1"], "pilot must be an integer >= 2"),
+])
+def test_tune_refuses_before_its_announcement(extra, needle, capsys, tmp_path):
+    """These were refused after the 'tuning …' line, as if the work had begun; now before it."""
+    code, _, err = run(["tune", "--problem", "ring2d", "--nfe", "5", *extra, "--out", str(tmp_path / "g.json")],
+                       capsys)
+    assert code == 2 and needle in err and "tuning" not in err, err

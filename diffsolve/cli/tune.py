@@ -62,6 +62,14 @@ def _check_args(args) -> str:
     name = check_solver(args.solver)
     if name == "learned" and args.solver != name:
         raise CLIError("--solver learned takes no options: tune fits its weights")
+    if name != "learned":
+        from .._tuning import _fixed_step_solver
+
+        _fixed_step_solver(args.solver, None)  # one tune_steps can tune, before the announcement
+    elif args.pilot is not None:
+        from ..noise import seed_list
+
+        seed_list(args.pilot, "pilot", 2)  # tune_solver validates on some of its pilots: at least 2
     if args.init != "auto":
         check_grid(args.init)
         if is_grid_file(args.init) and name != "learned":
