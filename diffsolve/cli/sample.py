@@ -65,7 +65,8 @@ def class_label(text):
 
 
 def add_parser(subparsers):
-    s = subparsers.add_parser("sample", help="draw samples: one .pt or .npy file (--out), or PNG images or npz shards, resumable (--outdir)")
+    s = subparsers.add_parser("sample", help="draw samples: one .pt or .npy file (--out), or PNG images or npz "
+                                             "shards, resumable (--outdir)")
     add_model_options(s)
     s.add_argument("--solver", help="solver name or name:key=value:... spec, e.g. unipc:order=3 "
                                     "(default: that of diffsolve.sample, or the solver a tuned --grid file was "
