@@ -32,14 +32,27 @@ _LAZY = {
 }
 
 
+_NEEDS = {"DiffsolveScheduler": "diffusers"}  # lazy names that need an optional package
+
+
+def _missing(name) -> str | None:
+    """The optional package ``name`` needs, if it is not installed."""
+    import importlib.util
+
+    package = _NEEDS.get(name)
+    return package if package is not None and importlib.util.find_spec(package) is None else None
+
+
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | {n for n in _LAZY if _missing(n) is None})
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
+        if _missing(name):  # an AttributeError: hasattr, inspect.getmembers and help() then pass it by
+            raise AttributeError(f"diffsolve.{name} needs {_missing(name)}: pip install 'diffsolve[{_missing(name)}]'")
         module, attr = _LAZY[name]
         mod = importlib.import_module(module)
         return mod if attr is None else getattr(mod, attr)

@@ -179,13 +179,12 @@ class _Pilots:
 SCREEN_PER_PILOT = 16  # candidate start points screened per pilot by default (module docstring)
 
 
-def model_name(denoiser, model: str) -> str:
-    """The name a tuned grid records for its model: ``model``, else a bundled model's own (its metadata's
-    ``name``), else none (``""``)."""
-    if not isinstance(model, str):
+def model_name(denoiser, model: str | None) -> str:
+    """The name a tuned grid records for its model: ``model``, else the name :func:`diffsolve.zoo.load` loaded
+    it by (a bundled name or a file path, as ``diffsolve tune --model`` records it), else none (``""``)."""
+    if model is not None and not isinstance(model, str):
         raise TypeError(f"model must be a name (a str), got {type(model).__name__}")
-    meta = getattr(denoiser, "metadata", None)
-    return model or (str(meta.get("name", "")) if isinstance(meta, dict) else "")
+    return model or str(getattr(denoiser, "model_name", "") or "")
 
 
 def _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, screen, min_pilot: int = 1) -> tuple:

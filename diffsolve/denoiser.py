@@ -158,6 +158,7 @@ class Denoiser(torch.nn.Module):
 
     # how a non-finite output is named in its error (a guided denoiser's output is a combination of two)
     _returned = "the network returned"
+    _nfe_mark = 0  # (a Denoiser pickled before one_run existed has no instance value)
 
     @property
     def net_dtype(self) -> torch.dtype | None:

@@ -32,23 +32,27 @@ class NoiseSource:
         seeds: optional ``batch`` seeds (see :func:`parse_seeds`), one independent stream per sample.
         generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds), or a
             list of ``batch`` generators, one per sample (as diffusers' pipelines pass them: row i is
-            drawn from generator i, on that generator's device, in ``draw_dtype``). With neither, a
+            drawn from generator i, on that generator's device; a list of one is the batch's generator,
+            as diffusers' ``randn_tensor`` reads it). With neither, a
             generator seeded 0 (a run is deterministic), or with ``global_rng`` torch's own generator of
             ``device``, which ``torch.manual_seed`` seeds (diffusers' schedulers draw from it when the
             pipeline passes no generator).
         device, dtype: of the tensors returned.
-        draw_dtype: the dtype a shared generator draws in (default float64, then rounded to ``dtype``:
+        draw_dtype: the dtype a generator, or a list of them, draws in (default float64, then rounded to ``dtype``:
             a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
             draws in the model's dtype, as diffusers' schedulers do, so that the same generator gives
             the same noise as theirs. Per-sample seeds always draw in float64.
     """
 
     def __init__(self, batch: int, event_shape, *, seeds: Sequence[int] | None = None,
-                 generator: torch.Generator | None = None, device=None, dtype=torch.float64,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None, device=None,
+                 dtype=torch.float64,
                  draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
         self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
+        if isinstance(generator, (list, tuple)) and len(generator) == 1 and self.batch != 1:
+            generator = generator[0]  # one generator for the batch, as diffusers' randn_tensor reads a list of one
         row_gens = isinstance(generator, (list, tuple))
         if row_gens:
             bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
@@ -86,7 +90,7 @@ class NoiseSource:
 
     def randn(self, rows: Sequence[int] | None = None, *, dtype: torch.dtype | None = None) -> Tensor:
         """One standard normal draw for the whole batch, in ``dtype`` (default the source's; drawn in
-        float64, then rounded).
+        ``draw_dtype``, float64 for per-sample seeds, then rounded).
 
         With ``rows`` (sample indices), a draw for those samples only, shape (len(rows), *event_shape):
         with per-sample seeds only their streams advance, so what sample i gets depends on how often
@@ -94,8 +98,8 @@ class NoiseSource:
         """
         self.draws += 1
         dtype = self.dtype if dtype is None else dtype
-        # drawn in float64 whatever the state's dtype, then rounded to it: a seed gives the same noise,
-        # to rounding, in a float32 state as in a float64 one
+        # drawn in float64 (unless draw_dtype says otherwise) whatever the state's dtype, then rounded to it: a seed
+        # gives the same noise, to rounding, in a float32 state as in a float64 one
         if self._gens is None:
             n = self.batch if rows is None else len(rows)
             if self.global_rng:

@@ -162,7 +162,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             raise ValueError(f"shape={tuple(shape)} does not match x of shape {tuple(x.shape)}; give one of them")
         batch_shape = tuple(x.shape)
     else:
-        batch_shape = _batch_shape(denoiser, shape, seeds)
+        batch_shape = _batch_shape(denoiser, shape, seeds, generator)
     source = NoiseSource(batch_shape[0], batch_shape[1:], seeds=seeds, generator=generator,
                          device=device, dtype=dtype)
     if x is None:
@@ -260,15 +260,17 @@ def _check_sizes(steps, nfe, grid, solver_options, eta):
         check_number("eta", eta, minimum=0.0, maximum=1e150)
 
 
-def _batch_shape(denoiser: Denoiser, shape, seeds) -> tuple:
-    """(batch, *sample_shape) from ``shape``, or from the seeds and the denoiser's sample shape."""
+def _batch_shape(denoiser: Denoiser, shape, seeds, generator=None) -> tuple:
+    """(batch, *sample_shape) from ``shape``, or from the seeds (or a list of one generator per sample) and the
+    denoiser's sample shape."""
     if seeds is not None and len(seeds) == 0:
         raise ValueError("seeds is empty; give one seed per sample, e.g. seeds='0-63'")
+    per_sample = seeds if seeds is not None else generator if isinstance(generator, (list, tuple)) else None
     if shape is None:
-        if seeds is None or denoiser.shape is None:
-            raise ValueError("give x, or shape=(batch, ...), or seeds with a denoiser that knows its sample shape "
-                             "(Denoiser(..., shape=...))")
-        return (len(seeds), *denoiser.shape)
+        if not per_sample or denoiser.shape is None:
+            raise ValueError("give x, or shape=(batch, ...), or seeds (or a list of generators, one per sample) "
+                             "with a denoiser that knows its sample shape (Denoiser(..., shape=...))")
+        return (len(per_sample), *denoiser.shape)
     batch_shape = check_shape("shape", shape, batch=True)
     if denoiser.shape is not None and batch_shape[1:] != denoiser.shape:
         raise ValueError(f"shape={batch_shape} gives samples of shape {batch_shape[1:]}, but the denoiser's samples "

@@ -136,7 +136,7 @@ class _WeightFit:
 def tune_solver(denoiser: Denoiser, nfe: int = 5, *, grid="auto", grid_solver: str = "unipc", history: int = 3,
                 shifts: bool = True, pilot=1024, screen: int | None = 0, fresh=1024, validation: float = 0.25,
                 iterations: int = 300, lr: float = 0.01, check_every: int = 10, shape=None, denoise_final: bool = False,
-                max_evals: int = 300, model: str = "", rtol: float = 1e-8, atol: float = 1e-8, device=None,
+                max_evals: int = 300, model: str | None = None, rtol: float = 1e-8, atol: float = 1e-8, device=None,
                 verbose: bool = False, progress: bool | None = None) -> TunedGrid:
     r"""Fit the per-step weights of :class:`~diffsolve.solvers.learned.LearnedMultistep` to a model,
     a grid and a budget (the solver's predictor and corrector weights and, with ``shifts``, the

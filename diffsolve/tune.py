@@ -31,7 +31,7 @@ __all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
 
 def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, screen: int | None = None,
                fresh=256, shape=None, denoise_final: bool | str = "auto", init="auto", tune_end: bool | None = None,
-               max_evals: int = 300, solver_options: dict | None = None, model: str = "",
+               max_evals: int = 300, solver_options: dict | None = None, model: str | None = None,
                rtol: float = 1e-8, atol: float = 1e-8, device=None, verbose: bool = False,
                progress: bool | None = None) -> TunedGrid:
     r"""Optimise the time grid of ``solver`` at a budget of ``nfe`` evaluations for ``denoiser``.
@@ -78,7 +78,8 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
             a tighter reference only chases the network's round-off with ever smaller steps.
         device: where the samples live (the network's device); default CPU.
         model: the model's name, recorded in the grid (a run of another named model is told the grid was
-            fitted to this one); default a bundled model's own name (``diffsolve.zoo.load``), else none.
+            fitted to this one); default the name :func:`diffsolve.zoo.load` loaded it by (a bundled name or a
+            file path, as ``diffsolve tune --model`` records it), else none.
         progress: show progress on stderr (the reference solves, solves done and the best error so far);
             default: when stderr is a terminal (a tuning run can take minutes on a busy CPU).
 

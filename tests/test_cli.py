@@ -594,6 +594,18 @@ def test_dir_lists_the_lazy_names():
     assert diffsolve.DiffsolveScheduler is DiffsolveScheduler  # the docstrings' :class:`~diffsolve.DiffsolveScheduler`
 
 
+def test_a_lazy_name_whose_package_is_missing_leaves_introspection_alone(monkeypatch):
+    """Without diffusers, diffsolve.DiffsolveScheduler raised ImportError from hasattr, inspect.getmembers and
+    help(); it is now an AttributeError naming the extra, and dir() leaves the name out."""
+    import inspect
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    assert "DiffsolveScheduler" not in dir(diffsolve) and not hasattr(diffsolve, "DiffsolveScheduler")
+    assert inspect.getmembers(diffsolve)
+    with pytest.raises(AttributeError, match=r"needs diffusers: pip install 'diffsolve\[diffusers\]'"):
+        diffsolve.DiffsolveScheduler
+
+
 def test_one_process_commands_refuse_torchrun(capsys, tmp_path, monkeypatch):
     """sample --out FILE and tune run in one process: under torchrun every process did the whole job and wrote
     the same file; now they are refused before any work, naming what to use instead."""
@@ -626,6 +638,7 @@ def test_sample_out_on_a_full_disk_leaves_no_file(suffix, capsys, tmp_path, monk
     """On a full disk ``sample --out`` printed torch's or numpy's own error (``[enforce fail at
     inline_container.cc:672]``, exit 1; ``128000 requested and 16352 written``, exit 2) and left a truncated
     file. Now the file is written whole or not at all, and the error says the disk is full (exit 1)."""
+    import errno
     import shutil
     from collections import namedtuple
 
@@ -642,10 +655,22 @@ def test_sample_out_on_a_full_disk_leaves_no_file(suffix, capsys, tmp_path, monk
     monkeypatch.setattr(np, "save", short_npy)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(10, 10, 0))
     out = tmp_path / f"x{suffix}"
-    code, _, err = run(["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out", str(out),
-                        "--quiet"], capsys)
+    argv = ["sample", "--problem", "ring2d", "--nfe", "4", "--seeds", "0-3", "--out", str(out), "--quiet"]
+    code, _, err = run(argv, capsys)
     assert code == 1 and f"disk full while writing {out}" in err and "nothing was written" in err, err
     assert not list(tmp_path.iterdir())
+    # space enough by the numbers: a "no space" error code still says so (a quota), another error is named once
+    roomy = namedtuple("usage", "total used free")(2**40, 0, 2**40)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: roomy)
+    for error, said in ((OSError(errno.EDQUOT, "Disk quota exceeded"), f"disk full while writing {out}"),
+                        (OSError(errno.EIO, "Input/output error"), f"cannot write {out}: Input/output error")):
+        def failing(*a, **k):
+            raise error
+
+        monkeypatch.setattr(torch if suffix == ".pt" else np, "save", failing)
+        code, _, err = run(argv, capsys)
+        assert code == 1 and said in err and err.count(str(out)) == 1, err
+        assert not list(tmp_path.iterdir())
 
 
 def test_a_factory_file_without_its_function_is_named(capsys, tmp_path):

@@ -88,3 +88,24 @@ def test_bad_sources():
         NoiseSource(2, (3,), seeds=[0, 1], generator=torch.Generator())
     with pytest.raises(ValueError, match="got 3 seeds for a batch of 2; give one seed per sample"):
         NoiseSource(2, (3,), seeds=[0, 1, 2])
+
+
+def test_a_list_of_generators_one_per_sample():
+    """A list of generators (as diffusers' pipelines pass them): row i from generator i, whatever the batch and
+    the rows drawn; a list of one is the batch's generator (diffusers' randn_tensor reads it so); sample() takes
+    the batch from the list's length."""
+    import diffsolve as ds
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    both = NoiseSource(2, (3,), generator=gens(5, 6)).randn()
+    alone = NoiseSource(1, (3,), generator=gens(6)).randn()
+    assert torch.equal(both[1:], alone)
+    assert torch.equal(NoiseSource(2, (3,), generator=gens(5, 6)).randn(rows=[1]), alone)
+    one = NoiseSource(4, (3,), generator=gens(7)).randn()
+    assert torch.equal(one, NoiseSource(4, (3,), generator=torch.Generator().manual_seed(7)).randn())
+    den = ds.GaussianMixture.ring().denoiser(ds.make_schedule("ddpm"), "eps")
+    den.shape = (2,)
+    out = ds.sample(den, generator=gens(1, 2, 3), solver="ddim", eta=1.0, nfe=4)
+    assert out.x.shape == (3, 2)

@@ -107,14 +107,14 @@ def _feature_settings(args):
             raise CLIError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up feature metrics; "
                            f"name them with --metric fid,kid,prdc")
         return None
-    data_range = [-1.0, 1.0] if args.data_range is None else args.data_range
-    if len(data_range) != 2:
-        raise CLIError(f"--data-range is LO,HI, got {len(data_range)} numbers")
+    if args.data_range is not None and len(args.data_range) != 2:
+        raise CLIError(f"--data-range is LO,HI, got {len(args.data_range)} numbers")
     if args.reference is not None and not os.path.exists(args.reference):
         raise CLIError(f"--reference {args.reference}: no such file or folder")
-    given = {k: v for k, v in (("features", args.features), ("bootstrap", args.bootstrap)) if v is not None}
-    return FeatureSettings(metrics=tuple(args.metric), reference=args.reference, data_range=tuple(data_range),
-                           **given)  # (FeatureSettings' own defaults: pixels, 50)
+    given = {k: v for k, v in (("features", args.features), ("bootstrap", args.bootstrap),
+                               ("data_range", args.data_range and tuple(args.data_range))) if v is not None}
+    return FeatureSettings(metrics=tuple(args.metric), reference=args.reference,
+                           **given)  # (FeatureSettings' own defaults: pixels, 50, images.DATA_RANGE)
 
 
 EXIT_ROWS_FAILED = 3  # the run finished, but some rows raised (failed records in results.jsonl)

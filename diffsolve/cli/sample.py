@@ -10,6 +10,7 @@ its message is the command's error.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 import warnings
@@ -138,10 +139,22 @@ def _save(x, path: Path):
         write_atomic(path, write)
     except (OSError, RuntimeError, ValueError) as e:  # torch.save reports a short write as a RuntimeError
         need, free = x.numel() * x.element_size(), shutil.disk_usage(path.parent).free
-        if free < need:
-            raise WriteFailed(f"disk full while writing {path}: the samples take {need:,} bytes and {free:,} are "
-                              f"free; nothing was written (free the space, or write to another disk)") from None
-        raise WriteFailed(f"cannot write {path}: {e}; nothing was written") from None
+        if _no_space(e) or free < need + 2**20:  # (the file's headers and blocks take more than the numbers)
+            raise WriteFailed(f"disk full while writing {path} (or over quota): the samples take {need:,} bytes and "
+                              f"{free:,} are free; nothing was written (free the space, or write to another "
+                              f"disk)") from None
+        said = str(e) if str(e).startswith(f"cannot write {path}") else f"cannot write {path}: {e}"
+        raise WriteFailed(f"{said}; nothing was written") from None
+
+
+def _no_space(e: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is the file system's "no space" (or "over quota")."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    while e is not None:
+        if getattr(e, "errno", None) in codes:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _announce(args, problem):

@@ -42,6 +42,7 @@ exactly UniPC's bh2 corrector UniC-1 on the first step; W_1 for ``"taylor"``).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 from .base import Solver, lincomb
@@ -326,6 +327,8 @@ class DPMSolverPP2S(Solver):
             raise ValueError(f"dpmpp_2s: unknown intermediate {intermediate!r}; valid: 'ratio', 'grid'")
         if phase not in (0, 1) or isinstance(phase, bool):
             raise ValueError(f"dpmpp_2s: phase must be 0 or 1, got {phase!r}")
+        if phase and intermediate != "grid":
+            raise ValueError("dpmpp_2s: phase applies to intermediate='grid' (pairs of grid steps)")
         self.r, self.solver_type = float(r), solver_type
         self.intermediate, self.lower_order_final, self.phase = intermediate, bool(lower_order_final), int(phase)
         if intermediate == "grid":
@@ -334,7 +337,9 @@ class DPMSolverPP2S(Solver):
     def restarted(self, begin: int) -> "DPMSolverPP2S":
         if self.intermediate != "grid" or int(begin) % 2 == 0:
             return self
-        return DPMSolverPP2S(self.r, self.solver_type, self.intermediate, self.lower_order_final, 1 - self.phase)
+        other = copy.copy(self)
+        other.phase = 1 - self.phase
+        return other
 
     def _opens_pair(self, ctx, i: int) -> bool:
         j, n = i + self.phase, ctx.steps + self.phase  # the index and the length in the run the pairs belong to

@@ -101,4 +101,5 @@ def load(name, *, device=None, dtype: torch.dtype = torch.float32) -> Denoiser:
                    time_label=meta.get("time_label", "default"),  # net_dtype: its weights' (net.double() too)
                    shape=None if meta.get("shape") is None else check_shape("the metadata's 'shape'", meta["shape"]))
     den.metadata = meta
+    den.model_name = str(name)  # as loaded (a bundled name or a path), the name `diffsolve tune --model` records
     return den
