@@ -264,6 +264,15 @@ class _AzulaVE(torch.nn.Module):
         super().__init__()
         self.denoiser = denoiser
 
+    @property
+    def calling_dtype(self) -> torch.dtype | None:
+        """The dtype to call it in: its weights', raised to float32, as azula's samplers call it (its
+        denoisers cast the backbone's input themselves); None for one without weights (the caller's)."""
+        if not isinstance(self.denoiser, torch.nn.Module):
+            return None
+        w = next((p.dtype for p in self.denoiser.parameters() if p.is_floating_point()), None)
+        return None if w is None else torch.promote_types(w, torch.float32)
+
     def azula_time(self, s: Tensor) -> Tensor:
         """The azula times (float64, shape of s) where σ_t/α_t = s. Differentiable in s (the implicit
         function's derivative dt/d log s = 1 / (d log(σ/α)/dt), for tune_solver's time shifts): the value is

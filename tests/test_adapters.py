@@ -509,6 +509,38 @@ def test_azula_ddim_step_for_step():
         assert azula is not None and got.nfe == 12
 
 
+def test_azula_half_precision_backbone_is_called_as_azula_calls_it():
+    """A bfloat16 backbone: from_azula called azula's denoiser in bfloat16 (the state and azula's time rounded
+    there, 7e-3 off azula's own DDIM); azula's samplers call it in float32 and its denoiser casts the backbone's
+    input. Now the same: within float32 round-off of DDIMSampler."""
+    pytest.importorskip("azula")
+    from azula.denoise import KarrasDenoiser
+    from azula.noise import VPSchedule as AzulaVP
+    from azula.sample import DDIMSampler
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
+        def forward(self, x, t, **kw):
+            t = t.expand(x.shape[0]) if t.dim() == 0 else t
+            return self.net(torch.cat([x, t[:, None] / 5], 1))
+
+    torch.manual_seed(0)
+    az = KarrasDenoiser(Backbone().to(torch.bfloat16), AzulaVP())
+    seen = []
+    az.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    sampler = DDIMSampler(az, steps=8, silent=True)
+    x = sampler.init((3, 4))
+    want = sampler(x)
+    a, s = az.schedule(sampler.timesteps)
+    got = diffsolve.sample(adapters.from_azula(az, shape=(4,)), x / a[0], solver="ddim", grid=(s / a).double(),
+                           denoise_final=False)
+    assert set(seen) == {torch.float32}
+    torch.testing.assert_close(got.x * a[-1], want, rtol=0, atol=1e-5)
+
+
 def _time_gradient(den, x, t=0.3):
     t = torch.tensor(t, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
