@@ -276,7 +276,14 @@ def _to(c, device):
     return c.to(device) if isinstance(c, Tensor) and c.device != device else c
 
 
+def _uncompiled(model):
+    """The module a ``torch.compile``\ d one wraps (its ``forward`` takes ``*args, **kwargs``, its class is
+    ``OptimizedModule``), else the model: what its signature and class are read from."""
+    return getattr(model, "_orig_mod", model)
+
+
 def _takes_timestep_keyword(model) -> bool:
+    model = _uncompiled(model)
     fn = getattr(model, "forward", model)
     try:
         params = inspect.signature(fn).parameters
@@ -369,7 +376,7 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
                          f"shape=({in_ch}, H, W), or leave shape out for ({in_ch}, {size}, {size})")
     keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
     if time_label == "auto":
-        flux = isinstance(schedule, FlowSchedule) and type(unet).__name__.startswith("Flux")
+        flux = isinstance(schedule, FlowSchedule) and type(_uncompiled(unet)).__name__.startswith("Flux")
         time_label = schedule.nominal_sigma if flux else "default"
     config = _config_dict(scheduler_or_config)[0]
     if isinstance(threshold, str):

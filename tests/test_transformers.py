@@ -210,6 +210,24 @@ def test_flux_sigma_label_ids_and_guidance():
                     {**uncond, "img_ids": img_ids}).raw(x, t)
 
 
+def test_a_compiled_model_is_read_as_the_model_it_wraps():
+    """torch.compile's OptimizedModule has ``forward(*args, **kwargs)`` and its own class name: from_diffusers
+    passed the label positionally (FLUX: "got multiple values for argument 'encoder_hidden_states'") and gave a
+    compiled FLUX the label 1000·σ instead of σ. Both are now read off the wrapped module (nothing is compiled
+    here: the wrapper compiles at its first call)."""
+    from diffsolve._diffusers import _takes_timestep_keyword
+
+    flux = _tiny(diffusers.FluxTransformer2DModel, patch_size=1, in_channels=8, num_layers=1, num_single_layers=1,
+                 attention_head_dim=16, num_attention_heads=2, joint_attention_dim=12, pooled_projection_dim=10,
+                 guidance_embeds=False, axes_dims_rope=(4, 4, 8))
+    compiled = torch.compile(flux)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert type(compiled).__name__ != type(flux).__name__ and _takes_timestep_keyword(compiled)
+    t = torch.tensor(0.5, dtype=F64)
+    label = from_diffusers(compiled, sched, shape=(16, 8)).time_label(t)
+    assert float(label) == float(from_diffusers(flux, sched, shape=(16, 8)).time_label(t)) == 0.5
+
+
 def test_from_pretrained_transformer_pipeline_folder(sd3, tmp_path):
     sd3.save_pretrained(tmp_path / "transformer")
     _flow().save_pretrained(tmp_path / "scheduler")
