@@ -118,8 +118,10 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[Schedule, str]:
     DDPM family: a :class:`DDPMSchedule` whose ᾱ_n is the scheduler's ``alphas_cumprod`` (exactly
     the values its sampling loop uses), or computed by diffusers' ``DDPMScheduler`` from the config
     (``beta_schedule``, ``trained_betas``, ...); a zero terminal ᾱ (``rescale_betas_zero_snr``) is
-    replaced by 2⁻²⁴, as diffusers' own samplers do, or, where the table is already below 2⁻²⁴ one
-    timestep earlier (linear betas), by ᾱ_{N−2}²/ᾱ_{N−3}, so that ᾱ keeps decreasing. Prediction
+    replaced by 2⁻²⁴, as diffusers' Euler, DPM-Solver and UniPC schedulers do (its DDIM and DDPM keep
+    0, where their first step from t_max differs by about 2⁻¹² relative: :mod:`diffsolve.parity` lists that
+    as approximate), or, where the table is already below 2⁻²⁴ one timestep earlier (linear betas), by
+    ᾱ_{N−2}²/ᾱ_{N−3}, so that ᾱ keeps decreasing. Prediction
     ``eps``, ``v`` or ``x0``.
 
     Flow matching (:func:`is_flow_config`): a :class:`FlowSchedule` with ``num_train_timesteps`` N

@@ -10,8 +10,9 @@ from .base import _VarPreserving, _time
 _F64 = torch.float64
 # the hint of a table with zero terminal SNR (diffusers' rescale_betas_zero_snr): its last ᾱ is 0, β 1
 _ZERO_SNR = ("; the last value makes a zero terminal SNR (ᾱ_N = 0, e.g. rescale_betas_zero_snr), where the "
-             "log-SNR is infinite: put a tiny ᾱ_N > 0 there, as diffusers' samplers do (2**-24), or build the "
-             "schedule from the diffusers config (diffsolve.adapters.from_diffusers / DiffsolveScheduler), which does")
+             "log-SNR is infinite: put a tiny ᾱ_N > 0 there, as diffusers' Euler, DPM-Solver and UniPC schedulers "
+             "do (2**-24), or build the schedule from the diffusers config (diffsolve.adapters.from_diffusers / "
+             "DiffsolveScheduler), which does")
 
 
 class _PiecewiseLinear:
