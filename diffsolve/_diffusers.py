@@ -354,7 +354,9 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
             ``img_ids``, ``txt_ids``, ``guidance``; PixArt's ``added_cond_kwargs``; the
             ``encoder_hidden_states`` of an unguided text-conditional model, one row per sample).
         time_label: ``"auto"``: the integer timestep (DDPM family), 1000·σ (flow matching), σ for
-            ``FluxTransformer2DModel`` (which multiplies its timestep by 1000 itself); or any
+            ``FluxTransformer2DModel`` (which multiplies its timestep by 1000 itself), the timestep as
+            int64 for a model whose config has ``time_embedding_type="learned"`` (an index embedding:
+            ``"whole"``, which refuses a time between trained timesteps; ``"index"`` rounds it); or any
             :class:`~diffsolve.Denoiser` time label.
         threshold: None (default), ``"config"`` (the scheduler config's ``clip_sample`` /
             ``thresholding``, :func:`~diffsolve.thresholding.threshold_from_config`), or a threshold
@@ -379,7 +381,10 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
     keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
     if time_label == "auto":
         flux = isinstance(schedule, FlowSchedule) and type(_uncompiled(unet)).__name__.startswith("Flux")
-        time_label = schedule.nominal_sigma if flux else "default"
+        cfg = getattr(unet, "config", None)
+        learned = (cfg.get("time_embedding_type") if isinstance(cfg, dict) else
+                   getattr(cfg, "time_embedding_type", None)) == "learned"
+        time_label = schedule.nominal_sigma if flux else "whole" if learned else "default"
     config = _config_dict(scheduler_or_config)[0]
     if isinstance(threshold, str):
         if threshold != "config":

@@ -77,7 +77,24 @@ TIME_LABELS: dict[str, Callable[[Schedule], Callable[[Tensor], Tensor]]] = {
     "sigma_over_alpha": _label_sigma_over_alpha,  # EDM's σ̃ = σ/α = e^{−λ}
     "c_noise": lambda sch: (lambda t: 0.25 * torch.log(_label_sigma_over_alpha(sch)(t))),  # EDM ¼ log σ̃
     "log_snr": lambda sch: sch.log_snr,
+    # a network that looks its time embedding up by index: the training timestep as int64 where it is whole, a
+    # time between trained timesteps refused ("whole"); or the nearest whole timestep, an approximation ("index")
+    "whole": lambda sch: (lambda t: _whole_timestep(sch.time_label(t))),
+    "index": lambda sch: (lambda t: torch.round(sch.time_label(t)).to(torch.int64)),
 }
+
+
+def _whole_timestep(label: Tensor) -> Tensor:
+    """``label`` as int64 where every entry is a whole training timestep; else a ValueError naming the way out."""
+    whole = torch.round(label)
+    if bool(((label - whole).abs() > 1e-6 * whole.abs().clamp(min=1.0)).any()):
+        k = label[(label - whole).abs().argmax()] if label.dim() else label
+        raise ValueError(f"this network looks its time embedding up by index (whole training timesteps), and the "
+                         f"run evaluates it at timestep {float(k):.6g}, between two: sample on whole timesteps (a grid "
+                         f"of the scheduler's own, e.g. grid=den.schedule.t_of_timestep(timesteps), or "
+                         f"DiffsolveScheduler(grid='diffusers') in a pipeline), or give time_label='index' to round "
+                         f"each time to the nearest timestep (an approximation)")
+    return whole.to(torch.int64)
 
 
 class NonFiniteError(FloatingPointError):
@@ -384,19 +401,21 @@ class Denoiser(torch.nn.Module):
                          f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
             if "in-place" in str(e) or "inplace" in str(e):
                 _add_note(e, f"diffsolve: {_IN_PLACE}")
-            if label.dtype != net_dtype and label.is_floating_point() and _is_dtype_mismatch(e):
+            index = "indices" in str(e) and ("Long" in str(e) or "Int" in str(e))  # an embedding looked up by t
+            mismatch = not index and _is_dtype_mismatch(e)
+            if label.dtype != net_dtype and label.is_floating_point() and mismatch:
                 _add_note(e, f"diffsolve: the time label is {label.dtype} (a half-precision network gets float32 "
                              f"labels, as diffusers passes timesteps; labels keep the precision of the time): "
                              f"cast it inside the network, e.g. label.to(x.dtype)")
             inferred = (self._declared_dtype is None and isinstance(self.net, torch.nn.Module)
                         and calling_dtype(self.net) is None and self.__dict__.get("_first_weight") is not None)
-            if self.net_dtype is not None and inferred and _is_dtype_mismatch(e):
+            if self.net_dtype is not None and inferred and mismatch:
                 _, owner, pname, _ = self.__dict__["_first_weight"]
                 _add_note(e, f"diffsolve: the network's dtype, {net_dtype}, was read off its first floating "
                              f"parameter ({type(owner).__name__}.{pname}); if its weights are mostly in another "
                              f"dtype (a float32 norm layer first in a bfloat16 network), declare it: "
                              f"Denoiser(..., net_dtype=torch.bfloat16), for instance")
-            if self.net_dtype is None and _is_dtype_mismatch(e):
+            if self.net_dtype is None and mismatch:
                 # a half dtype torch names beside this one, else the other full precision
                 named = [d for word, d in (("BFloat16", torch.bfloat16), ("Half", torch.float16))
                          if word in str(e) and d != net_dtype]
@@ -406,11 +425,13 @@ class Denoiser(torch.nn.Module):
                 _add_note(e, f"diffsolve: its dtype is not declared (a plain function), so it was taken to be "
                              f"{how}. Declare the dtype it computes in (Denoiser(..., net_dtype={other}), for "
                              f"instance), or pass x in that dtype")
-            if "indices" in str(e) and ("Long" in str(e) or "Int" in str(e)):
+            if index:
                 _add_note(e, f"diffsolve: the network looks its time embedding up by index, so it takes whole "
                              f"training timesteps, and this label is {label.dtype} "
                              f"({'fractional' if bool((label != label.round()).any()) else 'whole'}): give it a "
-                             f"time_label that rounds to int64, or in a pipeline DiffsolveScheduler(grid='diffusers') "
+                             f"time_label that rounds to int64 (time_label='index', an approximation), or in a "
+                             f"pipeline "
+                             f"DiffsolveScheduler(grid='diffusers') "
                              f"(whole timesteps, int64)")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)

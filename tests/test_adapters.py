@@ -596,3 +596,34 @@ def test_flow_matching_conditions_of_another_batch_are_named():
     diffsolve.log_likelihood(fm, torch.randn(3, 8, dtype=torch.float64), divergence="exact", rtol=1e-3, atol=1e-3,
                              per_sample=False)
     assert set(taus) == {0}
+
+
+def test_an_index_time_embedding_gets_whole_timesteps():
+    """A UNet with ``time_embedding_type="learned"`` looks its time up by index: from_diffusers gave it float
+    labels, so it failed even on diffusers' own whole timesteps (an embedding error, with a note that blamed the
+    dtype). It now gives whole timesteps as int64 (time_label 'whole'): diffusers' DDIM grid reproduces its loop,
+    a time between timesteps is refused before the call, naming 'index' (rounding); with float labels the
+    error's notes name the label, not the dtype."""
+    unet = _tiny_unet(time_embedding_type="learned", num_train_timesteps=1000)
+    cfg = dict(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+    sched = diffusers.DDIMScheduler(**cfg)
+    sched.set_timesteps(10)
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    want = x.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            want = sched.step(unet(want, t).sample, t, want).prev_sample
+    den = adapters.from_diffusers(unet, cfg)
+    grid = den.schedule.t_of_timestep(sched.timesteps.double())
+    assert den.time_label(grid[:3]).dtype == torch.int64
+    with pytest.raises(ValueError, match="between two.*time_label='index'"):
+        diffsolve.sample(den, x, nfe=4)  # the default grid's times are not whole timesteps
+    rounded = adapters.from_diffusers(unet, cfg, time_label="index")
+    assert diffsolve.sample(rounded, x, nfe=4).nfe == 4
+    got = diffsolve.sample(den, x, solver="ddim", grid=grid, denoise_final=True).x
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    floats = adapters.from_diffusers(unet, cfg, time_label="default")
+    with pytest.raises(RuntimeError) as e:
+        floats.raw(x, 0.5)
+    notes = "\n".join(getattr(e.value, "__notes__", []))
+    assert "time_label='index'" in notes and "first floating parameter" not in notes, notes

@@ -154,7 +154,10 @@ def test_whole_timesteps_for_a_time_embedding_by_index():
     assert pipe.scheduler.timesteps.dtype == torch.int64
     assert pipe(num_inference_steps=5, output_type="np").images.shape == (1, 8, 8, 3)
     den = from_diffusers(unet, diffusers.DDIMScheduler(clip_sample=False))
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ValueError, match="looks its time embedding up by index"):  # before the call ('whole')
+        ds.sample(den, seeds="0-1", nfe=4)
+    den = from_diffusers(unet, diffusers.DDIMScheduler(clip_sample=False), time_label="default")
+    with pytest.raises(RuntimeError) as info:  # float labels: the network's own error, with a note naming the cause
         ds.sample(den, seeds="0-1", nfe=4)
     assert any("time embedding up by index" in n for n in getattr(info.value, "__notes__", [str(info.value)]))
 
