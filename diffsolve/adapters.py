@@ -299,13 +299,19 @@ class _AzulaVE(torch.nn.Module):
         alpha = self.denoiser.schedule(t)[0].to(device=y.device, dtype=y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
         t = t.to(device=y.device, dtype=y.dtype)
         try:
-            return self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs).mean
+            out = self.denoiser(alpha * y, t.reshape(()) if one else t, *args, **kwargs)
         except Exception as e:
             if not one:
                 _add_note(e, "diffsolve: the rows were given their own times (per-sample adaptive steps); if "
                              "this azula denoiser takes one time for all rows (as its GaussianDenoiser), it needs "
                              "them shared: log_likelihood(..., per_sample=False) or a fixed-step solver")
             raise
+        mean = None if isinstance(out, Tensor) else getattr(out, "mean", None)
+        if not isinstance(mean, Tensor):
+            raise TypeError(f"an azula denoiser returns a posterior whose .mean is x̂0 (azula.denoise.Denoiser); this "
+                            f"one returned {type(out).__name__}: wrap a network that returns x̂0 itself, D(x_t/α, σ/α), "
+                            f"with diffsolve.adapters.from_edm")
+        return mean
 
 
 def _one_time(t: Tensor) -> bool:

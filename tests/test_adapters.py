@@ -627,3 +627,17 @@ def test_an_index_time_embedding_gets_whole_timesteps():
         floats.raw(x, 0.5)
     notes = "\n".join(getattr(e.value, "__notes__", []))
     assert "time_label='index'" in notes and "first floating parameter" not in notes, notes
+
+
+def test_an_azula_style_denoiser_that_returns_a_tensor_is_named(mixture):
+    """A denoiser returning x̂0 as a tensor (not azula's posterior) gave "the network returned an object of type
+    builtin_function_or_method" (Tensor.mean, the method); a tuple, AttributeError. Both now say what azula's
+    denoisers return and which adapter takes x̂0 itself."""
+    for returned in (lambda x: 0.5 * x, lambda x: (x, x)):
+        class Plain(_AzulaStyle):
+            def forward(self, x_t, t, _r=returned):
+                return _r(x_t)
+
+        den = adapters.from_azula(Plain(mixture), shape=(6,))
+        with pytest.raises(TypeError, match=r"returns a posterior whose \.mean is x̂0.*from_edm"):
+            den.x0(torch.zeros(2, 6, dtype=torch.float64), 0.5)
