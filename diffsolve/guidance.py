@@ -37,6 +37,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -44,6 +45,10 @@ from torch import Tensor
 from .denoiser import Denoiser, calling_dtype, take_rows
 
 __all__ = ["CFGDenoiser"]
+
+
+def _is_int(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def _rows(c, batch: int, what: str):
@@ -261,10 +266,12 @@ class CFGDenoiser(Denoiser):
                 raise ValueError(f"scale must be a float or a (B,) tensor, got shape {tuple(scale.shape)}")
             if not bool(torch.isfinite(scale).all()):
                 raise ValueError("scale has NaN or Inf entries; give finite guidance scales")
-        elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        elif not isinstance(scale, numbers.Real) or isinstance(scale, bool):  # numpy scalars too
             raise TypeError(f"scale must be a float or a (B,) tensor, got {type(scale).__name__}")
         elif not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")
+        else:
+            scale = float(scale)
         if isinstance(cond, dict) or isinstance(uncond, dict):
             if not (isinstance(cond, dict) and isinstance(uncond, dict)):
                 raise TypeError("give cond and uncond both as dicts of keyword conditions, or both as tensors")
@@ -279,11 +286,18 @@ class CFGDenoiser(Denoiser):
                     raise TypeError(f"class labels must be integers (this network's null class is {uncond.item()!r}), "
                                     f"got {cond.dtype}: cast them, e.g. labels.long()")
                 uncond = uncond.to(cond.dtype)
+            elif _is_int(cond) and _is_int(uncond) and uncond.dtype != cond.dtype:  # uncond=10 beside int32 labels
+                uncond = uncond.to(cond.dtype)
         guided = _GuidedNet(net, scale, cond, uncond, cond_key)
         super().__init__(guided, schedule, prediction, time_label=time_label, net_dtype=net_dtype, shape=shape,
                          threshold=threshold)
         if self_meta is not None:
             self.metadata = self_meta
+
+    def reset_nfe(self) -> int:
+        """Set ``nfe``, ``rows`` and ``calls`` back to 0; returns the evaluations counted before."""
+        self.net.rows = self.net.calls = 0
+        return super().reset_nfe()
 
     @property
     def rows(self) -> int:

@@ -221,3 +221,17 @@ def test_an_overflowing_guidance_scale_is_not_blamed_on_the_network():
     base = diffsolve.zoo.load("digits")
     with pytest.raises(diffsolve.NonFiniteError, match=r"guided output .* overflow the network's dtype\) was NaN"):
         diffsolve.sample(diffsolve.CFGDenoiser(base, 1e20, 3), seeds=[0], solver="dpmpp_2m", nfe=6)
+
+
+def test_a_numpy_scale_an_int32_labels_uncond_and_reset_nfe():
+    """Three small gaps: a numpy float32 scale was refused (np.float64 was not); an explicit integer uncond
+    beside int32 labels failed at the first call ("must have the same dtype"), where the network's null class
+    is cast; reset_nfe() reset nfe but left rows and calls running."""
+    import numpy as np
+
+    base = diffsolve.zoo.load("digits")
+    g = CFGDenoiser(base, np.float32(2.0), torch.tensor([1, 2], dtype=torch.int32), uncond=10)
+    assert g.scale == 2.0
+    diffsolve.sample(g, seeds=range(2), steps=3, analytic_first_step=False)
+    assert (g.nfe, g.rows, g.calls) == (3, 12, 3)
+    assert g.reset_nfe() == 3 and (g.nfe, g.rows, g.calls) == (0, 0, 0)
