@@ -391,11 +391,13 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
             raise ValueError(f"threshold must be None, 'config' or a threshold object, got {threshold!r}")
         threshold = threshold_from_config(config)
     elif threshold is None and threshold_from_config(config) is not None:
-        asked = ", ".join(f"{k}=True" for k in ("clip_sample", "thresholding") if config.get(k))
-        warnings.warn(f"the scheduler config sets {asked}, which diffusers' DDPM/DDIM schedulers apply to x̂0 and "
-                      f"its ODE solvers ignore; this Denoiser does not threshold (sample() integrates the ODE as "
-                      f"it is): pass threshold='config' to apply it, as DiffsolveScheduler made from the same "
-                      f"config does", UserWarning, stacklevel=2)
+        # where diffusers applies each to x̂0 (thresholding takes precedence over clip_sample where both are set)
+        where = {"clip_sample": "its DDPM and DDIM schedulers",
+                 "thresholding": "its DDPM, DDIM, DPM-Solver, DEIS and UniPC (data prediction) schedulers"}
+        asked = "; ".join(f"{k}=True, which {w} apply to x̂0" for k, w in where.items() if config.get(k))
+        warnings.warn(f"the scheduler config sets {asked} in diffusers; this Denoiser does not threshold (sample() "
+                      f"integrates the ODE as it is): pass threshold='config' to apply it, as DiffsolveScheduler "
+                      f"made from the same config does", UserWarning, stacklevel=2)
     net = _DiffusersNet(unet, cond_key, keep, conditions)
     return Denoiser(net, schedule, prediction=prediction, time_label=time_label, net_dtype=net_dtype, shape=shape,
                     threshold=threshold)

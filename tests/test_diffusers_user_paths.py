@@ -73,8 +73,12 @@ def test_zero_terminal_snr_config_from_any_betas(betas):
 def test_from_diffusers_checks_the_channels_and_names_a_thresholding_config(unet):
     with pytest.raises(ValueError, match=r"shape=\(4, 8, 8\) has 4 channels, but the model takes in_channels=3"):
         from_diffusers(unet, diffusers.DDPMScheduler(clip_sample=False).config, shape=(4, 8, 8))
-    with pytest.warns(UserWarning, match=r"clip_sample=True.*threshold='config'"):
+    with pytest.warns(UserWarning, match=r"clip_sample=True, which its DDPM and DDIM schedulers apply.*"
+                                         r"threshold='config'"):
         from_diffusers(unet, diffusers.DDPMScheduler().config)
+    # diffusers' DPM-Solver applies thresholding too (the warning said only DDPM/DDIM did, its ODE solvers not)
+    with pytest.warns(UserWarning, match=r"thresholding=True, which its DDPM, DDIM, DPM-Solver, DEIS and UniPC"):
+        from_diffusers(unet, diffusers.DPMSolverMultistepScheduler(thresholding=True).config)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_diffusers(unet, diffusers.DDPMScheduler().config, threshold="config")
