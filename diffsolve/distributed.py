@@ -156,6 +156,8 @@ def init(device: str = "cpu") -> DistContext:
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
         raise ValueError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE={world}: the number of processes is at least 1 (torchrun sets it)")
     if world > 1 and not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is outside 0..{world - 1} for WORLD_SIZE={world}: each process needs its own "
                          f"rank below the world size (torchrun sets both)")

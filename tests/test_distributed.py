@@ -62,3 +62,8 @@ def test_a_rank_outside_the_world_is_refused(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ValueError, match="RANK=5 is outside 0..1 for WORLD_SIZE=2"):
         init("cpu")
+    for world in ("0", "-3"):  # ran as one process, silently
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(ValueError, match=f"WORLD_SIZE={world}: the number of processes is at least 1"):
+            init("cpu")
