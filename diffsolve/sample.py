@@ -92,10 +92,11 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             = :data:`DEFAULT_NFE` (20) for a fixed-step solver. A tuned grid fixes the times, the
             budget and ``denoise_final``: a budget, a number of steps or a ``denoise_final``
             other than the grid's beside it is refused.
-        grid: a grid kind (see :mod:`diffsolve.grids`; default ``"log_snr"``, or the default run's grid
-            when no solver is given) or an explicit decreasing
-            array of times (one time with ``denoise_final=True``: the run is x̂0 there, one evaluation).
-            An adaptive solver chooses its own steps: an array gives it only the start
+        grid: a grid kind (see :mod:`diffsolve.grids`; default the solver's
+            (:meth:`~diffsolve.solvers.base.Solver.default_grid`: ``"log_snr"``; ``heun``: EDM's ``"karras"``,
+            or ``"time"`` on a flow schedule), or the default run's grid when no solver is given) or an
+            explicit decreasing array of times (one time with ``denoise_final=True``: the run is x̂0 there, one
+            evaluation). An adaptive solver chooses its own steps: an array gives it only the start
             and end times, and a kind is refused (``torchsde`` takes ``grid`` in ``solver_options``).
         eta: ν_t = η g_t (0: probability-flow ODE, 1: reverse SDE); or ``noise``: a callable t ↦ ν_t.
             Default: the solver's ``default_eta``, 1 for the solvers made to sample the reverse SDE
@@ -225,8 +226,9 @@ def plan_run(schedule, *, solver=None, steps=None, nfe=None, grid=None, eta=None
 def _defaults(schedule, solver, solver_options, grid, nfe, steps, denoise_final, level, analytic):
     """The solver, grid, final denoise and analytic first step of the call: as given, else the
     measured defaults for its budget and schedule (:mod:`diffsolve.defaults`); a solver given by
-    name weighs the final denoise against its budget itself, steps on ``log_snr`` unless the call
-    names a grid, and makes every evaluation with the network unless told otherwise."""
+    name weighs the final denoise against its budget itself, steps on its own default grid
+    (:meth:`~diffsolve.solvers.base.Solver.default_grid`: ``log_snr``, EDM's ``karras`` for ``heun``) unless
+    the call names one, and makes every evaluation with the network unless told otherwise."""
     if solver is None:  # the default solvers spend 1 evaluation per step
         times = None if grid is None or isinstance(grid, str) else torch.as_tensor(grid).reshape(-1)
         start = None if times is None else float(times[0])

@@ -68,7 +68,8 @@ def test_a_budget_of_n_calls_buys_the_steps_of_n_plus_one(solver, per_step):
         assert fast.nfe <= nfe and plain.nfe <= nfe
         want = ds.solvers.get_solver(solver).steps_for_nfe(nfe + 1)
         assert len(fast.t) - 1 == want >= len(plain.t) - 1
-        torch.testing.assert_close(fast.t, ds.grids.make_grid(den.schedule, want, "log_snr"), rtol=0, atol=0)
+        kind = ds.solvers.get_solver(solver).default_grid(den.schedule)  # heun's own: EDM's Karras grid
+        torch.testing.assert_close(fast.t, ds.grids.make_grid(den.schedule, want, kind), rtol=0, atol=0)
 
 
 def test_error_is_the_data_mean_carried_by_the_first_step():
@@ -198,3 +199,28 @@ def test_never_the_runs_only_evaluation():
     assert a.nfe == b.nfe == 1 and not a.analytic_first_step and not torch.equal(a.x, b.x)
     assert ds.sample(zero, seeds=[0, 1], steps=2).analytic_first_step  # two steps: one of them by the network
     assert ds.sample(zero, seeds=[0, 1], steps=1, analytic_first_step=True).nfe == 0
+
+
+def test_heun_runs_on_its_own_grid_by_default():
+    """heun named without a grid ran on the log-SNR grid, whose first step from s = 160 over-weights the
+    trapezoid's correction: RMS error 28 on the ring at 4 evaluations (DDPM). It now runs on EDM's Karras grid
+    in s (6.1 there), and on the uniform time grid in t on a flow schedule (diffusers' FlowMatchHeun's)."""
+    from diffsolve.reference import ode_reference
+
+    gm = ds.GaussianMixture.ring()
+    sch = ds.make_schedule("ddpm")
+    den = gm.denoiser(sch, "eps")
+    x = float(sch.sigma(torch.tensor(sch.t_max, dtype=F64))) * torch.randn(
+        256, 2, dtype=F64, generator=torch.Generator().manual_seed(5))
+    ref = den.x0(ode_reference(den, x, sch.t_max, sch.t_min, rtol=1e-9, atol=1e-9), sch.t_min)
+
+    def rms(grid=None):
+        out = ds.sample(den, x, solver="heun", nfe=4, grid=grid)
+        return float((out.x - ref).pow(2).mean().sqrt()), out.t
+
+    own, t = rms()
+    torch.testing.assert_close(t, ds.grids.make_grid(sch, len(t) - 1, "karras"), rtol=0, atol=0)
+    assert own < rms("log_snr")[0] / 3
+    flow = gm.denoiser(ds.make_schedule("flow"), "velocity")
+    t = ds.sample(flow, seeds="0-1", solver="heun", nfe=6).t
+    torch.testing.assert_close(t, ds.grids.make_grid(flow.schedule, len(t) - 1, "time"), rtol=0, atol=0)

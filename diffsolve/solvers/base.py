@@ -199,7 +199,7 @@ class Solver:
     def grid_for(self, schedule: Schedule, *, steps: int | None = None, nfe: int | None = None, grid=None,
               denoise_final: bool = False, t_start: float | None = None) -> Tensor:
         """The float64 grid this solver runs on: ``steps`` steps, or as many as the budget ``nfe``
-        allows (default :data:`DEFAULT_NFE`), on a grid kind (default ``"log_snr"``) from ``t_start``
+        allows (default :data:`DEFAULT_NFE`), on a grid kind (default :meth:`default_grid`) from ``t_start``
         (default the schedule's ``t_max``); or an explicit decreasing array ``grid`` (which fixes the
         steps). At most one of the three sizes the run. An explicit grid of one time is taken with
         ``denoise_final`` (a run that is the final denoise alone: a diffusers plan of one evaluation)."""
@@ -214,7 +214,12 @@ class Solver:
             nfe = DEFAULT_NFE
         if nfe is not None:
             steps = self.steps_for_nfe(nfe, denoise_final)
-        return make_grid(schedule, steps, "log_snr" if grid is None else grid, t_start=t_start)
+        return make_grid(schedule, steps, self.default_grid(make_schedule(schedule)) if grid is None else grid,
+                         t_start=t_start)
+
+    def default_grid(self, schedule: Schedule) -> str:
+        """The grid kind of a run that names none: ``"log_snr"``, but for a solver made on another grid."""
+        return "log_snr"
 
     def check(self, ctx: StepContext):
         """Validate the configuration against the grid before the first step."""
