@@ -81,8 +81,28 @@ def save_png(path, image: Tensor) -> None:
     _pil().fromarray(np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a)).save(path)
 
 
+# PIL modes of more than 8 bits per channel: converting them to RGB saturates (a 16-bit 1000 becomes 255)
+_WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_header(path) -> tuple:
+    """(C, H, W) of the uint8 image :func:`load_image` makes of ``path``, read from its header alone (no
+    pixels decoded); an unreadable file or one of more than 8 bits per channel is a ValueError naming it."""
+    try:
+        with _pil().open(path) as im:
+            mode, (w, h) = im.mode, im.size
+    except (OSError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+    if mode in _WIDE_MODES:
+        raise ValueError(f"{path} is a {mode} image (more than 8 bits per channel): a dataset of images is read as "
+                         f"8-bit levels; save it as 8-bit PNGs, or give the samples as a .npy/.pt file of floats")
+    return (1 if mode == "L" else 3, h, w)
+
+
 def load_image(path) -> Tensor:
-    """One image file → uint8 (C, H, W): grey stays 1 channel, anything else becomes RGB."""
+    """One image file → uint8 (C, H, W): grey stays 1 channel, anything else becomes RGB (:func:`image_header`
+    refuses images of more than 8 bits per channel, which that would saturate)."""
+    image_header(path)
     with _pil().open(path) as im:
         im = im if im.mode in ("L", "RGB") else im.convert("RGB")
         a = np.asarray(im, dtype=np.uint8)
@@ -147,6 +167,10 @@ def _npz_array(path: Path):
 
 def _image_folder(path: Path, files: list[Path]) -> Dataset:
     first = load_image(files[0])
+    for f in files[1:]:  # every header before any work: a late odd image stopped a run midway
+        if image_header(f) != tuple(first.shape):
+            raise ValueError(f"{f} has shape {image_header(f)}, {files[0]} has {tuple(first.shape)}: the images of "
+                             f"a dataset must share one size and channel count")
 
     def read(s, e):
         ims = [load_image(f) for f in files[s:e]]

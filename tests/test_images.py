@@ -86,3 +86,29 @@ def test_a_png_folder_reads_in_seed_order_across_a_million():
 
     paths = [Path("d/1000000/1000000.png"), Path("d/999000/999999.png"), Path("d/999000/999998.png")]
     assert [p.name for p in sorted(paths, key=natural_order)] == ["999998.png", "999999.png", "1000000.png"]
+
+
+def test_every_image_header_is_read_before_any_work(tmp_path):
+    """A folder's images were read a batch at a time, so a late image of another size, or a corrupt one, stopped
+    a likelihood run after rows were written; a 16-bit PNG was converted to RGB, which saturates it (1000 became
+    255), and scored. Each is now refused when the folder is opened, from the headers alone."""
+    import numpy as np
+    from PIL import Image
+
+    from diffsolve.images import open_dataset
+
+    def folder(name, last):
+        d = tmp_path / name
+        d.mkdir()
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / f"{i}.png")
+        last(d / "3.png")
+        return d
+
+    cases = [(lambda p: Image.fromarray(np.zeros((9, 9), np.uint8)).save(p), r"3\.png has shape \(1, 9, 9\)"),
+             (lambda p: p.write_bytes(b"not a png"), r"cannot read .*3\.png as an image"),
+             (lambda p: Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(p), r"more than 8 bits per channel")]
+    for i, (last, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            open_dataset(folder(f"d{i}", last))
+    assert len(open_dataset(folder("ok", lambda p: Image.fromarray(np.zeros((8, 8), np.uint8)).save(p)))) == 4
