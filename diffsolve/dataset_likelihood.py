@@ -316,7 +316,8 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     name = data_name or (f"--data {data}" if isinstance(data, (str, os.PathLike)) else "data")
     data_range = check_data_range(data_range)
-    if levels is not None and isinstance(data, (str, os.PathLike)) and Path(data).suffix in (".npy", ".pt"):
+    suffix = Path(data).suffix.lower() if isinstance(data, (str, os.PathLike)) else None
+    if levels is not None and suffix in (".npy", ".pt", ".npz") and Path(data).is_file():
         data = load_tensor_file(data, name, images=True, levels=True)  # integer level indices allowed
     ds = _as_dataset(_levels_on_grid(data, levels, data_range, name), denoiser, name)
     if n is None:

@@ -21,13 +21,21 @@ def load_tensor_file(path, what: str = "data file", images: bool = False, levels
     ``numpy.save`` (``.npy``, no pickled objects), or with ``images=True`` also a uint8 one (8-bit
     images), with ``levels=True`` any integer one (level indices); a bad file is one clear line."""
     p = Path(path)
-    if p.suffix not in (".pt", ".npy"):
+    suffix = p.suffix.lower()
+    if suffix not in (".pt", ".npy") and not (levels and suffix == ".npz"):
         raise ValueError(f"{what} {str(path)!r} must be .npy (numpy.save) or .pt (torch.save)")
     if not p.exists():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     if p.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a directory; give a .npy or .pt file")
-    x = _load_npy(p, what) if p.suffix == ".npy" else _load_pt(p, what)
+    if suffix == ".npz":  # (level indices: the one array of an archive, as images.open_dataset reads it)
+        import numpy as np
+
+        from .images import _npz_array
+
+        x = torch.from_numpy(np.ascontiguousarray(_npz_array(p)))
+    else:
+        x = _load_npy(p, what) if suffix == ".npy" else _load_pt(p, what)
     if not x.is_floating_point() and not (images and x.dtype == torch.uint8) and not (levels and x.dtype != torch.bool):
         raise ValueError(f"{what} {str(path)!r} holds {x.dtype} values; the samples must be real floating-point "
                          f"numbers: save them converted, e.g. torch.save(x.double()) or "

@@ -299,3 +299,24 @@ def test_uint8_level_indices_with_levels_are_indices():
     a = dl.dataset_log_likelihood(den, k.to(torch.uint8), levels=17, fixed_steps=3)
     b = dl.dataset_log_likelihood(den, k, levels=17, fixed_steps=3)
     assert a.summary["mean_log_prob"] == b.summary["mean_log_prob"] and a.summary["levels"] == 17
+
+
+def test_level_indices_in_an_npz_file_as_in_npy(tmp_path):
+    """Integer level indices in a .npz archive were refused ("expected uint8 images or floating-point samples";
+    as uint8, "uint8 images have 256 levels") where the same array in .npy was read; now the same numbers, from
+    the library and the command line."""
+    import numpy as np
+
+    from diffsolve.cli import main
+
+    den = ds.GaussianMixture.ring().denoiser("vp", "eps")
+    k = torch.randint(0, 17, (4, 2), generator=torch.Generator().manual_seed(0)).numpy()
+    np.save(tmp_path / "k.npy", k)
+    np.savez(tmp_path / "k.npz", x=k)
+    np.savez(tmp_path / "k8.npz", x=k.astype(np.uint8))
+    want = dl.dataset_log_likelihood(den, tmp_path / "k.npy", levels=17, fixed_steps=3).summary["mean_log_prob"]
+    for f in ("k.npz", "k8.npz"):
+        got = dl.dataset_log_likelihood(den, tmp_path / f, levels=17, fixed_steps=3).summary["mean_log_prob"]
+        assert got == want, f
+    assert main(["likelihood", "--problem", "ring2d", "--data", str(tmp_path / "k.npz"), "--levels", "17",
+                 "--rtol", "1e-3", "--atol", "1e-3", "--quiet"]) == 0

@@ -89,7 +89,7 @@ def _open_data(path: str, levels: bool = False):
     from ..images import IMAGE_SUFFIXES, open_dataset
 
     p = Path(path).expanduser()
-    if p.suffix in (".npy", ".pt"):
+    if p.suffix.lower() in (".npy", ".pt") or (levels and p.suffix.lower() == ".npz" and p.is_file()):
         return load_tensor_file(p, "--data file", images=True, levels=levels)
     if not p.exists():
         raise CLIError(f"--data {path!r} does not exist")
