@@ -279,8 +279,8 @@ def _to(c, device):
 
 
 def _uncompiled(model):
-    """The module a ``torch.compile``\ d one wraps (its ``forward`` takes ``*args, **kwargs``, its class is
-    ``OptimizedModule``), else the model: what its signature and class are read from."""
+    """The module a ``torch.compile`` wrapper holds (the wrapper's ``forward`` takes ``*args, **kwargs`` and its
+    class is ``OptimizedModule``), else the model: what its signature and class are read from."""
     return getattr(model, "_orig_mod", model)
 
 
