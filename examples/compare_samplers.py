@@ -9,8 +9,9 @@ For each solver and budget of network evaluations (NFE, final denoise included) 
 samples (same seeds, so the same x_T) and reports
 
 - ``err``: RMS distance (in [−1, 1] pixel units) to a reference solution of the probability-flow
-  ODE from the same x_T (DPM-Solver++(2M) with 200 steps; deterministic solvers only), the
-  solver's own discretisation error;
+  ODE from the same x_T (DPM-Solver++(2M) with 200 steps): for a deterministic solver its own
+  discretisation error; a stochastic one (e.g. ``ancestral``) samples the reverse SDE, whose samples
+  differ from the ODE's by design, so its ``err`` measures that difference, not an error;
 - ``conf`` / ``classes``: mean top probability of a logistic-regression classifier trained on the
   real training digits, and how many of the 10 classes appear — sample quality as a person sees it.
 
