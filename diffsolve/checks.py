@@ -327,3 +327,15 @@ def check_tuned_schedule(tuned, schedule, where: str = "the tuned grid"):
 
 
 # --- files ------------------------------------------------------------------------------------------------
+
+
+# --- optional packages --------------------------------------------------------------------------------------
+def require(module: str, why: str):
+    """``module`` imported, or an ImportError that says ``why`` it is needed and how to install it (``why``
+    ends with the pip command) and how importing it failed."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{why}; importing it failed: {e}") from e

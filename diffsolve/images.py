@@ -64,12 +64,10 @@ def from_uint8(k: Tensor, data_range=DATA_RANGE, dtype: torch.dtype = torch.floa
 
 
 def _pil():
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise ImportError(f"reading and writing images needs Pillow, a dependency of diffsolve (pip install "
-                          f"pillow); importing it failed: {e}") from e
-    return Image
+    from .checks import require
+
+    return require("PIL.Image", "reading and writing images needs Pillow, a dependency of diffsolve (pip install "
+                                "pillow)")
 
 
 def save_png(path, image: Tensor) -> None:

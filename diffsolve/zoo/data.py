@@ -28,12 +28,10 @@ MOONS_SCALE = (0.87, 0.5)
 
 
 def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as e:
-        raise ImportError(f"the digits and two-moons data come from scikit-learn (pip install scikit-learn, or "
-                          f"pip install 'diffsolve[bench]'); importing it failed: {e}") from e
-    return datasets
+    from ..checks import require
+
+    return require("sklearn.datasets", "the digits and two-moons data come from scikit-learn (pip install "
+                                       "scikit-learn, or pip install 'diffsolve[bench]')")
 
 
 def digits(split: str = "train") -> tuple[Tensor, Tensor]:
