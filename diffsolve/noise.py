@@ -33,10 +33,10 @@ class NoiseSource:
         generator: optional ``torch.Generator`` shared by the whole batch (exclusive with seeds), or a
             list of ``batch`` generators, one per sample (as diffusers' pipelines pass them: row i is
             drawn from generator i, on that generator's device; a list of one is the batch's generator,
-            as diffusers' ``randn_tensor`` reads it). With neither, a
-            generator seeded 0 (a run is deterministic), or with ``global_rng`` torch's own generator of
-            ``device``, which ``torch.manual_seed`` seeds (diffusers' schedulers draw from it when the
-            pipeline passes no generator).
+            as diffusers' ``randn_tensor`` reads it). With neither, a generator seeded 0 (a run is
+            deterministic), or with ``global_rng`` torch's own generator of ``device``, which
+            ``torch.manual_seed`` seeds (diffusers' schedulers draw from it when the pipeline passes no
+            generator).
         device, dtype: of the tensors returned.
         draw_dtype: the dtype a generator, or a list of them, draws in (default float64, then rounded to ``dtype``:
             a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
@@ -46,8 +46,7 @@ class NoiseSource:
 
     def __init__(self, batch: int, event_shape, *, seeds: Sequence[int] | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None, device=None,
-                 dtype=torch.float64,
-                 draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
+                 dtype=torch.float64, draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
         self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)

@@ -56,8 +56,7 @@ class SampleResult:
 def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] | None = None,
            solver=None, steps: int | None = None, nfe: int | None = None, grid=None,
            eta: float | None = None, noise: Callable | None = None, seeds=None,
-           generator: torch.Generator | Sequence[torch.Generator] | None = None,
-           denoise_final: bool | None = None,
+           generator: torch.Generator | Sequence[torch.Generator] | None = None, denoise_final: bool | None = None,
            dtype: torch.dtype | None = None, device=None, trajectory: bool = False,
            solver_options: dict | None = None, analytic_first_step: bool | None = None,
            enable_grad: bool = False) -> SampleResult:
@@ -125,10 +124,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             standard-normal data, x̂0 = α x / (α² + σ²) (:meth:`~diffsolve.Denoiser.prior_output`,
             docs/math.md §27; Zhou et al., arXiv:2312.00094) instead of a network call, so a budget of
             N evaluations buys the steps of N + 1 (fixed-step solvers; ``steps=n`` keeps n steps and
-            makes one network call fewer; by default never a run's only evaluation). Default: as the default run says
-            when no solver is given
-            (up to 6 evaluations where the run starts at α/σ ≤ 0.03, up to 9 with the Karras piece where it
-            starts at α/σ ≤ 0.01, up to 20 on a flow schedule: :func:`diffsolve.defaults.default_run`), else off.
+            makes one network call fewer; by default never a run's only evaluation). Default: as the
+            default run says when no solver is given (up to 6 evaluations where the run starts at
+            α/σ ≤ 0.03, up to 9 with the Karras piece where it starts at α/σ ≤ 0.01, up to 20 on a flow
+            schedule: :func:`diffsolve.defaults.default_run`), else off.
         enable_grad: record the autograd graph of the run, to differentiate the sample with respect to
             x, the network's parameters or a solver's weights (as flow_matching's ``ODESolver.sample``
             takes it). Default False: the run is made under ``torch.no_grad()`` (a network's
