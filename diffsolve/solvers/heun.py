@@ -199,11 +199,13 @@ class Heun(_VESolver):
 
     def default_grid(self, schedule) -> str:
         """EDM's Karras grid in s (as EDM and k-diffusion run it), the uniform time grid in t (as diffusers'
-        ``FlowMatchHeunDiscreteScheduler``): on the log-SNR grid the first step's s-ratio (about 35 at 4
-        evaluations from s = 160) over-weights the trapezoid's correction, and the RMS error on the ring and two
-        mixtures was 23–61 at 4 evaluations under DDPM, EDM and cosine schedules (Karras: 3.5–6.1; at 10–20
-        evaluations within 0.7–1.6× of each other); in t on a flow schedule the time grid gave 0.1–1.0× the
-        error of the log-SNR grid at 6–20 evaluations (2026-12-08, 256 start points each)."""
+        ``FlowMatchHeunDiscreteScheduler``). ``python benchmarks/heun_grid.py`` (the ring and two mixtures,
+        256 start points each): on the log-SNR grid the first step's s-ratio (about 35 at 4 evaluations from
+        s = 160) over-weights the trapezoid's correction, RMS error 23–61 at 4 evaluations under DDPM, EDM and
+        cosine schedules against 3.5–6.1 on Karras's, the two within 0.7–1.6× of each other at 10–20; the time
+        grid is better still on DDPM at 6–10 (0.2–0.4× Karras's; 0.5–1.1× at 16–20) but 4–54× worse on EDM's σ
+        range, so Karras's is the rule in s; in t on a flow schedule the time grid gives 0.1–1.0× the log-SNR
+        grid's error at 6–20."""
         return "time" if self._t_on(schedule) else "karras"
 
     def check(self, ctx):
