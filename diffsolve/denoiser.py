@@ -397,7 +397,7 @@ class Denoiser(torch.nn.Module):
         try:
             out = self.net(x if x.dtype == net_dtype else x.to(net_dtype), label)
         except Exception as e:
-            _add_note(e, f"diffsolve: raised by the network at {_location(self.nfe + 1 - self._nfe_mark, self._where[0], t)}, "
+            _add_note(e, f"diffsolve: raised by the network at {self._here(t, ahead=1)}, "
                          f"called as net(x, label) with x of shape {tuple(x.shape)} and dtype {net_dtype}")
             if "in-place" in str(e) or "inplace" in str(e):
                 _add_note(e, f"diffsolve: {_IN_PLACE}")
@@ -430,13 +430,11 @@ class Denoiser(torch.nn.Module):
                              f"training timesteps, and this label is {label.dtype} "
                              f"({'fractional' if bool((label != label.round()).any()) else 'whole'}): give it a "
                              f"time_label that rounds to int64 (time_label='index', an approximation), or in a "
-                             f"pipeline "
-                             f"DiffsolveScheduler(grid='diffusers') "
-                             f"(whole timesteps, int64)")
+                             f"pipeline DiffsolveScheduler(grid='diffusers') (whole timesteps, int64)")
             raise
         self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the increment)
         if version is not None and x._version != version:
-            raise RuntimeError(f"the network changed its input x in place at {_location(self.nfe - self._nfe_mark, self._where[0], t)}; "
+            raise RuntimeError(f"the network changed its input x in place at {self._here(t)}; "
                                f"{_IN_PLACE}")
         if not isinstance(out, Tensor):
             raise TypeError(f"the network returned {_what(out)}, not a tensor; {_unwrap_hint(out)}")
@@ -478,6 +476,11 @@ class Denoiser(torch.nn.Module):
             yield self
         finally:
             self._call_dtype = None
+
+    def _here(self, t, ahead: int = 0) -> str:
+        """Where the network is called, for an error message: the call of this run (``ahead`` calls on), the
+        loop's position, the time."""
+        return _location(self.nfe + ahead - self._nfe_mark, self._where[0], t)
 
     @contextmanager
     def one_run(self):
@@ -535,9 +538,10 @@ class Denoiser(torch.nn.Module):
         # The location (call number, loop position, t) is formatted only for an error message.
         if out.device.type == "cpu":
             if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
-                raise NonFiniteError(f"{what} NaN or Inf at {_location(self.nfe - self._nfe_mark, self._where[0], t)}")
+                raise NonFiniteError(f"{what} NaN or Inf at {self._here(t)}")
         else:  # defer: one synchronisation in check_finite() instead of one per call
-            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), (what, self.nfe - self._nfe_mark, self._where[0], t)))
+            where = (what, self.nfe - self._nfe_mark, self._where[0], t)  # this run's call number
+            self._pending.append((torch.isfinite(out.sum(dtype=torch.float64)), where))
 
     def check_finite(self):
         """Raise for the first deferred non-finite network output (accelerators only)."""
