@@ -324,14 +324,17 @@ class _DiffusersNet(torch.nn.Module):
         return out
 
 
+def _model_config(model, key: str):
+    """A field of a diffusers model's config (a dict or an object), None where absent."""
+    cfg = getattr(model, "config", None)
+    return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+
 def _model_dims(model):
     """(in_channels, out_channels, sample_size) from a diffusers model's config (None where absent)."""
-    cfg = getattr(model, "config", None)
-    get = (lambda k: getattr(cfg, k, None) if not isinstance(cfg, dict) else cfg.get(k)) if cfg is not None else (
-        lambda k: None)
-    in_ch = get("in_channels")
-    out_ch = get("out_channels") or getattr(model, "out_channels", None)
-    return in_ch, out_ch if isinstance(out_ch, int) else None, get("sample_size")
+    in_ch = _model_config(model, "in_channels")
+    out_ch = _model_config(model, "out_channels") or getattr(model, "out_channels", None)
+    return in_ch, out_ch if isinstance(out_ch, int) else None, _model_config(model, "sample_size")
 
 
 def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | None = "class_labels",
@@ -381,9 +384,7 @@ def from_diffusers(unet, scheduler_or_config, *, shape=None, cond_key: str | Non
     keep = in_ch if (in_ch is not None and out_ch == 2 * in_ch) else None
     if time_label == "auto":
         flux = isinstance(schedule, FlowSchedule) and type(_uncompiled(unet)).__name__.startswith("Flux")
-        cfg = getattr(unet, "config", None)
-        learned = (cfg.get("time_embedding_type") if isinstance(cfg, dict) else
-                   getattr(cfg, "time_embedding_type", None)) == "learned"
+        learned = _model_config(unet, "time_embedding_type") == "learned"  # an index embedding
         time_label = schedule.nominal_sigma if flux else "whole" if learned else "default"
     config = _config_dict(scheduler_or_config)[0]
     if isinstance(threshold, str):

@@ -415,7 +415,7 @@ def _checked_sample_options(denoiser, options: dict) -> dict:
     with warnings.catch_warnings():  # a check: sample() says what it warns about when it runs
         warnings.simplefilter("ignore")
         run = plan_run(denoiser.schedule, **{k: v for k, v in options.items() if k in planned})
-    from .loop import _check as check_run  # the loop's checks of the run (eta > 0 with an ODE solver, ...)
+    from .loop import check_run  # the loop's checks of the run (eta > 0 with an ODE solver, ...)
     from .solvers.base import StepContext
 
     check_run(run.solver, StepContext(denoiser, run.level, run.t, None, run.denoise_final), False,

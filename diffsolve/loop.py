@@ -74,7 +74,7 @@ def integrate(solver: Solver, denoiser: Denoiser, x: Tensor, t: Tensor, *, level
             network call fewer than its steps need.
     """
     ctx = StepContext(denoiser, level, t, source, denoise_final)
-    _check(solver, ctx, trajectory, analytic_first_step)
+    check_run(solver, ctx, trajectory, analytic_first_step)
     try:
         with denoiser.one_run():
             return _integrate(solver, denoiser, ctx, x, t, denoise_final, trajectory, callback, analytic_first_step)
@@ -114,7 +114,9 @@ def _integrate(solver, denoiser, ctx, x, t, denoise_final, trajectory, callback,
     return Solution(x, traj, info)
 
 
-def _check(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_step: bool = False):
+def check_run(solver: Solver, ctx: StepContext, trajectory: bool, analytic_first_step: bool = False):
+    """The checks of a run before its first step (the solver's own first); :func:`diffsolve.generate.generate`
+    makes them before its folder."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a diffsolve Solver instance, got {type(solver).__name__}; "
                         f"build one with diffsolve.solvers.get_solver(name)")

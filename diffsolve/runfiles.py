@@ -13,6 +13,7 @@ r"""The files of long runs that write as they go and can be resumed: ``diffsolve
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -101,6 +102,16 @@ def write_atomic(path, write: Callable[[Path], None] | str | bytes) -> None:
         if isinstance(e, OSError):
             raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def no_space(e: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is the file system's "no space left" (or "over quota")."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    while e is not None:
+        if getattr(e, "errno", None) in codes:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def write_json(path, obj, indent: int | None = 1) -> None:

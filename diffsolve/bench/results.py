@@ -18,14 +18,13 @@ and stops the run with :class:`ResultsWriteError`; ``--resume`` then goes on fro
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..runfiles import hold
+from ..runfiles import hold, no_space
 from .problems import DEFAULT_SCHEDULE
 
 __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
@@ -135,7 +134,7 @@ def _drop_failed(path: Path):
 def _write_error(path: Path, e: OSError) -> ResultsWriteError:
     """The one-line error of a failed write to ``path``."""
     what = e.strerror or str(e)
-    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    if no_space(e):
         msg = f"disk full while writing {path}: {what}"
     else:
         msg = f"cannot write {path}: {what}"

@@ -10,7 +10,6 @@ its message is the command's error.
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 import time
 import warnings
@@ -122,7 +121,7 @@ def _save(x, path: Path):
     import numpy as np
     import torch
 
-    from ..runfiles import write_atomic
+    from ..runfiles import no_space, write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)  # checked writable at the start (check_writable), made now
     x = x.detach().cpu()
@@ -139,7 +138,7 @@ def _save(x, path: Path):
         write_atomic(path, write)
     except (OSError, RuntimeError, ValueError) as e:  # torch.save reports a short write as a RuntimeError
         need, free = x.numel() * x.element_size(), shutil.disk_usage(path.parent).free
-        if _no_space(e) or free < need + 2**20:  # (the file's headers and blocks take more than the numbers)
+        if no_space(e) or free < need + 2**20:  # (the file's headers and blocks take more than the numbers)
             raise WriteFailed(f"disk full while writing {path} (or over quota): the samples take {need:,} bytes and "
                               f"{free:,} are free; nothing was written (free the space, or write to another "
                               f"disk)") from None
@@ -147,14 +146,6 @@ def _save(x, path: Path):
         raise WriteFailed(f"{said}; nothing was written") from None
 
 
-def _no_space(e: BaseException) -> bool:
-    """Whether an error, or one it was raised from, is the file system's "no space" (or "over quota")."""
-    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    while e is not None:
-        if getattr(e, "errno", None) in codes:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _announce(args, problem):
