@@ -205,7 +205,8 @@ class Heun(_VESolver):
         cosine schedules against 3.5–6.1 on Karras's, the two within 0.7–1.6× of each other at 10–20; the time
         grid is better still on DDPM at 6–10 (0.2–0.4× Karras's; 0.5–1.1× at 16–20) but 4–54× worse on EDM's σ
         range, so Karras's is the rule in s; in t on a flow schedule the time grid gives 0.1–1.0× the log-SNR
-        grid's error at 6–20."""
+        grid's error at 6–20. On the trained digits model, which the rule was not read off (``--digits``),
+        Karras's grid gives 0.06–0.7× the log-SNR grid's error at 4–20 evaluations."""
         return "time" if self._t_on(schedule) else "karras"
 
     def check(self, ctx):
