@@ -194,20 +194,20 @@ def _fingerprint(ds: Dataset, n: int) -> str:
     return hashlib.sha256(x.numpy().tobytes() + str((x.dtype, tuple(x.shape))).encode()).hexdigest()[:16]
 
 
-# log_likelihood's settings a run records as they resolve (given or default), so that a run resumed
-# under other defaults is refused instead of mixing rows computed two ways
-_RECORDED = ("divergence", "probes", "probe", "fresh_probes", "rtol", "atol", "method", "norm", "per_sample",
-             "time_variable", "fixed_steps")
+# log_likelihood's options a run does not record: set per item here, or they change no row (memory, a cap on
+# steps); every other option is recorded as it resolves, given or default, so that a run resumed under other
+# defaults is refused instead of mixing rows computed two ways, and one given at its default is not
+_UNRECORDED = ("seeds", "dequantize", "chunk_size", "max_steps")
 # the form of the divergence integral Δ (the whole divergence f_t d + K_t ∇·ε̂ since 2026-12-06)
 DELTA_FORM = "whole divergence"
 
 
-def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options, resolved) -> dict:
+def _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, resolved) -> dict:
     """What a resumed run must share with the rows already written (not the number of processes, nor
     the data's path: the data are recognised by their size, shape and first items); the options of
-    log_likelihood are recorded by name, the solver's as they resolve (:data:`_RECORDED`), with the
+    log_likelihood are recorded as they resolve, defaults included (all but :data:`_UNRECORDED`), with the
     form of Δ (:data:`DELTA_FORM`)."""
-    options = {**options, **{k: resolved[k] for k in _RECORDED}}  # as they run (likelihood.resolved_options)
+    options = {k: v for k, v in resolved.items() if k not in _UNRECORDED}  # as they run (resolved_options)
     return {"n": n, "shape": list(ds.shape), "kind": "uint8" if ds.is_image else "float",
             "fingerprint": _fingerprint(ds, n), "model": model or type(denoiser.net).__name__,
             "weights": weights_fingerprint(denoiser.net),
@@ -332,15 +332,17 @@ def dataset_log_likelihood(denoiser, data, out=None, *, batch_size: int = 64, n:
     deq = _dequantization(ds.is_image, dequantize, levels, data_range)
     _check_all(ds, n, batch_size, denoiser, deq, data_range, device, name)
     d = math.prod(ds.shape)
-    _note(progress and dist.is_main, _announce(ds, n, deq, data_range, options, dist.world_size, model))
+    banner = _announce(ds, n, deq, data_range, options, dist.world_size, model)
     if out is None:
         if dist.active:
             raise ValueError(f"{dist.world_size} processes write their rows to files: give out (--out DIR)")
+        _note(progress, banner)
         return _in_memory(denoiser, ds, n, batch_size, deq, data_range, device, seed, options, d, progress)
     out = check_out_dir(out)
-    settings = _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, options, resolved)
+    settings = _settings(ds, n, denoiser, deq, data_range, batch_size, seed, model, resolved)
     with claim(out, dist.is_main):
-        return _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, device, options, d, progress)
+        return _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, device, options, d, progress,
+                         banner)
 
 
 def _in_memory(denoiser, ds, n, batch_size, deq, data_range, device, seed, options, d, progress):
@@ -352,7 +354,7 @@ def _in_memory(denoiser, ds, n, batch_size, deq, data_range, device, seed, optio
     return DatasetLikelihood(summary, rows, None)
 
 
-def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, device, options, d, progress):
+def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, device, options, d, progress, banner):
     error, done = None, set()
     if dist.is_main:
         try:
@@ -365,6 +367,7 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
     bs, seed = settings["batch_size"], settings["seed"]
     todo = [(s, e) for s, e in dist.blocks(n, bs) if s not in done]
     progress = progress and dist.is_main
+    _note(progress, banner)  # after the checks of the folder: a refused resume prints only its reason
     if done:
         _note(progress, f"resuming {out}: {count(sum(min(bs, n - s) for s in done), 'item')} of {n} already done")
     path, t0, k = rows_path(out, dist.rank), time.perf_counter(), 0

@@ -146,12 +146,6 @@ def resolve_time_variable(name: str, schedule, *, divergence: bool = False, fixe
         return "t" if variance_preserving(schedule) else "log_snr"
     if name not in TIME_VARIABLES:
         raise ValueError(f"unknown time_variable {name!r}; valid: auto, {', '.join(TIME_VARIABLES)}")
-    if name == "t" and isinstance(schedule, DDPMSchedule):
-        warnings.warn("time_variable='t' on a DDPM table: in raw t the right-hand side has a kink at every one of "
-                      "its timesteps; adaptive steps do not see them, so the error stops following the tolerance "
-                      "(a tighter rtol can give a larger error at many times the network calls), and equal steps "
-                      "converge at first order (module docstring); 'auto' takes 'log_snr' there", UserWarning,
-                      stacklevel=caller_stacklevel())
     return name
 
 
@@ -264,6 +258,12 @@ class ProbabilityFlowODE(ReverseSDE):
         if scale not in (None, "one", "alpha"):
             raise ValueError(f"unknown scale {scale!r}; valid: 'one', 'alpha'")
         self.variable = resolve_time_variable(time_variable, self.schedule)
+        if self.variable == "t" and isinstance(self.schedule, DDPMSchedule):  # said once, where the ODE is made
+            warnings.warn("time_variable='t' on a DDPM table: in raw t the right-hand side has a kink at every one "
+                          "of its timesteps; adaptive steps do not see them, so the error stops following the "
+                          "tolerance (a tighter rtol can give a larger error at many times the network calls), and "
+                          "equal steps converge at first order (module docstring); 'auto' takes 'log_snr' there",
+                          UserWarning, stacklevel=caller_stacklevel())
         self.scale = scale or TIME_VARIABLES[self.variable]
 
     # --- the change of variables ----------------------------------------------------------

@@ -113,7 +113,7 @@ def test_summary_is_numpy_on_the_rows(reference, tmp_path, den, pngs):
     assert json.loads((tmp_path / "out" / dl.SUMMARY_NAME).read_text()) == json.loads(json.dumps(res.summary))
 
 
-def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path, monkeypatch):
+def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path, monkeypatch, capsys):
     out, real, calls = tmp_path / "out", dl._batch_rows, []
 
     def dies_at_the_third_batch(*a, **kw):
@@ -133,8 +133,10 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
     path.write_text(path.read_text() + part + '{"index": 19, "log_pr')
     with pytest.raises(ValueError, match=r"already holds 19 rows of an earlier run; pass --resume"):
         dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, **OPTS)
+    capsys.readouterr()
     with pytest.raises(ValueError, match=r"other settings \(rtol: 0.01 there, 0.001 now\)"):
-        dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, rtol=1e-3, atol=1e-2)
+        dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, rtol=1e-3, atol=1e-2, progress=True)
+    assert capsys.readouterr().err == ""  # a refused resume prints its reason only, no banner of a run
     # the defaults as they resolve are recorded: the same call under other defaults is refused
     run_json = out / "run.json"
     header = json.loads(run_json.read_text())
@@ -153,7 +155,9 @@ def test_killed_and_resumed_gives_every_item_once(den, pngs, reference, tmp_path
         dl.dataset_log_likelihood(other, pngs, out, batch_size=BS, resume=True, **OPTS)
     calls.clear()
     monkeypatch.setattr(dl, "_batch_rows", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
-    res = dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS)
+    # options given at their defaults are the defaults, and those that change no row (memory, a cap) may change
+    at_defaults = dict(dtype=torch.float64, t_end=None, chunk_size=None, max_steps=20000)
+    res = dl.dataset_log_likelihood(den, pngs, out, batch_size=BS, resume=True, **OPTS, **at_defaults)
     assert calls == [16]  # only the unfinished block ran, as a whole
     lines = path.read_text().splitlines()
     assert sorted(json.loads(line)["index"] for line in lines) == list(range(N))  # each item once, no torn line
