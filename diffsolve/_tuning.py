@@ -213,7 +213,7 @@ def _check(denoiser, nfe, pilot, fresh, shape, max_evals, rtol, atol, device, sc
     return shape, pilots, fresh, device, candidates
 
 
-def _fixed_step_solver(solver, solver_options: dict | None):
+def tunable_solver(solver, solver_options: dict | None):
     """The solver to tune and all its options; one that chooses its own steps has no ``nfe`` (TypeError)."""
     if not isinstance(solver, str):  # the result records the solver by name and options
         raise TypeError(f"tune_steps takes the solver by name or spec ('unipc', 'unipc:order=3:variant=bh1') and "
@@ -343,7 +343,7 @@ def _search_grid(pilots: _Pilots, solver, nfe: int, *, denoise_final, init, tune
         fits, refused = [], []
         for d in (True, False):
             try:
-                steps = _fixed_step_solver(solver, solver_options)[0].steps_for_nfe(nfe, d)
+                steps = tunable_solver(solver, solver_options)[0].steps_for_nfe(nfe, d)
                 if not isinstance(init, str) and len(init) - 1 != steps:
                     raise ValueError(f"an init array of {len(init)} times has {len(init) - 1} steps; NFE {nfe} "
                                      f"{'with' if d else 'without'} the final denoise takes {steps}")
@@ -358,7 +358,7 @@ def _search_grid(pilots: _Pilots, solver, nfe: int, *, denoise_final, init, tune
         best = min(runs, key=lambda r: r.fields["pilot_error"])
         best.fields["evaluations"] = sum(r.fields["evaluations"] for r in runs)
         return best
-    sol, solver_options = _fixed_step_solver(solver, solver_options)
+    sol, solver_options = tunable_solver(solver, solver_options)
     steps = sol.steps_for_nfe(nfe, denoise_final)
     tune_end = denoise_final if tune_end is None else bool(tune_end)
     if tune_end and not denoise_final:

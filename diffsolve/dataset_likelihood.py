@@ -89,7 +89,7 @@ from .likelihood_files import (
     read_rows,
     rows_path,
 )
-from .runfiles import jsonable, weights_fingerprint, write_json
+from .runfiles import WriteFailed, jsonable, weights_fingerprint, write_json
 
 __all__ = ["CONTINUOUS_NOTE", "ROWS_GLOB", "ROW_FIELDS", "RUN_NAME", "SUMMARY_NAME", "DatasetLikelihood",
            "check_out_dir", "dataset_log_likelihood", "read_rows", "rows_path", "summarize"]
@@ -359,11 +359,11 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
     if dist.is_main:
         try:
             done = open_out(out, settings, resume, settings["batch_size"])
-        except (ValueError, OSError) as e:
-            error = str(e)
+        except (ValueError, OSError) as e:  # (WriteFailed is an OSError)
+            error = (str(e), isinstance(e, WriteFailed))
     error, done = dist.broadcast_object((error, done))
-    if error is not None:
-        raise ValueError(error)
+    if error is not None:  # the same error on every process: a refusal, or a write that failed
+        raise WriteFailed(None, error[0]) if error[1] else ValueError(error[0])
     bs, seed = settings["batch_size"], settings["seed"]
     todo = [(s, e) for s, e in dist.blocks(n, bs) if s not in done]
     progress = progress and dist.is_main
@@ -395,6 +395,6 @@ def _to_files(denoiser, ds, n, out, settings, resume, dist, deq, data_range, dev
     summary = dict(summarize(rows, d, deq), computed=computed, wall_time_s=time.perf_counter() - t0,
                    world_size=dist.world_size, data=str(ds.path), out=str(out), settings=settings)
     if dist.is_main:
-        write_json(out / SUMMARY_NAME, summary)
+        write_json(out / SUMMARY_NAME, summary, kept=f"every row is in {out}: rerun with --resume to write it")
     dist.barrier()  # the summary is on disk before any process returns
     return DatasetLikelihood(summary, rows, out)

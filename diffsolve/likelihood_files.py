@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ._text import count
-from .runfiles import hold, jsonable, output_dir, settings_diff, write_atomic, write_json
+from .runfiles import append_durable, hold, jsonable, output_dir, settings_diff, write_atomic, write_json
 
 __all__ = [
     "ROWS_GLOB",
@@ -74,23 +73,8 @@ def read_rows(out) -> list[dict]:
 
 def append_rows(path: Path, rows: list[dict]):
     """One batch of rows, on disk (fsync) when this returns; a failed write is cut back out."""
-    data = memoryview("".join(json.dumps(r) + "\n" for r in rows).encode())
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        start = os.fstat(fd).st_size
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-        raise ValueError(f"cannot write {path}: {e.strerror or e}; the batches finished before it are kept: fix "
-                         f"the cause and rerun with --resume") from None
-    finally:
-        os.close(fd)
+    append_durable(path, "".join(json.dumps(r) + "\n" for r in rows),
+                   "the batches finished before it are kept: fix the cause and rerun with --resume")
 
 
 def _blocks_done(files: dict, n: int, batch_size: int) -> set:

@@ -7,6 +7,9 @@ r"""The files of long runs that write as they go and can be resumed: ``diffsolve
 - :func:`write_atomic` / :func:`write_json`: a file written under a hidden temporary name in the
   same folder, then renamed over its name (``os.replace``): readers see the old file or the new
   one, never a part;
+- :func:`append_durable`: whole lines appended and on disk, or cut back out;
+- :class:`WriteFailed` / :func:`write_failed`: the one error of a write that failed (disk full, over
+  quota, an I/O error), saying what is kept and how to go on;
 - :func:`jsonable` and :func:`settings_diff`: the settings a run records, and what a resumed run
   changed in them.
 """
@@ -16,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -24,7 +28,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["output_dir", "hold", "write_atomic", "write_json", "jsonable", "settings_diff"]
+__all__ = ["output_dir", "hold", "write_atomic", "write_json", "append_durable", "WriteFailed", "write_failed",
+           "jsonable", "settings_diff"]
+
+
+class WriteFailed(OSError):
+    """A file could not be written (disk full, over quota, an I/O error): the input was good, the
+    machine failed (``diffsolve`` exits with status 1, not 2). ``str()`` is the one-line message;
+    ``errno`` the file system's code, where it gave one."""
+
+    def __init__(self, errno_: int | None, message: str, path=None):
+        super().__init__(errno_, message)
+        self.message, self.path = message, path
+
+    def __str__(self):
+        return self.message
+
+
+def write_failed(path, e: BaseException, kept: str = "") -> WriteFailed:
+    """The error of a failed write to ``path``: ``disk full while writing PATH: why`` where the file system
+    said so (:func:`no_space`) or less than 1 MiB is free there (some writers, torch.save among them, report
+    a full disk as a short write), else ``cannot write PATH: why``; then ``kept``, what is kept and how to go
+    on."""
+    why = getattr(e, "strerror", None) or str(e)
+    head = f"disk full while writing {path}" if no_space(e) or _free(path) < 2**20 else f"cannot write {path}"
+    return WriteFailed(getattr(e, "errno", None), f"{head}: {why}" + (f"; {kept}" if kept else ""), path)
 
 
 def output_dir(path, option: str = "--out", *, create: bool = True) -> Path:
@@ -81,26 +109,27 @@ def hold(out: Path, lock_name: str, command: str, option: str = "--out"):
         yield
 
 
-def write_atomic(path, write: Callable[[Path], None] | str | bytes) -> None:
+def write_atomic(path, write: Callable[[Path], None] | str | bytes, kept: str = "") -> None:
     """Write ``path`` whole or not at all: ``write(tmp)`` (or the text / bytes) goes to the hidden
     ``.{stem}.{pid}.tmp{suffix}`` beside it (the suffix kept: image writers read the format from it),
-    which is then renamed to ``path``. A failure removes the temporary file; an OSError becomes a
-    ValueError naming the file."""
+    which is then renamed to ``path``. A failure removes the temporary file; an OSError becomes
+    :class:`WriteFailed` naming the file (and ``kept``: :func:`write_failed`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        if isinstance(write, str):
-            tmp.write_text(write)
-        elif isinstance(write, bytes):
-            tmp.write_bytes(write)
+        if isinstance(write, (str, bytes)):
+            with open(tmp, "wb") as f:  # on disk before the rename, so a crash leaves the old file or the new
+                f.write(write.encode() if isinstance(write, str) else write)
+                f.flush()
+                os.fsync(f.fileno())
         else:
             write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, OSError):
-            raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            raise write_failed(path, e, kept) from None
         raise
 
 
@@ -114,8 +143,40 @@ def no_space(e: BaseException | None) -> bool:
     return False
 
 
-def write_json(path, obj, indent: int | None = 1) -> None:
-    write_atomic(path, json.dumps(obj, indent=indent) + "\n")
+def _free(path) -> float:
+    """Bytes free on the file system of ``path`` (or of its nearest existing folder); inf where unknown."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(next(p for p in Path(path).absolute().parents if p.exists())).free
+    except (OSError, StopIteration):
+        return math.inf
+
+
+def append_durable(path, text: str, kept: str = "") -> None:
+    """Append ``text`` (whole lines) to ``path``, on disk (fsync) when this returns. A write that fails is
+    cut back out, so the file ends with its last whole line, and raised as :class:`WriteFailed` (with
+    ``kept``: :func:`write_failed`); truncating needs no space."""
+    data = memoryview(text.encode())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_failed(path, e, kept) from None
+    try:
+        start = os.fstat(fd).st_size
+        while data:  # os.write may write part of it
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise write_failed(path, e, kept) from None
+    finally:
+        os.close(fd)
+
+
+def write_json(path, obj, indent: int | None = 1, kept: str = "") -> None:
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n", kept)
 
 
 def jsonable(v):

@@ -20,13 +20,20 @@ judged on fresh seeds, which the result reports beside the pilot error.
 """
 from __future__ import annotations
 
-from ._tuning import FIXED_GRIDS, _check, _fixed_step_solver, _tune_steps, model_name, tuning
+from ._tuning import FIXED_GRIDS, _check, _tune_steps, model_name, tunable_solver, tuning
 from .checks import check_flag, check_grid_values, check_options
 from .denoiser import Denoiser
 from .solver_fit import tune_solver  # the other tuner, re-exported
 from .tuned import TunedGrid, load_grid
 
-__all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS"]
+__all__ = ["TunedGrid", "tune_steps", "tune_solver", "load_grid", "FIXED_GRIDS", "check_tunable"]
+
+
+def check_tunable(solver, nfe: int, denoise_final: bool | str = "auto", solver_options: dict | None = None) -> None:
+    """What :func:`tune_steps` checks of its solver before any work: a deterministic fixed-step solver given by
+    name or spec (the tuned grid rebuilds it), with a budget of ``nfe`` evaluations it can spend (the final
+    denoise counted when ``denoise_final is True``). For a caller that must refuse before its own output."""
+    tunable_solver(solver, solver_options)[0].steps_for_nfe(nfe, denoise_final is True)
 
 
 def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, screen: int | None = None,
@@ -94,8 +101,7 @@ def tune_steps(denoiser: Denoiser, solver="unipc", nfe: int = 10, *, pilot=128, 
     check_flag("tune_end", tune_end, allow_none=True)
     check_options("solver_options", solver_options)
     check_grid_values("init", init)
-    # the budget against the solver asked for, before the screening runs the default call at it
-    _fixed_step_solver(solver, solver_options)[0].steps_for_nfe(nfe, denoise_final is True)
+    check_tunable(solver, nfe, denoise_final, solver_options)  # before the screening runs the default call at nfe
     with tuning(denoiser):
         return _tune_steps(denoiser, solver, nfe, checked, denoise_final=denoise_final, init=init, tune_end=tune_end,
                            max_evals=max_evals, solver_options=solver_options, model=model_name(denoiser, model),

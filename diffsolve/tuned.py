@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ._text import count
 from .grids import validate_grid
+from .runfiles import write_json
 from .solvers import Solver, get_solver
 
 __all__ = ["TunedGrid", "load_grid"]
@@ -100,7 +101,7 @@ class TunedGrid:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = asdict(self)  # an error not measured (NaN, e.g. fresh=0) is written as null: valid JSON
         data.update({k: None for k in _ERRORS if isinstance(data[k], float) and not math.isfinite(data[k])})
-        path.write_text(json.dumps(data, indent=1))
+        write_json(path, data)  # whole or not at all; a failure is WriteFailed
         return path
 
     @classmethod

@@ -686,9 +686,55 @@ def test_a_factory_file_without_its_function_is_named(capsys, tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--solver", "dopri5"], "needs a fixed-step solver"),
     (["--solver", "learned", "--denoise-final", "no", "--pilot", "1"], "pilot must be an integer >= 2"),
+    (["--solver", "heun", "--denoise-final", "yes", "--nfe", "2"], "NFE 2 is too small for solver 'heun'"),
 ])
 def test_tune_refuses_before_its_announcement(extra, needle, capsys, tmp_path):
     """These were refused after the 'tuning …' line, as if the work had begun; now before it."""
     code, _, err = run(["tune", "--problem", "ring2d", "--nfe", "5", *extra, "--out", str(tmp_path / "g.json")],
                        capsys)
     assert code == 2 and needle in err and "tuning" not in err, err
+
+
+@pytest.mark.parametrize("command, full, kept", [
+    (["tune", "--problem", "ring2d", "--nfe", "4", "--pilot", "8", "--screen", "0", "--fresh", "0", "--max-evals", "12",
+      "--out", "{t}/g.json"], "g.json", None),
+    (["likelihood", "--problem", "ring2d", "--data", "{t}/x.npy", "--rtol", "1e-3", "--atol", "1e-3", "--batch-size",
+      "2", "--out", "{t}/lk"], "likelihood-rank0.jsonl", "the batches finished before it are kept"),
+    (["likelihood", "--problem", "ring2d", "--data", "{t}/x.npy", "--rtol", "1e-3", "--atol", "1e-3", "--batch-size",
+      "2", "--out", "{t}/lk"], "summary.json", "every row is in"),
+])
+def test_a_full_disk_is_said_once_with_status_1(command, full, kept, capsys, tmp_path, monkeypatch):
+    """A full disk while tune wrote its grid, or likelihood its rows or summary, was a usage error (status 2:
+    ``cannot write …``) or the OS's own line; now it is one ``disk full while writing PATH`` line, what is kept,
+    status 1 (the input was good), and no part of a file is left."""
+    import errno
+
+    np.save(tmp_path / "x.npy", diffsolve.GaussianMixture.ring().sample(4, generator=torch.Generator().manual_seed(0))
+            .numpy())
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills up as the file named `full` (or its temporary twin) is made durable
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == full or name.startswith(f".{Path(full).stem}.") and name.endswith(Path(full).suffix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell the files apart")
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, _, err = run([a.replace("{t}", str(tmp_path)) for a in command] + ["--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: disk full while writing ") and \
+        full in lines[0] and "No space left on device" in lines[0], err
+    assert kept is None or kept in lines[0]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".") and ".tmp" in p.name]  # no temporary left
+    if full == "g.json":
+        assert not (tmp_path / "g.json").exists()
+    if full.endswith(".jsonl"):  # the first batch's rows were cut back out: the file ends with a whole line
+        assert (tmp_path / "lk" / full).read_text() == ""
+    if full == "summary.json":  # every row is kept, and --resume writes the summary without computing a row
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        code, out, err = run([a.replace("{t}", str(tmp_path)) for a in command] + ["--quiet", "--resume", "--json"],
+                             capsys)
+        assert code == 0 and (tmp_path / "lk" / "summary.json").exists(), err
+        assert json.loads(out)["n"] == 4 and json.loads(out)["computed"] == 0

@@ -210,8 +210,14 @@ def test_disk_full_while_writing_rows(tmp_path, capsys, monkeypatch, where):
         assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-12)
 
 
-def test_disk_full_while_saving_samples(tmp_path, capsys, monkeypatch):
-    """torch.save of a row's samples runs out of space: same one-line error, nothing half-recorded."""
+@pytest.mark.parametrize("short_write", [False, True])
+def test_disk_full_while_saving_samples(short_write, tmp_path, capsys, monkeypatch):
+    """torch.save of a row's samples runs out of space: same one-line error, nothing half-recorded. torch.save
+    may say so as a short write (a RuntimeError) without the code: then the free space tells (it printed the
+    RuntimeError, status 1)."""
+    import shutil
+    from collections import namedtuple
+
     import torch
 
     args = ["bench", "--problems", "ring2d", "--solvers", "ddim", "--nfe", "4,6", *SMALL, "--no-plot", "--quiet",
@@ -220,12 +226,16 @@ def test_disk_full_while_saving_samples(tmp_path, capsys, monkeypatch):
 
     def save(obj, f, *a, **kw):
         if saved:
+            if short_write:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         saved.append(f)
         return real_save(obj, f, *a, **kw)
 
     with monkeypatch.context() as m:
         m.setattr(torch, "save", save)
+        if short_write:
+            m.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(10, 10, 0))
         assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: disk full while writing {tmp_path / 'samples'}") and err.count("\n") == 1

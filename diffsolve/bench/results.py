@@ -13,18 +13,17 @@ A row whose network (or metric) raised is written as a *failed record*: the row'
 metrics. :func:`read_rows` leaves failed records out unless asked (``failed=True``), so readers
 of finished rows never meet one; ``--resume`` removes them from the file and runs those rows
 again. A write that fails (a full disk) is undone (the file is cut back to its last whole row)
-and stops the run with :class:`ResultsWriteError`; ``--resume`` then goes on from there.
+and stops the run with :class:`~diffsolve.runfiles.WriteFailed`; ``--resume`` then goes on from there.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from ..runfiles import hold, no_space
+from ..runfiles import WriteFailed, append_durable, hold, write_atomic, write_failed
 from .problems import DEFAULT_SCHEDULE
 
 __all__ = ["ROW_FIELDS", "FAILED_FIELDS", "RESULTS_NAME", "PLOT_NAME", "SAMPLES_DIR", "read_rows", "make_row",
@@ -62,16 +61,7 @@ def is_failed(row: dict) -> bool:
     return row.get("status") == "failed"
 
 
-class ResultsWriteError(OSError):
-    """Writing the results (or a row's samples) failed, e.g. the disk is full; the rows before it are
-    intact, and ``--resume`` continues once the cause is fixed. ``str()`` is the one-line message."""
-
-    def __init__(self, errno_: int | None, message: str, path=None):
-        super().__init__(errno_, message)
-        self.message, self.path = message, path
-
-    def __str__(self):
-        return self.message
+ResultsWriteError = WriteFailed  # the error of a failed write of the results (its former name)
 
 
 def read_rows(path, repair: bool = False, failed: bool = False) -> list[dict]:
@@ -114,32 +104,15 @@ def _read_records(path: Path, repair: bool) -> list[dict]:
     return rows
 
 
+# what a failed write of the results keeps, and how to go on
+_KEPT = "the rows finished before it are in the results file: free the space (or fix the cause) and rerun with --resume"
+
+
 def _drop_failed(path: Path):
-    """Rewrite ``path`` without its failed records (byte for byte otherwise): written to a temporary
-    file beside it, then renamed over it, so a crash leaves the old file or the new one."""
+    """Rewrite ``path`` without its failed records (byte for byte otherwise), whole or not at all
+    (:func:`diffsolve.runfiles.write_atomic`)."""
     keep = [line for line in path.read_bytes().split(b"\n") if line.strip() and not is_failed(json.loads(line))]
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(b"".join(line + b"\n" for line in keep))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _write_error(path, e) from None
-
-
-def _write_error(path: Path, e: OSError) -> ResultsWriteError:
-    """The one-line error of a failed write to ``path``."""
-    what = e.strerror or str(e)
-    if no_space(e):
-        msg = f"disk full while writing {path}: {what}"
-    else:
-        msg = f"cannot write {path}: {what}"
-    return ResultsWriteError(e.errno, msg + "; the rows finished before it are in the results file: free the "
-                             "space (or fix the cause) and rerun with --resume", path)
+    write_atomic(path, b"".join(line + b"\n" for line in keep), _KEPT)
 
 
 @contextlib.contextmanager
@@ -238,27 +211,13 @@ class ResultsFile:
     def append(self, row: dict, samples: torch.Tensor | None = None):
         """Write one finished row or failed record (and, if given, its samples as ``samples/<key>.pt``),
         on disk (fsync) when this returns. A write that fails is undone, the file cut back to its last
-        whole row, and raised as :class:`ResultsWriteError` (its samples, if any, are rewritten on resume)."""
+        whole row, and raised as :class:`~diffsolve.runfiles.WriteFailed` (its samples, if any, are rewritten on
+        resume)."""
         if samples is not None:
             pt = self.out / SAMPLES_DIR / (_safe_name(row["key"]) + ".pt")
             try:
                 pt.parent.mkdir(exist_ok=True)
                 torch.save(samples, pt)
-            except OSError as e:
-                raise _write_error(pt, e) from None
-        data = memoryview((json.dumps(row) + "\n").encode())
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise _write_error(self.path, e) from None
-        try:
-            start = os.fstat(fd).st_size
-            while data:  # os.write may write part of it
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):  # no part of the row is left behind (truncating needs no space)
-                os.ftruncate(fd, start)
-            raise _write_error(self.path, e) from None
-        finally:
-            os.close(fd)
+            except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+                raise write_failed(pt, e, _KEPT) from None
+        append_durable(self.path, json.dumps(row) + "\n", _KEPT)

@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..runfiles import WriteFailed
+
 EXIT_USAGE = 2
 DTYPES = ("float64", "float32")
 
@@ -262,11 +264,6 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {kind}{message}", file=sys.stderr)
 
 
-class WriteFailed(Exception):
-    """A command's output could not be written (disk full, ...) after its work was done: one ``error: …``
-    line, status 1 (not 2: the input was good)."""
-
-
 def run_command(command, args) -> int:
     """Run ``command(args)``; a user error (ours or the library's) is one ``error: …`` line, status 2."""
     debug = bool(os.environ.get("DIFFSOLVE_DEBUG"))
@@ -287,15 +284,15 @@ def run_command(command, args) -> int:
         except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
             pass
         return 0
-    except OSError as e:
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
-        return EXIT_USAGE
-    except WriteFailed as e:  # the work is done and its output could not be written (disk full, ...)
+    except WriteFailed as e:  # an output could not be written (disk full, ...): the input was good, status 1
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, SyntaxError) as e:  # raised by the user's network or factory file, e.g. out of memory
         if debug:
             raise

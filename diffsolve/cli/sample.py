@@ -18,7 +18,6 @@ from pathlib import Path
 from .._text import count
 from ._common import (
     CLIError,
-    WriteFailed,
     add_threads_option,
     one_process_only,
     apply_threads,
@@ -116,12 +115,10 @@ def add_parser(subparsers):
 def _save(x, path: Path):
     """Write the samples whole or not at all (a temporary file renamed into place): a full disk leaves no
     truncated file, and is said in one line (exit status 1) rather than as the writer's own error."""
-    import shutil
-
     import numpy as np
     import torch
 
-    from ..runfiles import no_space, write_atomic
+    from ..runfiles import write_atomic, write_failed
 
     path.parent.mkdir(parents=True, exist_ok=True)  # checked writable at the start (check_writable), made now
     x = x.detach().cpu()
@@ -134,16 +131,11 @@ def _save(x, path: Path):
                 torch.save(x, f)
             f.flush()
 
+    kept = f"the samples take {x.numel() * x.element_size():,} bytes; nothing was written"
     try:
-        write_atomic(path, write)
-    except (OSError, RuntimeError, ValueError) as e:  # torch.save reports a short write as a RuntimeError
-        need, free = x.numel() * x.element_size(), shutil.disk_usage(path.parent).free
-        if no_space(e) or free < need + 2**20:  # (the file's headers and blocks take more than the numbers)
-            raise WriteFailed(f"disk full while writing {path} (or over quota): the samples take {need:,} bytes and "
-                              f"{free:,} are free; nothing was written (free the space, or write to another "
-                              f"disk)") from None
-        said = str(e) if str(e).startswith(f"cannot write {path}") else f"cannot write {path}: {e}"
-        raise WriteFailed(f"{said}; nothing was written") from None
+        write_atomic(path, write, kept)
+    except RuntimeError as e:  # torch.save reports a short write as a RuntimeError
+        raise write_failed(path, e, kept) from None
 
 
 

@@ -63,9 +63,9 @@ def _check_args(args) -> str:
     if name == "learned" and args.solver != name:
         raise CLIError("--solver learned takes no options: tune fits its weights")
     if name != "learned":
-        from .._tuning import _fixed_step_solver
+        from ..tune import check_tunable
 
-        _fixed_step_solver(args.solver, None)  # one tune_steps can tune, before the announcement
+        check_tunable(args.solver, args.nfe, DENOISE_FINAL.get(args.denoise_final, "auto"))  # before the announcement
     elif args.pilot is not None:
         from ..noise import seed_list
 
