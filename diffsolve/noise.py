@@ -42,11 +42,15 @@ class NoiseSource:
             a seed gives the same noise in either state dtype); :class:`~diffsolve.DiffsolveScheduler`
             draws in the model's dtype, as diffusers' schedulers do, so that the same generator gives
             the same noise as theirs. Per-sample seeds always draw in float64.
+        skip_start: the first draw of each stream is the start point x_T's, which the caller was given
+            (``sample(x=...)``): it is drawn and dropped before the first draw returned, so that a run's noise
+            is the same whether x_T was drawn from the stream or passed in (and never x_T's own draw).
     """
 
     def __init__(self, batch: int, event_shape, *, seeds: Sequence[int] | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None, device=None,
-                 dtype=torch.float64, draw_dtype: torch.dtype = torch.float64, global_rng: bool = False):
+                 dtype=torch.float64, draw_dtype: torch.dtype = torch.float64, global_rng: bool = False,
+                 skip_start: bool = False):
         if seeds is not None and generator is not None:
             raise ValueError("give either seeds (one per sample) or a generator, not both")
         self.batch, self.event_shape = check_int("batch", batch), check_shape("event_shape", event_shape)
@@ -86,6 +90,9 @@ class NoiseSource:
             self._gen = generator  # the default one is created at the first draw (deterministic runs never draw)
         self.seeds = seeds
         self.global_rng = bool(global_rng) and seeds is None and generator is None
+        # the streams whose x_T draw is still to be dropped (skip_start): every row, or the batch's generator
+        self._unskipped = set(range(self.batch)) if skip_start and self._gens is not None else None
+        self._skip_batch = bool(skip_start) and self._gens is None
 
     def randn(self, rows: Sequence[int] | None = None, *, dtype: torch.dtype | None = None) -> Tensor:
         """One standard normal draw for the whole batch, in ``dtype`` (default the source's; drawn in
@@ -100,17 +107,27 @@ class NoiseSource:
         # drawn in float64 (unless draw_dtype says otherwise) whatever the state's dtype, then rounded to it: a seed
         # gives the same noise, to rounding, in a float32 state as in a float64 one
         if self._gens is None:
-            n = self.batch if rows is None else len(rows)
-            if self.global_rng:
-                z = torch.randn(n, *self.event_shape, device=self.device, dtype=self.draw_dtype)
-                return z.to(dtype=dtype)
-            if self._gen is None:
-                self._gen = torch.Generator(self.device).manual_seed(0)
-            z = torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
+            if self._skip_batch:  # x_T's draw, of the whole batch, as sample draws it
+                self._skip_batch = False
+                self._batch_draw(self.batch)
+            z = self._batch_draw(self.batch if rows is None else len(rows))
             return z.to(device=self.device, dtype=dtype)
-        gens = self._gens if rows is None else [self._gens[int(i)] for i in rows]
-        return torch.stack([torch.randn(self.event_shape, generator=g, device=g.device, dtype=self._row_dtype)
-                            for g in gens]).to(device=self.device, dtype=dtype)
+        rows = range(self.batch) if rows is None else [int(i) for i in rows]
+        if self._unskipped:
+            for i in [i for i in rows if i in self._unskipped]:  # x_T's draw of that row's own stream
+                self._unskipped.discard(i)
+                self._row_draw(self._gens[i])
+        return torch.stack([self._row_draw(self._gens[i]) for i in rows]).to(device=self.device, dtype=dtype)
+
+    def _batch_draw(self, n: int) -> Tensor:
+        if self.global_rng:
+            return torch.randn(n, *self.event_shape, device=self.device, dtype=self.draw_dtype)
+        if self._gen is None:
+            self._gen = torch.Generator(self.device).manual_seed(0)
+        return torch.randn(n, *self.event_shape, generator=self._gen, device=self._gen.device, dtype=self.draw_dtype)
+
+    def _row_draw(self, g: torch.Generator) -> Tensor:
+        return torch.randn(self.event_shape, generator=g, device=g.device, dtype=self._row_dtype)
 
 
 class ImpulseNoise:

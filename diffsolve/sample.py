@@ -105,7 +105,10 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
             on seeds[i] only, whatever the batch. Or ``generator``: one generator for the batch, or a
             list of one per sample (sample i's noise from generator i, as diffusers' pipelines pass them).
             With neither, the run is deterministic all the same (a generator seeded 0;
-            ``torch.manual_seed`` does not change it).
+            ``torch.manual_seed`` does not change it). Each stream's first draw is x_T, the steps' noise
+            follows: with ``x`` given, that draw is skipped, so ``sample(x=r.x_init, seeds=...)`` repeats a
+            run ``r`` drawn from the same seeds (on a grid that keeps x_init at t[0]), and the steps' noise is never
+            x_T's own draw.
         denoise_final: replace the final state by x̂0(x, t_min) (one more evaluation); default:
             for budgets above 20 evaluations, stochastic runs and adaptive solvers, and as the
             default run says when no solver is given (measured: :mod:`diffsolve.defaults`); with a
@@ -164,7 +167,7 @@ def sample(denoiser: Denoiser, x: Tensor | None = None, *, shape: Sequence[int] 
     else:
         batch_shape = _batch_shape(denoiser, shape, seeds, generator)
     source = NoiseSource(batch_shape[0], batch_shape[1:], seeds=seeds, generator=generator,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, skip_start=x is not None)  # a given x_T: its draw skipped
     if x is None:
         x = float(schedule.sigma(schedule.t_max if t_start is not None else t[0])) * source.randn()
     if t_start is not None:  # x is the state at t_max: the exact flow of standard-normal data to t[0] (27.4)

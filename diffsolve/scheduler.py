@@ -199,10 +199,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             schedulers end on x̂0, and ``diffsolve.parity``'s twins rely on it); a tuned grid's own
             setting. With it, a budget of one evaluation is the final denoise alone, x̂0 at the first time
             (as diffusers' schedulers step to σ = 0 at once from their one timestep).
-        seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``); else the generator the
-            pipeline passes to ``step`` (one, or a list of one per sample, each sample's noise drawn from
-            its own, as diffusers' ``randn_tensor`` draws); else torch's own generator of the latents' device, which
-            ``torch.manual_seed`` seeds (as diffusers' schedulers draw without a generator).
+        seeds: per-sample seeds for the solver's noise (a list or ``"0-3"``; each stream's first draw stands for
+            the pipeline's latents and is skipped, as :func:`diffsolve.sample` skips it for a given x); else the
+            generator the pipeline passes to ``step`` (one, or a list of one per sample, each sample's noise drawn
+            from its own, as diffusers' ``randn_tensor`` draws); else torch's own generator of the latents'
+            device, which ``torch.manual_seed`` seeds (as diffusers' schedulers draw without a generator).
 
     Attributes after ``set_timesteps``, as diffusers names them: ``timesteps`` (the network time input of each
     evaluation), ``sigmas`` (the noise level of each evaluation, then where the run ends: a flow config's σ,
@@ -652,7 +653,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         plan, solver = (self.plan, self.solver) if self._begin == 0 else (self._restart_plan, self._restart_solver)
         B, event = sample.shape[0], tuple(sample.shape[1:])
         if self.seeds is not None:
-            source = NoiseSource(B, event, seeds=self.seeds, device=sample.device)
+            # the pipeline's latents stand for each stream's first draw (x_T), as in sample(x=latents, seeds=...)
+            source = NoiseSource(B, event, seeds=self.seeds, device=sample.device, skip_start=True)
         else:  # a generator, a list of one per sample (diffusers' pipelines), or none
             source = NoiseSource(B, event, generator=generator, device=sample.device, draw_dtype=sample.dtype,
                                  global_rng=True)  # no generator: torch's own, as diffusers' schedulers draw
