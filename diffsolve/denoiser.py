@@ -1,4 +1,4 @@
-r"""Any network is a denoiser: one conversion table between prediction types (docs/math.md §2).
+r"""Any network is a denoiser: one conversion table between prediction types (docs/math.md (8.1)).
 
 Every prediction type is an affine function of the state x and the clean-data estimate x̂0,
 
@@ -346,7 +346,7 @@ class Denoiser(torch.nn.Module):
         return table if kind is None else table[kind]
 
     def convert(self, y: Tensor, x: Tensor, t, source: str, target: str) -> Tensor:
-        """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (docs/math.md §2)."""
+        """Convert a prediction ``y`` of type ``source`` at (x, t) into type ``target`` (docs/math.md (8.1))."""
         source, target = _canonical(source), _canonical(target)
         if source == target:
             return y
@@ -581,7 +581,7 @@ class Denoiser(torch.nn.Module):
     def combine(self, x: Tensor, t, a: float, b: float, kind: str = "x0") -> Tensor:
         """a·x + b·(the prediction ``kind`` at (x, t)), from one counted network call.
 
-        The conversions are affine in (x, y), y the network's output (docs/math.md §2): the
+        The conversions are affine in (x, y), y the network's output (docs/math.md (8.1)): the
         prediction is P·x + Q·y with P = A_q − B_q A_p / B_p, Q = B_q / B_p (p the network's type,
         q = ``kind``), so for one host-scalar t and no ``threshold`` the result is
         (a + bP)·x + (bQ)·y in two passes over the data instead of four (a first-order step such

@@ -11,8 +11,9 @@ batched call (rows [x; x], every per-row tensor of the conditions as [c; ∅]); 
 with guidance scale w (w = 0: unconditional, w = 1: conditional, w > 1: guided; Ho & Salimans
 write (1 + w')ε̂_c − w'ε̂_∅, i.e. w' = w − 1). The combination is applied to the network's own
 output, whatever its prediction type: every prediction type is y = A_t x + B_t x̂0 at fixed
-(x, t) (docs/math.md §2, :mod:`diffsolve.denoiser`) and the weights (1 − w, w) sum to one, so guiding ε̂,
-x̂0, v or the score gives exactly the same x̂0 — guidance "in ε" and "in x0" are the same thing.
+(x, t) (docs/math.md (8.1), :mod:`diffsolve.denoiser`; the guided prediction is (8.5)) and the
+weights (1 − w, w) sum to one, so guiding ε̂, x̂0, v or the score gives exactly the same x̂0 —
+guidance "in ε" and "in x0" are the same thing.
 
 Cost: ``nfe`` counts evaluations (one batched call = 1 NFE, as for an unguided model); the
 attribute ``rows`` counts evaluated rows (2 per sample per call for 0 < w ≠ 1, one when w ∈ {0, 1},

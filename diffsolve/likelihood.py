@@ -170,7 +170,7 @@ def _warn_signal_at_t_max(schedule):
     """Warn where the Gaussian prior N(0, σ_T² I) cannot stand for p_T: α_T/σ_T above
     :data:`PRIOR_MAX_SIGNAL` (the built-in schedules: 0.001–0.02; Stable Diffusion's betas and
     k-diffusion's σ_max = 14.6: 0.068). p_T is the data's law scaled by α_T and blurred by σ_T, and the
-    prior misses about ½ (α_T/σ_T)² |m|² nats of a data mean m alone (docs/math.md §5): 0.005 |m|² per
+    prior misses about ½ (α_T/σ_T)² |m|² nats of a data mean m alone (docs/math.md (20.6)): 0.005 |m|² per
     dimension at the threshold."""
     a, s = (float(v) for v in schedule.alpha_sigma(schedule.t_max))
     if a / s > PRIOR_MAX_SIGNAL:

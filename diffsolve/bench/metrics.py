@@ -173,7 +173,7 @@ def gaussian_ode_solution(mixture: GaussianMixture, schedule: Schedule, x: Tenso
     r"""Exact probability-flow ODE map for a single Gaussian N(μ, U diag(s) Uᵀ).
 
     In the eigenbasis z = Uᵀ(x − α_t μ) each coordinate evolves as dz/dt = ½ (d log v/dt) z with
-    v_t = α_t² s + σ_t² (docs/math.md (3.3) with the exact score), so z_t / √v_t is constant:
+    v_t = α_t² s + σ_t² (docs/math.md (3.3) with the exact score; the map is (21.5)), so z_t / √v_t is constant:
     x(t₁) = α₁ μ + U[√(v₁/v₀) ⊙ Uᵀ(x(t₀) − α₀ μ)].
     """
     if mixture.K != 1:
