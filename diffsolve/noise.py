@@ -328,9 +328,11 @@ def _parse_text(spec: str) -> Seeds:
         if not m:
             raise ValueError(f"bad seed specification {part!r}{f' in {spec!r}' if part != spec else ''}; use e.g. "
                              f"'0-63' or '1,5,10-12' (whole numbers >= 0)")
-        if any(len(g) > 19 for g in m.groups()):  # beyond 2**63 (and int() of a huge string is slow)
-            raise ValueError(f"seed {max(m.groups(), key=len)[:30]}... in {spec!r} is out of range: seeds are integers "
-                             f"in [0, 2**63 - 1]")
+        digits = [g.lstrip("0") or "0" for g in m.groups()]  # (leading zeros are no part of the value)
+        if any(len(g) > 19 for g in digits):  # beyond 2**63 (and int() of a huge string is slow)
+            long = max(digits, key=len)
+            raise ValueError(f"seed {long[:30]}{'...' if len(long) > 30 else ''} in {spec[:60]!r} is out of range: "
+                             f"seeds are integers in [0, 2**63 - 1]")
         lo, hi = (check_seed(int(g), f" in {spec!r}") for g in (m.groups() * 2)[:2])
         if hi < lo:
             raise ValueError(f"bad seed range {part!r}: end before start; write it as {hi}-{lo}")

@@ -75,6 +75,7 @@ def test_parse_seeds():
     assert parse_seeds(" 1, 5 ,10-12") == [1, 5, 10, 11, 12]
     assert parse_seeds("4") == [4] and parse_seeds(9) == [9] and parse_seeds([3, 1]) == [3, 1]
     assert parse_seeds(range(2)) == [0, 1] and parse_seeds("5-5") == [5]
+    assert parse_seeds("0" * 20 + "3," + "0" * 30 + "5-7") == [3, 5, 6, 7]  # leading zeros: not out of range
 
 
 @pytest.mark.parametrize("bad", ["a", "3-1", "1-", "-1", "", "1,,2", "1.5", "0-3;7", "2-x"])
