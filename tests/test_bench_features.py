@@ -222,3 +222,25 @@ def test_a_kid_at_or_below_zero_ranks_nothing():
     assert _quality(noisy) == "rms_error" and _quality(clear) == "kid"
     notes = kid_notes(noisy + clear)
     assert len(notes) == 1 and notes[0].startswith("kid: 1 of 2 rows of g are at or below 0")
+
+
+def test_a_sample_of_the_reference_law_gets_an_ordered_interval_and_standard_json(tmp_path):
+    """Samples measured against a saved batch of the same run (FID 0, as when solvers are compared with
+    high-NFE samples of the same model): the basic bootstrap interval was [0.0, −0.004] (its upper end
+    2θ̂ − q_lo below 0) and ``kid_std`` (one subset) was written as a bare NaN, which standard JSON readers
+    refuse. Now the interval is cut at 0 at both ends and a non-finite value is null."""
+    import json
+
+    common = ["bench", "--problems", "ring2d", "--solvers", "euler", "--nfe", "10", "--n-samples", "200", "--quiet",
+              "--no-plot"]
+    assert main([*common, "--save-samples", "--out", str(tmp_path / "a")]) == 0
+    saved = next((tmp_path / "a" / "samples").glob("*.pt"))
+    assert main([*common, "--metric", "fid,kid", "--reference", str(saved), "--out", str(tmp_path / "b")]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines():
+        row = json.loads(line, parse_constant=refuse)
+        lo, hi = row["intervals"]["fid"]
+        assert 0.0 <= lo <= hi and row["metrics"]["fid"] == 0.0 and row["metrics"]["kid_std"] is None

@@ -26,14 +26,14 @@ shrinks the generated k-NN balls), and ``kid`` carries its own spread over subse
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..features import (FeatureReference, ball_hits, bootstrap_interval, features_from, frechet_distance_rows,
-                        kid)
+from ..features import FeatureReference, ball_hits, bootstrap_interval, features_from, frechet_distance_rows, kid
 from ..images import DATA_RANGE, check_data_range
 from .problems import EXACT_SEED_FLOOR, EXACT_SEED_TARGET, Problem
 
@@ -165,7 +165,9 @@ def _measure(s: FeatureSettings, ref: FeatureReference, feats: Tensor, bootstrap
     def interval(name, statistic, *samples, method="percentile"):
         if boot and feats.shape[0] > 1:
             iv = bootstrap_interval(statistic, *samples, n_resamples=boot, seed=0, method=method)
-            intervals[name] = [max(iv.low, 0.0), iv.high]
+            # the value is ≥ 0: a basic interval below 0 (an estimate within its own sample-size bias of 0) is cut
+            # there at both ends, so that low ≤ high (it was [0, −0.004] for FID 0 against a sample of its own law)
+            intervals[name] = [max(iv.low, 0.0), max(iv.high, 0.0)]
 
     if "fid" in s.metrics:
         def fid(f):  # the reference's square root computed once for the metric and every resample
@@ -175,7 +177,7 @@ def _measure(s: FeatureSettings, ref: FeatureReference, feats: Tensor, bootstrap
     if "kid" in s.metrics:
         ref.require_rows("kid")
         k = kid(ref.features, feats)
-        metrics["kid"], metrics["kid_std"] = k.mean, k.std
+        metrics["kid"], metrics["kid_std"] = k.mean, k.std if math.isfinite(k.std) else None  # (one subset: none)
     if "prdc" in s.metrics:
         ref.require_rows("prdc")
         inside = (ball_hits(ref.features, feats, k=_K_PRECISION)[0] > 0).double().cpu().numpy()

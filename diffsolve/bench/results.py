@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -102,6 +103,18 @@ def _read_records(path: Path, repair: bool) -> list[dict]:
         with open(path, "ab") as f:  # a complete last row without its newline: terminate it
             f.write(b"\n")
     return rows
+
+
+def _json_values(v):
+    """``v`` with every non-finite float as None: a row is standard JSON (null), which every reader parses
+    (``NaN`` is Python's extension; JavaScript's JSON.parse, jq and others refuse it)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_values(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_values(x) for x in v]
+    return v
 
 
 # what a failed write of the results keeps, and how to go on
@@ -220,4 +233,4 @@ class ResultsFile:
                 torch.save(samples, pt)
             except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
                 raise write_failed(pt, e, _KEPT) from None
-        append_durable(self.path, json.dumps(row) + "\n", _KEPT)
+        append_durable(self.path, json.dumps(_json_values(row), allow_nan=False) + "\n", _KEPT)
