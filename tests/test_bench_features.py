@@ -244,3 +244,19 @@ def test_a_sample_of_the_reference_law_gets_an_ordered_interval_and_standard_jso
         row = json.loads(line, parse_constant=refuse)
         lo, hi = row["intervals"]["fid"]
         assert 0.0 <= lo <= hi and row["metrics"]["fid"] == 0.0 and row["metrics"]["kid_std"] is None
+
+
+def test_resume_against_a_changed_reference_is_refused(tmp_path, capsys):
+    """Only the reference's path was recorded: a file replaced under the same name was resumed against, and the
+    results file mixed rows measured against two references (FID 0.15 at NFE 5, 25 at NFE 10)."""
+    ref = tmp_path / "ref.npy"
+    np.save(ref, torch.randn(64, 2, generator=torch.Generator().manual_seed(0)).numpy())
+    common = ["bench", "--problems", "ring2d", "--solvers", "euler", "--n-samples", "64", "--quiet", "--no-plot",
+              "--metric", "fid", "--reference", str(ref), "--out", str(tmp_path / "b")]
+    assert main([*common, "--nfe", "5"]) == 0
+    assert main([*common, "--nfe", "5,6", "--resume"]) == 0  # the same reference: resumed
+    np.save(ref, 3 + torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).numpy())
+    os.utime(ref, ns=(1, 1))  # (a new modification time even where the clock is coarse)
+    capsys.readouterr()
+    assert main([*common, "--nfe", "5,6,7", "--resume"]) == 2
+    assert "reference_files" in capsys.readouterr().err

@@ -84,7 +84,10 @@ class FeatureSettings:
 
     def run_settings(self) -> dict:
         """What every row of one results file must share (a resumed run is refused otherwise)."""
+        from ..features.reference import files_identity
+
         return {"metrics": list(self.metrics), "features": self.features, "reference": self.reference,
+                "reference_files": files_identity(self.reference) if self.reference is not None else None,
                 "data_range": list(self.data_range), "bootstrap": self.bootstrap}
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..images import DATA_RANGE, check_data_range, from_uint8, open_dataset, to_uint8
 from .stats import FeatureStats
 
-__all__ = ["FeatureReference", "cache_dir"]
+__all__ = ["FeatureReference", "cache_dir", "files_identity"]
 
 _FINGERPRINT_ROWS = 8
 _CACHE_VERSION = 1
@@ -54,6 +54,14 @@ def _listing(p: Path) -> list:
     """(relative path, size, mtime) of a file or of every file under a folder: what the cache key rests on."""
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
     return [(str(f.relative_to(p)) if f != p else f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def files_identity(path) -> str:
+    """16 hex digits naming a reference file or folder as it is now: its resolved path and every file's
+    relative path, size and modification time (what the cache key rests on). A run that resumes checks it, so
+    that rows measured against other contents under the same path are not mixed with new ones."""
+    p = Path(os.fspath(path)).expanduser().resolve()
+    return hashlib.sha256(json.dumps([str(p), _listing(p)]).encode()).hexdigest()[:16]
 
 
 class FeatureReference:
