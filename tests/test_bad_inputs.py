@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -367,6 +369,24 @@ def _load_factory(spec):
     return load_factory(spec)
 
 
+def _features(metrics, **kw):
+    from diffsolve.bench import FeatureSettings
+
+    return FeatureSettings(metrics=(metrics,), **kw)
+
+
+def _nan_reference(call):
+    """``call`` with the file NAN_REFERENCE made first: 8 rows of 2, one of them with a NaN."""
+    def made():
+        NAN_REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+        np.save(NAN_REFERENCE, np.where(np.arange(16).reshape(8, 2) == 5, np.nan, np.arange(16.0).reshape(8, 2)))
+        return call()
+    return made
+
+
+NAN_REFERENCE = Path(tempfile.gettempdir()) / f"diffsolve-bad-inputs-{os.getpid()}" / "nan-reference.npy"
+
+
 def _bench(**kw):
     from diffsolve.bench import BenchConfig, run_bench
 
@@ -461,6 +481,10 @@ OTHERS = [
     C("bench-solver", _bench(solvers=["nope"]), r"unknown solver 'nope'"),
     C("bench-problem", _bench(problems=["nope"]), r"unknown problem 'nope'"),
     C("bench-grid-file", _bench(grid="/nonexistent/g.json"), r"no tuned grid file"),
+    C("bench-prdc-few", _bench(n_samples=5, feature_metrics=_features("prdc")), r"need at least 6 samples per row"),
+    C("bench-prdc-few-seeds", _bench(seeds="0-3", feature_metrics=_features("prdc")), r"at least 6 samples.*got 4"),
+    C("bench-reference-nan", _nan_reference(_bench(n_samples=8, feature_metrics=_features("fid", reference=str(
+        NAN_REFERENCE)))), r"non-finite features \(1 of 8 rows\)"),
 ]
 
 

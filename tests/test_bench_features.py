@@ -260,3 +260,23 @@ def test_resume_against_a_changed_reference_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--nfe", "5,6,7", "--resume"]) == 2
     assert "reference_files" in capsys.readouterr().err
+
+
+def test_a_refused_results_file_is_refused_before_the_reference_features(tmp_path, capsys, monkeypatch):
+    """A results file the run may not continue (no --resume, or other settings) was refused only after the
+    reference's features were computed (minutes with Inception on a large reference)."""
+    import diffsolve.bench.runner as runner
+
+    ref = tmp_path / "ref.npy"
+    np.save(ref, torch.randn(64, 2, generator=torch.Generator().manual_seed(0)).numpy())
+    common = ["bench", "--problems", "ring2d", "--solvers", "euler", "--nfe", "5", "--n-samples", "64", "--quiet",
+              "--no-plot", "--metric", "fid", "--reference", str(ref), "--out", str(tmp_path / "b")]
+    assert main(common) == 0
+
+    def no_features(*a, **k):
+        raise AssertionError("the reference's features were computed before the refusal")
+
+    monkeypatch.setattr(runner, "FeatureMetrics", no_features)
+    capsys.readouterr()
+    assert main(common) == 2 and "already exists; pass --resume" in capsys.readouterr().err
+    assert main([*common, "--resume", "--projections", "7"]) == 2 and "n_projections" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 from ..noise import parse_seeds
 from ..sample import MAX_STEPS
 from ..solvers import SOLVERS, get_solver, parse_solver_spec, solver_spec
-from .feature_metrics import FeatureSettings
+from .feature_metrics import PRDC_MIN_SAMPLES, FeatureSettings
 from .problems import BUILTIN_PROBLEMS, DEFAULT_SCHEDULE, Problem, zoo_models
 from .report import solver_label
 
@@ -214,6 +214,11 @@ def _check_samples(cfg: BenchConfig):
     if cfg.feature_metrics is not None and not isinstance(cfg.feature_metrics, FeatureSettings):
         raise TypeError(f"feature_metrics must be a diffsolve.bench.FeatureSettings, got "
                         f"{type(cfg.feature_metrics).__name__}")
+    n = cfg.n_samples if cfg.seeds is None else len(parse_seeds(cfg.seeds))
+    if cfg.feature_metrics is not None and "prdc" in cfg.feature_metrics.metrics and n is not None \
+            and n < PRDC_MIN_SAMPLES:
+        raise ValueError(f"prdc's k-nearest-neighbour radii (k = 3 and 5) need at least {PRDC_MIN_SAMPLES} samples "
+                         f"per row (an analytic problem's exact reference has as many); got {n}")
 
 
 # --- the plan -------------------------------------------------------------------------------------

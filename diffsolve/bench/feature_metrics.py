@@ -42,6 +42,7 @@ __all__ = ["FEATURE_METRICS", "FeatureSettings", "FeatureMetrics", "parse_metric
 FEATURE_METRICS = ("fid", "kid", "prdc")
 _ROW_METRICS = {"fid": ("fid",), "kid": ("kid",), "prdc": ("precision", "recall", "density", "coverage")}
 _K_PRECISION, _K_DENSITY = 3, 5
+PRDC_MIN_SAMPLES = _K_DENSITY + 1  # a k-NN radius needs k other points in its set
 
 
 def parse_metrics(names) -> tuple[str, ...]:

@@ -204,12 +204,8 @@ class ResultsFile:
         done: set = set()
         if overwrite:
             remove_outputs(self.out)
-        if self.path.exists() and self.path.stat().st_size > 0:
-            if not resume:
-                raise ValueError(f"{self.path} already exists; pass --resume to continue it, --overwrite to "
-                                 f"replace it, or choose another --out directory")
+        elif self.check(run, resume, weights):
             rows = read_rows(self.path, repair=True, failed=True)
-            _check_resumable(self.path, rows, run, weights or {})
             done = {r["key"] for r in rows if not is_failed(r)}
             self.retried = sorted({r["key"] for r in rows if is_failed(r)} - done)
             if any(is_failed(r) for r in rows):  # failed records: removed here, their rows run again
@@ -220,6 +216,18 @@ class ResultsFile:
         except OSError as e:
             raise ValueError(f"cannot write {self.path}: {e.strerror or e}") from None
         return done
+
+    def check(self, run: dict, resume: bool = False, weights: dict | None = None) -> bool:
+        """The refusals of :meth:`open` without its writes (a run checks before it computes a reference's
+        features): whether the file holds rows, which ``resume`` continues when they share ``run`` and
+        ``weights``, and which are an error without it."""
+        if not (self.path.exists() and self.path.stat().st_size > 0):
+            return False
+        if not resume:
+            raise ValueError(f"{self.path} already exists; pass --resume to continue it, --overwrite to "
+                             f"replace it, or choose another --out directory")
+        _check_resumable(self.path, read_rows(self.path, failed=True), run, weights or {})
+        return True
 
     def append(self, row: dict, samples: torch.Tensor | None = None):
         """Write one finished row or failed record (and, if given, its samples as ``samples/<key>.pt``),

@@ -90,11 +90,12 @@ def _run(cfg: BenchConfig, dist: DistContext, stream, version: str, hold: contex
         if n < dist.world_size:
             raise ValueError(f"{count(n, 'sample')} of {p.name} cannot be shared by {dist.world_size} processes")
 
-    features = _feature_metrics(cfg, problems, dist, progress)
     results = ResultsFile(cfg.out)
-    run = cfg.run_settings()
+    run, weights = cfg.run_settings(), _weights(problems)
+    if dist.is_main and not cfg.overwrite:  # a results file this run may not continue: refused before any work
+        results.check(run, resume=cfg.resume, weights=weights)
+    features = _feature_metrics(cfg, problems, dist, progress)
     hold.enter_context(claim_output(results.out, dist.is_main))  # the plan is valid: claim the directory
-    weights = _weights(problems)
     done = results.open(run, resume=cfg.resume, overwrite=cfg.overwrite, weights=weights) if dist.is_main else set()
     done = dist.broadcast_object(done)
 

@@ -71,6 +71,11 @@ class FeatureReference:
     def __init__(self, stats: FeatureStats, features: Tensor | None, description: str, quantized: bool = False,
                  data_range=DATA_RANGE, shape: tuple | None = None):
         self.stats, self.features, self.description = stats, features, description
+        if not (np.isfinite(stats.mean).all() and np.isfinite(stats.cov).all()):
+            bad = "" if features is None else f" ({int((~torch.isfinite(features).all(1)).sum())} of " \
+                                              f"{features.shape[0]} rows)"
+            raise ValueError(f"the reference ({description}) has non-finite features{bad}: its data hold NaN or inf "
+                             f"values, or the feature network returns them; remove those items")
         self.quantized, self.data_range = quantized, check_data_range(data_range)
         self.shape = None if shape is None else tuple(shape)  # one sample's (None: published statistics)
 
