@@ -15,7 +15,9 @@ def add_parser(subparsers):
                                           "configuration, flushed as it finishes) and quality_vs_nfe.png. "
                                           "Exit status: 0 all rows done; 3 some rows failed (recorded with "
                                           "the reason; --resume runs them again); 1 the results could not be "
-                                          "written (e.g. disk full; --resume continues); 2 bad input.")
+                                          "written (e.g. disk full; --resume continues), or the run stopped on "
+                                          "an error raised by your own code (a model factory, a feature network) "
+                                          "or the machine (out of memory); 2 bad input.")
     b.add_argument("--problems", type=csv(str, "problem"), help="comma-separated problems "
                    "(default: ring2d,mix64,gauss3072 and the digits model if bundled)")
     b.add_argument("--model", action="append", default=[], help="add a model (zoo name, package.module:factory or "
