@@ -59,23 +59,25 @@ def projections(d: int, n_projections: int, seed: int = 0, device=None) -> Tenso
     return (theta / theta.norm(dim=1, keepdim=True)).to(device)
 
 
-def _quantiles(v: Tensor, m: int) -> Tensor:
-    """Empirical quantile function of each column of sorted v (n, P) at (i + ½)/m, i < m."""
-    n = v.shape[0]
+def _w2_sorted(px: Tensor, py: Tensor) -> Tensor:
+    """W₂² between the empirical measures of each column of sorted px (n, P) and py (m, P), exactly:
+    ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du, both quantile functions constant between consecutive points of
+    {i/n} ∪ {j/m} (counted on the common denominator n·m, in integers)."""
+    n, m = px.shape[0], py.shape[0]
     if n == m:
-        return v
-    pos = ((torch.arange(m, dtype=_F64, device=v.device) + 0.5) / m * n - 0.5).clamp(0, n - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=n - 1)
-    w = (pos - lo).unsqueeze(1)
-    return v[lo] * (1 - w) + v[hi] * w
+        return ((px - py) ** 2).mean(0)
+    dev = px.device
+    ends = torch.unique(torch.cat([torch.arange(1, n + 1, device=dev) * m, torch.arange(1, m + 1, device=dev) * n]))
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    weight = ((ends - starts).to(_F64) / (n * m)).unsqueeze(1)
+    return (weight * (px[starts // m] - py[starts // n]) ** 2).sum(0)
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 512, seed: int = 0) -> float:
     r"""SW₂ between the empirical measures of x (n, ...) and y (m, ...): sqrt(mean_θ W₂²(θ·x, θ·y)).
 
-    For equal sizes each 1-D W₂² is exact: mean((sort(θ·x) − sort(θ·y))²). For unequal sizes the
-    quantile functions are compared on a common grid. For y = x + δ every projection is a shift by
+    Each 1-D W₂² is exact: mean((sort(θ·x) − sort(θ·y))²) for equal sizes, and for unequal sizes the
+    integral of the squared difference of the two step quantile functions. For y = x + δ every projection is a shift by
     θ·δ, so SW₂² = mean_θ (θ·δ)² → |δ|²/d as the number of projections grows.
     """
     xf, yf = _flat(x), _flat(y)
@@ -84,9 +86,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 512, seed: int
     theta = projections(xf.shape[1], n_projections, seed, device=xf.device)
     px = (xf @ theta.T).sort(0).values
     py = (yf.to(xf.device) @ theta.T).sort(0).values
-    m = max(px.shape[0], py.shape[0])
-    w2 = ((_quantiles(px, m) - _quantiles(py, m)) ** 2).mean(0)
-    return float(w2.mean().sqrt())
+    return float(_w2_sorted(px, py).mean().sqrt())
 
 
 class GaussianTarget:
