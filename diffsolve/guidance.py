@@ -184,8 +184,12 @@ class _GuidedNet(torch.nn.Module):
             if w.dim() == 1 and w.shape[0] not in (1, batch):
                 raise ValueError(f"scale has {w.shape[0]} entries but the batch has {batch}; give one scale per "
                                  f"sample, or a float")
-            w = w.to(device=out_c.device, dtype=out_c.dtype).reshape(-1, *([1] * (out_c.dim() - 1)))
-        return out_u + w * (out_c - out_u)
+            w = w.to(device=out_c.device, dtype=torch.float64).reshape(-1, *([1] * (out_c.dim() - 1)))
+        # combined in at least float32 (a half-precision network's outputs upcast, as the Denoiser upcasts them
+        # after): in bfloat16 a scale of 7.3 was 7.3125 and the difference of the two branches rounded
+        wide = torch.promote_types(out_c.dtype, torch.float32)
+        out_c, out_u = out_c.to(wide), out_u.to(wide)
+        return out_u + (w.to(wide) if isinstance(w, Tensor) else w) * (out_c - out_u)
 
     def _keyword_branches(self, x, label, c: dict, u: dict):
         batch = x.shape[0]
