@@ -351,10 +351,16 @@ def _per_sample_brownian(t0, t1, entropies, dim, dtype, device, levy_area, dt):
                                          levy_area_approximation=levy_area, **tree) for e in entropies]
 
         def __call__(self, ta, tb=None, return_U=False, return_A=False):
+            if dt is None and tb is not None:  # a halfway tree splits down to its query times: they must lie on its
+                ta, tb = (self._on_grid(float(v)) for v in (ta, tb))  # rounded grid (a step under it: no increment)
             outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.bms]
             if isinstance(outs[0], tuple):
                 return tuple(torch.cat(parts, 0).to(dtype) for parts in zip(*outs))
             return torch.cat(outs, 0).to(dtype)
+
+        def _on_grid(self, v: float) -> float:
+            """``v`` on the grid the tree's midpoints are rounded to (torchsde's own rounding), in [t0, t1]."""
+            return v if v in (t0, t1) else min(max(self.bms[0]._round(v), t0), t1)
 
         def __repr__(self):
             return f"PerSampleBrownian(batch={len(self.bms)}, dim={dim})"
