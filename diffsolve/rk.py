@@ -258,7 +258,8 @@ class _Controller:
         r = group_norm(err / scale)
         if err3 is not None:  # DOP853's combined estimate (module docstring)
             r3 = group_norm(err3 / scale)
-            r = r * r / (r * r + 0.01 * r3 * r3).sqrt().clamp(min=1e-300)
+            den = (r * r + 0.01 * r3 * r3).sqrt()  # both estimates 0 (in float32 1e-300 was 0 too): error 0
+            r = torch.where(den > 0, r * r / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(r))
         r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
         ok = r <= 1.0
         alpha = 1.0 / self.k - 0.75 * self.beta

@@ -504,3 +504,17 @@ def test_adaptive_torchsde_converges_on_each_samples_own_path():
             for tol in (1e-2, 1e-3)]
     moved = (outs[0] - outs[1]).norm(dim=1)
     assert int((moved > 0.1).sum()) <= 1 and float(moved.median()) < 0.05, moved
+
+
+def test_dop853_in_float32_takes_a_step_whose_error_estimates_are_zero():
+    """DOP853's combined error r²/√(r² + 0.01 r3²) was 0/0 = NaN, so inf, when both estimates rounded to 0
+    in a float32 state (its clamp at 1e-300 is 0 there): every step was rejected until max_steps."""
+    from diffsolve._diffusers import schedule_from_diffusers
+
+    sch, _ = schedule_from_diffusers({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                                      "rescale_betas_zero_snr": True})  # (its first step's estimates are 0)
+    den = ds.GaussianMixture.ring(n_modes=4, radius=1.0, std=0.3).denoiser(sch, "eps")
+    x = ds.sample(den, shape=(8, 2), seeds="0-7", solver="dop853", denoise_final=False).x
+    x32 = ds.sample(den, shape=(8, 2), seeds="0-7", solver="dop853:max_steps=2000", dtype=torch.float32,
+                    denoise_final=False).x
+    assert float((x32.double() - x).abs().max()) < 1e-3
